@@ -1,0 +1,103 @@
+"""The ``sipagent`` command line: run, check, demo, local-realtime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sipagent import __version__
+from sipagent.config import Config, load_config
+from sipagent.errors import ConfigError, SipagentError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sipagent",
+        description="An AI voice agent as a SIP softphone: registers on your PBX and answers calls.",
+    )
+    parser.add_argument("--version", action="version", version=f"sipagent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="register and answer calls (the main job)")
+    run.add_argument("-c", "--config", required=True, metavar="FILE", help="the YAML configuration")
+
+    check = sub.add_parser("check", help="validate a configuration file and print a summary")
+    check.add_argument("-c", "--config", required=True, metavar="FILE", help="the YAML configuration")
+    check.add_argument(
+        "--connect", action="store_true",
+        help="also register once, unregister, and open a Realtime session (a doctor for installers)",
+    )
+
+    demo = sub.add_parser("demo", help="place a real call into an offline agent, end to end")
+    demo.add_argument("-c", "--config", metavar="FILE", help="the demo configuration (default: built in)")
+    demo.add_argument("--question", metavar="TEXT", default=None, help="what the demo caller says")
+    demo.add_argument("--out", metavar="DIR", default=None, help="where recordings and transcripts go")
+
+    local = sub.add_parser("local-realtime", help="serve the offline Realtime-compatible backend alone")
+    local.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT")
+    local.add_argument("-c", "--config", metavar="FILE", help="config whose realtime.local section is the brain")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "check":
+            return _check(args.config, args.connect)
+        if args.command == "run":
+            return _run(load_config(args.config))
+        if args.command == "demo":
+            return _demo(args.config, args.question, args.out)
+        if args.command == "local-realtime":
+            return _local_realtime(args.listen, args.config)
+    except ConfigError as exc:
+        print(f"sipagent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except SipagentError as exc:
+        print(f"sipagent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    return EXIT_USAGE
+
+
+def _check(path: str, connect: bool) -> int:
+    config = load_config(path)
+    print(config.summary())
+    if connect:
+        from sipagent.doctor import run_doctor
+
+        return EXIT_OK if run_doctor(config) else EXIT_FAILURE
+    print("configuration OK")
+    return EXIT_OK
+
+
+def _run(config: Config) -> int:
+    from sipagent.agent import run_agent
+
+    return run_agent(config)
+
+
+def _demo(path: str | None, question: str | None, out: str | None) -> int:
+    from sipagent.demo import run_demo
+
+    return run_demo(path, question, out)
+
+
+def _local_realtime(listen: str, path: str | None) -> int:
+    from sipagent.realtime.local.cli import serve_forever
+
+    config = load_config(path) if path else None
+    return serve_forever(listen, config.realtime.local if config else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,487 @@
+"""The YAML configuration: loaded, interpolated from the environment and validated into typed objects.
+
+Every error names the file, the line, the dotted key path and what was expected, e.g.
+``agent.yaml:7: sip.expires: expected an integer, got "soon"``. Values of secret keys are never
+echoed back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from sipagent.errors import ConfigError
+
+SECRET_KEYS = frozenset({"password", "api_key"})
+CODECS = ("PCMU", "PCMA", "G722")
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass
+class SipConfig:
+    registrar: str = ""
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    username: str = ""
+    password: str = ""
+    domain: str = ""
+    listen: str = "0.0.0.0:5060"
+    public_address: str = ""
+    expires: int = 300
+    max_calls: int = 20
+    trusted_hosts: list[str] = field(default_factory=list)
+    user_agent: str = "sipagent"
+
+    @property
+    def direct_mode(self) -> bool:
+        return not self.registrar
+
+    @property
+    def listen_address(self) -> HostPort:
+        return parse_host_port(self.listen, default_port=5060)
+
+    @property
+    def registrar_address(self) -> HostPort | None:
+        return parse_host_port(self.registrar, default_port=5060) if self.registrar else None
+
+    @property
+    def effective_domain(self) -> str:
+        if self.domain:
+            return self.domain
+        registrar = self.registrar_address
+        return registrar.host if registrar else self.listen_address.host
+
+
+@dataclass
+class MediaConfig:
+    rtp_ports: str = "40000-40999"
+    codecs: list[str] = field(default_factory=lambda: ["G722", "PCMU", "PCMA"])
+    jitter_ms: int = 60
+
+    @property
+    def rtp_port_range(self) -> tuple[int, int]:
+        low, _, high = self.rtp_ports.partition("-")
+        return int(low), int(high)
+
+
+@dataclass
+class RealtimeConfig:
+    provider: Literal["openai", "azure", "local"] = "openai"
+    url: str = ""
+    model: str = "gpt-realtime"
+    api_key: str = ""
+    api_version: str = "2025-04-01-preview"
+    dialect: Literal["ga", "beta"] = "ga"
+    voice: str = "alloy"
+    instructions: str = "You are a helpful, concise phone agent."
+    turn_detection: dict[str, Any] = field(
+        default_factory=lambda: {"type": "server_vad", "silence_duration_ms": 500}
+    )
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    audio_format: Literal["pcm16", "g711_ulaw", "g711_alaw"] = "pcm16"
+    connect_timeout_s: float = 10.0
+    max_session_s: int = 3300
+    local: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BargeInConfig:
+    mode: Literal["server", "local", "off"] = "server"
+    min_speech_ms: int = 200
+    protect_greeting_ms: int = 1000
+    threshold_db: float = -35.0
+
+
+@dataclass
+class ToolConfig:
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    url: str = ""
+    method: Literal["GET", "POST", "PUT"] = "POST"
+    timeout_s: float = 5.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FailureConfig:
+    action: Literal["hangup", "transfer"] = "hangup"
+    message: str = "Sorry, our assistant is unavailable right now. Please call again later."
+    target: str = ""
+
+
+@dataclass
+class AgentConfig:
+    greeting: str = ""
+    barge_in: BargeInConfig = field(default_factory=BargeInConfig)
+    tools: list[ToolConfig] = field(default_factory=list)
+    transfer_target: str = ""
+    idle_timeout_s: float = 20.0
+    idle_prompt: str = "Are you still there?"
+    goodbye: str = "Thank you for calling. Goodbye."
+    on_failure: FailureConfig = field(default_factory=FailureConfig)
+
+
+@dataclass
+class RecordingConfig:
+    dir: str = "recordings"
+    transcripts: bool = True
+    audio: bool = False
+
+
+@dataclass
+class MetricsConfig:
+    listen: str = ""
+
+
+@dataclass
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass
+class Config:
+    sip: SipConfig = field(default_factory=SipConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = field(default="", compare=False)
+
+    def summary(self) -> str:
+        """A short human summary for ``sipagent check`` (no secrets)."""
+        sip = self.sip
+        mode = f"registering {sip.username}@{sip.effective_domain} at {sip.registrar}" if sip.registrar else (
+            "direct mode (no registrar)"
+        )
+        rt = self.realtime
+        backend = "in-process local backend" if rt.provider == "local" and not rt.url else rt.url or rt.provider
+        lines = [
+            f"config:    {self.source}",
+            f"sip:       {mode}, {sip.transport} on {sip.listen}, up to {sip.max_calls} calls",
+            f"media:     codecs {', '.join(self.media.codecs)}, RTP {self.media.rtp_ports}, "
+            f"jitter {self.media.jitter_ms} ms",
+            f"realtime:  {rt.provider} ({rt.dialect}, {rt.model}) via {backend}, audio {rt.audio_format}, "
+            f"api key {'set' if rt.api_key else 'not set'}",
+            f"agent:     {len(self.agent.tools)} tools, barge-in {self.agent.barge_in.mode}, "
+            f"transfer to {self.agent.transfer_target or '(none)'}",
+        ]
+        return "\n".join(lines)
+
+
+def parse_host_port(text: str, default_port: int) -> HostPort:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; raises ValueError."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty address")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"unclosed '[' in {text!r}")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"unexpected {rest!r} after ']'")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port {port_text!r}")
+        port = int(port_text)
+    return HostPort(host, port)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Ctx:
+    def __init__(self, path: str, env: Mapping[str, str]) -> None:
+        self.path = path
+        self.env = env
+
+    def error(self, node: yaml.Node | None, key: str, message: str) -> ConfigError:
+        line = node.start_mark.line + 1 if node is not None else None
+        return ConfigError(message, path=self.path, line=line, key=key)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError naming file, line and key."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", path=name) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=name) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", path=name) from None
+    config = load_config_text(text, name, env)
+    return config
+
+
+def load_config_text(text: str, name: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+    ctx = _Ctx(name, os.environ if env is None else env)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"invalid YAML: {exc.problem}", path=name, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", path=name) from None
+    config = Config() if root is None else _convert_dataclass(ctx, root, Config, "")
+    config.source = name
+    _check_semantics(ctx, root, config)
+    return config
+
+
+def _hint_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _node_for(root: yaml.Node | None, dotted: str) -> yaml.Node | None:
+    node = root
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", dotted):
+        if part.startswith("[") and isinstance(node, yaml.SequenceNode):
+            index = int(part[1:-1])
+            if index >= len(node.value):
+                return node
+            node = node.value[index]
+        elif isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    node = value_node
+                    break
+            else:
+                return node
+        else:
+            return node
+    return node
+
+
+def _convert_dataclass(ctx: _Ctx, node: yaml.Node, cls: type[Any], key: str) -> Any:
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.error(node, key or "(top level)", f"expected a mapping, got {_describe(node, key)}")
+    hints = _hint_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    values: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        name = str(key_node.value)
+        path = f"{key}.{name}" if key else name
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ctx.error(key_node, path, f"unknown key (expected one of: {known})")
+        if name in values:
+            raise ctx.error(key_node, path, "duplicate key")
+        values[name] = _convert(ctx, value_node, hints[name], path)
+    for name, f in fields.items():
+        if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            path = f"{key}.{name}" if key else name
+            raise ctx.error(node, path, "required key is missing")
+    return cls(**values)
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _convert(ctx: _Ctx, node: yaml.Node, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _convert_dataclass(ctx, node, hint, key)
+    if origin in (Union, types.UnionType):
+        if _is_null(node) and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(ctx, node, inner[0], key)
+    if origin is list:
+        if _is_null(node):
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            raise ctx.error(node, key, f"expected a list, got {_describe(node, key)}")
+        return [_convert(ctx, item, args[0], f"{key}[{i}]") for i, item in enumerate(node.value)]
+    if origin is dict:
+        if _is_null(node):
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            raise ctx.error(node, key, f"expected a mapping, got {_describe(node, key)}")
+        return _plain(ctx, node, key)
+    if origin is Literal:
+        value = _scalar_text(ctx, node, key)
+        choices = [str(a) for a in args]
+        if value not in choices:
+            raise ctx.error(node, key, f"expected one of {', '.join(choices)}, got {_quote(value, key)}")
+        return value
+    if hint is str:
+        return _scalar_text(ctx, node, key)
+    if hint is bool:
+        text = _scalar_text(ctx, node, key).lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ctx.error(node, key, f"expected true or false, got {_quote(text, key)}")
+    if hint is int:
+        text = _scalar_text(ctx, node, key)
+        try:
+            return int(text)
+        except ValueError:
+            raise ctx.error(node, key, f"expected an integer, got {_quote(text, key)}") from None
+    if hint is float:
+        text = _scalar_text(ctx, node, key)
+        try:
+            return float(text)
+        except ValueError:
+            raise ctx.error(node, key, f"expected a number, got {_quote(text, key)}") from None
+    if hint is Any:
+        return _plain(ctx, node, key)
+    raise TypeError(f"config schema has an unsupported type at {key}: {hint!r}")
+
+
+def _scalar_text(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        raise ctx.error(node, key, f"expected a single value, got {_describe(node, key)}")
+    if _is_null(node):
+        return ""
+    return _interpolate(ctx, node, str(node.value), key)
+
+
+def _interpolate(ctx: _Ctx, node: yaml.Node, text: str, key: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = ctx.env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise ctx.error(node, key, f"environment variable {name} is not set (use ${{{name}:-default}})")
+            return default
+        return value
+
+    return _VAR.sub(replace, text)
+
+
+def _plain(ctx: _Ctx, node: yaml.Node, key: str) -> Any:
+    """Free-form data (turn_detection, tool parameters, local brain): plain Python with typed scalars."""
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            name = str(key_node.value)
+            out[name] = _plain(ctx, value_node, f"{key}.{name}")
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(ctx, item, f"{key}[{i}]") for i, item in enumerate(node.value)]
+    assert isinstance(node, yaml.ScalarNode)
+    if "${" in str(node.value):
+        value = _interpolate(ctx, node, str(node.value), key)
+        # An interpolated plain scalar is typed by what it became: "${PORT:-5}" is the integer 5.
+        tag = _RESOLVER.resolve(yaml.ScalarNode, value, (node.style is None, False))  # type: ignore[no-untyped-call]
+        node = yaml.ScalarNode(tag, value, node.start_mark, node.end_mark, node.style)
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+
+
+_RESOLVER = yaml.resolver.Resolver()
+
+
+def _is_secret(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in SECRET_KEYS
+
+
+def _quote(value: str, key: str) -> str:
+    return "(hidden)" if _is_secret(key) else f'"{value}"'
+
+
+def _describe(node: yaml.Node, key: str) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return _quote(str(node.value), key)
+
+
+def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
+    """Cross-field and format checks that a type alone does not express."""
+
+    def fail(dotted: str, message: str) -> ConfigError:
+        return ctx.error(_node_for(root, dotted), dotted, message)
+
+    sip, media, rt = config.sip, config.media, config.realtime
+    for dotted, value, allow_empty in (
+        ("sip.listen", sip.listen, False),
+        ("sip.registrar", sip.registrar, True),
+        ("metrics.listen", config.metrics.listen, True),
+    ):
+        if value or not allow_empty:
+            try:
+                parse_host_port(value, default_port=5060)
+            except ValueError as exc:
+                raise fail(dotted, f"expected host[:port], got \"{value}\" ({exc})") from None
+    if sip.registrar and not sip.username:
+        raise fail("sip.username", "required when sip.registrar is set")
+    if sip.expires < 60:
+        raise fail("sip.expires", f"expected at least 60 seconds, got {sip.expires}")
+    if sip.max_calls < 1:
+        raise fail("sip.max_calls", f"expected at least 1, got {sip.max_calls}")
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", media.rtp_ports)
+    if not match or not 1024 <= int(match.group(1)) < int(match.group(2)) <= 65535:
+        raise fail("media.rtp_ports", f'expected a range like "40000-40999", got "{media.rtp_ports}"')
+    media.rtp_ports = f"{int(match.group(1))}-{int(match.group(2))}"
+    if not media.codecs:
+        raise fail("media.codecs", f"expected a list of codecs from {', '.join(CODECS)}")
+    normalised = []
+    for codec in media.codecs:
+        name = codec.upper().replace(".", "")
+        if name not in CODECS:
+            raise fail("media.codecs", f"expected codecs from {', '.join(CODECS)}, got \"{codec}\"")
+        normalised.append(name)
+    media.codecs = normalised
+    if not 0 <= media.jitter_ms <= 1000:
+        raise fail("media.jitter_ms", f"expected 0 to 1000, got {media.jitter_ms}")
+    if rt.provider in ("openai", "azure") and not rt.api_key:
+        raise fail("realtime.api_key", f"required for provider {rt.provider} (e.g. api_key: ${{OPENAI_API_KEY}})")
+    if rt.provider == "azure" and not rt.url:
+        raise fail("realtime.url", "required for provider azure (https://RESOURCE.openai.azure.com)")
+    if rt.url and not re.match(r"^(wss?|https?)://", rt.url):
+        raise fail("realtime.url", f'expected a ws://, wss:// or https:// URL, got "{rt.url}"')
+    names = set()
+    for i, tool in enumerate(config.agent.tools):
+        if tool.name in names:
+            raise fail(f"agent.tools[{i}]", f'duplicate tool name "{tool.name}"')
+        names.add(tool.name)
+        if tool.name not in BUILTIN_TOOLS and not tool.url:
+            raise fail(
+                f"agent.tools[{i}]",
+                f'tool "{tool.name}" needs a url (built-in tools are: {", ".join(sorted(BUILTIN_TOOLS))})',
+            )
+    if config.agent.on_failure.action == "transfer" and not (
+        config.agent.on_failure.target or config.agent.transfer_target
+    ):
+        raise fail("agent.on_failure.target", "required when on_failure.action is transfer")
+
+
+BUILTIN_TOOLS = frozenset({"end_call", "transfer_call"})
