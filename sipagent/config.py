@@ -19,7 +19,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from sipagent.bridge.settings import BUILTIN_TOOLS, AgentConfig, RecordingConfig, ToolConfig
 from sipagent.errors import ConfigError
+
+__all__ = ["AgentConfig", "Config", "ConfigError", "RecordingConfig", "ToolConfig", "load_config"]
 
 SECRET_KEYS = frozenset({"password", "api_key"})
 CODECS = ("PCMU", "PCMA", "G722")
@@ -100,54 +103,16 @@ class RealtimeConfig:
     local: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class BargeInConfig:
-    mode: Literal["server", "local", "off"] = "server"
-    min_speech_ms: int = 200
-    protect_greeting_ms: int = 1000
-    threshold_db: float = -35.0
-
-
-@dataclass
-class ToolConfig:
-    name: str
-    description: str = ""
-    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
-    url: str = ""
-    method: Literal["GET", "POST", "PUT"] = "POST"
-    timeout_s: float = 5.0
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class FailureConfig:
-    action: Literal["hangup", "transfer"] = "hangup"
-    message: str = "Sorry, our assistant is unavailable right now. Please call again later."
-    target: str = ""
-
-
-@dataclass
-class AgentConfig:
-    greeting: str = ""
-    barge_in: BargeInConfig = field(default_factory=BargeInConfig)
-    tools: list[ToolConfig] = field(default_factory=list)
-    transfer_target: str = ""
-    idle_timeout_s: float = 20.0
-    idle_prompt: str = "Are you still there?"
-    goodbye: str = "Thank you for calling. Goodbye."
-    on_failure: FailureConfig = field(default_factory=FailureConfig)
-
-
-@dataclass
-class RecordingConfig:
-    dir: str = "recordings"
-    transcripts: bool = True
-    audio: bool = False
+METRICS_PORT = 9100
 
 
 @dataclass
 class MetricsConfig:
     listen: str = ""
+
+    @property
+    def listen_address(self) -> HostPort | None:
+        return parse_host_port(self.listen, default_port=METRICS_PORT) if self.listen else None
 
 
 @dataclass
@@ -438,7 +403,7 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     ):
         if value or not allow_empty:
             try:
-                parse_host_port(value, default_port=5060)
+                parse_host_port(value, default_port=METRICS_PORT if dotted == "metrics.listen" else 5060)
             except ValueError as exc:
                 raise fail(dotted, f"expected host[:port], got \"{value}\" ({exc})") from None
     if sip.registrar and not sip.username:
@@ -483,5 +448,3 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     ):
         raise fail("agent.on_failure.target", "required when on_failure.action is transfer")
 
-
-BUILTIN_TOOLS = frozenset({"end_call", "transfer_call"})

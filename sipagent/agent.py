@@ -1,0 +1,295 @@
+"""The agent process: one SIP user agent, one media clock, one bridge per answered call.
+
+Composes the layers and owns process-wide policy: which calls are accepted, the local backend when the
+provider is ``local`` without a URL, graceful shutdown, and what operators can see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
+from sipagent.bridge.tools import tool_definitions
+from sipagent.config import Config
+from sipagent.errors import RealtimeError, SdpError
+from sipagent.media.clock import MediaClock
+from sipagent.media.kernel import CODEC_SILENCE
+from sipagent.media.playout import PlayoutQueue
+from sipagent.realtime import events as ev
+from sipagent.realtime.client import RealtimeClient
+from sipagent.realtime.providers import Endpoint, endpoint_for
+from sipagent.rtp.endpoint import RtpEndpoint
+from sipagent.rtp.jitter import JitterBuffer
+from sipagent.rtp.ports import PortAllocator
+from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentStats:
+    calls_total: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class _ObservedPlayout(PlayoutQueue):
+    """The endpoint's playout queue, telling the bridge about every frame put on the wire."""
+
+    def __init__(self, frame_bytes: int, silence: bytes, on_sent: Callable[[bytes, bool], None]) -> None:
+        super().__init__(frame_bytes=frame_bytes, silence=silence)
+        self.on_sent = on_sent
+
+    def pop_frame(self) -> tuple[bytes, bool]:
+        frame, is_audio = super().pop_frame()
+        self.on_sent(frame, is_audio)
+        return frame, is_audio
+
+
+class _MediaLeg:
+    """Adapts an RtpEndpoint to what the bridge needs (sipagent.bridge.call.MediaLeg)."""
+
+    def __init__(self, endpoint: RtpEndpoint, codec: str) -> None:
+        self.endpoint = endpoint
+        self.codec = codec
+
+    def push_audio(self, payload: bytes) -> None:
+        self.endpoint.playout.push(payload)
+
+    def flush_audio(self) -> int:
+        return self.endpoint.playout.flush()
+
+    @property
+    def played_ms(self) -> int:
+        return self.endpoint.playout.played_ms
+
+    @property
+    def buffered_ms(self) -> int:
+        return self.endpoint.playout.buffered_ms
+
+
+class Agent:
+    def __init__(self, config: Config, on_transcript: Callable[[str, str, str], None] | None = None,
+                 on_call_end: Callable[[str, CallOutcome], None] | None = None) -> None:
+        self.config = config
+        self.on_transcript = on_transcript
+        self.on_call_end = on_call_end
+        self.clock = MediaClock()
+        low, high = config.media.rtp_port_range
+        self.ports = PortAllocator(low, high)
+        self.stats = AgentStats()
+        self._local_server: Any = None
+        self._endpoint: Endpoint | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+        self._accepting = True
+        self.ua: UserAgent | None = None
+        self.bridges: dict[str, CallBridge] = {}
+
+    async def start(self) -> None:
+        rt = self.config.realtime
+        url = rt.url
+        if rt.provider == "local" and not url:
+            from sipagent.realtime.local.brain import LocalBrainConfig
+            from sipagent.realtime.local.server import LocalRealtimeServer
+
+            self._local_server = LocalRealtimeServer(LocalBrainConfig.from_mapping(rt.local), "127.0.0.1", 0)
+            await self._local_server.start()
+            url = self._local_server.url
+            log.info("local Realtime backend running in-process at %s", url)
+        self._endpoint = endpoint_for(rt.provider, url=url, model=rt.model, api_key=rt.api_key, dialect=rt.dialect)
+        self.clock.start()
+        settings = ua_settings(self.config)
+        self.ua = UserAgent(settings, self._on_call)
+        await self.ua.start()
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        assert self.ua is not None
+        return self.ua.local_address
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop taking calls, give active ones ``grace_s`` to finish, end the rest, unregister."""
+        self._accepting = False
+        if self._calls and grace_s > 0:
+            await asyncio.wait(set(self._calls), timeout=grace_s)
+        if self.ua is not None:
+            await self.ua.stop()
+        for task in list(self._calls):
+            task.cancel()
+        for task in list(self._calls):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.clock.stop()
+        if self._local_server is not None:
+            await self._local_server.stop()
+
+    # ---------------------------------------------------------------- calls
+
+    async def _on_call(self, call: IncomingCall) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
+        try:
+            await self._handle_call(call)
+        except Exception:
+            log.exception("[%s] call failed", call.call_id)
+            with contextlib.suppress(Exception):
+                await call.hangup()
+        finally:
+            self._calls.discard(task)
+
+    async def _handle_call(self, call: IncomingCall) -> None:
+        if not self._accepting:
+            await call.reject(503)
+            return
+        self.stats.calls_total += 1
+        bridge_ref: list[CallBridge] = []
+        codec_holder: dict[str, str] = {}
+
+        def on_frame(payload: bytes) -> None:
+            if bridge_ref:
+                bridge_ref[0].on_inbound_frame(payload)
+
+        def on_dtmf(digit: str, duration_ms: int) -> None:
+            if bridge_ref:
+                bridge_ref[0].on_dtmf(digit, duration_ms)
+
+        def on_sent(frame: bytes, is_audio: bool) -> None:
+            if bridge_ref:
+                bridge_ref[0].on_outbound_frame(frame, is_audio)
+
+        # The offered codecs are not known yet; every codec we carry has 160-byte frames.
+        endpoint = RtpEndpoint(self.clock, self.ports, bind_host=self.config.sip.listen_address.host,
+                               jitter_ms=self.config.media.jitter_ms, silence=CODEC_SILENCE["PCMU"],
+                               on_frame=on_frame, on_dtmf=on_dtmf, cname=f"sipagent-{call.call_id[:8]}")
+        try:
+            rtp_host = self.config.sip.public_address or self._advertised_host()
+            try:
+                media = await call.answer(rtp_host, endpoint.local_port)
+            except SdpError as exc:
+                log.info("[%s] no common codec: %s", call.call_id, exc)
+                self._count("rejected-codec")
+                return
+            if call.ended.is_set():
+                self._count("cancelled")
+                return
+            codec = media.codec
+            codec_holder["codec"] = codec
+            silence = CODEC_SILENCE[codec]
+            # Now that the codec is known, conceal loss and fill gaps with that codec's own silence.
+            endpoint.playout = _ObservedPlayout(len(silence), silence, on_sent)
+            endpoint.jitter = JitterBuffer.from_ms(silence, self.config.media.jitter_ms)
+            endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type, media.dtmf_payload_type)
+
+            def on_media_change(new_media: Any) -> None:
+                endpoint.set_remote(new_media.remote_host, new_media.remote_port, new_media.payload_type,
+                                    new_media.dtmf_payload_type)
+
+            call.on_media_change = on_media_change
+            call.on_dtmf = on_dtmf
+            bridge = CallBridge(call, _MediaLeg(endpoint, codec), self._connect, self._bridge_settings(),
+                                on_transcript=self._transcript_callback(call.call_id))
+            bridge_ref.append(bridge)
+            self.bridges[call.call_id] = bridge
+            log.info("[%s] answered %s with %s", call.call_id, call.from_uri, codec)
+            outcome = await bridge.run()
+            self._count(outcome.reason)
+            if self.on_call_end:
+                self.on_call_end(call.call_id, outcome)
+        finally:
+            endpoint.close()
+            self.bridges.pop(call.call_id, None)
+
+    def _advertised_host(self) -> str:
+        assert self.ua is not None
+        return self.ua.local_address[0]
+
+    def _count(self, outcome: str) -> None:
+        self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
+
+    def _transcript_callback(self, call_id: str) -> Callable[[str, str], None] | None:
+        if self.on_transcript is None:
+            return None
+        callback = self.on_transcript
+        return lambda role, text: callback(call_id, role, text)
+
+    def _bridge_settings(self) -> BridgeSettings:
+        rt, agent = self.config.realtime, self.config.agent
+        session = ev.SessionSettings(
+            instructions=rt.instructions,
+            voice=rt.voice,
+            turn_detection=rt.turn_detection or None,
+            transcription_model=rt.transcription_model or None,
+            tools=tool_definitions(agent.tools),
+            audio_format=rt.audio_format,
+        )
+        return BridgeSettings(
+            agent=agent, recording=self.config.recording, session=session, dialect=ev.check_dialect(rt.dialect),
+            audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=_apology_audio(),
+        )
+
+    async def _connect(self) -> RealtimeLink:
+        assert self._endpoint is not None
+        client = RealtimeClient.for_endpoint(self._endpoint, connect_timeout=self.config.realtime.connect_timeout_s)
+        await client.connect()
+        return client
+
+
+def ua_settings(config: Config) -> UaSettings:
+    sip = config.sip
+    listen = sip.listen_address
+    registrar = sip.registrar_address
+    return UaSettings(
+        registrar=str(registrar) if registrar else None, transport=sip.transport, username=sip.username,
+        password=sip.password, domain=sip.effective_domain, listen_host=listen.host, listen_port=listen.port,
+        public_host=sip.public_address or None, expires=sip.expires, max_calls=sip.max_calls,
+        trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
+    )
+
+
+def _apology_audio() -> Callable[[str], Any] | None:
+    """Local speech for when the model cannot be reached (espeak-ng, if installed)."""
+    from sipagent.realtime.local.tts import Synthesizer
+
+    try:
+        synthesizer = Synthesizer()
+    except RealtimeError as exc:
+        log.warning("no local speech for apologies: %s", exc)
+        return None
+
+    async def speak(text: str) -> bytes:
+        return await asyncio.to_thread(synthesizer.synthesize, text)
+
+    return speak
+
+
+def run_agent(config: Config) -> int:
+    """``sipagent run``: serve until SIGTERM/SIGINT, then shut down gracefully."""
+    from sipagent.observability.logs import configure_logging
+
+    configure_logging(config.logging.level, config.logging.format,
+                      secrets=[config.sip.password, config.realtime.api_key])
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: Config) -> int:
+    agent = Agent(config)
+    try:
+        await agent.start()
+    except (OSError, RealtimeError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("sipagent ready on %s:%d", *agent.sip_address)
+    await stop.wait()
+    log.info("shutting down: no new calls, %d active", len(agent.bridges))
+    await agent.stop(grace_s=30.0)
+    return 0

@@ -1,0 +1,593 @@
+"""One answered call bridged to one Realtime session.
+
+The bridge composes what the lower layers provide (the SIP call, an RTP endpoint on the shared media
+clock, the native transcoders, a Realtime connection) and owns only the policy between them: barge-in,
+tools, DTMF, idle prompts, transcripts and recordings, recovery when the WebSocket drops.
+
+States (logged on every change): answering → connecting → live ⇄ (agent speaking) → transferring /
+ending → ended. "Agent speaking" is not stored: it is whether the playout queue holds audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sipagent.bridge.bargein import BargeIn, BargeInPolicy
+from sipagent.bridge.conversation import Conversation
+from sipagent.bridge.settings import AgentConfig, RecordingConfig, ToolConfig
+from sipagent.bridge.tools import ToolResult, parse_arguments, run_webhook
+from sipagent.bridge.transcript import StereoRecorder, TranscriptWriter, call_file_stem
+from sipagent.errors import RealtimeError
+from sipagent.media.kernel import (
+    CODEC_SILENCE,
+    Decoder24k,
+    Encoder24k,
+    Resampler,
+    alaw_decode,
+    alaw_encode,
+    ulaw_decode,
+    ulaw_encode,
+)
+from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings, level_db
+from sipagent.realtime import events as ev
+
+log = logging.getLogger(__name__)
+
+FRAME_24K_BYTES = 960  # 20 ms of 24 kHz PCM16
+DTMF_FLUSH_S = 1.5  # digits typed with pauses shorter than this go to the model together
+
+
+class RealtimeLink(Protocol):
+    """What the bridge needs of a Realtime connection (sipagent.realtime.client.RealtimeClient)."""
+
+    async def send(self, event: dict[str, Any]) -> None: ...
+
+    async def recv(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+class CallLeg(Protocol):
+    """What the bridge needs of the SIP call (sipagent.sip.ua.IncomingCall), once answered."""
+
+    call_id: str
+    from_uri: str
+    ended: asyncio.Event
+
+    async def hangup(self) -> None: ...
+
+    async def transfer(self, target: str, timeout: float = 30) -> bool: ...
+
+
+class MediaLeg(Protocol):
+    """What the bridge needs of the call's RTP endpoint and its playout queue."""
+
+    codec: str
+
+    def push_audio(self, payload: bytes) -> None: ...
+
+    def flush_audio(self) -> int: ...
+
+    @property
+    def played_ms(self) -> int: ...
+
+    @property
+    def buffered_ms(self) -> int: ...
+
+
+@dataclass
+class BridgeSettings:
+    agent: AgentConfig
+    recording: RecordingConfig
+    session: ev.SessionSettings
+    dialect: ev.Dialect = "ga"
+    audio_format: str = "pcm16"
+    max_session_s: float = 3300.0
+    reconnect_delays: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    apology_audio: Callable[[str], Awaitable[bytes]] | None = None  # text → 24 kHz PCM16 (local TTS)
+
+
+@dataclass
+class CallOutcome:
+    reason: str
+    transcript_path: Path | None = None
+    recording_path: Path | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    barge_ins: list[float] = field(default_factory=list)
+
+
+class CallBridge:
+    def __init__(
+        self,
+        call: CallLeg,
+        media: MediaLeg,
+        connect: Callable[[], Awaitable[RealtimeLink]],
+        settings: BridgeSettings,
+        on_transcript: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.call = call
+        self.media = media
+        self._connect = connect
+        self.settings = settings
+        self.agent = settings.agent
+        self.on_transcript = on_transcript
+        self.conversation = Conversation()
+        self.policy = BargeInPolicy(self.agent.barge_in.mode, self.agent.barge_in.protect_greeting_ms)
+        self.vad = EchoAwareVad(VadSettings(threshold_db=self.agent.barge_in.threshold_db,
+                                            min_speech_ms=self.agent.barge_in.min_speech_ms))
+        self.decoder = Decoder24k(media.codec)
+        self.encoder = Encoder24k(media.codec)
+        self._agent_decoder = Decoder24k(media.codec)  # what was sent, back to 24 kHz (recording, echo ref)
+        self._passthrough = _passthrough_codec(settings.audio_format)
+        self._down_decode = _wire_decoder(settings.audio_format)
+        self.state = "answering"
+        self._link: RealtimeLink | None = None
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._done = asyncio.Event()
+        self._outcome = "remote-hangup"
+        self._pending_action: tuple[str, dict[str, Any]] | None = None
+        self._dtmf: list[str] = []
+        self._dtmf_task: asyncio.Task[None] | None = None
+        self._last_activity = time.monotonic()
+        self._idle_prompts = 0
+        self._greeting_pending = bool(self.agent.greeting)
+        started = datetime.now(UTC)
+        self._origin = time.monotonic()
+        stem = call_file_stem(call.call_id, started)
+        directory = Path(settings.recording.dir)
+        self.transcript = (
+            TranscriptWriter(directory / f"{stem}.jsonl", self._origin) if settings.recording.transcripts else None
+        )
+        self.recorder = StereoRecorder(directory / f"{stem}.wav") if settings.recording.audio else None
+        self.barge_in_times: list[float] = []
+        self.reconnects = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self) -> CallOutcome:
+        """Runs the call until either side ends it; never raises for a network or API failure."""
+        self._record("call", event="start", call_id=self.call.call_id, caller=self.call.from_uri,
+                     codec=self.media.codec)
+        try:
+            self._set_state("connecting")
+            if not await self._open_session(first=True):
+                await self._fail_over("the Realtime API could not be reached")
+            else:
+                self._set_state("live")
+                self._spawn(self._pump())
+                self._spawn(self._read_events())
+                self._spawn(self._watch_idle())
+                self._spawn(self._renew_before_limit())
+                ended = asyncio.ensure_future(self.call.ended.wait())
+                done = asyncio.ensure_future(self._done.wait())
+                await asyncio.wait({ended, done}, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in (ended, done):
+                    waiter.cancel()
+        finally:
+            await self._cleanup()
+        return CallOutcome(
+            self._outcome,
+            self.transcript.path if self.transcript else None,
+            self.recorder.path if self.recorder else None,
+            dict(self.conversation.usage),
+            list(self.barge_in_times),
+        )
+
+    async def _cleanup(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._link is not None:
+            with contextlib.suppress(Exception):
+                await self._link.close()
+        if not self.call.ended.is_set():
+            with contextlib.suppress(Exception):
+                await self.call.hangup()
+        self._set_state("ended")
+        self._record("usage", **self.conversation.usage)
+        self._record("call", event="end", reason=self._outcome)
+        if self.transcript:
+            self.transcript.close()
+        if self.recorder:
+            self.recorder.close()
+
+    def _finish(self, outcome: str) -> None:
+        self._outcome = outcome
+        self._done.set()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            log.info("[%s] state %s -> %s", self.call.call_id, self.state, state)
+            self.state = state
+
+    def _record(self, kind: str, **fields: Any) -> None:
+        if self.transcript:
+            self.transcript.write(time.monotonic(), kind, **fields)
+
+    # ---------------------------------------------------------------- Realtime session
+
+    async def _open_session(self, first: bool) -> bool:
+        """Connects (with retries) and configures a session; on a reconnect, replays the conversation."""
+        delays = (0.0, *self.settings.reconnect_delays)
+        for attempt, delay in enumerate(delays):
+            if self.call.ended.is_set():
+                return False
+            await asyncio.sleep(delay)
+            try:
+                link = await self._connect()
+                await link.send(ev.session_update(self.settings.session, self.settings.dialect))
+            except (TimeoutError, RealtimeError, OSError) as exc:
+                log.warning("[%s] Realtime connect attempt %d failed: %s", self.call.call_id, attempt + 1, exc)
+                continue
+            self._link = link
+            if not first:
+                history = self.conversation.history_text()
+                if history:
+                    await link.send(ev.message_item(
+                        "system",
+                        "The call was interrupted by a technical problem and resumed. The conversation so "
+                        f"far:\n{history}\nContinue from there; do not greet the caller again.",
+                        self.settings.dialect,
+                    ))
+            if first and self.agent.greeting:
+                self.policy.greeting_started(time.monotonic())
+                await link.send(ev.response_create(instructions=_say_exactly(self.agent.greeting)))
+            return True
+        return False
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        self._outbox.put_nowait(event)
+
+    async def _pump(self) -> None:
+        """The one writer to the WebSocket: events leave in the order they were queued."""
+        while True:
+            event = await self._outbox.get()
+            link = self._link
+            if link is None:
+                continue  # reconnecting: audio and events from the dead session are stale
+            try:
+                await link.send(event)
+            except (RealtimeError, OSError) as exc:
+                log.debug("[%s] send failed (%s); the reader reconnects", self.call.call_id, exc)
+
+    async def _read_events(self) -> None:
+        while not self._done.is_set():
+            link = self._link
+            assert link is not None
+            try:
+                event = await link.recv()
+            except (RealtimeError, OSError) as exc:
+                if self._done.is_set() or self.call.ended.is_set():
+                    return
+                await self._recover(str(exc))
+                continue
+            try:
+                await self._handle(event)
+            except Exception:
+                # One bad event must not take the call down.
+                log.exception("[%s] error handling %s", self.call.call_id, event.get("type"))
+
+    async def _recover(self, why: str) -> None:
+        log.warning("[%s] Realtime connection lost (%s); reconnecting", self.call.call_id, why)
+        self.reconnects += 1
+        self._record("event", event="reconnect", reason=why)
+        self._flush_agent_audio()
+        self.conversation.response_active = False
+        old, self._link = self._link, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.close()
+        if not await self._open_session(first=False):
+            await self._fail_over(f"the Realtime connection was lost and could not be restored ({why})")
+
+    async def _renew_before_limit(self) -> None:
+        """Providers end sessions at a fixed length; move to a fresh one at a quiet moment before that."""
+        while True:
+            await asyncio.sleep(self.settings.max_session_s)
+            while self.media.buffered_ms > 0 or self.conversation.response_active:
+                await asyncio.sleep(0.1)
+            self._record("event", event="session-renewal")
+            old = self._link
+            if old is not None:
+                await old.close()  # the reader sees the close and reconnects with the history
+
+    async def _fail_over(self, why: str) -> None:
+        """No model: apologise with local speech, then transfer or hang up as configured."""
+        failure = self.agent.on_failure
+        log.error("[%s] %s; %s", self.call.call_id, why, failure.action)
+        self._record("event", event="failure", reason=why, action=failure.action)
+        if self.settings.apology_audio is not None and failure.message:
+            with contextlib.suppress(Exception):
+                self._play_pcm24(await self.settings.apology_audio(failure.message))
+                await self._wait_playout()
+        target = failure.target or self.agent.transfer_target
+        if failure.action == "transfer" and target and await self.call.transfer(target):
+            self._finish("failover-transferred")
+            return
+        self._finish("failover-hangup")
+
+    # ---------------------------------------------------------------- events from the model
+
+    async def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("type", "")
+        if kind == "response.output_audio.delta":
+            pcm = self._down_decode(base64.b64decode(event.get("delta", "")))
+            self._queue_agent_audio(event.get("item_id", ""), pcm)
+        elif kind == "response.created":
+            self.conversation.response_active = True
+        elif kind == "response.done":
+            self.conversation.response_active = False
+            response = event.get("response", {})
+            self.conversation.add_usage(response.get("usage"))
+            self._spawn(self._after_response())
+        elif kind == "input_audio_buffer.speech_started":
+            self._last_activity = time.monotonic()
+            playing = self.media.buffered_ms > 0
+            decision = self.policy.server_speech_started(
+                time.monotonic(), playing, caller_speaking=self.vad.recent_speech_ms >= 60
+            )
+            if decision:
+                await self._barge_in(decision, server_cancelled=True)
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            self._transcript("caller", event.get("transcript", ""))
+        elif kind == "response.output_audio_transcript.done":
+            self._transcript("agent", event.get("transcript", ""))
+        elif kind == "response.function_call_arguments.done":
+            self._spawn(self._run_tool(event.get("name", ""), event.get("call_id", ""), event.get("arguments", "")))
+        elif kind == "session.updated":
+            self._check_session_formats(event.get("session", {}))
+        elif kind == "error":
+            error = event.get("error", {})
+            log.warning("[%s] Realtime error %s: %s", self.call.call_id, error.get("code") or error.get("type"),
+                        error.get("message"))
+            self._record("event", event="realtime-error", code=error.get("code"), message=error.get("message"))
+        elif kind == "rate_limits.updated":
+            log.debug("[%s] rate limits %s", self.call.call_id, event.get("rate_limits"))
+
+    def _check_session_formats(self, session: dict[str, Any]) -> None:
+        try:
+            acknowledged = ev.parse_session(session).audio_format
+        except RealtimeError:
+            return
+        if acknowledged != self.settings.audio_format:
+            # Some sessions ignore a G.711 request and send 24 kHz PCM16: decode what really arrives.
+            log.warning("[%s] server sends %s audio, not %s as asked", self.call.call_id, acknowledged,
+                        self.settings.audio_format)
+            self._down_decode = _wire_decoder(acknowledged)
+
+    def _transcript(self, role: str, text: str) -> None:
+        if not text.strip():
+            return
+        if role == "caller":
+            self.conversation.caller_said(text)
+        else:
+            self.conversation.agent_said(text)
+        self._record(role, text=text.strip())
+        if self.on_transcript:
+            self.on_transcript(role, text.strip())
+
+    async def _after_response(self) -> None:
+        """Once the agent has finished speaking: the greeting's protection ends; pending actions run."""
+        await self._wait_playout()
+        self._last_activity = time.monotonic()
+        if self._greeting_pending:
+            self._greeting_pending = False
+            self.policy.greeting_finished()
+        action, self._pending_action = self._pending_action, None
+        if action is None:
+            return
+        name, args = action
+        if name == "end_call":
+            self._finish("agent-hangup")
+        elif name == "transfer_call":
+            await self._transfer(args)
+
+    async def _wait_playout(self) -> None:
+        while self.media.buffered_ms > 0 and not self.call.ended.is_set():
+            await asyncio.sleep(0.02)
+
+    # ---------------------------------------------------------------- audio
+
+    def on_inbound_frame(self, payload: bytes) -> None:
+        """One 20 ms payload from the jitter buffer (called every tick while media flows)."""
+        pcm = self.decoder.decode(payload)
+        if self.recorder:
+            self.recorder.caller(pcm)
+        if self.vad.caller_frame(pcm):
+            self._last_activity = time.monotonic()
+            decision = self.policy.local_speech(time.monotonic(), self.media.buffered_ms > 0)
+            if decision:
+                self._spawn(self._barge_in(decision, server_cancelled=False))
+        if self._link is None or self.state != "live":
+            return
+        audio = payload if self._passthrough == self.media.codec else self._up_encode(pcm)
+        self._spawn_send(ev.audio_append(audio))
+
+    def on_outbound_frame(self, payload: bytes, is_audio: bool) -> None:
+        """The media clock just sent this frame to the caller (audio or silence)."""
+        if is_audio:
+            pcm = self._agent_decoder.decode(payload)
+            self.vad.agent_frame(level_db(pcm))
+        else:
+            pcm = bytes(FRAME_24K_BYTES)
+            self.vad.agent_frame(SILENCE_DB)
+        if self.recorder:
+            self.recorder.agent(pcm)
+
+    def _spawn_send(self, event: dict[str, Any]) -> None:
+        self._outbox.put_nowait(event)
+
+    def _up_encode(self, pcm24k: bytes) -> bytes:
+        if self._passthrough is None:
+            return pcm24k
+        pcm8k = self._to_8k.process(pcm24k)
+        return ulaw_encode(pcm8k) if self._passthrough == "PCMU" else alaw_encode(pcm8k)
+
+    @property
+    def _to_8k(self) -> Resampler:
+        resampler = self.__dict__.get("_res_8k")
+        if resampler is None:
+            resampler = self.__dict__["_res_8k"] = Resampler(24000, 8000)
+        return resampler
+
+    def _queue_agent_audio(self, item_id: str, pcm24k: bytes) -> None:
+        if self._done.is_set():
+            return
+        payload = self.encoder.encode(pcm24k)
+        self.media.push_audio(payload)
+        self.conversation.agent_audio(item_id, len(payload))
+
+    def _play_pcm24(self, pcm24k: bytes) -> None:
+        self.media.push_audio(self.encoder.encode(pcm24k))
+
+    def _flush_agent_audio(self) -> None:
+        self.media.flush_audio()
+
+    async def _barge_in(self, decision: BargeIn, server_cancelled: bool) -> None:
+        played = self.media.played_ms
+        self.media.flush_audio()
+        cut = self.conversation.interrupted(played)
+        self.barge_in_times.append(decision.at)
+        log.info("[%s] barge-in (%s)", self.call.call_id, decision.trigger.value)
+        if cut is not None:
+            item_id, heard_ms = cut
+            self._record("barge_in", trigger=decision.trigger.value, item_id=item_id, heard_ms=heard_ms)
+            if heard_ms > 0:
+                await self._send(ev.item_truncate(item_id, heard_ms))
+            else:
+                await self._send(ev.item_delete(item_id))
+        if self.conversation.response_active and not server_cancelled:
+            await self._send(ev.response_cancel())
+
+    # ---------------------------------------------------------------- tools, DTMF, idle
+
+    async def _run_tool(self, name: str, call_id: str, raw_arguments: str) -> None:
+        self._set_state("live")
+        try:
+            args = parse_arguments(raw_arguments)
+        except ValueError as exc:
+            await self._tool_output(call_id, name, {}, ToolResult(False, {"error": f"bad arguments: {exc}"}))
+            return
+        self._record("tool_call", name=name, arguments=args)
+        if name in ("end_call", "transfer_call"):
+            if name == "transfer_call" and not (args.get("target") or self.agent.transfer_target):
+                result = ToolResult(False, {"error": "no transfer target is configured"})
+                await self._tool_output(call_id, name, args, result)
+                return
+            # Built-ins act once the agent has finished what it is saying.
+            self._pending_action = (name, {**args, "_call_id": call_id})
+            if not self.conversation.response_active:
+                self._spawn(self._after_response())
+            return
+        tool = next((t for t in self.agent.tools if t.name == name), None)
+        if tool is None:
+            result = ToolResult(False, {"error": f"unknown tool {name}"})
+        else:
+            result = await self._webhook(tool, args)
+        await self._tool_output(call_id, name, args, result)
+
+    async def _webhook(self, tool: ToolConfig, args: dict[str, Any]) -> ToolResult:
+        try:
+            return await run_webhook(tool, args, self.call.call_id)
+        except Exception as exc:  # a tool's failure is the model's to explain, never the call's end
+            log.warning("[%s] tool %s failed: %s", self.call.call_id, tool.name, exc)
+            return ToolResult(False, {"error": f"{tool.name} failed"})
+
+    async def _tool_output(self, call_id: str, name: str, args: dict[str, Any], result: ToolResult,
+                           respond: bool = True) -> None:
+        self._record("tool_result", name=name, ok=result.ok, output=result.output)
+        await self._send(ev.function_call_output(call_id, result.to_json()))
+        if respond:
+            await self._send(ev.response_create())
+
+    async def _transfer(self, args: dict[str, Any]) -> None:
+        target = str(args.get("target") or self.agent.transfer_target)
+        self._set_state("transferring")
+        self._record("event", event="transfer", target=target)
+        ok = await self.call.transfer(target)
+        if ok:
+            self._finish("transferred")
+            return
+        self._set_state("live")
+        await self._tool_output(str(args.get("_call_id", "")), "transfer_call", args,
+                                ToolResult(False, {"error": f"the transfer to {target} failed"}))
+
+    def on_dtmf(self, digit: str, duration_ms: int) -> None:
+        self._last_activity = time.monotonic()
+        self._dtmf.append(digit)
+        self._record("dtmf", digit=digit, duration_ms=duration_ms)
+        if self._dtmf_task is not None:
+            self._dtmf_task.cancel()
+        self._dtmf_task = self._spawn(self._flush_dtmf(0.0 if digit == "#" else DTMF_FLUSH_S))
+
+    async def _flush_dtmf(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        digits, self._dtmf = self._dtmf, []
+        if not digits:
+            return
+        text = f"caller pressed {' '.join(digits)}"
+        self._record("dtmf_sent", text=text)
+        await self._send(ev.user_text(text, self.settings.dialect))
+        if not self.conversation.response_active:
+            await self._send(ev.response_create())
+
+    async def _watch_idle(self) -> None:
+        """Re-prompt a silent caller once, then say goodbye and hang up."""
+        timeout = self.agent.idle_timeout_s
+        if timeout <= 0:
+            return
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            busy = self.media.buffered_ms > 0 or self.conversation.response_active or self._pending_action
+            if busy or self.vad.speaking:
+                self._last_activity = time.monotonic()
+                continue
+            if time.monotonic() - self._last_activity < timeout:
+                continue
+            self._last_activity = time.monotonic()
+            self._idle_prompts += 1
+            if self._idle_prompts == 1:
+                self._record("event", event="idle-prompt")
+                await self._send(ev.response_create(instructions=_say_exactly(self.agent.idle_prompt)))
+            else:
+                self._record("event", event="idle-hangup")
+                self._pending_action = ("end_call", {})
+                await self._send(ev.response_create(instructions=_say_exactly(self.agent.goodbye)))
+
+
+def _say_exactly(text: str) -> str:
+    return f'Say exactly the following, and nothing else: "{text}"'
+
+
+def _passthrough_codec(audio_format: str) -> str | None:
+    return {"g711_ulaw": "PCMU", "g711_alaw": "PCMA"}.get(audio_format)
+
+
+def _wire_decoder(audio_format: str) -> Callable[[bytes], bytes]:
+    """Output deltas → 24 kHz PCM16, whatever format the server really sends."""
+    if audio_format == "pcm16":
+        return lambda data: data
+    to_24k = Resampler(8000, 24000)
+    decode = ulaw_decode if audio_format == "g711_ulaw" else alaw_decode
+    return lambda data: to_24k.process(decode(data))
+
+
+__all__ = ["CODEC_SILENCE", "BridgeSettings", "CallBridge", "CallOutcome"]

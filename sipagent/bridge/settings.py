@@ -1,0 +1,58 @@
+"""What the bridge needs to know about the agent's behaviour, as typed settings.
+
+These dataclasses are the schema of the YAML sections ``agent`` and ``recording``: sipagent.config
+validates a file into them, the bridge reads them. They live here so that the bridge, a lower layer,
+never imports the configuration loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+BUILTIN_TOOLS = frozenset({"end_call", "transfer_call"})
+
+
+@dataclass
+class BargeInConfig:
+    mode: Literal["server", "local", "off"] = "server"
+    min_speech_ms: int = 200
+    protect_greeting_ms: int = 1000
+    threshold_db: float = -35.0
+
+
+@dataclass
+class ToolConfig:
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    url: str = ""
+    method: Literal["GET", "POST", "PUT"] = "POST"
+    timeout_s: float = 5.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FailureConfig:
+    action: Literal["hangup", "transfer"] = "hangup"
+    message: str = "Sorry, our assistant is unavailable right now. Please call again later."
+    target: str = ""
+
+
+@dataclass
+class AgentConfig:
+    greeting: str = ""
+    barge_in: BargeInConfig = field(default_factory=BargeInConfig)
+    tools: list[ToolConfig] = field(default_factory=list)
+    transfer_target: str = ""
+    idle_timeout_s: float = 20.0
+    idle_prompt: str = "Are you still there?"
+    goodbye: str = "Thank you for calling. Goodbye."
+    on_failure: FailureConfig = field(default_factory=FailureConfig)
+
+
+@dataclass
+class RecordingConfig:
+    dir: str = "recordings"
+    transcripts: bool = True
+    audio: bool = False

@@ -1,0 +1,121 @@
+"""Tools the model can call: built-ins (end_call, transfer_call) and HTTP webhooks.
+
+A tool never raises into the call: failures and timeouts become a JSON error the model can talk about.
+Built-ins need the call, so the bridge handles them; this module declares them and runs webhooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from sipagent.bridge.settings import ToolConfig
+
+log = logging.getLogger(__name__)
+
+BUILTIN_SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
+    "end_call": (
+        "End the call. Say goodbye first; the line is closed once you finish speaking.",
+        {"type": "object", "properties": {"reason": {"type": "string"}}},
+    ),
+    "transfer_call": (
+        "Transfer the caller to a human colleague. Tell the caller first; the transfer starts once you "
+        "finish speaking.",
+        {
+            "type": "object",
+            "properties": {
+                "target": {"type": "string", "description": "Extension or SIP URI; omit for the default desk"},
+                "reason": {"type": "string"},
+            },
+        },
+    ),
+}
+
+# Offline stand-in for an order system, used by the demo config (`url: builtin:demo-orders`).
+DEMO_ORDERS = {
+    "7721": {"order_id": "7721", "status": "shipped", "carrier": "UPS", "eta": "Thursday",
+             "message": "Order 7721 has shipped with UPS and should arrive on Thursday."},
+    "1234": {"order_id": "1234", "status": "processing", "eta": "next week",
+             "message": "Order 1234 is being prepared and should ship next week."},
+}
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    ok: bool
+    output: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(self.output, ensure_ascii=False)
+
+
+def tool_definitions(tools: list[ToolConfig]) -> list[dict[str, Any]]:
+    """The ``tools`` list for session.update."""
+    out = []
+    for tool in tools:
+        description, parameters = tool.description, tool.parameters
+        if tool.name in BUILTIN_SCHEMAS:
+            default_description, default_parameters = BUILTIN_SCHEMAS[tool.name]
+            description = description or default_description
+            if not parameters.get("properties"):
+                parameters = default_parameters
+        out.append({"type": "function", "name": tool.name, "description": description, "parameters": parameters})
+    return out
+
+
+def parse_arguments(raw: str) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("arguments must be a JSON object")
+    return value
+
+
+async def run_webhook(tool: ToolConfig, arguments: dict[str, Any], call_id: str) -> ToolResult:
+    """Calls the tool's URL with the arguments as JSON; the JSON response is the result."""
+    if tool.url.startswith("builtin:demo-orders"):
+        order = DEMO_ORDERS.get(str(arguments.get("order_id", "")).strip())
+        if order is None:
+            return ToolResult(False, {"error": "order not found", "order_id": arguments.get("order_id")})
+        return ToolResult(True, order)
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_http_call, tool, arguments, call_id), tool.timeout_s)
+    except TimeoutError:
+        log.warning("tool %s timed out after %.1f s", tool.name, tool.timeout_s)
+        return ToolResult(False, {"error": f"the {tool.name} service did not answer in time"})
+
+
+def _http_call(tool: ToolConfig, arguments: dict[str, Any], call_id: str) -> ToolResult:
+    body = json.dumps(arguments).encode()
+    url = tool.url
+    if tool.method == "GET":
+        from urllib.parse import urlencode
+
+        url = f"{url}{'&' if '?' in url else '?'}{urlencode({k: str(v) for k, v in arguments.items()})}"
+        data = None
+    else:
+        data = body
+    request = urllib.request.Request(url, data=data, method=tool.method)
+    request.add_header("Content-Type", "application/json")
+    request.add_header("X-Sipagent-Call-Id", call_id)
+    for name, value in tool.headers.items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=tool.timeout_s) as response:
+            payload = response.read(1 << 20)
+    except urllib.error.HTTPError as exc:
+        return ToolResult(False, {"error": f"the {tool.name} service answered HTTP {exc.code}"})
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return ToolResult(False, {"error": f"the {tool.name} service is unreachable ({reason})"})
+    try:
+        result = json.loads(payload) if payload.strip() else {}
+    except ValueError:
+        return ToolResult(True, {"result": payload.decode("utf-8", "replace")[:2000]})
+    return ToolResult(True, result if isinstance(result, dict) else {"result": result})

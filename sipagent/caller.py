@@ -1,0 +1,248 @@
+"""A small SIP caller: dials a SIP URI over UDP, speaks a PCM clip over RTP, records what it hears.
+
+Used by ``sipagent demo`` (the call into the offline agent) and by the load and latency benchmarks as a
+load generator. It is a plain UAC on loopback-grade networks: INVITE with Timer A retransmissions,
+ACK, BYE (either side), RFC 4733 DTMF; no authentication, no re-INVITEs. Media goes through the same
+RTP endpoint and shared media clock as the agent's own calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sipagent.errors import SdpError, SipagentError
+from sipagent.media.clock import MediaClock
+from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, Encoder24k
+from sipagent.rtp.endpoint import RtpEndpoint
+from sipagent.rtp.ports import PortAllocator
+from sipagent.sdp import LocalSession, NegotiatedMedia, SessionDescription, accept_answer, make_offer
+from sipagent.sip.headers import new_branch, new_call_id, new_tag
+from sipagent.sip.message import Headers, SipRequest, SipResponse, build_response, parse_message
+
+log = logging.getLogger(__name__)
+
+CODECS = ("PCMU", "PCMA", "G722")
+DTMF_PT = 101
+
+
+class CallFailed(SipagentError):
+    """The far end rejected the call or never answered."""
+
+
+@dataclass
+class HeardAudio:
+    """What the caller heard, 24 kHz PCM16, with the arrival time of each 20 ms frame."""
+
+    pcm: bytearray = field(default_factory=bytearray)
+    frame_times: list[float] = field(default_factory=list)
+    audio_frames: int = 0
+
+
+class _SipSocket(asyncio.DatagramProtocol):
+    def __init__(self, on_message: Callable[[SipRequest | SipResponse, tuple[str, int]], None]) -> None:
+        self.on_message = on_message
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            message = parse_message(data)
+        except SipagentError:
+            return
+        self.on_message(message, addr)
+
+
+class SipCaller:
+    """One outgoing call. ``await dial()``, then ``play()``/``send_dtmf()``, then ``hangup()``."""
+
+    def __init__(self, clock: MediaClock, ports: PortAllocator, target: str, *, codec: str = "PCMU",
+                 host: str = "127.0.0.1", user: str = "caller", display: str = "sipagent caller") -> None:
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}")
+        self.clock, self.ports, self.target, self.codec, self.host = clock, ports, target, codec, host
+        self.user, self.display = user, display
+        self.call_id = new_call_id(host)
+        self.from_tag = new_tag()
+        self.to_header = f"<{target}>"
+        self.remote_target = target
+        self.cseq = 0
+        self.heard = HeardAudio()
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+        self._sip: _SipSocket | None = None
+        self._local_port = 0
+        self._peer: tuple[str, int] = ("", 0)
+        self._pending: dict[tuple[int, str], asyncio.Queue[SipResponse]] = {}
+        self._endpoint: RtpEndpoint | None = None
+        self._decoder = Decoder24k(codec)
+        self._encoder = Encoder24k(codec)
+        self.answered_at = 0.0
+        self.media: NegotiatedMedia | None = None
+
+    # ---------------------------------------------------------------- SIP
+
+    async def dial(self, timeout: float = 10.0) -> None:
+        host, port = _uri_host_port(self.target)
+        self._peer = (host, port)
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _SipSocket(self._on_message), local_addr=(self.host, 0)
+        )
+        self._sip = protocol
+        self._local_port = transport.get_extra_info("sockname")[1]
+        self._endpoint = RtpEndpoint(self.clock, self.ports, bind_host=self.host, jitter_ms=40,
+                                     silence=CODEC_SILENCE[self.codec], on_frame=self._on_frame)
+        offer = self._offer(self._endpoint.local_port)
+        response = await self._request("INVITE", self.target, offer, content_type="application/sdp",
+                                       timeout=timeout, final=True)
+        if response.status >= 300:
+            await self._close_media()
+            raise CallFailed(f"{self.target} answered {response.status} {response.reason}")
+        self.to_header = response.headers.get("To") or self.to_header
+        contact = response.headers.get("Contact")
+        if contact:
+            self.remote_target = contact.strip().lstrip("<").split(">")[0]
+        self._send_ack()
+        try:
+            media = accept_answer(SessionDescription.parse(response.body))
+        except SdpError as exc:
+            await self.hangup()
+            raise CallFailed(f"unusable SDP answer: {exc}") from exc
+        self.media = media
+        self._endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type,
+                                  media.dtmf_payload_type)
+        self.answered_at = time.monotonic()
+
+    def _offer(self, rtp_port: int) -> bytes:
+        offer = make_offer([self.codec], self.host, rtp_port, LocalSession("caller"), dtmf_payload_type=DTMF_PT)
+        return offer.to_bytes()
+
+    def _headers(self, method: str, cseq: int, branch: str) -> Headers:
+        headers = Headers()
+        headers.add("Via", f"SIP/2.0/UDP {self.host}:{self._local_port};branch={branch};rport")
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f'"{self.display}" <sip:{self.user}@{self.host}:{self._local_port}>;tag={self.from_tag}')
+        headers.add("To", self.to_header)
+        headers.add("Call-ID", self.call_id)
+        headers.add("CSeq", f"{cseq} {method}")
+        headers.add("Contact", f"<sip:{self.user}@{self.host}:{self._local_port}>")
+        headers.add("User-Agent", "sipagent-caller")
+        return headers
+
+    async def _request(self, method: str, uri: str, body: bytes = b"", *, content_type: str = "",
+                       timeout: float = 8.0, final: bool = True) -> SipResponse:
+        self.cseq += 1
+        request = SipRequest(method, uri, self._headers(method, self.cseq, new_branch()), body)
+        if content_type:
+            request.headers.add("Content-Type", content_type)
+        queue: asyncio.Queue[SipResponse] = asyncio.Queue()
+        key = (self.cseq, method)
+        self._pending[key] = queue
+        data = request.to_bytes()
+        deadline = time.monotonic() + timeout
+        interval, provisional = 0.5, False
+        try:
+            self._send(data)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CallFailed(f"no final response to {method} within {timeout:.0f} s")
+                try:
+                    response = await asyncio.wait_for(queue.get(), min(interval, remaining))
+                except TimeoutError:
+                    if not provisional:  # Timer A/E: retransmit until something comes back
+                        self._send(data)
+                        interval = min(interval * 2, 4.0)
+                    continue
+                if response.status < 200:
+                    provisional = True
+                    continue
+                return response
+        finally:
+            self._pending.pop(key, None)
+
+    def _send_ack(self) -> None:
+        request = SipRequest("ACK", self.remote_target, self._headers("ACK", self.cseq, new_branch()))
+        self._send(request.to_bytes())
+
+    def _send(self, data: bytes) -> None:
+        assert self._sip is not None and self._sip.transport is not None
+        self._sip.transport.sendto(data, self._peer)
+
+    def _on_message(self, message: SipRequest | SipResponse, addr: tuple[str, int]) -> None:
+        if isinstance(message, SipResponse):
+            cseq = message.cseq
+            queue = self._pending.get((cseq.seq, cseq.method))
+            if queue is not None:
+                queue.put_nowait(message)
+            elif cseq.method == "INVITE" and message.status == 200:
+                self._send_ack()  # a retransmitted 2xx: our ACK was lost
+            return
+        if message.method == "BYE":
+            self._reply(message, 200, addr)
+            self._end("remote-bye")
+        elif message.method in ("OPTIONS", "INFO", "NOTIFY"):
+            self._reply(message, 200, addr)
+        elif message.method != "ACK":
+            self._reply(message, 501, addr)
+
+    def _reply(self, request: SipRequest, status: int, addr: tuple[str, int]) -> None:
+        assert self._sip is not None and self._sip.transport is not None
+        self._sip.transport.sendto(build_response(request, status).to_bytes(), addr)
+
+    async def hangup(self) -> None:
+        if not self.ended.is_set() and self.answered_at:
+            with contextlib.suppress(CallFailed):
+                await self._request("BYE", self.remote_target, timeout=4.0)
+            self._end("local-bye")
+        await self._close_media()
+
+    def _end(self, reason: str) -> None:
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    async def _close_media(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+        if self._sip is not None and self._sip.transport is not None:
+            self._sip.transport.close()
+
+    # ---------------------------------------------------------------- media
+
+    def _on_frame(self, payload: bytes) -> None:
+        self.heard.pcm += self._decoder.decode(payload)
+        self.heard.frame_times.append(time.monotonic())
+        if payload != CODEC_SILENCE[self.codec]:
+            self.heard.audio_frames += 1
+
+    def play(self, pcm24k: bytes) -> float:
+        """Queues 24 kHz PCM16 to be spoken; returns its duration in seconds."""
+        assert self._endpoint is not None
+        self._endpoint.playout.push(self._encoder.encode(pcm24k))
+        return len(pcm24k) / 48000
+
+    @property
+    def speaking(self) -> bool:
+        return self._endpoint is not None and self._endpoint.playout.buffered_ms > 0
+
+    def send_dtmf(self, digit: str, duration_ms: int = 120) -> None:
+        assert self._endpoint is not None
+        self._endpoint.send_dtmf(digit, duration_ms)
+
+
+def _uri_host_port(uri: str) -> tuple[str, int]:
+    from sipagent.sip.uri import SipUri
+
+    parsed = SipUri.parse(uri)
+    host, port = parsed.host_port
+    return host, port or 5060

@@ -1,0 +1,120 @@
+"""``sipagent check --connect``: try each outside dependency once and give a verdict per step.
+
+Registers once and unregisters (or, in direct mode, binds the SIP port), reserves the RTP ports, and
+opens a Realtime session, sends the session.update built from the config and waits for the server to
+acknowledge it. Each step prints ``ok`` or ``FAIL`` with what to do about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from sipagent.agent import ua_settings
+from sipagent.bridge.tools import tool_definitions
+from sipagent.config import Config
+from sipagent.errors import RealtimeError, SipagentError
+from sipagent.realtime import events as ev
+from sipagent.realtime.client import RealtimeClient
+from sipagent.realtime.providers import endpoint_for
+from sipagent.rtp.ports import PortAllocator
+from sipagent.sip.ua import UserAgent
+
+Step = Callable[[Config], Awaitable[str]]
+
+
+class StepFailed(SipagentError):
+    pass
+
+
+def run_doctor(config: Config, out: Callable[[str], None] = print) -> bool:
+    return asyncio.run(_doctor(config, out))
+
+
+async def _doctor(config: Config, out: Callable[[str], None]) -> bool:
+    steps: list[tuple[str, Step]] = [
+        ("SIP registration" if config.sip.registrar else "SIP listen (direct mode)", _check_sip),
+        ("RTP ports", _check_rtp),
+        ("Realtime session", _check_realtime),
+    ]
+    healthy = True
+    for name, step in steps:
+        try:
+            detail = await step(config)
+        except (SipagentError, OSError) as exc:
+            out(f"FAIL  {name}: {exc}")
+            healthy = False
+        else:
+            out(f"ok    {name}: {detail}")
+    out("all checks passed" if healthy else "some checks failed")
+    return healthy
+
+
+async def _check_sip(config: Config) -> str:
+    async def refuse(call: object) -> None:
+        return None
+
+    ua = UserAgent(ua_settings(config), refuse)
+    await ua.start()
+    try:
+        host, port = ua.local_address
+        if not config.sip.registrar:
+            return f"bound {config.sip.transport} {host}:{port}; the PBX must send INVITEs here"
+        if not await ua.wait_registered(timeout=10.0):
+            raise StepFailed(
+                f"not registered as {config.sip.username}@{config.sip.effective_domain} at {config.sip.registrar} "
+                f"(state {ua.registration_state}); check the registrar address, username, password and domain"
+            )
+        return f"registered {config.sip.username}@{config.sip.effective_domain} via {config.sip.registrar}"
+    finally:
+        await ua.stop()
+
+
+async def _check_rtp(config: Config) -> str:
+    low, high = config.media.rtp_port_range
+    allocator = PortAllocator(low, high)
+    port, rtp, rtcp = allocator.bind_pair(config.sip.listen_address.host)
+    rtp.close()
+    rtcp.close()
+    allocator.release(port)
+    return f"can bind {config.media.rtp_ports} (tried {port}/{port + 1})"
+
+
+async def _check_realtime(config: Config) -> str:
+    rt = config.realtime
+    server = None
+    url = rt.url
+    if rt.provider == "local" and not url:
+        from sipagent.realtime.local.brain import LocalBrainConfig
+        from sipagent.realtime.local.server import LocalRealtimeServer
+
+        server = LocalRealtimeServer(LocalBrainConfig.from_mapping(rt.local), "127.0.0.1", 0)
+        await server.start()
+        url = server.url
+    endpoint = endpoint_for(rt.provider, url=url, model=rt.model, api_key=rt.api_key, dialect=rt.dialect)
+    client = RealtimeClient.for_endpoint(endpoint, connect_timeout=rt.connect_timeout_s)
+    try:
+        await client.connect()
+        session = ev.SessionSettings(
+            instructions=rt.instructions, voice=rt.voice, turn_detection=rt.turn_detection or None,
+            transcription_model=rt.transcription_model or None, tools=tool_definitions(config.agent.tools),
+            audio_format=rt.audio_format,
+        )
+        await client.send(ev.session_update(session, ev.check_dialect(rt.dialect)))
+        async with asyncio.timeout(10.0):
+            while True:
+                event = await client.recv()
+                if event["type"] == "session.updated":
+                    return f"{endpoint.url.split('?')[0]} accepted the session ({rt.dialect}, {rt.audio_format})"
+                if event["type"] == "error":
+                    raise StepFailed(f"the server refused the session: {event.get('error', {}).get('message')}")
+    except TimeoutError:
+        raise StepFailed("no session.updated within 10 s") from None
+    except RealtimeError as exc:
+        raise StepFailed(f"{exc}; check realtime.url, realtime.model and the API key") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
+        if server is not None:
+            await server.stop()

@@ -1,0 +1,82 @@
+"""Local voice activity detection on inbound 20 ms frames, aware of the agent's own echo.
+
+Energy-based on purpose: it runs on every inbound frame of every call, so it must cost microseconds, and
+it only has to answer "is the caller talking over the agent?", not find word boundaries. Echo of the
+agent's voice returning from the line is rejected by comparing the caller's level with the level the
+agent was playing a moment ago: a hybrid or a speakerphone returns the agent attenuated (typically
+15-30 dB), while a caller who talks over the agent is about as loud as the agent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+SILENCE_DB = -96.0
+
+
+def level_db(pcm: bytes) -> float:
+    """RMS level of PCM16 little-endian audio in dBFS (full-scale sine ≈ -3 dBFS)."""
+    if len(pcm) < 2:
+        return SILENCE_DB
+    samples = np.frombuffer(pcm, dtype="<i2", count=len(pcm) // 2).astype(np.float32)
+    mean_square = float(np.dot(samples, samples)) / samples.size
+    if mean_square <= 1.0:
+        return SILENCE_DB
+    return 10.0 * math.log10(mean_square / (32768.0 * 32768.0))
+
+
+@dataclass
+class VadSettings:
+    threshold_db: float = -35.0  # absolute floor: quieter than this is never speech
+    min_speech_ms: int = 200  # speech must last this long before it counts (debounce "uh", clicks)
+    echo_margin_db: float = 10.0  # caller must be within this of the agent's recent level to be speech
+    echo_window_ms: int = 300  # how far back the agent's level is remembered (covers line echo delay)
+    frame_ms: int = 20
+
+
+class EchoAwareVad:
+    """Decides, frame by frame, whether the caller is speaking (as opposed to echo or a short noise).
+
+    Feed it the agent's outgoing frames' levels with :meth:`agent_frame` and the caller's frames with
+    :meth:`caller_frame`; the latter returns True on the frame where speech has lasted ``min_speech_ms``.
+    """
+
+    def __init__(self, settings: VadSettings | None = None) -> None:
+        self.settings = settings or VadSettings()
+        window = max(1, self.settings.echo_window_ms // self.settings.frame_ms)
+        self._agent_levels: deque[float] = deque([SILENCE_DB] * window, maxlen=window)
+        self._speech_ms = 0
+        self.speaking = False
+        self.last_level_db = SILENCE_DB
+
+    def agent_frame(self, level: float) -> None:
+        """The level of the frame the agent just played (SILENCE_DB when it played silence)."""
+        self._agent_levels.append(level)
+
+    def threshold_db(self) -> float:
+        agent = max(self._agent_levels)
+        return max(self.settings.threshold_db, agent - self.settings.echo_margin_db)
+
+    def caller_frame(self, pcm: bytes) -> bool:
+        """Returns True once, on the frame where the caller has been speaking for ``min_speech_ms``."""
+        level = level_db(pcm)
+        self.last_level_db = level
+        if level >= self.threshold_db():
+            self._speech_ms += self.settings.frame_ms
+        else:
+            # Short dips inside a word do not reset the count; a real pause does.
+            self._speech_ms = max(0, self._speech_ms - 2 * self.settings.frame_ms)
+            if self._speech_ms == 0:
+                self.speaking = False
+        if not self.speaking and self._speech_ms >= self.settings.min_speech_ms:
+            self.speaking = True
+            return True
+        return False
+
+    @property
+    def recent_speech_ms(self) -> int:
+        return self._speech_ms
