@@ -10,17 +10,21 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
 from sipagent.bridge.tools import tool_definitions
-from sipagent.config import Config
-from sipagent.errors import RealtimeError, SdpError
+from sipagent.config import Config, load_config
+from sipagent.errors import ConfigError, RealtimeError, SdpError
 from sipagent.media.clock import MediaClock
 from sipagent.media.kernel import CODEC_SILENCE
 from sipagent.media.playout import PlayoutQueue
+from sipagent.observability.health import HealthState, LoopStallDetector, start_health_server
+from sipagent.observability.logs import configure_logging, install_trace_toggle, set_call_id
+from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
 from sipagent.realtime.providers import Endpoint, endpoint_for
@@ -89,6 +93,11 @@ class Agent:
         self._accepting = True
         self.ua: UserAgent | None = None
         self.bridges: dict[str, CallBridge] = {}
+        self.metrics = Metrics()
+        self.health = HealthState()
+        self._monitor: asyncio.Task[None] | None = None
+        self._apology = _apology_audio()
+        self._late_ticks_seen = 0
 
     async def start(self) -> None:
         rt = self.config.realtime
@@ -106,6 +115,33 @@ class Agent:
         settings = ua_settings(self.config)
         self.ua = UserAgent(settings, self._on_call)
         await self.ua.start()
+        self._monitor = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        """Once a second: registration state and media clock health into metrics and /healthz."""
+        last_state = ""
+        while True:
+            assert self.ua is not None
+            state = self.ua.registration_state
+            if state != last_state:
+                self.metrics.set_registration_state(state)
+                if self.config.sip.registrar:
+                    self.health.note_registration(state in ("registered", "refreshing"))
+                    if last_state in ("registered", "refreshing") and state not in ("registered", "refreshing"):
+                        self.metrics.registration_failed(state)
+                last_state = state
+            late = self.clock.late_ticks + self.clock.skipped_ticks
+            if late > self._late_ticks_seen:
+                self.metrics.add_late_ticks(late - self._late_ticks_seen)
+                self._late_ticks_seen = late
+            await asyncio.sleep(1.0)
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: new instructions, voice and tools for calls answered from now on."""
+        self.config.realtime.instructions = config.realtime.instructions
+        self.config.realtime.voice = config.realtime.voice
+        self.config.agent = config.agent
+        log.info("configuration reloaded: %d tools, for new calls", len(config.agent.tools))
 
     @property
     def sip_address(self) -> tuple[str, int]:
@@ -113,10 +149,17 @@ class Agent:
         return self.ua.local_address
 
     async def stop(self, grace_s: float = 0.0) -> None:
-        """Stop taking calls, give active ones ``grace_s`` to finish, end the rest, unregister."""
+        """Stop taking calls (503), give active ones ``grace_s`` to finish, end the rest politely,
+        unregister."""
         self._accepting = False
+        self.health.set_problem("shutdown", "shutting down")
         if self._calls and grace_s > 0:
             await asyncio.wait(set(self._calls), timeout=grace_s)
+        if self.bridges:
+            await asyncio.gather(*(bridge.end_politely() for bridge in list(self.bridges.values())),
+                                 return_exceptions=True)
+        if self._monitor is not None:
+            self._monitor.cancel()
         if self.ua is not None:
             await self.ua.stop()
         for task in list(self._calls):
@@ -133,6 +176,7 @@ class Agent:
     async def _on_call(self, call: IncomingCall) -> None:
         task = asyncio.current_task()
         assert task is not None
+        set_call_id(call.call_id)  # every log line of this call's tasks carries its Call-ID
         self._calls.add(task)
         try:
             await self._handle_call(call)
@@ -146,6 +190,7 @@ class Agent:
     async def _handle_call(self, call: IncomingCall) -> None:
         if not self._accepting:
             await call.reject(503)
+            self._count("rejected-busy")
             return
         self.stats.calls_total += 1
         bridge_ref: list[CallBridge] = []
@@ -197,8 +242,14 @@ class Agent:
             bridge_ref.append(bridge)
             self.bridges[call.call_id] = bridge
             log.info("[%s] answered %s with %s", call.call_id, call.from_uri, codec)
+            self.metrics.call_started()
+            answered = time.monotonic()
             outcome = await bridge.run()
-            self._count(outcome.reason)
+            self.stats.outcomes[outcome.reason] = self.stats.outcomes.get(outcome.reason, 0) + 1
+            self.metrics.call_ended(outcome.reason, time.monotonic() - answered)
+            rtp = endpoint.stats()
+            self.metrics.add_rtp(sent=rtp.packets_sent, received=rtp.packets_received, lost=max(0, rtp.lost))
+            self.metrics.observe_jitter(rtp.jitter_ms / 1000)
             if self.on_call_end:
                 self.on_call_end(call.call_id, outcome)
         finally:
@@ -210,7 +261,9 @@ class Agent:
         return self.ua.local_address[0]
 
     def _count(self, outcome: str) -> None:
+        """A call that never became active."""
         self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
+        self.metrics.call_counted(outcome)
 
     def _transcript_callback(self, call_id: str) -> Callable[[str, str], None] | None:
         if self.on_transcript is None:
@@ -230,7 +283,8 @@ class Agent:
         )
         return BridgeSettings(
             agent=agent, recording=self.config.recording, session=session, dialect=ev.check_dialect(rt.dialect),
-            audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=_apology_audio(),
+            audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
+            metrics=self.metrics,
         )
 
     async def _connect(self) -> RealtimeLink:
@@ -270,8 +324,6 @@ def _apology_audio() -> Callable[[str], Any] | None:
 
 def run_agent(config: Config) -> int:
     """``sipagent run``: serve until SIGTERM/SIGINT, then shut down gracefully."""
-    from sipagent.observability.logs import configure_logging
-
     configure_logging(config.logging.level, config.logging.format,
                       secrets=[config.sip.password, config.realtime.api_key])
     return asyncio.run(_serve(config))
@@ -283,13 +335,37 @@ async def _serve(config: Config) -> int:
         await agent.start()
     except (OSError, RealtimeError) as exc:
         log.error("cannot start: %s", exc)
+        await agent.stop()
         return 1
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stall = LoopStallDetector(agent.health, agent.metrics)
+    stall.start()
+    server = None
+    metrics_address = config.metrics.listen_address
+    if metrics_address is not None:
+        server = await start_health_server(metrics_address.host, metrics_address.port, agent.metrics, agent.health)
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", metrics_address.host, server.port)
+    install_trace_toggle(loop)
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("sipagent ready on %s:%d", *agent.sip_address)
+
+    def reload() -> None:
+        try:
+            agent.reload(load_config(config.source))
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    log.info("sipagent ready on %s:%d (%s)", *agent.sip_address,
+             "direct mode" if config.sip.direct_mode else f"registering at {config.sip.registrar}")
     await stop.wait()
-    log.info("shutting down: no new calls, %d active", len(agent.bridges))
-    await agent.stop(grace_s=30.0)
+    log.info("shutting down: no new calls; %d active get %.0f s to finish", len(agent.bridges),
+             config.agent.shutdown_grace_s)
+    await agent.stop(grace_s=config.agent.shutdown_grace_s)
+    await stall.stop()
+    if server is not None:
+        server.close()
+        await server.wait_closed()
+    log.info("stopped")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -93,10 +94,22 @@ def _demo(path: str | None, question: str | None, out: str | None) -> int:
 
 
 def _local_realtime(listen: str, path: str | None) -> int:
-    from sipagent.realtime.local.cli import serve_forever
+    import asyncio
 
-    config = load_config(path) if path else None
-    return serve_forever(listen, config.realtime.local if config else None)
+    from sipagent.demo import load_demo_config
+    from sipagent.realtime.local.brain import LocalBrainConfig
+    from sipagent.realtime.local.server import serve
+
+    # Without -c, the brain is the demo's (a retail support line).
+    config = load_config(path) if path else load_demo_config(None, None)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(listen, LocalBrainConfig.from_mapping(config.realtime.local)))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="--listen") from None
+    return EXIT_OK
 
 
 if __name__ == "__main__":

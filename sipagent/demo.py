@@ -42,8 +42,10 @@ class DemoResult:
     transcript: list[dict[str, object]]
 
 
-def load_demo_config(path: str | None, out_dir: Path) -> Config:
-    env = {**os.environ, "SIPAGENT_DEMO_DIR": str(out_dir)}
+def load_demo_config(path: str | None, out_dir: Path | None) -> Config:
+    env = dict(os.environ)
+    if out_dir is not None:
+        env["SIPAGENT_DEMO_DIR"] = str(out_dir)
     if path:
         return load_config(path, env=env)
     text = resources.files("sipagent").joinpath("data/demo.yaml").read_text(encoding="utf-8")

@@ -48,6 +48,7 @@ class AgentConfig:
     idle_timeout_s: float = 20.0
     idle_prompt: str = "Are you still there?"
     goodbye: str = "Thank you for calling. Goodbye."
+    shutdown_grace_s: float = 30.0
     on_failure: FailureConfig = field(default_factory=FailureConfig)
 
 

@@ -131,7 +131,7 @@ def test_tool_definitions_fill_builtins() -> None:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if body.get("order_id") == "slow":
             threading.Event().wait(1.0)
