@@ -1,0 +1,234 @@
+"""Registration with a registrar (RFC 3261 section 10) as a pure state machine.
+
+States: unregistered → registering → registered → refreshing → registered ...; failures and timeouts
+go to backing-off (retry later, exponential delay with a cap); rejected credentials go to failed
+(retried at the maximum delay, in case the PBX is fixed); ``stop`` goes through unregistering.
+
+The shell sends each returned ``SipRequest`` in a new client transaction, feeds the final response to
+``on_response`` (or calls ``on_timeout`` when the transaction times out / the transport fails), and
+calls ``timeout(now)`` when ``now >= next_deadline``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from sipagent.errors import SipParseError
+from sipagent.sip.auth import DigestAuthenticator, DigestCredentials
+from sipagent.sip.headers import CSeq, new_branch, new_call_id, new_tag
+from sipagent.sip.message import Headers, SipRequest, SipResponse
+from sipagent.sip.uri import NameAddr, SipUri
+
+logger = logging.getLogger(__name__)
+_DIGITS = re.compile(r"[0-9]{1,10}")
+
+
+@dataclass
+class RegistrationConfig:
+    registrar_uri: str  # Request-URI, e.g. "sip:pbx.example.com:5060"
+    aor: str  # address of record, e.g. "sip:1001@pbx.example.com"
+    contact: str  # e.g. "<sip:1001@192.0.2.1:5060;transport=udp>"
+    via_sent_by: str  # "host:port" for our Via
+    transport: str = "UDP"
+    credentials: DigestCredentials | None = None
+    expires: int = 300
+    user_agent: str = "sipagent"
+    backoff_initial: float = 2.0
+    backoff_max: float = 120.0
+    min_refresh: float = 5.0
+
+
+def refresh_delay(granted: int, min_refresh: float = 5.0) -> float:
+    """Refresh well before expiry: min(80 %, expiry − 30 s), but never before half of it."""
+    return max(min(granted * 0.8, granted - 30.0), granted * 0.5, min_refresh)
+
+
+class Registration:
+    def __init__(self, config: RegistrationConfig, call_id: str | None = None) -> None:
+        self.config = config
+        self.state = "unregistered"
+        self.call_id = call_id or new_call_id()
+        self.from_tag = new_tag()
+        self.expires = config.expires  # what we ask for; raised by 423
+        self.granted: int | None = None
+        self.registered_until: float | None = None
+        self.next_deadline: float | None = None
+        self.failures = 0
+        self._seq = 0
+        self._pending: SipRequest | None = None
+        self._auth = DigestAuthenticator(config.credentials) if config.credentials else None
+
+    # -- verbs -------------------------------------------------------------------------------------
+
+    def start(self, now: float) -> SipRequest:
+        return self._register(now, "registering")
+
+    def stop(self, now: float) -> SipRequest | None:
+        """Unregister (Expires: 0) if we hold a registration; None when there is nothing to undo."""
+        self.next_deadline = None
+        if self.state in ("registered", "refreshing") or (
+            self.registered_until is not None and now < self.registered_until
+        ):
+            return self._build(0, "unregistering")
+        self._set_state("unregistered")
+        self._pending = None
+        return None
+
+    def timeout(self, now: float) -> SipRequest | None:
+        """The wake-up time came: refresh, or retry after a back-off."""
+        if self.next_deadline is None or now < self.next_deadline:
+            return None
+        self.next_deadline = None
+        if self.state == "registered":
+            return self._register(now, "refreshing")
+        if self.state in ("backing-off", "failed"):
+            if self._auth is not None and self.state == "failed":
+                self._auth.reset()
+            return self._register(now, "registering")
+        return None
+
+    def on_timeout(self, now: float) -> None:
+        """The REGISTER transaction timed out or could not be sent (registrar down)."""
+        if self.state == "unregistering":
+            self._set_state("unregistered")
+            return
+        logger.warning("registrar did not answer")
+        self._back_off(now, None)
+
+    def on_response(self, response: SipResponse, now: float) -> SipRequest | None:
+        """Handle a final response to the pending REGISTER; returns the next request to send, if any."""
+        pending = self._pending
+        if pending is None or response.status < 200:
+            return None
+        try:
+            if response.cseq != pending.cseq or response.call_id != self.call_id:
+                return None  # a stray response to an older REGISTER
+        except SipParseError:
+            return None
+        status = response.status
+        if status < 300:
+            self._on_success(response, now)
+            return None
+        if status in (401, 407):
+            return self._on_challenge(response, now)
+        if status == 423:
+            return self._on_too_brief(response, now)
+        logger.warning("registration rejected: %d %s", status, response.reason)
+        self._back_off(now, _retry_after(response))
+        return None
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _on_success(self, response: SipResponse, now: float) -> None:
+        if self._auth is not None:
+            self._auth.succeeded()
+        if self.state == "unregistering":
+            self._set_state("unregistered")
+            self.registered_until = None
+            self._pending = None
+            return
+        granted = self._granted_expiry(response)
+        if granted <= 0:
+            self._back_off(now, None)
+            return
+        self.granted = granted
+        self.failures = 0
+        self.registered_until = now + granted
+        self.next_deadline = now + refresh_delay(granted, self.config.min_refresh)
+        self._set_state("registered")
+        self._pending = None
+        logger.info("registered for %d s", granted)
+
+    def _on_challenge(self, response: SipResponse, now: float) -> SipRequest | None:
+        header = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
+        challenges = response.headers.get_all(header)
+        if self._auth is None or not self._auth.handle_challenge(response.status, challenges):
+            logger.error("registration: authentication failed (%d)", response.status)
+            self._fail(now)
+            return None
+        return self._build(0 if self.state == "unregistering" else self.expires, self.state)
+
+    def _on_too_brief(self, response: SipResponse, now: float) -> SipRequest | None:
+        text = response.headers.get("Min-Expires") or ""
+        minimum = int(text) if _DIGITS.fullmatch(text.strip()) else 0
+        if minimum <= self.expires:
+            logger.error("423 without a usable Min-Expires (%r)", text)
+            self._back_off(now, None)
+            return None
+        logger.info("registrar wants expires >= %d", minimum)
+        self.expires = minimum
+        return self._build(self.expires, self.state)
+
+    def _granted_expiry(self, response: SipResponse) -> int:
+        ours = NameAddr.parse(self.config.contact).uri
+        for value in response.headers.get_all("Contact"):
+            try:
+                contact = NameAddr.parse(value)
+            except SipParseError:
+                continue
+            if _same_binding(contact.uri, ours):
+                expires = contact.params.get("expires") or ""
+                if _DIGITS.fullmatch(expires):
+                    return int(expires)
+        header = (response.headers.get("Expires") or "").strip()
+        if _DIGITS.fullmatch(header):
+            return int(header)
+        return self.expires
+
+    def _back_off(self, now: float, retry_after: float | None) -> None:
+        self.failures += 1
+        delay = min(self.config.backoff_initial * 2 ** (self.failures - 1), self.config.backoff_max)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.config.backoff_max * 10))
+        self.next_deadline = now + delay
+        self._pending = None
+        self._set_state("backing-off")
+        logger.info("registration retry in %.1f s (failure %d)", delay, self.failures)
+
+    def _fail(self, now: float) -> None:
+        self.failures += 1
+        self.next_deadline = now + self.config.backoff_max
+        self._pending = None
+        self._set_state("failed")
+
+    def _register(self, now: float, state: str) -> SipRequest:
+        del now  # time is not part of the request; kept for symmetry with the other verbs
+        return self._build(self.expires, state)
+
+    def _build(self, expires: int, state: str) -> SipRequest:
+        self._set_state(state)
+        self._seq += 1
+        cfg = self.config
+        headers = Headers()
+        headers.add("Via", f"SIP/2.0/{cfg.transport.upper()} {cfg.via_sent_by};branch={new_branch()};rport")
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f"<{cfg.aor}>;tag={self.from_tag}")
+        headers.add("To", f"<{cfg.aor}>")
+        headers.add("Call-ID", self.call_id)
+        headers.add("CSeq", str(CSeq(self._seq, "REGISTER")))
+        headers.add("Contact", cfg.contact)
+        headers.add("Expires", str(expires))
+        headers.add("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REFER, NOTIFY")
+        headers.add("User-Agent", cfg.user_agent)
+        if self._auth is not None:
+            for name, value in self._auth.headers_for("REGISTER", cfg.registrar_uri):
+                headers.add(name, value)
+        request = SipRequest("REGISTER", cfg.registrar_uri, headers)
+        self._pending = request
+        return request
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            logger.info("registration %s -> %s", self.state, state)
+            self.state = state
+
+
+def _same_binding(a: SipUri, b: SipUri) -> bool:
+    return (a.user, a.host.lower(), a.port or 5060) == (b.user, b.host.lower(), b.port or 5060)
+
+
+def _retry_after(response: SipResponse) -> float | None:
+    text = (response.headers.get("Retry-After") or "").split(";")[0].split("(")[0].strip()
+    return float(text) if _DIGITS.fullmatch(text) else None
