@@ -1,0 +1,137 @@
+"""The one shared 20 ms media clock of the process.
+
+Every registered stream gets ``on_tick(elapsed)`` once per 20 ms, on absolute deadlines computed from
+``loop.time()`` (``deadline = start + k * interval``), never by chaining relative sleeps, so the cadence
+does not drift whatever each tick costs.
+
+Streams are spread over ``phases`` evenly spaced sub-slots of the period (each stream keeps its own
+exact 20 ms cadence, but calls are not all due at the same instant): with hundreds of calls, sending
+every packet at one instant would delay the last packet of the tick by the cost of all the others.
+
+``ticks``, ``late_ticks`` and ``skipped_ticks`` count phase ticks that had streams to serve.
+A tick that runs late is still one tick (``late_ticks`` counts those later than ``late_threshold``).
+A tick so late that one or more whole periods passed is not replayed as a burst of packets: the missed
+deadlines are skipped and counted (``skipped_ticks``), and streams get ``elapsed > 1`` so their RTP
+timestamps keep pace with real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 0.020
+
+
+class ClockStream(Protocol):
+    def on_tick(self, elapsed: int) -> None:
+        """Send this period's frame; ``elapsed`` is the number of periods since the last call (normally 1)."""
+
+
+class MediaClock:
+    def __init__(
+        self,
+        interval: float = INTERVAL,
+        phases: int = 10,
+        late_threshold: float = 0.002,
+        probe: Callable[[float], None] | None = None,
+    ) -> None:
+        self.interval = interval
+        self.phases = max(1, phases)
+        self.late_threshold = late_threshold
+        self.probe = probe  # if set, called with (send time - deadline) after each stream's tick (benchmarks)
+        self.ticks = 0
+        self.late_ticks = 0
+        self.skipped_ticks = 0
+        self._slots: list[list[ClockStream]] = [[] for _ in range(self.phases)]
+        self._slot_of: dict[int, int] = {}
+        self._handles: list[asyncio.TimerHandle | None] = [None] * self.phases
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None
+
+    @property
+    def streams(self) -> int:
+        return len(self._slot_of)
+
+    def start(self) -> None:
+        """Start ticking on the running event loop (idempotent)."""
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._start = self._loop.time() + self.interval
+        for phase in range(self.phases):
+            if self._slots[phase]:
+                self._schedule(phase)
+
+    def _schedule(self, phase: int) -> None:
+        """Arm an idle phase at its next deadline on the absolute grid (idle phases cost no wakeups)."""
+        loop = self._loop
+        if loop is None or self._handles[phase] is not None:
+            return
+        offset = self._start + phase * (self.interval / self.phases)
+        k = max(0, math.ceil((loop.time() - offset) / self.interval))
+        self._handles[phase] = loop.call_at(offset + k * self.interval, self._tick, phase, k)
+
+    def stop(self) -> None:
+        for handle in self._handles:
+            if handle is not None:
+                handle.cancel()
+        self._handles = [None] * self.phases
+        self._loop = None
+
+    def register(self, stream: ClockStream) -> None:
+        """Add a stream to the least loaded phase; it gets its first tick within one period."""
+        if id(stream) in self._slot_of:
+            return
+        phase = min(range(self.phases), key=lambda p: len(self._slots[p]))
+        self._slots[phase].append(stream)
+        self._slot_of[id(stream)] = phase
+        self._schedule(phase)
+
+    def unregister(self, stream: ClockStream) -> None:
+        phase = self._slot_of.pop(id(stream), None)
+        if phase is not None:
+            # Replace the list rather than mutate it: a tick may be iterating over the old one.
+            self._slots[phase] = [s for s in self._slots[phase] if s is not stream]
+
+    def _tick(self, phase: int, k: int) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        offset = self._start + phase * (self.interval / self.phases)
+        deadline = offset + k * self.interval
+        now = loop.time()
+        elapsed = 1
+        if now - deadline >= self.interval:
+            # Whole periods missed: jump to the latest deadline that has passed instead of bursting.
+            missed = int((now - deadline) / self.interval)
+            k += missed
+            deadline += missed * self.interval
+            elapsed += missed
+        streams = self._slots[phase]
+        if not streams:
+            self._handles[phase] = None  # idle until a stream registers here again
+            return
+        self.ticks += 1
+        self.skipped_ticks += elapsed - 1
+        if now - deadline > self.late_threshold:
+            self.late_ticks += 1
+        probe = self.probe
+        for stream in streams:
+            try:
+                stream.on_tick(elapsed)
+            except Exception:
+                log.exception("media stream %r failed on tick; unregistering it", stream)
+                self.unregister(stream)
+            if probe is not None:
+                probe(loop.time() - deadline)
+        self._handles[phase] = loop.call_at(offset + (k + 1) * self.interval, self._tick, phase, k + 1)

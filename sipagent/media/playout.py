@@ -1,0 +1,71 @@
+"""Per-call playout queue: audio of any length in, exactly one frame out per clock tick.
+
+A pure core. The bridge pushes encoded payload bytes as they arrive (any length); the media clock pops
+one frame per 20 ms tick and sends it. When the queue runs dry the clock gets the codec's silence frame.
+``played_ms`` counts only real audio handed to the wire, which is what barge-in truncation needs.
+
+A partial frame at the end of an utterance is held for ``hold_ticks`` ticks (the next delta usually
+completes it), then sent padded with silence so the tail of the utterance is not stuck in the queue.
+"""
+
+from __future__ import annotations
+
+
+class PlayoutQueue:
+    def __init__(self, frame_bytes: int = 160, silence: bytes = b"\xff" * 160, hold_ticks: int = 2) -> None:
+        if frame_bytes <= 0 or len(silence) != frame_bytes:
+            raise ValueError("silence must be exactly one frame of frame_bytes bytes")
+        self.frame_bytes = frame_bytes
+        self.silence = bytes(silence)
+        self.hold_ticks = hold_ticks
+        self._buf = bytearray()
+        self._played_bytes = 0
+        self._held = 0  # consecutive ticks a partial frame has waited
+
+    def push(self, payload: bytes) -> None:
+        self._buf += payload
+
+    def pop_frame(self) -> tuple[bytes, bool]:
+        """Return ``(frame, is_audio)``: the next frame of audio, or the silence frame when there is none."""
+        n = self.frame_bytes
+        buf = self._buf
+        if len(buf) >= n:
+            frame = bytes(buf[:n])
+            del buf[:n]
+            self._held = 0
+            self._played_bytes += n
+            return frame, True
+        if not buf:
+            return self.silence, False
+        self._held += 1
+        if self._held <= self.hold_ticks:
+            return self.silence, False
+        tail = bytes(buf)
+        buf.clear()
+        self._held = 0
+        self._played_bytes += len(tail)
+        return tail + self.silence[len(tail) :], True
+
+    def flush(self) -> int:
+        """Discard everything not yet sent; returns the milliseconds discarded."""
+        discarded = self.buffered_ms
+        self._buf.clear()
+        self._held = 0
+        return discarded
+
+    def reset_played(self) -> None:
+        self._played_bytes = 0
+
+    @property
+    def played_ms(self) -> int:
+        """Milliseconds of real audio sent since the last ``reset_played()``."""
+        return self._played_bytes * 20 // self.frame_bytes
+
+    @property
+    def buffered_ms(self) -> int:
+        return len(self._buf) * 20 // self.frame_bytes
+
+    @property
+    def is_playing(self) -> bool:
+        """True while there is audio waiting to be sent."""
+        return bool(self._buf)

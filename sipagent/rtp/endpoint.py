@@ -1,0 +1,365 @@
+"""One call's RTP endpoint: UDP socket pair, symmetric RTP, jitter buffer, DTMF, RTCP, on the shared clock.
+
+The asyncio shell around the pure cores of this package. Sockets are plain non-blocking sockets watched
+with ``loop.add_reader`` and written with ``sendto``: one system call per packet, no transport objects.
+
+Every 20 ms the shared ``MediaClock`` calls ``on_tick``, which (1) pulls one frame from the jitter
+buffer for ``on_frame``, (2) sends one packet: a DTMF event packet when a digit is being sent, otherwise
+the next frame of ``playout`` (or silence), and (3) every ~5 s sends an RTCP SR (or RR while we have not
+sent anything) to the peer.
+
+Symmetric RTP: the first valid packet (right payload type) after ``set_remote`` latches the source and
+media is sent back there, whatever the SDP said (NAT). Packets from anywhere else are dropped (logged
+once per latch). A latch to an address other than the signalled one stays provisional: a packet from
+the signalled address itself takes over, so a straggler from the old address after a re-INVITE cannot
+steal the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sipagent.errors import RtpError
+from sipagent.media.clock import MediaClock
+from sipagent.media.playout import PlayoutQueue
+from sipagent.rtp.dtmf import DtmfReceiver, DtmfSender
+from sipagent.rtp.jitter import JitterBuffer
+from sipagent.rtp.packet import RtpPacket, build_header, is_rtcp
+from sipagent.rtp.ports import PortAllocator
+from sipagent.rtp.rtcp import (
+    ReceiverReport,
+    ReportBlock,
+    SenderReport,
+    build_rr,
+    build_sr,
+    ntp_from_unix,
+    ntp_middle,
+    parse_compound,
+)
+from sipagent.rtp.stats import ReceiveStats
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_TICK = 160  # 20 ms at the 8000 Hz RTP clock of PCMU, PCMA and (by RFC 3551's quirk) G.722
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStats:
+    packets_received: int
+    lost: int
+    jitter_ms: float
+    late: int
+    duplicates: int
+    concealed: int
+    packets_sent: int
+    foreign_packets: int
+    malformed: int
+    send_errors: int
+    remote_lost: int | None  # as the peer reports it in RTCP, None before its first report
+    remote_jitter_ms: float | None
+
+
+class RtpEndpoint:
+    def __init__(
+        self,
+        clock: MediaClock,
+        ports: PortAllocator,
+        *,
+        bind_host: str = "0.0.0.0",
+        jitter_ms: int = 60,
+        silence: bytes = b"\xff" * 160,
+        on_frame: Callable[[bytes], None] | None = None,
+        on_dtmf: Callable[[str, int], None] | None = None,
+        cname: str = "sipagent",
+        rtcp_interval: float = 5.0,
+    ) -> None:
+        """Bind a port pair from ``ports`` and start ticking on ``clock``; needs a running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self.clock = clock
+        self.frame_bytes = len(silence)
+        self.on_frame = on_frame
+        self.on_dtmf = on_dtmf
+        self.cname = cname
+        self.playout = PlayoutQueue(frame_bytes=self.frame_bytes, silence=silence)
+        self.jitter = JitterBuffer.from_ms(silence, jitter_ms)
+        self.rx_stats = ReceiveStats()
+        self._ports = ports
+        self.local_port, self._sock, self._rtcp_sock = ports.bind_pair(bind_host)
+        self._closed = False
+        # Outbound stream state.
+        self.ssrc = secrets.randbits(32)
+        self._seq = secrets.randbits(16)
+        self._ts = secrets.randbits(32)
+        self._event_ts = 0
+        self._was_audio = False
+        self._ticked = False
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self.send_errors = 0
+        # Remote side.
+        self.payload_type: int | None = None
+        self.dtmf_payload_type: int | None = None
+        self._signalled: Address | None = None
+        self._dest: Address | None = None
+        self._latched: Address | None = None
+        self._foreign_logged = False
+        self._rtcp_dest: Address | None = None
+        self._rtcp_latched = False
+        self._rtcp_mux = False
+        self._rx_ssrc: int | None = None
+        self.foreign_packets = 0
+        self.malformed = 0
+        self._dtmf_rx = DtmfReceiver()
+        self._dtmf_tx = DtmfSender(SAMPLES_PER_TICK)
+        # RTCP: spread reports of many calls over the interval.
+        self._rtcp_ticks = max(1, round(rtcp_interval / 0.02))
+        self._rtcp_countdown = 1 + secrets.randbelow(self._rtcp_ticks)
+        self._last_sr: tuple[int, float] | None = None  # (LSR, arrival) of the peer's last SR
+        self.remote_report: ReportBlock | None = None
+        try:
+            self._loop.add_reader(self._sock.fileno(), self._on_readable, self._sock)
+            self._loop.add_reader(self._rtcp_sock.fileno(), self._on_readable, self._rtcp_sock)
+        except Exception:
+            self.close()
+            raise
+        clock.register(self)
+
+    # ----------------------------------------------------------------- control
+
+    def set_remote(
+        self, host: str, port: int, payload_type: int, dtmf_payload_type: int | None = None
+    ) -> None:
+        """Where to send and what to accept; called again on a re-INVITE, which re-opens the latch."""
+        try:
+            ip = str(ipaddress.ip_address(host))
+        except ValueError:
+            family = self._sock.family
+            ip = str(socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0][4][0])
+        self._signalled = self._dest = (ip, port)
+        self._latched = None
+        self._foreign_logged = False
+        self._rtcp_dest = (ip, port + 1)
+        self._rtcp_latched = False
+        self.payload_type = payload_type
+        self.dtmf_payload_type = dtmf_payload_type
+        log.debug("rtp %s: remote %s:%s pt %s dtmf %s", self.local_port, ip, port, payload_type,
+                  dtmf_payload_type)
+
+    def send_dtmf(self, digit: str, duration_ms: int = 100) -> None:
+        """Queue a digit as RFC 4733 events, sent on the clock's ticks in place of audio."""
+        if self.dtmf_payload_type is None:
+            raise RtpError("the peer did not negotiate telephone-event; cannot send DTMF")
+        self._dtmf_tx.queue(digit, duration_ms)
+
+    @property
+    def remote_address(self) -> Address | None:
+        """Where media goes now: the latched source, or the signalled address before latching."""
+        return self._dest
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> EndpointStats:
+        js, rs, rr = self.jitter.stats, self.rx_stats, self.remote_report
+        return EndpointStats(
+            packets_received=rs.packets, lost=max(0, rs.lost), jitter_ms=rs.jitter_ms, late=js.late,
+            duplicates=js.duplicates, concealed=js.concealed, packets_sent=self.packets_sent,
+            foreign_packets=self.foreign_packets, malformed=self.malformed, send_errors=self.send_errors,
+            remote_lost=rr.cumulative_lost if rr else None,
+            remote_jitter_ms=rr.jitter / 8.0 if rr else None,
+        )
+
+    def close(self) -> None:
+        """Stop ticking, close both sockets and give the port back (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.clock.unregister(self)
+        for sock in (self._sock, self._rtcp_sock):
+            try:
+                self._loop.remove_reader(sock.fileno())
+            except (ValueError, RuntimeError):
+                pass  # the loop is already closed
+            sock.close()
+        self._ports.release(self.local_port)
+
+    # --------------------------------------------------------------- receiving
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        for _ in range(64):  # bounded, so one flooded call cannot starve the clock
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # e.g. ICMP port unreachable reported on a later recvfrom
+            addr = (addr[0], addr[1])
+            if is_rtcp(data):
+                self._on_rtcp(data, addr, sock)
+            elif sock is self._sock:
+                self._on_rtp(data, addr)
+
+    def _on_rtp(self, data: bytes, addr: Address) -> None:
+        if self.payload_type is None:
+            return  # no remote yet: nothing to latch to
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            self.malformed += 1
+            return
+        pt = packet.payload_type
+        if pt != self.payload_type and pt != self.dtmf_payload_type:
+            return  # comfort noise or a type we did not negotiate
+        if addr != self._latched and not self._accept_source(addr):
+            return
+        if packet.ssrc != self._rx_ssrc:
+            if self._rx_ssrc is not None:
+                log.info("rtp %s: source changed SSRC %08x -> %08x", self.local_port, self._rx_ssrc,
+                         packet.ssrc)
+            self._rx_ssrc = packet.ssrc
+            self.rx_stats.reset()
+            self._dtmf_rx = DtmfReceiver()
+        self.rx_stats.update(packet.sequence, packet.timestamp, time.monotonic(), len(packet.payload))
+        if pt == self.dtmf_payload_type:
+            try:
+                digits = self._dtmf_rx.feed(packet.timestamp, packet.payload)
+            except RtpError:
+                self.malformed += 1
+                return
+            for digit, duration in digits:
+                log.info("rtp %s: DTMF %s (%s ms)", self.local_port, digit, duration)
+                if self.on_dtmf is not None:
+                    self.on_dtmf(digit, duration)
+            return
+        payload, n = packet.payload, self.frame_bytes
+        if len(payload) > n and len(payload) % n == 0:  # ptime 40/60: split into 20 ms frames
+            for i in range(len(payload) // n):
+                ts = packet.timestamp + i * SAMPLES_PER_TICK
+                self.jitter.put(ts & 0xFFFFFFFF, packet.ssrc, payload[i * n : (i + 1) * n])
+        else:
+            self.jitter.put(packet.timestamp, packet.ssrc, payload)
+
+    def _accept_source(self, addr: Address) -> bool:
+        """Latch to the first valid source; let the signalled address take over a provisional latch."""
+        if self._latched is None or (addr == self._signalled and self._latched != self._signalled):
+            if self._latched is not None:
+                log.info("rtp %s: media from the signalled %s:%s, re-latching", self.local_port, *addr)
+            elif addr != self._signalled:
+                log.info("rtp %s: latched to %s:%s (signalled %s)", self.local_port, addr[0], addr[1],
+                         self._signalled)
+            self._latched = self._dest = addr
+            if not self._rtcp_latched:
+                self._rtcp_dest = (addr[0], addr[1] + 1)
+            return True
+        self.foreign_packets += 1
+        if not self._foreign_logged:
+            self._foreign_logged = True
+            log.warning("rtp %s: ignoring packets from %s:%s (latched to %s:%s)",
+                        self.local_port, addr[0], addr[1], *self._latched)
+        return False
+
+    def _on_rtcp(self, data: bytes, addr: Address, sock: socket.socket) -> None:
+        if self._signalled is None or addr[0] != (self._latched or self._signalled)[0]:
+            return
+        try:
+            reports = parse_compound(data)
+        except RtpError:
+            self.malformed += 1
+            return
+        if not self._rtcp_latched:
+            self._rtcp_latched = True
+            self._rtcp_dest = addr  # symmetric RTCP; on the RTP socket when the peer multiplexes
+            self._rtcp_mux = sock is self._sock
+        for report in reports:
+            if isinstance(report, SenderReport):
+                self._last_sr = (ntp_middle(report.ntp), time.monotonic())
+            for block in report.blocks:
+                if block.ssrc == self.ssrc:
+                    self.remote_report = block
+
+    # ----------------------------------------------------------------- sending
+
+    def on_tick(self, elapsed: int) -> None:
+        """Called by the MediaClock every 20 ms (``elapsed`` > 1 after skipped ticks)."""
+        on_frame = self.on_frame
+        for _ in range(elapsed):
+            frame = self.jitter.pop()
+            if frame is not None and on_frame is not None:
+                on_frame(frame[0])
+        if self._ticked:
+            self._ts = (self._ts + SAMPLES_PER_TICK * elapsed) & 0xFFFFFFFF
+        self._ticked = True
+        dest = self._dest
+        if dest is None or self.payload_type is None:
+            return
+        event = self._dtmf_tx.next_packet() if self.dtmf_payload_type is not None else None
+        if event is not None:
+            if event.first_of_event:
+                self._event_ts = self._ts
+            assert self.dtmf_payload_type is not None
+            header = build_header(event.marker, self.dtmf_payload_type, self._seq, self._event_ts, self.ssrc)
+            self._send(header + event.payload, dest, len(event.payload))
+            self._was_audio = False  # the audio after an event starts a new talkspurt
+        else:
+            frame_bytes, is_audio = self.playout.pop_frame()
+            marker = (is_audio and not self._was_audio) or self.packets_sent == 0
+            self._was_audio = is_audio
+            self._send(build_header(marker, self.payload_type, self._seq, self._ts, self.ssrc) + frame_bytes,
+                       dest, len(frame_bytes))
+        self._rtcp_countdown -= elapsed
+        if self._rtcp_countdown <= 0:
+            self._rtcp_countdown = self._rtcp_ticks
+            self._send_rtcp()
+
+    def _send(self, data: bytes, dest: Address, payload_len: int) -> None:
+        self._seq = (self._seq + 1) & 0xFFFF
+        try:
+            self._sock.sendto(data, dest)
+        except OSError:  # buffer full, or ICMP unreachable from an earlier packet: drop, never block
+            self.send_errors += 1
+            return
+        self.packets_sent += 1
+        self.octets_sent += payload_len
+
+    def _send_rtcp(self) -> None:
+        dest = self._rtcp_dest
+        if dest is None:
+            return
+        blocks: list[ReportBlock] = []
+        rs = self.rx_stats
+        if self._rx_ssrc is not None and rs.packets:
+            lsr, dlsr = 0, 0
+            if self._last_sr is not None:
+                lsr = self._last_sr[0]
+                dlsr = int((time.monotonic() - self._last_sr[1]) * 65536) & 0xFFFFFFFF
+            blocks.append(ReportBlock(self._rx_ssrc, rs.interval_fraction_lost(), rs.lost,
+                                      rs.highest_seq & 0xFFFFFFFF, int(rs.jitter), lsr, dlsr))
+        if self.packets_sent:
+            data = build_sr(SenderReport(self.ssrc, ntp_from_unix(time.time()), self._ts, self.packets_sent,
+                                         self.octets_sent, blocks), self.cname)
+        else:
+            data = build_rr(ReceiverReport(self.ssrc, blocks), self.cname)
+        sock = self._sock if self._rtcp_mux else self._rtcp_sock
+        try:
+            sock.sendto(data, dest)
+        except OSError:
+            self.send_errors += 1
+
+    def __repr__(self) -> str:
+        return f"<RtpEndpoint port={self.local_port} remote={self._dest}>"
+
+    def __enter__(self) -> RtpEndpoint:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

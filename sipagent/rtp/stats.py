@@ -1,0 +1,85 @@
+"""Receive statistics of one RTP source (RFC 3550 §6.4.1, §A.3 loss, §A.8 interarrival jitter).
+
+A pure core: arrival times are passed in (seconds, monotonic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sipagent.rtp.seq import SeqExtender
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveSnapshot:
+    packets: int
+    lost: int
+    jitter_ms: float
+    late: int
+    duplicates: int
+    concealed: int
+
+
+class ReceiveStats:
+    def __init__(self, clock_rate: int = 8000) -> None:
+        self.clock_rate = clock_rate
+        self.reset()
+
+    def reset(self) -> None:
+        self.packets = 0
+        self.octets = 0
+        self._seq = SeqExtender()
+        self._base: int | None = None
+        self.jitter = 0.0  # RFC 3550 J, in timestamp units
+        self._transit: float | None = None
+        self._expected_prior = 0
+        self._received_prior = 0
+
+    def update(self, sequence: int, timestamp: int, arrival: float, size: int = 0) -> None:
+        ext = self._seq.extend(sequence)
+        if self._base is None or self._seq.restarted:
+            self._base = ext
+            self._expected_prior = self._received_prior = 0
+            self.packets = 0
+        self.packets += 1
+        self.octets += size
+        # A.8: D(i,j) = (Rj - Ri) - (Sj - Si), all in timestamp units; J += (|D| - J) / 16.
+        transit = arrival * self.clock_rate - timestamp
+        if self._transit is not None:
+            d = transit - self._transit
+            # A timestamp wrap makes transit jump by 2**32: fold it back.
+            if d > 2**31:
+                d -= 2**32
+            elif d < -(2**31):
+                d += 2**32
+            self.jitter += (abs(d) - self.jitter) / 16.0
+        self._transit = transit
+
+    @property
+    def highest_seq(self) -> int:
+        """Extended highest sequence number received (0 before the first packet)."""
+        return self._seq.highest or 0
+
+    @property
+    def expected(self) -> int:
+        return 0 if self._base is None else self.highest_seq - self._base + 1
+
+    @property
+    def lost(self) -> int:
+        """Cumulative packets lost; duplicates can make it negative, as RFC 3550 allows."""
+        return self.expected - self.packets
+
+    @property
+    def jitter_ms(self) -> float:
+        return self.jitter * 1000.0 / self.clock_rate
+
+    def interval_fraction_lost(self) -> int:
+        """Fraction lost since the previous call, as the 8-bit fixed point of an RTCP report block."""
+        expected, received = self.expected, self.packets
+        exp_int = expected - self._expected_prior
+        rec_int = received - self._received_prior
+        self._expected_prior, self._received_prior = expected, received
+        lost_int = exp_int - rec_int
+        if exp_int <= 0 or lost_int <= 0:
+            return 0
+        return min(255, (lost_int << 8) // exp_int)

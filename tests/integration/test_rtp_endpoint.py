@@ -1,0 +1,307 @@
+"""The RTP endpoint against plain UDP sockets and against another endpoint, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from sipagent.errors import RtpError
+from sipagent.media.clock import MediaClock
+from sipagent.rtp.dtmf import TelephoneEvent
+from sipagent.rtp.endpoint import RtpEndpoint
+from sipagent.rtp.packet import RtpPacket
+from sipagent.rtp.ports import PortAllocator
+from sipagent.rtp.seq import seq_diff, ts_diff
+
+HOST = "127.0.0.1"
+SIL = b"\xff" * 160
+
+
+def allocator(size: int = 200) -> PortAllocator:
+    lo = random.randrange(20000, 30000, 2)
+    return PortAllocator(lo, lo + size - 1)
+
+
+class Peer:
+    """A far-end phone reduced to a UDP socket that sends RTP packets and collects what comes back."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        self.ssrc = random.getrandbits(32)
+        self.seq = 100
+        self.ts = 1000
+
+    def send(
+        self, port: int, payload: bytes, pt: int = 0, ts: int | None = None, marker: bool = False
+    ) -> None:
+        packet = RtpPacket(payload_type=pt, sequence=self.seq & 0xFFFF, ssrc=self.ssrc, payload=payload,
+                           timestamp=self.ts if ts is None else ts, marker=marker)
+        self.sock.sendto(packet.serialize(), (HOST, port))
+        self.seq += 1
+        if ts is None:
+            self.ts += 160
+
+    def received(self) -> list[RtpPacket]:
+        out: list[RtpPacket] = []
+        while True:
+            try:
+                data = self.sock.recv(2048)
+            except BlockingIOError:
+                return out
+            out.append(RtpPacket.parse(data))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def run(test: Callable[[MediaClock], Awaitable[None]]) -> None:
+    async def main() -> None:
+        clock = MediaClock()
+        clock.start()
+        try:
+            await test(clock)
+        finally:
+            clock.stop()
+
+    asyncio.run(main())
+
+
+async def until(cond: Callable[[], bool], limit: float = 3.0) -> None:
+    for _ in range(int(limit / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_port_allocator_never_leaks() -> None:
+    async def body(clock: MediaClock) -> None:
+        ports = allocator(10)  # 5 even/odd pairs
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        blocker.bind((HOST, ports.lo + 3))  # another process holds the RTCP port of the second pair
+        try:
+            eps = [RtpEndpoint(clock, ports, bind_host=HOST) for _ in range(4)]
+            assert ports.lo + 2 not in {e.local_port for e in eps}
+            assert all(e.local_port % 2 == 0 and ports.lo <= e.local_port < ports.hi for e in eps)
+            with pytest.raises(RtpError):
+                RtpEndpoint(clock, ports, bind_host=HOST)
+            assert ports.in_use == 4 and clock.streams == 4
+            for e in eps:
+                e.close()
+                e.close()  # idempotent
+            assert ports.in_use == 0 and clock.streams == 0
+            for _ in range(60):  # churn: every port comes back
+                ep = RtpEndpoint(clock, ports, bind_host=HOST)
+                ep.close()
+            assert ports.in_use == 0 and clock.streams == 0
+        finally:
+            blocker.close()
+        # The sockets are really closed: every pair binds again.
+        for port in range(ports.lo, ports.hi, 2):
+            for p in (port, port + 1):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((HOST, p))
+                s.close()
+
+    run(body)
+
+
+def test_allocator_parse_and_errors() -> None:
+    ports = PortAllocator.parse("40001-40010")
+    assert (ports.lo, ports.capacity) == (40002, 4)
+    with pytest.raises(RtpError):
+        PortAllocator.parse("nonsense")
+    with pytest.raises(RtpError):
+        PortAllocator(5000, 5000)
+
+
+def test_latching_rejects_foreign_source_and_relatches_on_reinvite() -> None:
+    async def body(clock: MediaClock) -> None:
+        ports = allocator()
+        frames: list[bytes] = []
+        ep = RtpEndpoint(clock, ports, bind_host=HOST, jitter_ms=20, on_frame=frames.append)
+        a, b, c = Peer(), Peer(), Peer()
+        try:
+            ep.set_remote(HOST, a.port, 0, 101)
+            for i in range(5):
+                a.send(ep.local_port, bytes([i]) * 160)
+                b.send(ep.local_port, b"\x99" * 160)  # a foreign source, same payload type
+                await asyncio.sleep(0.02)
+            await until(lambda: len(frames) >= 5)
+            assert [f[0] for f in frames if f[0] != 0x99][:5] == [0, 1, 2, 3, 4]
+            assert all(f[0] != 0x99 for f in frames)
+            assert ep.stats().foreign_packets == 5
+            await until(lambda: len(a.received()) > 0)
+            assert b.received() == [] and ep.remote_address == (HOST, a.port)
+            # Re-INVITE: the PBX moves media to c. Stragglers from a are then foreign.
+            ep.set_remote(HOST, c.port, 0, 101)
+            a.received()
+            c.send(ep.local_port, b"\x07" * 160)
+            await asyncio.sleep(0.05)
+            a.send(ep.local_port, b"\x98" * 160)
+            await until(lambda: len(c.received()) >= 2)
+            await until(lambda: ep.stats().foreign_packets == 6)
+            assert ep.remote_address == (HOST, c.port)
+        finally:
+            ep.close()
+            for p in (a, b, c):
+                p.close()
+
+    run(body)
+
+
+def test_nat_latch_is_provisional_until_signalled_address_speaks() -> None:
+    async def body(clock: MediaClock) -> None:
+        ports = allocator()
+        ep = RtpEndpoint(clock, ports, bind_host=HOST)
+        signalled, natted = Peer(), Peer()
+        try:
+            ep.set_remote(HOST, signalled.port, 8)
+            natted.send(ep.local_port, b"\xd5" * 160, pt=8)
+            await until(lambda: len(natted.received()) > 0)  # media follows the packets, not the SDP
+            assert ep.remote_address == (HOST, natted.port)
+            natted.send(ep.local_port, b"\xd5" * 160, pt=0)  # wrong payload type: no latch effect
+            signalled.send(ep.local_port, b"\xd5" * 160, pt=8)
+            await until(lambda: len(signalled.received()) > 0)
+            assert ep.remote_address == (HOST, signalled.port)
+        finally:
+            ep.close()
+            signalled.close()
+            natted.close()
+
+    run(body)
+
+
+def test_dtmf_receive_dedup_and_send() -> None:
+    async def body(clock: MediaClock) -> None:
+        ports = allocator()
+        digits: list[tuple[str, int]] = []
+        ep = RtpEndpoint(clock, ports, bind_host=HOST, on_dtmf=lambda d, ms: digits.append((d, ms)))
+        peer = Peer()
+        try:
+            ep.set_remote(HOST, peer.port, 0, 101)
+            peer.send(ep.local_port, SIL)
+            start = peer.ts
+            for n in range(1, 5):
+                peer.send(ep.local_port, TelephoneEvent(4, False, 10, 160 * n).serialize(), pt=101, ts=start,
+                          marker=n == 1)
+            for _ in range(3):
+                peer.send(ep.local_port, TelephoneEvent(4, True, 10, 960).serialize(), pt=101, ts=start)
+            await until(lambda: len(digits) >= 1)
+            await asyncio.sleep(0.05)
+            assert digits == [("4", 120)]
+
+            with RtpEndpoint(clock, ports, bind_host=HOST) as plain, pytest.raises(RtpError):
+                plain.send_dtmf("1")  # no telephone-event negotiated
+            ep.send_dtmf("#", 60)
+            got: list[RtpPacket] = []
+
+            def five_events() -> bool:
+                got.extend(peer.received())
+                return sum(p.payload_type == 101 for p in got) >= 5
+
+            await until(five_events)
+            events = [p for p in got if p.payload_type == 101]
+            assert len(events) == 5
+            parsed = [TelephoneEvent.parse(p.payload) for p in events]
+            assert [e.duration for e in parsed] == [160, 320, 480, 480, 480]
+            assert [e.end for e in parsed] == [False, False, True, True, True]
+            assert [p.marker for p in events] == [True] + [False] * 4
+            assert len({p.timestamp for p in events}) == 1 and events[0].ssrc == ep.ssrc
+            seqs = [p.sequence for p in got]
+            assert all(seq_diff(b, a) == 1 for a, b in itertools.pairwise(seqs))
+        finally:
+            ep.close()
+            peer.close()
+        assert ports.in_use == 0
+
+    run(body)
+
+
+def test_playout_continuity_between_endpoints() -> None:
+    """Two pairs of endpoints talk over loopback for ~2.5 s on the real clock; check every frame."""
+
+    async def body(clock: MediaClock) -> None:
+        ports = allocator()
+        pairs = []
+        received: dict[int, list[bytes]] = {}
+        eps: list[RtpEndpoint] = []
+        try:
+            for _ in range(2):
+                tx = RtpEndpoint(clock, ports, bind_host=HOST, rtcp_interval=0.2)
+                rx_frames: list[bytes] = []
+                rx = RtpEndpoint(clock, ports, bind_host=HOST, on_frame=rx_frames.append, rtcp_interval=0.2)
+                eps += [tx, rx]
+                tx.set_remote(HOST, rx.local_port, 9)
+                rx.set_remote(HOST, tx.local_port, 9)
+                received[tx.local_port] = rx_frames
+                pairs.append((tx, rx))
+            n_frames = 100
+            for tx, _ in pairs:
+                for i in range(n_frames):  # 2 s of numbered audio, pushed in odd-sized chunks
+                    tx.playout.push(bytes([i % 250 + 1]) * 160)
+            await until(lambda: all(not tx.playout.is_playing for tx, _ in pairs), limit=6.0)
+            await asyncio.sleep(0.3)
+            for tx, rx in pairs:
+                frames = received[tx.local_port]
+                audio = [f[0] for f in frames if f != SIL]
+                assert audio == [i % 250 + 1 for i in range(n_frames)]  # all, once, in order
+                assert tx.playout.played_ms == n_frames * 20
+                st = rx.stats()
+                assert st.packets_received >= n_frames and st.concealed == 0
+                assert st.lost == 0 and st.late == 0 and st.duplicates == 0
+                # RTCP went both ways: each side learnt what the other received.
+                assert tx.remote_report is not None and tx.remote_report.ssrc == tx.ssrc
+        finally:
+            for e in eps:
+                e.close()
+        assert ports.in_use == 0
+
+    run(body)
+
+
+def test_wire_sequence_timestamp_and_marker() -> None:
+    """Several streams for ~2 s: each packet one tick on in sequence and timestamp; marker per talkspurt."""
+
+    async def body(clock: MediaClock) -> None:
+        ports = allocator()
+        peers = [Peer() for _ in range(3)]
+        eps = [RtpEndpoint(clock, ports, bind_host=HOST) for _ in peers]
+        got: dict[int, list[RtpPacket]] = {p.port: [] for p in peers}
+        try:
+            for ep, peer in zip(eps, peers, strict=True):
+                ep.set_remote(HOST, peer.port, 0)
+                ep.playout.push(b"\x01" * 160 * 20)  # a talkspurt of 20 frames
+            for tick in range(100):
+                if tick == 50:
+                    for ep in eps:
+                        ep.playout.push(b"\x02" * 160 * 10)  # a second talkspurt after silence
+                await asyncio.sleep(0.02)
+                for peer in peers:
+                    got[peer.port].extend(peer.received())
+            skipped = clock.skipped_ticks
+            for ep, peer in zip(eps, peers, strict=True):
+                pkts = got[peer.port]
+                assert len(pkts) >= 60 and {p.ssrc for p in pkts} == {ep.ssrc}
+                steps = [(seq_diff(b.sequence, a.sequence), ts_diff(b.timestamp, a.timestamp))
+                         for a, b in itertools.pairwise(pkts)]
+                assert all(ds == 1 and dt % 160 == 0 and dt >= 160 for ds, dt in steps)
+                assert sum(dt // 160 - 1 for _, dt in steps) <= skipped  # gaps only where the clock skipped
+                assert [p.payload[0] for p in pkts if p.payload[0] != 0xFF] == [1] * 20 + [2] * 10
+                markers = [p.payload[0] for p in pkts if p.marker]
+                assert markers in ([1, 2], [0xFF, 1, 2])  # the very first packet may be silence
+        finally:
+            for ep in eps:
+                ep.close()
+            for peer in peers:
+                peer.close()
+
+    run(body)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from sipagent.media.playout import PlayoutQueue
+
+SIL = b"\xff" * 160
+
+
+def test_silence_when_empty() -> None:
+    q = PlayoutQueue()
+    assert q.pop_frame() == (SIL, False)
+    assert not q.is_playing and q.played_ms == 0
+
+
+def test_frames_any_length_input() -> None:
+    q = PlayoutQueue()
+    data = bytes(range(256)) * 2  # 512 bytes = 3 frames + 32 bytes
+    q.push(data[:100])
+    q.push(data[100:])
+    assert q.buffered_ms == 64 and q.is_playing
+    frames = [q.pop_frame() for _ in range(3)]
+    assert b"".join(f for f, _ in frames) == data[:480] and all(a for _, a in frames)
+    assert q.played_ms == 60
+    # The 32-byte tail waits two ticks for more audio, then goes out padded with silence.
+    assert q.pop_frame() == (SIL, False)
+    assert q.pop_frame() == (SIL, False)
+    frame, audio = q.pop_frame()
+    assert audio and frame == data[480:] + SIL[32:]
+    assert q.played_ms == 64 and not q.is_playing
+
+
+def test_tail_completed_by_next_push() -> None:
+    q = PlayoutQueue()
+    q.push(b"\x01" * 100)
+    assert q.pop_frame() == (SIL, False)
+    q.push(b"\x02" * 60)
+    assert q.pop_frame() == (b"\x01" * 100 + b"\x02" * 60, True)
+
+
+def test_flush_and_played() -> None:
+    q = PlayoutQueue(silence=b"\xd5" * 160)
+    q.push(b"\x00" * 1600)
+    q.pop_frame()
+    assert q.flush() == 180
+    assert q.pop_frame() == (b"\xd5" * 160, False)
+    assert q.played_ms == 20
+    q.reset_played()
+    assert q.played_ms == 0 and q.buffered_ms == 0
+
+
+def test_rejects_mismatched_silence() -> None:
+    with pytest.raises(ValueError):
+        PlayoutQueue(frame_bytes=160, silence=b"\xff" * 10)

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from sipagent.rtp.jitter import FrameKind, JitterBuffer, PutResult
+
+SIL = b"\x00" * 160
+SSRC = 0x1234
+BASE = 2**32 - 3 * 160  # the timestamp wraps during every test
+
+
+def frame(i: int) -> bytes:
+    return bytes([i % 256]) * 160
+
+
+def ts(i: int, base: int = BASE) -> int:
+    return (base + 160 * i) & 0xFFFFFFFF
+
+
+def run(jb: JitterBuffer, arrivals: list[list[int]], ssrc: int = SSRC, base: int = BASE) -> list[str]:
+    """Per tick: put the listed frame indices, then pull once. Returns what came out, compactly."""
+    out = []
+    for batch in arrivals:
+        for i in batch:
+            jb.put(ts(i, base), ssrc, frame(i))
+        got = jb.pop()
+        if got is None:
+            out.append("-")
+        elif got[1] is FrameKind.AUDIO:
+            out.append(str(got[0][0]))
+        elif got[1] is FrameKind.REPEAT:
+            out.append(f"r{got[0][0]}")
+        else:
+            assert got[0] == SIL
+            out.append("s")
+    return out
+
+
+def test_nothing_before_first_packet() -> None:
+    jb = JitterBuffer(SIL, depth_frames=3)
+    assert [jb.pop() for _ in range(5)] == [None] * 5
+
+
+def test_in_order_with_prebuffer() -> None:
+    jb = JitterBuffer(SIL, depth_frames=3)
+    assert run(jb, [[i] for i in range(6)]) == ["-", "-", "0", "1", "2", "3"]
+    assert jb.stats.played == 4 and jb.stats.concealed == 0
+
+
+def test_reorder_within_depth() -> None:
+    jb = JitterBuffer(SIL, depth_frames=3)
+    arrivals = [[1], [0], [3], [2, 4], [6], [5], [7], [], []]
+    assert run(jb, arrivals) == ["-", "-", "0", "1", "2", "3", "4", "5", "6"]
+
+
+def test_loss_is_concealed_repeat_once_then_silence() -> None:
+    jb = JitterBuffer(SIL, depth_frames=2)
+    arrivals = [[0], [1], [], [3], [], [], [6], [7], [], []]
+    assert run(jb, arrivals) == ["-", "0", "1", "r1", "3", "r3", "s", "6", "7", "r7"]
+    assert jb.stats.concealed == 4
+
+
+def test_duplicates_and_late_packets_dropped() -> None:
+    jb = JitterBuffer(SIL, depth_frames=2)
+    assert run(jb, [[0], [1], [1]]) == ["-", "0", "1"]
+    assert jb.put(ts(1), SSRC, frame(1)) is PutResult.DUPLICATE  # already played
+    assert jb.put(ts(3), SSRC, frame(3)) is PutResult.ACCEPTED
+    assert jb.put(ts(3), SSRC, frame(3)) is PutResult.DUPLICATE  # still buffered
+    assert run(jb, [[], []]) == ["r1", "3"]  # 2 was lost ...
+    assert jb.put(ts(2), SSRC, frame(2)) is PutResult.LATE  # ... and arrives after its turn
+    assert jb.stats.duplicates == 3 and jb.stats.late == 1
+
+
+def test_silence_gap_from_dtx_keeps_timing() -> None:
+    # A sender that stops during silence: timestamps jump 10 frames, the sequence does not.
+    jb = JitterBuffer(SIL, depth_frames=2)
+    arrivals: list[list[int]] = [[0], [1]] + [[] for _ in range(9)] + [[11], [12], []]
+    out = run(jb, arrivals)
+    assert out[:3] == ["-", "0", "1"] and out[3:12] == ["r1"] + ["s"] * 8
+    assert out[12:] == ["11", "12"] and jb.stats.resyncs == 0
+
+
+def test_timestamp_jump_resyncs() -> None:
+    jb = JitterBuffer(SIL, depth_frames=2, max_jump_frames=50)
+    assert run(jb, [[0], [1], [2]]) == ["-", "0", "1"]
+    assert jb.put(ts(1000), SSRC, frame(1000)) is PutResult.RESYNC
+    assert run(jb, [[], [1001], [1002]]) == ["-", str(1000 % 256), str(1001 % 256)]
+    assert jb.stats.resyncs == 1
+
+
+def test_backward_jump_and_off_grid_resync() -> None:
+    jb = JitterBuffer(SIL, depth_frames=1)
+    assert run(jb, [[100], [101]]) == ["100", "101"]
+    assert jb.put(ts(0), SSRC, frame(0)) is PutResult.RESYNC  # 100 frames back: a new timestamp base
+    assert run(jb, [[], [1]]) == ["0", "1"]
+    assert jb.put(ts(2) + 7, SSRC, b"x" * 160) is PutResult.RESYNC  # not on the 20 ms grid
+    assert jb.stats.resyncs == 2
+
+
+def test_ssrc_change_resyncs_and_drops_stragglers() -> None:
+    jb = JitterBuffer(SIL, depth_frames=2)
+    assert run(jb, [[0], [1], [2]]) == ["-", "0", "1"]
+    other_base = 5000
+    assert jb.put(ts(0, other_base), 0xBEEF, frame(50)) is PutResult.RESYNC
+    assert jb.put(ts(3), SSRC, frame(3)) is PutResult.STALE_SSRC
+    out = []
+    for i in range(1, 4):
+        jb.put(ts(i, other_base), 0xBEEF, frame(50 + i))
+        got = jb.pop()
+        out.append(None if got is None else got[0][0])
+    assert out == [None, 50, 51]
+
+
+def test_overflow_drops_oldest_to_bound_latency() -> None:
+    jb = JitterBuffer(SIL, depth_frames=2, slack_frames=2)
+    assert run(jb, [[0], [1]]) == ["-", "0"]
+    for i in range(2, 10):  # a burst after a stall: 8 frames at once
+        jb.put(ts(i), SSRC, frame(i))
+    out = run(jb, [[] for _ in range(6)])
+    # 9 buffered against a bound of depth + slack = 4: every other frame is skipped until back in bound.
+    assert out == ["2", "4", "6", "7", "8", "9"]
+    assert jb.stats.overflow == 3
