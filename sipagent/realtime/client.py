@@ -1,0 +1,197 @@
+"""The asyncio WebSocket client of a Realtime session (OpenAI, Azure OpenAI or the local backend).
+
+A thin shell over ``websockets``: it connects with the endpoint's URL and headers, sends client events
+(dicts, or JSON text for the hot audio path), and yields server events normalised to GA names by
+:mod:`sipagent.realtime.events`. It owns no policy: the bridge decides what to send, and reconnects
+when :class:`RealtimeConnectionLost` tells it the connection dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
+
+from sipagent.errors import RealtimeError
+from sipagent.realtime import events
+from sipagent.realtime.events import Dialect, Event, check_dialect
+from sipagent.realtime.providers import (
+    Endpoint,
+    azure_endpoint,
+    endpoint_for,
+    local_endpoint,
+    openai_endpoint,
+)
+
+__all__ = [
+    "Endpoint",
+    "RealtimeClient",
+    "RealtimeConnectError",
+    "RealtimeConnectionLost",
+    "RealtimeNotConnected",
+    "azure_endpoint",
+    "endpoint_for",
+    "local_endpoint",
+    "openai_endpoint",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RealtimeConnectError(RealtimeError):
+    """The WebSocket could not be opened. ``status`` is the HTTP status when the server refused it."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class RealtimeConnectionLost(RealtimeError):
+    """The connection closed without us asking (network drop, server restart, session expiry)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"realtime connection lost (code {code}, {reason or 'no reason'})")
+
+
+class RealtimeNotConnected(RealtimeError):
+    """send()/recv() before connect() or after close()."""
+
+
+class _RedactSecrets(logging.Filter):
+    """websockets logs handshake headers at DEBUG; keep the key out of any log."""
+
+    _NAMES = ("authorization", "api-key")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in self._NAMES:
+            record.args = (args[0], "***")
+        return True
+
+
+_wire_log = logging.getLogger(__name__ + ".wire")
+_wire_log.addFilter(_RedactSecrets())
+
+EventCallback = Callable[[Event], Awaitable[None] | None]
+
+
+class RealtimeClient:
+    """One Realtime WebSocket session.
+
+    ``async for event in client`` yields normalised server events until :meth:`close`; a connection
+    that drops instead raises :class:`RealtimeConnectionLost` from the iterator (and from ``recv``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        dialect: str = "ga",
+        *,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._headers = dict(headers or {})
+        self.dialect: Dialect = check_dialect(dialect)
+        self.connect_timeout = connect_timeout
+        self._ws: ClientConnection | None = None
+        self._closing = False
+
+    @classmethod
+    def for_endpoint(cls, endpoint: Endpoint, *, connect_timeout: float = 10.0) -> RealtimeClient:
+        return cls(endpoint.url, endpoint.headers, endpoint.dialect, connect_timeout=connect_timeout)
+
+    def __repr__(self) -> str:
+        return f"RealtimeClient({self.url!r}, dialect={self.dialect!r})"
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._closing and self._ws.state is State.OPEN
+
+    async def connect(self) -> None:
+        """Open the WebSocket; raises RealtimeConnectError (with the cause chained) on any failure."""
+        self._closing = False
+        try:
+            self._ws = await connect(
+                self.url,
+                additional_headers=self._headers,
+                open_timeout=self.connect_timeout,
+                max_size=None,
+                compression=None,
+                logger=_wire_log,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise RealtimeConnectError(
+                f"{self.url}: server refused the WebSocket (HTTP {status})", status
+            ) from exc
+        except InvalidURI as exc:
+            raise RealtimeConnectError(f"{self.url}: invalid URL") from exc
+        except TimeoutError as exc:
+            raise RealtimeConnectError(f"{self.url}: no answer within {self.connect_timeout} s") from exc
+        except (OSError, InvalidHandshake) as exc:
+            raise RealtimeConnectError(f"{self.url}: cannot connect ({exc})") from exc
+        log.info("realtime connected to %s (%s dialect)", self.url, self.dialect)
+
+    def _conn(self) -> ClientConnection:
+        if self._ws is None:
+            raise RealtimeNotConnected("realtime client is not connected")
+        return self._ws
+
+    def _lost(self, exc: ConnectionClosed) -> RealtimeError:
+        frame = exc.rcvd or exc.sent
+        code = frame.code if frame is not None else None
+        return RealtimeConnectionLost(code, frame.reason if frame is not None else "")
+
+    async def send(self, event: Mapping[str, Any] | str) -> None:
+        """Send one client event (a dict, or JSON text already built, e.g. events.audio_append_json)."""
+        text = event if isinstance(event, str) else events.to_json(event)
+        try:
+            await self._conn().send(text)
+        except ConnectionClosed as exc:
+            raise self._lost(exc) from exc
+
+    async def send_audio(self, audio: bytes) -> None:
+        await self.send(events.audio_append_json(audio))
+
+    async def recv(self) -> Event:
+        """The next server event (GA names). Unparseable messages are logged and skipped."""
+        ws = self._conn()
+        while True:
+            try:
+                message = await ws.recv()
+            except ConnectionClosed as exc:
+                if self._closing:
+                    raise RealtimeNotConnected("realtime client closed") from exc
+                raise self._lost(exc) from exc
+            try:
+                return events.normalize(events.parse(message))
+            except events.RealtimeEventError as exc:
+                log.warning("realtime < unparseable server message skipped: %s", exc)
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            try:
+                yield await self.recv()
+            except RealtimeNotConnected:
+                return
+
+    async def run(self, callback: EventCallback) -> None:
+        """Call ``callback`` with every server event until close() (returns) or a drop (raises)."""
+        async for event in self:
+            result = callback(event)
+            if result is not None:
+                await result
+
+    async def close(self) -> None:
+        self._closing = True
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+            log.info("realtime connection to %s closed", self.url)

@@ -1,0 +1,260 @@
+"""The local backend's "model": intents from the YAML config → a spoken reply and/or a tool call (pure).
+
+Configuration (``realtime.local``)::
+
+    response_delay_ms: 200            # emulate a remote model's thinking time
+    vad: {threshold_db: -40, min_speech_ms: 200, silence_ms: 500}
+    tts: {voice: en-us, rate: 165}
+    greeting: "Hello, how can I help?" # said when asked to respond with nothing to respond to
+    intents:
+      - name: order_status
+        phrases: ["where is my order", "order status"]
+        reply: "Let me look that up."             # spoken first (optional)
+        tool: {name: lookup_order, arguments: {order_id: "{digits}"}}   # optional
+        reply_after_tool: "Your order {status}."  # optional, see below
+    fallback: "Sorry, I did not catch that."
+
+Matching: the caller's words (ASR transcript or a user text item) are lower-cased and stripped of
+punctuation; an intent whose phrase occurs in them wins, else the intent with the best word overlap
+(at least half of a phrase's words), else the fallback.
+
+Digits: ``{digits}`` in tool arguments is replaced by the digits the caller gave (spoken digit words or
+figures, or a DTMF item such as "caller pressed 7 7 2 1 #"). If an intent needs digits the caller has
+not given yet, the reply is spoken and the intent waits: the next DTMF/digit input runs its tool.
+
+After a tool: when a ``function_call_output`` arrives and a response is asked for, the reply is, in
+order of preference: the output's JSON ``message`` field; the intent's ``reply_after_tool`` formatted
+with the output's JSON object fields (``{output}`` is the raw output; unknown fields stay as written);
+the raw output if it is short text; else "Done.".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sipagent.errors import ConfigError
+from sipagent.realtime.local.vad import VadConfig
+
+DIGIT_WORDS = {
+    "zero": "0",
+    "oh": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+}
+_DTMF = re.compile(r"\bpressed\b(?P<keys>[\s0-9*#,]+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Intent:
+    name: str
+    phrases: tuple[str, ...]
+    reply: str = ""
+    tool: ToolCall | None = None
+    reply_after_tool: str = ""
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Intent:
+        key = f"realtime.local.intents.{data.get('name', '?')}"
+        unknown = set(data) - {"name", "phrases", "reply", "tool", "reply_after_tool"}
+        if unknown:
+            raise ConfigError(f"unknown keys {sorted(unknown)}", key=key)
+        name = data.get("name")
+        phrases = data.get("phrases")
+        if not isinstance(name, str) or not name:
+            raise ConfigError("each intent needs a name", key=key)
+        if not isinstance(phrases, list) or not phrases or not all(isinstance(p, str) for p in phrases):
+            raise ConfigError("phrases must be a non-empty list of strings", key=key)
+        tool = None
+        if data.get("tool") is not None:
+            raw = data["tool"]
+            if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
+                raise ConfigError("tool must be {name: ..., arguments: {...}}", key=key)
+            args = raw.get("arguments") or {}
+            if not isinstance(args, Mapping):
+                raise ConfigError("tool.arguments must be a mapping", key=key)
+            tool = ToolCall(raw["name"], dict(args))
+        reply = str(data.get("reply") or "")
+        if not reply and tool is None:
+            raise ConfigError("an intent needs a reply, a tool, or both", key=key)
+        return cls(name, tuple(phrases), reply, tool, str(data.get("reply_after_tool") or ""))
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    voice: str = "en-us"
+    rate: int = 165
+
+
+@dataclass(frozen=True)
+class LocalBrainConfig:
+    intents: tuple[Intent, ...] = ()
+    fallback: str = "Sorry, I did not catch that. Could you say it again?"
+    response_delay_ms: int = 200
+    vad: VadConfig = field(default_factory=VadConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    greeting: str = "Hello, how can I help?"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> LocalBrainConfig:
+        data = dict(data or {})
+        unknown = set(data) - {"intents", "fallback", "response_delay_ms", "vad", "tts", "greeting"}
+        if unknown:
+            raise ConfigError(f"unknown keys {sorted(unknown)}", key="realtime.local")
+        intents = data.get("intents") or []
+        if not isinstance(intents, list) or not all(isinstance(i, Mapping) for i in intents):
+            raise ConfigError("intents must be a list of mappings", key="realtime.local.intents")
+        tts = data.get("tts") or {}
+        if not isinstance(tts, Mapping) or set(tts) - {"voice", "rate"}:
+            raise ConfigError("tts takes voice and rate", key="realtime.local.tts")
+        delay = data.get("response_delay_ms", 200)
+        if not isinstance(delay, int) or delay < 0:
+            raise ConfigError("must be a non-negative integer", key="realtime.local.response_delay_ms")
+        defaults = cls()
+        return cls(
+            intents=tuple(Intent.from_mapping(i) for i in intents),
+            fallback=str(data.get("fallback") or defaults.fallback),
+            response_delay_ms=delay,
+            vad=VadConfig.from_mapping(data.get("vad")),
+            tts=TtsConfig(str(tts.get("voice", "en-us")), int(tts.get("rate", 165))),
+            greeting=str(data.get("greeting") or defaults.greeting),
+        )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the brain decided: words to speak (may be empty) and/or a tool to call."""
+
+    text: str = ""
+    tool: ToolCall | None = None
+    intent: str | None = None
+
+
+def normalize_words(text: str) -> list[str]:
+    table = str.maketrans({c: " " for c in string.punctuation if c not in "'#*"})
+    return text.lower().translate(table).split()
+
+
+def extract_digits(text: str) -> str:
+    """Digits given as DTMF ("pressed 7 7 2 1 #"), figures, or digit words ("seven seven two one")."""
+    dtmf = _DTMF.search(text)
+    if dtmf:
+        return "".join(c for c in dtmf.group("keys") if c.isdigit())
+    return "".join(DIGIT_WORDS.get(w, w if w.isdigit() else "") for w in normalize_words(text))
+
+
+def _fill(template: str, values: Mapping[str, Any]) -> str:
+    """str.format that leaves unknown {fields} as written instead of raising."""
+    return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), template)
+
+
+class Brain:
+    """One conversation's brain (keeps the intent waiting for digits and the last tool's intent)."""
+
+    def __init__(self, config: LocalBrainConfig) -> None:
+        self.config = config
+        self._waiting_for_digits: Intent | None = None
+        self._tool_intents: dict[str, Intent] = {}  # call_id -> intent whose tool was called
+
+    def vocabulary(self) -> list[str]:
+        """Phrases the recogniser should expect: every intent phrase plus digits."""
+        return [p for intent in self.config.intents for p in intent.phrases]
+
+    def match(self, text: str) -> Intent | None:
+        words = normalize_words(text)
+        joined = " " + " ".join(words) + " "
+        best: tuple[float, Intent] | None = None
+        for intent in self.config.intents:
+            for phrase in intent.phrases:
+                pwords = normalize_words(phrase)
+                if not pwords:
+                    continue
+                if " " + " ".join(pwords) + " " in joined:
+                    score = 1.0 + len(pwords) / 100.0  # longer exact phrases win ties
+                else:
+                    score = len(set(pwords) & set(words)) / len(set(pwords))
+                if score >= 0.5 and (best is None or score > best[0]):
+                    best = (score, intent)
+        return best[1] if best else None
+
+    def _tool_for(self, intent: Intent, digits: str) -> ToolCall | None:
+        assert intent.tool is not None
+        needs = any("{digits}" in str(v) for v in intent.tool.arguments.values())
+        if needs and not digits:
+            return None
+        args = {
+            k: _fill(v, {"digits": digits}) if isinstance(v, str) else v
+            for k, v in intent.tool.arguments.items()
+        }
+        return ToolCall(intent.tool.name, args)
+
+    def on_user_input(self, text: str) -> Reply:
+        """Reply to what the caller said or typed (a transcript or a user text item)."""
+        digits = extract_digits(text)
+        intent = self.match(text)
+        if intent is None and digits and self._waiting_for_digits is not None:
+            intent = self._waiting_for_digits
+        if intent is None and digits and _DTMF.search(text):
+            # Digits alone: the first intent whose tool takes digits ("look up by digits").
+            intent = next(
+                (
+                    i
+                    for i in self.config.intents
+                    if i.tool is not None and any("{digits}" in str(v) for v in i.tool.arguments.values())
+                ),
+                None,
+            )
+        if intent is None:
+            return Reply(self.config.fallback)
+        self._waiting_for_digits = None
+        tool = self._tool_for(intent, digits) if intent.tool is not None else None
+        if intent.tool is not None and tool is None:
+            self._waiting_for_digits = intent
+        return Reply(intent.reply, tool, intent.name)
+
+    def note_tool_call(self, call_id: str, intent_name: str | None) -> None:
+        intent = next((i for i in self.config.intents if i.name == intent_name), None)
+        if intent is not None:
+            self._tool_intents[call_id] = intent
+
+    def on_tool_output(self, call_id: str, output: str) -> Reply:
+        intent = self._tool_intents.pop(call_id, None)
+        try:
+            parsed: Any = json.loads(output)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, Mapping) and isinstance(parsed.get("message"), str):
+            return Reply(parsed["message"], None, intent.name if intent else None)
+        if intent is not None and intent.reply_after_tool:
+            values = dict(parsed) if isinstance(parsed, Mapping) else {}
+            values.setdefault("output", output)
+            return Reply(_fill(intent.reply_after_tool, values), None, intent.name)
+        if parsed is None and 0 < len(output) <= 200:
+            return Reply(output, None, intent.name if intent else None)
+        return Reply("Done.", None, intent.name if intent else None)
+
+    def on_instructions(self, instructions: str) -> Reply:
+        """A response asked for with per-response instructions and no new input (e.g. a greeting):
+        say the quoted text in them if any, else the instructions themselves."""
+        quoted = re.search(r"[\"“]([^\"”]{2,})[\"”]", instructions)
+        return Reply((quoted.group(1) if quoted else instructions).strip())
+
+    def greeting(self) -> Reply:
+        return Reply(self.config.greeting)

@@ -1,0 +1,221 @@
+"""The offline Realtime-compatible backend: a websockets server around :class:`LocalSession`.
+
+Each connection gets its own session state machine; this shell only moves bytes and time: it feeds
+client messages in, sends what comes out, runs speech recognition and synthesis in worker threads, and
+paces output audio by the event-loop clock (``chunk_ms`` per delta, at most ``lead_ms`` ahead of real
+time) so that a client's playout queue stays as shallow as with the real API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Coroutine
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from sipagent.errors import RealtimeError
+from sipagent.realtime import events
+from sipagent.realtime.local.asr import GrammarRecognizer
+from sipagent.realtime.local.brain import Brain, LocalBrainConfig
+from sipagent.realtime.local.session import Ids, LocalSession, Output, Respond, ResponseRun, Transcribe
+from sipagent.realtime.local.tts import Synthesizer
+
+log = logging.getLogger(__name__)
+
+
+class LocalRealtimeServer:
+    def __init__(
+        self,
+        config: LocalBrainConfig,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        chunk_ms: int = 40,
+        lead_ms: int = 100,
+    ) -> None:
+        if not 20 <= chunk_ms <= 100:
+            raise RealtimeError("chunk_ms must be between 20 and 100")
+        self.config = config
+        self.host = host
+        self.port = port
+        self.chunk_ms = chunk_ms
+        self.lead_ms = lead_ms
+        self._server: Server | None = None
+        self._asr: GrammarRecognizer | None = None
+        self._tts: Synthesizer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}/v1/realtime"
+
+    async def start(self) -> None:
+        # Loading the recogniser takes ~0.1 s; do it once, off the loop, before accepting calls.
+        self._asr = await asyncio.to_thread(GrammarRecognizer, Brain(self.config).vocabulary())
+        self._tts = Synthesizer(self.config.tts.voice, self.config.tts.rate)
+        self._server = await ws_serve(
+            self._connection,
+            self.host,
+            self.port,
+            process_request=self._check_path,
+            max_size=None,
+            compression=None,
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = int(sock.getsockname()[1])
+        log.info("local realtime backend listening on %s", self.url)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def __aenter__(self) -> LocalRealtimeServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @staticmethod
+    def _check_path(connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0].rstrip("/").endswith("/realtime"):
+            return None
+        return connection.respond(HTTPStatus.NOT_FOUND, "the Realtime endpoint is /v1/realtime\n")
+
+    async def _connection(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        beta = "realtime=v1" in (ws.request.headers.get("OpenAI-Beta") or "")
+        query = ws.request.path.partition("?")[2]
+        model = next((p[6:] for p in query.split("&") if p.startswith("model=")), "")
+        session = LocalSession(self.config, Ids(secrets.token_hex(3)), "beta" if beta else "ga", model)
+        conn = _Connection(self, ws, session)
+        log.info("local realtime session %s opened (%s)", session.session_id, session.dialect)
+        try:
+            await conn.run()
+        finally:
+            conn.cancel_all()
+            log.info("local realtime session %s closed", session.session_id)
+
+
+class _Connection:
+    """One client connection: the receive loop plus its transcription and response tasks."""
+
+    def __init__(self, server: LocalRealtimeServer, ws: ServerConnection, session: LocalSession) -> None:
+        self.server = server
+        self.ws = ws
+        self.session = session
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        await self.dispatch(self.session.created())
+        try:
+            async for message in self.ws:
+                await self.dispatch(self.session.handle_text(message))
+        except ConnectionClosed:
+            pass
+
+    def cancel_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        self.server._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.server._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("local realtime task failed", exc_info=task.exception())
+
+    async def dispatch(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Transcribe):
+                self.spawn(self.transcribe(out))
+            elif isinstance(out, Respond):
+                self.spawn(self.respond(out.run))
+            else:
+                try:
+                    await self.ws.send(events.to_json(out))
+                except ConnectionClosed:
+                    return
+
+    async def transcribe(self, job: Transcribe) -> None:
+        assert self.server._asr is not None
+        text = await asyncio.to_thread(self.server._asr.recognize, job.pcm24k)
+        log.info("local realtime %s < heard %r", self.session.session_id, text)
+        await self.dispatch(self.session.transcribed(job.item_id, text, job.respond))
+
+    async def respond(self, run: ResponseRun) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(self.server.config.response_delay_ms / 1000)
+        reply = run.reply
+        if reply.text and not run.finished:
+            assert self.server._tts is not None
+            pcm = await asyncio.to_thread(self.server._tts.synthesize, reply.text)
+            if run.finished:
+                return
+            await self.dispatch(run.start_message())
+            await self.stream(run, pcm, reply.text, loop)
+            if run.finished:
+                return
+            await self.dispatch(run.end_message())
+        if reply.tool is not None and not run.finished:
+            await self.dispatch(run.function_call(reply.tool))
+        await self.dispatch(run.finish("completed"))
+
+    async def stream(self, run: ResponseRun, pcm: bytes, text: str, loop: asyncio.AbstractEventLoop) -> None:
+        """Send audio deltas in real time; transcript words go out spread across the audio."""
+        chunk = 24000 * 2 * self.server.chunk_ms // 1000
+        chunks = [pcm[i : i + chunk] for i in range(0, len(pcm), chunk)] or [b""]
+        words = text.split()
+        per_chunk = max(1, -(-len(words) // len(chunks)))
+        t0 = loop.time()
+        for index, piece in enumerate(chunks):
+            due = t0 + (index * self.server.chunk_ms - self.server.lead_ms) / 1000
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if run.finished:
+                return
+            spoken = words[index * per_chunk : (index + 1) * per_chunk]
+            delta = (" " if index and spoken else "") + " ".join(spoken)
+            await self.dispatch(run.audio(run.encode(piece), delta))
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``) → (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RealtimeError(f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def serve(listen: str, brain_config: LocalBrainConfig) -> None:
+    """What ``sipagent local-realtime --listen HOST:PORT`` runs: serve until cancelled."""
+    host, port = parse_listen(listen)
+    server = LocalRealtimeServer(brain_config, host, port)
+    await server.start()
+    print(f"local realtime backend listening on {server.url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()

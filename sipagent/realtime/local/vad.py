@@ -1,0 +1,125 @@
+"""Energy voice activity detection with hangover, for the local backend's server VAD (pure).
+
+Fed 24 kHz PCM16 in any chunk sizes; works on 10 ms blocks and reports positions in milliseconds of
+audio fed so far (the Realtime ``audio_start_ms``/``audio_end_ms``), never wall-clock time. A turn
+starts after ``min_speech_ms`` of loud blocks (short clicks do not count) and ends after ``silence_ms``
+of quiet ones (the hangover keeps pauses between words inside one turn).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sipagent.errors import ConfigError
+
+RATE = 24000
+BLOCK_MS = 10
+_BLOCK_BYTES = RATE * BLOCK_MS // 1000 * 2
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    threshold_db: float = -40.0
+    min_speech_ms: int = 200
+    silence_ms: int = 500
+    prefix_ms: int = 300
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | None) -> VadConfig:
+        data = dict(data or {})
+        try:
+            cfg = cls(
+                **{
+                    k: data[k]
+                    for k in ("threshold_db", "min_speech_ms", "silence_ms", "prefix_ms")
+                    if k in data
+                }
+            )
+        except TypeError as exc:
+            raise ConfigError(str(exc), key="realtime.local.vad") from exc
+        unknown = set(data) - {"threshold_db", "min_speech_ms", "silence_ms", "prefix_ms"}
+        if unknown:
+            raise ConfigError(f"unknown keys {sorted(unknown)}", key="realtime.local.vad")
+        return cfg
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    audio_start_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    audio_start_ms: int
+    audio_end_ms: int
+
+
+VadEvent = SpeechStarted | SpeechStopped
+
+
+def block_db(block: bytes) -> float:
+    samples = np.frombuffer(block, dtype="<i2").astype(np.float64)
+    if samples.size == 0:
+        return -120.0
+    power = float(np.mean(samples * samples)) / (32768.0 * 32768.0)
+    return 10.0 * math.log10(power) if power > 1e-12 else -120.0
+
+
+class EnergyVad:
+    def __init__(self, config: VadConfig | None = None) -> None:
+        self.config = config or VadConfig()
+        self._rest = b""
+        self._pos_ms = 0  # audio fed so far, in whole blocks
+        self._speaking = False
+        self._onset_ms: int | None = None  # first loud block of a candidate or current turn
+        self._loud_ms = 0  # loud audio inside the candidate
+        self._last_loud_end_ms = 0
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    @property
+    def position_ms(self) -> int:
+        return self._pos_ms
+
+    def reset(self) -> None:
+        """Forget any turn in progress (input buffer cleared); the audio position keeps counting."""
+        self._speaking = False
+        self._onset_ms = None
+        self._loud_ms = 0
+
+    def feed(self, pcm: bytes) -> list[VadEvent]:
+        data = self._rest + pcm
+        whole = len(data) - len(data) % _BLOCK_BYTES
+        self._rest = data[whole:]
+        out: list[VadEvent] = []
+        cfg = self.config
+        for start in range(0, whole, _BLOCK_BYTES):
+            loud = block_db(data[start : start + _BLOCK_BYTES]) >= cfg.threshold_db
+            begin = self._pos_ms
+            self._pos_ms += BLOCK_MS
+            if loud:
+                self._last_loud_end_ms = self._pos_ms
+                if self._onset_ms is None:
+                    self._onset_ms = begin
+                    self._loud_ms = 0
+                self._loud_ms += BLOCK_MS
+                if not self._speaking and self._loud_ms >= cfg.min_speech_ms:
+                    self._speaking = True
+                    out.append(SpeechStarted(max(0, self._onset_ms - cfg.prefix_ms)))
+                continue
+            quiet_ms = self._pos_ms - self._last_loud_end_ms
+            if self._speaking and quiet_ms >= cfg.silence_ms:
+                assert self._onset_ms is not None
+                out.append(SpeechStopped(max(0, self._onset_ms - cfg.prefix_ms), self._last_loud_end_ms))
+                self.reset()
+            elif not self._speaking and self._onset_ms is not None and quiet_ms >= min(cfg.silence_ms, 200):
+                # A short noise that never reached min_speech_ms: drop the candidate.
+                self._onset_ms = None
+                self._loud_ms = 0
+        return out
