@@ -1,0 +1,233 @@
+"""Health of the agent process and the small HTTP server exposing it with the metrics.
+
+``HealthState`` collects the reasons the process is unhealthy (registration lost, event loop stalled,
+anything the agent adds); ``LoopStallDetector`` measures event-loop lag; ``start_health_server`` serves
+``GET /metrics`` and ``GET /healthz`` with plain ``asyncio.start_server`` (no web framework needed for
+two read-only paths). Every response closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from sipagent.observability.metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 8192   # request line + headers; GET has no body
+READ_TIMEOUT_S = 5.0       # a client that sends nothing does not hold a connection open
+LINGER_S = 1.0             # how long, after answering, we wait for the client to close
+
+
+class HealthState:
+    """Why the process is unhealthy, if it is. Times are monotonic seconds (``clock`` for tests)."""
+
+    def __init__(self, *, stall_threshold_s: float = 2.0, stall_memory_s: float = 30.0,
+                 registration_grace_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stall_threshold_s = stall_threshold_s
+        # A stall stays reported this long, so a probe polling every few seconds still sees it.
+        self.stall_memory_s = stall_memory_s
+        self.registration_grace_s = registration_grace_s
+        self._clock = clock
+        self._registration_lost = False
+        self._unregistered_since: float | None = None
+        self._problems: dict[str, str] = {}
+        self.last_lag_s = 0.0
+        self._last_stall: tuple[float, float] | None = None  # (when, lag)
+
+    # -- registration ---------------------------------------------------------------------------------
+    @property
+    def registration_lost(self) -> bool:
+        """Set directly by the agent, or derived from ``note_registration`` after the grace period."""
+        if self._registration_lost:
+            return True
+        since = self._unregistered_since
+        return since is not None and self._clock() - since > self.registration_grace_s
+
+    @registration_lost.setter
+    def registration_lost(self, value: bool) -> None:
+        self._registration_lost = value
+
+    def note_registration(self, registered: bool) -> None:
+        """Call on every registration state change when registration is required (not direct mode)."""
+        if registered:
+            self._unregistered_since = None
+        elif self._unregistered_since is None:
+            self._unregistered_since = self._clock()
+
+    # -- event loop -----------------------------------------------------------------------------------
+    def note_lag(self, lag_s: float) -> None:
+        self.last_lag_s = lag_s
+        if lag_s > self.stall_threshold_s:
+            self._last_stall = (self._clock(), lag_s)
+
+    # -- anything else ----------------------------------------------------------------------------------
+    def set_problem(self, name: str, reason: str) -> None:
+        """E.g. ``set_problem("shutdown", "shutting down")``; cleared with ``clear_problem``."""
+        self._problems[name] = reason
+
+    def clear_problem(self, name: str) -> None:
+        self._problems.pop(name, None)
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        if self.registration_lost:
+            found.append("registration lost")
+        if self._last_stall is not None:
+            when, lag = self._last_stall
+            ago = self._clock() - when
+            if ago <= self.stall_memory_s:
+                found.append(f"event loop stalled for {lag:.1f} s, {ago:.0f} s ago")
+        found.extend(self._problems.values())
+        return found
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems()
+
+    def report(self) -> dict[str, Any]:
+        problems = self.problems()
+        return {
+            "status": "unhealthy" if problems else "ok",
+            "problems": problems,
+            "registration_lost": self.registration_lost,
+            "loop_lag_s": round(self.last_lag_s, 4),
+        }
+
+
+class LoopStallDetector:
+    """Sleeps ``interval_s`` in a loop; any extra time before it wakes is event-loop lag."""
+
+    def __init__(self, health: HealthState, metrics: Metrics | None = None, interval_s: float = 0.5) -> None:
+        self.health = health
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-stall-detector")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(self.interval_s)
+            lag = max(0.0, loop.time() - started - self.interval_s)
+            self.health.note_lag(lag)
+            if self.metrics is not None:
+                self.metrics.set_loop_lag(lag)
+            if lag > self.health.stall_threshold_s:
+                log.warning("event loop stalled: woke %.2f s late", lag)
+
+
+class HealthServer:
+    """The running HTTP server; ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, server: asyncio.Server, metrics: Metrics, health: HealthState) -> None:
+        self._server = server
+        self.metrics = metrics
+        self.health = health
+        self._writers: set[asyncio.StreamWriter] = set()
+        sockname = server.sockets[0].getsockname()
+        self.host: str = sockname[0]
+        self.port: int = sockname[1]
+
+    def close(self) -> None:
+        """Stop listening and drop open connections; ``await wait_closed()`` to be sure it is done."""
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+
+    async def wait_closed(self) -> None:
+        await self._server.wait_closed()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            status, content_type, body, extra = await self._respond(reader)
+            head = [f"HTTP/1.1 {status.value} {status.phrase}", f"Content-Type: {content_type}",
+                    f"Content-Length: {len(body)}", "Connection: close", "Cache-Control: no-store", *extra]
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
+            await writer.drain()
+            await _linger(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the client went away or never sent a request: nothing to answer
+        except Exception:  # one bad request must never take the endpoint down
+            log.exception("health endpoint failed to answer")
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[HTTPStatus, str, bytes, list[str]]:
+        try:
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
+        except asyncio.LimitOverrunError:
+            return _text(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        parts = raw.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return _text(HTTPStatus.BAD_REQUEST)
+        method, target, _ = parts
+        path = target.split("?", 1)[0]
+        if path not in ("/metrics", "/healthz"):
+            return _text(HTTPStatus.NOT_FOUND)
+        if method != "GET":
+            status, ctype, body, extra = _text(HTTPStatus.METHOD_NOT_ALLOWED)
+            return status, ctype, body, [*extra, "Allow: GET"]
+        if path == "/metrics":
+            return HTTPStatus.OK, CONTENT_TYPE, self.metrics.render(), []
+        report = self.health.report()
+        status = HTTPStatus.OK if report["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
+        return status, "application/json", (json.dumps(report) + "\n").encode(), []
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then read off what the client still sends (bounded) before closing.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the response
+    (a 431 to an oversized request, say) before the client reads it.
+    """
+    if writer.can_write_eof():
+        writer.write_eof()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGER_S
+    discarded = 0
+    while discarded < 4 * MAX_REQUEST_BYTES and (left := deadline - loop.time()) > 0:
+        chunk = await asyncio.wait_for(reader.read(MAX_REQUEST_BYTES), left)
+        if not chunk:
+            return
+        discarded += len(chunk)
+
+
+def _text(status: HTTPStatus) -> tuple[HTTPStatus, str, bytes, list[str]]:
+    return status, "text/plain; charset=utf-8", f"{status.value} {status.phrase}\n".encode(), []
+
+
+async def start_health_server(host: str, port: int, metrics: Metrics, health: HealthState) -> HealthServer:
+    """Listen on ``host:port`` (port 0 picks a free one) for /metrics and /healthz."""
+    holder: list[HealthServer] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await holder[0].handle(reader, writer)
+
+    # ``limit`` bounds what readuntil buffers: a longer header block raises LimitOverrunError → 431.
+    server = await asyncio.start_server(on_connect, host, port, limit=MAX_REQUEST_BYTES)
+    holder.append(HealthServer(server, metrics, health))
+    log.info("metrics and health on http://%s:%d/metrics and /healthz", host, holder[0].port)
+    return holder[0]

@@ -1,0 +1,189 @@
+"""Prometheus metrics of one agent process, behind typed methods the agent and the bridge call.
+
+Every ``Metrics`` owns its own ``CollectorRegistry`` (never prometheus_client's global one), so tests
+and several agents in one process do not clash. Methods never raise on odd input: a metrics call must
+not break a call's teardown, so unknown outcomes count as ``error`` and negative deltas are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final, Literal, get_args
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "sipagent_"
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+CallOutcome = Literal[
+    "answered", "rejected-busy", "rejected-forbidden", "rejected-codec", "cancelled", "remote-hangup",
+    "agent-hangup", "transferred", "failover-hangup", "failover-transferred", "error",
+]
+CALL_OUTCOMES: Final[tuple[str, ...]] = get_args(CallOutcome)
+TokenKind = Literal["input", "output"]
+
+# The registration core's state names (DESIGN: unregistered → registering → registered → refreshing →
+# failed/backing-off). Others are accepted too: they get their own series the first time they appear.
+REGISTRATION_STATES: Final = (
+    "unregistered", "registering", "registered", "refreshing", "backing-off", "failed",
+)
+
+# Turn and barge-in latency: 10 ms … 5 s, denser where a phone conversation feels the difference.
+LATENCY_BUCKETS: Final = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+CALL_DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+JITTER_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+_MAX_LABEL = 64  # error codes and reasons come from peers: bound what a label may hold
+
+
+def _label(value: str, default: str = "unknown") -> str:
+    value = value.strip()
+    return value[:_MAX_LABEL] if value else default
+
+
+class Metrics:
+    """All sipagent_* metrics; ``render()`` gives the exposition text served on /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = PREFIX
+        self._registration_state = Gauge(p + "registration_state", "1 for the current registration state",
+                                         ["state"], registry=r)
+        self._registration_failures = Counter(p + "registration_failures", "Failed REGISTER attempts",
+                                              ["reason"], registry=r)
+        self._calls_active = Gauge(p + "calls_active", "Calls in progress", registry=r)
+        self._calls = Counter(p + "calls", "Calls by outcome", ["outcome"], registry=r)
+        self._call_duration = Histogram(p + "call_duration_seconds", "Duration of answered calls",
+                                        buckets=CALL_DURATION_BUCKETS, registry=r)
+        self._turn_latency = Histogram(p + "turn_latency_seconds",
+                                       "End of caller speech to first agent audio sent",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self._barge_in_latency = Histogram(p + "barge_in_latency_seconds",
+                                           "Caller speech start to agent playout stopped",
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self._rtp_sent = Counter(p + "rtp_packets_sent", "RTP packets sent", registry=r)
+        self._rtp_received = Counter(p + "rtp_packets_received", "RTP packets received", registry=r)
+        self._rtp_lost = Counter(p + "rtp_packets_lost", "RTP packets lost (RFC 3550 cumulative loss)",
+                                 registry=r)
+        self._late_ticks = Counter(p + "media_late_ticks", "Media clock ticks that fired late", registry=r)
+        self._jitter = Histogram(p + "rtp_jitter_seconds", "RTP interarrival jitter (RFC 3550 A.8)",
+                                 buckets=JITTER_BUCKETS, registry=r)
+        self._realtime_reconnects = Counter(p + "realtime_reconnects", "Realtime reconnects", registry=r)
+        self._realtime_errors = Counter(p + "realtime_errors", "Realtime errors", ["code"], registry=r)
+        self._tool_calls = Counter(p + "tool_calls", "Tool calls by tool and outcome", ["tool", "outcome"],
+                                   registry=r)
+        self._tokens = Counter(p + "tokens", "Realtime tokens used", ["kind"], registry=r)
+        self._loop_lag = Gauge(p + "event_loop_lag_seconds", "Last measured event loop lag", registry=r)
+
+        self._states: set[str] = set()
+        self._active = 0
+        # Pre-create the fixed label sets so rate() queries see zeros instead of missing series.
+        for state in REGISTRATION_STATES:
+            self._state_child(state)
+        for outcome in CALL_OUTCOMES:
+            self._calls.labels(outcome=outcome)
+        for kind in get_args(TokenKind):
+            self._tokens.labels(kind=kind)
+
+    # -- registration -------------------------------------------------------------------------------
+    def _state_child(self, state: str) -> None:
+        if state not in self._states:
+            self._states.add(state)
+            self._registration_state.labels(state=state).set(0)
+
+    def set_registration_state(self, state: str) -> None:
+        state = _label(state)
+        self._state_child(state)
+        for name in self._states:
+            self._registration_state.labels(state=name).set(1 if name == state else 0)
+
+    def registration_failed(self, reason: str) -> None:
+        """``reason``: a short token such as ``"401"``, ``"403"``, ``"timeout"``, ``"transport"``."""
+        self._registration_failures.labels(reason=_label(reason)).inc()
+
+    # -- calls --------------------------------------------------------------------------------------
+    def call_started(self) -> None:
+        """A call was answered (or is being set up) and now counts as active."""
+        self._active += 1
+        self._calls_active.set(self._active)
+
+    def call_ended(self, outcome: CallOutcome | str, duration_s: float | None = None) -> None:
+        """An active call ended; pairs with ``call_started``. ``duration_s`` from answer to hang-up."""
+        self._active = max(0, self._active - 1)
+        self._calls_active.set(self._active)
+        self.call_counted(outcome)
+        if duration_s is not None and duration_s >= 0:
+            self._call_duration.observe(duration_s)
+
+    def call_counted(self, outcome: CallOutcome | str) -> None:
+        """Count a call that never became active (rejected-busy/-forbidden/-codec, cancelled)."""
+        if outcome not in CALL_OUTCOMES:
+            log.warning("unknown call outcome %r counted as error", outcome)
+            outcome = "error"
+        self._calls.labels(outcome=outcome).inc()
+
+    def observe_turn_latency(self, seconds: float) -> None:
+        if seconds >= 0:
+            self._turn_latency.observe(seconds)
+
+    def observe_barge_in_latency(self, seconds: float) -> None:
+        if seconds >= 0:
+            self._barge_in_latency.observe(seconds)
+
+    # -- media --------------------------------------------------------------------------------------
+    def add_rtp(self, sent: int = 0, received: int = 0, lost: int = 0) -> None:
+        """Add packet deltas (report per call at hang-up or periodically, not per packet)."""
+        if sent > 0:
+            self._rtp_sent.inc(sent)
+        if received > 0:
+            self._rtp_received.inc(received)
+        if lost > 0:  # RFC 3550 loss can be negative (duplicates): counters only go up
+            self._rtp_lost.inc(lost)
+
+    def add_late_ticks(self, count: int = 1) -> None:
+        if count > 0:
+            self._late_ticks.inc(count)
+
+    def observe_jitter(self, seconds: float) -> None:
+        if seconds >= 0:
+            self._jitter.observe(seconds)
+
+    # -- Realtime -----------------------------------------------------------------------------------
+    def realtime_reconnected(self) -> None:
+        self._realtime_reconnects.inc()
+
+    def realtime_error(self, code: str) -> None:
+        """``code``: the server's ``error.code`` (or ``error.type`` when there is no code)."""
+        self._realtime_errors.labels(code=_label(code)).inc()
+
+    def tool_called(self, tool: str, outcome: str) -> None:
+        """``outcome``: ``ok``, ``error`` or ``timeout`` (any short token)."""
+        self._tool_calls.labels(tool=_label(tool), outcome=_label(outcome)).inc()
+
+    def tokens_used(self, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        """From ``response.done`` → ``response.usage.input_tokens`` / ``output_tokens``."""
+        if input_tokens > 0:
+            self._tokens.labels(kind="input").inc(input_tokens)
+        if output_tokens > 0:
+            self._tokens.labels(kind="output").inc(output_tokens)
+
+    # -- process ------------------------------------------------------------------------------------
+    def set_loop_lag(self, seconds: float) -> None:
+        self._loop_lag.set(max(0.0, seconds))
+
+    @property
+    def calls_active(self) -> int:
+        return self._active
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition; serve it with ``CONTENT_TYPE``."""
+        return generate_latest(self.registry)
