@@ -61,6 +61,16 @@ class EchoAwareVad:
         agent = max(self._agent_levels)
         return max(self.settings.threshold_db, agent - self.settings.echo_margin_db)
 
+    @property
+    def agent_active(self) -> bool:
+        """The agent was audible within the echo window: what we hear now may be its echo."""
+        return max(self._agent_levels) > self.settings.threshold_db
+
+    @property
+    def echo_only(self) -> bool:
+        """The last caller frame was below the echo threshold while the agent was audible."""
+        return self.agent_active and self.last_level_db < self.threshold_db()
+
     def caller_frame(self, pcm: bytes) -> bool:
         """Returns True once, on the frame where the caller has been speaking for ``min_speech_ms``."""
         level = level_db(pcm)
