@@ -1,0 +1,832 @@
+"""The SIP user agent: registers on a PBX and answers calls, like a desk phone (asyncio shell).
+
+The sans-I/O core parses, builds, authenticates, runs transactions and dialogs and negotiates SDP;
+this module owns the socket, the clock and the tasks. Every core state machine reports its next
+deadline; the shell arms one loop timer per machine and feeds ``loop.time()`` back in when it fires.
+Each call goes to the layer above as an :class:`IncomingCall` (negotiated media, DTMF, hang-up,
+transfer); the UA knows nothing of RTP payloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sipagent.errors import SdpError, SipParseError
+from sipagent.sdp import LocalSession, NegotiatedMedia, SessionDescription, negotiate
+from sipagent.sip.auth import DigestCredentials
+from sipagent.sip.dialog import Dialog
+from sipagent.sip.headers import new_tag
+from sipagent.sip.message import SipRequest, SipResponse, build_response
+from sipagent.sip.registration import Registration, RegistrationConfig
+from sipagent.sip.transaction import (
+    Action,
+    ClientTransaction,
+    ResponseEvent,
+    Send,
+    ServerTransaction,
+    Terminated,
+    TimeoutEvent,
+    Uas2xxRetransmitter,
+    cancel_target_key,
+    client_key,
+    server_key,
+)
+from sipagent.sip.transport import Peer, SipTransport, create_transport
+
+logger = logging.getLogger(__name__)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY"
+ACCEPT = "application/sdp, application/dtmf-relay, message/sipfrag"
+SUPPORTED = "timer"
+DTMF_SIGNALS = {"10": "*", "11": "#"}
+
+# Registration states of the core's machine that the shell acts on.
+UNREGISTERED = "unregistered"
+REGISTERED = "registered"
+BACKING_OFF = "backing-off"
+FAILED = "failed"
+
+
+@dataclass
+class UaSettings:
+    """What the user agent needs from the ``sip:`` configuration section.
+
+    ``registrar`` is "host[:port]" or None for direct mode; ``public_host`` is the address advertised
+    in Via/Contact when it differs from the bound one (NAT); ``trusted_hosts`` may send INVITEs besides
+    the registrar (direct mode with none: everyone may).
+    """
+
+    registrar: str | None
+    transport: str
+    username: str
+    password: str
+    domain: str
+    listen_host: str
+    listen_port: int
+    public_host: str | None
+    expires: int
+    max_calls: int
+    trusted_hosts: list[str]
+    codecs: list[str]
+    user_agent: str = "sipagent"
+
+
+class SipTimeout(Exception):
+    """A request got no final response (timer B/F), or the transport could not reach the peer."""
+
+
+class _Machine(Protocol):
+    """What the shell needs from a core state machine to drive its timers."""
+
+    @property
+    def next_deadline(self) -> float | None: ...
+
+    def timeout(self, now: float) -> list[Action]: ...
+
+
+EventHandler = Callable[[ResponseEvent | TimeoutEvent | Terminated], None]
+
+
+def _split_hostport(text: str, default_port: int) -> tuple[str, int]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    host, colon, port = text.rpartition(":")
+    if colon and port.isdigit() and host and ":" not in host:
+        return host, int(port)
+    return text, default_port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+class _AckWait:
+    """Our 2xx to an INVITE, re-sent by the core's retransmitter until the ACK comes (or 64*T1)."""
+
+    def __init__(self, retransmitter: Uas2xxRetransmitter) -> None:
+        self.retransmitter = retransmitter
+        self.done = asyncio.Event()
+        self.acknowledged = False
+
+    def finish(self, acknowledged: bool) -> None:
+        self.retransmitter.ack_received()  # stops retransmissions either way
+        self.acknowledged = self.acknowledged or acknowledged
+        self.done.set()
+
+    async def wait(self) -> bool:
+        """True when the ACK arrived, False on timeout or when the call ended first."""
+        await self.done.wait()
+        return self.acknowledged
+
+
+class IncomingCall:
+    """One incoming call, from INVITE to its end. Created by the UA; given to ``on_call``.
+
+    Public attributes: ``call_id``, ``from_uri``, ``to_uri``, ``remote_host`` (where the INVITE came
+    from), ``offer`` (parsed SDP offer), ``media`` (after answer), ``ended`` / ``end_reason``, ``state``
+    (ringing → answering → confirmed → ended) and the callbacks ``on_media_change`` (a re-INVITE was
+    accepted) and ``on_dtmf`` (SIP INFO application/dtmf-relay).
+    """
+
+    def __init__(self, ua: UserAgent, invite: SipRequest, peer: Peer, offer: SessionDescription,
+                 dialog: Dialog) -> None:
+        self._ua = ua
+        self._invite = invite
+        self._peer = peer
+        self.dialog = dialog
+        self.call_id = invite.call_id
+        self.from_uri = str(invite.from_addr.uri)
+        self.to_uri = str(invite.to_addr.uri)
+        self.remote_host = peer.host
+        self.offer = offer
+        self.media: NegotiatedMedia | None = None
+        self.on_media_change: Callable[[NegotiatedMedia], None] | None = None
+        self.on_dtmf: Callable[[str, int], None] | None = None
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+        self.state = "ringing"
+        self._rtp: tuple[str, int] | None = None
+        self._answer_sdp: SessionDescription | None = None
+        self._sdp_session = LocalSession()  # one o= line per call; its version rises with each new answer
+        self._ack_wait: _AckWait | None = None
+        self._notify: asyncio.Queue[int] = asyncio.Queue()
+
+    def __repr__(self) -> str:
+        return f"IncomingCall({self.call_id!r}, {self.from_uri!r}, state={self.state})"
+
+    # -- the API for the layer above -------------------------------------------------------------
+
+    async def answer(self, rtp_host: str, rtp_port: int) -> NegotiatedMedia:
+        """Send 200 OK with our SDP answer and wait for the ACK; returns the negotiated media.
+
+        Raises SdpError (after sending 488) when no codec matches, RuntimeError when the call is no
+        longer ringing, SipTimeout when no ACK arrives (the call is then ended with BYE).
+        """
+        if self.state != "ringing":
+            raise RuntimeError(f"cannot answer a call in state {self.state}")
+        try:
+            answer, media = negotiate(self.offer, self._ua.settings.codecs, rtp_host, rtp_port,
+                                      session=self._sdp_session)
+        except SdpError:
+            self._ua._respond_in_dialog(self, self._invite, 488)
+            self._end("rejected-sdp")
+            raise
+        self._rtp = (rtp_host, rtp_port)
+        self._answer_sdp = answer
+        self.media = media
+        self.state = "answering"
+        self.dialog.confirm()
+        self._ack_wait = self._ua._respond_in_dialog(
+            self, self._invite, 200, body=answer.to_bytes(), extra=_session_timer_headers(self._invite)
+        )
+        assert self._ack_wait is not None
+        acked = await self._ack_wait.wait()
+        if self.ended.is_set():
+            raise RuntimeError(f"call ended before ACK ({self.end_reason})")
+        self.state = "confirmed"
+        if not acked:
+            logger.warning("call %s: no ACK for 200 OK, hanging up", self.call_id)
+            await self.hangup()
+            raise SipTimeout("no ACK for 200 OK")
+        logger.info("call %s: answered with %s, remote RTP %s:%s", self.call_id, media.codec,
+                    media.remote_host, media.remote_port)
+        return media
+
+    async def reject(self, status: int = 486) -> None:
+        """Reject an unanswered call with a final error response (486 Busy Here by default)."""
+        if self.state != "ringing":
+            raise RuntimeError(f"cannot reject a call in state {self.state}")
+        self._ua._respond_in_dialog(self, self._invite, status)
+        self._end("rejected")
+
+    async def hangup(self) -> None:
+        """End the call: BYE once answered, 487 while it is still ringing."""
+        if self.state == "ended":
+            return
+        if self.state == "ringing":
+            self._ua._respond_in_dialog(self, self._invite, 487)
+            self._end("local-cancel")
+            return
+        self._end("local-bye")
+        try:
+            response = await self._ua._send_in_dialog(self, "BYE")
+            logger.info("call %s: BYE answered %s", self.call_id, response.status)
+        except SipTimeout as exc:
+            logger.info("call %s: BYE got no answer: %s", self.call_id, exc)
+
+    async def transfer(self, target: str, timeout: float = 30) -> bool:
+        """Blind transfer with REFER; True when the target answered (NOTIFY sipfrag with a 2xx).
+
+        On success the call is ended with BYE and ``end_reason`` "transferred"; on failure it goes on.
+        """
+        if self.state != "confirmed":
+            raise RuntimeError(f"cannot transfer a call in state {self.state}")
+        referred_by = f"<sip:{self._ua.settings.username}@{self._ua.domain}>"
+        try:
+            response = await self._ua._send_in_dialog(
+                self, "REFER", extra=[("Refer-To", f"<{target}>"), ("Referred-By", referred_by)]
+            )
+        except SipTimeout as exc:
+            logger.info("call %s: REFER got no answer: %s", self.call_id, exc)
+            return False
+        if response.status >= 300:
+            logger.info("call %s: REFER refused with %s", self.call_id, response.status)
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.ended.is_set():
+            try:
+                status = await asyncio.wait_for(self._notify.get(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                logger.info("call %s: transfer to %s timed out", self.call_id, target)
+                return False
+            if status >= 300:
+                logger.info("call %s: transfer to %s failed with %s", self.call_id, target, status)
+                return False
+            if status >= 200:
+                self._end("transferred")
+                with contextlib.suppress(SipTimeout):
+                    await self._ua._send_in_dialog(self, "BYE")
+                return True
+        return False
+
+    # -- events from the UA ----------------------------------------------------------------------
+
+    def _end(self, reason: str) -> None:
+        if self.state == "ended":
+            return
+        self.state = "ended"
+        self.end_reason = reason
+        self.dialog.terminate()
+        if self._ack_wait is not None and not self._ack_wait.done.is_set():
+            self._ack_wait.finish(acknowledged=False)
+        self.ended.set()
+        self._ua._call_ended(self)
+        logger.info("call %s ended: %s", self.call_id, reason)
+
+    def _handle_reinvite(self, request: SipRequest) -> None:
+        if self.state != "confirmed" or self._rtp is None or self._answer_sdp is None:
+            self._ua._respond_in_dialog(self, request, 491)  # our own offer/answer is not settled yet
+            return
+        changed = False
+        if request.body:
+            try:
+                offer = SessionDescription.parse(request.body)
+                codecs = self._ua.settings.codecs
+                answer, media = negotiate(offer, codecs, *self._rtp, session=self._sdp_session)
+            except SdpError as exc:
+                logger.info("call %s: re-INVITE refused: %s", self.call_id, exc)
+                self._ua._respond_in_dialog(self, request, 488)
+                return
+            self._answer_sdp = answer
+            changed = media != self.media
+            self.media = media
+        # Without an offer (a session refresh) our current SDP is the offer; the ACK would carry theirs.
+        self._ack_wait = self._ua._respond_in_dialog(
+            self, request, 200, body=self._answer_sdp.to_bytes(), extra=_session_timer_headers(request)
+        )
+        if changed and self.media is not None and self.on_media_change is not None:
+            logger.info("call %s: media changed: %s %s", self.call_id, self.media.codec, self.media.direction)
+            try:
+                self.on_media_change(self.media)
+            except Exception:
+                logger.exception("call %s: on_media_change failed", self.call_id)
+
+    def _handle_info(self, request: SipRequest) -> None:
+        content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/dtmf-relay":
+            self._ua._respond_in_dialog(self, request, 200)
+            return
+        fields: dict[str, str] = {}
+        for line in request.body.decode("utf-8", "replace").splitlines():
+            name, _, value = line.partition("=")
+            fields[name.strip().lower()] = value.strip()
+        signal = fields.get("signal", "")
+        digit = DTMF_SIGNALS.get(signal, signal.upper())
+        duration = int(fields["duration"]) if fields.get("duration", "").isdigit() else 100
+        if len(digit) != 1 or digit not in "0123456789*#ABCD":
+            self._ua._respond_in_dialog(self, request, 400, reason="Bad dtmf-relay Signal")
+            return
+        self._ua._respond_in_dialog(self, request, 200)
+        logger.info("call %s: DTMF %s (%d ms) by INFO", self.call_id, digit, duration)
+        if self.on_dtmf is not None:
+            try:
+                self.on_dtmf(digit, duration)
+            except Exception:
+                logger.exception("call %s: on_dtmf failed", self.call_id)
+
+    def _handle_notify(self, request: SipRequest) -> None:
+        self._ua._respond_in_dialog(self, request, 200)
+        if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "refer":
+            return
+        first = request.body.decode("utf-8", "replace").strip().splitlines()
+        parts = first[0].split(" ") if first else []
+        if len(parts) >= 2 and parts[0].upper().startswith("SIP/") and parts[1].isdigit():
+            self._notify.put_nowait(int(parts[1]))
+        elif "terminated" in (request.headers.get("Subscription-State") or "").lower():
+            self._notify.put_nowait(500)  # subscription over without a final status: treat as failed
+
+
+def _session_timer_headers(request: SipRequest) -> list[tuple[str, str]]:
+    """RFC 4028: accept the caller's session interval and let it refresh (we answer refreshes)."""
+    value = request.headers.get("Session-Expires")
+    if not value:
+        return []
+    interval = value.split(";")[0].strip()
+    return [("Session-Expires", f"{interval};refresher=uac"), ("Require", "timer")]
+
+
+class UserAgent:
+    """A registering SIP phone that answers calls and hands them to ``on_call``.
+
+    ``start()`` binds and starts registering (when a registrar is set); ``stop()`` ends calls politely,
+    unregisters and closes. ``registration_state`` names the core's registration state.
+    """
+
+    def __init__(self, settings: UaSettings, on_call: Callable[[IncomingCall], Awaitable[None]]) -> None:
+        self.settings = settings
+        self.on_call = on_call
+        self.local_address: tuple[str, int] = (settings.listen_host, settings.listen_port)
+        self.domain = settings.domain or (
+            _split_hostport(settings.registrar, 5060)[0] if settings.registrar else settings.listen_host
+        )
+        self._transport: SipTransport | None = None
+        self._advertised: tuple[str, int] = self.local_address
+        self._registrar: Peer | None = None
+        self._trusted: set[str] = set()
+        self._calls: dict[str, IncomingCall] = {}
+        self._server: dict[tuple[str, str, str], tuple[ServerTransaction, Peer]] = {}
+        self._client: dict[tuple[str, str], tuple[ClientTransaction, Peer, EventHandler]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._registered = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._register_task: asyncio.Task[None] | None = None
+        self._registration: Registration | None = None
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def transport_name(self) -> str:
+        return self.settings.transport.upper()
+
+    @property
+    def active_calls(self) -> int:
+        return sum(1 for call in self._calls.values() if call.state != "ended")
+
+    async def start(self) -> None:
+        """Bind the listening socket, then register in the background (when a registrar is set)."""
+        s = self.settings
+        self._transport = create_transport(s.transport, s.listen_host, s.listen_port, self._on_message,
+                                           self._on_transport_error)
+        await self._transport.start()
+        self.local_address = self._transport.local_address
+        if s.registrar:
+            host, port = _split_hostport(s.registrar, 5061 if self.transport_name == "TLS" else 5060)
+            self._registrar = Peer(self.transport_name, await self._resolve(host), port)
+        for host in s.trusted_hosts:
+            try:
+                self._trusted.add(await self._resolve(host))
+            except OSError as exc:
+                logger.warning("trusted host %s does not resolve: %s", host, exc)
+        self._advertised = (self._advertised_host(), self.local_address[1])
+        logger.info("SIP %s listening on %s:%s, advertising %s:%s", self.transport_name, *self.local_address,
+                    *self._advertised)
+        if self._registrar is not None:
+            self._registration = self._new_registration()
+            self._register_task = asyncio.create_task(self._register_loop())
+
+    def _advertised_host(self) -> str:
+        if self.settings.public_host:
+            return self.settings.public_host
+        host = self.local_address[0]
+        if host not in ("0.0.0.0", "::", ""):
+            return host
+        # Bound to every interface: advertise the source address of the route towards the registrar.
+        target = self._registrar.host if self._registrar else "192.0.2.1"
+        family = socket.AF_INET6 if ":" in target else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+    async def _resolve(self, host: str) -> str:
+        host = host.strip("[]")
+        if _is_ip(host):
+            return host
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+        return str(infos[0][4][0])
+
+    async def wait_registered(self, timeout: float) -> bool:
+        """Wait until the registrar accepted us; False after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._registered.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """End calls (BYE, or 480 while ringing), unregister (Expires: 0) and close the socket."""
+        self._stopping = True
+        for call in list(self._calls.values()):
+            if call.state == "ringing":
+                self._respond_in_dialog(call, call._invite, 480)
+                call._end("shutdown")
+            elif call.state != "ended":
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(call.hangup(), 2.0)
+        if self._register_task is not None:
+            self._register_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._register_task
+            registration = self._registration
+            if registration is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._exchange(registration, registration.stop(self._now())), 3.0)
+            self._registered.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- driving the core's state machines -------------------------------------------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _run(self, machine: _Machine, actions: list[Action], dest: Peer,
+             on_event: EventHandler | None) -> None:
+        """Carry out a machine's actions, then arm a loop timer for its next deadline."""
+        for action in actions:
+            if isinstance(action, Send):
+                if self._transport is not None:
+                    self._transport.send(action.data, dest)
+            elif on_event is not None:
+                on_event(action)
+        handle = self._timers.pop(id(machine), None)
+        if handle is not None:
+            handle.cancel()
+        deadline = machine.next_deadline
+        if deadline is not None and self._transport is not None:
+            self._timers[id(machine)] = asyncio.get_running_loop().call_at(
+                deadline, self._fire, machine, dest, on_event
+            )
+
+    def _fire(self, machine: _Machine, dest: Peer, on_event: EventHandler | None) -> None:
+        self._timers.pop(id(machine), None)
+        self._run(machine, machine.timeout(self._now()), dest, on_event)
+
+    # -- registration ----------------------------------------------------------------------------
+
+    @property
+    def registration_state(self) -> str:
+        """The core's registration state: unregistered, registering, registered, refreshing,
+        backing-off, failed or unregistering."""
+        return self._registration.state if self._registration is not None else UNREGISTERED
+
+    def _new_registration(self) -> Registration:
+        s = self.settings
+        registrar_uri = f"sip:{_uri_host(self.domain)}"
+        registrar_port = _split_hostport(s.registrar or "", 0)[1]
+        if registrar_port:
+            registrar_uri += f":{registrar_port}"
+        return Registration(RegistrationConfig(
+            registrar_uri=registrar_uri, aor=f"sip:{s.username}@{_uri_host(self.domain)}",
+            contact=self._contact(), via_sent_by=self._sent_by(), transport=self.transport_name,
+            credentials=DigestCredentials(s.username, s.password), expires=s.expires, user_agent=s.user_agent,
+        ))
+
+    async def _exchange(self, registration: Registration, request: SipRequest | None) -> None:
+        """Send REGISTERs until the machine has nothing more to say (auth retries, 423 retries)."""
+        assert self._registrar is not None
+        while request is not None:
+            try:
+                response = await self._send_request(request, self._registrar)
+            except SipTimeout as exc:
+                logger.warning("REGISTER to %s: %s", self.settings.registrar, exc)
+                registration.on_timeout(self._now())
+                return
+            request = registration.on_response(response, self._now())
+
+    async def _register_loop(self) -> None:
+        registration = self._registration
+        assert registration is not None
+        await self._exchange(registration, registration.start(self._now()))
+        while True:
+            if registration.state == REGISTERED:
+                self._registered.set()
+            elif registration.state in (BACKING_OFF, FAILED):
+                self._registered.clear()
+            deadline = registration.next_deadline
+            if deadline is None:
+                return
+            await asyncio.sleep(max(0.0, deadline - self._now()))
+            await self._exchange(registration, registration.timeout(self._now()))
+
+    # -- messages out ----------------------------------------------------------------------------
+
+    def _contact_uri(self) -> str:
+        host, port = self._advertised
+        transport = "" if self.transport_name == "UDP" else f";transport={self.transport_name.lower()}"
+        # Direct mode may run without a username: then the Contact has no user part at all.
+        user = f"{self.settings.username}@" if self.settings.username else ""
+        return f"sip:{user}{_uri_host(host)}:{port}{transport}"
+
+    def _contact(self) -> str:
+        return f"<{self._contact_uri()}>"
+
+    def _sent_by(self) -> str:
+        host, port = self._advertised
+        return f"{_uri_host(host)}:{port}"
+
+    async def _send_request(self, request: SipRequest, dest: Peer) -> SipResponse:
+        """Run a client transaction; the final response, or SipTimeout (timer F, unreachable peer)."""
+        if self._transport is None:
+            raise SipTimeout("transport closed")
+        tx = ClientTransaction(request, self._transport.reliable)
+        key = tx.key
+        future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
+
+        def on_event(event: ResponseEvent | TimeoutEvent | Terminated) -> None:
+            if isinstance(event, ResponseEvent):
+                if event.response.status >= 200 and not future.done():
+                    future.set_result(event.response)
+            elif isinstance(event, TimeoutEvent):
+                if not future.done():
+                    where = f"{dest.host}:{dest.port}"
+                    future.set_exception(SipTimeout(f"no answer to {request.method} from {where}"))
+            elif self._client.get(key, (None,))[0] is tx:
+                del self._client[key]
+
+        self._client[key] = (tx, dest, on_event)
+        self._run(tx, tx.start(self._now()), dest, on_event)
+        return await future
+
+    async def _send_in_dialog(self, call: IncomingCall, method: str,
+                              extra: list[tuple[str, str]] | None = None) -> SipResponse:
+        request = call.dialog.create_request(method, self._sent_by(), self.transport_name,
+                                             extra=[("User-Agent", self.settings.user_agent), *(extra or [])])
+        host, port = call.dialog.next_hop().host_port
+        if self.transport_name != "UDP" and not call.dialog.route_set:
+            dest = call._peer  # reuse the connection the INVITE came in on
+        else:
+            dest = Peer(self.transport_name, await self._resolve(host), port or 5060)
+        return await self._send_request(request, dest)
+
+    def _response_peer(self, request: SipRequest, peer: Peer) -> Peer:
+        if peer.transport != "UDP":
+            return peer  # same connection (RFC 3261 18.2.2)
+        vias = request.vias
+        host, port = vias[0].response_address(peer.host, peer.port) if vias else (peer.host, peer.port)
+        return Peer("UDP", host, port)
+
+    def _respond(self, request: SipRequest, status: int, *, reason: str | None = None,
+                 response: SipResponse | None = None, extra: list[tuple[str, str]] | None = None) -> None:
+        """Answer outside a dialog (or pass a dialog's ``response``) through the server transaction."""
+        if response is None:
+            to_tag = None if request.to_addr.tag or status == 100 else new_tag()
+            response = build_response(request, status, reason, to_tag=to_tag)
+        if request.method == "OPTIONS" and status < 300:
+            response.headers.add("Contact", self._contact())
+        if request.method in ("INVITE", "OPTIONS") or status == 405:
+            response.headers.add("Allow", ALLOW)
+        if request.method == "OPTIONS":
+            response.headers.add("Accept", ACCEPT)
+            response.headers.add("Supported", SUPPORTED)
+        response.headers.add("Server", self.settings.user_agent)
+        for name, value in extra or []:
+            response.headers.add(name, value)
+        entry = self._server.get(server_key(request))
+        if entry is None:
+            logger.debug("no server transaction for %s %s", request.method, request.call_id)
+            return
+        tx, dest = entry
+        self._run(tx, tx.respond(response, self._now()), dest, self._server_events(tx))
+
+    def _respond_in_dialog(self, call: IncomingCall, request: SipRequest, status: int, *,
+                           reason: str | None = None, body: bytes = b"",
+                           extra: list[tuple[str, str]] | None = None) -> _AckWait | None:
+        """A response carrying the dialog's To tag; a 2xx to INVITE returns its ACK wait."""
+        content_type = "application/sdp" if body else None
+        response = call.dialog.response(request, status, reason, body=body, content_type=content_type)
+        self._respond(request, status, response=response, extra=extra)
+        if request.method != "INVITE" or not 200 <= status < 300 or self._transport is None:
+            return None
+        # The transaction ends with a 2xx: the core's retransmitter re-sends it until ACK (13.3.1.4).
+        wait = _AckWait(Uas2xxRetransmitter(response.to_bytes(), self._transport.reliable, self._now()))
+        dest = self._response_peer(request, call._peer)
+
+        def on_event(event: ResponseEvent | TimeoutEvent | Terminated) -> None:
+            if isinstance(event, TimeoutEvent) and not wait.done.is_set():
+                wait.finish(acknowledged=False)
+
+        self._run(wait.retransmitter, [], dest, on_event)
+        return wait
+
+    def _server_events(self, tx: ServerTransaction) -> EventHandler:
+        def on_event(event: ResponseEvent | TimeoutEvent | Terminated) -> None:
+            if isinstance(event, Terminated):
+                key = tx.key
+                if self._server.get(key, (None,))[0] is tx:
+                    del self._server[key]
+            elif isinstance(event, TimeoutEvent):
+                logger.info("%s from %s: no ACK for our final response", tx.request.method,
+                            tx.request.from_addr.uri)
+
+        return on_event
+
+    # -- messages in -----------------------------------------------------------------------------
+
+    def _on_transport_error(self, peer: Peer, exc: Exception) -> None:
+        for tx, dest, on_event in list(self._client.values()):
+            if dest == peer:
+                self._run(tx, tx.transport_error(), dest, on_event)
+
+    def _on_message(self, message: SipRequest | SipResponse, peer: Peer) -> None:
+        try:
+            if isinstance(message, SipResponse):
+                self._on_response(message)
+            else:
+                self._on_request(message, peer)
+        except SipParseError as exc:  # a header the parser accepted leniently but we cannot use
+            logger.info("unusable message from %s:%s: %s", peer.host, peer.port, exc.reason)
+
+    def _on_response(self, response: SipResponse) -> None:
+        entry = self._client.get(client_key(response))
+        if entry is None:
+            logger.debug("stray response %s %s", response.status, response.cseq)
+            return
+        tx, dest, on_event = entry
+        self._run(tx, tx.receive(response, self._now()), dest, on_event)
+
+    def _on_request(self, request: SipRequest, peer: Peer) -> None:
+        key = server_key(request)
+        entry = self._server.get(key)
+        if entry is not None:  # a retransmission, or the ACK of a non-2xx final response
+            tx, dest = entry
+            self._run(tx, tx.receive(request, self._now()), dest, self._server_events(tx))
+            return
+        if request.method == "ACK":
+            self._on_2xx_ack(request)
+            return
+        call = self._calls.get(request.call_id)
+        if (request.method == "INVITE" and call is not None and not request.to_addr.tag
+                and call._invite.branch == request.branch):
+            return  # INVITE retransmitted after our 2xx: the 2xx retransmitter answers it
+        if self._transport is None:
+            return
+        tx = ServerTransaction(request, self._transport.reliable, self._now())
+        self._server[key] = (tx, self._response_peer(request, peer))
+        try:
+            self._dispatch(request, peer)
+        except SipParseError as exc:
+            logger.info("bad %s from %s:%s: %s", request.method, peer.host, peer.port, exc.reason)
+            self._respond(request, 400, reason=exc.reason)
+
+    def _dispatch(self, request: SipRequest, peer: Peer) -> None:
+        method = request.method
+        if method == "CANCEL":
+            self._on_cancel(request)
+        elif method == "OPTIONS" and not request.to_addr.tag:
+            self._respond(request, 200)
+        elif request.to_addr.tag:
+            call = self._calls.get(request.call_id)
+            if (call is None or not call.dialog.matches(request)
+                    or (call.state == "ended" and method != "BYE")):
+                self._respond(request, 481)
+            else:
+                self._on_in_dialog(call, request)
+        elif method == "INVITE":
+            self._on_invite(request, peer)
+        elif method in ("BYE", "INFO", "NOTIFY", "REFER"):
+            self._respond(request, 481)
+        else:
+            self._respond(request, 405 if method in ("REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE") else 501)
+
+    def _on_2xx_ack(self, request: SipRequest) -> None:
+        call = self._calls.get(request.call_id)
+        if call is None or not call.dialog.matches(request):
+            return
+        if call._ack_wait is not None and not call._ack_wait.done.is_set():
+            call._ack_wait.finish(acknowledged=True)
+            handle = self._timers.pop(id(call._ack_wait.retransmitter), None)
+            if handle is not None:
+                handle.cancel()
+
+    def _on_cancel(self, request: SipRequest) -> None:
+        target = self._server.get(cancel_target_key(request))
+        call = self._calls.get(request.call_id)
+        if target is None or call is None:
+            self._respond(request, 481)
+            return
+        self._respond(request, 200)
+        if call.state == "ringing":
+            self._respond_in_dialog(call, call._invite, 487)
+            call._end("cancelled")
+
+    def _on_in_dialog(self, call: IncomingCall, request: SipRequest) -> None:
+        error = call.dialog.check_request(request)
+        if error is not None:
+            self._respond(request, error, reason="CSeq Out of Order" if error == 500 else None)
+            return
+        method = request.method
+        if method == "BYE":
+            self._respond(request, 200)
+            call._end("remote-bye")
+        elif method == "INVITE":
+            call._handle_reinvite(request)
+        elif method == "INFO":
+            call._handle_info(request)
+        elif method == "NOTIFY":
+            call._handle_notify(request)
+        elif method == "OPTIONS":
+            self._respond(request, 200)
+        else:
+            self._respond(request, 405 if method in ("REFER", "UPDATE", "SUBSCRIBE", "MESSAGE") else 501)
+
+    def _is_trusted(self, host: str) -> bool:
+        if self._registrar is None and not self._trusted:
+            return True  # direct mode without a list: anyone may call
+        return (self._registrar is not None and host == self._registrar.host) or host in self._trusted
+
+    def _on_invite(self, request: SipRequest, peer: Peer) -> None:
+        self._respond(request, 100)
+        if not self._is_trusted(peer.host):
+            logger.warning("INVITE from untrusted host %s refused", peer.host)
+            self._respond(request, 403)
+            return
+        if self._stopping or self.active_calls >= self.settings.max_calls:
+            logger.info("INVITE %s refused: busy (%d calls)", request.call_id, self.active_calls)
+            self._respond(request, 486)
+            return
+        required = (value.strip().lower() for value in request.headers.get_all("Require"))
+        unsupported = [option for option in required if option != SUPPORTED]
+        if unsupported:
+            self._respond(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
+            return
+        try:
+            offer = SessionDescription.parse(request.body)
+        except SdpError as exc:
+            # INVITEs without an offer (we would have to offer in the 200) are not supported.
+            logger.info("INVITE %s without a usable SDP offer: %s", request.call_id, exc)
+            self._respond(request, 488)
+            return
+        dialog = Dialog.from_invite(request, self._contact())
+        call = IncomingCall(self, request, peer, offer, dialog)
+        self._calls[call.call_id] = call
+        self._respond_in_dialog(call, request, 180)
+        logger.info("call %s from %s ringing", call.call_id, call.from_uri)
+        self._spawn(self._run_on_call(call))
+
+    async def _run_on_call(self, call: IncomingCall) -> None:
+        try:
+            await self.on_call(call)
+        except Exception:
+            logger.exception("call %s: on_call failed", call.call_id)
+            if call.state == "ringing":
+                self._respond_in_dialog(call, call._invite, 500)
+                call._end("error")
+            elif call.state != "ended":
+                await call.hangup()
+
+    def _call_ended(self, call: IncomingCall) -> None:
+        # Keep the dialog a while so retransmitted BYEs and late ACKs still find it.
+        asyncio.get_running_loop().call_later(32.0, self._forget_call, call)
+
+    def _forget_call(self, call: IncomingCall) -> None:
+        if self._calls.get(call.call_id) is call:
+            del self._calls[call.call_id]
+
+
+__all__ = ["IncomingCall", "SipTimeout", "UaSettings", "UserAgent"]

@@ -1,0 +1,52 @@
+"""Fixtures starting real SIP peers on 127.0.0.1 (see peers.py); skipped when a binary is missing.
+
+scripts/setup --test installs kamailio and baresip, so on CI they are always there.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import Kamailio, missing_binaries
+
+
+def require(*binaries: str) -> None:
+    """Skip the test with a clear reason when a peer program is not installed."""
+    missing = missing_binaries(*binaries)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (install with scripts/setup --test)")
+
+
+@pytest.fixture(scope="module")
+def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
+    """One Kamailio registrar/proxy per test module; tests use distinct users so they do not interact."""
+    require("kamailio")
+    server = Kamailio(tmp_path_factory.mktemp("kamailio"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_kamailio(tmp_path: Path) -> Iterator[Kamailio]:
+    """A Kamailio for one test that restarts it."""
+    require("kamailio")
+    server = Kamailio(tmp_path / "kamailio")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def baresip_available() -> None:
+    require("baresip")

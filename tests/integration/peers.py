@@ -1,0 +1,348 @@
+"""Real SIP peers for the integration tests: Kamailio (registrar + proxy) and baresip (a phone).
+
+Every process is started on 127.0.0.1 with fresh ports and its own temporary directory, and is stopped
+by its PID (never by name). Nothing here reads outside the repository's tests/ tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+KAMAILIO_CFG = HERE / "peers" / "kamailio.cfg"
+LOCALHOST = "127.0.0.1"
+
+
+def find_binary(name: str) -> str | None:
+    """``name`` on PATH, or in the sbin directories a non-root PATH often lacks (Kamailio lives there)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
+def missing_binaries(*names: str) -> list[str]:
+    """The programs among ``names`` that are not installed."""
+    return [name for name in names if find_binary(name) is None]
+
+
+def _binary(name: str) -> str:
+    path = find_binary(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed")
+    return path
+
+
+def _port_is_free(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((LOCALHOST, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(span: int = 1) -> int:
+    """A port ``p`` such that ``p .. p+span-1`` are free for both UDP and TCP on 127.0.0.1.
+
+    The kernel picks the candidate (bind to port 0), so parallel runs rarely collide.
+    """
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((LOCALHOST, 0))
+            base = int(sock.getsockname()[1])
+        if base + span < 65536 and all(_port_is_free(base + i) for i in range(span)):
+            return base
+    raise RuntimeError("no free port range found on 127.0.0.1")
+
+
+def sip_options(host: str, port: int, request_uri: str, timeout: float = 1.0) -> int | None:
+    """Send one OPTIONS over UDP and return the final status code, or None when nothing answered."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        sock.settimeout(timeout)
+        local_port = sock.getsockname()[1]
+        call_id = uuid.uuid4().hex
+        request = (
+            f"OPTIONS {request_uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {LOCALHOST}:{local_port};branch=z9hG4bK{call_id[:16]};rport\r\n"
+            f"From: <sip:probe@{LOCALHOST}>;tag={call_id[:8]}\r\n"
+            f"To: <{request_uri}>\r\n"
+            f"Call-ID: {call_id}\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Max-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        sock.sendto(request.encode(), (host, port))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data, _ = sock.recvfrom(65535)
+            except (TimeoutError, ConnectionRefusedError):
+                return None
+            status = int(data.split(b" ", 2)[1])
+            if status >= 200:
+                return status
+    return None
+
+
+def _stop_pid(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM the process by PID, then SIGKILL it if it does not exit within ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(grace)
+
+
+def kamailio_module_path() -> str:
+    """Where Debian puts Kamailio's modules (the directory name carries the architecture triplet)."""
+    found = sorted(glob.glob("/usr/lib/*/kamailio/modules")) + sorted(glob.glob("/usr/lib/kamailio/modules"))
+    if not found:
+        raise RuntimeError("Kamailio modules directory not found")
+    return found[0]
+
+
+class Kamailio:
+    """Kamailio registrar/proxy with digest auth (users NNNN, password "secret" + NNNN)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, min_expires: int = 3) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.min_expires = min_expires
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "kamailio.log"
+
+    @property
+    def address(self) -> str:
+        return f"{LOCALHOST}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start in the foreground (-DD: no daemon, so our PID is the main process) and wait for it."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = self.workdir / "kamailio.cfg"
+        text = KAMAILIO_CFG.read_text(encoding="utf-8")
+        cfg.write_text(text.replace("@PORT@", str(self.port)).replace("@MIN_EXPIRES@", str(self.min_expires)))
+        log = self.log_path.open("ab")
+        cmd = [_binary("kamailio"), "-f", str(cfg), "-DD", "-E", "-L", kamailio_module_path(),
+               "-w", str(self.workdir)]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kamailio exited at start:\n{self.log_tail()}")
+            if sip_options(LOCALHOST, self.port, f"sip:{self.address}", timeout=0.3) == 200:
+                return
+        self.stop()
+        raise RuntimeError(f"kamailio did not answer OPTIONS within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_pid(self.proc)
+            self.proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: all registrations are forgotten (no database)."""
+        self.stop()
+        self.start()
+
+    def is_registered(self, user: str) -> bool:
+        """True when the proxy can route to ``user`` (lookup succeeds and the contact answers OPTIONS)."""
+        return sip_options(LOCALHOST, self.port, f"sip:{user}@{self.address}", timeout=2.0) == 200
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def write_silence_wav(path: Path, seconds: float, rate: int = 8000) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(b"\x00\x00" * int(seconds * rate))
+
+
+@dataclass
+class CtrlEvent:
+    """One ctrl_tcp event from baresip, e.g. type "CALL_ESTABLISHED"."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Baresip:
+    """A baresip phone registered as ``user`` on the test Kamailio, driven over its ctrl_tcp socket.
+
+    Its SIP port + 1 is left free because baresip also opens it (for TLS).
+    """
+
+    def __init__(self, workdir: Path, user: str, registrar: str, *, answer: bool = False) -> None:
+        self.workdir = workdir
+        self.user = user
+        self.registrar = registrar
+        self.answer = answer
+        self.sip_port = free_port(span=2)
+        self.ctrl_port = free_port()
+        self.rtp_port = free_port(span=10)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "baresip.log"
+        self.events: list[CtrlEvent] = []
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._event_added: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        write_silence_wav(self.workdir / "send.wav", 60.0)
+        config = "\n".join([
+            "poll_method epoll",
+            f"sip_listen {LOCALHOST}:{self.sip_port}",
+            f"net_interface {LOCALHOST}",
+            f"rtp_ports {self.rtp_port}-{self.rtp_port + 9}",
+            f"audio_source aufile,{self.workdir}/send.wav",
+            "audio_alert aufile,/dev/null",
+            "audio_player aufile,/dev/null",
+            "module_path /usr/lib/baresip/modules",
+            "module g711.so",
+            "module g722.so",
+            "module aufile.so",
+            "module_app account.so",
+            "module_app menu.so",
+            "module_app ctrl_tcp.so",
+            f"ctrl_tcp_listen {LOCALHOST}:{self.ctrl_port}",
+            "",
+        ])
+        (self.workdir / "config").write_text(config)
+        mode = ";answermode=auto" if self.answer else ""
+        account = (
+            f"<sip:{self.user}@{self.registrar};transport=udp>;auth_pass=secret{self.user};regint=300{mode}\n"
+        )
+        (self.workdir / "accounts").write_text(account)
+        (self.workdir / "contacts").write_text("")
+
+    async def start(self, timeout: float = 15.0) -> None:
+        """Start baresip, connect to ctrl_tcp and wait for its registration."""
+        self._write_config()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [_binary("baresip"), "-f", str(self.workdir)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        self._event_added = asyncio.Event()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"baresip exited at start:\n{self.log_tail()}")
+            try:
+                self._reader, self._writer = await asyncio.open_connection(LOCALHOST, self.ctrl_port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"baresip ctrl_tcp not listening:\n{self.log_tail()}") from None
+                await asyncio.sleep(0.1)
+        self._task = asyncio.create_task(self._read_loop())
+        # The first REGISTER may complete before ctrl_tcp accepts us: poll reginfo rather than the event.
+        while "OK" not in str((await self.command("reginfo")).get("data", "")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"baresip did not register:\n{self.log_tail()}")
+            await asyncio.sleep(0.1)
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None and self._event_added is not None
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ValueError):
+            while True:
+                length = int((await self._reader.readuntil(b":"))[:-1])
+                payload = await self._reader.readexactly(length + 1)  # netstring: LEN:DATA,
+                message: dict[str, Any] = json.loads(payload[:-1])
+                if message.get("event"):
+                    self.events.append(CtrlEvent(str(message.get("type", "")), message))
+                    self._event_added.set()
+                elif message.get("response"):
+                    fut = self._pending.pop(str(message.get("token", "")), None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(message)
+
+    async def command(self, command: str, params: str = "", timeout: float = 5.0) -> dict[str, Any]:
+        """Run one baresip command (e.g. "dial", "hangup") and return its JSON response."""
+        assert self._writer is not None
+        token = uuid.uuid4().hex[:8]
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[token] = fut
+        body = json.dumps({"command": command, "params": params, "token": token}).encode()
+        self._writer.write(b"%d:%s," % (len(body), body))
+        await self._writer.drain()
+        return await asyncio.wait_for(fut, timeout)
+
+    async def dial(self, uri: str) -> None:
+        await self.command("dial", uri)
+
+    async def hangup(self) -> None:
+        await self.command("hangup")
+
+    async def wait_event(self, event_type: str, timeout: float, start: int = 0) -> CtrlEvent | None:
+        """The first ``event_type`` event at index >= ``start`` of ``events``; None after ``timeout``."""
+        assert self._event_added is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for event in self.events[start:]:
+                if event.type == event_type:
+                    return event
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            self._event_added.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event_added.wait(), remaining)
+
+    def event_types(self) -> list[str]:
+        return [event.type for event in self.events]
+
+    async def close(self) -> None:
+        """Close the control connection and stop the process by PID."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+            self._writer = None
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            _stop_pid(self.proc, grace=3.0)
+            self.proc = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

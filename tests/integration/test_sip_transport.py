@@ -1,0 +1,101 @@
+"""SIP transports on real loopback sockets: TCP framing, stream errors, trace redaction."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sipagent.sip.message import SipRequest, SipResponse
+from sipagent.sip.transport import Peer, TcpTransport, UdpTransport, redact
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def options(port: int, n: int) -> bytes:
+    return (
+        "OPTIONS sip:agent@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/TCP 127.0.0.1:{port};branch=z9hG4bKtcp{n}\r\n"
+        f"From: <sip:t@127.0.0.1>;tag=t{n}\r\nTo: <sip:agent@127.0.0.1>\r\nCall-ID: tcp{n}\r\n"
+        f"CSeq: {n} OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def _read_message(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    return head + await reader.readexactly(length)
+
+
+def test_tcp_frames_split_and_pipelined_messages_and_answers_on_the_same_connection() -> None:
+    async def main() -> None:
+        received: list[tuple[SipRequest | SipResponse, Peer]] = []
+        transport: TcpTransport
+
+        def on_message(message: SipRequest | SipResponse, peer: Peer) -> None:
+            received.append((message, peer))
+            assert isinstance(message, SipRequest)
+            reply = f"SIP/2.0 200 OK\r\nCall-ID: {message.call_id}\r\nContent-Length: 0\r\n\r\n"
+            transport.send(reply.encode(), peer)
+
+        transport = TcpTransport("127.0.0.1", 0, on_message)
+        await transport.start()
+        reader, writer = await asyncio.open_connection(*transport.local_address)
+        try:
+            port = writer.get_extra_info("sockname")[1]
+            first, second, third = options(port, 1), options(port, 2), options(port, 3)
+            writer.write(b"\r\n\r\n" + first[:30])  # keep-alive CRLFs, then half a message
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(first[30:] + second + third)
+            await writer.drain()
+            replies = [await asyncio.wait_for(_read_message(reader), 5) for _ in range(3)]
+            assert [r.split(b"Call-ID: ")[1][:4] for r in replies] == [b"tcp1", b"tcp2", b"tcp3"]
+            assert all(peer.port == port and peer.transport == "TCP" for _, peer in received)
+            # A stream that cannot be framed any more is closed.
+            writer.write(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: many\r\n\r\n")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        finally:
+            writer.close()
+            await transport.close()
+
+    asyncio.run(main())
+
+
+def test_udp_handler_errors_do_not_stop_the_transport() -> None:
+    async def main() -> None:
+        seen: list[str] = []
+
+        def on_message(message: SipRequest | SipResponse, peer: Peer) -> None:
+            assert isinstance(message, SipRequest)
+            seen.append(message.call_id)
+            raise RuntimeError("handler bug")
+
+        transport = UdpTransport("127.0.0.1", 0, on_message)
+        await transport.start()
+        loop = asyncio.get_running_loop()
+        client, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        try:
+            for n in (1, 2):
+                client.sendto(options(5060, n).replace(b"TCP", b"UDP"), transport.local_address)
+            for _ in range(100):
+                if len(seen) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert seen == ["tcp1", "tcp2"]
+        finally:
+            client.close()
+            await transport.close()
+
+    asyncio.run(main())
+
+
+def test_trace_redacts_digest_credentials() -> None:
+    message = (b'REGISTER sip:pbx SIP/2.0\r\nAuthorization: Digest username="1001", realm="pbx", '
+               b'nonce="abc", response="0123456789abcdef"\r\n'
+               b'proxy-authorization: Digest username="1001", response="fedcba"\r\nCall-ID: x\r\n\r\n')
+    out = redact(message)
+    assert b"0123456789abcdef" not in out and b"fedcba" not in out
+    assert b'Authorization: Digest username="1001", <redacted>' in out
+    assert b"Call-ID: x" in out
