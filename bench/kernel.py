@@ -1,0 +1,281 @@
+"""Per-frame cost of the audio kernel against named alternatives, called frame by frame from Python.
+
+Chains per 20 ms frame, G.711 and G.722:
+  inbound:  RTP payload (160 B) -> 24 kHz PCM16 (960 B)
+  outbound: 24 kHz PCM16 (960 B) -> RTP payload (160 B)
+Alternatives: audioop (ratecv + lin2ulaw/ulaw2lin; Python 3.11 only), soxr streaming + a NumPy table
+codec (G.722 via the `g722` PyPI package), scipy.signal.resample_poly per frame (stateless). Prints
+medians, ratios vs ours, calls per core (20 ms / (in + out)), worst added latency from buffering, the
+24k->8k stopband rejection of each resampler, and callgrind instruction counts per frame.
+
+Run: PYTHONPATH=. .venv/bin/python bench/kernel.py [--no-callgrind]   (well under 2 minutes)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from sipagent.media import kernel
+
+FRAME_MS = 20
+FRAMES = 500  # 10 s of audio per timing pass
+REPEATS = 5
+
+Step = Callable[[bytes], bytes]
+Chain = tuple[Step, Step]  # (inbound payload -> pcm24k, outbound pcm24k -> payload)
+
+
+def optional(name: str) -> ModuleType | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def speech_like(seconds: float, rate: int = 24000) -> bytes:
+    rng = np.random.default_rng(11)
+    t = np.arange(int(seconds * rate)) / rate
+    env = np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None)
+    x = env * (7000 * np.sin(2 * np.pi * (140 + 30 * np.sin(t)) * t) + 3000 * np.sin(2 * np.pi * 1250 * t))
+    x += 600 * rng.standard_normal(len(t))
+    return np.asarray(np.clip(np.round(x), -32768, 32767), dtype="<i2").tobytes()
+
+
+def ours(codec: str) -> Chain:
+    return kernel.Decoder24k(codec).decode, kernel.Encoder24k(codec).encode
+
+
+def audioop_chain(codec: str, audioop: Any) -> Chain | None:
+    if codec == "G722":
+        return None
+    dec = audioop.ulaw2lin if codec == "PCMU" else audioop.alaw2lin
+    enc = audioop.lin2ulaw if codec == "PCMU" else audioop.lin2alaw
+    state: dict[str, Any] = {"in": None, "out": None}
+
+    def inbound(payload: bytes) -> bytes:
+        out, state["in"] = audioop.ratecv(dec(payload, 2), 2, 1, 8000, 24000, state["in"])
+        return bytes(out)
+
+    def outbound(pcm: bytes) -> bytes:
+        out, state["out"] = audioop.ratecv(pcm, 2, 1, 24000, 8000, state["out"])
+        return bytes(enc(out, 2))
+
+    return inbound, outbound
+
+
+def table_codec(codec: str) -> tuple[Step, Step, int]:
+    """NumPy lookup-table G.711 (tables built once from a full sweep), or the g722 package."""
+    if codec == "G722":
+        g722 = optional("G722")
+        if g722 is None:
+            raise ImportError("G722")
+        enc_state, dec_state = g722.G722(16000, 64000), g722.G722(16000, 64000)
+
+        def g_dec(payload: bytes) -> bytes:
+            return bytes(np.asarray(dec_state.decode(payload), dtype="<i2").tobytes())
+
+        def g_enc(pcm: bytes) -> bytes:
+            return bytes(enc_state.encode(np.frombuffer(pcm, dtype="<i2")))
+
+        return g_dec, g_enc, 16000
+    sweep = np.arange(-32768, 32768, dtype="<i2").tobytes()
+    encode, decode = kernel.ulaw_encode, kernel.ulaw_decode
+    if codec == "PCMA":
+        encode, decode = kernel.alaw_encode, kernel.alaw_decode
+    enc_table = np.roll(np.frombuffer(encode(sweep), dtype=np.uint8), -32768)  # index = uint16 view
+    dec_table = np.frombuffer(decode(bytes(range(256))), dtype="<i2")
+
+    def t_dec(payload: bytes) -> bytes:
+        return bytes(dec_table[np.frombuffer(payload, dtype=np.uint8)].tobytes())
+
+    def t_enc(pcm: bytes) -> bytes:
+        return bytes(enc_table[np.frombuffer(pcm, dtype="<u2")].tobytes())
+
+    return t_dec, t_enc, 8000
+
+
+def soxr_chain(codec: str, soxr: Any) -> Chain | None:
+    try:
+        dec, enc, rate = table_codec(codec)
+    except ImportError:
+        return None
+    up = soxr.ResampleStream(rate, 24000, 1, dtype="int16", quality="HQ")
+    down = soxr.ResampleStream(24000, rate, 1, dtype="int16", quality="HQ")
+
+    def inbound(payload: bytes) -> bytes:
+        return bytes(up.resample_chunk(np.frombuffer(dec(payload), dtype="<i2")).tobytes())
+
+    def outbound(pcm: bytes) -> bytes:
+        return enc(down.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes())
+
+    return inbound, outbound
+
+
+def scipy_chain(codec: str, signal: Any) -> Chain | None:
+    try:
+        dec, enc, rate = table_codec(codec)
+    except ImportError:
+        return None
+    up, down = (3, 1) if rate == 8000 else (3, 2)
+
+    def inbound(payload: bytes) -> bytes:
+        y = signal.resample_poly(np.frombuffer(dec(payload), dtype="<i2").astype(np.float32), up, down)
+        return bytes(np.clip(np.round(y), -32768, 32767).astype("<i2").tobytes())
+
+    def outbound(pcm: bytes) -> bytes:
+        y = signal.resample_poly(np.frombuffer(pcm, dtype="<i2").astype(np.float32), down, up)
+        return enc(np.clip(np.round(y), -32768, 32767).astype("<i2").tobytes())
+
+    return inbound, outbound
+
+
+def make_chain(name: str, codec: str, audioop: Any, soxr: Any, signal: Any) -> Chain | None:
+    if name == "ours":
+        return ours(codec)
+    if name == "audioop":
+        return audioop_chain(codec, audioop)
+    if name == "soxr+np":
+        return soxr_chain(codec, soxr)
+    return scipy_chain(codec, signal)
+
+
+def per_frame_us(step: Step, frames: list[bytes]) -> float:
+    runs = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter_ns()
+        for f in frames:
+            step(f)
+        runs.append((time.perf_counter_ns() - t0) / len(frames) / 1000)
+    return statistics.median(runs)
+
+
+def added_latency_ms(step: Step, frames: list[bytes], out_bytes_per_ms: float) -> float:
+    """Worst shortfall of output against input so far (buffering inside the resampler), in ms."""
+    expected = produced = 0.0
+    worst = 0.0
+    for f in frames:
+        produced += len(step(f))
+        expected += FRAME_MS * out_bytes_per_ms
+        worst = max(worst, (expected - produced) / out_bytes_per_ms)
+    return worst
+
+
+def rejection_db(resample: Step, tone_hz: float = 6000.0) -> float:
+    """24k -> 8k, 6 kHz tone at -6 dBFS fed in 20 ms frames: output power below the input tone."""
+    t = np.arange(24000) / 24000
+    x = np.round(16384 * np.sin(2 * np.pi * tone_hz * t)).astype("<i2").tobytes()
+    y = np.frombuffer(b"".join(resample(x[i : i + 960]) for i in range(0, len(x), 960)), dtype="<i2")
+    p = max(float(np.mean(y[len(y) // 4 :].astype(float) ** 2)), 1 / 12)
+    return float(10 * np.log10(16384**2 / 2 / p))
+
+
+def resamplers_24_to_8(audioop: Any, soxr: Any, signal: Any) -> dict[str, Step]:
+    out: dict[str, Step] = {"ours": kernel.Resampler(24000, 8000).process}
+    if audioop is not None:
+        st: list[Any] = [None]
+
+        def rc(pcm: bytes) -> bytes:
+            y, st[0] = audioop.ratecv(pcm, 2, 1, 24000, 8000, st[0])
+            return bytes(y)
+
+        out["audioop"] = rc
+    if soxr is not None:
+        s = soxr.ResampleStream(24000, 8000, 1, dtype="int16", quality="HQ")
+        out["soxr"] = lambda pcm: bytes(s.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes())
+    if signal is not None:
+        out["scipy"] = lambda pcm: bytes(
+            np.round(signal.resample_poly(np.frombuffer(pcm, dtype="<i2").astype(float), 1, 3))
+            .astype("<i2")
+            .tobytes()
+        )
+    return out
+
+
+CALLGRIND_CHILD = """
+import sys
+from sipagent.media import kernel
+codec, frames = sys.argv[1], int(sys.argv[2])
+dec, enc = kernel.Decoder24k(codec), kernel.Encoder24k(codec)
+pcm = bytes(range(256)) * 4
+payload = enc.encode(pcm[:960])
+for _ in range(frames):
+    dec.decode(payload)
+    enc.encode(pcm[:960])
+"""
+
+
+def callgrind_instructions(codec: str, frames: int = 200) -> dict[str, float]:
+    """Instructions per frame inside the C entry points (inclusive), counted by callgrind."""
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fn in ("sk_dec24k_run", "sk_enc24k_run"):
+            out = os.path.join(tmp, f"cg.{fn}")
+            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", f"--toggle-collect={fn}",
+                   sys.executable, "-c", CALLGRIND_CHILD, codec, str(frames)]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+            with open(out, encoding="utf-8") as fh:
+                totals = [ln for ln in fh if ln.startswith(("totals:", "summary:"))]
+            result[fn] = int(totals[0].split()[1]) / (frames + 1)  # +1: the warm-up encode
+    return result
+
+
+def main() -> None:
+    audioop, soxr = optional("audioop"), optional("soxr")
+    signal = optional("scipy.signal")
+    pcm = speech_like(FRAMES * FRAME_MS / 1000)
+    frames24 = [pcm[i : i + 960] for i in range(0, len(pcm), 960)]
+    print(f"python {sys.version.split()[0]}, "
+          f"{FRAMES} frames x {REPEATS} repeats, medians, µs per 20 ms frame")
+    print(f"{'codec':6} {'method':8} {'in µs':>8} {'out µs':>8} {'in+out':>8} {'ours ×':>8} "
+          f"{'calls/core':>10} {'latency ms in/out':>18}")
+    for codec in ("PCMU", "PCMA", "G722"):
+        payloads = [kernel.Encoder24k(codec).encode(pcm)[i : i + 160] for i in range(0, len(pcm) // 6, 160)]
+        chains: dict[str, Chain | None] = {"ours": ours(codec)}
+        if audioop is not None:
+            chains["audioop"] = audioop_chain(codec, audioop)
+        if soxr is not None:
+            chains["soxr+np"] = soxr_chain(codec, soxr)
+        if signal is not None:
+            chains["scipy"] = scipy_chain(codec, signal)
+        base = 0.0
+        for name, chain in chains.items():
+            if chain is None:
+                continue
+            t_in, t_out = per_frame_us(chain[0], payloads), per_frame_us(chain[1], frames24)
+            if name == "ours":
+                base = t_in + t_out
+            fresh = make_chain(name, codec, audioop, soxr, signal)
+            assert fresh is not None
+            lat_in = added_latency_ms(fresh[0], payloads, 48.0)
+            lat_out = added_latency_ms(fresh[1], frames24, 8.0)
+            total = t_in + t_out
+            print(f"{codec:6} {name:8} {t_in:8.2f} {t_out:8.2f} {total:8.2f} {total / base:8.1f} "
+                  f"{FRAME_MS * 1000 / total:10.0f} {lat_in:8.1f}/{lat_out:<8.1f}")
+    print("\n24k -> 8k stopband rejection, 6 kHz tone fed in 20 ms frames:")
+    for name, step in resamplers_24_to_8(audioop, soxr, signal).items():
+        print(f"  {name:8} {rejection_db(step):6.1f} dB")
+    if "--no-callgrind" not in sys.argv and shutil.which("valgrind"):
+        print("\ncallgrind instructions per 20 ms frame (C entry point, inclusive):")
+        for codec in ("PCMU", "G722"):
+            counts = callgrind_instructions(codec)
+            inb, outb = counts["sk_dec24k_run"], counts["sk_enc24k_run"]
+            print(f"  {codec:5} inbound {inb:9.0f}   outbound {outb:9.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+/* sipagent audio kernel: G.711, G.722 (64 kbit/s) and streaming polyphase resampling.
+ *
+ * This file is read twice: by the C compiler and by cffi's cdef (native/build_kernel.py), so it holds
+ * declarations only: no #include, no include guard, sizes as plain numbers.
+ *
+ * Conventions: PCM is 16-bit little-endian mono passed as bytes; every state struct is owned by the
+ * caller (allocated once, e.g. with ffi.new) and nothing allocates memory. Byte counts may be odd: the
+ * streaming objects keep a dangling byte for the next call. Output buffers are sized by the caller
+ * with the *_max_out helpers (or the bounds documented next to each function).
+ */
+
+#define SK_ABI_VERSION 1
+#define SK_RS_MAX_TAPS 84
+#define SK_RS_CHUNK 512
+
+int sk_abi_version(void);
+
+/* ---- G.711 (stateless); n counts samples, pcm is 2*n bytes ---- */
+void sk_ulaw_encode(const unsigned char *pcm, size_t n, unsigned char *out);
+void sk_ulaw_decode(const unsigned char *in, size_t n, unsigned char *pcm);
+void sk_alaw_encode(const unsigned char *pcm, size_t n, unsigned char *out);
+void sk_alaw_decode(const unsigned char *in, size_t n, unsigned char *pcm);
+
+/* ---- streaming polyphase FIR resampler ---- */
+typedef struct {
+    int32_t up;            /* L: interpolation factor */
+    int32_t down;          /* M: decimation factor */
+    int32_t taps;          /* K: taps per polyphase branch */
+    int32_t t;             /* next output's position on the L-grid, relative to the next new sample */
+    int32_t odd;           /* 1 when odd_byte holds the low byte of a sample split across calls */
+    unsigned char odd_byte;
+    const float *coef;     /* [up][taps] reversed branches, static tables */
+    float buf[595];        /* SK_RS_MAX_TAPS - 1 history samples + SK_RS_CHUNK staged samples */
+} sk_resampler;
+
+/* Returns 0, or -1 when the pair is not among 8000/16000/24000. */
+int sk_resampler_init(sk_resampler *r, int from_rate, int to_rate);
+void sk_resampler_reset(sk_resampler *r);
+/* Upper bound of output bytes for nbytes of input (never exceeded). */
+size_t sk_resampler_max_out(const sk_resampler *r, size_t nbytes);
+/* Returns the number of output bytes written (always even). */
+size_t sk_resampler_process(sk_resampler *r, const unsigned char *in, size_t nbytes, unsigned char *out);
+/* Input samples of delay (the filter's group delay), as a float in input samples. */
+double sk_resampler_delay(const sk_resampler *r);
+
+/* ---- G.722, 64 kbit/s mode ---- */
+typedef struct {
+    int32_t s;        /* predictor output s = sp + sz */
+    int32_t sp;       /* pole part */
+    int32_t sz;       /* zero part */
+    int32_t r[2];     /* reconstructed signal r(n-1), r(n-2) */
+    int32_t p[2];     /* partial reconstruction p(n-1), p(n-2) */
+    int32_t a[2];     /* pole coefficients a1, a2 */
+    int32_t d[6];     /* quantised difference d(n-1) .. d(n-6) */
+    int32_t b[6];     /* zero coefficients b1 .. b6 */
+    int32_t nb;       /* log scale factor */
+    int32_t det;      /* scale factor */
+} sk_g722_band;
+
+typedef struct {
+    int32_t x[24];    /* QMF delay line */
+    sk_g722_band low;
+    sk_g722_band high;
+    int32_t odd;      /* bytes/samples held back: see sk_g722_encode */
+    unsigned char odd_byte;
+    int16_t held;     /* a 16 kHz sample waiting for its pair */
+    int32_t have_held;
+} sk_g722_encoder;
+
+typedef struct {
+    int32_t x[24];
+    sk_g722_band low;
+    sk_g722_band high;
+} sk_g722_decoder;
+
+void sk_g722_encoder_init(sk_g722_encoder *e);
+void sk_g722_decoder_init(sk_g722_decoder *d);
+/* 16 kHz PCM bytes -> codes; one output byte per two samples; odd bytes/samples carry over.
+ * Output bound: nbytes / 4 + 1. Returns bytes written. */
+size_t sk_g722_encode(sk_g722_encoder *e, const unsigned char *pcm, size_t nbytes, unsigned char *out);
+/* Codes -> 16 kHz PCM bytes: 4 output bytes per code. Returns bytes written. */
+size_t sk_g722_decode(sk_g722_decoder *d, const unsigned char *in, size_t n, unsigned char *pcm);
+
+/* ---- fused per-frame paths between a payload and 24 kHz PCM16 ---- */
+#define SK_CODEC_PCMU 0
+#define SK_CODEC_PCMA 1
+#define SK_CODEC_G722 2
+
+typedef struct {
+    int32_t codec;
+    sk_resampler rs;
+    sk_g722_decoder g722;
+} sk_dec24k;
+
+typedef struct {
+    int32_t codec;
+    sk_resampler rs;
+    sk_g722_encoder g722;
+} sk_enc24k;
+
+/* Returns 0, or -1 for an unknown codec. */
+int sk_dec24k_init(sk_dec24k *d, int codec);
+int sk_enc24k_init(sk_enc24k *e, int codec);
+/* payload -> 24 kHz PCM16: exactly 6 output bytes per payload byte. Returns bytes written. */
+size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsigned char *out);
+/* 24 kHz PCM16 -> payload: at most nbytes / 6 + 2 bytes. Returns bytes written. */
+size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsigned char *out);

@@ -1,0 +1,222 @@
+"""Typed Python surface of the native audio kernel (the only importer of ``sipagent._kernel``).
+
+PCM is 16-bit little-endian mono in ``bytes``. Codecs: G.711 μ-law (Sun/audioop lineage) and A-law,
+G.722 at 64 kbit/s. ``Resampler`` and the fused ``Decoder24k``/``Encoder24k`` are streaming: their
+state lives in a C struct allocated once, each call is a single FFI crossing into a reused output
+buffer, and feeding a signal in pieces gives exactly the bytes of feeding it at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sipagent._kernel import ffi, lib
+from sipagent.errors import KernelError
+
+__all__ = [
+    "CODECS",
+    "CODEC_SILENCE",
+    "RATES",
+    "Decoder24k",
+    "Encoder24k",
+    "G722Decoder",
+    "G722Encoder",
+    "Resampler",
+    "alaw_decode",
+    "alaw_encode",
+    "ulaw_decode",
+    "ulaw_encode",
+]
+
+ABI_VERSION: Final = 1
+if lib.sk_abi_version() != ABI_VERSION:  # a stale build in the package dir would misbehave silently
+    raise ImportError(f"sipagent._kernel ABI {lib.sk_abi_version()} != {ABI_VERSION}: rebuild the package")
+
+RATES: Final = (8000, 16000, 24000)
+CODECS: Final = {"PCMU": lib.SK_CODEC_PCMU, "PCMA": lib.SK_CODEC_PCMA, "G722": lib.SK_CODEC_G722}
+FRAME_PAYLOAD_BYTES: Final = 160  # 20 ms at 8000 payload bytes/s, for all three codecs
+
+
+def _even(pcm: bytes) -> int:
+    n = len(pcm)
+    if n & 1:
+        raise KernelError(f"PCM16 input has an odd length ({n} bytes)")
+    return n >> 1
+
+
+def ulaw_encode(pcm: bytes) -> bytes:
+    """PCM16 → G.711 μ-law, one byte per sample."""
+    n = _even(pcm)
+    out = ffi.new("char[]", n)
+    lib.sk_ulaw_encode(pcm, n, out)
+    return ffi.unpack(out, n)  # type: ignore[no-any-return]
+
+
+def ulaw_decode(data: bytes) -> bytes:
+    """G.711 μ-law → PCM16."""
+    out = ffi.new("char[]", 2 * len(data))
+    lib.sk_ulaw_decode(data, len(data), out)
+    return ffi.unpack(out, 2 * len(data))  # type: ignore[no-any-return]
+
+
+def alaw_encode(pcm: bytes) -> bytes:
+    """PCM16 → G.711 A-law, one byte per sample."""
+    n = _even(pcm)
+    out = ffi.new("char[]", n)
+    lib.sk_alaw_encode(pcm, n, out)
+    return ffi.unpack(out, n)  # type: ignore[no-any-return]
+
+
+def alaw_decode(data: bytes) -> bytes:
+    """G.711 A-law → PCM16."""
+    out = ffi.new("char[]", 2 * len(data))
+    lib.sk_alaw_decode(data, len(data), out)
+    return ffi.unpack(out, 2 * len(data))  # type: ignore[no-any-return]
+
+
+class _Buffer:
+    """A reusable output buffer that grows to the largest input seen (no allocation per frame)."""
+
+    __slots__ = ("_slack", "cap_in", "mem", "per_in")
+
+    def __init__(self, cap_in: int, per_in: float, slack: int) -> None:
+        self.per_in = per_in
+        self.cap_in = 0
+        self.mem: Any = None
+        self._slack = slack
+        self.grow(cap_in)
+
+    def grow(self, n_in: int) -> None:
+        self.cap_in = max(n_in, 2 * self.cap_in)
+        self.mem = ffi.new("char[]", int(self.cap_in * self.per_in) + self._slack)
+
+
+class Resampler:
+    """Streaming polyphase FIR resampler between any two of 8000, 16000 and 24000 Hz.
+
+    Any input length is accepted, odd byte counts included (the dangling byte waits for the next
+    call). Output is delayed by ``delay_ms`` (linear phase; about 1.7 ms for every pair).
+    """
+
+    __slots__ = ("_buf", "_state", "from_rate", "to_rate")
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        self.from_rate = from_rate
+        self.to_rate = to_rate
+        self._state = ffi.new("sk_resampler *")
+        if lib.sk_resampler_init(self._state, from_rate, to_rate) != 0:
+            raise KernelError(f"unsupported resampling {from_rate} -> {to_rate} Hz (rates: {RATES})")
+        # Bound from sk_resampler_max_out: ((n+1)/2 + 1) * L/M + 2 samples.
+        self._buf = _Buffer(3840, to_rate / from_rate, 16)
+
+    @property
+    def delay_ms(self) -> float:
+        """Group delay of the filter in milliseconds."""
+        return float(lib.sk_resampler_delay(self._state)) * 1000.0 / self.from_rate
+
+    def process(self, pcm: bytes) -> bytes:
+        buf = self._buf
+        n = len(pcm)
+        if n > buf.cap_in:
+            buf.grow(n)
+        k = lib.sk_resampler_process(self._state, pcm, n, buf.mem)
+        return ffi.unpack(buf.mem, k)  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        """Forget history (e.g. after a discontinuity) without reallocating."""
+        lib.sk_resampler_reset(self._state)
+
+
+class G722Encoder:
+    """G.722 64 kbit/s encoder: 16 kHz PCM16 → one byte per two samples; leftovers carry over."""
+
+    __slots__ = ("_buf", "_state")
+
+    def __init__(self) -> None:
+        self._state = ffi.new("sk_g722_encoder *")
+        lib.sk_g722_encoder_init(self._state)
+        self._buf = _Buffer(640, 0.25, 4)
+
+    def encode(self, pcm16k: bytes) -> bytes:
+        buf = self._buf
+        n = len(pcm16k)
+        if n > buf.cap_in:
+            buf.grow(n)
+        k = lib.sk_g722_encode(self._state, pcm16k, n, buf.mem)
+        return ffi.unpack(buf.mem, k)  # type: ignore[no-any-return]
+
+
+class G722Decoder:
+    """G.722 64 kbit/s decoder: each byte → two 16 kHz PCM16 samples."""
+
+    __slots__ = ("_buf", "_state")
+
+    def __init__(self) -> None:
+        self._state = ffi.new("sk_g722_decoder *")
+        lib.sk_g722_decoder_init(self._state)
+        self._buf = _Buffer(160, 4, 0)
+
+    def decode(self, data: bytes) -> bytes:
+        buf = self._buf
+        n = len(data)
+        if n > buf.cap_in:
+            buf.grow(n)
+        k = lib.sk_g722_decode(self._state, data, n, buf.mem)
+        return ffi.unpack(buf.mem, k)  # type: ignore[no-any-return]
+
+
+def _codec_id(codec: str) -> int:
+    try:
+        return int(CODECS[codec.upper()])
+    except KeyError:
+        raise KernelError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})") from None
+
+
+class Decoder24k:
+    """RTP payload (PCMU, PCMA or G722) → 24 kHz PCM16, 6 output bytes per payload byte, one FFI call."""
+
+    __slots__ = ("_buf", "_state", "codec")
+
+    def __init__(self, codec: str) -> None:
+        self.codec = codec.upper()
+        self._state = ffi.new("sk_dec24k *")
+        lib.sk_dec24k_init(self._state, _codec_id(codec))
+        self._buf = _Buffer(FRAME_PAYLOAD_BYTES, 6, 0)
+
+    def decode(self, payload: bytes) -> bytes:
+        buf = self._buf
+        n = len(payload)
+        if n > buf.cap_in:
+            buf.grow(n)
+        k = lib.sk_dec24k_run(self._state, payload, n, buf.mem)
+        return ffi.unpack(buf.mem, k)  # type: ignore[no-any-return]
+
+
+class Encoder24k:
+    """24 kHz PCM16 of any length → RTP payload bytes (8000 per second); remainders carry over."""
+
+    __slots__ = ("_buf", "_state", "codec")
+
+    def __init__(self, codec: str) -> None:
+        self.codec = codec.upper()
+        self._state = ffi.new("sk_enc24k *")
+        lib.sk_enc24k_init(self._state, _codec_id(codec))
+        self._buf = _Buffer(960, 1 / 6, 4)
+
+    def encode(self, pcm24k: bytes) -> bytes:
+        buf = self._buf
+        n = len(pcm24k)
+        if n > buf.cap_in:
+            buf.grow(n)
+        k = lib.sk_enc24k_run(self._state, pcm24k, n, buf.mem)
+        return ffi.unpack(buf.mem, k)  # type: ignore[no-any-return]
+
+
+# One 20 ms payload of silence per codec. G.722 has no single silence code: 0xFF (smallest lower-band
+# step, smallest higher-band step) keeps any decoder's output within a few LSB of zero once it settles;
+# repeating what an idle encoder emits first (0xFA) would let the predictor drift to a DC offset.
+CODEC_SILENCE: Final[dict[str, bytes]] = {
+    "PCMU": b"\xff" * FRAME_PAYLOAD_BYTES,
+    "PCMA": b"\xd5" * FRAME_PAYLOAD_BYTES,
+    "G722": b"\xff" * FRAME_PAYLOAD_BYTES,
+}

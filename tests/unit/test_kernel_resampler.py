@@ -1,0 +1,103 @@
+"""Streaming resampler: exact chunking invariance, and tone measurements of ripple, rejection and delay."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from sipagent.errors import KernelError
+from sipagent.media.kernel import RATES, Resampler
+
+PAIRS = [(a, b) for a, b in itertools.permutations(RATES, 2)]
+AMP = 16384.0  # -6 dBFS
+
+
+def run(src: int, dst: int, x: np.ndarray) -> np.ndarray:
+    return np.frombuffer(Resampler(src, dst).process(x.astype("<i2").tobytes()), dtype="<i2").astype(float)
+
+
+def tone(rate: int, freq: float, seconds: float = 0.25) -> np.ndarray:
+    return np.round(AMP * np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate))
+
+
+def fit(y: np.ndarray, rate: int, freq: float, skip: int) -> tuple[float, float]:
+    """Amplitude and phase of `freq` in y (after `skip` transient samples), by least squares."""
+    n = np.arange(skip, len(y))
+    w = 2 * np.pi * freq * n / rate
+    basis = np.column_stack([np.sin(w), np.cos(w), np.ones_like(w)])
+    (s, c, _), *_ = np.linalg.lstsq(basis, y[skip:], rcond=None)
+    return float(np.hypot(s, c)), float(np.arctan2(c, s))
+
+
+@pytest.mark.parametrize(("src", "dst"), PAIRS)
+def test_frame_by_frame_equals_all_at_once(src: int, dst: int) -> None:
+    rng = np.random.default_rng(src + dst)
+    data = rng.integers(-32768, 32768, size=src // 2, dtype=np.int16).astype("<i2").tobytes()
+    whole = Resampler(src, dst).process(data)
+    assert len(whole) == 2 * -(-(len(data) // 2) * dst // src)  # ceil(n * to / from) samples
+    r = Resampler(src, dst)
+    pieces, pos = [], 0
+    while pos < len(data):
+        step = int(rng.choice([0, 1, 2, 3, 7, 160, 321, 480, 959, 2000]))
+        pieces.append(r.process(data[pos : pos + step]))
+        pos += step
+    assert b"".join(pieces) == whole
+
+
+@pytest.mark.parametrize(("src", "dst"), PAIRS)
+def test_passband_ripple_and_group_delay(src: int, dst: int, capsys: pytest.CaptureFixture[str]) -> None:
+    edge = 3400.0 if min(src, dst) == 8000 else 7000.0
+    gains = []
+    for f in np.linspace(50.0, edge, 60):
+        amp, _ = fit(run(src, dst, tone(src, f)), dst, f, skip=dst // 100)
+        gains.append(20 * np.log10(amp / AMP))
+    ripple = max(gains) - min(gains)
+    f = 250.0
+    _, phase_out = fit(run(src, dst, tone(src, f)), dst, f, skip=dst // 100)
+    delay_ms = (-phase_out / (2 * np.pi * f)) % (1 / f) * 1000  # input tone has phase 0 at t=0
+    with capsys.disabled():
+        print(f"\n{src}->{dst}: passband ripple {ripple:.3f} dB (0-{edge:.0f} Hz),"
+              f" group delay {delay_ms:.2f} ms (nominal {Resampler(src, dst).delay_ms:.2f})")
+    assert ripple <= 0.1
+    assert delay_ms <= 2.0
+    assert abs(delay_ms - Resampler(src, dst).delay_ms) < 0.02
+
+
+@pytest.mark.parametrize(("src", "dst"), [p for p in PAIRS if p[1] < p[0]])
+def test_stopband_rejection_going_down(src: int, dst: int, capsys: pytest.CaptureFixture[str]) -> None:
+    nyq = dst / 2
+    stop = 4400.0 if dst == 8000 else 8000.0  # aliases of tones above `stop` land below the passband edge
+    worst, worst_f = 1e9, 0.0
+    for f in np.linspace(stop, src / 2 - 100, 40):
+        y = run(src, dst, tone(src, f))[dst // 50 :]
+        rejection = 10 * np.log10((AMP**2 / 2) / max(float(np.mean((y - y.mean()) ** 2)), 1 / 12))
+        if rejection < worst:
+            worst, worst_f = rejection, f
+    # Between the new Nyquist and `stop` the filter is still in transition: aliases land above the
+    # passband edge (3.6-4 kHz for 8 kHz output). Reported, not asserted.
+    trans = [
+        10 * np.log10((AMP**2 / 2) / np.mean(run(src, dst, tone(src, f))[dst // 50 :] ** 2))
+        for f in np.linspace(nyq + 50, stop, 5)
+    ] if stop > nyq else []
+    note = f"; {nyq + 50:.0f}-{stop:.0f} Hz (transition): >= {min(trans):.1f} dB" if trans else ""
+    with capsys.disabled():
+        print(f"\n{src}->{dst}: stopband rejection >= {worst:.1f} dB for {stop:.0f}-{src / 2:.0f} Hz"
+              f" (worst at {worst_f:.0f} Hz){note}")
+    assert worst >= 70.0
+
+
+def test_same_rate_passes_through_and_bad_rates_raise() -> None:
+    assert Resampler(16000, 16000).process(b"\x01\x02\x03") == b"\x01\x02"
+    for bad in ((44100, 8000), (8000, 48000), (0, 0)):
+        with pytest.raises(KernelError):
+            Resampler(*bad)
+
+
+def test_reset_forgets_history() -> None:
+    x = tone(8000, 1000).astype("<i2").tobytes()
+    r = Resampler(8000, 24000)
+    first = r.process(x)
+    r.reset()
+    assert r.process(x) == first
