@@ -38,6 +38,7 @@ from sipagent.media.kernel import (
     ulaw_encode,
 )
 from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings, level_db
+from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class BridgeSettings:
     max_session_s: float = 3300.0
     reconnect_delays: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     apology_audio: Callable[[str], Awaitable[bytes]] | None = None  # text → 24 kHz PCM16 (local TTS)
+    metrics: Metrics | None = None
 
 
 @dataclass
@@ -150,7 +152,10 @@ class CallBridge:
         )
         self.recorder = StereoRecorder(directory / f"{stem}.wav") if settings.recording.audio else None
         self.barge_in_times: list[float] = []
+        self.turn_latencies: list[float] = []
+        self._turn_ended_at: float | None = None
         self.reconnects = 0
+        self.metrics = settings.metrics
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -222,6 +227,18 @@ class CallBridge:
         if self.transcript:
             self.transcript.write(time.monotonic(), kind, **fields)
 
+    async def end_politely(self, timeout: float = 10.0) -> None:
+        """Shutdown: the agent says goodbye, then hangs up (or is cut after ``timeout``)."""
+        if self._done.is_set() or self._link is None:
+            self._finish("agent-hangup")
+            return
+        self._pending_action = ("end_call", {})
+        self._flush_agent_audio()
+        await self._send(ev.response_create(instructions=_say_exactly(self.agent.goodbye)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._done.wait(), timeout)
+        self._finish("agent-hangup")
+
     # ---------------------------------------------------------------- Realtime session
 
     async def _open_session(self, first: bool) -> bool:
@@ -288,6 +305,8 @@ class CallBridge:
     async def _recover(self, why: str) -> None:
         log.warning("[%s] Realtime connection lost (%s); reconnecting", self.call.call_id, why)
         self.reconnects += 1
+        if self.metrics:
+            self.metrics.realtime_reconnected()
         self._record("event", event="reconnect", reason=why)
         self._flush_agent_audio()
         self.conversation.response_active = False
@@ -329,6 +348,11 @@ class CallBridge:
     async def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type", "")
         if kind == "response.output_audio.delta":
+            if self._turn_ended_at is not None:
+                self.turn_latencies.append(time.monotonic() - self._turn_ended_at)
+                if self.metrics:
+                    self.metrics.observe_turn_latency(self.turn_latencies[-1])
+                self._turn_ended_at = None
             pcm = self._down_decode(base64.b64decode(event.get("delta", "")))
             self._queue_agent_audio(event.get("item_id", ""), pcm)
         elif kind == "response.created":
@@ -336,7 +360,10 @@ class CallBridge:
         elif kind == "response.done":
             self.conversation.response_active = False
             response = event.get("response", {})
-            self.conversation.add_usage(response.get("usage"))
+            usage = response.get("usage")
+            self.conversation.add_usage(usage)
+            if self.metrics and isinstance(usage, dict):
+                self.metrics.tokens_used(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
             self._spawn(self._after_response())
         elif kind == "input_audio_buffer.speech_started":
             self._last_activity = time.monotonic()
@@ -346,6 +373,8 @@ class CallBridge:
             )
             if decision:
                 await self._barge_in(decision, server_cancelled=True)
+        elif kind == "input_audio_buffer.speech_stopped":
+            self._turn_ended_at = time.monotonic()
         elif kind == "conversation.item.input_audio_transcription.completed":
             self._transcript("caller", event.get("transcript", ""))
         elif kind == "response.output_audio_transcript.done":
@@ -359,6 +388,8 @@ class CallBridge:
             log.warning("[%s] Realtime error %s: %s", self.call.call_id, error.get("code") or error.get("type"),
                         error.get("message"))
             self._record("event", event="realtime-error", code=error.get("code"), message=error.get("message"))
+            if self.metrics:
+                self.metrics.realtime_error(str(error.get("code") or error.get("type") or "unknown"))
         elif kind == "rate_limits.updated":
             log.debug("[%s] rate limits %s", self.call.call_id, event.get("rate_limits"))
 
@@ -418,6 +449,11 @@ class CallBridge:
                 self._spawn(self._barge_in(decision, server_cancelled=False))
         if self._link is None or self.state != "live":
             return
+        if self.vad.echo_only and self.agent.barge_in.mode != "off":
+            # Half-duplex echo suppression: while the agent is audible, frames no louder than its echo are
+            # sent as silence, so the model's VAD and transcription never hear the agent's own voice.
+            pcm = bytes(len(pcm))
+            payload = CODEC_SILENCE.get(self.media.codec, payload)
         audio = payload if self._passthrough == self.media.codec else self._up_encode(pcm)
         self._spawn_send(ev.audio_append(audio))
 
@@ -466,6 +502,9 @@ class CallBridge:
         self.media.flush_audio()
         cut = self.conversation.interrupted(played)
         self.barge_in_times.append(decision.at)
+        if self.metrics and self.vad.recent_speech_ms:
+            # From the first loud caller frame to the moment the agent went quiet on the wire.
+            self.metrics.observe_barge_in_latency(self.vad.recent_speech_ms / 1000 + time.monotonic() - decision.at)
         log.info("[%s] barge-in (%s)", self.call.call_id, decision.trigger.value)
         if cut is not None:
             item_id, heard_ms = cut
@@ -514,6 +553,8 @@ class CallBridge:
     async def _tool_output(self, call_id: str, name: str, args: dict[str, Any], result: ToolResult,
                            respond: bool = True) -> None:
         self._record("tool_result", name=name, ok=result.ok, output=result.output)
+        if self.metrics:
+            self.metrics.tool_called(name, "ok" if result.ok else "error")
         await self._send(ev.function_call_output(call_id, result.to_json()))
         if respond:
             await self._send(ev.response_create())
