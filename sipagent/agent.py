@@ -27,6 +27,8 @@ from sipagent.observability.logs import configure_logging, install_trace_toggle,
 from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
+from sipagent.realtime.local.brain import LocalBrainConfig
+from sipagent.realtime.local.server import LocalRealtimeServer
 from sipagent.realtime.providers import Endpoint, endpoint_for
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.jitter import JitterBuffer
@@ -87,7 +89,7 @@ class Agent:
         low, high = config.media.rtp_port_range
         self.ports = PortAllocator(low, high)
         self.stats = AgentStats()
-        self._local_server: Any = None
+        self._local_server: LocalRealtimeServer | None = None
         self._endpoint: Endpoint | None = None
         self._calls: set[asyncio.Task[None]] = set()
         self._accepting = True
@@ -100,17 +102,7 @@ class Agent:
         self._late_ticks_seen = 0
 
     async def start(self) -> None:
-        rt = self.config.realtime
-        url = rt.url
-        if rt.provider == "local" and not url:
-            from sipagent.realtime.local.brain import LocalBrainConfig
-            from sipagent.realtime.local.server import LocalRealtimeServer
-
-            self._local_server = LocalRealtimeServer(LocalBrainConfig.from_mapping(rt.local), "127.0.0.1", 0)
-            await self._local_server.start()
-            url = self._local_server.url
-            log.info("local Realtime backend running in-process at %s", url)
-        self._endpoint = endpoint_for(rt.provider, url=url, model=rt.model, api_key=rt.api_key, dialect=rt.dialect)
+        self._local_server, self._endpoint = await realtime_endpoint(self.config)
         self.clock.start()
         settings = ua_settings(self.config)
         self.ua = UserAgent(settings, self._on_call)
@@ -273,16 +265,9 @@ class Agent:
 
     def _bridge_settings(self) -> BridgeSettings:
         rt, agent = self.config.realtime, self.config.agent
-        session = ev.SessionSettings(
-            instructions=rt.instructions,
-            voice=rt.voice,
-            turn_detection=rt.turn_detection or None,
-            transcription_model=rt.transcription_model or None,
-            tools=tool_definitions(agent.tools),
-            audio_format=rt.audio_format,
-        )
         return BridgeSettings(
-            agent=agent, recording=self.config.recording, session=session, dialect=ev.check_dialect(rt.dialect),
+            agent=agent, recording=self.config.recording, session=session_settings(self.config),
+            dialect=ev.check_dialect(rt.dialect),
             audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
             metrics=self.metrics,
         )
@@ -292,6 +277,30 @@ class Agent:
         client = RealtimeClient.for_endpoint(self._endpoint, connect_timeout=self.config.realtime.connect_timeout_s)
         await client.connect()
         return client
+
+
+def session_settings(config: Config) -> ev.SessionSettings:
+    """The Realtime session every call starts with, from the ``realtime`` and ``agent`` sections."""
+    rt = config.realtime
+    return ev.SessionSettings(
+        instructions=rt.instructions, voice=rt.voice, turn_detection=rt.turn_detection or None,
+        transcription_model=rt.transcription_model or None, tools=tool_definitions(config.agent.tools),
+        audio_format=rt.audio_format,
+    )
+
+
+async def realtime_endpoint(config: Config) -> tuple[LocalRealtimeServer | None, Endpoint]:
+    """Where Realtime sessions go; starts the in-process local backend for ``provider: local`` without
+    a url (the caller stops the returned server)."""
+    rt = config.realtime
+    server = None
+    url = rt.url
+    if rt.provider == "local" and not url:
+        server = LocalRealtimeServer(LocalBrainConfig.from_mapping(rt.local), "127.0.0.1", 0)
+        await server.start()
+        url = server.url
+        log.info("local Realtime backend running in-process at %s", url)
+    return server, endpoint_for(rt.provider, url=url, model=rt.model, api_key=rt.api_key, dialect=rt.dialect)
 
 
 def ua_settings(config: Config) -> UaSettings:

@@ -11,13 +11,11 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-from sipagent.agent import ua_settings
-from sipagent.bridge.tools import tool_definitions
+from sipagent.agent import realtime_endpoint, session_settings, ua_settings
 from sipagent.config import Config
 from sipagent.errors import RealtimeError, SipagentError
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
-from sipagent.realtime.providers import endpoint_for
 from sipagent.rtp.ports import PortAllocator
 from sipagent.sip.ua import UserAgent
 
@@ -83,25 +81,11 @@ async def _check_rtp(config: Config) -> str:
 
 async def _check_realtime(config: Config) -> str:
     rt = config.realtime
-    server = None
-    url = rt.url
-    if rt.provider == "local" and not url:
-        from sipagent.realtime.local.brain import LocalBrainConfig
-        from sipagent.realtime.local.server import LocalRealtimeServer
-
-        server = LocalRealtimeServer(LocalBrainConfig.from_mapping(rt.local), "127.0.0.1", 0)
-        await server.start()
-        url = server.url
-    endpoint = endpoint_for(rt.provider, url=url, model=rt.model, api_key=rt.api_key, dialect=rt.dialect)
+    server, endpoint = await realtime_endpoint(config)
     client = RealtimeClient.for_endpoint(endpoint, connect_timeout=rt.connect_timeout_s)
     try:
         await client.connect()
-        session = ev.SessionSettings(
-            instructions=rt.instructions, voice=rt.voice, turn_detection=rt.turn_detection or None,
-            transcription_model=rt.transcription_model or None, tools=tool_definitions(config.agent.tools),
-            audio_format=rt.audio_format,
-        )
-        await client.send(ev.session_update(session, ev.check_dialect(rt.dialect)))
+        await client.send(ev.session_update(session_settings(config), ev.check_dialect(rt.dialect)))
         async with asyncio.timeout(10.0):
             while True:
                 event = await client.recv()
