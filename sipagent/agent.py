@@ -203,7 +203,8 @@ class Agent:
         # The offered codecs are not known yet; every codec we carry has 160-byte frames.
         endpoint = RtpEndpoint(self.clock, self.ports, bind_host=self.config.sip.listen_address.host,
                                jitter_ms=self.config.media.jitter_ms, silence=CODEC_SILENCE["PCMU"],
-                               on_frame=on_frame, on_dtmf=on_dtmf, cname=f"sipagent-{call.call_id[:8]}")
+                               on_frame=on_frame, on_dtmf=on_dtmf, cname=f"sipagent-{call.call_id[:8]}",
+                               eager=True)  # the model is not an ear: no playout delay on the way up
         try:
             rtp_host = self.config.sip.public_address or self._advertised_host()
             try:

@@ -44,6 +44,10 @@ class MediaClock:
         self.interval = interval
         self.phases = max(1, phases)
         self.late_threshold = late_threshold
+        # The selector's timeout is rounded up to whole milliseconds, so a wake-up lands 0-1 ms after the
+        # time asked for. Asking half a millisecond early centres that error on the deadline (±0.5 ms)
+        # instead of making every packet up to 1 ms late.
+        self.wake_early = min(0.0005, interval / 10)
         self.probe = probe  # if set, called with (send time - deadline) after each stream's tick (benchmarks)
         self.ticks = 0
         self.late_ticks = 0
@@ -79,7 +83,7 @@ class MediaClock:
             return
         offset = self._start + phase * (self.interval / self.phases)
         k = max(0, math.ceil((loop.time() - offset) / self.interval))
-        self._handles[phase] = loop.call_at(offset + k * self.interval, self._tick, phase, k)
+        self._handles[phase] = loop.call_at(offset + k * self.interval - self.wake_early, self._tick, phase, k)
 
     def stop(self) -> None:
         for handle in self._handles:
@@ -134,4 +138,5 @@ class MediaClock:
                 self.unregister(stream)
             if probe is not None:
                 probe(loop.time() - deadline)
-        self._handles[phase] = loop.call_at(offset + (k + 1) * self.interval, self._tick, phase, k + 1)
+        self._handles[phase] = loop.call_at(offset + (k + 1) * self.interval - self.wake_early, self._tick, phase,
+                                            k + 1)

@@ -32,8 +32,9 @@ def level_db(pcm: bytes) -> float:
 @dataclass
 class VadSettings:
     threshold_db: float = -35.0  # absolute floor: quieter than this is never speech
-    min_speech_ms: int = 200  # speech must last this long before it counts (debounce "uh", clicks)
-    echo_margin_db: float = 10.0  # caller must be within this of the agent's recent level to be speech
+    min_speech_ms: int = 200  # the window speech is judged over (debounces clicks, coughs, "uh")
+    speech_ratio: float = 0.6  # share of that window's frames that must be loud: speech has soft sounds too
+    echo_margin_db: float = 12.0  # caller must be within this of the agent's recent peak level to be speech
     echo_window_ms: int = 300  # how far back the agent's level is remembered (covers line echo delay)
     frame_ms: int = 20
 
@@ -49,7 +50,10 @@ class EchoAwareVad:
         self.settings = settings or VadSettings()
         window = max(1, self.settings.echo_window_ms // self.settings.frame_ms)
         self._agent_levels: deque[float] = deque([SILENCE_DB] * window, maxlen=window)
-        self._speech_ms = 0
+        frames = max(1, self.settings.min_speech_ms // self.settings.frame_ms)
+        self._votes: deque[bool] = deque([False] * frames, maxlen=frames)
+        self._needed = max(1, math.ceil(frames * self.settings.speech_ratio))
+        self._loud = 0
         self.speaking = False
         self.last_level_db = SILENCE_DB
 
@@ -72,21 +76,20 @@ class EchoAwareVad:
         return self.agent_active and self.last_level_db < self.threshold_db()
 
     def caller_frame(self, pcm: bytes) -> bool:
-        """Returns True once, on the frame where the caller has been speaking for ``min_speech_ms``."""
+        """Returns True once, on the frame where enough of the last ``min_speech_ms`` was loud speech."""
         level = level_db(pcm)
         self.last_level_db = level
-        if level >= self.threshold_db():
-            self._speech_ms += self.settings.frame_ms
-        else:
-            # Short dips inside a word do not reset the count; a real pause does.
-            self._speech_ms = max(0, self._speech_ms - 2 * self.settings.frame_ms)
-            if self._speech_ms == 0:
-                self.speaking = False
-        if not self.speaking and self._speech_ms >= self.settings.min_speech_ms:
+        loud = level >= self.threshold_db()
+        self._loud += loud - self._votes[0]
+        self._votes.append(loud)
+        if self._loud == 0:
+            self.speaking = False
+        if not self.speaking and self._loud >= self._needed:
             self.speaking = True
             return True
         return False
 
     @property
     def recent_speech_ms(self) -> int:
-        return self._speech_ms
+        """Milliseconds of loud caller audio within the last ``min_speech_ms``."""
+        return self._loud * self.settings.frame_ms

@@ -80,6 +80,7 @@ class RtpEndpoint:
         on_frame: Callable[[bytes], None] | None = None,
         on_dtmf: Callable[[str, int], None] | None = None,
         cname: str = "sipagent",
+        eager: bool = False,
         rtcp_interval: float = 5.0,
     ) -> None:
         """Bind a port pair from ``ports`` and start ticking on ``clock``; needs a running event loop."""
@@ -91,6 +92,11 @@ class RtpEndpoint:
         self.cname = cname
         self.playout = PlayoutQueue(frame_bytes=self.frame_bytes, silence=silence)
         self.jitter = JitterBuffer.from_ms(silence, jitter_ms)
+        # eager: frames go to on_frame as they arrive in order (for a consumer that is not an ear, such as
+        # the Realtime API); the clock conceals only frames overdue by the jitter depth. Otherwise one
+        # frame per tick after a pre-buffer, for playout to a listener.
+        self.eager = eager
+        self._overdue_ticks = 0
         self.rx_stats = ReceiveStats()
         self._ports = ports
         self.local_port, self._sock, self._rtcp_sock = ports.bind_pair(bind_host)
@@ -248,6 +254,15 @@ class RtpEndpoint:
                 self.jitter.put(ts & 0xFFFFFFFF, packet.ssrc, payload[i * n : (i + 1) * n])
         else:
             self.jitter.put(packet.timestamp, packet.ssrc, payload)
+        if self.eager:
+            self._deliver_ready()
+
+    def _deliver_ready(self) -> None:
+        on_frame = self.on_frame
+        while (frame := self.jitter.pop_ready()) is not None:
+            self._overdue_ticks = 0
+            if on_frame is not None:
+                on_frame(frame)
 
     def _accept_source(self, addr: Address) -> bool:
         """Latch to the first valid source; let the signalled address take over a provisional latch."""
@@ -292,10 +307,13 @@ class RtpEndpoint:
     def on_tick(self, elapsed: int) -> None:
         """Called by the MediaClock every 20 ms (``elapsed`` > 1 after skipped ticks)."""
         on_frame = self.on_frame
-        for _ in range(elapsed):
-            frame = self.jitter.pop()
-            if frame is not None and on_frame is not None:
-                on_frame(frame[0])
+        if self.eager:
+            self._tick_eager(elapsed)
+        else:
+            for _ in range(elapsed):
+                frame = self.jitter.pop()
+                if frame is not None and on_frame is not None:
+                    on_frame(frame[0])
         if self._ticked:
             self._ts = (self._ts + SAMPLES_PER_TICK * elapsed) & 0xFFFFFFFF
         self._ticked = True
@@ -320,6 +338,22 @@ class RtpEndpoint:
         if self._rtcp_countdown <= 0:
             self._rtcp_countdown = self._rtcp_ticks
             self._send_rtcp()
+
+    def _tick_eager(self, elapsed: int) -> None:
+        """Conceal the next frame once it is ``depth`` ticks overdue, one per tick from then on, so the
+        consumer's timeline keeps pace with real time through loss and silence suppression."""
+        jitter = self.jitter
+        if not jitter.started:
+            return
+        for _ in range(elapsed):
+            self._overdue_ticks += 1
+            if self._overdue_ticks <= jitter.depth:
+                continue
+            self._overdue_ticks = jitter.depth
+            frame = jitter.pop()
+            if frame is not None and self.on_frame is not None:
+                self.on_frame(frame[0])
+            self._deliver_ready()
 
     def _send(self, data: bytes, dest: Address, payload_len: int) -> None:
         self._seq = (self._seq + 1) & 0xFFFF

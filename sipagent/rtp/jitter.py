@@ -14,6 +14,11 @@ Playout starts ``depth`` pulls after the first packet (the pre-buffer), from the
 meanwhile. Timestamp jumps larger than ``max_jump_frames`` in either direction, or a new SSRC, restart
 the buffer (a re-INVITE, a transfer, a PBX that re-bridges media), and so does a timestamp off the
 20 ms grid of the current stream (a new timestamp base).
+
+A second, low-latency way out serves consumers that are not ears (the Realtime API): ``pop_ready``
+releases the next frame the moment it is here, with no pre-buffer, and the clock only steps in with
+``pop`` (concealment) once the next frame is overdue by ``depth`` ticks. In-order audio then reaches the
+model with no added delay, and reordering and loss still cost at most ``depth`` ticks.
 """
 
 from __future__ import annotations
@@ -150,6 +155,28 @@ class JitterBuffer:
         if self._concealing == 1 and self._last is not None:
             return self._last, FrameKind.REPEAT
         return self.silence, FrameKind.SILENCE
+
+    def pop_ready(self) -> bytes | None:
+        """The next frame if it has already arrived, else None; starts playout at once (no pre-buffer)."""
+        if self._play_ts is None:
+            if self._ssrc is None:
+                return None
+            self._play_ts = self._first_ts
+            self._prebuffer = 0
+        ts = self._play_ts
+        payload = self._frames.pop(ts, None)
+        if payload is None:
+            return None
+        self._advance()
+        self._last = payload
+        self._concealing = 0
+        self.stats.played += 1
+        self._remember(ts)
+        return payload
+
+    @property
+    def started(self) -> bool:
+        return self._play_ts is not None
 
     def _advance(self) -> None:
         assert self._play_ts is not None

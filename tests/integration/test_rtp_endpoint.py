@@ -305,3 +305,41 @@ def test_wire_sequence_timestamp_and_marker() -> None:
                 peer.close()
 
     run(body)
+
+
+def test_eager_endpoint_delivers_on_arrival_and_conceals_only_overdue_frames() -> None:
+    async def main() -> None:
+        clock = MediaClock()  # not started yet: whatever reaches on_frame now came on arrival, not on a tick
+        peer = Peer()
+        got: list[bytes] = []
+        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, jitter_ms=60, silence=SIL, eager=True,
+                         on_frame=got.append)
+        ep.set_remote(HOST, peer.port, 0)
+        try:
+            peer.send(ep.local_port, b"\x01" * 160)
+            await until(lambda: len(got) == 1)  # no pre-buffer, no tick needed
+            # A reordered pair: the later frame waits for the earlier one, then both go at once.
+            first_ts = peer.ts
+            peer.send(ep.local_port, b"\x03" * 160, ts=first_ts + 160)
+            await until(lambda: ep.jitter.buffered == 1)
+            assert len(got) == 1
+            peer.send(ep.local_port, b"\x02" * 160, ts=first_ts)
+            await until(lambda: len(got) == 3)
+            assert [f[:1] for f in got] == [b"\x01", b"\x02", b"\x03"]
+            # The sender goes quiet. Ticks now pass: after the jitter depth (3 ticks) the clock fills time
+            # with one concealment frame per tick (the last frame once, then silence).
+            clock.start()
+            await until(lambda: clock.ticks >= 3 + 5)
+            concealed = got[3:]
+            assert concealed[0] == b"\x03" * 160
+            assert concealed[1:] and all(f == SIL for f in concealed[1:])
+            assert len(concealed) <= clock.ticks - 3
+            # Media resumes a little ahead of where concealment has got to: it is played when its time comes.
+            peer.send(ep.local_port, b"\x04" * 160, ts=first_ts + 160 * (2 + len(concealed) + 20))
+            await until(lambda: got[-1] == b"\x04" * 160)
+        finally:
+            clock.stop()
+            ep.close()
+            peer.sock.close()
+
+    asyncio.run(main())

@@ -118,3 +118,18 @@ def test_overflow_drops_oldest_to_bound_latency() -> None:
     # 9 buffered against a bound of depth + slack = 4: every other frame is skipped until back in bound.
     assert out == ["2", "4", "6", "7", "8", "9"]
     assert jb.stats.overflow == 3
+
+
+def test_pop_ready_releases_in_order_frames_at_once() -> None:
+    jb = JitterBuffer(b"\x00" * 160, depth_frames=3)
+    assert jb.pop_ready() is None and not jb.started
+    jb.put(1000, 7, b"a" * 160)
+    assert jb.pop_ready() == b"a" * 160  # no pre-buffer
+    jb.put(1320, 7, b"c" * 160)
+    assert jb.pop_ready() is None  # 1160 is missing: wait for it
+    jb.put(1160, 7, b"b" * 160)
+    assert [jb.pop_ready(), jb.pop_ready(), jb.pop_ready()] == [b"b" * 160, b"c" * 160, None]
+    # The clock's concealment and pop_ready share one position: a frame concealed is late afterwards.
+    assert jb.pop() == (b"c" * 160, FrameKind.REPEAT)
+    assert jb.put(1480, 7, b"d" * 160) is PutResult.LATE
+    assert jb.stats.played == 3
