@@ -145,7 +145,7 @@ def scipy_chain(codec: str, signal: Any) -> Chain | None:
 
 
 def make_chain(name: str, codec: str, audioop: Any, soxr: Any, signal: Any) -> Chain | None:
-    if name == "ours":
+    if name.startswith("ours"):
         return ours(codec)
     if name == "audioop":
         return audioop_chain(codec, audioop)
@@ -239,13 +239,14 @@ def main() -> None:
     signal = optional("scipy.signal")
     pcm = speech_like(FRAMES * FRAME_MS / 1000)
     frames24 = [pcm[i : i + 960] for i in range(0, len(pcm), 960)]
+    print(f"resampler SIMD level {kernel.simd_level()} (0 = SSE2/NEON baseline, 1 = AVX2); ", end="")
     print(f"python {sys.version.split()[0]}, "
           f"{FRAMES} frames x {REPEATS} repeats, medians, µs per 20 ms frame")
     print(f"{'codec':6} {'method':8} {'in µs':>8} {'out µs':>8} {'in+out':>8} {'ours ×':>8} "
           f"{'calls/core':>10} {'latency ms in/out':>18}")
     for codec in ("PCMU", "PCMA", "G722"):
         payloads = [kernel.Encoder24k(codec).encode(pcm)[i : i + 160] for i in range(0, len(pcm) // 6, 160)]
-        chains: dict[str, Chain | None] = {"ours": ours(codec)}
+        chains: dict[str, Chain | None] = {"ours": ours(codec), "ours/sse2": ours(codec)}
         if audioop is not None:
             chains["audioop"] = audioop_chain(codec, audioop)
         if soxr is not None:
@@ -256,7 +257,9 @@ def main() -> None:
         for name, chain in chains.items():
             if chain is None:
                 continue
+            kernel.simd_level(0 if name == "ours/sse2" else -1)  # baseline build vs runtime-dispatched AVX2
             t_in, t_out = per_frame_us(chain[0], payloads), per_frame_us(chain[1], frames24)
+            kernel.simd_level()
             if name == "ours":
                 base = t_in + t_out
             fresh = make_chain(name, codec, audioop, soxr, signal)

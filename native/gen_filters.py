@@ -1,8 +1,8 @@
 """Designs the resampler's FIR filters and writes native/src/sk_filters.h (run by hand; output is committed).
 
 Equiripple (Parks-McClellan) low-pass prototypes, one per rate pair, stored as reversed polyphase
-branches so the C inner loop is one contiguous dot product per output sample. Each branch length is a
-multiple of 4 so the compiler can keep four partial sums in one SSE register without -ffast-math.
+branches (oldest input first): output = sum over k of branch[k] * window[k], which the C loop computes
+for many outputs at once, one output per SIMD lane.
 
 Specs (every group delay <= 2 ms):
   8k <-> 24k: prototype at 24 kHz, 84 taps, pass 0-3400 Hz, stop >= 4400 Hz

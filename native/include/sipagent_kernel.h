@@ -9,11 +9,14 @@
  * with the *_max_out helpers (or the bounds documented next to each function).
  */
 
-#define SK_ABI_VERSION 1
+#define SK_ABI_VERSION 2
 #define SK_RS_MAX_TAPS 84
 #define SK_RS_CHUNK 512
 
 int sk_abi_version(void);
+/* SIMD path of the resampler loops: request -1 = best available, 0 = baseline (SSE2/NEON), 1 = AVX2
+ * (x86-64, runtime-detected). Returns the level now in use. Every level gives identical output. */
+int sk_simd_level(int request);
 
 /* ---- G.711 (stateless); n counts samples, pcm is 2*n bytes ---- */
 void sk_ulaw_encode(const unsigned char *pcm, size_t n, unsigned char *out);

@@ -1,7 +1,6 @@
-/* Fused per-frame paths: payload <-> 24 kHz PCM16 in one call, through a stack scratch buffer. */
+/* Fused per-frame paths: payload <-> 24 kHz PCM16 in one call. Decoded samples go straight into the
+ * resampler's float staging area, and resampled samples straight into the encoder: no extra passes. */
 #include "sk_internal.h"
-
-#define SCRATCH 512 /* payload bytes handled per inner pass */
 
 int sk_dec24k_init(sk_dec24k *d, int codec)
 {
@@ -31,61 +30,63 @@ int sk_enc24k_init(sk_enc24k *e, int codec)
 
 size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsigned char *out)
 {
-    int16_t lin[2 * SCRATCH];
-    int16_t res[3 * SCRATCH + 4];
+    int16_t res[3 * SK_RS_CHUNK + 4];
+    float *stage = sk_rs_stage(&d->rs);
+    const int g722 = d->codec == SK_CODEC_G722;
+    const size_t per = g722 ? SK_RS_CHUNK / 2 : SK_RS_CHUNK; /* payload bytes per staged chunk */
     size_t written = 0;
     while (n > 0) {
-        size_t c = n < SCRATCH ? n : SCRATCH;
-        size_t m;
-        if (d->codec == SK_CODEC_G722) {
-            for (size_t i = 0; i < c; i++)
-                sk_g722_decode_code(&d->g722, payload[i], lin + 2 * i);
-            m = 2 * c;
+        int c = n < per ? (int)n : (int)per;
+        if (g722) {
+            int16_t pair[2];
+            for (int i = 0; i < c; i++) {
+                sk_g722_decode_code(&d->g722, payload[i], pair);
+                stage[2 * i] = (float)pair[0];
+                stage[2 * i + 1] = (float)pair[1];
+            }
         } else if (d->codec == SK_CODEC_PCMU) {
-            for (size_t i = 0; i < c; i++)
-                lin[i] = (int16_t)sk_ulaw_to_linear(payload[i]);
-            m = c;
+            for (int i = 0; i < c; i++)
+                stage[i] = (float)sk_ulaw_table[payload[i]];
         } else {
-            for (size_t i = 0; i < c; i++)
-                lin[i] = (int16_t)sk_alaw_to_linear(payload[i]);
-            m = c;
+            for (int i = 0; i < c; i++)
+                stage[i] = (float)sk_alaw_table[payload[i]];
         }
-        size_t k = sk_resampler_run(&d->rs, lin, m, res);
-        for (size_t i = 0; i < k; i++)
-            store_s16(out + 2 * (written + i), res[i]);
+        size_t k = sk_rs_commit(&d->rs, g722 ? 2 * c : c, res);
+        store_pcm(out + 2 * written, res, k);
         written += k;
         payload += c;
-        n -= c;
+        n -= (size_t)c;
     }
     return 2 * written;
 }
 
 size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsigned char *out)
 {
-    int16_t lin[SCRATCH];
-    int16_t res[SCRATCH];
+    int16_t res[SK_RS_CHUNK];
     size_t written = 0;
     sk_resampler *rs = &e->rs;
+    float *stage = sk_rs_stage(rs);
     while (nbytes > 0) {
-        size_t n = 0;
+        int n = 0;
         if (rs->odd) { /* a sample split across calls */
             unsigned char pair[2] = {rs->odd_byte, pcm[0]};
-            lin[n++] = (int16_t)load_s16(pair);
+            stage[n++] = (float)load_s16(pair);
             rs->odd = 0;
             pcm++;
             nbytes--;
         }
-        while (n < SCRATCH && nbytes >= 2) {
-            lin[n++] = (int16_t)load_s16(pcm);
-            pcm += 2;
-            nbytes -= 2;
-        }
+        size_t whole = nbytes / 2;
+        int c = whole < (size_t)(SK_RS_CHUNK - n) ? (int)whole : SK_RS_CHUNK - n;
+        load_pcm_float(stage + n, pcm, c);
+        n += c;
+        pcm += 2 * (size_t)c;
+        nbytes -= 2 * (size_t)c;
         if (nbytes == 1) {
             rs->odd = 1;
             rs->odd_byte = pcm[0];
             nbytes = 0;
         }
-        size_t k = sk_resampler_run(rs, lin, n, res); /* down-sampling: k <= n/1.5 + 1 */
+        size_t k = sk_rs_commit(rs, n, res); /* down-sampling: k <= n/1.5 + 1 */
         if (e->codec == SK_CODEC_PCMU) {
             for (size_t i = 0; i < k; i++)
                 out[written + i] = sk_ulaw_from_linear(res[i]);
@@ -96,14 +97,17 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
             written += k;
         } else {
             sk_g722_encoder *g = &e->g722;
-            for (size_t i = 0; i < k; i++) {
-                if (!g->have_held) {
-                    g->held = res[i];
-                    g->have_held = 1;
-                } else {
-                    out[written++] = sk_g722_encode_pair(g, g->held, res[i]);
-                    g->have_held = 0;
-                }
+            size_t i = 0;
+            if (g->have_held && k > 0) {
+                out[written++] = sk_g722_encode_pair(g, g->held, res[0]);
+                g->have_held = 0;
+                i = 1;
+            }
+            for (; i + 1 < k; i += 2)
+                out[written++] = sk_g722_encode_pair(g, res[i], res[i + 1]);
+            if (i < k) {
+                g->held = res[i];
+                g->have_held = 1;
             }
         }
     }

@@ -2,65 +2,35 @@
  *
  * μ-law follows the Sun/CCITT lineage (the table of Python's audioop): the 16-bit sample is reduced to
  * 14 bits with an arithmetic shift, so -1..-4 encode to 0x7E, not to the ITU G.191 reference's 0x7F.
- * A-law and both decoders agree across all common implementations.
+ * A-law and both decoders agree across all common implementations. Decoding is a table lookup (the
+ * tables are the decoding formulas evaluated by the compiler); encoding is inline in sk_internal.h.
  */
 #include "sk_internal.h"
 
-/* Segment number: how many of the octave boundaries `v` lies above (0..8). */
-static inline int segment(int v, int first_end)
-{
-    int seg = 0;
-    for (int i = 0; i < 8; i++)
-        seg += v > ((first_end << i) | ((1 << i) - 1));
-    return seg;
-}
+#define R2(x) x, x
+#define R4(x) R2(x), R2(x)
+#define R8(x) R4(x), R4(x)
+#define R16(x) R8(x), R8(x)
+#define R32(x) R16(x), R16(x)
+#define R64(x) R32(x), R32(x)
+#define R128(x) R64(x), R64(x)
+const unsigned char sk_log2_tab[256] = {0, 0, R2(1), R4(2), R8(3), R16(4), R32(5), R64(6), R128(7)};
 
-unsigned char sk_ulaw_from_linear(int sample)
-{
-    int v = sample >> 2; /* 14-bit magnitude domain */
-    int mask = 0xFF;
-    if (v < 0) {
-        v = -v;
-        mask = 0x7F;
-    }
-    if (v > 8159)
-        v = 8159;
-    v += 33; /* bias: makes every segment start at a power of two */
-    int seg = segment(v, 0x3F);
-    if (seg >= 8)
-        return (unsigned char)(0x7F ^ mask);
-    return (unsigned char)(((seg << 4) | ((v >> (seg + 1)) & 0x0F)) ^ mask);
-}
+/* μ-law: complement, then (mantissa * 8 + bias) << segment, minus the bias. */
+#define ULAW_T(u) ((((((u) & 0x0F) << 3) + 0x84) << (((u) & 0x70) >> 4)) - 0x84)
+#define ULAW(c) ((((~(c)) & 0x80) ? -ULAW_T((~(c)) & 0xFF) : ULAW_T((~(c)) & 0xFF)))
+/* A-law: toggle even bits; segment 0 has no implicit leading one. */
+#define ALAW_S(a) (((a) & 0x70) >> 4)
+#define ALAW_T(a) ((ALAW_S(a) == 0 ? (((a) & 0x0F) << 4) + 8                                     \
+                                   : ((((a) & 0x0F) << 4) + 0x108) << (ALAW_S(a) > 1 ? ALAW_S(a) - 1 : 0)))
+#define ALAW(c) ((((c) ^ 0x55) & 0x80) ? ALAW_T((c) ^ 0x55) : -ALAW_T((c) ^ 0x55))
 
-int sk_ulaw_to_linear(unsigned char code)
-{
-    int u = ~code & 0xFF;
-    int t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4);
-    return (u & 0x80) ? (0x84 - t) : (t - 0x84);
-}
-
-unsigned char sk_alaw_from_linear(int sample)
-{
-    int v = sample >> 3; /* 13-bit domain */
-    int mask = 0xD5;
-    if (v < 0) {
-        v = -v - 1;
-        mask = 0x55;
-    }
-    int seg = segment(v, 0x1F); /* v <= 4095, so seg <= 7 */
-    int mant = seg < 2 ? (v >> 1) & 0x0F : (v >> seg) & 0x0F;
-    return (unsigned char)(((seg << 4) | mant) ^ mask);
-}
-
-int sk_alaw_to_linear(unsigned char code)
-{
-    int a = code ^ 0x55;
-    int seg = (a & 0x70) >> 4;
-    int t = ((a & 0x0F) << 4) + (seg == 0 ? 8 : 0x108);
-    if (seg > 1)
-        t <<= seg - 1;
-    return (a & 0x80) ? t : -t;
-}
+#define T4(f, i) f(i), f((i) + 1), f((i) + 2), f((i) + 3)
+#define T16(f, i) T4(f, i), T4(f, (i) + 4), T4(f, (i) + 8), T4(f, (i) + 12)
+#define T64(f, i) T16(f, i), T16(f, (i) + 16), T16(f, (i) + 32), T16(f, (i) + 48)
+#define T256(f) T64(f, 0), T64(f, 64), T64(f, 128), T64(f, 192)
+const int16_t sk_ulaw_table[256] = {T256(ULAW)};
+const int16_t sk_alaw_table[256] = {T256(ALAW)};
 
 void sk_ulaw_encode(const unsigned char *pcm, size_t n, unsigned char *out)
 {
@@ -71,7 +41,7 @@ void sk_ulaw_encode(const unsigned char *pcm, size_t n, unsigned char *out)
 void sk_ulaw_decode(const unsigned char *in, size_t n, unsigned char *pcm)
 {
     for (size_t i = 0; i < n; i++)
-        store_s16(pcm + 2 * i, sk_ulaw_to_linear(in[i]));
+        store_s16(pcm + 2 * i, sk_ulaw_table[in[i]]);
 }
 
 void sk_alaw_encode(const unsigned char *pcm, size_t n, unsigned char *out)
@@ -83,5 +53,5 @@ void sk_alaw_encode(const unsigned char *pcm, size_t n, unsigned char *out)
 void sk_alaw_decode(const unsigned char *in, size_t n, unsigned char *pcm)
 {
     for (size_t i = 0; i < n; i++)
-        store_s16(pcm + 2 * i, sk_alaw_to_linear(in[i]));
+        store_s16(pcm + 2 * i, sk_alaw_table[in[i]]);
 }

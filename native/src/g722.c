@@ -87,9 +87,12 @@ static void predictor_update(sk_g722_band *b, int d)
         b->b[i] = sat16(g + ((b->b[i] * 32640) >> 15));
     }
 
-    /* DELAYA */
-    for (int i = 5; i > 0; i--)
-        b->d[i] = b->d[i - 1];
+    /* DELAYA (spelled out: a loop here becomes a memmove call) */
+    b->d[5] = b->d[4];
+    b->d[4] = b->d[3];
+    b->d[3] = b->d[2];
+    b->d[2] = b->d[1];
+    b->d[1] = b->d[0];
     b->d[0] = d;
     b->r[1] = b->r[0];
     b->r[0] = r;
@@ -141,9 +144,16 @@ unsigned char sk_g722_encode_pair(sk_g722_encoder *e, int x0, int x1)
     sk_g722_band *lo = &e->low;
     int el = sat16(xl - lo->s);
     int mag = el >= 0 ? el : -(el + 1);
-    int i = 1;
-    while (i < 30 && mag >= ((q6[i] * lo->det) >> 12))
-        i++;
+    /* Smallest i in 1..29 with mag < (q6[i]*det)>>12, else 30: the thresholds grow with i, so a binary
+     * search finds the same level as the Recommendation's linear scan in 5 steps instead of up to 29. */
+    int i = 1, hi_i = 30;
+    while (i < hi_i) {
+        int mid = (i + hi_i) >> 1;
+        if (mag >= ((q6[mid] * lo->det) >> 12))
+            i = mid + 1;
+        else
+            hi_i = mid;
+    }
     int il = el < 0 ? code_neg[i] : code_pos[i];
     int ril = il >> 2;
     int dl = (lo->det * qm4[ril]) >> 15;

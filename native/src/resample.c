@@ -1,17 +1,48 @@
 /* Streaming rational polyphase FIR resampler (L/M) for 8000, 16000 and 24000 Hz.
  *
- * Output m sits at position t = m*M on the input grid upsampled by L; it is the dot product of branch
- * (t mod L) with the K input samples ending at t div L. The state keeps the last K-1 inputs and t,
- * so chunking never changes the arithmetic of any output: frame-by-frame equals all-at-once exactly.
+ * Output m sits at position T = m*M on the input grid upsampled by L: it is the dot product of branch
+ * (T mod L) with the K inputs starting at window index T div L. Outputs m, m+L, m+2L, ... share a
+ * branch and their windows start M inputs apart, so after splitting the input into M interleaved
+ * streams, tap k of all of them reads one contiguous run of floats: the loops run *across outputs*
+ * (one output per SIMD lane, no horizontal sums) and every output is the same sequential sum
+ * h[0]x[0] + h[1]x[1] + ... whatever the lane width or the chunking. Hence frame-by-frame equals
+ * all-at-once exactly, and the SSE2 and AVX2 builds of the loop give identical bytes (multiplies and
+ * adds stay separate: the build uses -ffp-contract=off, so no FMA rounding differences).
  */
 #include "sk_internal.h"
 #include "sk_filters.h"
 
 #define HIST (SK_RS_MAX_TAPS - 1)
+#define OSTRIDE (SK_RS_CHUNK + 8)         /* per-branch output scratch: >= c/M + 1 outputs per branch */
+#define DSTRIDE ((HIST + SK_RS_CHUNK) / 2 + 2) /* per-stream input scratch when M >= 2 */
+
+#if defined(__GNUC__)
+#define SK_INLINE static inline __attribute__((always_inline))
+#else
+#define SK_INLINE static inline
+#endif
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SK_NO_DISPATCH)
+#define SK_X86_DISPATCH 1
+static int simd_level = -1; /* -1 unknown, 0 baseline (SSE2), 1 AVX2; set once, idempotent */
+#endif
 
 int sk_abi_version(void)
 {
     return SK_ABI_VERSION;
+}
+
+int sk_simd_level(int request)
+{
+#ifdef SK_X86_DISPATCH
+    __builtin_cpu_init();
+    int have = __builtin_cpu_supports("avx2") ? 1 : 0;
+    simd_level = request < 0 ? have : (request < have ? request : have);
+    return simd_level;
+#else
+    (void)request;
+    return 0;
+#endif
 }
 
 int sk_resampler_init(sk_resampler *r, int from_rate, int to_rate)
@@ -38,6 +69,10 @@ int sk_resampler_init(sk_resampler *r, int from_rate, int to_rate)
         if (!ok)
             return -1;
     }
+#ifdef SK_X86_DISPATCH
+    if (simd_level < 0)
+        sk_simd_level(-1);
+#endif
     r->up = up;
     r->down = down;
     r->taps = taps;
@@ -65,37 +100,121 @@ size_t sk_resampler_max_out(const sk_resampler *r, size_t nbytes)
     return 2 * (n * (size_t)r->up / (size_t)r->down + 2);
 }
 
-/* Four partial sums per output map onto one SIMD register without reassociating floats (no
- * -ffast-math needed, results identical at every optimisation level). */
-#define MAC4(a, h, x, i)                                                                         \
-    do {                                                                                         \
-        a[0] += (h)[(i)] * (x)[(i)];                                                             \
-        a[1] += (h)[(i) + 1] * (x)[(i) + 1];                                                     \
-        a[2] += (h)[(i) + 2] * (x)[(i) + 2];                                                     \
-        a[3] += (h)[(i) + 3] * (x)[(i) + 3];                                                     \
-    } while (0)
-
-static inline float hsum(const float a[4])
+/* Round half away from zero and saturate; written without branches so the loops vectorise. */
+SK_INLINE int16_t to_s16(float y)
 {
-    return (a[0] + a[2]) + (a[1] + a[3]);
+    float v = y + (y >= 0.0f ? 0.5f : -0.5f);
+    v = v > 32767.0f ? 32767.0f : v;
+    v = v < -32768.0f ? -32768.0f : v;
+    return (int16_t)(int32_t)v;
 }
 
-static inline float dot(const float *restrict h, const float *restrict x, int k)
+/* y[j] = sum_i h[i] * X(i)[j] for j < n, summed in order of i, where X(i) is x0 + i (M = 1: all taps
+ * read one stream) or xs[i] (M > 1). W outputs per pass stay in registers (W=32: four AVX2 or eight SSE
+ * registers): per tap one broadcast coefficient and W/lanes loads, no horizontal sums. */
+#define FIR_PASS(W, XI)                                                                          \
+    for (; j + (W) <= n; j += (W)) {                                                             \
+        float a[W];                                                                              \
+        for (int l = 0; l < (W); l++)                                                            \
+            a[l] = 0.0f;                                                                         \
+        for (int i = 0; i < k; i++) {                                                            \
+            const float c = h[i];                                                                \
+            const float *xi = (XI) + j;                                                          \
+            for (int l = 0; l < (W); l++)                                                        \
+                a[l] += c * xi[l];                                                               \
+        }                                                                                        \
+        for (int l = 0; l < (W); l++)                                                            \
+            y[j + l] = to_s16(a[l]);                                                             \
+    }
+
+/* WIDE outputs per pass: enough independent add chains to hide the add latency, few enough to stay in
+ * registers (16 vector registers: 8 accumulators of 4 lanes for SSE2/NEON, 8 of 8 lanes for AVX2). */
+#define FIR_LANES(WIDE)                                                                          \
+    int j = 0;                                                                                   \
+    if (xs == NULL) {                                                                            \
+        FIR_PASS(WIDE, x0 + i)                                                                   \
+        FIR_PASS(32, x0 + i)                                                                     \
+        FIR_PASS(8, x0 + i)                                                                      \
+        FIR_PASS(1, x0 + i)                                                                      \
+    } else {                                                                                     \
+        FIR_PASS(WIDE, xs[i])                                                                    \
+        FIR_PASS(32, xs[i])                                                                      \
+        FIR_PASS(8, xs[i])                                                                       \
+        FIR_PASS(1, xs[i])                                                                       \
+    }
+
+static void fir_base(const float *restrict h, const float *x0, const float *const *restrict xs, int k, int n,
+                     int16_t *restrict y)
 {
-    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int i = 0; i < k; i += 4)
-        MAC4(a, h, x, i);
-    return hsum(a);
+    FIR_LANES(32)
 }
 
-static inline int16_t to_s16(float y)
+#ifdef SK_X86_DISPATCH
+__attribute__((target("avx2"))) static void fir_avx2(const float *restrict h, const float *x0,
+                                                     const float *const *restrict xs, int k, int n,
+                                                     int16_t *restrict y)
 {
-    y += y >= 0.0f ? 0.5f : -0.5f;
-    if (y >= 32767.0f)
-        return 32767;
-    if (y <= -32768.0f)
-        return -32768;
-    return (int16_t)y;
+    FIR_LANES(64)
+}
+#endif
+
+size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
+{
+    const int up = r->up, down = r->down, k = r->taps;
+    float *z = r->buf + (HIST - (k - 1)); /* window index 0: K-1 history samples, then c new ones */
+    const int t0 = r->t;
+    const int n_out = c * up > t0 ? (c * up - t0 + down - 1) / down : 0;
+    float streams[3 * DSTRIDE];
+    int16_t y[3 * OSTRIDE];
+    const float *x[SK_RS_MAX_TAPS];
+
+    if (down > 1) { /* split the window into M streams: stream s holds z[M*i + s] */
+        const int total = k - 1 + c, groups = total / down;
+        float *s0 = streams, *s1 = streams + DSTRIDE, *s2 = streams + 2 * DSTRIDE;
+        if (down == 2) {
+            for (int i = 0; i < groups; i++) {
+                s0[i] = z[2 * i];
+                s1[i] = z[2 * i + 1];
+            }
+        } else {
+            for (int i = 0; i < groups; i++) {
+                s0[i] = z[3 * i];
+                s1[i] = z[3 * i + 1];
+                s2[i] = z[3 * i + 2];
+            }
+        }
+        for (int q = groups * down; q < total; q++) /* the incomplete last group */
+            streams[(q % down) * DSTRIDE + q / down] = z[q];
+    }
+    const int branches = n_out < up ? n_out : up;
+    for (int b = 0; b < branches; b++) { /* outputs b, b+L, b+2L, ... of this chunk */
+        const int tb = t0 + b * down, start = tb / up, phase = tb % up;
+        const int nb = (n_out - b + up - 1) / up;
+        if (down > 1) {
+            for (int i = 0, q = start; i < k; i++, q++)
+                x[i] = streams + (q % down) * DSTRIDE + q / down;
+        }
+        const float *h = r->coef + (size_t)phase * (size_t)k;
+        const float *const *xs = down > 1 ? x : NULL;
+        int16_t *dst = up == 1 ? out : y + b * OSTRIDE; /* L = 1: straight into place */
+#ifdef SK_X86_DISPATCH
+        if (simd_level > 0)
+            fir_avx2(h, z + start, xs, k, nb, dst);
+        else
+#endif
+            fir_base(h, z + start, xs, k, nb, dst);
+    }
+    if (up > 1) { /* interleave the branches: output b + L*j */
+        for (int b = 0; b < branches; b++) {
+            const int16_t *yb = y + b * OSTRIDE;
+            const int nb = (n_out - b + up - 1) / up;
+            for (int j = 0; j < nb; j++)
+                out[b + up * j] = yb[j];
+        }
+    }
+    r->t = t0 + n_out * down - c * up;
+    memmove(z, z + c, (size_t)(k - 1) * sizeof(float));
+    return (size_t)n_out;
 }
 
 size_t sk_resampler_run(sk_resampler *r, const int16_t *in, size_t n, int16_t *out)
@@ -104,26 +223,13 @@ size_t sk_resampler_run(sk_resampler *r, const int16_t *in, size_t n, int16_t *o
         memcpy(out, in, n * sizeof(int16_t));
         return n;
     }
-    const int up = r->up, down = r->down, k = r->taps;
-    float *hist = r->buf + (HIST - (k - 1)); /* the branch window starts here */
     size_t produced = 0;
+    float *stage = sk_rs_stage(r);
     while (n > 0) {
         int c = n < SK_RS_CHUNK ? (int)n : SK_RS_CHUNK;
-        float *stage = r->buf + HIST;
         for (int i = 0; i < c; i++)
             stage[i] = (float)in[i];
-        /* Walk t = idx * up + phase incrementally: a division per output would cost more than the FIR. */
-        int idx = r->t / up, phase = r->t % up;
-        while (idx < c) {
-            out[produced++] = to_s16(dot(r->coef + (size_t)phase * (size_t)k, hist + idx, k));
-            phase += down;
-            while (phase >= up) {
-                phase -= up;
-                idx++;
-            }
-        }
-        r->t = (idx - c) * up + phase;
-        memmove(r->buf, r->buf + c, HIST * sizeof(float));
+        produced += sk_rs_commit(r, c, out + produced);
         in += c;
         n -= (size_t)c;
     }
@@ -132,31 +238,35 @@ size_t sk_resampler_run(sk_resampler *r, const int16_t *in, size_t n, int16_t *o
 
 size_t sk_resampler_process(sk_resampler *r, const unsigned char *in, size_t nbytes, unsigned char *out)
 {
-    int16_t tmp[SK_RS_CHUNK];
     int16_t res[SK_RS_CHUNK * 3 + 4];
     size_t written = 0;
     if (nbytes > 0 && r->odd) { /* complete the sample split across calls */
         unsigned char pair[2] = {r->odd_byte, in[0]};
-        tmp[0] = (int16_t)load_s16(pair);
-        size_t m = sk_resampler_run(r, tmp, 1, res);
-        for (size_t i = 0; i < m; i++)
-            store_s16(out + 2 * (written + i), res[i]);
+        int16_t s = (int16_t)load_s16(pair);
+        size_t m = sk_resampler_run(r, &s, 1, res);
+        store_pcm(out + 2 * written, res, m);
         written += m;
         r->odd = 0;
         in++;
         nbytes--;
     }
     size_t n = nbytes / 2;
+    const int pass = r->coef == NULL;
+    float *stage = sk_rs_stage(r);
     while (n > 0) {
-        size_t c = n < SK_RS_CHUNK ? n : SK_RS_CHUNK;
-        for (size_t i = 0; i < c; i++)
-            tmp[i] = (int16_t)load_s16(in + 2 * i);
-        size_t m = sk_resampler_run(r, tmp, c, res);
-        for (size_t i = 0; i < m; i++)
-            store_s16(out + 2 * (written + i), res[i]);
+        int c = n < SK_RS_CHUNK ? (int)n : SK_RS_CHUNK;
+        size_t m;
+        if (pass) {
+            memcpy(out + 2 * written, in, 2 * (size_t)c);
+            m = (size_t)c;
+        } else {
+            load_pcm_float(stage, in, c);
+            m = sk_rs_commit(r, c, res);
+            store_pcm(out + 2 * written, res, m);
+        }
         written += m;
         in += 2 * c;
-        n -= c;
+        n -= (size_t)c;
     }
     if (nbytes & 1) {
         r->odd = 1;

@@ -63,6 +63,7 @@ class CallLeg(Protocol):
     call_id: str
     from_uri: str
     ended: asyncio.Event
+    end_reason: str  # set when ``ended`` is: "remote-bye", "transferred", ...
 
     async def hangup(self) -> None: ...
 
@@ -178,6 +179,9 @@ class CallBridge:
                 await asyncio.wait({ended, done}, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in (ended, done):
                     waiter.cancel()
+                if not self._done.is_set() and self.call.end_reason == "transferred":
+                    # A completed transfer ends the SIP call before transfer() returns to the bridge.
+                    self._outcome = "transferred"
         finally:
             await self._cleanup()
         return CallOutcome(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sipagent.errors import KernelError
-from sipagent.media.kernel import RATES, Resampler
+from sipagent.media.kernel import RATES, Resampler, simd_level
 
 PAIRS = [(a, b) for a, b in itertools.permutations(RATES, 2)]
 AMP = 16384.0  # -6 dBFS
@@ -101,3 +101,18 @@ def test_reset_forgets_history() -> None:
     first = r.process(x)
     r.reset()
     assert r.process(x) == first
+
+
+def test_every_simd_level_gives_identical_bytes() -> None:
+    """The baseline and AVX2 loops sum each output in the same order without FMA: same bytes."""
+    rng = np.random.default_rng(4)
+    data = rng.integers(-32768, 32768, size=24000, dtype=np.int16).astype("<i2").tobytes()
+    best = simd_level()
+    try:
+        results = []
+        for level in range(best + 1):
+            assert simd_level(level) == level
+            results.append([Resampler(a, b).process(data[: 2 * (a // 10) * 3 + 1]) for a, b in PAIRS])
+        assert all(r == results[0] for r in results)
+    finally:
+        simd_level()

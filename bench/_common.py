@@ -1,0 +1,360 @@
+"""Shared pieces of the load, latency and soak benchmarks.
+
+- ``write_config``: a direct-mode agent configuration on loopback with the local backend in-process.
+- ``AgentProcess``: runs the agent in its own OS process exactly as ``sipagent run -c FILE`` does
+  (``sipagent.agent.run_agent``), with two observers installed before it starts: the media clock's
+  ``probe`` (send time minus the 20 ms deadline, for every packet of every call, measured inside the agent)
+  and a playout observer counting underruns (the playout queue ran dry between two audio frames of one
+  utterance). The bench talks to it over stdin/stdout, one JSON line per request.
+- ``ProcStats``: CPU, RSS, threads, fds, sockets of a pid from /proc.
+- ``QuietCaller``: the project's SipCaller with a cheap receive path (counts frames, keeps no audio), so one
+  bench process can hold hundreds of calls.
+
+Run as ``python -m bench._common agent CONFIG`` (what AgentProcess does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sipagent.caller import SipCaller
+
+REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+LONG_GREETING = (
+    "Thanks for calling Northwind Outfitters. All of our colleagues are helping other customers right now, "
+    "so please stay on the line. While you wait, you can ask me about the status of an order, about "
+    "returns and refunds, or about our opening hours. Orders placed before noon ship the same day, and "
+    "returns are free within thirty days of delivery. If you would rather talk to a person, just say so "
+    "and I will put you through to the next available colleague as soon as one is free. "
+    "Thank you for your patience, and thank you for shopping with Northwind."
+)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def agent_config(
+    sip_port: int,
+    *,
+    rtp_ports: str = "20000-29999",
+    max_calls: int = 1000,
+    greeting: str = LONG_GREETING,
+    barge_in: dict[str, Any] | None = None,
+    silence_ms: int = 500,
+    response_delay_ms: int = 200,
+    fallback: str = "Sorry, I can help with orders and returns.",
+    codecs: tuple[str, ...] = ("PCMU",),
+    jitter_ms: int = 60,
+) -> dict[str, Any]:
+    """A direct-mode agent on 127.0.0.1 with the in-process local backend; nothing written to disk."""
+    return {
+        "sip": {"registrar": "", "username": "agent", "listen": f"127.0.0.1:{sip_port}",
+                "max_calls": max_calls},
+        "media": {"rtp_ports": rtp_ports, "codecs": list(codecs), "jitter_ms": jitter_ms},
+        "realtime": {
+            "provider": "local", "url": "", "audio_format": "pcm16", "instructions": "bench",
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms},
+            "local": {
+                "response_delay_ms": response_delay_ms,
+                "vad": {"threshold_db": -40, "min_speech_ms": 200, "silence_ms": silence_ms},
+                "intents": [],
+                "fallback": fallback,
+            },
+        },
+        "agent": {
+            "greeting": greeting,
+            "barge_in": barge_in or {"mode": "server", "min_speech_ms": 200, "protect_greeting_ms": 1000},
+            "idle_timeout_s": 0,  # no idle prompts: the only agent audio is what the bench provokes
+            "shutdown_grace_s": 0,
+            "tools": [],
+        },
+        "recording": {"dir": "/tmp", "transcripts": False, "audio": False},
+        "metrics": {"listen": ""},
+        "logging": {"level": "warning", "format": "text"},
+    }
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def percentiles_ms(values: list[float] | np.ndarray, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return {**{f"p{q:g}": float("nan") for q in qs}, "max": float("nan"), "n": 0}
+    out: dict[str, float] = {f"p{q:g}": float(np.percentile(arr, q)) * 1e3 for q in qs}
+    out["max"] = float(arr.max()) * 1e3
+    out["n"] = float(arr.size)
+    return out
+
+
+# ------------------------------------------------------------------------------------- /proc readers
+
+
+@dataclass
+class ProcSample:
+    cpu_s: float
+    rss_kb: int
+    threads: int
+    fds: int
+    sockets: int
+
+
+class ProcStats:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the process (all threads), from /proc/PID/stat."""
+        text = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def sample(self) -> ProcSample:
+        status = Path(f"/proc/{self.pid}/status").read_text().splitlines()
+        values = dict(line.split(":", 1) for line in status if ":" in line)
+        fd_dir = f"/proc/{self.pid}/fd"
+        links = []
+        for name in os.listdir(fd_dir):
+            try:
+                links.append(os.readlink(f"{fd_dir}/{name}"))
+            except OSError:
+                continue
+        return ProcSample(
+            cpu_s=self.cpu_seconds(),
+            rss_kb=int(values["VmRSS"].split()[0]),
+            threads=int(values["Threads"]),
+            fds=len(links),
+            sockets=sum(link.startswith("socket:") for link in links),
+        )
+
+    def udp_ports_in(self, lo: int, hi: int) -> int:
+        """UDP sockets bound on 127.0.0.1 ports lo..hi owned by this process (RTP and RTCP)."""
+        inodes = set()
+        fd_dir = f"/proc/{self.pid}/fd"
+        for name in os.listdir(fd_dir):
+            try:
+                link = os.readlink(f"{fd_dir}/{name}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+        count = 0
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            parts = line.split()
+            port = int(parts[1].split(":")[1], 16)
+            if lo <= port <= hi and parts[9] in inodes:
+                count += 1
+        return count
+
+
+# ------------------------------------------------------------------------------------- the agent process
+
+
+class AgentProcess:
+    """``sipagent run`` in a child process, observed (see the module docstring)."""
+
+    def __init__(self, config_path: Path, log_path: Path | None = None) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self.proc: subprocess.Popen[str] | None = None
+        self.stats: ProcStats | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        stderr = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        if os.environ.get("SIPAGENT_BENCH_LOG_DIR") and self.log_path:
+            stderr = open(Path(os.environ["SIPAGENT_BENCH_LOG_DIR"]) / self.log_path.name, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench._common", "agent", str(self.config_path)],
+            cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )
+        self.stats = ProcStats(self.proc.pid)
+        ready = self._read_line(timeout)
+        if not ready.get("ready"):
+            raise RuntimeError(f"agent did not start: {ready}")
+
+    def _read_line(self, timeout: float) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        result: list[str] = []
+        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout)
+        if not result or not result[0]:
+            raise RuntimeError(f"agent process gave no answer within {timeout:.0f} s (exit {self.proc.poll()})")
+        data: dict[str, Any] = json.loads(result[0])
+        return data
+
+    def request(self, command: str, timeout: float = 20.0) -> dict[str, Any]:
+        """``report`` (figures since the last reset, then reset) or ``peek`` (figures, no reset)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read_line(timeout)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def __enter__(self) -> AgentProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Observed:
+    """State shared by the probe (on the agent's loop) and the control thread."""
+
+    def __init__(self) -> None:
+        self.devs: list[float] = []
+        self.underruns = 0
+        self.underrun_frames = 0
+        self.audio_frames = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.agent: Any = None
+
+    def deviation(self, seconds: float) -> None:
+        self.devs.append(seconds)
+
+    async def report(self, reset: bool) -> dict[str, Any]:
+        devs = self.devs
+        if reset:
+            self.devs = []
+        agent = self.agent
+        figures: dict[str, Any] = {
+            "dev": percentiles_ms(devs, (50, 99)),
+            "underruns": self.underruns, "underrun_frames": self.underrun_frames,
+            "audio_frames": self.audio_frames,
+            "tasks": len(asyncio.all_tasks()),
+            "bridges": len(agent.bridges), "streams": agent.clock.streams,
+            "late_ticks": agent.clock.late_ticks, "skipped_ticks": agent.clock.skipped_ticks,
+            "ports_in_use": agent.ports.in_use, "calls_total": agent.stats.calls_total,
+            "outcomes": dict(agent.stats.outcomes),
+        }
+        if reset:
+            self.underruns = self.underrun_frames = self.audio_frames = 0
+        return figures
+
+
+def _control(state: _Observed) -> None:
+    for line in sys.stdin:
+        command = line.strip()
+        if state.loop is None:
+            print(json.dumps({"error": "not started"}), flush=True)
+            continue
+        future = asyncio.run_coroutine_threadsafe(state.report(reset=command == "report"), state.loop)
+        print(json.dumps(future.result(30)), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # the bench went away: shut down like `sipagent run` does
+
+
+def _agent_main(config_path: str) -> int:
+    import sipagent.agent as agent_mod
+    from sipagent.config import load_config
+
+    state = _Observed()
+
+    class ProbedPlayout(agent_mod._ObservedPlayout):
+        """Counts underruns: the queue was empty (not merely holding a partial tail) between two audio
+        frames. A padded tail ends an utterance, so the silence after it is not counted."""
+
+        gap = -1  # silent pops since the last audio frame; -1 outside an utterance
+
+        def pop_frame(self) -> tuple[bytes, bool]:
+            partial = 0 < len(self._buf) < self.frame_bytes
+            frame, is_audio = super().pop_frame()
+            if is_audio:
+                state.audio_frames += 1
+                if self.gap > 0:
+                    state.underruns += 1
+                    state.underrun_frames += self.gap
+                self.gap = -1 if partial else 0
+            elif self.gap >= 0 and not partial:
+                self.gap += 1
+            return frame, is_audio
+
+        def flush(self) -> int:
+            self.gap = -1  # barge-in: the utterance was cut on purpose
+            return int(super().flush())
+
+    class ProbedAgent(agent_mod.Agent):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.clock.probe = state.deviation
+            state.agent = self
+
+        async def start(self) -> None:
+            await super().start()
+            state.loop = asyncio.get_running_loop()
+            if os.environ.get("SIPAGENT_BENCH_GC") == "off":  # diagnosis only: are the stalls the GC's?
+                import gc
+
+                gc.disable()
+            if os.environ.get("SIPAGENT_BENCH_SLOW"):  # diagnosis only: log callbacks slower than this
+                import logging
+
+                logging.getLogger("asyncio").setLevel(logging.WARNING)
+                state.loop.set_debug(True)
+                state.loop.slow_callback_duration = float(os.environ["SIPAGENT_BENCH_SLOW"])
+            host, port = self.sip_address
+            print(json.dumps({"ready": True, "sip": f"{host}:{port}"}), flush=True)
+
+    agent_mod.Agent = ProbedAgent  # type: ignore[misc]
+    agent_mod._ObservedPlayout = ProbedPlayout  # type: ignore[misc]
+    threading.Thread(target=_control, args=(state,), daemon=True).start()
+    return int(agent_mod.run_agent(load_config(config_path)))
+
+
+# ------------------------------------------------------------------------------------- callers
+
+
+class QuietCaller(SipCaller):
+    """A SipCaller that only counts what it hears (no decoding, no stored audio)."""
+
+    def _on_frame(self, payload: bytes) -> None:
+        if payload != self._silence_frame:
+            self.heard.audio_frames += 1
+            self.heard.last_audio_at = time.monotonic()
+
+    @property
+    def _silence_frame(self) -> bytes:
+        from sipagent.media.kernel import CODEC_SILENCE
+
+        return CODEC_SILENCE[self.codec]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "agent":
+        sys.exit(_agent_main(sys.argv[2]))
+    print("usage: python -m bench._common agent CONFIG", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,342 @@
+"""Latency benchmark: the bridge's own share of turn latency, and barge-in latency, over many turns.
+
+One process, one call, loopback: the agent (with the local backend in-process, as ``sipagent run`` starts
+it for ``provider: local``) and a SipCaller, so every timestamp below is on the same monotonic clock.
+The caller speaks a synthesized sentence (espeak-ng), the agent answers with the backend's fallback reply.
+Observers (class-level wrappers installed by this script, no change to sipagent) timestamp:
+
+  C  the caller's last loud packet put on the wire (its playout queue popped it; >= -40 dBFS, the
+     backend VAD's threshold)
+  Bi the backend receiving that audio (last loud ``input_audio_buffer.append`` decoded by the backend)
+  Bo the backend sending the first ``response.output_audio.delta`` of its reply
+  A  the agent putting the first audio frame of the reply on the wire (its playout queue popped it)
+
+Turn latency C→A splits into bridge inbound (C→Bi: UDP, the agent's jitter buffer, decode, VAD, the
+WebSocket), backend (Bi→Bo: its VAD silence window, ASR, the configured response delay, TTS) and bridge
+outbound (Bo→A: WebSocket, decode/encode, playout queue, wait for the next 20 ms tick). The bridge's
+overhead is inbound + outbound; the naive figure the issue names, C→A minus the configured response delay,
+is printed too (it still contains the backend's silence window, ASR and TTS). The configured jitter buffer
+depth is part of the inbound leg and is shown separately.
+
+Barge-in: while the agent speaks its (long) reply, the caller talks over it. Latency = caller's first
+loud packet on the wire → the agent's first non-audio frame on the wire (its audio stopped). Per variant
+``MODE:MIN_SPEECH_MS`` (local = the bridge's echo-aware VAD decides; server = the backend's
+``speech_started``, confirmed by the local VAD). ``min_speech_ms`` is a configured debounce, so the
+figure minus it is printed as well.
+
+Usage: python bench/latency.py [--turns 20] [--barge-variants local:200,local:60,server:200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sipagent.agent as agent_mod
+import sipagent.realtime.local.server as server_mod
+from bench._common import agent_config, free_udp_port, percentiles_ms
+from sipagent.bridge.call import CallBridge
+from sipagent.caller import SipCaller
+from sipagent.config import load_config_text
+from sipagent.media.clock import MediaClock
+from sipagent.media.kernel import CODEC_SILENCE, ulaw_decode
+from sipagent.media.playout import PlayoutQueue
+from sipagent.media.vad import level_db
+from sipagent.realtime.local.session import LocalSession
+from sipagent.rtp.ports import PortAllocator
+
+LOUD_DB = -40.0  # the backend VAD's threshold (agent_config): what counts as a speech packet
+DELTA_TYPES = ("response.output_audio.delta", "response.audio.delta")
+QUESTION = "could you tell me when the store opens"
+SHORT_REPLY = "Sure, noted."
+LONG_REPLY = ("Our store opens at nine in the morning on weekdays and at ten on weekends, and it closes at "
+              "six in the evening every day except on public holidays when we are closed all day long.")
+
+
+@dataclass
+class Timeline:
+    """Everything the observers saw, as (monotonic time, value) pairs."""
+
+    caller: list[tuple[float, bool]] = field(default_factory=list)  # (t, loud) per caller packet sent
+    agent: list[tuple[float, bool]] = field(default_factory=list)  # (t, is_audio) per agent packet sent
+    backend_in: list[tuple[float, bool]] = field(default_factory=list)  # (t, loud) per append decoded
+    backend_out: list[tuple[float, str]] = field(default_factory=list)  # (t, event type) sent
+    decisions: list[tuple[float, str]] = field(default_factory=list)  # (t, trigger) bridge barge-in begins
+
+    def clear(self) -> None:
+        for lst in (self.caller, self.agent, self.backend_in, self.backend_out, self.decisions):
+            lst.clear()
+
+
+TL = Timeline()
+
+
+def install_observers() -> None:
+    class AgentPlayout(agent_mod._ObservedPlayout):
+        def pop_frame(self) -> tuple[bytes, bool]:
+            frame, is_audio = super().pop_frame()
+            TL.agent.append((time.monotonic(), is_audio))
+            return frame, is_audio
+
+    agent_mod._ObservedPlayout = AgentPlayout  # type: ignore[misc]
+
+    original_dispatch = server_mod._Connection.dispatch
+
+    async def dispatch(self: Any, outputs: list[Any]) -> None:
+        now = time.monotonic()
+        for out in outputs:
+            if isinstance(out, dict):
+                TL.backend_out.append((now, str(out.get("type"))))
+        await original_dispatch(self, outputs)
+
+    server_mod._Connection.dispatch = dispatch  # type: ignore[method-assign]
+
+    original_decode = LocalSession._decode_input
+
+    def decode(self: LocalSession, audio: bytes) -> bytes:
+        pcm = original_decode(self, audio)
+        TL.backend_in.append((time.monotonic(), level_db(pcm) >= LOUD_DB))
+        return pcm
+
+    LocalSession._decode_input = decode  # type: ignore[method-assign]
+
+    original_barge_in = CallBridge._barge_in
+
+    async def barge(self: CallBridge, decision: Any, server_cancelled: bool) -> None:
+        TL.decisions.append((time.monotonic(), decision.trigger.value))
+        await original_barge_in(self, decision, server_cancelled)
+
+    CallBridge._barge_in = barge  # type: ignore[method-assign]
+
+
+class CallerPlayout(PlayoutQueue):
+    """The caller's playout queue, noting when each packet goes out and whether it is speech."""
+
+    def pop_frame(self) -> tuple[bytes, bool]:
+        frame, is_audio = super().pop_frame()
+        TL.caller.append((time.monotonic(), is_audio and level_db(ulaw_decode(frame)) >= LOUD_DB))
+        return frame, is_audio
+
+
+def first_after(events: list[tuple[float, Any]], t: float, want: Any) -> float | None:
+    return next((at for at, v in events if at > t and v == want), None)
+
+
+def silence_start(events: list[tuple[float, bool]], t: float, frames: int = 10) -> float | None:
+    """Start of the first run of ``frames`` non-audio agent packets after ``t`` (the agent went quiet, not
+    a one-frame gap)."""
+    run_start, run = None, 0
+    for at, audio in events:
+        if at <= t:
+            continue
+        if audio:
+            run_start, run = None, 0
+            continue
+        run_start = run_start if run_start is not None else at
+        run += 1
+        if run >= frames:
+            return run_start
+    return None
+
+
+def last_between(events: list[tuple[float, Any]], t0: float, t1: float, want: Any) -> float | None:
+    found = None
+    for at, v in events:
+        if t0 <= at <= t1 and v == want:
+            found = at
+    return found
+
+
+async def wait_agent_quiet(after: float, quiet_s: float, timeout: float) -> bool:
+    """Until the agent has sent audio after ``after`` and then ``quiet_s`` of silence."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        heard = [t for t, audio in TL.agent if audio and t > after]
+        if heard and time.monotonic() - heard[-1] >= quiet_s:
+            return True
+    return False
+
+
+async def wait_agent_audio(after: float, seconds: float, timeout: float) -> float | None:
+    """Until the agent has been sending audio for ``seconds`` since its first audio after ``after``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        start = first_after(TL.agent, after, True)
+        if start is not None and time.monotonic() - start >= seconds:
+            return start
+    return None
+
+
+class Session:
+    """One agent + one caller for a variant."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.agent: agent_mod.Agent | None = None
+        self.clock = MediaClock()
+        self.caller: SipCaller | None = None
+
+    async def __aenter__(self) -> Session:
+        cfg = load_config_text(yaml.safe_dump(self.config), "bench")
+        self.agent = agent_mod.Agent(cfg)
+        await self.agent.start()
+        host, port = self.agent.sip_address
+        self.clock.start()
+        self.caller = SipCaller(self.clock, PortAllocator(30000, 30999), f"sip:agent@{host}:{port}", codec="PCMU")
+        await self.caller.dial()
+        assert self.caller._endpoint is not None
+        self.caller._endpoint.playout = CallerPlayout(160, CODEC_SILENCE["PCMU"])
+        if not await wait_agent_quiet(0.0, 0.5, 15.0):
+            raise RuntimeError("no greeting from the agent")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.caller is not None:
+            await self.caller.hangup()
+        if self.agent is not None:
+            await self.agent.stop()
+        self.clock.stop()
+
+
+async def turn_latency(turns: int, speech: bytes, delay_ms: int, silence_ms: int, jitter_ms: int) -> None:
+    config = agent_config(free_udp_port(), greeting="Hello.", fallback=SHORT_REPLY, silence_ms=silence_ms,
+                          response_delay_ms=delay_ms, jitter_ms=jitter_ms, rtp_ports="31000-31099")
+    rows: dict[str, list[float]] = {k: [] for k in ("total", "naive", "inbound", "backend", "outbound",
+                                                     "overhead", "overhead_nojb")}
+    async with Session(config) as s:
+        assert s.caller is not None
+        for _ in range(turns):
+            TL.clear()
+            s.caller.play(speech)
+            t_play = time.monotonic()
+            if not await wait_agent_quiet(t_play, 0.3, 15.0):
+                print("  turn timed out (no reply)", flush=True)
+                continue
+            c = last_between(TL.caller, t_play, time.monotonic(), True)
+            a_any = first_after(TL.agent, c or 0.0, True)
+            bi = last_between(TL.backend_in, t_play, a_any or 0.0, True)
+            bo = next((t for t, kind in TL.backend_out if bi is not None and t > bi and kind in DELTA_TYPES), None)
+            a = first_after(TL.agent, bo or 0.0, True)
+            if None in (c, bi, bo, a):
+                print("  turn skipped (incomplete timeline)", flush=True)
+                continue
+            assert c is not None and bi is not None and bo is not None and a is not None
+            rows["total"].append(a - c)
+            rows["naive"].append(a - c - delay_ms / 1000)
+            rows["inbound"].append(bi - c)
+            rows["backend"].append(bo - bi)
+            rows["outbound"].append(a - bo)
+            rows["overhead"].append((bi - c) + (a - bo))
+            rows["overhead_nojb"].append((bi - c) + (a - bo) - jitter_ms / 1000)
+            await asyncio.sleep(0.2)
+    print(f"\nturn latency over {len(rows['total'])} turns (response_delay {delay_ms} ms, VAD silence window "
+          f"{silence_ms} ms, jitter buffer {jitter_ms} ms)")
+    print(f"{'segment':<44} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    labels = {
+        "total": "C->A  caller last speech -> agent first audio",
+        "naive": "C->A minus configured response delay",
+        "backend": "Bi->Bo backend (silence+ASR+delay+TTS)",
+        "inbound": "C->Bi bridge inbound (incl. jitter buffer)",
+        "outbound": "Bo->A bridge outbound (incl. tick wait)",
+        "overhead": "bridge overhead = inbound + outbound",
+        "overhead_nojb": "bridge overhead minus jitter buffer depth",
+    }
+    for key, label in labels.items():
+        p = percentiles_ms(rows[key], (50, 95))
+        print(f"{label:<44} {p['p50']:>8.1f} {p['p95']:>8.1f} {p['max']:>8.1f}")
+    p95 = percentiles_ms(rows["overhead"], (95,))["p95"]
+    backend_extra = percentiles_ms(rows["backend"], (50,))["p50"] - silence_ms - delay_ms
+    print(f"bridge overhead p95 vs the 30 ms goal: {p95 / 30:.2f}x; vs the configured response delay: "
+          f"{p95 / delay_ms:.2f}x. Backend beyond its silence window and delay (ASR+TTS), p50: "
+          f"{backend_extra:.0f} ms", flush=True)
+
+
+async def barge_in(turns: int, speech: bytes, mode: str, min_speech_ms: int, jitter_ms: int) -> None:
+    config = agent_config(free_udp_port(), greeting="Hello.", fallback=LONG_REPLY, jitter_ms=jitter_ms,
+                          barge_in={"mode": mode, "min_speech_ms": min_speech_ms, "protect_greeting_ms": 1000},
+                          rtp_ports="31100-31199")
+    latencies: list[float] = []
+    parts: dict[str, list[float]] = {"server speech_started": [], "decision by local-vad": [],
+                                     "decision by server-vad": []}
+    missed = 0
+    async with Session(config) as s:
+        assert s.caller is not None
+        s.caller.play(speech)  # the first question; every barge-in after that is the next question
+        after = time.monotonic()
+        for _ in range(turns):
+            started = await wait_agent_audio(after, 1.0, 20.0)
+            if started is None:
+                print("  the agent did not reply; stopping this variant", flush=True)
+                break
+            TL.clear()
+            s.caller.play(speech)
+            after = time.monotonic()
+            await asyncio.sleep(len(speech) / 48000 + 0.5)
+            onset = first_after(TL.caller, after - 0.001, True)
+            stop = silence_start(TL.agent, onset or after)
+            if onset is None or stop is None:
+                missed += 1
+                continue
+            latencies.append(stop - onset)
+            started_at = next((t for t, kind in TL.backend_out
+                               if t > onset and kind == "input_audio_buffer.speech_started"), None)
+            decided = next(((t, trigger) for t, trigger in TL.decisions if t > onset), None)
+            if started_at is not None:
+                parts["server speech_started"].append(started_at - onset)
+            if decided is not None:
+                parts[f"decision by {decided[1]}"].append(decided[0] - onset)
+    p = percentiles_ms(latencies, (50, 95))
+    print(f"barge-in {mode:<6} min_speech {min_speech_ms:>3} ms  n={len(latencies):<3} missed={missed}  "
+          f"p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  max {p['max']:6.1f} ms;  minus debounce: "
+          f"p50 {p['p50'] - min_speech_ms:6.1f}  p95 {p['p95'] - min_speech_ms:6.1f} ms;  "
+          f"p95 vs 100 ms goal {p['p95'] / 100:.2f}x", flush=True)
+    for name, values in parts.items():
+        q = percentiles_ms(values, (50, 95))
+        print(f"    onset -> {name:<22} n={len(values):<3} p50 {q['p50']:6.1f}  p95 {q['p95']:6.1f} ms", flush=True)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    from sipagent.realtime.local.tts import Synthesizer
+
+    speech = await asyncio.to_thread(Synthesizer().synthesize, QUESTION)
+    print(f"caller utterance: {QUESTION!r} ({len(speech) / 48000:.2f} s, espeak-ng); one call, one process, "
+          "loopback; PCMU")
+    if args.turns > 0:
+        await turn_latency(args.turns, speech, args.delay_ms, args.silence_ms, args.jitter_ms)
+    if args.barge_variants:
+        print(f"\nbarge-in latency over {args.turns} interruptions per variant (caller onset -> agent audio "
+              "stops on the wire)")
+        for variant in args.barge_variants.split(","):
+            mode, _, ms = variant.partition(":")
+            await barge_in(max(1, args.turns), speech, mode, int(ms or 200), args.jitter_ms)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--delay-ms", type=int, default=200, help="the backend's response_delay_ms")
+    parser.add_argument("--silence-ms", type=int, default=500, help="the server VAD silence window")
+    parser.add_argument("--jitter-ms", type=int, default=60, help="the agent's media.jitter_ms")
+    parser.add_argument("--barge-variants", default="local:200,local:60,server:200")
+    args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    install_observers()
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

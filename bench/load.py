@@ -1,0 +1,156 @@
+"""Load benchmark: N simultaneous calls into ONE agent process, N stepped up until quality breaks.
+
+The agent runs in its own OS process as ``sipagent run`` does (bench/_common.py: AgentProcess), direct mode on
+127.0.0.1, local backend in-process. This process is the load generator: N SipCallers on their own media
+clock. Load applied per call: SIP INVITE/ACK/BYE, G.711 (PCMU) RTP both ways every 20 ms, the agent's
+whole inbound path for every frame (jitter buffer, decode, echo-aware VAD, ``input_audio_buffer.append`` to
+the backend, whose server VAD runs on it), and the agent speaking a ~30 s greeting (TTS cached after the
+first call; the backend streams it in 40 ms deltas in real time) during the whole measurement window.
+Callers send silence frames (they never speak, so no ASR runs).
+
+Measured inside the agent process, over a ``--seconds`` window after all N calls are up:
+- send deviation: for every packet of every call, send time minus its 20 ms deadline (the MediaClock
+  probe), p50/p99/max;
+- underruns: the playout queue of a call ran dry between two audio frames of the greeting (the listener
+  hears a gap), as events and 20 ms frames;
+- CPU% of the agent process (utime+stime from /proc/PID/stat over the window) and RSS, both also per call
+  (RSS per call = (RSS with N calls - RSS idle before the step) / N; a fresh agent per step).
+
+Verdict per step against the named goal: p99 <= 2 ms and no underrun. Stops at the first failing step.
+
+Usage: python bench/load.py [--counts 10,50,100,200,300] [--seconds 8] [--budget 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import AgentProcess, QuietCaller, agent_config, free_udp_port, write_config
+from sipagent.media.clock import MediaClock
+from sipagent.rtp.ports import PortAllocator
+
+GOAL_P99_MS = 2.0
+
+
+@dataclass
+class Step:
+    n: int
+    answered: int
+    p50: float
+    p99: float
+    worst: float
+    underruns: int
+    underrun_frames: int
+    cpu_pct: float
+    rss_mb: float
+    rss_idle_mb: float
+    setup_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.answered == self.n and self.p99 <= GOAL_P99_MS and self.underruns == 0
+
+
+async def dial_all(target: str, n: int, clock: MediaClock, ports: PortAllocator,
+                   concurrency: int) -> list[QuietCaller]:
+    gate = asyncio.Semaphore(concurrency)
+    callers = [QuietCaller(clock, ports, target, codec="PCMU", user=f"load{i}") for i in range(n)]
+
+    async def dial(caller: QuietCaller) -> None:
+        async with gate:
+            await caller.dial(timeout=15.0)
+
+    results = await asyncio.gather(*(dial(c) for c in callers), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        print(f"  {len(failed)} of {n} calls failed to connect: {failed[0]!r}", flush=True)
+    return [c for c, r in zip(callers, results, strict=True) if not isinstance(r, BaseException)]
+
+
+async def run_step(n: int, seconds: float, workdir: Path, concurrency: int) -> Step:
+    sip_port = free_udp_port()
+    config = write_config(workdir / f"load-{n}.yaml", agent_config(sip_port))
+    agent = AgentProcess(config, log_path=workdir / f"agent-{n}.log")
+    agent.start()
+    assert agent.stats is not None
+    clock = MediaClock()
+    clock.start()
+    ports = PortAllocator(30000, 39999)
+    callers: list[QuietCaller] = []
+    try:
+        await asyncio.sleep(0.5)
+        idle = agent.stats.sample()
+        t0 = time.monotonic()
+        callers = await dial_all(f"sip:agent@127.0.0.1:{sip_port}", n, clock, ports, concurrency)
+        setup = time.monotonic() - t0
+        # The window opens once every caller hears its greeting (the first synthesis is behind us).
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline and any(c.heard.audio_frames == 0 for c in callers):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        agent.request("report")  # reset the agent's counters: the window starts now
+        cpu0, wall0 = agent.stats.cpu_seconds(), time.monotonic()
+        await asyncio.sleep(seconds)
+        figures = await asyncio.to_thread(agent.request, "report")
+        cpu, wall = agent.stats.cpu_seconds() - cpu0, time.monotonic() - wall0
+        busy = agent.stats.sample()
+    finally:
+        await asyncio.gather(*(c.hangup() for c in callers), return_exceptions=True)
+        clock.stop()
+        agent.stop()
+    dev = figures["dev"]
+    return Step(n, len(callers), dev["p50"], dev["p99"], dev["max"], figures["underruns"],
+                figures["underrun_frames"], 100 * cpu / wall, busy.rss_kb / 1024, idle.rss_kb / 1024, setup)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", default="10,50,100,200,300,400")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per step")
+    parser.add_argument("--budget", type=float, default=300.0, help="skip steps that would end after this")
+    parser.add_argument("--concurrency", type=int, default=20, help="INVITEs in flight at once")
+    parser.add_argument("--keep-going", action="store_true", help="run every step even after one fails")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+
+    print(f"goal: p99 send deviation <= {GOAL_P99_MS} ms and no underrun "
+          f"(deviation measured in the agent process; {args.seconds:g} s window per step)")
+    print(f"{'N':>5} {'up':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'p99/goal':>8} {'underrun':>8} "
+          f"{'CPU%':>6} {'CPU%/call':>9} {'RSS MB':>7} {'MB/call':>7} {'setup s':>7}  verdict", flush=True)
+    best = 0
+    started = time.monotonic()
+    last_step_s = 0.0
+    with tempfile.TemporaryDirectory(prefix="sipagent-load-") as tmp:
+        for n in counts:
+            if time.monotonic() - started + last_step_s * 1.5 > args.budget:
+                print(f"(stopping before N={n}: the --budget of {args.budget:g} s would be exceeded)")
+                break
+            t = time.monotonic()
+            step = asyncio.run(run_step(n, args.seconds, Path(tmp), args.concurrency))
+            last_step_s = time.monotonic() - t
+            per_call_mb = (step.rss_mb - step.rss_idle_mb) / max(1, step.answered)
+            print(f"{step.n:>5} {step.answered:>5} {step.p50:>7.3f} {step.p99:>7.3f} {step.worst:>7.2f} "
+                  f"{step.p99 / GOAL_P99_MS:>7.2f}x {step.underruns:>3}/{step.underrun_frames:<4} "
+                  f"{step.cpu_pct:>6.1f} {step.cpu_pct / max(1, step.answered):>9.3f} {step.rss_mb:>7.1f} "
+                  f"{per_call_mb:>7.3f} {step.setup_s:>7.1f}  {'holds' if step.ok else 'BREAKS'}", flush=True)
+            if step.ok:
+                best = max(best, n)
+            elif not args.keep_going:
+                break
+    print(f"largest N holding p99 <= {GOAL_P99_MS} ms with no underrun: {best or 'none'} "
+          f"(issue goal: >= 200 calls, ratio {best / 200:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,54 @@
+"""Each benchmark script runs end to end in a tiny configuration and prints its figures (so they cannot rot).
+
+Speed is not asserted; only that the run completes, the calls connect and the figures are numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(120)
+
+
+def run_bench(script: str, *args: str, timeout: float = 100) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_load_two_calls() -> None:
+    out = run_bench("load.py", "--counts", "2", "--seconds", "2", "--keep-going")
+    row = next(line for line in out.splitlines() if re.match(r"\s+2\s+\d+\s", line))
+    fields = row.split()
+    assert fields[1] == "2", out  # both calls connected
+    assert float(fields[3]) >= 0 and fields[-1] in ("holds", "BREAKS")
+    assert "largest N holding" in out
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_latency_two_turns() -> None:
+    out = run_bench("latency.py", "--turns", "2", "--barge-variants", "local:60")
+    overhead = re.search(r"bridge overhead = inbound \+ outbound\s+([\d.]+)\s+([\d.]+)", out)
+    assert overhead, out
+    assert float(overhead.group(1)) > 0
+    barge = re.search(r"barge-in local\s+min_speech\s+60 ms\s+n=(\d+)", out)
+    assert barge and int(barge.group(1)) >= 1, out
+
+
+def test_soak_returns_to_idle() -> None:
+    out = run_bench("soak.py", "--calls", "2", "--minutes", "0.15", "--hold", "1,2", "--every", "2")
+    assert re.search(r"\d+ calls placed, 0 failed", out), out
+    # The one growth check that holds even in a tiny run: every call's RTP ports and tasks are released.
+    for metric in ("ports_in_use", "rtp_udp", "bridges"):
+        row = next(line for line in out.splitlines() if line.startswith(metric))
+        assert row.split()[-1] == "+0.0", row
