@@ -44,6 +44,7 @@ from sipagent.realtime import events as ev
 log = logging.getLogger(__name__)
 
 FRAME_24K_BYTES = 960  # 20 ms of 24 kHz PCM16
+BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
 DTMF_FLUSH_S = 1.5  # digits typed with pauses shorter than this go to the model together
 
 
@@ -389,8 +390,10 @@ class CallBridge:
             self._check_session_formats(event.get("session", {}))
         elif kind == "error":
             error = event.get("error", {})
-            log.warning("[%s] Realtime error %s: %s", self.call.call_id, error.get("code") or error.get("type"),
-                        error.get("message"))
+            code = error.get("code") or error.get("type")
+            # A barge-in races the server's own cancellation; losing that race is expected, not a fault.
+            level = logging.DEBUG if code in BENIGN_ERRORS else logging.WARNING
+            log.log(level, "[%s] Realtime error %s: %s", self.call.call_id, code, error.get("message"))
             self._record("event", event="realtime-error", code=error.get("code"), message=error.get("message"))
             if self.metrics:
                 self.metrics.realtime_error(str(error.get("code") or error.get("type") or "unknown"))

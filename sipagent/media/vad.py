@@ -33,8 +33,11 @@ def level_db(pcm: bytes) -> float:
 class VadSettings:
     threshold_db: float = -35.0  # absolute floor: quieter than this is never speech
     min_speech_ms: int = 200  # the window speech is judged over (debounces clicks, coughs, "uh")
-    speech_ratio: float = 0.6  # share of that window's frames that must be loud: speech has soft sounds too
-    echo_margin_db: float = 12.0  # caller must be within this of the agent's recent peak level to be speech
+    speech_ratio: float = 0.5  # share of that window's frames that must be loud: speech has soft sounds too
+    # The caller must be within this of the agent's loudest recent frame to be speech. Line echo returns
+    # the agent 15-30 dB down (hybrids, speakerphones), so 15 dB keeps echo out while a caller talking
+    # over the agent, a little quieter than it, still counts.
+    echo_margin_db: float = 15.0
     echo_window_ms: int = 300  # how far back the agent's level is remembered (covers line echo delay)
     frame_ms: int = 20
 

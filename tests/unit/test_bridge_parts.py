@@ -48,13 +48,13 @@ def run_vad(vad: EchoAwareVad, frames: list[tuple[float, float]]) -> list[int]:
 
 def test_vad_needs_min_speech_and_ignores_short_noise() -> None:
     vad = EchoAwareVad(VadSettings(threshold_db=-35, min_speech_ms=200))
-    # 100 ms burst: a cough or a click, never speech.
-    assert run_vad(vad, [(-96, -15)] * 5 + [(-96, -96)] * 20) == []
+    # 80 ms burst: a click or a knock, never speech.
+    assert run_vad(vad, [(-96, -15)] * 4 + [(-96, -96)] * 20) == []
     vad = EchoAwareVad(VadSettings(threshold_db=-35, min_speech_ms=200))
-    assert run_vad(vad, [(-96, -20)] * 30) == [5]  # declared once 60 % of 200 ms was loud, once
+    assert run_vad(vad, [(-96, -20)] * 30) == [4]  # declared once half of 200 ms was loud, once
     # Speech with soft sounds in it (every third frame quiet) still counts.
     vad = EchoAwareVad(VadSettings(threshold_db=-35, min_speech_ms=200))
-    assert run_vad(vad, [(-96, -20), (-96, -20), (-96, -60)] * 10) == [7]
+    assert run_vad(vad, [(-96, -20), (-96, -20), (-96, -60)] * 10) == [6]
 
 
 def test_vad_rejects_echo_but_hears_a_caller_over_the_agent() -> None:
@@ -62,7 +62,7 @@ def test_vad_rejects_echo_but_hears_a_caller_over_the_agent() -> None:
     vad = EchoAwareVad(VadSettings(threshold_db=-45, min_speech_ms=200))
     assert run_vad(vad, [(-12, -32)] * 100) == []
     # The caller talks over the agent at -18 dBFS: speech.
-    assert run_vad(vad, [(-12, -18)] * 20) == [5]
+    assert run_vad(vad, [(-12, -18)] * 20) == [4]
 
 
 def test_barge_in_policy_modes() -> None:
