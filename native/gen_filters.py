@@ -19,9 +19,9 @@ from scipy import signal
 
 # name: (prototype rate, taps, passband edge, stopband edge, stopband weight)
 DESIGNS = {
-    "p24": (24000, 84, 3400.0, 4400.0, 18.0),
-    "p16": (16000, 56, 3400.0, 4400.0, 18.0),
-    "p48": (48000, 168, 7000.0, 8000.0, 18.0),
+    "p24": (24000, 84, 3400.0, 4400.0, 30.0),
+    "p16": (16000, 56, 3400.0, 4400.0, 30.0),
+    "p48": (48000, 168, 7000.0, 8000.0, 30.0),
 }
 # (from, to) -> (prototype, up L, down M)
 PAIRS = {

@@ -44,12 +44,10 @@ size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsig
                 stage[2 * i] = (float)pair[0];
                 stage[2 * i + 1] = (float)pair[1];
             }
-        } else if (d->codec == SK_CODEC_PCMU) {
-            for (int i = 0; i < c; i++)
-                stage[i] = (float)sk_ulaw_table[payload[i]];
         } else {
+            const float *tab = d->codec == SK_CODEC_PCMU ? sk_ulaw_ftable : sk_alaw_ftable;
             for (int i = 0; i < c; i++)
-                stage[i] = (float)sk_alaw_table[payload[i]];
+                stage[i] = tab[payload[i]];
         }
         size_t k = sk_rs_commit(&d->rs, g722 ? 2 * c : c, res);
         store_pcm(out + 2 * written, res, k);

@@ -7,15 +7,6 @@
  */
 #include "sk_internal.h"
 
-#define R2(x) x, x
-#define R4(x) R2(x), R2(x)
-#define R8(x) R4(x), R4(x)
-#define R16(x) R8(x), R8(x)
-#define R32(x) R16(x), R16(x)
-#define R64(x) R32(x), R32(x)
-#define R128(x) R64(x), R64(x)
-const unsigned char sk_log2_tab[256] = {0, 0, R2(1), R4(2), R8(3), R16(4), R32(5), R64(6), R128(7)};
-
 /* μ-law: complement, then (mantissa * 8 + bias) << segment, minus the bias. */
 #define ULAW_T(u) ((((((u) & 0x0F) << 3) + 0x84) << (((u) & 0x70) >> 4)) - 0x84)
 #define ULAW(c) ((((~(c)) & 0x80) ? -ULAW_T((~(c)) & 0xFF) : ULAW_T((~(c)) & 0xFF)))
@@ -31,6 +22,9 @@ const unsigned char sk_log2_tab[256] = {0, 0, R2(1), R4(2), R8(3), R16(4), R32(5
 #define T256(f) T64(f, 0), T64(f, 64), T64(f, 128), T64(f, 192)
 const int16_t sk_ulaw_table[256] = {T256(ULAW)};
 const int16_t sk_alaw_table[256] = {T256(ALAW)};
+/* The same as floats, for the fused decoders that feed the resampler (saves a conversion per sample). */
+const float sk_ulaw_ftable[256] = {T256(ULAW)};
+const float sk_alaw_ftable[256] = {T256(ALAW)};
 
 void sk_ulaw_encode(const unsigned char *pcm, size_t n, unsigned char *out)
 {

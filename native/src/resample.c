@@ -14,7 +14,6 @@
 
 #define HIST (SK_RS_MAX_TAPS - 1)
 #define OSTRIDE (SK_RS_CHUNK + 8)         /* per-branch output scratch: >= c/M + 1 outputs per branch */
-#define DSTRIDE ((HIST + SK_RS_CHUNK) / 2 + 2) /* per-stream input scratch when M >= 2 */
 
 #if defined(__GNUC__)
 #define SK_INLINE static inline __attribute__((always_inline))
@@ -131,45 +130,38 @@ SK_INLINE int16_t to_s16(float y)
  * registers (16 vector registers: 8 accumulators of 4 lanes for SSE2/NEON, 8 of 8 lanes for AVX2). */
 #define FIR_LANES(WIDE)                                                                          \
     int j = 0;                                                                                   \
-    if (xs == NULL) {                                                                            \
-        FIR_PASS(WIDE, x0 + i)                                                                   \
-        FIR_PASS(32, x0 + i)                                                                     \
-        FIR_PASS(8, x0 + i)                                                                      \
-        FIR_PASS(1, x0 + i)                                                                      \
-    } else {                                                                                     \
-        FIR_PASS(WIDE, xs[i])                                                                    \
-        FIR_PASS(32, xs[i])                                                                      \
-        FIR_PASS(8, xs[i])                                                                       \
-        FIR_PASS(1, xs[i])                                                                       \
-    }
+    FIR_PASS(WIDE, xs[i])                                                                        \
+    FIR_PASS(32, xs[i])                                                                          \
+    FIR_PASS(8, xs[i])                                                                           \
+    FIR_PASS(1, xs[i])
 
-static void fir_base(const float *restrict h, const float *x0, const float *const *restrict xs, int k, int n,
-                     int16_t *restrict y)
+static void fir_base(const float *restrict h, const float *const *restrict xs, int k, int n, int16_t *restrict y)
 {
     FIR_LANES(32)
 }
 
 #ifdef SK_X86_DISPATCH
-__attribute__((target("avx2"))) static void fir_avx2(const float *restrict h, const float *x0,
-                                                     const float *const *restrict xs, int k, int n,
-                                                     int16_t *restrict y)
+__attribute__((target("avx2"))) static void fir_avx2(const float *restrict h, const float *const *restrict xs,
+                                                     int k, int n, int16_t *restrict y)
 {
     FIR_LANES(64)
 }
 #endif
 
+#define DSTRIDE ((HIST + SK_RS_CHUNK) / 2 + 2) /* per-stream input scratch when M >= 2 */
+
 size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
 {
     const int up = r->up, down = r->down, k = r->taps;
-    float *z = r->buf + (HIST - (k - 1)); /* window index 0: K-1 history samples, then c new ones */
-    const int t0 = r->t;
+    const float *z = r->buf + (HIST - (k - 1)); /* window index 0: K-1 history samples, then c new ones */
+    const int t0 = r->t, total = k - 1 + c;
     const int n_out = c * up > t0 ? (c * up - t0 + down - 1) / down : 0;
     float streams[3 * DSTRIDE];
     int16_t y[3 * OSTRIDE];
     const float *x[SK_RS_MAX_TAPS];
 
     if (down > 1) { /* split the window into M streams: stream s holds z[M*i + s] */
-        const int total = k - 1 + c, groups = total / down;
+        const int groups = total / down;
         float *s0 = streams, *s1 = streams + DSTRIDE, *s2 = streams + 2 * DSTRIDE;
         if (down == 2) {
             for (int i = 0; i < groups; i++) {
@@ -183,28 +175,51 @@ size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
                 s2[i] = z[3 * i + 2];
             }
         }
-        for (int q = groups * down; q < total; q++) /* the incomplete last group */
-            streams[(q % down) * DSTRIDE + q / down] = z[q];
+        for (int q = groups * down, s = 0; q < total; q++, s++) /* the incomplete last group */
+            streams[s * DSTRIDE + groups] = z[q];
     }
+    const float *const base[3] = {down > 1 ? streams : z, streams + DSTRIDE, streams + 2 * DSTRIDE};
     const int branches = n_out < up ? n_out : up;
     for (int b = 0; b < branches; b++) { /* outputs b, b+L, b+2L, ... of this chunk */
         const int tb = t0 + b * down, start = tb / up, phase = tb % up;
         const int nb = (n_out - b + up - 1) / up;
-        if (down > 1) {
-            for (int i = 0, q = start; i < k; i++, q++)
-                x[i] = streams + (q % down) * DSTRIDE + q / down;
+        /* tap i reads z[start + i + M*j] = stream s from idx, stepped without a division per tap */
+        unsigned s = (unsigned)(start % down), idx = (unsigned)(start / down);
+        for (int i = 0; i < k; i++) {
+            x[i] = base[s] + idx;
+            s++;
+            idx += s == (unsigned)down;
+            s = s == (unsigned)down ? 0 : s;
         }
         const float *h = r->coef + (size_t)phase * (size_t)k;
-        const float *const *xs = down > 1 ? x : NULL;
         int16_t *dst = up == 1 ? out : y + b * OSTRIDE; /* L = 1: straight into place */
 #ifdef SK_X86_DISPATCH
         if (simd_level > 0)
-            fir_avx2(h, z + start, xs, k, nb, dst);
+            fir_avx2(h, x, k, nb, dst);
         else
 #endif
-            fir_base(h, z + start, xs, k, nb, dst);
+            fir_base(h, x, k, nb, dst);
     }
-    if (up > 1) { /* interleave the branches: output b + L*j */
+    if (up == 3 && branches == 3) { /* interleave the branches: output b + L*j */
+        const int n0 = n_out / 3;
+        const int16_t *y0 = y, *y1 = y + OSTRIDE, *y2 = y + 2 * OSTRIDE;
+        for (int j = 0; j < n0; j++) {
+            out[3 * j] = y0[j];
+            out[3 * j + 1] = y1[j];
+            out[3 * j + 2] = y2[j];
+        }
+        for (int o = 3 * n0; o < n_out; o++)
+            out[o] = y[(o - 3 * n0) * OSTRIDE + n0];
+    } else if (up == 2 && branches == 2) {
+        const int n0 = n_out / 2;
+        const int16_t *y0 = y, *y1 = y + OSTRIDE;
+        for (int j = 0; j < n0; j++) {
+            out[2 * j] = y0[j];
+            out[2 * j + 1] = y1[j];
+        }
+        if (n_out & 1)
+            out[n_out - 1] = y0[n0];
+    } else if (up > 1) {
         for (int b = 0; b < branches; b++) {
             const int16_t *yb = y + b * OSTRIDE;
             const int nb = (n_out - b + up - 1) / up;
@@ -213,7 +228,7 @@ size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
         }
     }
     r->t = t0 + n_out * down - c * up;
-    memmove(z, z + c, (size_t)(k - 1) * sizeof(float));
+    memmove(r->buf + (HIST - (k - 1)), z + c, (size_t)(k - 1) * sizeof(float));
     return (size_t)n_out;
 }
 

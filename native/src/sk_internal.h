@@ -55,29 +55,42 @@ static inline int sat16(int v)
     return clamp_int(v, -32768, 32767);
 }
 
-/* G.711 (g711.c): decoding tables and floor(log2(i)) for the encoders' segment search. */
+/* G.711 (g711.c): decoding tables, as int16 and as float. */
 extern const int16_t sk_ulaw_table[256];
 extern const int16_t sk_alaw_table[256];
-extern const unsigned char sk_log2_tab[256];
+extern const float sk_ulaw_ftable[256];
+extern const float sk_alaw_ftable[256];
 
-/* Branchless: the segment is the position of the top bit, found by one table lookup. */
+/* Float bits of a small positive integer: exponent = position of its top bit, and the next mantissa
+ * bits follow it, exact below 2^24. This finds a G.711 segment and its 4-bit step with no table, so the
+ * encoders' loops vectorise (memcpy is the portable type pun; compilers emit a plain move). */
+static inline int32_t sk_top_bits(int32_t v)
+{
+    float f = (float)v;
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    return (int32_t)(u >> 19); /* (biased exponent << 4) | top 4 mantissa bits */
+}
+
 static inline unsigned char sk_ulaw_from_linear(int sample)
 {
-    int v = sample >> 2; /* 14-bit magnitude domain */
-    int mask = v < 0 ? 0x7F : 0xFF;
+    int32_t v = sample >> 2; /* 14-bit magnitude domain */
+    int32_t mask = v < 0 ? 0x7F : 0xFF;
     v = v < 0 ? -v : v;
     v = (v > 8158 ? 8158 : v) + 33; /* clip (8158 and 8159 share the top code); bias: segments at 2^k */
-    int seg = sk_log2_tab[v >> 5];
-    return (unsigned char)(((seg << 4) | ((v >> (seg + 1)) & 0x0F)) ^ mask);
+    /* v in [33, 8191]: segment = top bit - 5, step = the 4 bits below the top bit */
+    return (unsigned char)((sk_top_bits(v) - ((127 + 5) << 4)) ^ mask);
 }
 
 static inline unsigned char sk_alaw_from_linear(int sample)
 {
-    int v = sample >> 3; /* 13-bit domain */
-    int mask = v < 0 ? 0x55 : 0xD5;
-    v = v < 0 ? -v - 1 : v;
-    int seg = sk_log2_tab[v >> 4]; /* v <= 4095: 0 below 32, then one per octave */
-    return (unsigned char)(((seg << 4) | ((v >> (seg + (seg == 0))) & 0x0F)) ^ mask);
+    int32_t v = sample >> 3; /* 13-bit domain */
+    int32_t mask = v < 0 ? 0x55 : 0xD5;
+    v = v < 0 ? -v - 1 : v; /* v <= 4095: segment 0 below 32 (step v/2), then one per octave */
+    int32_t top = sk_top_bits(v) - ((127 + 4) << 4); /* computed for every v: a select, not a branch */
+    int32_t low = -(int32_t)(v < 32); /* all ones in segment 0 */
+    int32_t code = (top & ~low) | ((v >> 1) & low);
+    return (unsigned char)(code ^ mask);
 }
 /* The resampler consumes up to SK_RS_CHUNK new samples written as floats at sk_rs_stage(), then
  * sk_rs_commit() writes the outputs they complete (at most c*L/M + 1) and keeps the history. */

@@ -86,18 +86,22 @@ def alaw_decode(data: bytes) -> bytes:
 class _Buffer:
     """A reusable output buffer that grows to the largest input seen (no allocation per frame)."""
 
-    __slots__ = ("_slack", "cap_in", "mem", "per_in")
+    __slots__ = ("_slack", "cap_in", "mem", "per_in", "view")
 
     def __init__(self, cap_in: int, per_in: float, slack: int) -> None:
         self.per_in = per_in
         self.cap_in = 0
         self.mem: Any = None
+        self.view: Any = None
         self._slack = slack
         self.grow(cap_in)
 
     def grow(self, n_in: int) -> None:
         self.cap_in = max(n_in, 2 * self.cap_in)
         self.mem = ffi.new("char[]", int(self.cap_in * self.per_in) + self._slack)
+        # Slicing a cached ffi.buffer copies straight into a new immutable bytes: measured 78 ns for
+        # 960 bytes against 106 ns for ffi.unpack and 207 ns for bytes(ffi.buffer(mem, k)).
+        self.view = ffi.buffer(self.mem)
 
 
 class Resampler:
@@ -129,7 +133,7 @@ class Resampler:
         if n > buf.cap_in:
             buf.grow(n)
         k = lib.sk_resampler_process(self._state, pcm, n, buf.mem)
-        return ffi.unpack(buf.mem, k)  # type: ignore[no-any-return]
+        return buf.view[:k]  # type: ignore[no-any-return]
 
     def reset(self) -> None:
         """Forget history (e.g. after a discontinuity) without reallocating."""
@@ -152,7 +156,7 @@ class G722Encoder:
         if n > buf.cap_in:
             buf.grow(n)
         k = lib.sk_g722_encode(self._state, pcm16k, n, buf.mem)
-        return ffi.unpack(buf.mem, k)  # type: ignore[no-any-return]
+        return buf.view[:k]  # type: ignore[no-any-return]
 
 
 class G722Decoder:
@@ -171,7 +175,7 @@ class G722Decoder:
         if n > buf.cap_in:
             buf.grow(n)
         k = lib.sk_g722_decode(self._state, data, n, buf.mem)
-        return ffi.unpack(buf.mem, k)  # type: ignore[no-any-return]
+        return buf.view[:k]  # type: ignore[no-any-return]
 
 
 def _codec_id(codec: str) -> int:
@@ -183,49 +187,46 @@ def _codec_id(codec: str) -> int:
 
 _dec24k_run: Any = lib.sk_dec24k_run  # bound once: the per-frame methods skip the `lib` attribute lookup
 _enc24k_run: Any = lib.sk_enc24k_run
-_unpack: Any = ffi.unpack
 
 
 class Decoder24k:
     """RTP payload (PCMU, PCMA or G722) → 24 kHz PCM16, 6 output bytes per payload byte, one FFI call."""
 
-    __slots__ = ("_buf", "_cap", "_mem", "_state", "codec")
+    __slots__ = ("_buf", "_cap", "_mem", "_state", "_view", "codec")
 
     def __init__(self, codec: str) -> None:
         self.codec = codec.upper()
         self._state = ffi.new("sk_dec24k *")
         lib.sk_dec24k_init(self._state, _codec_id(codec))
         self._buf = _Buffer(FRAME_PAYLOAD_BYTES, 6, 0)
-        self._cap, self._mem = self._buf.cap_in, self._buf.mem
+        self._cap, self._mem, self._view = self._buf.cap_in, self._buf.mem, self._buf.view
 
     def decode(self, payload: bytes) -> bytes:
         n = len(payload)
         if n > self._cap:  # rare: a longer payload than any before
             self._buf.grow(n)
-            self._cap, self._mem = self._buf.cap_in, self._buf.mem
-        mem = self._mem
-        return _unpack(mem, _dec24k_run(self._state, payload, n, mem))  # type: ignore[no-any-return]
+            self._cap, self._mem, self._view = self._buf.cap_in, self._buf.mem, self._buf.view
+        return self._view[: _dec24k_run(self._state, payload, n, self._mem)]  # type: ignore[no-any-return]
 
 
 class Encoder24k:
     """24 kHz PCM16 of any length → RTP payload bytes (8000 per second); remainders carry over."""
 
-    __slots__ = ("_buf", "_cap", "_mem", "_state", "codec")
+    __slots__ = ("_buf", "_cap", "_mem", "_state", "_view", "codec")
 
     def __init__(self, codec: str) -> None:
         self.codec = codec.upper()
         self._state = ffi.new("sk_enc24k *")
         lib.sk_enc24k_init(self._state, _codec_id(codec))
         self._buf = _Buffer(960, 1 / 6, 4)
-        self._cap, self._mem = self._buf.cap_in, self._buf.mem
+        self._cap, self._mem, self._view = self._buf.cap_in, self._buf.mem, self._buf.view
 
     def encode(self, pcm24k: bytes) -> bytes:
         n = len(pcm24k)
         if n > self._cap:
             self._buf.grow(n)
-            self._cap, self._mem = self._buf.cap_in, self._buf.mem
-        mem = self._mem
-        return _unpack(mem, _enc24k_run(self._state, pcm24k, n, mem))  # type: ignore[no-any-return]
+            self._cap, self._mem, self._view = self._buf.cap_in, self._buf.mem, self._buf.view
+        return self._view[: _enc24k_run(self._state, pcm24k, n, self._mem)]  # type: ignore[no-any-return]
 
 
 # One 20 ms payload of silence per codec. G.722 has no single silence code: 0xFF (smallest lower-band
