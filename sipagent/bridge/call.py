@@ -604,7 +604,8 @@ class CallBridge:
             return
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
-            busy = self.media.buffered_ms > 0 or self.conversation.response_active or self._pending_action
+            busy = (self.media.buffered_ms > 0 or self.conversation.response_active or self._pending_action
+                    or self.state != "live")  # e.g. transferring: never prompt a caller being put through
             if busy or self.vad.speaking:
                 self._last_activity = time.monotonic()
                 continue

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from sipagent.rtp.seq import ts_diff
 
+LATE_RUN_RESYNC = 3  # this many late packets in a row restart the buffer at the sender's timeline
+
 
 class FrameKind(enum.Enum):
     AUDIO = "audio"
@@ -78,6 +80,7 @@ class JitterBuffer:
         self._last: bytes | None = None
         self._concealing = 0
         self._recent: list[int] = []  # recently played timestamps, to tell duplicates from late packets
+        self._late_run = 0  # consecutive late packets
 
     @classmethod
     def from_ms(cls, silence: bytes, jitter_ms: int) -> JitterBuffer:
@@ -112,12 +115,19 @@ class JitterBuffer:
                 if timestamp in self._recent:
                     self.stats.duplicates += 1
                     return PutResult.DUPLICATE
-                self.stats.late += 1
-                return PutResult.LATE
+                self._late_run += 1
+                if self._late_run < LATE_RUN_RESYNC:
+                    self.stats.late += 1
+                    return PutResult.LATE
+                # Several late packets in a row are not stragglers: the sender paused without moving its
+                # timestamps on, or its clock is slow. Follow it rather than dropping it forever.
+                self._restart(ssrc, timestamp)
+                resynced = True
         if timestamp in self._frames:
             self.stats.duplicates += 1
             return PutResult.DUPLICATE
         self._frames[timestamp] = payload
+        self._late_run = 0
         self.stats.accepted += 1
         if resynced:
             self.stats.resyncs += 1

@@ -54,8 +54,14 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+# Ports handed out by free_port in this process: a peer binds its ports only when it starts (RTP ones
+# only when a call starts), so a range handed out earlier may still look free while it is spoken for.
+_ISSUED: set[int] = set()
+
+
 def free_port(span: int = 1) -> int:
-    """A port ``p`` such that ``p .. p+span-1`` are free for both UDP and TCP on 127.0.0.1.
+    """A port ``p`` such that ``p .. p+span-1`` are free for both UDP and TCP on 127.0.0.1, and not
+    handed out before by this process.
 
     The kernel picks the candidate (bind to port 0), so parallel runs rarely collide.
     """
@@ -63,7 +69,9 @@ def free_port(span: int = 1) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind((LOCALHOST, 0))
             base = int(sock.getsockname()[1])
-        if base + span < 65536 and all(_port_is_free(base + i) for i in range(span)):
+        ports = range(base, base + span)
+        if base + span < 65536 and _ISSUED.isdisjoint(ports) and all(_port_is_free(p) for p in ports):
+            _ISSUED.update(ports)
             return base
     raise RuntimeError("no free port range found on 127.0.0.1")
 
@@ -195,13 +203,18 @@ class Baresip:
     """A baresip phone registered as ``user`` on the test Kamailio, driven over its ctrl_tcp socket.
 
     Its SIP port + 1 is left free because baresip also opens it (for TLS).
+    ``codecs`` limits what the account offers and accepts (baresip names: "PCMU", "PCMA", "G722");
+    ``record`` loads the sndfile module, which writes what the phone hears (and sends) to WAV files.
     """
 
-    def __init__(self, workdir: Path, user: str, registrar: str, *, answer: bool = False) -> None:
+    def __init__(self, workdir: Path, user: str, registrar: str, *, answer: bool = False,
+                 codecs: list[str] | None = None, record: bool = False) -> None:
         self.workdir = workdir
         self.user = user
         self.registrar = registrar
         self.answer = answer
+        self.codecs = codecs
+        self.record = record
         self.sip_port = free_port(span=2)
         self.ctrl_port = free_port()
         self.rtp_port = free_port(span=10)
@@ -216,7 +229,9 @@ class Baresip:
 
     def _write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        write_silence_wav(self.workdir / "send.wav", 60.0)
+        if self.record:
+            self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        write_silence_wav(self.workdir / "send.wav", 60.0, rate=self.source_rate)
         config = "\n".join([
             "poll_method epoll",
             f"sip_listen {LOCALHOST}:{self.sip_port}",
@@ -229,6 +244,7 @@ class Baresip:
             "module g711.so",
             "module g722.so",
             "module aufile.so",
+            *(["module sndfile.so", f"snd_path {self.recordings_dir}"] if self.record else []),
             "module_app account.so",
             "module_app menu.so",
             "module_app ctrl_tcp.so",
@@ -237,6 +253,10 @@ class Baresip:
         ])
         (self.workdir / "config").write_text(config)
         mode = ";answermode=auto" if self.answer else ""
+        if self.codecs:
+            # With no rate baresip assumes 8000 Hz, which G.722 (16000 Hz) does not match.
+            rates = {"G722": 16000}
+            mode += ";audio_codecs=" + ",".join(f"{c}/{rates.get(c, 8000)}/1" for c in self.codecs)
         account = (
             f"<sip:{self.user}@{self.registrar};transport=udp>;auth_pass=secret{self.user};regint=300{mode}\n"
         )
@@ -302,6 +322,49 @@ class Baresip:
 
     async def hangup(self) -> None:
         await self.command("hangup")
+
+    async def accept(self) -> None:
+        """Answer the ringing incoming call."""
+        await self.command("accept")
+
+    async def set_source(self, wav: Path) -> None:
+        """Switch the audio source of the current call to ``wav`` (aufile plays it from its start)."""
+        await self.command("ausrc", f"aufile,{wav}")
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Send ``digits`` on the current call (RFC 4733 telephone-events when negotiated)."""
+        await self.command("sndcode", digits)
+
+    @property
+    def source_rate(self) -> int:
+        """The sample rate WAV sources must have: aufile refuses a file whose rate differs from the
+        codec's, and G.722 runs at 16 kHz (offered only when ``codecs`` names it)."""
+        return 16000 if self.codecs and "G722" in self.codecs else 8000
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.workdir / "heard"
+
+    def recordings(self, kind: str = "dec") -> list[Path]:
+        """The sndfile dumps, oldest first: "dec" is what the phone heard, "enc" what it sent."""
+        return sorted(self.recordings_dir.glob(f"dump-*-{kind}.wav"), key=lambda path: path.stat().st_mtime)
+
+    def count_events(self, event_type: str) -> int:
+        return sum(1 for event in self.events if event.type == event_type)
+
+    async def wait_count(self, event_type: str, count: int, timeout: float) -> bool:
+        """True once at least ``count`` events of ``event_type`` arrived; False after ``timeout``."""
+        assert self._event_added is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.count_events(event_type) < count:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._event_added.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event_added.wait(), remaining)
+        return True
 
     async def wait_event(self, event_type: str, timeout: float, start: int = 0) -> CtrlEvent | None:
         """The first ``event_type`` event at index >= ``start`` of ``events``; None after ``timeout``."""

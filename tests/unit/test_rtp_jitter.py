@@ -133,3 +133,19 @@ def test_pop_ready_releases_in_order_frames_at_once() -> None:
     assert jb.pop() == (b"c" * 160, FrameKind.REPEAT)
     assert jb.put(1480, 7, b"d" * 160) is PutResult.LATE
     assert jb.stats.played == 3
+
+
+def test_a_sender_that_pauses_without_moving_its_timestamps_is_followed_not_dropped() -> None:
+    jb = JitterBuffer(b"\x00" * 160, depth_frames=3)
+    ts = 0
+    for _ in range(20):
+        jb.put(ts, 9, b"a" * 160)
+        jb.pop()
+        ts += 160
+    for _ in range(15):  # the sender pauses for 300 ms; playout moves on, concealing
+        jb.pop()
+    # It resumes where its timestamps left off: the first two are late stragglers, then it is followed.
+    results = [jb.put(ts + i * 160, 9, b"b" * 160) for i in range(4)]
+    assert results == [PutResult.LATE, PutResult.LATE, PutResult.RESYNC, PutResult.ACCEPTED]
+    frames = [jb.pop() for _ in range(6)]
+    assert (b"b" * 160, FrameKind.AUDIO) in frames
