@@ -41,7 +41,9 @@ MIN_SECRET_LEN = 4   # shorter "secrets" would mangle ordinary text (ports, exte
 MASK = "***"
 TRACE_LOGGER = "sipagent.sip.trace"
 # The SIP transport already traces to this name; the toggle drives both.
-TRACE_LOGGERS = (TRACE_LOGGER, "sipagent.sip.wire")
+# Per-message loggers: SIP, and the Realtime events and WebSocket frames (one per 20 ms of audio), which
+# would otherwise bury everything else at logging.level debug. SIGUSR1 switches them all.
+TRACE_LOGGERS = (TRACE_LOGGER, "sipagent.sip.wire", "sipagent.realtime.client.wire", "websockets")
 trace_logger = logging.getLogger(TRACE_LOGGER)
 
 _HANDLER_MARK = "_sipagent_handler"
