@@ -173,7 +173,7 @@ class Agent:
         try:
             await self._handle_call(call)
         except Exception:
-            log.exception("[%s] call failed", call.call_id)
+            log.exception("call failed")
             with contextlib.suppress(Exception):
                 await call.hangup()
         finally:
@@ -210,7 +210,7 @@ class Agent:
             try:
                 media = await call.answer(rtp_host, endpoint.local_port)
             except SdpError as exc:
-                log.info("[%s] no common codec: %s", call.call_id, exc)
+                log.info("no common codec: %s", exc)
                 self._count("rejected-codec")
                 return
             if call.ended.is_set():
@@ -234,7 +234,7 @@ class Agent:
                                 on_transcript=self._transcript_callback(call.call_id))
             bridge_ref.append(bridge)
             self.bridges[call.call_id] = bridge
-            log.info("[%s] answered %s with %s", call.call_id, call.from_uri, codec)
+            log.info("answered %s with %s", call.from_uri, codec)
             self.metrics.call_started()
             answered = time.monotonic()
             outcome = await bridge.run()

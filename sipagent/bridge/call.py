@@ -38,6 +38,7 @@ from sipagent.media.kernel import (
     ulaw_encode,
 )
 from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings, level_db
+from sipagent.observability.logs import call_logger
 from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
 
@@ -119,6 +120,7 @@ class CallBridge:
         on_transcript: Callable[[str, str], None] | None = None,
     ) -> None:
         self.call = call
+        self.log = call_logger(log, call.call_id)  # its callbacks also run outside the call's task
         self.media = media
         self._connect = connect
         self.settings = settings
@@ -225,7 +227,7 @@ class CallBridge:
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
-            log.info("[%s] state %s -> %s", self.call.call_id, self.state, state)
+            self.log.info("state %s -> %s", self.state, state)
             self.state = state
 
     def _record(self, kind: str, **fields: Any) -> None:
@@ -257,7 +259,7 @@ class CallBridge:
                 link = await self._connect()
                 await link.send(ev.session_update(self.settings.session, self.settings.dialect))
             except (TimeoutError, RealtimeError, OSError) as exc:
-                log.warning("[%s] Realtime connect attempt %d failed: %s", self.call.call_id, attempt + 1, exc)
+                self.log.warning("Realtime connect attempt %d failed: %s", attempt + 1, exc)
                 continue
             self._link = link
             if not first:
@@ -288,7 +290,7 @@ class CallBridge:
             try:
                 await link.send(event)
             except (RealtimeError, OSError) as exc:
-                log.debug("[%s] send failed (%s); the reader reconnects", self.call.call_id, exc)
+                self.log.debug("send failed (%s); the reader reconnects", exc)
 
     async def _read_events(self) -> None:
         while not self._done.is_set():
@@ -305,10 +307,10 @@ class CallBridge:
                 await self._handle(event)
             except Exception:
                 # One bad event must not take the call down.
-                log.exception("[%s] error handling %s", self.call.call_id, event.get("type"))
+                self.log.exception("error handling %s", event.get("type"))
 
     async def _recover(self, why: str) -> None:
-        log.warning("[%s] Realtime connection lost (%s); reconnecting", self.call.call_id, why)
+        self.log.warning("Realtime connection lost (%s); reconnecting", why)
         self.reconnects += 1
         if self.metrics:
             self.metrics.realtime_reconnected()
@@ -336,7 +338,7 @@ class CallBridge:
     async def _fail_over(self, why: str) -> None:
         """No model: apologise with local speech, then transfer or hang up as configured."""
         failure = self.agent.on_failure
-        log.error("[%s] %s; %s", self.call.call_id, why, failure.action)
+        self.log.error("%s; %s", why, failure.action)
         self._record("event", event="failure", reason=why, action=failure.action)
         if self.settings.apology_audio is not None and failure.message:
             with contextlib.suppress(Exception):
@@ -393,12 +395,12 @@ class CallBridge:
             code = error.get("code") or error.get("type")
             # A barge-in races the server's own cancellation; losing that race is expected, not a fault.
             level = logging.DEBUG if code in BENIGN_ERRORS else logging.WARNING
-            log.log(level, "[%s] Realtime error %s: %s", self.call.call_id, code, error.get("message"))
+            self.log.log(level, "Realtime error %s: %s", code, error.get("message"))
             self._record("event", event="realtime-error", code=error.get("code"), message=error.get("message"))
             if self.metrics:
                 self.metrics.realtime_error(str(error.get("code") or error.get("type") or "unknown"))
         elif kind == "rate_limits.updated":
-            log.debug("[%s] rate limits %s", self.call.call_id, event.get("rate_limits"))
+            self.log.debug("rate limits %s", event.get("rate_limits"))
 
     def _check_session_formats(self, session: dict[str, Any]) -> None:
         try:
@@ -407,7 +409,7 @@ class CallBridge:
             return
         if acknowledged != self.settings.audio_format:
             # Some sessions ignore a G.711 request and send 24 kHz PCM16: decode what really arrives.
-            log.warning("[%s] server sends %s audio, not %s as asked", self.call.call_id, acknowledged,
+            self.log.warning("server sends %s audio, not %s as asked", acknowledged,
                         self.settings.audio_format)
             self._down_decode = _wire_decoder(acknowledged)
 
@@ -512,7 +514,7 @@ class CallBridge:
         if self.metrics and self.vad.recent_speech_ms:
             # From the first loud caller frame to the moment the agent went quiet on the wire.
             self.metrics.observe_barge_in_latency(self.vad.recent_speech_ms / 1000 + time.monotonic() - decision.at)
-        log.info("[%s] barge-in (%s)", self.call.call_id, decision.trigger.value)
+        self.log.info("barge-in (%s)", decision.trigger.value)
         if cut is not None:
             item_id, heard_ms = cut
             self._record("barge_in", trigger=decision.trigger.value, item_id=item_id, heard_ms=heard_ms)
@@ -554,7 +556,7 @@ class CallBridge:
         try:
             return await run_webhook(tool, args, self.call.call_id)
         except Exception as exc:  # a tool's failure is the model's to explain, never the call's end
-            log.warning("[%s] tool %s failed: %s", self.call.call_id, tool.name, exc)
+            self.log.warning("tool %s failed: %s", tool.name, exc)
             return ToolResult(False, {"error": f"{tool.name} failed"})
 
     async def _tool_output(self, call_id: str, name: str, args: dict[str, Any], result: ToolResult,
