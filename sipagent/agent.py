@@ -105,7 +105,7 @@ class Agent:
         self._local_server, self._endpoint = await realtime_endpoint(self.config)
         self.clock.start()
         settings = ua_settings(self.config)
-        self.ua = UserAgent(settings, self._on_call)
+        self.ua = UserAgent(settings, self._on_call, on_refused=self._on_refused)
         await self.ua.start()
         self._monitor = asyncio.ensure_future(self._watch())
 
@@ -252,6 +252,9 @@ class Agent:
     def _advertised_host(self) -> str:
         assert self.ua is not None
         return self.ua.local_address[0]
+
+    def _on_refused(self, status: int) -> None:
+        self._count({403: "rejected-forbidden", 486: "rejected-busy", 488: "rejected-codec"}.get(status, "error"))
 
     def _count(self, outcome: str) -> None:
         """A call that never became active."""

@@ -359,9 +359,12 @@ class UserAgent:
     unregisters and closes. ``registration_state`` names the core's registration state.
     """
 
-    def __init__(self, settings: UaSettings, on_call: Callable[[IncomingCall], Awaitable[None]]) -> None:
+    def __init__(self, settings: UaSettings, on_call: Callable[[IncomingCall], Awaitable[None]],
+                 on_refused: Callable[[int], None] | None = None) -> None:
         self.settings = settings
         self.on_call = on_call
+        # Told the status of every INVITE refused before a call object exists (403, 486, 420, 488).
+        self.on_refused = on_refused
         self.local_address: tuple[str, int] = (settings.listen_host, settings.listen_port)
         self.domain = settings.domain or (
             _split_hostport(settings.registrar, 5060)[0] if settings.registrar else settings.listen_host
@@ -775,6 +778,34 @@ class UserAgent:
         else:
             self._respond(request, 405 if method in ("REFER", "UPDATE", "SUBSCRIBE", "MESSAGE") else 501)
 
+    def _admit(self, request: SipRequest, peer: Peer) -> SessionDescription | None:
+        """The INVITE's offer when the call may go ahead; otherwise refuses it (and says so to
+        ``on_refused``) and returns None."""
+        status, extra = 0, None
+        offer = None
+        required = (value.strip().lower() for value in request.headers.get_all("Require"))
+        unsupported = [option for option in required if option != SUPPORTED]
+        if not self._is_trusted(peer.host):
+            logger.warning("INVITE from untrusted host %s refused", peer.host)
+            status = 403
+        elif self._stopping or self.active_calls >= self.settings.max_calls:
+            logger.info("INVITE %s refused: busy (%d calls)", request.call_id, self.active_calls)
+            status = 486
+        elif unsupported:
+            status, extra = 420, [("Unsupported", ", ".join(unsupported))]
+        else:
+            try:
+                offer = SessionDescription.parse(request.body)
+            except SdpError as exc:
+                # INVITEs without an offer (we would have to offer in the 200) are not supported.
+                logger.info("INVITE %s without a usable SDP offer: %s", request.call_id, exc)
+                status = 488
+        if offer is None:
+            self._respond(request, status, extra=extra)
+            if self.on_refused is not None:
+                self.on_refused(status)
+        return offer
+
     def _is_trusted(self, host: str) -> bool:
         if self._registrar is None and not self._trusted:
             return True  # direct mode without a list: anyone may call
@@ -782,25 +813,8 @@ class UserAgent:
 
     def _on_invite(self, request: SipRequest, peer: Peer) -> None:
         self._respond(request, 100)
-        if not self._is_trusted(peer.host):
-            logger.warning("INVITE from untrusted host %s refused", peer.host)
-            self._respond(request, 403)
-            return
-        if self._stopping or self.active_calls >= self.settings.max_calls:
-            logger.info("INVITE %s refused: busy (%d calls)", request.call_id, self.active_calls)
-            self._respond(request, 486)
-            return
-        required = (value.strip().lower() for value in request.headers.get_all("Require"))
-        unsupported = [option for option in required if option != SUPPORTED]
-        if unsupported:
-            self._respond(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
-            return
-        try:
-            offer = SessionDescription.parse(request.body)
-        except SdpError as exc:
-            # INVITEs without an offer (we would have to offer in the 200) are not supported.
-            logger.info("INVITE %s without a usable SDP offer: %s", request.call_id, exc)
-            self._respond(request, 488)
+        offer = self._admit(request, peer)
+        if offer is None:
             return
         dialog = Dialog.from_invite(request, self._contact())
         call = IncomingCall(self, request, peer, offer, dialog)

@@ -116,7 +116,7 @@ def to_tag(response: bytes) -> str:
 def run(scenario: Callable[[UserAgent, ScriptedPeer], Awaitable[None]], on_call: Callable[[IncomingCall],
         Awaitable[None]], **overrides: object) -> None:
     async def main() -> None:
-        ua = UserAgent(settings(**overrides), on_call)
+        ua = UserAgent(settings(**overrides), on_call, on_refused=REFUSED.append)
         await ua.start()
         peer = await ScriptedPeer.open(ua.local_address)
         try:
@@ -126,6 +126,9 @@ def run(scenario: Callable[[UserAgent, ScriptedPeer], Awaitable[None]], on_call:
             await ua.stop()
 
     asyncio.run(main())
+
+
+REFUSED: list[int] = []  # statuses the UA reported through on_refused, in order
 
 
 async def _never(call: IncomingCall) -> None:
@@ -155,6 +158,7 @@ def test_invite_from_untrusted_host_is_forbidden() -> None:
         final = await peer.status(403, "INVITE")
         peer.ack(1, to_tag(final))
         assert ua.active_calls == 0
+        assert REFUSED[-1] == 403
 
     run(scenario, _never, trusted_hosts=["192.0.2.7"])
 
@@ -167,6 +171,7 @@ def test_max_calls_reached_gives_486() -> None:
         peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
         await peer.status(486, "INVITE")
         assert ua.active_calls == 1
+        assert REFUSED[-1] == 486
 
     run(scenario, _never, max_calls=1)
 
