@@ -54,14 +54,11 @@ class Origin:
         return f"{self.username} {self.session_id} {self.version} IN {self.addrtype} {self.address}"
 
 
-@dataclass
-class MediaDescription:
-    media: str
-    port: int
-    proto: str
-    formats: list[str]
-    lines: list[tuple[str, str]] = field(default_factory=list)
-    port_count: int | None = None
+class _Lines:
+    """What a session and a media description both answer from their own lines (RFC 4566 lets a, c and
+    the direction attributes stand at either level)."""
+
+    lines: list[tuple[str, str]]
 
     @property
     def attributes(self) -> list[tuple[str, str | None]]:
@@ -82,6 +79,16 @@ class MediaDescription:
     def direction(self) -> str | None:
         found = [n for n, _ in self.attributes if n in DIRECTIONS]
         return found[-1] if found else None
+
+
+@dataclass
+class MediaDescription(_Lines):
+    media: str
+    port: int
+    proto: str
+    formats: list[str]
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    port_count: int | None = None
 
     def rtpmaps(self) -> dict[int, RtpMap]:
         out: dict[int, RtpMap] = {}
@@ -107,7 +114,7 @@ class MediaDescription:
 
 
 @dataclass
-class SessionDescription:
+class SessionDescription(_Lines):
     lines: list[tuple[str, str]] = field(default_factory=list)
     media: list[MediaDescription] = field(default_factory=list)
 
@@ -160,24 +167,6 @@ class SessionDescription:
             raise SdpError("missing or bad o= line")
         return Origin(parts[0], parts[1], int(parts[2]), parts[5], parts[4])
 
-    @property
-    def attributes(self) -> list[tuple[str, str | None]]:
-        return _attributes(self.lines)
-
-    def attribute(self, name: str) -> str | None:
-        for n, v in self.attributes:
-            if n == name:
-                return "" if v is None else v
-        return None
-
-    @property
-    def connection_address(self) -> str | None:
-        return _connection_address(self.lines)
-
-    @property
-    def direction(self) -> str | None:
-        found = [n for n, _ in self.attributes if n in DIRECTIONS]
-        return found[-1] if found else None
 
 
 def _parse_m_line(value: str) -> MediaDescription:
