@@ -16,7 +16,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "integration"), str(HERE)]
 
-from peers import Kamailio, missing_binaries  # noqa: E402
+from peers import Kamailio, missing_binaries, running_kamailio  # noqa: E402
 
 PROGRAMS = ("kamailio", "baresip", "espeak-ng", "sox")
 
@@ -27,9 +27,5 @@ def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
     missing = missing_binaries(*PROGRAMS)
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (install with scripts/setup --test)")
-    server = Kamailio(tmp_path_factory.mktemp("kamailio"))
-    server.start()
-    try:
+    with running_kamailio(tmp_path_factory.mktemp("kamailio")) as server:
         yield server
-    finally:
-        server.stop()

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import Kamailio, missing_binaries
+from peers import Kamailio, missing_binaries, running_kamailio
 
 
 def require(*binaries: str) -> None:
@@ -27,24 +27,16 @@ def require(*binaries: str) -> None:
 def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
     """One Kamailio registrar/proxy per test module; tests use distinct users so they do not interact."""
     require("kamailio")
-    server = Kamailio(tmp_path_factory.mktemp("kamailio"))
-    server.start()
-    try:
+    with running_kamailio(tmp_path_factory.mktemp("kamailio")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def own_kamailio(tmp_path: Path) -> Iterator[Kamailio]:
     """A Kamailio for one test that restarts it."""
     require("kamailio")
-    server = Kamailio(tmp_path / "kamailio")
-    server.start()
-    try:
+    with running_kamailio(tmp_path / "kamailio") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import subprocess
 import time
 import uuid
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,17 @@ class Kamailio:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+@contextlib.contextmanager
+def running_kamailio(workdir: Path) -> Iterator[Kamailio]:
+    """A started Kamailio, stopped by PID on the way out."""
+    server = Kamailio(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def write_silence_wav(path: Path, seconds: float, rate: int = 8000) -> None:
