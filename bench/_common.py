@@ -1,6 +1,9 @@
 """Shared pieces of the load, latency and soak benchmarks.
 
-- ``write_config``: a direct-mode agent configuration on loopback with the local backend in-process.
+- ``write_config``: a direct-mode agent configuration on loopback with the local backend in-process, or at
+  ``realtime_url`` (a backend in another process, as a real deployment's model runs elsewhere).
+- ``BackendProcess``: ``sipagent local-realtime --listen 127.0.0.1:PORT -c CONFIG`` as its own OS process.
+- ``pin``/``taskset``: CPU pinning (``taskset -c``), so the agent can have a core to itself.
 - ``AgentProcess``: runs the agent in its own OS process exactly as ``sipagent run -c FILE`` does
   (``sipagent.agent.run_agent``), with two observers installed before it starts: the media clock's
   ``probe`` (send time minus the 20 ms deadline, for every packet of every call, measured inside the agent)
@@ -65,14 +68,17 @@ def agent_config(
     fallback: str = "Sorry, I can help with orders and returns.",
     codecs: tuple[str, ...] = ("PCMU",),
     jitter_ms: int = 60,
+    realtime_url: str = "",
+    audio_format: str = "pcm16",
 ) -> dict[str, Any]:
-    """A direct-mode agent on 127.0.0.1 with the in-process local backend; nothing written to disk."""
+    """A direct-mode agent on 127.0.0.1 with the local backend in-process, or at ``realtime_url`` (a
+    ``sipagent local-realtime`` in another process); nothing written to disk."""
     return {
         "sip": {"registrar": "", "username": "agent", "listen": f"127.0.0.1:{sip_port}",
                 "max_calls": max_calls},
         "media": {"rtp_ports": rtp_ports, "codecs": list(codecs), "jitter_ms": jitter_ms},
         "realtime": {
-            "provider": "local", "url": "", "audio_format": "pcm16", "instructions": "bench",
+            "provider": "local", "url": realtime_url, "audio_format": audio_format, "instructions": "bench",
             "turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms},
             "local": {
                 "response_delay_ms": response_delay_ms,
@@ -169,25 +175,90 @@ class ProcStats:
         return count
 
 
+# ------------------------------------------------------------------------------------- pinning, processes
+
+
+def taskset(cpus: str | None) -> list[str]:
+    """Command prefix pinning a child (and every thread it starts) to ``cpus`` ("0", "1-3"); [] = no pin."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+def pin(cpus: str | None) -> None:
+    """Pin this process; call before any thread starts (threads inherit the mask of their creator)."""
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+class BackendProcess:
+    """The offline Realtime backend as its own OS process, as ``sipagent local-realtime`` runs it."""
+
+    def __init__(self, config_path: Path, port: int, cpus: str | None = None) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.cpus = cpus
+        self.proc: subprocess.Popen[str] | None = None
+        self.stats: ProcStats | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime"
+
+    def start(self, timeout: float = 30.0) -> None:
+        command = [*taskset(self.cpus), sys.executable, "-m", "sipagent.cli", "local-realtime",
+                   "--listen", f"127.0.0.1:{self.port}", "-c", str(self.config_path)]
+        self.proc = subprocess.Popen(command, cwd=REPO, env=child_env(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.stats = ProcStats(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # ready once the port accepts a TCP connection
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"local-realtime exited with {self.proc.returncode}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("local-realtime did not start listening")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # its clean exit path
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 # ------------------------------------------------------------------------------------- the agent process
 
 
 class AgentProcess:
     """``sipagent run`` in a child process, observed (see the module docstring)."""
 
-    def __init__(self, config_path: Path, log_path: Path | None = None) -> None:
+    def __init__(self, config_path: Path, log_path: Path | None = None, cpus: str | None = None) -> None:
         self.config_path = config_path
         self.log_path = log_path
+        self.cpus = cpus
         self.proc: subprocess.Popen[str] | None = None
         self.stats: ProcStats | None = None
 
     def start(self, timeout: float = 30.0) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = child_env()
         stderr = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         if os.environ.get("SIPAGENT_BENCH_LOG_DIR") and self.log_path:
             stderr = open(Path(os.environ["SIPAGENT_BENCH_LOG_DIR"]) / self.log_path.name, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench._common", "agent", str(self.config_path)],
+            [*taskset(self.cpus), sys.executable, "-m", "bench._common", "agent", str(self.config_path)],
             cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
         )
         self.stats = ProcStats(self.proc.pid)
@@ -243,6 +314,7 @@ class _Observed:
         self.audio_frames = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.agent: Any = None
+        self.profiler: Any = None
 
     def deviation(self, seconds: float) -> None:
         self.devs.append(seconds)
@@ -264,7 +336,24 @@ class _Observed:
         }
         if reset:
             self.underruns = self.underrun_frames = self.audio_frames = 0
+            self._profile_window()
         return figures
+
+    def _profile_window(self) -> None:
+        """Diagnosis only (SIPAGENT_BENCH_PROFILE=FILE): cProfile the event loop thread from one ``report`` to
+        the next (the measurement window), then write the stats to FILE."""
+        path = os.environ.get("SIPAGENT_BENCH_PROFILE")
+        if not path:
+            return
+        import cProfile
+
+        if self.profiler is None:
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
+        else:
+            self.profiler.disable()
+            self.profiler.dump_stats(path)
+            self.profiler = None
 
 
 def _control(state: _Observed) -> None:

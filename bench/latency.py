@@ -7,24 +7,32 @@ Observers (class-level wrappers installed by this script, no change to sipagent)
 
   C  the caller's last loud packet put on the wire (its playout queue popped it; >= -40 dBFS, the
      backend VAD's threshold)
-  Bi the backend receiving that audio (last loud ``input_audio_buffer.append`` decoded by the backend)
+  Ar the agent's bridge receiving that same packet (``on_inbound_frame`` with the same payload bytes)
+  Bi the backend receiving that same packet (the ``input_audio_buffer.append`` the bridge built from it:
+     the same base64 text, matched in the backend's append handler)
   Bo the backend sending the first ``response.output_audio.delta`` of its reply
+  Aq the bridge queueing the first audio of that reply for playout
   A  the agent putting the first audio frame of the reply on the wire (its playout queue popped it)
 
-Turn latency C→A splits into bridge inbound (C→Bi: UDP, the agent's jitter buffer, decode, VAD, the
-WebSocket), backend (Bi→Bo: its VAD silence window, ASR, the configured response delay, TTS) and bridge
-outbound (Bo→A: WebSocket, decode/encode, playout queue, wait for the next 20 ms tick). The bridge's
-overhead is inbound + outbound; the naive figure the issue names, C→A minus the configured response delay,
-is printed too (it still contains the backend's silence window, ASR and TTS). The configured jitter buffer
-depth is part of the inbound leg and is shown separately.
+C and Bi are the same packet on both sides, matched by content. An earlier version took Bi as the last
+loud append *the backend* saw; the agent's 8→24 kHz resampler smears the end of the speech into the next
+20 ms frame, so that frame can still be "loud" at the backend though it was quiet at the caller, and
+the inbound leg read one frame (20 ms) long. That figure is still printed ("level markers") to show it.
+
+Turn latency C→A splits into bridge inbound (C→Bi: UDP, the agent's jitter buffer (eager: frames go up on
+arrival), decode, VAD, the WebSocket), backend (Bi→Bo: its VAD silence window, ASR, the configured response
+delay, TTS) and bridge outbound (Bo→A: WebSocket, decode/encode, playout queue, wait for the next 20 ms
+tick). The bridge's overhead is inbound + outbound; the naive figure the issue names, C→A minus the
+configured response delay, is printed too (it still contains the backend's silence window, ASR and TTS).
 
 Barge-in: while the agent speaks its (long) reply, the caller talks over it. Latency = caller's first
 loud packet on the wire → the agent's first non-audio frame on the wire (its audio stopped). Per variant
 ``MODE:MIN_SPEECH_MS`` (local = the bridge's echo-aware VAD decides; server = the backend's
-``speech_started``, confirmed by the local VAD). ``min_speech_ms`` is a configured debounce, so the
-figure minus it is printed as well.
+``speech_started``, confirmed by the local VAD). The local VAD is windowed: it fires once half of the
+last ``min_speech_ms`` was loud (within its echo margin of the agent's recent peak), so with
+``min_speech_ms`` 120 it can decide on the third loud frame, 40 ms after the first one left the caller.
 
-Usage: python bench/latency.py [--turns 20] [--barge-variants local:200,local:60,server:200]
+Usage: python bench/latency.py [--turns 20] [--barge-variants local:200,local:120,server:200]
 """
 
 from __future__ import annotations
@@ -71,10 +79,19 @@ class Timeline:
     backend_in: list[tuple[float, bool]] = field(default_factory=list)  # (t, loud) per append decoded
     backend_out: list[tuple[float, str]] = field(default_factory=list)  # (t, event type) sent
     decisions: list[tuple[float, str]] = field(default_factory=list)  # (t, trigger) bridge barge-in begins
+    agent_queued: list[float] = field(default_factory=list)  # bridge queued model audio for playout
+    # The same packet on every hop, matched by content (first occurrence wins).
+    caller_payload: dict[float, bytes] = field(default_factory=dict)  # caller send time -> payload
+    agent_rx: dict[bytes, float] = field(default_factory=dict)  # payload -> bridge received it
+    append_of: dict[bytes, str] = field(default_factory=dict)  # payload -> base64 of the append it became
+    backend_rx: dict[str, float] = field(default_factory=dict)  # append base64 -> backend handled it
+    current: bytes | None = None  # the payload the bridge is handling right now
 
     def clear(self) -> None:
-        for lst in (self.caller, self.agent, self.backend_in, self.backend_out, self.decisions):
+        for lst in (self.caller, self.agent, self.backend_in, self.backend_out, self.decisions, self.agent_queued):
             lst.clear()
+        for d in (self.caller_payload, self.agent_rx, self.append_of, self.backend_rx):
+            d.clear()
 
 
 TL = Timeline()
@@ -117,13 +134,54 @@ def install_observers() -> None:
 
     CallBridge._barge_in = barge  # type: ignore[method-assign]
 
+    original_frame = CallBridge.on_inbound_frame
+
+    def on_frame(self: CallBridge, payload: bytes) -> None:
+        TL.agent_rx.setdefault(payload, time.monotonic())
+        TL.current = payload
+        try:
+            original_frame(self, payload)
+        finally:
+            TL.current = None
+
+    CallBridge.on_inbound_frame = on_frame  # type: ignore[method-assign]
+
+    original_spawn_send = CallBridge._spawn_send
+
+    def spawn_send(self: CallBridge, event: dict[str, Any]) -> None:
+        if TL.current is not None and event.get("type") == "input_audio_buffer.append":
+            TL.append_of.setdefault(TL.current, str(event.get("audio")))
+        original_spawn_send(self, event)
+
+    CallBridge._spawn_send = spawn_send  # type: ignore[method-assign]
+
+    original_append = LocalSession._on_input_audio_buffer_append
+
+    def on_append(self: LocalSession, event: dict[str, Any]) -> Any:
+        audio = event.get("audio")
+        if isinstance(audio, str):
+            TL.backend_rx.setdefault(audio, time.monotonic())
+        return original_append(self, event)
+
+    LocalSession._on_input_audio_buffer_append = on_append  # type: ignore[method-assign]
+
+    original_queue = CallBridge._queue_agent_audio
+
+    def queue_audio(self: CallBridge, item_id: str, pcm24k: bytes) -> None:
+        TL.agent_queued.append(time.monotonic())
+        original_queue(self, item_id, pcm24k)
+
+    CallBridge._queue_agent_audio = queue_audio  # type: ignore[method-assign]
+
 
 class CallerPlayout(PlayoutQueue):
     """The caller's playout queue, noting when each packet goes out and whether it is speech."""
 
     def pop_frame(self) -> tuple[bytes, bool]:
         frame, is_audio = super().pop_frame()
-        TL.caller.append((time.monotonic(), is_audio and level_db(ulaw_decode(frame)) >= LOUD_DB))
+        now = time.monotonic()
+        TL.caller.append((now, is_audio and level_db(ulaw_decode(frame)) >= LOUD_DB))
+        TL.caller_payload[now] = frame
         return frame, is_audio
 
 
@@ -212,8 +270,8 @@ class Session:
 async def turn_latency(turns: int, speech: bytes, delay_ms: int, silence_ms: int, jitter_ms: int) -> None:
     config = agent_config(free_udp_port(), greeting="Hello.", fallback=SHORT_REPLY, silence_ms=silence_ms,
                           response_delay_ms=delay_ms, jitter_ms=jitter_ms, rtp_ports="31000-31099")
-    rows: dict[str, list[float]] = {k: [] for k in ("total", "naive", "inbound", "backend", "outbound",
-                                                     "overhead", "overhead_nojb")}
+    rows: dict[str, list[float]] = {k: [] for k in ("total", "naive", "inbound", "in_udp", "in_ws", "inbound_level",
+                                                     "backend", "outbound", "out_ws", "out_tick", "overhead")}
     async with Session(config) as s:
         assert s.caller is not None
         for _ in range(turns):
@@ -225,20 +283,30 @@ async def turn_latency(turns: int, speech: bytes, delay_ms: int, silence_ms: int
                 continue
             c = last_between(TL.caller, t_play, time.monotonic(), True)
             a_any = first_after(TL.agent, c or 0.0, True)
-            bi = last_between(TL.backend_in, t_play, a_any or 0.0, True)
+            bi_level = last_between(TL.backend_in, t_play, a_any or 0.0, True)
+            payload = TL.caller_payload.get(c) if c is not None else None
+            ar = TL.agent_rx.get(payload) if payload is not None else None
+            b64 = TL.append_of.get(payload) if payload is not None else None
+            bi = TL.backend_rx.get(b64) if b64 is not None else None
             bo = next((t for t, kind in TL.backend_out if bi is not None and t > bi and kind in DELTA_TYPES), None)
+            aq = next((t for t in TL.agent_queued if bo is not None and t >= bo), None)
             a = first_after(TL.agent, bo or 0.0, True)
-            if None in (c, bi, bo, a):
+            if None in (c, ar, bi, bo, aq, a, bi_level):
                 print("  turn skipped (incomplete timeline)", flush=True)
                 continue
-            assert c is not None and bi is not None and bo is not None and a is not None
+            assert c is not None and ar is not None and bi is not None and bo is not None
+            assert aq is not None and a is not None and bi_level is not None
             rows["total"].append(a - c)
             rows["naive"].append(a - c - delay_ms / 1000)
             rows["inbound"].append(bi - c)
+            rows["in_udp"].append(ar - c)
+            rows["in_ws"].append(bi - ar)
+            rows["inbound_level"].append(bi_level - c)
             rows["backend"].append(bo - bi)
             rows["outbound"].append(a - bo)
+            rows["out_ws"].append(aq - bo)
+            rows["out_tick"].append(a - aq)
             rows["overhead"].append((bi - c) + (a - bo))
-            rows["overhead_nojb"].append((bi - c) + (a - bo) - jitter_ms / 1000)
             await asyncio.sleep(0.2)
     print(f"\nturn latency over {len(rows['total'])} turns (response_delay {delay_ms} ms, VAD silence window "
           f"{silence_ms} ms, jitter buffer {jitter_ms} ms)")
@@ -247,10 +315,14 @@ async def turn_latency(turns: int, speech: bytes, delay_ms: int, silence_ms: int
         "total": "C->A  caller last speech -> agent first audio",
         "naive": "C->A minus configured response delay",
         "backend": "Bi->Bo backend (silence+ASR+delay+TTS)",
-        "inbound": "C->Bi bridge inbound (incl. jitter buffer)",
+        "inbound": "C->Bi bridge inbound (same packet)",
+        "in_udp": "  C->Ar  UDP + jitter buffer to the bridge",
+        "in_ws": "  Ar->Bi decode, VAD, WebSocket to backend",
+        "inbound_level": "C->Bi' inbound by level markers (artifact)",
         "outbound": "Bo->A bridge outbound (incl. tick wait)",
+        "out_ws": "  Bo->Aq WebSocket, decode, encode, queue",
+        "out_tick": "  Aq->A  wait for the next 20 ms tick",
         "overhead": "bridge overhead = inbound + outbound",
-        "overhead_nojb": "bridge overhead minus jitter buffer depth",
     }
     for key, label in labels.items():
         p = percentiles_ms(rows[key], (50, 95))
@@ -298,8 +370,7 @@ async def barge_in(turns: int, speech: bytes, mode: str, min_speech_ms: int, jit
                 parts[f"decision by {decided[1]}"].append(decided[0] - onset)
     p = percentiles_ms(latencies, (50, 95))
     print(f"barge-in {mode:<6} min_speech {min_speech_ms:>3} ms  n={len(latencies):<3} missed={missed}  "
-          f"p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  max {p['max']:6.1f} ms;  minus debounce: "
-          f"p50 {p['p50'] - min_speech_ms:6.1f}  p95 {p['p95'] - min_speech_ms:6.1f} ms;  "
+          f"p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  max {p['max']:6.1f} ms;  "
           f"p95 vs 100 ms goal {p['p95'] / 100:.2f}x", flush=True)
     for name, values in parts.items():
         q = percentiles_ms(values, (50, 95))
@@ -328,7 +399,7 @@ def main() -> int:
     parser.add_argument("--delay-ms", type=int, default=200, help="the backend's response_delay_ms")
     parser.add_argument("--silence-ms", type=int, default=500, help="the server VAD silence window")
     parser.add_argument("--jitter-ms", type=int, default=60, help="the agent's media.jitter_ms")
-    parser.add_argument("--barge-variants", default="local:200,local:60,server:200")
+    parser.add_argument("--barge-variants", default="local:200,local:120,server:200")
     args = parser.parse_args()
     import logging
 

@@ -1,8 +1,12 @@
 """Load benchmark: N simultaneous calls into ONE agent process, N stepped up until quality breaks.
 
 The agent runs in its own OS process as ``sipagent run`` does (bench/_common.py: AgentProcess), direct mode on
-127.0.0.1, local backend in-process. This process is the load generator: N SipCallers on their own media
-clock. Load applied per call: SIP INVITE/ACK/BYE, G.711 (PCMU) RTP both ways every 20 ms, the agent's
+127.0.0.1. The model runs elsewhere, as with OpenAI: by default the local backend is its own OS process
+(``sipagent local-realtime --listen 127.0.0.1:PORT``) and the agent's ``realtime.url`` points at it
+(``--backend inprocess`` puts it back inside the agent). This process is the load generator: N SipCallers on
+their own media clock. ``--pin`` gives the agent core 0 to itself (``taskset -c 0``) and puts the callers and
+the backend on core 1, so the agent's figures are not those of a process fighting its own load generator for
+the CPU. Load applied per call: SIP INVITE/ACK/BYE, G.711 (PCMU) RTP both ways every 20 ms, the agent's
 whole inbound path for every frame (jitter buffer, decode, echo-aware VAD, ``input_audio_buffer.append`` to
 the backend, whose server VAD runs on it), and the agent speaking a ~30 s greeting (TTS cached after the
 first call; the backend streams it in 40 ms deltas in real time) during the whole measurement window.
@@ -14,11 +18,13 @@ Measured inside the agent process, over a ``--seconds`` window after all N calls
 - underruns: the playout queue of a call ran dry between two audio frames of the greeting (the listener
   hears a gap), as events and 20 ms frames;
 - CPU% of the agent process (utime+stime from /proc/PID/stat over the window) and RSS, both also per call
-  (RSS per call = (RSS with N calls - RSS idle before the step) / N; a fresh agent per step).
+  (RSS per call = (RSS with N calls - RSS idle before the step) / N; a fresh agent per step); the backend's
+  and the load generator's CPU% for context.
 
 Verdict per step against the named goal: p99 <= 2 ms and no underrun. Stops at the first failing step.
 
-Usage: python bench/load.py [--counts 10,50,100,200,300] [--seconds 8] [--budget 300]
+Usage: python bench/load.py [--counts 10,50,100,200,300] [--seconds 8] [--budget 300] [--pin]
+                            [--backend process|inprocess]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -34,7 +41,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import AgentProcess, QuietCaller, agent_config, free_udp_port, write_config
+from bench._common import (
+    AgentProcess,
+    BackendProcess,
+    QuietCaller,
+    agent_config,
+    free_tcp_port,
+    free_udp_port,
+    pin,
+    write_config,
+)
 from sipagent.media.clock import MediaClock
 from sipagent.rtp.ports import PortAllocator
 
@@ -54,6 +70,8 @@ class Step:
     rss_mb: float
     rss_idle_mb: float
     setup_s: float
+    backend_cpu_pct: float
+    bench_cpu_pct: float
 
     @property
     def ok(self) -> bool:
@@ -76,10 +94,16 @@ async def dial_all(target: str, n: int, clock: MediaClock, ports: PortAllocator,
     return [c for c, r in zip(callers, results, strict=True) if not isinstance(r, BaseException)]
 
 
-async def run_step(n: int, seconds: float, workdir: Path, concurrency: int) -> Step:
+async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, external: bool,
+                   pinned: bool, audio_format: str) -> Step:
     sip_port = free_udp_port()
-    config = write_config(workdir / f"load-{n}.yaml", agent_config(sip_port))
-    agent = AgentProcess(config, log_path=workdir / f"agent-{n}.log")
+    backend = BackendProcess(workdir / f"load-{n}.yaml", free_tcp_port(), cpus="1" if pinned else None)
+    config = write_config(workdir / f"load-{n}.yaml",
+                          agent_config(sip_port, realtime_url=backend.url if external else "",
+                                       audio_format=audio_format))
+    agent = AgentProcess(config, log_path=workdir / f"agent-{n}.log", cpus="0" if pinned else None)
+    if external:
+        backend.start()
     agent.start()
     assert agent.stats is not None
     clock = MediaClock()
@@ -99,17 +123,23 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int) -> S
         await asyncio.sleep(0.5)
         agent.request("report")  # reset the agent's counters: the window starts now
         cpu0, wall0 = agent.stats.cpu_seconds(), time.monotonic()
+        backend_cpu0 = backend.stats.cpu_seconds() if backend.stats else 0.0
+        bench_cpu0 = time.process_time()
         await asyncio.sleep(seconds)
         figures = await asyncio.to_thread(agent.request, "report")
         cpu, wall = agent.stats.cpu_seconds() - cpu0, time.monotonic() - wall0
+        backend_cpu = (backend.stats.cpu_seconds() if backend.stats else 0.0) - backend_cpu0
+        bench_cpu = time.process_time() - bench_cpu0
         busy = agent.stats.sample()
     finally:
         await asyncio.gather(*(c.hangup() for c in callers), return_exceptions=True)
         clock.stop()
         agent.stop()
+        backend.stop()
     dev = figures["dev"]
     return Step(n, len(callers), dev["p50"], dev["p99"], dev["max"], figures["underruns"],
-                figures["underrun_frames"], 100 * cpu / wall, busy.rss_kb / 1024, idle.rss_kb / 1024, setup)
+                figures["underrun_frames"], 100 * cpu / wall, busy.rss_kb / 1024, idle.rss_kb / 1024, setup,
+                100 * backend_cpu / wall, 100 * bench_cpu / wall)
 
 
 def main() -> int:
@@ -119,13 +149,26 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=300.0, help="skip steps that would end after this")
     parser.add_argument("--concurrency", type=int, default=20, help="INVITEs in flight at once")
     parser.add_argument("--keep-going", action="store_true", help="run every step even after one fails")
+    parser.add_argument("--backend", choices=("process", "inprocess"), default="process",
+                        help="the local backend as its own process (default, like a remote model) or inside the agent")
+    parser.add_argument("--pin", action="store_true",
+                        help="agent on CPU 0 alone (taskset -c 0); callers and backend on CPU 1")
+    parser.add_argument("--audio-format", choices=("pcm16", "g711_ulaw"), default="pcm16",
+                        help="realtime.audio_format: g711_ulaw passes the callers' PCMU through untouched")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
+    if args.pin:
+        pin("1")  # before any thread: the callers' event loop and its executor threads inherit it
 
     print(f"goal: p99 send deviation <= {GOAL_P99_MS} ms and no underrun "
-          f"(deviation measured in the agent process; {args.seconds:g} s window per step)")
+          f"(deviation measured in the agent process; {args.seconds:g} s window per step); backend "
+          f"{'in its own process' if args.backend == 'process' else 'inside the agent'}; "
+          f"{'agent pinned to CPU 0, callers+backend to CPU 1' if args.pin else 'no CPU pinning'}; "
+          f"realtime.audio_format {args.audio_format}; "
+          f"{os.cpu_count()} CPUs")
     print(f"{'N':>5} {'up':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'p99/goal':>8} {'underrun':>8} "
-          f"{'CPU%':>6} {'CPU%/call':>9} {'RSS MB':>7} {'MB/call':>7} {'setup s':>7}  verdict", flush=True)
+          f"{'CPU%':>6} {'CPU%/call':>9} {'RSS MB':>7} {'MB/call':>7} {'setup s':>7} {'bk CPU%':>7} "
+          f"{'gen CPU%':>8}  verdict", flush=True)
     best = 0
     started = time.monotonic()
     last_step_s = 0.0
@@ -135,13 +178,17 @@ def main() -> int:
                 print(f"(stopping before N={n}: the --budget of {args.budget:g} s would be exceeded)")
                 break
             t = time.monotonic()
-            step = asyncio.run(run_step(n, args.seconds, Path(tmp), args.concurrency))
+            step = asyncio.run(run_step(n, args.seconds, Path(tmp), args.concurrency,
+                                        args.backend == "process", args.pin, args.audio_format))
             last_step_s = time.monotonic() - t
+            if args.backend == "process" and step.backend_cpu_pct == 0:
+                print("  WARNING: the backend used no CPU: is the agent connected to it? (SIPAGENT_BENCH_LOG_DIR)")
             per_call_mb = (step.rss_mb - step.rss_idle_mb) / max(1, step.answered)
             print(f"{step.n:>5} {step.answered:>5} {step.p50:>7.3f} {step.p99:>7.3f} {step.worst:>7.2f} "
                   f"{step.p99 / GOAL_P99_MS:>7.2f}x {step.underruns:>3}/{step.underrun_frames:<4} "
                   f"{step.cpu_pct:>6.1f} {step.cpu_pct / max(1, step.answered):>9.3f} {step.rss_mb:>7.1f} "
-                  f"{per_call_mb:>7.3f} {step.setup_s:>7.1f}  {'holds' if step.ok else 'BREAKS'}", flush=True)
+                  f"{per_call_mb:>7.3f} {step.setup_s:>7.1f} {step.backend_cpu_pct:>7.1f} "
+                  f"{step.bench_cpu_pct:>8.1f}  {'holds' if step.ok else 'BREAKS'}", flush=True)
             if step.ok:
                 best = max(best, n)
             elif not args.keep_going:

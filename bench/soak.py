@@ -7,7 +7,9 @@ calls start and end all the time and anything a call fails to release accumulate
 
 Every ``--every`` seconds it samples the agent process: RSS, open fds, sockets, threads (/proc), UDP
 sockets bound in the RTP range (/proc/net/udp matched against the process's socket inodes), and from inside
-the agent: asyncio tasks, active bridges, media clock streams, RTP port pairs allocated. For each it prints
+the agent: asyncio tasks, active bridges, media clock streams, RTP port pairs allocated, and the p99 send
+deviation and underruns since the previous sample (each sample resets the agent's counters, so the bench's
+own per-packet deviation record does not grow with the run). For each it prints
 first/last/slope per minute over the run (least squares over the samples after the first minute), and the
 idle figures before the first call and after the last one hung up, the named alternative: no leak means
 idle-after equals idle-before for fds, tasks, sockets and ports.
@@ -43,13 +45,13 @@ METRICS = ("rss_mb", "fds", "sockets", "threads", "rtp_udp", "tasks", "bridges",
 def sample(agent: AgentProcess, started: float) -> dict[str, Any]:
     assert agent.stats is not None
     proc = agent.stats.sample()
-    inside = agent.request("peek")
+    inside = agent.request("report")  # resets the probe's record: it must not grow with the soak
     return {
         "t": time.monotonic() - started, "rss_mb": proc.rss_kb / 1024, "fds": proc.fds, "sockets": proc.sockets,
         "threads": proc.threads, "rtp_udp": agent.stats.udp_ports_in(RTP_LO, RTP_HI), "tasks": inside["tasks"],
         "bridges": inside["bridges"], "streams": inside["streams"], "ports_in_use": inside["ports_in_use"],
         "calls_total": inside["calls_total"], "underruns": inside["underruns"], "cpu_s": proc.cpu_s,
-        "late": inside["late_ticks"], "outcomes": inside["outcomes"],
+        "late": inside["late_ticks"], "outcomes": inside["outcomes"], "p99_ms": inside["dev"]["p99"],
     }
 
 
@@ -100,13 +102,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         counts: dict[str, int] = {"calls": 0, "failed": 0}
         slots = [asyncio.create_task(slot(i, f"sip:agent@127.0.0.1:{sip_port}", clock, ports,
                                           (hold[0], hold[1]), until, counts)) for i in range(args.calls)]
-        print(f"{'t s':>6} {'calls':>6} " + " ".join(f"{m:>12}" for m in METRICS), flush=True)
+        print(f"{'t s':>6} {'calls':>6} " + " ".join(f"{m:>12}" for m in METRICS) + "  p99 ms  underruns",
+              flush=True)
         while time.monotonic() < until:
             await asyncio.sleep(min(args.every, max(0.1, until - time.monotonic())))
             row = await asyncio.to_thread(sample, agent, started)
             rows.append(row)
             print(f"{row['t']:>6.0f} {row['calls_total']:>6} "
-                  + " ".join(f"{row[m]:>12.1f}" if m == "rss_mb" else f"{row[m]:>12}" for m in METRICS), flush=True)
+                  + " ".join(f"{row[m]:>12.1f}" if m == "rss_mb" else f"{row[m]:>12}" for m in METRICS)
+                  + f"  {row['p99_ms']:>6.2f}  {row['underruns']:>8}", flush=True)
         await asyncio.gather(*slots, return_exceptions=True)
         await asyncio.sleep(2.0)  # the agent tears down the last calls
         idle_after = sample(agent, started)
@@ -114,9 +118,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         clock.stop()
         agent.stop()
     cpu = (idle_after["cpu_s"] - idle_before["cpu_s"]) / max(1e-9, idle_after["t"] - idle_before["t"]) * 100
+    underruns = sum(r["underruns"] for r in rows) + idle_after["underruns"]
+    worst_p99 = max((r["p99_ms"] for r in rows), default=float("nan"))
     print(f"\n{args.calls} concurrent calls, {args.minutes:g} min, {counts['calls']} calls placed, "
-          f"{counts['failed']} failed; agent CPU {cpu:.1f}% average; underruns (last report) "
-          f"{idle_after['underruns']}; outcomes {idle_after['outcomes']}")
+          f"{counts['failed']} failed; agent CPU {cpu:.1f}% average; underruns {underruns}; worst p99 send "
+          f"deviation per sample {worst_p99:.2f} ms; outcomes {idle_after['outcomes']}")
     print(f"{'metric':<13} {'idle before':>11} {'first':>9} {'last':>9} {'slope/min':>10} {'idle after':>10}  "
           "after-before")
     for m in METRICS:

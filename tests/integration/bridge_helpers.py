@@ -81,9 +81,9 @@ class RecordingLink:
     def __init__(self, inner: RealtimeLink, sent: list[dict[str, Any]], received: list[dict[str, Any]]) -> None:
         self.inner, self.sent, self.received = inner, sent, received
 
-    async def send(self, event: dict[str, Any]) -> None:
+    async def send(self, event: dict[str, Any] | str) -> None:
         await self.inner.send(event)
-        if event.get("type") != "input_audio_buffer.append":
+        if isinstance(event, dict):  # audio appends go as prebuilt JSON text: not kept
             self.sent.append(event)
 
     async def recv(self) -> dict[str, Any]:
