@@ -317,6 +317,29 @@ async def _websocket_drop(tmp_path: Path) -> None:
     assert sum("Hello" in e["text"] for e in rig.entries("agent")) == 1, rig.summary()
 
 
+def test_session_is_renewed_before_the_provider_limit(tmp_path: Path) -> None:
+    asyncio.run(_renewal(tmp_path))
+
+
+async def _renewal(tmp_path: Path) -> None:
+    # Providers end a session after a fixed time (60 min on OpenAI GA); here the limit is 4 s.
+    config = bridge_config(tmp_path, realtime={"max_session_s": 4})
+    async with call_rig(config) as rig:
+        await rig.agent_turn()
+        await rig.say("how do i return an item")
+        await rig.wait_entry("agent", 20, lambda e: "thirty days" in e["text"])
+        await rig.wait_entry("event", 15, lambda e: e["event"] == "session-renewal")
+        await rig.wait_for(lambda: rig.connects >= 2 and rig.bridge.state == "live", 10, "the new session")
+        await rig.say("where is my order seven seven two one")
+        await rig.wait_entry("agent", 25, lambda e: "shipped" in e["text"])
+        assert not rig.caller.ended.is_set()
+    # The new session was seeded with the conversation so far, and nothing failed over.
+    seeded = [part.get("text", "") for e in rig.sent if e["type"] == "conversation.item.create"
+              and e["item"].get("role") == "system" for part in e["item"]["content"]]
+    assert seeded and "thirty days" in seeded[0], rig.summary()
+    assert not [e for e in rig.entries("event") if e["event"] == "failure"], rig.summary()
+
+
 @pytest.mark.parametrize("action", ["hangup", "transfer"])
 def test_api_unreachable_at_call_start(tmp_path: Path, action: str) -> None:
     asyncio.run(_unreachable(tmp_path, action))
