@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from sipagent.media.clock import MediaClock
 from sipagent.media.kernel import CODEC_SILENCE, ulaw_decode
 from sipagent.media.playout import PlayoutQueue
 from sipagent.media.vad import level_db
+from sipagent.realtime import events as realtime_events
 from sipagent.realtime.local.session import LocalSession
 from sipagent.rtp.ports import PortAllocator
 
@@ -146,14 +148,15 @@ def install_observers() -> None:
 
     CallBridge.on_inbound_frame = on_frame  # type: ignore[method-assign]
 
-    original_spawn_send = CallBridge._spawn_send
+    original_append_json = realtime_events.audio_append_json
 
-    def spawn_send(self: CallBridge, event: dict[str, Any]) -> None:
-        if TL.current is not None and event.get("type") == "input_audio_buffer.append":
-            TL.append_of.setdefault(TL.current, str(event.get("audio")))
-        original_spawn_send(self, event)
+    def append_json(audio: bytes) -> str:
+        # The bridge sends each inbound frame as prebuilt JSON text; note which packet it came from.
+        if TL.current is not None:
+            TL.append_of.setdefault(TL.current, base64.b64encode(audio).decode("ascii"))
+        return original_append_json(audio)
 
-    CallBridge._spawn_send = spawn_send  # type: ignore[method-assign]
+    realtime_events.audio_append_json = append_json
 
     original_append = LocalSession._on_input_audio_buffer_append
 
