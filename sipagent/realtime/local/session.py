@@ -450,7 +450,8 @@ class LocalSession:
             kind = "output_" + str(kind)
         return {**part, "type": kind}
 
-    def _on_conversation_item_truncate(self, event: dict[str, Any]) -> list[Output]:
+    def _item_of(self, event: dict[str, Any]) -> Item | list[Output]:
+        """The item an event names, or the ``item_not_found`` error to send back."""
         item_id = event.get("item_id")
         item = self.items.get(item_id) if isinstance(item_id, str) else None
         if item is None:
@@ -459,6 +460,13 @@ class LocalSession:
                     f"Conversation item with id '{item_id}' not found", "item_not_found", "item_id", event
                 )
             ]
+        return item
+
+    def _on_conversation_item_truncate(self, event: dict[str, Any]) -> list[Output]:
+        item = self._item_of(event)
+        if not isinstance(item, Item):
+            return item
+        item_id = event["item_id"]
         if item.data.get("role") != "assistant" or not item.audio_ms:
             return [
                 self.error(
@@ -488,25 +496,17 @@ class LocalSession:
         ]
 
     def _on_conversation_item_delete(self, event: dict[str, Any]) -> list[Output]:
-        item_id = event.get("item_id")
-        if not isinstance(item_id, str) or item_id not in self.items:
-            return [
-                self.error(
-                    f"Conversation item with id '{item_id}' not found", "item_not_found", "item_id", event
-                )
-            ]
+        item = self._item_of(event)
+        if not isinstance(item, Item):
+            return item
+        item_id = event["item_id"]
         del self.items[item_id]
         return [self.event("conversation.item.deleted", item_id=item_id)]
 
     def _on_conversation_item_retrieve(self, event: dict[str, Any]) -> list[Output]:
-        item_id = event.get("item_id")
-        item = self.items.get(item_id) if isinstance(item_id, str) else None
-        if item is None:
-            return [
-                self.error(
-                    f"Conversation item with id '{item_id}' not found", "item_not_found", "item_id", event
-                )
-            ]
+        item = self._item_of(event)
+        if not isinstance(item, Item):
+            return item
         return [self.event("conversation.item.retrieved", item=item_for_dialect(item.data, self.dialect))]
 
     # --- responses ---------------------------------------------------------------------------------
