@@ -135,6 +135,8 @@ class CallBridge:
         self.encoder = Encoder24k(media.codec)
         self._agent_decoder = Decoder24k(media.codec)  # what was sent, back to 24 kHz (recording, echo ref)
         self._passthrough = _passthrough_codec(settings.audio_format)
+        # G.711 to the model from a call in another codec: our 24 kHz audio, down to 8 kHz and encoded.
+        self._to_8k = Resampler(24000, 8000) if self._passthrough else None
         self._down_decode = _wire_decoder(settings.audio_format)
         self.state = "answering"
         self._link: RealtimeLink | None = None
@@ -480,17 +482,10 @@ class CallBridge:
             self.recorder.agent(pcm)
 
     def _up_encode(self, pcm24k: bytes) -> bytes:
-        if self._passthrough is None:
+        if self._to_8k is None:
             return pcm24k
         pcm8k = self._to_8k.process(pcm24k)
         return ulaw_encode(pcm8k) if self._passthrough == "PCMU" else alaw_encode(pcm8k)
-
-    @property
-    def _to_8k(self) -> Resampler:
-        resampler = self.__dict__.get("_res_8k")
-        if resampler is None:
-            resampler = self.__dict__["_res_8k"] = Resampler(24000, 8000)
-        return resampler
 
     def _queue_agent_audio(self, item_id: str, pcm24k: bytes) -> None:
         if self._done.is_set():
@@ -640,4 +635,4 @@ def _wire_decoder(audio_format: str) -> Callable[[bytes], bytes]:
     return lambda data: to_24k.process(decode(data))
 
 
-__all__ = ["CODEC_SILENCE", "BridgeSettings", "CallBridge", "CallOutcome"]
+__all__ = ["BridgeSettings", "CallBridge", "CallOutcome"]
