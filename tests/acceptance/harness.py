@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import wave
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from peers import LOCALHOST, Baresip, Kamailio, free_port
+from peers import LOCALHOST, Baresip, Kamailio, free_port, wait_until
 
 from sipagent.agent import Agent
 from sipagent.bridge.call import CallOutcome
@@ -180,16 +180,6 @@ async def phones(workdir: Path, kamailio: Kamailio, users: list[str], **options:
         yield list(await asyncio.gather(*(start(user) for user in users)))
     finally:
         await asyncio.gather(*(phone.close() for phone in started), return_exceptions=True)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(step)
-    return True
 
 
 # -- transcripts --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import subprocess
 import time
 import uuid
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,17 @@ class Kamailio:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    """Polls ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
 
 
 @contextlib.contextmanager

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
-from peers import Baresip, Kamailio, free_port, sip_options
+from peers import Baresip, Kamailio, free_port, sip_options, wait_until
 
 from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
 
@@ -37,16 +37,6 @@ def run(coro: Awaitable[None]) -> None:
         await asyncio.wait_for(coro, 60)
 
     asyncio.run(bounded())
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(step)
-    return True
 
 
 def test_register_with_digest_auth_then_options_through_proxy(
