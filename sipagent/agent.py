@@ -70,6 +70,12 @@ class _MediaLeg:
     def flush_audio(self) -> int:
         return self.endpoint.playout.flush()
 
+    def pause_audio(self) -> None:
+        self.endpoint.playout.pause()
+
+    def resume_audio(self) -> None:
+        self.endpoint.playout.resume()
+
     @property
     def played_ms(self) -> int:
         return self.endpoint.playout.played_ms

@@ -12,14 +12,14 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-from sipagent.bridge.settings import BUILTIN_TOOLS, AgentConfig, RecordingConfig, ToolConfig
+from sipagent.bridge.settings import BUILTIN_TOOLS, AgentConfig, BargeInConfig, RecordingConfig, ToolConfig
 from sipagent.errors import ConfigError
 
 __all__ = ["AgentConfig", "Config", "ConfigError", "RecordingConfig", "ToolConfig", "load_config"]
@@ -447,4 +447,19 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         config.agent.on_failure.target or config.agent.transfer_target
     ):
         raise fail("agent.on_failure.target", "required when on_failure.action is transfer")
+    _check_barge_in(config.agent.barge_in, fail)
+
+
+def _check_barge_in(barge: BargeInConfig, fail: Callable[[str, str], ConfigError]) -> None:
+    """Durations are counted in whole 20 ms frames; the pause must come before the confirmation."""
+    key = "agent.barge_in."
+    if not 20 <= barge.min_speech_ms <= 2000:
+        raise fail(key + "min_speech_ms", f"expected 20 to 2000 ms, got {barge.min_speech_ms}")
+    if barge.protect_greeting_ms < 0:
+        raise fail(key + "protect_greeting_ms", f"expected 0 or more ms, got {barge.protect_greeting_ms}")
+    if barge.pause_after_ms and not 20 <= barge.pause_after_ms < barge.min_speech_ms:
+        raise fail(key + "pause_after_ms", f"expected 0 (no pause) or 20 ms up to less than min_speech_ms "
+                                           f"({barge.min_speech_ms}), got {barge.pause_after_ms}")
+    if not 20 <= barge.resume_after_ms <= 5000:
+        raise fail(key + "resume_after_ms", f"expected 20 to 5000 ms, got {barge.resume_after_ms}")
 

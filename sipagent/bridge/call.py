@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sipagent.bridge.bargein import BargeIn, BargeInPolicy
+from sipagent.bridge.bargein import BargeIn, BargeInPolicy, Pause, Resume
 from sipagent.bridge.conversation import Conversation
 from sipagent.bridge.settings import AgentConfig, RecordingConfig, ToolConfig
 from sipagent.bridge.tools import ToolResult, parse_arguments, run_webhook
@@ -82,6 +82,10 @@ class MediaLeg(Protocol):
 
     def flush_audio(self) -> int: ...
 
+    def pause_audio(self) -> None: ...
+
+    def resume_audio(self) -> None: ...
+
     @property
     def played_ms(self) -> int: ...
 
@@ -109,6 +113,7 @@ class CallOutcome:
     recording_path: Path | None = None
     usage: dict[str, int] = field(default_factory=dict)
     barge_ins: list[float] = field(default_factory=list)
+    false_pauses: int = 0  # the agent paused at a caller's onset that was not confirmed as speech
 
 
 class CallBridge:
@@ -128,7 +133,10 @@ class CallBridge:
         self.agent = settings.agent
         self.on_transcript = on_transcript
         self.conversation = Conversation()
-        self.policy = BargeInPolicy(self.agent.barge_in.mode, self.agent.barge_in.protect_greeting_ms)
+        barge = self.agent.barge_in
+        self.policy = BargeInPolicy(barge.mode, barge.protect_greeting_ms, pause_after_ms=barge.pause_after_ms,
+                                    resume_after_ms=barge.resume_after_ms)
+        self._onset_at = 0.0  # the caller's first loud frame of the speech the agent is paused on
         self.vad = EchoAwareVad(VadSettings(threshold_db=self.agent.barge_in.threshold_db,
                                             min_speech_ms=self.agent.barge_in.min_speech_ms))
         self.decoder = Decoder24k(media.codec)
@@ -196,6 +204,7 @@ class CallBridge:
             self.recorder.path if self.recorder else None,
             dict(self.conversation.usage),
             list(self.barge_in_times),
+            self.policy.resumes,
         )
 
     async def _cleanup(self) -> None:
@@ -454,11 +463,9 @@ class CallBridge:
         pcm = self.decoder.decode(payload)
         if self.recorder:
             self.recorder.caller(pcm)
-        if self.vad.caller_frame(pcm):
-            self._last_activity = time.monotonic()
-            decision = self.policy.local_speech(time.monotonic(), self.media.buffered_ms > 0)
-            if decision:
-                self._spawn(self._barge_in(decision, server_cancelled=False))
+        speech = self.vad.caller_frame(pcm)
+        if speech or self.vad.loud_ms or self.policy.paused:
+            self._caller_sound(speech)
         if self._link is None or self.state != "live":
             return
         if self.vad.echo_only and self.agent.barge_in.mode != "off":
@@ -498,20 +505,48 @@ class CallBridge:
         self.media.push_audio(self.encoder.encode(pcm24k))
 
     def _flush_agent_audio(self) -> None:
-        self.media.flush_audio()
+        self.media.flush_audio()  # also ends a pause: what comes next is new audio, not the paused speech
+        self.policy.flushed()
+
+    def _caller_sound(self, speech: bool) -> None:
+        """A caller frame with sound in it (or one while the agent is paused): the barge-in policy's turn."""
+        now = time.monotonic()
+        if speech:
+            self._last_activity = now
+        decision = self.policy.caller_frame(now, self.vad.loud_ms, speech, self.media.buffered_ms > 0)
+        if isinstance(decision, Pause):
+            # Stage 1, at the onset: silence from the next tick on, the model not told (it may be a cough).
+            self.media.pause_audio()
+            self._onset_at = now - (self.vad.loud_ms - self.vad.settings.frame_ms) / 1000
+            self._record("barge_in_pause", played_ms=self.media.played_ms)
+        elif isinstance(decision, Resume):
+            self.media.resume_audio()
+            self.log.info("barge-in pause resumed after %.0f ms (not speech)", decision.paused_s * 1000)
+            self._record("barge_in_resume", paused_ms=round(decision.paused_s * 1000))
+            if self.metrics:
+                self.metrics.barge_in_pause_ended("resumed", decision.paused_s)
+        elif decision is not None:
+            self.media.pause_audio()  # quiet from the next tick even if the task below runs after it
+            self._spawn(self._barge_in(decision, server_cancelled=False))
 
     async def _barge_in(self, decision: BargeIn, server_cancelled: bool) -> None:
-        played = self.media.played_ms
+        played = self.media.played_ms  # exact when paused: what the caller heard up to the pause
         self.media.flush_audio()
         cut = self.conversation.interrupted(played)
         self.barge_in_times.append(decision.at)
-        if self.metrics and self.vad.recent_speech_ms:
+        if self.metrics and decision.paused_at is not None:
+            # The agent went quiet at the pause; confirming it later changed nothing the caller heard.
+            self.metrics.observe_barge_in_latency(decision.paused_at - self._onset_at)
+            self.metrics.barge_in_pause_ended("barge-in", decision.at - decision.paused_at)
+        elif self.metrics and self.vad.recent_speech_ms:
             # From the first loud caller frame to the moment the agent went quiet on the wire.
             self.metrics.observe_barge_in_latency(self.vad.recent_speech_ms / 1000 + time.monotonic() - decision.at)
         self.log.info("barge-in (%s)", decision.trigger.value)
         if cut is not None:
             item_id, heard_ms = cut
-            self._record("barge_in", trigger=decision.trigger.value, item_id=item_id, heard_ms=heard_ms)
+            paused_ms = None if decision.paused_at is None else round((decision.at - decision.paused_at) * 1000)
+            self._record("barge_in", trigger=decision.trigger.value, item_id=item_id, heard_ms=heard_ms,
+                         paused_ms=paused_ms)
             if heard_ms > 0:
                 await self._send(ev.item_truncate(item_id, heard_ms))
             else:

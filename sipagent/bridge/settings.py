@@ -16,9 +16,14 @@ BUILTIN_TOOLS = frozenset({"end_call", "transfer_call"})
 @dataclass
 class BargeInConfig:
     mode: Literal["server", "local", "off"] = "server"
-    min_speech_ms: int = 200
+    min_speech_ms: int = 200  # confirms a barge-in (local mode): the model is told, the item truncated
     protect_greeting_ms: int = 1000
     threshold_db: float = -35.0
+    # The reversible first stage: this much loud caller audio (above the agent's echo) pauses the agent's
+    # audio at once; 0 turns the pause off. One 20 ms frame: a caller who talks over the agent is heard
+    # as it starts, and the echo margin, not the frame count, is what keeps the agent's echo out.
+    pause_after_ms: int = 20
+    resume_after_ms: int = 300  # a pause not confirmed as speech resumes once the caller was quiet this long
 
 
 @dataclass

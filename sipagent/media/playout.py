@@ -6,6 +6,9 @@ one frame per 20 ms tick and sends it. When the queue runs dry the clock gets th
 
 A partial frame at the end of an utterance is held for ``hold_ticks`` ticks (the next delta usually
 completes it), then sent padded with silence so the tail of the utterance is not stuck in the queue.
+
+``pause()`` holds the queue where it is (the clock gets silence, nothing is dropped) until ``resume()``:
+the first, reversible stage of barge-in, taken at the caller's speech onset before it is confirmed.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ class PlayoutQueue:
         self._buf = bytearray()
         self._played_bytes = 0
         self._held = 0  # consecutive ticks a partial frame has waited
+        self.paused = False
 
     def push(self, payload: bytes) -> None:
         self._buf += payload
 
     def pop_frame(self) -> tuple[bytes, bool]:
         """Return ``(frame, is_audio)``: the next frame of audio, or the silence frame when there is none."""
+        if self.paused:
+            return self.silence, False
         n = self.frame_bytes
         buf = self._buf
         if len(buf) >= n:
@@ -46,11 +52,21 @@ class PlayoutQueue:
         self._played_bytes += len(tail)
         return tail + self.silence[len(tail) :], True
 
+    def pause(self) -> None:
+        """Send silence from the next tick on, keeping every byte queued (and ``played_ms``) as it is."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Carry on from the frame where ``pause()`` stopped."""
+        self.paused = False
+
     def flush(self) -> int:
-        """Discard everything not yet sent; returns the milliseconds discarded."""
+        """Discard everything not yet sent (a pause ends with it: nothing is left to resume); returns the
+        milliseconds discarded."""
         discarded = self.buffered_ms
         self._buf.clear()
         self._held = 0
+        self.paused = False
         return discarded
 
     def reset_played(self) -> None:
@@ -67,5 +83,5 @@ class PlayoutQueue:
 
     @property
     def is_playing(self) -> bool:
-        """True while there is audio waiting to be sent."""
+        """True while there is audio waiting to be sent (paused or not)."""
         return bool(self._buf)

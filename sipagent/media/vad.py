@@ -47,6 +47,8 @@ class EchoAwareVad:
 
     Feed it the agent's outgoing frames' levels with :meth:`agent_frame` and the caller's frames with
     :meth:`caller_frame`; the latter returns True on the frame where speech has lasted ``min_speech_ms``.
+    ``loud_ms`` is the run of consecutive loud frames up to the last one: the speech *onset*, known tens of
+    milliseconds before speech is confirmed, with the same echo rejection (barge-in pauses on it).
     """
 
     def __init__(self, settings: VadSettings | None = None) -> None:
@@ -57,6 +59,7 @@ class EchoAwareVad:
         self._votes: deque[bool] = deque([False] * frames, maxlen=frames)
         self._needed = max(1, math.ceil(frames * self.settings.speech_ratio))
         self._loud = 0
+        self.loud_ms = 0
         self.speaking = False
         self.last_level_db = SILENCE_DB
 
@@ -83,6 +86,7 @@ class EchoAwareVad:
         level = level_db(pcm)
         self.last_level_db = level
         loud = level >= self.threshold_db()
+        self.loud_ms = self.loud_ms + self.settings.frame_ms if loud else 0
         self._loud += loud - self._votes[0]
         self._votes.append(loud)
         if self._loud == 0:

@@ -30,6 +30,7 @@ CallOutcome = Literal[
 ]
 CALL_OUTCOMES: Final[tuple[str, ...]] = get_args(CallOutcome)
 TokenKind = Literal["input", "output"]
+PauseOutcome = Literal["barge-in", "resumed"]  # confirmed as speech, or a false alarm (cough, door, "uh-huh")
 
 # The registration core's state names (DESIGN: unregistered → registering → registered → refreshing →
 # failed/backing-off). Others are accepted too: they get their own series the first time they appear.
@@ -70,6 +71,12 @@ class Metrics:
         self._barge_in_latency = Histogram(p + "barge_in_latency_seconds",
                                            "Caller speech start to agent playout stopped",
                                            buckets=LATENCY_BUCKETS, registry=r)
+        self._barge_in_pauses = Counter(p + "barge_in_pauses",
+                                        "Agent audio paused at a caller's speech onset, by how the pause ended",
+                                        ["outcome"], registry=r)
+        self._barge_in_false_pause = Histogram(p + "barge_in_false_pause_seconds",
+                                               "How long the agent was silent on a pause that resumed",
+                                               buckets=LATENCY_BUCKETS, registry=r)
         self._rtp_sent = Counter(p + "rtp_packets_sent", "RTP packets sent", registry=r)
         self._rtp_received = Counter(p + "rtp_packets_received", "RTP packets received", registry=r)
         self._rtp_lost = Counter(p + "rtp_packets_lost", "RTP packets lost (RFC 3550 cumulative loss)",
@@ -93,6 +100,8 @@ class Metrics:
             self._calls.labels(outcome=outcome)
         for kind in get_args(TokenKind):
             self._tokens.labels(kind=kind)
+        for pause_outcome in get_args(PauseOutcome):
+            self._barge_in_pauses.labels(outcome=pause_outcome)
 
     # -- registration -------------------------------------------------------------------------------
     def _state_child(self, state: str) -> None:
@@ -138,6 +147,12 @@ class Metrics:
     def observe_barge_in_latency(self, seconds: float) -> None:
         if seconds >= 0:
             self._barge_in_latency.observe(seconds)
+
+    def barge_in_pause_ended(self, outcome: PauseOutcome, paused_s: float) -> None:
+        """A pause at the caller's onset ended; ``paused_s``: the gap the caller heard (counted if resumed)."""
+        self._barge_in_pauses.labels(outcome=outcome).inc()
+        if outcome == "resumed" and paused_s >= 0:
+            self._barge_in_false_pause.observe(paused_s)
 
     # -- media --------------------------------------------------------------------------------------
     def add_rtp(self, sent: int = 0, received: int = 0, lost: int = 0) -> None:

@@ -1,4 +1,4 @@
-"""Pure parts of the bridge: echo-aware VAD, barge-in policy, transcript and recording writers, tools."""
+"""Pure parts of the bridge: echo-aware VAD, transcript and recording writers, tools."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sipagent.bridge.bargein import BargeInPolicy, Trigger
 from sipagent.bridge.settings import ToolConfig
 from sipagent.bridge.tools import parse_arguments, run_webhook, tool_definitions
 from sipagent.bridge.transcript import StereoRecorder, TranscriptWriter
@@ -63,31 +62,6 @@ def test_vad_rejects_echo_but_hears_a_caller_over_the_agent() -> None:
     assert run_vad(vad, [(-12, -32)] * 100) == []
     # The caller talks over the agent at -18 dBFS: speech.
     assert run_vad(vad, [(-12, -18)] * 20) == [4]
-
-
-def test_barge_in_policy_modes() -> None:
-    policy = BargeInPolicy("local", protect_greeting_ms=1000)
-    policy.greeting_started(10.0)
-    assert policy.local_speech(10.5, agent_playing=True) is None  # the greeting's first second is protected
-    decision = policy.local_speech(11.2, agent_playing=True)
-    assert decision is not None and decision.trigger is Trigger.LOCAL_VAD
-    assert policy.local_speech(12.0, agent_playing=False) is None  # nothing to interrupt
-
-    server = BargeInPolicy("server", protect_greeting_ms=0)
-    # The server heard something, but our VAD heard only echo: the agent goes on.
-    assert server.server_speech_started(5.0, agent_playing=True, caller_speaking=False) is None
-    assert server.ignored_as_echo == 1
-    decision = server.server_speech_started(6.0, agent_playing=True, caller_speaking=True)
-    assert decision is not None and decision.trigger is Trigger.SERVER_VAD
-    # Local speech just before the server's event also confirms it.
-    assert server.local_speech(7.0, agent_playing=True) is None  # server mode: local VAD alone does not cut
-    assert server.server_speech_started(7.2, agent_playing=True, caller_speaking=False) is not None
-
-    off = BargeInPolicy("off", protect_greeting_ms=0)
-    assert off.local_speech(1.0, True) is None
-    assert off.server_speech_started(1.0, True, True) is None
-    with pytest.raises(ValueError):
-        BargeInPolicy("sometimes", 0)
 
 
 def test_transcript_is_json_lines_flushed_as_written(tmp_path: Path) -> None:

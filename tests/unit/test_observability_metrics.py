@@ -106,3 +106,16 @@ def test_registries_are_independent_and_prefixed() -> None:
     names = {name for name, _ in samples(a)}
     assert names and all(name.startswith("sipagent_") for name in names)
     assert CONTENT_TYPE.startswith("text/plain")
+
+
+def test_barge_in_pauses_by_outcome() -> None:
+    m = Metrics()
+    assert value(m, "sipagent_barge_in_pauses_total", outcome="resumed") == 0  # series exist before any pause
+    m.barge_in_pause_ended("resumed", 0.36)
+    m.barge_in_pause_ended("barge-in", 0.16)
+    assert value(m, "sipagent_barge_in_pauses_total", outcome="resumed") == 1
+    assert value(m, "sipagent_barge_in_pauses_total", outcome="barge-in") == 1
+    # Only false pauses are a gap the caller heard for nothing.
+    assert value(m, "sipagent_barge_in_false_pause_seconds_count") == 1
+    assert value(m, "sipagent_barge_in_false_pause_seconds_bucket", le="0.3") == 0
+    assert value(m, "sipagent_barge_in_false_pause_seconds_bucket", le="0.5") == 1

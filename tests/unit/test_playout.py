@@ -52,3 +52,29 @@ def test_flush_and_played() -> None:
 def test_rejects_mismatched_silence() -> None:
     with pytest.raises(ValueError):
         PlayoutQueue(frame_bytes=160, silence=b"\xff" * 10)
+
+
+def test_pause_holds_the_queue_and_resume_goes_on_where_it_stopped() -> None:
+    q = PlayoutQueue()
+    q.push(b"\x01" * 160 + b"\x02" * 160 + b"\x03" * 100)
+    assert q.pop_frame() == (b"\x01" * 160, True)
+    q.pause()
+    for _ in range(5):  # silence on every tick; nothing consumed, the partial tail does not age
+        assert q.pop_frame() == (SIL, False)
+    assert q.paused and q.is_playing and q.buffered_ms == 32 and q.played_ms == 20
+    q.resume()
+    assert q.pop_frame() == (b"\x02" * 160, True)
+    assert q.pop_frame() == (SIL, False)  # the tail is held as before the pause
+    assert q.pop_frame() == (SIL, False)
+    assert q.pop_frame() == (b"\x03" * 100 + SIL[100:], True)
+    assert q.played_ms == 52
+
+
+def test_flush_ends_a_pause() -> None:
+    q = PlayoutQueue()
+    q.push(b"\x01" * 320)
+    q.pause()
+    assert q.flush() == 40
+    assert not q.paused
+    q.push(b"\x02" * 160)  # the next answer plays at once
+    assert q.pop_frame() == (b"\x02" * 160, True)
