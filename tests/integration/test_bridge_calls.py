@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 from bridge_helpers import LOUD_DB, bridge_config, call_rig, heard_frames, loud_times, speech_span_s, tts
 from peers import free_port
@@ -97,6 +98,54 @@ async def _barge_in(tmp_path: Path, mode: str) -> None:
     assert not any("fifty states" in e["text"] for e in rig.entries("agent")), rig.summary()
 
 
+def cough(ms: int = 60, db: float = -12.0) -> bytes:
+    """A burst of noise as loud as the agent, shorter than min_speech_ms: a cough or a knock, 24 kHz PCM16."""
+    noise = np.random.default_rng(7).standard_normal(24 * ms)
+    return (noise / np.sqrt(np.mean(noise**2)) * 32768 * 10 ** (db / 20)).clip(-32768, 32767).astype("<i2").tobytes()
+
+
+@pytest.mark.parametrize("mode", ["local", "server"])
+def test_cough_pauses_and_resumes_then_speech_barges_in(tmp_path: Path, mode: str) -> None:
+    asyncio.run(_cough_then_speech(tmp_path, mode))
+
+
+async def _cough_then_speech(tmp_path: Path, mode: str) -> None:
+    server_min_speech = 500 if mode == "local" else 200  # as above: the local mode is decided locally
+    config = bridge_config(
+        tmp_path,
+        realtime={"local": {"vad": {"min_speech_ms": server_min_speech}}},
+        agent={"greeting": LONG_GREETING, "barge_in": {"mode": mode, "protect_greeting_ms": 0}},  # defaults
+    )
+    async with call_rig(config) as rig:
+        await rig.wait_for(lambda: len(loud_times(rig.caller)) >= 60, 15, "1.2 s of the greeting")
+        rig.caller.play(cough())
+        resumed = await rig.wait_entry("barge_in_resume", 5)
+        queued_before = rig.bridge.conversation.queued_ms
+        await rig.wait_for(lambda: len(loud_times(rig.caller, since=time.monotonic() - 1)) >= 25, 5,
+                           "the greeting to go on")
+        played_after_resume = rig.bridge.media.played_ms
+        pcm = await asyncio.to_thread(tts().synthesize, "how do i return an item")
+        rig.caller.play(pcm)
+        await rig.wait_entry("barge_in", 5)
+        await rig.wait_entry("agent", 25, lambda e: "thirty days" in e["text"])
+    pauses = rig.entries("barge_in_pause")
+    assert len(pauses) == 2 and resumed["paused_ms"] < 1000, rig.summary()  # the cough's, then the speech's
+    # The cough did not reach the model: nothing truncated, cancelled or deleted before the real barge-in.
+    kinds = [e["type"] for e in rig.sent]
+    assert kinds.count("conversation.item.truncate") == 1 and "conversation.item.delete" not in kinds, kinds
+    # Nothing of the greeting was lost at the resume: it played on past where it paused.
+    assert played_after_resume > pauses[0]["played_ms"] and queued_before >= played_after_resume
+    cut = rig.entries("barge_in")
+    assert len(cut) == 1 and cut[0]["trigger"] == f"{mode}-vad", rig.summary()
+    # The agent was already silent at the onset: heard_ms is where the second pause stopped it.
+    assert cut[0]["paused_ms"] is not None and cut[0]["paused_ms"] > 0, rig.summary()
+    assert cut[0]["heard_ms"] == pauses[1]["played_ms"], rig.summary()
+    assert rig.outcomes and rig.outcomes[0].false_pauses == 1
+    metrics = rig.agent.metrics.render().decode()
+    assert 'sipagent_barge_in_pauses_total{outcome="resumed"} 1.0' in metrics
+    assert 'sipagent_barge_in_pauses_total{outcome="barge-in"} 1.0' in metrics
+
+
 GREETING = "Thanks for calling Northwind Outfitters. How can I help you today?"
 
 
@@ -115,6 +164,8 @@ async def _echo(tmp_path: Path, delay_ms: int, mode: str) -> None:
     heard = loud_times(rig.caller)
     heard_s = heard[-1] - heard[0] + 0.02
     assert not rig.entries("barge_in"), rig.summary()
+    # Nor was it paused, even for a moment: echo must not make the agent choppy.
+    assert not rig.entries("barge_in_pause"), rig.summary()
     assert abs(heard_s - synthesized) < 0.3, f"heard {heard_s:.2f} s of a {synthesized:.2f} s greeting"
     assert [e["text"] for e in rig.entries("agent")] == [GREETING], rig.summary()
     backend_heard = [e["type"] for e in rig.received if e["type"].startswith("input_audio_buffer.")]
