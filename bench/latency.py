@@ -25,14 +25,26 @@ delay, TTS) and bridge outbound (Bo→A: WebSocket, decode/encode, playout queue
 tick). The bridge's overhead is inbound + outbound; the naive figure the issue names, C→A minus the
 configured response delay, is printed too (it still contains the backend's silence window, ASR and TTS).
 
-Barge-in: while the agent speaks its (long) reply, the caller talks over it. Latency = caller's first
-loud packet on the wire → the agent's first non-audio frame on the wire (its audio stopped). Per variant
-``MODE:MIN_SPEECH_MS`` (local = the bridge's echo-aware VAD decides; server = the backend's
-``speech_started``, confirmed by the local VAD). The local VAD is windowed: it fires once half of the
-last ``min_speech_ms`` was loud (within its echo margin of the agent's recent peak), so with
-``min_speech_ms`` 120 it can decide on the third loud frame, 40 ms after the first one left the caller.
+Barge-in: while the agent speaks its (long) reply, the caller talks over it. Barge-in is two-stage: at
+the caller's onset (``pause_after_ms`` of loud audio above the agent's echo) the agent's playout is paused,
+without telling the model; once speech is confirmed (local VAD: half of the last ``min_speech_ms`` loud;
+server: the backend's ``speech_started``, checked against the local VAD) the bridge flushes, truncates and
+cancels; a pause that is not confirmed resumes. Per interruption, from the caller's first loud packet on the
+wire (onset), on what the agent really sent:
 
-Usage: python bench/latency.py [--turns 20] [--barge-variants local:200,local:120,server:200]
+  stop     the barge-in latency: onset → the start of the run of non-audio agent packets in which the
+           truncate was sent (the caller heard no agent audio from then on). A pause that later resumed is
+           not a barge-in: if the agent played on after a pause, only the later stop counts.
+  pause    onset → the first non-audio agent packet at or after the first pause decision (stage 1 on the wire)
+  truncate onset → the confirmed barge-in (the bridge queues conversation.item.truncate)
+  resumed  pauses that resumed during the interruption (false pauses on real speech; should be 0)
+
+Variants ``MODE:MIN_SPEECH_MS[:PAUSE_AFTER_MS]``; PAUSE_AFTER_MS 0 is the one-stage barge-in (the agent plays
+until speech is confirmed), the named alternative the pause is measured against. ``--coughs N`` plays N
+60 ms noise bursts over the agent instead and reports the pauses, the gap heard and that none truncated.
+
+Usage: python bench/latency.py [--turns 20] [--barge-turns N] [--coughs 10]
+                               [--barge-variants local:200,local:200:0,local:120:0,server:200]
 """
 
 from __future__ import annotations
@@ -40,12 +52,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sipagent.agent as agent_mod
 import sipagent.realtime.local.server as server_mod
 from bench._common import agent_config, free_udp_port, percentiles_ms
+from sipagent.bridge.bargein import BargeInPolicy, Pause, Resume
 from sipagent.bridge.call import CallBridge
 from sipagent.caller import SipCaller
 from sipagent.config import load_config_text
@@ -81,6 +96,7 @@ class Timeline:
     backend_in: list[tuple[float, bool]] = field(default_factory=list)  # (t, loud) per append decoded
     backend_out: list[tuple[float, str]] = field(default_factory=list)  # (t, event type) sent
     decisions: list[tuple[float, str]] = field(default_factory=list)  # (t, trigger) bridge barge-in begins
+    pauses: list[tuple[float, str]] = field(default_factory=list)  # (t, "pause" | "resume") policy decisions
     agent_queued: list[float] = field(default_factory=list)  # bridge queued model audio for playout
     # The same packet on every hop, matched by content (first occurrence wins).
     caller_payload: dict[float, bytes] = field(default_factory=dict)  # caller send time -> payload
@@ -90,7 +106,8 @@ class Timeline:
     current: bytes | None = None  # the payload the bridge is handling right now
 
     def clear(self) -> None:
-        for lst in (self.caller, self.agent, self.backend_in, self.backend_out, self.decisions, self.agent_queued):
+        for lst in (self.caller, self.agent, self.backend_in, self.backend_out, self.decisions, self.pauses,
+                    self.agent_queued):
             lst.clear()
         for d in (self.caller_payload, self.agent_rx, self.append_of, self.backend_rx):
             d.clear()
@@ -135,6 +152,16 @@ def install_observers() -> None:
         await original_barge_in(self, decision, server_cancelled)
 
     CallBridge._barge_in = barge  # type: ignore[method-assign]
+
+    original_policy_frame = BargeInPolicy.caller_frame
+
+    def policy_frame(self: BargeInPolicy, now: float, loud_ms: int, speech: bool, agent_playing: bool) -> Any:
+        decision = original_policy_frame(self, now, loud_ms, speech, agent_playing)
+        if isinstance(decision, (Pause, Resume)):
+            TL.pauses.append((time.monotonic(), "pause" if isinstance(decision, Pause) else "resume"))
+        return decision
+
+    BargeInPolicy.caller_frame = policy_frame  # type: ignore[method-assign]
 
     original_frame = CallBridge.on_inbound_frame
 
@@ -192,23 +219,6 @@ def first_after(events: list[tuple[float, Any]], t: float, want: Any) -> float |
     return next((at for at, v in events if at > t and v == want), None)
 
 
-def silence_start(events: list[tuple[float, bool]], t: float, frames: int = 10) -> float | None:
-    """Start of the first run of ``frames`` non-audio agent packets after ``t`` (the agent went quiet, not
-    a one-frame gap)."""
-    run_start, run = None, 0
-    for at, audio in events:
-        if at <= t:
-            continue
-        if audio:
-            run_start, run = None, 0
-            continue
-        run_start = run_start if run_start is not None else at
-        run += 1
-        if run >= frames:
-            return run_start
-    return None
-
-
 def last_between(events: list[tuple[float, Any]], t0: float, t1: float, want: Any) -> float | None:
     found = None
     for at, v in events:
@@ -255,10 +265,12 @@ class Session:
         host, port = self.agent.sip_address
         self.clock.start()
         self.caller = SipCaller(self.clock, PortAllocator(30000, 30999), f"sip:agent@{host}:{port}", codec="PCMU")
+        TL.clear()  # the previous session's frames would pass for this one's greeting
+        dialled = time.monotonic()
         await self.caller.dial()
         assert self.caller._endpoint is not None
         self.caller._endpoint.playout = CallerPlayout(160, CODEC_SILENCE["PCMU"])
-        if not await wait_agent_quiet(0.0, 0.5, 15.0):
+        if not await wait_agent_quiet(dialled, 0.5, 15.0):
             raise RuntimeError("no greeting from the agent")
         return self
 
@@ -337,47 +349,110 @@ async def turn_latency(turns: int, speech: bytes, delay_ms: int, silence_ms: int
           f"{backend_extra:.0f} ms", flush=True)
 
 
-async def barge_in(turns: int, speech: bytes, mode: str, min_speech_ms: int, jitter_ms: int) -> None:
+def stop_of_barge_in(events: list[tuple[float, bool]], decided: float) -> float | None:
+    """Start of the run of non-audio agent packets the confirmed barge-in at ``decided`` is in: the last agent
+    audio the caller heard before it. None if the agent was still sending audio 40 ms after the decision."""
+    after = next((i for i, (at, _) in enumerate(events) if at >= decided + 0.04), None)
+    if after is None or events[after][1]:
+        return None
+    i = after
+    while i > 0 and not events[i - 1][1]:
+        i -= 1
+    return events[i][0]
+
+
+async def barge_in(turns: int, speech: bytes, mode: str, min_speech_ms: int, pause_ms: int | None,
+                   jitter_ms: int) -> None:
+    barge: dict[str, Any] = {"mode": mode, "min_speech_ms": min_speech_ms, "protect_greeting_ms": 1000}
+    if pause_ms is not None:
+        barge["pause_after_ms"] = pause_ms
     config = agent_config(free_udp_port(), greeting="Hello.", fallback=LONG_REPLY, jitter_ms=jitter_ms,
-                          barge_in={"mode": mode, "min_speech_ms": min_speech_ms, "protect_greeting_ms": 1000},
-                          rtp_ports="31100-31199")
-    latencies: list[float] = []
-    parts: dict[str, list[float]] = {"server speech_started": [], "decision by local-vad": [],
-                                     "decision by server-vad": []}
-    missed = 0
+                          barge_in=barge, rtp_ports="31100-31199")
+    rows: dict[str, list[float]] = {"stop": [], "pause": [], "truncate": [], "server speech_started": []}
+    missed = resumed = 0
+    # Interrupt at a different point of the reply each time (seeded: the same points in every variant), so
+    # the agent's level under the caller's onset and the phase of its 20 ms tick vary as on real calls.
+    into_reply = random.Random(8)
     async with Session(config) as s:
         assert s.caller is not None
         s.caller.play(speech)  # the first question; every barge-in after that is the next question
         after = time.monotonic()
         for _ in range(turns):
-            started = await wait_agent_audio(after, 1.0, 20.0)
+            started = await wait_agent_audio(after, into_reply.uniform(0.6, 3.0), 20.0)
             if started is None:
                 print("  the agent did not reply; stopping this variant", flush=True)
                 break
             TL.clear()
             s.caller.play(speech)
-            after = time.monotonic()
+            played = time.monotonic()
             await asyncio.sleep(len(speech) / 48000 + 0.5)
-            onset = first_after(TL.caller, after - 0.001, True)
-            stop = silence_start(TL.agent, onset or after)
-            if onset is None or stop is None:
+            after = time.monotonic()  # the next reply is the one to this question, whatever played before
+            onset = first_after(TL.caller, played - 0.001, True)
+            decided = next((t for t, _ in TL.decisions if onset is not None and t > onset), None)
+            stop = stop_of_barge_in(TL.agent, decided) if decided is not None else None
+            if onset is None or decided is None or stop is None:
                 missed += 1
                 continue
-            latencies.append(stop - onset)
+            rows["stop"].append(stop - onset)
+            rows["truncate"].append(decided - onset)
+            paused = first_after(TL.pauses, onset, "pause")
+            if paused is not None:
+                wire = next((t for t, audio in TL.agent if t >= paused and not audio), None)
+                if wire is not None:
+                    rows["pause"].append(wire - onset)
+            resumed += sum(1 for t, kind in TL.pauses if kind == "resume" and t > onset)
             started_at = next((t for t, kind in TL.backend_out
                                if t > onset and kind == "input_audio_buffer.speech_started"), None)
-            decided = next(((t, trigger) for t, trigger in TL.decisions if t > onset), None)
             if started_at is not None:
-                parts["server speech_started"].append(started_at - onset)
-            if decided is not None:
-                parts[f"decision by {decided[1]}"].append(decided[0] - onset)
-    p = percentiles_ms(latencies, (50, 95))
-    print(f"barge-in {mode:<6} min_speech {min_speech_ms:>3} ms  n={len(latencies):<3} missed={missed}  "
-          f"p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  max {p['max']:6.1f} ms;  "
-          f"p95 vs 100 ms goal {p['p95'] / 100:.2f}x", flush=True)
-    for name, values in parts.items():
-        q = percentiles_ms(values, (50, 95))
-        print(f"    onset -> {name:<22} n={len(values):<3} p50 {q['p50']:6.1f}  p95 {q['p95']:6.1f} ms", flush=True)
+                rows["server speech_started"].append(started_at - onset)
+    p = percentiles_ms(rows["stop"], (50, 95))
+    pause_label = "default" if pause_ms is None else f"{pause_ms} ms"
+    print(f"barge-in {mode:<6} min_speech {min_speech_ms:>3} ms  n={len(rows['stop']):<3} missed={missed}  "
+          f"pause_after {pause_label}: stop p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  max {p['max']:6.1f} ms;  "
+          f"p95 vs 100 ms goal {p['p95'] / 100:.2f}x; pauses resumed on real speech: {resumed}", flush=True)
+    for name in ("pause", "truncate", "server speech_started"):
+        q = percentiles_ms(rows[name], (50, 95))
+        print(f"    onset -> {name:<22} n={len(rows[name]):<3} p50 {q['p50']:6.1f}  p95 {q['p95']:6.1f}  "
+              f"max {q['max']:6.1f} ms", flush=True)
+
+
+def cough_burst(ms: int = 60, db: float = -12.0) -> bytes:
+    """Noise as loud as the agent, shorter than min_speech_ms (a cough, a knock), 24 kHz PCM16."""
+    noise = np.random.default_rng(7).standard_normal(24 * ms)
+    pcm = (noise / np.sqrt(np.mean(noise**2)) * 32768 * 10 ** (db / 20)).clip(-32768, 32767).astype("<i2")
+    return bytes(pcm.tobytes())
+
+
+async def coughs(count: int, speech: bytes, jitter_ms: int) -> None:
+    """Short bursts over the agent with the default barge-in config (local mode): each should pause and
+    resume, never truncate. Reports the gap the caller heard in the agent's audio."""
+    config = agent_config(free_udp_port(), greeting="Hello.", fallback=LONG_REPLY, jitter_ms=jitter_ms,
+                          barge_in={"mode": "local", "protect_greeting_ms": 1000}, rtp_ports="31200-31299")
+    gaps: list[float] = []
+    pauses = resumes = truncates = 0
+    async with Session(config) as s:
+        assert s.caller is not None
+        s.caller.play(speech)
+        after = time.monotonic()
+        if await wait_agent_audio(after, 1.0, 20.0) is None:
+            print("  the agent did not reply", flush=True)
+            return
+        for _ in range(count):
+            TL.clear()
+            s.caller.play(cough_burst())
+            await asyncio.sleep(0.8)
+            pauses += sum(1 for _, kind in TL.pauses if kind == "pause")
+            resumes += sum(1 for _, kind in TL.pauses if kind == "resume")
+            truncates += len(TL.decisions)
+            silent = [t for t, audio in TL.agent if not audio]
+            if silent and TL.agent[-1][1]:  # the agent was playing again at the end
+                gaps.append(len(silent) * 0.02)
+            if not TL.agent or not any(audio for _, audio in TL.agent[-10:]):
+                break  # the reply ended: no more agent audio to cough over
+    q = percentiles_ms(gaps, (50, 95))
+    print(f"coughs (60 ms noise at -12 dBFS, local:200, default pause): n={count} pauses={pauses} "
+          f"resumes={resumes} truncates={truncates}; agent silent per cough p50 {q['p50']:.0f}  "
+          f"p95 {q['p95']:.0f}  max {q['max']:.0f} ms", flush=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -388,12 +463,17 @@ async def main_async(args: argparse.Namespace) -> None:
           "loopback; PCMU")
     if args.turns > 0:
         await turn_latency(args.turns, speech, args.delay_ms, args.silence_ms, args.jitter_ms)
+    interruptions = max(1, args.turns if args.barge_turns is None else args.barge_turns)
     if args.barge_variants:
-        print(f"\nbarge-in latency over {args.turns} interruptions per variant (caller onset -> agent audio "
+        print(f"\nbarge-in latency over {interruptions} interruptions per variant (caller onset -> agent audio "
               "stops on the wire)")
         for variant in args.barge_variants.split(","):
-            mode, _, ms = variant.partition(":")
-            await barge_in(max(1, args.turns), speech, mode, int(ms or 200), args.jitter_ms)
+            mode, ms, pause = [*variant.split(":"), "", ""][:3]
+            await barge_in(interruptions, speech, mode, int(ms or 200), int(pause) if pause else None,
+                           args.jitter_ms)
+    if args.coughs > 0:
+        print()
+        await coughs(args.coughs, speech, args.jitter_ms)
 
 
 def main() -> int:
@@ -402,7 +482,9 @@ def main() -> int:
     parser.add_argument("--delay-ms", type=int, default=200, help="the backend's response_delay_ms")
     parser.add_argument("--silence-ms", type=int, default=500, help="the server VAD silence window")
     parser.add_argument("--jitter-ms", type=int, default=60, help="the agent's media.jitter_ms")
-    parser.add_argument("--barge-variants", default="local:200,local:120,server:200")
+    parser.add_argument("--barge-variants", default="local:200,local:200:0,local:120:0,server:200")
+    parser.add_argument("--barge-turns", type=int, default=None, help="interruptions per variant (default: --turns)")
+    parser.add_argument("--coughs", type=int, default=10, help="noise bursts over the agent (0: none)")
     args = parser.parse_args()
     import logging
 
