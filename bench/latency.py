@@ -38,6 +38,7 @@ wire (onset), on what the agent really sent:
   pause    onset → the first non-audio agent packet at or after the first pause decision (stage 1 on the wire)
   truncate onset → the confirmed barge-in (the bridge queues conversation.item.truncate)
   resumed  pauses that resumed during the interruption (false pauses on real speech; should be 0)
+  leaked   agent audio packets sent after the stop while the caller was still talking (should be 0)
 
 Variants ``MODE:MIN_SPEECH_MS[:PAUSE_AFTER_MS]``; PAUSE_AFTER_MS 0 is the one-stage barge-in (the agent plays
 until speech is confirmed), the named alternative the pause is measured against. ``--coughs N`` plays N
@@ -369,7 +370,7 @@ async def barge_in(turns: int, speech: bytes, mode: str, min_speech_ms: int, pau
     config = agent_config(free_udp_port(), greeting="Hello.", fallback=LONG_REPLY, jitter_ms=jitter_ms,
                           barge_in=barge, rtp_ports="31100-31199")
     rows: dict[str, list[float]] = {"stop": [], "pause": [], "truncate": [], "server speech_started": []}
-    missed = resumed = 0
+    missed = resumed = leaked = 0
     # Interrupt at a different point of the reply each time (seeded: the same points in every variant), so
     # the agent's level under the caller's onset and the phase of its 20 ms tick vary as on real calls.
     into_reply = random.Random(8)
@@ -394,6 +395,8 @@ async def barge_in(turns: int, speech: bytes, mode: str, min_speech_ms: int, pau
                 missed += 1
                 continue
             rows["stop"].append(stop - onset)
+            # Agent audio after the stop while the caller is still talking (its reply cannot have begun).
+            leaked += sum(1 for t, audio in TL.agent if audio and stop < t < onset + len(speech) / 48000)
             rows["truncate"].append(decided - onset)
             paused = first_after(TL.pauses, onset, "pause")
             if paused is not None:
@@ -409,7 +412,8 @@ async def barge_in(turns: int, speech: bytes, mode: str, min_speech_ms: int, pau
     pause_label = "default" if pause_ms is None else f"{pause_ms} ms"
     print(f"barge-in {mode:<6} min_speech {min_speech_ms:>3} ms  n={len(rows['stop']):<3} missed={missed}  "
           f"pause_after {pause_label}: stop p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  max {p['max']:6.1f} ms;  "
-          f"p95 vs 100 ms goal {p['p95'] / 100:.2f}x; pauses resumed on real speech: {resumed}", flush=True)
+          f"p95 vs 100 ms goal {p['p95'] / 100:.2f}x; pauses resumed on real speech: {resumed}; agent frames "
+          f"after the stop: {leaked}", flush=True)
     for name in ("pause", "truncate", "server speech_started"):
         q = percentiles_ms(rows[name], (50, 95))
         print(f"    onset -> {name:<22} n={len(rows[name]):<3} p50 {q['p50']:6.1f}  p95 {q['p95']:6.1f}  "

@@ -495,8 +495,8 @@ class CallBridge:
         return ulaw_encode(pcm8k) if self._passthrough == "PCMU" else alaw_encode(pcm8k)
 
     def _queue_agent_audio(self, item_id: str, pcm24k: bytes) -> None:
-        if self._done.is_set():
-            return
+        if self._done.is_set() or item_id == self.conversation.cut_item:
+            return  # deltas of an interrupted item still arrive until the cancel takes effect: drop them
         payload = self.encoder.encode(pcm24k)
         self.media.push_audio(payload)
         self.conversation.agent_audio(item_id, len(payload))

@@ -37,6 +37,7 @@ class Conversation:
     queued_ms: int = 0  # total ms of agent audio ever queued for playout on this call
     current: AgentItem | None = None
     response_active: bool = False
+    cut_item: str = ""  # the item the caller last interrupted: its deltas still in flight are not played
     usage: dict[str, int] = field(default_factory=dict)
 
     def agent_audio(self, item_id: str, payload_bytes: int) -> None:
@@ -52,6 +53,7 @@ class Conversation:
         item, self.current = self.current, None
         if item is None:
             return None
+        self.cut_item = item.item_id
         # Audio queued but never played is gone: the next item starts where playout really is.
         self.queued_ms = played_ms
         return item.item_id, item.heard_ms(played_ms)

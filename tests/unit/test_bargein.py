@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sipagent.bridge.bargein import BargeIn, BargeInPolicy, Decision, Pause, Resume, Trigger
+from sipagent.bridge.conversation import Conversation
 from sipagent.media.playout import PlayoutQueue
 from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings
 
@@ -188,3 +189,14 @@ def test_echo_at_minus_20_db_never_pauses(delay_ms: int) -> None:
         line.tick()
     assert line.decisions == [] and line.policy.pauses == 0
     assert [i for i in line.sent if i >= 0] == list(range(190))
+
+
+def test_deltas_of_an_interrupted_item_are_not_played_again() -> None:
+    conversation = Conversation()
+    conversation.agent_audio("item-1", 160 * 50)  # 1 s queued
+    assert conversation.interrupted(played_ms=400) == ("item-1", 400)
+    # The backend's deltas already in flight when the cancel left: the bridge drops them, so a second
+    # interruption cannot truncate item-1 again at a position the caller never heard.
+    assert conversation.cut_item == "item-1"
+    conversation.agent_audio("item-2", 160 * 10)
+    assert conversation.interrupted(played_ms=500) == ("item-2", 100)
