@@ -22,7 +22,8 @@ class TranscriptWriter:
     """One JSON object per line: ``{"t": seconds since answer, "at": ISO time, "type": ..., ...}``.
 
     Types: ``call`` (start/end with metadata), ``caller`` and ``agent`` (final text), ``dtmf``,
-    ``tool_call``, ``tool_result``, ``barge_in``, ``event`` (reconnects, failures), ``usage``.
+    ``tool_call``, ``tool_result``, ``barge_in_pause``, ``barge_in_resume``, ``barge_in``, ``event``
+    (reconnects, failures), ``usage``.
     Lines are flushed as written so a crash loses nothing and ``tail -f`` shows the call live.
     """
 
