@@ -9,8 +9,8 @@
  * with the *_max_out helpers (or the bounds documented next to each function).
  */
 
-#define SK_ABI_VERSION 2
-#define SK_RS_MAX_TAPS 84
+#define SK_ABI_VERSION 3
+#define SK_RS_MAX_TAPS 96
 #define SK_RS_CHUNK 512
 
 int sk_abi_version(void);
@@ -33,7 +33,7 @@ typedef struct {
     int32_t odd;           /* 1 when odd_byte holds the low byte of a sample split across calls */
     unsigned char odd_byte;
     const float *coef;     /* [up][taps] reversed branches, static tables */
-    float buf[595];        /* SK_RS_MAX_TAPS - 1 history samples + SK_RS_CHUNK staged samples */
+    float buf[607];        /* SK_RS_MAX_TAPS - 1 history samples + SK_RS_CHUNK staged samples */
 } sk_resampler;
 
 /* Returns 0, or -1 when the pair is not among 8000/16000/24000. */

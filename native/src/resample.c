@@ -99,10 +99,12 @@ size_t sk_resampler_max_out(const sk_resampler *r, size_t nbytes)
     return 2 * (n * (size_t)r->up / (size_t)r->down + 2);
 }
 
-/* Round half away from zero and saturate; written without branches so the loops vectorise. */
+/* Round half to even (as the x86 vector conversion does) and saturate, without branches so the loops
+ * vectorise: adding and subtracting 1.5 * 2^23 rounds any |y| < 2^22 to an integer in the FPU's default
+ * mode. Outputs are below 2^17 (32768 times the filters' sum of |h|). */
 SK_INLINE int16_t to_s16(float y)
 {
-    float v = y + (y >= 0.0f ? 0.5f : -0.5f);
+    float v = (y + 12582912.0f) - 12582912.0f;
     v = v > 32767.0f ? 32767.0f : v;
     v = v < -32768.0f ? -32768.0f : v;
     return (int16_t)(int32_t)v;
@@ -150,6 +152,145 @@ __attribute__((target("avx2"))) static void fir_avx2(const float *restrict h, co
 
 #define DSTRIDE ((HIST + SK_RS_CHUNK) / 2 + 2) /* per-stream input scratch when M >= 2 */
 
+#ifdef SK_X86_DISPATCH
+/* Hand-written AVX2 + FMA kernels for the G.711 pairs (8 kHz <-> 24 kHz, 32 taps per stream), which the
+ * media code runs every 20 ms per call. Each output is one chain of fused multiply-adds in a fixed tap
+ * order, the same in every lane and in the scalar tail, so the result never depends on where a chunk
+ * starts or ends. FMA rounds once per tap where the baseline loop rounds twice: the two levels may
+ * differ by 1 LSB (tested), each is streaming-consistent on its own. */
+#include <immintrin.h>
+
+#define SK_AVX2 __attribute__((target("avx2,fma")))
+
+/* 8 float outputs -> 8 int16: round half to even (MXCSR default), saturate in the pack. */
+SK_AVX2 static inline __m128i pack8(__m256 v)
+{
+    __m256i i = _mm256_cvtps_epi32(v);
+    return _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+}
+
+SK_AVX2 static inline int16_t pack1(__m128 v)
+{
+    int y = _mm_cvtss_si32(v);
+    return (int16_t)(y > 32767 ? 32767 : (y < -32768 ? -32768 : y));
+}
+
+/* a, b, c hold branches 0, 1, 2 of inputs j..j+7: out[3j'+b] for the 24 outputs, in order. */
+SK_AVX2 static inline void store3(int16_t *out, __m256 a, __m256 b, __m256 c)
+{
+    const __m256i ia = _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5);
+    const __m256i ib = _mm256_setr_epi32(5, 0, 3, 6, 1, 4, 7, 2);
+    const __m256i ic = _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7);
+    __m256 pa = _mm256_permutevar8x32_ps(a, ia), pb = _mm256_permutevar8x32_ps(b, ib);
+    __m256 pc = _mm256_permutevar8x32_ps(c, ic);
+    /* position p of output vector k takes branch (8k + p) mod 3 */
+    __m256 o0 = _mm256_blend_ps(_mm256_blend_ps(pa, pb, 0x92), pc, 0x24);
+    __m256 o1 = _mm256_blend_ps(_mm256_blend_ps(pa, pb, 0x24), pc, 0x49);
+    __m256 o2 = _mm256_blend_ps(_mm256_blend_ps(pa, pb, 0x49), pc, 0x92);
+    _mm_storeu_si128((__m128i *)out, pack8(o0));
+    _mm_storeu_si128((__m128i *)(out + 8), pack8(o1));
+    _mm_storeu_si128((__m128i *)(out + 16), pack8(o2));
+}
+
+/* L = 3, M = 1, K = 32: out[3j + b] = sum_i h[b][i] z[j + i] for j < c. The three branches read the
+ * same inputs, so every load feeds three FMAs. */
+SK_AVX2 static void up3_k32(const float *h, const float *z, int c, int16_t *out)
+{
+    const float *h0 = h, *h1 = h + 32, *h2 = h + 64;
+    int j = 0;
+    for (; j + 24 <= c; j += 24) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, b0 = a0, b1 = a0, b2 = a0, c0 = a0, c1 = a0, c2 = a0;
+        const float *x = z + j;
+        for (int i = 0; i < 32; i++) {
+            __m256 g0 = _mm256_broadcast_ss(h0 + i), g1 = _mm256_broadcast_ss(h1 + i);
+            __m256 g2 = _mm256_broadcast_ss(h2 + i);
+            __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8), x2 = _mm256_loadu_ps(x + i + 16);
+            a0 = _mm256_fmadd_ps(g0, x0, a0);
+            b0 = _mm256_fmadd_ps(g1, x0, b0);
+            c0 = _mm256_fmadd_ps(g2, x0, c0);
+            a1 = _mm256_fmadd_ps(g0, x1, a1);
+            b1 = _mm256_fmadd_ps(g1, x1, b1);
+            c1 = _mm256_fmadd_ps(g2, x1, c1);
+            a2 = _mm256_fmadd_ps(g0, x2, a2);
+            b2 = _mm256_fmadd_ps(g1, x2, b2);
+            c2 = _mm256_fmadd_ps(g2, x2, c2);
+        }
+        store3(out + 3 * j, a0, b0, c0);
+        store3(out + 3 * j + 24, a1, b1, c1);
+        store3(out + 3 * j + 48, a2, b2, c2);
+    }
+    for (; j + 8 <= c; j += 8) {
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0, c0 = a0;
+        for (int i = 0; i < 32; i++) {
+            __m256 x0 = _mm256_loadu_ps(z + j + i);
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(h0 + i), x0, a0);
+            b0 = _mm256_fmadd_ps(_mm256_broadcast_ss(h1 + i), x0, b0);
+            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(h2 + i), x0, c0);
+        }
+        store3(out + 3 * j, a0, b0, c0);
+    }
+    for (; j < c; j++) {
+        for (int b = 0; b < 3; b++) {
+            __m128 a = _mm_setzero_ps();
+            for (int i = 0; i < 32; i++)
+                a = _mm_fmadd_ss(_mm_set_ss(h[32 * b + i]), _mm_set_ss(z[j + i]), a);
+            out[3 * j + b] = pack1(a);
+        }
+    }
+}
+
+/* L = 1, M = 3, K = 96: out[m] = sum_i h[i] w[3m + i], with the window split into three streams
+ * s_r[n] = w[3n + r]. Tap i = 3(8a + b) + r of output m reads s_r[m + 8a + b]: for a fixed (r, b) the
+ * loads for J output vectors and the four taps a = 0..3 overlap, so J + 3 loads feed 4J FMAs. Every
+ * output sums its taps in the order (r, b, a). */
+#define DOWN3_BLOCK(J)                                                                           \
+    for (; m + 8 * (J) <= n; m += 8 * (J)) {                                                      \
+        __m256 acc[J];                                                                           \
+        for (int v = 0; v < (J); v++)                                                            \
+            acc[v] = _mm256_setzero_ps();                                                        \
+        for (int r = 0; r < 3; r++) {                                                            \
+            const float *sr = s[r] + m;                                                          \
+            for (int b = 0; b < 8; b++) {                                                        \
+                const __m256 g0 = _mm256_broadcast_ss(h + 3 * b + r);                            \
+                const __m256 g1 = _mm256_broadcast_ss(h + 3 * (8 + b) + r);                      \
+                const __m256 g2 = _mm256_broadcast_ss(h + 3 * (16 + b) + r);                     \
+                const __m256 g3 = _mm256_broadcast_ss(h + 3 * (24 + b) + r);                     \
+                _Pragma("GCC unroll 16")                                                         \
+                for (int u = 0; u < (J) + 3; u++) {                                              \
+                    const __m256 x = _mm256_loadu_ps(sr + 8 * u + b);                            \
+                    if (u < (J))                                                                 \
+                        acc[u] = _mm256_fmadd_ps(g0, x, acc[u]);                                 \
+                    if (u >= 1 && u - 1 < (J))                                                   \
+                        acc[u - 1] = _mm256_fmadd_ps(g1, x, acc[u - 1]);                         \
+                    if (u >= 2 && u - 2 < (J))                                                   \
+                        acc[u - 2] = _mm256_fmadd_ps(g2, x, acc[u - 2]);                         \
+                    if (u >= 3)                                                                  \
+                        acc[u - 3] = _mm256_fmadd_ps(g3, x, acc[u - 3]);                         \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        for (int v = 0; v < (J); v++)                                                            \
+            _mm_storeu_si128((__m128i *)(out + m + 8 * v), pack8(acc[v]));                       \
+    }
+
+SK_AVX2 static void down3_k32(const float *h, const float *const s[3], int n, int16_t *out)
+{
+    int m = 0;
+    DOWN3_BLOCK(8)
+    DOWN3_BLOCK(2)
+    DOWN3_BLOCK(1)
+    for (; m < n; m++) {
+        __m128 a = _mm_setzero_ps();
+        for (int r = 0; r < 3; r++)
+            for (int b = 0; b < 8; b++)
+                for (int q = b; q < 32; q += 8)
+                    a = _mm_fmadd_ss(_mm_set_ss(h[3 * q + r]), _mm_set_ss(s[r][m + q]), a);
+        out[m] = pack1(a);
+    }
+}
+#endif
+
+
 size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
 {
     const int up = r->up, down = r->down, k = r->taps;
@@ -160,6 +301,27 @@ size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
     int16_t y[3 * OSTRIDE];
     const float *x[SK_RS_MAX_TAPS];
 
+#ifdef SK_X86_DISPATCH
+    if (simd_level > 0 && k == 32 && up == 3 && down == 1 && t0 == 0) { /* 8 kHz -> 24 kHz */
+        up3_k32(r->coef, z, c, out);
+        goto done;
+    }
+    if (simd_level > 0 && k == 96 && up == 1 && down == 3) { /* 24 kHz -> 8 kHz */
+        const float *w = z + t0;
+        const int avail = total - t0, groups = avail / 3;
+        float *s0 = streams, *s1 = streams + DSTRIDE, *s2 = streams + 2 * DSTRIDE;
+        for (int i = 0; i < groups; i++) {
+            s0[i] = w[3 * i];
+            s1[i] = w[3 * i + 1];
+            s2[i] = w[3 * i + 2];
+        }
+        for (int q = groups * 3, sidx = 0; q < avail; q++, sidx++)
+            streams[sidx * DSTRIDE + groups] = w[q];
+        const float *const sv[3] = {s0, s1, s2};
+        down3_k32(r->coef, sv, n_out, out);
+        goto done;
+    }
+#endif
     if (down > 1) { /* split the window into M streams: stream s holds z[M*i + s] */
         const int groups = total / down;
         float *s0 = streams, *s1 = streams + DSTRIDE, *s2 = streams + 2 * DSTRIDE;
@@ -227,6 +389,9 @@ size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
                 out[b + up * j] = yb[j];
         }
     }
+#ifdef SK_X86_DISPATCH
+done:
+#endif
     r->t = t0 + n_out * down - c * up;
     memmove(r->buf + (HIST - (k - 1)), z + c, (size_t)(k - 1) * sizeof(float));
     return (size_t)n_out;

@@ -29,7 +29,7 @@ __all__ = [
     "ulaw_encode",
 ]
 
-ABI_VERSION: Final = 2
+ABI_VERSION: Final = 3
 if lib.sk_abi_version() != ABI_VERSION:  # a stale build in the package dir would misbehave silently
     raise ImportError(f"sipagent._kernel ABI {lib.sk_abi_version()} != {ABI_VERSION}: rebuild the package")
 
