@@ -93,12 +93,14 @@ typedef struct {
     int32_t codec;
     sk_resampler rs;
     sk_g722_decoder g722;
+    unsigned char *out;    /* caller-owned output buffer of the *_push entry points */
 } sk_dec24k;
 
 typedef struct {
     int32_t codec;
     sk_resampler rs;
     sk_g722_encoder g722;
+    unsigned char *out;
 } sk_enc24k;
 
 /* Returns 0, or -1 for an unknown codec. */
@@ -108,3 +110,11 @@ int sk_enc24k_init(sk_enc24k *e, int codec);
 size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsigned char *out);
 /* 24 kHz PCM16 -> payload: at most nbytes / 6 + 2 bytes. Returns bytes written. */
 size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsigned char *out);
+/* The same into the buffer set in ->out (sized by the caller as above). Three arguments, not four,
+ * because cffi's call overhead grows with the argument count (per-frame Python entry points). */
+size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n);
+size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes);
+
+/* ---- level ---- */
+/* Mean of the squared samples of n PCM16 samples (0.0 for n == 0), summed exactly in 64-bit integers. */
+double sk_mean_square(const unsigned char *pcm, size_t n);

@@ -111,3 +111,27 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
     }
     return written;
 }
+
+size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n)
+{
+    return sk_dec24k_run(d, payload, n, d->out);
+}
+
+size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes)
+{
+    return sk_enc24k_run(e, pcm, nbytes, e->out);
+}
+
+double sk_mean_square(const unsigned char *pcm, size_t n)
+{
+    if (n == 0)
+        return 0.0;
+    /* 32 768^2 * 2^32 samples stays below 2^63: exact for any realistic length. Partial sums in
+     * 32-bit lanes would overflow after two full-scale samples, so the loop widens to 64 bits. */
+    int64_t acc = 0;
+    for (size_t i = 0; i < n; i++) {
+        int32_t v = load_s16(pcm + 2 * i);
+        acc += (int64_t)(v * v);
+    }
+    return (double)acc / (double)n;
+}

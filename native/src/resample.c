@@ -192,50 +192,91 @@ SK_AVX2 static inline void store3(int16_t *out, __m256 a, __m256 b, __m256 c)
     _mm_storeu_si128((__m128i *)(out + 16), pack8(o2));
 }
 
-/* L = 3, M = 1, K = 32: out[3j + b] = sum_i h[b][i] z[j + i] for j < c. The three branches read the
- * same inputs, so every load feeds three FMAs. */
+/* s_r[i] = w[3i + r] for i < n: three loads, six blends and three permutes per 24 floats. */
+SK_AVX2 static void split3(const float *w, int n, float *s0, float *s1, float *s2)
+{
+    const __m256i idx0 = _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5); /* its own inverse */
+    const __m256i idx1 = _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6); /* inverse of store3's ib */
+    const __m256i idx2 = _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7); /* inverse of store3's ic */
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v0 = _mm256_loadu_ps(w + 3 * i), v1 = _mm256_loadu_ps(w + 3 * i + 8);
+        __m256 v2 = _mm256_loadu_ps(w + 3 * i + 16);
+        __m256 a = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x92), v2, 0x24);
+        __m256 b = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x24), v2, 0x49);
+        __m256 c = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x49), v2, 0x92);
+        _mm256_storeu_ps(s0 + i, _mm256_permutevar8x32_ps(a, idx0));
+        _mm256_storeu_ps(s1 + i, _mm256_permutevar8x32_ps(b, idx1));
+        _mm256_storeu_ps(s2 + i, _mm256_permutevar8x32_ps(c, idx2));
+    }
+    for (; i < n; i++) {
+        s0[i] = w[3 * i];
+        s1[i] = w[3 * i + 1];
+        s2[i] = w[3 * i + 2];
+    }
+}
+
+/* L = 3, M = 1, K = 32: out[3j + b] = sum_i h_b[i] z[j + i] for j < c. Linear phase makes h_2 the
+ * mirror of h_0 and h_1 a palindrome, so with S_i = z[j+i] + z[j+31-i] and D_i = z[j+i] - z[j+31-i]:
+ * out_1 = sum h_1[i] S_i, out_0 + out_2 = sum (h_0 + h_2)[i] S_i, out_0 - out_2 = sum (h_0 - h_2)[i] D_i
+ * over i < 16: half the multiply-adds (the adds run on the FPU's separate add pipes). */
+#define UP3_TAP(v)                                                                               \
+    do {                                                                                         \
+        const __m256 xl = _mm256_loadu_ps(x + 8 * (v) + i), xr = _mm256_loadu_ps(x + 8 * (v) + 31 - i); \
+        const __m256 sv = _mm256_add_ps(xl, xr), dv = _mm256_sub_ps(xl, xr);                    \
+        p##v = _mm256_fmadd_ps(gp, sv, p##v);                                                    \
+        m##v = _mm256_fmadd_ps(gm, dv, m##v);                                                    \
+        b##v = _mm256_fmadd_ps(g1, sv, b##v);                                                    \
+    } while (0)
+#define UP3_OUT(v, dst)                                                                          \
+    store3(dst, _mm256_mul_ps(_mm256_add_ps(p##v, m##v), half), b##v,                            \
+           _mm256_mul_ps(_mm256_sub_ps(p##v, m##v), half))
+
 SK_AVX2 static void up3_k32(const float *h, const float *z, int c, int16_t *out)
 {
-    const float *h0 = h, *h1 = h + 32, *h2 = h + 64;
+    float hp[16], hm[16];
+    for (int i = 0; i < 16; i++) {
+        hp[i] = h[i] + h[64 + i];
+        hm[i] = h[i] - h[64 + i];
+    }
+    const float *h1 = h + 32;
+    const __m256 half = _mm256_set1_ps(0.5f);
     int j = 0;
     for (; j + 24 <= c; j += 24) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, b0 = a0, b1 = a0, b2 = a0, c0 = a0, c1 = a0, c2 = a0;
+        __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, m0 = p0, m1 = p0, m2 = p0, b0 = p0, b1 = p0, b2 = p0;
         const float *x = z + j;
-        for (int i = 0; i < 32; i++) {
-            __m256 g0 = _mm256_broadcast_ss(h0 + i), g1 = _mm256_broadcast_ss(h1 + i);
-            __m256 g2 = _mm256_broadcast_ss(h2 + i);
-            __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8), x2 = _mm256_loadu_ps(x + i + 16);
-            a0 = _mm256_fmadd_ps(g0, x0, a0);
-            b0 = _mm256_fmadd_ps(g1, x0, b0);
-            c0 = _mm256_fmadd_ps(g2, x0, c0);
-            a1 = _mm256_fmadd_ps(g0, x1, a1);
-            b1 = _mm256_fmadd_ps(g1, x1, b1);
-            c1 = _mm256_fmadd_ps(g2, x1, c1);
-            a2 = _mm256_fmadd_ps(g0, x2, a2);
-            b2 = _mm256_fmadd_ps(g1, x2, b2);
-            c2 = _mm256_fmadd_ps(g2, x2, c2);
+        for (int i = 0; i < 16; i++) {
+            const __m256 gp = _mm256_broadcast_ss(hp + i), gm = _mm256_broadcast_ss(hm + i);
+            const __m256 g1 = _mm256_broadcast_ss(h1 + i);
+            UP3_TAP(0);
+            UP3_TAP(1);
+            UP3_TAP(2);
         }
-        store3(out + 3 * j, a0, b0, c0);
-        store3(out + 3 * j + 24, a1, b1, c1);
-        store3(out + 3 * j + 48, a2, b2, c2);
+        UP3_OUT(0, out + 3 * j);
+        UP3_OUT(1, out + 3 * j + 24);
+        UP3_OUT(2, out + 3 * j + 48);
     }
     for (; j + 8 <= c; j += 8) {
-        __m256 a0 = _mm256_setzero_ps(), b0 = a0, c0 = a0;
-        for (int i = 0; i < 32; i++) {
-            __m256 x0 = _mm256_loadu_ps(z + j + i);
-            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(h0 + i), x0, a0);
-            b0 = _mm256_fmadd_ps(_mm256_broadcast_ss(h1 + i), x0, b0);
-            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(h2 + i), x0, c0);
+        __m256 p0 = _mm256_setzero_ps(), m0 = p0, b0 = p0;
+        const float *x = z + j;
+        for (int i = 0; i < 16; i++) {
+            const __m256 gp = _mm256_broadcast_ss(hp + i), gm = _mm256_broadcast_ss(hm + i);
+            const __m256 g1 = _mm256_broadcast_ss(h1 + i);
+            UP3_TAP(0);
         }
-        store3(out + 3 * j, a0, b0, c0);
+        UP3_OUT(0, out + 3 * j);
     }
-    for (; j < c; j++) {
-        for (int b = 0; b < 3; b++) {
-            __m128 a = _mm_setzero_ps();
-            for (int i = 0; i < 32; i++)
-                a = _mm_fmadd_ss(_mm_set_ss(h[32 * b + i]), _mm_set_ss(z[j + i]), a);
-            out[3 * j + b] = pack1(a);
+    for (; j < c; j++) { /* the same operations, one lane */
+        __m128 p = _mm_setzero_ps(), m = p, b = p;
+        for (int i = 0; i < 16; i++) {
+            const __m128 xl = _mm_set_ss(z[j + i]), xr = _mm_set_ss(z[j + 31 - i]);
+            p = _mm_fmadd_ss(_mm_set_ss(hp[i]), _mm_add_ss(xl, xr), p);
+            m = _mm_fmadd_ss(_mm_set_ss(hm[i]), _mm_sub_ss(xl, xr), m);
+            b = _mm_fmadd_ss(_mm_set_ss(h1[i]), _mm_add_ss(xl, xr), b);
         }
+        out[3 * j] = pack1(_mm_mul_ss(_mm_add_ss(p, m), _mm_set_ss(0.5f)));
+        out[3 * j + 1] = pack1(b);
+        out[3 * j + 2] = pack1(_mm_mul_ss(_mm_sub_ss(p, m), _mm_set_ss(0.5f)));
     }
 }
 
@@ -310,11 +351,7 @@ size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
         const float *w = z + t0;
         const int avail = total - t0, groups = avail / 3;
         float *s0 = streams, *s1 = streams + DSTRIDE, *s2 = streams + 2 * DSTRIDE;
-        for (int i = 0; i < groups; i++) {
-            s0[i] = w[3 * i];
-            s1[i] = w[3 * i + 1];
-            s2[i] = w[3 * i + 2];
-        }
+        split3(w, groups, s0, s1, s2);
         for (int q = groups * 3, sidx = 0; q < avail; q++, sidx++)
             streams[sidx * DSTRIDE + groups] = w[q];
         const float *const sv[3] = {s0, s1, s2};

@@ -25,10 +25,11 @@ static inline void store_s16(unsigned char *p, int v)
 static inline void load_pcm_float(float *dst, const unsigned char *src, int n)
 {
 #ifdef SK_LITTLE_ENDIAN
-    int16_t tmp[SK_RS_CHUNK];
-    memcpy(tmp, src, 2 * (size_t)n); /* src may be unaligned: one copy, then a vectorised convert */
-    for (int i = 0; i < n; i++)
-        dst[i] = (float)tmp[i];
+    for (int i = 0; i < n; i++) { /* src may be unaligned: memcpy per sample becomes a vector load */
+        int16_t v;
+        memcpy(&v, src + 2 * i, sizeof(v));
+        dst[i] = (float)v;
+    }
 #else
     for (int i = 0; i < n; i++)
         dst[i] = (float)load_s16(src + 2 * i);
