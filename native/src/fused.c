@@ -49,8 +49,16 @@ size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsig
             for (int i = 0; i < c; i++)
                 stage[i] = tab[payload[i]];
         }
-        size_t k = sk_rs_commit(&d->rs, g722 ? 2 * c : c, res);
-        store_pcm(out + 2 * written, res, k);
+        size_t k;
+#ifdef SK_LITTLE_ENDIAN
+        if (((uintptr_t)out & 1) == 0) /* straight into place: no copy through res */
+            k = sk_rs_commit(&d->rs, g722 ? 2 * c : c, (int16_t *)(void *)(out + 2 * written));
+        else
+#endif
+        {
+            k = sk_rs_commit(&d->rs, g722 ? 2 * c : c, res);
+            store_pcm(out + 2 * written, res, k);
+        }
         written += k;
         payload += c;
         n -= (size_t)c;
@@ -84,16 +92,11 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
             rs->odd_byte = pcm[0];
             nbytes = 0;
         }
-        size_t k = sk_rs_commit(rs, n, res); /* down-sampling: k <= n/1.5 + 1 */
-        if (e->codec == SK_CODEC_PCMU) {
-            for (size_t i = 0; i < k; i++)
-                out[written + i] = sk_ulaw_from_linear(res[i]);
-            written += k;
-        } else if (e->codec == SK_CODEC_PCMA) {
-            for (size_t i = 0; i < k; i++)
-                out[written + i] = sk_alaw_from_linear(res[i]);
-            written += k;
+        if (e->codec != SK_CODEC_G722) { /* codes straight from the resampler's output lanes */
+            written += sk_rs_commit_to(rs, n, out + written,
+                                       e->codec == SK_CODEC_PCMU ? SK_OUT_ULAW : SK_OUT_ALAW);
         } else {
+            size_t k = sk_rs_commit(rs, n, res); /* down-sampling: k <= n/1.5 + 1 */
             sk_g722_encoder *g = &e->g722;
             size_t i = 0;
             if (g->have_held && k > 0) {

@@ -24,6 +24,7 @@
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SK_NO_DISPATCH)
 #define SK_X86_DISPATCH 1
 static int simd_level = -1; /* -1 unknown, 0 baseline (SSE2), 1 AVX2; set once, idempotent */
+static int have_evex;       /* AVX-512VL: the AVX2 kernels may use 32 registers (same results) */
 #endif
 
 int sk_abi_version(void)
@@ -36,6 +37,7 @@ int sk_simd_level(int request)
 #ifdef SK_X86_DISPATCH
     __builtin_cpu_init();
     int have = __builtin_cpu_supports("avx2") ? 1 : 0;
+    have_evex = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
     simd_level = request < 0 ? have : (request < have ? request : have);
     return simd_level;
 #else
@@ -161,6 +163,10 @@ __attribute__((target("avx2"))) static void fir_avx2(const float *restrict h, co
 #include <immintrin.h>
 
 #define SK_AVX2 __attribute__((target("avx2,fma")))
+/* The same kernels compiled for AVX-512VL, when the CPU has it: identical instructions and results, but
+ * 32 vector registers instead of 16, which keeps the 8 -> 24 kHz kernel's inputs in registers across
+ * taps (measured 0.37 -> 0.33 µs per frame on Zen 4). */
+#define SK_EVEX __attribute__((target("avx2,fma,avx512f,avx512vl")))
 
 /* 8 float outputs -> 8 int16: round half to even (MXCSR default), saturate in the pack. */
 SK_AVX2 static inline __m128i pack8(__m256 v)
@@ -232,7 +238,7 @@ SK_AVX2 static void split3(const float *w, int n, float *s0, float *s1, float *s
     store3(dst, _mm256_mul_ps(_mm256_add_ps(p##v, m##v), half), b##v,                            \
            _mm256_mul_ps(_mm256_sub_ps(p##v, m##v), half))
 
-SK_AVX2 static void up3_k32(const float *h, const float *z, int c, int16_t *out)
+SK_AVX2 SK_INLINE void up3_body(const float *h, const float *z, int c, int16_t *out)
 {
     float hp[16], hm[16];
     for (int i = 0; i < 16; i++) {
@@ -245,6 +251,7 @@ SK_AVX2 static void up3_k32(const float *h, const float *z, int c, int16_t *out)
     for (; j + 24 <= c; j += 24) {
         __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, m0 = p0, m1 = p0, m2 = p0, b0 = p0, b1 = p0, b2 = p0;
         const float *x = z + j;
+        _Pragma("GCC unroll 16")
         for (int i = 0; i < 16; i++) {
             const __m256 gp = _mm256_broadcast_ss(hp + i), gm = _mm256_broadcast_ss(hm + i);
             const __m256 g1 = _mm256_broadcast_ss(h1 + i);
@@ -280,59 +287,150 @@ SK_AVX2 static void up3_k32(const float *h, const float *z, int c, int16_t *out)
     }
 }
 
+/* 8 rounded, int16-saturated outputs (as int32 lanes) -> 8 G.711 codes: the same arithmetic as
+ * sk_ulaw_from_linear / sk_alaw_from_linear in sk_internal.h, eight lanes at a time. */
+SK_AVX2 static inline __m256i top_bits8(__m256i v)
+{
+    return _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(v)), 19);
+}
+
+SK_AVX2 static inline __m256i ulaw8(__m256i x)
+{
+    __m256i v = _mm256_srai_epi32(x, 2);
+    __m256i neg = _mm256_srai_epi32(v, 31); /* all ones when negative */
+    __m256i mask = _mm256_xor_si256(_mm256_set1_epi32(0xFF), _mm256_and_si256(neg, _mm256_set1_epi32(0x80)));
+    v = _mm256_add_epi32(_mm256_min_epi32(_mm256_abs_epi32(v), _mm256_set1_epi32(8158)), _mm256_set1_epi32(33));
+    return _mm256_xor_si256(_mm256_sub_epi32(top_bits8(v), _mm256_set1_epi32((127 + 5) << 4)), mask);
+}
+
+SK_AVX2 static inline __m256i alaw8(__m256i x)
+{
+    __m256i v = _mm256_srai_epi32(x, 3);
+    __m256i neg = _mm256_srai_epi32(v, 31);
+    __m256i mask = _mm256_xor_si256(_mm256_set1_epi32(0xD5), _mm256_and_si256(neg, _mm256_set1_epi32(0x80)));
+    v = _mm256_xor_si256(v, neg); /* -v - 1 when negative */
+    __m256i top = _mm256_sub_epi32(top_bits8(v), _mm256_set1_epi32((127 + 4) << 4));
+    __m256i seg0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(32), v);
+    return _mm256_xor_si256(_mm256_blendv_epi8(top, _mm256_srli_epi32(v, 1), seg0), mask);
+}
+
+#define OUT_S16 SK_OUT_S16
+#define OUT_ULAW SK_OUT_ULAW
+#define OUT_ALAW SK_OUT_ALAW
+
+SK_AVX2 static inline void emit8(void *out, int m, __m256 y, int mode)
+{
+    __m256i i = _mm256_cvtps_epi32(y);
+    if (mode == OUT_S16) {
+        _mm_storeu_si128((__m128i *)((int16_t *)out + m),
+                         _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1)));
+        return;
+    }
+    i = _mm256_max_epi32(_mm256_min_epi32(i, _mm256_set1_epi32(32767)), _mm256_set1_epi32(-32768));
+    __m256i c = mode == OUT_ULAW ? ulaw8(i) : alaw8(i);
+    __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storel_epi64((__m128i *)((unsigned char *)out + m), _mm_packus_epi16(w, w));
+}
+
+SK_AVX2 static inline void emit1(void *out, int m, __m128 y, int mode)
+{
+    int16_t v = pack1(y);
+    if (mode == OUT_S16)
+        ((int16_t *)out)[m] = v;
+    else
+        ((unsigned char *)out)[m] = mode == OUT_ULAW ? sk_ulaw_from_linear(v) : sk_alaw_from_linear(v);
+}
+
 /* L = 1, M = 3, K = 96: out[m] = sum_i h[i] w[3m + i], with the window split into three streams
- * s_r[n] = w[3n + r]. Tap i = 3(8a + b) + r of output m reads s_r[m + 8a + b]: for a fixed (r, b) the
- * loads for J output vectors and the four taps a = 0..3 overlap, so J + 3 loads feed 4J FMAs. Every
- * output sums its taps in the order (r, b, a). */
+ * s_r[n] = w[3n + r], so tap i = 3q + r reads s_r[m + q]. The filter is symmetric (h[i] = h[95 - i]) and
+ * tap 95 - i = 3(31 - q) + (2 - r) reads s_(2-r)[m + 31 - q]: one multiply-add per pair of taps on the
+ * (exact) sum of the two inputs, 48 instead of 96. Two chains per output: A sums the pairs of streams
+ * 0 and 2 (q < 32), B those of stream 1 with itself (q < 16), y = A + B; within a chain the terms go in
+ * the order q = 8a + b over (b, a). For a fixed b the loads of J output vectors overlap across a. */
 #define DOWN3_BLOCK(J)                                                                           \
     for (; m + 8 * (J) <= n; m += 8 * (J)) {                                                      \
-        __m256 acc[J];                                                                           \
+        __m256 A[J], B[J];                                                                       \
         for (int v = 0; v < (J); v++)                                                            \
-            acc[v] = _mm256_setzero_ps();                                                        \
-        for (int r = 0; r < 3; r++) {                                                            \
-            const float *sr = s[r] + m;                                                          \
-            for (int b = 0; b < 8; b++) {                                                        \
-                const __m256 g0 = _mm256_broadcast_ss(h + 3 * b + r);                            \
-                const __m256 g1 = _mm256_broadcast_ss(h + 3 * (8 + b) + r);                      \
-                const __m256 g2 = _mm256_broadcast_ss(h + 3 * (16 + b) + r);                     \
-                const __m256 g3 = _mm256_broadcast_ss(h + 3 * (24 + b) + r);                     \
-                _Pragma("GCC unroll 16")                                                         \
-                for (int u = 0; u < (J) + 3; u++) {                                              \
-                    const __m256 x = _mm256_loadu_ps(sr + 8 * u + b);                            \
-                    if (u < (J))                                                                 \
-                        acc[u] = _mm256_fmadd_ps(g0, x, acc[u]);                                 \
-                    if (u >= 1 && u - 1 < (J))                                                   \
-                        acc[u - 1] = _mm256_fmadd_ps(g1, x, acc[u - 1]);                         \
-                    if (u >= 2 && u - 2 < (J))                                                   \
-                        acc[u - 2] = _mm256_fmadd_ps(g2, x, acc[u - 2]);                         \
-                    if (u >= 3)                                                                  \
-                        acc[u - 3] = _mm256_fmadd_ps(g3, x, acc[u - 3]);                         \
+            A[v] = B[v] = _mm256_setzero_ps();                                                   \
+        const float *s0 = s[0] + m, *s1 = s[1] + m, *s2 = s[2] + m;                              \
+        for (int b = 0; b < 8; b++) {                                                            \
+            _Pragma("GCC unroll 4")                                                              \
+            for (int a = 0; a < 4; a++) {                                                        \
+                const __m256 g = _mm256_broadcast_ss(h + 3 * (8 * a + b));                       \
+                _Pragma("GCC unroll 8")                                                          \
+                for (int v = 0; v < (J); v++) {                                                  \
+                    const __m256 x = _mm256_add_ps(_mm256_loadu_ps(s0 + 8 * (v + a) + b),         \
+                                                   _mm256_loadu_ps(s2 + 8 * (v + 3 - a) + 7 - b)); \
+                    A[v] = _mm256_fmadd_ps(g, x, A[v]);                                          \
+                }                                                                                \
+            }                                                                                    \
+            _Pragma("GCC unroll 2")                                                              \
+            for (int a = 0; a < 2; a++) {                                                        \
+                const __m256 g = _mm256_broadcast_ss(h + 3 * (8 * a + b) + 1);                   \
+                _Pragma("GCC unroll 8")                                                          \
+                for (int v = 0; v < (J); v++) {                                                  \
+                    const __m256 x = _mm256_add_ps(_mm256_loadu_ps(s1 + 8 * (v + a) + b),         \
+                                                   _mm256_loadu_ps(s1 + 8 * (v + 3 - a) + 7 - b)); \
+                    B[v] = _mm256_fmadd_ps(g, x, B[v]);                                          \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
         for (int v = 0; v < (J); v++)                                                            \
-            _mm_storeu_si128((__m128i *)(out + m + 8 * v), pack8(acc[v]));                       \
+            emit8(out, m + 8 * v, _mm256_add_ps(A[v], B[v]), mode);                              \
     }
 
-SK_AVX2 static void down3_k32(const float *h, const float *const s[3], int n, int16_t *out)
+SK_AVX2 SK_INLINE void down3_sym(const float *h, const float *const s[3], int n, void *out, int mode)
 {
     int m = 0;
-    DOWN3_BLOCK(8)
-    DOWN3_BLOCK(2)
+    DOWN3_BLOCK(4)
     DOWN3_BLOCK(1)
-    for (; m < n; m++) {
-        __m128 a = _mm_setzero_ps();
-        for (int r = 0; r < 3; r++)
-            for (int b = 0; b < 8; b++)
-                for (int q = b; q < 32; q += 8)
-                    a = _mm_fmadd_ss(_mm_set_ss(h[3 * q + r]), _mm_set_ss(s[r][m + q]), a);
-        out[m] = pack1(a);
+    for (; m < n; m++) { /* the same operations, one lane */
+        __m128 A = _mm_setzero_ps(), B = A;
+        for (int b = 0; b < 8; b++) {
+            for (int a = 0; a < 4; a++) {
+                const int q = 8 * a + b;
+                A = _mm_fmadd_ss(_mm_set_ss(h[3 * q]), _mm_add_ss(_mm_set_ss(s[0][m + q]), _mm_set_ss(s[2][m + 31 - q])), A);
+            }
+            for (int a = 0; a < 2; a++) {
+                const int q = 8 * a + b;
+                B = _mm_fmadd_ss(_mm_set_ss(h[3 * q + 1]), _mm_add_ss(_mm_set_ss(s[1][m + q]), _mm_set_ss(s[1][m + 31 - q])), B);
+            }
+        }
+        emit1(out, m, _mm_add_ss(A, B), mode);
     }
 }
+
+/* One copy of each kernel per instruction set: [0] AVX2 + FMA, [1] the same with AVX-512VL registers. */
+#define SK_KERNELS(ATTR, SUF)                                                                    \
+    ATTR static void up3_##SUF(const float *h, const float *z, int c, int16_t *out)              \
+    {                                                                                            \
+        up3_body(h, z, c, out);                                                                  \
+    }                                                                                            \
+    ATTR static void down3_s16_##SUF(const float *h, const float *const s[3], int n, void *out)  \
+    {                                                                                            \
+        down3_sym(h, s, n, out, OUT_S16);                                                        \
+    }                                                                                            \
+    ATTR static void down3_ulaw_##SUF(const float *h, const float *const s[3], int n, void *out) \
+    {                                                                                            \
+        down3_sym(h, s, n, out, OUT_ULAW);                                                       \
+    }                                                                                            \
+    ATTR static void down3_alaw_##SUF(const float *h, const float *const s[3], int n, void *out) \
+    {                                                                                            \
+        down3_sym(h, s, n, out, OUT_ALAW);                                                       \
+    }
+SK_KERNELS(SK_AVX2, avx2)
+SK_KERNELS(SK_EVEX, evex)
+
+typedef void up3_fn(const float *, const float *, int, int16_t *);
+typedef void down3_fn(const float *, const float *const[3], int, void *);
+static up3_fn *const up3_k32[2] = {up3_avx2, up3_evex};
+static down3_fn *const down3_k32[2][3] = {{down3_s16_avx2, down3_ulaw_avx2, down3_alaw_avx2},
+                                          {down3_s16_evex, down3_ulaw_evex, down3_alaw_evex}};
 #endif
 
 
-size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
+/* The body of sk_rs_commit for every path but the AVX2 24 kHz -> 8 kHz one (PCM16 out). */
+static size_t commit_s16(sk_resampler *r, int c, int16_t *out)
 {
     const int up = r->up, down = r->down, k = r->taps;
     const float *z = r->buf + (HIST - (k - 1)); /* window index 0: K-1 history samples, then c new ones */
@@ -344,18 +442,7 @@ size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
 
 #ifdef SK_X86_DISPATCH
     if (simd_level > 0 && k == 32 && up == 3 && down == 1 && t0 == 0) { /* 8 kHz -> 24 kHz */
-        up3_k32(r->coef, z, c, out);
-        goto done;
-    }
-    if (simd_level > 0 && k == 96 && up == 1 && down == 3) { /* 24 kHz -> 8 kHz */
-        const float *w = z + t0;
-        const int avail = total - t0, groups = avail / 3;
-        float *s0 = streams, *s1 = streams + DSTRIDE, *s2 = streams + 2 * DSTRIDE;
-        split3(w, groups, s0, s1, s2);
-        for (int q = groups * 3, sidx = 0; q < avail; q++, sidx++)
-            streams[sidx * DSTRIDE + groups] = w[q];
-        const float *const sv[3] = {s0, s1, s2};
-        down3_k32(r->coef, sv, n_out, out);
+        up3_k32[have_evex](r->coef, z, c, out);
         goto done;
     }
 #endif
@@ -432,6 +519,52 @@ done:
     r->t = t0 + n_out * down - c * up;
     memmove(r->buf + (HIST - (k - 1)), z + c, (size_t)(k - 1) * sizeof(float));
     return (size_t)n_out;
+}
+
+static int is_down3_avx2(const sk_resampler *r)
+{
+#ifdef SK_X86_DISPATCH
+    return simd_level > 0 && r->taps == 96 && r->up == 1 && r->down == 3;
+#else
+    (void)r;
+    return 0;
+#endif
+}
+
+size_t sk_rs_commit_to(sk_resampler *r, int c, void *out, int mode)
+{
+#ifdef SK_X86_DISPATCH
+    if (is_down3_avx2(r)) { /* 24 kHz -> 8 kHz */
+        const int k = 96, t0 = r->t;
+        const float *z = r->buf + (HIST - (k - 1));
+        const int n_out = c > t0 ? (c - t0 + 2) / 3 : 0;
+        float streams[3 * DSTRIDE];
+        const float *w = z + t0;
+        const int avail = k - 1 + c - t0, groups = avail / 3;
+        float *s0 = streams, *s1 = streams + DSTRIDE, *s2 = streams + 2 * DSTRIDE;
+        split3(w, groups, s0, s1, s2);
+        for (int q = groups * 3, sidx = 0; q < avail; q++, sidx++)
+            streams[sidx * DSTRIDE + groups] = w[q];
+        const float *const sv[3] = {s0, s1, s2};
+        down3_k32[have_evex][mode](r->coef, sv, n_out, out);
+        r->t = t0 + n_out * 3 - c;
+        memmove(r->buf + (HIST - (k - 1)), z + c, (size_t)(k - 1) * sizeof(float));
+        return (size_t)n_out;
+    }
+#endif
+    if (mode == SK_OUT_S16)
+        return commit_s16(r, c, out);
+    int16_t y[3 * SK_RS_CHUNK + 4];
+    size_t n = commit_s16(r, c, y);
+    unsigned char *codes = out;
+    for (size_t i = 0; i < n; i++)
+        codes[i] = mode == SK_OUT_ULAW ? sk_ulaw_from_linear(y[i]) : sk_alaw_from_linear(y[i]);
+    return n;
+}
+
+size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
+{
+    return sk_rs_commit_to(r, c, out, SK_OUT_S16);
 }
 
 size_t sk_resampler_run(sk_resampler *r, const int16_t *in, size_t n, int16_t *out)

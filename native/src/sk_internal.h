@@ -100,6 +100,11 @@ static inline float *sk_rs_stage(sk_resampler *r)
     return r->buf + (SK_RS_MAX_TAPS - 1);
 }
 size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out);
+/* The same with the outputs written as PCM16 or as G.711 codes (one byte each). */
+#define SK_OUT_S16 0
+#define SK_OUT_ULAW 1
+#define SK_OUT_ALAW 2
+size_t sk_rs_commit_to(sk_resampler *r, int c, void *out, int mode);
 /* Streams n native samples (no odd-byte handling) through the resampler. */
 size_t sk_resampler_run(sk_resampler *r, const int16_t *in, size_t n, int16_t *out);
 /* One 64 kbit/s code from a pair of 16 kHz samples, and back. */
