@@ -72,6 +72,28 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
     size_t written = 0;
     sk_resampler *rs = &e->rs;
     float *stage = sk_rs_stage(rs);
+    if (e->codec != SK_CODEC_G722 && sk_rs_takes_pcm(rs)) { /* PCM16 -> streams -> codes, no staging */
+        const int mode = e->codec == SK_CODEC_PCMU ? SK_OUT_ULAW : SK_OUT_ALAW;
+        if (rs->odd && nbytes > 0) { /* a sample split across calls */
+            unsigned char pair[2] = {rs->odd_byte, pcm[0]};
+            written += sk_rs_push_pcm(rs, pair, 1, out, mode);
+            rs->odd = 0;
+            pcm++;
+            nbytes--;
+        }
+        while (nbytes > 1) {
+            size_t whole = nbytes / 2;
+            int c = whole < SK_RS_CHUNK ? (int)whole : SK_RS_CHUNK;
+            written += sk_rs_push_pcm(rs, pcm, c, out + written, mode);
+            pcm += 2 * (size_t)c;
+            nbytes -= 2 * (size_t)c;
+        }
+        if (nbytes == 1) {
+            rs->odd = 1;
+            rs->odd_byte = pcm[0];
+        }
+        return written;
+    }
     while (nbytes > 0) {
         int n = 0;
         if (rs->odd) { /* a sample split across calls */

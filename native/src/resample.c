@@ -561,6 +561,84 @@ size_t sk_rs_commit_to(sk_resampler *r, int c, void *out, int mode)
     return n;
 }
 
+#ifdef SK_X86_DISPATCH
+/* split3 reading PCM16 bytes (little-endian) instead of floats: the int16 -> float conversion and the
+ * stream split in one pass, so the new samples of a frame are loaded and stored once. */
+SK_AVX2 static void split3_pcm(const unsigned char *pcm, int n, float *s0, float *s1, float *s2)
+{
+    const __m256i idx0 = _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5);
+    const __m256i idx1 = _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6);
+    const __m256i idx2 = _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const unsigned char *p = pcm + 6 * i;
+        __m256 v0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)p)));
+        __m256 v1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
+        __m256 v2 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(p + 32))));
+        __m256 a = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x92), v2, 0x24);
+        __m256 b = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x24), v2, 0x49);
+        __m256 c = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x49), v2, 0x92);
+        _mm256_storeu_ps(s0 + i, _mm256_permutevar8x32_ps(a, idx0));
+        _mm256_storeu_ps(s1 + i, _mm256_permutevar8x32_ps(b, idx1));
+        _mm256_storeu_ps(s2 + i, _mm256_permutevar8x32_ps(c, idx2));
+    }
+    for (; i < n; i++) {
+        s0[i] = (float)load_s16(pcm + 6 * i);
+        s1[i] = (float)load_s16(pcm + 6 * i + 2);
+        s2[i] = (float)load_s16(pcm + 6 * i + 4);
+    }
+}
+#endif
+
+int sk_rs_takes_pcm(const sk_resampler *r)
+{
+    return is_down3_avx2(r);
+}
+
+size_t sk_rs_push_pcm(sk_resampler *r, const unsigned char *pcm, int c, void *out, int mode)
+{
+#ifdef SK_X86_DISPATCH
+    /* As sk_rs_commit_to's 24 kHz -> 8 kHz path with the c samples staged, but the new samples go from
+     * PCM16 straight into the three streams: only the <= 95 history samples are re-split. */
+    const int k = 96, t0 = r->t;
+    float *z = r->buf + (HIST - (k - 1));
+    const int n_out = c > t0 ? (c - t0 + 2) / 3 : 0;
+    if (n_out > 0) {
+        float streams[3 * DSTRIDE];
+        float *const sp[3] = {streams, streams + DSTRIDE, streams + 2 * DSTRIDE};
+        const float *w = z + t0;
+        const int hist = k - 1 - t0, hg = hist / 3;
+        split3(w, hg, sp[0], sp[1], sp[2]);
+        int g = hg, q = 3 * hg, used = 0; /* q: window index being filled */
+        for (; q < hist; q++)             /* history samples of a group that new samples complete */
+            sp[q % 3][g] = w[q];
+        for (; q % 3 != 0 && used < c; q++, used++)
+            sp[q % 3][g] = (float)load_s16(pcm + 2 * used);
+        if (q % 3 == 0) {
+            g = q / 3;
+            const int ng = (c - used) / 3;
+            split3_pcm(pcm + 2 * used, ng, sp[0] + g, sp[1] + g, sp[2] + g);
+            used += 3 * ng;
+            for (int s = 0; used < c; used++, s++) /* the incomplete last group */
+                sp[s][g + ng] = (float)load_s16(pcm + 2 * used);
+        }
+        const float *const sv[3] = {sp[0], sp[1], sp[2]};
+        down3_k32[have_evex][mode](r->coef, sv, n_out, out);
+    }
+    r->t = t0 + n_out * 3 - c;
+    if (c >= k - 1) { /* the history: the last 95 samples */
+        load_pcm_float(z, pcm + 2 * (size_t)(c - (k - 1)), k - 1);
+    } else {
+        memmove(z, z + c, (size_t)(k - 1 - c) * sizeof(float));
+        load_pcm_float(z + (k - 1 - c), pcm, c);
+    }
+    return (size_t)n_out;
+#else
+    (void)r, (void)pcm, (void)c, (void)out, (void)mode;
+    return 0;
+#endif
+}
+
 size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out)
 {
     return sk_rs_commit_to(r, c, out, SK_OUT_S16);
