@@ -45,9 +45,7 @@ size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsig
                 stage[2 * i + 1] = (float)pair[1];
             }
         } else {
-            const float *tab = d->codec == SK_CODEC_PCMU ? sk_ulaw_ftable : sk_alaw_ftable;
-            for (int i = 0; i < c; i++)
-                stage[i] = tab[payload[i]];
+            sk_g711_floats(payload, c, stage, d->codec == SK_CODEC_PCMA);
         }
         size_t k;
 #ifdef SK_LITTLE_ENDIAN

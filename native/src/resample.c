@@ -590,6 +590,53 @@ SK_AVX2 static void split3_pcm(const unsigned char *pcm, int n, float *s0, float
 }
 #endif
 
+#ifdef SK_X86_DISPATCH
+/* G.711 codes -> floats, eight at a time with the decoding formulas of g711.c (the tables' source):
+ * fewer instructions than eight scalar table loads and stores. */
+SK_AVX2 static void g711_floats_avx2(const unsigned char *in, int n, float *out, int alaw)
+{
+    const __m256i f = _mm256_set1_epi32(0x0F), s7 = _mm256_set1_epi32(7);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(in + i)));
+        __m256i t, neg;
+        if (!alaw) { /* complement; ((mant << 3) + 0x84) << seg, minus 0x84; negative when bit 7 was 0 */
+            c = _mm256_xor_si256(c, _mm256_set1_epi32(0xFF));
+            __m256i seg = _mm256_and_si256(_mm256_srli_epi32(c, 4), s7);
+            t = _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(c, f), 3), _mm256_set1_epi32(0x84));
+            t = _mm256_sub_epi32(_mm256_sllv_epi32(t, seg), _mm256_set1_epi32(0x84));
+            neg = _mm256_cmpgt_epi32(c, _mm256_set1_epi32(0x7F));
+        } else { /* toggle even bits; segment 0: (mant << 4) + 8, else ((mant << 4) + 0x108) << (seg - 1) */
+            c = _mm256_xor_si256(c, _mm256_set1_epi32(0x55));
+            __m256i seg = _mm256_and_si256(_mm256_srli_epi32(c, 4), s7);
+            __m256i seg0 = _mm256_cmpeq_epi32(seg, _mm256_setzero_si256());
+            t = _mm256_slli_epi32(_mm256_and_si256(c, f), 4);
+            t = _mm256_add_epi32(t, _mm256_blendv_epi8(_mm256_set1_epi32(0x108), _mm256_set1_epi32(8), seg0));
+            t = _mm256_sllv_epi32(t, _mm256_max_epi32(_mm256_sub_epi32(seg, _mm256_set1_epi32(1)), _mm256_setzero_si256()));
+            neg = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x80), c);
+        }
+        t = _mm256_sub_epi32(_mm256_xor_si256(t, neg), neg); /* negate where neg */
+        _mm256_storeu_ps(out + i, _mm256_cvtepi32_ps(t));
+    }
+    const float *tab = alaw ? sk_alaw_ftable : sk_ulaw_ftable;
+    for (; i < n; i++)
+        out[i] = tab[in[i]];
+}
+#endif
+
+void sk_g711_floats(const unsigned char *in, int n, float *out, int alaw)
+{
+#ifdef SK_X86_DISPATCH
+    if (simd_level > 0) {
+        g711_floats_avx2(in, n, out, alaw);
+        return;
+    }
+#endif
+    const float *tab = alaw ? sk_alaw_ftable : sk_ulaw_ftable;
+    for (int i = 0; i < n; i++)
+        out[i] = tab[in[i]];
+}
+
 int sk_rs_takes_pcm(const sk_resampler *r)
 {
     return is_down3_avx2(r);

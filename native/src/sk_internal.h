@@ -108,6 +108,8 @@ size_t sk_rs_commit_to(sk_resampler *r, int c, void *out, int mode);
 /* When sk_rs_takes_pcm(r) (24 kHz -> 8 kHz on AVX2): the same as staging c <= SK_RS_CHUNK samples and
  * sk_rs_commit_to, reading the 2*c bytes of PCM16 directly (no staging pass). */
 int sk_rs_takes_pcm(const sk_resampler *r);
+/* n G.711 codes (A-law when alaw) -> the floats of sk_ulaw_ftable / sk_alaw_ftable, SIMD when available. */
+void sk_g711_floats(const unsigned char *in, int n, float *out, int alaw);
 size_t sk_rs_push_pcm(sk_resampler *r, const unsigned char *pcm, int c, void *out, int mode);
 /* Streams n native samples (no odd-byte handling) through the resampler. */
 size_t sk_resampler_run(sk_resampler *r, const int16_t *in, size_t n, int16_t *out);
