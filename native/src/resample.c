@@ -234,6 +234,16 @@ SK_AVX2 static void split3(const float *w, int n, float *s0, float *s1, float *s
         m##v = _mm256_fmadd_ps(gm, dv, m##v);                                                    \
         b##v = _mm256_fmadd_ps(g1, sv, b##v);                                                    \
     } while (0)
+/* Tap order of every output's chains: 0, 8, 1, 9, ..., 7, 15, so that in the 24-output block taps i and
+ * i + 8 of three vectors 8 outputs apart read 8 distinct windows instead of 12. */
+#define UP3_ORDER(t) (((t) >> 1) + 8 * ((t) & 1))
+#define UP3_PAIR(v, xl, xr)                                                                      \
+    do {                                                                                         \
+        const __m256 sv = _mm256_add_ps(xl, xr), dv = _mm256_sub_ps(xl, xr);                    \
+        p##v = _mm256_fmadd_ps(gp, sv, p##v);                                                    \
+        m##v = _mm256_fmadd_ps(gm, dv, m##v);                                                    \
+        b##v = _mm256_fmadd_ps(g1, sv, b##v);                                                    \
+    } while (0)
 #define UP3_OUT(v, dst)                                                                          \
     store3(dst, _mm256_mul_ps(_mm256_add_ps(p##v, m##v), half), b##v,                            \
            _mm256_mul_ps(_mm256_sub_ps(p##v, m##v), half))
@@ -251,12 +261,21 @@ SK_AVX2 SK_INLINE void up3_body(const float *h, const float *z, int c, int16_t *
     for (; j + 24 <= c; j += 24) {
         __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, m0 = p0, m1 = p0, m2 = p0, b0 = p0, b1 = p0, b2 = p0;
         const float *x = z + j;
-        for (int i = 0; i < 16; i++) {
-            const __m256 gp = _mm256_broadcast_ss(hp + i), gm = _mm256_broadcast_ss(hm + i);
-            const __m256 g1 = _mm256_broadcast_ss(h1 + i);
-            UP3_TAP(0);
-            UP3_TAP(1);
-            UP3_TAP(2);
+        for (int i0 = 0; i0 < 8; i0++) { /* taps i0 and i0 + 8 share their loads across vectors */
+            const __m256 l0 = _mm256_loadu_ps(x + i0), l1 = _mm256_loadu_ps(x + 8 + i0);
+            const __m256 l2 = _mm256_loadu_ps(x + 16 + i0), l3 = _mm256_loadu_ps(x + 24 + i0);
+            const __m256 r0 = _mm256_loadu_ps(x + 23 - i0), r1 = _mm256_loadu_ps(x + 31 - i0);
+            const __m256 r2 = _mm256_loadu_ps(x + 39 - i0), r3 = _mm256_loadu_ps(x + 47 - i0);
+            __m256 gp = _mm256_broadcast_ss(hp + i0), gm = _mm256_broadcast_ss(hm + i0);
+            __m256 g1 = _mm256_broadcast_ss(h1 + i0);
+            UP3_PAIR(0, l0, r1);
+            UP3_PAIR(1, l1, r2);
+            UP3_PAIR(2, l2, r3);
+            gp = _mm256_broadcast_ss(hp + i0 + 8), gm = _mm256_broadcast_ss(hm + i0 + 8);
+            g1 = _mm256_broadcast_ss(h1 + i0 + 8);
+            UP3_PAIR(0, l1, r0);
+            UP3_PAIR(1, l2, r1);
+            UP3_PAIR(2, l3, r2);
         }
         UP3_OUT(0, out + 3 * j);
         UP3_OUT(1, out + 3 * j + 24);
@@ -265,7 +284,8 @@ SK_AVX2 SK_INLINE void up3_body(const float *h, const float *z, int c, int16_t *
     for (; j + 8 <= c; j += 8) {
         __m256 p0 = _mm256_setzero_ps(), m0 = p0, b0 = p0;
         const float *x = z + j;
-        for (int i = 0; i < 16; i++) {
+        for (int t = 0; t < 16; t++) {
+            const int i = UP3_ORDER(t);
             const __m256 gp = _mm256_broadcast_ss(hp + i), gm = _mm256_broadcast_ss(hm + i);
             const __m256 g1 = _mm256_broadcast_ss(h1 + i);
             UP3_TAP(0);
@@ -274,7 +294,8 @@ SK_AVX2 SK_INLINE void up3_body(const float *h, const float *z, int c, int16_t *
     }
     for (; j < c; j++) { /* the same operations, one lane */
         __m128 p = _mm_setzero_ps(), m = p, b = p;
-        for (int i = 0; i < 16; i++) {
+        for (int t = 0; t < 16; t++) {
+            const int i = UP3_ORDER(t);
             const __m128 xl = _mm_set_ss(z[j + i]), xr = _mm_set_ss(z[j + 31 - i]);
             p = _mm_fmadd_ss(_mm_set_ss(hp[i]), _mm_add_ss(xl, xr), p);
             m = _mm_fmadd_ss(_mm_set_ss(hm[i]), _mm_sub_ss(xl, xr), m);
