@@ -325,7 +325,7 @@ class _Observed:
             self.devs = []
         agent = self.agent
         figures: dict[str, Any] = {
-            "dev": percentiles_ms(devs, (50, 99)),
+            "dev": percentiles_ms(devs, (50, 90, 99, 99.9)),
             "underruns": self.underruns, "underrun_frames": self.underrun_frames,
             "audio_frames": self.audio_frames,
             "tasks": len(asyncio.all_tasks()),

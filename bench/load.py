@@ -32,7 +32,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +52,7 @@ from bench._common import (
     free_tcp_port,
     free_udp_port,
     pin,
+    taskset,
     write_config,
 )
 from sipagent.media.clock import MediaClock
@@ -95,7 +99,7 @@ async def dial_all(target: str, n: int, clock: MediaClock, ports: PortAllocator,
 
 
 async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, external: bool,
-                   pinned: bool, audio_format: str) -> Step:
+                   pinned: bool, audio_format: str, profile: str = "", verbose: bool = False) -> Step:
     sip_port = free_udp_port()
     backend = BackendProcess(workdir / f"load-{n}.yaml", free_tcp_port(), cpus="1" if pinned else None)
     config = write_config(workdir / f"load-{n}.yaml",
@@ -125,7 +129,10 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
         cpu0, wall0 = agent.stats.cpu_seconds(), time.monotonic()
         backend_cpu0 = backend.stats.cpu_seconds() if backend.stats else 0.0
         bench_cpu0 = time.process_time()
+        spy = py_spy(agent, seconds, f"{profile}-{n}.txt", "1" if pinned else None) if profile else None
         await asyncio.sleep(seconds)
+        if spy is not None:
+            await asyncio.to_thread(spy.wait, 30)
         figures = await asyncio.to_thread(agent.request, "report")
         cpu, wall = agent.stats.cpu_seconds() - cpu0, time.monotonic() - wall0
         backend_cpu = (backend.stats.cpu_seconds() if backend.stats else 0.0) - backend_cpu0
@@ -136,10 +143,22 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
         clock.stop()
         agent.stop()
         backend.stop()
+    if verbose:
+        print(f"  agent: {json.dumps(figures)}", flush=True)
     dev = figures["dev"]
     return Step(n, len(callers), dev["p50"], dev["p99"], dev["max"], figures["underruns"],
                 figures["underrun_frames"], 100 * cpu / wall, busy.rss_kb / 1024, idle.rss_kb / 1024, setup,
                 100 * backend_cpu / wall, 100 * bench_cpu / wall)
+
+
+def py_spy(agent: AgentProcess, seconds: float, path: str, cpus: str | None) -> subprocess.Popen[bytes]:
+    """Diagnosis only (``--profile``): sample the agent with py-spy over the window, collapsed stacks to
+    ``path``. Non-blocking sampling (the agent is never paused), on the load generator's core when pinned."""
+    assert agent.proc is not None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([*taskset(cpus), spy, "record", "--pid", str(agent.proc.pid), "--duration",
+                             str(max(1, int(seconds))), "--rate", "250", "--nonblocking", "--format", "raw",
+                             "--output", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main() -> int:
@@ -155,6 +174,9 @@ def main() -> int:
                         help="agent on CPU 0 alone (taskset -c 0); callers and backend on CPU 1")
     parser.add_argument("--audio-format", choices=("pcm16", "g711_ulaw"), default="pcm16",
                         help="realtime.audio_format: g711_ulaw passes the callers' PCMU through untouched")
+    parser.add_argument("--profile", default="", metavar="PREFIX",
+                        help="py-spy the agent over each window (collapsed stacks to PREFIX-N.txt)")
+    parser.add_argument("--verbose", action="store_true", help="print the agent's own figures per step")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     if args.pin:
@@ -179,7 +201,8 @@ def main() -> int:
                 break
             t = time.monotonic()
             step = asyncio.run(run_step(n, args.seconds, Path(tmp), args.concurrency,
-                                        args.backend == "process", args.pin, args.audio_format))
+                                        args.backend == "process", args.pin, args.audio_format,
+                                        args.profile, args.verbose))
             last_step_s = time.monotonic() - t
             if args.backend == "process" and step.backend_cpu_pct == 0:
                 print("  WARNING: the backend used no CPU: is the agent connected to it? (SIPAGENT_BENCH_LOG_DIR)")

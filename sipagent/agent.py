@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
 from sipagent.bridge.tools import tool_definitions
@@ -36,6 +37,7 @@ from sipagent.rtp.ports import PortAllocator
 from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -335,11 +337,36 @@ def _apology_audio() -> Callable[[str], Any] | None:
     return speak
 
 
+LOOP_ENV = "SIPAGENT_EVENT_LOOP"
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the process runs on: uvloop when it is installed (its C loop costs less per
+    callback, socket write and wake-up, which is what bounds the calls one process holds), the stdlib
+    loop when it is not or when ``SIPAGENT_EVENT_LOOP=asyncio`` asks for it. None = asyncio's default."""
+    choice = os.environ.get(LOOP_ENV, "uvloop").strip().lower()
+    if choice not in ("uvloop", "asyncio"):
+        raise ConfigError(f"{LOOP_ENV} must be 'uvloop' or 'asyncio', not {choice!r}", key=LOOP_ENV)
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on the loop ``event_loop_factory`` picks."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(main)
+
+
 def run_agent(config: Config) -> int:
     """``sipagent run``: serve until SIGTERM/SIGINT, then shut down gracefully."""
     configure_logging(config.logging.level, config.logging.format,
                       secrets=[config.sip.password, config.realtime.api_key])
-    return asyncio.run(_serve(config))
+    return run_loop(_serve(config))
 
 
 async def _serve(config: Config) -> int:
@@ -370,8 +397,9 @@ async def _serve(config: Config) -> int:
             log.error("reload refused, keeping the running configuration: %s", exc)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    log.info("sipagent ready on %s:%d (%s)", *agent.sip_address,
-             "direct mode" if config.sip.direct_mode else f"registering at {config.sip.registrar}")
+    log.info("sipagent ready on %s:%d (%s, %s loop)", *agent.sip_address,
+             "direct mode" if config.sip.direct_mode else f"registering at {config.sip.registrar}",
+             type(loop).__module__.split(".")[0])
     await stop.wait()
     log.info("shutting down: no new calls; %d active get %.0f s to finish", len(agent.bridges),
              config.agent.shutdown_grace_s)

@@ -1,8 +1,9 @@
 """The one shared 20 ms media clock of the process.
 
-Every registered stream gets ``on_tick(elapsed)`` once per 20 ms, on absolute deadlines computed from
-``loop.time()`` (``deadline = start + k * interval``), never by chaining relative sleeps, so the cadence
-does not drift whatever each tick costs.
+Every registered stream gets ``on_tick(elapsed)`` once per 20 ms, on absolute deadlines of
+``time.monotonic()`` (``deadline = start + k * interval``), never by chaining relative sleeps, so the cadence
+does not drift whatever each tick costs. The clock keeps its own time base rather than ``loop.time()``
+because uvloop's is in whole milliseconds (see ``_delay``).
 
 Streams are spread over ``phases`` evenly spaced sub-slots of the period (each stream keeps its own
 exact 20 ms cadence, but calls are not all due at the same instant): with hundreds of calls, sending
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -44,10 +46,11 @@ class MediaClock:
         self.interval = interval
         self.phases = max(1, phases)
         self.late_threshold = late_threshold
-        # The selector's timeout is rounded up to whole milliseconds, so a wake-up lands 0-1 ms after the
-        # time asked for. Asking half a millisecond early centres that error on the deadline (±0.5 ms)
-        # instead of making every packet up to 1 ms late.
+        # The stdlib selector's timeout is rounded up to whole milliseconds, so a wake-up lands 0-1 ms after
+        # the time asked for. Asking half a millisecond early centres that error on the deadline (±0.5 ms)
+        # instead of making every packet up to 1 ms late. (uvloop: see _delay.)
         self.wake_early = min(0.0005, interval / 10)
+        self._whole_ms = False  # timers due on whole milliseconds (uvloop/libuv)
         self.probe = probe  # if set, called with (send time - deadline) after each stream's tick (benchmarks)
         self.ticks = 0
         self.late_ticks = 0
@@ -71,7 +74,13 @@ class MediaClock:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._start = self._loop.time() + self.interval
+        self._whole_ms = type(self._loop).__module__.startswith("uvloop")
+        now = time.monotonic()
+        if self._whole_ms:
+            # Deadlines half-way between two milliseconds: a timer due on the millisecond before one fires
+            # within ±0.5 ms of it (_delay), the stdlib loop's precision with its early wake-up.
+            now = (math.floor(now * 1000) + 0.5) / 1000
+        self._start = now + self.interval
         for phase in range(self.phases):
             if self._slots[phase]:
                 self._schedule(phase)
@@ -82,8 +91,19 @@ class MediaClock:
         if loop is None or self._handles[phase] is not None:
             return
         offset = self._start + phase * (self.interval / self.phases)
-        k = max(0, math.ceil((loop.time() - offset) / self.interval))
-        self._handles[phase] = loop.call_at(offset + k * self.interval - self.wake_early, self._tick, phase, k)
+        k = max(0, math.ceil((time.monotonic() - offset) / self.interval))
+        self._handles[phase] = loop.call_later(self._delay(offset + k * self.interval), self._tick, phase, k)
+
+    def _delay(self, deadline: float) -> float:
+        """The timer delay that wakes us closest to ``deadline`` (a ``time.monotonic()`` instant). The
+        stdlib loop wakes 0-1 ms after the time asked for: ask ``wake_early``. libuv keeps its time in whole
+        milliseconds (CLOCK_MONOTONIC, truncated) and fires a timer at the first wake-up at or after its due
+        millisecond, 0-1 ms past it: a whole-millisecond delay makes the due millisecond the one before the
+        deadline, which start() put half-way between two."""
+        now = time.monotonic()
+        if self._whole_ms:
+            return (math.floor(deadline * 1000) - math.floor(now * 1000)) / 1000
+        return deadline - self.wake_early - now
 
     def stop(self) -> None:
         for handle in self._handles:
@@ -113,7 +133,7 @@ class MediaClock:
             return
         offset = self._start + phase * (self.interval / self.phases)
         deadline = offset + k * self.interval
-        now = loop.time()
+        now = time.monotonic()
         elapsed = 1
         if now - deadline >= self.interval:
             # Whole periods missed: jump to the latest deadline that has passed instead of bursting.
@@ -137,6 +157,6 @@ class MediaClock:
                 log.exception("media stream %r failed on tick; unregistering it", stream)
                 self.unregister(stream)
             if probe is not None:
-                probe(loop.time() - deadline)
-        self._handles[phase] = loop.call_at(offset + (k + 1) * self.interval - self.wake_early, self._tick, phase,
-                                            k + 1)
+                probe(time.monotonic() - deadline)
+        self._handles[phase] = loop.call_later(self._delay(offset + (k + 1) * self.interval), self._tick, phase,
+                                               k + 1)
