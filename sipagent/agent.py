@@ -222,7 +222,7 @@ class Agent:
             codec_holder["codec"] = codec
             silence = CODEC_SILENCE[codec]
             # Now that the codec is known, conceal loss and fill gaps with that codec's own silence.
-            endpoint.playout = _ObservedPlayout(len(silence), silence, on_sent)
+            playout = endpoint.playout = _ObservedPlayout(len(silence), silence, on_sent)
             endpoint.jitter = JitterBuffer.from_ms(silence, self.config.media.jitter_ms)
             endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type, media.dtmf_payload_type)
 
@@ -235,6 +235,9 @@ class Agent:
             bridge = CallBridge(call, _MediaLeg(endpoint, codec), self._connect, self._bridge_settings(),
                                 on_transcript=self._transcript_callback(call.call_id))
             bridge_ref.append(bridge)
+            # From now on the per-frame callbacks go straight to the bridge (one Python call less each).
+            endpoint.on_frame = bridge.on_inbound_frame
+            playout.on_sent = bridge.on_outbound_frame
             self.bridges[call.call_id] = bridge
             log.info("answered %s with %s", call.from_uri, codec)
             self.metrics.call_started()
