@@ -19,6 +19,8 @@ Run as ``python -m bench._common agent CONFIG`` (what AgentProcess does).
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import json
 import os
 import signal
@@ -315,9 +317,20 @@ class _Observed:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.agent: Any = None
         self.profiler: Any = None
+        self.late_at: list[float] = []  # diagnosis: when packets were more than 5 ms late
+        self.gc_pauses: list[tuple[int, float]] = []  # (generation, ms) of collections over 1 ms
+        self._gc_started = 0.0
+
+    def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif (ms := (time.perf_counter() - self._gc_started) * 1e3) > 1.0:
+            self.gc_pauses.append((int(info["generation"]), round(ms, 1)))
 
     def deviation(self, seconds: float) -> None:
         self.devs.append(seconds)
+        if seconds > 0.005 and os.environ.get("SIPAGENT_BENCH_LATE"):
+            self.late_at.append(round(time.monotonic(), 2))
 
     async def report(self, reset: bool) -> dict[str, Any]:
         devs = self.devs
@@ -333,7 +346,15 @@ class _Observed:
             "late_ticks": agent.clock.late_ticks, "skipped_ticks": agent.clock.skipped_ticks,
             "ports_in_use": agent.ports.in_use, "calls_total": agent.stats.calls_total,
             "outcomes": dict(agent.stats.outcomes),
+            "gc_collections": [g["collections"] for g in gc.get_stats()],
+            "gc_pauses_over_1ms": self.gc_pauses[-20:], "gc_objects": len(gc.get_objects()),
         }
+        if self.late_at:
+            t0 = self.late_at[0]
+            figures["late_ms_at"] = sorted(collections.Counter(int((t - t0) * 10) for t in self.late_at).items())
+        if reset:
+            self.gc_pauses = []
+            self.late_at = []
         if reset:
             self.underruns = self.underrun_frames = self.audio_frames = 0
             self._profile_window()
@@ -405,6 +426,9 @@ def _agent_main(config_path: str) -> int:
         async def start(self) -> None:
             await super().start()
             state.loop = asyncio.get_running_loop()
+            import gc
+
+            gc.callbacks.append(state.gc_callback)
             if os.environ.get("SIPAGENT_BENCH_GC") == "off":  # diagnosis only: are the stalls the GC's?
                 import gc
 

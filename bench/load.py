@@ -55,6 +55,7 @@ from bench._common import (
     taskset,
     write_config,
 )
+from sipagent.agent import run_loop
 from sipagent.media.clock import MediaClock
 from sipagent.rtp.ports import PortAllocator
 
@@ -129,9 +130,13 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
         cpu0, wall0 = agent.stats.cpu_seconds(), time.monotonic()
         backend_cpu0 = backend.stats.cpu_seconds() if backend.stats else 0.0
         bench_cpu0 = time.process_time()
-        spy = py_spy(agent, seconds, f"{profile}-{n}.txt", "1" if pinned else None) if profile else None
+        spies = []
+        if profile:
+            assert agent.proc is not None and backend.proc is not None
+            for name, pid in (("agent", agent.proc.pid), ("backend", backend.proc.pid), ("gen", os.getpid())):
+                spies.append(py_spy(pid, seconds, f"{profile}-{n}-{name}.txt", "1" if pinned else None))
         await asyncio.sleep(seconds)
-        if spy is not None:
+        for spy in spies:
             await asyncio.to_thread(spy.wait, 30)
         figures = await asyncio.to_thread(agent.request, "report")
         cpu, wall = agent.stats.cpu_seconds() - cpu0, time.monotonic() - wall0
@@ -151,12 +156,12 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
                 100 * backend_cpu / wall, 100 * bench_cpu / wall)
 
 
-def py_spy(agent: AgentProcess, seconds: float, path: str, cpus: str | None) -> subprocess.Popen[bytes]:
-    """Diagnosis only (``--profile``): sample the agent with py-spy over the window, collapsed stacks to
-    ``path``. Non-blocking sampling (the agent is never paused), on the load generator's core when pinned."""
-    assert agent.proc is not None
+def py_spy(pid: int, seconds: float, path: str, cpus: str | None) -> subprocess.Popen[bytes]:
+    """Diagnosis only (``--profile``): sample a process with py-spy over the window, collapsed stacks to
+    ``path``. Non-blocking sampling (the process is never paused), on the load generator's core when pinned
+    (which then has less left for the callers and the backend)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return subprocess.Popen([*taskset(cpus), spy, "record", "--pid", str(agent.proc.pid), "--duration",
+    return subprocess.Popen([*taskset(cpus), spy, "record", "--pid", str(pid), "--duration",
                              str(max(1, int(seconds))), "--rate", "250", "--nonblocking", "--format", "raw",
                              "--output", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -175,7 +180,7 @@ def main() -> int:
     parser.add_argument("--audio-format", choices=("pcm16", "g711_ulaw"), default="pcm16",
                         help="realtime.audio_format: g711_ulaw passes the callers' PCMU through untouched")
     parser.add_argument("--profile", default="", metavar="PREFIX",
-                        help="py-spy the agent over each window (collapsed stacks to PREFIX-N.txt)")
+                        help="py-spy the agent, backend and this process over each window (PREFIX-N-WHO.txt)")
     parser.add_argument("--verbose", action="store_true", help="print the agent's own figures per step")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -200,7 +205,7 @@ def main() -> int:
                 print(f"(stopping before N={n}: the --budget of {args.budget:g} s would be exceeded)")
                 break
             t = time.monotonic()
-            step = asyncio.run(run_step(n, args.seconds, Path(tmp), args.concurrency,
+            step = run_loop(run_step(n, args.seconds, Path(tmp), args.concurrency,
                                         args.backend == "process", args.pin, args.audio_format,
                                         args.profile, args.verbose))
             last_step_s = time.monotonic() - t

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
@@ -37,6 +38,7 @@ __all__ = [
     "endpoint_for",
     "local_endpoint",
     "openai_endpoint",
+    "send_text_now",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,20 @@ _wire_log.addFilter(_RedactSecrets())
 EventCallback = Callable[[Event], Awaitable[None] | None]
 
 
+def send_text_now(ws: Connection, text: str) -> bool:
+    """Send a text message synchronously when nothing stands in the way: the connection is open, no
+    fragmented message is being sent and the write buffer is under its high-water mark (so the
+    ``drain()`` that ``Connection.send`` awaits would return at once). The Sans-I/O core frames (and, on
+    the client side, masks) the message and ``send_data()`` writes it, as ``send`` does after the same
+    checks. Returns False, having sent nothing, otherwise: then await ``ws.send``. A websockets release
+    whose connections have no ``send_in_progress`` always gets False (the checks rely on it)."""
+    if ws.paused or ws.protocol.state is not State.OPEN or getattr(ws, "send_in_progress", False) is not None:
+        return False
+    ws.protocol.send_text(text.encode())
+    ws.send_data()
+    return True
+
+
 class RealtimeClient:
     """One Realtime WebSocket session.
 
@@ -102,7 +118,6 @@ class RealtimeClient:
         self.connect_timeout = connect_timeout
         self._ws: ClientConnection | None = None
         self._closing = False
-        self._busy_attr: str | None = None  # the connection's "fragmented send in progress" attribute
 
     @classmethod
     def for_endpoint(cls, endpoint: Endpoint, *, connect_timeout: float = 10.0) -> RealtimeClient:
@@ -138,10 +153,6 @@ class RealtimeClient:
             raise RealtimeConnectError(f"{self.url}: no answer within {self.connect_timeout} s") from exc
         except (OSError, InvalidHandshake) as exc:
             raise RealtimeConnectError(f"{self.url}: cannot connect ({exc})") from exc
-        # send_now() needs to see a fragmented send in progress; the attribute's name changed across
-        # websockets releases. Without one, send_now() always declines and send() does the work.
-        self._busy_attr = next((name for name in ("send_in_progress", "fragmented_send_waiter")
-                                if hasattr(self._ws, name)), None)
         log.info("realtime connected to %s (%s dialect)", self.url, self.dialect)
 
     def _conn(self) -> ClientConnection:
@@ -163,20 +174,11 @@ class RealtimeClient:
             raise self._lost(exc) from exc
 
     def send_now(self, text: str) -> bool:
-        """Write one event's JSON text to the socket now, without a task switch, when nothing stands in
-        the way: the connection is open, no fragmented message is being sent and the write buffer is
-        under its high-water mark. Returns False otherwise, and the caller awaits send() instead (which
-        waits for room or raises RealtimeConnectionLost). The 20 ms audio appends take this path: one
-        append per call per frame through a queue and a coroutine cost more than building it."""
-        ws = self._ws
-        if (ws is None or self._closing or self._busy_attr is None or ws.paused
-                or ws.protocol.state is not State.OPEN or getattr(ws, self._busy_attr) is not None):
-            return False
-        # The Sans-I/O core frames (and masks) the message; send_data() writes what it produced, as
-        # Connection.send() does once it has checked the same state.
-        ws.protocol.send_text(text.encode())
-        ws.send_data()
-        return True
+        """Write one event's JSON text to the socket now, without a task switch (see ``send_text_now``);
+        False when that is not possible, and the caller awaits send() instead (which waits for room or
+        raises RealtimeConnectionLost). The 20 ms audio appends take this path: one append per call per
+        frame through a queue and a coroutine cost more than building it."""
+        return self._ws is not None and not self._closing and send_text_now(self._ws, text)
 
     async def send_audio(self, audio: bytes) -> None:
         await self.send(events.audio_append_json(audio))

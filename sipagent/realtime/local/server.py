@@ -23,6 +23,7 @@ from websockets.http11 import Request, Response
 
 from sipagent.errors import RealtimeError
 from sipagent.realtime import events
+from sipagent.realtime.client import send_text_now
 from sipagent.realtime.local.asr import GrammarRecognizer
 from sipagent.realtime.local.brain import Brain, LocalBrainConfig
 from sipagent.realtime.local.session import Ids, LocalSession, Output, Respond, ResponseRun, Transcribe
@@ -153,8 +154,11 @@ class _Connection:
             elif isinstance(out, Respond):
                 self.spawn(self.respond(out.run))
             else:
+                text = events.to_json(out)
+                if send_text_now(self.ws, text):  # no task switch for the common case (audio deltas)
+                    continue
                 try:
-                    await self.ws.send(events.to_json(out))
+                    await self.ws.send(text)
                 except ConnectionClosed:
                     return
 

@@ -65,7 +65,9 @@ def block_db(block: bytes) -> float:
     samples = np.frombuffer(block, dtype="<i2").astype(np.float64)
     if samples.size == 0:
         return -120.0
-    power = float(np.mean(samples * samples)) / (32768.0 * 32768.0)
+    # A dot product, not np.mean(samples * samples): the same exact sum (integers below 2**53), a third of
+    # the time, for every 10 ms block of every call.
+    power = float(np.dot(samples, samples)) / samples.size / (32768.0 * 32768.0)
     return 10.0 * math.log10(power) if power > 1e-12 else -120.0
 
 
