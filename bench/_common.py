@@ -139,6 +139,12 @@ class ProcStats:
         fields = text[text.rindex(")") + 2 :].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the process, from /proc/PID/stat."""
+        text = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2 :].split()
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
     def sample(self) -> ProcSample:
         status = Path(f"/proc/{self.pid}/status").read_text().splitlines()
         values = dict(line.split(":", 1) for line in status if ":" in line)

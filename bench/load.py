@@ -128,6 +128,7 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
         await asyncio.sleep(0.5)
         agent.request("report")  # reset the agent's counters: the window starts now
         cpu0, wall0 = agent.stats.cpu_seconds(), time.monotonic()
+        split0 = agent.stats.cpu_split()
         backend_cpu0 = backend.stats.cpu_seconds() if backend.stats else 0.0
         bench_cpu0 = time.process_time()
         spies = []
@@ -140,6 +141,7 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
             await asyncio.to_thread(spy.wait, 30)
         figures = await asyncio.to_thread(agent.request, "report")
         cpu, wall = agent.stats.cpu_seconds() - cpu0, time.monotonic() - wall0
+        split1 = agent.stats.cpu_split()
         backend_cpu = (backend.stats.cpu_seconds() if backend.stats else 0.0) - backend_cpu0
         bench_cpu = time.process_time() - bench_cpu0
         busy = agent.stats.sample()
@@ -149,7 +151,9 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
         agent.stop()
         backend.stop()
     if verbose:
-        print(f"  agent: {json.dumps(figures)}", flush=True)
+        user, system = (b - a for a, b in zip(split0, split1, strict=True))
+        print(f"  agent: user {100 * user / wall:.1f} % sys {100 * system / wall:.1f} %; {json.dumps(figures)}",
+              flush=True)
     dev = figures["dev"]
     return Step(n, len(callers), dev["p50"], dev["p99"], dev["max"], figures["underruns"],
                 figures["underrun_frames"], 100 * cpu / wall, busy.rss_kb / 1024, idle.rss_kb / 1024, setup,

@@ -58,6 +58,9 @@ class MediaClock:
         self._slots: list[list[ClockStream]] = [[] for _ in range(self.phases)]
         self._slot_of: dict[int, int] = {}
         self._handles: list[asyncio.TimerHandle | None] = [None] * self.phases
+        self._due: list[tuple[float, int] | None] = [None] * self.phases  # armed (deadline, k) per phase
+        self.next_due = math.inf  # the earliest armed deadline (time.monotonic()), for run_due()
+        self._ticking = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start = 0.0
 
@@ -92,7 +95,36 @@ class MediaClock:
             return
         offset = self._start + phase * (self.interval / self.phases)
         k = max(0, math.ceil((time.monotonic() - offset) / self.interval))
-        self._handles[phase] = loop.call_later(self._delay(offset + k * self.interval), self._tick, phase, k)
+        self._arm(loop, phase, k, offset + k * self.interval)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, phase: int, k: int, deadline: float) -> None:
+        self._handles[phase] = loop.call_later(self._delay(deadline), self._tick, phase, k)
+        self._due[phase] = (deadline, k)
+        self.next_due = min(self.next_due, deadline)
+
+    def _disarm(self, phase: int) -> None:
+        self._handles[phase] = None
+        self._due[phase] = None
+        self.next_due = min((due[0] for due in self._due if due is not None), default=math.inf)
+
+    def run_due(self) -> None:
+        """Run now every tick whose deadline has passed and whose timer has not fired yet.
+
+        For the hot I/O callbacks (each received RTP packet): an event-loop iteration runs all the I/O
+        callbacks that are ready before it looks at its timers, so with hundreds of calls a burst of
+        packets and model events would hold a tick back by the whole batch, several milliseconds. Checked
+        from inside the batch, a tick waits for one callback at most. Costs one clock read when nothing
+        is due."""
+        if self._ticking or time.monotonic() < self.next_due:
+            return
+        now = time.monotonic()
+        for phase, due in enumerate(self._due):
+            if due is not None and due[0] <= now:
+                handle = self._handles[phase]
+                if handle is not None:
+                    handle.cancel()
+                self._disarm(phase)
+                self._tick(phase, due[1])
 
     def _delay(self, deadline: float) -> float:
         """The timer delay that wakes us closest to ``deadline`` (a ``time.monotonic()`` instant). The
@@ -110,6 +142,8 @@ class MediaClock:
             if handle is not None:
                 handle.cancel()
         self._handles = [None] * self.phases
+        self._due = [None] * self.phases
+        self.next_due = math.inf
         self._loop = None
 
     def register(self, stream: ClockStream) -> None:
@@ -141,22 +175,25 @@ class MediaClock:
             k += missed
             deadline += missed * self.interval
             elapsed += missed
+        self._disarm(phase)
         streams = self._slots[phase]
         if not streams:
-            self._handles[phase] = None  # idle until a stream registers here again
-            return
+            return  # idle until a stream registers here again
         self.ticks += 1
         self.skipped_ticks += elapsed - 1
         if now - deadline > self.late_threshold:
             self.late_ticks += 1
         probe = self.probe
-        for stream in streams:
-            try:
-                stream.on_tick(elapsed)
-            except Exception:
-                log.exception("media stream %r failed on tick; unregistering it", stream)
-                self.unregister(stream)
-            if probe is not None:
-                probe(time.monotonic() - deadline)
-        self._handles[phase] = loop.call_later(self._delay(offset + (k + 1) * self.interval), self._tick, phase,
-                                               k + 1)
+        self._ticking = True
+        try:
+            for stream in streams:
+                try:
+                    stream.on_tick(elapsed)
+                except Exception:
+                    log.exception("media stream %r failed on tick; unregistering it", stream)
+                    self.unregister(stream)
+                if probe is not None:
+                    probe(time.monotonic() - deadline)
+        finally:
+            self._ticking = False
+        self._arm(loop, phase, k + 1, deadline + self.interval)

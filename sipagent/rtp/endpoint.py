@@ -214,6 +214,7 @@ class RtpEndpoint:
             self._on_rtcp(data, (addr[0], addr[1]), sock)
         elif sock is self._sock:
             self._on_rtp(data, (addr[0], addr[1]))
+        self.clock.run_due()  # a tick due now goes out before the rest of this batch of I/O callbacks
 
     def _on_rtp(self, data: bytes, addr: Address) -> None:
         if self.payload_type is None:
