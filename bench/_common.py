@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from sipagent.caller import SipCaller
+from sipagent.media.kernel import CODEC_SILENCE
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -461,15 +462,9 @@ class QuietCaller(SipCaller):
     """A SipCaller that only counts what it hears (no decoding, no stored audio)."""
 
     def _on_frame(self, payload: bytes) -> None:
-        if payload != self._silence_frame:
+        if payload != CODEC_SILENCE[self.codec]:
             self.heard.audio_frames += 1
             self.heard.last_audio_at = time.monotonic()
-
-    @property
-    def _silence_frame(self) -> bytes:
-        from sipagent.media.kernel import CODEC_SILENCE
-
-        return CODEC_SILENCE[self.codec]
 
 
 if __name__ == "__main__":

@@ -283,7 +283,8 @@ class Agent:
 
     async def _connect(self) -> RealtimeLink:
         assert self._endpoint is not None
-        client = RealtimeClient.for_endpoint(self._endpoint, connect_timeout=self.config.realtime.connect_timeout_s)
+        client = RealtimeClient.for_endpoint(self._endpoint, connect_timeout=self.config.realtime.connect_timeout_s,
+                                             after_receive=self.clock.run_due)
         await client.connect()
         return client
 

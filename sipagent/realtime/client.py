@@ -111,8 +111,12 @@ class RealtimeClient:
         dialect: str = "ga",
         *,
         connect_timeout: float = 10.0,
+        after_receive: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
+        # Called after each server message is parsed: the agent runs its media clock's overdue ticks there
+        # (MediaClock.run_due), since model events arrive in the same bursts as RTP packets.
+        self.after_receive = after_receive
         self._headers = dict(headers or {})
         self.dialect: Dialect = check_dialect(dialect)
         self.connect_timeout = connect_timeout
@@ -120,8 +124,10 @@ class RealtimeClient:
         self._closing = False
 
     @classmethod
-    def for_endpoint(cls, endpoint: Endpoint, *, connect_timeout: float = 10.0) -> RealtimeClient:
-        return cls(endpoint.url, endpoint.headers, endpoint.dialect, connect_timeout=connect_timeout)
+    def for_endpoint(cls, endpoint: Endpoint, *, connect_timeout: float = 10.0,
+                     after_receive: Callable[[], None] | None = None) -> RealtimeClient:
+        return cls(endpoint.url, endpoint.headers, endpoint.dialect, connect_timeout=connect_timeout,
+                   after_receive=after_receive)
 
     def __repr__(self) -> str:
         return f"RealtimeClient({self.url!r}, dialect={self.dialect!r})"
@@ -193,6 +199,8 @@ class RealtimeClient:
                 if self._closing:
                     raise RealtimeNotConnected("realtime client closed") from exc
                 raise self._lost(exc) from exc
+            if self.after_receive is not None:
+                self.after_receive()
             try:
                 return events.normalize(events.parse(message))
             except events.RealtimeEventError as exc:
