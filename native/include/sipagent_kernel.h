@@ -9,8 +9,8 @@
  * with the *_max_out helpers (or the bounds documented next to each function).
  */
 
-#define SK_ABI_VERSION 2
-#define SK_RS_MAX_TAPS 84
+#define SK_ABI_VERSION 3
+#define SK_RS_MAX_TAPS 96
 #define SK_RS_CHUNK 512
 
 int sk_abi_version(void);
@@ -33,7 +33,7 @@ typedef struct {
     int32_t odd;           /* 1 when odd_byte holds the low byte of a sample split across calls */
     unsigned char odd_byte;
     const float *coef;     /* [up][taps] reversed branches, static tables */
-    float buf[595];        /* SK_RS_MAX_TAPS - 1 history samples + SK_RS_CHUNK staged samples */
+    float buf[607];        /* SK_RS_MAX_TAPS - 1 history samples + SK_RS_CHUNK staged samples */
 } sk_resampler;
 
 /* Returns 0, or -1 when the pair is not among 8000/16000/24000. */
@@ -93,12 +93,14 @@ typedef struct {
     int32_t codec;
     sk_resampler rs;
     sk_g722_decoder g722;
+    unsigned char *out;    /* caller-owned output buffer of the *_push entry points */
 } sk_dec24k;
 
 typedef struct {
     int32_t codec;
     sk_resampler rs;
     sk_g722_encoder g722;
+    unsigned char *out;
 } sk_enc24k;
 
 /* Returns 0, or -1 for an unknown codec. */
@@ -108,3 +110,11 @@ int sk_enc24k_init(sk_enc24k *e, int codec);
 size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsigned char *out);
 /* 24 kHz PCM16 -> payload: at most nbytes / 6 + 2 bytes. Returns bytes written. */
 size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsigned char *out);
+/* The same into the buffer set in ->out (sized by the caller as above). Three arguments, not four,
+ * because cffi's call overhead grows with the argument count (per-frame Python entry points). */
+size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n);
+size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes);
+
+/* ---- level ---- */
+/* Mean of the squared samples of n PCM16 samples (0.0 for n == 0), summed exactly in 64-bit integers. */
+double sk_mean_square(const unsigned char *pcm, size_t n);

@@ -45,12 +45,18 @@ size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsig
                 stage[2 * i + 1] = (float)pair[1];
             }
         } else {
-            const float *tab = d->codec == SK_CODEC_PCMU ? sk_ulaw_ftable : sk_alaw_ftable;
-            for (int i = 0; i < c; i++)
-                stage[i] = tab[payload[i]];
+            sk_g711_floats(payload, c, stage, d->codec == SK_CODEC_PCMA);
         }
-        size_t k = sk_rs_commit(&d->rs, g722 ? 2 * c : c, res);
-        store_pcm(out + 2 * written, res, k);
+        size_t k;
+#ifdef SK_LITTLE_ENDIAN
+        if (((uintptr_t)out & 1) == 0) /* straight into place: no copy through res */
+            k = sk_rs_commit(&d->rs, g722 ? 2 * c : c, (int16_t *)(void *)(out + 2 * written));
+        else
+#endif
+        {
+            k = sk_rs_commit(&d->rs, g722 ? 2 * c : c, res);
+            store_pcm(out + 2 * written, res, k);
+        }
         written += k;
         payload += c;
         n -= (size_t)c;
@@ -64,6 +70,28 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
     size_t written = 0;
     sk_resampler *rs = &e->rs;
     float *stage = sk_rs_stage(rs);
+    if (e->codec != SK_CODEC_G722 && sk_rs_takes_pcm(rs)) { /* PCM16 -> streams -> codes, no staging */
+        const int mode = e->codec == SK_CODEC_PCMU ? SK_OUT_ULAW : SK_OUT_ALAW;
+        if (rs->odd && nbytes > 0) { /* a sample split across calls */
+            unsigned char pair[2] = {rs->odd_byte, pcm[0]};
+            written += sk_rs_push_pcm(rs, pair, 1, out, mode);
+            rs->odd = 0;
+            pcm++;
+            nbytes--;
+        }
+        while (nbytes > 1) {
+            size_t whole = nbytes / 2;
+            int c = whole < SK_RS_CHUNK ? (int)whole : SK_RS_CHUNK;
+            written += sk_rs_push_pcm(rs, pcm, c, out + written, mode);
+            pcm += 2 * (size_t)c;
+            nbytes -= 2 * (size_t)c;
+        }
+        if (nbytes == 1) {
+            rs->odd = 1;
+            rs->odd_byte = pcm[0];
+        }
+        return written;
+    }
     while (nbytes > 0) {
         int n = 0;
         if (rs->odd) { /* a sample split across calls */
@@ -84,16 +112,11 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
             rs->odd_byte = pcm[0];
             nbytes = 0;
         }
-        size_t k = sk_rs_commit(rs, n, res); /* down-sampling: k <= n/1.5 + 1 */
-        if (e->codec == SK_CODEC_PCMU) {
-            for (size_t i = 0; i < k; i++)
-                out[written + i] = sk_ulaw_from_linear(res[i]);
-            written += k;
-        } else if (e->codec == SK_CODEC_PCMA) {
-            for (size_t i = 0; i < k; i++)
-                out[written + i] = sk_alaw_from_linear(res[i]);
-            written += k;
+        if (e->codec != SK_CODEC_G722) { /* codes straight from the resampler's output lanes */
+            written += sk_rs_commit_to(rs, n, out + written,
+                                       e->codec == SK_CODEC_PCMU ? SK_OUT_ULAW : SK_OUT_ALAW);
         } else {
+            size_t k = sk_rs_commit(rs, n, res); /* down-sampling: k <= n/1.5 + 1 */
             sk_g722_encoder *g = &e->g722;
             size_t i = 0;
             if (g->have_held && k > 0) {
@@ -110,4 +133,28 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
         }
     }
     return written;
+}
+
+size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n)
+{
+    return sk_dec24k_run(d, payload, n, d->out);
+}
+
+size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes)
+{
+    return sk_enc24k_run(e, pcm, nbytes, e->out);
+}
+
+double sk_mean_square(const unsigned char *pcm, size_t n)
+{
+    if (n == 0)
+        return 0.0;
+    /* 32 768^2 * 2^32 samples stays below 2^63: exact for any realistic length. Partial sums in
+     * 32-bit lanes would overflow after two full-scale samples, so the loop widens to 64 bits. */
+    int64_t acc = 0;
+    for (size_t i = 0; i < n; i++) {
+        int32_t v = load_s16(pcm + 2 * i);
+        acc += (int64_t)(v * v);
+    }
+    return (double)acc / (double)n;
 }

@@ -25,10 +25,11 @@ static inline void store_s16(unsigned char *p, int v)
 static inline void load_pcm_float(float *dst, const unsigned char *src, int n)
 {
 #ifdef SK_LITTLE_ENDIAN
-    int16_t tmp[SK_RS_CHUNK];
-    memcpy(tmp, src, 2 * (size_t)n); /* src may be unaligned: one copy, then a vectorised convert */
-    for (int i = 0; i < n; i++)
-        dst[i] = (float)tmp[i];
+    for (int i = 0; i < n; i++) { /* src may be unaligned: memcpy per sample becomes a vector load */
+        int16_t v;
+        memcpy(&v, src + 2 * i, sizeof(v));
+        dst[i] = (float)v;
+    }
 #else
     for (int i = 0; i < n; i++)
         dst[i] = (float)load_s16(src + 2 * i);
@@ -99,6 +100,17 @@ static inline float *sk_rs_stage(sk_resampler *r)
     return r->buf + (SK_RS_MAX_TAPS - 1);
 }
 size_t sk_rs_commit(sk_resampler *r, int c, int16_t *out);
+/* The same with the outputs written as PCM16 or as G.711 codes (one byte each). */
+#define SK_OUT_S16 0
+#define SK_OUT_ULAW 1
+#define SK_OUT_ALAW 2
+size_t sk_rs_commit_to(sk_resampler *r, int c, void *out, int mode);
+/* When sk_rs_takes_pcm(r) (24 kHz -> 8 kHz on AVX2): the same as staging c <= SK_RS_CHUNK samples and
+ * sk_rs_commit_to, reading the 2*c bytes of PCM16 directly (no staging pass). */
+int sk_rs_takes_pcm(const sk_resampler *r);
+/* n G.711 codes (A-law when alaw) -> the floats of sk_ulaw_ftable / sk_alaw_ftable, SIMD when available. */
+void sk_g711_floats(const unsigned char *in, int n, float *out, int alaw);
+size_t sk_rs_push_pcm(sk_resampler *r, const unsigned char *pcm, int c, void *out, int mode);
 /* Streams n native samples (no odd-byte handling) through the resampler. */
 size_t sk_resampler_run(sk_resampler *r, const int16_t *in, size_t n, int16_t *out);
 /* One 64 kbit/s code from a pair of 16 kHz samples, and back. */

@@ -24,12 +24,13 @@ __all__ = [
     "Resampler",
     "alaw_decode",
     "alaw_encode",
+    "mean_square",
     "simd_level",
     "ulaw_decode",
     "ulaw_encode",
 ]
 
-ABI_VERSION: Final = 2
+ABI_VERSION: Final = 3
 if lib.sk_abi_version() != ABI_VERSION:  # a stale build in the package dir would misbehave silently
     raise ImportError(f"sipagent._kernel ABI {lib.sk_abi_version()} != {ABI_VERSION}: rebuild the package")
 
@@ -81,6 +82,18 @@ def alaw_decode(data: bytes) -> bytes:
     out = ffi.new("char[]", 2 * len(data))
     lib.sk_alaw_decode(data, len(data), out)
     return ffi.unpack(out, 2 * len(data))  # type: ignore[no-any-return]
+
+
+_mean_square: Any = lib.sk_mean_square
+
+
+def mean_square(pcm: bytes) -> float:
+    """Mean of the squared PCM16 samples (exact sum in C; 0.0 for less than one sample).
+
+    A trailing odd byte is ignored. Used for per-frame levels, where NumPy's set-up cost per call is
+    larger than the arithmetic.
+    """
+    return float(_mean_square(pcm, len(pcm) >> 1))
 
 
 class _Buffer:
@@ -185,48 +198,59 @@ def _codec_id(codec: str) -> int:
         raise KernelError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})") from None
 
 
-_dec24k_run: Any = lib.sk_dec24k_run  # bound once: the per-frame methods skip the `lib` attribute lookup
-_enc24k_run: Any = lib.sk_enc24k_run
+# Bound once: the per-frame methods skip the `lib` attribute lookup. The *_push entry points take three
+# arguments (the output buffer lives in the C state): cffi passes more than one argument as a tuple,
+# whose cost grows with the count.
+_dec24k_push: Any = lib.sk_dec24k_push
+_enc24k_push: Any = lib.sk_enc24k_push
 
 
 class Decoder24k:
     """RTP payload (PCMU, PCMA or G722) → 24 kHz PCM16, 6 output bytes per payload byte, one FFI call."""
 
-    __slots__ = ("_buf", "_cap", "_mem", "_state", "_view", "codec")
+    __slots__ = ("_buf", "_cap", "_state", "_view", "codec")
 
     def __init__(self, codec: str) -> None:
         self.codec = codec.upper()
         self._state = ffi.new("sk_dec24k *")
         lib.sk_dec24k_init(self._state, _codec_id(codec))
         self._buf = _Buffer(FRAME_PAYLOAD_BYTES, 6, 0)
-        self._cap, self._mem, self._view = self._buf.cap_in, self._buf.mem, self._buf.view
+        self._attach()
+
+    def _attach(self) -> None:
+        self._state.out = self._buf.mem
+        self._cap, self._view = self._buf.cap_in, self._buf.view
 
     def decode(self, payload: bytes) -> bytes:
         n = len(payload)
         if n > self._cap:  # rare: a longer payload than any before
             self._buf.grow(n)
-            self._cap, self._mem, self._view = self._buf.cap_in, self._buf.mem, self._buf.view
-        return self._view[: _dec24k_run(self._state, payload, n, self._mem)]  # type: ignore[no-any-return]
+            self._attach()
+        return self._view[: _dec24k_push(self._state, payload, n)]  # type: ignore[no-any-return]
 
 
 class Encoder24k:
     """24 kHz PCM16 of any length → RTP payload bytes (8000 per second); remainders carry over."""
 
-    __slots__ = ("_buf", "_cap", "_mem", "_state", "_view", "codec")
+    __slots__ = ("_buf", "_cap", "_state", "_view", "codec")
 
     def __init__(self, codec: str) -> None:
         self.codec = codec.upper()
         self._state = ffi.new("sk_enc24k *")
         lib.sk_enc24k_init(self._state, _codec_id(codec))
         self._buf = _Buffer(960, 1 / 6, 4)
-        self._cap, self._mem, self._view = self._buf.cap_in, self._buf.mem, self._buf.view
+        self._attach()
+
+    def _attach(self) -> None:
+        self._state.out = self._buf.mem
+        self._cap, self._view = self._buf.cap_in, self._buf.view
 
     def encode(self, pcm24k: bytes) -> bytes:
         n = len(pcm24k)
         if n > self._cap:
             self._buf.grow(n)
-            self._cap, self._mem, self._view = self._buf.cap_in, self._buf.mem, self._buf.view
-        return self._view[: _enc24k_run(self._state, pcm24k, n, self._mem)]  # type: ignore[no-any-return]
+            self._attach()
+        return self._view[: _enc24k_push(self._state, pcm24k, n)]  # type: ignore[no-any-return]
 
 
 # One 20 ms payload of silence per codec. G.722 has no single silence code: 0xFF (smallest lower-band

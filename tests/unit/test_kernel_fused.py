@@ -54,6 +54,23 @@ def test_encoder24k_equals_resample_then_encode(codec: str) -> None:
     assert len(ref) == 8000
 
 
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_encoder24k_codes_every_level_and_clipping(codec: str) -> None:
+    """The fused encoder writes G.711 codes straight from the filter's vector lanes: every segment and
+    step, and outputs that saturate int16 (a clipped 200 Hz tone overshoots), must match the reference."""
+    t = np.arange(3 * 24000) / 24000
+    x = np.geomspace(0.5, 60000, len(t)) * np.sin(2 * np.pi * 200 * t)
+    pcm = np.asarray(np.clip(np.round(x), -32768, 32767), dtype="<i2").tobytes()
+    enc = kernel.Encoder24k(codec)
+    fused = b"".join(enc.encode(pcm[i : i + 960]) for i in range(0, len(pcm), 960))
+    linear = kernel.Resampler(24000, 8000).process(pcm)
+    fn, _ = ENCODERS[codec]
+    assert fused == fn(linear)
+    samples = np.frombuffer(linear, dtype="<i2")
+    assert samples.max() == 32767 and samples.min() == -32768
+    assert len(set(fused)) >= 250  # every code but a few near zero that no sample rounds to
+
+
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA", "G722"])
 def test_whole_frames_give_whole_payloads(codec: str) -> None:
     enc = kernel.Encoder24k(codec)

@@ -78,7 +78,7 @@ def test_stopband_rejection_going_down(src: int, dst: int, capsys: pytest.Captur
     # Between the new Nyquist and `stop` the filter is still in transition: aliases land above the
     # passband edge (3.6-4 kHz for 8 kHz output). Reported, not asserted.
     trans = [
-        10 * np.log10((AMP**2 / 2) / np.mean(run(src, dst, tone(src, f))[dst // 50 :] ** 2))
+        10 * np.log10((AMP**2 / 2) / max(float(np.mean(run(src, dst, tone(src, f))[dst // 50 :] ** 2)), 1 / 12))
         for f in np.linspace(nyq + 50, stop, 5)
     ] if stop > nyq else []
     note = f"; {nyq + 50:.0f}-{stop:.0f} Hz (transition): >= {min(trans):.1f} dB" if trans else ""
@@ -103,16 +103,39 @@ def test_reset_forgets_history() -> None:
     assert r.process(x) == first
 
 
-def test_every_simd_level_gives_identical_bytes() -> None:
-    """The baseline and AVX2 loops sum each output in the same order without FMA: same bytes."""
+def chunked(r: Resampler, data: bytes, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    pieces, pos = [], 0
+    while pos < len(data):
+        step = int(rng.choice([1, 2, 3, 5, 160, 321, 480, 959, 1024, 2000]))
+        pieces.append(r.process(data[pos : pos + step]))
+        pos += step
+    return b"".join(pieces)
+
+
+def test_simd_levels_agree_within_one_lsb_and_each_streams_exactly() -> None:
+    """The AVX2 kernels use FMA (one rounding per tap, the baseline loops two): every level must be
+    streaming-consistent on its own, and the levels may differ by 1 LSB on a few samples, never more."""
     rng = np.random.default_rng(4)
     data = rng.integers(-32768, 32768, size=24000, dtype=np.int16).astype("<i2").tobytes()
+    speech = np.round(9000 * np.sin(2 * np.pi * 310 * np.arange(24000) / 24000)).astype("<i2").tobytes()
     best = simd_level()
     try:
-        results = []
+        outputs: list[list[np.ndarray]] = []
         for level in range(best + 1):
             assert simd_level(level) == level
-            results.append([Resampler(a, b).process(data[: 2 * (a // 10) * 3 + 1]) for a, b in PAIRS])
-        assert all(r == results[0] for r in results)
+            per_pair = []
+            for a, b in PAIRS:
+                for i, x in enumerate((data, speech)):
+                    x = x[: 2 * (a // 10) * 3 + 1]
+                    whole = Resampler(a, b).process(x)
+                    assert chunked(Resampler(a, b), x, a + b + i) == whole
+                    per_pair.append(np.frombuffer(whole, dtype="<i2").astype(int))
+            outputs.append(per_pair)
+        for other in outputs[1:]:
+            for ref, got in zip(outputs[0], other, strict=True):
+                diff = np.abs(ref - got)
+                assert diff.max() <= 1
+                assert np.count_nonzero(diff) <= len(diff) // 20
     finally:
         simd_level()
