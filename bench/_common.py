@@ -38,6 +38,7 @@ import yaml
 
 from sipagent.caller import SipCaller
 from sipagent.media.kernel import CODEC_SILENCE
+from sipagent.media.playout import PlayoutQueue
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -459,7 +460,14 @@ def _agent_main(config_path: str) -> int:
 
 
 class QuietCaller(SipCaller):
-    """A SipCaller that only counts what it hears (no decoding, no stored audio)."""
+    """A SipCaller that only counts what it hears (no decoding, no stored audio) and, since it never speaks,
+    sends its silence from a plain playout queue (no per-frame level and time kept for ``sent``)."""
+
+    async def dial(self, timeout: float = 10.0) -> None:
+        await super().dial(timeout)
+        assert self._endpoint is not None
+        self._endpoint.playout = PlayoutQueue(frame_bytes=len(CODEC_SILENCE[self.codec]),
+                                              silence=CODEC_SILENCE[self.codec])
 
     def _on_frame(self, payload: bytes) -> None:
         if payload != CODEC_SILENCE[self.codec]:

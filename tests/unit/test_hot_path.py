@@ -4,6 +4,7 @@ and the choice of event loop."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import struct
 
@@ -38,14 +39,22 @@ def test_parse_media_rejects_what_rtp_packet_rejects() -> None:
     assert parse_media(struct.pack("!BBHII", 0x80, 0, 1, 2, 3)) == (0, 1, 2, 3, b"")  # header alone
 
 
-def test_vad_levels_in_one_pass_equal_block_by_block() -> None:
+def test_backend_vad_levels_are_the_block_powers_in_dbfs() -> None:
     rng = random.Random(1)
-    data = b"".join(struct.pack("<h", rng.randrange(-32768, 32768) >> rng.randrange(16)) for _ in range(1500))
+    samples = [rng.randrange(-32768, 32768) >> rng.randrange(16) for _ in range(1500)]
+    data = struct.pack(f"<{len(samples)}h", *samples)
     blocks = len(data) // _BLOCK_BYTES
-    expected = [block_db(data[i * _BLOCK_BYTES : (i + 1) * _BLOCK_BYTES]) for i in range(blocks)]
-    assert block_levels_db(data, blocks) == expected
-    assert block_levels_db(bytes(2 * _BLOCK_BYTES), 2) == [-120.0, -120.0]
+    per_block = _BLOCK_BYTES // 2
+    expected = []
+    for i in range(blocks):  # the definition, in plain Python integers
+        block = samples[i * per_block : (i + 1) * per_block]
+        expected.append(10 * math.log10(sum(x * x for x in block) / per_block / 32768**2))
+    assert block_levels_db(data, blocks) == pytest.approx(expected, abs=1e-9)
+    assert block_levels_db(data, blocks) == [block_db(data[i * _BLOCK_BYTES : (i + 1) * _BLOCK_BYTES])
+                                             for i in range(blocks)]
+    assert block_levels_db(bytes(2 * _BLOCK_BYTES) + data, 2) == [-120.0, -120.0]
     assert block_levels_db(data, 0) == []
+    assert block_db(b"") == -120.0
 
 
 def test_spliced_delta_json_is_what_json_dumps_gives() -> None:

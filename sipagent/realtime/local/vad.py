@@ -12,9 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from sipagent.errors import ConfigError
+from sipagent.media.kernel import mean_square
 
 RATE = 24000
 BLOCK_MS = 10
@@ -62,25 +61,16 @@ VadEvent = SpeechStarted | SpeechStopped
 
 
 def block_db(block: bytes) -> float:
-    samples = np.frombuffer(block, dtype="<i2").astype(np.float64)
-    if samples.size == 0:
-        return -120.0
-    # A dot product, not np.mean(samples * samples): the same exact sum (integers below 2**53), a third of
-    # the time, for every 10 ms block of every call.
-    power = float(np.dot(samples, samples)) / samples.size / (32768.0 * 32768.0)
+    """Level of one block in dBFS (-120 for digital silence)."""
+    # The kernel's exact sum of squares in C: NumPy's set-up per call (frombuffer, astype, dot) cost five
+    # times the arithmetic, for every 10 ms block of every call.
+    power = mean_square(block) / (32768.0 * 32768.0)
     return 10.0 * math.log10(power) if power > 1e-12 else -120.0
 
 
 def block_levels_db(data: bytes, blocks: int) -> list[float]:
-    """``block_db`` of the first ``blocks`` blocks of ``data``, with one NumPy pass for all of them (an
-    append carries two 10 ms blocks). Sums of squared int16 samples are exact in float64, so the levels
-    are the same as block by block."""
-    if blocks == 0:
-        return []
-    samples = np.frombuffer(data, dtype="<i2", count=blocks * _BLOCK_BYTES // 2).astype(np.float64)
-    samples = samples.reshape(blocks, -1)
-    powers = np.einsum("ij,ij->i", samples, samples) / samples.shape[1] / (32768.0 * 32768.0)
-    return [10.0 * math.log10(p) if p > 1e-12 else -120.0 for p in powers.tolist()]
+    """``block_db`` of each of the first ``blocks`` whole blocks of ``data`` (an append carries two)."""
+    return [block_db(data[i * _BLOCK_BYTES : (i + 1) * _BLOCK_BYTES]) for i in range(blocks)]
 
 
 class EnergyVad:
