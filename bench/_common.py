@@ -19,6 +19,8 @@ Run as ``python -m bench._common agent CONFIG`` (what AgentProcess does).
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import json
 import os
 import signal
@@ -35,6 +37,8 @@ import numpy as np
 import yaml
 
 from sipagent.caller import SipCaller
+from sipagent.media.kernel import CODEC_SILENCE
+from sipagent.media.playout import PlayoutQueue
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -136,6 +140,12 @@ class ProcStats:
         text = Path(f"/proc/{self.pid}/stat").read_text()
         fields = text[text.rindex(")") + 2 :].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the process, from /proc/PID/stat."""
+        text = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2 :].split()
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
     def sample(self) -> ProcSample:
         status = Path(f"/proc/{self.pid}/status").read_text().splitlines()
@@ -315,9 +325,20 @@ class _Observed:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.agent: Any = None
         self.profiler: Any = None
+        self.late_at: list[float] = []  # diagnosis: when packets were more than 5 ms late
+        self.gc_pauses: list[tuple[int, float]] = []  # (generation, ms) of collections over 1 ms
+        self._gc_started = 0.0
+
+    def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif (ms := (time.perf_counter() - self._gc_started) * 1e3) > 1.0:
+            self.gc_pauses.append((int(info["generation"]), round(ms, 1)))
 
     def deviation(self, seconds: float) -> None:
         self.devs.append(seconds)
+        if seconds > 0.005 and os.environ.get("SIPAGENT_BENCH_LATE"):
+            self.late_at.append(round(time.monotonic(), 2))
 
     async def report(self, reset: bool) -> dict[str, Any]:
         devs = self.devs
@@ -325,7 +346,7 @@ class _Observed:
             self.devs = []
         agent = self.agent
         figures: dict[str, Any] = {
-            "dev": percentiles_ms(devs, (50, 99)),
+            "dev": percentiles_ms(devs, (50, 90, 99, 99.9)),
             "underruns": self.underruns, "underrun_frames": self.underrun_frames,
             "audio_frames": self.audio_frames,
             "tasks": len(asyncio.all_tasks()),
@@ -333,7 +354,15 @@ class _Observed:
             "late_ticks": agent.clock.late_ticks, "skipped_ticks": agent.clock.skipped_ticks,
             "ports_in_use": agent.ports.in_use, "calls_total": agent.stats.calls_total,
             "outcomes": dict(agent.stats.outcomes),
+            "gc_collections": [g["collections"] for g in gc.get_stats()],
+            "gc_pauses_over_1ms": self.gc_pauses[-20:], "gc_objects": len(gc.get_objects()),
         }
+        if self.late_at:
+            t0 = self.late_at[0]
+            figures["late_ms_at"] = sorted(collections.Counter(int((t - t0) * 10) for t in self.late_at).items())
+        if reset:
+            self.gc_pauses = []
+            self.late_at = []
         if reset:
             self.underruns = self.underrun_frames = self.audio_frames = 0
             self._profile_window()
@@ -405,6 +434,9 @@ def _agent_main(config_path: str) -> int:
         async def start(self) -> None:
             await super().start()
             state.loop = asyncio.get_running_loop()
+            import gc
+
+            gc.callbacks.append(state.gc_callback)
             if os.environ.get("SIPAGENT_BENCH_GC") == "off":  # diagnosis only: are the stalls the GC's?
                 import gc
 
@@ -428,18 +460,19 @@ def _agent_main(config_path: str) -> int:
 
 
 class QuietCaller(SipCaller):
-    """A SipCaller that only counts what it hears (no decoding, no stored audio)."""
+    """A SipCaller that only counts what it hears (no decoding, no stored audio) and, since it never speaks,
+    sends its silence from a plain playout queue (no per-frame level and time kept for ``sent``)."""
+
+    async def dial(self, timeout: float = 10.0) -> None:
+        await super().dial(timeout)
+        assert self._endpoint is not None
+        self._endpoint.playout = PlayoutQueue(frame_bytes=len(CODEC_SILENCE[self.codec]),
+                                              silence=CODEC_SILENCE[self.codec])
 
     def _on_frame(self, payload: bytes) -> None:
-        if payload != self._silence_frame:
+        if payload != CODEC_SILENCE[self.codec]:
             self.heard.audio_frames += 1
             self.heard.last_audio_at = time.monotonic()
-
-    @property
-    def _silence_frame(self) -> bytes:
-        from sipagent.media.kernel import CODEC_SILENCE
-
-        return CODEC_SILENCE[self.codec]
 
 
 if __name__ == "__main__":

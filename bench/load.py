@@ -32,7 +32,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,8 +52,10 @@ from bench._common import (
     free_tcp_port,
     free_udp_port,
     pin,
+    taskset,
     write_config,
 )
+from sipagent.agent import run_loop
 from sipagent.media.clock import MediaClock
 from sipagent.rtp.ports import PortAllocator
 
@@ -95,7 +100,7 @@ async def dial_all(target: str, n: int, clock: MediaClock, ports: PortAllocator,
 
 
 async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, external: bool,
-                   pinned: bool, audio_format: str) -> Step:
+                   pinned: bool, audio_format: str, profile: str = "", verbose: bool = False) -> Step:
     sip_port = free_udp_port()
     backend = BackendProcess(workdir / f"load-{n}.yaml", free_tcp_port(), cpus="1" if pinned else None)
     config = write_config(workdir / f"load-{n}.yaml",
@@ -123,11 +128,20 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
         await asyncio.sleep(0.5)
         agent.request("report")  # reset the agent's counters: the window starts now
         cpu0, wall0 = agent.stats.cpu_seconds(), time.monotonic()
+        split0 = agent.stats.cpu_split()
         backend_cpu0 = backend.stats.cpu_seconds() if backend.stats else 0.0
         bench_cpu0 = time.process_time()
+        spies = []
+        if profile:
+            assert agent.proc is not None and backend.proc is not None
+            for name, pid in (("agent", agent.proc.pid), ("backend", backend.proc.pid), ("gen", os.getpid())):
+                spies.append(py_spy(pid, seconds, f"{profile}-{n}-{name}.txt", "1" if pinned else None))
         await asyncio.sleep(seconds)
+        for spy in spies:
+            await asyncio.to_thread(spy.wait, 30)
         figures = await asyncio.to_thread(agent.request, "report")
         cpu, wall = agent.stats.cpu_seconds() - cpu0, time.monotonic() - wall0
+        split1 = agent.stats.cpu_split()
         backend_cpu = (backend.stats.cpu_seconds() if backend.stats else 0.0) - backend_cpu0
         bench_cpu = time.process_time() - bench_cpu0
         busy = agent.stats.sample()
@@ -136,10 +150,24 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
         clock.stop()
         agent.stop()
         backend.stop()
+    if verbose:
+        user, system = (b - a for a, b in zip(split0, split1, strict=True))
+        print(f"  agent: user {100 * user / wall:.1f} % sys {100 * system / wall:.1f} %; {json.dumps(figures)}",
+              flush=True)
     dev = figures["dev"]
     return Step(n, len(callers), dev["p50"], dev["p99"], dev["max"], figures["underruns"],
                 figures["underrun_frames"], 100 * cpu / wall, busy.rss_kb / 1024, idle.rss_kb / 1024, setup,
                 100 * backend_cpu / wall, 100 * bench_cpu / wall)
+
+
+def py_spy(pid: int, seconds: float, path: str, cpus: str | None) -> subprocess.Popen[bytes]:
+    """Diagnosis only (``--profile``): sample a process with py-spy over the window, collapsed stacks to
+    ``path``. Non-blocking sampling (the process is never paused), on the load generator's core when pinned
+    (which then has less left for the callers and the backend)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([*taskset(cpus), spy, "record", "--pid", str(pid), "--duration",
+                             str(max(1, int(seconds))), "--rate", "250", "--nonblocking", "--format", "raw",
+                             "--output", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main() -> int:
@@ -155,6 +183,9 @@ def main() -> int:
                         help="agent on CPU 0 alone (taskset -c 0); callers and backend on CPU 1")
     parser.add_argument("--audio-format", choices=("pcm16", "g711_ulaw"), default="pcm16",
                         help="realtime.audio_format: g711_ulaw passes the callers' PCMU through untouched")
+    parser.add_argument("--profile", default="", metavar="PREFIX",
+                        help="py-spy the agent, backend and this process over each window (PREFIX-N-WHO.txt)")
+    parser.add_argument("--verbose", action="store_true", help="print the agent's own figures per step")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     if args.pin:
@@ -178,8 +209,9 @@ def main() -> int:
                 print(f"(stopping before N={n}: the --budget of {args.budget:g} s would be exceeded)")
                 break
             t = time.monotonic()
-            step = asyncio.run(run_step(n, args.seconds, Path(tmp), args.concurrency,
-                                        args.backend == "process", args.pin, args.audio_format))
+            step = run_loop(run_step(n, args.seconds, Path(tmp), args.concurrency,
+                                        args.backend == "process", args.pin, args.audio_format,
+                                        args.profile, args.verbose))
             last_step_s = time.monotonic() - t
             if args.backend == "process" and step.backend_cpu_pct == 0:
                 print("  WARNING: the backend used no CPU: is the agent connected to it? (SIPAGENT_BENCH_LOG_DIR)")

@@ -94,8 +94,7 @@ def _demo(path: str | None, question: str | None, out: str | None) -> int:
 
 
 def _local_realtime(listen: str, path: str | None) -> int:
-    import asyncio
-
+    from sipagent.agent import run_loop
     from sipagent.demo import load_demo_config
     from sipagent.realtime.local.brain import LocalBrainConfig
     from sipagent.realtime.local.server import serve
@@ -104,7 +103,7 @@ def _local_realtime(listen: str, path: str | None) -> int:
     config = load_config(path) if path else load_demo_config(None, None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(listen, LocalBrainConfig.from_mapping(config.realtime.local)))
+        run_loop(serve(listen, LocalBrainConfig.from_mapping(config.realtime.local)))
     except KeyboardInterrupt:
         return EXIT_OK
     except ValueError as exc:

@@ -474,8 +474,12 @@ class CallBridge:
             pcm = bytes(len(pcm))
             payload = CODEC_SILENCE.get(self.media.codec, payload)
         audio = payload if self._passthrough == self.media.codec else self._up_encode(pcm)
-        # Every 20 ms of every call: prebuilt JSON text, no json.dumps (it was the bridge's largest cost).
-        self._outbox.put_nowait(ev.audio_append_json(audio))
+        # Every 20 ms of every call: prebuilt JSON text, no json.dumps (it was the bridge's largest cost),
+        # written at once when nothing is queued before it (RealtimeClient.send_now), else via the pump.
+        text = ev.audio_append_json(audio)
+        send_now = getattr(self._link, "send_now", None)
+        if send_now is None or not self._outbox.empty() or not send_now(text):
+            self._outbox.put_nowait(text)
 
     def on_outbound_frame(self, payload: bytes, is_audio: bool) -> None:
         """The media clock just sent this frame to the caller (audio or silence)."""

@@ -1,8 +1,9 @@
 """The one shared 20 ms media clock of the process.
 
-Every registered stream gets ``on_tick(elapsed)`` once per 20 ms, on absolute deadlines computed from
-``loop.time()`` (``deadline = start + k * interval``), never by chaining relative sleeps, so the cadence
-does not drift whatever each tick costs.
+Every registered stream gets ``on_tick(elapsed)`` once per 20 ms, on absolute deadlines of
+``time.monotonic()`` (``deadline = start + k * interval``), never by chaining relative sleeps, so the cadence
+does not drift whatever each tick costs. The clock keeps its own time base rather than ``loop.time()``
+because uvloop's is in whole milliseconds (see ``_delay``).
 
 Streams are spread over ``phases`` evenly spaced sub-slots of the period (each stream keeps its own
 exact 20 ms cadence, but calls are not all due at the same instant): with hundreds of calls, sending
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -44,10 +46,11 @@ class MediaClock:
         self.interval = interval
         self.phases = max(1, phases)
         self.late_threshold = late_threshold
-        # The selector's timeout is rounded up to whole milliseconds, so a wake-up lands 0-1 ms after the
-        # time asked for. Asking half a millisecond early centres that error on the deadline (±0.5 ms)
-        # instead of making every packet up to 1 ms late.
+        # The stdlib selector's timeout is rounded up to whole milliseconds, so a wake-up lands 0-1 ms after
+        # the time asked for. Asking half a millisecond early centres that error on the deadline (±0.5 ms)
+        # instead of making every packet up to 1 ms late. (uvloop: see _delay.)
         self.wake_early = min(0.0005, interval / 10)
+        self._whole_ms = False  # timers due on whole milliseconds (uvloop/libuv)
         self.probe = probe  # if set, called with (send time - deadline) after each stream's tick (benchmarks)
         self.ticks = 0
         self.late_ticks = 0
@@ -55,6 +58,9 @@ class MediaClock:
         self._slots: list[list[ClockStream]] = [[] for _ in range(self.phases)]
         self._slot_of: dict[int, int] = {}
         self._handles: list[asyncio.TimerHandle | None] = [None] * self.phases
+        self._due: list[tuple[float, int] | None] = [None] * self.phases  # armed (deadline, k) per phase
+        self.next_due = math.inf  # the earliest armed deadline (time.monotonic()), for run_due()
+        self._ticking = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start = 0.0
 
@@ -71,7 +77,13 @@ class MediaClock:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._start = self._loop.time() + self.interval
+        self._whole_ms = type(self._loop).__module__.startswith("uvloop")
+        now = time.monotonic()
+        if self._whole_ms:
+            # Deadlines half-way between two milliseconds: a timer due on the millisecond before one fires
+            # within ±0.5 ms of it (_delay), the stdlib loop's precision with its early wake-up.
+            now = (math.floor(now * 1000) + 0.5) / 1000
+        self._start = now + self.interval
         for phase in range(self.phases):
             if self._slots[phase]:
                 self._schedule(phase)
@@ -82,14 +94,56 @@ class MediaClock:
         if loop is None or self._handles[phase] is not None:
             return
         offset = self._start + phase * (self.interval / self.phases)
-        k = max(0, math.ceil((loop.time() - offset) / self.interval))
-        self._handles[phase] = loop.call_at(offset + k * self.interval - self.wake_early, self._tick, phase, k)
+        k = max(0, math.ceil((time.monotonic() - offset) / self.interval))
+        self._arm(loop, phase, k, offset + k * self.interval)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, phase: int, k: int, deadline: float) -> None:
+        self._handles[phase] = loop.call_later(self._delay(deadline), self._tick, phase, k)
+        self._due[phase] = (deadline, k)
+        self.next_due = min(self.next_due, deadline)
+
+    def _disarm(self, phase: int) -> None:
+        self._handles[phase] = None
+        self._due[phase] = None
+        self.next_due = min((due[0] for due in self._due if due is not None), default=math.inf)
+
+    def run_due(self) -> None:
+        """Run now every tick whose deadline has passed and whose timer has not fired yet.
+
+        For the hot I/O callbacks (each received RTP packet): an event-loop iteration runs all the I/O
+        callbacks that are ready before it looks at its timers, so with hundreds of calls a burst of
+        packets and model events would hold a tick back by the whole batch, several milliseconds. Checked
+        from inside the batch, a tick waits for one callback at most. Costs one clock read when nothing
+        is due."""
+        if self._ticking or time.monotonic() < self.next_due:
+            return
+        now = time.monotonic()
+        for phase, due in enumerate(self._due):
+            if due is not None and due[0] <= now:
+                handle = self._handles[phase]
+                if handle is not None:
+                    handle.cancel()
+                self._disarm(phase)
+                self._tick(phase, due[1])
+
+    def _delay(self, deadline: float) -> float:
+        """The timer delay that wakes us closest to ``deadline`` (a ``time.monotonic()`` instant). The
+        stdlib loop wakes 0-1 ms after the time asked for: ask ``wake_early``. libuv keeps its time in whole
+        milliseconds (CLOCK_MONOTONIC, truncated) and fires a timer at the first wake-up at or after its due
+        millisecond, 0-1 ms past it: a whole-millisecond delay makes the due millisecond the one before the
+        deadline, which start() put half-way between two."""
+        now = time.monotonic()
+        if self._whole_ms:
+            return (math.floor(deadline * 1000) - math.floor(now * 1000)) / 1000
+        return deadline - self.wake_early - now
 
     def stop(self) -> None:
         for handle in self._handles:
             if handle is not None:
                 handle.cancel()
         self._handles = [None] * self.phases
+        self._due = [None] * self.phases
+        self.next_due = math.inf
         self._loop = None
 
     def register(self, stream: ClockStream) -> None:
@@ -113,7 +167,7 @@ class MediaClock:
             return
         offset = self._start + phase * (self.interval / self.phases)
         deadline = offset + k * self.interval
-        now = loop.time()
+        now = time.monotonic()
         elapsed = 1
         if now - deadline >= self.interval:
             # Whole periods missed: jump to the latest deadline that has passed instead of bursting.
@@ -121,22 +175,25 @@ class MediaClock:
             k += missed
             deadline += missed * self.interval
             elapsed += missed
+        self._disarm(phase)
         streams = self._slots[phase]
         if not streams:
-            self._handles[phase] = None  # idle until a stream registers here again
-            return
+            return  # idle until a stream registers here again
         self.ticks += 1
         self.skipped_ticks += elapsed - 1
         if now - deadline > self.late_threshold:
             self.late_ticks += 1
         probe = self.probe
-        for stream in streams:
-            try:
-                stream.on_tick(elapsed)
-            except Exception:
-                log.exception("media stream %r failed on tick; unregistering it", stream)
-                self.unregister(stream)
-            if probe is not None:
-                probe(loop.time() - deadline)
-        self._handles[phase] = loop.call_at(offset + (k + 1) * self.interval - self.wake_early, self._tick, phase,
-                                            k + 1)
+        self._ticking = True
+        try:
+            for stream in streams:
+                try:
+                    stream.on_tick(elapsed)
+                except Exception:
+                    log.exception("media stream %r failed on tick; unregistering it", stream)
+                    self.unregister(stream)
+                if probe is not None:
+                    probe(time.monotonic() - deadline)
+        finally:
+            self._ticking = False
+        self._arm(loop, phase, k + 1, deadline + self.interval)

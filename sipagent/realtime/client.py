@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
@@ -37,6 +38,7 @@ __all__ = [
     "endpoint_for",
     "local_endpoint",
     "openai_endpoint",
+    "send_text_now",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,20 @@ _wire_log.addFilter(_RedactSecrets())
 EventCallback = Callable[[Event], Awaitable[None] | None]
 
 
+def send_text_now(ws: Connection, text: str) -> bool:
+    """Send a text message synchronously when nothing stands in the way: the connection is open, no
+    fragmented message is being sent and the write buffer is under its high-water mark (so the
+    ``drain()`` that ``Connection.send`` awaits would return at once). The Sans-I/O core frames (and, on
+    the client side, masks) the message and ``send_data()`` writes it, as ``send`` does after the same
+    checks. Returns False, having sent nothing, otherwise: then await ``ws.send``. A websockets release
+    whose connections have no ``send_in_progress`` always gets False (the checks rely on it)."""
+    if ws.paused or ws.protocol.state is not State.OPEN or getattr(ws, "send_in_progress", False) is not None:
+        return False
+    ws.protocol.send_text(text.encode())
+    ws.send_data()
+    return True
+
+
 class RealtimeClient:
     """One Realtime WebSocket session.
 
@@ -95,8 +111,12 @@ class RealtimeClient:
         dialect: str = "ga",
         *,
         connect_timeout: float = 10.0,
+        after_receive: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
+        # Called after each server message is parsed: the agent runs its media clock's overdue ticks there
+        # (MediaClock.run_due), since model events arrive in the same bursts as RTP packets.
+        self.after_receive = after_receive
         self._headers = dict(headers or {})
         self.dialect: Dialect = check_dialect(dialect)
         self.connect_timeout = connect_timeout
@@ -104,8 +124,10 @@ class RealtimeClient:
         self._closing = False
 
     @classmethod
-    def for_endpoint(cls, endpoint: Endpoint, *, connect_timeout: float = 10.0) -> RealtimeClient:
-        return cls(endpoint.url, endpoint.headers, endpoint.dialect, connect_timeout=connect_timeout)
+    def for_endpoint(cls, endpoint: Endpoint, *, connect_timeout: float = 10.0,
+                     after_receive: Callable[[], None] | None = None) -> RealtimeClient:
+        return cls(endpoint.url, endpoint.headers, endpoint.dialect, connect_timeout=connect_timeout,
+                   after_receive=after_receive)
 
     def __repr__(self) -> str:
         return f"RealtimeClient({self.url!r}, dialect={self.dialect!r})"
@@ -157,6 +179,13 @@ class RealtimeClient:
         except ConnectionClosed as exc:
             raise self._lost(exc) from exc
 
+    def send_now(self, text: str) -> bool:
+        """Write one event's JSON text to the socket now, without a task switch (see ``send_text_now``);
+        False when that is not possible, and the caller awaits send() instead (which waits for room or
+        raises RealtimeConnectionLost). The 20 ms audio appends take this path: one append per call per
+        frame through a queue and a coroutine cost more than building it."""
+        return self._ws is not None and not self._closing and send_text_now(self._ws, text)
+
     async def send_audio(self, audio: bytes) -> None:
         await self.send(events.audio_append_json(audio))
 
@@ -170,6 +199,8 @@ class RealtimeClient:
                 if self._closing:
                     raise RealtimeNotConnected("realtime client closed") from exc
                 raise self._lost(exc) from exc
+            if self.after_receive is not None:
+                self.after_receive()
             try:
                 return events.normalize(events.parse(message))
             except events.RealtimeEventError as exc:

@@ -32,7 +32,7 @@ from sipagent.media.clock import MediaClock
 from sipagent.media.playout import PlayoutQueue
 from sipagent.rtp.dtmf import DtmfReceiver, DtmfSender
 from sipagent.rtp.jitter import JitterBuffer
-from sipagent.rtp.packet import RtpPacket, build_header, is_rtcp
+from sipagent.rtp.packet import build_header, is_rtcp, parse_media
 from sipagent.rtp.ports import PortAllocator
 from sipagent.rtp.rtcp import (
     ReceiverReport,
@@ -202,43 +202,42 @@ class RtpEndpoint:
     # --------------------------------------------------------------- receiving
 
     def _on_readable(self, sock: socket.socket) -> None:
-        for _ in range(64):  # bounded, so one flooded call cannot starve the clock
-            try:
-                data, addr = sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue  # e.g. ICMP port unreachable reported on a later recvfrom
-            addr = (addr[0], addr[1])
-            if is_rtcp(data):
-                self._on_rtcp(data, addr, sock)
-            elif sock is self._sock:
-                self._on_rtp(data, addr)
+        # One datagram per call: the readiness is level-triggered, so a second one waiting brings us back
+        # on the next loop iteration. Reading until EAGAIN would cost a failing recvfrom and an exception
+        # for every packet, since a call's packets come one per 20 ms; this also keeps one flooded call
+        # from starving the clock.
+        try:
+            data, addr = sock.recvfrom(2048)
+        except OSError:  # EAGAIN after a spurious wake-up, or ICMP port unreachable from an earlier send
+            return
+        if is_rtcp(data):
+            self._on_rtcp(data, (addr[0], addr[1]), sock)
+        elif sock is self._sock:
+            self._on_rtp(data, (addr[0], addr[1]))
+        self.clock.run_due()  # a tick due now goes out before the rest of this batch of I/O callbacks
 
     def _on_rtp(self, data: bytes, addr: Address) -> None:
         if self.payload_type is None:
             return  # no remote yet: nothing to latch to
         try:
-            packet = RtpPacket.parse(data)
+            pt, sequence, timestamp, ssrc, payload = parse_media(data)
         except RtpError:
             self.malformed += 1
             return
-        pt = packet.payload_type
         if pt != self.payload_type and pt != self.dtmf_payload_type:
             return  # comfort noise or a type we did not negotiate
         if addr != self._latched and not self._accept_source(addr):
             return
-        if packet.ssrc != self._rx_ssrc:
+        if ssrc != self._rx_ssrc:
             if self._rx_ssrc is not None:
-                log.info("rtp %s: source changed SSRC %08x -> %08x", self.local_port, self._rx_ssrc,
-                         packet.ssrc)
-            self._rx_ssrc = packet.ssrc
+                log.info("rtp %s: source changed SSRC %08x -> %08x", self.local_port, self._rx_ssrc, ssrc)
+            self._rx_ssrc = ssrc
             self.rx_stats.reset()
             self._dtmf_rx = DtmfReceiver()
-        self.rx_stats.update(packet.sequence, packet.timestamp, time.monotonic(), len(packet.payload))
+        self.rx_stats.update(sequence, timestamp, time.monotonic(), len(payload))
         if pt == self.dtmf_payload_type:
             try:
-                digits = self._dtmf_rx.feed(packet.timestamp, packet.payload)
+                digits = self._dtmf_rx.feed(timestamp, payload)
             except RtpError:
                 self.malformed += 1
                 return
@@ -247,13 +246,13 @@ class RtpEndpoint:
                 if self.on_dtmf is not None:
                     self.on_dtmf(digit, duration)
             return
-        payload, n = packet.payload, self.frame_bytes
+        n = self.frame_bytes
         if len(payload) > n and len(payload) % n == 0:  # ptime 40/60: split into 20 ms frames
             for i in range(len(payload) // n):
-                ts = packet.timestamp + i * SAMPLES_PER_TICK
-                self.jitter.put(ts & 0xFFFFFFFF, packet.ssrc, payload[i * n : (i + 1) * n])
+                ts = timestamp + i * SAMPLES_PER_TICK
+                self.jitter.put(ts & 0xFFFFFFFF, ssrc, payload[i * n : (i + 1) * n])
         else:
-            self.jitter.put(packet.timestamp, packet.ssrc, payload)
+            self.jitter.put(timestamp, ssrc, payload)
         if self.eager:
             self._deliver_ready()
 

@@ -107,3 +107,15 @@ class RtpPacket:
 def build_header(marker: bool, payload_type: int, sequence: int, timestamp: int, ssrc: int) -> bytes:
     """The fixed 12-byte header alone: the per-tick send path prepends it to a payload without a dataclass."""
     return HEADER.pack(0x80, (0x80 if marker else 0) | payload_type, sequence, timestamp, ssrc)
+
+
+def parse_media(data: bytes) -> tuple[int, int, int, int, bytes]:
+    """``(payload_type, sequence, timestamp, ssrc, payload)``: what the receive path needs of a packet.
+    The common header (version 2; no CSRC, extension or padding) is read with one unpack and no
+    RtpPacket, since every call receives 50 packets a second; anything else goes through RtpPacket.parse
+    and raises RtpError as it does."""
+    if len(data) > HEADER_SIZE and data[0] == 0x80:
+        _, b1, sequence, timestamp, ssrc = HEADER.unpack_from(data)
+        return b1 & 0x7F, sequence, timestamp, ssrc, data[HEADER_SIZE:]
+    packet = RtpPacket.parse(data)
+    return packet.payload_type, packet.sequence, packet.timestamp, packet.ssrc, packet.payload

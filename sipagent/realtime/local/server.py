@@ -23,6 +23,7 @@ from websockets.http11 import Request, Response
 
 from sipagent.errors import RealtimeError
 from sipagent.realtime import events
+from sipagent.realtime.client import send_text_now
 from sipagent.realtime.local.asr import GrammarRecognizer
 from sipagent.realtime.local.brain import Brain, LocalBrainConfig
 from sipagent.realtime.local.session import Ids, LocalSession, Output, Respond, ResponseRun, Transcribe
@@ -153,8 +154,11 @@ class _Connection:
             elif isinstance(out, Respond):
                 self.spawn(self.respond(out.run))
             else:
+                text = _delta_json(out) if out.get("type") == AUDIO_DELTA else events.to_json(out)
+                if send_text_now(self.ws, text):  # no task switch for the common case (audio deltas)
+                    continue
                 try:
-                    await self.ws.send(events.to_json(out))
+                    await self.ws.send(text)
                 except ConnectionClosed:
                     return
 
@@ -199,6 +203,20 @@ class _Connection:
             spoken = words[index * per_chunk : (index + 1) * per_chunk]
             delta = (" " if index and spoken else "") + " ".join(spoken)
             await self.dispatch(run.audio(run.encode(piece), delta))
+
+
+AUDIO_DELTA = "response.output_audio.delta"
+
+
+def _delta_json(event: dict[str, Any]) -> str:
+    """An audio delta's JSON with its base64 spliced in (base64 needs no escaping), so json.dumps does not
+    scan ~2.5 KB of it for every 40 ms of every call's speech. Same text as events.to_json: ``delta`` is
+    the event's last key."""
+    delta = event.get("delta")
+    if not isinstance(delta, str) or next(reversed(event)) != "delta":
+        return events.to_json(event)
+    head = events.to_json({key: value for key, value in event.items() if key != "delta"})
+    return head[:-1] + ',"delta":"' + delta + '"}'
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

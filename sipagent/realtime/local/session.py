@@ -242,7 +242,8 @@ class LocalSession:
                 )
             ]
         try:
-            raw = base64.b64decode(audio, validate=True)
+            # strict_mode validates in C what b64decode(validate=True) checks with a regex, per 20 ms.
+            raw = binascii.a2b_base64(audio, strict_mode=True)
         except (binascii.Error, ValueError):
             return [self.error("Invalid 'audio': not base64", "invalid_value", "audio", event)]
         pcm = self._decode_input(raw)

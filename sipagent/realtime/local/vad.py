@@ -12,9 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from sipagent.errors import ConfigError
+from sipagent.media.kernel import mean_square
 
 RATE = 24000
 BLOCK_MS = 10
@@ -62,11 +61,16 @@ VadEvent = SpeechStarted | SpeechStopped
 
 
 def block_db(block: bytes) -> float:
-    samples = np.frombuffer(block, dtype="<i2").astype(np.float64)
-    if samples.size == 0:
-        return -120.0
-    power = float(np.mean(samples * samples)) / (32768.0 * 32768.0)
+    """Level of one block in dBFS (-120 for digital silence)."""
+    # The kernel's exact sum of squares in C: NumPy's set-up per call (frombuffer, astype, dot) cost five
+    # times the arithmetic, for every 10 ms block of every call.
+    power = mean_square(block) / (32768.0 * 32768.0)
     return 10.0 * math.log10(power) if power > 1e-12 else -120.0
+
+
+def block_levels_db(data: bytes, blocks: int) -> list[float]:
+    """``block_db`` of each of the first ``blocks`` whole blocks of ``data`` (an append carries two)."""
+    return [block_db(data[i * _BLOCK_BYTES : (i + 1) * _BLOCK_BYTES]) for i in range(blocks)]
 
 
 class EnergyVad:
@@ -99,8 +103,8 @@ class EnergyVad:
         self._rest = data[whole:]
         out: list[VadEvent] = []
         cfg = self.config
-        for start in range(0, whole, _BLOCK_BYTES):
-            loud = block_db(data[start : start + _BLOCK_BYTES]) >= cfg.threshold_db
+        for level in block_levels_db(data, whole // _BLOCK_BYTES):
+            loud = level >= cfg.threshold_db
             begin = self._pos_ms
             self._pos_ms += BLOCK_MS
             if loud:

@@ -1,0 +1,92 @@
+"""The hot-path shortcuts on a real loop: overdue ticks run from an I/O callback (both loops), and audio
+appends written at once over a real WebSocket, falling back when the connection is not open."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+from websockets.asyncio.server import ServerConnection, serve
+
+from sipagent.media.clock import MediaClock
+from sipagent.realtime import events as ev
+from sipagent.realtime.client import RealtimeClient
+
+pytestmark = pytest.mark.timeout(60)
+
+LOOPS: dict[str, Callable[[Coroutine[Any, Any, None]], None]] = {
+    "asyncio": asyncio.run, "uvloop": uvloop.run,
+}
+
+
+class Stamps:
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def on_tick(self, elapsed: int) -> None:
+        self.at.append(time.monotonic())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_run_due_sends_an_overdue_tick_from_inside_a_busy_callback(loop: str) -> None:
+    async def body() -> None:
+        clock = MediaClock(phases=1)
+        stream = Stamps()
+        clock.register(stream)
+        clock.start()
+        await asyncio.sleep(0.1)  # ticking
+        ran_inside: list[bool] = []
+
+        def busy_callback() -> None:
+            # One long batch of I/O work: the timer cannot fire until it returns, run_due() can.
+            before = len(stream.at)
+            end = time.monotonic() + 0.05
+            while time.monotonic() < end:
+                clock.run_due()
+            ran_inside.append(len(stream.at) > before)
+
+        asyncio.get_running_loop().call_soon(busy_callback)
+        await asyncio.sleep(0.1)
+        clock.stop()
+        assert ran_inside == [True]
+        # Ticks run from inside the callback are on the grid, not bunched: 50 ms of busy time is 2-3 ticks.
+        gaps = [b - a for a, b in zip(stream.at, stream.at[1:], strict=False)]
+        assert min(gaps) > 0.015
+        assert clock.skipped_ticks == 0
+
+    LOOPS[loop](body())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_send_now_writes_appends_in_order_and_declines_when_closed(loop: str) -> None:
+    async def body() -> None:
+        received: list[dict[str, Any]] = []
+        done = asyncio.Event()
+
+        async def handler(ws: ServerConnection) -> None:
+            async for message in ws:
+                received.append(json.loads(message))
+                if len(received) == 4:
+                    done.set()
+
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            client = RealtimeClient(f"ws://127.0.0.1:{port}/v1/realtime")
+            await client.connect()
+            assert client.send_now(ev.audio_append_json(b"\x01\x02"))
+            await client.send(ev.audio_commit())
+            assert client.send_now(ev.audio_append_json(b"\x03"))
+            assert client.send_now(ev.audio_append_json(b"\x04"))
+            await asyncio.wait_for(done.wait(), 10)
+            assert [e["type"] for e in received] == ["input_audio_buffer.append", "input_audio_buffer.commit",
+                                                     "input_audio_buffer.append", "input_audio_buffer.append"]
+            assert received[0]["audio"] == "AQI=" and received[3]["audio"] == "BA=="
+            await client.close()
+            assert not client.send_now(ev.audio_append_json(b"\x05"))
+
+    LOOPS[loop](body())
