@@ -69,13 +69,15 @@ def validate(event: dict[str, Any], dialect: str) -> None:
 
 
 def speech(text: str) -> bytes:
-    """24 kHz PCM16 speech from espeak-ng (resampled by sox, independent of the code under test)."""
+    """24 kHz PCM16 speech from espeak-ng (resampled by sox, independent of the code under test). ``-R``:
+    sox dithers with a fixed seed, so every run feeds the recogniser the same samples."""
     wav = subprocess.run(
         ["espeak-ng", "--stdout", "-v", "en-us", "-s", "150", text], capture_output=True, check=True
     ).stdout
     return subprocess.run(
         [
             "sox",
+            "-R",
             "-t",
             "wav",
             "-",

@@ -64,6 +64,7 @@ class Synthesizer:
         sox = [
             "sox",
             "-q",
+            "-R",  # dither with a fixed seed: the same text gives the same samples (reproducible calls)
             "-t",
             "wav",
             "-",
