@@ -198,23 +198,28 @@ SK_AVX2 static inline void store3(int16_t *out, __m256 a, __m256 b, __m256 c)
     _mm_storeu_si128((__m128i *)(out + 16), pack8(o2));
 }
 
-/* s_r[i] = w[3i + r] for i < n: three loads, six blends and three permutes per 24 floats. */
-SK_AVX2 static void split3(const float *w, int n, float *s0, float *s1, float *s2)
+/* The 24 consecutive samples in v0, v1, v2 → eight of each stream: s_r[k] = sample 3k + r. Six blends and
+ * three permutes; the inverse of store3. */
+SK_AVX2 static inline void unzip3(__m256 v0, __m256 v1, __m256 v2, float *s0, float *s1, float *s2)
 {
     const __m256i idx0 = _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5); /* its own inverse */
     const __m256i idx1 = _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6); /* inverse of store3's ib */
     const __m256i idx2 = _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7); /* inverse of store3's ic */
+    __m256 a = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x92), v2, 0x24);
+    __m256 b = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x24), v2, 0x49);
+    __m256 c = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x49), v2, 0x92);
+    _mm256_storeu_ps(s0, _mm256_permutevar8x32_ps(a, idx0));
+    _mm256_storeu_ps(s1, _mm256_permutevar8x32_ps(b, idx1));
+    _mm256_storeu_ps(s2, _mm256_permutevar8x32_ps(c, idx2));
+}
+
+/* s_r[i] = w[3i + r] for i < n. */
+SK_AVX2 static void split3(const float *w, int n, float *s0, float *s1, float *s2)
+{
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v0 = _mm256_loadu_ps(w + 3 * i), v1 = _mm256_loadu_ps(w + 3 * i + 8);
-        __m256 v2 = _mm256_loadu_ps(w + 3 * i + 16);
-        __m256 a = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x92), v2, 0x24);
-        __m256 b = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x24), v2, 0x49);
-        __m256 c = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x49), v2, 0x92);
-        _mm256_storeu_ps(s0 + i, _mm256_permutevar8x32_ps(a, idx0));
-        _mm256_storeu_ps(s1 + i, _mm256_permutevar8x32_ps(b, idx1));
-        _mm256_storeu_ps(s2 + i, _mm256_permutevar8x32_ps(c, idx2));
-    }
+    for (; i + 8 <= n; i += 8)
+        unzip3(_mm256_loadu_ps(w + 3 * i), _mm256_loadu_ps(w + 3 * i + 8), _mm256_loadu_ps(w + 3 * i + 16),
+               s0 + i, s1 + i, s2 + i);
     for (; i < n; i++) {
         s0[i] = w[3 * i];
         s1[i] = w[3 * i + 1];
@@ -587,21 +592,13 @@ size_t sk_rs_commit_to(sk_resampler *r, int c, void *out, int mode)
  * stream split in one pass, so the new samples of a frame are loaded and stored once. */
 SK_AVX2 static void split3_pcm(const unsigned char *pcm, int n, float *s0, float *s1, float *s2)
 {
-    const __m256i idx0 = _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5);
-    const __m256i idx1 = _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6);
-    const __m256i idx2 = _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7);
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         const unsigned char *p = pcm + 6 * i;
         __m256 v0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)p)));
         __m256 v1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
         __m256 v2 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(p + 32))));
-        __m256 a = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x92), v2, 0x24);
-        __m256 b = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x24), v2, 0x49);
-        __m256 c = _mm256_blend_ps(_mm256_blend_ps(v0, v1, 0x49), v2, 0x92);
-        _mm256_storeu_ps(s0 + i, _mm256_permutevar8x32_ps(a, idx0));
-        _mm256_storeu_ps(s1 + i, _mm256_permutevar8x32_ps(b, idx1));
-        _mm256_storeu_ps(s2 + i, _mm256_permutevar8x32_ps(c, idx2));
+        unzip3(v0, v1, v2, s0 + i, s1 + i, s2 + i);
     }
     for (; i < n; i++) {
         s0[i] = (float)load_s16(pcm + 6 * i);
