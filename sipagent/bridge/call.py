@@ -55,6 +55,10 @@ class RealtimeLink(Protocol):
     async def send(self, event: dict[str, Any] | str) -> None:
         """An event as a mapping, or already as JSON text (the per-frame audio appends)."""
 
+    def send_now(self, text: str) -> bool:
+        """Write JSON text to the socket without a task switch if nothing stands in the way; False when it
+        could not (then ``send`` it)."""
+
     async def recv(self) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
@@ -477,8 +481,7 @@ class CallBridge:
         # Every 20 ms of every call: prebuilt JSON text, no json.dumps (it was the bridge's largest cost),
         # written at once when nothing is queued before it (RealtimeClient.send_now), else via the pump.
         text = ev.audio_append_json(audio)
-        send_now = getattr(self._link, "send_now", None)
-        if send_now is None or not self._outbox.empty() or not send_now(text):
+        if not self._outbox.empty() or not self._link.send_now(text):
             self._outbox.put_nowait(text)
 
     def on_outbound_frame(self, payload: bytes, is_audio: bool) -> None:
