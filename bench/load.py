@@ -100,9 +100,11 @@ async def dial_all(target: str, n: int, clock: MediaClock, ports: PortAllocator,
 
 
 async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, external: bool,
-                   pinned: bool, audio_format: str, profile: str = "", verbose: bool = False) -> Step:
+                   pinned: bool, audio_format: str, profile: str = "", verbose: bool = False,
+                   lead_ms: int = 100) -> Step:
     sip_port = free_udp_port()
-    backend = BackendProcess(workdir / f"load-{n}.yaml", free_tcp_port(), cpus="1" if pinned else None)
+    backend = BackendProcess(workdir / f"load-{n}.yaml", free_tcp_port(), cpus="1" if pinned else None,
+                             lead_ms=lead_ms)
     config = write_config(workdir / f"load-{n}.yaml",
                           agent_config(sip_port, realtime_url=backend.url if external else "",
                                        audio_format=audio_format))
@@ -186,6 +188,9 @@ def main() -> int:
     parser.add_argument("--profile", default="", metavar="PREFIX",
                         help="py-spy the agent, backend and this process over each window (PREFIX-N-WHO.txt)")
     parser.add_argument("--verbose", action="store_true", help="print the agent's own figures per step")
+    parser.add_argument("--backend-lead-ms", type=int, default=100, metavar="MS",
+                        help="how far ahead of real time the backend streams the greeting (local-realtime "
+                             "--lead-ms); the real API sends audio faster than it plays")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     if args.pin:
@@ -195,7 +200,7 @@ def main() -> int:
           f"(deviation measured in the agent process; {args.seconds:g} s window per step); backend "
           f"{'in its own process' if args.backend == 'process' else 'inside the agent'}; "
           f"{'agent pinned to CPU 0, callers+backend to CPU 1' if args.pin else 'no CPU pinning'}; "
-          f"realtime.audio_format {args.audio_format}; "
+          f"realtime.audio_format {args.audio_format}; backend lead {args.backend_lead_ms} ms; "
           f"{os.cpu_count()} CPUs")
     print(f"{'N':>5} {'up':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'p99/goal':>8} {'underrun':>8} "
           f"{'CPU%':>6} {'CPU%/call':>9} {'RSS MB':>7} {'MB/call':>7} {'setup s':>7} {'bk CPU%':>7} "
@@ -211,7 +216,7 @@ def main() -> int:
             t = time.monotonic()
             step = run_loop(run_step(n, args.seconds, Path(tmp), args.concurrency,
                                         args.backend == "process", args.pin, args.audio_format,
-                                        args.profile, args.verbose))
+                                        args.profile, args.verbose, args.backend_lead_ms))
             last_step_s = time.monotonic() - t
             if args.backend == "process" and step.backend_cpu_pct == 0:
                 print("  WARNING: the backend used no CPU: is the agent connected to it? (SIPAGENT_BENCH_LOG_DIR)")

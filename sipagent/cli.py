@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     local = sub.add_parser("local-realtime", help="serve the offline Realtime-compatible backend alone")
     local.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT")
     local.add_argument("-c", "--config", metavar="FILE", help="config whose realtime.local section is the brain")
+    local.add_argument("--lead-ms", type=int, default=100, metavar="MS",
+                       help="how far ahead of real time response audio is sent (the real API sends it faster "
+                            "than it plays; default 100)")
     return parser
 
 
@@ -58,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args.config, args.question, args.out)
         if args.command == "local-realtime":
-            return _local_realtime(args.listen, args.config)
+            return _local_realtime(args.listen, args.config, args.lead_ms)
     except ConfigError as exc:
         print(f"sipagent: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -93,7 +96,7 @@ def _demo(path: str | None, question: str | None, out: str | None) -> int:
     return run_demo(path, question, out)
 
 
-def _local_realtime(listen: str, path: str | None) -> int:
+def _local_realtime(listen: str, path: str | None, lead_ms: int = 100) -> int:
     from sipagent.agent import run_loop
     from sipagent.demo import load_demo_config
     from sipagent.realtime.local.brain import LocalBrainConfig
@@ -103,7 +106,7 @@ def _local_realtime(listen: str, path: str | None) -> int:
     config = load_config(path) if path else load_demo_config(None, None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run_loop(serve(listen, LocalBrainConfig.from_mapping(config.realtime.local)))
+        run_loop(serve(listen, LocalBrainConfig.from_mapping(config.realtime.local), lead_ms))
     except KeyboardInterrupt:
         return EXIT_OK
     except ValueError as exc:

@@ -9,7 +9,7 @@
  * with the *_max_out helpers (or the bounds documented next to each function).
  */
 
-#define SK_ABI_VERSION 3
+#define SK_ABI_VERSION 4
 #define SK_RS_MAX_TAPS 96
 #define SK_RS_CHUNK 512
 
@@ -118,3 +118,8 @@ size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes);
 /* ---- level ---- */
 /* Mean of the squared samples of n PCM16 samples (0.0 for n == 0), summed exactly in 64-bit integers. */
 double sk_mean_square(const unsigned char *pcm, size_t n);
+
+/* ---- base64 ---- */
+/* Strict RFC 4648 decoding (standard alphabet, '=' padding, n a multiple of 4, canonical trailing bits).
+ * Writes at most n / 4 * 3 bytes; returns the count, or -1 for input that is not canonical base64. */
+int64_t sk_b64_decode(const unsigned char *in, size_t n, unsigned char *out);

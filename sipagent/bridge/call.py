@@ -11,7 +11,6 @@ ending → ended. "Agent speaking" is not stored: it is whether the playout queu
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -29,6 +28,7 @@ from sipagent.bridge.transcript import StereoRecorder, TranscriptWriter, call_fi
 from sipagent.errors import RealtimeError
 from sipagent.media.kernel import (
     CODEC_SILENCE,
+    Base64Decoder,
     Decoder24k,
     Encoder24k,
     Resampler,
@@ -150,6 +150,7 @@ class CallBridge:
         # G.711 to the model from a call in another codec: our 24 kHz audio, down to 8 kHz and encoded.
         self._to_8k = Resampler(24000, 8000) if self._passthrough else None
         self._down_decode = _wire_decoder(settings.audio_format)
+        self._base64 = Base64Decoder()  # the deltas' base64 in C: ~2.6 us instead of ~7.9 per 40 ms
         self.state = "answering"
         self._link: RealtimeLink | None = None
         self._outbox: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue()
@@ -376,7 +377,7 @@ class CallBridge:
                 if self.metrics:
                     self.metrics.observe_turn_latency(self.turn_latencies[-1])
                 self._turn_ended_at = None
-            pcm = self._down_decode(base64.b64decode(event.get("delta", "")))
+            pcm = self._down_decode(self._base64.decode(event.get("delta", "")))
             self._queue_agent_audio(event.get("item_id", ""), pcm)
         elif kind == "response.created":
             self.conversation.response_active = True

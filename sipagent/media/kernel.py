@@ -8,6 +8,8 @@ buffer, and feeding a signal in pieces gives exactly the bytes of feeding it at 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any, Final
 
 from sipagent._kernel import ffi, lib
@@ -17,6 +19,7 @@ __all__ = [
     "CODECS",
     "CODEC_SILENCE",
     "RATES",
+    "Base64Decoder",
     "Decoder24k",
     "Encoder24k",
     "G722Decoder",
@@ -30,7 +33,7 @@ __all__ = [
     "ulaw_encode",
 ]
 
-ABI_VERSION: Final = 3
+ABI_VERSION: Final = 4
 if lib.sk_abi_version() != ABI_VERSION:  # a stale build in the package dir would misbehave silently
     raise ImportError(f"sipagent._kernel ABI {lib.sk_abi_version()} != {ABI_VERSION}: rebuild the package")
 
@@ -94,6 +97,42 @@ def mean_square(pcm: bytes) -> float:
     larger than the arithmetic.
     """
     return float(_mean_square(pcm, len(pcm) >> 1))
+
+
+_b64_decode: Any = lib.sk_b64_decode
+
+
+class Base64Decoder:
+    """Base64 text → bytes, in C for canonical input (what the API and our own encoder send), and
+    through the standard library's decoders otherwise, so that every input decodes (or fails) exactly
+    as it did with them: ``base64.b64decode`` (lenient), or ``binascii.a2b_base64(strict_mode=True)``
+    with ``strict=True``.
+
+    A 40 ms delta (2 560 characters) costs about a third of ``base64.b64decode``'s time.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = _Buffer(2560, 0.75, 3)  # 40 ms of 24 kHz PCM16, grown on demand
+
+    def decode(self, text: str | bytes, *, strict: bool = False) -> bytes:
+        try:
+            data = text.encode("ascii") if isinstance(text, str) else text
+        except UnicodeEncodeError:
+            return _stdlib_b64decode(text, strict)
+        buf = self._buf
+        n = len(data)
+        if n > buf.cap_in:
+            buf.grow(n)
+        k = _b64_decode(data, n, buf.mem)
+        if k < 0:
+            return _stdlib_b64decode(data, strict)
+        return buf.view[:k]  # type: ignore[no-any-return]
+
+
+def _stdlib_b64decode(text: str | bytes, strict: bool) -> bytes:
+    return binascii.a2b_base64(text, strict_mode=True) if strict else base64.b64decode(text)
 
 
 class _Buffer:

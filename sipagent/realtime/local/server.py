@@ -3,7 +3,9 @@
 Each connection gets its own session state machine; this shell only moves bytes and time: it feeds
 client messages in, sends what comes out, runs speech recognition and synthesis in worker threads, and
 paces output audio by the event-loop clock (``chunk_ms`` per delta, at most ``lead_ms`` ahead of real
-time) so that a client's playout queue stays as shallow as with the real API.
+time). The real API sends a response's audio faster than it plays (the client buffers it and reports what
+was heard with ``conversation.item.truncate``); the default lead of 100 ms is the harsher case, a client
+that must keep up with deltas arriving just in time.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class LocalRealtimeServer:
     ) -> None:
         if not 20 <= chunk_ms <= 100:
             raise RealtimeError("chunk_ms must be between 20 and 100")
+        if not 0 <= lead_ms <= 60_000:
+            raise RealtimeError("lead_ms must be between 0 and 60000")
         self.config = config
         self.host = host
         self.port = port
@@ -227,10 +231,10 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def serve(listen: str, brain_config: LocalBrainConfig) -> None:
+async def serve(listen: str, brain_config: LocalBrainConfig, lead_ms: int = 100) -> None:
     """What ``sipagent local-realtime --listen HOST:PORT`` runs: serve until cancelled."""
     host, port = parse_listen(listen)
-    server = LocalRealtimeServer(brain_config, host, port)
+    server = LocalRealtimeServer(brain_config, host, port, lead_ms=lead_ms)
     await server.start()
     print(f"local realtime backend listening on {server.url}", flush=True)
     try:
