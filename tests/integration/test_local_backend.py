@@ -20,6 +20,7 @@ from openai.types.beta.realtime.realtime_server_event import RealtimeServerEvent
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent as GaServerEvent
 from pydantic import TypeAdapter
 
+from sipagent.errors import RealtimeError
 from sipagent.media import kernel
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
@@ -142,8 +143,8 @@ class Wire:
 
 
 @asynccontextmanager
-async def session(dialect: str = "ga", **settings: Any) -> AsyncIterator[Wire]:
-    async with LocalRealtimeServer(CONFIG) as server:
+async def session(dialect: str = "ga", lead_ms: int = 100, **settings: Any) -> AsyncIterator[Wire]:
+    async with LocalRealtimeServer(CONFIG, lead_ms=lead_ms) as server:
         headers = {"OpenAI-Beta": "realtime=v1"} if dialect == "beta" else {}
         client = RealtimeClient(server.url + "?model=gpt-realtime", headers, dialect)
         await client.connect()
@@ -211,6 +212,34 @@ def test_spoken_turn_streams_audio_reply(dialect: str) -> None:
                 assert "conversation.item.added" in types and "response.audio.delta" not in types
 
     asyncio.run(run())
+
+
+def test_a_long_lead_sends_the_reply_ahead_of_real_time() -> None:
+    """As the real API does: --lead-ms 60000 streams a whole short reply at once, in order."""
+
+    async def run() -> None:
+        async with session(lead_ms=60_000) as wire:
+            loop = asyncio.get_running_loop()
+            arrivals: list[float] = []
+
+            async def stamp(event: dict[str, Any]) -> None:
+                if event["type"] == AUDIO_DELTA["ga"]:
+                    arrivals.append(loop.time())
+
+            await wire.send(ev.user_text("what are your opening hours"))
+            await wire.send(ev.response_create())
+            await wire.until("response.done", stamp)
+            audio = b"".join(base64.b64decode(e["delta"]) for e in wire.of(AUDIO_DELTA["ga"]))
+            seconds = len(audio) / 48000
+            assert seconds > 1.0
+            assert arrivals[-1] - arrivals[0] < 0.25 * seconds
+
+    asyncio.run(run())
+
+
+def test_lead_out_of_range_is_refused() -> None:
+    with pytest.raises(RealtimeError, match="lead_ms"):
+        LocalRealtimeServer(CONFIG, lead_ms=-1)
 
 
 @pytest.mark.parametrize("dialect", ["ga", "beta"])
