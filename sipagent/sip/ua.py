@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sipagent.errors import SdpError, SipParseError
-from sipagent.sdp import LocalSession, NegotiatedMedia, SessionDescription, negotiate
+from sipagent.sdp import LocalSession, NegotiatedMedia, SessionDescription, accept_answer, make_offer, negotiate
 from sipagent.sip.auth import DigestCredentials
 from sipagent.sip.dialog import Dialog
 from sipagent.sip.headers import new_tag
@@ -123,9 +123,12 @@ class _AckWait:
         self.retransmitter = retransmitter
         self.done = asyncio.Event()
         self.acknowledged = False
+        self.body = b""  # the ACK's body: the SDP answer when our 2xx carried the offer
 
-    def finish(self, acknowledged: bool) -> None:
+    def finish(self, acknowledged: bool, body: bytes = b"") -> None:
         self.retransmitter.ack_received()  # stops retransmissions either way
+        if acknowledged and not self.acknowledged:
+            self.body = body
         self.acknowledged = self.acknowledged or acknowledged
         self.done.set()
 
@@ -139,12 +142,13 @@ class IncomingCall:
     """One incoming call, from INVITE to its end. Created by the UA; given to ``on_call``.
 
     Public attributes: ``call_id``, ``from_uri``, ``to_uri``, ``remote_host`` (where the INVITE came
-    from), ``offer`` (parsed SDP offer), ``media`` (after answer), ``ended`` / ``end_reason``, ``state``
+    from), ``offer`` (parsed SDP offer; None for an INVITE without SDP, a late offer: ours then goes in the
+    200 OK and the caller's answer comes in the ACK), ``media`` (after answer), ``ended`` / ``end_reason``, ``state``
     (ringing → answering → confirmed → ended) and the callbacks ``on_media_change`` (a re-INVITE was
     accepted) and ``on_dtmf`` (SIP INFO application/dtmf-relay).
     """
 
-    def __init__(self, ua: UserAgent, invite: SipRequest, peer: Peer, offer: SessionDescription,
+    def __init__(self, ua: UserAgent, invite: SipRequest, peer: Peer, offer: SessionDescription | None,
                  dialog: Dialog) -> None:
         self._ua = ua
         self._invite = invite
@@ -173,13 +177,17 @@ class IncomingCall:
     # -- the API for the layer above -------------------------------------------------------------
 
     async def answer(self, rtp_host: str, rtp_port: int) -> NegotiatedMedia:
-        """Send 200 OK with our SDP answer and wait for the ACK; returns the negotiated media.
+        """Send 200 OK with our SDP answer (our offer, after an INVITE without SDP) and wait for the ACK;
+        returns the negotiated media.
 
-        Raises SdpError (after sending 488) when no codec matches, RuntimeError when the call is no
-        longer ringing, SipTimeout when no ACK arrives (the call is then ended with BYE).
+        Raises SdpError when no codec matches (after sending 488; after a late offer, after a BYE),
+        RuntimeError when the call is no longer ringing, SipTimeout when no ACK arrives (the call is
+        then ended with BYE).
         """
         if self.state != "ringing":
             raise RuntimeError(f"cannot answer a call in state {self.state}")
+        if self.offer is None:
+            return await self._answer_late_offer(rtp_host, rtp_port)
         try:
             answer, media = negotiate(self.offer, self._ua.settings.codecs, rtp_host, rtp_port,
                                       session=self._sdp_session)
@@ -192,8 +200,35 @@ class IncomingCall:
         self.media = media
         self.state = "answering"
         self.dialog.confirm()
+        await self._send_200_and_wait_ack(answer)
+        logger.info("call %s: answered with %s, remote RTP %s:%s", self.call_id, media.codec,
+                    media.remote_host, media.remote_port)
+        return media
+
+    async def _answer_late_offer(self, rtp_host: str, rtp_port: int) -> NegotiatedMedia:
+        """The INVITE had no SDP: offer every codec we carry in the 200 OK; the ACK carries the answer
+        (RFC 3261 13.2.1). An ACK without a usable answer ends the call with BYE (SdpError raised)."""
+        offer = make_offer(self._ua.settings.codecs, rtp_host, rtp_port, self._sdp_session)
+        self._rtp = (rtp_host, rtp_port)
+        self._answer_sdp = offer  # our side of the session, re-sent on a refresh as after an answer
+        self.state = "answering"
+        self.dialog.confirm()
+        body = await self._send_200_and_wait_ack(offer)
+        try:
+            media = accept_answer(SessionDescription.parse(body))
+        except SdpError as exc:
+            logger.warning("call %s: the ACK carried no usable SDP answer (%s), hanging up", self.call_id, exc)
+            await self.hangup()
+            raise
+        self.media = media
+        logger.info("call %s: answered a late offer with %s, remote RTP %s:%s", self.call_id, media.codec,
+                    media.remote_host, media.remote_port)
+        return media
+
+    async def _send_200_and_wait_ack(self, sdp: SessionDescription) -> bytes:
+        """Send the 200 OK (re-sent until ACKed) and wait for the ACK; returns the ACK's body."""
         self._ack_wait = self._ua._respond_in_dialog(
-            self, self._invite, 200, body=answer.to_bytes(), extra=_session_timer_headers(self._invite)
+            self, self._invite, 200, body=sdp.to_bytes(), extra=_session_timer_headers(self._invite)
         )
         assert self._ack_wait is not None
         acked = await self._ack_wait.wait()
@@ -204,9 +239,7 @@ class IncomingCall:
             logger.warning("call %s: no ACK for 200 OK, hanging up", self.call_id)
             await self.hangup()
             raise SipTimeout("no ACK for 200 OK")
-        logger.info("call %s: answered with %s, remote RTP %s:%s", self.call_id, media.codec,
-                    media.remote_host, media.remote_port)
-        return media
+        return self._ack_wait.body
 
     async def reject(self, status: int = 486) -> None:
         """Reject an unanswered call with a final error response (486 Busy Here by default)."""
@@ -742,7 +775,7 @@ class UserAgent:
         if call is None or not call.dialog.matches(request):
             return
         if call._ack_wait is not None and not call._ack_wait.done.is_set():
-            call._ack_wait.finish(acknowledged=True)
+            call._ack_wait.finish(acknowledged=True, body=request.body)
             handle = self._timers.pop(id(call._ack_wait.retransmitter), None)
             if handle is not None:
                 handle.cancel()
@@ -778,9 +811,9 @@ class UserAgent:
         else:
             self._respond(request, 405 if method in ("REFER", "UPDATE", "SUBSCRIBE", "MESSAGE") else 501)
 
-    def _admit(self, request: SipRequest, peer: Peer) -> SessionDescription | None:
-        """The INVITE's offer when the call may go ahead; otherwise refuses it (and says so to
-        ``on_refused``) and returns None."""
+    def _admit(self, request: SipRequest, peer: Peer) -> tuple[bool, SessionDescription | None]:
+        """Whether the call may go ahead, with the INVITE's offer (None for a late offer: no body); a call
+        that may not is refused here (and ``on_refused`` told)."""
         status, extra = 0, None
         offer = None
         required = (value.strip().lower() for value in request.headers.get_all("Require"))
@@ -793,18 +826,18 @@ class UserAgent:
             status = 486
         elif unsupported:
             status, extra = 420, [("Unsupported", ", ".join(unsupported))]
-        else:
+        elif request.body.strip():
             try:
                 offer = SessionDescription.parse(request.body)
             except SdpError as exc:
-                # INVITEs without an offer (we would have to offer in the 200) are not supported.
                 logger.info("INVITE %s without a usable SDP offer: %s", request.call_id, exc)
                 status = 488
-        if offer is None:
+        if status:
             self._respond(request, status, extra=extra)
             if self.on_refused is not None:
                 self.on_refused(status)
-        return offer
+            return False, None
+        return True, offer
 
     def _is_trusted(self, host: str) -> bool:
         if self._registrar is None and not self._trusted:
@@ -813,8 +846,8 @@ class UserAgent:
 
     def _on_invite(self, request: SipRequest, peer: Peer) -> None:
         self._respond(request, 100)
-        offer = self._admit(request, peer)
-        if offer is None:
+        admitted, offer = self._admit(request, peer)
+        if not admitted:
             return
         dialog = Dialog.from_invite(request, self._contact())
         call = IncomingCall(self, request, peer, offer, dialog)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from sipagent.errors import SdpError
 from sipagent.sdp import NegotiatedMedia
 from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
 
@@ -99,8 +100,8 @@ class ScriptedPeer:
             lambda d: d.startswith(f"SIP/2.0 {code} ".encode()) and f" {method}\r\n".encode() in d, timeout
         )
 
-    def ack(self, cseq: int, to_tag: str, branch: str = "") -> None:
-        self.request("ACK", cseq, to_tag=to_tag, branch=branch)
+    def ack(self, cseq: int, to_tag: str, branch: str = "", body: str = "") -> None:
+        self.request("ACK", cseq, to_tag=to_tag, branch=branch, body=body)
 
     def close(self) -> None:
         self.transport.close()
@@ -269,6 +270,72 @@ def test_cancel_before_answer_gives_487() -> None:
         assert calls[0].end_reason == "cancelled"
 
     run(scenario, on_call)
+
+
+def test_late_offer_invite_without_sdp_gets_our_offer_and_the_ack_carries_the_answer() -> None:
+    calls: list[IncomingCall] = []
+    answered: list[NegotiatedMedia] = []
+
+    async def on_call(call: IncomingCall) -> None:
+        calls.append(call)
+        answered.append(await call.answer("127.0.0.1", 41004))
+        await call.ended.wait()
+
+    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        peer.request("INVITE", 1)  # no body: some PBXs and SBCs leave the offer to the callee
+        ok = await peer.status(200, "INVITE")
+        assert b"m=audio 41004 RTP/AVP 8 0 101" in ok, ok  # every codec we carry, our order
+        assert b"a=rtpmap:101 telephone-event/8000" in ok
+        assert calls[0].offer is None and not answered  # the answer is not known before the ACK
+        # The caller keeps PCMU only and sends its media to port 40010.
+        answer = OFFER.format(direction="sendrecv").replace("40000 RTP/AVP 0 8 101", "40010 RTP/AVP 0 101")
+        peer.ack(1, to_tag(ok), body=answer.replace("a=rtpmap:8 PCMA/8000\r\n", ""))
+        for _ in range(50):
+            if answered:
+                break
+            await asyncio.sleep(0.05)
+        media = answered[0]
+        assert (media.codec, media.payload_type, media.remote_port, media.dtmf_payload_type) == ("PCMU", 0, 40010,
+                                                                                               101)
+        assert calls[0].state == "confirmed" and calls[0].media == media
+        peer.request("BYE", 2, to_tag=to_tag(ok))
+        await peer.status(200, "BYE")
+
+    run(scenario, on_call)
+
+
+def test_late_offer_with_an_ack_without_answer_is_hung_up() -> None:
+    outcome: list[BaseException] = []
+
+    async def on_call(call: IncomingCall) -> None:
+        try:
+            await call.answer("127.0.0.1", 41006)
+        except SdpError as exc:
+            outcome.append(exc)
+
+    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        peer.request("INVITE", 1)
+        ok = await peer.status(200, "INVITE")
+        peer.ack(1, to_tag(ok))  # no SDP: the session has no media description from the caller
+        bye = await peer.expect(lambda d: d.startswith(b"BYE "))
+        peer.send(_answer(bye, 200, "OK"))
+        for _ in range(50):
+            if outcome and ua.active_calls == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert outcome and ua.active_calls == 0
+
+    run(scenario, on_call)
+
+
+def test_invite_with_a_body_that_is_not_sdp_gets_488() -> None:
+    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        peer.request("INVITE", 1, body="this is not SDP\r\n")
+        final = await peer.status(488, "INVITE")
+        peer.ack(1, to_tag(final))
+        assert REFUSED[-1] == 488 and ua.active_calls == 0
+
+    run(scenario, _never)
 
 
 def _answer(request: bytes, status: int, reason: str) -> bytes:
