@@ -284,7 +284,7 @@ class FrameDecoder:
         self._state = ffi.new("sk_frame_decoder *")
         self._pcm = _Buffer(FRAME_PAYLOAD_BYTES, 6, 0)
         # base64 of the PCM is 8 bytes per payload byte; of the payload, 4 per 3 plus padding
-        self._text = _Buffer(FRAME_PAYLOAD_BYTES, 8, len(head) + len(tail) + 4)
+        self._text = _Buffer(FRAME_PAYLOAD_BYTES, 8 if text_of else 0, len(head) + len(tail) + 4)
         if lib.sk_frame_decoder_init(self._state, _codec_id(codec), TEXT_OF[text_of], head, len(head), tail,
                                      len(tail)) != 0:
             raise KernelError(f"text head/tail too long ({len(head)}/{len(tail)} bytes, "
