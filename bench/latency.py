@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import random
 import sys
 import time
@@ -77,6 +76,7 @@ from sipagent.media.kernel import CODEC_SILENCE, ulaw_decode
 from sipagent.media.playout import PlayoutQueue
 from sipagent.media.vad import level_db
 from sipagent.realtime import events as realtime_events
+from sipagent.realtime.client import RealtimeClient
 from sipagent.realtime.local.session import LocalSession
 from sipagent.rtp.ports import PortAllocator
 
@@ -176,15 +176,17 @@ def install_observers() -> None:
 
     CallBridge.on_inbound_frame = on_frame  # type: ignore[method-assign]
 
-    original_append_json = realtime_events.audio_append_json
+    original_send_now = RealtimeClient.send_now
+    head, tail = len(realtime_events.AUDIO_APPEND_HEAD), len(realtime_events.AUDIO_APPEND_TAIL)
 
-    def append_json(audio: bytes) -> str:
-        # The bridge sends each inbound frame as prebuilt JSON text; note which packet it came from.
+    def send_now(self: RealtimeClient, text: bytes) -> bool:
+        # The bridge writes each inbound frame's append (JSON text from the kernel) at once; note which
+        # packet it came from. (An append queued behind other events instead is not noted.)
         if TL.current is not None:
-            TL.append_of.setdefault(TL.current, base64.b64encode(audio).decode("ascii"))
-        return original_append_json(audio)
+            TL.append_of.setdefault(TL.current, text[head:-tail].decode("ascii"))
+        return original_send_now(self, text)
 
-    realtime_events.audio_append_json = append_json
+    RealtimeClient.send_now = send_now  # type: ignore[method-assign]
 
     original_append = LocalSession._on_input_audio_buffer_append
 

@@ -9,7 +9,7 @@
  * with the *_max_out helpers (or the bounds documented next to each function).
  */
 
-#define SK_ABI_VERSION 4
+#define SK_ABI_VERSION 5
 #define SK_RS_MAX_TAPS 96
 #define SK_RS_CHUNK 512
 
@@ -118,6 +118,36 @@ size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes);
 /* ---- level ---- */
 /* Mean of the squared samples of n PCM16 samples (0.0 for n == 0), summed exactly in 64-bit integers. */
 double sk_mean_square(const unsigned char *pcm, size_t n);
+
+/* ---- one received 20 ms frame: 24 kHz PCM16, its mean square and base64 text, in one call ---- */
+/* What the text carries in base64 (between a fixed head and tail, e.g. a JSON event around it). */
+#define SK_TEXT_NONE 0
+#define SK_TEXT_PCM 1      /* the decoded 24 kHz PCM16 */
+#define SK_TEXT_PAYLOAD 2  /* the payload itself (G.711 passed through) */
+#define SK_TEXT_MAX_HEAD 64
+#define SK_TEXT_MAX_TAIL 16
+
+typedef struct {
+    sk_dec24k dec;         /* dec.out: the caller-owned PCM buffer, 6 bytes per payload byte */
+    int32_t text_of;       /* SK_TEXT_* */
+    int32_t head_len;
+    int32_t tail_len;
+    unsigned char head[64];  /* SK_TEXT_MAX_HEAD */
+    unsigned char tail[16];  /* SK_TEXT_MAX_TAIL */
+    unsigned char *text;   /* caller-owned: head_len + 8 * n + 4 + tail_len bytes for n payload bytes */
+    size_t pcm_len;        /* bytes in dec.out after the last push */
+    size_t text_len;       /* bytes in text after the last push */
+} sk_frame_decoder;
+
+/* Returns 0, or -1 for an unknown codec or text mode, or a head/tail longer than the maximum. Clears the
+ * struct: set dec.out and text after it. */
+int sk_frame_decoder_init(sk_frame_decoder *f, int codec, int text_of, const unsigned char *head,
+                          size_t head_len, const unsigned char *tail, size_t tail_len);
+/* Decodes a payload into dec.out exactly as sk_dec24k_push, writes the text (head, standard base64 with
+ * padding, tail) unless SK_TEXT_NONE, and returns the mean square of the decoded PCM (sk_mean_square). */
+double sk_frame_push(sk_frame_decoder *f, const unsigned char *payload, size_t n);
+/* Standard base64 (RFC 4648, '+' '/', '=' padding) of n bytes: writes 4 * ceil(n / 3) bytes. */
+size_t sk_base64(const unsigned char *in, size_t n, unsigned char *out);
 
 /* ---- base64 ---- */
 /* Strict RFC 4648 decoding (standard alphabet, '=' padding, n a multiple of 4, canonical trailing bits).

@@ -1,12 +1,14 @@
-/* Strict base64 decoding (RFC 4648, standard alphabet, padded) for the model's audio deltas.
+/* Base64 (RFC 4648, standard alphabet, padded) both ways, for the Realtime API's JSON audio: encoding
+ * every caller frame (sk_frame_push) and strictly decoding the model's deltas.
  *
- * CPython's decoder handles a 40 ms delta (2 560 characters) in about 7 us because it also skips
+ * CPython's decoder handles a 40 ms delta (2 560 characters) in about 5-8 us because it also skips
  * characters outside the alphabet one by one; audio from the API is canonical base64, so this one
  * takes four characters per step and rejects anything else: the caller then falls back to the lenient
  * decoder, which keeps its behaviour for odd input.
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "sipagent_kernel.h"
 
@@ -60,4 +62,34 @@ int64_t sk_b64_decode(const unsigned char *in, size_t n, unsigned char *out)
             *o++ = (unsigned char)(v >> 8);
     }
     return (int64_t)(o - out);
+}
+
+/* Base64 alphabet as arithmetic, so the pair table below is a compile-time constant. */
+#define B64C(x) ((x) < 26 ? 'A' + (x) : (x) < 52 ? 'a' + (x) - 26 : (x) < 62 ? '0' + (x) - 52 : (x) == 62 ? '+' : '/')
+#define B64P(i) {B64C((i) >> 6), B64C((i) & 63)}
+#define P4(i) B64P(i), B64P((i) + 1), B64P((i) + 2), B64P((i) + 3)
+#define P16(i) P4(i), P4((i) + 4), P4((i) + 8), P4((i) + 12)
+#define P64(i) P16(i), P16((i) + 16), P16((i) + 32), P16((i) + 48)
+#define P256(i) P64(i), P64((i) + 64), P64((i) + 128), P64((i) + 192)
+#define P1024(i) P256(i), P256((i) + 256), P256((i) + 512), P256((i) + 768)
+/* The two characters of every 12-bit value: one lookup per two output characters instead of one each. */
+static const char b64_pairs[4096][2] = {P1024(0), P1024(1024), P1024(2048), P1024(3072)};
+
+size_t sk_base64(const unsigned char *in, size_t n, unsigned char *out)
+{
+    unsigned char *o = out;
+    size_t i = 0;
+    for (; i + 3 <= n; i += 3, o += 4) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        memcpy(o, b64_pairs[v >> 12], 2);
+        memcpy(o + 2, b64_pairs[v & 0xFFF], 2);
+    }
+    if (i < n) { /* one or two bytes left: two or three characters, then '=' padding */
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
+        memcpy(o, b64_pairs[v >> 12], 2);
+        o[2] = i + 1 < n ? (unsigned char)b64_pairs[v & 0xFFF][0] : '=';
+        o[3] = '=';
+        o += 4;
+    }
+    return (size_t)(o - out);
 }

@@ -29,15 +29,15 @@ from sipagent.errors import RealtimeError
 from sipagent.media.kernel import (
     CODEC_SILENCE,
     Base64Decoder,
-    Decoder24k,
     Encoder24k,
+    FrameDecoder,
     Resampler,
     alaw_decode,
     alaw_encode,
     ulaw_decode,
     ulaw_encode,
 )
-from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings, level_db
+from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings, mean_square_db
 from sipagent.observability.logs import call_logger
 from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
@@ -55,9 +55,9 @@ class RealtimeLink(Protocol):
     async def send(self, event: dict[str, Any] | str) -> None:
         """An event as a mapping, or already as JSON text (the per-frame audio appends)."""
 
-    def send_now(self, text: str) -> bool:
-        """Write JSON text to the socket without a task switch if nothing stands in the way; False when it
-        could not (then ``send`` it)."""
+    def send_now(self, text: bytes) -> bool:
+        """Write JSON text (UTF-8) to the socket without a task switch if nothing stands in the way; False
+        when it could not (then ``send`` it, as str)."""
 
     async def recv(self) -> dict[str, Any]: ...
 
@@ -143,10 +143,16 @@ class CallBridge:
         self._onset_at = 0.0  # the caller's first loud frame of the speech the agent is paused on
         self.vad = EchoAwareVad(VadSettings(threshold_db=self.agent.barge_in.threshold_db,
                                             min_speech_ms=self.agent.barge_in.min_speech_ms))
-        self.decoder = Decoder24k(media.codec)
-        self.encoder = Encoder24k(media.codec)
-        self._agent_decoder = Decoder24k(media.codec)  # what was sent, back to 24 kHz (recording, echo ref)
         self._passthrough = _passthrough_codec(settings.audio_format)
+        # Each caller frame goes to the model as an append of its 24 kHz PCM (pcm16) or of the payload
+        # itself (G.711 of the call's own codec): then the kernel writes the append's JSON text as it
+        # decodes the frame. G.711 from a call in another codec is re-encoded here (_up_encode).
+        self._kernel_text = self._passthrough is None or self._passthrough == media.codec
+        self.decoder = FrameDecoder(media.codec, ("payload" if self._passthrough else "pcm") if self._kernel_text
+                                    else None, ev.AUDIO_APPEND_HEAD.encode(), ev.AUDIO_APPEND_TAIL.encode())
+        self._silence_texts: dict[int, bytes] = {}  # payload length -> the append of an echo-only frame
+        self.encoder = Encoder24k(media.codec)
+        self._agent_decoder = FrameDecoder(media.codec)  # what was sent, back to 24 kHz (echo ref, recording)
         # G.711 to the model from a call in another codec: our 24 kHz audio, down to 8 kHz and encoded.
         self._to_8k = Resampler(24000, 8000) if self._passthrough else None
         self._down_decode = _wire_decoder(settings.audio_format)
@@ -465,10 +471,11 @@ class CallBridge:
 
     def on_inbound_frame(self, payload: bytes) -> None:
         """One 20 ms payload from the jitter buffer (called every tick while media flows)."""
-        pcm = self.decoder.decode(payload)
+        frame = self.decoder
+        # One kernel call: the 24 kHz PCM, its level for the VAD and the append's JSON text.
+        speech = self.vad.caller_mean_square(frame.push(payload))
         if self.recorder:
-            self.recorder.caller(pcm)
-        speech = self.vad.caller_frame(pcm)
+            self.recorder.caller(frame.pcm)
         if speech or self.vad.loud_ms or self.policy.paused:
             self._caller_sound(speech)
         if self._link is None or self.state != "live":
@@ -476,25 +483,37 @@ class CallBridge:
         if self.vad.echo_only and self.agent.barge_in.mode != "off":
             # Half-duplex echo suppression: while the agent is audible, frames no louder than its echo are
             # sent as silence, so the model's VAD and transcription never hear the agent's own voice.
-            pcm = bytes(len(pcm))
-            payload = CODEC_SILENCE.get(self.media.codec, payload)
-        audio = payload if self._passthrough == self.media.codec else self._up_encode(pcm)
-        # Every 20 ms of every call: prebuilt JSON text, no json.dumps (it was the bridge's largest cost),
+            text = self._silence_text(len(payload))
+        elif self._kernel_text:
+            text = frame.text
+        else:
+            text = ev.audio_append_json(self._up_encode(frame.pcm)).encode()
+        # Every 20 ms of every call: JSON text built without json.dumps (it was the bridge's largest cost),
         # written at once when nothing is queued before it (RealtimeClient.send_now), else via the pump.
-        text = ev.audio_append_json(audio)
         if not self._outbox.empty() or not self._link.send_now(text):
-            self._outbox.put_nowait(text)
+            self._outbox.put_nowait(text.decode())
+
+    def _silence_text(self, n: int) -> bytes:
+        """The append sent instead of an echo-only caller frame of n payload bytes: silence in the model's
+        format, the same text every time (cached) unless it goes through the stateful resampler."""
+        if not self._kernel_text:
+            return ev.audio_append_json(self._up_encode(bytes(6 * n))).encode()
+        text = self._silence_texts.get(n)
+        if text is None:
+            silence = CODEC_SILENCE[self.media.codec] if self._passthrough else bytes(6 * n)
+            text = self._silence_texts[n] = ev.audio_append_json(silence).encode()
+        return text
 
     def on_outbound_frame(self, payload: bytes, is_audio: bool) -> None:
         """The media clock just sent this frame to the caller (audio or silence)."""
         if is_audio:
-            pcm = self._agent_decoder.decode(payload)
-            self.vad.agent_frame(level_db(pcm))
+            self.vad.agent_frame(mean_square_db(self._agent_decoder.push(payload)))
+            if self.recorder:
+                self.recorder.agent(self._agent_decoder.pcm)
         else:
-            pcm = bytes(FRAME_24K_BYTES)
             self.vad.agent_frame(SILENCE_DB)
-        if self.recorder:
-            self.recorder.agent(pcm)
+            if self.recorder:
+                self.recorder.agent(bytes(FRAME_24K_BYTES))
 
     def _up_encode(self, pcm24k: bytes) -> bytes:
         if self._to_8k is None:

@@ -22,18 +22,20 @@ __all__ = [
     "Base64Decoder",
     "Decoder24k",
     "Encoder24k",
+    "FrameDecoder",
     "G722Decoder",
     "G722Encoder",
     "Resampler",
     "alaw_decode",
     "alaw_encode",
+    "base64_encode",
     "mean_square",
     "simd_level",
     "ulaw_decode",
     "ulaw_encode",
 ]
 
-ABI_VERSION: Final = 4
+ABI_VERSION: Final = 5
 if lib.sk_abi_version() != ABI_VERSION:  # a stale build in the package dir would misbehave silently
     raise ImportError(f"sipagent._kernel ABI {lib.sk_abi_version()} != {ABI_VERSION}: rebuild the package")
 
@@ -88,6 +90,12 @@ def alaw_decode(data: bytes) -> bytes:
 
 
 _mean_square: Any = lib.sk_mean_square
+
+
+def base64_encode(data: bytes) -> bytes:
+    """Standard base64 with padding (what ``base64.b64encode`` gives); the FrameDecoder's text encoder."""
+    out = ffi.new("char[]", 4 * ((len(data) + 2) // 3))
+    return ffi.unpack(out, lib.sk_base64(data, len(data), out))  # type: ignore[no-any-return]
 
 
 def mean_square(pcm: bytes) -> float:
@@ -290,6 +298,61 @@ class Encoder24k:
             self._buf.grow(n)
             self._attach()
         return self._view[: _enc24k_push(self._state, pcm24k, n)]  # type: ignore[no-any-return]
+
+
+_frame_push: Any = lib.sk_frame_push
+TEXT_OF: Final = {None: lib.SK_TEXT_NONE, "pcm": lib.SK_TEXT_PCM, "payload": lib.SK_TEXT_PAYLOAD}
+
+
+class FrameDecoder:
+    """A received payload → its 24 kHz PCM16 (``pcm``), that PCM's mean square (returned by ``push``)
+    and, when asked, ``text``: ``head`` + base64 of the PCM or of the payload + ``tail``, in one FFI call.
+
+    Decoding is that of :class:`Decoder24k` and the level that of :func:`mean_square`, to the bit. The
+    bridge forwards each caller frame to the model as JSON with the audio in base64: with the JSON's
+    fixed head and tail given here, the event's text comes out of the same call that decodes the frame.
+    ``pcm`` and ``text`` are copied out only when read.
+    """
+
+    __slots__ = ("_pcm", "_pview", "_state", "_text", "_tview", "codec")
+
+    def __init__(self, codec: str, text_of: str | None = None, head: bytes = b"", tail: bytes = b"") -> None:
+        self.codec = codec.upper()
+        if text_of not in TEXT_OF:
+            raise KernelError(f"unknown text source {text_of!r} (known: pcm, payload, None)")
+        self._state = ffi.new("sk_frame_decoder *")
+        self._pcm = _Buffer(FRAME_PAYLOAD_BYTES, 6, 0)
+        # base64 of the PCM is 8 bytes per payload byte; of the payload, 4 per 3 plus padding
+        self._text = _Buffer(FRAME_PAYLOAD_BYTES, 8 if text_of else 0, len(head) + len(tail) + 4)
+        if lib.sk_frame_decoder_init(self._state, _codec_id(codec), TEXT_OF[text_of], head, len(head), tail,
+                                     len(tail)) != 0:
+            raise KernelError(f"text head/tail too long ({len(head)}/{len(tail)} bytes, "
+                              f"at most {lib.SK_TEXT_MAX_HEAD}/{lib.SK_TEXT_MAX_TAIL})")
+        self._attach()
+
+    def _attach(self) -> None:
+        self._state.dec.out = self._pcm.mem
+        self._state.text = self._text.mem
+        self._pview, self._tview = self._pcm.view, self._text.view
+
+    def push(self, payload: bytes) -> float:
+        """Decodes one payload; returns the mean square of its 24 kHz PCM16."""
+        n = len(payload)
+        if n > self._pcm.cap_in:  # rare: a longer payload than any before
+            self._pcm.grow(n)
+            self._text.grow(n)
+            self._attach()
+        return _frame_push(self._state, payload, n)  # type: ignore[no-any-return]
+
+    @property
+    def pcm(self) -> bytes:
+        """The last payload's 24 kHz PCM16 (6 bytes per payload byte)."""
+        return self._pview[: self._state.pcm_len]  # type: ignore[no-any-return]
+
+    @property
+    def text(self) -> bytes:
+        """The last payload's text (b"" when decoding without text)."""
+        return self._tview[: self._state.text_len]  # type: ignore[no-any-return]
 
 
 # One 20 ms payload of silence per codec. G.722 has no single silence code: 0xFF (smallest lower-band

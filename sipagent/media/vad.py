@@ -20,7 +20,11 @@ SILENCE_DB = -96.0
 
 def level_db(pcm: bytes) -> float:
     """RMS level of PCM16 little-endian audio in dBFS (full-scale sine ≈ -3 dBFS)."""
-    ms = mean_square(pcm)  # in C: NumPy's per-call set-up costs more than a 20 ms frame's arithmetic
+    return mean_square_db(mean_square(pcm))  # in C: NumPy's set-up costs more than a frame's arithmetic
+
+
+def mean_square_db(ms: float) -> float:
+    """The level in dBFS of PCM16 audio whose mean square is ``ms`` (the kernel's FrameDecoder gives it)."""
     if ms <= 1.0:
         return SILENCE_DB
     return 10.0 * math.log10(ms / (32768.0 * 32768.0))
@@ -46,12 +50,19 @@ class EchoAwareVad:
     :meth:`caller_frame`; the latter returns True on the frame where speech has lasted ``min_speech_ms``.
     ``loud_ms`` is the run of consecutive loud frames up to the last one: the speech *onset*, known tens of
     milliseconds before speech is confirmed, with the same echo rejection (barge-in pauses on it).
+    The threshold follows from ``settings`` whenever the agent's window changes (in :meth:`agent_frame`).
     """
 
     def __init__(self, settings: VadSettings | None = None) -> None:
         self.settings = settings or VadSettings()
         window = max(1, self.settings.echo_window_ms // self.settings.frame_ms)
         self._agent_levels: deque[float] = deque([SILENCE_DB] * window, maxlen=window)
+        # The loudest level in the window and what follows from it, kept up to date by agent_frame: every
+        # caller frame reads them (two or three times), the window changes once per agent frame.
+        self._agent_max = SILENCE_DB
+        self._threshold = SILENCE_DB
+        self._agent_active = False
+        self._agent_changed()
         frames = max(1, self.settings.min_speech_ms // self.settings.frame_ms)
         self._votes: deque[bool] = deque([False] * frames, maxlen=frames)
         self._needed = max(1, math.ceil(frames * self.settings.speech_ratio))
@@ -62,27 +73,45 @@ class EchoAwareVad:
 
     def agent_frame(self, level: float) -> None:
         """The level of the frame the agent just played (SILENCE_DB when it played silence)."""
-        self._agent_levels.append(level)
+        levels = self._agent_levels
+        oldest = levels[0]  # the window is always full: this one leaves it now
+        levels.append(level)
+        if level > self._agent_max:
+            self._agent_max = level
+        elif level < self._agent_max <= oldest:  # the loudest frame left the window, none as loud came
+            self._agent_max = max(levels)
+        else:
+            return  # the loudest level is the same (silence after silence, most of the time)
+        self._agent_changed()
+
+    def _agent_changed(self) -> None:
+        settings = self.settings
+        self._threshold = max(settings.threshold_db, self._agent_max - settings.echo_margin_db)
+        self._agent_active = self._agent_max > settings.threshold_db
 
     def threshold_db(self) -> float:
-        agent = max(self._agent_levels)
-        return max(self.settings.threshold_db, agent - self.settings.echo_margin_db)
+        """The level a caller frame needs to count as loud: the floor, or the agent's echo margin."""
+        return self._threshold
 
     @property
     def agent_active(self) -> bool:
         """The agent was audible within the echo window: what we hear now may be its echo."""
-        return max(self._agent_levels) > self.settings.threshold_db
+        return self._agent_active
 
     @property
     def echo_only(self) -> bool:
         """The last caller frame was below the echo threshold while the agent was audible."""
-        return self.agent_active and self.last_level_db < self.threshold_db()
+        return self._agent_active and self.last_level_db < self._threshold
 
     def caller_frame(self, pcm: bytes) -> bool:
         """Returns True once, on the frame where enough of the last ``min_speech_ms`` was loud speech."""
-        level = level_db(pcm)
+        return self.caller_mean_square(mean_square(pcm))
+
+    def caller_mean_square(self, ms: float) -> bool:
+        """:meth:`caller_frame` for a frame whose PCM16 mean square is already known (FrameDecoder)."""
+        level = mean_square_db(ms)
         self.last_level_db = level
-        loud = level >= self.threshold_db()
+        loud = level >= self._threshold
         self.loud_ms = self.loud_ms + self.settings.frame_ms if loud else 0
         self._loud += loud - self._votes[0]
         self._votes.append(loud)

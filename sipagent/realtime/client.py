@@ -9,6 +9,8 @@ when :class:`RealtimeConnectionLost` tells it the connection dropped.
 from __future__ import annotations
 
 import logging
+import os
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -18,6 +20,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 
 from sipagent.errors import RealtimeError
+
+try:  # websockets' C masking, what its own frames use; the pure-Python one if it was built without it
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
 from sipagent.realtime import events
 from sipagent.realtime.events import Dialect, Event, check_dialect
 from sipagent.realtime.providers import (
@@ -29,15 +36,19 @@ from sipagent.realtime.providers import (
 )
 
 __all__ = [
+    "SHARED_MASKS",
     "Endpoint",
+    "MaskSource",
     "RealtimeClient",
     "RealtimeConnectError",
     "RealtimeConnectionLost",
     "RealtimeNotConnected",
     "azure_endpoint",
+    "client_text_frame",
     "endpoint_for",
     "local_endpoint",
     "openai_endpoint",
+    "send_masked_text_now",
     "send_text_now",
 ]
 
@@ -90,10 +101,71 @@ def send_text_now(ws: Connection, text: str) -> bool:
     the client side, masks) the message and ``send_data()`` writes it, as ``send`` does after the same
     checks. Returns False, having sent nothing, otherwise: then await ``ws.send``. A websockets release
     whose connections have no ``send_in_progress`` always gets False (the checks rely on it)."""
+    return _send_encoded_now(ws, text.encode())
+
+
+def _send_encoded_now(ws: Connection, data: bytes) -> bool:
     if ws.paused or ws.protocol.state is not State.OPEN or getattr(ws, "send_in_progress", False) is not None:
         return False
-    ws.protocol.send_text(text.encode())
+    ws.protocol.send_text(data)
     ws.send_data()
+    return True
+
+
+class MaskSource:
+    """Masking keys for client frames, cut four bytes at a time from one ``os.urandom`` block.
+
+    RFC 6455 (5.3) wants a fresh key per frame that the application cannot predict; websockets draws
+    each with ``secrets.token_bytes(4)``, one getrandom system call per frame, which at 50 audio appends
+    per second per call was a measurable share of the uplink. The same source, one call per 1024 frames.
+    The clients share one (``SHARED_MASKS``): keys cut in advance cost memory (about 45 kB a block).
+    """
+
+    __slots__ = ("_keys",)
+    BLOCK_BYTES = 4096
+
+    def __init__(self) -> None:
+        self._keys: list[bytes] = []
+
+    def next(self) -> bytes:
+        keys = self._keys
+        if not keys:
+            block = os.urandom(self.BLOCK_BYTES)
+            keys.extend(block[i : i + 4] for i in range(0, self.BLOCK_BYTES, 4))
+        return keys.pop()
+
+
+SHARED_MASKS = MaskSource()
+
+_HEAD_7 = struct.Struct("!BB4s")  # FIN + text opcode, MASK + length, masking key
+_HEAD_16 = struct.Struct("!BBH4s")  # ... length 126: a 16-bit length follows
+_HEAD_64 = struct.Struct("!BBQ4s")  # ... length 127: a 64-bit length follows
+
+
+def client_text_frame(data: bytes, mask: bytes) -> bytes:
+    """One whole masked text frame carrying ``data`` (RFC 6455 5.2): what websockets' ``Frame.serialize``
+    makes of ``Frame(OP_TEXT, data)`` on a client connection without extensions, given the same key."""
+    n = len(data)
+    if n < 126:
+        head = _HEAD_7.pack(0x81, 0x80 | n, mask)
+    elif n < 65536:
+        head = _HEAD_16.pack(0x81, 0xFE, n, mask)
+    else:
+        head = _HEAD_64.pack(0x81, 0xFF, n, mask)
+    return head + apply_mask(data, mask)
+
+
+def send_masked_text_now(ws: ClientConnection, data: bytes, masks: MaskSource) -> bool:
+    """:func:`send_text_now` of UTF-8 text on a client connection, framing it here with a key from
+    ``masks`` and writing it to the transport. Only for a connection without extensions and without
+    debug logging (the core would compress, or log every frame): then the core's ``send_text`` only
+    frames the message, and skipping it leaves the core's state as it was; so the same checks, plus that
+    the core holds no unsent frames (this one must not overtake them)."""
+    protocol = ws.protocol
+    if (ws.paused or protocol.state is not State.OPEN or getattr(ws, "send_in_progress", False) is not None
+            or protocol.expect_continuation_frame or protocol.writes):
+        return False
+    ws.transport.write(client_text_frame(data, masks.next()))
     return True
 
 
@@ -121,6 +193,7 @@ class RealtimeClient:
         self.dialect: Dialect = check_dialect(dialect)
         self.connect_timeout = connect_timeout
         self._ws: ClientConnection | None = None
+        self._masks: MaskSource | None = None  # when the appends are framed here (send_now)
         self._closing = False
 
     @classmethod
@@ -159,6 +232,8 @@ class RealtimeClient:
             raise RealtimeConnectError(f"{self.url}: no answer within {self.connect_timeout} s") from exc
         except (OSError, InvalidHandshake) as exc:
             raise RealtimeConnectError(f"{self.url}: cannot connect ({exc})") from exc
+        protocol = self._ws.protocol
+        self._masks = None if protocol.extensions or protocol.debug else SHARED_MASKS
         log.info("realtime connected to %s (%s dialect)", self.url, self.dialect)
 
     def _conn(self) -> ClientConnection:
@@ -179,12 +254,17 @@ class RealtimeClient:
         except ConnectionClosed as exc:
             raise self._lost(exc) from exc
 
-    def send_now(self, text: str) -> bool:
-        """Write one event's JSON text to the socket now, without a task switch (see ``send_text_now``);
-        False when that is not possible, and the caller awaits send() instead (which waits for room or
-        raises RealtimeConnectionLost). The 20 ms audio appends take this path: one append per call per
-        frame through a queue and a coroutine cost more than building it."""
-        return self._ws is not None and not self._closing and send_text_now(self._ws, text)
+    def send_now(self, text: bytes) -> bool:
+        """Write one event's JSON text (UTF-8) to the socket now, without a task switch (see
+        ``send_masked_text_now``); False when that is not possible, and the caller awaits send() instead
+        (which waits for room or raises RealtimeConnectionLost). The 20 ms audio appends take this path:
+        one append per call per frame through a queue and a coroutine cost more than building it."""
+        ws = self._ws
+        if ws is None or self._closing:
+            return False
+        if self._masks is None:
+            return _send_encoded_now(ws, text)
+        return send_masked_text_now(ws, text, self._masks)
 
     async def send_audio(self, audio: bytes) -> None:
         await self.send(events.audio_append_json(audio))

@@ -187,9 +187,14 @@ def audio_append(audio: bytes) -> Event:
     return {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode("ascii")}
 
 
+# The append's JSON text around the base64 audio: the kernel's FrameDecoder writes it for each caller frame.
+AUDIO_APPEND_HEAD = '{"type":"input_audio_buffer.append","audio":"'
+AUDIO_APPEND_TAIL = '"}'
+
+
 def audio_append_json(audio: bytes) -> str:
     """The JSON text of :func:`audio_append`, built without json.dumps (base64 needs no escaping)."""
-    return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
+    return AUDIO_APPEND_HEAD + base64.b64encode(audio).decode("ascii") + AUDIO_APPEND_TAIL
 
 
 def audio_commit() -> Event:

@@ -86,7 +86,7 @@ class RecordingLink:
         if isinstance(event, dict):  # audio appends go as prebuilt JSON text: not kept
             self.sent.append(event)
 
-    def send_now(self, text: str) -> bool:  # the audio appends' path, as in production: not kept
+    def send_now(self, text: bytes) -> bool:  # the audio appends' path, as in production: not kept
         return self.inner.send_now(text)
 
     async def recv(self) -> dict[str, Any]:

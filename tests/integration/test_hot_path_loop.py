@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -78,15 +79,56 @@ def test_send_now_writes_appends_in_order_and_declines_when_closed(loop: str) ->
             port = next(iter(server.sockets)).getsockname()[1]
             client = RealtimeClient(f"ws://127.0.0.1:{port}/v1/realtime")
             await client.connect()
-            assert client.send_now(ev.audio_append_json(b"\x01\x02"))
+            assert client.send_now(ev.audio_append_json(b"\x01\x02").encode())
             await client.send(ev.audio_commit())
-            assert client.send_now(ev.audio_append_json(b"\x03"))
-            assert client.send_now(ev.audio_append_json(b"\x04"))
+            assert client.send_now(ev.audio_append_json(b"\x03").encode())
+            assert client.send_now(ev.audio_append_json(b"\x04").encode())
             await asyncio.wait_for(done.wait(), 10)
             assert [e["type"] for e in received] == ["input_audio_buffer.append", "input_audio_buffer.commit",
                                                      "input_audio_buffer.append", "input_audio_buffer.append"]
             assert received[0]["audio"] == "AQI=" and received[3]["audio"] == "BA=="
             await client.close()
-            assert not client.send_now(ev.audio_append_json(b"\x05"))
+            assert not client.send_now(ev.audio_append_json(b"\x05").encode())
 
     LOOPS[loop](body())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("wire_debug", [False, True])
+def test_send_now_frames_of_every_length_form_reach_a_real_server(loop: str, wire_debug: bool) -> None:
+    """The client frames the appends itself (7-, 16- and 64-bit length forms) between events websockets
+    frames; with the wire log at DEBUG it leaves the framing to websockets (which logs each frame)."""
+    wire = logging.getLogger("sipagent.realtime.client.wire")
+
+    async def body() -> None:
+        received: list[str] = []
+        done = asyncio.Event()
+        audio = [bytes(range(256)) * (n // 256) + bytes(n % 256) for n in (0, 40, 60, 960, 49000, 50000)]
+        expected = [ev.audio_append_json(a) for a in audio] + [ev.to_json(ev.audio_commit())]
+
+        async def handler(ws: ServerConnection) -> None:
+            async for message in ws:
+                assert isinstance(message, str)  # text frames, whichever side framed them
+                received.append(message)
+                if len(received) == len(expected) + 1:
+                    done.set()
+
+        async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            client = RealtimeClient(f"ws://127.0.0.1:{port}/v1/realtime")
+            await client.connect()
+            assert (client._masks is None) == wire_debug
+            await client.send(ev.audio_commit())
+            for text in expected[:-1]:
+                assert client.send_now(text.encode())
+            await client.send(ev.audio_commit())
+            await asyncio.wait_for(done.wait(), 10)
+            assert received == [expected[-1], *expected]
+            await client.close()
+
+    level = wire.level
+    wire.setLevel(logging.DEBUG if wire_debug else logging.NOTSET)
+    try:
+        LOOPS[loop](body())
+    finally:
+        wire.setLevel(level)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sipagent.media.kernel import mean_square
 from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings
 
 FRAME = 480
@@ -42,3 +43,32 @@ def test_onset_is_echo_aware() -> None:
     onsets(vad, [(-12.0, -96.0)] * 20)
     assert onsets(vad, [(SILENCE_DB, -32.0)] * 14) == [0] * 14
     assert onsets(vad, [(SILENCE_DB, -32.0)] * 2) == [20, 40]
+
+
+def test_threshold_and_agent_activity_follow_the_loudest_level_of_the_window() -> None:
+    """They are kept up to date per agent frame (not recomputed per caller frame): check them against
+    their definition over the last echo_window_ms of agent levels, through rises, plateaus and the
+    loudest frame leaving the window."""
+    settings = VadSettings(threshold_db=-40, echo_margin_db=15, echo_window_ms=300)
+    vad = EchoAwareVad(settings)
+    rng = np.random.default_rng(2)
+    levels = [SILENCE_DB] * 15
+    script = [*rng.choice([SILENCE_DB, -60.0, -30.0, -12.0, -12.0, -5.0], 400), *[-20.0] * 20, *[SILENCE_DB] * 20]
+    for level in script:
+        vad.agent_frame(float(level))
+        levels = [*levels[1:], float(level)]
+        loudest = max(levels)
+        assert vad.threshold_db() == max(-40.0, loudest - 15.0)
+        assert vad.agent_active == (loudest > -40.0)
+    assert vad.threshold_db() == -40.0 and not vad.agent_active
+
+
+def test_caller_mean_square_decides_as_caller_frame() -> None:
+    by_pcm, by_level = EchoAwareVad(), EchoAwareVad()
+    for i, (agent, caller) in enumerate([(-12.0, -32.0)] * 5 + [(-12.0, -18.0)] * 15 + [(SILENCE_DB, -50.0)] * 20):
+        pcm = tone(caller, i * FRAME)
+        for vad in (by_pcm, by_level):
+            vad.agent_frame(agent)
+        assert by_pcm.caller_frame(pcm) == by_level.caller_mean_square(mean_square(pcm))
+        assert (by_pcm.loud_ms, by_pcm.echo_only, by_pcm.last_level_db, by_pcm.speaking) == (
+            by_level.loud_ms, by_level.echo_only, by_level.last_level_db, by_level.speaking)

@@ -1,0 +1,124 @@
+"""What the bridge sends the model for each caller frame, byte for byte: the fused kernel path (one call
+per frame, cached silence appends, the client's own framing) against the composed primitives.
+
+The bridge runs with its real kernel, VAD, RealtimeClient and websockets connection; only the socket is
+replaced by a transport that keeps what is written, read back by a websockets server core."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
+from websockets.protocol import SERVER, Protocol, State
+from websockets.uri import parse_uri
+
+from sipagent.bridge.call import BridgeSettings, CallBridge
+from sipagent.bridge.settings import AgentConfig, BargeInConfig, RecordingConfig
+from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, Encoder24k, Resampler, ulaw_encode
+from sipagent.media.vad import EchoAwareVad, VadSettings, level_db
+from sipagent.realtime import events as ev
+from sipagent.realtime.client import MaskSource, RealtimeClient
+
+
+class KeptWrites(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def write(self, data: Any) -> None:
+        self.data += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Leg:
+    """The answered call and its media as the bridge sees them, before any audio is queued."""
+
+    call_id, from_uri, end_reason = "uplink-test", "sip:caller@example.com", ""
+    played_ms = buffered_ms = 0
+
+    def __init__(self, codec: str) -> None:
+        self.codec = codec
+        self.ended = asyncio.Event()
+
+    def flush_audio(self) -> int:
+        return 0
+
+    def pause_audio(self) -> None:
+        pass
+
+
+def speech(db: float, n: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / 24000
+    x = np.sin(2 * np.pi * 300 * t) * np.sin(2 * np.pi * 2 * t) + 0.3 * rng.standard_normal(n)
+    return (x / np.sqrt(np.mean(x**2)) * 32768 * 10 ** (db / 20)).clip(-32768, 32767).astype("<i2").tobytes()
+
+
+@pytest.mark.parametrize(("codec", "audio_format"), [("PCMU", "pcm16"), ("G722", "pcm16"), ("PCMA", "g711_alaw"),
+                                                     ("G722", "g711_ulaw")])
+def test_appends_are_those_of_the_composed_path(codec: str, audio_format: str) -> None:
+    agent = Encoder24k(codec).encode(speech(-12, 24000, 1))  # 1 s of the agent, then silence
+    caller = Encoder24k(codec).encode(speech(-34, 12000, 2) + speech(-14, 12000, 3) + speech(-60, 12000, 4))
+    frames = len(caller) // 160
+
+    async def run() -> bytes:
+        settings = BridgeSettings(AgentConfig(barge_in=BargeInConfig(mode="server")),
+                                  RecordingConfig(transcripts=False), ev.SessionSettings(), audio_format=audio_format)
+        leg = Leg(codec)
+        bridge = CallBridge(leg, leg, None, settings)  # type: ignore[arg-type]
+        protocol = ClientProtocol(parse_uri("ws://127.0.0.1/v1/realtime"))
+        protocol.state = State.OPEN
+        connection = ClientConnection(protocol)
+        wire = KeptWrites()
+        connection.connection_made(wire)
+        link = RealtimeClient("ws://127.0.0.1/v1/realtime")
+        link._ws, link._masks = connection, MaskSource()  # what connect() sets up
+        bridge._link, bridge.state = link, "live"
+        for i in range(frames):
+            sent = agent[160 * i : 160 * (i + 1)]
+            bridge.on_outbound_frame(sent or CODEC_SILENCE[codec], bool(sent))
+            bridge.on_inbound_frame(caller[160 * i : 160 * (i + 1)])
+        return bytes(wire.data)
+
+    server = Protocol(SERVER)
+    server.receive_data(asyncio.run(run()))
+    texts = [bytes(frame.data).decode() for frame in server.events_received()]
+
+    # The same frames through the separate primitives, as the bridge composed them before.
+    vad = EchoAwareVad(VadSettings(threshold_db=-35.0, min_speech_ms=200))
+    down, back = Decoder24k(codec), Decoder24k(codec)
+    to_8k = Resampler(24000, 8000)
+    expected, echo_frames = [], 0
+    for i in range(frames):
+        sent = agent[160 * i : 160 * (i + 1)]
+        vad.agent_frame(level_db(back.decode(sent)) if sent else -96.0)
+        payload = caller[160 * i : 160 * (i + 1)]
+        pcm = down.decode(payload)
+        vad.caller_frame(pcm)
+        if vad.echo_only:
+            echo_frames += 1
+            pcm, payload = bytes(len(pcm)), CODEC_SILENCE[codec]
+        if audio_format == "pcm16":
+            audio = pcm
+        elif codec == "PCMA":
+            audio = payload
+        else:
+            audio = ulaw_encode(to_8k.process(pcm))
+        expected.append(ev.audio_append_json(audio))
+    assert 10 < echo_frames < frames - 10  # both kinds of frames were sent
+    assert texts == expected
