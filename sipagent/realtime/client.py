@@ -20,11 +20,6 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 
 from sipagent.errors import RealtimeError
-
-try:  # websockets' C masking, what its own frames use; the pure-Python one if it was built without it
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
 from sipagent.realtime import events
 from sipagent.realtime.events import Dialect, Event, check_dialect
 from sipagent.realtime.providers import (
@@ -34,6 +29,11 @@ from sipagent.realtime.providers import (
     local_endpoint,
     openai_endpoint,
 )
+
+try:  # websockets' C masking, what its own frames use; the pure-Python one if it was built without it
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
 
 __all__ = [
     "SHARED_MASKS",
