@@ -402,15 +402,16 @@ def _agent_main(config_path: str) -> int:
 
     state = _Observed()
 
-    class ProbedPlayout(agent_mod._ObservedPlayout):
+    class ProbedPlayout(PlayoutQueue):
         """Counts underruns: the queue was empty (not merely holding a partial tail) between two audio
-        frames. A padded tail ends an utterance, so the silence after it is not counted."""
+        frames. A padded tail ends an utterance, so the silence after it is not counted. (Measured inside
+        the agent, so kept to one method layer: PlayoutQueue.pop_frame called directly, not via super().)"""
 
         gap = -1  # silent pops since the last audio frame; -1 outside an utterance
 
         def pop_frame(self) -> tuple[bytes, bool]:
             partial = 0 < len(self._buf) < self.frame_bytes
-            frame, is_audio = super().pop_frame()
+            frame, is_audio = PlayoutQueue.pop_frame(self)
             if is_audio:
                 state.audio_frames += 1
                 if self.gap > 0:
@@ -426,6 +427,8 @@ def _agent_main(config_path: str) -> int:
             return int(super().flush())
 
     class ProbedAgent(agent_mod.Agent):
+        playout_class = ProbedPlayout
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.clock.probe = state.deviation
@@ -451,7 +454,6 @@ def _agent_main(config_path: str) -> int:
             print(json.dumps({"ready": True, "sip": f"{host}:{port}"}), flush=True)
 
     agent_mod.Agent = ProbedAgent  # type: ignore[misc]
-    agent_mod._ObservedPlayout = ProbedPlayout  # type: ignore[misc]
     threading.Thread(target=_control, args=(state,), daemon=True).start()
     return int(agent_mod.run_agent(load_config(config_path)))
 
