@@ -32,7 +32,7 @@ from sipagent.media.clock import MediaClock
 from sipagent.media.playout import PlayoutQueue
 from sipagent.rtp.dtmf import DtmfReceiver, DtmfSender
 from sipagent.rtp.jitter import JitterBuffer
-from sipagent.rtp.packet import build_header, is_rtcp, parse_media
+from sipagent.rtp.packet import HEADER, is_rtcp, parse_media
 from sipagent.rtp.ports import PortAllocator
 from sipagent.rtp.rtcp import (
     ReceiverReport,
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 SAMPLES_PER_TICK = 160  # 20 ms at the 8000 Hz RTP clock of PCMU, PCMA and (by RFC 3551's quirk) G.722
 Address = tuple[str, int]
+_pack_header = HEADER.pack  # (0x80, marker | payload type, sequence, timestamp, ssrc), as build_header
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +343,8 @@ class RtpEndpoint:
                 self._event_ts = self._ts
             assert self.dtmf_payload_type is not None
             payload = event.payload
-            header = build_header(event.marker, self.dtmf_payload_type, self._seq, self._event_ts, self.ssrc)
+            b1 = (0x80 if event.marker else 0) | self.dtmf_payload_type
+            timestamp = self._event_ts
             self._was_audio = False  # the audio after an event starts a new talkspurt
         else:
             payload, is_audio = self.playout.pop_frame()
@@ -350,8 +352,18 @@ class RtpEndpoint:
                 self.on_sent(payload, is_audio)
             marker = (is_audio and not self._was_audio) or self.packets_sent == 0
             self._was_audio = is_audio
-            header = build_header(marker, payload_type, self._seq, self._ts, self.ssrc)
-        self._send(header + payload, dest, len(payload))
+            b1 = (0x80 if marker else 0) | payload_type
+            timestamp = self._ts
+        # The 12-byte header (build_header, inlined: this runs for every packet of every call).
+        seq = self._seq
+        self._seq = (seq + 1) & 0xFFFF
+        try:
+            self._sock.sendto(_pack_header(0x80, b1, seq, timestamp, self.ssrc) + payload, dest)
+        except OSError:  # buffer full, or ICMP unreachable from an earlier packet: drop, never block
+            self.send_errors += 1
+        else:
+            self.packets_sent += 1
+            self.octets_sent += len(payload)
         self._rtcp_countdown -= elapsed
         if self._rtcp_countdown <= 0:
             self._rtcp_countdown = self._rtcp_ticks
@@ -372,16 +384,6 @@ class RtpEndpoint:
             if frame is not None and self.on_frame is not None:
                 self.on_frame(frame[0])
             self._deliver_ready()
-
-    def _send(self, data: bytes, dest: Address, payload_len: int) -> None:
-        self._seq = (self._seq + 1) & 0xFFFF
-        try:
-            self._sock.sendto(data, dest)
-        except OSError:  # buffer full, or ICMP unreachable from an earlier packet: drop, never block
-            self.send_errors += 1
-            return
-        self.packets_sent += 1
-        self.octets_sent += payload_len
 
     def _send_rtcp(self) -> None:
         dest = self._rtcp_dest
