@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -338,14 +339,20 @@ class _Observed:
             self.gc_pauses.append((int(info["generation"]), round(ms, 1)))
 
     def deviation(self, seconds: float) -> None:
+        """The clock's probe with SIPAGENT_BENCH_LATE set (see ``probe``)."""
         self.devs.append(seconds)
-        if seconds > 0.005 and os.environ.get("SIPAGENT_BENCH_LATE"):
+        if seconds > 0.005:
             self.late_at.append(round(time.monotonic(), 2))
 
+    def probe(self) -> Callable[[float], None]:
+        """What the clock calls after each stream's tick: the list's own append (no Python frame per packet,
+        this is measured inside the agent), or ``deviation`` when diagnosing late packets."""
+        return self.deviation if os.environ.get("SIPAGENT_BENCH_LATE") else self.devs.append
+
     async def report(self, reset: bool) -> dict[str, Any]:
-        devs = self.devs
+        devs = self.devs[:]
         if reset:
-            self.devs = []
+            self.devs.clear()  # in place: the clock holds its append
         agent = self.agent
         figures: dict[str, Any] = {
             "dev": percentiles_ms(devs, (50, 90, 99, 99.9)),
@@ -404,15 +411,16 @@ def _agent_main(config_path: str) -> int:
 
     state = _Observed()
 
-    class ProbedPlayout(agent_mod._ObservedPlayout):
+    class ProbedPlayout(PlayoutQueue):
         """Counts underruns: the queue was empty (not merely holding a partial tail) between two audio
-        frames. A padded tail ends an utterance, so the silence after it is not counted."""
+        frames. A padded tail ends an utterance, so the silence after it is not counted. (Measured inside
+        the agent, so kept to one method layer: PlayoutQueue.pop_frame called directly, not via super().)"""
 
         gap = -1  # silent pops since the last audio frame; -1 outside an utterance
 
         def pop_frame(self) -> tuple[bytes, bool]:
             partial = 0 < len(self._buf) < self.frame_bytes
-            frame, is_audio = super().pop_frame()
+            frame, is_audio = PlayoutQueue.pop_frame(self)
             if is_audio:
                 state.audio_frames += 1
                 if self.gap > 0:
@@ -428,9 +436,11 @@ def _agent_main(config_path: str) -> int:
             return int(super().flush())
 
     class ProbedAgent(agent_mod.Agent):
+        playout_class = ProbedPlayout
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.clock.probe = state.deviation
+            self.clock.probe = state.probe()
             state.agent = self
 
         async def start(self) -> None:
@@ -453,7 +463,6 @@ def _agent_main(config_path: str) -> int:
             print(json.dumps({"ready": True, "sip": f"{host}:{port}"}), flush=True)
 
     agent_mod.Agent = ProbedAgent  # type: ignore[misc]
-    agent_mod._ObservedPlayout = ProbedPlayout  # type: ignore[misc]
     threading.Thread(target=_control, args=(state,), daemon=True).start()
     return int(agent_mod.run_agent(load_config(config_path)))
 

@@ -118,13 +118,13 @@ TL = Timeline()
 
 
 def install_observers() -> None:
-    class AgentPlayout(agent_mod._ObservedPlayout):
+    class AgentPlayout(PlayoutQueue):
         def pop_frame(self) -> tuple[bytes, bool]:
             frame, is_audio = super().pop_frame()
             TL.agent.append((time.monotonic(), is_audio))
             return frame, is_audio
 
-    agent_mod._ObservedPlayout = AgentPlayout  # type: ignore[misc]
+    agent_mod.Agent.playout_class = AgentPlayout
 
     original_dispatch = server_mod._Connection.dispatch
 

@@ -46,19 +46,6 @@ class AgentStats:
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
-class _ObservedPlayout(PlayoutQueue):
-    """The endpoint's playout queue, telling the bridge about every frame put on the wire."""
-
-    def __init__(self, frame_bytes: int, silence: bytes, on_sent: Callable[[bytes, bool], None]) -> None:
-        super().__init__(frame_bytes=frame_bytes, silence=silence)
-        self.on_sent = on_sent
-
-    def pop_frame(self) -> tuple[bytes, bool]:
-        frame, is_audio = super().pop_frame()
-        self.on_sent(frame, is_audio)
-        return frame, is_audio
-
-
 class _MediaLeg:
     """Adapts an RtpEndpoint to what the bridge needs (sipagent.bridge.call.MediaLeg)."""
 
@@ -88,6 +75,9 @@ class _MediaLeg:
 
 
 class Agent:
+    # The playout queue of each answered call's endpoint; the benchmarks put an observing subclass here.
+    playout_class: type[PlayoutQueue] = PlayoutQueue
+
     def __init__(self, config: Config, on_transcript: Callable[[str, str, str], None] | None = None,
                  on_call_end: Callable[[str, CallOutcome], None] | None = None) -> None:
         self.config = config
@@ -204,10 +194,6 @@ class Agent:
             if bridge_ref:
                 bridge_ref[0].on_dtmf(digit, duration_ms)
 
-        def on_sent(frame: bytes, is_audio: bool) -> None:
-            if bridge_ref:
-                bridge_ref[0].on_outbound_frame(frame, is_audio)
-
         # The offered codecs are not known yet; every codec we carry has 160-byte frames.
         endpoint = RtpEndpoint(self.clock, self.ports, bind_host=self.config.sip.listen_address.host,
                                jitter_ms=self.config.media.jitter_ms, silence=CODEC_SILENCE["PCMU"],
@@ -228,7 +214,7 @@ class Agent:
             codec_holder["codec"] = codec
             silence = CODEC_SILENCE[codec]
             # Now that the codec is known, conceal loss and fill gaps with that codec's own silence.
-            playout = endpoint.playout = _ObservedPlayout(len(silence), silence, on_sent)
+            endpoint.playout = self.playout_class(len(silence), silence)
             endpoint.jitter = JitterBuffer.from_ms(silence, self.config.media.jitter_ms)
             endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type, media.dtmf_payload_type)
 
@@ -241,9 +227,10 @@ class Agent:
             bridge = CallBridge(call, _MediaLeg(endpoint, codec), self._connect, self._bridge_settings(),
                                 on_transcript=self._transcript_callback(call.call_id))
             bridge_ref.append(bridge)
-            # From now on the per-frame callbacks go straight to the bridge (one Python call less each).
+            # From now on the per-frame callbacks go straight to the bridge (one Python call less each); the
+            # bridge hears of every frame put on the wire from here on (before it, there was no bridge to tell).
             endpoint.on_frame = bridge.on_inbound_frame
-            playout.on_sent = bridge.on_outbound_frame
+            endpoint.on_sent = bridge.on_outbound_frame
             self.bridges[call.call_id] = bridge
             log.info("answered %s with %s", call.from_uri, codec)
             self.metrics.call_started()

@@ -32,7 +32,7 @@ from sipagent.media.clock import MediaClock
 from sipagent.media.playout import PlayoutQueue
 from sipagent.rtp.dtmf import DtmfReceiver, DtmfSender
 from sipagent.rtp.jitter import JitterBuffer
-from sipagent.rtp.packet import build_header, is_rtcp, parse_media
+from sipagent.rtp.packet import HEADER, is_rtcp, parse_media
 from sipagent.rtp.ports import PortAllocator
 from sipagent.rtp.rtcp import (
     ReceiverReport,
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 SAMPLES_PER_TICK = 160  # 20 ms at the 8000 Hz RTP clock of PCMU, PCMA and (by RFC 3551's quirk) G.722
 Address = tuple[str, int]
+_pack_header = HEADER.pack  # (0x80, marker | payload type, sequence, timestamp, ssrc), as build_header
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class RtpEndpoint:
         silence: bytes = b"\xff" * 160,
         on_frame: Callable[[bytes], None] | None = None,
         on_dtmf: Callable[[str, int], None] | None = None,
+        on_sent: Callable[[bytes, bool], None] | None = None,
         cname: str = "sipagent",
         eager: bool = False,
         rtcp_interval: float = 5.0,
@@ -89,6 +91,7 @@ class RtpEndpoint:
         self.frame_bytes = len(silence)
         self.on_frame = on_frame
         self.on_dtmf = on_dtmf
+        self.on_sent = on_sent  # told about each frame of ``playout`` put on the wire: (payload, is_audio)
         self.cname = cname
         self.playout = PlayoutQueue(frame_bytes=self.frame_bytes, silence=silence)
         self.jitter = JitterBuffer.from_ms(silence, jitter_ms)
@@ -210,10 +213,11 @@ class RtpEndpoint:
             data, addr = sock.recvfrom(2048)
         except OSError:  # EAGAIN after a spurious wake-up, or ICMP port unreachable from an earlier send
             return
+        # addr[:2]: (host, port) of an IPv6 4-tuple; an IPv4 pair is returned as it is, with no copy.
         if is_rtcp(data):
-            self._on_rtcp(data, (addr[0], addr[1]), sock)
+            self._on_rtcp(data, addr[:2], sock)
         elif sock is self._sock:
-            self._on_rtp(data, (addr[0], addr[1]))
+            self._on_rtp(data, addr[:2])
         self.clock.run_due()  # a tick due now goes out before the rest of this batch of I/O callbacks
 
     def _on_rtp(self, data: bytes, addr: Address) -> None:
@@ -236,25 +240,34 @@ class RtpEndpoint:
             self._dtmf_rx = DtmfReceiver()
         self.rx_stats.update(sequence, timestamp, time.monotonic(), len(payload))
         if pt == self.dtmf_payload_type:
-            try:
-                digits = self._dtmf_rx.feed(timestamp, payload)
-            except RtpError:
-                self.malformed += 1
-                return
-            for digit, duration in digits:
-                log.info("rtp %s: DTMF %s (%s ms)", self.local_port, digit, duration)
-                if self.on_dtmf is not None:
-                    self.on_dtmf(digit, duration)
+            self._on_dtmf_packet(timestamp, payload)
             return
         n = self.frame_bytes
         if len(payload) > n and len(payload) % n == 0:  # ptime 40/60: split into 20 ms frames
             for i in range(len(payload) // n):
                 ts = timestamp + i * SAMPLES_PER_TICK
                 self.jitter.put(ts & 0xFFFFFFFF, ssrc, payload[i * n : (i + 1) * n])
+        elif self.eager and self.jitter.take_next(timestamp, ssrc, payload):
+            # In order with nothing waiting (nearly every packet): straight on, as _deliver_ready would.
+            self._overdue_ticks = 0
+            if self.on_frame is not None:
+                self.on_frame(payload)
+            return
         else:
             self.jitter.put(timestamp, ssrc, payload)
         if self.eager:
             self._deliver_ready()
+
+    def _on_dtmf_packet(self, timestamp: int, payload: bytes) -> None:
+        try:
+            digits = self._dtmf_rx.feed(timestamp, payload)
+        except RtpError:
+            self.malformed += 1
+            return
+        for digit, duration in digits:
+            log.info("rtp %s: DTMF %s (%s ms)", self.local_port, digit, duration)
+            if self.on_dtmf is not None:
+                self.on_dtmf(digit, duration)
 
     def _deliver_ready(self) -> None:
         on_frame = self.on_frame
@@ -305,10 +318,14 @@ class RtpEndpoint:
 
     def on_tick(self, elapsed: int) -> None:
         """Called by the MediaClock every 20 ms (``elapsed`` > 1 after skipped ticks)."""
-        on_frame = self.on_frame
         if self.eager:
-            self._tick_eager(elapsed)
+            jitter = self.jitter
+            if self._overdue_ticks + elapsed <= jitter.depth and jitter.started:
+                self._overdue_ticks += elapsed  # the next frame is not overdue yet: nothing to conceal
+            else:
+                self._tick_eager(elapsed)
         else:
+            on_frame = self.on_frame
             for _ in range(elapsed):
                 frame = self.jitter.pop()
                 if frame is not None and on_frame is not None:
@@ -317,22 +334,36 @@ class RtpEndpoint:
             self._ts = (self._ts + SAMPLES_PER_TICK * elapsed) & 0xFFFFFFFF
         self._ticked = True
         dest = self._dest
-        if dest is None or self.payload_type is None:
+        payload_type = self.payload_type
+        if dest is None or payload_type is None:
             return
         event = self._dtmf_tx.next_packet() if self.dtmf_payload_type is not None else None
         if event is not None:
             if event.first_of_event:
                 self._event_ts = self._ts
             assert self.dtmf_payload_type is not None
-            header = build_header(event.marker, self.dtmf_payload_type, self._seq, self._event_ts, self.ssrc)
-            self._send(header + event.payload, dest, len(event.payload))
+            payload = event.payload
+            b1 = (0x80 if event.marker else 0) | self.dtmf_payload_type
+            timestamp = self._event_ts
             self._was_audio = False  # the audio after an event starts a new talkspurt
         else:
-            frame_bytes, is_audio = self.playout.pop_frame()
+            payload, is_audio = self.playout.pop_frame()
+            if self.on_sent is not None:
+                self.on_sent(payload, is_audio)
             marker = (is_audio and not self._was_audio) or self.packets_sent == 0
             self._was_audio = is_audio
-            self._send(build_header(marker, self.payload_type, self._seq, self._ts, self.ssrc) + frame_bytes,
-                       dest, len(frame_bytes))
+            b1 = (0x80 if marker else 0) | payload_type
+            timestamp = self._ts
+        # The 12-byte header (build_header, inlined: this runs for every packet of every call).
+        seq = self._seq
+        self._seq = (seq + 1) & 0xFFFF
+        try:
+            self._sock.sendto(_pack_header(0x80, b1, seq, timestamp, self.ssrc) + payload, dest)
+        except OSError:  # buffer full, or ICMP unreachable from an earlier packet: drop, never block
+            self.send_errors += 1
+        else:
+            self.packets_sent += 1
+            self.octets_sent += len(payload)
         self._rtcp_countdown -= elapsed
         if self._rtcp_countdown <= 0:
             self._rtcp_countdown = self._rtcp_ticks
@@ -353,16 +384,6 @@ class RtpEndpoint:
             if frame is not None and self.on_frame is not None:
                 self.on_frame(frame[0])
             self._deliver_ready()
-
-    def _send(self, data: bytes, dest: Address, payload_len: int) -> None:
-        self._seq = (self._seq + 1) & 0xFFFF
-        try:
-            self._sock.sendto(data, dest)
-        except OSError:  # buffer full, or ICMP unreachable from an earlier packet: drop, never block
-            self.send_errors += 1
-            return
-        self.packets_sent += 1
-        self.octets_sent += payload_len
 
     def _send_rtcp(self) -> None:
         dest = self._rtcp_dest

@@ -24,11 +24,13 @@ model with no added delay, and reordering and loss still cost at most ``depth`` 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 
 from sipagent.rtp.seq import ts_diff
 
 LATE_RUN_RESYNC = 3  # this many late packets in a row restart the buffer at the sender's timeline
+RECENT_PLAYED = 16  # played timestamps remembered to recognise a duplicate of a frame already played
 
 
 class FrameKind(enum.Enum):
@@ -79,7 +81,8 @@ class JitterBuffer:
         self._first_ts = 0  # earliest timestamp seen during the pre-buffer
         self._last: bytes | None = None
         self._concealing = 0
-        self._recent: list[int] = []  # recently played timestamps, to tell duplicates from late packets
+        # Recently played timestamps, to tell duplicates from late packets.
+        self._recent: deque[int] = deque(maxlen=RECENT_PLAYED)
         self._late_run = 0  # consecutive late packets
 
     @classmethod
@@ -134,6 +137,23 @@ class JitterBuffer:
             return PutResult.RESYNC
         return PutResult.ACCEPTED
 
+    def take_next(self, timestamp: int, ssrc: int, payload: bytes) -> bool:
+        """``put`` then ``pop_ready`` in one step for the common case of the eager path: the frame due next
+        arrives, from the current source, with nothing buffered. Then it is played at once (True: the caller
+        hands ``payload`` on) with the same bookkeeping as the two calls, without the dict insert and pop.
+        Any other case returns False with nothing changed; use ``put`` and ``pop_ready``."""
+        if timestamp != self._play_ts or ssrc != self._ssrc or self._frames:
+            return False
+        self._play_ts = (timestamp + self.step) & 0xFFFFFFFF
+        self._late_run = 0
+        self._last = payload
+        self._concealing = 0
+        stats = self.stats
+        stats.accepted += 1
+        stats.played += 1
+        self._recent.append(timestamp)
+        return True
+
     def pop(self) -> tuple[bytes, FrameKind] | None:
         """The frame for this 20 ms, or None before the first packet and during the pre-buffer."""
         if self._play_ts is None:
@@ -158,7 +178,7 @@ class JitterBuffer:
             self._last = payload
             self._concealing = 0
             self.stats.played += 1
-            self._remember(ts)
+            self._recent.append(ts)
             return payload, FrameKind.AUDIO
         self.stats.concealed += 1
         self._concealing += 1
@@ -181,7 +201,7 @@ class JitterBuffer:
         self._last = payload
         self._concealing = 0
         self.stats.played += 1
-        self._remember(ts)
+        self._recent.append(ts)
         return payload
 
     @property
@@ -197,11 +217,6 @@ class JitterBuffer:
         assert play_ts is not None
         for ts in [t for t in self._frames if ts_diff(t, play_ts) < 0]:
             del self._frames[ts]
-
-    def _remember(self, ts: int) -> None:
-        self._recent.append(ts)
-        if len(self._recent) > 16:
-            del self._recent[0]
 
     def _restart(self, ssrc: int, timestamp: int) -> None:
         self._ssrc = ssrc

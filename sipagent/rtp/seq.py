@@ -36,16 +36,19 @@ class SeqExtender:
         self.restarted = False
 
     def extend(self, seq: int) -> int:
-        self.restarted = False
-        if self.highest is None:
-            self.highest = seq + SEQ_MOD  # one cycle up, so early reordered packets stay positive
-            return self.highest
-        delta = seq_diff(seq, self.highest & 0xFFFF)
+        highest = self.highest
+        if highest is None:
+            self.restarted = False
+            self.highest = highest = seq + SEQ_MOD  # one cycle up, so early reordered packets stay positive
+            return highest
+        # seq_diff(seq, highest & 0xFFFF), inlined: this runs for every packet received.
+        delta = ((seq - highest + 0x8000) & 0xFFFF) - 0x8000
         if -self.max_misorder <= delta <= self.max_dropout:
-            ext = self.highest + delta
-            if ext > self.highest:
-                self.highest = ext
-            return ext
-        self.highest = seq + SEQ_MOD
+            self.restarted = False
+            if delta > 0:
+                self.highest = highest = highest + delta
+                return highest
+            return highest + delta
+        self.highest = highest = seq + SEQ_MOD
         self.restarted = True
-        return self.highest
+        return highest

@@ -343,3 +343,88 @@ def test_eager_endpoint_delivers_on_arrival_and_conceals_only_overdue_frames() -
             peer.sock.close()
 
     asyncio.run(main())
+
+
+def test_eager_endpoint_in_order_reordered_duplicate_wrapped_and_new_source_frames() -> None:
+    # The eager receive path plays a packet due next at once and sends everything else through the jitter
+    # buffer: the order, the duplicates and the statistics must not depend on which way a packet went.
+    async def main() -> None:
+        clock = MediaClock()  # not started: every frame here comes on arrival
+        peer = Peer()
+        got: list[bytes] = []
+        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, jitter_ms=60, silence=SIL, eager=True,
+                         on_frame=got.append)
+        ep.set_remote(HOST, peer.port, 0)
+        try:
+            peer.seq, first = 65533, 2**32 - 2 * 160  # both the sequence number and the timestamp wrap
+            for i in range(4):
+                peer.send(ep.local_port, bytes([i]) * 160, ts=(first + 160 * i) & 0xFFFFFFFF)
+            await until(lambda: len(got) == 4)
+            peer.send(ep.local_port, b"\x03" * 160, ts=(first + 3 * 160) & 0xFFFFFFFF)  # a duplicate
+            peer.send(ep.local_port, b"\x05" * 160, ts=first + 5 * 160 - 2**32)  # overtakes 4
+            peer.send(ep.local_port, b"\x04" * 160, ts=first + 4 * 160 - 2**32)
+            peer.send(ep.local_port, b"\x06" * 160, ts=first + 6 * 160 - 2**32)
+            await until(lambda: len(got) == 7)
+            peer.ssrc ^= 0xFFFF  # a new source (a PBX re-bridging media) restarts the buffer
+            peer.send(ep.local_port, b"\x10" * 160, ts=777_000)
+            peer.send(ep.local_port, b"\x11" * 160, ts=777_160)
+            await until(lambda: len(got) == 9)
+            assert [f[0] for f in got] == [0, 1, 2, 3, 4, 5, 6, 0x10, 0x11]
+            stats = ep.stats()
+            assert (stats.duplicates, stats.late, stats.concealed) == (1, 0, 0)
+            assert stats.packets_received == 2 and stats.lost == 0  # counted afresh for the new source
+            assert ep.jitter.stats.played == 9 and ep.jitter.stats.resyncs == 1
+        finally:
+            ep.close()
+            peer.close()
+
+    asyncio.run(main())
+
+
+def test_on_sent_hears_every_frame_that_goes_on_the_wire() -> None:
+    async def body(clock: MediaClock) -> None:
+        peer = Peer()
+        sent: list[tuple[bytes, bool]] = []
+        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, silence=SIL,
+                         on_sent=lambda frame, is_audio: sent.append((frame, is_audio)))
+        try:
+            ep.set_remote(HOST, peer.port, 0)
+            ep.playout.push(b"\x01" * 160 * 3)
+            packets: list[RtpPacket] = []
+
+            def collect() -> bool:
+                packets.extend(peer.received())
+                return len(packets) >= 6
+
+            await until(collect)
+            assert [(p.payload, p.payload != SIL) for p in packets] == sent[:len(packets)]
+            assert [p.payload[0] for p in packets[:3]] == [1, 1, 1]
+        finally:
+            ep.close()
+            peer.close()
+
+    run(body)
+
+
+def test_eager_endpoint_conceals_nothing_while_frames_keep_arriving_in_order() -> None:
+    async def main() -> None:
+        clock = MediaClock()  # ticks are driven by hand, one per packet as a steady sender makes them
+        peer = Peer()
+        got: list[bytes] = []
+        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, jitter_ms=40, silence=SIL, eager=True,
+                         on_frame=got.append)
+        ep.set_remote(HOST, peer.port, 0)
+        try:
+            for i in range(12):
+                peer.send(ep.local_port, bytes([i + 1]) * 160)
+                await until(lambda: len(got) == i + 1)  # noqa: B023 (awaited in this iteration)
+                ep.on_tick(1)
+                ep.on_tick(1)  # a packet late by one tick is still within the 2-tick depth
+            assert [f[0] for f in got] == list(range(1, 13)) and ep.stats().concealed == 0
+            ep.on_tick(1)  # now the next frame is 3 ticks overdue: concealed (the last frame once more)
+            assert got[-1] == bytes([12]) * 160 and ep.stats().concealed == 1
+        finally:
+            ep.close()
+            peer.close()
+
+    asyncio.run(main())

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+
 from sipagent.rtp.jitter import FrameKind, JitterBuffer, PutResult
 
 SIL = b"\x00" * 160
@@ -149,3 +152,75 @@ def test_a_sender_that_pauses_without_moving_its_timestamps_is_followed_not_drop
     assert results == [PutResult.LATE, PutResult.LATE, PutResult.RESYNC, PutResult.ACCEPTED]
     frames = [jb.pop() for _ in range(6)]
     assert (b"b" * 160, FrameKind.AUDIO) in frames
+
+
+def test_take_next_plays_only_the_frame_due_next_with_nothing_buffered() -> None:
+    jb = JitterBuffer(SIL, depth_frames=3)
+    assert not jb.take_next(ts(0), SSRC, frame(0))  # not started: the first packet goes through put
+    jb.put(ts(0), SSRC, frame(0))
+    assert jb.pop_ready() == frame(0)
+    assert jb.take_next(ts(1), SSRC, frame(1))  # due next: played at once
+    assert jb.take_next(ts(2), SSRC, frame(2))
+    assert jb.take_next(ts(3), SSRC, frame(3))  # the timestamp wrapped between 2 and 3
+    assert jb.stats.accepted == jb.stats.played == 4 and jb.buffered == 0
+    assert not jb.take_next(ts(5), SSRC, frame(5))  # 4 is missing
+    assert jb.put(ts(5), SSRC, frame(5)) is PutResult.ACCEPTED
+    assert not jb.take_next(ts(4), SSRC, frame(4))  # due, but 5 is waiting: put + pop_ready keep the order
+    assert not jb.take_next(ts(3), SSRC, frame(3))  # already played
+    assert jb.put(ts(3), SSRC, frame(3)) is PutResult.DUPLICATE
+    assert not jb.take_next(ts(4), 0xBEEF, frame(4))  # another source: put resyncs
+    assert jb.stats.accepted == 5 and jb.stats.played == 4 and jb.stats.duplicates == 1
+
+
+def _eager_receiver(
+    jb: JitterBuffer, use_take_next: bool, taken: list[int]
+) -> Callable[[int, int, bytes], list[bytes]]:
+    def receive(timestamp: int, ssrc: int, payload: bytes) -> list[bytes]:
+        if use_take_next and jb.take_next(timestamp, ssrc, payload):
+            taken.append(timestamp)
+            return [payload]
+        jb.put(timestamp, ssrc, payload)
+        out = []
+        while (got := jb.pop_ready()) is not None:
+            out.append(got)
+        return out
+
+    return receive
+
+
+def test_take_next_behaves_exactly_as_put_then_pop_ready() -> None:
+    # The endpoint's eager path tries take_next first; a scripted stream with reordering, loss, duplicates,
+    # late packets, jumps, SSRC changes, stale stragglers and timestamp wrap must come out frame for frame
+    # as with put + pop_ready alone, with the same statistics and the same concealment afterwards.
+    rnd = random.Random(8)
+    fast, slow = JitterBuffer(SIL, depth_frames=3), JitterBuffer(SIL, depth_frames=3)
+    taken: list[int] = []
+    receive_fast, receive_slow = _eager_receiver(fast, True, taken), _eager_receiver(slow, False, taken)
+    ssrc, base, i, held = SSRC, BASE - 40 * 160, 0, []
+    for step in range(5000):
+        r = rnd.random()
+        arrivals: list[tuple[int, int, bytes]] = []
+        if r < 0.8:
+            arrivals.append((ts(i, base), ssrc, frame(i)))
+            i += 1
+        elif r < 0.85:
+            i += 1  # lost
+        elif r < 0.9:
+            held.append((ts(i, base), ssrc, frame(i)))  # overtaken by the next one
+            i += 1
+        elif r < 0.94:
+            arrivals.append((ts(i - rnd.randrange(1, 4), base), ssrc, frame(i)))  # duplicate or late
+        elif r < 0.96:
+            i += rnd.choice([-80, 80, 3])  # a jump
+        elif r < 0.97:
+            old, ssrc, base = ssrc, ssrc ^ 0x5A5A, rnd.randrange(2**32)
+            arrivals += [(ts(i, base), ssrc, frame(i)), (ts(i, base), old, frame(i))]  # plus a straggler
+        if held and rnd.random() < 0.6:
+            arrivals.append(held.pop(0))
+        for packet in arrivals:
+            assert receive_fast(*packet) == receive_slow(*packet), step
+        if rnd.random() < 0.2:  # the clock conceals an overdue frame
+            assert fast.pop() == slow.pop(), step
+        assert (fast.stats, fast.buffered, fast.started) == (slow.stats, slow.buffered, slow.started), step
+    assert len(taken) > 1000 and fast.stats.played > len(taken)  # both ways were taken, many times
+    assert fast.stats.late and fast.stats.duplicates and fast.stats.resyncs

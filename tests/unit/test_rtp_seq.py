@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 from sipagent.rtp.seq import SeqExtender, seq_diff, seq_newer, ts_diff
 
 
@@ -31,3 +33,21 @@ def test_extender_restarts_on_large_jump() -> None:
     assert ext.restarted
     nxt = ext.extend(30001)
     assert not ext.restarted and nxt == ext.highest
+
+
+def test_extender_follows_a_reordered_walk_across_many_wraps() -> None:
+    # The sender's true packet index is known here; extend() must give it back (plus the first packet's
+    # offset) for every arrival, duplicates and stragglers included, through 5 sequence-number cycles.
+    rnd = random.Random(3)
+    ext = SeqExtender()
+    first = 65000
+    base = ext.extend(first)
+    index, highest = 0, 0
+    while index < 5 * 65536:
+        index += rnd.choice([1, 1, 1, 1, 2, 30])  # in order, a loss, a burst lost
+        arrival = index - rnd.choice([0, 0, 0, 1, 5, 99]) if index > 100 else index  # some come late
+        highest = max(highest, arrival)
+        assert ext.extend((first + arrival) & 0xFFFF) == base + arrival
+        assert not ext.restarted and ext.highest == base + highest
+    too_old = (first + highest - 101) & 0xFFFF  # beyond max_misorder: a new count starts there
+    assert ext.extend(too_old) == too_old + 65536 and ext.restarted

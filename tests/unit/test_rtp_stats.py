@@ -63,3 +63,16 @@ def test_sdes_and_bye_are_skipped_and_garbage_rejected() -> None:
         parse_compound(data[:-2])
     with pytest.raises(RtpError):
         parse_compound(bytes([0x80, 200, 0, 1, 0, 0, 0, 1]))  # an SR too short for its sender info
+
+
+def test_jitter_is_the_same_across_a_timestamp_wrap() -> None:
+    # Arrivals 0 / +3 ms off schedule, once far from the wrap and once straddling it: the wrap's 2**32
+    # jump in transit time must be folded away, leaving the same J.
+    def jitter_from(first_ts: int) -> float:
+        st = ReceiveStats()
+        for i in range(300):
+            st.update(i, (first_ts + 160 * i) & 0xFFFFFFFF, 50.0 + 0.02 * i + (0.003 if i % 3 == 0 else 0.0))
+        return st.jitter
+
+    assert jitter_from(2**32 - 150 * 160) == pytest.approx(jitter_from(1000), abs=1e-6)
+    assert jitter_from(1000) == pytest.approx(16.0, rel=0.05)
