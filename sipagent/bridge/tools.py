@@ -87,8 +87,12 @@ async def run_webhook(tool: ToolConfig, arguments: dict[str, Any], call_id: str)
     try:
         return await asyncio.wait_for(asyncio.to_thread(_http_call, tool, arguments, call_id), tool.timeout_s)
     except TimeoutError:
-        log.warning("tool %s timed out after %.1f s", tool.name, tool.timeout_s)
-        return ToolResult(False, {"error": f"the {tool.name} service did not answer in time"})
+        return _timed_out(tool)
+
+
+def _timed_out(tool: ToolConfig) -> ToolResult:
+    log.warning("tool %s timed out after %.1f s", tool.name, tool.timeout_s)
+    return ToolResult(False, {"error": f"the {tool.name} service did not answer in time"})
 
 
 def _http_call(tool: ToolConfig, arguments: dict[str, Any], call_id: str) -> ToolResult:
@@ -112,6 +116,10 @@ def _http_call(tool: ToolConfig, arguments: dict[str, Any], call_id: str) -> Too
     except urllib.error.HTTPError as exc:
         return ToolResult(False, {"error": f"the {tool.name} service answered HTTP {exc.code}"})
     except (urllib.error.URLError, OSError) as exc:
+        # The socket's own timeout (the same timeout_s) can fire before wait_for's on a busy host: a slow
+        # service, not an unreachable one, whichever timer wins.
+        if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+            return _timed_out(tool)
         reason = getattr(exc, "reason", exc)
         return ToolResult(False, {"error": f"the {tool.name} service is unreachable ({reason})"})
     try:
