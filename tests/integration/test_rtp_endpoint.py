@@ -6,7 +6,8 @@ import asyncio
 import itertools
 import random
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -80,6 +81,23 @@ async def until(cond: Callable[[], bool], limit: float = 3.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not reached")
+
+
+@asynccontextmanager
+async def eager_endpoint(jitter_ms: int) -> AsyncIterator[tuple[MediaClock, Peer, RtpEndpoint, list[bytes]]]:
+    """An eager endpoint (the agent's: frames go on as they arrive) on a clock not yet started, a peer
+    latched as its remote, and the list of frames it handed on."""
+    clock, peer = MediaClock(), Peer()
+    got: list[bytes] = []
+    ep = RtpEndpoint(clock, allocator(), bind_host=HOST, jitter_ms=jitter_ms, silence=SIL, eager=True,
+                     on_frame=got.append)
+    ep.set_remote(HOST, peer.port, 0)
+    try:
+        yield clock, peer, ep, got
+    finally:
+        clock.stop()
+        ep.close()
+        peer.close()
 
 
 def test_port_allocator_never_leaks() -> None:
@@ -309,13 +327,8 @@ def test_wire_sequence_timestamp_and_marker() -> None:
 
 def test_eager_endpoint_delivers_on_arrival_and_conceals_only_overdue_frames() -> None:
     async def main() -> None:
-        clock = MediaClock()  # not started yet: whatever reaches on_frame now came on arrival, not on a tick
-        peer = Peer()
-        got: list[bytes] = []
-        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, jitter_ms=60, silence=SIL, eager=True,
-                         on_frame=got.append)
-        ep.set_remote(HOST, peer.port, 0)
-        try:
+        # The clock is not started yet: whatever reaches on_frame now came on arrival, not on a tick.
+        async with eager_endpoint(jitter_ms=60) as (clock, peer, ep, got):
             peer.send(ep.local_port, b"\x01" * 160)
             await until(lambda: len(got) == 1)  # no pre-buffer, no tick needed
             # A reordered pair: the later frame waits for the earlier one, then both go at once.
@@ -337,10 +350,6 @@ def test_eager_endpoint_delivers_on_arrival_and_conceals_only_overdue_frames() -
             # Media resumes a little ahead of where concealment has got to: it is played when its time comes.
             peer.send(ep.local_port, b"\x04" * 160, ts=first_ts + 160 * (2 + len(concealed) + 20))
             await until(lambda: got[-1] == b"\x04" * 160)
-        finally:
-            clock.stop()
-            ep.close()
-            peer.sock.close()
 
     asyncio.run(main())
 
@@ -349,13 +358,8 @@ def test_eager_endpoint_in_order_reordered_duplicate_wrapped_and_new_source_fram
     # The eager receive path plays a packet due next at once and sends everything else through the jitter
     # buffer: the order, the duplicates and the statistics must not depend on which way a packet went.
     async def main() -> None:
-        clock = MediaClock()  # not started: every frame here comes on arrival
-        peer = Peer()
-        got: list[bytes] = []
-        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, jitter_ms=60, silence=SIL, eager=True,
-                         on_frame=got.append)
-        ep.set_remote(HOST, peer.port, 0)
-        try:
+        # The clock is not started: every frame here comes on arrival.
+        async with eager_endpoint(jitter_ms=60) as (_, peer, ep, got):
             peer.seq, first = 65533, 2**32 - 2 * 160  # both the sequence number and the timestamp wrap
             for i in range(4):
                 peer.send(ep.local_port, bytes([i]) * 160, ts=(first + 160 * i) & 0xFFFFFFFF)
@@ -374,9 +378,6 @@ def test_eager_endpoint_in_order_reordered_duplicate_wrapped_and_new_source_fram
             assert (stats.duplicates, stats.late, stats.concealed) == (1, 0, 0)
             assert stats.packets_received == 2 and stats.lost == 0  # counted afresh for the new source
             assert ep.jitter.stats.played == 9 and ep.jitter.stats.resyncs == 1
-        finally:
-            ep.close()
-            peer.close()
 
     asyncio.run(main())
 
@@ -408,13 +409,8 @@ def test_on_sent_hears_every_frame_that_goes_on_the_wire() -> None:
 
 def test_eager_endpoint_conceals_nothing_while_frames_keep_arriving_in_order() -> None:
     async def main() -> None:
-        clock = MediaClock()  # ticks are driven by hand, one per packet as a steady sender makes them
-        peer = Peer()
-        got: list[bytes] = []
-        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, jitter_ms=40, silence=SIL, eager=True,
-                         on_frame=got.append)
-        ep.set_remote(HOST, peer.port, 0)
-        try:
+        # The clock is not started: ticks are driven by hand, one per packet as a steady sender makes them.
+        async with eager_endpoint(jitter_ms=40) as (_, peer, ep, got):
             for i in range(12):
                 peer.send(ep.local_port, bytes([i + 1]) * 160)
                 await until(lambda: len(got) == i + 1)  # noqa: B023 (awaited in this iteration)
@@ -423,8 +419,5 @@ def test_eager_endpoint_conceals_nothing_while_frames_keep_arriving_in_order() -
             assert [f[0] for f in got] == list(range(1, 13)) and ep.stats().concealed == 0
             ep.on_tick(1)  # now the next frame is 3 ticks overdue: concealed (the last frame once more)
             assert got[-1] == bytes([12]) * 160 and ep.stats().concealed == 1
-        finally:
-            ep.close()
-            peer.close()
 
     asyncio.run(main())
