@@ -34,6 +34,7 @@ from sipagent.realtime.providers import Endpoint, endpoint_for
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.jitter import JitterBuffer
 from sipagent.rtp.ports import PortAllocator
+from sipagent.sip.admission import BudgetLimits
 from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class Agent:
         self._local_server, self._endpoint = await realtime_endpoint(self.config)
         self.clock.start()
         settings = ua_settings(self.config)
-        self.ua = UserAgent(settings, self._on_call, on_refused=self._on_refused)
+        self.ua = UserAgent(settings, self._on_call, on_refused=self._on_refused, on_shed=self.metrics.sip_shed)
         await self.ua.start()
         self._monitor = asyncio.ensure_future(self._watch())
 
@@ -120,6 +121,7 @@ class Agent:
                     if last_state in ("registered", "refreshing") and state not in ("registered", "refreshing"):
                         self.metrics.registration_failed(state)
                 last_state = state
+            self.metrics.set_sip_transactions(self.ua.server_transactions)
             late = self.clock.late_ticks + self.clock.skipped_ticks
             if late > self._late_ticks_seen:
                 self.metrics.add_late_ticks(late - self._late_ticks_seen)
@@ -241,6 +243,7 @@ class Agent:
             rtp = endpoint.stats()
             self.metrics.add_rtp(sent=rtp.packets_sent, received=rtp.packets_received, lost=max(0, rtp.lost))
             self.metrics.observe_jitter(rtp.jitter_ms / 1000)
+            self.metrics.add_rtp_foreign(rtp.foreign_packets)
             if self.on_call_end:
                 self.on_call_end(call.call_id, outcome)
         finally:
@@ -252,7 +255,8 @@ class Agent:
         return self.ua.local_address[0]
 
     def _on_refused(self, status: int) -> None:
-        self._count({403: "rejected-forbidden", 486: "rejected-busy", 488: "rejected-codec"}.get(status, "error"))
+        self._count({403: "rejected-forbidden", 404: "rejected-not-ours", 486: "rejected-busy",
+                     488: "rejected-codec"}.get(status, "error"))
 
     def _count(self, outcome: str) -> None:
         """A call that never became active."""
@@ -287,7 +291,8 @@ def session_settings(config: Config) -> ev.SessionSettings:
     rt = config.realtime
     return ev.SessionSettings(
         instructions=rt.instructions, voice=rt.voice, turn_detection=rt.turn_detection or None,
-        transcription_model=rt.transcription_model or None, tools=tool_definitions(config.agent.tools),
+        transcription_model=rt.transcription_model or None, tools=tool_definitions(
+            config.agent.tools, list(config.agent.transfer_targets), bool(config.agent.transfer_target)),
         audio_format=rt.audio_format,
     )
 
@@ -315,6 +320,9 @@ def ua_settings(config: Config) -> UaSettings:
         password=sip.password, domain=sip.effective_domain, listen_host=listen.host, listen_port=listen.port,
         public_host=sip.public_address or None, expires=sip.expires, max_calls=sip.max_calls,
         trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
+        aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller,
+        limits=BudgetLimits(transactions=sip.limits.transactions,
+                            transactions_per_source=sip.limits.transactions_per_source),
     )
 
 

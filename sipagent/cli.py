@@ -74,8 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(path: str, connect: bool) -> int:
+    from sipagent.doctor import describe_trust
+
     config = load_config(path)
     print(config.summary())
+    trust, problems = describe_trust(config)
+    print(trust)
+    for problem in problems:
+        print(f"sipagent: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_FAILURE
     if connect:
         from sipagent.doctor import run_doctor
 

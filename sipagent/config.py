@@ -20,7 +20,9 @@ from typing import Any, Literal, Union
 import yaml
 
 from sipagent.bridge.settings import BUILTIN_TOOLS, AgentConfig, BargeInConfig, RecordingConfig, ToolConfig
-from sipagent.errors import ConfigError
+from sipagent.errors import ConfigError, SipParseError
+from sipagent.sip.admission import parse_network
+from sipagent.sip.uri import parse_target_uri
 
 __all__ = ["AgentConfig", "Config", "ConfigError", "RecordingConfig", "ToolConfig", "load_config"]
 
@@ -38,6 +40,19 @@ class HostPort:
 
 
 @dataclass
+class SipLimitsConfig:
+    """What one source, or all of them together, may make the agent hold (see docs/security.md)."""
+
+    max_message_bytes: int = 32768
+    transactions: int = 2048
+    transactions_per_source: int = 512
+    tcp_connections: int = 256
+    tcp_connections_per_source: int = 16
+    tcp_idle_s: float = 300.0
+    tcp_message_s: float = 10.0
+
+
+@dataclass
 class SipConfig:
     registrar: str = ""
     transport: Literal["udp", "tcp", "tls"] = "udp"
@@ -49,7 +64,10 @@ class SipConfig:
     expires: int = 300
     max_calls: int = 20
     trusted_hosts: list[str] = field(default_factory=list)
+    allow_any_caller: bool = False
+    aliases: list[str] = field(default_factory=list)
     user_agent: str = "sipagent"
+    limits: SipLimitsConfig = field(default_factory=SipLimitsConfig)
 
     @property
     def direct_mode(self) -> bool:
@@ -76,6 +94,7 @@ class MediaConfig:
     rtp_ports: str = "40000-40999"
     codecs: list[str] = field(default_factory=lambda: ["G722", "PCMU", "PCMA"])
     jitter_ms: int = 60
+    symmetric_rtp: bool = True
 
     @property
     def rtp_port_range(self) -> tuple[int, int]:
@@ -148,9 +167,16 @@ class Config:
             f"realtime:  {rt.provider} ({rt.dialect}, {rt.model}) via {backend}, audio {rt.audio_format}, "
             f"api key {'set' if rt.api_key else 'not set'}",
             f"agent:     {len(self.agent.tools)} tools, barge-in {self.agent.barge_in.mode}, "
-            f"transfer to {self.agent.transfer_target or '(none)'}",
+            f"transfer to {self._transfers()}",
         ]
         return "\n".join(lines)
+
+
+    def _transfers(self) -> str:
+        agent = self.agent
+        named = [f"{name} = {uri}" for name, uri in agent.transfer_targets.items()]
+        default = [f"{agent.transfer_target} (default)"] if agent.transfer_target else []
+        return "; ".join(default + named) or "(none)"
 
 
 def parse_host_port(text: str, default_port: int) -> HostPort:
@@ -412,6 +438,15 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         raise fail("sip.expires", f"expected at least 60 seconds, got {sip.expires}")
     if sip.max_calls < 1:
         raise fail("sip.max_calls", f"expected at least 1, got {sip.max_calls}")
+    for i, host in enumerate(sip.trusted_hosts):
+        if not _HOST_OR_NETWORK.fullmatch(host.strip()) or (parse_network(host) is None and "/" in host):
+            raise fail(f"sip.trusted_hosts[{i}]", f'expected an address, a network (10.0.0.0/24) or a host name, '
+                                                  f'got "{host}"')
+    for i, alias in enumerate(sip.aliases):
+        if not _USER_PART.fullmatch(alias):
+            raise fail(f"sip.aliases[{i}]", f'expected a SIP user part such as "2001" or "+15551230000", got '
+                                            f'"{alias}"')
+    _check_limits(sip.limits, fail)
     match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", media.rtp_ports)
     if not match or not 1024 <= int(match.group(1)) < int(match.group(2)) <= 65535:
         raise fail("media.rtp_ports", f'expected a range like "40000-40999", got "{media.rtp_ports}"')
@@ -447,7 +482,65 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         config.agent.on_failure.target or config.agent.transfer_target
     ):
         raise fail("agent.on_failure.target", "required when on_failure.action is transfer")
+    _check_transfer_targets(config, fail)
     _check_barge_in(config.agent.barge_in, fail)
+
+
+_HOST_OR_NETWORK = re.compile(r"\[?[0-9A-Za-z.:\-]+\]?(/[0-9]{1,3})?")
+_USER_PART = re.compile(r"[0-9A-Za-z+*._\-]{1,64}")
+_TARGET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,39}")
+
+
+def _check_limits(limits: SipLimitsConfig, fail: Callable[[str, str], ConfigError]) -> None:
+    key = "sip.limits."
+    for name, low in (("max_message_bytes", 1500), ("transactions", 16), ("transactions_per_source", 4),
+                      ("tcp_connections", 1), ("tcp_connections_per_source", 1)):
+        value = getattr(limits, name)
+        if value < low:
+            raise fail(key + name, f"expected at least {low}, got {value}")
+    if limits.max_message_bytes > 65535:
+        raise fail(key + "max_message_bytes", f"expected at most 65535, got {limits.max_message_bytes}")
+    for name in ("tcp_idle_s", "tcp_message_s"):
+        if not getattr(limits, name) > 0:
+            raise fail(key + name, f"expected a number of seconds above 0, got {getattr(limits, name)}")
+
+
+def transfer_uri(target: str, domain: str) -> str:
+    """A configured transfer target as a SIP URI: a bare extension ("600") means ``sip:600@domain``.
+    Raises ValueError with what is wrong."""
+    target = target.strip()
+    if _USER_PART.fullmatch(target):
+        host = f"[{domain}]" if ":" in domain else domain
+        target = f"sip:{target}@{host}"
+    try:
+        return str(parse_target_uri(target))
+    except SipParseError as exc:
+        raise ValueError(f'expected an extension ("600") or a sip: URI ("sip:600@pbx.example.com"), got '
+                         f'"{target}" ({exc.reason})') from None
+
+
+def _check_transfer_targets(config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+    """Every place a caller can be sent is written here, as a URI: the model only ever names one."""
+    agent, domain = config.agent, config.sip.effective_domain
+    targets: dict[str, str] = {}
+    for raw_name, value in agent.transfer_targets.items():
+        name = str(raw_name)  # YAML may type a key or a value: "600" and 600 are the same extension
+        if not _TARGET_NAME.fullmatch(name):
+            raise fail(f"agent.transfer_targets.{name}",
+                       "expected a name of letters, digits, _ or - starting with a letter (the model sees it)")
+        try:
+            targets[name] = transfer_uri(str(value), domain)
+        except ValueError as exc:
+            raise fail(f"agent.transfer_targets.{name}", str(exc)) from None
+    agent.transfer_targets = targets
+    for dotted, owner, attr in (("agent.transfer_target", agent, "transfer_target"),
+                                ("agent.on_failure.target", agent.on_failure, "target")):
+        value = getattr(owner, attr)
+        if value:
+            try:
+                setattr(owner, attr, transfer_uri(value, domain))
+            except ValueError as exc:
+                raise fail(dotted, str(exc)) from None
 
 
 def _check_barge_in(barge: BargeInConfig, fail: Callable[[str, str], ConfigError]) -> None:

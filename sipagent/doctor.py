@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 
 from sipagent.agent import realtime_endpoint, session_settings, ua_settings
 from sipagent.config import Config
-from sipagent.errors import RealtimeError, SipagentError
+from sipagent.errors import ConfigError, RealtimeError, SipagentError
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
 from sipagent.rtp.ports import PortAllocator
+from sipagent.sip.admission import parse_network
 from sipagent.sip.ua import UserAgent
 
 Step = Callable[[Config], Awaitable[str]]
@@ -24,6 +26,43 @@ Step = Callable[[Config], Awaitable[str]]
 
 class StepFailed(SipagentError):
     pass
+
+
+def describe_trust(config: Config) -> tuple[str, list[ConfigError]]:
+    """Who may send the agent calls, with each name resolved now (as ``sipagent run`` will at start), and
+    an error for each name that does not resolve: the agent refuses calls from it (it fails closed)."""
+    sip = config.sip
+    problems: list[ConfigError] = []
+    sources: list[str] = []
+
+    def resolve(key: str, host: str) -> None:
+        if parse_network(host) is not None:
+            sources.append(host)
+            return
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            problems.append(ConfigError(f'"{host}" does not resolve ({exc}): calls from it will be refused',
+                                        path=config.source, key=key))
+            sources.append(f"{host} (does not resolve)")
+            return
+        addresses = ", ".join(dict.fromkeys(str(info[4][0]) for info in infos))
+        sources.append(f"{host} ({addresses})")
+
+    registrar = sip.registrar_address
+    if registrar is not None:
+        resolve("sip.registrar", registrar.host)
+    for i, host in enumerate(sip.trusted_hosts):
+        resolve(f"sip.trusted_hosts[{i}]", host)
+    if sip.allow_any_caller:
+        who = "any address (sip.allow_any_caller: true)"
+    elif registrar is None and not sip.trusted_hosts:
+        who = "loopback only (direct mode without sip.trusted_hosts)"
+    else:
+        who = ", ".join(sources)
+    users = [sip.username, *sip.aliases] if sip.username else list(sip.aliases)
+    called = f"for {', '.join(users)}" if users else "for any user part"
+    return f"trust:     calls from {who}, {called}", problems
 
 
 def run_doctor(config: Config, out: Callable[[str], None] = print) -> bool:

@@ -36,6 +36,11 @@ class SipParseError(SipagentError):
         super().__init__(reason)
 
 
+class SipBuildError(SipagentError):
+    """A SIP message or SDP body was not built because a value in it would change its framing: CR, LF or
+    NUL in a header value, a start line or an SDP line (header injection). Nothing is sent."""
+
+
 class SdpError(SipagentError):
     """An SDP body could not be parsed or negotiated."""
 

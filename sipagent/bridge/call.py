@@ -592,12 +592,14 @@ class CallBridge:
             return
         self._record("tool_call", name=name, arguments=args)
         if name in ("end_call", "transfer_call"):
-            if name == "transfer_call" and not (args.get("target") or self.agent.transfer_target):
-                result = ToolResult(False, {"error": "no transfer target is configured"})
-                await self._tool_output(call_id, name, args, result)
-                return
+            action_args = {**args, "_call_id": call_id}
+            if name == "transfer_call":
+                error = self._transfer_error(args.get("target"))
+                if error is not None:
+                    await self._tool_output(call_id, name, args, ToolResult(False, {"error": error}))
+                    return
             # Built-ins act once the agent has finished what it is saying.
-            self._pending_action = (name, {**args, "_call_id": call_id})
+            self._pending_action = (name, action_args)
             if not self.conversation.response_active:
                 self._spawn(self._after_response())
             return
@@ -624,17 +626,36 @@ class CallBridge:
         if respond:
             await self._send(ev.response_create())
 
+    def _transfer_error(self, name: object) -> str | None:
+        """Why the model's transfer target cannot be used (it may only name a configured one), or None."""
+        if name is not None and not isinstance(name, str):
+            return "target must be the name of a team, as a string"
+        if self.agent.transfer_uri(name) is not None:
+            return None
+        names = ", ".join(self.agent.transfer_targets)
+        if not name:
+            return f"say which team to transfer to: {names}" if names else "no transfer target is configured"
+        return (f"there is no team called {name[:40]!r}; the caller can be transferred to: {names}" if names
+                else "no transfer target is configured")
+
     async def _transfer(self, args: dict[str, Any]) -> None:
-        target = str(args.get("target") or self.agent.transfer_target)
+        name = args.get("target")
+        uri = self.agent.transfer_uri(name if isinstance(name, str) else None)
+        label = name if isinstance(name, str) and name else "default"
+        tool_args = {key: value for key, value in args.items() if not key.startswith("_")}
+        if uri is None:  # the configuration was reloaded since the model asked
+            await self._tool_output(str(args.get("_call_id", "")), "transfer_call", tool_args,
+                                    ToolResult(False, {"error": self._transfer_error(name)}))
+            return
         self._set_state("transferring")
-        self._record("event", event="transfer", target=target)
-        ok = await self.call.transfer(target)
+        self._record("event", event="transfer", target=label, uri=uri)
+        ok = await self.call.transfer(uri)
         if ok:
             self._finish("transferred")
             return
         self._set_state("live")
-        await self._tool_output(str(args.get("_call_id", "")), "transfer_call", args,
-                                ToolResult(False, {"error": f"the transfer to {target} failed"}))
+        await self._tool_output(str(args.get("_call_id", "")), "transfer_call", tool_args,
+                                ToolResult(False, {"error": f"the transfer to {label} failed"}))
 
     def on_dtmf(self, digit: str, duration_ms: int) -> None:
         self._last_activity = time.monotonic()

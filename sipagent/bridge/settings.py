@@ -49,12 +49,21 @@ class AgentConfig:
     greeting: str = ""
     barge_in: BargeInConfig = field(default_factory=BargeInConfig)
     tools: list[ToolConfig] = field(default_factory=list)
+    # Where transfer_call may send a caller: the model names one of ``transfer_targets`` (it is offered
+    # those names and nothing else) or none, which means ``transfer_target``. Never a number of its own.
     transfer_target: str = ""
+    transfer_targets: dict[str, str] = field(default_factory=dict)
     idle_timeout_s: float = 20.0
     idle_prompt: str = "Are you still there?"
     goodbye: str = "Thank you for calling. Goodbye."
     shutdown_grace_s: float = 30.0
     on_failure: FailureConfig = field(default_factory=FailureConfig)
+
+    def transfer_uri(self, name: str | None) -> str | None:
+        """The URI the model's transfer ``name`` stands for (no name: the default desk); None if unknown."""
+        if not name:
+            return self.transfer_target or None
+        return self.transfer_targets.get(name)
 
 
 @dataclass

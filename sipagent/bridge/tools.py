@@ -26,13 +26,7 @@ BUILTIN_SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
     "transfer_call": (
         "Transfer the caller to a human colleague. Tell the caller first; the transfer starts once you "
         "finish speaking.",
-        {
-            "type": "object",
-            "properties": {
-                "target": {"type": "string", "description": "Extension or SIP URI; omit for the default desk"},
-                "reason": {"type": "string"},
-            },
-        },
+        {"type": "object", "properties": {"reason": {"type": "string"}}},
     ),
 }
 
@@ -54,18 +48,40 @@ class ToolResult:
         return json.dumps(self.output, ensure_ascii=False)
 
 
-def tool_definitions(tools: list[ToolConfig]) -> list[dict[str, Any]]:
-    """The ``tools`` list for session.update."""
+def tool_definitions(tools: list[ToolConfig], transfer_names: list[str] | None = None,
+                     default_transfer: bool = False) -> list[dict[str, Any]]:
+    """The ``tools`` list for session.update.
+
+    ``transfer_call`` offers the configured target names as an enum and nothing else: the caller's words
+    reach the model, so a free-form number there would let a caller talk the agent into dialling anywhere.
+    """
     out = []
     for tool in tools:
         description, parameters = tool.description, tool.parameters
-        if tool.name in BUILTIN_SCHEMAS:
+        if tool.name == "transfer_call":
+            description = description or BUILTIN_SCHEMAS[tool.name][0]
+            parameters = transfer_parameters(transfer_names or [], default_transfer)
+        elif tool.name in BUILTIN_SCHEMAS:
             default_description, default_parameters = BUILTIN_SCHEMAS[tool.name]
             description = description or default_description
             if not parameters.get("properties"):
                 parameters = default_parameters
         out.append({"type": "function", "name": tool.name, "description": description, "parameters": parameters})
     return out
+
+
+def transfer_parameters(names: list[str], has_default: bool) -> dict[str, Any]:
+    """transfer_call's parameters: ``target`` is one of ``names`` (optional when there is a default desk)."""
+    properties: dict[str, Any] = {"reason": {"type": "string"}}
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if names:
+        properties["target"] = {
+            "type": "string", "enum": list(names),
+            "description": "Which team to transfer to" + ("; omit for the default desk" if has_default else ""),
+        }
+        if not has_default:
+            schema["required"] = ["target"]
+    return schema
 
 
 def parse_arguments(raw: str) -> dict[str, Any]:

@@ -25,7 +25,8 @@ PREFIX: Final = "sipagent_"
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
 CallOutcome = Literal[
-    "answered", "rejected-busy", "rejected-forbidden", "rejected-codec", "cancelled", "remote-hangup",
+    "answered", "rejected-busy", "rejected-forbidden", "rejected-not-ours", "rejected-codec", "cancelled",
+    "remote-hangup",
     "agent-hangup", "transferred", "failover-hangup", "failover-transferred", "error",
 ]
 CALL_OUTCOMES: Final[tuple[str, ...]] = get_args(CallOutcome)
@@ -36,6 +37,13 @@ PauseOutcome = Literal["barge-in", "resumed"]  # confirmed as speech, or a false
 # failed/backing-off). Others are accepted too: they get their own series the first time they appear.
 REGISTRATION_STATES: Final = (
     "unregistered", "registering", "registered", "refreshing", "backing-off", "failed",
+)
+
+# Why a SIP request or connection was dropped without state (docs/security.md): a source not trusted, a
+# limit of the UA's server transactions, or one of the transport's limits.
+SHED_REASONS: Final = (
+    "untrusted", "transactions", "transactions-per-source", "transaction-bytes", "too-large",
+    "tcp-connections", "tcp-connections-per-source", "tcp-idle", "tcp-slow-message", "unframeable",
 )
 
 # Turn and barge-in latency: 10 ms … 5 s, denser where a phone conversation feels the difference.
@@ -90,6 +98,13 @@ class Metrics:
                                    registry=r)
         self._tokens = Counter(p + "tokens", "Realtime tokens used", ["kind"], registry=r)
         self._loop_lag = Gauge(p + "event_loop_lag_seconds", "Last measured event loop lag", registry=r)
+        self._sip_shed = Counter(p + "sip_shed", "SIP requests and connections dropped without state, by reason",
+                                 ["reason"], registry=r)
+        self._sip_transactions = Gauge(p + "sip_server_transactions", "SIP server transactions held",
+                                       registry=r)
+        self._rtp_foreign = Counter(p + "rtp_foreign_packets",
+                                    "RTP packets dropped because they came from a source other than the call's",
+                                    registry=r)
 
         self._states: set[str] = set()
         self._active = 0
@@ -102,6 +117,8 @@ class Metrics:
             self._tokens.labels(kind=kind)
         for pause_outcome in get_args(PauseOutcome):
             self._barge_in_pauses.labels(outcome=pause_outcome)
+        for reason in SHED_REASONS:
+            self._sip_shed.labels(reason=reason)
 
     # -- registration -------------------------------------------------------------------------------
     def _state_child(self, state: str) -> None:
@@ -192,6 +209,16 @@ class Metrics:
             self._tokens.labels(kind="output").inc(output_tokens)
 
     # -- process ------------------------------------------------------------------------------------
+    def sip_shed(self, reason: str) -> None:
+        self._sip_shed.labels(reason=_label(reason)).inc()
+
+    def set_sip_transactions(self, count: int) -> None:
+        self._sip_transactions.set(count)
+
+    def add_rtp_foreign(self, count: int) -> None:
+        if count > 0:
+            self._rtp_foreign.inc(count)
+
     def set_loop_lag(self, seconds: float) -> None:
         self._loop_lag.set(max(0.0, seconds))
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from sipagent.errors import SdpError
+from sipagent.errors import SdpError, SipBuildError
 
 _LINE_RE = re.compile(r"([a-z])=(.*)")
 _RTPMAP_RE = re.compile(r"([0-9]{1,3})\s+([^/\s]+)/([0-9]{1,9})(?:/([0-9]{1,3}))?\s*")
 _NUM = re.compile(r"[0-9]{1,20}")
+_UNSAFE = re.compile(r"[\r\n\x00]")  # would split or end an SDP line: never written
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 
@@ -151,6 +152,8 @@ class SessionDescription(_Lines):
         for media in self.media:
             out.append("m=" + media.m_line())
             out.extend(f"{k}={v}" for k, v in media.lines)
+        if _UNSAFE.search("".join(out)) is not None:
+            raise SipBuildError("refusing to send an SDP body with CR, LF or NUL inside a line")
         return ("\r\n".join(out) + "\r\n").encode("utf-8")
 
     def value(self, kind: str) -> str | None:

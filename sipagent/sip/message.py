@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sipagent.errors import SipParseError
+from sipagent.errors import SipBuildError, SipParseError
 from sipagent.sip._text import is_token, split_list
 from sipagent.sip.headers import CSeq, Via, new_tag
 from sipagent.sip.uri import NameAddr, SipUri
@@ -52,6 +52,11 @@ _STATUS_RE = re.compile(r"SIP/([0-9]+\.[0-9]+) ([0-9]{3}) ?(.*)", re.IGNORECASE)
 _VERSION_RE = re.compile(r"SIP/([0-9]+\.[0-9]+)", re.IGNORECASE)
 VERSION_NOT_SUPPORTED = "Version Not Supported"
 _DIGITS = re.compile(r"[0-9]+")
+# What may never reach the wire inside a start line or a header value: it would end the line (CR, LF) or
+# the string in many parsers (NUL). Values built from outside input (tool arguments, URIs, the peer's own
+# headers) are all checked here, once, where the message is serialised.
+_UNSAFE = re.compile(r"[\r\n\x00]")
+_STRAY_CONTROL = re.compile(r"\r(?!\n)|\x00")
 
 
 def canonical_name(name: str) -> str:
@@ -107,6 +112,16 @@ class Headers:
         """Prepend a value (a new topmost Via, for instance)."""
         self._items.insert(0, (canonical_name(name), value))
 
+    def replace_top(self, name: str, value: str) -> None:
+        """Replace the first element of a list header (the topmost Via), keeping the elements after it."""
+        key = canonical_name(name).lower()
+        for index, (n, v) in enumerate(self._items):
+            if n.lower() == key:
+                rest = split_list(v)[1:]
+                self._items[index] = (n, ", ".join([value, *rest]))
+                return
+        raise KeyError(name)
+
     def remove(self, name: str) -> None:
         key = canonical_name(name).lower()
         self._items = [(n, v) for n, v in self._items if n.lower() != key]
@@ -135,9 +150,15 @@ class _MessageMixin:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        """Serialize; Content-Length is always set to the body length."""
+        """Serialize; Content-Length is always set to the body length.
+
+        Raises SipBuildError when a start line or header value holds CR, LF or NUL (header injection).
+        """
         self.headers.set("Content-Length", str(len(self.body)))
         lines = [self._start_line()] + [f"{n}: {v}" for n, v in self.headers]
+        if _UNSAFE.search("".join(lines)) is not None:
+            bad = next(line for line in lines if _UNSAFE.search(line))
+            raise SipBuildError(f"refusing to send a SIP message with CR, LF or NUL in {bad.split(':')[0][:40]!r}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
 
     @property
@@ -192,6 +213,21 @@ class SipResponse(_MessageMixin):
 SipMessage = SipRequest | SipResponse
 
 
+def stamp_source(request: SipRequest, host: str, port: int) -> None:
+    """Record where a request really came from in its top Via (RFC 3261 18.2.1, RFC 3581): ``received``
+    when the sent-by host is not the source address, ``rport`` filled in when the client asked for it.
+    Every response copies this Via, so the client (and a trace) sees the address we answered."""
+    vias = request.headers.get_all("Via")
+    if not vias:
+        return
+    via = Via.parse(vias[0])
+    if via.host.strip("[]") != host:
+        via.params["received"] = host
+    if "rport" in via.params:
+        via.params["rport"] = str(port)
+    request.headers.replace_top("Via", str(via))
+
+
 def is_keepalive(data: bytes) -> bool:
     """CRLF keep-alives (RFC 5626) and other whitespace-only datagrams: silently ignored."""
     return not data.strip(b" \t\r\n")
@@ -211,6 +247,9 @@ def _split_head(data: bytes) -> tuple[list[str], bytes]:
         head = head_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise SipParseError("header is not valid UTF-8") from None
+    if _STRAY_CONTROL.search(head) is not None:
+        # A bare CR or a NUL inside a header would be copied into our responses (Via, From, To): refuse it.
+        raise SipParseError("control character in header")
     lines: list[str] = []
     for line in _LINE_SPLIT.split(head):
         if line[:1] in (" ", "\t") and lines:
@@ -389,10 +428,10 @@ def bad_request_for(data: bytes, reason: str, status: int | None = None) -> byte
                 value += f";tag={new_tag()}"
             headers.add(name, value)
     phrase = _SAFE_REASON.sub("", reason)[:100] or REASONS.get(status, "Bad Request")
-    out = SipResponse(status, phrase, headers).to_bytes()
     try:
+        out = SipResponse(status, phrase, headers).to_bytes()
         parse_message(out)  # the client must be able to match it: Via, CSeq, tags all well-formed
-    except SipParseError:
+    except (SipParseError, SipBuildError):
         return None
     return out
 

@@ -21,6 +21,10 @@ T1 = 0.5  # RTT estimate
 T2 = 4.0  # maximum retransmit interval for non-INVITE requests and INVITE responses
 T4 = 5.0  # maximum duration a message stays in the network
 TRYING_DELAY = 0.2  # a server INVITE transaction sends 100 Trying if the TU has not answered by then
+# A server transaction whose TU never sends a final response still ends (so a request the TU dropped can
+# never pin memory): a non-INVITE after 64*T1, as its client gives up then; an INVITE after a long ring.
+NON_INVITE_GUARD = 64 * T1
+INVITE_GUARD = 300.0
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class ResponseEvent:
 
 @dataclass(frozen=True)
 class TimeoutEvent:
-    timer: str  # "B", "F", "H", "2xx" or "transport"
+    timer: str  # "B", "F", "H", "2xx", "guard" (no final response from the TU) or "transport"
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,7 @@ class ServerTransaction(_Transaction):
         self._interval = T1
         if self.is_invite:
             self._timers.set("trying", now + TRYING_DELAY)
+        self._timers.set("guard", now + (INVITE_GUARD if self.is_invite else NON_INVITE_GUARD))
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -208,6 +213,8 @@ class ServerTransaction(_Transaction):
             return []
         self._timers.cancel("trying")
         self._last = response.to_bytes()
+        if response.status >= 200:
+            self._timers.cancel("guard")
         actions: list[Action] = [Send(self._last)]
         if response.status < 200:
             self.state = "proceeding"
@@ -245,6 +252,9 @@ class ServerTransaction(_Transaction):
         if name == "H":
             logger.info("no ACK for final response to INVITE (timer H)")
             return [TimeoutEvent("H"), *self._terminate()]
+        if name == "guard":
+            logger.info("%s got no final response from us in time: transaction dropped", self.request.method)
+            return [TimeoutEvent("guard"), *self._terminate()]
         return self._terminate()  # I or J
 
 

@@ -11,19 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sipagent.errors import SdpError, SipParseError
+from sipagent.errors import SdpError, SipBuildError, SipParseError
 from sipagent.sdp import LocalSession, NegotiatedMedia, SessionDescription, accept_answer, make_offer, negotiate
+from sipagent.sip.admission import (
+    LOOPBACK,
+    BudgetLimits,
+    IpNetwork,
+    LogThrottle,
+    SourcePolicy,
+    TransactionBudget,
+    normalise_ip,
+    parse_network,
+)
 from sipagent.sip.auth import DigestCredentials
 from sipagent.sip.dialog import Dialog
 from sipagent.sip.headers import new_tag
-from sipagent.sip.message import SipRequest, SipResponse, build_response
+from sipagent.sip.message import SipRequest, SipResponse, build_response, stamp_source
 from sipagent.sip.registration import Registration, RegistrationConfig
 from sipagent.sip.transaction import (
     Action,
@@ -39,6 +51,7 @@ from sipagent.sip.transaction import (
     server_key,
 )
 from sipagent.sip.transport import Peer, SipTransport, create_transport
+from sipagent.sip.uri import SipUri, parse_target_uri
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +72,9 @@ class UaSettings:
     """What the user agent needs from the ``sip:`` configuration section.
 
     ``registrar`` is "host[:port]" or None for direct mode; ``public_host`` is the address advertised
-    in Via/Contact when it differs from the bound one (NAT); ``trusted_hosts`` may send INVITEs besides
-    the registrar (direct mode with none: everyone may).
+    in Via/Contact when it differs from the bound one (NAT); ``trusted_hosts`` (addresses, CIDR networks
+    or names) may send requests besides the registrar; direct mode with none accepts loopback only, unless
+    ``allow_any_caller``. ``aliases`` are user parts that are ours besides ``username``.
     """
 
     registrar: str | None
@@ -76,6 +90,9 @@ class UaSettings:
     trusted_hosts: list[str]
     codecs: list[str]
     user_agent: str = "sipagent"
+    aliases: list[str] = field(default_factory=list)
+    allow_any_caller: bool = False
+    limits: BudgetLimits = field(default_factory=BudgetLimits)
 
 
 class SipTimeout(Exception):
@@ -272,9 +289,13 @@ class IncomingCall:
             raise RuntimeError(f"cannot transfer a call in state {self.state}")
         referred_by = f"<sip:{self._ua.settings.username}@{self._ua.domain}>"
         try:
+            refer_to = f"<{parse_target_uri(target)}>"
             response = await self._ua._send_in_dialog(
-                self, "REFER", extra=[("Refer-To", f"<{target}>"), ("Referred-By", referred_by)]
+                self, "REFER", extra=[("Refer-To", refer_to), ("Referred-By", referred_by)]
             )
+        except (SipParseError, SipBuildError) as exc:
+            logger.warning("call %s: transfer target %r refused: %s", self.call_id, target[:80], exc)
+            return False
         except SipTimeout as exc:
             logger.info("call %s: REFER got no answer: %s", self.call_id, exc)
             return False
@@ -376,6 +397,11 @@ class IncomingCall:
             self._notify.put_nowait(500)  # subscription over without a final status: treat as failed
 
 
+def _approximate_size(request: SipRequest) -> int:
+    """What a server transaction holds for this request: its header text and body, plus its response."""
+    return 2 * (sum(len(name) + len(value) + 4 for name, value in request.headers) + len(request.body)) + 256
+
+
 def _session_timer_headers(request: SipRequest) -> list[tuple[str, str]]:
     """RFC 4028: accept the caller's session interval and let it refresh (we answer refreshes)."""
     value = request.headers.get("Session-Expires")
@@ -393,11 +419,14 @@ class UserAgent:
     """
 
     def __init__(self, settings: UaSettings, on_call: Callable[[IncomingCall], Awaitable[None]],
-                 on_refused: Callable[[int], None] | None = None) -> None:
+                 on_refused: Callable[[int], None] | None = None,
+                 on_shed: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.on_call = on_call
-        # Told the status of every INVITE refused before a call object exists (403, 486, 420, 488).
+        # Told the status of every INVITE refused before a call object exists (403, 404, 486, 420, 488).
         self.on_refused = on_refused
+        # Told the reason of every request dropped without state: "untrusted", or a transaction limit.
+        self.on_shed = on_shed
         self.local_address: tuple[str, int] = (settings.listen_host, settings.listen_port)
         self.domain = settings.domain or (
             _split_hostport(settings.registrar, 5060)[0] if settings.registrar else settings.listen_host
@@ -405,7 +434,10 @@ class UserAgent:
         self._transport: SipTransport | None = None
         self._advertised: tuple[str, int] = self.local_address
         self._registrar: Peer | None = None
-        self._trusted: set[str] = set()
+        self.policy = SourcePolicy(())  # trusts nobody until start() has resolved who may call
+        self._budget = TransactionBudget(settings.limits)
+        self._throttle = LogThrottle()
+        self._tag_secret = os.urandom(16)  # keys the To tags of stateless responses
         self._calls: dict[str, IncomingCall] = {}
         self._server: dict[tuple[str, str, str], tuple[ServerTransaction, Peer]] = {}
         self._client: dict[tuple[str, str], tuple[ClientTransaction, Peer, EventHandler]] = {}
@@ -423,6 +455,11 @@ class UserAgent:
         return self.settings.transport.upper()
 
     @property
+    def server_transactions(self) -> int:
+        """Server transactions held now (bounded by ``settings.limits``)."""
+        return len(self._server)
+
+    @property
     def active_calls(self) -> int:
         return sum(1 for call in self._calls.values() if call.state != "ended")
 
@@ -433,17 +470,15 @@ class UserAgent:
                                            self._on_transport_error)
         await self._transport.start()
         self.local_address = self._transport.local_address
+        registrar_addresses: list[str] = []
         if s.registrar:
             host, port = _split_hostport(s.registrar, 5061 if self.transport_name == "TLS" else 5060)
-            self._registrar = Peer(self.transport_name, await self._resolve(host), port)
-        for host in s.trusted_hosts:
-            try:
-                self._trusted.add(await self._resolve(host))
-            except OSError as exc:
-                logger.warning("trusted host %s does not resolve: %s", host, exc)
+            registrar_addresses = await self._resolve_all(host)
+            self._registrar = Peer(self.transport_name, registrar_addresses[0], port)
+        self.policy = await self._source_policy(registrar_addresses)
         self._advertised = (self._advertised_host(), self.local_address[1])
-        logger.info("SIP %s listening on %s:%s, advertising %s:%s", self.transport_name, *self.local_address,
-                    *self._advertised)
+        logger.info("SIP %s listening on %s:%s, advertising %s:%s; requests accepted from %s",
+                    self.transport_name, *self.local_address, *self._advertised, self.policy.describe())
         if self._registrar is not None:
             self._registration = self._new_registration()
             self._register_task = asyncio.create_task(self._register_loop())
@@ -465,11 +500,35 @@ class UserAgent:
             return "127.0.0.1"
 
     async def _resolve(self, host: str) -> str:
+        return (await self._resolve_all(host))[0]
+
+    async def _resolve_all(self, host: str) -> list[str]:
+        """Every address of ``host`` (a name may have several, and the PBX may use any); OSError if none."""
         host = host.strip("[]")
         if _is_ip(host):
-            return host
+            return [host]
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
-        return str(infos[0][4][0])
+        return list(dict.fromkeys(normalise_ip(str(info[4][0])) for info in infos))
+
+    async def _source_policy(self, registrar_addresses: list[str]) -> SourcePolicy:
+        """Who may send us requests: the registrar's addresses and ``trusted_hosts`` (names resolved now;
+        one that does not resolve adds nothing: it fails closed); loopback only in direct mode without a
+        list; anyone with ``allow_any_caller``."""
+        s = self.settings
+        networks: list[IpNetwork] = [ipaddress.ip_network(address) for address in registrar_addresses]
+        for entry in s.trusted_hosts:
+            network = parse_network(entry)
+            if network is not None:
+                networks.append(network)
+                continue
+            try:
+                networks.extend(ipaddress.ip_network(address) for address in await self._resolve_all(entry))
+            except OSError as exc:
+                logger.error("trusted host %s does not resolve (%s): requests from it are refused", entry, exc)
+        if s.registrar is None and not s.trusted_hosts:
+            networks.extend(LOOPBACK)
+        users = [s.username, *s.aliases] if s.username else list(s.aliases)
+        return SourcePolicy(networks, any_source=s.allow_any_caller, users=users)
 
     async def wait_registered(self, timeout: float) -> bool:
         """Wait until the registrar accepted us; False after ``timeout`` seconds."""
@@ -523,13 +582,19 @@ class UserAgent:
 
     def _run(self, machine: _Machine, actions: list[Action], dest: Peer,
              on_event: EventHandler | None) -> None:
-        """Carry out a machine's actions, then arm a loop timer for its next deadline."""
-        for action in actions:
-            if isinstance(action, Send):
-                if self._transport is not None:
-                    self._transport.send(action.data, dest)
-            elif on_event is not None:
-                on_event(action)
+        """Carry out a machine's actions, then arm a loop timer for its next deadline (armed even when an
+        action fails, so that no machine is ever left without the timer that ends it)."""
+        try:
+            for action in actions:
+                if isinstance(action, Send):
+                    if self._transport is not None:
+                        self._transport.send(action.data, dest)
+                elif on_event is not None:
+                    on_event(action)
+        finally:
+            self._arm(machine, dest, on_event)
+
+    def _arm(self, machine: _Machine, dest: Peer, on_event: EventHandler | None) -> None:
         handle = self._timers.pop(id(machine), None)
         if handle is not None:
             handle.cancel()
@@ -640,19 +705,18 @@ class UserAgent:
             dest = Peer(self.transport_name, await self._resolve(host), port or 5060)
         return await self._send_request(request, dest)
 
-    def _response_peer(self, request: SipRequest, peer: Peer) -> Peer:
-        if peer.transport != "UDP":
-            return peer  # same connection (RFC 3261 18.2.2)
-        vias = request.vias
-        host, port = vias[0].response_address(peer.host, peer.port) if vias else (peer.host, peer.port)
-        return Peer("UDP", host, port)
+    @staticmethod
+    def _response_peer(request: SipRequest, peer: Peer) -> Peer:
+        """Where responses to ``request`` go: always the address it came from (and over TCP the same
+        connection). RFC 3261 18.2.2 would send to the Via's sent-by port when the client did not ask for
+        rport; a Via is written by the sender, though, and following it let one forged request make us send
+        a dozen responses to a third party. Every PBX and phone listens where it sends from (symmetric
+        signalling), and the Via we answer records the address we used (``received``/``rport``)."""
+        return peer
 
-    def _respond(self, request: SipRequest, status: int, *, reason: str | None = None,
-                 response: SipResponse | None = None, extra: list[tuple[str, str]] | None = None) -> None:
-        """Answer outside a dialog (or pass a dialog's ``response``) through the server transaction."""
-        if response is None:
-            to_tag = None if request.to_addr.tag or status == 100 else new_tag()
-            response = build_response(request, status, reason, to_tag=to_tag)
+    def _decorate(self, request: SipRequest, status: int, response: SipResponse,
+                  extra: list[tuple[str, str]] | None) -> None:
+        """The headers every response of ours carries for its method (Allow, Accept, Contact, Server)."""
         if request.method == "OPTIONS" and status < 300:
             response.headers.add("Contact", self._contact())
         if request.method in ("INVITE", "OPTIONS") or status == 405:
@@ -663,12 +727,46 @@ class UserAgent:
         response.headers.add("Server", self.settings.user_agent)
         for name, value in extra or []:
             response.headers.add(name, value)
+
+    def _respond(self, request: SipRequest, status: int, *, reason: str | None = None,
+                 response: SipResponse | None = None, extra: list[tuple[str, str]] | None = None) -> None:
+        """Answer through the request's server transaction (a dialog passes its own ``response``)."""
+        if response is None:
+            to_tag = None if request.to_addr.tag or status == 100 else new_tag()
+            response = build_response(request, status, reason, to_tag=to_tag)
+        self._decorate(request, status, response, extra)
         entry = self._server.get(server_key(request))
         if entry is None:
             logger.debug("no server transaction for %s %s", request.method, request.call_id)
             return
         tx, dest = entry
-        self._run(tx, tx.respond(response, self._now()), dest, self._server_events(tx))
+        try:
+            actions = tx.respond(response, self._now())
+        except SipBuildError as exc:  # a value that would break the message: nothing goes out
+            logger.error("%s %s: response %d not sent: %s", request.method, request.call_id, status, exc)
+            actions = tx.respond(build_response(request, 500, to_tag=response.to_addr.tag), self._now())
+        self._run(tx, actions, dest, self._server_events(tx))
+
+    def _respond_statelessly(self, request: SipRequest, peer: Peer, status: int, *, reason: str | None = None,
+                             extra: list[tuple[str, str]] | None = None) -> None:
+        """Answer without a transaction (RFC 3261 8.2.7): what is not part of a call (OPTIONS, a refused
+        INVITE, a request for no dialog) costs no memory, however many arrive. A retransmission gets the
+        same response again: its To tag is derived from the request, not drawn at random."""
+        if self._transport is None:
+            return
+        to_tag = None if request.to_addr.tag else self._stateless_tag(request)
+        response = build_response(request, status, reason, to_tag=to_tag)
+        self._decorate(request, status, response, extra)
+        try:
+            data = response.to_bytes()
+        except SipBuildError as exc:
+            logger.error("%s %s: response %d not sent: %s", request.method, request.call_id, status, exc)
+            return
+        self._transport.send(data, self._response_peer(request, peer))
+
+    def _stateless_tag(self, request: SipRequest) -> str:
+        key = f"{request.branch}|{request.call_id}|{request.from_addr.tag}".encode()
+        return hashlib.blake2b(key, key=self._tag_secret, digest_size=6).hexdigest()
 
     def _respond_in_dialog(self, call: IncomingCall, request: SipRequest, status: int, *,
                            reason: str | None = None, body: bytes = b"",
@@ -696,7 +794,8 @@ class UserAgent:
                 key = tx.key
                 if self._server.get(key, (None,))[0] is tx:
                     del self._server[key]
-            elif isinstance(event, TimeoutEvent):
+                    self._budget.release(key)
+            elif isinstance(event, TimeoutEvent) and event.timer == "H":
                 logger.info("%s from %s: no ACK for our final response", tx.request.method,
                             tx.request.from_addr.uri)
 
@@ -727,6 +826,12 @@ class UserAgent:
         self._run(tx, tx.receive(response, self._now()), dest, on_event)
 
     def _on_request(self, request: SipRequest, peer: Peer) -> None:
+        """Screen a request before it may cost state: a stranger's is refused; what is not part of a call
+        is answered statelessly; only an admitted INVITE or a request in a call's dialog gets a server
+        transaction, and those are bounded per source (``settings.limits``)."""
+        if not self.policy.trusts(peer.host):
+            self._refuse_stranger(request, peer)
+            return
         key = server_key(request)
         entry = self._server.get(key)
         if entry is not None:  # a retransmission, or the ACK of a non-2xx final response
@@ -742,33 +847,77 @@ class UserAgent:
             return  # INVITE retransmitted after our 2xx: the 2xx retransmitter answers it
         if self._transport is None:
             return
-        tx = ServerTransaction(request, self._transport.reliable, self._now())
-        self._server[key] = (tx, self._response_peer(request, peer))
+        stamp_source(request, peer.host, peer.port)
+        if request.method == "CANCEL":
+            self._on_cancel(request, peer)
+            return
         try:
-            self._dispatch(request, peer)
+            status, extra, offer = self._screen(request, call, peer)
         except SipParseError as exc:
             logger.info("bad %s from %s:%s: %s", request.method, peer.host, peer.port, exc.reason)
-            self._respond(request, 400, reason=exc.reason)
+            self._respond_statelessly(request, peer, 400, reason=exc.reason)
+            return
+        if status:
+            self._respond_statelessly(request, peer, status, extra=extra)
+            if request.method == "INVITE" and not request.to_addr.tag and self.on_refused is not None:
+                self.on_refused(status)
+            return
+        shed = self._budget.admit(key, peer.host, _approximate_size(request))
+        if shed is not None:
+            self._shed(shed, peer, request.method)
+            if request.method == "BYE" and call is not None and call.dialog.check_request(request) is None:
+                # Over the limit, a call can still be ended: a flood must not keep a dead call up.
+                self._respond_statelessly(request, peer, 200)
+                call._end("remote-bye")
+            return
+        tx = ServerTransaction(request, self._transport.reliable, self._now())
+        self._server[key] = (tx, self._response_peer(request, peer))
+        self._arm(tx, peer, self._server_events(tx))  # its guard timer runs from the start
+        if call is not None and request.to_addr.tag:
+            self._on_in_dialog(call, request)
+        else:
+            self._on_invite(request, peer, offer)
 
-    def _dispatch(self, request: SipRequest, peer: Peer) -> None:
+    def _screen(self, request: SipRequest, call: IncomingCall | None,
+                peer: Peer) -> tuple[int, list[tuple[str, str]] | None, SessionDescription | None]:
+        """The status to answer statelessly with (0: the request belongs to a call and needs a transaction),
+        extra headers for it, and a new INVITE's SDP offer (None for a late offer)."""
         method = request.method
-        if method == "CANCEL":
-            self._on_cancel(request)
-        elif method == "OPTIONS" and not request.to_addr.tag:
-            self._respond(request, 200)
-        elif request.to_addr.tag:
-            call = self._calls.get(request.call_id)
+        if request.to_addr.tag:
             if (call is None or not call.dialog.matches(request)
                     or (call.state == "ended" and method != "BYE")):
-                self._respond(request, 481)
-            else:
-                self._on_in_dialog(call, request)
-        elif method == "INVITE":
-            self._on_invite(request, peer)
-        elif method in ("BYE", "INFO", "NOTIFY", "REFER"):
-            self._respond(request, 481)
-        else:
-            self._respond(request, 405 if method in ("REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE") else 501)
+                return 481, None, None
+            return 0, None, None
+        if method == "OPTIONS":
+            return 200, None, None
+        if method in ("BYE", "INFO", "NOTIFY", "REFER", "UPDATE", "PRACK"):
+            return 481, None, None
+        if method != "INVITE":
+            return (405 if method in ("REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE") else 501), None, None
+        if call is not None:  # a second INVITE with a call's Call-ID and no To tag (RFC 3261 8.2.2.2)
+            return 482, None, None
+        return self._admit(request, peer)
+
+    def _refuse_stranger(self, request: SipRequest, peer: Peer) -> None:
+        """A request from an address that may not call us: an INVITE gets one stateless 403 (a misconfigured
+        PBX then sees why, and a spoofed source gets no more than it sent: no 100, no retransmissions);
+        anything else is dropped unanswered, so a scanner learns nothing."""
+        self._shed("untrusted", peer, request.method)
+        if request.method != "INVITE" or request.to_addr.tag:
+            return
+        stamp_source(request, peer.host, peer.port)
+        self._respond_statelessly(request, peer, 403)
+        if self.on_refused is not None:
+            self.on_refused(403)
+
+    def _shed(self, reason: str, peer: Peer, method: str) -> None:
+        """Count a request dropped without state; log it once a minute per source and reason."""
+        if self.on_shed is not None:
+            self.on_shed(reason)
+        if self._throttle.allow(reason, peer.host, self._now()):
+            what = "not trusted (sip.trusted_hosts)" if reason == "untrusted" else f"over the {reason} limit"
+            logger.warning("%s from %s:%s dropped: %s (logged once a minute per source)", method, peer.host,
+                           peer.port, what)
 
     def _on_2xx_ack(self, request: SipRequest) -> None:
         call = self._calls.get(request.call_id)
@@ -780,13 +929,14 @@ class UserAgent:
             if handle is not None:
                 handle.cancel()
 
-    def _on_cancel(self, request: SipRequest) -> None:
+    def _on_cancel(self, request: SipRequest, peer: Peer) -> None:
+        """CANCEL is answered statelessly; a CANCEL for a ringing call ends its INVITE with 487."""
         target = self._server.get(cancel_target_key(request))
         call = self._calls.get(request.call_id)
         if target is None or call is None:
-            self._respond(request, 481)
+            self._respond_statelessly(request, peer, 481)
             return
-        self._respond(request, 200)
+        self._respond_statelessly(request, peer, 200)
         if call.state == "ringing":
             self._respond_in_dialog(call, call._invite, 487)
             call._end("cancelled")
@@ -811,44 +961,34 @@ class UserAgent:
         else:
             self._respond(request, 405 if method in ("REFER", "UPDATE", "SUBSCRIBE", "MESSAGE") else 501)
 
-    def _admit(self, request: SipRequest, peer: Peer) -> tuple[bool, SessionDescription | None]:
-        """Whether the call may go ahead, with the INVITE's offer (None for a late offer: no body); a call
-        that may not is refused here (and ``on_refused`` told)."""
-        status, extra = 0, None
-        offer = None
+    def _admit(self, request: SipRequest,
+               peer: Peer) -> tuple[int, list[tuple[str, str]] | None, SessionDescription | None]:
+        """Whether a new INVITE may become a call: (0, None, its offer) or (the status to refuse it with,
+        extra headers, None). The offer is None for a late offer (no body)."""
         required = (value.strip().lower() for value in request.headers.get_all("Require"))
         unsupported = [option for option in required if option != SUPPORTED]
-        if not self._is_trusted(peer.host):
-            logger.warning("INVITE from untrusted host %s refused", peer.host)
-            status = 403
-        elif self._stopping or self.active_calls >= self.settings.max_calls:
+        if not self.policy.is_ours(SipUri.parse(request.uri).user):
+            # Our PBX may route any number to any extension; a call to another user part is not ours to
+            # answer (a bot dialling premium numbers through us, or a PBX misconfiguration).
+            if self._throttle.allow("not-ours", peer.host, self._now()):
+                logger.warning("INVITE for %s from %s refused: not our user part (sip.username, sip.aliases)",
+                               request.uri[:80], peer.host)
+            return 404, None, None
+        if self._stopping or self.active_calls >= self.settings.max_calls:
             logger.info("INVITE %s refused: busy (%d calls)", request.call_id, self.active_calls)
-            status = 486
-        elif unsupported:
-            status, extra = 420, [("Unsupported", ", ".join(unsupported))]
-        elif request.body.strip():
-            try:
-                offer = SessionDescription.parse(request.body)
-            except SdpError as exc:
-                logger.info("INVITE %s without a usable SDP offer: %s", request.call_id, exc)
-                status = 488
-        if status:
-            self._respond(request, status, extra=extra)
-            if self.on_refused is not None:
-                self.on_refused(status)
-            return False, None
-        return True, offer
+            return 486, None, None
+        if unsupported:
+            return 420, [("Unsupported", ", ".join(unsupported))], None
+        if not request.body.strip():
+            return 0, None, None
+        try:
+            return 0, None, SessionDescription.parse(request.body)
+        except SdpError as exc:
+            logger.info("INVITE %s without a usable SDP offer: %s", request.call_id, exc)
+            return 488, None, None
 
-    def _is_trusted(self, host: str) -> bool:
-        if self._registrar is None and not self._trusted:
-            return True  # direct mode without a list: anyone may call
-        return (self._registrar is not None and host == self._registrar.host) or host in self._trusted
-
-    def _on_invite(self, request: SipRequest, peer: Peer) -> None:
+    def _on_invite(self, request: SipRequest, peer: Peer, offer: SessionDescription | None) -> None:
         self._respond(request, 100)
-        admitted, offer = self._admit(request, peer)
-        if not admitted:
-            return
         dialog = Dialog.from_invite(request, self._contact())
         call = IncomingCall(self, request, peer, offer, dialog)
         self._calls[call.call_id] = call

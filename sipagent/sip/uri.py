@@ -170,6 +170,20 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text, flags=re.DOTALL)
 
 
+_NOT_IN_URI = re.compile(r"[\x00-\x20<>\"\x7f]")
+
+
+def parse_target_uri(text: str) -> SipUri:
+    """A ``sip:``/``sips:`` URI to put inside ``<...>`` in a header we send (Refer-To): parsed, and with no
+    character that could end the bracket, the header or the line. Raises SipParseError."""
+    if _NOT_IN_URI.search(text):
+        raise SipParseError("URI contains a space, control character, quote or angle bracket")
+    uri = SipUri.parse(text)
+    if uri.scheme not in ("sip", "sips") or not uri.host:
+        raise SipParseError("not a sip: or sips: URI with a host")
+    return uri
+
+
 def parse_name_addr_list(value: str) -> list[NameAddr]:
     """Parse a comma-separated list of name-addrs (Route, Record-Route, Contact)."""
     return [NameAddr.parse(item) for item in split_list(value)]

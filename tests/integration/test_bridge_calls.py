@@ -312,7 +312,56 @@ async def _transfer(tmp_path: Path, refer_status: int) -> None:
         return
     assert outcome.reason == "agent-hangup", rig.summary()
     failure = rig.entries("tool_result")[0]
-    assert failure["name"] == "transfer_call" and not failure["ok"] and DESK in failure["output"]["error"]
+    assert failure["name"] == "transfer_call" and not failure["ok"], failure
+    assert failure["output"]["error"] == "the transfer to default failed", failure
+
+
+SALES = "sip:sales@127.0.0.1:5098"
+# What a model talked into it by a caller might ask for: a number of the caller's choosing, with a header
+# smuggled after it, and a team that does not exist.
+INJECTED = "sip:9999-premium@203.0.113.9>\r\nX-Injected: yes\r\nContact: <sip:evil"
+HIJACK_INTENTS = [
+    {"name": "premium", "phrases": ["please call my friend"], "reply": "One moment.",
+     "tool": {"name": "transfer_call", "arguments": {"target": INJECTED}}, "reply_after_tool": "Sorry, {error}."},
+    {"name": "unknown", "phrases": ["can i speak to a manager"], "reply": "One moment.",
+     "tool": {"name": "transfer_call", "arguments": {"target": "billing"}}, "reply_after_tool": "Sorry, {error}."},
+    {"name": "sales", "phrases": ["can i speak to sales"], "reply": "I will put you through.",
+     "tool": {"name": "transfer_call", "arguments": {"target": "sales"}}},
+]
+
+
+def test_transfer_goes_only_to_configured_targets(tmp_path: Path) -> None:
+    """The caller's words reach the model: a transfer target it makes up (or was told to use) is refused
+    with an error it can read, nothing reaches the wire, and a configured name goes through."""
+    asyncio.run(_configured_targets(tmp_path))
+
+
+async def _configured_targets(tmp_path: Path) -> None:
+    config = bridge_config(tmp_path, realtime={"local": {"intents": HIJACK_INTENTS}},
+                           agent={"tools": [{"name": "transfer_call"}], "transfer_targets": {"sales": SALES}})
+    async with call_rig(config) as rig:
+        await rig.agent_turn()
+        await rig.say("please call my friend")
+        await rig.wait_entry("agent", 20, lambda e: "no team called" in e["text"])
+        await rig.agent_turn(new=False, quiet_s=0.3)
+        await rig.say("can i speak to a manager")
+        await rig.wait_entry("agent", 20, lambda e: "billing" in e["text"])
+        await rig.agent_turn(new=False, quiet_s=0.3)
+        assert rig.caller.refers == [] and not rig.caller.ended.is_set()
+        await rig.say("can i speak to sales")
+        await rig.wait_for(rig.caller.ended.is_set, 20, "the agent to leave the call")
+        outcome = await rig.wait_outcome()
+    assert [r.refer_to for r in rig.caller.refers] == [f"<{SALES}>"], rig.caller.refers
+    assert outcome.reason == "transferred", rig.summary()
+    errors = [e["output"]["error"] for e in rig.entries("tool_result") if not e["ok"]]
+    assert errors == [f"there is no team called {INJECTED[:40]!r}; the caller can be transferred to: sales",
+                      "there is no team called 'billing'; the caller can be transferred to: sales"], errors
+    transfer = rig.entries("event")[0]
+    assert transfer["event"] == "transfer" and transfer["target"] == "sales" and transfer["uri"] == SALES
+    # What the model was offered: the configured names and nothing else.
+    session = next(e["session"] for e in rig.sent if e["type"] == "session.update")
+    (tool,) = [t for t in session["tools"] if t["name"] == "transfer_call"]
+    assert tool["parameters"]["properties"]["target"]["enum"] == ["sales"], tool
 
 
 def test_dtmf_reaches_the_model_as_text(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sipagent.sip.message import SipRequest, build_response, parse_message
 from sipagent.sip.transaction import (
+    INVITE_GUARD,
+    NON_INVITE_GUARD,
     T1,
     T2,
     ClientTransaction,
@@ -125,7 +127,7 @@ def test_server_invite_sends_100_within_200ms_unless_answered() -> None:
     quick = ServerTransaction(inv, reliable=False, now=0.0)
     ringing = build_response(inv, 180, to_tag="a")
     assert quick.respond(ringing, 0.05) == [Send(ringing.to_bytes())]
-    assert quick.next_deadline is None
+    assert quick.next_deadline == INVITE_GUARD  # only the guard against a TU that never answers
 
 
 def test_server_invite_non2xx_timer_g_h_and_ack() -> None:
@@ -158,7 +160,8 @@ def test_server_invite_2xx_terminates_and_reliable_has_no_g() -> None:
 def test_server_non_invite_timer_j_and_retransmissions() -> None:
     bye = request("BYE")
     tx = ServerTransaction(bye, reliable=False, now=0.0)
-    assert tx.next_deadline is None and tx.receive(bye, 0.1) == []  # trying: nothing to resend yet
+    # trying: nothing to resend yet; only the guard against a TU that never answers is armed
+    assert tx.next_deadline == NON_INVITE_GUARD and tx.receive(bye, 0.1) == []
     ok = build_response(bye, 200)
     tx.respond(ok, 0.2)
     assert tx.receive(bye, 1.0) == [Send(ok.to_bytes())]
@@ -192,3 +195,19 @@ def test_uas_2xx_retransmitter() -> None:
     assert reliable.next_deadline == 32.0
     assert reliable.timeout(1.0) == []
 
+
+
+def test_a_server_transaction_the_tu_never_answers_still_ends() -> None:
+    """A request our TU dropped (or a handler that failed before answering) must not pin the transaction
+    and its request in memory: the guard ends it, and a final response cancels the guard."""
+    bye = request("BYE")
+    forgotten = ServerTransaction(bye, reliable=False, now=0.0)
+    assert forgotten.timeout(NON_INVITE_GUARD - 0.1) == []
+    assert forgotten.timeout(NON_INVITE_GUARD) == [TimeoutEvent("guard"), Terminated()]
+    assert forgotten.terminated and forgotten.next_deadline is None
+    invite = ServerTransaction(request("INVITE"), reliable=True, now=0.0)
+    invite.timeout(0.2)  # 100 Trying
+    assert invite.timeout(INVITE_GUARD) == [TimeoutEvent("guard"), Terminated()]
+    answered = ServerTransaction(bye, reliable=True, now=0.0)
+    answered.respond(build_response(bye, 200), 1.0)
+    assert answered.timeout(NON_INVITE_GUARD) == [Terminated()]  # timer J (0 on a reliable transport), no guard

@@ -1,0 +1,82 @@
+"""The configuration keys of the security model: who may call, transfer targets, and the limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sipagent.bridge.settings import ToolConfig
+from sipagent.bridge.tools import tool_definitions
+from sipagent.cli import main
+from sipagent.config import load_config_text
+from sipagent.errors import ConfigError
+
+BASE = "realtime: {provider: local}\nsip: {registrar: 'pbx.example.com', username: '2001', password: x}\n"
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "agent.yaml", {})
+    return str(info.value)
+
+
+def test_transfer_targets_become_sip_uris_and_the_model_sees_only_their_names() -> None:
+    config = load_config_text(BASE + "agent:\n  transfer_target: 600\n  transfer_targets:\n"
+                              "    sales: 601\n    billing: 'sip:602@billing.example.com;transport=tcp'\n",
+                              "agent.yaml", {})
+    agent = config.agent
+    assert agent.transfer_target == "sip:600@pbx.example.com"
+    assert agent.transfer_targets == {"sales": "sip:601@pbx.example.com",
+                                      "billing": "sip:602@billing.example.com;transport=tcp"}
+    assert agent.transfer_uri(None) == agent.transfer_uri("") == "sip:600@pbx.example.com"
+    assert agent.transfer_uri("billing") == "sip:602@billing.example.com;transport=tcp"
+    assert agent.transfer_uri("sip:9999@premium.example.com") is None
+    (tool,) = tool_definitions(_transfer_tool(), list(agent.transfer_targets), bool(agent.transfer_target))
+    target = tool["parameters"]["properties"]["target"]
+    assert target["enum"] == ["sales", "billing"] and "required" not in tool["parameters"]
+    (strict,) = tool_definitions(_transfer_tool(), ["sales"], False)
+    assert strict["parameters"]["required"] == ["target"]
+    (none,) = tool_definitions(_transfer_tool(), [], True)
+    assert "target" not in none["parameters"]["properties"]  # only the default desk: nothing to choose
+
+
+def _transfer_tool() -> list[ToolConfig]:
+    # A config that gives its own free-form parameters does not get them: the schema is ours.
+    return [ToolConfig(name="transfer_call", parameters={"type": "object", "properties": {"target": {}}})]
+
+
+@pytest.mark.parametrize(("yaml", "message"), [
+    ("agent:\n  transfer_targets: {sales: 'sip:601@pbx>\\r\\nX: 1'}\n", "agent.transfer_targets.sales: expected"),
+    ("agent:\n  transfer_targets: {'bad name': 601}\n", "agent.transfer_targets.bad name: expected a name"),
+    ("agent:\n  transfer_target: 'tel:+15551230000'\n", "agent.transfer_target: expected"),
+    ("agent:\n  on_failure: {action: transfer, target: 'sip:a b@pbx'}\n", "agent.on_failure.target: expected"),
+    ("sip:\n  trusted_hosts: ['10.0.0.0/33']\n", "sip.trusted_hosts[0]: expected an address"),
+    ("sip:\n  trusted_hosts: ['pbx example']\n", "sip.trusted_hosts[0]: expected an address"),
+    ("sip:\n  aliases: ['2001@pbx']\n", "sip.aliases[0]: expected a SIP user part"),
+    ("sip:\n  limits: {transactions: 0}\n", "sip.limits.transactions: expected at least 16"),
+    ("sip:\n  limits: {max_message_bytes: 100000}\n", "sip.limits.max_message_bytes: expected at most 65535"),
+    ("sip:\n  limits: {tcp_idle_s: 0}\n", "sip.limits.tcp_idle_s: expected a number of seconds above 0"),
+    ("sip:\n  allow_any_caller: maybe\n", "sip.allow_any_caller: expected true or false"),
+])
+def test_bad_security_keys_are_named(yaml: str, message: str) -> None:
+    assert message in error_of("realtime: {provider: local}\n" + yaml)
+
+
+def test_defaults_are_safe() -> None:
+    config = load_config_text("realtime: {provider: local}\n", "agent.yaml", {})
+    assert not config.sip.allow_any_caller and config.media.symmetric_rtp
+    limits = config.sip.limits
+    assert limits.max_message_bytes == 32768 and limits.transactions_per_source <= limits.transactions
+
+
+def test_check_names_a_trusted_host_that_does_not_resolve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("realtime: {provider: local}\nsip:\n  trusted_hosts: [127.0.0.1, 10.1.0.0/16, pbx.invalid]\n")
+    assert main(["check", "-c", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "trust:     calls from 127.0.0.1, 10.1.0.0/16, pbx.invalid (does not resolve)" in out
+    assert f'{path}: sip.trusted_hosts[2]: "pbx.invalid" does not resolve' in err
+    path.write_text("realtime: {provider: local}\nsip: {username: agent}\n")
+    assert main(["check", "-c", str(path)]) == 0
+    assert "calls from loopback only (direct mode without sip.trusted_hosts), for agent" in capsys.readouterr().out
