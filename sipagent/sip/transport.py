@@ -3,7 +3,8 @@
 A transport only moves bytes: it parses what arrives with the sans-I/O core, answers hopeless requests
 with ``400`` (or drops them), and hands each message to the user agent together with the :class:`Peer`
 it came from. Sending a response back to that ``Peer`` reuses the same TCP connection, as RFC 3261
-18.2.2 asks. Handler exceptions are logged and swallowed so one bad message never stops the loop.
+18.2.2 asks. Handler exceptions are logged and swallowed so one bad message never stops the loop, and
+``send`` never raises: a failure goes to ``on_error``.
 
 Wire tracing: set the ``sipagent.sip.wire`` logger to DEBUG to log every message with ``>`` (sent) or
 ``<`` (received); digest credentials are redacted.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 import ssl
@@ -71,6 +73,18 @@ def _trace(direction: str, peer: Peer, data: bytes) -> None:
         text = redact(data).decode("utf-8", "replace").rstrip("\r\n")
         wire_logger.debug("%s %s %s:%s (%d bytes)\n%s", direction, peer.transport, peer.host, peer.port,
                           len(data), text)
+
+
+def _destination(peer: Peer) -> tuple[str, int]:
+    """The socket address for ``peer``; ValueError unless it is an IP address and a valid port.
+
+    Names are the user agent's to resolve, off the loop: the standard loop's ``sendto`` would resolve one
+    synchronously, and a port out of range closes its UDP socket (uvloop wraps it around instead).
+    """
+    ipaddress.ip_address(peer.host)
+    if not 0 < peer.port < 65536:
+        raise ValueError(f"port {peer.port} out of range")
+    return peer.host, peer.port
 
 
 class SipTransport:
@@ -160,8 +174,8 @@ class UdpTransport(SipTransport):
             return
         _trace(">", peer, data)
         try:
-            self._transport.sendto(data, (peer.host, peer.port))
-        except OSError as exc:
+            self._transport.sendto(data, _destination(peer))
+        except Exception as exc:  # OSError, and ValueError/TypeError from uvloop: never the caller's problem
             self._failed(peer, exc)
 
     async def close(self) -> None:
@@ -256,7 +270,10 @@ class TcpTransport(SipTransport):
         conn = self._connections.get(key)
         if conn is not None and not conn.writer.is_closing():
             _trace(">", conn.peer, data)
-            conn.writer.write(data)
+            try:
+                conn.writer.write(data)
+            except Exception as exc:  # a transport torn down under us must not reach the caller
+                self._failed(peer, exc)
             return
         if key in self._connecting:
             self._connecting[key].append(data)
@@ -268,9 +285,9 @@ class TcpTransport(SipTransport):
         key = (peer.host, peer.port)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(peer.host, peer.port, ssl=self.ssl_client), timeout=10.0
+                asyncio.open_connection(*_destination(peer), ssl=self.ssl_client), timeout=10.0
             )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
+        except Exception as exc:  # anything, or the queued messages would stay in _connecting for good
             self._connecting.pop(key, None)
             self._failed(peer, exc)
             return
