@@ -201,15 +201,17 @@ class _Connection:
                 data = await self.reader.read(65536)
                 if not data:
                     break
-                try:
-                    messages = self.framer.feed(data)
-                except SipParseError as exc:
-                    # The stream cannot be re-synchronised: close it (RFC 3261 18.3).
-                    logger.info("closing %s connection to %s:%s: %s", self.owner.name, self.peer.host,
-                                self.peer.port, exc.reason)
-                    break
+                pings = self.framer.pings
+                messages = self.framer.feed(data)
+                if self.framer.pings != pings:
+                    self.writer.write(b"\r\n" * (self.framer.pings - pings))  # RFC 5626 4.4.1: a pong per ping
                 for message in messages:
                     self.owner._received(message, self.peer)
+                if self.framer.error is not None:
+                    # The stream cannot be re-synchronised: close it (RFC 3261 18.3).
+                    logger.info("closing %s connection to %s:%s: %s", self.owner.name, self.peer.host,
+                                self.peer.port, self.framer.error.reason)
+                    break
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             logger.debug("%s connection %s:%s lost: %s", self.owner.name, self.peer.host, self.peer.port, exc)
         finally:

@@ -183,3 +183,23 @@ def test_tcp_send_errors_are_reported_and_nothing_waits_for_them(loop: str) -> N
             await transport.close()
 
     run_on(loop, main())
+
+
+def test_tcp_answers_a_double_crlf_ping_with_a_crlf_pong() -> None:
+    async def main() -> None:
+        transport = TcpTransport("127.0.0.1", 0, lambda m, p: None)
+        await transport.start()
+        reader, writer = await asyncio.open_connection(*transport.local_address)
+        try:
+            writer.write(b"\r\n\r\n")
+            assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\r\n"
+            writer.write(b"\r\n\r")  # one ping in two reads: one pong
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"\n")
+            assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\r\n"
+        finally:
+            writer.close()
+            await transport.close()
+
+    asyncio.run(main())
