@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from sipagent.sip.message import SipRequest, SipResponse, build_response
-from sipagent.sip.transport import Peer, TcpTransport, UdpTransport, redact
+from sipagent.sip.transport import (
+    SHED_REASONS,
+    Peer,
+    TcpTransport,
+    TransportLimits,
+    UdpTransport,
+    create_transport,
+    redact,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -203,3 +211,59 @@ def test_tcp_answers_a_double_crlf_ping_with_a_crlf_pong() -> None:
             await transport.close()
 
     asyncio.run(main())
+
+
+def test_transport_limits_defaults_and_validation() -> None:
+    assert TransportLimits() == TransportLimits(
+        max_message_bytes=32768, tcp_connections=256, tcp_connections_per_source=16, tcp_idle_s=300.0,
+        tcp_message_s=10.0,
+    )
+    assert SHED_REASONS == ("too-large", "tcp-connections", "tcp-connections-per-source", "tcp-idle",
+                            "tcp-slow-message", "unframeable")
+    with pytest.raises(ValueError, match="tcp_idle_s"):
+        TransportLimits(tcp_idle_s=0)
+    with pytest.raises(ValueError, match="at most 65535"):  # the parser's own bound
+        TransportLimits(max_message_bytes=65536)
+    limits = TransportLimits(max_message_bytes=1000)
+    for name in ("udp", "tcp", "tls"):
+        assert create_transport(name, "127.0.0.1", 0, lambda m, p: None, limits=limits).limits is limits
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_udp_datagram_over_the_limit_gets_513_from_its_head_alone(loop: str) -> None:
+    async def main() -> None:
+        shed: list[str] = []
+        dispatched: list[str] = []
+
+        def on_message(message: SipRequest | SipResponse, peer: Peer) -> None:
+            dispatched.append(message.call_id)
+
+        limits = TransportLimits(max_message_bytes=4096)
+        transport = UdpTransport("127.0.0.1", 0, on_message, limits=limits, on_shed=shed.append)
+        await transport.start()
+        client = await udp_client()
+
+        def request(n: int, *, body: bytes = b"", pad: int = 0) -> bytes:
+            head = options(5060, n).replace(b"TCP", b"UDP")
+            extra = (b"X-Pad: " + b"p" * pad + b"\r\n") if pad else b""
+            return head.replace(b"Content-Length: 0", extra + b"Content-Length: %d" % len(body)) + body
+
+        try:
+            client.transport.sendto(request(1, body=b"b" * 6000), transport.local_address)
+            reply = await asyncio.wait_for(client.replies.get(), 5)
+            assert reply.startswith(b"SIP/2.0 513 Message Too Large\r\n") and b"Call-ID: tcp1\r\n" in reply
+            # A head that does not end within the limit cannot be answered: dropped, counted all the same.
+            client.transport.sendto(request(2, pad=5000), transport.local_address)
+            client.transport.sendto(request(3, body=b"b" * 3000), transport.local_address)  # within the limit
+            for _ in range(100):
+                if dispatched:
+                    break
+                await asyncio.sleep(0.02)
+            assert dispatched == ["tcp3"]
+            assert client.replies.empty()
+            assert shed == ["too-large", "too-large"]
+        finally:
+            client.transport.close()
+            await transport.close()
+
+    run_on(loop, main())
