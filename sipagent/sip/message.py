@@ -46,7 +46,9 @@ REASONS = {
     513: "Message Too Large", 600: "Busy Everywhere", 603: "Decline",
 }
 MAX_MESSAGE = 65535  # larger than any UDP datagram; bounds TCP buffering
+MESSAGE_TOO_LARGE = "Message Too Large"  # the reason of SipParseError for a message over a size limit
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+_LINE_ENDS = re.compile(rb"(?:\r?\n)+")
 _LINE_SPLIT = re.compile(r"\r?\n")
 _STATUS_RE = re.compile(r"SIP/([0-9]+\.[0-9]+) ([0-9]{3}) ?(.*)", re.IGNORECASE)
 _VERSION_RE = re.compile(r"SIP/([0-9]+\.[0-9]+)", re.IGNORECASE)
@@ -363,7 +365,7 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
 
 def _parse(data: bytes) -> SipRequest | SipResponse:
     if len(data) > MAX_MESSAGE:
-        raise SipParseError("Message Too Large")
+        raise SipParseError(MESSAGE_TOO_LARGE)
     lines, body = _split_head(data)
     method, uri, status, reason = _parse_start(lines[0])
     headers = _parse_fields(lines[1:])
@@ -403,9 +405,10 @@ _SAFE_REASON = re.compile(r"[^\x20-\x7e]")
 def bad_request_for(data: bytes, reason: str, status: int | None = None) -> bytes | None:
     """Build a ``400 <reason>`` for an unparsable request when the headers needed to route it back
     (Via, From, To, Call-ID, CSeq) can be read leniently; None when it must be dropped silently
-    (responses, ACKs, or too broken). An unsupported SIP version gets 505 (RFC 3261 8.2.2)."""
+    (responses, ACKs, or too broken). An unsupported SIP version gets 505 (RFC 3261 8.2.2), a message
+    over a size limit 513 (RFC 3261 21.5.11)."""
     if status is None:
-        status = 505 if reason == VERSION_NOT_SUPPORTED else 400
+        status = {VERSION_NOT_SUPPORTED: 505, MESSAGE_TOO_LARGE: 513}.get(reason, 400)
     try:
         lines, _ = _split_head(data)
     except SipParseError:
@@ -436,37 +439,88 @@ def bad_request_for(data: bytes, reason: str, status: int | None = None) -> byte
     return out
 
 
+def head_within(data: bytes, limit: int) -> bytes | None:
+    """The head of ``data`` through its blank line when that ends within ``limit`` bytes, else None.
+
+    The body is never looked at: an oversized datagram is answered from its head alone.
+    """
+    m = _HEAD_END.search(data, 0, limit)
+    return data[: m.end()] if m else None
+
+
 class StreamFramer:
     """Cut a TCP byte stream into SIP messages using Content-Length (RFC 3261 18.3).
 
-    ``feed`` returns complete messages; CRLF keep-alives between messages are skipped. A missing
-    Content-Length counts as 0. Raises SipParseError when the stream cannot be framed any more
-    (the connection should then be closed).
+    ``feed`` returns complete messages; CRLFs between messages are skipped, and each double CRLF among
+    them counts as an RFC 5626 keep-alive ping in ``pings`` (the shell answers each with a CRLF pong). A
+    missing Content-Length counts as 0. When the stream cannot be framed any more, ``feed`` still returns
+    the messages before the problem and sets ``error`` (the connection should then be closed):
+    ``MESSAGE_TOO_LARGE`` when the head or the whole message would exceed ``max_message``, else a
+    malformed Content-Length; ``head()`` then gives what to answer from. Nothing is framed after that.
+
+    Work per byte stays constant however a message is split: the search for the end of the head resumes
+    where the last one stopped, and Content-Length is read once per head.
     """
 
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
         self._buf = bytearray()
         self._max = max_message
+        self._searched = 0  # bytes of the current head already searched for its end
+        self._head_end: int | None = None  # end of the current head (its blank line) once found
+        self._end: int | None = None  # end of the current message once its Content-Length is known
+        self._line_ends = 0  # CRLFs seen since the last message or ping
+        self.pings = 0  # double-CRLF keep-alives seen so far
+        self.error: SipParseError | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self.error is not None:
+            return []
         self._buf += data
         out: list[bytes] = []
-        while True:
-            while self._buf[:2] == b"\r\n" or self._buf[:1] == b"\n":
-                del self._buf[: 2 if self._buf[:1] == b"\r" else 1]
-            m = _HEAD_END.search(self._buf)
-            if m is None:
+        try:
+            while (message := self._next()) is not None:
+                out.append(message)
+        except SipParseError as exc:
+            self.error = exc
+        return out
+
+    def _next(self) -> bytes | None:
+        """Cut the next complete message off the buffer, if there is one."""
+        if self._end is None:
+            self._skip_line_ends()
+            self._find_head()
+            if self._head_end is None:
                 if len(self._buf) > self._max:
-                    raise SipParseError("header too large")
-                return out
-            length = self._length(bytes(self._buf[: m.start()]))
-            end = m.end() + length
-            if end > self._max:
-                raise SipParseError("Message Too Large")
-            if len(self._buf) < end:
-                return out
-            out.append(bytes(self._buf[:end]))
-            del self._buf[:end]
+                    raise SipParseError(MESSAGE_TOO_LARGE)
+                return None
+            self._end = self._head_end + self._length(bytes(self._buf[: self._head_end]))
+            if self._end > self._max:
+                raise SipParseError(MESSAGE_TOO_LARGE)
+        if len(self._buf) < self._end:
+            return None
+        message = bytes(self._buf[: self._end])
+        del self._buf[: self._end]
+        self._searched, self._head_end, self._end = 0, None, None
+        return message
+
+    def _skip_line_ends(self) -> None:
+        """Drop CRLFs (or bare LFs) before a message, counting each pair as a ping."""
+        run = _LINE_ENDS.match(self._buf)
+        if run is not None:
+            self._line_ends += self._buf.count(b"\n", 0, run.end())
+            self.pings += self._line_ends // 2
+            self._line_ends %= 2
+            del self._buf[: run.end()]
+            self._searched = 0
+        if self._buf and self._buf != b"\r":  # a message starts (a lone CR may still become a CRLF)
+            self._line_ends = 0
+
+    def _find_head(self) -> None:
+        # A match is at most 4 bytes long, so one ending in the new bytes starts at most 3 bytes back.
+        m = _HEAD_END.search(self._buf, max(0, self._searched - 3))
+        self._searched = len(self._buf)
+        if m is not None:
+            self._head_end = m.end()
 
     @staticmethod
     def _length(head: bytes) -> int:
@@ -479,6 +533,15 @@ class StreamFramer:
                 return int(value)
         return 0
 
+    def head(self) -> bytes:
+        """The buffered head of the current message, to answer a framing error from: up to its blank line
+        when that arrived, else its complete lines within ``max_message`` (a line cut short is left out)."""
+        if self._head_end is not None:
+            return bytes(self._buf[: self._head_end])
+        cut = self._buf.rfind(b"\n", 0, self._max)
+        return bytes(self._buf[: cut + 1])
+
     @property
     def buffered(self) -> int:
+        """Bytes of an incomplete message held: non-zero from its first byte until it is complete."""
         return len(self._buf)

@@ -3,7 +3,13 @@
 A transport only moves bytes: it parses what arrives with the sans-I/O core, answers hopeless requests
 with ``400`` (or drops them), and hands each message to the user agent together with the :class:`Peer`
 it came from. Sending a response back to that ``Peer`` reuses the same TCP connection, as RFC 3261
-18.2.2 asks. Handler exceptions are logged and swallowed so one bad message never stops the loop.
+18.2.2 asks. Handler exceptions are logged and swallowed so one bad message never stops the loop, and
+``send`` never raises: a failure goes to ``on_error``.
+
+What one peer may cost is bounded by :class:`TransportLimits`: message size on both transports; on TCP
+the number of accepted connections (in total and per source address), how long one may stay silent and
+how long a message may take to arrive. Whatever is refused for a limit is "shed": counted in ``shed``
+and reported to ``on_shed`` with one of the :data:`ShedReason` labels.
 
 Wire tracing: set the ``sipagent.sip.wire`` logger to DEBUG to log every message with ``>`` (sent) or
 ``<`` (received); digest credentials are redacted.
@@ -13,19 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 import ssl
+from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
 
 from sipagent.errors import SipParseError
 from sipagent.sip.message import (
+    MAX_MESSAGE,
+    MESSAGE_TOO_LARGE,
     SipRequest,
     SipResponse,
     StreamFramer,
     bad_request_for,
+    head_within,
     is_keepalive,
     parse_message,
 )
@@ -37,6 +48,35 @@ _AUTH_LINE = re.compile(
     rb"^((?:Proxy-)?Authorization:[ \t]*\S+)[^\r\n]*", re.IGNORECASE | re.MULTILINE
 )
 _USERNAME = re.compile(rb'username="[^"]*"', re.IGNORECASE)
+_READ_SIZE = 65536
+# Timers may fire a little before their time (uvloop rounds them to whole milliseconds): a deadline this
+# close counts as passed rather than re-arming for a sliver.
+_TIMER_SLACK = 0.005
+_CONNECT_TIMEOUT = 10.0
+
+ShedReason = Literal[
+    "too-large", "tcp-connections", "tcp-connections-per-source", "tcp-idle", "tcp-slow-message",
+    "unframeable",
+]
+SHED_REASONS: tuple[ShedReason, ...] = get_args(ShedReason)
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    """What one peer may cost the agent; configured as ``sip.limits.*`` with the same names."""
+
+    max_message_bytes: int = 32768  # header + body; UDP and TCP
+    tcp_connections: int = 256  # accepted connections, total
+    tcp_connections_per_source: int = 16  # accepted connections per remote IP
+    tcp_idle_s: float = 300.0  # an accepted connection with no bytes for this long is closed
+    tcp_message_s: float = 10.0  # a message must complete within this long after its first byte
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            if not getattr(self, field.name) > 0:
+                raise ValueError(f"{field.name} must be positive")
+        if self.max_message_bytes > MAX_MESSAGE:
+            raise ValueError(f"max_message_bytes must be at most {MAX_MESSAGE}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +94,7 @@ class Peer:
 
 MessageHandler = Callable[[SipRequest | SipResponse, Peer], None]
 ErrorHandler = Callable[[Peer, Exception], None]
+ShedHandler = Callable[[str], None]
 
 
 def redact(data: bytes) -> bytes:
@@ -73,18 +114,33 @@ def _trace(direction: str, peer: Peer, data: bytes) -> None:
                           len(data), text)
 
 
+def _destination(peer: Peer) -> tuple[str, int]:
+    """The socket address for ``peer``; ValueError unless it is an IP address and a valid port.
+
+    Names are the user agent's to resolve, off the loop: the standard loop's ``sendto`` would resolve one
+    synchronously, and a port out of range closes its UDP socket (uvloop wraps it around instead).
+    """
+    ipaddress.ip_address(peer.host)
+    if not 0 < peer.port < 65536:
+        raise ValueError(f"port {peer.port} out of range")
+    return peer.host, peer.port
+
+
 class SipTransport:
-    """Common part of the transports: parse, answer unparsable requests, dispatch, trace."""
+    """Common part of the transports: parse, answer unparsable requests, dispatch, trace, shed."""
 
     name = "UDP"
     reliable = False
 
-    def __init__(self, host: str, port: int, on_message: MessageHandler,
-                 on_error: ErrorHandler | None = None) -> None:
+    def __init__(self, host: str, port: int, on_message: MessageHandler, on_error: ErrorHandler | None = None,
+                 *, limits: TransportLimits | None = None, on_shed: ShedHandler | None = None) -> None:
         self.bind_host = host
         self.bind_port = port
         self.on_message = on_message
         self.on_error = on_error
+        self.on_shed = on_shed
+        self.limits = limits or TransportLimits()
+        self.shed: Counter[str] = Counter()  # shed events by reason, since start
         self.local_address: tuple[str, int] = (host, port)
 
     async def start(self) -> None:
@@ -123,13 +179,23 @@ class SipTransport:
             except Exception:
                 logger.exception("error in transport error handler")
 
+    def _shed(self, reason: ShedReason, peer: Peer) -> None:
+        # Debug only: a flood must not become a flood of log lines; operators watch the counter.
+        logger.debug("%s %s:%s shed: %s", self.name, peer.host, peer.port, reason)
+        self.shed[reason] += 1
+        if self.on_shed is not None:
+            try:
+                self.on_shed(reason)
+            except Exception:
+                logger.exception("error in transport shed handler")
+
 
 class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, owner: UdpTransport) -> None:
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self.owner._received(data, Peer("UDP", str(addr[0]), int(str(addr[1]))))
+        self.owner._datagram(data, Peer("UDP", str(addr[0]), int(str(addr[1]))))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors on an unconnected socket cannot be tied to a destination: log only.
@@ -141,9 +207,9 @@ class UdpTransport(SipTransport):
 
     name = "UDP"
 
-    def __init__(self, host: str, port: int, on_message: MessageHandler,
-                 on_error: ErrorHandler | None = None) -> None:
-        super().__init__(host, port, on_message, on_error)
+    def __init__(self, host: str, port: int, on_message: MessageHandler, on_error: ErrorHandler | None = None,
+                 *, limits: TransportLimits | None = None, on_shed: ShedHandler | None = None) -> None:
+        super().__init__(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
         self._transport: asyncio.DatagramTransport | None = None
 
     async def start(self) -> None:
@@ -160,9 +226,25 @@ class UdpTransport(SipTransport):
             return
         _trace(">", peer, data)
         try:
-            self._transport.sendto(data, (peer.host, peer.port))
-        except OSError as exc:
+            self._transport.sendto(data, _destination(peer))
+        except Exception as exc:  # OSError, and ValueError/TypeError from uvloop: never the caller's problem
             self._failed(peer, exc)
+
+    def _datagram(self, data: bytes, peer: Peer) -> None:
+        if len(data) > self.limits.max_message_bytes:
+            self._too_large(data, peer)
+        else:
+            self._received(data, peer)
+
+    def _too_large(self, data: bytes, peer: Peer) -> None:
+        """Answer 513 from the head alone when it can be read, else drop (RFC 3261 18.1.1, 21.5.11)."""
+        self._shed("too-large", peer)
+        head = head_within(data, self.limits.max_message_bytes)
+        reply = bad_request_for(head, MESSAGE_TOO_LARGE) if head is not None else None
+        logger.debug("%d-byte datagram from %s:%s over the limit: %s", len(data), peer.host, peer.port,
+                     "answered 513" if reply else "dropped")
+        if reply is not None:
+            self.send(reply, peer)
 
     async def close(self) -> None:
         if self._transport is not None:
@@ -171,35 +253,115 @@ class UdpTransport(SipTransport):
 
 
 class _Connection:
-    """One TCP/TLS connection: a framer on the read side, a writer on the other."""
+    """One TCP/TLS connection: a framer on the read side, a writer on the other, and two deadlines.
+
+    Accepted connections are closed after ``tcp_idle_s`` without a byte; every connection is closed when a
+    message takes longer than ``tcp_message_s`` from its first byte. Deadlines are checked lazily, so a
+    read costs one clock reading: one timer per connection wakes at the earliest deadline that may have
+    passed and re-arms itself when the connection was busy meanwhile.
+    """
 
     def __init__(self, owner: TcpTransport, peer: Peer, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, *, accepted: bool) -> None:
         self.owner = owner
         self.peer = peer
         self.reader = reader
         self.writer = writer
-        self.framer = StreamFramer()
+        self.accepted = accepted  # ours (e.g. to the registrar) carry our registration: never idle-closed
+        self.framer = StreamFramer(owner.limits.max_message_bytes)
+        self._loop = asyncio.get_running_loop()
+        self._last_read = self._loop.time()
+        self._message_start: float | None = None  # first byte of the incomplete message, if any
+        self._timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
+        if self.accepted:
+            self._arm(self._last_read + self.owner.limits.tcp_idle_s)
         try:
-            while True:
-                data = await self.reader.read(65536)
-                if not data:
+            while data := await self.reader.read(_READ_SIZE):
+                if self.writer.is_closing() or not self._feed(data):  # closing: dropped meanwhile
                     break
-                try:
-                    messages = self.framer.feed(data)
-                except SipParseError as exc:
-                    # The stream cannot be re-synchronised: close it (RFC 3261 18.3).
-                    logger.info("closing %s connection to %s:%s: %s", self.owner.name, self.peer.host,
-                                self.peer.port, exc.reason)
-                    break
-                for message in messages:
-                    self.owner._received(message, self.peer)
+                await self.writer.drain()  # a peer that does not read our answers is not read either
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             logger.debug("%s connection %s:%s lost: %s", self.owner.name, self.peer.host, self.peer.port, exc)
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             self.owner._forget(self)
+            self._finish()
+
+    def write(self, data: bytes) -> None:
+        _trace(">", self.peer, data)
+        self.writer.write(data)
+
+    def _feed(self, data: bytes) -> bool:
+        """Frame ``data`` and dispatch what completed; False when the connection must close."""
+        now = self._loop.time()
+        self._last_read = now
+        pings = self.framer.pings
+        messages = self.framer.feed(data)
+        if self.framer.pings != pings:
+            self.writer.write(b"\r\n" * (self.framer.pings - pings))  # RFC 5626 4.4.1: a pong per ping
+        self._track_message(now, completed=bool(messages))
+        for message in messages:
+            self.owner._received(message, self.peer)
+        if self.framer.error is not None:
+            self._refuse(self.framer.error)
+            return False
+        return True
+
+    def _track_message(self, now: float, *, completed: bool) -> None:
+        """Start the message clock at the first byte of a message, stop it when none is pending."""
+        if not self.framer.buffered:
+            self._message_start = None
+        elif completed or self._message_start is None:
+            self._message_start = now
+            self._arm(now + self.owner.limits.tcp_message_s)
+
+    def _refuse(self, exc: SipParseError) -> None:
+        """The stream cannot be framed any more (RFC 3261 18.3): answer 513 (too large) or 400 when the
+        head can be read, and close."""
+        self.owner._shed("too-large" if exc.reason == MESSAGE_TOO_LARGE else "unframeable", self.peer)
+        reply = bad_request_for(self.framer.head(), exc.reason)
+        logger.info("closing %s connection to %s:%s: %s%s", self.owner.name, self.peer.host, self.peer.port,
+                    exc.reason, " (answered)" if reply else "")
+        if reply is not None:
+            self.write(reply)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return  # the earlier timer re-arms for this deadline when it fires
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        limits = self.owner.limits
+        due = self._loop.time() + _TIMER_SLACK
+        message_deadline = None if self._message_start is None else self._message_start + limits.tcp_message_s
+        idle_deadline = self._last_read + limits.tcp_idle_s if self.accepted else None
+        if message_deadline is not None and due >= message_deadline:
+            self._drop("tcp-slow-message")
+        elif idle_deadline is not None and due >= idle_deadline:
+            self._drop("tcp-idle")
+        else:
+            pending = [d for d in (message_deadline, idle_deadline) if d is not None]
+            if pending:
+                self._arm(min(pending))
+
+    def _drop(self, reason: ShedReason) -> None:
+        self.owner._shed(reason, self.peer)
+        logger.info("closing %s connection to %s:%s: %s", self.owner.name, self.peer.host, self.peer.port,
+                    reason)
+        self.writer.transport.abort()  # the read loop sees EOF and forgets the connection
+
+    def _finish(self) -> None:
+        """Close after flushing what is written; abort when the peer is not reading, because bytes it
+        never takes would keep the socket open after we forgot it."""
+        if self.writer.transport.get_write_buffer_size():
+            self.writer.transport.abort()
+        else:
             self.writer.close()
 
 
@@ -207,15 +369,18 @@ class TcpTransport(SipTransport):
     """SIP over TCP, or TLS when ``ssl_server``/``ssl_client`` contexts are given.
 
     Connections are kept by their remote address and shared by both directions; an outgoing message to
-    an address without a connection opens one (the message waits for the connect).
+    an address without a connection opens one (the message waits for the connect). Only accepted
+    connections count against ``tcp_connections`` and ``tcp_connections_per_source``: one over a cap is
+    closed at once.
     """
 
     name = "TCP"
     reliable = True
 
     def __init__(self, host: str, port: int, on_message: MessageHandler, on_error: ErrorHandler | None = None,
-                 *, ssl_server: ssl.SSLContext | None = None, ssl_client: ssl.SSLContext | None = None):
-        super().__init__(host, port, on_message, on_error)
+                 *, limits: TransportLimits | None = None, on_shed: ShedHandler | None = None,
+                 ssl_server: ssl.SSLContext | None = None, ssl_client: ssl.SSLContext | None = None) -> None:
+        super().__init__(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
         self.ssl_server = ssl_server
         self.ssl_client = ssl_client
         if ssl_server is not None or ssl_client is not None:
@@ -223,40 +388,75 @@ class TcpTransport(SipTransport):
         self._server: asyncio.Server | None = None
         self._connections: dict[tuple[str, int], _Connection] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        self._accepted: set[_Connection] = set()
+        self._per_source: dict[str, int] = {}  # accepted connections by remote IP; no zero entries
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self.name == "TLS" and self.ssl_server is None:
             # Client-only TLS (no certificate): the registrar reaches us over the connection we open.
             return
+        # A TLS handshake happens before a connection is ours to count: bound it like a message.
+        handshake = self.limits.tcp_message_s if self.ssl_server is not None else None
         self._server = await asyncio.start_server(
-            self._accepted, self.bind_host, self.bind_port, ssl=self.ssl_server
+            self._on_accept, self.bind_host, self.bind_port, ssl=self.ssl_server,
+            ssl_handshake_timeout=handshake,
         )
         sockname = self._server.sockets[0].getsockname()
         self.local_address = (str(sockname[0]), int(sockname[1]))
+
+    @property
+    def accepted_connections(self) -> int:
+        """Accepted connections open now: what the connection caps count."""
+        return len(self._accepted)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         remote = writer.get_extra_info("peername")
-        conn = _Connection(self, Peer(self.name, str(remote[0]), int(remote[1])), reader, writer)
-        self._connections[(conn.peer.host, conn.peer.port)] = conn
+        if remote is None:  # reset before we saw it
+            writer.transport.abort()
+            return
+        peer = Peer(self.name, str(remote[0]), int(remote[1]))
+        over = self._over_cap(peer.host)
+        if over is not None:
+            self._shed(over, peer)
+            writer.transport.abort()
+            return
+        conn = _Connection(self, peer, reader, writer, accepted=True)
+        self._accepted.add(conn)
+        self._per_source[peer.host] = self._per_source.get(peer.host, 0) + 1
+        self._connections[(peer.host, peer.port)] = conn
         await conn.run()
+
+    def _over_cap(self, host: str) -> ShedReason | None:
+        if self._per_source.get(host, 0) >= self.limits.tcp_connections_per_source:
+            return "tcp-connections-per-source"
+        if len(self._accepted) >= self.limits.tcp_connections:
+            return "tcp-connections"
+        return None
 
     def _forget(self, conn: _Connection) -> None:
         key = (conn.peer.host, conn.peer.port)
         if self._connections.get(key) is conn:
             del self._connections[key]
+        if conn in self._accepted:
+            self._accepted.discard(conn)
+            left = self._per_source.pop(conn.peer.host) - 1
+            if left:
+                self._per_source[conn.peer.host] = left
 
     def send(self, data: bytes, peer: Peer) -> None:
         key = (peer.host, peer.port)
         conn = self._connections.get(key)
         if conn is not None and not conn.writer.is_closing():
-            _trace(">", conn.peer, data)
-            conn.writer.write(data)
+            try:
+                conn.write(data)
+            except Exception as exc:  # a transport torn down under us must not reach the caller
+                self._failed(peer, exc)
             return
         if key in self._connecting:
             self._connecting[key].append(data)
@@ -268,17 +468,16 @@ class TcpTransport(SipTransport):
         key = (peer.host, peer.port)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(peer.host, peer.port, ssl=self.ssl_client), timeout=10.0
+                asyncio.open_connection(*_destination(peer), ssl=self.ssl_client), timeout=_CONNECT_TIMEOUT
             )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
+        except Exception as exc:  # anything, or the queued messages would stay in _connecting for good
             self._connecting.pop(key, None)
             self._failed(peer, exc)
             return
-        conn = _Connection(self, peer, reader, writer)
+        conn = _Connection(self, peer, reader, writer, accepted=False)
         self._connections[key] = conn
         for data in self._connecting.pop(key, []):
-            _trace(">", peer, data)
-            writer.write(data)
+            conn.write(data)
         await conn.run()
 
     async def close(self) -> None:
@@ -298,14 +497,15 @@ class TcpTransport(SipTransport):
 
 
 def create_transport(name: str, host: str, port: int, on_message: MessageHandler,
-                     on_error: ErrorHandler | None = None) -> SipTransport:
+                     on_error: ErrorHandler | None = None, *, limits: TransportLimits | None = None,
+                     on_shed: ShedHandler | None = None) -> SipTransport:
     """The transport for ``sip.transport`` ("udp" | "tcp"). TLS needs contexts: build TcpTransport."""
     kind = name.lower()
     if kind == "udp":
-        return UdpTransport(host, port, on_message, on_error)
+        return UdpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
     if kind == "tcp":
-        return TcpTransport(host, port, on_message, on_error)
+        return TcpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
     if kind == "tls":
-        return TcpTransport(host, port, on_message, on_error,
+        return TcpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed,
                             ssl_server=None, ssl_client=ssl.create_default_context())
     raise ValueError(f"unknown SIP transport {name!r}")
