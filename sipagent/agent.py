@@ -35,6 +35,7 @@ from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.jitter import JitterBuffer
 from sipagent.rtp.ports import PortAllocator
 from sipagent.sip.admission import BudgetLimits
+from sipagent.sip.transport import TransportLimits
 from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,7 @@ async def realtime_endpoint(config: Config) -> tuple[LocalRealtimeServer | None,
 
 
 def ua_settings(config: Config) -> UaSettings:
-    sip = config.sip
+    sip, limits = config.sip, config.sip.limits
     listen = sip.listen_address
     registrar = sip.registrar_address
     return UaSettings(
@@ -321,8 +322,11 @@ def ua_settings(config: Config) -> UaSettings:
         public_host=sip.public_address or None, expires=sip.expires, max_calls=sip.max_calls,
         trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
         aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller,
-        limits=BudgetLimits(transactions=sip.limits.transactions,
-                            transactions_per_source=sip.limits.transactions_per_source),
+        limits=BudgetLimits(transactions=limits.transactions, transactions_per_source=limits.transactions_per_source),
+        transport_limits=TransportLimits(
+            max_message_bytes=limits.max_message_bytes, tcp_connections=limits.tcp_connections,
+            tcp_connections_per_source=limits.tcp_connections_per_source, tcp_idle_s=limits.tcp_idle_s,
+            tcp_message_s=limits.tcp_message_s),
     )
 
 

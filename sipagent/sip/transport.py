@@ -146,6 +146,11 @@ class SipTransport:
     async def start(self) -> None:
         raise NotImplementedError
 
+    def can_reach(self, peer: Peer) -> bool:
+        """Whether sending to ``peer`` reaches it as it is: always over UDP; over TCP, while the connection
+        that ``peer`` names is still open (a closed one's ephemeral port cannot be connected to again)."""
+        return True
+
     def send(self, data: bytes, peer: Peer) -> None:
         """Queue ``data`` for ``peer``; failures are reported through ``on_error``, never raised."""
         raise NotImplementedError
@@ -404,6 +409,10 @@ class TcpTransport(SipTransport):
         )
         sockname = self._server.sockets[0].getsockname()
         self.local_address = (str(sockname[0]), int(sockname[1]))
+
+    def can_reach(self, peer: Peer) -> bool:
+        conn = self._connections.get((peer.host, peer.port))
+        return conn is not None and not conn.writer.is_closing()
 
     @property
     def accepted_connections(self) -> int:

@@ -50,7 +50,7 @@ from sipagent.sip.transaction import (
     client_key,
     server_key,
 )
-from sipagent.sip.transport import Peer, SipTransport, create_transport
+from sipagent.sip.transport import Peer, SipTransport, TransportLimits, create_transport
 from sipagent.sip.uri import SipUri, parse_target_uri
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class UaSettings:
     aliases: list[str] = field(default_factory=list)
     allow_any_caller: bool = False
     limits: BudgetLimits = field(default_factory=BudgetLimits)
+    transport_limits: TransportLimits = field(default_factory=TransportLimits)
 
 
 class SipTimeout(Exception):
@@ -467,7 +468,8 @@ class UserAgent:
         """Bind the listening socket, then register in the background (when a registrar is set)."""
         s = self.settings
         self._transport = create_transport(s.transport, s.listen_host, s.listen_port, self._on_message,
-                                           self._on_transport_error)
+                                           self._on_transport_error, limits=s.transport_limits,
+                                           on_shed=self.on_shed)
         await self._transport.start()
         self.local_address = self._transport.local_address
         registrar_addresses: list[str] = []
@@ -699,8 +701,9 @@ class UserAgent:
         request = call.dialog.create_request(method, self._sent_by(), self.transport_name,
                                              extra=[("User-Agent", self.settings.user_agent), *(extra or [])])
         host, port = call.dialog.next_hop().host_port
-        if self.transport_name != "UDP" and not call.dialog.route_set:
-            dest = call._peer  # reuse the connection the INVITE came in on
+        if (self.transport_name != "UDP" and not call.dialog.route_set and self._transport is not None
+                and self._transport.can_reach(call._peer)):
+            dest = call._peer  # reuse the connection the INVITE came in on, while it is open
         else:
             dest = Peer(self.transport_name, await self._resolve(host), port or 5060)
         return await self._send_request(request, dest)

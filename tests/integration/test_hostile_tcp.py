@@ -1,5 +1,5 @@
 """SIP over TCP against hostile peers, on loopback: a slow-loris, idle and surplus connections, oversized
-and unframeable messages; the transport on short limits, then a running agent on its defaults. Each
+and unframeable messages; the transport on short limits, then a running agent with sip.limits set. Each
 attack is answered by closing what it holds while a normal caller is still served. (The UDP size limit
 is tested in test_sip_transport.py.)"""
 
@@ -220,7 +220,9 @@ def test_an_oversized_or_unframeable_message_is_answered_and_the_connection_clos
     asyncio.run(main())
 
 
-# -- the same attacks on a running agent, with the default limits -------------------------------------
+# -- the same attacks on a running agent, with limits set in its configuration --------------------------
+
+AGENT_LIMITS = TransportLimits(tcp_connections_per_source=4, tcp_message_s=2.0)
 
 
 def free_tcp_port() -> int:
@@ -237,7 +239,9 @@ def agent_over_tcp(tmp_path: Path) -> Iterator[int]:
     text = (
         (ROOT / "sipagent" / "data" / "demo.yaml").read_text()
         .replace('listen: "127.0.0.1:${SIPAGENT_DEMO_PORT:-5080}"',
-                 f'listen: "127.0.0.1:{port}"\n  transport: tcp')
+                 f'listen: "127.0.0.1:{port}"\n  transport: tcp\n'
+                 f'  limits: {{tcp_connections_per_source: {AGENT_LIMITS.tcp_connections_per_source}, '
+                 f'tcp_message_s: {AGENT_LIMITS.tcp_message_s}}}')
         .replace('rtp_ports: "41000-41099"', f'rtp_ports: "{rtp_low}-{rtp_low + 9}"')
         .replace('dir: "${SIPAGENT_DEMO_DIR:-recordings}"', f'dir: "{tmp_path / "rec"}"')
     )
@@ -269,7 +273,7 @@ def agent_over_tcp(tmp_path: Path) -> Iterator[int]:
 def test_a_running_agent_over_tcp_sheds_a_slow_loris_surplus_connections_and_an_oversized_message(
     agent_over_tcp: int,
 ) -> None:
-    limits = TransportLimits()  # what the agent runs with when sip.limits is not set
+    limits = AGENT_LIMITS  # what the agent runs with: sip.limits in its file
 
     async def main() -> None:
         port = agent_over_tcp
@@ -278,7 +282,7 @@ def test_a_running_agent_over_tcp_sheds_a_slow_loris_surplus_connections_and_an_
         started = time.monotonic()
         held = [await connect(port) for _ in range(limits.tcp_connections_per_source - 1)]
         extra_reader, extra = await connect(port)
-        assert await closed_by_server(extra_reader, 5) == b""  # the 17th from one address
+        assert await closed_by_server(extra_reader, 5) == b""  # one over the cap from one address
         reader, writer = held[0]
         writer.write(options(2))
         answer = await read_response(reader)
