@@ -23,12 +23,14 @@ import ipaddress
 import logging
 import re
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 from sipagent.errors import SipParseError
+from sipagent.sip.admission import LogThrottle
 from sipagent.sip.message import (
     MAX_MESSAGE,
     MESSAGE_TOO_LARGE,
@@ -142,6 +144,10 @@ class SipTransport:
         self.limits = limits or TransportLimits()
         self.shed: Counter[str] = Counter()  # shed events by reason, since start
         self.local_address: tuple[str, int] = (host, port)
+        # Who gets a 400 for a message that does not parse: the UA sets its trust policy here, so that a
+        # stranger's garbage is dropped unanswered like the rest of what strangers send.
+        self.answers: Callable[[str], bool] = lambda host: True
+        self._log_throttle = LogThrottle()
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -165,9 +171,10 @@ class SipTransport:
         try:
             message = parse_message(data)
         except SipParseError as exc:
-            reply = bad_request_for(data, exc.reason)
-            logger.info("unparsable message from %s:%s (%s): %s", peer.host, peer.port, exc.reason,
-                        "answered 400" if reply else "dropped")
+            reply = bad_request_for(data, exc.reason) if self.answers(peer.host) else None
+            if self._log_throttle.allow("unparsable", peer.host, time.monotonic()):
+                logger.info("unparsable message from %s:%s (%s): %s (logged once a minute per source)",
+                            peer.host, peer.port, exc.reason, "answered 400" if reply else "dropped")
             if reply is not None:
                 self.send(reply, peer)
             return

@@ -478,6 +478,7 @@ class UserAgent:
             registrar_addresses = await self._resolve_all(host)
             self._registrar = Peer(self.transport_name, registrar_addresses[0], port)
         self.policy = await self._source_policy(registrar_addresses)
+        self._transport.answers = self.policy.trusts
         self._advertised = (self._advertised_host(), self.local_address[1])
         logger.info("SIP %s listening on %s:%s, advertising %s:%s; requests accepted from %s",
                     self.transport_name, *self.local_address, *self._advertised, self.policy.describe())
@@ -818,7 +819,9 @@ class UserAgent:
             else:
                 self._on_request(message, peer)
         except SipParseError as exc:  # a header the parser accepted leniently but we cannot use
-            logger.info("unusable message from %s:%s: %s", peer.host, peer.port, exc.reason)
+            if self._throttle.allow("unusable", peer.host, self._now()):
+                logger.info("unusable message from %s:%s: %s (logged once a minute per source)", peer.host,
+                            peer.port, exc.reason)
 
     def _on_response(self, response: SipResponse) -> None:
         entry = self._client.get(client_key(response))
@@ -857,7 +860,9 @@ class UserAgent:
         try:
             status, extra, offer = self._screen(request, call, peer)
         except SipParseError as exc:
-            logger.info("bad %s from %s:%s: %s", request.method, peer.host, peer.port, exc.reason)
+            if self._throttle.allow("bad-request", peer.host, self._now()):
+                logger.info("bad %s from %s:%s: %s (logged once a minute per source)", request.method,
+                            peer.host, peer.port, exc.reason)
             self._respond_statelessly(request, peer, 400, reason=exc.reason)
             return
         if status:
@@ -978,7 +983,9 @@ class UserAgent:
                                request.uri[:80], peer.host)
             return 404, None, None
         if self._stopping or self.active_calls >= self.settings.max_calls:
-            logger.info("INVITE %s refused: busy (%d calls)", request.call_id, self.active_calls)
+            if self._throttle.allow("busy", peer.host, self._now()):
+                logger.info("INVITE %s refused: busy (%d calls; logged once a minute per source)",
+                            request.call_id[:80], self.active_calls)
             return 486, None, None
         if unsupported:
             return 420, [("Unsupported", ", ".join(unsupported))], None
@@ -987,7 +994,8 @@ class UserAgent:
         try:
             return 0, None, SessionDescription.parse(request.body)
         except SdpError as exc:
-            logger.info("INVITE %s without a usable SDP offer: %s", request.call_id, exc)
+            if self._throttle.allow("bad-offer", peer.host, self._now()):
+                logger.info("INVITE %s without a usable SDP offer: %s", request.call_id[:80], exc)
             return 488, None, None
 
     def _on_invite(self, request: SipRequest, peer: Peer, offer: SessionDescription | None) -> None:
