@@ -8,11 +8,12 @@ buffer for ``on_frame``, (2) sends one packet: a DTMF event packet when a digit 
 the next frame of ``playout`` (or silence), and (3) every ~5 s sends an RTCP SR (or RR while we have not
 sent anything) to the peer.
 
-Symmetric RTP: the first valid packet (right payload type) after ``set_remote`` latches the source and
-media is sent back there, whatever the SDP said (NAT). Packets from anywhere else are dropped (logged
-once per latch). A latch to an address other than the signalled one stays provisional: a packet from
-the signalled address itself takes over, so a straggler from the old address after a re-INVITE cannot
-steal the stream.
+Where media comes from and goes to is decided by ``SourceLatch`` (``latch.py``): the SDP's address, or
+with symmetric RTP (NAT) another address that sends a valid run of packets once the current source has
+been silent for a second. Packets from any other address are dropped before they reach the jitter buffer,
+the statistics or DTMF (counted in ``foreign_packets``, logged once per latch), and nothing is sent to
+them: neither our audio nor our RTCP. RTCP is taken only from the current source's host and about its
+SSRC, and our RTCP follows the media source.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sipagent.media.clock import MediaClock
 from sipagent.media.playout import PlayoutQueue
 from sipagent.rtp.dtmf import DtmfReceiver, DtmfSender
 from sipagent.rtp.jitter import JitterBuffer
+from sipagent.rtp.latch import SourceLatch
 from sipagent.rtp.packet import HEADER, is_rtcp, parse_media
 from sipagent.rtp.ports import PortAllocator
 from sipagent.rtp.rtcp import (
@@ -84,8 +86,11 @@ class RtpEndpoint:
         cname: str = "sipagent",
         eager: bool = False,
         rtcp_interval: float = 5.0,
+        symmetric: bool = True,
     ) -> None:
-        """Bind a port pair from ``ports`` and start ticking on ``clock``; needs a running event loop."""
+        """Bind a port pair from ``ports`` and start ticking on ``clock``; needs a running event loop.
+        ``symmetric``: follow a peer whose media comes from another address than its SDP says (NAT), under
+        the rules of ``SourceLatch``; without it, media is taken from the signalled address only."""
         self._loop = asyncio.get_running_loop()
         self.clock = clock
         self.frame_bytes = len(silence)
@@ -111,15 +116,14 @@ class RtpEndpoint:
         self._event_ts = 0
         self._was_audio = False
         self._ticked = False
+        self._now = 0  # ticks of the clock so far: the latch's time
         self.packets_sent = 0
         self.octets_sent = 0
         self.send_errors = 0
         # Remote side.
         self.payload_type: int | None = None
         self.dtmf_payload_type: int | None = None
-        self._signalled: Address | None = None
-        self._dest: Address | None = None
-        self._latched: Address | None = None
+        self._latch = SourceLatch(symmetric=symmetric)
         self._foreign_logged = False
         self._rtcp_dest: Address | None = None
         self._rtcp_latched = False
@@ -147,21 +151,27 @@ class RtpEndpoint:
     def set_remote(
         self, host: str, port: int, payload_type: int, dtmf_payload_type: int | None = None
     ) -> None:
-        """Where to send and what to accept; called again on a re-INVITE, which re-opens the latch."""
+        """Where to send and what to accept; called again on a re-INVITE. A new address starts the latch over
+        (the same one again keeps a NAT latch). An unspecified address (c=0.0.0.0, hold) gets nothing:
+        Linux would deliver it to this host."""
+        family = self._sock.family
         try:
-            ip = str(ipaddress.ip_address(host))
+            address = ipaddress.ip_address(host)
         except ValueError:
-            family = self._sock.family
-            ip = str(socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0][4][0])
-        self._signalled = self._dest = (ip, port)
-        self._latched = None
-        self._foreign_logged = False
-        self._rtcp_dest = (ip, port + 1)
-        self._rtcp_latched = False
+            address = ipaddress.ip_address(socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0][4][0])
+        signalled: Address | None = None
+        if not address.is_unspecified:
+            ip = str(address)
+            if address.version == 4 and family == socket.AF_INET6:
+                ip = f"::ffff:{ip}"  # as a dual-stack socket sends to IPv4 and sees it: a mapped address
+            signalled = (ip, port)
+        if self._latch.set_signalled(signalled, self._now):
+            self._foreign_logged = False
+            self._rtcp_dest = None if signalled is None else (signalled[0], port + 1)
+            self._rtcp_latched = self._rtcp_mux = False
         self.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
-        log.debug("rtp %s: remote %s:%s pt %s dtmf %s", self.local_port, ip, port, payload_type,
-                  dtmf_payload_type)
+        log.debug("rtp %s: remote %s pt %s dtmf %s", self.local_port, signalled, payload_type, dtmf_payload_type)
 
     def send_dtmf(self, digit: str, duration_ms: int = 100) -> None:
         """Queue a digit as RFC 4733 events, sent on the clock's ticks in place of audio."""
@@ -171,8 +181,8 @@ class RtpEndpoint:
 
     @property
     def remote_address(self) -> Address | None:
-        """Where media goes now: the latched source, or the signalled address before latching."""
-        return self._dest
+        """Where media goes now: the current source (the signalled address until another one latches)."""
+        return self._latch.source
 
     @property
     def closed(self) -> bool:
@@ -228,9 +238,17 @@ class RtpEndpoint:
         except RtpError:
             self.malformed += 1
             return
+        latch = self._latch
         if pt != self.payload_type and pt != self.dtmf_payload_type:
+            if addr != latch.source:
+                self._foreign(addr)
             return  # comfort noise or a type we did not negotiate
-        if addr != self._latched and not self._accept_source(addr):
+        if addr == latch.source:
+            latch.heard = self._now  # SourceLatch.accept's first rule, inlined: nearly every packet
+        elif latch.consider(addr, ssrc, sequence, self._now):
+            self._switched(addr)
+        else:
+            self._foreign(addr)
             return
         if ssrc != self._rx_ssrc:
             if self._rx_ssrc is not None:
@@ -276,32 +294,40 @@ class RtpEndpoint:
             if on_frame is not None:
                 on_frame(frame)
 
-    def _accept_source(self, addr: Address) -> bool:
-        """Latch to the first valid source; let the signalled address take over a provisional latch."""
-        if self._latched is None or (addr == self._signalled and self._latched != self._signalled):
-            if self._latched is not None:
-                log.info("rtp %s: media from the signalled %s:%s, re-latching", self.local_port, *addr)
-            elif addr != self._signalled:
-                log.info("rtp %s: latched to %s:%s (signalled %s)", self.local_port, addr[0], addr[1],
-                         self._signalled)
-            self._latched = self._dest = addr
-            if not self._rtcp_latched:
-                self._rtcp_dest = (addr[0], addr[1] + 1)
-            return True
+    def _switched(self, addr: Address) -> None:
+        """Media now comes from (and goes to) ``addr``; our RTCP follows it until its own RTCP arrives."""
+        if addr == self._latch.signalled:
+            log.info("rtp %s: media from the signalled %s:%s again, re-latching", self.local_port, *addr)
+        else:
+            log.info("rtp %s: latched to %s:%s (signalled %s)", self.local_port, addr[0], addr[1],
+                     self._latch.signalled)
+        self._foreign_logged = False
+        self._rtcp_dest = addr if self._rtcp_mux else (addr[0], addr[1] + 1)
+        self._rtcp_latched = False
+
+    def _foreign(self, addr: Address) -> None:
+        # Counted always, logged once per latch: a flood must not flood the log.
         self.foreign_packets += 1
         if not self._foreign_logged:
             self._foreign_logged = True
-            log.warning("rtp %s: ignoring packets from %s:%s (latched to %s:%s)",
-                        self.local_port, addr[0], addr[1], *self._latched)
-        return False
+            source = self._latch.source
+            log.warning("rtp %s: ignoring packets from %s:%s (media from %s)", self.local_port, addr[0],
+                        addr[1], f"{source[0]}:{source[1]}" if source else "no address yet")
 
     def _on_rtcp(self, data: bytes, addr: Address, sock: socket.socket) -> None:
-        if self._signalled is None or addr[0] != (self._latched or self._signalled)[0]:
+        if self.payload_type is None:
+            return  # no remote yet, as for RTP
+        source = self._latch.source
+        if source is None or addr[0] != source[0]:
+            self._foreign(addr)
             return
         try:
             reports = parse_compound(data)
         except RtpError:
             self.malformed += 1
+            return
+        if self._rx_ssrc is None or all(report.ssrc != self._rx_ssrc for report in reports):
+            self._foreign(addr)  # not about the stream we take media from
             return
         if not self._rtcp_latched:
             self._rtcp_latched = True
@@ -318,6 +344,7 @@ class RtpEndpoint:
 
     def on_tick(self, elapsed: int) -> None:
         """Called by the MediaClock every 20 ms (``elapsed`` > 1 after skipped ticks)."""
+        self._now += elapsed
         if self.eager:
             jitter = self.jitter
             if self._overdue_ticks + elapsed <= jitter.depth and jitter.started:
@@ -333,7 +360,7 @@ class RtpEndpoint:
         if self._ticked:
             self._ts = (self._ts + SAMPLES_PER_TICK * elapsed) & 0xFFFFFFFF
         self._ticked = True
-        dest = self._dest
+        dest = self._latch.source
         payload_type = self.payload_type
         if dest is None or payload_type is None:
             return
@@ -410,7 +437,7 @@ class RtpEndpoint:
             self.send_errors += 1
 
     def __repr__(self) -> str:
-        return f"<RtpEndpoint port={self.local_port} remote={self._dest}>"
+        return f"<RtpEndpoint port={self.local_port} remote={self._latch.source}>"
 
     def __enter__(self) -> RtpEndpoint:
         return self

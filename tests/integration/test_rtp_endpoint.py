@@ -183,9 +183,15 @@ def test_nat_latch_is_provisional_until_signalled_address_speaks() -> None:
         signalled, natted = Peer(), Peer()
         try:
             ep.set_remote(HOST, signalled.port, 8)
-            natted.send(ep.local_port, b"\xd5" * 160, pt=8)
-            await until(lambda: len(natted.received()) > 0)  # media follows the packets, not the SDP
+            # The signalled address stays silent: after a second, a steady run from elsewhere takes the stream
+            # and media follows the packets, not the SDP.
+            for _ in range(150):
+                natted.send(ep.local_port, b"\xd5" * 160, pt=8)
+                await asyncio.sleep(0.02)
+                if natted.received():
+                    break
             assert ep.remote_address == (HOST, natted.port)
+            assert signalled.received()  # until then our audio went where the SDP said
             natted.send(ep.local_port, b"\xd5" * 160, pt=0)  # wrong payload type: no latch effect
             signalled.send(ep.local_port, b"\xd5" * 160, pt=8)
             await until(lambda: len(signalled.received()) > 0)
@@ -421,3 +427,48 @@ def test_eager_endpoint_conceals_nothing_while_frames_keep_arriving_in_order() -
             assert got[-1] == bytes([12]) * 160 and ep.stats().concealed == 1
 
     asyncio.run(main())
+
+
+def test_hold_with_an_unspecified_address_sends_nothing_and_takes_nothing() -> None:
+    # c=0.0.0.0 (RFC 2543 hold): sending there would reach whatever listens on that port of this host.
+    async def body(clock: MediaClock) -> None:
+        local, natted = Peer(), Peer()
+        frames: list[bytes] = []
+        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, silence=SIL, on_frame=frames.append, eager=True)
+        try:
+            ep.set_remote("0.0.0.0", local.port, 0)
+            ep.playout.push(b"\x01" * 160 * 50)
+            for _ in range(75):  # 1.5 s: past the window and the probation
+                natted.send(ep.local_port, b"\x02" * 160)
+                await asyncio.sleep(0.02)
+            assert local.received() == [] and natted.received() == [] and frames == []
+            assert ep.remote_address is None and ep.stats().foreign_packets == 75
+        finally:
+            ep.close()
+            local.close()
+            natted.close()
+
+    run(body)
+
+
+def test_dual_stack_socket_takes_an_ipv4_peer_at_its_signalled_address_at_once() -> None:
+    # Bound to "::", the socket sees an IPv4 peer as ::ffff:a.b.c.d: the SDP's a.b.c.d must match it.
+    async def body(clock: MediaClock) -> None:
+        try:
+            ep = RtpEndpoint(clock, allocator(), bind_host="::", silence=SIL, eager=True, symmetric=False)
+        except (OSError, RtpError):
+            pytest.skip("no IPv6 on this host")
+        peer = Peer()
+        frames: list[bytes] = []
+        ep.on_frame = frames.append
+        try:
+            ep.set_remote(HOST, peer.port, 0)
+            ep.playout.push(b"\x01" * 160 * 5)
+            peer.send(ep.local_port, b"\x02" * 160)
+            await until(lambda: frames == [b"\x02" * 160])
+            await until(lambda: any(p.payload == b"\x01" * 160 for p in peer.received()))
+        finally:
+            ep.close()
+            peer.close()
+
+    run(body)
