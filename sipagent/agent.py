@@ -201,7 +201,8 @@ class Agent:
         endpoint = RtpEndpoint(self.clock, self.ports, bind_host=self.config.sip.listen_address.host,
                                jitter_ms=self.config.media.jitter_ms, silence=CODEC_SILENCE["PCMU"],
                                on_frame=on_frame, on_dtmf=on_dtmf, cname=f"sipagent-{call.call_id[:8]}",
-                               eager=True)  # the model is not an ear: no playout delay on the way up
+                               eager=True,  # the model is not an ear: no playout delay on the way up
+                               symmetric=self.config.media.symmetric_rtp)
         try:
             rtp_host = self.config.sip.public_address or self._advertised_host()
             try:

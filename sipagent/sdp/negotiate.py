@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass
 
@@ -59,6 +60,18 @@ class LocalSession:
 
     def origin_line(self, host: str) -> str:
         return f"{self.username} {self.session_id} {self.next_version()} IN {_addrtype(host)} {host}"
+
+
+def _ip_address(host: str | None, what: str) -> str:
+    """The peer's media address, which must be an IP literal: a name would have to be resolved on the
+    media path, and one chosen by the caller would make us query the caller's DNS."""
+    if not host:
+        raise SdpError(f"{what} has no connection address")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise SdpError(f"{what}'s connection address {host[:60]!r} is not an IP address") from None
+    return host
 
 
 def _addrtype(host: str) -> str:
@@ -156,9 +169,7 @@ def negotiate(
     if chosen is None:
         raise SdpError("no common audio codec in offer")
     media, codec, pt, dtmf_pt = chosen
-    remote_host = media.connection_address or offer.connection_address
-    if not remote_host:
-        raise SdpError("offer has no connection address")
+    remote_host = _ip_address(media.connection_address or offer.connection_address, "offer")
     direction = ANSWER_DIRECTION[_offer_direction(offer, media)]
 
     answer = SessionDescription(lines=[
@@ -236,9 +247,7 @@ def accept_answer(answer: SessionDescription) -> NegotiatedMedia:
         found = _match(table, order)
         if found is None:
             break
-        host = media.connection_address or answer.connection_address
-        if not host:
-            raise SdpError("answer has no connection address")
+        host = _ip_address(media.connection_address or answer.connection_address, "answer")
         their = media.direction or answer.direction or "sendrecv"
         return NegotiatedMedia(
             codec=found[0], payload_type=found[1], clock_rate=CODECS[found[0]][1],

@@ -166,3 +166,11 @@ def test_fuzz_parse_and_negotiate_raise_only_sdp_error(lines: list[str]) -> None
         negotiate(offer, ["PCMU", "G722"], "192.0.2.1", 40000)
     except SdpError:
         pass
+
+
+def test_a_connection_address_that_is_a_name_is_refused() -> None:
+    """A name in c= would be resolved on the media path, in the caller's own DNS: the offer is refused."""
+    offer = SessionDescription.parse(b"v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 media.attacker.example\r\n"
+                                     b"t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+    with pytest.raises(SdpError, match="not an IP address"):
+        negotiate(offer, ["PCMU"], "192.0.2.1", 40000)
