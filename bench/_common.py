@@ -9,7 +9,9 @@
   ``probe`` (send time minus the 20 ms deadline, for every packet of every call, measured inside the agent)
   and a playout observer counting underruns (the playout queue ran dry between two audio frames of one
   utterance). The bench talks to it over stdin/stdout, one JSON line per request.
-- ``ProcStats``: CPU, RSS, threads, fds, sockets of a pid from /proc.
+- ``ProcStats``: CPU, RSS, threads, fds, sockets of a pid from /proc, and kernel drops at its UDP sockets.
+- ``scrape_metrics``: the agent's Prometheus counters (``metrics.listen``) as a dict.
+- ``read_json_line``: one JSON line from a child's stdout, with a timeout (the benches' control channel).
 - ``QuietCaller``: the project's SipCaller with a cheap receive path (counts frames, keeps no audio), so one
   bench process can hold hundreds of calls.
 
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +171,27 @@ class ProcStats:
 
     def udp_ports_in(self, lo: int, hi: int) -> int:
         """UDP sockets bound on 127.0.0.1 ports lo..hi owned by this process (RTP and RTCP)."""
+        inodes = self._socket_inodes()
+        count = 0
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            parts = line.split()
+            port = int(parts[1].split(":")[1], 16)
+            if lo <= port <= hi and parts[9] in inodes:
+                count += 1
+        return count
+
+    def udp_drops(self, lo: int, hi: int) -> int:
+        """Datagrams the kernel dropped (receive buffer full) at this process's UDP sockets on ports lo..hi:
+        what arrived faster than the process read it."""
+        inodes = self._socket_inodes()
+        drops = 0
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            parts = line.split()
+            if lo <= int(parts[1].split(":")[1], 16) <= hi and parts[9] in inodes:
+                drops += int(parts[12])
+        return drops
+
+    def _socket_inodes(self) -> set[str]:
         inodes = set()
         fd_dir = f"/proc/{self.pid}/fd"
         for name in os.listdir(fd_dir):
@@ -177,13 +201,7 @@ class ProcStats:
                 continue
             if link.startswith("socket:["):
                 inodes.add(link[8:-1])
-        count = 0
-        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-            parts = line.split()
-            port = int(parts[1].split(":")[1], 16)
-            if lo <= port <= hi and parts[9] in inodes:
-                count += 1
-        return count
+        return inodes
 
 
 # ------------------------------------------------------------------------------------- pinning, processes
@@ -252,6 +270,34 @@ def free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def read_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    """The next JSON line a child writes on its stdout, waiting at most ``timeout`` seconds (a reader thread:
+    a blocked readline cannot time out by itself)."""
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not result or not result[0]:
+        raise RuntimeError(f"child process gave no answer within {timeout:.0f} s (exit {proc.poll()})")
+    data: dict[str, Any] = json.loads(result[0])
+    return data
+
+
+def scrape_metrics(port: int, timeout: float = 5.0) -> dict[str, float]:
+    """The agent's /metrics on 127.0.0.1:``port`` as {series: value}, series named as exposed
+    (``sipagent_sip_shed_total{reason="untrusted"}``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 # ------------------------------------------------------------------------------------- the agent process
 
 
@@ -280,15 +326,8 @@ class AgentProcess:
             raise RuntimeError(f"agent did not start: {ready}")
 
     def _read_line(self, timeout: float) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdout is not None
-        result: list[str] = []
-        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        reader.start()
-        reader.join(timeout)
-        if not result or not result[0]:
-            raise RuntimeError(f"agent process gave no answer within {timeout:.0f} s (exit {self.proc.poll()})")
-        data: dict[str, Any] = json.loads(result[0])
-        return data
+        assert self.proc is not None
+        return read_json_line(self.proc, timeout)
 
     def request(self, command: str, timeout: float = 20.0) -> dict[str, Any]:
         """``report`` (figures since the last reset, then reset) or ``peek`` (figures, no reset)."""

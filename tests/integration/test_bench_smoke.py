@@ -52,3 +52,14 @@ def test_soak_returns_to_idle() -> None:
     for metric in ("ports_in_use", "rtp_udp", "bridges"):
         row = next(line for line in out.splitlines() if line.startswith(metric))
         assert row.split()[-1] == "+0.0", row
+
+
+def test_abuse_short_flood() -> None:
+    out = run_bench("abuse.py", "--calls", "2", "--seconds", "4", "--rate", "300", "--rtp-rate", "200",
+                    "--tcp-conns", "20", "--tcp-message-s", "1", "--tcp-idle-s", "2", "--probe-every", "3",
+                    "--settle", "1")
+    assert "held calls answered: 2/2" in out, out
+    answered = re.search(r"new calls answered/placed, heard agent\s+(\d+)/(\d+) \d+\s+(\d+)/(\d+) \d+", out)
+    assert answered and answered.group(1) == answered.group(2) and answered.group(3) == answered.group(4), out
+    assert int(answered.group(4)) >= 1, out  # a call placed during the flood was answered
+    assert "responses to third parties: 0 " in out, out
