@@ -100,6 +100,10 @@ class Agent:
         self._monitor: asyncio.Task[None] | None = None
         self._apology = _apology_audio()
         self._late_ticks_seen = 0
+        # Foreign RTP is counted live (an attack on calls in progress shows before they hang up).
+        self._endpoints: set[RtpEndpoint] = set()
+        self._foreign_ended = 0
+        self._foreign_seen = 0
 
     async def start(self) -> None:
         self._local_server, self._endpoint = await realtime_endpoint(self.config)
@@ -123,6 +127,9 @@ class Agent:
                         self.metrics.registration_failed(state)
                 last_state = state
             self.metrics.set_sip_transactions(self.ua.server_transactions)
+            foreign = self._foreign_ended + sum(endpoint.foreign_packets for endpoint in self._endpoints)
+            self.metrics.add_rtp_foreign(foreign - self._foreign_seen)
+            self._foreign_seen = foreign
             late = self.clock.late_ticks + self.clock.skipped_ticks
             if late > self._late_ticks_seen:
                 self.metrics.add_late_ticks(late - self._late_ticks_seen)
@@ -203,6 +210,7 @@ class Agent:
                                on_frame=on_frame, on_dtmf=on_dtmf, cname=f"sipagent-{call.call_id[:8]}",
                                eager=True,  # the model is not an ear: no playout delay on the way up
                                symmetric=self.config.media.symmetric_rtp)
+        self._endpoints.add(endpoint)
         try:
             rtp_host = self.config.sip.public_address or self._advertised_host()
             try:
@@ -245,11 +253,12 @@ class Agent:
             rtp = endpoint.stats()
             self.metrics.add_rtp(sent=rtp.packets_sent, received=rtp.packets_received, lost=max(0, rtp.lost))
             self.metrics.observe_jitter(rtp.jitter_ms / 1000)
-            self.metrics.add_rtp_foreign(rtp.foreign_packets)
             if self.on_call_end:
                 self.on_call_end(call.call_id, outcome)
         finally:
             endpoint.close()
+            self._endpoints.discard(endpoint)
+            self._foreign_ended += endpoint.foreign_packets
             self.bridges.pop(call.call_id, None)
 
     def _advertised_host(self) -> str:

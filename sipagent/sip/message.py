@@ -47,7 +47,6 @@ REASONS = {
 }
 MAX_MESSAGE = 65535  # larger than any UDP datagram; bounds TCP buffering
 MESSAGE_TOO_LARGE = "Message Too Large"  # the reason of SipParseError for a message over a size limit
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _LINE_ENDS = re.compile(rb"(?:\r?\n)+")
 _LINE_SPLIT = re.compile(r"\r?\n")
 _STATUS_RE = re.compile(r"SIP/([0-9]+\.[0-9]+) ([0-9]{3}) ?(.*)", re.IGNORECASE)
@@ -58,7 +57,6 @@ _DIGITS = re.compile(r"[0-9]+")
 # the string in many parsers (NUL). Values built from outside input (tool arguments, URIs, the peer's own
 # headers) are all checked here, once, where the message is serialised.
 _UNSAFE = re.compile(r"[\r\n\x00]")
-_STRAY_CONTROL = re.compile(r"\r(?!\n)|\x00")
 
 
 def canonical_name(name: str) -> str:
@@ -235,25 +233,42 @@ def is_keepalive(data: bytes) -> bool:
     return not data.strip(b" \t\r\n")
 
 
+def find_head_end(data: bytes | bytearray, start: int = 0, stop: int | None = None) -> tuple[int, int] | None:
+    """Where the head ends: (start, end) of the first blank line (``\r?\n\r?\n``) within ``data[start:stop]``,
+    or None. Two C-speed ``find`` calls instead of a regex: every datagram, hostile ones included, goes
+    through here, and the regex cost ~7 ns a byte (0.2 ms for a 30 KB datagram without a blank line)."""
+    stop = len(data) if stop is None else stop
+    lf_lf = data.find(b"\n\n", start, stop)
+    lf_crlf = data.find(b"\n\r\n", start, stop)
+    if lf_lf < 0 and lf_crlf < 0:
+        return None
+    # The first LF of the earliest blank line; a CR before it belongs to the separator.
+    if lf_crlf < 0 or 0 <= lf_lf < lf_crlf:
+        first, end = lf_lf, lf_lf + 2
+    else:
+        first, end = lf_crlf, lf_crlf + 3
+    return (first - 1 if first > start and data[first - 1] == 13 else first), end
+
+
 def _split_head(data: bytes) -> tuple[list[str], bytes]:
     data = data.lstrip(b"\r\n")  # RFC 3261 7.5: ignore CRLFs before the start line
     if not data:
         raise SipParseError("empty message")
-    m = _HEAD_END.search(data)
-    if m is None:
+    found = find_head_end(data)
+    if found is None:
         head_bytes, body = data, b""
         head_bytes = head_bytes.rstrip(b"\r\n")
     else:
-        head_bytes, body = data[: m.start()], data[m.end() :]
+        head_bytes, body = data[: found[0]], data[found[1] :]
     try:
         head = head_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise SipParseError("header is not valid UTF-8") from None
-    if _STRAY_CONTROL.search(head) is not None:
+    if "\x00" in head or head.count("\r") != head.count("\r\n"):
         # A bare CR or a NUL inside a header would be copied into our responses (Via, From, To): refuse it.
         raise SipParseError("control character in header")
     lines: list[str] = []
-    for line in _LINE_SPLIT.split(head):
+    for line in head.replace("\r\n", "\n").split("\n"):
         if line[:1] in (" ", "\t") and lines:
             lines[-1] += " " + line.strip()  # line folding: continuation is one SP
         else:
@@ -444,8 +459,8 @@ def head_within(data: bytes, limit: int) -> bytes | None:
 
     The body is never looked at: an oversized datagram is answered from its head alone.
     """
-    m = _HEAD_END.search(data, 0, limit)
-    return data[: m.end()] if m else None
+    found = find_head_end(data, 0, limit)
+    return data[: found[1]] if found else None
 
 
 class StreamFramer:
@@ -517,10 +532,10 @@ class StreamFramer:
 
     def _find_head(self) -> None:
         # A match is at most 4 bytes long, so one ending in the new bytes starts at most 3 bytes back.
-        m = _HEAD_END.search(self._buf, max(0, self._searched - 3))
+        found = find_head_end(self._buf, max(0, self._searched - 3))
         self._searched = len(self._buf)
-        if m is not None:
-            self._head_end = m.end()
+        if found is not None:
+            self._head_end = found[1]
 
     @staticmethod
     def _length(head: bytes) -> int:

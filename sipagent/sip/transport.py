@@ -144,9 +144,10 @@ class SipTransport:
         self.limits = limits or TransportLimits()
         self.shed: Counter[str] = Counter()  # shed events by reason, since start
         self.local_address: tuple[str, int] = (host, port)
-        # Who gets a 400 for a message that does not parse: the UA sets its trust policy here, so that a
-        # stranger's garbage is dropped unanswered like the rest of what strangers send.
-        self.answers: Callable[[str], bool] = lambda host: True
+        # The UA's trust policy (a source address in, trusted or not out). Only trusted sources get a 400
+        # for a message that does not parse (a stranger's garbage is dropped unanswered like the rest of
+        # what strangers send), and strangers filling the TCP connection cap cannot lock the PBX out.
+        self.trusts: Callable[[str], bool] = lambda host: True
         self._log_throttle = LogThrottle()
 
     async def start(self) -> None:
@@ -171,7 +172,7 @@ class SipTransport:
         try:
             message = parse_message(data)
         except SipParseError as exc:
-            reply = bad_request_for(data, exc.reason) if self.answers(peer.host) else None
+            reply = bad_request_for(data, exc.reason) if self.trusts(peer.host) else None
             if self._log_throttle.allow("unparsable", peer.host, time.monotonic()):
                 logger.info("unparsable message from %s:%s (%s): %s (logged once a minute per source)",
                             peer.host, peer.port, exc.reason, "answered 400" if reply else "dropped")
@@ -451,8 +452,8 @@ class TcpTransport(SipTransport):
     def _over_cap(self, host: str) -> ShedReason | None:
         if self._per_source.get(host, 0) >= self.limits.tcp_connections_per_source:
             return "tcp-connections-per-source"
-        if len(self._accepted) >= self.limits.tcp_connections:
-            return "tcp-connections"
+        if len(self._accepted) >= self.limits.tcp_connections and not self.trusts(host):
+            return "tcp-connections"  # a trusted source (the PBX) is bounded by its own cap only
         return None
 
     def _forget(self, conn: _Connection) -> None:

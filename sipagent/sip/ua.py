@@ -478,7 +478,7 @@ class UserAgent:
             registrar_addresses = await self._resolve_all(host)
             self._registrar = Peer(self.transport_name, registrar_addresses[0], port)
         self.policy = await self._source_policy(registrar_addresses)
-        self._transport.answers = self.policy.trusts
+        self._transport.trusts = self.policy.trusts
         self._advertised = (self._advertised_host(), self.local_address[1])
         logger.info("SIP %s listening on %s:%s, advertising %s:%s; requests accepted from %s",
                     self.transport_name, *self.local_address, *self._advertised, self.policy.describe())

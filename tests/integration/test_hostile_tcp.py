@@ -163,6 +163,7 @@ def test_an_idle_accepted_connection_is_closed_and_our_own_is_kept(loop: str) ->
 def test_connections_over_the_caps_are_closed_at_once(loop: str) -> None:
     async def main() -> None:
         async with serving(LONG_IDLE) as (transport, shed):
+            transport.trusts = lambda host: False  # strangers all: the total cap applies to every one
             port = transport.local_address[1]
             held = [await connect(port) for _ in range(LIMITS.tcp_connections_per_source)]
             extra_reader, extra = await connect(port)
@@ -187,6 +188,25 @@ def test_connections_over_the_caps_are_closed_at_once(loop: str) -> None:
                 w.close()
             extra.close()
             over.close()
+
+    run_on(loop, main())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_strangers_filling_the_total_cap_do_not_lock_out_a_trusted_source(loop: str) -> None:
+    async def main() -> None:
+        async with serving(LONG_IDLE) as (transport, shed):
+            transport.trusts = lambda host: host == "127.0.0.1"  # the UA's policy: 127.0.0.1 is the PBX
+            port = transport.local_address[1]
+            strangers = [await connect(port, f"127.0.0.{2 + i // 3}") for i in range(LIMITS.tcp_connections)]
+            refused_reader, refused = await connect(port, "127.0.0.9")
+            assert await closed_by_server(refused_reader, 2) == b""
+            assert shed == ["tcp-connections"]
+            pbx_reader, pbx = await connect(port)  # over the total, but trusted: its own cap applies
+            pbx.write(options(1))
+            assert b"Call-ID: hostile-1\r\n" in await read_response(pbx_reader)
+            for _, w in [*strangers, (refused_reader, refused), (pbx_reader, pbx)]:
+                w.close()
 
     run_on(loop, main())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +14,7 @@ from sipagent.sip.message import (
     SipResponse,
     StreamFramer,
     bad_request_for,
+    find_head_end,
     head_within,
     parse_message,
 )
@@ -31,20 +31,19 @@ def request(body: bytes = b"", extra: str = "", eol: str = "\r\n") -> bytes:
 
 
 class SearchSpy:
-    """Stands in for the framer's head-end pattern and counts the bytes each search had to look at."""
+    """Stands in for the framer's head-end search and counts the bytes each search had to look at."""
 
-    def __init__(self, pattern: re.Pattern[bytes]) -> None:
-        self.pattern = pattern
+    def __init__(self) -> None:
         self.scanned = 0
 
-    def search(self, data: bytes | bytearray, pos: int = 0, endpos: int = sys.maxsize) -> re.Match[bytes] | None:
-        self.scanned += min(len(data), endpos) - pos
-        return self.pattern.search(data, pos, endpos)
+    def __call__(self, data: bytes | bytearray, start: int = 0, stop: int | None = None) -> tuple[int, int] | None:
+        self.scanned += (len(data) if stop is None else min(len(data), stop)) - start
+        return find_head_end(data, start, stop)
 
 
 def test_a_head_trickled_byte_by_byte_is_searched_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    spy = SearchSpy(message._HEAD_END)
-    monkeypatch.setattr(message, "_HEAD_END", spy)
+    spy = SearchSpy()
+    monkeypatch.setattr(message, "find_head_end", spy)
     big = request(extra="X-Filler: " + "a" * 20000 + "\r\n")
     framer = StreamFramer(max_message=len(big))
     out: list[bytes] = []
@@ -170,3 +169,12 @@ def test_any_split_of_a_stream_frames_the_same_messages(
     assert out == messages
     assert framer.buffered == 0
     assert framer.pings == sum(gap == b"\r\n\r\n" for _, _, gap in parts)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=40).map(lambda b: b.translate(bytes.maketrans(b"\x00\x01\x02", b"\r\n\n"))),
+       st.integers(0, 10))
+def test_find_head_end_agrees_with_the_grammar(data: bytes, start: int) -> None:
+    """``find_head_end`` is the regex ``\\r?\\n\\r?\\n`` (leftmost, greedy) done with two ``find`` calls."""
+    expected = re.compile(rb"\r?\n\r?\n").search(data, start)
+    assert find_head_end(data, start) == (expected.span() if expected else None)
