@@ -22,12 +22,11 @@ The flood runs in its own process (``abuse.py flood``), at a fixed rate, and sto
   over a fresh TCP connection once a second and times the answer.
 
 Measured per window: inside the UDP agent, as bench/load.py does, the send deviation of every RTP packet
-(p50/p99/max) and playout underruns; the agent's CPU% and RSS (/proc), datagrams the kernel dropped at its SIP
-and RTP sockets, its log volume, and its own counters from /metrics (``sipagent_sip_shed_total`` by reason,
-``sipagent_sip_server_transactions``; ``sipagent_rtp_foreign_packets_total`` is added when a call ends, so it
-is read after the hang-up). For the TCP agent: the OPTIONS answer times, CPU%, RSS, sockets, its shed
-counters, and how many stalled or idle connections it still held ``tcp_message_s``/``tcp_idle_s`` (+1.5 s)
-after they were opened.
+(p50/p99/max) and playout underruns; the agent's CPU% and RSS (/proc), datagrams the kernel dropped at its SIP and
+RTP sockets, its log volume, and its own counters from /metrics (``sipagent_sip_shed_total`` by reason,
+``sipagent_sip_server_transactions``, ``sipagent_rtp_foreign_packets_total``). For the TCP agent: the OPTIONS
+answer times, CPU%, RSS, sockets, its shed counters, and how many stalled or idle connections it still held
+``tcp_message_s``/``tcp_idle_s`` (+1.5 s) after they were opened.
 
 Must be zero: datagrams received by the third party the forged Vias name (responses sent anywhere but to a
 request's source), and packets received by the foreign RTP socket.

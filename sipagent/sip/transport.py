@@ -56,8 +56,12 @@ _READ_SIZE = 65536
 _TIMER_SLACK = 0.005
 _CONNECT_TIMEOUT = 10.0
 
+# What a stranger's datagram may start with to be parsed at all: an INVITE (the UA answers 403), a response
+# (matched to our own transactions), and the requests a dialog's far end may send us from its own address.
+_FROM_ANYONE = (b"INVITE ", b"SIP/2.0 ", b"ACK ", b"BYE ", b"CANCEL ", b"INFO ", b"NOTIFY ", b"REFER ",
+                b"UPDATE ", b"PRACK ")
 ShedReason = Literal[
-    "too-large", "tcp-connections", "tcp-connections-per-source", "tcp-idle", "tcp-slow-message",
+    "untrusted", "too-large", "tcp-connections", "tcp-connections-per-source", "tcp-idle", "tcp-slow-message",
     "unframeable",
 ]
 SHED_REASONS: tuple[ShedReason, ...] = get_args(ShedReason)
@@ -169,6 +173,10 @@ class SipTransport:
         if is_keepalive(data):
             return
         _trace("<", peer, data)
+        if not data.startswith(_FROM_ANYONE) and not self.trusts(peer.host):
+            # Scanners' OPTIONS and REGISTERs, and garbage, from a stranger: dropped before they cost a parse.
+            self._shed("untrusted", peer)
+            return
         try:
             message = parse_message(data)
         except SipParseError as exc:

@@ -835,7 +835,7 @@ class UserAgent:
         """Screen a request before it may cost state: a stranger's is refused; what is not part of a call
         is answered statelessly; only an admitted INVITE or a request in a call's dialog gets a server
         transaction, and those are bounded per source (``settings.limits``)."""
-        if not self.policy.trusts(peer.host):
+        if not self.policy.trusts(peer.host) and not self._in_known_dialog(request):
             self._refuse_stranger(request, peer)
             return
         key = server_key(request)
@@ -905,6 +905,15 @@ class UserAgent:
         if call is not None:  # a second INVITE with a call's Call-ID and no To tag (RFC 3261 8.2.2.2)
             return 482, None, None
         return self._admit(request, peer)
+
+    def _in_known_dialog(self, request: SipRequest) -> bool:
+        """A request in one of our dialogs (its Call-ID and both tags, which a stranger cannot guess) is taken
+        from any address: the dialog's far end may be a phone the PBX let talk to us directly (a NOTIFY
+        about a transfer, a BYE)."""
+        if not request.to_addr.tag:
+            return False
+        call = self._calls.get(request.call_id)
+        return call is not None and call.dialog.matches(request)
 
     def _refuse_stranger(self, request: SipRequest, peer: Peer) -> None:
         """A request from an address that may not call us: an INVITE gets one stateless 403 (a misconfigured

@@ -211,7 +211,7 @@ def test_transfer_to_a_colleague(kamailio: Kamailio, tmp_path: Path) -> None:
         assert outcome.transcript_path is not None
         transcript = read_transcript(outcome.transcript_path)
         assert entries(transcript, "tool_call", name="transfer_call"), transcript
-        assert entries(transcript, "event", event="transfer", target=target), transcript
+        assert entries(transcript, "event", event="transfer", target="default", uri=target), transcript
         assert entries(transcript, "call", event="end")[0]["reason"] == "transferred"
 
     run(scenario(), 150)

@@ -56,9 +56,9 @@ class ScriptedPeer:
     seen: list[bytes] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, target: tuple[str, int]) -> ScriptedPeer:
+    async def open(cls, target: tuple[str, int], host: str = "127.0.0.1") -> ScriptedPeer:
         loop = asyncio.get_running_loop()
-        transport, inbox = await loop.create_datagram_endpoint(_Inbox, local_addr=("127.0.0.1", 0))
+        transport, inbox = await loop.create_datagram_endpoint(_Inbox, local_addr=(host, 0))
         return cls(target, transport, inbox, transport.get_extra_info("sockname")[1])
 
     def request(self, method: str, cseq: int, *, to_tag: str = "", body: str = "", branch: str = "",
@@ -343,3 +343,38 @@ def _answer(request: bytes, status: int, reason: str) -> bytes:
     lines = request.decode().split("\r\n")
     keep = [line for line in lines if line.split(":")[0].lower() in ("via", "from", "to", "call-id", "cseq")]
     return (f"SIP/2.0 {status} {reason}\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def test_a_stranger_is_heard_only_inside_a_dialog_it_knows() -> None:
+    """With the PBX (127.0.0.1) trusted, 127.0.0.2 is a stranger: its OPTIONS and garbage get nothing, and a
+    BYE with a guessed tag nothing either; a request carrying the dialog's Call-ID and both tags (a phone
+    the PBX put in touch with us directly) is taken from it."""
+    calls: list[IncomingCall] = []
+
+    async def on_call(call: IncomingCall) -> None:
+        calls.append(call)
+        await call.answer("127.0.0.1", 41004)
+
+    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
+        tag = to_tag(await peer.status(200, "INVITE"))
+        peer.ack(1, tag)
+        while not (calls and calls[0].state == "confirmed"):
+            await asyncio.sleep(0.05)
+        phone = await ScriptedPeer.open(ua.local_address, host="127.0.0.2")
+        phone.call_id, phone.tag = peer.call_id, peer.tag
+        try:
+            phone.request("OPTIONS", 1)
+            phone.send(b"\x00\xff garbage \r\n\r\n")
+            phone.request("BYE", 2, to_tag="guessed")
+            with pytest.raises(AssertionError, match="nothing matched"):
+                await phone.expect(lambda d: True, timeout=1.0)
+            assert calls[0].state == "confirmed"
+            phone.request("BYE", 3, to_tag=tag)
+            await phone.status(200, "BYE")
+            await asyncio.wait_for(calls[0].ended.wait(), 2)
+            assert calls[0].end_reason == "remote-bye"
+        finally:
+            phone.close()
+
+    run(scenario, on_call, trusted_hosts=["127.0.0.1"])
