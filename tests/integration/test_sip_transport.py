@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from sipagent.observability import metrics
 from sipagent.sip.message import SipRequest, SipResponse, build_response
 from sipagent.sip.transport import (
     SHED_REASONS,
@@ -218,8 +219,9 @@ def test_transport_limits_defaults_and_validation() -> None:
         max_message_bytes=32768, tcp_connections=256, tcp_connections_per_source=16, tcp_idle_s=300.0,
         tcp_message_s=10.0,
     )
-    assert SHED_REASONS == ("too-large", "tcp-connections", "tcp-connections-per-source", "tcp-idle",
+    assert SHED_REASONS == ("untrusted", "too-large", "tcp-connections", "tcp-connections-per-source", "tcp-idle",
                             "tcp-slow-message", "unframeable")
+    assert set(SHED_REASONS) <= set(metrics.SHED_REASONS)  # every reason has its series from the start
     with pytest.raises(ValueError, match="tcp_idle_s"):
         TransportLimits(tcp_idle_s=0)
     with pytest.raises(ValueError, match="at most 65535"):  # the parser's own bound
