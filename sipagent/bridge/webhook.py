@@ -100,16 +100,17 @@ def prepare(
         raise RequestRefused("the URL is not an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None:
         raise RequestRefused("credentials in the URL are not supported (use headers)")
+    tls = parts.scheme == "https"
+    default_port = 443 if tls else 80
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        host_ascii = parts.hostname.encode("idna").decode("ascii")
+        port = parts.port or default_port
+        host = parts.hostname.encode("idna").decode("ascii")  # an international name as its A-labels
     except (ValueError, UnicodeError) as exc:
         raise RequestRefused(f"the URL's host or port is invalid ({exc})") from None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not target.isascii() or any(c <= " " or c == "\x7f" for c in target):
         raise RequestRefused("the URL's path or query has spaces, controls or non-ASCII characters")
-    default_port = 443 if parts.scheme == "https" else 80
-    host_header = f"[{host_ascii}]" if ":" in host_ascii else host_ascii
+    host_header = f"[{host}]" if ":" in host else host
     if port != default_port:
         host_header += f":{port}"
 
@@ -144,7 +145,7 @@ def prepare(
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     except UnicodeEncodeError:
         raise RequestRefused("a header value has characters outside Latin-1") from None
-    return Prepared(parts.hostname, port, parts.scheme == "https", head + (body or b""))
+    return Prepared(host, port, tls, head + (body or b""))
 
 
 # --- the response, sans I/O ---------------------------------------------------------------------------
@@ -215,9 +216,9 @@ class ResponseParser:
     def _line(self, limit: int, what: str) -> bytes | None:
         """The next line (without its CRLF or LF), or None until it has arrived."""
         end = self._buf.find(b"\n", max(self._pos, self._scan))
+        if (end if end >= 0 else len(self._buf)) - self._pos > limit:
+            raise ResponseTooLarge(f"{what} longer than {limit} bytes")
         if end < 0:
-            if len(self._buf) - self._pos > limit:
-                raise ResponseTooLarge(f"{what} longer than {limit} bytes")
             self._scan = len(self._buf)
             return None
         line = bytes(self._buf[self._pos : end]).removesuffix(b"\r")
@@ -342,7 +343,7 @@ def _pool() -> ThreadPoolExecutor:
 _default_tls: ssl.SSLContext | None = None
 
 
-async def default_tls_context() -> ssl.SSLContext:
+async def _default_tls_context() -> ssl.SSLContext:
     """The system's trust store with certificate and host name checks. Loaded once, off the loop: reading
     the CA bundle takes tens of milliseconds, longer than an audio frame may wait."""
     global _default_tls
@@ -366,7 +367,7 @@ async def request(
     connection and TLS failures (``ssl.SSLError`` included).
     """
     prepared = prepare(method, url, headers, body, call_id=call_id)
-    context = (tls or await default_tls_context()) if prepared.tls else None
+    context = (tls or await _default_tls_context()) if prepared.tls else None
     reader, writer = await _connect(prepared.host, prepared.port, context)
     try:
         writer.write(prepared.data)

@@ -15,6 +15,7 @@ import base64
 import json
 import logging
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -293,6 +294,36 @@ def test_with_a_token_a_handshake_without_it_gets_401(caplog: pytest.LogCaptureF
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("sipagent"))
     assert "< Authorization: ***" in ours  # the server logged the headers it received ...
     assert TOKEN not in ours  # ... never the token
+
+
+def test_the_command_takes_its_token_from_the_environment() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "SIPAGENT_LOCAL_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, "-m", "sipagent.cli", "local-realtime", "--listen",
+                             f"127.0.0.1:{port}", "--max-sessions", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "listening on" in proc.stdout.readline()
+        url = f"ws://127.0.0.1:{port}/v1/realtime"
+
+        async def main() -> None:
+            with pytest.raises(RealtimeConnectError) as err:
+                await RealtimeClient(url).connect()
+            assert err.value.status == 401
+            client = RealtimeClient.for_endpoint(endpoint_for("local", url=url, api_key=TOKEN))
+            await client.connect()
+            with pytest.raises(RealtimeConnectError) as err:  # --max-sessions 1: the second is refused
+                await RealtimeClient.for_endpoint(endpoint_for("local", url=url, api_key=TOKEN)).connect()
+            assert err.value.status == 503
+            await client.close()
+
+        run(main())
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert TOKEN not in stderr and "refused a handshake" in stderr
 
 
 def test_the_openai_package_client_uses_its_api_key_as_the_token() -> None:

@@ -47,6 +47,11 @@ def test_get_request_has_no_body_and_https_defaults() -> None:
     assert p.data.endswith(b"\r\n\r\n")
 
 
+def test_an_international_host_name_goes_out_as_a_labels() -> None:
+    p = prepare("GET", "http://bücher.example/x", {}, None)
+    assert p.host == "xn--bcher-kva.example" and "Host: xn--bcher-kva.example" in head_of(p.data)
+
+
 @pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb", "a\x00b", "a\x1bb"])
 def test_control_characters_in_a_header_value_are_refused(value: str) -> None:
     with pytest.raises(RequestRefused, match="control character"):
@@ -161,6 +166,8 @@ def test_caps_on_head_and_body() -> None:
         parse(b"HTTP/1.1 200 OK\r\n\r\n", *([b"x" * 65536] * 17))
     with pytest.raises(ResponseTooLarge, match="chunk-size line"):
         parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"e" * 2000)
+    with pytest.raises(ResponseTooLarge, match="chunk-size line"):  # the same, arriving whole
+        parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"e" * 2000 + b"\r\nx\r\n0\r\n\r\n")
     at_cap = parse(f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_BODY_BYTES}\r\n\r\n".encode(), b"x" * MAX_BODY_BYTES)
     assert at_cap is not None and len(at_cap.body) == MAX_BODY_BYTES
 
