@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--lead-ms", type=int, default=100, metavar="MS",
                        help="how far ahead of real time response audio is sent (the real API sends it faster "
                             "than it plays; default 100)")
+    local.add_argument("--token", metavar="TOKEN", default=None,
+                       help="bearer token every client must send (default: $SIPAGENT_LOCAL_TOKEN, which "
+                            "other users cannot see in the process list); required off loopback")
+    local.add_argument("--max-sessions", type=int, default=64, metavar="N",
+                       help="sessions served at once; more are refused with HTTP 503 (default 64)")
     return parser
 
 
@@ -61,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args.config, args.question, args.out)
         if args.command == "local-realtime":
-            return _local_realtime(args.listen, args.config, args.lead_ms)
+            token = args.token or os.environ.get("SIPAGENT_LOCAL_TOKEN") or None
+            return _local_realtime(args.listen, args.config, args.lead_ms, token, args.max_sessions)
     except ConfigError as exc:
         print(f"sipagent: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -104,17 +110,21 @@ def _demo(path: str | None, question: str | None, out: str | None) -> int:
     return run_demo(path, question, out)
 
 
-def _local_realtime(listen: str, path: str | None, lead_ms: int = 100) -> int:
+def _local_realtime(
+    listen: str, path: str | None, lead_ms: int = 100, token: str | None = None, max_sessions: int = 64
+) -> int:
     from sipagent.agent import run_loop
     from sipagent.demo import load_demo_config
+    from sipagent.observability.logs import configure_logging
     from sipagent.realtime.local.brain import LocalBrainConfig
     from sipagent.realtime.local.server import serve
 
     # Without -c, the brain is the demo's (a retail support line).
     config = load_config(path) if path else load_demo_config(None, None)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("info", "text", secrets=[token] if token else [])  # the token is never printed
+    brain = LocalBrainConfig.from_mapping(config.realtime.local)
     try:
-        run_loop(serve(listen, LocalBrainConfig.from_mapping(config.realtime.local), lead_ms))
+        run_loop(serve(listen, brain, lead_ms, token=token, max_sessions=max_sessions))
     except KeyboardInterrupt:
         return EXIT_OK
     except ValueError as exc:

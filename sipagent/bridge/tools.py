@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
+from sipagent.bridge import webhook
 from sipagent.bridge.settings import ToolConfig
 
 log = logging.getLogger(__name__)
@@ -93,17 +93,62 @@ def parse_arguments(raw: str) -> dict[str, Any]:
     return value
 
 
+# A result nesting deeper is passed on as text: re-encoding it for the model could hit the recursion limit.
+MAX_RESULT_DEPTH = 32
+
+
 async def run_webhook(tool: ToolConfig, arguments: dict[str, Any], call_id: str) -> ToolResult:
-    """Calls the tool's URL with the arguments as JSON; the JSON response is the result."""
+    """Calls the tool's URL with the arguments (a JSON body, or the query of a GET); the JSON response is
+    the result. The whole exchange, DNS to the last byte, has ``tool.timeout_s``; when it runs out, the
+    connection is aborted and nothing of the call is left running."""
     if tool.url.startswith("builtin:demo-orders"):
         order = DEMO_ORDERS.get(str(arguments.get("order_id", "")).strip())
         if order is None:
             return ToolResult(False, {"error": "order not found", "order_id": arguments.get("order_id")})
         return ToolResult(True, order)
+    url, body = tool.url, None
+    if tool.method == "GET":
+        url = f"{url}{'&' if '?' in url else '?'}{urlencode({k: str(v) for k, v in arguments.items()})}"
+    else:
+        body = json.dumps(arguments).encode()
     try:
-        return await asyncio.wait_for(asyncio.to_thread(_http_call, tool, arguments, call_id), tool.timeout_s)
-    except TimeoutError:
+        async with asyncio.timeout(tool.timeout_s):
+            response = await webhook.request(tool.method, url, tool.headers, body, call_id=call_id)
+    except TimeoutError:  # before OSError: a connect that times out in the kernel is a slow service too
         return _timed_out(tool)
+    except webhook.RequestRefused as exc:
+        return _failed(tool, f"the {tool.name} request was not sent ({exc})")
+    except webhook.BadResponse as exc:
+        return _failed(tool, f"the {tool.name} service sent an unusable answer ({exc})")
+    except OSError as exc:
+        return _failed(tool, f"the {tool.name} service is unreachable ({exc})")
+    if 300 <= response.status < 400:  # never followed: the configured URL is the only place a tool goes
+        return _failed(tool, f"the {tool.name} service answered HTTP {response.status} (a redirect, not followed)")
+    if not 200 <= response.status < 300:
+        return _failed(tool, f"the {tool.name} service answered HTTP {response.status}")
+    payload = response.body
+    try:
+        result = json.loads(payload) if payload.strip() else {}
+        usable = not _nested_deeper(result, MAX_RESULT_DEPTH)
+    except (ValueError, RecursionError):
+        usable = False
+    if not usable:  # the model reads it as text either way
+        return ToolResult(True, {"result": payload.decode("utf-8", "replace")[:2000]})
+    return ToolResult(True, result if isinstance(result, dict) else {"result": result})
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests deeper than ``limit`` (iterative: the depth is the question)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _timed_out(tool: ToolConfig) -> ToolResult:
@@ -111,35 +156,6 @@ def _timed_out(tool: ToolConfig) -> ToolResult:
     return ToolResult(False, {"error": f"the {tool.name} service did not answer in time"})
 
 
-def _http_call(tool: ToolConfig, arguments: dict[str, Any], call_id: str) -> ToolResult:
-    body = json.dumps(arguments).encode()
-    url = tool.url
-    if tool.method == "GET":
-        from urllib.parse import urlencode
-
-        url = f"{url}{'&' if '?' in url else '?'}{urlencode({k: str(v) for k, v in arguments.items()})}"
-        data = None
-    else:
-        data = body
-    request = urllib.request.Request(url, data=data, method=tool.method)
-    request.add_header("Content-Type", "application/json")
-    request.add_header("X-Sipagent-Call-Id", call_id)
-    for name, value in tool.headers.items():
-        request.add_header(name, value)
-    try:
-        with urllib.request.urlopen(request, timeout=tool.timeout_s) as response:
-            payload = response.read(1 << 20)
-    except urllib.error.HTTPError as exc:
-        return ToolResult(False, {"error": f"the {tool.name} service answered HTTP {exc.code}"})
-    except (urllib.error.URLError, OSError) as exc:
-        # The socket's own timeout (the same timeout_s) can fire before wait_for's on a busy host: a slow
-        # service, not an unreachable one, whichever timer wins.
-        if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
-            return _timed_out(tool)
-        reason = getattr(exc, "reason", exc)
-        return ToolResult(False, {"error": f"the {tool.name} service is unreachable ({reason})"})
-    try:
-        result = json.loads(payload) if payload.strip() else {}
-    except ValueError:
-        return ToolResult(True, {"result": payload.decode("utf-8", "replace")[:2000]})
-    return ToolResult(True, result if isinstance(result, dict) else {"result": result})
+def _failed(tool: ToolConfig, error: str) -> ToolResult:
+    log.warning("tool %s failed: %s", tool.name, error)
+    return ToolResult(False, {"error": error})

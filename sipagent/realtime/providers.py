@@ -5,7 +5,8 @@
 - azure: the resource URL (``https://NAME.openai.azure.com``) and a deployment name, header ``api-key``.
   GA uses ``/openai/v1/realtime?model=DEPLOYMENT``; beta the preview path
   ``/openai/realtime?api-version=VERSION&deployment=DEPLOYMENT``.
-- local: the URL of a local backend as given (``ws://127.0.0.1:PORT/v1/realtime``), no credentials.
+- local: the URL of a local backend as given (``ws://127.0.0.1:PORT/v1/realtime``); with an api_key,
+  ``Authorization: Bearer KEY`` (the token of a ``sipagent local-realtime --token`` backend).
 """
 
 from __future__ import annotations
@@ -78,12 +79,15 @@ def azure_endpoint(
     return Endpoint(url, {"api-key": api_key}, d)
 
 
-def local_endpoint(url: str, dialect: str = "ga", model: str = "") -> Endpoint:
+def local_endpoint(url: str, dialect: str = "ga", model: str = "", api_key: str = "") -> Endpoint:
     d = check_dialect(dialect)
     ws = _ws_url(url)
     if model and "model=" not in ws:
         ws = _with_query(ws, model=model)
-    return Endpoint(ws, {"OpenAI-Beta": "realtime=v1"} if d == "beta" else {}, d)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if d == "beta":
+        headers["OpenAI-Beta"] = "realtime=v1"
+    return Endpoint(ws, headers, d)
 
 
 def endpoint_for(
@@ -97,5 +101,5 @@ def endpoint_for(
     if provider == "local":
         if not url:
             raise RealtimeError("provider local needs a url here (start the in-process backend first)")
-        return local_endpoint(url, dialect, model)
+        return local_endpoint(url, dialect, model, api_key)
     raise RealtimeError(f"realtime.provider {provider!r} is not one of openai, azure, local")

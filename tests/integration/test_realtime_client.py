@@ -12,7 +12,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient, RealtimeConnectError, RealtimeConnectionLost
-from sipagent.realtime.providers import local_endpoint
+from sipagent.realtime.providers import endpoint_for, local_endpoint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,5 +149,22 @@ def test_client_against_local_backend_rejects_wrong_path() -> None:
             await client.connect()
             assert (await client.recv())["type"] == "session.created"
             await client.close()
+
+    asyncio.run(run())
+
+
+def test_local_endpoint_sends_an_api_key_as_the_bearer_token() -> None:
+    async def run() -> None:
+        for api_key, expected in (("local-token", "Bearer local-token"), ("", None)):
+            peer = Peer([{"type": "session.created"}])
+            async with serve(peer.handler, "127.0.0.1", 0) as server:
+                port = next(iter(server.sockets)).getsockname()[1]
+                endpoint = endpoint_for("local", url=f"ws://127.0.0.1:{port}/v1/realtime", api_key=api_key)
+                assert "local-token" not in repr(endpoint) and "local-token" not in str(endpoint.redacted_headers())
+                client = RealtimeClient.for_endpoint(endpoint)
+                await client.connect()
+                assert (await client.recv())["type"] == "session.created"
+                await client.close()
+            assert peer.headers.get("Authorization") == expected
 
     asyncio.run(run())

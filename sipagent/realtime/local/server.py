@@ -6,12 +6,21 @@ paces output audio by the event-loop clock (``chunk_ms`` per delta, at most ``le
 time). The real API sends a response's audio faster than it plays (the client buffers it and reports what
 was heard with ``conversation.item.truncate``); the default lead of 100 ms is the harsher case, a client
 that must keep up with deltas arriving just in time.
+
+Exposed to a network, it is bounded: a message over 4 MiB closes the connection (1009), at most
+``max_sessions`` sessions run at once (more get HTTP 503 at the handshake), each connection has at most
+a few utterances waiting for recognition, and the session core answers malformed, wrongly typed or too
+deeply nested events with an ``error`` event. Off loopback it needs a bearer token (``token``), checked
+at the handshake (HTTP 401 without it) in constant time and never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import ipaddress
 import logging
 import secrets
 from collections.abc import Coroutine
@@ -20,18 +29,39 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from sipagent.errors import RealtimeError
 from sipagent.realtime import events
-from sipagent.realtime.client import send_text_now
+from sipagent.realtime.client import _RedactSecrets, send_text_now
 from sipagent.realtime.local.asr import GrammarRecognizer
 from sipagent.realtime.local.brain import Brain, LocalBrainConfig
 from sipagent.realtime.local.session import Ids, LocalSession, Output, Respond, ResponseRun, Transcribe
 from sipagent.realtime.local.tts import Synthesizer
 
 log = logging.getLogger(__name__)
+# websockets logs each handshake header at DEBUG: the client's bearer token must not be one of them.
+_wire_log = logging.getLogger(__name__ + ".wire")
+_wire_log.addFilter(_RedactSecrets())
+
+MAX_MESSAGE_BYTES = 4 << 20  # one client message; a bigger one closes the connection with 1009
+MAX_QUEUED_FRAMES = 4  # received frames buffered per connection before reading pauses (16 MiB at most)
+MAX_SESSIONS = 64
+MAX_TRANSCRIPTIONS = 4  # utterances per connection waiting for (or in) recognition
+TOKEN_ENV = "SIPAGENT_LOCAL_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    """Only a loopback address (or ``localhost``) is reachable from this host alone."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or "": may be any interface
 
 
 class LocalRealtimeServer:
@@ -43,20 +73,33 @@ class LocalRealtimeServer:
         *,
         chunk_ms: int = 40,
         lead_ms: int = 100,
+        token: str | None = None,
+        max_sessions: int = MAX_SESSIONS,
     ) -> None:
         if not 20 <= chunk_ms <= 100:
             raise RealtimeError("chunk_ms must be between 20 and 100")
         if not 0 <= lead_ms <= 60_000:
             raise RealtimeError("lead_ms must be between 0 and 60000")
+        if max_sessions < 1:
+            raise RealtimeError("max_sessions must be at least 1")
+        if not token and not is_loopback(host):
+            raise RealtimeError(
+                f"refusing to listen on {host or 'every interface'} without a token: anyone who can reach it "
+                f"could use the backend; set --token or {TOKEN_ENV}, or listen on 127.0.0.1"
+            )
         self.config = config
         self.host = host
         self.port = port
         self.chunk_ms = chunk_ms
         self.lead_ms = lead_ms
+        self.max_sessions = max_sessions
+        # Only a digest is kept: compared in constant time, and of a fixed length whatever the token's.
+        self._token_digest = hashlib.sha256(token.encode()).digest() if token else None
         self._server: Server | None = None
         self._asr: GrammarRecognizer | None = None
         self._tts: Synthesizer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: set[_Connection] = set()
 
     @property
     def url(self) -> str:
@@ -71,9 +114,11 @@ class LocalRealtimeServer:
             self._connection,
             self.host,
             self.port,
-            process_request=self._check_path,
-            max_size=None,
+            process_request=self._admit,
+            max_size=MAX_MESSAGE_BYTES,
+            max_queue=MAX_QUEUED_FRAMES,
             compression=None,
+            logger=_wire_log,
         )
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])
@@ -97,23 +142,47 @@ class LocalRealtimeServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    @staticmethod
-    def _check_path(connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0].rstrip("/").endswith("/realtime"):
-            return None
-        return connection.respond(HTTPStatus.NOT_FOUND, "the Realtime endpoint is /v1/realtime\n")
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The handshake's checks, in this order: the token (401), the path (404), room for a session
+        (503). None lets the handshake go on."""
+        if self._token_digest is not None and not self._authorized(request.headers):
+            log.info("local realtime: refused a handshake from %s without a valid token",
+                     connection.remote_address)
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "a bearer token is required\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="sipagent"'
+            return response
+        if not request.path.split("?", 1)[0].rstrip("/").endswith("/realtime"):
+            return connection.respond(HTTPStatus.NOT_FOUND, "the Realtime endpoint is /v1/realtime\n")
+        if len(self._connections) >= self.max_sessions:
+            log.warning("local realtime: refused a session, %d are running", len(self._connections))
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many sessions\n")
+        return None
+
+    def _authorized(self, headers: Headers) -> bool:
+        values = headers.get_all("Authorization")
+        if len(values) != 1:
+            return False
+        scheme, _, credentials = values[0].strip().partition(" ")
+        given = hashlib.sha256(credentials.strip().encode("utf-8", "surrogateescape")).digest()
+        assert self._token_digest is not None
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, self._token_digest)
 
     async def _connection(self, ws: ServerConnection) -> None:
         assert ws.request is not None
+        if len(self._connections) >= self.max_sessions:  # handshakes admitted together can overshoot
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many sessions")
+            return
         beta = "realtime=v1" in (ws.request.headers.get("OpenAI-Beta") or "")
         query = ws.request.path.partition("?")[2]
         model = next((p[6:] for p in query.split("&") if p.startswith("model=")), "")
         session = LocalSession(self.config, Ids(secrets.token_hex(3)), "beta" if beta else "ga", model)
         conn = _Connection(self, ws, session)
+        self._connections.add(conn)
         log.info("local realtime session %s opened (%s)", session.session_id, session.dialect)
         try:
             await conn.run()
         finally:
+            self._connections.discard(conn)
             conn.cancel_all()
             log.info("local realtime session %s closed", session.session_id)
 
@@ -126,12 +195,19 @@ class _Connection:
         self.ws = ws
         self.session = session
         self.tasks: set[asyncio.Task[None]] = set()
+        self.transcriptions = 0
 
     async def run(self) -> None:
         await self.dispatch(self.session.created())
         try:
             async for message in self.ws:
-                await self.dispatch(self.session.handle_text(message))
+                try:
+                    outputs = self.session.handle_text(message)
+                except Exception:  # a bug the input found: it costs the client one event, not the session
+                    log.exception("local realtime %s: a client event failed", self.session.session_id)
+                    outputs = [self.session.error("The server failed on this event", "server_error",
+                                                  kind="server_error")]
+                await self.dispatch(outputs)
         except ConnectionClosed:
             pass
 
@@ -154,6 +230,12 @@ class _Connection:
     async def dispatch(self, outputs: list[Output]) -> None:
         for out in outputs:
             if isinstance(out, Transcribe):
+                if self.transcriptions >= MAX_TRANSCRIPTIONS:  # commits faster than recognition: shed
+                    await self.dispatch([self.session.error(
+                        "Too many utterances waiting for transcription; this one was dropped",
+                        "rate_limit_exceeded", None, kind="server_error")])
+                    continue
+                self.transcriptions += 1
                 self.spawn(self.transcribe(out))
             elif isinstance(out, Respond):
                 self.spawn(self.respond(out.run))
@@ -168,7 +250,10 @@ class _Connection:
 
     async def transcribe(self, job: Transcribe) -> None:
         assert self.server._asr is not None
-        text = await asyncio.to_thread(self.server._asr.recognize, job.pcm24k)
+        try:
+            text = await asyncio.to_thread(self.server._asr.recognize, job.pcm24k)
+        finally:
+            self.transcriptions -= 1
         log.info("local realtime %s < heard %r", self.session.session_id, text)
         await self.dispatch(self.session.transcribed(job.item_id, text, job.respond))
 
@@ -231,10 +316,17 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def serve(listen: str, brain_config: LocalBrainConfig, lead_ms: int = 100) -> None:
+async def serve(
+    listen: str,
+    brain_config: LocalBrainConfig,
+    lead_ms: int = 100,
+    *,
+    token: str | None = None,
+    max_sessions: int = MAX_SESSIONS,
+) -> None:
     """What ``sipagent local-realtime --listen HOST:PORT`` runs: serve until cancelled."""
     host, port = parse_listen(listen)
-    server = LocalRealtimeServer(brain_config, host, port, lead_ms=lead_ms)
+    server = LocalRealtimeServer(brain_config, host, port, lead_ms=lead_ms, token=token, max_sessions=max_sessions)
     await server.start()
     print(f"local realtime backend listening on {server.url}", flush=True)
     try:

@@ -30,7 +30,11 @@ from sipagent.realtime.local.vad import EnergyVad, SpeechStarted, SpeechStopped,
 
 _CODECS = {"g711_ulaw": "PCMU", "g711_alaw": "PCMA"}
 MIN_COMMIT_MS = 100  # like the API: shorter buffers cannot be committed
-MAX_BUFFER_MS = 5 * 60 * 1000  # bound memory when a client never commits
+# Bounds on what one client can make a session hold (the server caps each message at 4 MiB):
+MAX_BUFFER_MS = 5 * 60 * 1000  # uncommitted input audio (14 MB); a longer server-VAD turn is cut here
+MAX_ITEMS = 1024  # conversation items; past either cap the oldest go, as the API drops old context
+MAX_ITEMS_BYTES = 8 << 20  # their JSON size
+MAX_JSON_DEPTH = 32  # nesting of a client event (a tool's parameter schema needs about ten levels)
 CLIENT_EVENTS = {
     "session.update",
     "input_audio_buffer.append",
@@ -75,10 +79,12 @@ class Ids:
 
 @dataclass
 class Item:
-    """A conversation item in GA shape; ``audio_ms`` is the assistant audio it carries."""
+    """A conversation item in GA shape; ``audio_ms`` is the assistant audio it carries, ``size`` its JSON
+    length when it was stored (what it counts against the conversation's cap)."""
 
     data: dict[str, Any]
     audio_ms: int = 0
+    size: int = 0
 
     @property
     def id(self) -> str:
@@ -114,9 +120,11 @@ class LocalSession:
         self.conversation_id = ids.new("conv")
         self.brain = Brain(config)
         self.items: OrderedDict[str, Item] = OrderedDict()
+        self._items_bytes = 0
         self.vad = EnergyVad(config.vad)
         self._buffer = bytearray()  # uncommitted input audio, 24 kHz PCM16
         self._buffer_start_ms = 0  # audio position of _buffer[0]
+        self._buffer_overflowed = False  # audio was dropped from _buffer since it was last emptied
         self._speech_item: str | None = None
         self._decoder: Decoder24k | None = None
         self._base64 = Base64Decoder()
@@ -156,9 +164,18 @@ class LocalSession:
     def _last_item_id(self) -> str | None:
         return next(reversed(self.items)) if self.items else None
 
+    def store(self, item: Item) -> None:
+        """Add an item to the conversation; past MAX_ITEMS or MAX_ITEMS_BYTES the oldest items go."""
+        item.size = len(events.to_json(item.data))
+        self.items[item.id] = item
+        self._items_bytes += item.size
+        while len(self.items) > 1 and (len(self.items) > MAX_ITEMS or self._items_bytes > MAX_ITEMS_BYTES):
+            _, oldest = self.items.popitem(last=False)
+            self._items_bytes -= oldest.size
+
     def _add_item(self, data: dict[str, Any], audio_ms: int = 0, done: bool = True) -> list[Output]:
         previous = self._last_item_id()
-        self.items[data["id"]] = Item(data, audio_ms)
+        self.store(Item(data, audio_ms))
         wire = item_for_dialect(data, self.dialect)
         out: list[Output] = [self.event("conversation.item.added", previous_item_id=previous, item=wire)]
         if done and self.dialect == "ga":
@@ -168,10 +185,15 @@ class LocalSession:
     # --- dispatch ----------------------------------------------------------------------------------
 
     def handle_text(self, text: str | bytes) -> list[Output]:
+        too_deep = f"Invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
         try:
             event = json.loads(text)
+        except RecursionError:  # json recurses per level: 100k '[' ends here, not in the handlers
+            return [self.error(too_deep, "invalid_json")]
         except (ValueError, UnicodeDecodeError) as exc:
             return [self.error(f"Invalid JSON: {exc}", "invalid_json")]
+        if _brackets(text) > MAX_JSON_DEPTH and _nested_deeper(event, MAX_JSON_DEPTH):
+            return [self.error(too_deep, "invalid_json")]
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return [self.error("Expected a JSON object with a string 'type'", "invalid_event", "type")]
         return self.handle(event)
@@ -187,7 +209,9 @@ class LocalSession:
         handler = getattr(self, "_on_" + kind.replace(".", "_"))
         try:
             result: list[Output] = handler(event)
-        except (KeyError, TypeError, ValueError, events.RealtimeEventError) as exc:
+        # A field of the wrong JSON type fails as one of these (a number where an object was expected
+        # raises AttributeError on .get): the client gets an error event and the session goes on.
+        except (AttributeError, KeyError, TypeError, ValueError, events.RealtimeEventError) as exc:
             return [self.error(f"Invalid '{kind}' event: {exc}", "invalid_value", None, event)]
         return result
 
@@ -249,7 +273,9 @@ class LocalSession:
         pcm = self._decode_input(raw)
         self._buffer += pcm
         if not self.server_vad:
-            self._trim_buffer(MAX_BUFFER_MS)
+            if self._trim_buffer(MAX_BUFFER_MS) and not self._buffer_overflowed:
+                self._buffer_overflowed = True  # said once, not on every append after the cap
+                return [self._buffer_full("its oldest audio was dropped", event)]
             return []
         out: list[Output] = []
         for vad_event in self.vad.feed(pcm):
@@ -259,15 +285,27 @@ class LocalSession:
                 out += self._speech_stopped(vad_event.audio_end_ms)
         if not self.vad.speaking:
             self._trim_buffer(self.vad.config.prefix_ms + 500)
+        elif len(self._buffer) >= MAX_BUFFER_MS * 48:  # a turn that never pauses (noise, a stuck line)
+            out.append(self._buffer_full("the turn was committed", event))
+            out += self._speech_stopped(self.vad.position_ms)
         return out
 
-    def _trim_buffer(self, keep_ms: int) -> None:
+    def _buffer_full(self, what_happened: str, event: dict[str, Any]) -> Event:
+        return self.error(
+            f"The input audio buffer reached {MAX_BUFFER_MS // 60000} minutes; {what_happened}",
+            "input_audio_buffer_full", None, event,
+        )
+
+    def _trim_buffer(self, keep_ms: int) -> int:
+        """Drop all but the newest ``keep_ms`` of the buffer; returns the bytes dropped."""
         keep = keep_ms * 48
-        if len(self._buffer) > keep:
-            drop = len(self._buffer) - keep
-            drop -= drop % 2
-            del self._buffer[:drop]
-            self._buffer_start_ms += drop // 48
+        if len(self._buffer) <= keep:
+            return 0
+        drop = len(self._buffer) - keep
+        drop -= drop % 2
+        del self._buffer[:drop]
+        self._buffer_start_ms += drop // 48
+        return drop
 
     def _speech_started(self, start_ms: int) -> list[Output]:
         start = max(start_ms, self._buffer_start_ms)
@@ -310,6 +348,7 @@ class LocalSession:
         pcm = bytes(self._buffer)
         self._buffer_start_ms += len(self._buffer) // 48
         self._buffer.clear()
+        self._buffer_overflowed = False
         self._speech_item = None
         self.vad.reset()
         previous = self._last_item_id()
@@ -361,6 +400,7 @@ class LocalSession:
     def _on_input_audio_buffer_clear(self, event: dict[str, Any]) -> list[Output]:
         self._buffer_start_ms += len(self._buffer) // 48
         self._buffer.clear()
+        self._buffer_overflowed = False
         self._speech_item = None
         self.vad.reset()
         return [self.event("input_audio_buffer.cleared")]
@@ -391,6 +431,8 @@ class LocalSession:
                 )
             ]
         item_id = raw.get("id") or self.ids.new("item")
+        if not isinstance(item_id, str):
+            return [self.error("Invalid 'item.id': expected a string", "invalid_value", "item.id", event)]
         if item_id in self.items:
             return [
                 self.error(
@@ -500,9 +542,9 @@ class LocalSession:
         item = self._item_of(event)
         if not isinstance(item, Item):
             return item
-        item_id = event["item_id"]
-        del self.items[item_id]
-        return [self.event("conversation.item.deleted", item_id=item_id)]
+        del self.items[item.id]
+        self._items_bytes -= item.size
+        return [self.event("conversation.item.deleted", item_id=item.id)]
 
     def _on_conversation_item_retrieve(self, event: dict[str, Any]) -> list[Output]:
         item = self._item_of(event)
@@ -620,7 +662,7 @@ class ResponseRun:
         }
         self.output.append(self._message)
         previous = s._last_item_id()
-        s.items[self._message["id"]] = Item(self._message)
+        s.store(Item(self._message))
         wire = item_for_dialect(self._message, s.dialect)
         out: list[Output] = [
             s.event(
@@ -655,7 +697,9 @@ class ResponseRun:
             )
         if data:
             self._audio_ms += len(data) * 1000 / events.BYTES_PER_SECOND[self.audio_format]
-            s.items[self._common()["item_id"]].audio_ms = int(self._audio_ms)
+            item = s.items.get(self._common()["item_id"])
+            if item is not None:  # the client may have deleted it (or crowded it out) meanwhile
+                item.audio_ms = int(self._audio_ms)
             out.append(
                 s.event(
                     "response.output_audio.delta",
@@ -722,7 +766,7 @@ class ResponseRun:
         }
         self.output.append(item)
         previous = s._last_item_id()
-        s.items[item["id"]] = Item(item)
+        s.store(Item(item))
         s.brain.note_tool_call(call_id, self.reply.intent)
         index = len(self.output) - 1
         common = {"response_id": self.id, "item_id": item["id"], "output_index": index, "call_id": call_id}
@@ -758,3 +802,24 @@ class ResponseRun:
             self.session.response = None
         out.append(self.session.event("response.done", response=self.payload(status, reason)))
         return out
+
+
+def _brackets(text: str | bytes) -> int:
+    """Opening brackets in a message: a cheap bound on its depth (an audio append has one)."""
+    if isinstance(text, str):
+        return text.count("[") + text.count("{")
+    return text.count(b"[") + text.count(b"{")
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests deeper than ``limit`` (iterative: the depth is the question)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
