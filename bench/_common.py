@@ -225,11 +225,13 @@ def child_env() -> dict[str, str]:
 class BackendProcess:
     """The offline Realtime backend as its own OS process, as ``sipagent local-realtime`` runs it."""
 
-    def __init__(self, config_path: Path, port: int, cpus: str | None = None, lead_ms: int = 100) -> None:
+    def __init__(self, config_path: Path, port: int, cpus: str | None = None, lead_ms: int = 100,
+                 max_sessions: int = 1000) -> None:
         self.config_path = config_path
         self.port = port
         self.cpus = cpus
         self.lead_ms = lead_ms
+        self.max_sessions = max_sessions  # above the load steps' call counts (the command's default is 64)
         self.proc: subprocess.Popen[str] | None = None
         self.stats: ProcStats | None = None
 
@@ -240,7 +242,7 @@ class BackendProcess:
     def start(self, timeout: float = 30.0) -> None:
         command = [*taskset(self.cpus), sys.executable, "-m", "sipagent.cli", "local-realtime",
                    "--listen", f"127.0.0.1:{self.port}", "-c", str(self.config_path),
-                   "--lead-ms", str(self.lead_ms)]
+                   "--lead-ms", str(self.lead_ms), "--max-sessions", str(self.max_sessions)]
         self.proc = subprocess.Popen(command, cwd=REPO, env=child_env(), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.stats = ProcStats(self.proc.pid)

@@ -313,13 +313,15 @@ async def realtime_endpoint(config: Config) -> tuple[LocalRealtimeServer | None,
     a url (the caller stops the returned server)."""
     rt = config.realtime
     server = None
-    url = rt.url
+    url, api_key = rt.url, rt.api_key
     if rt.provider == "local" and not url:
-        server = LocalRealtimeServer(LocalBrainConfig.from_mapping(rt.local), "127.0.0.1", 0)
+        # Two sessions per call: a session renewal opens the new one before the old one closes.
+        server = LocalRealtimeServer(LocalBrainConfig.from_mapping(rt.local), "127.0.0.1", 0,
+                                     max_sessions=2 * config.sip.max_calls)
         await server.start()
-        url = server.url
+        url, api_key = server.url, ""  # our own process on loopback: no token, and no key sent to it
         log.info("local Realtime backend running in-process at %s", url)
-    return server, endpoint_for(rt.provider, url=url, model=rt.model, api_key=rt.api_key, dialect=rt.dialect)
+    return server, endpoint_for(rt.provider, url=url, model=rt.model, api_key=api_key, dialect=rt.dialect)
 
 
 def ua_settings(config: Config) -> UaSettings:

@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from sipagent.bridge.settings import BUILTIN_TOOLS, AgentConfig, BargeInConfig, RecordingConfig, ToolConfig
+from sipagent.bridge.webhook import RequestRefused, prepare
 from sipagent.errors import ConfigError, SipParseError
 from sipagent.sip.admission import parse_network
 from sipagent.sip.uri import parse_target_uri
@@ -478,6 +479,13 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
                 f"agent.tools[{i}]",
                 f'tool "{tool.name}" needs a url (built-in tools are: {", ".join(sorted(BUILTIN_TOOLS))})',
             )
+        if tool.url and not tool.url.startswith("builtin:"):
+            try:  # the request the tool will send, built once now so that a bad URL or header fails here
+                prepare(tool.method, tool.url, {str(k): str(v) for k, v in tool.headers.items()},
+                        None if tool.method == "GET" else b"{}")
+            except RequestRefused as exc:
+                key = "headers" if str(exc).startswith("header") else "url"
+                raise fail(f"agent.tools[{i}].{key}", str(exc)) from None
     if config.agent.on_failure.action == "transfer" and not (
         config.agent.on_failure.target or config.agent.transfer_target
     ):

@@ -54,6 +54,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The largest server message we take (a session or conversation item with long instructions and tools is
+# the biggest real one, well under this); a larger one closes the connection (1009) instead of growing
+# without bound, and the bridge reconnects as for any dropped connection.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
 
 class RealtimeConnectError(RealtimeError):
     """The WebSocket could not be opened. ``status`` is the HTTP status when the server refused it."""
@@ -217,7 +222,7 @@ class RealtimeClient:
                 self.url,
                 additional_headers=self._headers,
                 open_timeout=self.connect_timeout,
-                max_size=None,
+                max_size=MAX_MESSAGE_BYTES,
                 compression=None,
                 logger=_wire_log,
             )

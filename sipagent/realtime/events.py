@@ -265,6 +265,8 @@ def parse(text: str | bytes) -> Event:
         event = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RealtimeEventError(f"not JSON: {exc}") from exc
+    except RecursionError:  # nesting deeper than the interpreter's stack: hostile, never a real event
+        raise RealtimeEventError("not JSON: nested too deeply") from None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise RealtimeEventError("not a JSON object with a string 'type'")
     return event

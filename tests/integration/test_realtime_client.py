@@ -168,3 +168,30 @@ def test_local_endpoint_sends_an_api_key_as_the_bearer_token() -> None:
             assert peer.headers.get("Authorization") == expected
 
     asyncio.run(run())
+
+
+def test_a_hostile_server_cannot_make_the_client_buffer_without_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message over the client's cap closes the connection (1009: the bridge reconnects as after any drop)
+    instead of being buffered; nesting deeper than the interpreter's stack is skipped as unparseable."""
+    import sipagent.realtime.client as client_module
+
+    monkeypatch.setattr(client_module, "MAX_MESSAGE_BYTES", 300_000)
+    deep = "[" * 100_000 + "]" * 100_000  # 200 kB: under the cap
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(deep)
+        await ws.send(json.dumps({"type": "session.created", "session": {}}))
+        await ws.send(json.dumps({"type": "x", "pad": "p" * 400_000}))  # over the cap
+        await asyncio.sleep(2)
+
+    async def run() -> None:
+        async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            client = RealtimeClient.for_endpoint(local_endpoint(f"ws://127.0.0.1:{port}/v1/realtime"))
+            await client.connect()
+            assert (await client.recv())["type"] == "session.created"
+            with pytest.raises(RealtimeConnectionLost):
+                await client.recv()
+            await client.close()
+
+    asyncio.run(run())

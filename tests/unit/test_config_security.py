@@ -80,3 +80,15 @@ def test_check_names_a_trusted_host_that_does_not_resolve(tmp_path: Path, capsys
     path.write_text("realtime: {provider: local}\nsip: {username: agent}\n")
     assert main(["check", "-c", str(path)]) == 0
     assert "calls from loopback only (direct mode without sip.trusted_hosts), for agent" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("tool", "message"), [
+    ("{name: t, url: 'ftp://orders.example.com/x'}", "agent.tools[0].url: the URL is not an http:// or https://"),
+    ("{name: t, url: 'https://user:pw@orders.example.com/x'}", "agent.tools[0].url: credentials in the URL"),
+    ("{name: t, url: 'https://orders.example.com/x', headers: {X-Token: \"a\\r\\nHost: evil\"}}",
+     "agent.tools[0].headers: header X-Token contains CR, LF, NUL"),
+    ("{name: t, url: 'https://orders.example.com/x', headers: {Host: evil}}",
+     "agent.tools[0].headers: header Host is set by sipagent"),
+])
+def test_a_webhook_that_could_not_be_sent_fails_at_load(tool: str, message: str) -> None:
+    assert message in error_of(f"realtime: {{provider: local}}\nagent:\n  tools: [{tool}]\n")

@@ -207,3 +207,8 @@ def test_websocket_debug_log_redacts_the_key(caplog: pytest.LogCaptureFixture) -
         logger.debug("> %s: %s", "Authorization", "Bearer sk-secret")
         logger.debug("> %s: %s", "api-key", "sk-secret")
     assert caplog.records and "sk-secret" not in caplog.text
+
+
+def test_nesting_deeper_than_the_stack_is_not_an_event() -> None:
+    with pytest.raises(ev.RealtimeEventError, match="nested too deeply"):
+        ev.parse("[" * 100_000 + "]" * 100_000)
