@@ -378,3 +378,26 @@ def test_a_stranger_is_heard_only_inside_a_dialog_it_knows() -> None:
             phone.close()
 
     run(scenario, on_call, trusted_hosts=["127.0.0.1"])
+
+
+def test_who_may_call_in_direct_mode() -> None:
+    """Without trusted_hosts only loopback may call; allow_any_caller opens the door to everyone; a listed
+    network or name counts every address in it."""
+
+    async def policy(**overrides: object) -> UserAgent:
+        ua = UserAgent(settings(**overrides), _never)
+        await ua.start()
+        await ua.stop()
+        return ua
+
+    async def main() -> None:
+        default = await policy()
+        assert default.policy.trusts("127.0.0.1") and default.policy.trusts("::1")
+        assert not default.policy.trusts("192.0.2.9") and not default.policy.trusts("10.0.0.1")
+        anyone = await policy(trusted_hosts=["192.0.2.7"], allow_any_caller=True)
+        assert anyone.policy.trusts("203.0.113.50")
+        listed = await policy(trusted_hosts=["192.0.2.0/28", "localhost"])
+        assert listed.policy.trusts("192.0.2.14") and listed.policy.trusts("127.0.0.1")
+        assert not listed.policy.trusts("192.0.2.16") and not listed.policy.trusts("127.0.0.2")
+
+    asyncio.run(main())
