@@ -212,7 +212,7 @@ class Agent:
                                symmetric=self.config.media.symmetric_rtp)
         self._endpoints.add(endpoint)
         try:
-            rtp_host = self.config.sip.public_address or self._advertised_host()
+            rtp_host = call.local_host  # the UA's one decision for Via, Contact and SDP
             try:
                 media = await call.answer(rtp_host, endpoint.local_port)
             except SdpError as exc:
@@ -260,10 +260,6 @@ class Agent:
             self._endpoints.discard(endpoint)
             self._foreign_ended += endpoint.foreign_packets
             self.bridges.pop(call.call_id, None)
-
-    def _advertised_host(self) -> str:
-        assert self.ua is not None
-        return self.ua.local_address[0]
 
     def _on_refused(self, status: int) -> None:
         self._count({403: "rejected-forbidden", 404: "rejected-not-ours", 486: "rejected-busy",

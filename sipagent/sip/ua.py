@@ -159,7 +159,8 @@ class _AckWait:
 class IncomingCall:
     """One incoming call, from INVITE to its end. Created by the UA; given to ``on_call``.
 
-    Public attributes: ``call_id``, ``from_uri``, ``to_uri``, ``remote_host`` (where the INVITE came
+    Public attributes: ``call_id``, ``from_uri``, ``to_uri``, ``local_host`` (the address we advertise on
+    this call, for the SDP too), ``remote_host`` (where the INVITE came
     from), ``offer`` (parsed SDP offer; None for an INVITE without SDP, a late offer: ours then goes in the
     200 OK and the caller's answer comes in the ACK), ``media`` (after answer), ``ended`` / ``end_reason``, ``state``
     (ringing → answering → confirmed → ended) and the callbacks ``on_media_change`` (a re-INVITE was
@@ -167,7 +168,7 @@ class IncomingCall:
     """
 
     def __init__(self, ua: UserAgent, invite: SipRequest, peer: Peer, offer: SessionDescription | None,
-                 dialog: Dialog) -> None:
+                 dialog: Dialog, local_host: str) -> None:
         self._ua = ua
         self._invite = invite
         self._peer = peer
@@ -176,6 +177,7 @@ class IncomingCall:
         self.from_uri = str(invite.from_addr.uri)
         self.to_uri = str(invite.to_addr.uri)
         self.remote_host = peer.host
+        self.local_host = local_host  # the address we advertise on this call (Via, Contact, SDP)
         self.offer = offer
         self.media: NegotiatedMedia | None = None
         self.on_media_change: Callable[[NegotiatedMedia], None] | None = None
@@ -398,6 +400,17 @@ class IncomingCall:
             self._notify.put_nowait(500)  # subscription over without a final status: treat as failed
 
 
+def _route_source(target: str, wildcard_v6: bool) -> str:
+    """Our source address on the route towards ``target`` (a connected UDP socket sends nothing)."""
+    try:
+        family = socket.AF_INET6 if ":" in target else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, 9))
+            return normalise_ip(str(probe.getsockname()[0]))
+    except (OSError, ValueError):
+        return "::1" if wildcard_v6 else "127.0.0.1"
+
+
 def _approximate_size(request: SipRequest) -> int:
     """What a server transaction holds for this request: its header text and body, plus its response."""
     return 2 * (sum(len(name) + len(value) + 4 for name, value in request.headers) + len(request.body)) + 256
@@ -434,6 +447,7 @@ class UserAgent:
         )
         self._transport: SipTransport | None = None
         self._advertised: tuple[str, int] = self.local_address
+        self._routes: dict[str, str] = {}  # peer address -> our source address towards it
         self._registrar: Peer | None = None
         self.policy = SourcePolicy(())  # trusts nobody until start() has resolved who may call
         self._budget = TransactionBudget(settings.limits)
@@ -479,28 +493,35 @@ class UserAgent:
             self._registrar = Peer(self.transport_name, registrar_addresses[0], port)
         self.policy = await self._source_policy(registrar_addresses)
         self._transport.trusts = self.policy.trusts
-        self._advertised = (self._advertised_host(), self.local_address[1])
+        self._advertised = (self.advertised_host(), self.local_address[1])
         logger.info("SIP %s listening on %s:%s, advertising %s:%s; requests accepted from %s",
                     self.transport_name, *self.local_address, *self._advertised, self.policy.describe())
         if self._registrar is not None:
             self._registration = self._new_registration()
             self._register_task = asyncio.create_task(self._register_loop())
 
-    def _advertised_host(self) -> str:
+    def advertised_host(self, peer_host: str | None = None) -> str:
+        """The one address we advertise to ``peer_host`` in Via, Contact and SDP (o= and c=): ``public_host``
+        when set, else the bound address when it is a specific one, else the source address of the route
+        towards the peer (the registrar when no peer is named). Never a wildcard: a PBX reads
+        ``c=0.0.0.0`` as hold, and across a network it would send the caller's audio nowhere."""
         if self.settings.public_host:
             return self.settings.public_host
         host = self.local_address[0]
         if host not in ("0.0.0.0", "::", ""):
             return host
-        # Bound to every interface: advertise the source address of the route towards the registrar.
-        target = self._registrar.host if self._registrar else "192.0.2.1"
-        family = socket.AF_INET6 if ":" in target else socket.AF_INET
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                probe.connect((target, 9))
-                return str(probe.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
+        target = peer_host or (self._registrar.host if self._registrar else None)
+        if target is None:
+            target = "::1" if host == "::" else "127.0.0.1"
+        elif not _is_ip(target):  # never a lookup here: our address towards the registrar stands in
+            return self._advertised[0] if self._advertised[0] not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        cached = self._routes.get(target)
+        if cached is None:
+            cached = _route_source(target, host == "::")
+            if len(self._routes) >= 256:
+                self._routes.clear()
+            self._routes[target] = cached
+        return cached
 
     async def _resolve(self, host: str) -> str:
         return (await self._resolve_all(host))[0]
@@ -660,19 +681,18 @@ class UserAgent:
 
     # -- messages out ----------------------------------------------------------------------------
 
-    def _contact_uri(self) -> str:
-        host, port = self._advertised
+    def _contact_uri(self, host: str | None = None) -> str:
+        host, port = host or self._advertised[0], self._advertised[1]
         transport = "" if self.transport_name == "UDP" else f";transport={self.transport_name.lower()}"
         # Direct mode may run without a username: then the Contact has no user part at all.
         user = f"{self.settings.username}@" if self.settings.username else ""
         return f"sip:{user}{_uri_host(host)}:{port}{transport}"
 
-    def _contact(self) -> str:
-        return f"<{self._contact_uri()}>"
+    def _contact(self, host: str | None = None) -> str:
+        return f"<{self._contact_uri(host)}>"
 
-    def _sent_by(self) -> str:
-        host, port = self._advertised
-        return f"{_uri_host(host)}:{port}"
+    def _sent_by(self, host: str | None = None) -> str:
+        return f"{_uri_host(host or self._advertised[0])}:{self._advertised[1]}"
 
     async def _send_request(self, request: SipRequest, dest: Peer) -> SipResponse:
         """Run a client transaction; the final response, or SipTimeout (timer F, unreachable peer)."""
@@ -699,7 +719,7 @@ class UserAgent:
 
     async def _send_in_dialog(self, call: IncomingCall, method: str,
                               extra: list[tuple[str, str]] | None = None) -> SipResponse:
-        request = call.dialog.create_request(method, self._sent_by(), self.transport_name,
+        request = call.dialog.create_request(method, self._sent_by(call.local_host), self.transport_name,
                                              extra=[("User-Agent", self.settings.user_agent), *(extra or [])])
         host, port = call.dialog.next_hop().host_port
         if (self.transport_name != "UDP" and not call.dialog.route_set and self._transport is not None
@@ -722,7 +742,8 @@ class UserAgent:
                   extra: list[tuple[str, str]] | None) -> None:
         """The headers every response of ours carries for its method (Allow, Accept, Contact, Server)."""
         if request.method == "OPTIONS" and status < 300:
-            response.headers.add("Contact", self._contact())
+            response.headers.add("Contact", self._contact(self.advertised_host(request.vias[0].received
+                                                                               or request.vias[0].host)))
         if request.method in ("INVITE", "OPTIONS") or status == 405:
             response.headers.add("Allow", ALLOW)
         if request.method == "OPTIONS":
@@ -1009,8 +1030,9 @@ class UserAgent:
 
     def _on_invite(self, request: SipRequest, peer: Peer, offer: SessionDescription | None) -> None:
         self._respond(request, 100)
-        dialog = Dialog.from_invite(request, self._contact())
-        call = IncomingCall(self, request, peer, offer, dialog)
+        local_host = self.advertised_host(peer.host)
+        dialog = Dialog.from_invite(request, self._contact(local_host))
+        call = IncomingCall(self, request, peer, offer, dialog, local_host)
         self._calls[call.call_id] = call
         self._respond_in_dialog(call, request, 180)
         logger.info("call %s from %s ringing", call.call_id, call.from_uri)

@@ -10,24 +10,15 @@ third party a forged Via names.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from peers import Kamailio, free_port
+from agent_helpers import OFFER, RunningAgent, Udp, request, running_agent, statuses
+from peers import Kamailio
 
 from sipagent.caller import FRAME_24K, SipCaller
 from sipagent.media.clock import MediaClock
@@ -35,126 +26,8 @@ from sipagent.media.vad import level_db
 from sipagent.rtp.ports import PortAllocator
 
 pytestmark = pytest.mark.timeout(180)
-ROOT = Path(__file__).resolve().parents[2]
 STRANGER = "127.0.0.2"
 THIRD_PARTY = "127.0.0.3"
-OFFER = ("v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-         "m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
-
-
-@dataclass
-class RunningAgent:
-    process: subprocess.Popen[bytes]
-    sip_port: int
-    metrics_port: int
-    log: Path
-
-    @property
-    def target(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.sip_port)
-
-    def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
-
-    def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        match = re.search(r"VmRSS:\s+(\d+) kB", status)
-        assert match is not None
-        return int(match.group(1)) / 1024
-
-    def wait_metric(self, name: str, predicate: Any, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.metrics().get(name, float("nan"))
-            if predicate(value):
-                return value
-            assert time.monotonic() < deadline, f"{name} = {value}\n{self.log.read_text()[-3000:]}"
-            time.sleep(0.5)
-
-
-@contextlib.contextmanager
-def running_agent(tmp_path: Path, sip: dict[str, Any] | None = None) -> Iterator[RunningAgent]:
-    """`sipagent run` on the demo configuration (direct mode, offline backend), metrics on, on free ports."""
-    config = yaml.safe_load(resources.files("sipagent").joinpath("data/demo.yaml").read_text(encoding="utf-8"))
-    sip_port, metrics_port = free_port(), free_port()
-    rtp_low = 43000 + (os.getpid() % 100) * 20
-    config["sip"].update({"listen": f"127.0.0.1:{sip_port}", **(sip or {})})
-    config["media"]["rtp_ports"] = f"{rtp_low}-{rtp_low + 19}"
-    config["recording"] = {"dir": str(tmp_path / "rec"), "transcripts": True, "audio": False}
-    config["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = tmp_path / "agent.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "sipagent.cli", "run", "-c", str(path)],
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 30
-        while "sipagent ready" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield RunningAgent(process, sip_port, metrics_port, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-class Udp:
-    """A raw SIP socket: send hand-written requests, collect whatever comes back."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
-        self.host, self.port = self.sock.getsockname()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes, target: tuple[str, int]) -> None:
-        self.sock.sendto(data, target)
-
-    def collect(self, seconds: float) -> list[bytes]:
-        """Everything received within ``seconds`` (a bounded wait)."""
-        out: list[bytes] = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                out.append(self.sock.recv(65535))
-            except TimeoutError:
-                break
-        return out
-
-
-def request(method: str, target: tuple[str, int], *, via: str, user: str = "agent", body: str = "",
-            pad: int = 0, rport: bool = False) -> bytes:
-    host, port = target
-    branch = "z9hG4bK" + uuid.uuid4().hex[:16]
-    padding = f"X-Pad: {'a' * pad}\r\n" if pad else ""
-    ctype = "Content-Type: application/sdp\r\n" if body else ""
-    return (
-        f"{method} sip:{user}@{host}:{port} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {via};branch={branch}{';rport' if rport else ''}\r\n"
-        f"From: <sip:attacker@{via.split(':')[0]}>;tag={uuid.uuid4().hex[:8]}\r\nTo: <sip:{user}@{host}>\r\n"
-        f"Call-ID: {uuid.uuid4().hex}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n"
-        f"Contact: <sip:attacker@{via}>\r\n{padding}{ctype}Content-Length: {len(body)}\r\n\r\n{body}"
-    ).encode()
-
-
-def statuses(responses: list[bytes]) -> list[int]:
-    return [int(r.split(b" ", 2)[1]) for r in responses if r.startswith(b"SIP/2.0 ")]
 
 
 def test_a_forged_via_never_makes_the_agent_send_to_a_third_party(tmp_path: Path) -> None:
