@@ -69,6 +69,9 @@ class SipConfig:
     aliases: list[str] = field(default_factory=list)
     user_agent: str = "sipagent"
     limits: SipLimitsConfig = field(default_factory=SipLimitsConfig)
+    # RFC 4028 session timers: the interval we ask for / accept, and the smallest we accept (422 below it).
+    session_expires: int = 1800
+    min_se: int = 90
 
     @property
     def direct_mode(self) -> bool:
@@ -96,6 +99,7 @@ class MediaConfig:
     codecs: list[str] = field(default_factory=lambda: ["G722", "PCMU", "PCMA"])
     jitter_ms: int = 60
     symmetric_rtp: bool = True
+    rtp_timeout_s: float = 30.0  # no media for this long (not on hold): the call is ended and counted
 
     @property
     def rtp_port_range(self) -> tuple[int, int]:
@@ -439,6 +443,12 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         raise fail("sip.expires", f"expected at least 60 seconds, got {sip.expires}")
     if sip.max_calls < 1:
         raise fail("sip.max_calls", f"expected at least 1, got {sip.max_calls}")
+    if sip.min_se < 90:
+        raise fail("sip.min_se", f"expected at least 90 seconds (RFC 4028), got {sip.min_se}")
+    if sip.session_expires < sip.min_se:
+        raise fail("sip.session_expires", f"expected at least sip.min_se ({sip.min_se}), got {sip.session_expires}")
+    if not (media.rtp_timeout_s == 0 or media.rtp_timeout_s >= 5):
+        raise fail("media.rtp_timeout_s", f"expected 0 (off) or at least 5 seconds, got {media.rtp_timeout_s}")
     for i, host in enumerate(sip.trusted_hosts):
         if not _HOST_OR_NETWORK.fullmatch(host.strip()) or (parse_network(host) is None and "/" in host):
             raise fail(f"sip.trusted_hosts[{i}]", f'expected an address, a network (10.0.0.0/24) or a host name, '
@@ -491,6 +501,8 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     ):
         raise fail("agent.on_failure.target", "required when on_failure.action is transfer")
     _check_transfer_targets(config, fail)
+    if config.agent.max_call_s and config.agent.max_call_s < 10:
+        raise fail("agent.max_call_s", f"expected 0 (no limit) or at least 10 seconds, got {config.agent.max_call_s}")
     _check_barge_in(config.agent.barge_in, fail)
 
 

@@ -54,6 +54,8 @@ class AgentConfig:
     transfer_target: str = ""
     transfer_targets: dict[str, str] = field(default_factory=dict)
     idle_timeout_s: float = 20.0
+    max_call_s: float = 3600.0  # a call this long is ended politely (max_call_message, then BYE); 0 = no limit
+    max_call_message: str = "We have reached the time limit for this call. Thank you for calling. Goodbye."
     idle_prompt: str = "Are you still there?"
     goodbye: str = "Thank you for calling. Goodbye."
     shutdown_grace_s: float = 30.0
