@@ -1,0 +1,24 @@
+"""The SIPp runner the PBX-behaviour tests build on: a scripted call into a running agent, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from agent_helpers import running_agent
+from conftest import require
+from sipp import sipp_scenario
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_a_scripted_pbx_call_is_answered_and_hung_up(tmp_path: Path) -> None:
+    require("sipp")
+    with running_agent(tmp_path) as agent, \
+            sipp_scenario("uac_call.xml", agent.target, tmp_path / "sipp", keys={"user": "agent"}, pause_ms=1500,
+                          timeout_s=30) as run:
+        result = run.wait(30)
+        counted = agent.metrics()
+    assert result.returncode == 0, result.failed()
+    assert "SIP/2.0 200 OK" in result.messages and "BYE sip:" in result.messages
+    assert counted['sipagent_calls_total{outcome="remote-hangup"}'] == 1, counted
