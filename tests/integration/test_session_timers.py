@@ -10,10 +10,16 @@ against one agent, so the file costs about as long as its longest call (≈80 s)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 import pytest
+from agent_helpers import running_agent
+from conftest import require
+from sipp import SippResult, sipp_scenario
 from test_sip_direct import OFFER, ScriptedPeer, to_tag
 
 from sipagent.sdp import NegotiatedMedia
@@ -365,3 +371,174 @@ def test_supported_100rel_alone_keeps_the_plain_180() -> None:
         peer.ack(1, to_tag(await peer.status(200, "INVITE")))
 
     run(scenario, answering(calls))
+
+
+# -- SIPp as Asterisk and FreeSWITCH, against a running agent --------------------------------------------
+
+@dataclass
+class Played:
+    """A scenario's run: SIPp's result and the messages of its log with their times."""
+
+    result: SippResult
+    log: list[tuple[float, str, str]]  # (seconds since the epoch, "sent" or "received", message)
+
+    def first(self, direction: str, start: str) -> tuple[float, str]:
+        """The first message SIPp sent or received whose first line starts with ``start``."""
+        for at, way, message in self.log:
+            if way == direction and message.startswith(start):
+                return at, message
+        raise AssertionError(f"no {direction} {start!r} in\n{self.result.messages[-4000:]}")
+
+    def count(self, direction: str, start: str) -> int:
+        return sum(1 for _, way, message in self.log if way == direction and message.startswith(start))
+
+
+def sipp_log(text: str) -> list[tuple[float, str, str]]:
+    """SIPp's -trace_msg file: entries that start with a dashed line and a timestamp."""
+    entries = []
+    for block in re.split(r"^-{20,} ", text, flags=re.MULTILINE)[1:]:
+        stamp, _, rest = block.partition("\n")
+        way, _, message = rest.partition("\n\n")
+        at = datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        entries.append((at, "sent" if " sent " in way else "received", message.replace("\r\n", "\n").strip()))
+    return entries
+
+
+# Scenario → the agent it calls: "main" (sip.session_expires 90, the RFC floor for min_se) or "strict"
+# (sip.min_se 120, for the 422).
+SCENARIOS = {
+    "timer_asterisk_reinvite.xml": "main", "timer_freeswitch_update.xml": "main", "timer_no_refresh.xml": "main",
+    "timer_uas_refresher_reinvite.xml": "main", "timer_uas_refresher_update.xml": "main",
+    "prack_100rel.xml": "main", "timer_too_small.xml": "strict",
+}
+# The first test to ask for the scenarios' results waits for all of them (about 80 s).
+SIPP_TIMEOUT = pytest.mark.timeout(200)
+# No idle prompt, no media watchdog: the calls last as long as their session timers say, without audio.
+QUIET = {"agent": {"idle_timeout_s": 0}, "media": {"rtp_timeout_s": 0}}
+
+
+@dataclass
+class Results:
+    """Every scenario's run, and what each agent logged and counted by the end."""
+
+    runs: dict[str, Played]
+    logs: dict[str, str]
+    metrics: dict[str, dict[str, float]]
+
+    def run(self, name: str) -> Played:
+        run = self.runs[name]
+        assert run.result.returncode == 0, run.result.failed()
+        return run
+
+
+@pytest.fixture(scope="module")
+def played(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    """Every scenario at once (each its own SIPp) against two running agents."""
+    require("sipp")
+    root = tmp_path_factory.mktemp("timers")
+    for label in ("main", "strict"):
+        (root / label).mkdir()
+    results = Results({}, {}, {})
+    with running_agent(root / "main", sip={"session_expires": 90, "min_se": 90, "max_calls": 8},
+                       sections=QUIET) as main, \
+            running_agent(root / "strict", sip={"session_expires": 1800, "min_se": 120},
+                          sections={**QUIET, "media": {"rtp_timeout_s": 0, "rtp_ports": "44900-44919"}}) as strict, \
+            contextlib.ExitStack() as stack:
+        agents = {"main": main, "strict": strict}
+        runs = {name: stack.enter_context(sipp_scenario(name, agents[agent].target, root / name,
+                                                        keys={"user": "agent"}, timeout_s=110))
+                for name, agent in SCENARIOS.items()}
+        for name, run in runs.items():
+            result = run.wait(120)
+            results.runs[name] = Played(result, sipp_log(result.messages))
+        for label, agent in agents.items():
+            agent.wait_metric("sipagent_calls_active", lambda value: value == 0, 10)
+            results.logs[label] = agent.log.read_text()
+            results.metrics[label] = agent.metrics()
+    return results
+
+
+@SIPP_TIMEOUT
+def test_asterisk_refreshing_by_reinvite_keeps_the_call_up(played: Results) -> None:
+    run = played.run("timer_asterisk_reinvite.xml")
+    answered, ok = run.first("received", "SIP/2.0 200 OK")
+    assert "Session-Expires: 90;refresher=uac" in ok and "Require: timer" in ok
+    assert run.count("received", "SIP/2.0 200 OK") >= 3  # the INVITE, the refresh re-INVITE, the BYE
+    hung_up, _ = run.first("sent", "BYE ")
+    assert hung_up - answered > 70  # past the 60 s an unrefreshed session lasts
+    assert run.count("received", "BYE ") == 0
+
+
+@SIPP_TIMEOUT
+def test_freeswitch_refreshing_by_update_gets_200_and_keeps_the_call_up(played: Results) -> None:
+    run = played.run("timer_freeswitch_update.xml")
+    answered, ok = run.first("received", "SIP/2.0 200 OK")
+    assert "Session-Expires: 90;refresher=uac" in ok and "UPDATE" in re.search(r"Allow: (.*)", ok).group(1)  # type: ignore[union-attr]
+    update_ok = [m for _, way, m in run.log if way == "received" and "CSeq: 2 UPDATE" in m]
+    assert update_ok and update_ok[0].startswith("SIP/2.0 200 OK")
+    assert "Session-Expires: 90;refresher=uac" in update_ok[0] and "Require: timer" in update_ok[0]
+    hung_up, _ = run.first("sent", "BYE ")
+    assert hung_up - answered > 70 and run.count("received", "BYE ") == 0
+
+
+@SIPP_TIMEOUT
+def test_a_pbx_that_stops_refreshing_gets_a_bye_at_expiry(played: Results) -> None:
+    run = played.run("timer_no_refresh.xml")
+    answered, _ = run.first("received", "SIP/2.0 200 OK")
+    hung_up, bye = run.first("received", "BYE ")
+    assert 58 < hung_up - answered < 63, hung_up - answered  # 90 - min(32, 90/3)
+    call_id = re.search(r"Call-ID: (.*)", bye).group(1).strip()  # type: ignore[union-attr]
+    assert f"call {call_id}: no session refresh in time (session interval 90 s), hanging up" in played.logs["main"]
+    assert f"call {call_id} ended: session-expired" in played.logs["main"]
+
+
+@SIPP_TIMEOUT
+def test_an_interval_below_min_se_gets_422_and_the_retry_is_answered(played: Results) -> None:
+    run = played.run("timer_too_small.xml")
+    _, too_small = run.first("received", "SIP/2.0 422 ")
+    assert "Min-SE: 120" in too_small
+    _, ok = run.first("received", "SIP/2.0 200 OK")
+    assert "Session-Expires: 120;refresher=uac" in ok
+    assert "answered 422" in played.logs["strict"]
+
+
+@SIPP_TIMEOUT
+def test_the_agent_refreshes_a_timerless_pbx_by_reinvite_within_half_the_interval(
+        played: Results) -> None:
+    run = played.run("timer_uas_refresher_reinvite.xml")
+    answered, ok = run.first("received", "SIP/2.0 200 OK")
+    assert "Session-Expires: 90;refresher=uas" in ok and "Require:" not in ok
+    refreshed, reinvite = run.first("received", "INVITE ")
+    assert 44 < refreshed - answered < 47, refreshed - answered
+    origin = re.compile(r"^o=.*$", re.MULTILINE)
+    assert origin.search(reinvite).group(0) == origin.search(ok).group(0)  # type: ignore[union-attr]
+    assert run.count("received", "ACK ") == 1
+
+
+@SIPP_TIMEOUT
+def test_the_agent_refreshes_by_update_when_asked_to(played: Results) -> None:
+    run = played.run("timer_uas_refresher_update.xml")
+    answered, ok = run.first("received", "SIP/2.0 200 OK")
+    assert "Session-Expires: 90;refresher=uas" in ok and "Require: timer" in ok
+    refreshed, update = run.first("received", "UPDATE ")
+    assert 44 < refreshed - answered < 47 and "Content-Length: 0" in update
+    assert "Session-Expires: 90;refresher=uac" in update and "Min-SE: 90" in update
+
+
+@SIPP_TIMEOUT
+def test_a_100rel_invite_is_answered_with_a_prack_acknowledged_180(played: Results) -> None:
+    run = played.run("prack_100rel.xml")
+    _, ringing = run.first("received", "SIP/2.0 180 ")
+    assert "Require: 100rel" in ringing and re.search(r"RSeq: \d+", ringing)
+    order = [(m.split()[0], re.search(r"CSeq: (.*)", m).group(1))  # type: ignore[union-attr]
+             for _, _, m in run.log if m.startswith(("SIP/2.0 200", "PRACK "))]
+    assert order[:3] == [("PRACK", "2 PRACK"), ("SIP/2.0", "2 PRACK"), ("SIP/2.0", "1 INVITE")], order
+
+
+@SIPP_TIMEOUT
+def test_every_call_ended_cleanly(played: Results) -> None:
+    for log in played.logs.values():
+        assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+    answered = sum(value for name, value in played.metrics["main"].items() if name.startswith("sipagent_calls_total"))
+    assert answered == 6 and played.metrics["strict"]['sipagent_calls_total{outcome="remote-hangup"}'] == 1
+    assert played.metrics["strict"]['sipagent_calls_total{outcome="error"}'] == 0  # a 422 refuses no call
