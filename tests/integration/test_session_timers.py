@@ -130,6 +130,10 @@ def test_an_interval_below_min_se_gets_a_stateless_422_and_the_retry_is_answered
         assert header(too_small, "Min-SE") == "600" and not calls and ua.server_transactions == 0
         peer.ack(1, to_tag(too_small), branch=branch)
         assert refused == []  # no call was refused: the PBX asks again at once
+        peer.call_id = "unreadable"
+        peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"), extra=TIMER + "Session-Expires: soon\r\n")
+        assert b"400 bad Session-Expires" in await peer.status(400, "INVITE")
+        peer.call_id = "retried"
         ok = await call_up(peer, calls, extra=TIMER + "Session-Expires: 600\r\nMin-SE: 600\r\n")
         assert header(ok, "Session-Expires") == "600;refresher=uac"
         # A refresh below the minimum is refused in the dialog, and the call goes on.
