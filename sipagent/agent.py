@@ -330,6 +330,7 @@ def ua_settings(config: Config) -> UaSettings:
         public_host=sip.public_address or None, expires=sip.expires, max_calls=sip.max_calls,
         trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
         aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller,
+        session_expires=sip.session_expires, min_se=sip.min_se,
         limits=BudgetLimits(transactions=limits.transactions, transactions_per_source=limits.transactions_per_source),
         transport_limits=TransportLimits(
             max_message_bytes=limits.max_message_bytes, tcp_connections=limits.tcp_connections,
