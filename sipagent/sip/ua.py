@@ -878,6 +878,7 @@ class UserAgent:
             registrar_uri=registrar_uri, aor=f"sip:{s.username}@{_uri_host(self.domain)}",
             contact=self._contact(), via_sent_by=self._sent_by(), transport=self.transport_name,
             credentials=DigestCredentials(s.username, s.password), expires=s.expires, user_agent=s.user_agent,
+            allow=ALLOW,
         ))
 
     async def _exchange(self, registration: Registration, request: SipRequest | None) -> None:
