@@ -14,10 +14,12 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
 from sipagent.bridge.tools import tool_definitions
+from sipagent.bridge.transcript import directory_problem
 from sipagent.config import Config, load_config
 from sipagent.errors import ConfigError, RealtimeError, SdpError
 from sipagent.media.clock import MediaClock
@@ -106,6 +108,10 @@ class Agent:
         self._foreign_seen = 0
 
     async def start(self) -> None:
+        recording = self.config.recording
+        problem = directory_problem(Path(recording.dir)) if recording.transcripts or recording.audio else None
+        if problem is not None:  # calls are still answered; each one's writer reports its own failure
+            log.warning("recording.dir: %s; calls will be answered without transcripts or recordings", problem)
         self._local_server, self._endpoint = await realtime_endpoint(self.config)
         self.clock.start()
         settings = ua_settings(self.config)

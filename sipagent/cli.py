@@ -80,12 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(path: str, connect: bool) -> int:
-    from sipagent.doctor import describe_trust
+    from sipagent.doctor import describe_recording, describe_trust
 
     config = load_config(path)
     print(config.summary())
     trust, problems = describe_trust(config)
     print(trust)
+    recording, recording_problems = describe_recording(config)
+    print(recording)
+    problems += recording_problems
     for problem in problems:
         print(f"sipagent: {problem}", file=sys.stderr)
     if problems:

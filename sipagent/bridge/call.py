@@ -39,7 +39,7 @@ from sipagent.media.kernel import (
 )
 from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings, mean_square_db
 from sipagent.observability.logs import call_logger
-from sipagent.observability.metrics import Metrics
+from sipagent.observability.metrics import Metrics, RecordingKind
 from sipagent.realtime import events as ev
 
 log = logging.getLogger(__name__)
@@ -169,19 +169,20 @@ class CallBridge:
         self._last_activity = time.monotonic()
         self._idle_prompts = 0
         self._greeting_pending = bool(self.agent.greeting)
+        self.metrics = settings.metrics
         started = datetime.now(UTC)
         self._origin = time.monotonic()
         stem = call_file_stem(call.call_id, started)
         directory = Path(settings.recording.dir)
-        self.transcript = (
-            TranscriptWriter(directory / f"{stem}.jsonl", self._origin) if settings.recording.transcripts else None
-        )
-        self.recorder = StereoRecorder(directory / f"{stem}.wav") if settings.recording.audio else None
+        recording = settings.recording
+        self.transcript = TranscriptWriter(directory / f"{stem}.jsonl", self._origin,
+                                           on_error=self._file_failed("transcript")) if recording.transcripts else None
+        self.recorder = StereoRecorder(directory / f"{stem}.wav",
+                                       on_error=self._file_failed("audio")) if recording.audio else None
         self.barge_in_times: list[float] = []
         self.turn_latencies: list[float] = []
         self._turn_ended_at: float | None = None
         self.reconnects = 0
-        self.metrics = settings.metrics
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -207,12 +208,16 @@ class CallBridge:
                 if not self._done.is_set() and self.call.end_reason == "transferred":
                     # A completed transfer ends the SIP call before transfer() returns to the bridge.
                     self._outcome = "transferred"
+        except Exception:
+            # Whatever failed, the call is over and must be counted as such (outcome, calls_active).
+            self.log.exception("call failed")
+            self._outcome = "error"
         finally:
             await self._cleanup()
         return CallOutcome(
             self._outcome,
-            self.transcript.path if self.transcript else None,
-            self.recorder.path if self.recorder else None,
+            self.transcript.path if self.transcript and self.transcript.ok else None,  # None: see the log
+            self.recorder.path if self.recorder and self.recorder.ok else None,
             dict(self.conversation.usage),
             list(self.barge_in_times),
             self.policy.resumes,
@@ -256,6 +261,17 @@ class CallBridge:
     def _record(self, kind: str, **fields: Any) -> None:
         if self.transcript:
             self.transcript.write(time.monotonic(), kind, **fields)
+
+    def _file_failed(self, kind: RecordingKind) -> Callable[[Path, OSError], None]:
+        """What a transcript or recording writer calls, once, when its file fails: the call goes on."""
+
+        def failed(path: Path, exc: OSError) -> None:
+            self.log.warning("%s %s stopped, the call goes on without it: %s (check recording.dir: free space, "
+                             "permissions)", kind, path, exc.strerror or exc)
+            if self.metrics:
+                self.metrics.recording_error(kind)
+
+        return failed
 
     async def end_politely(self, timeout: float = 10.0) -> None:
         """Shutdown: the agent says goodbye, then hangs up (or is cut after ``timeout``)."""
