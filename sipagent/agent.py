@@ -77,6 +77,10 @@ class _MediaLeg:
     def buffered_ms(self) -> int:
         return self.endpoint.playout.buffered_ms
 
+    @property
+    def packets_received(self) -> int:
+        return self.endpoint.rx_stats.packets
+
 
 class Agent:
     # The playout queue of each answered call's endpoint; the benchmarks put an observing subclass here.
@@ -288,7 +292,7 @@ class Agent:
             agent=agent, recording=self.config.recording, session=session_settings(self.config),
             dialect=ev.check_dialect(rt.dialect),
             audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
-            metrics=self.metrics,
+            metrics=self.metrics, rtp_timeout_s=self.config.media.rtp_timeout_s,
         )
 
     async def _connect(self) -> RealtimeLink:

@@ -6,6 +6,10 @@ tools, DTMF, idle prompts, transcripts and recordings, recovery when the WebSock
 
 States (logged on every change): answering → connecting → live ⇄ (agent speaking) → transferring /
 ending → ended. "Agent speaking" is not stored: it is whether the playout queue holds audio.
+
+Every call ends by itself: the caller or the agent hangs up, or a limit ends it — agent.max_call_s (the
+agent says max_call_message first), media.rtp_timeout_s without media (not on hold), agent.idle_timeout_s of
+silence (a prompt, then the goodbye). Limits are timers of their own, never work per frame.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ log = logging.getLogger(__name__)
 FRAME_24K_BYTES = 960  # 20 ms of 24 kHz PCM16
 BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
 DTMF_FLUSH_S = 1.5  # digits typed with pauses shorter than this go to the model together
+GOODBYE_LIMIT_S = 20.0  # a goodbye the model has not said (and the caller heard) by then: hang up anyway
+CANCEL_WAIT_S = 2.0  # how long a goodbye waits for the response it cancelled to end before it asks for its own
 
 
 class RealtimeLink(Protocol):
@@ -96,6 +102,11 @@ class MediaLeg(Protocol):
     @property
     def buffered_ms(self) -> int: ...
 
+    @property
+    def packets_received(self) -> int:
+        """RTP packets taken from the far end: a count that changes whenever media arrives (it restarts with
+        a new source), which the media timeout watches."""
+
 
 @dataclass
 class BridgeSettings:
@@ -105,6 +116,7 @@ class BridgeSettings:
     dialect: ev.Dialect = "ga"
     audio_format: str = "pcm16"
     max_session_s: float = 3300.0
+    rtp_timeout_s: float = 30.0  # media.rtp_timeout_s: no RTP this long (not on hold) ends the call; 0 = never
     reconnect_delays: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     apology_audio: Callable[[str], Awaitable[bytes]] | None = None  # text → 24 kHz PCM16 (local TTS)
     metrics: Metrics | None = None
@@ -169,6 +181,8 @@ class CallBridge:
         self._last_activity = time.monotonic()
         self._idle_prompts = 0
         self._greeting_pending = bool(self.agent.greeting)
+        self._closing: str | None = None  # the outcome of a goodbye under way (nothing else starts then)
+        self._response_done = asyncio.Event()  # set at each response.done (a goodbye waits for its own)
         self.metrics = settings.metrics
         started = datetime.now(UTC)
         self._origin = time.monotonic()
@@ -199,6 +213,8 @@ class CallBridge:
                 self._spawn(self._pump())
                 self._spawn(self._read_events())
                 self._spawn(self._watch_idle())
+                self._spawn(self._watch_call_length())
+                self._spawn(self._watch_media())
                 self._spawn(self._renew_before_limit())
                 ended = asyncio.ensure_future(self.call.ended.wait())
                 done = asyncio.ensure_future(self._done.wait())
@@ -242,10 +258,13 @@ class CallBridge:
             self.transcript.close()
         if self.recorder:
             self.recorder.close()
+        self._done.set()  # whoever waits for the end (end_politely) learns of it, whatever ended the call
 
     def _finish(self, outcome: str) -> None:
-        self._outcome = outcome
-        self._done.set()
+        """The call is over with ``outcome``; the first outcome stands."""
+        if not self._done.is_set():
+            self._outcome = outcome
+            self._done.set()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -273,17 +292,53 @@ class CallBridge:
 
         return failed
 
+    @property
+    def on_hold(self) -> bool:
+        """Whether the far end holds the call (a held leg may send no media, and the caller is not idle). The
+        hold work of issue 15 answers this from the bridge's held state; until then no call is held."""
+        return False
+
     async def end_politely(self, timeout: float = 10.0) -> None:
         """Shutdown: the agent says goodbye, then hangs up (or is cut after ``timeout``)."""
         if self._done.is_set() or self._link is None:
             self._finish("agent-hangup")
             return
-        self._pending_action = ("end_call", {})
-        self._flush_agent_audio()
-        await self._send(ev.response_create(instructions=_say_exactly(self.agent.goodbye)))
+        self._spawn(self._say_goodbye(self.agent.goodbye, "agent-hangup", limit=timeout))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), timeout)
         self._finish("agent-hangup")
+
+    async def _say_goodbye(self, message: str, outcome: str, limit: float = GOODBYE_LIMIT_S) -> None:
+        """End the call politely: the agent stops what it is saying, says ``message`` and hangs up once the
+        caller has heard it, with ``outcome``. At once when no model is there to say it or nobody to hear it
+        (on hold), and after ``limit`` seconds whatever happens: a model that never answers must not keep the
+        line up."""
+        if self._closing is not None or self._done.is_set():
+            return
+        self._closing = outcome
+        self._pending_action = None  # a transfer or an end the model asked for gives way to this one
+        if self._link is not None and self.state == "live" and message and not self.on_hold:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit):
+                    if self.conversation.response_active or self.media.buffered_ms > 0:
+                        await self._stop_agent()
+                    self._response_done.clear()
+                    await self._send(ev.response_create(instructions=_say_exactly(message)))
+                    await self._response_done.wait()
+                    await self._wait_playout()
+        self._finish(outcome)
+
+    async def _stop_agent(self) -> None:
+        """Silence the agent at once: its audio is cut where the caller is, its response cancelled (and that
+        response's end awaited, since a new response.create while one is active is refused)."""
+        played = self.media.played_ms
+        self._flush_agent_audio()
+        self.conversation.interrupted(played)  # deltas of the cut item still in flight are dropped
+        if self.conversation.response_active:
+            self._response_done.clear()
+            await self._send(ev.response_cancel())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._response_done.wait(), CANCEL_WAIT_S)
 
     # ---------------------------------------------------------------- Realtime session
 
@@ -356,6 +411,7 @@ class CallBridge:
         self._record("event", event="reconnect", reason=why)
         self._flush_agent_audio()
         self.conversation.response_active = False
+        self._response_done.set()  # that response will never end: nobody may wait for it
         old, self._link = self._link, None
         if old is not None:
             with contextlib.suppress(Exception):
@@ -411,6 +467,7 @@ class CallBridge:
             if self.metrics and isinstance(usage, dict):
                 self.metrics.tokens_used(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
             self._spawn(self._after_response())
+            self._response_done.set()
         elif kind == "input_audio_buffer.speech_started":
             self._last_activity = time.monotonic()
             playing = self.media.buffered_ms > 0
@@ -475,7 +532,7 @@ class CallBridge:
             return
         name, args = action
         if name == "end_call":
-            self._finish("agent-hangup")
+            self._finish(self._closing or "agent-hangup")
         elif name == "transfer_call":
             await self._transfer(args)
 
@@ -693,29 +750,73 @@ class CallBridge:
             await self._send(ev.response_create())
 
     async def _watch_idle(self) -> None:
-        """Re-prompt a silent caller once, then say goodbye and hang up."""
+        """Re-prompt a silent caller once, then say goodbye and hang up. Sleeps until the silence would be
+        long enough; the caller's sound, a digit or the end of the agent's reply moves that moment."""
         timeout = self.agent.idle_timeout_s
         if timeout <= 0:
-            return
-        while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
+            return  # no prompt; a dead line still ends by media.rtp_timeout_s or agent.max_call_s
+        while self._closing is None:
+            wait = self._last_activity + timeout - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
             busy = (self.media.buffered_ms > 0 or self.conversation.response_active or self._pending_action
-                    or self.state != "live")  # e.g. transferring: never prompt a caller being put through
+                    or self.state != "live" or self.on_hold)  # e.g. transferring: never prompt a caller put through
+            self._last_activity = time.monotonic()  # if busy, counted again from now (a reply's end moves it)
             if busy or self.vad.speaking:
-                self._last_activity = time.monotonic()
                 continue
-            if time.monotonic() - self._last_activity < timeout:
-                continue
-            self._last_activity = time.monotonic()
             self._idle_prompts += 1
             if self._idle_prompts == 1:
                 self._record("event", event="idle-prompt")
                 await self._send(ev.response_create(instructions=_say_exactly(self.agent.idle_prompt)))
             else:
                 self._record("event", event="idle-hangup")
-                self._pending_action = ("end_call", {})
-                await self._send(ev.response_create(instructions=_say_exactly(self.agent.goodbye)))
+                await self._say_goodbye(self.agent.goodbye, "agent-hangup")
+                return
 
+    async def _watch_call_length(self) -> None:
+        """agent.max_call_s: the agent says max_call_message, then hangs up (outcome "time-limit")."""
+        limit = self.agent.max_call_s
+        if limit <= 0:
+            return
+        await asyncio.sleep(self._origin + limit - time.monotonic())
+        if self._closing is not None:
+            return  # already saying goodbye
+        self.log.info("the call reached agent.max_call_s (%.0f s): the agent says goodbye", limit)
+        self._record("event", event="time-limit", max_call_s=limit)
+        await self._say_goodbye(self.agent.max_call_message, "time-limit")
+
+    async def _watch_media(self) -> None:
+        """media.rtp_timeout_s: hang up (outcome "media-timeout") when no RTP came for that long, except on
+        hold or during a transfer, where the far end may rightly send none. The endpoint counts packets
+        anyway; reading that count every few seconds costs nothing per packet, and the call ends between
+        rtp_timeout_s and rtp_timeout_s + one interval after the last packet."""
+        timeout = self.settings.rtp_timeout_s
+        if timeout <= 0:
+            return
+        interval = min(5.0, timeout / 6)
+        count, heard_at = self.media.packets_received, time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now, received = time.monotonic(), self.media.packets_received
+            if received != count or self.on_hold or self.state == "transferring":
+                count, heard_at = received, now
+            elif now - heard_at >= timeout:
+                break
+        if count == 0:
+            self.log.warning(
+                "no RTP has arrived since the call was answered (media.rtp_timeout_s %.0f s): hanging up. The "
+                "caller's audio does not reach this host: check NAT and firewalls (UDP to media.rtp_ports), "
+                "sip.public_address behind NAT, and that the PBX does not send media straight from the phone "
+                "(Asterisk direct_media=no, FreeSWITCH bypass_media=false)", timeout)
+        else:
+            self.log.warning(
+                "no RTP for %.0f s (media.rtp_timeout_s): hanging up. The far end stopped sending without a "
+                "BYE, or its media stopped reaching this host: check NAT bindings and firewall timeouts for UDP "
+                "to media.rtp_ports, and direct media on the PBX (Asterisk direct_media=no, FreeSWITCH "
+                "bypass_media=false)", timeout)
+        self._record("event", event="media-timeout", rtp_timeout_s=timeout, media_seen=count > 0)
+        self._finish("media-timeout")
 
 def _say_exactly(text: str) -> str:
     return f'Say exactly the following, and nothing else: "{text}"'

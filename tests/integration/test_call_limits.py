@@ -1,6 +1,8 @@
-"""What a call leaves on disk cannot hurt it: on real calls (agent in direct mode, our SIP caller, the
-offline backend over a WebSocket).
+"""Every call ends by itself, and what it leaves on disk cannot hurt it: on real calls (agent in direct mode,
+our SIP caller, the offline backend over a WebSocket).
 
+- agent.max_call_s: the agent says max_call_message (cutting itself off if it was talking), then BYE.
+- media.rtp_timeout_s: a caller whose RTP stops is hung up, but not while the call is on hold.
 - Recording faults (a directory that cannot be written, a full disk, a read-only filesystem, the directory
   removed during the call): the file stops, one log line and one count, and the call goes on untouched.
 """
@@ -13,6 +15,7 @@ import io
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,16 +24,128 @@ import pytest
 from bridge_helpers import Rig, bridge_config, call_rig, loud_times
 
 from sipagent.bridge import transcript
+from sipagent.bridge.call import CallBridge
 
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")), reason="needs espeak-ng and sox"),
 ]
 
+LONG_GREETING = ("Thanks for calling Northwind Outfitters. We are open from nine in the morning to five in the "
+                 "evening, every day of the week, and we ship to all fifty states. How can I help you today?")
+TIME_UP = "Our time is up for this call. Goodbye."
+
+
+def calls(rig: Rig, outcome: str) -> float:
+    value = rig.agent.metrics.registry.get_sample_value("sipagent_calls_total", {"outcome": outcome})
+    return value or 0.0
+
 
 def recording_errors(rig: Rig, kind: str) -> float:
     value = rig.agent.metrics.registry.get_sample_value("sipagent_recording_errors_total", {"kind": kind})
     return value or 0.0
+
+
+# ---------------------------------------------------------------- agent.max_call_s
+
+
+def test_max_call_s_says_the_message_then_hangs_up(tmp_path: Path) -> None:
+    asyncio.run(_max_call_silent(tmp_path))
+
+
+async def _max_call_silent(tmp_path: Path) -> None:
+    config = bridge_config(tmp_path, agent={"max_call_s": 10, "max_call_message": TIME_UP})
+    async with call_rig(config) as rig:
+        await rig.wait_for(rig.caller.ended.is_set, 30, "the agent to end the call at agent.max_call_s")
+        ended = time.monotonic()
+        outcome = await rig.wait_outcome()
+        assert rig.agent.metrics.calls_active == 0
+    assert outcome.reason == "time-limit" and rig.caller.end_reason == "remote-bye", rig.summary()
+    (limit,) = rig.entries("event")
+    assert limit["event"] == "time-limit" and 10.0 <= limit["t"] < 10.5, rig.summary()
+    assert [e["text"] for e in rig.entries("agent")] == ["Hello.", TIME_UP], rig.summary()
+    said = rig.entries("agent")[1]
+    # The BYE came after the message was played, not at the limit.
+    heard = loud_times(rig.caller, since=rig.caller.answered_at + limit["t"])
+    assert len(heard) * 20 >= 1200, f"only {len(heard) * 20} ms of the message heard\n{rig.summary()}"
+    assert ended - heard[-1] < 1.5, rig.summary()
+    assert said["t"] <= rig.entries("call")[-1]["t"], rig.summary()
+    assert calls(rig, "time-limit") == 1
+
+
+def test_max_call_s_cuts_the_agent_off_to_say_the_message(tmp_path: Path) -> None:
+    asyncio.run(_max_call_talking(tmp_path))
+
+
+async def _max_call_talking(tmp_path: Path) -> None:
+    # A greeting longer than the limit: the limit interrupts it, and the message still comes.
+    config = bridge_config(tmp_path, agent={"greeting": LONG_GREETING, "max_call_s": 10, "max_call_message": TIME_UP})
+    async with call_rig(config) as rig:
+        await rig.wait_for(rig.caller.ended.is_set, 35, "the agent to end the call at agent.max_call_s")
+        outcome = await rig.wait_outcome()
+    assert outcome.reason == "time-limit", rig.summary()
+    assert [e["text"] for e in rig.entries("agent")][-1] == TIME_UP, rig.summary()
+    sent = [e["type"] for e in rig.sent]
+    assert sent.index("response.cancel") < len(sent) - 1 - sent[::-1].index("response.create"), sent
+    errors = [e["error"] for e in rig.received if e["type"] == "error"]
+    assert not errors, errors  # the goodbye waited for the cancelled response to end
+
+
+# ---------------------------------------------------------------- media.rtp_timeout_s
+
+
+def stop_caller_media(rig: Rig) -> None:
+    """The caller's side goes dead: its endpoint leaves the clock, so it sends no more RTP (SIP stays up)."""
+    endpoint = rig.caller._endpoint
+    assert endpoint is not None
+    rig.clock.unregister(endpoint)
+
+
+def test_rtp_timeout_hangs_up_a_call_whose_media_stopped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    asyncio.run(_rtp_timeout(tmp_path, caplog))
+
+
+async def _rtp_timeout(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    # idle_timeout_s 0 (bridge_config's): no idle prompt, and still the dead call ends.
+    config = bridge_config(tmp_path, media={"rtp_timeout_s": 5})
+    assert config.agent.idle_timeout_s == 0
+    async with call_rig(config) as rig:
+        await rig.agent_turn()
+        stop_caller_media(rig)
+        stopped = time.monotonic()
+        await rig.wait_for(rig.caller.ended.is_set, 15, "the agent to hang up on dead media")
+        after = time.monotonic() - stopped
+        outcome = await rig.wait_outcome()
+        assert rig.agent.metrics.calls_active == 0
+    assert outcome.reason == "media-timeout" and rig.caller.end_reason == "remote-bye", rig.summary()
+    assert 5.0 <= after < 7.5, f"hung up {after:.1f} s after the media stopped"
+    assert [e["event"] for e in rig.entries("event")] == ["media-timeout"], rig.summary()
+    assert calls(rig, "media-timeout") == 1
+    lines = [r.getMessage() for r in caplog.records if "media.rtp_timeout_s" in r.getMessage()]
+    assert len(lines) == 1 and "NAT" in lines[0] and "direct_media" in lines[0], lines
+
+
+def test_no_rtp_timeout_while_the_call_is_on_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    held = [True]
+    monkeypatch.setattr(CallBridge, "on_hold", property(lambda self: held[0]))
+    asyncio.run(_held(tmp_path, held))
+
+
+async def _held(tmp_path: Path, held: list[bool]) -> None:
+    config = bridge_config(tmp_path, media={"rtp_timeout_s": 5})
+    async with call_rig(config) as rig:
+        await rig.agent_turn()
+        stop_caller_media(rig)  # a held far end may send nothing
+        await asyncio.sleep(8)
+        assert not rig.caller.ended.is_set() and not rig.outcomes, rig.summary()
+        held[0] = False  # resumed, and still no media: the timeout counts from the resume
+        resumed = time.monotonic()
+        await rig.wait_for(rig.caller.ended.is_set, 15, "the agent to hang up on dead media after the resume")
+        after = time.monotonic() - resumed
+        outcome = await rig.wait_outcome()
+    assert outcome.reason == "media-timeout", rig.summary()
+    assert 4.0 <= after < 7.5, f"hung up {after:.1f} s after the resume"
 
 
 # ---------------------------------------------------------------- recording faults
