@@ -132,6 +132,19 @@ class CallOutcome:
     false_pauses: int = 0  # the agent paused at a caller's onset that was not confirmed as speech
 
 
+@dataclass
+class _Greeting:
+    """The greeting's transcript entry, written once the greeting is over (played to its end, cut by the
+    caller or a limit, or the call ended) so that it can say how much of it the caller heard."""
+
+    text: str = ""  # the model's transcript of it, once known
+    sent_all: bool = False  # the model finished it (response.done, completed): its length is known
+    heard_ms: int | None = None  # None while it has not stopped playing
+    total_ms: int | None = None  # its whole length; None when it was cut before the model had sent all of it
+    interrupted: bool = False
+    written: bool = False
+
+
 class CallBridge:
     def __init__(
         self,
@@ -181,6 +194,7 @@ class CallBridge:
         self._last_activity = time.monotonic()
         self._idle_prompts = 0
         self._greeting_pending = bool(self.agent.greeting)
+        self._greeting = _Greeting() if self.agent.greeting else None
         self._closing: str | None = None  # the outcome of a goodbye under way (nothing else starts then)
         self._response_done = asyncio.Event()  # set at each response.done (a goodbye waits for its own)
         self.metrics = settings.metrics
@@ -252,6 +266,8 @@ class CallBridge:
             with contextlib.suppress(Exception):
                 await self.call.hangup()
         self._set_state("ended")
+        self._greeting_over(self.media.played_ms, interrupted=None)  # the call ended while it played
+        self._write_greeting()
         self._record("usage", **self.conversation.usage)
         self._record("call", event="end", reason=self._outcome)
         if self.transcript:
@@ -333,7 +349,7 @@ class CallBridge:
         response's end awaited, since a new response.create while one is active is refused)."""
         played = self.media.played_ms
         self._flush_agent_audio()
-        self.conversation.interrupted(played)  # deltas of the cut item still in flight are dropped
+        self._cut_agent(played)  # deltas of the cut item still in flight are dropped
         if self.conversation.response_active:
             self._response_done.clear()
             await self._send(ev.response_cancel())
@@ -409,6 +425,7 @@ class CallBridge:
         if self.metrics:
             self.metrics.realtime_reconnected()
         self._record("event", event="reconnect", reason=why)
+        self._cut_agent(self.media.played_ms)  # what was playing ends here, the greeting too
         self._flush_agent_audio()
         self.conversation.response_active = False
         self._response_done.set()  # that response will never end: nobody may wait for it
@@ -466,6 +483,7 @@ class CallBridge:
             self.conversation.add_usage(usage)
             if self.metrics and isinstance(usage, dict):
                 self.metrics.tokens_used(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
+            self._greeting_done(response)
             self._spawn(self._after_response())
             self._response_done.set()
         elif kind == "input_audio_buffer.speech_started":
@@ -481,7 +499,10 @@ class CallBridge:
         elif kind == "conversation.item.input_audio_transcription.completed":
             self._transcript("caller", event.get("transcript", ""))
         elif kind == "response.output_audio_transcript.done":
-            self._transcript("agent", event.get("transcript", ""))
+            if not self._is_greeting(event.get("item_id")):
+                self._transcript("agent", event.get("transcript", ""))
+            elif self._greeting is not None and not self._greeting.text:
+                self._greeting.text = event.get("transcript", "").strip()  # written once it has been heard
         elif kind == "response.function_call_arguments.done":
             self._spawn(self._run_tool(event.get("name", ""), event.get("call_id", ""), event.get("arguments", "")))
         elif kind == "session.updated":
@@ -509,24 +530,74 @@ class CallBridge:
                         self.settings.audio_format)
             self._down_decode = _wire_decoder(acknowledged)
 
-    def _transcript(self, role: str, text: str) -> None:
+    def _transcript(self, role: str, text: str, **fields: Any) -> None:
         if not text.strip():
             return
         if role == "caller":
             self.conversation.caller_said(text)
         else:
             self.conversation.agent_said(text)
-        self._record(role, text=text.strip())
+        self._record(role, text=text.strip(), **fields)
         if self.on_transcript:
             self.on_transcript(role, text.strip())
+
+    # The greeting's entry waits until the greeting is over, so that it says how much the caller heard of
+    # it, also when the caller cut in (then the model may never send its transcript.done).
+
+    def _is_greeting(self, item_id: object) -> bool:
+        first = self.conversation.first
+        return self._greeting is not None and first is not None and first.item_id == item_id
+
+    def _greeting_done(self, response: dict[str, Any]) -> None:
+        """The greeting's response ended: whether the model sent all of it, and its text as far as the model
+        got (a cancelled response brings no transcript.done, only its items in response.done's output)."""
+        greeting, output = self._greeting, response.get("output")
+        if greeting is None or greeting.written or not isinstance(output, list):
+            return
+        for item in output:
+            if isinstance(item, dict) and self._is_greeting(item.get("id")):
+                # Its length counts only if it was all sent before it stopped playing (after a cut, the
+                # deltas still in flight are dropped).
+                greeting.sent_all = greeting.heard_ms is None and response.get("status") == "completed"
+                content = item.get("content")
+                parts = content if isinstance(content, list) else []
+                greeting.text = greeting.text or " ".join(str(part.get("transcript") or "") for part in parts
+                                                          if isinstance(part, dict)).strip()
+
+    def _greeting_over(self, played_ms: int, interrupted: bool | None) -> None:
+        """The greeting stopped playing at ``played_ms`` (``interrupted`` None: if not all of it was heard)."""
+        greeting, item = self._greeting, self.conversation.first
+        if greeting is None or item is None or greeting.heard_ms is not None:
+            return  # no greeting, none of it played yet, or it is over already
+        greeting.heard_ms = item.heard_ms(played_ms)
+        greeting.total_ms = item.queued_ms if greeting.sent_all else None
+        greeting.interrupted = greeting.heard_ms != greeting.total_ms if interrupted is None else interrupted
+
+    def _write_greeting(self) -> None:
+        greeting = self._greeting
+        if greeting is None or greeting.written or greeting.heard_ms is None:
+            return  # still playing, or none of it was ever played: nothing to write
+        greeting.written = True
+        # Without the model's transcript (cut before it came), what the model was told to say exactly.
+        self._transcript("agent", greeting.text or self.agent.greeting, greeting=True, heard_ms=greeting.heard_ms,
+                         total_ms=greeting.total_ms, interrupted=greeting.interrupted)
+
+    def _cut_agent(self, played_ms: int) -> tuple[str, int] | None:
+        """The item playing stops at ``played_ms``: (its id, ms of it heard), None when none was playing."""
+        current = self.conversation.current
+        if current is not None and current is self.conversation.first:
+            self._greeting_over(played_ms, interrupted=True)
+        return self.conversation.interrupted(played_ms)
 
     async def _after_response(self) -> None:
         """Once the agent has finished speaking: the greeting's protection ends; pending actions run."""
         await self._wait_playout()
-        self._last_activity = time.monotonic()
         if self._greeting_pending:
             self._greeting_pending = False
             self.policy.greeting_finished()
+            self._greeting_over(self.media.played_ms, interrupted=False)  # unless it was cut already
+            self._write_greeting()
+        self._last_activity = time.monotonic()
         action, self._pending_action = self._pending_action, None
         if action is None:
             return
@@ -632,7 +703,7 @@ class CallBridge:
     async def _barge_in(self, decision: BargeIn, server_cancelled: bool) -> None:
         played = self.media.played_ms  # exact when paused: what the caller heard up to the pause
         self.media.flush_audio()
-        cut = self.conversation.interrupted(played)
+        cut = self._cut_agent(played)
         self.barge_in_times.append(decision.at)
         if self.metrics and decision.paused_at is not None:
             # The agent went quiet at the pause; confirming it later changed nothing the caller heard.

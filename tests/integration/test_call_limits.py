@@ -5,6 +5,7 @@ our SIP caller, the offline backend over a WebSocket).
 - media.rtp_timeout_s: a caller whose RTP stops is hung up, but not while the call is on hold.
 - Recording faults (a directory that cannot be written, a full disk, a read-only filesystem, the directory
   removed during the call): the file stops, one log line and one count, and the call goes on untouched.
+- The greeting is in the transcript with how much of it the caller heard, also when it was cut.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from bridge_helpers import Rig, bridge_config, call_rig, loud_times
 
 from sipagent.bridge import transcript
 from sipagent.bridge.call import CallBridge
+from sipagent.realtime.local.brain import LocalBrainConfig
+from sipagent.realtime.local.server import LocalRealtimeServer
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -44,6 +47,12 @@ def calls(rig: Rig, outcome: str) -> float:
 def recording_errors(rig: Rig, kind: str) -> float:
     value = rig.agent.metrics.registry.get_sample_value("sipagent_recording_errors_total", {"kind": kind})
     return value or 0.0
+
+
+def greeting_entry(rig: Rig) -> dict[str, Any]:
+    greetings = [e for e in rig.entries("agent") if e.get("greeting")]
+    assert len(greetings) == 1, rig.summary()
+    return greetings[0]
 
 
 # ---------------------------------------------------------------- agent.max_call_s
@@ -70,6 +79,10 @@ async def _max_call_silent(tmp_path: Path) -> None:
     assert len(heard) * 20 >= 1200, f"only {len(heard) * 20} ms of the message heard\n{rig.summary()}"
     assert ended - heard[-1] < 1.5, rig.summary()
     assert said["t"] <= rig.entries("call")[-1]["t"], rig.summary()
+    # The greeting, played to its end.
+    greeting = greeting_entry(rig)
+    assert greeting["text"] == "Hello." and not greeting["interrupted"], greeting
+    assert greeting["heard_ms"] == greeting["total_ms"] > 300, greeting
     assert calls(rig, "time-limit") == 1
 
 
@@ -85,6 +98,10 @@ async def _max_call_talking(tmp_path: Path) -> None:
         outcome = await rig.wait_outcome()
     assert outcome.reason == "time-limit", rig.summary()
     assert [e["text"] for e in rig.entries("agent")][-1] == TIME_UP, rig.summary()
+    greeting = greeting_entry(rig)
+    # The offline backend streams in real time: cut at the limit, the greeting's length was not known yet.
+    assert greeting["interrupted"] and greeting["heard_ms"] >= 6000 and greeting["total_ms"] is None, greeting
+    assert greeting["text"].startswith("Thanks for calling"), greeting  # the model's text, as far as it got
     sent = [e["type"] for e in rig.sent]
     assert sent.index("response.cancel") < len(sent) - 1 - sent[::-1].index("response.create"), sent
     errors = [e["error"] for e in rig.received if e["type"] == "error"]
@@ -146,6 +163,44 @@ async def _held(tmp_path: Path, held: list[bool]) -> None:
         outcome = await rig.wait_outcome()
     assert outcome.reason == "media-timeout", rig.summary()
     assert 4.0 <= after < 7.5, f"hung up {after:.1f} s after the resume"
+
+
+# ---------------------------------------------------------------- the greeting in the transcript
+
+
+@pytest.mark.parametrize("delivery", ["real-time", "all-at-once"])
+def test_an_interrupted_greeting_is_in_the_transcript_with_what_was_heard(tmp_path: Path, delivery: str) -> None:
+    asyncio.run(_greeting_cut(tmp_path, delivery))
+
+
+async def _greeting_cut(tmp_path: Path, delivery: str) -> None:
+    config = bridge_config(tmp_path, agent={"greeting": LONG_GREETING,
+                                            "barge_in": {"mode": "local", "protect_greeting_ms": 0}})
+    backend = None
+    if delivery == "all-at-once":
+        # Like the real API, which sends a reply's audio much faster than it plays: the greeting's response
+        # is complete before the caller cuts in, so its whole length is known.
+        backend = LocalRealtimeServer(LocalBrainConfig.from_mapping(config.realtime.local), lead_ms=60_000)
+        await backend.start()
+        config.realtime.url = backend.url
+    try:
+        async with call_rig(config) as rig:
+            await rig.wait_for(lambda: len(loud_times(rig.caller)) >= 60, 15, "1.2 s of the greeting")
+            await rig.say("how do i return an item")
+            await rig.wait_entry("agent", 25, lambda e: "thirty days" in e["text"])
+    finally:
+        if backend is not None:
+            await backend.stop()
+    (cut,) = rig.entries("barge_in")
+    greeting = greeting_entry(rig)
+    assert greeting["text"].startswith("Thanks for calling"), greeting
+    assert greeting["interrupted"] and greeting["heard_ms"] == cut["heard_ms"] >= 1000, (greeting, cut)
+    if delivery == "all-at-once":
+        assert greeting["total_ms"] > greeting["heard_ms"] + 5000, greeting  # a greeting of more than 6 s
+    else:
+        assert greeting["total_ms"] is None, greeting  # cut before the model had sent all of it
+    kinds = [e["type"] for e in rig.entries() if e["type"] in ("agent", "barge_in", "caller")]
+    assert kinds[:2] == ["barge_in", "agent"], rig.summary()  # written once it had stopped
 
 
 # ---------------------------------------------------------------- recording faults
