@@ -327,7 +327,8 @@ async def realtime_endpoint(config: Config) -> tuple[LocalRealtimeServer | None,
         await server.start()
         url, api_key = server.url, ""  # our own process on loopback: no token, and no key sent to it
         log.info("local Realtime backend running in-process at %s", url)
-    return server, endpoint_for(rt.provider, url=url, model=rt.model, api_key=api_key, dialect=rt.dialect)
+    return server, endpoint_for(rt.provider, url=url, model=rt.model, api_key=api_key, dialect=rt.dialect,
+                                api_version=rt.api_version)
 
 
 def ua_settings(config: Config) -> UaSettings:
