@@ -215,7 +215,8 @@ class CallBridge:
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> CallOutcome:
-        """Runs the call until either side ends it; never raises for a network or API failure."""
+        """Runs the call until either side or a limit ends it. Never raises: whatever fails, the call ends
+        and its outcome is returned (``error`` for a fault of our own), so that it is counted."""
         self._record("call", event="start", call_id=self.call.call_id, caller=self.call.from_uri,
                      codec=self.media.codec)
         try:
