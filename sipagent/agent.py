@@ -14,10 +14,12 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
 from sipagent.bridge.tools import tool_definitions
+from sipagent.bridge.transcript import directory_problem
 from sipagent.config import Config, load_config
 from sipagent.errors import ConfigError, RealtimeError, SdpError
 from sipagent.media.clock import MediaClock
@@ -75,6 +77,10 @@ class _MediaLeg:
     def buffered_ms(self) -> int:
         return self.endpoint.playout.buffered_ms
 
+    @property
+    def packets_received(self) -> int:
+        return self.endpoint.rx_stats.packets
+
 
 class Agent:
     # The playout queue of each answered call's endpoint; the benchmarks put an observing subclass here.
@@ -106,6 +112,10 @@ class Agent:
         self._foreign_seen = 0
 
     async def start(self) -> None:
+        recording = self.config.recording
+        problem = directory_problem(Path(recording.dir)) if recording.transcripts or recording.audio else None
+        if problem is not None:  # calls are still answered; each one's writer reports its own failure
+            log.warning("recording.dir: %s; calls will be answered without transcripts or recordings", problem)
         self._local_server, self._endpoint = await realtime_endpoint(self.config)
         self.clock.start()
         settings = ua_settings(self.config)
@@ -282,7 +292,7 @@ class Agent:
             agent=agent, recording=self.config.recording, session=session_settings(self.config),
             dialect=ev.check_dialect(rt.dialect),
             audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
-            metrics=self.metrics,
+            metrics=self.metrics, rtp_timeout_s=self.config.media.rtp_timeout_s,
         )
 
     async def _connect(self) -> RealtimeLink:
@@ -317,7 +327,8 @@ async def realtime_endpoint(config: Config) -> tuple[LocalRealtimeServer | None,
         await server.start()
         url, api_key = server.url, ""  # our own process on loopback: no token, and no key sent to it
         log.info("local Realtime backend running in-process at %s", url)
-    return server, endpoint_for(rt.provider, url=url, model=rt.model, api_key=api_key, dialect=rt.dialect)
+    return server, endpoint_for(rt.provider, url=url, model=rt.model, api_key=api_key, dialect=rt.dialect,
+                                api_version=rt.api_version)
 
 
 def ua_settings(config: Config) -> UaSettings:
