@@ -239,6 +239,10 @@ class CallBridge:
                 if not self._done.is_set() and self.call.end_reason == "transferred":
                     # A completed transfer ends the SIP call before transfer() returns to the bridge.
                     self._outcome = "transferred"
+                elif not self._done.is_set() and self.call.end_reason in ("session-expired", "refresh-failed"):
+                    # RFC 4028: nobody refreshed the session (or our refresh was refused): the PBX has most
+                    # likely forgotten the call; not a caller hanging up.
+                    self._outcome = "session-expired"
         except Exception:
             # Whatever failed, the call is over and must be counted as such (outcome, calls_active).
             self.log.exception("call failed")

@@ -30,6 +30,7 @@ CallOutcome = Literal[
     "agent-hangup", "transferred", "failover-hangup", "failover-transferred", "error",
     "time-limit",  # agent.max_call_s reached: the agent said max_call_message and hung up
     "media-timeout",  # no RTP from the far end for media.rtp_timeout_s (not on hold): the agent hung up
+    "session-expired",  # RFC 4028: the session was not refreshed in time (or our refresh failed): BYE
 ]
 CALL_OUTCOMES: Final[tuple[str, ...]] = get_args(CallOutcome)
 TokenKind = Literal["input", "output"]

@@ -545,4 +545,5 @@ def test_every_call_ended_cleanly(played: Results) -> None:
         assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
     answered = sum(value for name, value in played.metrics["main"].items() if name.startswith("sipagent_calls_total"))
     assert answered == 6 and played.metrics["strict"]['sipagent_calls_total{outcome="remote-hangup"}'] == 1
+    assert played.metrics["main"]['sipagent_calls_total{outcome="session-expired"}'] == 1  # the unrefreshed one
     assert played.metrics["strict"]['sipagent_calls_total{outcome="error"}'] == 0  # a 422 refuses no call
