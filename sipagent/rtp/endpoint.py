@@ -122,6 +122,7 @@ class RtpEndpoint:
         self._ts = secrets.randbits(32)
         self._event_ts = 0
         self._was_audio = False
+        self._mark_at = 0  # packets_sent when the next packet goes out with the marker bit whatever it holds
         self._ticked = False
         self._now = 0  # ticks of the clock so far: the latch's time
         self.packets_sent = 0
@@ -185,7 +186,10 @@ class RtpEndpoint:
         self._unspecified = address.is_unspecified
         sending = send and not self._unspecified
         if not sending:
-            self._was_audio = False  # the first audio after the hold starts a talkspurt: marker bit set
+            # Whatever comes first after the hold, and the first audio, start a talkspurt: the marker bit
+            # tells the peer's jitter buffer that the timestamp jump is a pause, not loss.
+            self._mark_at = self.packets_sent
+            self._was_audio = False
         self._send_payload_type = payload_type if sending else None
         log.debug("rtp %s: remote %s pt %s dtmf %s%s", self.local_port, self._latch.signalled, payload_type,
                   dtmf_payload_type, "" if sending else " (held: not sending)")
@@ -413,7 +417,7 @@ class RtpEndpoint:
                 payload, is_audio = self.playout.pop_frame()
                 if self.on_sent is not None:
                     self.on_sent(payload, is_audio)
-                marker = (is_audio and not self._was_audio) or self.packets_sent == 0
+                marker = (is_audio and not self._was_audio) or self.packets_sent == self._mark_at
                 self._was_audio = is_audio
                 b1 = (0x80 if marker else 0) | payload_type
                 timestamp = self._ts
