@@ -64,10 +64,10 @@ class RunningAgent:
 
 
 @contextlib.contextmanager
-def running_agent(tmp_path: Path, sip: dict[str, Any] | None = None,
-                  listen_host: str = "127.0.0.1") -> Iterator[RunningAgent]:
+def running_agent(tmp_path: Path, sip: dict[str, Any] | None = None, listen_host: str = "127.0.0.1",
+                  sections: dict[str, dict[str, Any]] | None = None) -> Iterator[RunningAgent]:
     """`sipagent run` on the demo configuration (direct mode, offline backend), metrics on, on free ports;
-    ``sip`` overrides keys of the ``sip:`` section."""
+    ``sip`` overrides keys of the ``sip:`` section, ``sections`` keys of any other (applied last)."""
     config = yaml.safe_load(resources.files("sipagent").joinpath("data/demo.yaml").read_text(encoding="utf-8"))
     sip_port, metrics_port = free_port(), free_port()
     rtp_low = 43000 + (os.getpid() % 100) * 20
@@ -76,6 +76,8 @@ def running_agent(tmp_path: Path, sip: dict[str, Any] | None = None,
     config["recording"] = {"dir": str(tmp_path / "rec"), "transcripts": True, "audio": False}
     config["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
     config["agent"]["shutdown_grace_s"] = 0  # a test's calls end with the test: no grace period to sit out
+    for section, keys in (sections or {}).items():
+        config.setdefault(section, {}).update(keys)
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(config))
     log = tmp_path / "agent.log"
