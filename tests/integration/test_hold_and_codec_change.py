@@ -31,11 +31,13 @@ import yaml
 from agent_helpers import RunningAgent, running_agent
 from bridge_helpers import Rig, bridge_config, call_rig, loud_times, tts
 from conftest import require
+from peers import Baresip, Kamailio, wait_until
 from sipp import sipp_scenario
 
+from sipagent.agent import Agent
 from sipagent.bridge.call import CallBridge
 from sipagent.caller import DTMF_PT, SipCaller, _ObservedPlayout
-from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, Encoder24k, transcode
+from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, Encoder24k, Resampler, transcode
 from sipagent.media.vad import level_db
 from sipagent.realtime.local.asr import GrammarRecognizer
 from sipagent.rtp.ports import PortAllocator
@@ -512,3 +514,66 @@ def test_sipp_media_moves_to_another_address(tmp_path: Path) -> None:
     assert said and QUESTION in said[0], entries
     readings = recognised(media.heard(asked, "PCMU"), [ANSWER, *AGENT_LINES[2:]])
     assert any("thirty days" in text for text in readings), readings
+
+
+# --------------------------------------------------------------------- baresip, through Kamailio
+
+
+def test_baresip_holds_and_resumes_from_the_phone(kamailio: Kamailio, tmp_path: Path) -> None:
+    """A real phone's hold button (baresip /hold, /resume) through a real proxy: the agent stops sending while
+    held, plays on after, and hears the caller again."""
+    require("baresip")
+    asyncio.run(_baresip_hold(kamailio, tmp_path))
+
+
+async def _baresip_hold(kamailio: Kamailio, tmp_path: Path) -> None:
+    user = "2451"
+    config = bridge_config(tmp_path, sip={"registrar": kamailio.address, "username": user,
+                                          "password": f"secret{user}", "domain": "127.0.0.1", "expires": 60},
+                           agent={"greeting": GREETING, "barge_in": {"protect_greeting_ms": 0}},
+                           realtime={"local": {"vad": {"prefix_ms": 600}}})
+    said: list[tuple[str, str]] = []
+    agent = Agent(config, on_transcript=lambda _id, role, text: said.append((role, text)))
+    await agent.start()
+    phone = Baresip(tmp_path / "phone", "1451", kamailio.address, codecs=["PCMU"])
+    question = tmp_path / "question.wav"
+    write_wav(question, await asyncio.to_thread(tts().synthesize, QUESTION), phone.source_rate)
+    try:
+        assert agent.ua is not None and await agent.ua.wait_registered(20)
+        await phone.start(timeout=30)
+        await phone.dial(f"sip:{user}@{kamailio.address}")
+        assert await phone.wait_event("CALL_ESTABLISHED", 20), phone.event_types()
+        assert await wait_until(lambda: bool(agent.bridges), 10)
+        bridge = next(iter(agent.bridges.values()))
+        endpoint = bridge.media.endpoint  # type: ignore[attr-defined]  # the agent's _MediaLeg
+        assert await wait_until(lambda: bridge.media.played_ms >= 1000, 15), "the greeting did not start"
+        assert (await phone.command("hold"))["ok"]
+        assert await wait_until(lambda: bridge.held, 5), "the agent never learned of the hold"
+        await asyncio.sleep(0.1)
+        sent, played = endpoint.packets_sent, bridge.media.played_ms
+        await asyncio.sleep(2.0)
+        assert endpoint.packets_sent == sent and bridge.media.played_ms == played, "RTP into the held call"
+        assert bridge.state == "held"
+        assert (await phone.command("resume"))["ok"]
+        assert await wait_until(lambda: not bridge.held and endpoint.packets_sent > sent, 5)
+        assert await wait_until(lambda: said[:1] == [("agent", GREETING)], 30), said
+        assert await wait_until(lambda: bridge.media.buffered_ms == 0, 30)
+        await phone.set_source(question)
+        assert await wait_until(lambda: any(role == "caller" for role, _ in said), 30), said
+        events = [e for e in bridge.transcript.entries if e["type"] == "event"] if bridge.transcript else []
+    finally:
+        await phone.close()
+        await agent.stop()
+    assert [e["event"] for e in events] == ["hold", "resume"], events
+    assert events[0]["direction"] == "recvonly" and events[1]["held_ms"] >= 2000
+    assert next(text for role, text in said if role == "caller") == QUESTION, said
+
+
+def write_wav(path: Path, pcm24k: bytes, rate: int) -> None:
+    """24 kHz speech into a WAV at ``rate`` for baresip's aufile source, with a silent lead and tail."""
+    pcm = Resampler(24000, rate).process(pcm24k)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(bytes(rate) + pcm + bytes(rate * 20))
