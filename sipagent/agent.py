@@ -14,10 +14,12 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
 from sipagent.bridge.tools import tool_definitions
+from sipagent.bridge.transcript import directory_problem
 from sipagent.config import Config, load_config
 from sipagent.errors import ConfigError, RealtimeError, SdpError
 from sipagent.media.clock import MediaClock
@@ -74,6 +76,10 @@ class _MediaLeg:
     @property
     def buffered_ms(self) -> int:
         return self.endpoint.playout.buffered_ms
+
+    @property
+    def packets_received(self) -> int:
+        return self.endpoint.rx_stats.packets
 
 
 class _CallMedia:
@@ -143,6 +149,10 @@ class Agent:
         self._foreign_seen = 0
 
     async def start(self) -> None:
+        recording = self.config.recording
+        problem = directory_problem(Path(recording.dir)) if recording.transcripts or recording.audio else None
+        if problem is not None:  # calls are still answered; each one's writer reports its own failure
+            log.warning("recording.dir: %s; calls will be answered without transcripts or recordings", problem)
         self._local_server, self._endpoint = await realtime_endpoint(self.config)
         self.clock.start()
         settings = ua_settings(self.config)
@@ -313,7 +323,7 @@ class Agent:
             agent=agent, recording=self.config.recording, session=session_settings(self.config),
             dialect=ev.check_dialect(rt.dialect),
             audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
-            metrics=self.metrics,
+            metrics=self.metrics, rtp_timeout_s=self.config.media.rtp_timeout_s,
         )
 
     async def _connect(self) -> RealtimeLink:
@@ -348,7 +358,8 @@ async def realtime_endpoint(config: Config) -> tuple[LocalRealtimeServer | None,
         await server.start()
         url, api_key = server.url, ""  # our own process on loopback: no token, and no key sent to it
         log.info("local Realtime backend running in-process at %s", url)
-    return server, endpoint_for(rt.provider, url=url, model=rt.model, api_key=api_key, dialect=rt.dialect)
+    return server, endpoint_for(rt.provider, url=url, model=rt.model, api_key=api_key, dialect=rt.dialect,
+                                api_version=rt.api_version)
 
 
 def ua_settings(config: Config) -> UaSettings:
@@ -361,6 +372,7 @@ def ua_settings(config: Config) -> UaSettings:
         public_host=sip.public_address or None, expires=sip.expires, max_calls=sip.max_calls,
         trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
         aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller,
+        session_expires=sip.session_expires, min_se=sip.min_se,
         limits=BudgetLimits(transactions=limits.transactions, transactions_per_source=limits.transactions_per_source),
         transport_limits=TransportLimits(
             max_message_bytes=limits.max_message_bytes, tcp_connections=limits.tcp_connections,

@@ -80,15 +80,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(path: str, connect: bool) -> int:
-    from sipagent.doctor import describe_trust
+    from sipagent.doctor import describe_recording, describe_trust
 
     config = load_config(path)
     print(config.summary())
     trust, problems = describe_trust(config)
     print(trust)
+    # Trust problems are warnings: the unit file runs `check` before every start, and a DNS hiccup at boot
+    # must not keep the agent down (it fails closed on such a host, and says so in its log). An unwritable
+    # recording directory is a fixed mistake in the set-up: it fails the check.
     for problem in problems:
+        print(f"sipagent: warning: {problem}", file=sys.stderr)
+    recording, recording_problems = describe_recording(config)
+    print(recording)
+    for problem in recording_problems:
         print(f"sipagent: {problem}", file=sys.stderr)
-    if problems:
+    if recording_problems:
         return EXIT_FAILURE
     if connect:
         from sipagent.doctor import run_doctor

@@ -503,6 +503,11 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     _check_transfer_targets(config, fail)
     if config.agent.max_call_s and config.agent.max_call_s < 10:
         raise fail("agent.max_call_s", f"expected 0 (no limit) or at least 10 seconds, got {config.agent.max_call_s}")
+    if not (media.rtp_timeout_s or config.agent.max_call_s or config.agent.idle_timeout_s > 0):
+        # A far end that vanishes without a BYE (a PBX restarted, a NAT binding gone) sends nothing more: only
+        # one of these three ends such a call.
+        raise fail("media.rtp_timeout_s", "0 (off) with agent.max_call_s: 0 and agent.idle_timeout_s: 0 would "
+                                          "leave a call whose far end vanished without a BYE up forever; set one")
     _check_barge_in(config.agent.barge_in, fail)
 
 

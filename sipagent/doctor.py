@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import pwd
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from sipagent.agent import realtime_endpoint, session_settings, ua_settings
+from sipagent.bridge.transcript import directory_problem, free_bytes
 from sipagent.config import Config
 from sipagent.errors import ConfigError, RealtimeError, SipagentError
 from sipagent.realtime import events as ev
@@ -63,6 +67,32 @@ def describe_trust(config: Config) -> tuple[str, list[ConfigError]]:
     users = [sip.username, *sip.aliases] if sip.username else list(sip.aliases)
     called = f"for {', '.join(users)}" if users else "for any user part"
     return f"trust:     calls from {who}, {called}", problems
+
+
+def describe_recording(config: Config) -> tuple[str, list[ConfigError]]:
+    """Where each call's transcript and recording go, and an error if this user cannot write them there now
+    (the calls would still be answered, without them). A missing directory is not created here: the agent
+    creates it at its first call, owned by the user it runs as."""
+    recording = config.recording
+    kinds = " and ".join(name for name, on in (("transcripts", recording.transcripts), ("audio", recording.audio))
+                         if on)
+    if not kinds:
+        return "recording: off (recording.transcripts and recording.audio are false)", []
+    directory = Path(recording.dir).absolute()
+    relative = "" if Path(recording.dir).is_absolute() else ", relative to the working directory"
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    problem = directory_problem(directory)
+    if problem is not None:
+        error = ConfigError(f"{problem} (checked as {user}): calls would be answered without transcripts or "
+                            "recordings", path=config.source, key="recording.dir")
+        return f"recording: {kinds} in {directory}{relative}: NOT WRITABLE as {user}", [error]
+    state = "writable" if directory.exists() else "created at the first call"
+    free = free_bytes(directory)
+    space = "" if free is None else f", {free / 1e9:.1f} GB free"
+    return f"recording: {kinds} in {directory}{relative} ({state} as {user}{space})", []
 
 
 def run_doctor(config: Config, out: Callable[[str], None] = print) -> bool:

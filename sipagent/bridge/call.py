@@ -7,6 +7,10 @@ tools, DTMF, idle prompts, transcripts and recordings, recovery when the WebSock
 States (logged on every change): answering → connecting → live ⇄ (agent speaking) → transferring /
 ending → ended, and live ⇄ held while the far end holds the call (a re-INVITE: ``set_hold``). "Agent
 speaking" is not stored: it is whether the playout queue holds audio.
+
+Every call ends by itself: the caller or the agent hangs up, or a limit ends it — agent.max_call_s (the
+agent says max_call_message first), media.rtp_timeout_s without media (not on hold), agent.idle_timeout_s of
+silence (a prompt, then the goodbye). Limits are timers of their own, never work per frame.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from sipagent.media.kernel import (
 )
 from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings, mean_square_db
 from sipagent.observability.logs import call_logger
-from sipagent.observability.metrics import Metrics
+from sipagent.observability.metrics import Metrics, RecordingKind
 from sipagent.realtime import events as ev
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,8 @@ log = logging.getLogger(__name__)
 FRAME_24K_BYTES = 960  # 20 ms of 24 kHz PCM16
 BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
 DTMF_FLUSH_S = 1.5  # digits typed with pauses shorter than this go to the model together
+GOODBYE_LIMIT_S = 20.0  # a goodbye the model has not said (and the caller heard) by then: hang up anyway
+CANCEL_WAIT_S = 2.0  # how long a goodbye waits for the response it cancelled to end before it asks for its own
 
 
 class RealtimeLink(Protocol):
@@ -97,6 +103,11 @@ class MediaLeg(Protocol):
     @property
     def buffered_ms(self) -> int: ...
 
+    @property
+    def packets_received(self) -> int:
+        """RTP packets taken from the far end: a count that changes whenever media arrives (it restarts with
+        a new source), which the media timeout watches."""
+
 
 @dataclass
 class BridgeSettings:
@@ -106,6 +117,7 @@ class BridgeSettings:
     dialect: ev.Dialect = "ga"
     audio_format: str = "pcm16"
     max_session_s: float = 3300.0
+    rtp_timeout_s: float = 30.0  # media.rtp_timeout_s: no RTP this long (not on hold) ends the call; 0 = never
     reconnect_delays: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     apology_audio: Callable[[str], Awaitable[bytes]] | None = None  # text → 24 kHz PCM16 (local TTS)
     metrics: Metrics | None = None
@@ -119,6 +131,19 @@ class CallOutcome:
     usage: dict[str, int] = field(default_factory=dict)
     barge_ins: list[float] = field(default_factory=list)
     false_pauses: int = 0  # the agent paused at a caller's onset that was not confirmed as speech
+
+
+@dataclass
+class _Greeting:
+    """The greeting's transcript entry, written once the greeting is over (played to its end, cut by the
+    caller or a limit, or the call ended) so that it can say how much of it the caller heard."""
+
+    text: str = ""  # the model's transcript of it, once known
+    sent_all: bool = False  # the model finished it (response.done, completed): its length is known
+    heard_ms: int | None = None  # None while it has not stopped playing
+    total_ms: int | None = None  # its whole length; None when it was cut before the model had sent all of it
+    interrupted: bool = False
+    written: bool = False
 
 
 class CallBridge:
@@ -164,19 +189,23 @@ class CallBridge:
         self._last_activity = time.monotonic()
         self._idle_prompts = 0
         self._greeting_pending = bool(self.agent.greeting)
+        self._greeting = _Greeting() if self.agent.greeting else None
+        self._closing: str | None = None  # the outcome of a goodbye under way (nothing else starts then)
+        self._response_done = asyncio.Event()  # set at each response.done (a goodbye waits for its own)
+        self.metrics = settings.metrics
         started = datetime.now(UTC)
         self._origin = time.monotonic()
         stem = call_file_stem(call.call_id, started)
         directory = Path(settings.recording.dir)
-        self.transcript = (
-            TranscriptWriter(directory / f"{stem}.jsonl", self._origin) if settings.recording.transcripts else None
-        )
-        self.recorder = StereoRecorder(directory / f"{stem}.wav") if settings.recording.audio else None
+        recording = settings.recording
+        self.transcript = TranscriptWriter(directory / f"{stem}.jsonl", self._origin,
+                                           on_error=self._file_failed("transcript")) if recording.transcripts else None
+        self.recorder = StereoRecorder(directory / f"{stem}.wav",
+                                       on_error=self._file_failed("audio")) if recording.audio else None
         self.barge_in_times: list[float] = []
         self.turn_latencies: list[float] = []
         self._turn_ended_at: float | None = None
         self.reconnects = 0
-        self.metrics = settings.metrics
 
     def _use_codec(self, codec: str) -> None:
         """Everything of the bridge that depends on the call's codec, with fresh codec state (as the far end
@@ -208,8 +237,9 @@ class CallBridge:
         self._record("event", event="codec-change", codec=codec, previous=previous)
 
     @property
-    def held(self) -> bool:
-        """The far end holds the call (its re-INVITE said sendonly, inactive or c=0.0.0.0)."""
+    def on_hold(self) -> bool:
+        """The far end holds the call (its re-INVITE said sendonly, inactive or c=0.0.0.0): a held leg may
+        send no media, and the caller is not idle."""
         return self._held
 
     def set_hold(self, held: bool, direction: str = "") -> None:
@@ -245,7 +275,8 @@ class CallBridge:
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> CallOutcome:
-        """Runs the call until either side ends it; never raises for a network or API failure."""
+        """Runs the call until either side or a limit ends it. Never raises: whatever fails, the call ends
+        and its outcome is returned (``error`` for a fault of our own), so that it is counted."""
         self._record("call", event="start", call_id=self.call.call_id, caller=self.call.from_uri,
                      codec=self.codec)
         try:
@@ -257,6 +288,8 @@ class CallBridge:
                 self._spawn(self._pump())
                 self._spawn(self._read_events())
                 self._spawn(self._watch_idle())
+                self._spawn(self._watch_call_length())
+                self._spawn(self._watch_media())
                 self._spawn(self._renew_before_limit())
                 ended = asyncio.ensure_future(self.call.ended.wait())
                 done = asyncio.ensure_future(self._done.wait())
@@ -266,12 +299,20 @@ class CallBridge:
                 if not self._done.is_set() and self.call.end_reason == "transferred":
                     # A completed transfer ends the SIP call before transfer() returns to the bridge.
                     self._outcome = "transferred"
+                elif not self._done.is_set() and self.call.end_reason in ("session-expired", "refresh-failed"):
+                    # RFC 4028: nobody refreshed the session (or our refresh was refused): the PBX has most
+                    # likely forgotten the call; not a caller hanging up.
+                    self._outcome = "session-expired"
+        except Exception:
+            # Whatever failed, the call is over and must be counted as such (outcome, calls_active).
+            self.log.exception("call failed")
+            self._outcome = "error"
         finally:
             await self._cleanup()
         return CallOutcome(
             self._outcome,
-            self.transcript.path if self.transcript else None,
-            self.recorder.path if self.recorder else None,
+            self.transcript.path if self.transcript and self.transcript.ok else None,  # None: see the log
+            self.recorder.path if self.recorder and self.recorder.ok else None,
             dict(self.conversation.usage),
             list(self.barge_in_times),
             self.policy.resumes,
@@ -290,16 +331,21 @@ class CallBridge:
             with contextlib.suppress(Exception):
                 await self.call.hangup()
         self._set_state("ended")
+        self._greeting_over(self.media.played_ms, interrupted=None)  # the call ended while it played
+        self._write_greeting()
         self._record("usage", **self.conversation.usage)
         self._record("call", event="end", reason=self._outcome)
         if self.transcript:
             self.transcript.close()
         if self.recorder:
             self.recorder.close()
+        self._done.set()  # whoever waits for the end (end_politely) learns of it, whatever ended the call
 
     def _finish(self, outcome: str) -> None:
-        self._outcome = outcome
-        self._done.set()
+        """The call is over with ``outcome``; the first outcome stands."""
+        if not self._done.is_set():
+            self._outcome = outcome
+            self._done.set()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -318,17 +364,58 @@ class CallBridge:
         if self.transcript:
             self.transcript.write(time.monotonic(), kind, **fields)
 
+    def _file_failed(self, kind: RecordingKind) -> Callable[[Path, OSError], None]:
+        """What a transcript or recording writer calls, once, when its file fails: the call goes on."""
+
+        def failed(path: Path, exc: OSError) -> None:
+            self.log.warning("%s %s stopped, the call goes on without it: %s (check recording.dir: free space, "
+                             "permissions)", kind, path, exc.strerror or exc)
+            if self.metrics:
+                self.metrics.recording_error(kind)
+
+        return failed
+
     async def end_politely(self, timeout: float = 10.0) -> None:
         """Shutdown: the agent says goodbye, then hangs up (or is cut after ``timeout``)."""
         if self._done.is_set() or self._link is None:
             self._finish("agent-hangup")
             return
-        self._pending_action = ("end_call", {})
-        self._flush_agent_audio()
-        await self._send(ev.response_create(instructions=_say_exactly(self.agent.goodbye)))
+        self._spawn(self._say_goodbye(self.agent.goodbye, "agent-hangup", limit=timeout))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), timeout)
         self._finish("agent-hangup")
+
+    async def _say_goodbye(self, message: str, outcome: str, limit: float = GOODBYE_LIMIT_S) -> None:
+        """End the call politely: the agent stops what it is saying, says ``message`` and hangs up once the
+        caller has heard it, with ``outcome``. At once when no model is there to say it or nobody to hear it
+        (on hold), and after ``limit`` seconds whatever happens: a model that never answers must not keep the
+        line up."""
+        if self._closing is not None or self._done.is_set():
+            return
+        self._closing = outcome
+        self._pending_action = None  # a transfer or an end the model asked for gives way to this one
+        if self._link is not None and self.state == "live" and message and not self.on_hold:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit):
+                    if self.conversation.response_active or self.media.buffered_ms > 0:
+                        await self._stop_agent()
+                    self._response_done.clear()
+                    await self._send(ev.response_create(instructions=_say_exactly(message)))
+                    await self._response_done.wait()
+                    await self._wait_playout()
+        self._finish(outcome)
+
+    async def _stop_agent(self) -> None:
+        """Silence the agent at once: its audio is cut where the caller is, its response cancelled (and that
+        response's end awaited, since a new response.create while one is active is refused)."""
+        played = self.media.played_ms
+        self._flush_agent_audio()
+        self._cut_agent(played)  # deltas of the cut item still in flight are dropped
+        if self.conversation.response_active:
+            self._response_done.clear()
+            await self._send(ev.response_cancel())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._response_done.wait(), CANCEL_WAIT_S)
 
     # ---------------------------------------------------------------- Realtime session
 
@@ -399,8 +486,10 @@ class CallBridge:
         if self.metrics:
             self.metrics.realtime_reconnected()
         self._record("event", event="reconnect", reason=why)
+        self._cut_agent(self.media.played_ms)  # what was playing ends here, the greeting too
         self._flush_agent_audio()
         self.conversation.response_active = False
+        self._response_done.set()  # that response will never end: nobody may wait for it
         old, self._link = self._link, None
         if old is not None:
             with contextlib.suppress(Exception):
@@ -455,7 +544,9 @@ class CallBridge:
             self.conversation.add_usage(usage)
             if self.metrics and isinstance(usage, dict):
                 self.metrics.tokens_used(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
+            self._greeting_done(response)
             self._spawn(self._after_response())
+            self._response_done.set()
         elif kind == "input_audio_buffer.speech_started":
             self._last_activity = time.monotonic()
             playing = self.media.buffered_ms > 0
@@ -469,7 +560,10 @@ class CallBridge:
         elif kind == "conversation.item.input_audio_transcription.completed":
             self._transcript("caller", event.get("transcript", ""))
         elif kind == "response.output_audio_transcript.done":
-            self._transcript("agent", event.get("transcript", ""))
+            if not self._is_greeting(event.get("item_id")):
+                self._transcript("agent", event.get("transcript", ""))
+            elif self._greeting is not None and not self._greeting.text:
+                self._greeting.text = event.get("transcript", "").strip()  # written once it has been heard
         elif kind == "response.function_call_arguments.done":
             self._spawn(self._run_tool(event.get("name", ""), event.get("call_id", ""), event.get("arguments", "")))
         elif kind == "session.updated":
@@ -497,30 +591,80 @@ class CallBridge:
                         self.settings.audio_format)
             self._down_decode = _wire_decoder(acknowledged)
 
-    def _transcript(self, role: str, text: str) -> None:
+    def _transcript(self, role: str, text: str, **fields: Any) -> None:
         if not text.strip():
             return
         if role == "caller":
             self.conversation.caller_said(text)
         else:
             self.conversation.agent_said(text)
-        self._record(role, text=text.strip())
+        self._record(role, text=text.strip(), **fields)
         if self.on_transcript:
             self.on_transcript(role, text.strip())
+
+    # The greeting's entry waits until the greeting is over, so that it says how much the caller heard of
+    # it, also when the caller cut in (then the model may never send its transcript.done).
+
+    def _is_greeting(self, item_id: object) -> bool:
+        first = self.conversation.first
+        return self._greeting is not None and first is not None and first.item_id == item_id
+
+    def _greeting_done(self, response: dict[str, Any]) -> None:
+        """The greeting's response ended: whether the model sent all of it, and its text as far as the model
+        got (a cancelled response brings no transcript.done, only its items in response.done's output)."""
+        greeting, output = self._greeting, response.get("output")
+        if greeting is None or greeting.written or not isinstance(output, list):
+            return
+        for item in output:
+            if isinstance(item, dict) and self._is_greeting(item.get("id")):
+                # Its length counts only if it was all sent before it stopped playing (after a cut, the
+                # deltas still in flight are dropped).
+                greeting.sent_all = greeting.heard_ms is None and response.get("status") == "completed"
+                content = item.get("content")
+                parts = content if isinstance(content, list) else []
+                greeting.text = greeting.text or " ".join(str(part.get("transcript") or "") for part in parts
+                                                          if isinstance(part, dict)).strip()
+
+    def _greeting_over(self, played_ms: int, interrupted: bool | None) -> None:
+        """The greeting stopped playing at ``played_ms`` (``interrupted`` None: if not all of it was heard)."""
+        greeting, item = self._greeting, self.conversation.first
+        if greeting is None or item is None or greeting.heard_ms is not None:
+            return  # no greeting, none of it played yet, or it is over already
+        greeting.heard_ms = item.heard_ms(played_ms)
+        greeting.total_ms = item.queued_ms if greeting.sent_all else None
+        greeting.interrupted = greeting.heard_ms != greeting.total_ms if interrupted is None else interrupted
+
+    def _write_greeting(self) -> None:
+        greeting = self._greeting
+        if greeting is None or greeting.written or greeting.heard_ms is None:
+            return  # still playing, or none of it was ever played: nothing to write
+        greeting.written = True
+        # Without the model's transcript (cut before it came), what the model was told to say exactly.
+        self._transcript("agent", greeting.text or self.agent.greeting, greeting=True, heard_ms=greeting.heard_ms,
+                         total_ms=greeting.total_ms, interrupted=greeting.interrupted)
+
+    def _cut_agent(self, played_ms: int) -> tuple[str, int] | None:
+        """The item playing stops at ``played_ms``: (its id, ms of it heard), None when none was playing."""
+        current = self.conversation.current
+        if current is not None and current is self.conversation.first:
+            self._greeting_over(played_ms, interrupted=True)
+        return self.conversation.interrupted(played_ms)
 
     async def _after_response(self) -> None:
         """Once the agent has finished speaking: the greeting's protection ends; pending actions run."""
         await self._wait_playout()
-        self._last_activity = time.monotonic()
         if self._greeting_pending:
             self._greeting_pending = False
             self.policy.greeting_finished()
+            self._greeting_over(self.media.played_ms, interrupted=False)  # unless it was cut already
+            self._write_greeting()
+        self._last_activity = time.monotonic()
         action, self._pending_action = self._pending_action, None
         if action is None:
             return
         name, args = action
         if name == "end_call":
-            self._finish("agent-hangup")
+            self._finish(self._closing or "agent-hangup")
         elif name == "transfer_call":
             await self._transfer(args)
 
@@ -622,7 +766,7 @@ class CallBridge:
     async def _barge_in(self, decision: BargeIn, server_cancelled: bool) -> None:
         played = self.media.played_ms  # exact when paused: what the caller heard up to the pause
         self.media.flush_audio()
-        cut = self.conversation.interrupted(played)
+        cut = self._cut_agent(played)
         self.barge_in_times.append(decision.at)
         if self.metrics and decision.paused_at is not None:
             # The agent went quiet at the pause; confirming it later changed nothing the caller heard.
@@ -740,29 +884,73 @@ class CallBridge:
             await self._send(ev.response_create())
 
     async def _watch_idle(self) -> None:
-        """Re-prompt a silent caller once, then say goodbye and hang up."""
+        """Re-prompt a silent caller once, then say goodbye and hang up. Sleeps until the silence would be
+        long enough; the caller's sound, a digit or the end of the agent's reply moves that moment."""
         timeout = self.agent.idle_timeout_s
         if timeout <= 0:
-            return
-        while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
+            return  # no prompt; a dead line still ends by media.rtp_timeout_s or agent.max_call_s
+        while self._closing is None:
+            wait = self._last_activity + timeout - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
             busy = (self.media.buffered_ms > 0 or self.conversation.response_active or self._pending_action
-                    or self.state != "live")  # e.g. transferring: never prompt a caller being put through
+                    or self.state != "live" or self.on_hold)  # e.g. transferring: never prompt a caller put through
+            self._last_activity = time.monotonic()  # if busy, counted again from now (a reply's end moves it)
             if busy or self.vad.speaking:
-                self._last_activity = time.monotonic()
                 continue
-            if time.monotonic() - self._last_activity < timeout:
-                continue
-            self._last_activity = time.monotonic()
             self._idle_prompts += 1
             if self._idle_prompts == 1:
                 self._record("event", event="idle-prompt")
                 await self._send(ev.response_create(instructions=_say_exactly(self.agent.idle_prompt)))
             else:
                 self._record("event", event="idle-hangup")
-                self._pending_action = ("end_call", {})
-                await self._send(ev.response_create(instructions=_say_exactly(self.agent.goodbye)))
+                await self._say_goodbye(self.agent.goodbye, "agent-hangup")
+                return
 
+    async def _watch_call_length(self) -> None:
+        """agent.max_call_s: the agent says max_call_message, then hangs up (outcome "time-limit")."""
+        limit = self.agent.max_call_s
+        if limit <= 0:
+            return
+        await asyncio.sleep(self._origin + limit - time.monotonic())
+        if self._closing is not None:
+            return  # already saying goodbye
+        self.log.info("the call reached agent.max_call_s (%.0f s): the agent says goodbye", limit)
+        self._record("event", event="time-limit", max_call_s=limit)
+        await self._say_goodbye(self.agent.max_call_message, "time-limit")
+
+    async def _watch_media(self) -> None:
+        """media.rtp_timeout_s: hang up (outcome "media-timeout") when no RTP came for that long, except on
+        hold or during a transfer, where the far end may rightly send none. The endpoint counts packets
+        anyway; reading that count every few seconds costs nothing per packet, and the call ends between
+        rtp_timeout_s and rtp_timeout_s + one interval after the last packet."""
+        timeout = self.settings.rtp_timeout_s
+        if timeout <= 0:
+            return
+        interval = min(5.0, timeout / 6)
+        count, heard_at = self.media.packets_received, time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now, received = time.monotonic(), self.media.packets_received
+            if received != count or self.on_hold or self.state == "transferring":
+                count, heard_at = received, now
+            elif now - heard_at >= timeout:
+                break
+        if count == 0:
+            self.log.warning(
+                "no RTP has arrived since the call was answered (media.rtp_timeout_s %.0f s): hanging up. The "
+                "caller's audio does not reach this host: check NAT and firewalls (UDP to media.rtp_ports), "
+                "sip.public_address behind NAT, and that the PBX does not send media straight from the phone "
+                "(Asterisk direct_media=no, FreeSWITCH bypass_media=false)", timeout)
+        else:
+            self.log.warning(
+                "no RTP for %.0f s (media.rtp_timeout_s): hanging up. The far end stopped sending without a "
+                "BYE, or its media stopped reaching this host: check NAT bindings and firewall timeouts for UDP "
+                "to media.rtp_ports, and direct media on the PBX (Asterisk direct_media=no, FreeSWITCH "
+                "bypass_media=false)", timeout)
+        self._record("event", event="media-timeout", rtp_timeout_s=timeout, media_seen=count > 0)
+        self._finish("media-timeout")
 
 def _say_exactly(text: str) -> str:
     return f'Say exactly the following, and nothing else: "{text}"'

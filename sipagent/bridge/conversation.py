@@ -36,6 +36,7 @@ class Conversation:
     turns: list[Turn] = field(default_factory=list)
     queued_ms: int = 0  # total ms of agent audio ever queued for playout on this call
     current: AgentItem | None = None
+    first: AgentItem | None = None  # the call's first agent item: the greeting, when there is one
     response_active: bool = False
     cut_item: str = ""  # the item the caller last interrupted: its deltas still in flight are not played
     usage: dict[str, int] = field(default_factory=dict)
@@ -44,6 +45,8 @@ class Conversation:
         """``payload_bytes`` of phone payload for ``item_id`` were queued for playout."""
         if self.current is None or self.current.item_id != item_id:
             self.current = AgentItem(item_id, start_ms=self.queued_ms)
+            if self.first is None:
+                self.first = self.current
         ms = payload_bytes // PAYLOAD_BYTES_PER_MS
         self.current.queued_ms += ms
         self.queued_ms += ms

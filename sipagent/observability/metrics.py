@@ -28,10 +28,14 @@ CallOutcome = Literal[
     "answered", "rejected-busy", "rejected-forbidden", "rejected-not-ours", "rejected-codec", "cancelled",
     "remote-hangup",
     "agent-hangup", "transferred", "failover-hangup", "failover-transferred", "error",
+    "time-limit",  # agent.max_call_s reached: the agent said max_call_message and hung up
+    "media-timeout",  # no RTP from the far end for media.rtp_timeout_s (not on hold): the agent hung up
+    "session-expired",  # RFC 4028: the session was not refreshed in time (or our refresh failed): BYE
 ]
 CALL_OUTCOMES: Final[tuple[str, ...]] = get_args(CallOutcome)
 TokenKind = Literal["input", "output"]
 PauseOutcome = Literal["barge-in", "resumed"]  # confirmed as speech, or a false alarm (cough, door, "uh-huh")
+RecordingKind = Literal["transcript", "audio"]  # the JSON Lines transcript, the stereo WAV
 
 # The registration core's state names (DESIGN: unregistered → registering → registered → refreshing →
 # failed/backing-off). Others are accepted too: they get their own series the first time they appear.
@@ -105,6 +109,9 @@ class Metrics:
         self._rtp_foreign = Counter(p + "rtp_foreign_packets",
                                     "RTP packets dropped because they came from a source other than the call's",
                                     registry=r)
+        self._recording_errors = Counter(p + "recording_errors",
+                                         "Call transcripts or recordings stopped by a write failure (the call "
+                                         "went on without them)", ["kind"], registry=r)
 
         self._states: set[str] = set()
         self._active = 0
@@ -119,6 +126,8 @@ class Metrics:
             self._barge_in_pauses.labels(outcome=pause_outcome)
         for reason in SHED_REASONS:
             self._sip_shed.labels(reason=reason)
+        for kind in get_args(RecordingKind):
+            self._recording_errors.labels(kind=kind)
 
     # -- registration -------------------------------------------------------------------------------
     def _state_child(self, state: str) -> None:
@@ -188,6 +197,11 @@ class Metrics:
     def observe_jitter(self, seconds: float) -> None:
         if seconds >= 0:
             self._jitter.observe(seconds)
+
+    def recording_error(self, kind: RecordingKind) -> None:
+        """A call's transcript or recording could not be written (full disk, permissions, a directory removed)
+        and was stopped; counted once per file."""
+        self._recording_errors.labels(kind=kind).inc()
 
     # -- Realtime -----------------------------------------------------------------------------------
     def realtime_reconnected(self) -> None:

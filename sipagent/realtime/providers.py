@@ -3,8 +3,8 @@
 - openai: ``wss://api.openai.com/v1/realtime?model=MODEL``, ``Authorization: Bearer KEY``; the beta
   dialect adds ``OpenAI-Beta: realtime=v1``.
 - azure: the resource URL (``https://NAME.openai.azure.com``) and a deployment name, header ``api-key``.
-  GA uses ``/openai/v1/realtime?model=DEPLOYMENT``; beta the preview path
-  ``/openai/realtime?api-version=VERSION&deployment=DEPLOYMENT``.
+  GA uses the v1 API, ``/openai/v1/realtime?model=DEPLOYMENT``, which has no dated version; beta the
+  preview path ``/openai/realtime?api-version=VERSION&deployment=DEPLOYMENT`` (``realtime.api_version``).
 - local: the URL of a local backend as given (``ws://127.0.0.1:PORT/v1/realtime``); with an api_key,
   ``Authorization: Bearer KEY`` (the token of a ``sipagent local-realtime --token`` backend).
 """
@@ -91,13 +91,15 @@ def local_endpoint(url: str, dialect: str = "ga", model: str = "", api_key: str 
 
 
 def endpoint_for(
-    provider: str, *, url: str = "", model: str = "", api_key: str = "", dialect: str = "ga"
+    provider: str, *, url: str = "", model: str = "", api_key: str = "", dialect: str = "ga",
+    api_version: str = AZURE_BETA_API_VERSION,
 ) -> Endpoint:
-    """The endpoint for the ``realtime`` config section (provider openai | azure | local)."""
+    """The endpoint for the ``realtime`` config section (provider openai | azure | local); ``api_version`` is
+    Azure's, for its preview (beta) endpoint."""
     if provider == "openai":
         return openai_endpoint(api_key, model, dialect, url)
     if provider == "azure":
-        return azure_endpoint(url, model, api_key, dialect)
+        return azure_endpoint(url, model, api_key, dialect, api_version or AZURE_BETA_API_VERSION)
     if provider == "local":
         if not url:
             raise RealtimeError("provider local needs a url here (start the in-process backend first)")

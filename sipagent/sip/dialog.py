@@ -119,6 +119,23 @@ class Dialog:
     ) -> SipRequest:
         """A new in-dialog request (BYE, REFER, INFO, re-INVITE...) with the next local CSeq (12.2.1.1)."""
         self.local_seq += 1
+        return self._request(method, self.local_seq, via_sent_by, transport, body, content_type, extra)
+
+    def create_ack(self, invite: SipRequest, via_sent_by: str, transport: str = "UDP") -> SipRequest:
+        """The ACK for a 2xx to our re-INVITE (RFC 3261 13.2.2.4): built like any request in the dialog,
+        with the INVITE's CSeq number; it takes no number of its own."""
+        return self._request("ACK", invite.cseq.seq, via_sent_by, transport)
+
+    def target_refreshed(self, response: SipResponse) -> None:
+        """A 2xx to our re-INVITE or UPDATE names the remote target in its Contact (RFC 3261 12.2.1.2)."""
+        contacts = response.headers.get_all("Contact")
+        if 200 <= response.status < 300 and response.cseq.method in TARGET_REFRESH and contacts:
+            self.remote_target = NameAddr.parse(contacts[0]).uri
+
+    def _request(
+        self, method: str, seq: int, via_sent_by: str, transport: str, body: bytes = b"",
+        content_type: str | None = None, extra: list[tuple[str, str]] | None = None,
+    ) -> SipRequest:
         uri = str(self.remote_target)
         routes = list(self.route_set)
         if routes and "lr" not in NameAddr.parse(routes[0]).uri.params:
@@ -133,7 +150,7 @@ class Dialog:
         headers.add("From", f"{self.local_uri};tag={self.local_tag}")
         headers.add("To", self.remote_uri)
         headers.add("Call-ID", self.call_id)
-        headers.add("CSeq", str(CSeq(self.local_seq, method)))
+        headers.add("CSeq", str(CSeq(seq, method)))
         if method in TARGET_REFRESH:
             headers.add("Contact", self.local_contact)
         for name, value in extra or []:

@@ -35,6 +35,7 @@ class RegistrationConfig:
     credentials: DigestCredentials | None = None
     expires: int = 300
     user_agent: str = "sipagent"
+    allow: str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY"  # the UA passes what it handles
     backoff_initial: float = 2.0
     backoff_max: float = 120.0
     min_refresh: float = 5.0
@@ -210,7 +211,7 @@ class Registration:
         headers.add("CSeq", str(CSeq(self._seq, "REGISTER")))
         headers.add("Contact", cfg.contact)
         headers.add("Expires", str(expires))
-        headers.add("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REFER, NOTIFY")
+        headers.add("Allow", cfg.allow)
         headers.add("User-Agent", cfg.user_agent)
         if self._auth is not None:
             for name, value in self._auth.headers_for("REGISTER", cfg.registrar_uri):

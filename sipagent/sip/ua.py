@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import random
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -37,6 +38,16 @@ from sipagent.sip.dialog import Dialog
 from sipagent.sip.headers import new_tag
 from sipagent.sip.message import SipRequest, SipResponse, build_response, stamp_source
 from sipagent.sip.registration import Registration, RegistrationConfig
+from sipagent.sip.session_timer import (
+    Accepted,
+    Expire,
+    IntervalTooSmall,
+    Refresh,
+    SessionTimer,
+    TimerAction,
+    TimerPolicy,
+)
+from sipagent.sip.session_timer import negotiate as timer_terms
 from sipagent.sip.transaction import (
     Action,
     ClientTransaction,
@@ -55,9 +66,10 @@ from sipagent.sip.uri import SipUri, parse_target_uri
 
 logger = logging.getLogger(__name__)
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE, PRACK"
 ACCEPT = "application/sdp, application/dtmf-relay, message/sipfrag"
-SUPPORTED = "timer"
+SUPPORTED = "timer, 100rel"
+SUPPORTED_OPTIONS = frozenset(option.strip() for option in SUPPORTED.split(","))
 DTMF_SIGNALS = {"10": "*", "11": "#"}
 
 # Registration states of the core's machine that the shell acts on.
@@ -74,7 +86,8 @@ class UaSettings:
     ``registrar`` is "host[:port]" or None for direct mode; ``public_host`` is the address advertised
     in Via/Contact when it differs from the bound one (NAT); ``trusted_hosts`` (addresses, CIDR networks
     or names) may send requests besides the registrar; direct mode with none accepts loopback only, unless
-    ``allow_any_caller``. ``aliases`` are user parts that are ours besides ``username``.
+    ``allow_any_caller``. ``aliases`` are user parts that are ours besides ``username``. ``session_expires``
+    and ``min_se`` are the session timer's longest and shortest interval (RFC 4028; see session_timer.py).
     """
 
     registrar: str | None
@@ -92,6 +105,8 @@ class UaSettings:
     user_agent: str = "sipagent"
     aliases: list[str] = field(default_factory=list)
     allow_any_caller: bool = False
+    session_expires: int = 1800
+    min_se: int = 90
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     transport_limits: TransportLimits = field(default_factory=TransportLimits)
 
@@ -135,13 +150,15 @@ def _uri_host(host: str) -> str:
 
 
 class _AckWait:
-    """Our 2xx to an INVITE, re-sent by the core's retransmitter until the ACK comes (or 64*T1)."""
+    """A response we re-send until the peer acknowledges it (or 64*T1): our 2xx to an INVITE until its ACK
+    (RFC 3261 13.3.1.4), or a reliable 18x until its PRACK (RFC 3262 3: the same schedule, capped at T2)."""
 
     def __init__(self, retransmitter: Uas2xxRetransmitter) -> None:
         self.retransmitter = retransmitter
         self.done = asyncio.Event()
         self.acknowledged = False
         self.body = b""  # the ACK's body: the SDP answer when our 2xx carried the offer
+        self.carries_offer = False  # our 2xx carried an offer: the ACK brings the answer
 
     def finish(self, acknowledged: bool, body: bytes = b"") -> None:
         self.retransmitter.ack_received()  # stops retransmissions either way
@@ -163,8 +180,12 @@ class IncomingCall:
     this call, for the SDP too), ``remote_host`` (where the INVITE came
     from), ``offer`` (parsed SDP offer; None for an INVITE without SDP, a late offer: ours then goes in the
     200 OK and the caller's answer comes in the ACK), ``media`` (after answer), ``ended`` / ``end_reason``, ``state``
-    (ringing → answering → confirmed → ended) and the callbacks ``on_media_change`` (a re-INVITE was
-    accepted) and ``on_dtmf`` (SIP INFO application/dtmf-relay).
+    (ringing → answering → confirmed → ended) and the callbacks ``on_media_change`` (a re-INVITE or UPDATE
+    offer was accepted) and ``on_dtmf`` (SIP INFO application/dtmf-relay).
+
+    The call also keeps the session timer (RFC 4028): it answers refreshes, refreshes when it is the
+    refresher, and ends the call with BYE when the session expires ("session-expired") or a refresh of ours
+    finds the peer gone ("refresh-failed").
     """
 
     def __init__(self, ua: UserAgent, invite: SipRequest, peer: Peer, offer: SessionDescription | None,
@@ -190,6 +211,12 @@ class IncomingCall:
         self._sdp_session = LocalSession()  # one o= line per call; its version rises with each new answer
         self._ack_wait: _AckWait | None = None
         self._notify: asyncio.Queue[int] = asyncio.Queue()
+        self._timer = SessionTimer(ua._timer_policy)
+        self._timer.learn(invite.headers)
+        self._prack_wait: _AckWait | None = None  # our reliable 180 until its PRACK (RFC 3262)
+        self._rseq = 0  # the RSeq of that 180
+        self._refreshing: str | None = None  # the method of our session refresh in flight
+        self._refresh_ack: tuple[int, bytes, Peer] | None = None  # CSeq, bytes and peer of our last re-INVITE ACK
 
     def __repr__(self) -> str:
         return f"IncomingCall({self.call_id!r}, {self.from_uri!r}, state={self.state})"
@@ -206,6 +233,7 @@ class IncomingCall:
         """
         if self.state != "ringing":
             raise RuntimeError(f"cannot answer a call in state {self.state}")
+        await self._ringing_acknowledged()
         if self.offer is None:
             return await self._answer_late_offer(rtp_host, rtp_port)
         try:
@@ -233,7 +261,7 @@ class IncomingCall:
         self._answer_sdp = offer  # our side of the session, re-sent on a refresh as after an answer
         self.state = "answering"
         self.dialog.confirm()
-        body = await self._send_200_and_wait_ack(offer)
+        body = await self._send_200_and_wait_ack(offer, carries_offer=True)
         try:
             media = accept_answer(SessionDescription.parse(body))
         except SdpError as exc:
@@ -245,12 +273,25 @@ class IncomingCall:
                     media.remote_host, media.remote_port)
         return media
 
-    async def _send_200_and_wait_ack(self, sdp: SessionDescription) -> bytes:
+    async def _ringing_acknowledged(self) -> None:
+        """Wait for the PRACK of our reliable 180, if we sent one: our 2xx may not overtake it (RFC 3262 3
+        would allow that for an 18x without SDP, but a PBX then sees its PRACK answered after the call).
+        RuntimeError when the call ended meanwhile (CANCEL, or no PRACK: the INVITE got a 500)."""
+        if self._prack_wait is not None:
+            await self._prack_wait.wait()
+        if self.state != "ringing":
+            raise RuntimeError(f"call ended before it was answered ({self.end_reason})")
+
+    async def _send_200_and_wait_ack(self, sdp: SessionDescription, carries_offer: bool = False) -> bytes:
         """Send the 200 OK (re-sent until ACKed) and wait for the ACK; returns the ACK's body."""
-        self._ack_wait = self._ua._respond_in_dialog(
-            self, self._invite, 200, body=sdp.to_bytes(), extra=_session_timer_headers(self._invite)
-        )
+        terms = self._timer.negotiate(self._invite.headers)  # _admit refused what this could raise on
+        self._ack_wait = self._ua._respond_in_dialog(self, self._invite, 200, body=sdp.to_bytes(),
+                                                     extra=terms.headers())
         assert self._ack_wait is not None
+        self._ack_wait.carries_offer = carries_offer
+        self._start_timer(terms)
+        logger.info("call %s: session timer %d s, refreshed by %s", self.call_id, terms.interval,
+                    "us" if terms.refresher == "us" else "the peer")
         acked = await self._ack_wait.wait()
         if self.ended.is_set():
             raise RuntimeError(f"call ended before ACK ({self.end_reason})")
@@ -276,11 +317,14 @@ class IncomingCall:
             self._ua._respond_in_dialog(self, self._invite, 487)
             self._end("local-cancel")
             return
-        self._end("local-bye")
+        await self._bye("local-bye")
+
+    async def _bye(self, reason: str) -> None:
+        self._end(reason)
         try:
             response = await self._ua._send_in_dialog(self, "BYE")
             logger.info("call %s: BYE answered %s", self.call_id, response.status)
-        except SipTimeout as exc:
+        except (SipTimeout, OSError) as exc:
             logger.info("call %s: BYE got no answer: %s", self.call_id, exc)
 
     async def transfer(self, target: str, timeout: float = 30) -> bool:
@@ -331,39 +375,200 @@ class IncomingCall:
         self.state = "ended"
         self.end_reason = reason
         self.dialog.terminate()
-        if self._ack_wait is not None and not self._ack_wait.done.is_set():
-            self._ack_wait.finish(acknowledged=False)
+        self._timer.stop()
+        self._ua._disarm(self._timer)
+        for wait in (self._ack_wait, self._prack_wait):
+            if wait is not None and not wait.done.is_set():
+                wait.finish(acknowledged=False)
         self.ended.set()
         self._ua._call_ended(self)
         logger.info("call %s ended: %s", self.call_id, reason)
 
+    # -- offer/answer in the dialog (re-INVITE, UPDATE) ------------------------------------------
+
     def _handle_reinvite(self, request: SipRequest) -> None:
-        if self.state != "confirmed" or self._rtp is None or self._answer_sdp is None:
-            self._ua._respond_in_dialog(self, request, 491)  # our own offer/answer is not settled yet
+        if (self.state != "confirmed" or self._rtp is None or self._answer_sdp is None
+                or self._refreshing == "INVITE"):
+            # Our own offer/answer is not settled yet, or our refresh re-INVITE crossed theirs (RFC 3261 14.2).
+            self._ua._respond_in_dialog(self, request, 491)
+            return
+        terms = self._timer_terms(request)
+        if terms is None:
             return
         changed = False
         if request.body:
-            try:
-                offer = SessionDescription.parse(request.body)
-                codecs = self._ua.settings.codecs
-                answer, media = negotiate(offer, codecs, *self._rtp, session=self._sdp_session)
-            except SdpError as exc:
-                logger.info("call %s: re-INVITE refused: %s", self.call_id, exc)
-                self._ua._respond_in_dialog(self, request, 488)
+            answered = self._answer_offer(request)
+            if answered is None:
                 return
-            self._answer_sdp = answer
-            changed = media != self.media
-            self.media = media
+            changed = answered
         # Without an offer (a session refresh) our current SDP is the offer; the ACK would carry theirs.
-        self._ack_wait = self._ua._respond_in_dialog(
-            self, request, 200, body=self._answer_sdp.to_bytes(), extra=_session_timer_headers(request)
-        )
-        if changed and self.media is not None and self.on_media_change is not None:
-            logger.info("call %s: media changed: %s %s", self.call_id, self.media.codec, self.media.direction)
-            try:
-                self.on_media_change(self.media)
-            except Exception:
-                logger.exception("call %s: on_media_change failed", self.call_id)
+        self._ack_wait = self._ua._respond_in_dialog(self, request, 200, body=self._answer_sdp.to_bytes(),
+                                                     extra=terms.headers())
+        if self._ack_wait is not None:
+            self._ack_wait.carries_offer = not request.body
+        self._start_timer(terms)
+        if changed:
+            self._media_changed()
+
+    def _handle_update(self, request: SipRequest) -> None:
+        """UPDATE (RFC 3311): a session refresh without a body, or a new offer answered in its 200."""
+        if request.body and self._our_offer_pending():
+            self._ua._respond_in_dialog(self, request, 491)
+            return
+        if request.body and self._their_offer_pending():
+            retry_after = str(random.randint(0, 10))  # RFC 3311 5.2: a random 0-10 s
+            self._ua._respond_in_dialog(self, request, 500, extra=[("Retry-After", retry_after)])
+            return
+        if self.state != "confirmed":
+            self._ua._respond_in_dialog(self, request, 200)  # an early UPDATE: no session to refresh yet
+            return
+        terms = self._timer_terms(request)
+        if terms is None:
+            return
+        body = b""
+        changed = False
+        if request.body:
+            answered = self._answer_offer(request)
+            if answered is None or self._answer_sdp is None:
+                return
+            changed, body = answered, self._answer_sdp.to_bytes()
+        self._ua._respond_in_dialog(self, request, 200, body=body, extra=terms.headers())
+        self._start_timer(terms)
+        if changed:
+            self._media_changed()
+
+    def _our_offer_pending(self) -> bool:
+        """An offer of ours awaits its answer: our refresh re-INVITE, or a 2xx with our offer not yet ACKed."""
+        wait = self._ack_wait
+        return self._refreshing == "INVITE" or (wait is not None and not wait.done.is_set() and wait.carries_offer)
+
+    def _their_offer_pending(self) -> bool:
+        """An INVITE of theirs is not answered or not acknowledged yet."""
+        wait = self._ack_wait
+        return self.state == "ringing" or (wait is not None and not wait.done.is_set())
+
+    def _answer_offer(self, request: SipRequest) -> bool | None:
+        """Negotiate the SDP offer of a re-INVITE or UPDATE: whether the media changed, or None after
+        answering 488 (no common codec) or 491 (no session of ours to answer from yet)."""
+        if self._rtp is None:
+            self._ua._respond_in_dialog(self, request, 491)
+            return None
+        try:
+            offer = SessionDescription.parse(request.body)
+            answer, media = negotiate(offer, self._ua.settings.codecs, *self._rtp, session=self._sdp_session)
+        except SdpError as exc:
+            logger.info("call %s: %s offer refused: %s", self.call_id, request.method, exc)
+            self._ua._respond_in_dialog(self, request, 488)
+            return None
+        self._answer_sdp = answer
+        changed = media != self.media
+        self.media = media
+        return changed
+
+    def _media_changed(self) -> None:
+        if self.media is None or self.on_media_change is None:
+            return
+        logger.info("call %s: media changed: %s %s", self.call_id, self.media.codec, self.media.direction)
+        try:
+            self.on_media_change(self.media)
+        except Exception:
+            logger.exception("call %s: on_media_change failed", self.call_id)
+
+    # -- session timer (RFC 4028) ----------------------------------------------------------------
+
+    def _timer_terms(self, request: SipRequest) -> Accepted | None:
+        """The session timer's terms for our 2xx to this re-INVITE or UPDATE; None after answering it 422
+        (interval below our minimum) or 400 (an unreadable Session-Expires or Min-SE)."""
+        try:
+            return self._timer.negotiate(request.headers)
+        except IntervalTooSmall as exc:
+            self._ua._respond_in_dialog(self, request, 422, extra=[("Min-SE", str(exc.min_se))])
+        except SipParseError as exc:
+            self._ua._respond_in_dialog(self, request, 400, reason=exc.reason)
+        return None
+
+    def _start_timer(self, terms: Accepted) -> None:
+        """Our 2xx to an INVITE or UPDATE went out: a new session interval begins."""
+        self._timer.start(terms, self._ua._now())
+        self._ua._arm_session_timer(self)
+
+    def _drive_timer(self, actions: list[TimerAction]) -> None:
+        """Carry out what the session timer asks for, then arm it again."""
+        for action in actions:
+            if isinstance(action, Refresh):
+                self._ua._spawn(self._refresh(action.method))
+            elif isinstance(action, Expire) and self.state != "ended":
+                logger.info("call %s: %s (session interval %d s), hanging up", self.call_id,
+                            "no session refresh in time" if action.reason == "session-expired"
+                            else "our session refresh found no session", self._timer.interval)
+                self._ua._spawn(self._bye(action.reason))
+        self._ua._arm_session_timer(self)
+
+    async def _refresh(self, method: str) -> None:
+        """Our session refresh (RFC 4028 7.4): an UPDATE, or a re-INVITE offering our SDP unchanged (same
+        o= version, RFC 3264 8); its final response goes back to the timer."""
+        body = self._answer_sdp.to_bytes() if method == "INVITE" and self._answer_sdp is not None else b""
+        extra = [*self._timer.refresh_headers(), ("Allow", ALLOW)]
+        self._refreshing = method
+        status, headers = 0, None
+        try:
+            request, response = await self._ua._request_in_dialog(self, method, extra=extra, body=body)
+            status, headers = response.status, response.headers
+            if 200 <= status < 300:
+                self.dialog.target_refreshed(response)
+                if method == "INVITE":
+                    await self._ua._ack_2xx(self, request)
+                    self._take_answer(response.body)
+        except (SipTimeout, OSError) as exc:
+            logger.info("call %s: session refresh by %s got no answer: %s", self.call_id, method, exc)
+        finally:
+            self._refreshing = None
+        if self.state == "ended":
+            return
+        logger.info("call %s: session refresh by %s answered %s", self.call_id, method, status or "nothing")
+        self._drive_timer(self._timer.on_response(status, headers, self._ua._now()))
+
+    def _take_answer(self, body: bytes) -> None:
+        """The answer to the unchanged offer of our refresh re-INVITE: applied only if it moves the media."""
+        try:
+            media = accept_answer(SessionDescription.parse(body))
+        except SdpError as exc:
+            logger.info("call %s: the answer to our refresh re-INVITE is unusable (%s); media kept", self.call_id,
+                        exc)
+            return
+        if self.media is None or _media_key(media) != _media_key(self.media):
+            self.media = media
+            self._media_changed()
+
+    # -- reliable provisional responses (RFC 3262) -----------------------------------------------
+
+    def _ring_reliably(self) -> None:
+        """Send 180 Ringing reliably (the INVITE said Require: 100rel): re-sent until its PRACK comes; after
+        64*T1 without one, the INVITE is answered 500 (RFC 3262 3)."""
+        self._rseq = random.randint(1, 2**31 - 1)
+        extra = [("Require", "100rel"), ("RSeq", str(self._rseq))]
+        self._prack_wait = self._ua._respond_reliably(self, self._invite, 180, extra, self._on_no_prack)
+
+    def _on_no_prack(self) -> None:
+        if self.state == "ringing":
+            logger.warning("call %s: no PRACK for our reliable 180, refusing the call", self.call_id)
+            self._ua._respond_in_dialog(self, self._invite, 500, reason="No PRACK")
+            self._end("no-prack")
+
+    def _handle_prack(self, request: SipRequest) -> None:
+        """A PRACK matches our unacknowledged reliable 180 by its RAck (RSeq, CSeq number and method)."""
+        fields = (request.headers.get("RAck") or "").split()
+        if len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit():
+            self._ua._respond_in_dialog(self, request, 400, reason="Bad RAck")
+            return
+        wait = self._prack_wait
+        rack = (int(fields[0]), int(fields[1]), fields[2].upper())
+        if wait is None or wait.done.is_set() or rack != (self._rseq, self._invite.cseq.seq, "INVITE"):
+            self._ua._respond_in_dialog(self, request, 481)
+            return
+        self._ua._respond_in_dialog(self, request, 200)
+        wait.finish(acknowledged=True)
+        self._ua._disarm(wait.retransmitter)
 
     def _handle_info(self, request: SipRequest) -> None:
         content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -416,13 +621,18 @@ def _approximate_size(request: SipRequest) -> int:
     return 2 * (sum(len(name) + len(value) + 4 for name, value in request.headers) + len(request.body)) + 256
 
 
-def _session_timer_headers(request: SipRequest) -> list[tuple[str, str]]:
-    """RFC 4028: accept the caller's session interval and let it refresh (we answer refreshes)."""
-    value = request.headers.get("Session-Expires")
-    if not value:
-        return []
-    interval = value.split(";")[0].strip()
-    return [("Session-Expires", f"{interval};refresher=uac"), ("Require", "timer")]
+def _options(request: SipRequest, header: str) -> list[str]:
+    return [option.strip().lower() for option in request.headers.get_all(header)]
+
+
+def _unsupported(request: SipRequest) -> list[str]:
+    """The options a request requires that we do not support (RFC 3261 8.2.2.3: 420)."""
+    return [option for option in _options(request, "Require") if option not in SUPPORTED_OPTIONS]
+
+
+def _media_key(media: NegotiatedMedia) -> tuple[str, int, str, int, str]:
+    """What makes two negotiations the same media for the layer above (ptime and DTMF follow the codec)."""
+    return (media.codec, media.payload_type, media.remote_host, media.remote_port, media.direction)
 
 
 class UserAgent:
@@ -451,6 +661,7 @@ class UserAgent:
         self._registrar: Peer | None = None
         self.policy = SourcePolicy(())  # trusts nobody until start() has resolved who may call
         self._budget = TransactionBudget(settings.limits)
+        self._timer_policy = TimerPolicy(settings.session_expires, settings.min_se)
         self._throttle = LogThrottle()
         self._tag_secret = os.urandom(16)  # keys the To tags of stateless responses
         self._calls: dict[str, IncomingCall] = {}
@@ -632,6 +843,23 @@ class UserAgent:
         self._timers.pop(id(machine), None)
         self._run(machine, machine.timeout(self._now()), dest, on_event)
 
+    def _disarm(self, machine: object) -> None:
+        handle = self._timers.pop(id(machine), None)
+        if handle is not None:
+            handle.cancel()
+
+    def _arm_session_timer(self, call: IncomingCall) -> None:
+        """A loop timer for the call's session timer; what it asks for when due is the call's to do."""
+        timer = call._timer
+        self._disarm(timer)
+        deadline = timer.next_deadline
+        if deadline is not None and self._transport is not None:
+            self._timers[id(timer)] = asyncio.get_running_loop().call_at(deadline, self._session_timer_due, call)
+
+    def _session_timer_due(self, call: IncomingCall) -> None:
+        self._timers.pop(id(call._timer), None)
+        call._drive_timer(call._timer.timeout(self._now()))
+
     # -- registration ----------------------------------------------------------------------------
 
     @property
@@ -650,6 +878,7 @@ class UserAgent:
             registrar_uri=registrar_uri, aor=f"sip:{s.username}@{_uri_host(self.domain)}",
             contact=self._contact(), via_sent_by=self._sent_by(), transport=self.transport_name,
             credentials=DigestCredentials(s.username, s.password), expires=s.expires, user_agent=s.user_agent,
+            allow=ALLOW,
         ))
 
     async def _exchange(self, registration: Registration, request: SipRequest | None) -> None:
@@ -719,15 +948,43 @@ class UserAgent:
 
     async def _send_in_dialog(self, call: IncomingCall, method: str,
                               extra: list[tuple[str, str]] | None = None) -> SipResponse:
-        request = call.dialog.create_request(method, self._sent_by(call.local_host), self.transport_name,
-                                             extra=[("User-Agent", self.settings.user_agent), *(extra or [])])
+        return (await self._request_in_dialog(call, method, extra))[1]
+
+    async def _request_in_dialog(self, call: IncomingCall, method: str, extra: list[tuple[str, str]] | None = None,
+                                 body: bytes = b"") -> tuple[SipRequest, SipResponse]:
+        """Send a new request in the call's dialog; the request and its final response (or SipTimeout)."""
+        request = call.dialog.create_request(
+            method, self._sent_by(call.local_host), self.transport_name, body=body,
+            content_type="application/sdp" if body else None,
+            extra=[("User-Agent", self.settings.user_agent), ("Supported", SUPPORTED), *(extra or [])])
+        return request, await self._send_request(request, await self._dialog_peer(call))
+
+    async def _dialog_peer(self, call: IncomingCall) -> Peer:
+        """Where the call's in-dialog requests go: its next hop (first route, else the remote target)."""
         host, port = call.dialog.next_hop().host_port
         if (self.transport_name != "UDP" and not call.dialog.route_set and self._transport is not None
                 and self._transport.can_reach(call._peer)):
-            dest = call._peer  # reuse the connection the INVITE came in on, while it is open
-        else:
-            dest = Peer(self.transport_name, await self._resolve(host), port or 5060)
-        return await self._send_request(request, dest)
+            return call._peer  # reuse the connection the INVITE came in on, while it is open
+        return Peer(self.transport_name, await self._resolve(host), port or 5060)
+
+    async def _ack_2xx(self, call: IncomingCall, invite: SipRequest) -> None:
+        """ACK the 2xx to our re-INVITE (the TU's job, RFC 3261 13.2.2.4); kept to answer its retransmissions."""
+        ack = call.dialog.create_ack(invite, self._sent_by(call.local_host), self.transport_name)
+        dest = await self._dialog_peer(call)
+        data = ack.to_bytes()
+        call._refresh_ack = (invite.cseq.seq, data, dest)
+        if self._transport is not None:
+            self._transport.send(data, dest)
+
+    def _reack(self, response: SipResponse, peer: Peer) -> bool:
+        """A retransmitted 2xx to our last re-INVITE, from where the ACK went: the ACK again."""
+        call = self._calls.get(response.call_id)
+        sent = call._refresh_ack if call is not None else None
+        if (sent is None or self._transport is None or not 200 <= response.status < 300
+                or response.cseq.method != "INVITE" or response.cseq.seq != sent[0] or peer.host != sent[2].host):
+            return False
+        self._transport.send(sent[1], sent[2])
+        return True
 
     @staticmethod
     def _response_peer(request: SipRequest, peer: Peer) -> Peer:
@@ -748,6 +1005,7 @@ class UserAgent:
             response.headers.add("Allow", ALLOW)
         if request.method == "OPTIONS":
             response.headers.add("Accept", ACCEPT)
+        if request.method == "OPTIONS" or (request.method in ("INVITE", "UPDATE") and 100 < status < 300):
             response.headers.add("Supported", SUPPORTED)
         response.headers.add("Server", self.settings.user_agent)
         for name, value in extra or []:
@@ -800,15 +1058,30 @@ class UserAgent:
         content_type = "application/sdp" if body else None
         response = call.dialog.response(request, status, reason, body=body, content_type=content_type)
         self._respond(request, status, response=response, extra=extra)
-        if request.method != "INVITE" or not 200 <= status < 300 or self._transport is None:
+        if request.method != "INVITE" or not 200 <= status < 300:
             return None
         # The transaction ends with a 2xx: the core's retransmitter re-sends it until ACK (13.3.1.4).
+        return self._resend_until_acknowledged(call, request, response, None)
+
+    def _respond_reliably(self, call: IncomingCall, request: SipRequest, status: int, extra: list[tuple[str, str]],
+                          on_give_up: Callable[[], None]) -> _AckWait | None:
+        """A reliable provisional response (RFC 3262): re-sent until its PRACK; ``on_give_up`` after 64*T1."""
+        response = call.dialog.response(request, status)
+        self._respond(request, status, response=response, extra=extra)
+        return self._resend_until_acknowledged(call, request, response, on_give_up)
+
+    def _resend_until_acknowledged(self, call: IncomingCall, request: SipRequest, response: SipResponse,
+                                   on_give_up: Callable[[], None] | None) -> _AckWait | None:
+        if self._transport is None:
+            return None
         wait = _AckWait(Uas2xxRetransmitter(response.to_bytes(), self._transport.reliable, self._now()))
         dest = self._response_peer(request, call._peer)
 
         def on_event(event: ResponseEvent | TimeoutEvent | Terminated) -> None:
             if isinstance(event, TimeoutEvent) and not wait.done.is_set():
                 wait.finish(acknowledged=False)
+                if on_give_up is not None:
+                    on_give_up()
 
         self._run(wait.retransmitter, [], dest, on_event)
         return wait
@@ -836,7 +1109,7 @@ class UserAgent:
     def _on_message(self, message: SipRequest | SipResponse, peer: Peer) -> None:
         try:
             if isinstance(message, SipResponse):
-                self._on_response(message)
+                self._on_response(message, peer)
             else:
                 self._on_request(message, peer)
         except SipParseError as exc:  # a header the parser accepted leniently but we cannot use
@@ -844,10 +1117,11 @@ class UserAgent:
                 logger.info("unusable message from %s:%s: %s (logged once a minute per source)", peer.host,
                             peer.port, exc.reason)
 
-    def _on_response(self, response: SipResponse) -> None:
+    def _on_response(self, response: SipResponse, peer: Peer) -> None:
         entry = self._client.get(client_key(response))
         if entry is None:
-            logger.debug("stray response %s %s", response.status, response.cseq)
+            if not self._reack(response, peer):
+                logger.debug("stray response %s %s", response.status, response.cseq)
             return
         tx, dest, on_event = entry
         self._run(tx, tx.receive(response, self._now()), dest, on_event)
@@ -888,7 +1162,9 @@ class UserAgent:
             return
         if status:
             self._respond_statelessly(request, peer, status, extra=extra)
-            if request.method == "INVITE" and not request.to_addr.tag and self.on_refused is not None:
+            # A 422 refuses no call: the PBX sends the INVITE again at once with our Min-SE (RFC 4028 6).
+            if request.method == "INVITE" and not request.to_addr.tag and status != 422 \
+                    and self.on_refused is not None:
                 self.on_refused(status)
             return
         shed = self._budget.admit(key, peer.host, _approximate_size(request))
@@ -963,9 +1239,7 @@ class UserAgent:
             return
         if call._ack_wait is not None and not call._ack_wait.done.is_set():
             call._ack_wait.finish(acknowledged=True, body=request.body)
-            handle = self._timers.pop(id(call._ack_wait.retransmitter), None)
-            if handle is not None:
-                handle.cancel()
+            self._disarm(call._ack_wait.retransmitter)
 
     def _on_cancel(self, request: SipRequest, peer: Peer) -> None:
         """CANCEL is answered statelessly; a CANCEL for a ringing call ends its INVITE with 487."""
@@ -985,11 +1259,19 @@ class UserAgent:
             self._respond(request, error, reason="CSeq Out of Order" if error == 500 else None)
             return
         method = request.method
+        unsupported = _unsupported(request)
+        if unsupported and method in ("INVITE", "UPDATE"):
+            self._respond(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
+            return
         if method == "BYE":
             self._respond(request, 200)
             call._end("remote-bye")
         elif method == "INVITE":
             call._handle_reinvite(request)
+        elif method == "UPDATE":
+            call._handle_update(request)
+        elif method == "PRACK":
+            call._handle_prack(request)
         elif method == "INFO":
             call._handle_info(request)
         elif method == "NOTIFY":
@@ -997,14 +1279,13 @@ class UserAgent:
         elif method == "OPTIONS":
             self._respond(request, 200)
         else:
-            self._respond(request, 405 if method in ("REFER", "UPDATE", "SUBSCRIBE", "MESSAGE") else 501)
+            self._respond(request, 405 if method in ("REFER", "SUBSCRIBE", "MESSAGE") else 501)
 
     def _admit(self, request: SipRequest,
                peer: Peer) -> tuple[int, list[tuple[str, str]] | None, SessionDescription | None]:
         """Whether a new INVITE may become a call: (0, None, its offer) or (the status to refuse it with,
         extra headers, None). The offer is None for a late offer (no body)."""
-        required = (value.strip().lower() for value in request.headers.get_all("Require"))
-        unsupported = [option for option in required if option != SUPPORTED]
+        unsupported = _unsupported(request)
         if not self.policy.is_ours(SipUri.parse(request.uri).user):
             # Our PBX may route any number to any extension; a call to another user part is not ours to
             # answer (a bot dialling premium numbers through us, or a PBX misconfiguration).
@@ -1019,6 +1300,13 @@ class UserAgent:
             return 486, None, None
         if unsupported:
             return 420, [("Unsupported", ", ".join(unsupported))], None
+        try:
+            timer_terms(request.headers, self._timer_policy)
+        except IntervalTooSmall as exc:
+            if self._throttle.allow("too-brief", peer.host, self._now()):
+                logger.info("INVITE %s: session interval below %d s, answered 422 (logged once a minute per "
+                            "source)", request.call_id[:80], exc.min_se)
+            return 422, [("Min-SE", str(exc.min_se))], None
         if not request.body.strip():
             return 0, None, None
         try:
@@ -1034,7 +1322,10 @@ class UserAgent:
         dialog = Dialog.from_invite(request, self._contact(local_host))
         call = IncomingCall(self, request, peer, offer, dialog, local_host)
         self._calls[call.call_id] = call
-        self._respond_in_dialog(call, request, 180)
+        if "100rel" in _options(request, "Require"):
+            call._ring_reliably()
+        else:  # with only Supported: 100rel, an unreliable 180 is still allowed (RFC 3262 3), and simpler
+            self._respond_in_dialog(call, request, 180)
         logger.info("call %s from %s ringing", call.call_id, call.from_uri)
         self._spawn(self._run_on_call(call))
 

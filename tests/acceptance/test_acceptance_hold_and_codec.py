@@ -99,13 +99,13 @@ def test_call_switched_to_another_codec_held_and_resumed(kamailio: Kamailio, tmp
             await agent.wait_quiet(call_id, 30)
             # The caller holds: the agent goes quiet on the wire, then plays on when the caller is back.
             assert (await phone.command("hold"))["ok"]
-            assert await wait_until(lambda: bridge.held, 5), "the agent never learned of the hold"
+            assert await wait_until(lambda: bridge.on_hold, 5), "the agent never learned of the hold"
             await asyncio.sleep(0.1)
             sent = endpoint.packets_sent
             await asyncio.sleep(3)
             assert endpoint.packets_sent == sent, "RTP into the held call"
             assert (await phone.command("resume"))["ok"]
-            assert await wait_until(lambda: not bridge.held and endpoint.packets_sent > sent, 5)
+            assert await wait_until(lambda: not bridge.on_hold and endpoint.packets_sent > sent, 5)
             # Back from the hold, the caller says goodbye: understood, answered, and the agent hangs up.
             await phone.set_source(goodbye)
             assert await phone.wait_event("CALL_CLOSED", 45), phone.event_types()

@@ -202,7 +202,7 @@ async def _hold_and_resume(tmp_path: Path) -> None:
         assert "\r\na=recvonly\r\n" in caller.answers[-1], caller.answers[-1]
         await asyncio.sleep(0.1)  # packets sent before the hold took effect may still arrive
         received, queued = caller.packets_received, rig.bridge.media.buffered_ms
-        assert rig.bridge.state == "held" and rig.bridge.held and queued > 0, (rig.bridge.state, queued)
+        assert rig.bridge.state == "held" and rig.bridge.on_hold and queued > 0, (rig.bridge.state, queued)
         caller.play(music)
         await asyncio.sleep(3.0)
         assert caller.packets_received == received, "the agent sent RTP into the held call"
@@ -548,14 +548,14 @@ async def _baresip_hold(kamailio: Kamailio, tmp_path: Path) -> None:
         endpoint = bridge.media.endpoint  # type: ignore[attr-defined]  # the agent's _MediaLeg
         assert await wait_until(lambda: bridge.media.played_ms >= 1000, 15), "the greeting did not start"
         assert (await phone.command("hold"))["ok"]
-        assert await wait_until(lambda: bridge.held, 5), "the agent never learned of the hold"
+        assert await wait_until(lambda: bridge.on_hold, 5), "the agent never learned of the hold"
         await asyncio.sleep(0.1)
         sent, played = endpoint.packets_sent, bridge.media.played_ms
         await asyncio.sleep(2.0)
         assert endpoint.packets_sent == sent and bridge.media.played_ms == played, "RTP into the held call"
         assert bridge.state == "held"
         assert (await phone.command("resume"))["ok"]
-        assert await wait_until(lambda: not bridge.held and endpoint.packets_sent > sent, 5)
+        assert await wait_until(lambda: not bridge.on_hold and endpoint.packets_sent > sent, 5)
         assert await wait_until(lambda: said[:1] == [("agent", GREETING)], 30), said
         assert await wait_until(lambda: bridge.media.buffered_ms == 0, 30)
         await phone.set_source(question)

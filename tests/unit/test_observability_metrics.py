@@ -119,3 +119,15 @@ def test_barge_in_pauses_by_outcome() -> None:
     assert value(m, "sipagent_barge_in_false_pause_seconds_count") == 1
     assert value(m, "sipagent_barge_in_false_pause_seconds_bucket", le="0.3") == 0
     assert value(m, "sipagent_barge_in_false_pause_seconds_bucket", le="0.5") == 1
+
+
+def test_limit_outcomes_and_recording_errors() -> None:
+    m = Metrics()
+    assert value(m, "sipagent_calls_total", outcome="time-limit") == 0  # pre-created
+    assert value(m, "sipagent_recording_errors_total", kind="transcript") == 0
+    m.call_started()
+    m.call_ended("media-timeout", 31.0)
+    m.recording_error("audio")
+    assert value(m, "sipagent_calls_total", outcome="media-timeout") == 1
+    assert value(m, "sipagent_calls_total", outcome="error") == 0
+    assert value(m, "sipagent_recording_errors_total", kind="audio") == 1

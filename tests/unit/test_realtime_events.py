@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -212,3 +213,22 @@ def test_websocket_debug_log_redacts_the_key(caplog: pytest.LogCaptureFixture) -
 def test_nesting_deeper_than_the_stack_is_not_an_event() -> None:
     with pytest.raises(ev.RealtimeEventError, match="nested too deeply"):
         ev.parse("[" * 100_000 + "]" * 100_000)
+
+
+def test_azure_api_version_reaches_the_preview_endpoint() -> None:
+    beta = endpoint_for("azure", url="https://res.openai.azure.com", model="d", api_key="k", dialect="beta",
+                        api_version="2024-10-01-preview")
+    assert beta.url == "wss://res.openai.azure.com/openai/realtime?api-version=2024-10-01-preview&deployment=d"
+    # The GA v1 API has no dated version.
+    ga = endpoint_for("azure", url="https://res.openai.azure.com", model="d", api_key="k", api_version="2024-10-01")
+    assert ga.url == "wss://res.openai.azure.com/openai/v1/realtime?model=d"
+
+
+def test_the_configured_azure_api_version_is_the_one_used() -> None:
+    from sipagent.agent import realtime_endpoint
+    from sipagent.config import load_config_text
+
+    config = load_config_text("realtime:\n  provider: azure\n  url: https://res.openai.azure.com\n  model: d\n"
+                              "  api_key: k\n  dialect: beta\n  api_version: 2024-12-17-preview\n", "x.yaml", {})
+    server, endpoint = asyncio.run(realtime_endpoint(config))
+    assert server is None and "api-version=2024-12-17-preview&" in endpoint.url, endpoint.url

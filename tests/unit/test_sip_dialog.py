@@ -6,7 +6,7 @@ import pytest
 
 from sipagent.errors import SipParseError
 from sipagent.sip.dialog import Dialog
-from sipagent.sip.message import SipRequest, parse_message
+from sipagent.sip.message import SipRequest, build_response, parse_message
 
 INVITE = (
     "INVITE sip:1001@192.0.2.1:5070 SIP/2.0\r\n"
@@ -91,3 +91,20 @@ def test_matches_and_bad_invites() -> None:
         Dialog.from_invite(req(INVITE.replace("Contact: <sip:2000@192.0.2.9:5060>\r\n", "")), "<sip:me@h>")
     with pytest.raises(SipParseError):
         Dialog.from_invite(req(INVITE.replace(";tag=f1", "")), "<sip:me@h>")
+
+
+def test_our_reinvite_its_2xx_moves_the_target_and_the_ack_reuses_its_cseq() -> None:
+    dialog = Dialog.from_invite(req(INVITE), "<sip:1001@192.0.2.1:5070>", local_tag="mine")
+    reinvite = dialog.create_request("INVITE", "192.0.2.1:5070", body=b"v=0\r\n", content_type="application/sdp")
+    ok = build_response(req(reinvite.to_bytes().decode()), 200, to_tag="f1")
+    ok.headers.add("Contact", "<sip:2000@192.0.2.77:5090>")
+    dialog.target_refreshed(ok)
+    assert str(dialog.remote_target) == "sip:2000@192.0.2.77:5090"
+    ack = req(dialog.create_ack(reinvite, "192.0.2.1:5070").to_bytes().decode())
+    assert ack.method == "ACK" and ack.cseq.seq == reinvite.cseq.seq == 1 and ack.branch != reinvite.branch
+    assert ack.headers.get_all("Route") == dialog.route_set and ack.to_addr.tag == "f1"
+    assert dialog.create_request("BYE", "192.0.2.1:5070").cseq.seq == 2  # the ACK took no number
+    refused = build_response(req(reinvite.to_bytes().decode()), 491, to_tag="f1")
+    refused.headers.add("Contact", "<sip:elsewhere@192.0.2.99>")
+    dialog.target_refreshed(refused)
+    assert str(dialog.remote_target) == "sip:2000@192.0.2.77:5090"
