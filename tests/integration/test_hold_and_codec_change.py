@@ -190,9 +190,10 @@ async def _hold_and_resume(tmp_path: Path) -> None:
     greeting_pcm = await asyncio.to_thread(tts().synthesize, GREETING)
     music = await asyncio.to_thread(tts().synthesize, ON_HOLD)
     question = await asyncio.to_thread(tts().synthesize, QUESTION)
-    idle_s = 3
+    idle_s, rtp_timeout_s = 3, 5
     async with phone_rig(tmp_path, agent={"greeting": GREETING, "idle_timeout_s": idle_s,
-                                          "barge_in": {"protect_greeting_ms": 0}}) as rig:
+                                          "barge_in": {"protect_greeting_ms": 0}},
+                         media={"rtp_timeout_s": rtp_timeout_s}) as rig:
         caller = caller_of(rig)
         await rig.wait_for(lambda: len(loud_times(caller)) >= 50, 15, "1 s of the greeting")
         spy = AppendSpy(rig.bridge)
@@ -218,11 +219,13 @@ async def _hold_and_resume(tmp_path: Path) -> None:
         assert rig.bridge.media.played_ms == rig.bridge.conversation.queued_ms
         heard = loud_frames(bytes(caller.heard.pcm))
         assert abs(heard - loud_frames(greeting_pcm)) <= 0.1 * loud_frames(greeting_pcm), heard
-        # 2. Now the agent is quiet; the phone holds (a=inactive) longer than the idle timeout.
+        # 2. Now the agent is quiet; the phone holds (a=inactive: no media either way) for longer than the
+        # idle timeout and the media timeout: a held caller is neither silent nor gone.
         await caller.reinvite(direction="inactive")
         assert "\r\na=inactive\r\n" in caller.answers[-1]
-        await asyncio.sleep(idle_s + 1.5)
+        await asyncio.sleep(max(idle_s, rtp_timeout_s) + 1.5)
         assert not [e for e in rig.entries("event") if e["event"].startswith("idle")], rig.summary()
+        assert not caller.ended.is_set() and not rig.outcomes, rig.summary()
         await caller.reinvite(direction="sendrecv")
         # 3. After the hold both ways work: the caller is understood and hears the answer.
         asked = time.monotonic()
