@@ -104,9 +104,9 @@ class _CallMedia:
             if bridge is not None:
                 bridge.change_codec(media.codec)
         remote = (media.remote_host, media.remote_port)
-        if media.may_send and self.remote is not None and remote != self.remote:
-            log.info("media moves from %s:%s to %s:%s", *self.remote, *remote)
-        if media.may_send:
+        if media.may_send:  # a hold's address (0.0.0.0, or the same one) is not a move
+            if self.remote is not None and remote != self.remote:
+                log.info("media moves from %s:%s to %s:%s", *self.remote, *remote)
             self.remote = remote
         endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type, media.dtmf_payload_type,
                             send=media.may_send)
