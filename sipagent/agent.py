@@ -23,7 +23,7 @@ from sipagent.bridge.transcript import directory_problem
 from sipagent.config import Config, load_config
 from sipagent.errors import ConfigError, RealtimeError, SdpError
 from sipagent.media.clock import MediaClock
-from sipagent.media.kernel import CODEC_SILENCE
+from sipagent.media.kernel import CODEC_SILENCE, transcode
 from sipagent.media.playout import PlayoutQueue
 from sipagent.observability.health import HealthState, LoopStallDetector, start_health_server
 from sipagent.observability.logs import configure_logging, install_trace_toggle, set_call_id
@@ -34,8 +34,8 @@ from sipagent.realtime.local.brain import LocalBrainConfig
 from sipagent.realtime.local.server import LocalRealtimeServer
 from sipagent.realtime.providers import Endpoint, endpoint_for
 from sipagent.rtp.endpoint import RtpEndpoint
-from sipagent.rtp.jitter import JitterBuffer
 from sipagent.rtp.ports import PortAllocator
+from sipagent.sdp import NegotiatedMedia
 from sipagent.sip.admission import BudgetLimits
 from sipagent.sip.transport import TransportLimits
 from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
@@ -80,6 +80,43 @@ class _MediaLeg:
     @property
     def packets_received(self) -> int:
         return self.endpoint.rx_stats.packets
+
+
+class _CallMedia:
+    """One call's media chain, set up for its negotiated media by ``apply``: once at the answer, and again
+    by each re-INVITE that changes it (hold and resume, another codec, another address). The endpoint's
+    payload type, frame, silence, jitter buffer, playout queue and sending, and the bridge's decoders,
+    encoder and echo reference all follow from the one ``NegotiatedMedia``."""
+
+    def __init__(self, endpoint: RtpEndpoint) -> None:
+        self.endpoint = endpoint
+        self.bridge: CallBridge | None = None  # there is none yet at the answer
+        self.codec = ""  # none yet: the endpoint's frame until the answer is a placeholder
+        self.remote: tuple[str, int] | None = None
+
+    def apply(self, media: NegotiatedMedia) -> None:
+        endpoint, bridge = self.endpoint, self.bridge
+        if media.codec != self.codec:
+            previous, self.codec = self.codec, media.codec
+            # Audio still queued for the caller was encoded in the old codec: it goes on, re-encoded.
+            endpoint.set_codec(CODEC_SILENCE[media.codec],
+                               (lambda data: transcode(data, previous, media.codec)) if previous else None)
+            if bridge is not None:
+                bridge.change_codec(media.codec)
+        remote = (media.remote_host, media.remote_port)
+        if media.may_send:  # a hold's address (0.0.0.0, or the same one) is not a move
+            if self.remote is not None and remote != self.remote:
+                log.info("media moves from %s:%s to %s:%s", *self.remote, *remote)
+            self.remote = remote
+        endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type, media.dtmf_payload_type,
+                            send=media.may_send)
+        if bridge is not None:
+            bridge.set_hold(media.on_hold, media.direction)
+
+    def attach(self, bridge: CallBridge, media: NegotiatedMedia) -> None:
+        """The bridge for the answered call: it was built for ``media``'s codec; it learns of a hold."""
+        self.bridge = bridge
+        bridge.set_hold(media.on_hold, media.direction)
 
 
 class Agent:
@@ -204,7 +241,6 @@ class Agent:
             return
         self.stats.calls_total += 1
         bridge_ref: list[CallBridge] = []
-        codec_holder: dict[str, str] = {}
 
         def on_frame(payload: bytes) -> None:
             if bridge_ref:
@@ -214,13 +250,17 @@ class Agent:
             if bridge_ref:
                 bridge_ref[0].on_dtmf(digit, duration_ms)
 
-        # The offered codecs are not known yet; every codec we carry has 160-byte frames.
+        # The answer needs the port before the codec is settled: the endpoint starts framed for PCMU, a
+        # placeholder until the chain sets it up for the negotiated codec.
+        placeholder = CODEC_SILENCE["PCMU"]
         endpoint = RtpEndpoint(self.clock, self.ports, bind_host=self.config.sip.listen_address.host,
-                               jitter_ms=self.config.media.jitter_ms, silence=CODEC_SILENCE["PCMU"],
+                               jitter_ms=self.config.media.jitter_ms, silence=placeholder,
                                on_frame=on_frame, on_dtmf=on_dtmf, cname=f"sipagent-{call.call_id[:8]}",
                                eager=True,  # the model is not an ear: no playout delay on the way up
-                               symmetric=self.config.media.symmetric_rtp)
+                               symmetric=self.config.media.symmetric_rtp,
+                               playout=self.playout_class(len(placeholder), placeholder))
         self._endpoints.add(endpoint)
+        chain = _CallMedia(endpoint)
         try:
             rtp_host = call.local_host  # the UA's one decision for Via, Contact and SDP
             try:
@@ -233,21 +273,12 @@ class Agent:
                 self._count("cancelled")
                 return
             codec = media.codec
-            codec_holder["codec"] = codec
-            silence = CODEC_SILENCE[codec]
-            # Now that the codec is known, conceal loss and fill gaps with that codec's own silence.
-            endpoint.playout = self.playout_class(len(silence), silence)
-            endpoint.jitter = JitterBuffer.from_ms(silence, self.config.media.jitter_ms)
-            endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type, media.dtmf_payload_type)
-
-            def on_media_change(new_media: Any) -> None:
-                endpoint.set_remote(new_media.remote_host, new_media.remote_port, new_media.payload_type,
-                                    new_media.dtmf_payload_type)
-
-            call.on_media_change = on_media_change
+            chain.apply(media)
+            call.on_media_change = chain.apply
             call.on_dtmf = on_dtmf
             bridge = CallBridge(call, _MediaLeg(endpoint, codec), self._connect, self._bridge_settings(),
                                 on_transcript=self._transcript_callback(call.call_id))
+            chain.attach(bridge, media)
             bridge_ref.append(bridge)
             # From now on the per-frame callbacks go straight to the bridge (one Python call less each); the
             # bridge hears of every frame put on the wire from here on (before it, there was no bridge to tell).

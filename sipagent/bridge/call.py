@@ -5,7 +5,8 @@ clock, the native transcoders, a Realtime connection) and owns only the policy b
 tools, DTMF, idle prompts, transcripts and recordings, recovery when the WebSocket drops.
 
 States (logged on every change): answering → connecting → live ⇄ (agent speaking) → transferring /
-ending → ended. "Agent speaking" is not stored: it is whether the playout queue holds audio.
+ending → ended, and live ⇄ held while the far end holds the call (a re-INVITE: ``set_hold``). "Agent
+speaking" is not stored: it is whether the playout queue holds audio.
 
 Every call ends by itself: the caller or the agent hangs up, or a limit ends it — agent.max_call_s (the
 agent says max_call_message first), media.rtp_timeout_s without media (not on hold), agent.idle_timeout_s of
@@ -169,17 +170,11 @@ class CallBridge:
         self.vad = EchoAwareVad(VadSettings(threshold_db=self.agent.barge_in.threshold_db,
                                             min_speech_ms=self.agent.barge_in.min_speech_ms))
         self._passthrough = _passthrough_codec(settings.audio_format)
-        # Each caller frame goes to the model as an append of its 24 kHz PCM (pcm16) or of the payload
-        # itself (G.711 of the call's own codec): then the kernel writes the append's JSON text as it
-        # decodes the frame. G.711 from a call in another codec is re-encoded here (_up_encode).
-        self._kernel_text = self._passthrough is None or self._passthrough == media.codec
-        self.decoder = FrameDecoder(media.codec, ("payload" if self._passthrough else "pcm") if self._kernel_text
-                                    else None, ev.AUDIO_APPEND_HEAD.encode(), ev.AUDIO_APPEND_TAIL.encode())
-        self._silence_texts: dict[int, bytes] = {}  # payload length -> the append of an echo-only frame
-        self.encoder = Encoder24k(media.codec)
-        self._agent_decoder = FrameDecoder(media.codec)  # what was sent, back to 24 kHz (echo ref, recording)
         # G.711 to the model from a call in another codec: our 24 kHz audio, down to 8 kHz and encoded.
         self._to_8k = Resampler(24000, 8000) if self._passthrough else None
+        self._use_codec(media.codec)
+        self._held = False
+        self._held_since = 0.0
         self._down_decode = _wire_decoder(settings.audio_format)
         self._base64 = Base64Decoder()  # the deltas' base64 in C: ~2.6 us instead of ~7.9 per 40 ms
         self.state = "answering"
@@ -212,13 +207,78 @@ class CallBridge:
         self._turn_ended_at: float | None = None
         self.reconnects = 0
 
+    def _use_codec(self, codec: str) -> None:
+        """Everything of the bridge that depends on the call's codec, with fresh codec state (as the far end
+        has after a change): at the answer, and again when a re-INVITE changes the codec."""
+        self.codec = codec
+        # Each caller frame goes to the model as an append of its 24 kHz PCM (pcm16) or of the payload
+        # itself (G.711 of the call's own codec): then the kernel writes the append's JSON text as it
+        # decodes the frame. G.711 from a call in another codec is re-encoded here (_up_encode).
+        self._kernel_text = self._passthrough is None or self._passthrough == codec
+        self.decoder = FrameDecoder(codec, ("payload" if self._passthrough else "pcm") if self._kernel_text
+                                    else None, ev.AUDIO_APPEND_HEAD.encode(), ev.AUDIO_APPEND_TAIL.encode())
+        self._silence_texts: dict[int, bytes] = {}  # payload length -> the append of an echo-only frame
+        self.encoder = Encoder24k(codec)
+        # What was sent, back to 24 kHz: the echo reference barge-in compares the caller with, and the
+        # recording's agent side. Decoding the new codec's frames with the old decoder would give noise.
+        self._agent_decoder = FrameDecoder(codec)
+
+    # ---------------------------------------------------------------- re-INVITEs
+
+    def change_codec(self, codec: str) -> None:
+        """A re-INVITE moved the call to ``codec`` (the endpoint has already moved its playout queue to it):
+        the caller's frames are decoded, the agent's audio encoded and the echo reference taken in it."""
+        if codec == self.codec:
+            return
+        previous = self.codec
+        self._use_codec(codec)
+        self.media.codec = codec
+        self.log.info("codec %s -> %s", previous, codec)
+        self._record("event", event="codec-change", codec=codec, previous=previous)
+
+    @property
+    def on_hold(self) -> bool:
+        """The far end holds the call (its re-INVITE said sendonly, inactive or c=0.0.0.0): a held leg may
+        send no media, and the caller is not idle."""
+        return self._held
+
+    def set_hold(self, held: bool, direction: str = "") -> None:
+        """The far end put the call on hold (``direction``: ours in the answer) or took it off.
+
+        The endpoint sends nothing while held. Here: nothing from the line reaches the model (what comes is
+        the PBX's music, not the caller: the model would talk over it or answer it) or the barge-in policy;
+        the idle timer stands still (state "held"); the agent's audio waits in the playout queue, and a
+        response the model is still streaming goes on into it. Nothing is cancelled: after the hold the
+        caller hears the rest word for word, where cancelling and asking again would say it differently,
+        spend the tokens twice and lose the truncation point. The voice detector starts afresh on resume,
+        since what it measured on hold was music."""
+        if held == self._held:
+            return
+        now = time.monotonic()
+        self._held = held
+        queued_ms = self.media.buffered_ms
+        if held:
+            self._held_since = now
+            self.log.info("held by the far end (%s); %d ms of agent audio waits", direction, queued_ms)
+            self._record("event", event="hold", direction=direction, queued_ms=queued_ms)
+            if self.state == "live":
+                self._set_state("held")
+        else:
+            held_ms = round((now - self._held_since) * 1000)
+            self.vad = EchoAwareVad(self.vad.settings)
+            self._last_activity = now
+            self.log.info("resumed after %d ms on hold; %d ms of agent audio to play", held_ms, queued_ms)
+            self._record("event", event="resume", held_ms=held_ms, queued_ms=queued_ms)
+            if self.state == "held":
+                self._set_state("live")
+
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> CallOutcome:
         """Runs the call until either side or a limit ends it. Never raises: whatever fails, the call ends
         and its outcome is returned (``error`` for a fault of our own), so that it is counted."""
         self._record("call", event="start", call_id=self.call.call_id, caller=self.call.from_uri,
-                     codec=self.media.codec)
+                     codec=self.codec)
         try:
             self._set_state("connecting")
             if not await self._open_session(first=True):
@@ -294,6 +354,8 @@ class CallBridge:
         return task
 
     def _set_state(self, state: str) -> None:
+        if state == "live" and self._held:
+            state = "held"  # a hold outlasts what would make the call live again (a tool, a failed transfer)
         if state != self.state:
             self.log.info("state %s -> %s", self.state, state)
             self.state = state
@@ -312,12 +374,6 @@ class CallBridge:
                 self.metrics.recording_error(kind)
 
         return failed
-
-    @property
-    def on_hold(self) -> bool:
-        """Whether the far end holds the call (a held leg may send no media, and the caller is not idle). The
-        hold work of issue 15 answers this from the bridge's held state; until then no call is held."""
-        return False
 
     async def end_politely(self, timeout: float = 10.0) -> None:
         """Shutdown: the agent says goodbye, then hangs up (or is cut after ``timeout``)."""
@@ -649,7 +705,7 @@ class CallBridge:
             return ev.audio_append_json(self._up_encode(bytes(6 * n))).encode()
         text = self._silence_texts.get(n)
         if text is None:
-            silence = CODEC_SILENCE[self.media.codec] if self._passthrough else bytes(6 * n)
+            silence = CODEC_SILENCE[self.codec] if self._passthrough else bytes(6 * n)
             text = self._silence_texts[n] = ev.audio_append_json(silence).encode()
         return text
 
@@ -686,6 +742,8 @@ class CallBridge:
 
     def _caller_sound(self, speech: bool) -> None:
         """A caller frame with sound in it (or one while the agent is paused): the barge-in policy's turn."""
+        if self._held:
+            return  # music on hold: neither speech nor an interruption
         now = time.monotonic()
         if speech:
             self._last_activity = now

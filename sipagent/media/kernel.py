@@ -31,6 +31,7 @@ __all__ = [
     "base64_encode",
     "mean_square",
     "simd_level",
+    "transcode",
     "ulaw_decode",
     "ulaw_encode",
 ]
@@ -363,3 +364,17 @@ CODEC_SILENCE: Final[dict[str, bytes]] = {
     "PCMA": b"\xd5" * FRAME_PAYLOAD_BYTES,
     "G722": b"\xff" * FRAME_PAYLOAD_BYTES,
 }
+
+
+def transcode(payload: bytes, from_codec: str, to_codec: str) -> bytes:
+    """RTP payload bytes of one codec → the same audio in another, of the same length (every codec here
+    carries 8000 bytes a second): what a call's playout queue still holds when a re-INVITE changes its
+    codec. G.711 to G.711 goes sample for sample; to or from G.722 through 24 kHz, with fresh codec and
+    filter state (a few milliseconds of settling at the start of the stretch)."""
+    source, target = from_codec.upper(), to_codec.upper()
+    if source == target:
+        return payload
+    if "G722" not in (source, target):
+        pcm = ulaw_decode(payload) if source == "PCMU" else alaw_decode(payload)
+        return ulaw_encode(pcm) if target == "PCMU" else alaw_encode(pcm)
+    return Encoder24k(target).encode(Decoder24k(source).decode(payload))

@@ -9,9 +9,14 @@ completes it), then sent padded with silence so the tail of the utterance is not
 
 ``pause()`` holds the queue where it is (the clock gets silence, nothing is dropped) until ``resume()``:
 the first, reversible stage of barge-in, taken at the caller's speech onset before it is confirmed.
+
+``reframe()`` moves the queue to another codec mid-call (a re-INVITE): what is still queued is converted,
+``played_ms`` and a pause carry on.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 
 class PlayoutQueue:
@@ -68,6 +73,21 @@ class PlayoutQueue:
         self._held = 0
         self.paused = False
         return discarded
+
+    def reframe(self, silence: bytes, convert: Callable[[bytes], bytes] | None = None) -> None:
+        """Frames of ``len(silence)`` bytes and this silence from the next pop on; what is still queued goes
+        through ``convert`` (the old codec's bytes to the new one's; None: kept as it is), so nothing the
+        agent had still to say is lost. ``played_ms`` counts on in milliseconds, and a pause stays."""
+        if not silence:
+            raise ValueError("silence must be one whole frame")
+        played_ms = self.played_ms
+        if len(silence) != self.frame_bytes:
+            self.frame_bytes = len(silence)
+            self._played_bytes = played_ms * self.frame_bytes // 20
+        self.silence = bytes(silence)
+        if self._buf and convert is not None:
+            self._buf = bytearray(convert(bytes(self._buf)))
+        self._held = 0
 
     def reset_played(self) -> None:
         self._played_bytes = 0

@@ -6,7 +6,12 @@ with ``loop.add_reader`` and written with ``sendto``: one system call per packet
 Every 20 ms the shared ``MediaClock`` calls ``on_tick``, which (1) pulls one frame from the jitter
 buffer for ``on_frame``, (2) sends one packet: a DTMF event packet when a digit is being sent, otherwise
 the next frame of ``playout`` (or silence), and (3) every ~5 s sends an RTCP SR (or RR while we have not
-sent anything) to the peer.
+sent anything) to the peer. While the peer holds the call (``set_remote(..., send=False)``) step 2 is
+skipped: no RTP leaves, the playout queue keeps everything, the timestamp keeps time.
+
+The endpoint knows payload types, not codecs: ``set_codec`` gives it a codec's 20 ms frame and silence
+(for the jitter buffer's concealment and the playout queue), at the answer and again when a re-INVITE
+changes the codec.
 
 Where media comes from and goes to is decided by ``SourceLatch`` (``latch.py``): the SDP's address, or
 with symmetric RTP (NAT) another address that sends a valid run of packets once the current source has
@@ -87,10 +92,12 @@ class RtpEndpoint:
         eager: bool = False,
         rtcp_interval: float = 5.0,
         symmetric: bool = True,
+        playout: PlayoutQueue | None = None,
     ) -> None:
         """Bind a port pair from ``ports`` and start ticking on ``clock``; needs a running event loop.
         ``symmetric``: follow a peer whose media comes from another address than its SDP says (NAT), under
-        the rules of ``SourceLatch``; without it, media is taken from the signalled address only."""
+        the rules of ``SourceLatch``; without it, media is taken from the signalled address only.
+        ``playout``: the queue to send from (a subclass that observes it, say), framed like ``silence``."""
         self._loop = asyncio.get_running_loop()
         self.clock = clock
         self.frame_bytes = len(silence)
@@ -98,7 +105,7 @@ class RtpEndpoint:
         self.on_dtmf = on_dtmf
         self.on_sent = on_sent  # told about each frame of ``playout`` put on the wire: (payload, is_audio)
         self.cname = cname
-        self.playout = PlayoutQueue(frame_bytes=self.frame_bytes, silence=silence)
+        self.playout = playout if playout is not None else PlayoutQueue(frame_bytes=self.frame_bytes, silence=silence)
         self.jitter = JitterBuffer.from_ms(silence, jitter_ms)
         # eager: frames go to on_frame as they arrive in order (for a consumer that is not an ear, such as
         # the Realtime API); the clock conceals only frames overdue by the jitter depth. Otherwise one
@@ -115,6 +122,7 @@ class RtpEndpoint:
         self._ts = secrets.randbits(32)
         self._event_ts = 0
         self._was_audio = False
+        self._mark_at = 0  # packets_sent when the next packet goes out with the marker bit whatever it holds
         self._ticked = False
         self._now = 0  # ticks of the clock so far: the latch's time
         self.packets_sent = 0
@@ -123,6 +131,8 @@ class RtpEndpoint:
         # Remote side.
         self.payload_type: int | None = None
         self.dtmf_payload_type: int | None = None
+        self._send_payload_type: int | None = None  # payload_type, or None while the peer holds the call
+        self._unspecified = False  # c=0.0.0.0: the peer wants nothing from us, not even RTCP (RFC 3264 8.4)
         self._latch = SourceLatch(symmetric=symmetric)
         self._foreign_logged = False
         self._rtcp_dest: Address | None = None
@@ -149,29 +159,58 @@ class RtpEndpoint:
     # ----------------------------------------------------------------- control
 
     def set_remote(
-        self, host: str, port: int, payload_type: int, dtmf_payload_type: int | None = None
+        self, host: str, port: int, payload_type: int, dtmf_payload_type: int | None = None, *, send: bool = True
     ) -> None:
         """Where to send and what to accept; called again on a re-INVITE. A new address starts the latch over
-        (the same one again keeps a NAT latch). An unspecified address (c=0.0.0.0, hold) gets nothing:
-        Linux would deliver it to this host."""
+        (the same one again keeps a NAT latch).
+
+        ``send=False``: the peer holds the call (our direction recvonly or inactive), so no RTP goes to it
+        from the next tick until a ``send=True``; the playout queue keeps what it holds, the timestamp
+        keeps time, RTCP goes on (RFC 3264 8.4). An unspecified address (c=0.0.0.0, older phones' hold)
+        is the same and never gets a packet (Linux would deliver it to this host); media is still taken
+        from where it came (a PBX plays its music on hold from there), or from nowhere on a first SDP."""
         family = self._sock.family
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             address = ipaddress.ip_address(socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0][4][0])
-        signalled: Address | None = None
         if not address.is_unspecified:
             ip = str(address)
             if address.version == 4 and family == socket.AF_INET6:
                 ip = f"::ffff:{ip}"  # as a dual-stack socket sends to IPv4 and sees it: a mapped address
-            signalled = (ip, port)
-        if self._latch.set_signalled(signalled, self._now):
-            self._foreign_logged = False
-            self._rtcp_dest = None if signalled is None else (signalled[0], port + 1)
-            self._rtcp_latched = self._rtcp_mux = False
+            self._set_signalled((ip, port))
+        elif self._latch.signalled is None:
+            self._set_signalled(None)
         self.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
-        log.debug("rtp %s: remote %s pt %s dtmf %s", self.local_port, signalled, payload_type, dtmf_payload_type)
+        self._unspecified = address.is_unspecified
+        sending = send and not self._unspecified
+        if not sending:
+            # Whatever comes first after the hold, and the first audio, start a talkspurt: the marker bit
+            # tells the peer's jitter buffer that the timestamp jump is a pause, not loss.
+            self._mark_at = self.packets_sent
+            self._was_audio = False
+        self._send_payload_type = payload_type if sending else None
+        log.debug("rtp %s: remote %s pt %s dtmf %s%s", self.local_port, self._latch.signalled, payload_type,
+                  dtmf_payload_type, "" if sending else " (held: not sending)")
+
+    def _set_signalled(self, signalled: Address | None) -> None:
+        if self._latch.set_signalled(signalled, self._now):
+            self._foreign_logged = False
+            self._rtcp_dest = None if signalled is None else (signalled[0], signalled[1] + 1)
+            self._rtcp_latched = self._rtcp_mux = False
+
+    def set_codec(self, silence: bytes, convert: Callable[[bytes], bytes] | None = None) -> None:
+        """The call's codec, as a 20 ms frame of its silence; at the answer and on each re-INVITE that
+        changes it (the payload type comes with ``set_remote``). The jitter buffer starts over: what it
+        holds is in the old codec, and concealing with it would play that through the new decoder. The
+        playout queue keeps its audio, turned into the new codec by ``convert``, and its ``played_ms``."""
+        jitter = self.jitter
+        self.frame_bytes = len(silence)
+        self.jitter = JitterBuffer(silence, depth_frames=jitter.depth)
+        self.jitter.stats = jitter.stats  # the call's counts, not the codec's
+        self._overdue_ticks = 0
+        self.playout.reframe(silence, convert)
 
     def send_dtmf(self, digit: str, duration_ms: int = 100) -> None:
         """Queue a digit as RFC 4733 events, sent on the clock's ticks in place of audio."""
@@ -361,36 +400,37 @@ class RtpEndpoint:
             self._ts = (self._ts + SAMPLES_PER_TICK * elapsed) & 0xFFFFFFFF
         self._ticked = True
         dest = self._latch.source
-        payload_type = self.payload_type
-        if dest is None or payload_type is None:
+        if dest is None:
             return
-        event = self._dtmf_tx.next_packet() if self.dtmf_payload_type is not None else None
-        if event is not None:
-            if event.first_of_event:
-                self._event_ts = self._ts
-            assert self.dtmf_payload_type is not None
-            payload = event.payload
-            b1 = (0x80 if event.marker else 0) | self.dtmf_payload_type
-            timestamp = self._event_ts
-            self._was_audio = False  # the audio after an event starts a new talkspurt
-        else:
-            payload, is_audio = self.playout.pop_frame()
-            if self.on_sent is not None:
-                self.on_sent(payload, is_audio)
-            marker = (is_audio and not self._was_audio) or self.packets_sent == 0
-            self._was_audio = is_audio
-            b1 = (0x80 if marker else 0) | payload_type
-            timestamp = self._ts
-        # The 12-byte header (build_header, inlined: this runs for every packet of every call).
-        seq = self._seq
-        self._seq = (seq + 1) & 0xFFFF
-        try:
-            self._sock.sendto(_pack_header(0x80, b1, seq, timestamp, self.ssrc) + payload, dest)
-        except OSError:  # buffer full, or ICMP unreachable from an earlier packet: drop, never block
-            self.send_errors += 1
-        else:
-            self.packets_sent += 1
-            self.octets_sent += len(payload)
+        payload_type = self._send_payload_type
+        if payload_type is not None:  # None while the peer holds the call: no RTP, only RTCP below
+            event = self._dtmf_tx.next_packet() if self.dtmf_payload_type is not None else None
+            if event is not None:
+                if event.first_of_event:
+                    self._event_ts = self._ts
+                assert self.dtmf_payload_type is not None
+                payload = event.payload
+                b1 = (0x80 if event.marker else 0) | self.dtmf_payload_type
+                timestamp = self._event_ts
+                self._was_audio = False  # the audio after an event starts a new talkspurt
+            else:
+                payload, is_audio = self.playout.pop_frame()
+                if self.on_sent is not None:
+                    self.on_sent(payload, is_audio)
+                marker = (is_audio and not self._was_audio) or self.packets_sent == self._mark_at
+                self._was_audio = is_audio
+                b1 = (0x80 if marker else 0) | payload_type
+                timestamp = self._ts
+            # The 12-byte header (build_header, inlined: this runs for every packet of every call).
+            seq = self._seq
+            self._seq = (seq + 1) & 0xFFFF
+            try:
+                self._sock.sendto(_pack_header(0x80, b1, seq, timestamp, self.ssrc) + payload, dest)
+            except OSError:  # buffer full, or ICMP unreachable from an earlier packet: drop, never block
+                self.send_errors += 1
+            else:
+                self.packets_sent += 1
+                self.octets_sent += len(payload)
         self._rtcp_countdown -= elapsed
         if self._rtcp_countdown <= 0:
             self._rtcp_countdown = self._rtcp_ticks
@@ -414,7 +454,7 @@ class RtpEndpoint:
 
     def _send_rtcp(self) -> None:
         dest = self._rtcp_dest
-        if dest is None:
+        if dest is None or self._unspecified:
             return
         blocks: list[ReportBlock] = []
         rs = self.rx_stats

@@ -35,11 +35,13 @@ class NegotiatedMedia:
 
     @property
     def on_hold(self) -> bool:
-        return self.direction in ("recvonly", "inactive")
+        """The far end takes no audio from us: recvonly or inactive, or nowhere to send it (c=0.0.0.0,
+        RFC 2543 hold, whatever direction came with it)."""
+        return not self.may_send
 
     @property
     def may_send(self) -> bool:
-        return self.direction in ("sendrecv", "sendonly")
+        return self.direction in ("sendrecv", "sendonly") and not is_unspecified(self.remote_host)
 
 
 class LocalSession:
@@ -86,11 +88,20 @@ def is_hold(offer: SessionDescription) -> bool:
     return _offer_direction(offer, audio[0]) in ("sendonly", "inactive")
 
 
-def _offer_direction(offer: SessionDescription, media: MediaDescription) -> str:
-    direction = media.direction or offer.direction or "sendrecv"
-    host = media.connection_address or offer.connection_address
-    if host in ("0.0.0.0", "::") and direction in ("sendrecv", "recvonly"):
-        # RFC 2543-style hold: the offerer does not want to receive anything.
+def is_unspecified(host: str) -> bool:
+    """0.0.0.0 or :: in any spelling: RFC 2543's way of saying "send me nothing" (older phones' hold)."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _offer_direction(sdp: SessionDescription, media: MediaDescription) -> str:
+    """The direction the far end wrote (offer or answer), with c=0.0.0.0 read as its not receiving."""
+    direction = media.direction or sdp.direction or "sendrecv"
+    host = media.connection_address or sdp.connection_address
+    if host and is_unspecified(host) and direction in ("sendrecv", "recvonly"):
+        # RFC 2543-style hold: the far end does not want to receive anything.
         direction = "sendonly" if direction == "sendrecv" else "inactive"
     return direction
 
@@ -248,7 +259,7 @@ def accept_answer(answer: SessionDescription) -> NegotiatedMedia:
         if found is None:
             break
         host = _ip_address(media.connection_address or answer.connection_address, "answer")
-        their = media.direction or answer.direction or "sendrecv"
+        their = _offer_direction(answer, media)
         return NegotiatedMedia(
             codec=found[0], payload_type=found[1], clock_rate=CODECS[found[0]][1],
             dtmf_payload_type=_dtmf(table), remote_host=host, remote_port=media.port,

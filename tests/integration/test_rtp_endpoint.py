@@ -472,3 +472,173 @@ def test_dual_stack_socket_takes_an_ipv4_peer_at_its_signalled_address_at_once()
             peer.close()
 
     run(body)
+
+
+def _rtcp_socket(peer: Peer) -> socket.socket | None:
+    """A socket on the peer's RTP port + 1, where the endpoint sends its RTCP (None when that port is taken)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((HOST, peer.port + 1))
+    except OSError:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+async def _packets(peer: Peer, count: int) -> list[RtpPacket]:
+    """The next ``count`` or more packets the peer receives."""
+    got: list[RtpPacket] = []
+    await until(lambda: bool(got.extend(peer.received())) or len(got) >= count)
+    return got
+
+
+def _drain(sock: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            sock.recv(2048)
+        except BlockingIOError:
+            return count
+        count += 1
+
+
+def test_hold_sends_no_rtp_keeps_the_queue_and_resume_plays_on_from_there() -> None:
+    """a=sendonly from the PBX: not one packet leaves while held (its music must not meet our audio), the
+    queued speech waits, the music still comes in, RTCP goes on; sendrecv resumes exactly where it stopped."""
+
+    async def body(clock: MediaClock) -> None:
+        peer = Peer()
+        rtcp = _rtcp_socket(peer)
+        heard: list[bytes] = []
+        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, silence=SIL, eager=True, on_frame=heard.append,
+                         rtcp_interval=0.1)
+        packets: list[RtpPacket] = []
+        try:
+            ep.set_remote(HOST, peer.port, 0)
+            ep.playout.push(b"".join(bytes([i]) * 160 for i in range(1, 101)))  # 2 s of numbered frames
+            await until(lambda: bool(packets.extend(peer.received())) or len(packets) >= 10)
+            ep.set_remote(HOST, peer.port, 0, send=False)  # the re-INVITE's answer is recvonly
+            await asyncio.sleep(0.05)
+            packets.extend(peer.received())  # what left before the hold took effect
+            queued, sent = ep.playout.buffered_ms, ep.packets_sent
+            if rtcp is not None:
+                _drain(rtcp)
+            for _ in range(25):  # 0.5 s on hold, the PBX playing its music to us
+                peer.send(ep.local_port, b"\x7e" * 160)
+                await asyncio.sleep(0.02)
+            assert peer.received() == [] and ep.packets_sent == sent, "RTP left during hold"
+            assert ep.playout.buffered_ms == queued and queued > 0
+            assert heard.count(b"\x7e" * 160) >= 20 and ep.stats().foreign_packets == 0
+            if rtcp is not None:
+                assert _drain(rtcp) >= 2, "no RTCP during hold"
+            ep.set_remote(HOST, peer.port, 0)  # sendrecv again
+            await until(lambda: bool(packets.extend(peer.received())) or packets[-1].payload[0] == 100, 4)
+        finally:
+            ep.close()
+            peer.close()
+            if rtcp is not None:
+                rtcp.close()
+        audio = [p for p in packets if p.payload != SIL]
+        assert [p.payload[0] for p in audio] == list(range(1, 101)), "speech lost or replayed across the hold"
+        assert all(seq_diff(b.sequence, a.sequence) == 1 for a, b in itertools.pairwise(packets))
+        resumed = next(i for i, (a, b) in enumerate(itertools.pairwise(packets))
+                       if ts_diff(b.timestamp, a.timestamp) >= 25 * 160)
+        assert packets[resumed + 1].marker, "the first packet after the hold starts a talkspurt"
+
+    run(body)
+
+
+def test_hold_by_an_unspecified_address_keeps_taking_media_from_the_source() -> None:
+    """c=0.0.0.0 in a re-INVITE: nothing goes anywhere (RTP or RTCP), the PBX's music from the address it
+    always used is still taken (not foreign), and the real address again resumes."""
+
+    async def body(clock: MediaClock) -> None:
+        peer = Peer()
+        rtcp = _rtcp_socket(peer)
+        heard: list[bytes] = []
+        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, silence=SIL, eager=True, on_frame=heard.append,
+                         rtcp_interval=0.05)
+        try:
+            ep.set_remote(HOST, peer.port, 0)
+            await _packets(peer, 3)
+            ep.set_remote("0.0.0.0", peer.port, 0)
+            await asyncio.sleep(0.05)
+            peer.received()
+            if rtcp is not None:
+                _drain(rtcp)
+            ep.playout.push(b"\x01" * 160 * 10)
+            for _ in range(20):
+                peer.send(ep.local_port, b"\x7e" * 160)
+                await asyncio.sleep(0.02)
+            assert peer.received() == [] and ep.remote_address == (HOST, peer.port)
+            assert rtcp is None or _drain(rtcp) == 0
+            assert heard.count(b"\x7e" * 160) >= 15 and ep.stats().foreign_packets == 0
+            ep.set_remote(HOST, peer.port, 0)
+            await until(lambda: any(p.payload == b"\x01" * 160 for p in peer.received()))
+        finally:
+            ep.close()
+            peer.close()
+            if rtcp is not None:
+                rtcp.close()
+
+    run(body)
+
+
+def test_a_codec_change_restarts_the_jitter_buffer_and_moves_the_queue_to_the_new_codec() -> None:
+    """PCMU → PCMA by re-INVITE: the new payload type both ways, the old one's stragglers dropped, nothing of
+    the old codec concealed through the new decoder, the queued audio converted and played on."""
+    pcma_silence = b"\xd5" * 160
+
+    async def main() -> None:
+        async with eager_endpoint(jitter_ms=40) as (_, peer, ep, got):
+            peer.send(ep.local_port, b"\x01" * 160)
+            await until(lambda: len(got) == 1)
+            ep.playout.push(b"\x11" * 160 * 2)
+            ep.on_tick(1)  # one PCMU frame of the queue goes out
+            stats_before = ep.stats()
+            ep.set_codec(pcma_silence, lambda data: bytes(b ^ 0x55 for b in data))
+            ep.set_remote(HOST, peer.port, 8)
+            peer.send(ep.local_port, b"\x02" * 160)  # PCMU still in flight: dropped
+            peer.send(ep.local_port, b"\x03" * 160, pt=8)
+            await until(lambda: len(got) == 2)
+            for _ in range(4):  # the sender pauses: concealment repeats the PCMA frame, then PCMA silence
+                ep.on_tick(1)
+            assert got[1] == b"\x03" * 160 and got[2:] == [b"\x03" * 160, pcma_silence]
+            assert ep.stats().packets_received == stats_before.packets_received + 1
+            sent = peer.received()
+        assert [(p.payload_type, p.payload[0]) for p in sent] == [(0, 0x11), (8, 0x11 ^ 0x55)] + [(8, 0xD5)] * 3
+        assert ep.playout.played_ms == 40
+
+    asyncio.run(main())
+
+
+def test_an_address_change_moves_media_at_once() -> None:
+    """A re-INVITE to another address and port (the PBX moves the media, a transfer): our RTP goes there from
+    the next tick, its packets are taken at once, the old address gets nothing more."""
+
+    async def body(clock: MediaClock) -> None:
+        old, new = Peer(), Peer()
+        heard: list[bytes] = []
+        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, silence=SIL, eager=True, on_frame=heard.append,
+                         symmetric=False)
+        try:
+            ep.set_remote(HOST, old.port, 0)
+            old.send(ep.local_port, b"\x01" * 160)
+            await _packets(old, 3)
+            assert heard == [b"\x01" * 160]
+            ep.set_remote(HOST, new.port, 0)
+            await asyncio.sleep(0.03)
+            old.received()
+            new.send(ep.local_port, b"\x02" * 160)
+            old.send(ep.local_port, b"\x09" * 160)
+            await _packets(new, 5)
+            await until(lambda: b"\x02" * 160 in heard)
+            assert old.received() == [] and b"\x09" * 160 not in heard
+            assert ep.remote_address == (HOST, new.port) and ep.stats().foreign_packets == 1
+        finally:
+            ep.close()
+            old.close()
+            new.close()
+
+    run(body)

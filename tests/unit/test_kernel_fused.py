@@ -125,3 +125,24 @@ def test_fuzz_payload_and_pcm_entry_points(data: bytes, codec: str) -> None:
     if len(data) % 2 == 0:
         assert len(kernel.ulaw_encode(data)) == len(data) // 2
     assert len(kernel.alaw_decode(data)) == 2 * len(data)
+
+
+@pytest.mark.parametrize(("source", "target"), [(s, t) for s in ("PCMU", "PCMA", "G722")
+                                                for t in ("PCMU", "PCMA", "G722")])
+def test_transcode_keeps_length_and_the_sound(source: str, target: str) -> None:
+    """Queued agent audio moved to a call's new codec: same length, the same tone at the same level."""
+    t = np.arange(24000) / 24000
+    pcm = np.round(12000 * np.sin(2 * np.pi * 1000 * t)).astype("<i2").tobytes()
+    payload = kernel.Encoder24k(source).encode(pcm)
+    moved = kernel.transcode(payload, source, target)
+    assert len(moved) == len(payload)
+    if source == target:
+        assert moved is payload
+    back = np.frombuffer(kernel.Decoder24k(target).decode(moved), "<i2")[2400:].astype(float)
+    assert 0.85 < np.sqrt(np.mean(back**2)) / (12000 / np.sqrt(2)) < 1.15
+    spectrum = np.abs(np.fft.rfft(back))
+    assert abs(np.argmax(spectrum) * 24000 / len(back) - 1000) < 5
+    if "G722" not in (source, target):  # sample for sample: exactly what decoding and encoding give
+        decode = kernel.ulaw_decode if source == "PCMU" else kernel.alaw_decode
+        encode = kernel.ulaw_encode if target == "PCMU" else kernel.alaw_encode
+        assert moved == encode(decode(payload))

@@ -78,3 +78,29 @@ def test_flush_ends_a_pause() -> None:
     assert not q.paused
     q.push(b"\x02" * 160)  # the next answer plays at once
     assert q.pop_frame() == (b"\x02" * 160, True)
+
+
+def test_reframe_converts_what_is_queued_and_keeps_played_ms_and_a_pause() -> None:
+    """A re-INVITE moves the call to another codec mid-utterance: nothing queued is lost or replayed."""
+    q = PlayoutQueue()
+    q.push(b"\x01" * 160 * 3 + b"\x02" * 100)
+    assert q.pop_frame() == (b"\x01" * 160, True)
+    q.pause()
+    q.reframe(b"\xd5" * 160, lambda data: bytes(b ^ 0xFF for b in data))
+    assert q.played_ms == 20 and q.buffered_ms == 52 and q.paused
+    assert q.pop_frame() == (b"\xd5" * 160, False)  # paused: the new codec's silence
+    q.resume()
+    assert [q.pop_frame() for _ in range(2)] == [(b"\xfe" * 160, True)] * 2
+    q.push(b"\x03" * 60)  # the encoder's next audio, already in the new codec
+    assert q.pop_frame() == (b"\xfd" * 100 + b"\x03" * 60, True)
+    assert q.pop_frame() == (b"\xd5" * 160, False) and q.played_ms == 80
+
+
+def test_reframe_to_another_frame_size_counts_played_ms_on() -> None:
+    q = PlayoutQueue()
+    q.push(b"\x01" * 320)
+    q.pop_frame()
+    q.reframe(b"\x00" * 320)  # no conversion: the queued bytes are valid as they are
+    assert q.frame_bytes == 320 and q.played_ms == 20 and q.buffered_ms == 10
+    with pytest.raises(ValueError):
+        q.reframe(b"")

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from sipagent.errors import SdpError
 from sipagent.sdp import (
     LocalSession,
+    NegotiatedMedia,
     SessionDescription,
     accept_answer,
     is_hold,
@@ -113,6 +114,61 @@ def test_session_level_direction_and_old_style_hold() -> None:
     old = sdp("v=0", "o=x 1 2 IN IP4 h", "s=-", "c=IN IP4 0.0.0.0", "t=0 0", "m=audio 6000 RTP/AVP 0")
     assert is_hold(old)
     assert negotiate(old, ["PCMU"], "h", 1)[1].direction == "recvonly"
+
+
+# What Asterisk, FreeSWITCH and older phones put in a hold re-INVITE, and the answer each must get: the
+# direction mirrored, and our own address in c= (never 0.0.0.0, which the PBX would read as our hold).
+HOLD_OFFERS = {
+    "asterisk-sendonly": (("c=IN IP4 198.51.100.1",), ("a=sendonly",), "recvonly"),
+    "inactive": (("c=IN IP4 198.51.100.1",), ("a=inactive",), "inactive"),
+    "rfc2543-c0": (("c=IN IP4 0.0.0.0",), ("a=sendrecv",), "recvonly"),
+    "rfc2543-c0-no-direction": (("c=IN IP4 0.0.0.0",), (), "recvonly"),
+    "rfc2543-c0-recvonly": (("c=IN IP4 0.0.0.0",), ("a=recvonly",), "inactive"),
+    "media-level-c0": (("c=IN IP4 198.51.100.1",), ("c=IN IP4 0.0.0.0", "a=sendrecv"), "recvonly"),
+    "ipv6-unspecified": (("c=IN IP6 ::",), (), "recvonly"),
+    "ipv6-unspecified-long": (("c=IN IP6 0:0:0:0:0:0:0:0",), ("a=sendrecv",), "recvonly"),
+    "resume": (("c=IN IP4 198.51.100.1",), ("a=sendrecv",), "sendrecv"),
+}
+
+
+@pytest.mark.parametrize("kind", HOLD_OFFERS)
+def test_hold_offers_and_the_answer_text(kind: str) -> None:
+    session_c, media_lines, ours = HOLD_OFFERS[kind]
+    offer = sdp("v=0", "o=pbx 1 2 IN IP4 198.51.100.1", "s=-", *session_c, "t=0 0",
+                "m=audio 6000 RTP/AVP 0 8 101", "a=rtpmap:101 telephone-event/8000", *media_lines)
+    answer, media = negotiate(offer, ["PCMU"], "192.0.2.1", 40000)
+    text = answer.to_bytes().decode()
+    assert f"\r\na={ours}\r\n" in text and "c=IN IP4 192.0.2.1\r\n" in text and "0.0.0.0" not in text, text
+    assert sum(f"a={d}" in text for d in ("sendrecv", "sendonly", "recvonly", "inactive")) == 1, text
+    held = ours != "sendrecv"
+    assert media.on_hold is held and media.may_send is not held and is_hold(offer) is held
+
+
+def test_an_unspecified_remote_address_never_sends_whatever_the_direction() -> None:
+    media = NegotiatedMedia("PCMU", 0, 8000, None, "0.0.0.0", 6000, 20, "sendrecv")
+    assert media.on_hold and not media.may_send
+    assert NegotiatedMedia("PCMU", 0, 8000, None, "::", 6000, 20, "sendonly").on_hold
+    assert NegotiatedMedia("PCMU", 0, 8000, None, "198.51.100.1", 6000, 20, "sendonly").may_send
+
+
+def test_an_answer_with_c_0_0_0_0_is_a_hold_too() -> None:
+    offer = make_offer(["PCMU"], "192.0.2.1", 40000, LocalSession())
+    assert offer.media[0].direction == "sendrecv"
+    answer = sdp("v=0", "o=y 1 1 IN IP4 h", "s=-", "c=IN IP4 0.0.0.0", "t=0 0", "m=audio 7000 RTP/AVP 0")
+    media = accept_answer(answer)
+    assert media.direction == "recvonly" and media.on_hold and not media.may_send
+
+
+def test_a_codec_change_in_a_reoffer_is_negotiated_with_our_preference() -> None:
+    session = LocalSession()
+    first = sdp("v=0", "o=pbx 1 1 IN IP4 h", "s=-", "c=IN IP4 198.51.100.1", "t=0 0", "m=audio 6000 RTP/AVP 0")
+    moved = sdp("v=0", "o=pbx 1 2 IN IP4 h", "s=-", "c=IN IP4 198.51.100.7", "t=0 0",
+                "m=audio 7000 RTP/AVP 9 8 0", "a=rtpmap:9 G722/8000")
+    _, before = negotiate(first, ["G722", "PCMA", "PCMU"], "192.0.2.1", 40000, session)
+    answer, after = negotiate(moved, ["G722", "PCMA", "PCMU"], "192.0.2.1", 40000, session)
+    assert (before.codec, before.remote_host, before.remote_port) == ("PCMU", "198.51.100.1", 6000)
+    assert (after.codec, after.payload_type, after.remote_host, after.remote_port) == ("G722", 9, "198.51.100.7", 7000)
+    assert after != before and answer.media[0].formats == ["9"] and answer.origin.version == session.version
 
 
 def test_session_version_increments_on_reoffer() -> None:
