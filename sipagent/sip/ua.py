@@ -529,12 +529,12 @@ class IncomingCall:
         self._drive_timer(self._timer.on_response(status, headers, self._ua._now()))
 
     def _take_answer(self, body: bytes) -> None:
-        """The answer to the unchanged offer of our refresh re-INVITE: applied only if it moves the media."""
+        """The answer to an offer of ours made in mid-call (our refresh re-INVITE, or our 2xx to their
+        re-INVITE without SDP, answered in the ACK): applied only if it moves the media."""
         try:
             media = accept_answer(SessionDescription.parse(body))
         except SdpError as exc:
-            logger.info("call %s: the answer to our refresh re-INVITE is unusable (%s); media kept", self.call_id,
-                        exc)
+            logger.info("call %s: the answer to our mid-call offer is unusable (%s); media kept", self.call_id, exc)
             return
         if self.media is None or _media_key(media) != _media_key(self.media):
             self.media = media
@@ -1237,9 +1237,14 @@ class UserAgent:
         call = self._calls.get(request.call_id)
         if call is None or not call.dialog.matches(request):
             return
-        if call._ack_wait is not None and not call._ack_wait.done.is_set():
-            call._ack_wait.finish(acknowledged=True, body=request.body)
-            self._disarm(call._ack_wait.retransmitter)
+        wait = call._ack_wait
+        if wait is not None and not wait.done.is_set():
+            wait.finish(acknowledged=True, body=request.body)
+            self._disarm(wait.retransmitter)
+            if wait.carries_offer and call.state == "confirmed" and request.body.strip():
+                # A re-INVITE without SDP (a late offer: a PBX holding this way, or a refresh): our 2xx carried
+                # the offer, their ACK the answer, which may put the call on hold or change its codec.
+                call._take_answer(request.body)
 
     def _on_cancel(self, request: SipRequest, peer: Peer) -> None:
         """CANCEL is answered statelessly; a CANCEL for a ringing call ends its INVITE with 487."""

@@ -401,3 +401,33 @@ def test_who_may_call_in_direct_mode() -> None:
         assert not listed.policy.trusts("192.0.2.16") and not listed.policy.trusts("127.0.0.2")
 
     asyncio.run(main())
+
+
+def test_a_reinvite_without_sdp_takes_the_answer_from_the_ack() -> None:
+    """A PBX that holds with a re-INVITE without SDP: our 200 carries the offer, its ACK the answer
+    (sendonly), which must reach the media like any other hold."""
+    calls: list[IncomingCall] = []
+    changes: list[NegotiatedMedia] = []
+
+    async def on_call(call: IncomingCall) -> None:
+        calls.append(call)
+        call.on_media_change = changes.append
+        await call.answer("127.0.0.1", 41006)
+
+    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
+        tag = to_tag(await peer.status(200, "INVITE"))
+        peer.ack(1, tag)
+        while not (calls and calls[0].state == "confirmed"):
+            await asyncio.sleep(0.05)
+        peer.request("INVITE", 2, to_tag=tag)  # no body: we offer
+        ok = await peer.status(200, "INVITE")
+        assert b"m=audio 41006 " in ok
+        peer.ack(2, tag, body=OFFER.format(direction="sendonly"))
+        for _ in range(40):
+            if changes:
+                break
+            await asyncio.sleep(0.05)
+        assert changes and changes[-1].on_hold, changes
+
+    run(scenario, on_call)
