@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from sipagent.bridge import webhook
 from sipagent.bridge.settings import ToolConfig
+from sipagent.realtime import events
 
 log = logging.getLogger(__name__)
 
@@ -129,26 +130,12 @@ async def run_webhook(tool: ToolConfig, arguments: dict[str, Any], call_id: str)
     payload = response.body
     try:
         result = json.loads(payload) if payload.strip() else {}
-        usable = not _nested_deeper(result, MAX_RESULT_DEPTH)
+        usable = not events.nested_deeper(result, MAX_RESULT_DEPTH)
     except (ValueError, RecursionError):
         usable = False
     if not usable:  # the model reads it as text either way
         return ToolResult(True, {"result": payload.decode("utf-8", "replace")[:2000]})
     return ToolResult(True, result if isinstance(result, dict) else {"result": result})
-
-
-def _nested_deeper(value: Any, limit: int) -> bool:
-    """Whether a parsed JSON value nests deeper than ``limit`` (iterative: the depth is the question)."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        for child in children:
-            if isinstance(child, dict | list):
-                if depth >= limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
 
 
 def _timed_out(tool: ToolConfig) -> ToolResult:

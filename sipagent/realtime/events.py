@@ -259,6 +259,20 @@ def to_json(event: Mapping[str, Any]) -> str:
 # --- server events -----------------------------------------------------------------------------------
 
 
+def nested_deeper(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests deeper than ``limit`` (iterative: the depth is the question)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def parse(text: str | bytes) -> Event:
     """Decode one server (or client) message; raises RealtimeEventError unless it is a typed JSON object."""
     try:

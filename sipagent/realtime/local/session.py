@@ -192,7 +192,7 @@ class LocalSession:
             return [self.error(too_deep, "invalid_json")]
         except (ValueError, UnicodeDecodeError) as exc:
             return [self.error(f"Invalid JSON: {exc}", "invalid_json")]
-        if _brackets(text) > MAX_JSON_DEPTH and _nested_deeper(event, MAX_JSON_DEPTH):
+        if _brackets(text) > MAX_JSON_DEPTH and events.nested_deeper(event, MAX_JSON_DEPTH):
             return [self.error(too_deep, "invalid_json")]
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return [self.error("Expected a JSON object with a string 'type'", "invalid_event", "type")]
@@ -811,15 +811,3 @@ def _brackets(text: str | bytes) -> int:
     return text.count(b"[") + text.count(b"{")
 
 
-def _nested_deeper(value: Any, limit: int) -> bool:
-    """Whether a parsed JSON value nests deeper than ``limit`` (iterative: the depth is the question)."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        for child in children:
-            if isinstance(child, dict | list):
-                if depth >= limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
