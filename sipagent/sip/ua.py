@@ -36,6 +36,7 @@ from sipagent.sip.admission import (
 from sipagent.sip.auth import DigestCredentials
 from sipagent.sip.dialog import Dialog
 from sipagent.sip.headers import new_tag
+from sipagent.sip.identity import identify
 from sipagent.sip.message import SipRequest, SipResponse, build_response, stamp_source
 from sipagent.sip.registration import Registration, RegistrationConfig
 from sipagent.sip.session_timer import (
@@ -107,6 +108,7 @@ class UaSettings:
     allow_any_caller: bool = False
     session_expires: int = 1800
     min_se: int = 90
+    context_headers: list[str] = field(default_factory=list)  # INVITE headers kept in ``IncomingCall.identity``
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     transport_limits: TransportLimits = field(default_factory=TransportLimits)
 
@@ -176,7 +178,8 @@ class _AckWait:
 class IncomingCall:
     """One incoming call, from INVITE to its end. Created by the UA; given to ``on_call``.
 
-    Public attributes: ``call_id``, ``from_uri``, ``to_uri``, ``local_host`` (the address we advertise on
+    Public attributes: ``call_id``, ``from_uri``, ``to_uri``, ``identity`` (caller, dialed number, redirecting
+    number and the configured headers, cleaned: see identity.py), ``local_host`` (the address we advertise on
     this call, for the SDP too), ``remote_host`` (where the INVITE came
     from), ``offer`` (parsed SDP offer; None for an INVITE without SDP, a late offer: ours then goes in the
     200 OK and the caller's answer comes in the ACK), ``media`` (after answer), ``ended`` / ``end_reason``, ``state``
@@ -197,6 +200,7 @@ class IncomingCall:
         self.call_id = invite.call_id
         self.from_uri = str(invite.from_addr.uri)
         self.to_uri = str(invite.to_addr.uri)
+        self.identity = identify(invite, ua.settings.context_headers)
         self.remote_host = peer.host
         self.local_host = local_host  # the address we advertise on this call (Via, Contact, SDP)
         self.offer = offer
