@@ -10,15 +10,19 @@ import itertools
 import json
 import logging
 import shutil
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_helpers import running_agent
 from bridge_helpers import bridge_config, call_rig
+from conftest import require
 from peers import free_port
+from sipp import sipp_scenario
 
 from sipagent.bridge.call_events import CallEvents, verify
 from sipagent.bridge.event_sender import EventSender
@@ -104,6 +108,23 @@ async def receiver(*statuses: int | str) -> AsyncIterator[Receiver]:
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1)
+
+
+@contextlib.contextmanager
+def receiver_thread(*statuses: int | str) -> Iterator[Receiver]:
+    """The same receiver on its own event loop in a thread, for tests that drive a separate agent process."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    context = receiver(*statuses)
+    rx = asyncio.run_coroutine_threadsafe(context.__aenter__(), loop).result(5)
+    try:
+        yield rx
+    finally:
+        asyncio.run_coroutine_threadsafe(context.__aexit__(None, None, None), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
 
 def counted(metrics: Metrics, kind: str, result: str) -> float:
@@ -352,3 +373,33 @@ async def _shutdown_flush(tmp_path: Path) -> None:
     assert 0.4 < stop_s < 2.0, f"the shutdown took {stop_s:.2f} s"
     for kind in ("call.started", "call.ended"):
         assert counted(metrics, kind, "dropped") == 1 and counted(metrics, kind, "failed") == 0
+
+
+def test_sipagent_run_posts_events_and_flushes_a_retry_at_shutdown(tmp_path: Path) -> None:
+    """`sipagent run` in its own process, a call from SIPp: call.started is delivered; call.ended gets a 503
+    and its retry is 30 s away, so only the shutdown flush (SIGTERM) can deliver it, and does."""
+    require("sipp")
+    with receiver_thread(200, 503, 200) as rx:
+        hook = _hook(rx.url, backoff_s=30.0, shutdown_flush_s=5.0)
+        with running_agent(tmp_path, sections={"events": {"webhook": hook}}) as agent:
+            with sipp_scenario("uac_call.xml", agent.target, tmp_path / "sipp", keys={"user": "agent"},
+                               pause_ms=1500, timeout_s=30) as run:
+                result = run.wait(30)
+            assert result.returncode == 0, result.failed()
+            agent.wait_metric('sipagent_calls_total{outcome="remote-hangup"}', lambda v: v == 1, 10)
+            deadline = time.monotonic() + 10
+            while len(rx.requests) < 2:
+                assert time.monotonic() < deadline, rx.requests
+                time.sleep(0.05)
+            metrics = agent.metrics()
+            assert metrics['sipagent_events_total{result="delivered",type="call.started"}'] == 1
+            assert metrics["sipagent_events_held"] == 1  # call.ended, waiting for its retry
+            stopping = time.monotonic()
+        stop_s = time.monotonic() - stopping  # SIGTERM, the calls' end, the flush, the exit
+        log = agent.log.read_text()
+    assert stop_s < 10, f"{stop_s:.1f} s\n{log[-2000:]}"
+    assert [r.event["type"] for r in rx.requests] == ["call.started", "call.ended", "call.ended"]
+    assert all(r.signed() for r in rx.requests)
+    assert rx.requests[1].event["id"] == rx.requests[2].event["id"]
+    assert rx.events("call.ended")[0]["data"]["outcome"] == "remote-hangup"
+    assert SECRET not in log and "tenant" not in log
