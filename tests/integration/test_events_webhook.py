@@ -403,3 +403,22 @@ def test_sipagent_run_posts_events_and_flushes_a_retry_at_shutdown(tmp_path: Pat
     assert rx.requests[1].event["id"] == rx.requests[2].event["id"]
     assert rx.events("call.ended")[0]["data"]["outcome"] == "remote-hangup"
     assert SECRET not in log and "tenant" not in log
+
+
+@needs_speech
+def test_a_call_ended_by_shutdown_still_sends_call_ended(tmp_path: Path) -> None:
+    asyncio.run(_ended_by_shutdown(tmp_path))
+
+
+async def _ended_by_shutdown(tmp_path: Path) -> None:
+    async with receiver(200) as rx:
+        config = bridge_config(tmp_path, agent={"greeting": "Hello.", "goodbye": "Goodbye."},
+                               events={"webhook": _hook(rx.url)})
+        async with call_rig(config) as rig:
+            await rig.agent_turn(timeout=15)  # the call is live
+            await asyncio.wait_for(rig.agent.stop(grace_s=0.0), 20)  # says goodbye, hangs up, flushes
+            assert rig.caller.end_reason == "remote-bye"
+            outcome = await rig.wait_outcome()
+    assert outcome.reason == "agent-hangup"
+    assert [e["type"] for e in rx.events()] == ["call.started", "call.ended"]
+    assert rx.events("call.ended")[0]["data"]["outcome"] == "agent-hangup"
