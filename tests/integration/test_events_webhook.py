@@ -10,14 +10,18 @@ import itertools
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from agent_helpers import running_agent
 from bridge_helpers import bridge_config, call_rig
 from conftest import require
@@ -422,3 +426,32 @@ async def _ended_by_shutdown(tmp_path: Path) -> None:
     assert outcome.reason == "agent-hangup"
     assert [e["type"] for e in rx.events()] == ["call.started", "call.ended"]
     assert rx.events("call.ended")[0]["data"]["outcome"] == "agent-hangup"
+
+
+def _check_connect(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    config = yaml.safe_load(resources.files("sipagent").joinpath("data/demo.yaml").read_text(encoding="utf-8"))
+    config["sip"]["listen"] = f"127.0.0.1:{free_port()}"
+    rtp = free_port(span=40)
+    config["media"]["rtp_ports"] = f"{rtp}-{rtp + 19}"
+    config["recording"] = {"dir": str(tmp_path / "rec")}
+    config["events"] = {"webhook": _hook(url)}
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "sipagent.cli", "check", "-c", str(path), "--connect"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_connect_reaches_the_receiver_without_posting(tmp_path: Path) -> None:
+    with receiver_thread(200) as rx:
+        result = _check_connect(tmp_path, rx.url)
+        assert result.returncode == 0, result.stdout + result.stderr
+        port = rx.url.split(":")[2].split("/")[0]
+        assert f"ok    call events receiver: http://127.0.0.1:{port} reachable at 127.0.0.1:{port} (no event sent)" \
+            in result.stdout, result.stdout
+        assert "events:    call.started, call.transferred, call.ended to http://127.0.0.1" in result.stdout
+        assert "tenant" not in result.stdout and SECRET not in result.stdout
+        time.sleep(0.2)
+        assert rx.requests == []
+    dead = _check_connect(tmp_path, f"http://127.0.0.1:{free_port()}/events")
+    assert dead.returncode == 1
+    assert "FAIL  call events receiver: cannot connect" in dead.stdout, dead.stdout
