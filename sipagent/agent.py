@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
+from sipagent.bridge.call_events import CallEvents, CallSummary
+from sipagent.bridge.event_sender import EventSender, new_event_id
 from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
 from sipagent.config import Config, load_config
@@ -42,6 +44,7 @@ from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+DEFAULT_PROFILE = "default"  # the single agent: section; named profiles will be chosen per call
 
 
 @dataclass
@@ -147,6 +150,9 @@ class Agent:
         self._endpoints: set[RtpEndpoint] = set()
         self._foreign_ended = 0
         self._foreign_seen = 0
+        hook = config.events.webhook
+        # Call events go through one process-wide sender, off every call's path (None: events are off).
+        self.events = EventSender(hook, self.metrics) if hook is not None else None
 
     async def start(self) -> None:
         recording = self.config.recording
@@ -154,6 +160,8 @@ class Agent:
         if problem is not None:  # calls are still answered; each one's writer reports its own failure
             log.warning("recording.dir: %s; calls will be answered without transcripts or recordings", problem)
         self._local_server, self._endpoint = await realtime_endpoint(self.config)
+        if self.events is not None:
+            self.events.start()
         self.clock.start()
         settings = ua_settings(self.config)
         self.ua = UserAgent(settings, self._on_call, on_refused=self._on_refused, on_shed=self.metrics.sip_shed)
@@ -214,6 +222,8 @@ class Agent:
         for task in list(self._calls):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.events is not None:  # after the calls: their call.ended events are in the outbox by now
+            await self.events.stop()
         self.clock.stop()
         if self._local_server is not None:
             await self._local_server.stop()
@@ -288,9 +298,15 @@ class Agent:
             log.info("answered %s with %s", call.from_uri, codec)
             self.metrics.call_started()
             answered = time.monotonic()
+            events = CallEvents(call.call_id, call_context(call), DEFAULT_PROFILE, new_event_id)
+            self._emit(lambda: events.started(time.time(), codec))
             outcome = await bridge.run()
+            duration = time.monotonic() - answered
             self.stats.outcomes[outcome.reason] = self.stats.outcomes.get(outcome.reason, 0) + 1
-            self.metrics.call_ended(outcome.reason, time.monotonic() - answered)
+            self.metrics.call_ended(outcome.reason, duration)
+            if outcome.transfer_uri:
+                self._emit(lambda: events.transferred(time.time(), outcome.transfer_target, outcome.transfer_uri))
+            self._emit(lambda: events.ended(time.time(), call_summary(outcome, duration)))
             rtp = endpoint.stats()
             self.metrics.add_rtp(sent=rtp.packets_sent, received=rtp.packets_received, lost=max(0, rtp.lost))
             self.metrics.observe_jitter(rtp.jitter_ms / 1000)
@@ -301,6 +317,15 @@ class Agent:
             self._endpoints.discard(endpoint)
             self._foreign_ended += endpoint.foreign_packets
             self.bridges.pop(call.call_id, None)
+
+    def _emit(self, build: Callable[[], Any]) -> None:
+        """Queue a call event (built only when events are on); a fault here never reaches the call."""
+        if self.events is None:
+            return
+        try:
+            self.events.emit(build())
+        except Exception:
+            log.exception("call event not queued")
 
     def _on_refused(self, status: int) -> None:
         self._count({403: "rejected-forbidden", 404: "rejected-not-ours", 486: "rejected-busy",
@@ -332,6 +357,21 @@ class Agent:
                                              after_receive=self.clock.run_due)
         await client.connect()
         return client
+
+
+def call_context(call: IncomingCall) -> dict[str, Any]:
+    """Who called and what they dialled, as far as the call knows today (the URIs of From and To, the
+    address the INVITE came from); the call events carry it, and per-call context will add to it."""
+    return {"caller_uri": call.from_uri, "dialed_uri": call.to_uri, "remote_host": call.remote_host}
+
+
+def call_summary(outcome: CallOutcome, duration_s: float) -> CallSummary:
+    return CallSummary(
+        outcome=outcome.reason, duration_s=duration_s, tools=list(outcome.tools),
+        transfer_target=outcome.transfer_target, transfer_uri=outcome.transfer_uri, usage=dict(outcome.usage),
+        transcript_path=str(outcome.transcript_path) if outcome.transcript_path else None,
+        recording_path=str(outcome.recording_path) if outcome.recording_path else None,
+    )
 
 
 def session_settings(config: Config) -> ev.SessionSettings:
@@ -425,7 +465,8 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 def run_agent(config: Config) -> int:
     """``sipagent run``: serve until SIGTERM/SIGINT, then shut down gracefully."""
     configure_logging(config.logging.level, config.logging.format,
-                      secrets=[config.sip.password, config.realtime.api_key])
+                      secrets=[config.sip.password, config.realtime.api_key,
+                               config.events.webhook.secret if config.events.webhook else ""])
     return run_loop(_serve(config))
 
 

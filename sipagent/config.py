@@ -16,10 +16,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
 
-from sipagent.bridge.settings import BUILTIN_TOOLS, AgentConfig, BargeInConfig, RecordingConfig, ToolConfig
+from sipagent.bridge.call_events import EVENT_HEADERS
+from sipagent.bridge.settings import (
+    BUILTIN_TOOLS,
+    CALL_EVENT_TYPES,
+    AgentConfig,
+    BargeInConfig,
+    EventsConfig,
+    EventWebhookConfig,
+    RecordingConfig,
+    ToolConfig,
+)
 from sipagent.bridge.webhook import RequestRefused, prepare
 from sipagent.errors import ConfigError, SipParseError
 from sipagent.sip.admission import parse_network
@@ -27,7 +38,8 @@ from sipagent.sip.uri import parse_target_uri
 
 __all__ = ["AgentConfig", "Config", "ConfigError", "RecordingConfig", "ToolConfig", "load_config"]
 
-SECRET_KEYS = frozenset({"password", "api_key"})
+SECRET_KEYS = frozenset({"password", "api_key", "secret"})
+MIN_EVENT_SECRET = 16  # characters: an HMAC key a receiver can trust is not a short word
 CODECS = ("PCMU", "PCMA", "G722")
 
 
@@ -153,6 +165,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = field(default="", compare=False)
 
@@ -173,8 +186,16 @@ class Config:
             f"api key {'set' if rt.api_key else 'not set'}",
             f"agent:     {len(self.agent.tools)} tools, barge-in {self.agent.barge_in.mode}, "
             f"transfer to {self._transfers()}",
+            f"events:    {self._events()}",
         ]
         return "\n".join(lines)
+
+    def _events(self) -> str:
+        hook = self.events.webhook
+        if hook is None:
+            return "off"
+        parts = urlsplit(hook.url)  # scheme and host only: a path or query may carry a token
+        return f"{', '.join(hook.events)} to {parts.scheme}://{parts.netloc}, signed, up to {hook.retries} retries"
 
 
     def _transfers(self) -> str:
@@ -509,6 +530,8 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         raise fail("media.rtp_timeout_s", "0 (off) with agent.max_call_s: 0 and agent.idle_timeout_s: 0 would "
                                           "leave a call whose far end vanished without a BYE up forever; set one")
     _check_barge_in(config.agent.barge_in, fail)
+    if config.events.webhook is not None:
+        _check_event_webhook(config.events.webhook, fail)
 
 
 _HOST_OR_NETWORK = re.compile(r"\[?[0-9A-Za-z.:\-]+\]?(/[0-9]{1,3})?")
@@ -581,3 +604,38 @@ def _check_barge_in(barge: BargeInConfig, fail: Callable[[str, str], ConfigError
     if not 20 <= barge.resume_after_ms <= 5000:
         raise fail(key + "resume_after_ms", f"expected 20 to 5000 ms, got {barge.resume_after_ms}")
 
+
+
+def _check_event_webhook(hook: EventWebhookConfig, fail: Callable[[str, str], ConfigError]) -> None:
+    """events.webhook: the request is built once now (URL, headers), as for a tool; the secret is never
+    echoed (SECRET_KEYS), only its absence or length is named."""
+    key = "events.webhook."
+    hook.headers = {str(k): str(v) for k, v in hook.headers.items()}
+    for name in hook.headers:
+        if name.lower() in EVENT_HEADERS:
+            raise fail(key + "headers", f"header {name} is set by sipagent, not by the configuration")
+    try:
+        prepare("POST", hook.url, hook.headers, b"{}")
+    except RequestRefused as exc:
+        raise fail(key + ("headers" if str(exc).startswith("header") else "url"), str(exc)) from None
+    if not hook.secret:
+        raise fail(key + "secret", "required: the key events are signed with, shared with the receiver "
+                                   "(e.g. secret: ${SIPAGENT_EVENTS_SECRET})")
+    if len(hook.secret) < MIN_EVENT_SECRET:
+        raise fail(key + "secret", f"expected at least {MIN_EVENT_SECRET} characters (e.g. openssl rand -hex 32)")
+    if not hook.events:
+        raise fail(key + "events", f"expected at least one of {', '.join(CALL_EVENT_TYPES)} (to send none, "
+                                   "remove events.webhook)")
+    for i, kind in enumerate(hook.events):
+        if kind not in CALL_EVENT_TYPES:
+            raise fail(f"{key}events[{i}]", f'expected one of {", ".join(CALL_EVENT_TYPES)}, got "{kind}"')
+    hook.events = list(dict.fromkeys(hook.events))
+    for name, low, high in (("timeout_s", 0.1, 60.0), ("backoff_s", 0.01, 60.0), ("retry_window_s", 1.0, 86400.0),
+                            ("shutdown_flush_s", 0.0, 60.0)):
+        value = getattr(hook, name)
+        if not low <= value <= high:
+            raise fail(key + name, f"expected {low:g} to {high:g} seconds, got {value:g}")
+    if not 0 <= hook.retries <= 20:
+        raise fail(key + "retries", f"expected 0 to 20, got {hook.retries}")
+    if not 1 <= hook.queue_size <= 100000:
+        raise fail(key + "queue_size", f"expected 1 to 100000, got {hook.queue_size}")

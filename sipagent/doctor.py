@@ -14,8 +14,10 @@ import pwd
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sipagent.agent import realtime_endpoint, session_settings, ua_settings
+from sipagent.bridge import webhook
 from sipagent.bridge.transcript import directory_problem, free_bytes
 from sipagent.config import Config
 from sipagent.errors import ConfigError, RealtimeError, SipagentError
@@ -105,6 +107,8 @@ async def _doctor(config: Config, out: Callable[[str], None]) -> bool:
         ("RTP ports", _check_rtp),
         ("Realtime session", _check_realtime),
     ]
+    if config.events.webhook is not None:
+        steps.append(("call events receiver", _check_events))
     healthy = True
     for name, step in steps:
         try:
@@ -146,6 +150,24 @@ async def _check_rtp(config: Config) -> str:
     rtcp.close()
     allocator.release(port)
     return f"can bind {config.media.rtp_ports} (tried {port}/{port + 1})"
+
+
+async def _check_events(config: Config) -> str:
+    """The receiver of events.webhook can be reached (DNS, TCP, TLS and its certificate). No event is posted:
+    a receiver should only ever see real calls' events."""
+    hook = config.events.webhook
+    assert hook is not None
+    try:
+        async with asyncio.timeout(hook.timeout_s):
+            address = await webhook.probe(hook.url)
+    except TimeoutError:
+        raise StepFailed(f"no connection within events.webhook.timeout_s ({hook.timeout_s:g} s)") from None
+    except webhook.WebhookError as exc:
+        raise StepFailed(str(exc)) from None
+    except OSError as exc:
+        raise StepFailed(f"cannot connect ({exc}); check events.webhook.url and the firewall") from None
+    parts = urlsplit(hook.url)  # scheme and host only: a path or query may carry a token
+    return f"{parts.scheme}://{parts.netloc} reachable at {address} (no event sent)"
 
 
 async def _check_realtime(config: Config) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sipagent.bridge.bargein import BargeIn, BargeInPolicy, Pause, Resume
+from sipagent.bridge.call_events import ToolUse
 from sipagent.bridge.conversation import Conversation
 from sipagent.bridge.settings import AgentConfig, RecordingConfig, ToolConfig
 from sipagent.bridge.tools import ToolResult, parse_arguments, run_webhook
@@ -131,6 +132,9 @@ class CallOutcome:
     usage: dict[str, int] = field(default_factory=dict)
     barge_ins: list[float] = field(default_factory=list)
     false_pauses: int = 0  # the agent paused at a caller's onset that was not confirmed as speech
+    tools: list[ToolUse] = field(default_factory=list)  # every tool call the model made, in order
+    transfer_target: str = ""  # where a transferred call went: the target's name ("default", "on_failure")
+    transfer_uri: str = ""  # ... and its URI; both "" unless the outcome is a transfer
 
 
 @dataclass
@@ -206,6 +210,10 @@ class CallBridge:
         self.turn_latencies: list[float] = []
         self._turn_ended_at: float | None = None
         self.reconnects = 0
+        self.tool_uses: list[ToolUse] = []
+        # The transfer under way (target name, URI), set before the REFER: a completed transfer can end the
+        # call before transfer() returns, and the outcome still names where the caller went.
+        self._transfer_to: tuple[str, str] | None = None
 
     def _use_codec(self, codec: str) -> None:
         """Everything of the bridge that depends on the call's codec, with fresh codec state (as the far end
@@ -309,6 +317,11 @@ class CallBridge:
             self._outcome = "error"
         finally:
             await self._cleanup()
+        transferred = self._outcome in ("transferred", "failover-transferred") and self._transfer_to is not None
+        target, uri = self._transfer_to if transferred and self._transfer_to else ("", "")
+        tools = list(self.tool_uses)
+        if self._outcome == "transferred":
+            tools.append(ToolUse("transfer_call", True))  # a failed one was recorded with its error output
         return CallOutcome(
             self._outcome,
             self.transcript.path if self.transcript and self.transcript.ok else None,  # None: see the log
@@ -316,6 +329,9 @@ class CallBridge:
             dict(self.conversation.usage),
             list(self.barge_in_times),
             self.policy.resumes,
+            tools,
+            target,
+            uri,
         )
 
     async def _cleanup(self) -> None:
@@ -518,6 +534,8 @@ class CallBridge:
                 self._play_pcm24(await self.settings.apology_audio(failure.message))
                 await self._wait_playout()
         target = failure.target or self.agent.transfer_target
+        if failure.action == "transfer" and target:
+            self._transfer_to = ("on_failure", target)
         if failure.action == "transfer" and target and await self.call.transfer(target):
             self._finish("failover-transferred")
             return
@@ -664,6 +682,7 @@ class CallBridge:
             return
         name, args = action
         if name == "end_call":
+            self.tool_uses.append(ToolUse("end_call", True))
             self._finish(self._closing or "agent-hangup")
         elif name == "transfer_call":
             await self._transfer(args)
@@ -827,6 +846,7 @@ class CallBridge:
     async def _tool_output(self, call_id: str, name: str, args: dict[str, Any], result: ToolResult,
                            respond: bool = True) -> None:
         self._record("tool_result", name=name, ok=result.ok, output=result.output)
+        self.tool_uses.append(ToolUse(name, result.ok))
         if self.metrics:
             self.metrics.tool_called(name, "ok" if result.ok else "error")
         await self._send(ev.function_call_output(call_id, result.to_json()))
@@ -856,6 +876,7 @@ class CallBridge:
             return
         self._set_state("transferring")
         self._record("event", event="transfer", target=label, uri=uri)
+        self._transfer_to = (label, uri)
         ok = await self.call.transfer(uri)
         if ok:
             self._finish("transferred")

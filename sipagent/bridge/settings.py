@@ -73,3 +73,27 @@ class RecordingConfig:
     dir: str = "recordings"
     transcripts: bool = True
     audio: bool = False
+
+
+CALL_EVENT_TYPES = ("call.started", "call.transferred", "call.ended")
+
+
+@dataclass
+class EventWebhookConfig:
+    """Where call events are posted (``events.webhook``), signed with ``secret``; see docs/configuration.md."""
+
+    url: str
+    secret: str = ""
+    events: list[str] = field(default_factory=lambda: list(CALL_EVENT_TYPES))
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 5.0  # one attempt, DNS to the last byte of the answer
+    retries: int = 5  # attempts after the first one; 0 = never retry
+    backoff_s: float = 1.0  # the first retry's delay, doubled each time (up to MAX_BACKOFF_S)
+    retry_window_s: float = 300.0  # no attempt starts later than this after the event was queued
+    queue_size: int = 1000  # events held at once (waiting, in flight or waiting for a retry); more are dropped
+    shutdown_flush_s: float = 3.0  # on shutdown, how long pending events may still be sent
+
+
+@dataclass
+class EventsConfig:
+    webhook: EventWebhookConfig | None = None  # None: no call events (the default)

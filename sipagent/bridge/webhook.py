@@ -386,6 +386,20 @@ async def request(
         writer.transport.abort()
 
 
+async def probe(url: str, *, tls: ssl.SSLContext | None = None) -> str:
+    """Reach ``url``'s host as a request would (DNS, connect, TLS with its certificate checked), send nothing
+    and close: ``sipagent check --connect`` for a receiver that must not get a request it did not ask for.
+    Returns the address connected to; raises like :func:`request`. The caller bounds it."""
+    prepared = prepare("GET", url, {})
+    context = (tls or await _default_tls_context()) if prepared.tls else None
+    _, writer = await _connect(prepared.host, prepared.port, context)
+    try:
+        address = writer.get_extra_info("peername")
+        return f"{address[0]}:{address[1]}" if address else f"{prepared.host}:{prepared.port}"
+    finally:
+        writer.transport.abort()
+
+
 async def _connect(
     host: str, port: int, tls: ssl.SSLContext | None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -36,6 +36,10 @@ CALL_OUTCOMES: Final[tuple[str, ...]] = get_args(CallOutcome)
 TokenKind = Literal["input", "output"]
 PauseOutcome = Literal["barge-in", "resumed"]  # confirmed as speech, or a false alarm (cough, door, "uh-huh")
 RecordingKind = Literal["transcript", "audio"]  # the JSON Lines transcript, the stereo WAV
+# What became of a call event (events.webhook): 2xx; refused for good (a 4xx other than 408/429, or a request
+# that could not be sent); attempts or time used up; never sent (the queue was full, or shutdown came first).
+EventResult = Literal["delivered", "rejected", "failed", "dropped"]
+EVENT_TYPES: Final = ("call.started", "call.transferred", "call.ended")
 
 # The registration core's state names (DESIGN: unregistered → registering → registered → refreshing →
 # failed/backing-off). Others are accepted too: they get their own series the first time they appear.
@@ -112,6 +116,10 @@ class Metrics:
         self._recording_errors = Counter(p + "recording_errors",
                                          "Call transcripts or recordings stopped by a write failure (the call "
                                          "went on without them)", ["kind"], registry=r)
+        self._events = Counter(p + "events", "Call events by type and what became of them (each event counted "
+                               "once, whatever its retries)", ["type", "result"], registry=r)
+        self._events_held = Gauge(p + "events_held", "Call events waiting, being sent or waiting for a retry",
+                                  registry=r)
 
         self._states: set[str] = set()
         self._active = 0
@@ -128,6 +136,9 @@ class Metrics:
             self._sip_shed.labels(reason=reason)
         for kind in get_args(RecordingKind):
             self._recording_errors.labels(kind=kind)
+        for event_type in EVENT_TYPES:
+            for result in get_args(EventResult):
+                self._events.labels(type=event_type, result=result)
 
     # -- registration -------------------------------------------------------------------------------
     def _state_child(self, state: str) -> None:
@@ -221,6 +232,14 @@ class Metrics:
             self._tokens.labels(kind="input").inc(input_tokens)
         if output_tokens > 0:
             self._tokens.labels(kind="output").inc(output_tokens)
+
+    # -- call events -------------------------------------------------------------------------------
+    def event_counted(self, event_type: str, result: EventResult) -> None:
+        """One call event's fate, counted once when it is settled (not per attempt)."""
+        self._events.labels(type=_label(event_type), result=result).inc()
+
+    def set_events_held(self, count: int) -> None:
+        self._events_held.set(max(0, count))
 
     # -- process ------------------------------------------------------------------------------------
     def sip_shed(self, reason: str) -> None:
