@@ -3,14 +3,18 @@ load time (file:line and key) through the configuration loader."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from sipagent.bridge.call import BridgeSettings, CallBridge
 from sipagent.bridge.context import CallContext, TemplateError, Variable, check_template, parse, render
+from sipagent.bridge.settings import AgentConfig, FailureConfig, RecordingConfig
 from sipagent.config import load_config_text
 from sipagent.errors import ConfigError
+from sipagent.realtime import events as ev
 
 BERLIN = ZoneInfo("Europe/Berlin")
 STARTED = datetime(2026, 12, 5, 7, 56, 12, tzinfo=BERLIN)  # a Saturday, UTC+01:00
@@ -160,3 +164,34 @@ def test_a_valid_context_section_loads() -> None:
                                                 "caller_number": "0"}
     assert load_config_text(BASE, "agent.yaml", env={}).context.zone is None  # the host's zone
 
+
+# ------------------------------------------------------------------ in the bridge
+
+
+class Leg:
+    """The answered call and its media as the bridge sees them (nothing is sent in this test)."""
+
+    call_id, from_uri, end_reason, codec = "c1@pbx", "sip:anonymous@anonymous.invalid", "", "PCMU"
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+
+
+def test_the_bridge_fills_in_the_instructions_and_every_text_the_agent_says() -> None:
+    agent = AgentConfig(greeting="Hello {caller_name}", idle_prompt="{caller_name}, still there?",
+                        goodbye="Bye {caller_name}", max_call_message="Time is up at {time}",
+                        on_failure=FailureConfig(message="Sorry {caller_name}, call {header.X-Queue}"))
+    settings = BridgeSettings(agent, RecordingConfig(transcripts=False),
+                              ev.SessionSettings(instructions="Caller {caller_number}; {{json}}"),
+                              context_defaults={"caller_name": "caller", "header.x-queue": "the desk"})
+
+    async def build() -> CallBridge:
+        return CallBridge(Leg(), Leg(), None, settings,  # type: ignore[arg-type]
+                          context=context(caller_number="+4930123456"))
+
+    bridge = asyncio.run(build())
+    assert bridge.session.instructions == "Caller +4930123456; {json}"
+    assert (bridge.agent.greeting, bridge.agent.idle_prompt, bridge.agent.goodbye, bridge.agent.max_call_message,
+            bridge.agent.on_failure.message) == ("Hello caller", "caller, still there?", "Bye caller",
+                                                 "Time is up at 07:56", "Sorry caller, call the desk")
+    assert settings.agent.greeting == "Hello {caller_name}"  # the shared settings stay templates for the next call
