@@ -27,6 +27,7 @@ from sipagent.bridge.tools import CONTEXT_KEY
 from sipagent.bridge.webhook import RequestRefused, prepare
 from sipagent.errors import ConfigError, SipParseError
 from sipagent.sip.admission import parse_network
+from sipagent.sip.identity import MAX_HEADERS as MAX_CONTEXT_HEADERS
 from sipagent.sip.uri import parse_target_uri
 
 __all__ = ["AgentConfig", "Config", "ConfigError", "RecordingConfig", "ToolConfig", "load_config"]
@@ -554,8 +555,8 @@ def _check_context(ctx: _Ctx, root: yaml.Node | None, config: Config,
     """context.headers, timezone and defaults, then every templated text against them."""
     context = config.context
     seen: set[str] = set()  # lower case: header names are case-blind
-    if len(context.headers) > templates.MAX_HEADERS:
-        raise fail("context.headers", f"expected at most {templates.MAX_HEADERS} headers, got {len(context.headers)}")
+    if len(context.headers) > MAX_CONTEXT_HEADERS:  # identify() keeps no more
+        raise fail("context.headers", f"expected at most {MAX_CONTEXT_HEADERS} headers, got {len(context.headers)}")
     for i, name in enumerate(context.headers):
         if not templates.HEADER_NAME.fullmatch(name):
             raise fail(f"context.headers[{i}]", f'expected a header name such as "X-Customer-Id", got "{name}"')

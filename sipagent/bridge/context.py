@@ -29,7 +29,6 @@ VARIABLES = WIRE_VARIABLES + CALL_VARIABLES
 HEADER_PREFIX = "header."
 # A header name usable in SIP (RFC 3261 token) and in HTTP (RFC 9110 token) alike.
 HEADER_NAME = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]{1,64}")
-MAX_HEADERS = 16  # as many as sipagent.sip.identity keeps per call
 
 # The X-Sipagent-* headers of a webhook request, after the X-Sipagent-Call-Id the webhook client writes.
 HTTP_HEADERS = {"caller_number": "X-Sipagent-Caller", "caller_name": "X-Sipagent-Caller-Name",

@@ -137,6 +137,8 @@ def test_a_typo_in_a_block_of_instructions_names_its_own_line() -> None:
     ('agent:\n  on_failure: {message: "{nope}"}', "agent.yaml:3: agent.on_failure.message: unknown template variable"),
     ('context:\n  headers: [X-Ok, "X Bad"]', 'agent.yaml:3: context.headers[1]: expected a header name'),
     ('context:\n  headers: [X-A, x-a]', 'agent.yaml:3: context.headers[1]: header "x-a" is listed twice'),
+    ("context:\n  headers: [" + ", ".join(f"X-{i}" for i in range(17)) + "]",
+     "agent.yaml:3: context.headers: expected at most 16 headers, got 17"),
     ('context:\n  defaults: {now: "later"}', "agent.yaml:3: context.defaults.now: {now} always has a value"),
     ('context:\n  defaults: {callr_name: "x"}', "agent.yaml:3: context.defaults.callr_name: unknown template variable"),
     ('context:\n  defaults: {header.X-Queue: "x"}', "agent.yaml:3: context.defaults.header.X-Queue: {header.X-Queue}"),
