@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sipagent.bridge.call import BridgeSettings, CallBridge
-from sipagent.bridge.context import CallContext, TemplateError, Variable, check_template, parse, render
+from sipagent.bridge.context import (
+    CallContext,
+    TemplateError,
+    Variable,
+    check_template,
+    http_value,
+    parse,
+    render,
+)
 from sipagent.bridge.settings import AgentConfig, FailureConfig, RecordingConfig
 from sipagent.config import load_config_text
 from sipagent.errors import ConfigError
@@ -85,6 +96,28 @@ def test_unknown_variables_and_unlisted_headers_are_refused() -> None:
 def test_parse_keeps_literal_text_and_variables_in_order() -> None:
     assert parse("a{{b}}{dialed}c") == ["a{b}", Variable("dialed", 6), "c"]
     assert parse("") == []
+
+
+@given(st.text(alphabet="ab{}.\n é", max_size=30))
+def test_parse_takes_any_text_apart_exactly_or_says_why_not(text: str) -> None:
+    try:
+        parts = parse(text)
+    except TemplateError as exc:
+        assert 1 <= exc.line <= text.count("\n") + 1
+        return
+    rebuilt = "".join(p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{" + p.name + "}"
+                      for p in parts)
+    assert rebuilt == text
+
+
+@given(st.text(max_size=40))
+def test_a_wire_value_comes_out_as_one_line_of_itself_and_percent_encoding_round_trips(value: str) -> None:
+    out = render("<{caller_name}>", {"caller_name": value})
+    assert out == "<" + " ".join(value.replace('"', "'").translate({0x201C: "'", 0x201D: "'", 0x201E: "'",
+                                                                    0xAB: "'", 0xBB: "'"}).split()) + ">"
+    assert "\n" not in out and '"' not in out
+    encoded = http_value(value)
+    assert encoded.isascii() and encoded.isprintable() and " " not in encoded and unquote(encoded) == value
 
 
 def test_context_as_json_and_as_http_headers() -> None:
