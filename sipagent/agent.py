@@ -14,11 +14,13 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
 from sipagent.bridge.call_events import CallEvents, CallSummary
+from sipagent.bridge.context import CallContext
 from sipagent.bridge.event_sender import EventSender, new_event_id
 from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
@@ -196,6 +198,10 @@ class Agent:
         self.config.realtime.instructions = config.realtime.instructions
         self.config.realtime.voice = config.realtime.voice
         self.config.agent = config.agent
+        # The templates may name newly listed headers: the UA keeps those from the next INVITE on.
+        self.config.context = config.context
+        if self.ua is not None:
+            self.ua.settings.context_headers[:] = config.context.headers
         log.info("configuration reloaded: %d tools, for new calls", len(config.agent.tools))
 
     @property
@@ -286,8 +292,9 @@ class Agent:
             chain.apply(media)
             call.on_media_change = chain.apply
             call.on_dtmf = on_dtmf
+            context = call_context(call, self.config)
             bridge = CallBridge(call, _MediaLeg(endpoint, codec), self._connect, self._bridge_settings(),
-                                on_transcript=self._transcript_callback(call.call_id))
+                                on_transcript=self._transcript_callback(call.call_id), context=context)
             chain.attach(bridge, media)
             bridge_ref.append(bridge)
             # From now on the per-frame callbacks go straight to the bridge (one Python call less each); the
@@ -295,10 +302,16 @@ class Agent:
             endpoint.on_frame = bridge.on_inbound_frame
             endpoint.on_sent = bridge.on_outbound_frame
             self.bridges[call.call_id] = bridge
-            log.info("answered %s with %s", call.from_uri, codec)
+            # Numbers only (bounded by identify()): names and header values stay in the transcript.
+            log.info("answered %s with %s: caller %s, dialed %s%s%s", call.from_uri, codec,
+                     context.caller_number or "(unknown)", context.dialed or "(unknown)",
+                     f", redirected from {context.redirected_from}" if context.redirected_from else "",
+                     f", headers {', '.join(context.headers)}" if context.headers else "")
             self.metrics.call_started()
             answered = time.monotonic()
-            events = CallEvents(call.call_id, call_context(call), DEFAULT_PROFILE, new_event_id)
+            events = CallEvents(call.call_id, {**context.to_json(), "caller_uri": call.from_uri,
+                                               "dialed_uri": call.to_uri, "remote_host": call.remote_host},
+                                DEFAULT_PROFILE, new_event_id)
             self._emit(lambda: events.started(time.time(), codec))
             outcome = await bridge.run()
             duration = time.monotonic() - answered
@@ -349,6 +362,7 @@ class Agent:
             dialect=ev.check_dialect(rt.dialect),
             audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
             metrics=self.metrics, rtp_timeout_s=self.config.media.rtp_timeout_s,
+            context_defaults=self.config.context.template_defaults,
         )
 
     async def _connect(self) -> RealtimeLink:
@@ -359,10 +373,13 @@ class Agent:
         return client
 
 
-def call_context(call: IncomingCall) -> dict[str, Any]:
-    """Who called and what they dialled, as far as the call knows today (the URIs of From and To, the
-    address the INVITE came from); the call events carry it, and per-call context will add to it."""
-    return {"caller_uri": call.from_uri, "dialed_uri": call.to_uri, "remote_host": call.remote_host}
+def call_context(call: IncomingCall, config: Config) -> CallContext:
+    """What the bridge's templates, webhooks and transcript know of ``call``: its identity from the INVITE
+    and the moment it was answered, in context.timezone."""
+    identity, zone = call.identity, config.context.zone
+    started = datetime.now(zone) if zone is not None else datetime.now().astimezone()
+    return CallContext(call.call_id, started, caller_number=identity.caller_number, caller_name=identity.caller_name,
+                       dialed=identity.dialed, redirected_from=identity.redirected_from, headers=dict(identity.headers))
 
 
 def call_summary(outcome: CallOutcome, duration_s: float) -> CallSummary:
@@ -412,6 +429,7 @@ def ua_settings(config: Config) -> UaSettings:
         public_host=sip.public_address or None, expires=sip.expires, max_calls=sip.max_calls,
         trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
         aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller,
+        context_headers=list(config.context.headers),
         session_expires=sip.session_expires, min_se=sip.min_se,
         limits=BudgetLimits(transactions=limits.transactions, transactions_per_source=limits.transactions_per_source),
         transport_limits=TransportLimits(

@@ -12,14 +12,17 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+import zoneinfo
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, Literal, Union
 from urllib.parse import urlsplit
 
 import yaml
 
+from sipagent.bridge import context as templates
 from sipagent.bridge.call_events import EVENT_HEADERS
 from sipagent.bridge.settings import (
     BUILTIN_TOOLS,
@@ -31,9 +34,11 @@ from sipagent.bridge.settings import (
     RecordingConfig,
     ToolConfig,
 )
+from sipagent.bridge.tools import CONTEXT_KEY
 from sipagent.bridge.webhook import RequestRefused, prepare
 from sipagent.errors import ConfigError, SipParseError
 from sipagent.sip.admission import parse_network
+from sipagent.sip.identity import MAX_HEADERS as MAX_CONTEXT_HEADERS
 from sipagent.sip.uri import parse_target_uri
 
 __all__ = ["AgentConfig", "Config", "ConfigError", "RecordingConfig", "ToolConfig", "load_config"]
@@ -158,11 +163,37 @@ class LoggingConfig:
 
 
 @dataclass
+class ContextConfig:
+    """Per-call context: the INVITE headers to keep, the zone of {now}, and defaults for absent values."""
+
+    headers: list[str] = field(default_factory=list)
+    timezone: str = ""  # an IANA name; "" = the host's local zone (TZ, /etc/localtime), as `date` shows it
+    defaults: dict[str, str] = field(default_factory=dict)  # variable name (e.g. caller_name) -> text
+
+    @property
+    def zone(self) -> tzinfo | None:
+        """The configured zone (validated at load); None for the host's local zone."""
+        return zoneinfo.ZoneInfo(self.timezone) if self.timezone else None
+
+    @property
+    def template_defaults(self) -> dict[str, str]:
+        """``defaults`` keyed as the templates look values up (header names in lower case)."""
+        return {templates.variable_key(str(name)): "" if value is None else str(value)
+                for name, value in self.defaults.items()}
+
+
+# Every key whose text is a template of the call's context (see sipagent/bridge/context.py).
+TEMPLATE_KEYS = ("realtime.instructions", "agent.greeting", "agent.idle_prompt", "agent.goodbye",
+                 "agent.max_call_message", "agent.on_failure.message")
+
+
+@dataclass
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -187,6 +218,8 @@ class Config:
             f"agent:     {len(self.agent.tools)} tools, barge-in {self.agent.barge_in.mode}, "
             f"transfer to {self._transfers()}",
             f"events:    {self._events()}",
+            f"context:   headers {', '.join(self.context.headers) or '(none)'}, time zone "
+            f"{self.context.timezone or 'of the host'}",
         ]
         return "\n".join(lines)
 
@@ -500,6 +533,7 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         raise fail("realtime.url", "required for provider azure (https://RESOURCE.openai.azure.com)")
     if rt.url and not re.match(r"^(wss?|https?)://", rt.url):
         raise fail("realtime.url", f'expected a ws://, wss:// or https:// URL, got "{rt.url}"')
+    _check_context(ctx, root, config, fail)
     names = set()
     for i, tool in enumerate(config.agent.tools):
         if tool.name in names:
@@ -517,6 +551,11 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
             except RequestRefused as exc:
                 key = "headers" if str(exc).startswith("header") else "url"
                 raise fail(f"agent.tools[{i}].{key}", str(exc)) from None
+            properties = tool.parameters.get("properties")
+            if tool.method != "GET" and isinstance(properties, dict) and CONTEXT_KEY in properties:
+                raise fail(f"agent.tools[{i}].parameters",
+                           f'the property "{CONTEXT_KEY}" is reserved: sipagent sends the call\'s context under '
+                           "that name in the request body")
     if config.agent.on_failure.action == "transfer" and not (
         config.agent.on_failure.target or config.agent.transfer_target
     ):
@@ -532,6 +571,56 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     _check_barge_in(config.agent.barge_in, fail)
     if config.events.webhook is not None:
         _check_event_webhook(config.events.webhook, fail)
+
+
+def _check_context(ctx: _Ctx, root: yaml.Node | None, config: Config,
+                   fail: Callable[[str, str], ConfigError]) -> None:
+    """context.headers, timezone and defaults, then every templated text against them."""
+    context = config.context
+    seen: set[str] = set()  # lower case: header names are case-blind
+    if len(context.headers) > MAX_CONTEXT_HEADERS:  # identify() keeps no more
+        raise fail("context.headers", f"expected at most {MAX_CONTEXT_HEADERS} headers, got {len(context.headers)}")
+    for i, name in enumerate(context.headers):
+        if not templates.HEADER_NAME.fullmatch(name):
+            raise fail(f"context.headers[{i}]", f'expected a header name such as "X-Customer-Id", got "{name}"')
+        if name.lower() in seen:
+            raise fail(f"context.headers[{i}]", f'header "{name}" is listed twice')
+        seen.add(name.lower())
+    if context.timezone:
+        try:
+            zoneinfo.ZoneInfo(context.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise fail("context.timezone", f'expected an IANA time zone such as "Europe/Berlin" or "UTC", got '
+                                           f'"{context.timezone}"') from None
+    for raw in context.defaults:
+        name = str(raw)
+        problem = "" if name in templates.WIRE_VARIABLES else templates.variable_problem(name, context.headers)
+        if not problem and name in templates.CALL_VARIABLES:
+            problem = f"{{{name}}} always has a value: it takes no default"
+        if problem:
+            raise fail(f"context.defaults.{name}", problem)
+        if isinstance(context.defaults[raw], dict | list):
+            raise fail(f"context.defaults.{name}", "expected a text, got a mapping or a list")
+    for dotted in TEMPLATE_KEYS:
+        owner: Any = config
+        for part in dotted.split("."):
+            owner = getattr(owner, part)
+        check_template_key(ctx, root, dotted, owner, context.headers)
+
+
+def check_template_key(ctx: _Ctx, root: yaml.Node | None, dotted: str, text: str, headers: Collection[str]) -> None:
+    """Raises ConfigError, at the line of the mistake, unless the text at key ``dotted`` is a valid template
+    (sipagent.bridge.context.check_template) with ``headers`` listed. For any templated key."""
+    try:
+        templates.check_template(text, headers)
+    except templates.TemplateError as exc:
+        node = _node_for(root, dotted)
+        line = None
+        if node is not None:
+            line = node.start_mark.line + 1
+            if isinstance(node, yaml.ScalarNode) and node.style == "|" and node.value == text:
+                line += exc.line  # a literal block keeps its lines: point at the one with the mistake
+        raise ConfigError(exc.reason, path=ctx.path, line=line, key=dotted) from None
 
 
 _HOST_OR_NETWORK = re.compile(r"\[?[0-9A-Za-z.:\-]+\]?(/[0-9]{1,3})?")

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 from sipagent.bridge.bargein import BargeIn, BargeInPolicy, Pause, Resume
 from sipagent.bridge.call_events import ToolUse
+from sipagent.bridge.context import CallContext, TemplateError, render
 from sipagent.bridge.conversation import Conversation
 from sipagent.bridge.settings import AgentConfig, RecordingConfig, ToolConfig
 from sipagent.bridge.tools import ToolResult, parse_arguments, run_webhook
@@ -122,6 +124,8 @@ class BridgeSettings:
     reconnect_delays: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     apology_audio: Callable[[str], Awaitable[bytes]] | None = None  # text → 24 kHz PCM16 (local TTS)
     metrics: Metrics | None = None
+    # context.defaults: what a template variable absent from the call renders as (keys as Variable.key).
+    context_defaults: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,13 +162,16 @@ class CallBridge:
         connect: Callable[[], Awaitable[RealtimeLink]],
         settings: BridgeSettings,
         on_transcript: Callable[[str, str], None] | None = None,
+        context: CallContext | None = None,
     ) -> None:
         self.call = call
         self.log = call_logger(log, call.call_id)  # its callbacks also run outside the call's task
         self.media = media
         self._connect = connect
         self.settings = settings
-        self.agent = settings.agent
+        self.context = context or CallContext(call.call_id, datetime.now(UTC).astimezone())
+        # The templates of this call's texts, filled in once: the instructions and everything the agent says.
+        self.agent, self.session = self._render_texts(settings.agent, settings.session)
         self.on_transcript = on_transcript
         self.conversation = Conversation()
         barge = self.agent.barge_in
@@ -214,6 +221,22 @@ class CallBridge:
         # The transfer under way (target name, URI), set before the REFER: a completed transfer can end the
         # call before transfer() returns, and the outcome still names where the caller went.
         self._transfer_to: tuple[str, str] | None = None
+
+    def _render_texts(self, agent: AgentConfig, session: ev.SessionSettings) -> tuple[AgentConfig, ev.SessionSettings]:
+        variables = self.context.variables(self.settings.context_defaults)
+
+        def fill(text: str) -> str:
+            try:
+                return render(text, variables)
+            except TemplateError as exc:  # the loader checks every template; settings built in code may not be
+                self.log.warning("template not filled in (%s): %s", exc, text[:60])
+                return text
+
+        failure = dataclasses.replace(agent.on_failure, message=fill(agent.on_failure.message))
+        agent = dataclasses.replace(agent, greeting=fill(agent.greeting), idle_prompt=fill(agent.idle_prompt),
+                                    goodbye=fill(agent.goodbye), max_call_message=fill(agent.max_call_message),
+                                    on_failure=failure)
+        return agent, dataclasses.replace(session, instructions=fill(session.instructions))
 
     def _use_codec(self, codec: str) -> None:
         """Everything of the bridge that depends on the call's codec, with fresh codec state (as the far end
@@ -286,7 +309,7 @@ class CallBridge:
         """Runs the call until either side or a limit ends it. Never raises: whatever fails, the call ends
         and its outcome is returned (``error`` for a fault of our own), so that it is counted."""
         self._record("call", event="start", call_id=self.call.call_id, caller=self.call.from_uri,
-                     codec=self.codec)
+                     codec=self.codec, context=self.context.to_json())
         try:
             self._set_state("connecting")
             if not await self._open_session(first=True):
@@ -444,7 +467,7 @@ class CallBridge:
             await asyncio.sleep(delay)
             try:
                 link = await self._connect()
-                await link.send(ev.session_update(self.settings.session, self.settings.dialect))
+                await link.send(ev.session_update(self.session, self.settings.dialect))
             except (TimeoutError, RealtimeError, OSError) as exc:
                 self.log.warning("Realtime connect attempt %d failed: %s", attempt + 1, exc)
                 continue
@@ -838,7 +861,7 @@ class CallBridge:
 
     async def _webhook(self, tool: ToolConfig, args: dict[str, Any]) -> ToolResult:
         try:
-            return await run_webhook(tool, args, self.call.call_id)
+            return await run_webhook(tool, args, self.call.call_id, self.context)
         except Exception as exc:  # a tool's failure is the model's to explain, never the call's end
             self.log.warning("tool %s failed: %s", tool.name, exc)
             return ToolResult(False, {"error": f"{tool.name} failed"})

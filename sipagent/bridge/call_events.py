@@ -114,8 +114,9 @@ def clean_context(context: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
 class CallEvents:
     """The events of one call, in order: ids and sequence numbers, the context and profile in every one.
 
-    ``context`` (caller and dialed URIs today; caller number, headers… as the bridge learns them) and
-    ``profile`` are given once per call. ``new_id`` makes event ids (random in production, fixed in tests)."""
+    ``context`` (the call's CallContext as webhooks get it, with the From and To URIs and the address the
+    INVITE came from) and ``profile`` are given once per call. ``new_id`` makes event ids (random in
+    production, fixed in tests)."""
 
     def __init__(self, call_id: str, context: Mapping[str, Any], profile: str,
                  new_id: Callable[[], str]) -> None:

@@ -125,13 +125,13 @@ class EventSender:
 
     async def _attempt(self, delivery: Delivery) -> None:
         settings, event = self.settings, delivery.event
-        headers = {**settings.headers, **signed_headers(settings.secret, event, delivery.body, self._wall())}
+        signed = signed_headers(settings.secret, event, delivery.body, self._wall())
         retry_after = None
         result: Verdict
         try:
             async with asyncio.timeout(settings.timeout_s):
-                response = await webhook.request("POST", settings.url, headers, delivery.body,
-                                                 call_id=event.call_id, tls=self._tls)
+                response = await webhook.request("POST", settings.url, settings.headers, delivery.body,
+                                                 call_id=event.call_id, own_headers=signed, tls=self._tls)
         except TimeoutError:  # before OSError: a connect timing out in the kernel is a slow receiver too
             result, why = "retry", f"no answer within {settings.timeout_s:g} s"
         except webhook.RequestRefused as exc:  # the configuration was checked at load time: not expected

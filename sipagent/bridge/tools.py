@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sipagent.bridge import webhook
+from sipagent.bridge.context import CallContext
 from sipagent.bridge.settings import ToolConfig
 from sipagent.realtime import events
 
@@ -98,10 +99,20 @@ def parse_arguments(raw: str) -> dict[str, Any]:
 MAX_RESULT_DEPTH = 32
 
 
-async def run_webhook(tool: ToolConfig, arguments: dict[str, Any], call_id: str) -> ToolResult:
+# The key of the JSON body that carries the call's context (a POST or PUT tool's parameters may not use it).
+CONTEXT_KEY = "context"
+
+
+async def run_webhook(tool: ToolConfig, arguments: dict[str, Any], call_id: str,
+                      context: CallContext | None = None) -> ToolResult:
     """Calls the tool's URL with the arguments (a JSON body, or the query of a GET); the JSON response is
     the result. The whole exchange, DNS to the last byte, has ``tool.timeout_s``; when it runs out, the
-    connection is aborted and nothing of the call is left running."""
+    connection is aborted and nothing of the call is left running.
+
+    The call's ``context`` goes along as X-Sipagent-* headers, and in a body as its ``context`` object,
+    which replaces anything the model put under that name: the model hears the caller, so it must not be
+    able to pass for the phone network. A GET's query is the model's arguments only: the context is in
+    the headers (a query also lands in access logs)."""
     if tool.url.startswith("builtin:demo-orders"):
         order = DEMO_ORDERS.get(str(arguments.get("order_id", "")).strip())
         if order is None:
@@ -111,10 +122,12 @@ async def run_webhook(tool: ToolConfig, arguments: dict[str, Any], call_id: str)
     if tool.method == "GET":
         url = f"{url}{'&' if '?' in url else '?'}{urlencode({k: str(v) for k, v in arguments.items()})}"
     else:
-        body = json.dumps(arguments).encode()
+        sent = {**arguments, CONTEXT_KEY: context.to_json()} if context is not None else arguments
+        body = json.dumps(sent).encode()
     try:
         async with asyncio.timeout(tool.timeout_s):
-            response = await webhook.request(tool.method, url, tool.headers, body, call_id=call_id)
+            response = await webhook.request(tool.method, url, tool.headers, body, call_id=call_id,
+                                             own_headers=context.http_headers() if context else None)
     except TimeoutError:  # before OSError: a connect that times out in the kernel is a slow service too
         return _timed_out(tool)
     except webhook.RequestRefused as exc:

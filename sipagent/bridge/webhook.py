@@ -42,6 +42,8 @@ READ_BYTES = 64 << 10
 
 # Headers that frame the exchange: ours to write, never taken from the configuration.
 RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "x-sipagent-call-id"})
+# The call's context (X-Sipagent-Caller, ...): a receiver must be able to trust that sipagent wrote them.
+RESERVED_PREFIX = "x-sipagent-"
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field name
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but HTAB: CR/LF/NUL split a request
@@ -90,9 +92,14 @@ class Response:
 
 
 def prepare(
-    method: str, url: str, headers: Mapping[str, str], body: bytes | None = None, *, call_id: str = ""
+    method: str, url: str, headers: Mapping[str, str], body: bytes | None = None, *, call_id: str = "",
+    own_headers: Mapping[str, str] | None = None,
 ) -> Prepared:
-    """The request as bytes; raises :class:`RequestRefused` rather than write an unsafe byte."""
+    """The request as bytes; raises :class:`RequestRefused` rather than write an unsafe byte.
+
+    ``headers`` come from the configuration; ``own_headers`` are the X-Sipagent-* headers sipagent writes
+    itself (the call's context, a call event's signature), written after them: the configuration may not
+    set any X-Sipagent-* header, so a receiver can trust that sipagent wrote them."""
     if not _TOKEN.fullmatch(method):
         raise RequestRefused(f"method {method!r} is not an HTTP method")
     parts = urlsplit(url)
@@ -126,8 +133,10 @@ def prepare(
     if body is not None:
         put("Content-Type", "application/json")
     for name, value in headers.items():
-        if name.lower() in RESERVED_HEADERS:
+        if name.lower() in RESERVED_HEADERS or name.lower().startswith(RESERVED_PREFIX):
             raise RequestRefused(f"header {name} is set by sipagent, not by the configuration")
+        put(name, value)
+    for name, value in (own_headers or {}).items():
         put(name, value)
     if body is not None:
         put("Content-Length", str(len(body)))
@@ -359,6 +368,7 @@ async def request(
     body: bytes | None = None,
     *,
     call_id: str = "",
+    own_headers: Mapping[str, str] | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> Response:
     """One exchange; the caller bounds it (``asyncio.timeout``), and cancelling it leaves nothing open.
@@ -366,7 +376,7 @@ async def request(
     Raises :class:`WebhookError` for what this client refuses or cannot read, ``OSError`` for DNS,
     connection and TLS failures (``ssl.SSLError`` included).
     """
-    prepared = prepare(method, url, headers, body, call_id=call_id)
+    prepared = prepare(method, url, headers, body, call_id=call_id, own_headers=own_headers)
     context = (tls or await _default_tls_context()) if prepared.tls else None
     reader, writer = await _connect(prepared.host, prepared.port, context)
     try:

@@ -272,7 +272,9 @@ async def _webhooks(tmp_path: Path) -> None:
                if e["type"] == "conversation.item.create" and e["item"]["type"] == "function_call_output"]
     assert len(outputs) == 3 and all("error" in json.loads(o) for o in outputs[1:]), outputs
     assert [p for p, _ in _ToolService.requests] == ["/stock", "/broken", "/slow"]
-    assert _ToolService.requests[0][1] == {"item": "boots"}
+    # The model's arguments, and the call's context beside them (the caller is sipagent's own caller).
+    sent = dict(_ToolService.requests[0][1])
+    assert sent.pop("context")["caller_number"] == "caller" and sent == {"item": "boots"}
     # The goodbye was spoken to the end before the BYE.
     goodbye = speech_span_s(await asyncio.to_thread(tts().synthesize, GOODBYE_REPLY))
     said = [at for at, level in heard_frames(rig.caller)[heard_before_goodbye:] if level >= LOUD_DB]

@@ -31,6 +31,7 @@ def test_shipped_configs_validate() -> None:
     assert example.sip.effective_domain == "pbx.example.com"
     assert [t.name for t in example.agent.tools] == ["lookup_order", "transfer_call", "end_call"]
     assert example.agent.tools[0].parameters["required"] == ["order_id"]
+    assert example.context.headers == ["X-Customer-Id"] and "{header.X-Customer-Id}" in example.realtime.instructions
 
 
 def test_empty_file_gives_defaults_that_need_a_key() -> None:

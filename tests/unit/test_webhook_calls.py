@@ -12,13 +12,17 @@ import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
+from zoneinfo import ZoneInfo
 
 import pytest
 import uvloop
 
 from sipagent.bridge import webhook
+from sipagent.bridge.context import CallContext
 from sipagent.bridge.settings import ToolConfig
 from sipagent.bridge.tools import run_webhook
 
@@ -158,6 +162,35 @@ def test_post_and_get_reach_the_service(loop: str) -> None:
             assert named.ok and named.output["headers"]["Host"] == f"localhost:{service.port}"
 
     run(main(), loop)
+
+
+def test_the_calls_context_travels_in_the_body_and_in_x_sipagent_headers() -> None:
+    context = CallContext("call-1@pbx", datetime(2026, 12, 5, 7, 56, 12, tzinfo=ZoneInfo("Europe/Berlin")),
+                          caller_number="+4930123456", caller_name="Zoë \"Boss\"", dialed="800",
+                          headers={"X-Customer-Id": "4711"})
+
+    async def main() -> None:
+        async with Service(echo) as service:
+            # The model's own "context" argument cannot pass for the phone network's: ours replaces it.
+            posted = await run_webhook(tool(service.url()), {"order_id": "7721", "context": {"caller_number": "1"}},
+                                       "call-1@pbx", context)
+            assert posted.ok
+            assert json.loads(posted.output["body"]) == {"order_id": "7721", "context": {
+                "call_id": "call-1@pbx", "caller_number": "+4930123456", "caller_name": 'Zoë "Boss"',
+                "dialed": "800", "redirected_from": "", "headers": {"X-Customer-Id": "4711"},
+                "started_at": "2026-12-05T07:56:12+01:00"}}
+            headers = posted.output["headers"]
+            assert headers["X-Sipagent-Caller"] == "+4930123456" and headers["X-Sipagent-Dialed"] == "800"
+            assert headers["X-Sipagent-Caller-Name"] == "Zo%C3%AB%20%22Boss%22"  # ASCII, one header value
+            assert unquote(headers["X-Sipagent-Caller-Name"]) == 'Zoë "Boss"'
+            assert headers["X-Sipagent-Header-X-Customer-Id"] == "4711"
+            assert "X-Sipagent-Redirected-From" not in headers  # absent values are left out
+            # A GET: the query is the model's arguments only; the context is in the headers.
+            got = await run_webhook(tool(service.url(), method="GET"), {"order_id": 7721}, "call-1@pbx", context)
+            assert got.ok and got.output["target"] == "/orders?order_id=7721" and got.output["body"] == ""
+            assert got.output["headers"]["X-Sipagent-Caller"] == "+4930123456"
+
+    run(main())
 
 
 def test_error_status_redirect_and_non_json_answers() -> None:
