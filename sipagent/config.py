@@ -19,7 +19,15 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from sipagent.bridge.settings import BUILTIN_TOOLS, AgentConfig, BargeInConfig, RecordingConfig, ToolConfig
+from sipagent.bridge.digits import FIRST_DIGIT_TIMEOUT_S, INTER_DIGIT_TIMEOUT_S, MAX_DIGITS, TERMINATORS
+from sipagent.bridge.settings import (
+    BUILTIN_TOOLS,
+    AgentConfig,
+    BargeInConfig,
+    DtmfConfig,
+    RecordingConfig,
+    ToolConfig,
+)
 from sipagent.bridge.webhook import RequestRefused, prepare
 from sipagent.errors import ConfigError, SipParseError
 from sipagent.sip.admission import parse_network
@@ -509,6 +517,7 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         raise fail("media.rtp_timeout_s", "0 (off) with agent.max_call_s: 0 and agent.idle_timeout_s: 0 would "
                                           "leave a call whose far end vanished without a BYE up forever; set one")
     _check_barge_in(config.agent.barge_in, fail)
+    _check_dtmf(config.agent.dtmf, fail)
 
 
 _HOST_OR_NETWORK = re.compile(r"\[?[0-9A-Za-z.:\-]+\]?(/[0-9]{1,3})?")
@@ -566,6 +575,22 @@ def _check_transfer_targets(config: Config, fail: Callable[[str, str], ConfigErr
                 setattr(owner, attr, transfer_uri(value, domain))
             except ValueError as exc:
                 raise fail(dotted, str(exc)) from None
+
+
+def _check_dtmf(dtmf: DtmfConfig, fail: Callable[[str, str], ConfigError]) -> None:
+    """The same bounds the model's collect_digits arguments get (sipagent.bridge.digits)."""
+    key = "agent.dtmf."
+    if dtmf.terminator not in TERMINATORS:
+        raise fail(key + "terminator", f'expected "#", "*" or "" (none), got "{dtmf.terminator}"')
+    if not 1 <= dtmf.max_digits <= MAX_DIGITS:
+        raise fail(key + "max_digits", f"expected 1 to {MAX_DIGITS}, got {dtmf.max_digits}")
+    for name, (low, high) in (("first_digit_timeout_s", FIRST_DIGIT_TIMEOUT_S),
+                              ("inter_digit_timeout_s", INTER_DIGIT_TIMEOUT_S), ("max_wait_s", (5.0, 600.0))):
+        value = getattr(dtmf, name)
+        if not low <= value <= high:
+            raise fail(key + name, f"expected {low:g} to {high:g} seconds, got {value:g}")
+    if not 40 <= dtmf.tone_ms <= 1000:
+        raise fail(key + "tone_ms", f"expected 40 to 1000 ms, got {dtmf.tone_ms}")
 
 
 def _check_barge_in(barge: BargeInConfig, fail: Callable[[str, str], ConfigError]) -> None:
