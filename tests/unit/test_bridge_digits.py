@@ -16,8 +16,8 @@ from sipagent.bridge.digits import (
     collect_spec,
     send_digits,
 )
-from sipagent.bridge.tools import BUILTIN_SCHEMAS, tool_definitions
 from sipagent.bridge.settings import ToolConfig
+from sipagent.bridge.tools import BUILTIN_SCHEMAS, tool_definitions
 
 SPEC = CollectSpec(max_digits=6, terminator="#", first_digit_timeout_s=10.0, inter_digit_timeout_s=5.0,
                    max_wait_s=60.0)
