@@ -185,3 +185,11 @@ def test_ask_digits_config_errors(ask: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match="needs a tool"):  # nothing to fill
         LocalBrainConfig.from_mapping({"intents": [{"name": "x", "phrases": ["a"], "reply": "r",
                                                     "ask_digits": {"prompt": "Key it in."}}]})
+
+
+def test_an_intent_may_take_keyed_digits_only() -> None:
+    intent = {**KEYPAD_INTENT, "ask_digits": {"prompt": "Key it in.", "spoken_digits": False}}
+    brain = Brain(LocalBrainConfig.from_mapping({"intents": [intent]}))
+    heard = brain.on_user_input("where is my parcel two two two one eight")  # misheard digits: ignored
+    assert heard.tool == ToolCall("collect_digits", {}) and heard.text == "Key it in."
+    assert brain.on_user_input("caller pressed 7 7 2 1 #").tool == ToolCall("lookup_order", {"order_id": "7721"})

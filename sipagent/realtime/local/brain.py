@@ -16,6 +16,7 @@ Configuration (``realtime.local``)::
           prompt: "Please key in your order number, then press the hash key."
           arguments: {max_digits: 8}              # collect_digits' arguments
           missing: "Sorry, I did not get a number."  # said when the entry brought no digits
+          spoken_digits: true                     # false: digits heard in speech do not count, always ask
     fallback: "Sorry, I did not catch that."
 
 Matching: the caller's words (ASR transcript or a user text item) are lower-cased and stripped of
@@ -71,6 +72,9 @@ class AskDigits:
     prompt: str
     arguments: Mapping[str, Any] = field(default_factory=dict)
     missing: str = "Sorry, I did not get a number."
+    # False: digits in the caller's speech are ignored for this intent, it always asks on the keypad. The
+    # offline recogniser often mishears spoken digits (a wrong order looked up is worse than asking).
+    spoken_digits: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,15 +119,18 @@ class Intent:
         ask = None
         if data.get("ask_digits") is not None:
             raw = data["ask_digits"]
-            if (not isinstance(raw, Mapping) or set(raw) - {"prompt", "arguments", "missing"}
-                    or not isinstance(raw.get("prompt"), str) or not raw["prompt"]):
-                raise ConfigError("ask_digits must be {prompt: ..., arguments: {...}, missing: ...}", key=key)
+            if (not isinstance(raw, Mapping) or set(raw) - {"prompt", "arguments", "missing", "spoken_digits"}
+                    or not isinstance(raw.get("prompt"), str) or not raw["prompt"]
+                    or not isinstance(raw.get("spoken_digits", True), bool)):
+                raise ConfigError("ask_digits must be {prompt: ..., arguments: {...}, missing: ..., "
+                                  "spoken_digits: true|false}", key=key)
             if tool is None or not _needs_digits(tool):
                 raise ConfigError('ask_digits needs a tool with "{digits}" in its arguments', key=key)
             arguments = raw.get("arguments") or {}
             if not isinstance(arguments, Mapping):
                 raise ConfigError("ask_digits.arguments must be a mapping", key=key)
-            ask = AskDigits(raw["prompt"], dict(arguments), str(raw.get("missing") or AskDigits("").missing))
+            ask = AskDigits(raw["prompt"], dict(arguments), str(raw.get("missing") or AskDigits("").missing),
+                            raw.get("spoken_digits", True))
         return cls(name, tuple(phrases), reply, tool, str(data.get("reply_after_tool") or ""), ask)
 
 
@@ -250,6 +257,8 @@ class Brain:
         if intent is None:
             return Reply(self.config.fallback)
         self._waiting_for_digits = None
+        if intent.ask_digits is not None and not intent.ask_digits.spoken_digits and not _DTMF.search(text):
+            digits = ""  # heard, not keyed: not trusted for this intent
         tool = self._tool_for(intent, digits) if intent.tool is not None else None
         if intent.tool is not None and tool is None:
             # Digits still to come; keys typed as text (the bridge's "caller pressed ...") complete it too.
