@@ -978,6 +978,8 @@ class CallBridge:
         if not self.media.can_send_dtmf:
             return ToolResult(False, {"error": "this line does not accept keypad tones (no RFC 4733 "
                                                "telephone-event was negotiated); say the choice instead"})
+        if self.media.dtmf_sending:  # one call at a time: parallel calls would queue keys without bound
+            return ToolResult(False, {"error": "keys are still being sent; wait for that result first"})
         tone_ms = self.agent.dtmf.tone_ms
         try:
             for digit in digits:
