@@ -10,12 +10,16 @@ keys itself.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 from bridge_helpers import Rig, bridge_config, call_rig
 
+from sipagent.bridge.call import BridgeSettings, CallBridge, RealtimeLink
+from sipagent.bridge.settings import AgentConfig, DtmfConfig, RecordingConfig, ToolConfig
 from sipagent.config import Config
+from sipagent.realtime.events import SessionSettings
 
 PROMPT = ("Please key in your order number on your keypad, then press the hash key. You will find the order "
           "number in the email we sent you when you placed the order.")  # long: time to cut it off
@@ -115,3 +119,82 @@ async def _send(tmp_path: Path) -> None:
     session = next(e["session"] for e in rig.sent if e["type"] == "session.update")
     names = [t["name"] for t in session["tools"]]
     assert "collect_digits" in names and "send_dtmf" in names
+
+
+# ---------------------------------------------------------------- the bridge's checks, with a fake line
+
+
+class FakeMedia:
+    """The call's media leg, reduced to what the DTMF tools use; ``dtmf_pt`` False: no telephone-event."""
+
+    codec = "PCMU"
+    played_ms = 0
+    buffered_ms = 0
+    packets_received = 0
+
+    def __init__(self, dtmf_pt: bool = True) -> None:
+        self.can_send_dtmf = dtmf_pt
+        self.keys: list[tuple[str, int]] = []
+        self.dtmf_sending = False
+
+    def send_dtmf(self, digit: str, duration_ms: int) -> None:
+        self.keys.append((digit, duration_ms))
+
+    def push_audio(self, payload: bytes) -> None: ...
+    def flush_audio(self) -> int: return 0
+    def pause_audio(self) -> None: ...
+    def resume_audio(self) -> None: ...
+
+
+class FakeCall:
+    call_id = "dtmf-test"
+    from_uri = "sip:caller@127.0.0.1"
+    end_reason = ""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+
+    async def hangup(self) -> None: ...
+
+    async def transfer(self, target: str, timeout: float = 30) -> bool:
+        return False
+
+
+def fake_bridge(media: FakeMedia, tools: tuple[str, ...] = ("collect_digits", "send_dtmf")) -> CallBridge:
+    async def no_backend() -> RealtimeLink:
+        raise OSError("not in these tests")
+
+    agent = AgentConfig(tools=[ToolConfig(name) for name in tools], dtmf=DtmfConfig(tone_ms=60))
+    settings = BridgeSettings(agent=agent, recording=RecordingConfig(transcripts=False), session=SessionSettings())
+    return CallBridge(FakeCall(), media, no_backend, settings)
+
+
+def test_send_dtmf_checks_the_line_and_its_arguments() -> None:
+    async def body() -> None:
+        media = FakeMedia()
+        bridge = fake_bridge(media)
+        assert (await bridge._send_dtmf({"digits": "0044#"})).output == {"sent": "0044#"}
+        assert media.keys == [(key, 60) for key in "0044#"]
+        refused = await bridge._send_dtmf({"digits": "12; DROP"})
+        assert not refused.ok and "may only contain 0-9, *, # and A-D" in refused.output["error"]
+        media.dtmf_sending = True  # an earlier call's keys still going out
+        busy = await bridge._send_dtmf({"digits": "1"})
+        assert not busy.ok and "still being sent" in busy.output["error"]
+        no_events = await fake_bridge(FakeMedia(dtmf_pt=False))._send_dtmf({"digits": "1"})
+        assert not no_events.ok and "no RFC 4733 telephone-event was negotiated" in no_events.output["error"]
+
+    asyncio.run(body())
+
+
+def test_collect_digits_arguments_are_checked_before_anything_waits() -> None:
+    async def body() -> None:
+        bridge = fake_bridge(FakeMedia())
+        bad = await bridge._collect_digits({"max_digits": 1000, "timeout_s": 5})
+        assert not bad.ok and bad.output == {"error": "max_digits must be from 1 to 64, not 1000"}
+        # Keys typed just before the call (not yet passed to the model) start the entry; "#" ends it at once.
+        now = time.monotonic()
+        bridge._dtmf = [("4", now - 0.5), ("2", now - 0.3), ("#", now - 0.1)]
+        typed = await asyncio.wait_for(bridge._collect_digits({}), 2)
+        assert typed.output == {"digits": "42", "ended_by": "terminator", "count": 2}
+
+    asyncio.run(body())
