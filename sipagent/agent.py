@@ -86,6 +86,17 @@ class _MediaLeg:
     def packets_received(self) -> int:
         return self.endpoint.rx_stats.packets
 
+    @property
+    def can_send_dtmf(self) -> bool:
+        return self.endpoint.dtmf_payload_type is not None
+
+    def send_dtmf(self, digit: str, duration_ms: int) -> None:
+        self.endpoint.send_dtmf(digit, duration_ms)
+
+    @property
+    def dtmf_sending(self) -> bool:
+        return self.endpoint.dtmf_sending
+
 
 class _CallMedia:
     """One call's media chain, set up for its negotiated media by ``apply``: once at the answer, and again

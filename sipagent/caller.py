@@ -122,6 +122,7 @@ class SipCaller:
         self.remote_target = target
         self.cseq = 0
         self.heard = HeardAudio()
+        self.dtmf_heard: list[tuple[str, int]] = []  # keys the far end sent us (RFC 4733), with their length
         self.ended = asyncio.Event()
         self.end_reason = ""
         self._sip: _SipSocket | None = None
@@ -155,7 +156,8 @@ class SipCaller:
         self._sip = protocol
         self._local_port = transport.get_extra_info("sockname")[1]
         self._endpoint = RtpEndpoint(self.clock, self.ports, bind_host=self.host, jitter_ms=40,
-                                     silence=CODEC_SILENCE[self.codec], on_frame=self._on_frame)
+                                     silence=CODEC_SILENCE[self.codec], on_frame=self._on_frame,
+                                     on_dtmf=lambda digit, ms: self.dtmf_heard.append((digit, ms)))
         self._endpoint.playout = _ObservedPlayout(CODEC_SILENCE[self.codec], Decoder24k(self.codec), self.sent)
         offer = self._offer(self._endpoint.local_port)
         response = await self._request("INVITE", self.target, offer, content_type="application/sdp",

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-c", "--config", metavar="FILE", help="the demo configuration (default: built in)")
     demo.add_argument("--question", metavar="TEXT", default=None, help="what the demo caller says")
     demo.add_argument("--out", metavar="DIR", default=None, help="where recordings and transcripts go")
+    demo.add_argument("--order", metavar="DIGITS", default=None,
+                      help="the order number the demo caller keys in when asked (default 7721; 1234 is known too)")
 
     local = sub.add_parser("local-realtime", help="serve the offline Realtime-compatible backend alone")
     local.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT")
@@ -64,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(load_config(args.config))
         if args.command == "demo":
-            return _demo(args.config, args.question, args.out)
+            return _demo(args.config, args.question, args.out, args.order)
         if args.command == "local-realtime":
             token = args.token or os.environ.get("SIPAGENT_LOCAL_TOKEN") or None
             return _local_realtime(args.listen, args.config, args.lead_ms, token, args.max_sessions)
@@ -111,10 +113,10 @@ def _run(config: Config) -> int:
     return run_agent(config)
 
 
-def _demo(path: str | None, question: str | None, out: str | None) -> int:
+def _demo(path: str | None, question: str | None, out: str | None, order: str | None) -> int:
     from sipagent.demo import run_demo
 
-    return run_demo(path, question, out)
+    return run_demo(path, question, out, order)
 
 
 def _local_realtime(

@@ -24,11 +24,13 @@ import yaml
 
 from sipagent.bridge import context as templates
 from sipagent.bridge.call_events import EVENT_HEADERS
+from sipagent.bridge.digits import FIRST_DIGIT_TIMEOUT_S, INTER_DIGIT_TIMEOUT_S, MAX_DIGITS, TERMINATORS
 from sipagent.bridge.settings import (
     BUILTIN_TOOLS,
     CALL_EVENT_TYPES,
     AgentConfig,
     BargeInConfig,
+    DtmfConfig,
     EventsConfig,
     EventWebhookConfig,
     RecordingConfig,
@@ -571,6 +573,7 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     _check_barge_in(config.agent.barge_in, fail)
     if config.events.webhook is not None:
         _check_event_webhook(config.events.webhook, fail)
+    _check_dtmf(config.agent.dtmf, fail)
 
 
 def _check_context(ctx: _Ctx, root: yaml.Node | None, config: Config,
@@ -678,6 +681,22 @@ def _check_transfer_targets(config: Config, fail: Callable[[str, str], ConfigErr
                 setattr(owner, attr, transfer_uri(value, domain))
             except ValueError as exc:
                 raise fail(dotted, str(exc)) from None
+
+
+def _check_dtmf(dtmf: DtmfConfig, fail: Callable[[str, str], ConfigError]) -> None:
+    """The same bounds the model's collect_digits arguments get (sipagent.bridge.digits)."""
+    key = "agent.dtmf."
+    if dtmf.terminator not in TERMINATORS:
+        raise fail(key + "terminator", f'expected "#", "*" or "" (none), got "{dtmf.terminator}"')
+    if not 1 <= dtmf.max_digits <= MAX_DIGITS:
+        raise fail(key + "max_digits", f"expected 1 to {MAX_DIGITS}, got {dtmf.max_digits}")
+    for name, (low, high) in (("first_digit_timeout_s", FIRST_DIGIT_TIMEOUT_S),
+                              ("inter_digit_timeout_s", INTER_DIGIT_TIMEOUT_S), ("max_wait_s", (5.0, 600.0))):
+        value = getattr(dtmf, name)
+        if not low <= value <= high:
+            raise fail(key + name, f"expected {low:g} to {high:g} seconds, got {value:g}")
+    if not 40 <= dtmf.tone_ms <= 1000:
+        raise fail(key + "tone_ms", f"expected 40 to 1000 ms, got {dtmf.tone_ms}")
 
 
 def _check_barge_in(barge: BargeInConfig, fail: Callable[[str, str], ConfigError]) -> None:

@@ -2,9 +2,10 @@
 
 The agent runs in direct mode on 127.0.0.1 with the local Realtime-compatible backend in-process
 (speech recognition, intents and speech synthesis, all offline). A caller built on the same SIP and RTP
-stack dials it, listens to the greeting, asks its question out loud, listens to the answer, says
-goodbye, and the agent hangs up. The live transcript is printed; the agent's transcript and stereo
-recording, and what the caller heard, are saved.
+stack dials it, listens to the greeting, asks where its order is, keys the order number in on the keypad
+when the agent asks for it (RFC 4733 telephone-events; the agent's collect_digits tool gathers them), hears
+the agent read back that order's status, says goodbye, and the agent hangs up. The live transcript is
+printed; the agent's transcript and stereo recording, and what the caller heard, are saved.
 """
 
 from __future__ import annotations
@@ -31,8 +32,14 @@ from sipagent.rtp.ports import PortAllocator
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUESTION = "where is my order seven seven two one"
+DEFAULT_QUESTION = "where is my order"
+DEFAULT_ORDER = "7721"  # what the caller keys in when asked (the demo's order system knows 7721 and 1234)
+KEY_MS = 120  # each key's length; RFC 4733 events, with the sender's gap between keys
 GOODBYE = "that is all thank you"
+
+
+class DemoError(SipagentError):
+    """The demo was asked for something it cannot do."""
 
 
 @dataclass
@@ -52,12 +59,13 @@ def load_demo_config(path: str | None, out_dir: Path | None) -> Config:
     return load_config_text(text, "sipagent/data/demo.yaml (built in)", env=env)
 
 
-def run_demo(path: str | None, question: str | None, out: str | None) -> int:
+def run_demo(path: str | None, question: str | None, out: str | None, order: str | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out_dir = Path(out or f"recordings/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     try:
         config = load_demo_config(path, out_dir)
-        result = asyncio.run(run_demo_call(config, question or DEFAULT_QUESTION, out_dir, echo=True))
+        result = asyncio.run(run_demo_call(config, question or DEFAULT_QUESTION, out_dir, echo=True,
+                                           order=order or DEFAULT_ORDER))
     except SipagentError as exc:
         print(f"sipagent demo: {exc}", file=sys.stderr)
         return 1
@@ -74,7 +82,7 @@ def run_demo(path: str | None, question: str | None, out: str | None) -> int:
 
 
 async def run_demo_call(config: Config, question: str, out_dir: Path, echo: bool = False,
-                        codec: str = "G722") -> DemoResult:
+                        codec: str = "G722", order: str = DEFAULT_ORDER) -> DemoResult:
     from sipagent.realtime.local.tts import Synthesizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +92,8 @@ async def run_demo_call(config: Config, question: str, out_dir: Path, echo: bool
         if echo:
             print(f"[{time.monotonic() - start:5.1f}s] {role:>11}: {text}", flush=True)
 
+    if not order.isdigit() or not 1 <= len(order) <= 16:
+        raise DemoError(f"the order number to key in must be 1 to 16 digits, not {order[:20]!r}")
     ended: list[CallOutcome] = []
     config = replace(config, recording=replace(config.recording, dir=str(out_dir)))
     agent = Agent(config, on_transcript=show, on_call_end=lambda _id, outcome: ended.append(outcome))
@@ -105,7 +115,12 @@ async def run_demo_call(config: Config, question: str, out_dir: Path, echo: bool
         await _wait_for_agent_turn(caller, timeout=15.0)
         show("", "caller says", question)
         await _speak(caller, question_pcm)
-        await _wait_for_agent_turn(caller, timeout=25.0)
+        await _wait_for_agent_turn(caller, timeout=25.0)  # it asks for the order number on the keypad
+        keys = order + "#"
+        show("", "caller keys", keys)
+        for key in keys:
+            caller.send_dtmf(key, KEY_MS)  # queued: the caller's endpoint sends them one after the other
+        await _wait_for_agent_turn(caller, timeout=25.0, quiet_s=2.0)  # "let me check", then the order
         show("", "caller says", GOODBYE)
         await _speak(caller, goodbye_pcm)
         with contextlib.suppress(TimeoutError):

@@ -23,6 +23,7 @@ from enum import Enum
 class Trigger(Enum):
     LOCAL_VAD = "local-vad"
     SERVER_VAD = "server-vad"
+    DTMF = "dtmf"  # a key pressed during a collect_digits prompt (the bridge decides that one itself)
 
 
 @dataclass(frozen=True)

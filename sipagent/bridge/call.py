@@ -26,14 +26,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sipagent.bridge.bargein import BargeIn, BargeInPolicy, Pause, Resume
+from sipagent.bridge.bargein import BargeIn, BargeInPolicy, Pause, Resume, Trigger
 from sipagent.bridge.call_events import ToolUse
 from sipagent.bridge.context import CallContext, TemplateError, render
 from sipagent.bridge.conversation import Conversation
-from sipagent.bridge.settings import AgentConfig, RecordingConfig, ToolConfig
+from sipagent.bridge.digits import (
+    Collected,
+    CollectSpec,
+    DigitCollector,
+    ToolArgumentError,
+    collect_spec,
+    send_digits,
+)
+from sipagent.bridge.settings import AgentConfig, DtmfConfig, RecordingConfig, ToolConfig
 from sipagent.bridge.tools import ToolResult, parse_arguments, run_webhook
 from sipagent.bridge.transcript import StereoRecorder, TranscriptWriter, call_file_stem
-from sipagent.errors import RealtimeError
+from sipagent.errors import RealtimeError, RtpError
 from sipagent.media.kernel import (
     CODEC_SILENCE,
     Base64Decoder,
@@ -110,6 +118,17 @@ class MediaLeg(Protocol):
     def packets_received(self) -> int:
         """RTP packets taken from the far end: a count that changes whenever media arrives (it restarts with
         a new source), which the media timeout watches."""
+
+    @property
+    def can_send_dtmf(self) -> bool:
+        """The far end negotiated RFC 4733 telephone-events."""
+
+    def send_dtmf(self, digit: str, duration_ms: int) -> None:
+        """Queue one key as RFC 4733 events, sent on the clock's ticks in place of audio."""
+
+    @property
+    def dtmf_sending(self) -> bool:
+        """Keys queued by ``send_dtmf`` are still going out."""
 
 
 @dataclass
@@ -195,8 +214,10 @@ class CallBridge:
         self._done = asyncio.Event()
         self._outcome = "remote-hangup"
         self._pending_action: tuple[str, dict[str, Any]] | None = None
-        self._dtmf: list[str] = []
+        self._dtmf: list[tuple[str, float]] = []  # keys not yet passed to the model, with when they came
         self._dtmf_task: asyncio.Task[None] | None = None
+        self._collector: DigitCollector | None = None  # a collect_digits entry under way
+        self._collector_woken = asyncio.Event()  # a key came for it
         self._last_activity = time.monotonic()
         self._idle_prompts = 0
         self._greeting_pending = bool(self.agent.greeting)
@@ -814,7 +835,7 @@ class CallBridge:
             # The agent went quiet at the pause; confirming it later changed nothing the caller heard.
             self.metrics.observe_barge_in_latency(decision.paused_at - self._onset_at)
             self.metrics.barge_in_pause_ended("barge-in", decision.at - decision.paused_at)
-        elif self.metrics and self.vad.recent_speech_ms:
+        elif self.metrics and self.vad.recent_speech_ms and decision.trigger is not Trigger.DTMF:
             # From the first loud caller frame to the moment the agent went quiet on the wire.
             self.metrics.observe_barge_in_latency(self.vad.recent_speech_ms / 1000 + time.monotonic() - decision.at)
         self.log.info("barge-in (%s)", decision.trigger.value)
@@ -840,6 +861,14 @@ class CallBridge:
             await self._tool_output(call_id, name, {}, ToolResult(False, {"error": f"bad arguments: {exc}"}))
             return
         self._record("tool_call", name=name, arguments=args)
+        if name in ("collect_digits", "send_dtmf") and any(t.name == name for t in self.agent.tools):
+            # Keys are the bridge's own business: no webhook. Offered only when configured, so a model that
+            # names one that is not configured gets "unknown tool" below.
+            result = await (self._collect_digits(args) if name == "collect_digits" else self._send_dtmf(args))
+            if name == "collect_digits":
+                await self._response_idle()  # response.create while one is active would be refused
+            await self._tool_output(call_id, name, args, result)
+            return
         if name in ("end_call", "transfer_call"):
             action_args = {**args, "_call_id": call_id}
             if name == "transfer_call":
@@ -909,19 +938,121 @@ class CallBridge:
                                 ToolResult(False, {"error": f"the transfer to {label} failed"}))
 
     def on_dtmf(self, digit: str, duration_ms: int) -> None:
-        self._last_activity = time.monotonic()
-        self._dtmf.append(digit)
+        """A key from the caller (RFC 4733 or SIP INFO). During a collect_digits entry it goes to the entry
+        and cuts the agent off; otherwise it is passed to the model as text with the keys typed after it."""
+        now = time.monotonic()
+        self._last_activity = now
         self._record("dtmf", digit=digit, duration_ms=duration_ms)
+        collector = self._collector
+        if collector is not None and collector.result is None:
+            self._key_barge_in(now)
+            collector.key(digit, now)
+            self._collector_woken.set()
+            return
+        self._dtmf.append((digit, now))
         if self._dtmf_task is not None:
             self._dtmf_task.cancel()
         self._dtmf_task = self._spawn(self._flush_dtmf(0.0 if digit == "#" else DTMF_FLUSH_S))
 
+    def _key_barge_in(self, now: float) -> None:
+        """A key pressed while the agent asks for the entry stops it at once, as speech would: the caller
+        knows what to type. Unlike speech it needs no confirmation (a key is never echo or a cough), and is
+        not subject to the greeting's protection (no entry runs during the greeting)."""
+        if self.media.buffered_ms <= 0 and not self.conversation.response_active:
+            return
+        self.media.pause_audio()  # quiet from the next tick even if the task below runs after it
+        self.policy.flushed()
+        self._spawn(self._barge_in(BargeIn(Trigger.DTMF, now), server_cancelled=False))
+
+    async def _collect_digits(self, args: dict[str, Any]) -> ToolResult:
+        """The collect_digits tool: gathers keys until the terminator, the count or a timeout (see
+        sipagent.bridge.digits for when each timer starts).
+
+        Keys typed shortly before the tool call count too ("type-ahead"): those still waiting to be passed
+        to the model (typed less than DTMF_FLUSH_S before, with no "#" after them) start the entry, since a
+        caller who knows the menu types as soon as asked, often before the model's function call arrives.
+        Keys the model has already read as text are not taken again."""
+        try:
+            spec = collect_spec(args, _collect_defaults(self.agent.dtmf))
+        except ToolArgumentError as exc:
+            return ToolResult(False, {"error": str(exc)})
+        if self._collector is not None:
+            return ToolResult(False, {"error": "a keypad entry is already under way"})
+        now = time.monotonic()
+        collector = self._collector = DigitCollector(spec, now)
+        if self._dtmf_task is not None:
+            self._dtmf_task.cancel()
+        typed, self._dtmf = self._dtmf, []
+        if typed:
+            self._key_barge_in(now)
+        collector.keys(typed)
+        try:
+            while collector.result is None:
+                now = time.monotonic()
+                if not collector.prompt_over and self.media.buffered_ms <= 0 and not self.conversation.response_active:
+                    collector.prompt_finished(now)  # the prompt played out: the first-digit timer starts
+                if collector.poll(now) is not None:
+                    break
+                self._collector_woken.clear()
+                # A key wakes us at once; otherwise look again at the next deadline, or in 50 ms while the
+                # prompt still plays (its end is a queue running dry, which nothing signals).
+                wait = max(0.0, collector.deadline - now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._collector_woken.wait(), wait if collector.prompt_over else
+                                           min(wait, 0.05))
+        finally:
+            self._collector = None
+        collected: Collected | None = collector.result
+        assert collected is not None
+        self._last_activity = time.monotonic()
+        self.log.info("keypad entry of %d digits ended by %s", len(collected.digits), collected.ended_by)
+        self._record("dtmf_collected", digits=collected.digits, ended_by=collected.ended_by)
+        return ToolResult(True, collected.output())
+
+    async def _send_dtmf(self, args: dict[str, Any]) -> ToolResult:
+        """The send_dtmf tool: the keys go out as RFC 4733 events on the call's RTP, in place of the audio
+        of their ticks (which waits, nothing lost); the result comes once the last one has been sent. With
+        no telephone-event negotiated the model is told so: no SIP INFO fallback, since a PBX that does not
+        take RFC 4733 from a phone rarely routes INFO to an IVR either (and tones in the audio would be
+        mangled by the model's voice codec path)."""
+        try:
+            digits = send_digits(args)
+        except ToolArgumentError as exc:
+            return ToolResult(False, {"error": str(exc)})
+        if not self.media.can_send_dtmf:
+            return ToolResult(False, {"error": "this line does not accept keypad tones (no RFC 4733 "
+                                               "telephone-event was negotiated); say the choice instead"})
+        if self.media.dtmf_sending:  # one call at a time: parallel calls would queue keys without bound
+            return ToolResult(False, {"error": "keys are still being sent; wait for that result first"})
+        tone_ms = self.agent.dtmf.tone_ms
+        try:
+            for digit in digits:
+                self.media.send_dtmf(digit, tone_ms)
+        except RtpError as exc:
+            return ToolResult(False, {"error": str(exc)})
+        self._record("dtmf_out", digits=digits)
+        # Each key: its ticks, three end packets, the gap; a hold stops the clock's sending, so bound it.
+        limit = len(digits) * (tone_ms + 120) / 1000 + 5.0
+        deadline = time.monotonic() + limit
+        while self.media.dtmf_sending and time.monotonic() < deadline and not self.call.ended.is_set():
+            await asyncio.sleep(0.02)
+        if self.media.dtmf_sending:
+            return ToolResult(False, {"error": "the keys could not all be sent in time (is the call on hold?)"})
+        return ToolResult(True, {"sent": digits})
+
+    async def _response_idle(self) -> None:
+        """Until no response is active (a barge-in's cancel takes effect, a function call's response ends),
+        at most CANCEL_WAIT_S. Polled rather than waiting on ``_response_done``, which a goodbye clears."""
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while self.conversation.response_active and time.monotonic() < deadline and not self._done.is_set():
+            await asyncio.sleep(0.02)
+
     async def _flush_dtmf(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        digits, self._dtmf = self._dtmf, []
-        if not digits:
+        keys, self._dtmf = self._dtmf, []
+        if not keys:
             return
-        text = f"caller pressed {' '.join(digits)}"
+        text = f"caller pressed {' '.join(key for key, _ in keys)}"
         self._record("dtmf_sent", text=text)
         await self._send(ev.user_text(text, self.settings.dialect))
         if not self.conversation.response_active:
@@ -939,6 +1070,7 @@ class CallBridge:
                 await asyncio.sleep(wait)
                 continue
             busy = (self.media.buffered_ms > 0 or self.conversation.response_active or self._pending_action
+                    or self._collector is not None  # a keypad entry has its own timeouts
                     or self.state != "live" or self.on_hold)  # e.g. transferring: never prompt a caller put through
             self._last_activity = time.monotonic()  # if busy, counted again from now (a reply's end moves it)
             if busy or self.vad.speaking:
@@ -995,6 +1127,11 @@ class CallBridge:
                 "bypass_media=false)", timeout)
         self._record("event", event="media-timeout", rtp_timeout_s=timeout, media_seen=count > 0)
         self._finish("media-timeout")
+
+def _collect_defaults(dtmf: DtmfConfig) -> CollectSpec:
+    return CollectSpec(dtmf.max_digits, dtmf.terminator, dtmf.first_digit_timeout_s, dtmf.inter_digit_timeout_s,
+                       dtmf.max_wait_s)
+
 
 def _say_exactly(text: str) -> str:
     return f'Say exactly the following, and nothing else: "{text}"'

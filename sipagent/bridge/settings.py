@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-BUILTIN_TOOLS = frozenset({"end_call", "transfer_call"})
+BUILTIN_TOOLS = frozenset({"end_call", "transfer_call", "collect_digits", "send_dtmf"})
 
 
 @dataclass
@@ -38,6 +38,19 @@ class ToolConfig:
 
 
 @dataclass
+class DtmfConfig:
+    """Keypad entry (``collect_digits``) and keys sent (``send_dtmf``); the model may narrow the entry's
+    rules per call within fixed bounds (sipagent.bridge.digits), never widen ``max_wait_s``."""
+
+    terminator: str = "#"  # "#", "*" or "" (none): the key that ends an entry
+    max_digits: int = 16
+    first_digit_timeout_s: float = 10.0  # from the end of the agent's prompt
+    inter_digit_timeout_s: float = 5.0
+    max_wait_s: float = 60.0  # the whole entry, from the tool call
+    tone_ms: int = 100  # how long each key sent by send_dtmf lasts (RFC 4733 event duration)
+
+
+@dataclass
 class FailureConfig:
     action: Literal["hangup", "transfer"] = "hangup"
     message: str = "Sorry, our assistant is unavailable right now. Please call again later."
@@ -60,6 +73,7 @@ class AgentConfig:
     goodbye: str = "Thank you for calling. Goodbye."
     shutdown_grace_s: float = 30.0
     on_failure: FailureConfig = field(default_factory=FailureConfig)
+    dtmf: DtmfConfig = field(default_factory=DtmfConfig)
 
     def transfer_uri(self, name: str | None) -> str | None:
         """The URI the model's transfer ``name`` stands for (no name: the default desk); None if unknown."""

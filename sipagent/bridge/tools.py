@@ -1,4 +1,4 @@
-"""Tools the model can call: built-ins (end_call, transfer_call) and HTTP webhooks.
+"""Tools the model can call: built-ins (end_call, transfer_call, collect_digits, send_dtmf) and HTTP webhooks.
 
 A tool never raises into the call: failures and timeouts become a JSON error the model can talk about.
 Built-ins need the call, so the bridge handles them; this module declares them and runs webhooks.
@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from sipagent.bridge import webhook
 from sipagent.bridge.context import CallContext
+from sipagent.bridge.digits import FIRST_DIGIT_TIMEOUT_S, INTER_DIGIT_TIMEOUT_S, MAX_DIGITS, MAX_SEND_DIGITS
 from sipagent.bridge.settings import ToolConfig
 from sipagent.realtime import events
 
@@ -30,7 +31,41 @@ BUILTIN_SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
         "finish speaking.",
         {"type": "object", "properties": {"reason": {"type": "string"}}},
     ),
+    "collect_digits": (
+        "Have the caller key in a number on the phone's keypad (an order, account or PIN number). Call it as "
+        "you ask for the number; keys pressed while you speak count and stop you. The result is the digits "
+        "(without the terminator key) and why the entry ended: terminator, count or timeout.",
+        {
+            "type": "object",
+            "properties": {
+                "max_digits": {"type": "integer", "minimum": 1, "maximum": MAX_DIGITS,
+                               "description": "End the entry after this many digits"},
+                "terminator": {"type": "string", "enum": ["#", "*", ""],
+                               "description": 'The key that ends the entry ("" for none)'},
+                "timeout_s": {"type": "number", "minimum": FIRST_DIGIT_TIMEOUT_S[0],
+                              "maximum": FIRST_DIGIT_TIMEOUT_S[1],
+                              "description": "Seconds to wait for the first key once you stop speaking"},
+                "inter_digit_timeout_s": {"type": "number", "minimum": INTER_DIGIT_TIMEOUT_S[0],
+                                          "maximum": INTER_DIGIT_TIMEOUT_S[1],
+                                          "description": "Seconds to wait for each further key"},
+            },
+        },
+    ),
+    "send_dtmf": (
+        "Press keys on the line (DTMF), e.g. to choose an option in an automated phone menu. The result says "
+        "once the keys have been sent.",
+        {
+            "type": "object",
+            "properties": {
+                "digits": {"type": "string", "pattern": f"^[0-9*#A-Da-d]{{1,{MAX_SEND_DIGITS}}}$",
+                           "description": "The keys to press, in order: 0-9, *, #, A-D"},
+            },
+            "required": ["digits"],
+        },
+    ),
 }
+# Built-ins whose arguments the bridge checks against a fixed schema: a file's ``parameters`` are ignored.
+FIXED_SCHEMAS = frozenset({"collect_digits", "send_dtmf"})
 
 # Offline stand-in for an order system, used by the demo config (`url: builtin:demo-orders`).
 DEMO_ORDERS = {
@@ -63,6 +98,9 @@ def tool_definitions(tools: list[ToolConfig], transfer_names: list[str] | None =
         if tool.name == "transfer_call":
             description = description or BUILTIN_SCHEMAS[tool.name][0]
             parameters = transfer_parameters(transfer_names or [], default_transfer)
+        elif tool.name in FIXED_SCHEMAS:
+            description = description or BUILTIN_SCHEMAS[tool.name][0]
+            parameters = BUILTIN_SCHEMAS[tool.name][1]
         elif tool.name in BUILTIN_SCHEMAS:
             default_description, default_parameters = BUILTIN_SCHEMAS[tool.name]
             description = description or default_description

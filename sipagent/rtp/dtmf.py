@@ -89,11 +89,21 @@ class DtmfPacket:
     first_of_event: bool  # the sender stamps every packet of the event with the timestamp of this one
 
 
-class DtmfSender:
-    """Yields one telephone-event payload per 20 ms tick for each queued digit.
+MIN_TONE_MS = 40  # ITU-T Q.24: shorter keys are not reliably detected once a gateway turns them into tones
+MAX_TONE_MS = 5000  # well inside the 16-bit duration field (8.19 s at 8 kHz): no long-event segments needed
 
-    A digit of ``duration_ms`` takes ceil(duration/20) ticks, the last carrying the end bit; the end packet is
-    sent three times in all (RFC 4733 §2.5.1.4), then ``gap_ticks`` ticks of ordinary audio separate digits.
+
+class DtmfSender:
+    """Yields one telephone-event payload per 20 ms tick for each queued digit (RFC 4733 §2.5.1).
+
+    Every packet of an event carries the timestamp of the tick the event began on (the endpoint stamps it
+    from ``first_of_event``), the first has the marker bit, and each one's duration is the time from that
+    start to the end of the packet's own tick, so it grows by 160 per tick. A digit of ``duration_ms`` takes
+    ceil(duration/20) ticks, the last carrying the end bit; the end packet is sent three times in all
+    (§2.5.1.4: a lost end packet would leave the key held down), with the same duration. Then ``gap_ticks``
+    ticks of ordinary audio separate digits (a gateway that turns events into tones needs the pause to hear
+    two keys). The events take the place of the audio packets of their ticks, in the same sequence-number
+    and timestamp space, so the audio after them goes on at the timestamp the clock has reached.
     """
 
     def __init__(self, samples_per_tick: int = 160, volume: int = 10, gap_ticks: int = 2) -> None:
@@ -103,32 +113,40 @@ class DtmfSender:
         self._queue: deque[tuple[int, int]] = deque()  # (event, ticks)
         self._event: int | None = None
         self._ticks_total = 0
-        self._tick = 0
+        self._tick = 0  # ticks of the current event so far, this one included
+        self._ends = 0  # end packets sent of the current event
         self._gap = 0
 
     def queue(self, digit: str, duration_ms: int = 100) -> None:
-        self._queue.append((digit_to_event(digit), max(1, -(-duration_ms // 20))))
+        if not MIN_TONE_MS <= duration_ms <= MAX_TONE_MS:
+            raise RtpError(f"a DTMF key lasts {MIN_TONE_MS} to {MAX_TONE_MS} ms, not {duration_ms}")
+        self._queue.append((digit_to_event(digit), -(-duration_ms // 20)))
 
     @property
     def busy(self) -> bool:
         return self._event is not None or bool(self._queue)
 
-    def next_packet(self) -> DtmfPacket | None:
-        """The event packet to send on this tick instead of audio, or None to send audio."""
+    def next_packet(self, elapsed: int = 1) -> DtmfPacket | None:
+        """The event packet to send on this tick instead of audio, or None to send audio. ``elapsed``: ticks
+        since the last call (more than 1 after the media clock skipped ticks): the duration follows the
+        timestamp across the skip instead of falling behind it."""
         if self._event is None:
             if self._gap > 0:
-                self._gap -= 1
+                self._gap -= elapsed
                 return None
             if not self._queue:
                 return None
             self._event, self._ticks_total = self._queue.popleft()
-            self._tick = 0
-        self._tick += 1
-        ticks = min(self._tick, self._ticks_total)
+            self._tick, self._ends = 1, 0
+        else:
+            self._tick += elapsed
         end = self._tick >= self._ticks_total
-        payload = TelephoneEvent(self._event, end, self.volume, ticks * self.step).serialize()
+        duration = min(self._tick, self._ticks_total) * self.step
+        payload = TelephoneEvent(self._event, end, self.volume, duration).serialize()
         first = self._tick == 1
-        if self._tick >= self._ticks_total + 2:  # the third end packet
-            self._event = None
-            self._gap = self.gap_ticks
+        if end:
+            self._ends += 1
+            if self._ends == 3:
+                self._event = None
+                self._gap = self.gap_ticks
         return DtmfPacket(payload, marker=first, first_of_event=first)

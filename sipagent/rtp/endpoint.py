@@ -213,10 +213,16 @@ class RtpEndpoint:
         self.playout.reframe(silence, convert)
 
     def send_dtmf(self, digit: str, duration_ms: int = 100) -> None:
-        """Queue a digit as RFC 4733 events, sent on the clock's ticks in place of audio."""
+        """Queue a digit as RFC 4733 events, sent on the clock's ticks in place of audio (which waits in the
+        playout queue meanwhile, so none of it is lost)."""
         if self.dtmf_payload_type is None:
             raise RtpError("the peer did not negotiate telephone-event; cannot send DTMF")
         self._dtmf_tx.queue(digit, duration_ms)
+
+    @property
+    def dtmf_sending(self) -> bool:
+        """Digits queued by ``send_dtmf`` are still going out."""
+        return self._dtmf_tx.busy
 
     @property
     def remote_address(self) -> Address | None:
@@ -404,7 +410,7 @@ class RtpEndpoint:
             return
         payload_type = self._send_payload_type
         if payload_type is not None:  # None while the peer holds the call: no RTP, only RTCP below
-            event = self._dtmf_tx.next_packet() if self.dtmf_payload_type is not None else None
+            event = self._dtmf_tx.next_packet(elapsed) if self.dtmf_payload_type is not None else None
             if event is not None:
                 if event.first_of_event:
                     self._event_ts = self._ts

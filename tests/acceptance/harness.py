@@ -13,12 +13,12 @@ import wave
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+from demo_config import demo_data, spoken_order_lookup
 from peers import LOCALHOST, Baresip, Kamailio, free_port, wait_until
 
 from sipagent.agent import Agent
@@ -32,10 +32,9 @@ RTP_SPAN = 60
 
 
 def demo_settings() -> dict[str, Any]:
-    """The shipped demo configuration as plain data (its ${VAR:-default}s are left for the loader)."""
-    text = resources.files("sipagent").joinpath("data/demo.yaml").read_text(encoding="utf-8")
-    data: dict[str, Any] = yaml.safe_load(text)
-    return data
+    """The shipped demo configuration as plain data (its ${VAR:-default}s are left for the loader), its order
+    intent looking up order 7721 from speech (demo_config.spoken_order_lookup)."""
+    return spoken_order_lookup(demo_data())
 
 
 def agent_settings(kamailio: Kamailio, user: str, workdir: Path, **changes: dict[str, Any]) -> dict[str, Any]:

@@ -14,11 +14,11 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+from demo_config import demo_data, spoken_order_lookup
 from peers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def running_agent(tmp_path: Path, sip: dict[str, Any] | None = None, listen_host
                   sections: dict[str, dict[str, Any]] | None = None) -> Iterator[RunningAgent]:
     """`sipagent run` on the demo configuration (direct mode, offline backend), metrics on, on free ports;
     ``sip`` overrides keys of the ``sip:`` section, ``sections`` keys of any other (applied last)."""
-    config = yaml.safe_load(resources.files("sipagent").joinpath("data/demo.yaml").read_text(encoding="utf-8"))
+    config = spoken_order_lookup(demo_data())
     sip_port, metrics_port = free_port(), free_port()
     rtp_low = 43000 + (os.getpid() % 100) * 20
     config["sip"].update({"listen": f"{listen_host}:{sip_port}", **(sip or {})})

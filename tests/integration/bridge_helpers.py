@@ -15,11 +15,11 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+from demo_config import demo_data, spoken_order_lookup
 from peers import free_port
 
 from sipagent.agent import Agent
@@ -57,8 +57,7 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def bridge_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     """The demo configuration on free ports, recording into ``tmp_path``, with per-test overrides."""
-    text = resources.files("sipagent").joinpath("data/demo.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    data = spoken_order_lookup(demo_data())
     rtp = free_port(span=40)
     base = {
         "sip": {"listen": f"127.0.0.1:{free_port()}"},

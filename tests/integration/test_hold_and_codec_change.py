@@ -21,16 +21,15 @@ import time
 import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from agent_helpers import RunningAgent, running_agent
 from bridge_helpers import Rig, bridge_config, call_rig, loud_times, tts
 from conftest import require
+from demo_config import demo_data, spoken_order_lookup
 from peers import Baresip, Kamailio, wait_until
 from sipp import sipp_scenario
 
@@ -396,7 +395,7 @@ class PbxMedia:
 def agent_process(tmp_path: Path) -> Iterator[RunningAgent]:
     """`sipagent run` on the demo configuration, its backend's turns starting 0.6 s before the speech (as in
     ``phone_rig``: the recogniser needs that lead-in on G.711)."""
-    demo = yaml.safe_load(resources.files("sipagent").joinpath("data/demo.yaml").read_text(encoding="utf-8"))
+    demo = spoken_order_lookup(demo_data())
     local = demo["realtime"]["local"]
     local["vad"]["prefix_ms"] = 600
     with running_agent(tmp_path, sections={"realtime": {"local": local}}) as agent:

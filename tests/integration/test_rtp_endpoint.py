@@ -250,6 +250,53 @@ def test_dtmf_receive_dedup_and_send() -> None:
     run(body)
 
 
+def test_dtmf_events_take_the_place_of_audio_in_its_timeline() -> None:
+    """RFC 4733 §2.5.1: the events ride the audio stream (same SSRC, consecutive sequence numbers); all of an
+    event's packets carry the timestamp of the tick it began on, the one after the last audio packet; the
+    audio after it resumes at the timestamp the clock has reached, and no audio queued meanwhile is lost."""
+
+    async def body(clock: MediaClock) -> None:
+        ports = allocator()
+        ep = RtpEndpoint(clock, ports, bind_host=HOST)
+        peer = Peer()
+        try:
+            ep.set_remote(HOST, peer.port, 0, 101)
+            peer.send(ep.local_port, SIL)  # latch
+            frames = [bytes([0x10 + i]) * 160 for i in range(20)]
+            for frame in frames:
+                ep.playout.push(frame)
+            await asyncio.sleep(0.1)
+            ep.send_dtmf("7", 80)  # 4 ticks, then 2 more end packets
+            got: list[RtpPacket] = []
+
+            def audio_after_event() -> bool:
+                got.extend(peer.received())
+                return any(p.payload_type == 101 for p in got) and got[-1].payload_type == 0 and \
+                    sum(p.payload_type == 0 and p.payload in frames for p in got) == len(frames)
+
+            await until(audio_after_event)
+            assert not ep.dtmf_sending
+        finally:
+            ep.close()
+            peer.close()
+        events = [i for i, p in enumerate(got) if p.payload_type == 101]
+        first, last = events[0], events[-1]
+        assert events == list(range(first, last + 1)) and len(events) == 6
+        before, after = got[first - 1], got[last + 1]
+        assert before.payload_type == 0 and after.payload_type == 0
+        assert {got[i].timestamp for i in events} == {(before.timestamp + 160) & 0xFFFFFFFF}
+        assert after.timestamp == (before.timestamp + 160 * 7) & 0xFFFFFFFF  # six ticks of events, then on
+        assert [got[i].marker for i in events] == [True] + [False] * 5
+        parsed = [TelephoneEvent.parse(got[i].payload) for i in events]
+        assert [(e.event, e.end, e.duration) for e in parsed] == [
+            (7, False, 160), (7, False, 320), (7, False, 480), (7, True, 640), (7, True, 640), (7, True, 640)]
+        assert all(p.ssrc == ep.ssrc for p in got)
+        assert all(seq_diff(b.sequence, a.sequence) == 1 for a, b in itertools.pairwise(got))
+        assert [p.payload for p in got if p.payload in frames] == frames  # the audio waited, none lost
+
+    run(body)
+
+
 def test_playout_continuity_between_endpoints() -> None:
     """Two pairs of endpoints talk over loopback for ~2.5 s on the real clock; check every frame."""
 

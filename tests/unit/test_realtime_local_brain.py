@@ -139,3 +139,57 @@ def test_vad_ignores_short_and_quiet_sounds() -> None:
     vad = EnergyVad(VadConfig(threshold_db=-40, min_speech_ms=200, silence_ms=500))
     assert vad.feed(silence(500) + tone(100, -10) + silence(800) + tone(1000, -55) + silence(500)) == []
     assert vad.position_ms == 2900 and not vad.speaking
+
+
+KEYPAD_INTENT = {
+    "name": "keyed_order",
+    "phrases": ["where is my parcel"],
+    "reply": "Let me check that order.",
+    "tool": {"name": "lookup_order", "arguments": {"order_id": "{digits}"}},
+    "ask_digits": {"prompt": "Please key in your order number, then press hash.", "arguments": {"max_digits": 8}},
+}
+
+
+def test_missing_digits_are_asked_for_on_the_keypad() -> None:
+    """No digits spoken: the prompt with a collect_digits call; its result fills the intent's own tool."""
+    brain = Brain(LocalBrainConfig.from_mapping({"intents": [KEYPAD_INTENT]}))
+    ask = brain.on_user_input("where is my parcel")
+    assert ask.text == "Please key in your order number, then press hash."
+    assert ask.tool == ToolCall("collect_digits", {"max_digits": 8})
+    brain.note_tool_call("c1", ask.intent, "collect_digits")
+    done = brain.on_tool_output("c1", json.dumps({"digits": "1234", "ended_by": "terminator", "count": 4}))
+    assert done.text == "Let me check that order." and done.tool == ToolCall("lookup_order", {"order_id": "1234"})
+    # Digits spoken with the question skip the keypad.
+    spoken = brain.on_user_input("where is my parcel seven seven two one")
+    assert spoken.tool == ToolCall("lookup_order", {"order_id": "7721"})
+
+
+def test_an_entry_without_digits_says_so_and_waits() -> None:
+    brain = Brain(LocalBrainConfig.from_mapping({"intents": [KEYPAD_INTENT]}))
+    brain.note_tool_call("c1", brain.on_user_input("where is my parcel").intent, "collect_digits")
+    missed = brain.on_tool_output("c1", json.dumps({"digits": "", "ended_by": "timeout", "count": 0}))
+    assert missed.text == "Sorry, I did not get a number." and missed.tool is None
+    brain.note_tool_call("c2", "keyed_order", "collect_digits")
+    assert brain.on_tool_output("c2", json.dumps({"error": "unknown tool collect_digits"})).tool is None
+    # Still waiting: keys passed as text complete it.
+    assert brain.on_user_input("caller pressed 5 5 #").tool == ToolCall("lookup_order", {"order_id": "55"})
+
+
+@pytest.mark.parametrize(
+    "ask",
+    [{"arguments": {}}, {"prompt": ""}, {"prompt": "Key it in.", "colour": 1}, {"prompt": "x", "arguments": [1]}],
+)
+def test_ask_digits_config_errors(ask: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        LocalBrainConfig.from_mapping({"intents": [{**KEYPAD_INTENT, "ask_digits": ask}]})
+    with pytest.raises(ConfigError, match="needs a tool"):  # nothing to fill
+        LocalBrainConfig.from_mapping({"intents": [{"name": "x", "phrases": ["a"], "reply": "r",
+                                                    "ask_digits": {"prompt": "Key it in."}}]})
+
+
+def test_an_intent_may_take_keyed_digits_only() -> None:
+    intent = {**KEYPAD_INTENT, "ask_digits": {"prompt": "Key it in.", "spoken_digits": False}}
+    brain = Brain(LocalBrainConfig.from_mapping({"intents": [intent]}))
+    heard = brain.on_user_input("where is my parcel two two two one eight")  # misheard digits: ignored
+    assert heard.tool == ToolCall("collect_digits", {}) and heard.text == "Key it in."
+    assert brain.on_user_input("caller pressed 7 7 2 1 #").tool == ToolCall("lookup_order", {"order_id": "7721"})

@@ -87,3 +87,45 @@ def test_sender_and_receiver_agree() -> None:
                 ts = tick * 160
             got += rx.feed(ts, p.payload)
     assert got == [("9", 200)]
+
+
+def test_sender_payload_bytes() -> None:
+    """RFC 4733 §2.3: event, E|R|volume, 16-bit duration; "5" for 60 ms at volume 10 (-10 dBm0)."""
+    tx = DtmfSender(samples_per_tick=160, volume=10, gap_ticks=1)
+    tx.queue("5", 60)
+    tx.queue("D", 40)
+    packets = [tx.next_packet() for _ in range(11)]
+    assert [p.payload.hex() if p else None for p in packets] == [
+        "050a00a0", "050a0140", "058a01e0", "058a01e0", "058a01e0",  # 160, 320, 480 (end) x3
+        None,  # the gap: one tick of audio
+        "0f0a00a0", "0f8a0140", "0f8a0140", "0f8a0140",  # D = event 15
+        None,
+    ]
+    assert [p.marker if p else None for p in packets] == [True, False, False, False, False, None,
+                                                          True, False, False, False, None]
+    assert [p.first_of_event if p else None for p in packets][:2] == [True, False]
+
+
+def test_sender_duration_follows_skipped_ticks() -> None:
+    """After the media clock skipped ticks the timestamp has moved on by them: so does the duration."""
+    tx = DtmfSender()
+    tx.queue("1", 200)  # 10 ticks
+    first = tx.next_packet()
+    assert first is not None and TelephoneEvent.parse(first.payload).duration == 160
+    late = tx.next_packet(elapsed=4)  # this tick is the fifth of the event
+    assert late is not None and TelephoneEvent.parse(late.payload).duration == 800
+    end = tx.next_packet(elapsed=20)  # past its length: the end, at its full length, then twice more
+    again = [tx.next_packet(), tx.next_packet()]
+    parsed = [TelephoneEvent.parse(p.payload) for p in (end, *again) if p is not None]
+    assert [(e.end, e.duration) for e in parsed] == [(True, 1600)] * 3
+    assert not tx.busy
+
+
+def test_sender_refuses_keys_too_short_or_too_long() -> None:
+    tx = DtmfSender()
+    for duration in (0, 20, 39, 5001):
+        with pytest.raises(RtpError):
+            tx.queue("1", duration)
+    with pytest.raises(RtpError):
+        tx.queue("E")
+    assert not tx.busy

@@ -12,6 +12,11 @@ Configuration (``realtime.local``)::
         reply: "Let me look that up."             # spoken first (optional)
         tool: {name: lookup_order, arguments: {order_id: "{digits}"}}   # optional
         reply_after_tool: "Your order {status}."  # optional, see below
+        ask_digits:                               # optional: no digits given? ask for them on the keypad
+          prompt: "Please key in your order number, then press the hash key."
+          arguments: {max_digits: 8}              # collect_digits' arguments
+          missing: "Sorry, I did not get a number."  # said when the entry brought no digits
+          spoken_digits: true                     # false: digits heard in speech do not count, always ask
     fallback: "Sorry, I did not catch that."
 
 Matching: the caller's words (ASR transcript or a user text item) are lower-cased and stripped of
@@ -20,7 +25,10 @@ punctuation; an intent whose phrase occurs in them wins, else the intent with th
 
 Digits: ``{digits}`` in tool arguments is replaced by the digits the caller gave (spoken digit words or
 figures, or a DTMF item such as "caller pressed 7 7 2 1 #"). If an intent needs digits the caller has
-not given yet, the reply is spoken and the intent waits: the next DTMF/digit input runs its tool.
+not given yet, then with ``ask_digits`` the brain speaks its ``prompt`` and calls the bridge's built-in
+``collect_digits`` tool, and the digits in that tool's result (``{"digits": "7721", ...}``) fill the
+intent's own tool call, which comes in the next response with the intent's ``reply``; without it, the
+reply is spoken and the intent waits: the next DTMF/digit input runs its tool.
 
 After a tool: when a ``function_call_output`` arrives and a response is asked for, the reply is, in
 order of preference: the output's JSON ``message`` field; the intent's ``reply_after_tool`` formatted
@@ -54,6 +62,19 @@ DIGIT_WORDS = {
     "nine": "9",
 }
 _DTMF = re.compile(r"\bpressed\b(?P<keys>[\s0-9*#,]+)", re.IGNORECASE)
+COLLECT_TOOL = "collect_digits"  # the bridge's built-in keypad entry
+
+
+@dataclass(frozen=True)
+class AskDigits:
+    """How an intent asks for missing digits on the keypad: ``prompt`` spoken with a collect_digits call."""
+
+    prompt: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    missing: str = "Sorry, I did not get a number."
+    # False: digits in the caller's speech are ignored for this intent, it always asks on the keypad. The
+    # offline recogniser often mishears spoken digits (a wrong order looked up is worse than asking).
+    spoken_digits: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,11 +90,12 @@ class Intent:
     reply: str = ""
     tool: ToolCall | None = None
     reply_after_tool: str = ""
+    ask_digits: AskDigits | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Intent:
         key = f"realtime.local.intents.{data.get('name', '?')}"
-        unknown = set(data) - {"name", "phrases", "reply", "tool", "reply_after_tool"}
+        unknown = set(data) - {"name", "phrases", "reply", "tool", "reply_after_tool", "ask_digits"}
         if unknown:
             raise ConfigError(f"unknown keys {sorted(unknown)}", key=key)
         name = data.get("name")
@@ -94,7 +116,22 @@ class Intent:
         reply = str(data.get("reply") or "")
         if not reply and tool is None:
             raise ConfigError("an intent needs a reply, a tool, or both", key=key)
-        return cls(name, tuple(phrases), reply, tool, str(data.get("reply_after_tool") or ""))
+        ask = None
+        if data.get("ask_digits") is not None:
+            raw = data["ask_digits"]
+            if (not isinstance(raw, Mapping) or set(raw) - {"prompt", "arguments", "missing", "spoken_digits"}
+                    or not isinstance(raw.get("prompt"), str) or not raw["prompt"]
+                    or not isinstance(raw.get("spoken_digits", True), bool)):
+                raise ConfigError("ask_digits must be {prompt: ..., arguments: {...}, missing: ..., "
+                                  "spoken_digits: true|false}", key=key)
+            if tool is None or not _needs_digits(tool):
+                raise ConfigError('ask_digits needs a tool with "{digits}" in its arguments', key=key)
+            arguments = raw.get("arguments") or {}
+            if not isinstance(arguments, Mapping):
+                raise ConfigError("ask_digits.arguments must be a mapping", key=key)
+            ask = AskDigits(raw["prompt"], dict(arguments), str(raw.get("missing") or AskDigits("").missing),
+                            raw.get("spoken_digits", True))
+        return cls(name, tuple(phrases), reply, tool, str(data.get("reply_after_tool") or ""), ask)
 
 
 @dataclass(frozen=True)
@@ -160,6 +197,10 @@ def extract_digits(text: str) -> str:
     return "".join(DIGIT_WORDS.get(w, w if w.isdigit() else "") for w in normalize_words(text))
 
 
+def _needs_digits(tool: ToolCall) -> bool:
+    return any("{digits}" in str(v) for v in tool.arguments.values())
+
+
 def _fill(template: str, values: Mapping[str, Any]) -> str:
     """str.format that leaves unknown {fields} as written instead of raising."""
     return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), template)
@@ -171,7 +212,7 @@ class Brain:
     def __init__(self, config: LocalBrainConfig) -> None:
         self.config = config
         self._waiting_for_digits: Intent | None = None
-        self._tool_intents: dict[str, Intent] = {}  # call_id -> intent whose tool was called
+        self._tool_intents: dict[str, tuple[Intent, str]] = {}  # call_id -> (intent whose tool was called, tool)
 
     def vocabulary(self) -> list[str]:
         """Phrases the recogniser should expect: every intent phrase plus digits."""
@@ -196,8 +237,7 @@ class Brain:
 
     def _tool_for(self, intent: Intent, digits: str) -> ToolCall | None:
         assert intent.tool is not None
-        needs = any("{digits}" in str(v) for v in intent.tool.arguments.values())
-        if needs and not digits:
+        if _needs_digits(intent.tool) and not digits:
             return None
         args = {
             k: _fill(v, {"digits": digits}) if isinstance(v, str) else v
@@ -213,33 +253,34 @@ class Brain:
             intent = self._waiting_for_digits
         if intent is None and digits and _DTMF.search(text):
             # Digits alone: the first intent whose tool takes digits ("look up by digits").
-            intent = next(
-                (
-                    i
-                    for i in self.config.intents
-                    if i.tool is not None and any("{digits}" in str(v) for v in i.tool.arguments.values())
-                ),
-                None,
-            )
+            intent = next((i for i in self.config.intents if i.tool is not None and _needs_digits(i.tool)), None)
         if intent is None:
             return Reply(self.config.fallback)
         self._waiting_for_digits = None
+        if intent.ask_digits is not None and not intent.ask_digits.spoken_digits and not _DTMF.search(text):
+            digits = ""  # heard, not keyed: not trusted for this intent
         tool = self._tool_for(intent, digits) if intent.tool is not None else None
         if intent.tool is not None and tool is None:
+            # Digits still to come; keys typed as text (the bridge's "caller pressed ...") complete it too.
             self._waiting_for_digits = intent
+            if intent.ask_digits is not None:
+                return Reply(intent.ask_digits.prompt, ToolCall(COLLECT_TOOL, intent.ask_digits.arguments),
+                             intent.name)
         return Reply(intent.reply, tool, intent.name)
 
-    def note_tool_call(self, call_id: str, intent_name: str | None) -> None:
+    def note_tool_call(self, call_id: str, intent_name: str | None, tool_name: str = "") -> None:
         intent = next((i for i in self.config.intents if i.name == intent_name), None)
         if intent is not None:
-            self._tool_intents[call_id] = intent
+            self._tool_intents[call_id] = (intent, tool_name)
 
     def on_tool_output(self, call_id: str, output: str) -> Reply:
-        intent = self._tool_intents.pop(call_id, None)
+        intent, tool_name = self._tool_intents.pop(call_id, (None, ""))
         try:
             parsed: Any = json.loads(output)
         except ValueError:
             parsed = None
+        if intent is not None and intent.ask_digits is not None and tool_name == COLLECT_TOOL:
+            return self._digits_collected(intent, intent.ask_digits, parsed)
         if isinstance(parsed, Mapping) and isinstance(parsed.get("message"), str):
             return Reply(parsed["message"], None, intent.name if intent else None)
         if intent is not None and intent.reply_after_tool:
@@ -249,6 +290,17 @@ class Brain:
         if parsed is None and 0 < len(output) <= 200:
             return Reply(output, None, intent.name if intent else None)
         return Reply("Done.", None, intent.name if intent else None)
+
+    def _digits_collected(self, intent: Intent, ask: AskDigits, output: Any) -> Reply:
+        """collect_digits returned: the digits keyed in fill the intent's tool call (its reply said with it);
+        none (a timeout, an error such as the tool not being configured) and the caller hears ``missing``,
+        the intent still waiting for digits."""
+        keyed = output.get("digits") if isinstance(output, Mapping) else None
+        digits = "".join(c for c in keyed if c.isdigit()) if isinstance(keyed, str) else ""
+        if not digits:
+            return Reply(ask.missing, None, intent.name)
+        self._waiting_for_digits = None
+        return Reply(intent.reply, self._tool_for(intent, digits), intent.name)
 
     def on_instructions(self, instructions: str) -> Reply:
         """A response asked for with per-response instructions and no new input (e.g. a greeting):

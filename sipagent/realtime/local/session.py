@@ -767,7 +767,7 @@ class ResponseRun:
         self.output.append(item)
         previous = s._last_item_id()
         s.store(Item(item))
-        s.brain.note_tool_call(call_id, self.reply.intent)
+        s.brain.note_tool_call(call_id, self.reply.intent, tool.name)
         index = len(self.output) - 1
         common = {"response_id": self.id, "item_id": item["id"], "output_index": index, "call_id": call_id}
         out: list[Output] = [
