@@ -13,14 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import Kamailio, missing_binaries, running_kamailio
-
-
-def require(*binaries: str) -> None:
-    """Skip the test with a clear reason when a peer program is not installed."""
-    missing = missing_binaries(*binaries)
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (install with scripts/setup --test)")
+from peers import Kamailio, require, running_kamailio
 
 
 @pytest.fixture(scope="module")

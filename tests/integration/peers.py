@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 KAMAILIO_CFG = HERE / "peers" / "kamailio.cfg"
 LOCALHOST = "127.0.0.1"
@@ -36,6 +38,13 @@ def find_binary(name: str) -> str | None:
 def missing_binaries(*names: str) -> list[str]:
     """The programs among ``names`` that are not installed."""
     return [name for name in names if find_binary(name) is None]
+
+
+def require(*binaries: str) -> None:
+    """Skip the test with a clear reason when a peer program is not installed."""
+    missing = missing_binaries(*binaries)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (install with scripts/setup --test)")
 
 
 def _binary(name: str) -> str:

@@ -24,8 +24,7 @@ import pytest
 import yaml
 from agent_helpers import running_agent
 from bridge_helpers import bridge_config, call_rig
-from conftest import require
-from peers import free_port
+from peers import free_port, require
 from sipp import sipp_scenario
 
 from sipagent.bridge.call_events import CallEvents, verify

@@ -28,9 +28,8 @@ import numpy as np
 import pytest
 from agent_helpers import RunningAgent, running_agent
 from bridge_helpers import Rig, bridge_config, call_rig, loud_times, tts
-from conftest import require
 from demo_config import demo_data, spoken_order_lookup
-from peers import Baresip, Kamailio, wait_until
+from peers import Baresip, Kamailio, require, wait_until
 from sipp import sipp_scenario
 
 from sipagent.agent import Agent

@@ -18,7 +18,7 @@ from datetime import datetime
 
 import pytest
 from agent_helpers import running_agent
-from conftest import require
+from peers import require
 from sipp import SippResult, sipp_scenario
 from test_sip_direct import OFFER, ScriptedPeer, to_tag
 

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import pytest
 from agent_helpers import running_agent
-from conftest import require
+from peers import require
 from sipp import sipp_scenario
 from websockets.sync.server import ServerConnection, serve
 

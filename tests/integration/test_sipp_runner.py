@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import running_agent
-from conftest import require
+from peers import require
 from sipp import sipp_scenario
 
 pytestmark = pytest.mark.timeout(90)
