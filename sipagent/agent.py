@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
+from sipagent.bridge.routing import Router
+from sipagent.bridge.settings import AgentProfile
 from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
 from sipagent.config import Config, load_config
@@ -126,6 +128,10 @@ class Agent:
     def __init__(self, config: Config, on_transcript: Callable[[str, str, str], None] | None = None,
                  on_call_end: Callable[[str, CallOutcome], None] | None = None) -> None:
         self.config = config
+        # What a new call is answered with: swapped whole by reload(), read once by each call as it starts,
+        # so a call in progress keeps the profile it began with.
+        self.profiles: dict[str, AgentProfile] = config.profiles()
+        self.router: Router = config.router()
         self.on_transcript = on_transcript
         self.on_call_end = on_call_end
         self.clock = MediaClock()
@@ -184,11 +190,20 @@ class Agent:
             await asyncio.sleep(1.0)
 
     def reload(self, config: Config) -> None:
-        """SIGHUP: new instructions, voice and tools for calls answered from now on."""
+        """SIGHUP: new profiles (instructions, voice, greeting, tools, transfer targets…) and routes for calls
+        answered from now on. The SIP section (listen address, accounts) needs a restart."""
         self.config.realtime.instructions = config.realtime.instructions
         self.config.realtime.voice = config.realtime.voice
         self.config.agent = config.agent
-        log.info("configuration reloaded: %d tools, for new calls", len(config.agent.tools))
+        self.config.agents = config.agents
+        self.config.routes = config.routes
+        if [(a.name, a.agent) for a in config.accounts()] != [(a.name, a.agent) for a in self.config.accounts()]:
+            log.warning("reload: sip.accounts changed; the accounts registered stay as they were until a restart")
+        self.profiles, self.router = config.profiles(), config.router()
+        if self.ua is not None:  # headers new routes read must be kept from the next INVITE on
+            self.ua.settings.context_headers = context_headers(config)
+        log.info("configuration reloaded for new calls: profiles %s; %d routes", ", ".join(self.profiles),
+                 len(self.router.routes))
 
     @property
     def sip_address(self) -> tuple[str, int]:
@@ -240,6 +255,8 @@ class Agent:
             self._count("rejected-busy")
             return
         self.stats.calls_total += 1
+        decision = self.router.choose(call.identity, call.account)
+        profile = self.profiles[decision.profile]
         bridge_ref: list[CallBridge] = []
 
         def on_frame(payload: bytes) -> None:
@@ -276,7 +293,8 @@ class Agent:
             chain.apply(media)
             call.on_media_change = chain.apply
             call.on_dtmf = on_dtmf
-            bridge = CallBridge(call, _MediaLeg(endpoint, codec), self._connect, self._bridge_settings(),
+            bridge = CallBridge(call, _MediaLeg(endpoint, codec), self._connect,
+                                self._bridge_settings(profile, decision.reason),
                                 on_transcript=self._transcript_callback(call.call_id))
             chain.attach(bridge, media)
             bridge_ref.append(bridge)
@@ -285,8 +303,10 @@ class Agent:
             endpoint.on_frame = bridge.on_inbound_frame
             endpoint.on_sent = bridge.on_outbound_frame
             self.bridges[call.call_id] = bridge
-            log.info("answered %s with %s", call.from_uri, codec)
+            log.info("answered %s with %s: profile %s (%s)%s", call.from_uri, codec, profile.name, decision.reason,
+                     f", account {call.account}" if call.account else "")
             self.metrics.call_started()
+            self.metrics.call_profile(profile.name, call.account)
             answered = time.monotonic()
             outcome = await bridge.run()
             self.stats.outcomes[outcome.reason] = self.stats.outcomes.get(outcome.reason, 0) + 1
@@ -317,11 +337,11 @@ class Agent:
         callback = self.on_transcript
         return lambda role, text: callback(call_id, role, text)
 
-    def _bridge_settings(self) -> BridgeSettings:
-        rt, agent = self.config.realtime, self.config.agent
+    def _bridge_settings(self, profile: AgentProfile, route: str = "default") -> BridgeSettings:
+        rt = self.config.realtime
         return BridgeSettings(
-            agent=agent, recording=self.config.recording, session=session_settings(self.config),
-            dialect=ev.check_dialect(rt.dialect),
+            agent=profile, recording=self.config.recording, session=session_settings(self.config, profile),
+            profile=profile.name, route=route, dialect=ev.check_dialect(rt.dialect),
             audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
             metrics=self.metrics, rtp_timeout_s=self.config.media.rtp_timeout_s,
         )
@@ -334,14 +354,15 @@ class Agent:
         return client
 
 
-def session_settings(config: Config) -> ev.SessionSettings:
-    """The Realtime session every call starts with, from the ``realtime`` and ``agent`` sections."""
-    rt = config.realtime
+def session_settings(config: Config, profile: AgentProfile | None = None) -> ev.SessionSettings:
+    """The Realtime session a call starts with: the ``realtime`` section, and what ``profile`` (the default
+    one when None) says. The model is offered the profile's tools and transfer targets, and no others."""
+    rt, profile = config.realtime, profile or config.default_profile()
     return ev.SessionSettings(
-        instructions=rt.instructions, voice=rt.voice, turn_detection=rt.turn_detection or None,
+        instructions=profile.instructions, voice=profile.voice, turn_detection=rt.turn_detection or None,
         transcription_model=rt.transcription_model or None, tools=tool_definitions(
-            config.agent.tools, list(config.agent.transfer_targets), bool(config.agent.transfer_target)),
-        audio_format=rt.audio_format,
+            profile.tools, list(profile.transfer_targets), bool(profile.transfer_target)),
+        audio_format=rt.audio_format, transcription_language=profile.language or None,
     )
 
 
@@ -371,7 +392,7 @@ def ua_settings(config: Config) -> UaSettings:
         password=sip.password, domain=sip.effective_domain, listen_host=listen.host, listen_port=listen.port,
         public_host=sip.public_address or None, expires=sip.expires, max_calls=sip.max_calls,
         trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
-        aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller,
+        aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller, context_headers=context_headers(config),
         session_expires=sip.session_expires, min_se=sip.min_se,
         limits=BudgetLimits(transactions=limits.transactions, transactions_per_source=limits.transactions_per_source),
         transport_limits=TransportLimits(
@@ -379,6 +400,11 @@ def ua_settings(config: Config) -> UaSettings:
             tcp_connections_per_source=limits.tcp_connections_per_source, tcp_idle_s=limits.tcp_idle_s,
             tcp_message_s=limits.tcp_message_s),
     )
+
+
+def context_headers(config: Config) -> list[str]:
+    """The INVITE headers each call's identity keeps: those the routes match on."""
+    return config.router().header_names()
 
 
 def _apology_audio() -> Callable[[str], Any] | None:

@@ -113,6 +113,9 @@ class Metrics:
                                          "Call transcripts or recordings stopped by a write failure (the call "
                                          "went on without them)", ["kind"], registry=r)
 
+        self._profile_calls = Counter(p + "profile_calls", "Answered calls by the agent profile they were routed "
+                                      "to and the account they came in on", ["profile", "account"], registry=r)
+
         self._states: set[str] = set()
         self._active = 0
         # Pre-create the fixed label sets so rate() queries see zeros instead of missing series.
@@ -150,6 +153,10 @@ class Metrics:
         """A call was answered (or is being set up) and now counts as active."""
         self._active += 1
         self._calls_active.set(self._active)
+
+    def call_profile(self, profile: str, account: str = "") -> None:
+        """An answered call was routed to ``profile`` (``account``: the one it came in on, "" for none)."""
+        self._profile_calls.labels(profile=_label(profile), account=_label(account, "none")).inc()
 
     def call_ended(self, outcome: CallOutcome | str, duration_s: float | None = None) -> None:
         """An active call ended; pairs with ``call_started``. ``duration_s`` from answer to hang-up."""

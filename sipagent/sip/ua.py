@@ -201,6 +201,7 @@ class IncomingCall:
         self.from_uri = str(invite.from_addr.uri)
         self.to_uri = str(invite.to_addr.uri)
         self.identity = identify(invite, ua.settings.context_headers)
+        self.account = ""  # the name of the registered account the call was addressed to ("": none)
         self.remote_host = peer.host
         self.local_host = local_host  # the address we advertise on this call (Via, Contact, SDP)
         self.offer = offer
