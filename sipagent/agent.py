@@ -40,7 +40,7 @@ from sipagent.rtp.ports import PortAllocator
 from sipagent.sdp import NegotiatedMedia
 from sipagent.sip.admission import BudgetLimits
 from sipagent.sip.transport import TransportLimits
-from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
+from sipagent.sip.ua import IncomingCall, SipAccount, UaSettings, UserAgent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -168,17 +168,22 @@ class Agent:
 
     async def _watch(self) -> None:
         """Once a second: registration state and media clock health into metrics and /healthz."""
-        last_state = ""
+        last_states: dict[str, str] = {}
+        up = ("registered", "refreshing")
         while True:
             assert self.ua is not None
-            state = self.ua.registration_state
-            if state != last_state:
-                self.metrics.set_registration_state(state)
+            # Each account on its own: its state series, its failures, its health (direct mode: one "").
+            states = self.ua.registration_states or {"": self.ua.registration_state}
+            for account, state in states.items():
+                last_state = last_states.get(account, "")
+                if state == last_state:
+                    continue
+                self.metrics.set_registration_state(state, account)
                 if self.config.sip.registrar:
-                    self.health.note_registration(state in ("registered", "refreshing"))
-                    if last_state in ("registered", "refreshing") and state not in ("registered", "refreshing"):
-                        self.metrics.registration_failed(state)
-                last_state = state
+                    self.health.note_registration(state in up, account)
+                    if last_state in up and state not in up:
+                        self.metrics.registration_failed(state, account)
+                last_states[account] = state
             self.metrics.set_sip_transactions(self.ua.server_transactions)
             foreign = self._foreign_ended + sum(endpoint.foreign_packets for endpoint in self._endpoints)
             self.metrics.add_rtp_foreign(foreign - self._foreign_seen)
@@ -394,6 +399,8 @@ def ua_settings(config: Config) -> UaSettings:
         trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
         aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller, context_headers=context_headers(config),
         session_expires=sip.session_expires, min_se=sip.min_se,
+        accounts=[SipAccount(account.name, account.username, account.password, account.auth_user,
+                             account.expires or sip.expires) for account in config.accounts()],
         limits=BudgetLimits(transactions=limits.transactions, transactions_per_source=limits.transactions_per_source),
         transport_limits=TransportLimits(
             max_message_bytes=limits.max_message_bytes, tcp_connections=limits.tcp_connections,
@@ -451,7 +458,8 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 def run_agent(config: Config) -> int:
     """``sipagent run``: serve until SIGTERM/SIGINT, then shut down gracefully."""
     configure_logging(config.logging.level, config.logging.format,
-                      secrets=[config.sip.password, config.realtime.api_key])
+                      secrets=[config.sip.password, config.realtime.api_key,
+                               *(account.password for account in config.sip.accounts)])
     return run_loop(_serve(config))
 
 

@@ -580,8 +580,8 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
                 parse_host_port(value, default_port=METRICS_PORT if dotted == "metrics.listen" else 5060)
             except ValueError as exc:
                 raise fail(dotted, f"expected host[:port], got \"{value}\" ({exc})") from None
-    if sip.registrar and not sip.username:
-        raise fail("sip.username", "required when sip.registrar is set")
+    if sip.registrar and not sip.username and not sip.accounts:
+        raise fail("sip.username", "required when sip.registrar is set (or list the extensions in sip.accounts)")
     if sip.expires < 60:
         raise fail("sip.expires", f"expected at least 60 seconds, got {sip.expires}")
     if sip.max_calls < 1:

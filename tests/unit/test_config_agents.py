@@ -179,6 +179,16 @@ def test_accounts_register_besides_sip_username() -> None:
     assert [(a.name, a.username, a.agent, a.expires) for a in config.accounts()] == [
         ("7000", "7000", "", 300), ("7001", "7001", "sales", 0), ("support", "7002", "", 120)]
     assert config.router().accounts == {"7001": "sales"}
+    # The UA gets every account, sip.username first; expires 0 means sip.expires.
+    settings = ua_settings(config)
+    assert [(a.name, a.username, a.auth_user, a.expires) for a in settings.accounts] == [
+        ("7000", "7000", "", 300), ("7001", "7001", "", 300), ("support", "7002", "auth7002", 120)]
+    assert "s3cret" not in repr(settings.accounts)
+
+
+def test_accounts_alone_need_no_sip_username() -> None:
+    config = load(ACCOUNTS.replace('  username: "7000"\n  password: s3cret-main\n', "", 1))
+    assert [a.name for a in config.accounts()] == ["7001", "support"]
 
 
 def test_account_errors() -> None:
