@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from sipagent.bridge.routing import Route, Router
+from sipagent.bridge.routing import Route, Router, pattern_matches
 from sipagent.bridge.settings import (
     BUILTIN_TOOLS,
     DEFAULT_PROFILE,
@@ -221,6 +221,12 @@ class Config:
                                  expires=sip.expires)] if sip.registrar and sip.username else []
         return primary + [dataclasses.replace(account, name=account.name or account.username)
                           for account in sip.accounts]
+
+    def our_users(self) -> list[str]:
+        """The Request-URI user parts the agent answers (the UA's admission); empty: any."""
+        sip = self.sip
+        users = ([sip.username] if sip.username else []) + [account.username for account in sip.accounts]
+        return list(dict.fromkeys(users + list(sip.aliases)))
 
     def router(self) -> Router:
         """The routes in order; a last route without conditions is the default (else profile "default")."""
@@ -712,6 +718,7 @@ def _unknown_profile(name: str, config: Config) -> str:
 def _check_routes(config: Config, fail: Callable[[str, str], ConfigError]) -> None:
     """Each route names a known profile and conditions that can match; only the last may have none."""
     accounts = {account.name for account in config.accounts()}
+    ours = config.our_users()
     seen: dict[tuple[tuple[str, str], ...], int] = {}
     for i, route in enumerate(config.routes):
         key = f"routes[{i}]"
@@ -724,6 +731,11 @@ def _check_routes(config: Config, fail: Callable[[str, str], ConfigError]) -> No
             if pattern and not _PATTERN.fullmatch(pattern):
                 raise fail(f"{key}.{name}", f'expected a number or extension, optionally ending in * for a prefix '
                                             f'("2001", "+4930*"), got "{pattern}"')
+        if route.dialed and ours and not any(pattern_matches(route.dialed, user) for user in ours):
+            # The dialed number is the Request-URI's user part, and an INVITE for a user part that is not ours
+            # is refused (404) before any route is tried: this route could never match.
+            raise fail(f"{key}.dialed", f'"{route.dialed}" is not one of our user parts ({", ".join(ours)}): '
+                                        "calls to it are refused; add it to sip.aliases")
         if route.header and not _HEADER_NAME.fullmatch(route.header):
             raise fail(f"{key}.header", f'expected a SIP header name such as "X-Queue", got "{route.header}"')
         if route.header and not route.value:

@@ -64,7 +64,7 @@ def describe_trust(config: Config) -> tuple[str, list[ConfigError]]:
         who = "loopback only (direct mode without sip.trusted_hosts)"
     else:
         who = ", ".join(sources)
-    users = [sip.username, *sip.aliases] if sip.username else list(sip.aliases)
+    users = config.our_users()
     called = f"for {', '.join(users)}" if users else "for any user part"
     return f"trust:     calls from {who}, {called}", problems
 

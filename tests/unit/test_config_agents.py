@@ -151,6 +151,15 @@ def test_route_errors_name_the_line_and_the_route() -> None:
                                                                                        "unreachable")
 
 
+def test_a_dialed_route_must_name_a_number_that_is_ours() -> None:
+    text = PROFILES.replace("realtime:", "sip: {username: agent, aliases: ['2001', '2002']}\nrealtime:", 1)
+    assert load(text).routes[0].dialed == "2001"
+    assert error_of(text.replace("dialed: \"2001\"", "dialed: \"3001\"")) == (
+        'agent.yaml:26: routes[0].dialed: "3001" is not one of our user parts (agent, 2001, 2002): calls to it '
+        "are refused; add it to sip.aliases")
+    assert load(text.replace("dialed: \"2001\"", "dialed: \"20*\"")).routes[0].dialed == "20*"
+
+
 def test_a_star_inside_a_pattern_is_a_character_and_only_a_last_one_makes_a_prefix() -> None:
     config = load(PROFILES.split("routes:")[0] + "routes:\n  - {dialed: '*97*', agent: sales}\n")
     assert config.routes[0].dialed == "*97*"
@@ -168,6 +177,7 @@ sip:
   registrar: pbx.example.com
   username: "7000"
   password: s3cret-main
+  aliases: ["2001"]
   accounts:
     - {username: "7001", password: s3cret-sales, agent: sales}
     - {name: support, username: "7002", password: s3cret-support, auth_user: auth7002, expires: 120}
@@ -196,14 +206,14 @@ def test_account_errors() -> None:
         return error_of(ACCOUNTS.replace(old, new, 1))
 
     assert bad("agent: sales}", "agent: sale}") == (
-        'agent.yaml:6: sip.accounts[0].agent: unknown profile "sale" (profiles: default, sales, support)')
-    assert bad('username: "7001"', 'username: "7000"') == 'agent.yaml:6: sip.accounts[0].username: "7000" is ' \
+        'agent.yaml:7: sip.accounts[0].agent: unknown profile "sale" (profiles: default, sales, support)')
+    assert bad('username: "7001"', 'username: "7000"') == 'agent.yaml:7: sip.accounts[0].username: "7000" is ' \
                                                           'registered twice'
-    assert bad("name: support,", "name: '7001',") == 'agent.yaml:7: sip.accounts[1].name: duplicate account name "7001"'
+    assert bad("name: support,", "name: '7001',") == 'agent.yaml:8: sip.accounts[1].name: duplicate account name "7001"'
     assert bad("expires: 120", "expires: 30") == (
-        "agent.yaml:7: sip.accounts[1].expires: expected 0 (sip.expires) or at least 60 seconds, got 30")
+        "agent.yaml:8: sip.accounts[1].expires: expected 0 (sip.expires) or at least 60 seconds, got 30")
     assert bad("registrar: pbx.example.com", "registrar: ''").startswith(
-        "agent.yaml:6: sip.accounts: accounts register: sip.registrar is required")
+        "agent.yaml:7: sip.accounts: accounts register: sip.registrar is required")
     # A route may name an account.
     assert load(ACCOUNTS + "  - {account: support, agent: support}\n").routes[-1].account == "support"
 
