@@ -155,7 +155,7 @@ class Metrics:
 
     def call_profile(self, profile: str, account: str = "") -> None:
         """An answered call was routed to ``profile`` (``account``: the one it came in on, "" for none)."""
-        self._profile_calls.labels(profile=_label(profile), account=_label(account, "none")).inc()
+        self._profile_calls.labels(profile=_label(profile), account=account.strip()[:_MAX_LABEL]).inc()
 
     def call_ended(self, outcome: CallOutcome | str, duration_s: float | None = None) -> None:
         """An active call ended; pairs with ``call_started``. ``duration_s`` from answer to hang-up."""

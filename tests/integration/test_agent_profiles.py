@@ -2,8 +2,9 @@
 
 In process: the agent (direct mode, offline backend) answers two numbers; two routes send them to two
 profiles with different greetings, instructions and transfer targets. Each caller's audio is run through the
-offline recogniser: the caller must hear its own line's greeting, and never the other's. Then a SIGHUP-style
-reload swaps the routes for new calls while a call in progress keeps its profile.
+offline recogniser: the caller must hear its own line's greeting, and never the other's. A route on a header
+the PBX sets wins over a later dialed-number route. Then a SIGHUP-style reload swaps the routes for new calls
+while a call in progress keeps its profile.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from bridge_helpers import RecordingLink, Rig, bridge_config
 
 from sipagent.agent import Agent
 from sipagent.bridge.call import CallOutcome, RealtimeLink
+from sipagent.bridge.routing import Route
 from sipagent.caller import SipCaller
 from sipagent.config import Config
 from sipagent.media.clock import MediaClock
 from sipagent.media.vad import level_db
 from sipagent.realtime.local.asr import GrammarRecognizer
 from sipagent.rtp.ports import PortAllocator
+from sipagent.sip.message import Headers
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -51,6 +54,19 @@ def two_line_config(tmp_path: Path) -> Config:
     )
 
 
+class HeaderCaller(SipCaller):
+    """Our caller, with headers of a PBX's own on its INVITE (X-Queue, as Asterisk's PJSIP_HEADER adds)."""
+
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+    def _headers(self, method: str, cseq: int, branch: str) -> Headers:
+        headers = super()._headers(method, cseq, branch)
+        if method == "INVITE":
+            for name, value in self.extra_headers:
+                headers.add(name, value)
+        return headers
+
+
 class Lines:
     """One agent, and callers that dial it by number; every session's events are kept per call."""
 
@@ -75,9 +91,10 @@ class Lines:
 
         self.agent._connect = recording_connect  # type: ignore[method-assign]
 
-    async def dial(self, number: str) -> Rig:
-        caller = SipCaller(self.clock, self.ports, f"sip:{number}@127.0.0.1:{self.agent.sip_address[1]}",
-                           codec="G722", host="127.0.0.1")
+    async def dial(self, number: str, headers: tuple[tuple[str, str], ...] = ()) -> Rig:
+        caller = HeaderCaller(self.clock, self.ports, f"sip:{number}@127.0.0.1:{self.agent.sip_address[1]}",
+                              codec="G722", host="127.0.0.1")
+        caller.extra_headers = headers
         await caller.dial()
         return Rig(self.agent, caller, self.clock, self.outcomes)
 
@@ -132,8 +149,8 @@ async def _two_numbers(tmp_path: Path) -> None:
         assert (sales_record["profile"], sales_record["route"]) == ("sales", "route 1"), sales.summary()
         assert (support_record["profile"], support_record["route"]) == ("support", "route 2"), support.summary()
         body = lines.agent.metrics.render().decode()
-        assert 'sipagent_profile_calls_total{account="none",profile="sales"} 1.0' in body
-        assert 'sipagent_profile_calls_total{account="none",profile="support"} 1.0' in body
+        assert 'sipagent_profile_calls_total{account="",profile="sales"} 1.0' in body
+        assert 'sipagent_profile_calls_total{account="",profile="support"} 1.0' in body
     finally:
         await lines.stop(*(rig for rig in (sales, support) if rig is not None))
     # What each caller heard, recognised: its own line's greeting, never the other's.
@@ -177,3 +194,26 @@ async def _reload(tmp_path: Path) -> None:
         await lines.stop(*(rig for rig in (first, second) if rig is not None))
     assert any("sales line" in text for text in heard_first), heard_first
     assert any("technical support" in text for text in heard_second), heard_second
+
+
+def test_a_header_route_comes_before_the_dialed_number(tmp_path: Path) -> None:
+    asyncio.run(_header_route(tmp_path))
+
+
+async def _header_route(tmp_path: Path) -> None:
+    config = two_line_config(tmp_path)
+    # The PBX tags its queue with a header; the route that reads it comes first and wins over dialed 2001.
+    config.routes.insert(0, Route(agent="support", header="x-queue", value="repair*"))
+    lines = Lines(config)
+    await lines.start()
+    tagged = plain = None
+    try:
+        tagged = await lines.dial("2001", (("X-Queue", "repairs-2nd-level"),))
+        plain = await lines.dial("2001", (("X-Queue", "sales"),))
+        await asyncio.gather(greeting_heard(tagged), greeting_heard(plain))
+        assert (start_record(tagged)["profile"], start_record(tagged)["route"]) == ("support", "route 1")
+        assert (start_record(plain)["profile"], start_record(plain)["route"]) == ("sales", "route 2")
+        # The UA kept the header the route reads (in the route's spelling) from each INVITE.
+        assert lines.agent.ua is not None and lines.agent.ua.settings.context_headers == ["x-queue"]
+    finally:
+        await lines.stop(*(rig for rig in (tagged, plain) if rig is not None))

@@ -49,7 +49,7 @@ def test_registration_state_and_failures_per_account() -> None:
     m.call_profile("sales", "7001")
     m.call_profile("default")
     assert value(m, "sipagent_profile_calls_total", profile="sales", account="7001") == 1
-    assert value(m, "sipagent_profile_calls_total", profile="default", account="none") == 1
+    assert value(m, "sipagent_profile_calls_total", profile="default", account="") == 1
 
 
 def test_calls_active_total_and_duration() -> None:
