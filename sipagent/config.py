@@ -185,9 +185,8 @@ class Config:
     def summary(self) -> str:
         """A short human summary for ``sipagent check`` (no secrets)."""
         sip = self.sip
-        mode = f"registering {sip.username}@{sip.effective_domain} at {sip.registrar}" if sip.registrar else (
-            "direct mode (no registrar)"
-        )
+        users = ", ".join(f"{account.username}@{sip.effective_domain}" for account in self.accounts())
+        mode = f"registering {users} at {sip.registrar}" if sip.registrar else "direct mode (no registrar)"
         rt = self.realtime
         backend = "in-process local backend" if rt.provider == "local" and not rt.url else rt.url or rt.provider
         lines = [

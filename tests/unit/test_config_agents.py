@@ -224,6 +224,8 @@ def test_secrets_of_accounts_are_never_shown() -> None:
     assert "s3cret" not in table
     assert "support: 7002@pbx.example.com, auth user auth7002, expires 120 s, profile (by the routes)" in table
     assert "7001: 7001@pbx.example.com, expires 300 s, profile sales" in table
+    assert "sip:       registering 7000@pbx.example.com, 7001@pbx.example.com, 7002@pbx.example.com at " \
+           "pbx.example.com" in table
     message = error_of(ACCOUNTS.replace("password: s3cret-sales", "password: {a: b}"))
     assert "s3cret" not in message and "sip.accounts[0].password" in message
 
