@@ -22,6 +22,8 @@ from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, Realti
 from sipagent.bridge.call_events import CallEvents, CallSummary
 from sipagent.bridge.context import CallContext
 from sipagent.bridge.event_sender import EventSender, new_event_id
+from sipagent.bridge.routing import Router
+from sipagent.bridge.settings import AgentProfile
 from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
 from sipagent.config import Config, load_config
@@ -42,11 +44,10 @@ from sipagent.rtp.ports import PortAllocator
 from sipagent.sdp import NegotiatedMedia
 from sipagent.sip.admission import BudgetLimits
 from sipagent.sip.transport import TransportLimits
-from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
+from sipagent.sip.ua import IncomingCall, SipAccount, UaSettings, UserAgent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-DEFAULT_PROFILE = "default"  # the single agent: section; named profiles will be chosen per call
 
 
 @dataclass
@@ -142,6 +143,10 @@ class Agent:
     def __init__(self, config: Config, on_transcript: Callable[[str, str, str], None] | None = None,
                  on_call_end: Callable[[str, CallOutcome], None] | None = None) -> None:
         self.config = config
+        # What a new call is answered with: swapped whole by reload(), read once by each call as it starts,
+        # so a call in progress keeps the profile it began with.
+        self.profiles: dict[str, AgentProfile] = config.profiles()
+        self.router: Router = config.router()
         self.on_transcript = on_transcript
         self.on_call_end = on_call_end
         self.clock = MediaClock()
@@ -183,17 +188,22 @@ class Agent:
 
     async def _watch(self) -> None:
         """Once a second: registration state and media clock health into metrics and /healthz."""
-        last_state = ""
+        last_states: dict[str, str] = {}
+        up = ("registered", "refreshing")
         while True:
             assert self.ua is not None
-            state = self.ua.registration_state
-            if state != last_state:
-                self.metrics.set_registration_state(state)
+            # Each account on its own: its state series, its failures, its health (direct mode: one "").
+            states = self.ua.registration_states or {"": self.ua.registration_state}
+            for account, state in states.items():
+                last_state = last_states.get(account, "")
+                if state == last_state:
+                    continue
+                self.metrics.set_registration_state(state, account)
                 if self.config.sip.registrar:
-                    self.health.note_registration(state in ("registered", "refreshing"))
-                    if last_state in ("registered", "refreshing") and state not in ("registered", "refreshing"):
-                        self.metrics.registration_failed(state)
-                last_state = state
+                    self.health.note_registration(state in up, account)
+                    if last_state in up and state not in up:
+                        self.metrics.registration_failed(state, account)
+                last_states[account] = state
             self.metrics.set_sip_transactions(self.ua.server_transactions)
             foreign = self._foreign_ended + sum(endpoint.foreign_packets for endpoint in self._endpoints)
             self.metrics.add_rtp_foreign(foreign - self._foreign_seen)
@@ -205,15 +215,21 @@ class Agent:
             await asyncio.sleep(1.0)
 
     def reload(self, config: Config) -> None:
-        """SIGHUP: new instructions, voice and tools for calls answered from now on."""
+        """SIGHUP: new profiles (instructions, voice, greeting, tools, transfer targets…) and routes for calls
+        answered from now on. The SIP section (listen address, accounts) needs a restart."""
         self.config.realtime.instructions = config.realtime.instructions
         self.config.realtime.voice = config.realtime.voice
         self.config.agent = config.agent
-        # The templates may name newly listed headers: the UA keeps those from the next INVITE on.
         self.config.context = config.context
-        if self.ua is not None:
-            self.ua.settings.context_headers[:] = config.context.headers
-        log.info("configuration reloaded: %d tools, for new calls", len(config.agent.tools))
+        self.config.agents = config.agents
+        self.config.routes = config.routes
+        if [(a.name, a.agent) for a in config.accounts()] != [(a.name, a.agent) for a in self.config.accounts()]:
+            log.warning("reload: sip.accounts changed; the accounts registered stay as they were until a restart")
+        self.profiles, self.router = config.profiles(), config.router()
+        if self.ua is not None:  # headers new templates or routes name: kept from the next INVITE on
+            self.ua.settings.context_headers = context_headers(config)
+        log.info("configuration reloaded for new calls: profiles %s; %d routes", ", ".join(self.profiles),
+                 len(self.router.routes))
 
     @property
     def sip_address(self) -> tuple[str, int]:
@@ -267,6 +283,8 @@ class Agent:
             self._count("rejected-busy")
             return
         self.stats.calls_total += 1
+        decision = self.router.choose(call.identity, call.account)
+        profile = self.profiles[decision.profile]
         bridge_ref: list[CallBridge] = []
 
         def on_frame(payload: bytes) -> None:
@@ -304,7 +322,8 @@ class Agent:
             call.on_media_change = chain.apply
             call.on_dtmf = on_dtmf
             context = call_context(call, self.config)
-            bridge = CallBridge(call, _MediaLeg(endpoint, codec), self._connect, self._bridge_settings(),
+            bridge = CallBridge(call, _MediaLeg(endpoint, codec), self._connect,
+                                self._bridge_settings(profile, decision.reason),
                                 on_transcript=self._transcript_callback(call.call_id), context=context)
             chain.attach(bridge, media)
             bridge_ref.append(bridge)
@@ -314,15 +333,17 @@ class Agent:
             endpoint.on_sent = bridge.on_outbound_frame
             self.bridges[call.call_id] = bridge
             # Numbers only (bounded by identify()): names and header values stay in the transcript.
-            log.info("answered %s with %s: caller %s, dialed %s%s%s", call.from_uri, codec,
+            log.info("answered %s with %s: profile %s (%s)%s, caller %s, dialed %s%s%s", call.from_uri, codec,
+                     profile.name, decision.reason, f", account {call.account}" if call.account else "",
                      context.caller_number or "(unknown)", context.dialed or "(unknown)",
                      f", redirected from {context.redirected_from}" if context.redirected_from else "",
                      f", headers {', '.join(context.headers)}" if context.headers else "")
             self.metrics.call_started()
+            self.metrics.call_profile(profile.name, call.account)
             answered = time.monotonic()
             events = CallEvents(call.call_id, {**context.to_json(), "caller_uri": call.from_uri,
                                                "dialed_uri": call.to_uri, "remote_host": call.remote_host},
-                                DEFAULT_PROFILE, new_event_id)
+                                profile.name, new_event_id)
             self._emit(lambda: events.started(time.time(), codec))
             outcome = await bridge.run()
             duration = time.monotonic() - answered
@@ -366,11 +387,11 @@ class Agent:
         callback = self.on_transcript
         return lambda role, text: callback(call_id, role, text)
 
-    def _bridge_settings(self) -> BridgeSettings:
-        rt, agent = self.config.realtime, self.config.agent
+    def _bridge_settings(self, profile: AgentProfile, route: str = "default") -> BridgeSettings:
+        rt = self.config.realtime
         return BridgeSettings(
-            agent=agent, recording=self.config.recording, session=session_settings(self.config),
-            dialect=ev.check_dialect(rt.dialect),
+            agent=profile, recording=self.config.recording, session=session_settings(self.config, profile),
+            profile=profile.name, route=route, dialect=ev.check_dialect(rt.dialect),
             audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
             metrics=self.metrics, rtp_timeout_s=self.config.media.rtp_timeout_s,
             context_defaults=self.config.context.template_defaults,
@@ -402,14 +423,15 @@ def call_summary(outcome: CallOutcome, duration_s: float) -> CallSummary:
     )
 
 
-def session_settings(config: Config) -> ev.SessionSettings:
-    """The Realtime session every call starts with, from the ``realtime`` and ``agent`` sections."""
-    rt = config.realtime
+def session_settings(config: Config, profile: AgentProfile | None = None) -> ev.SessionSettings:
+    """The Realtime session a call starts with: the ``realtime`` section, and what ``profile`` (the default
+    one when None) says. The model is offered the profile's tools and transfer targets, and no others."""
+    rt, profile = config.realtime, profile or config.default_profile()
     return ev.SessionSettings(
-        instructions=rt.instructions, voice=rt.voice, turn_detection=rt.turn_detection or None,
+        instructions=profile.instructions, voice=profile.voice, turn_detection=rt.turn_detection or None,
         transcription_model=rt.transcription_model or None, tools=tool_definitions(
-            config.agent.tools, list(config.agent.transfer_targets), bool(config.agent.transfer_target)),
-        audio_format=rt.audio_format,
+            profile.tools, list(profile.transfer_targets), bool(profile.transfer_target)),
+        audio_format=rt.audio_format, transcription_language=profile.language or None,
     )
 
 
@@ -439,15 +461,24 @@ def ua_settings(config: Config) -> UaSettings:
         password=sip.password, domain=sip.effective_domain, listen_host=listen.host, listen_port=listen.port,
         public_host=sip.public_address or None, expires=sip.expires, max_calls=sip.max_calls,
         trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
-        aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller,
-        context_headers=list(config.context.headers),
+        aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller, context_headers=context_headers(config),
         session_expires=sip.session_expires, min_se=sip.min_se,
+        accounts=[SipAccount(account.name, account.username, account.password, account.auth_user,
+                             account.expires or sip.expires) for account in config.accounts()],
         limits=BudgetLimits(transactions=limits.transactions, transactions_per_source=limits.transactions_per_source),
         transport_limits=TransportLimits(
             max_message_bytes=limits.max_message_bytes, tcp_connections=limits.tcp_connections,
             tcp_connections_per_source=limits.tcp_connections_per_source, tcp_idle_s=limits.tcp_idle_s,
             tcp_message_s=limits.tcp_message_s),
     )
+
+
+def context_headers(config: Config) -> list[str]:
+    """The INVITE headers each call's identity keeps: those listed in context.headers (for the templates,
+    webhooks and transcripts), then those the routes match on."""
+    listed = list(config.context.headers)
+    known = {name.lower() for name in listed}
+    return listed + [name for name in config.router().header_names() if name.lower() not in known]
 
 
 def _apology_audio() -> Callable[[str], Any] | None:
@@ -495,7 +526,8 @@ def run_agent(config: Config) -> int:
     """``sipagent run``: serve until SIGTERM/SIGINT, then shut down gracefully."""
     configure_logging(config.logging.level, config.logging.format,
                       secrets=[config.sip.password, config.realtime.api_key,
-                               config.events.webhook.secret if config.events.webhook else ""])
+                               config.events.webhook.secret if config.events.webhook else "",
+                               *(account.password for account in config.sip.accounts)])
     return run_loop(_serve(config))
 
 

@@ -25,10 +25,13 @@ import yaml
 from sipagent.bridge import context as templates
 from sipagent.bridge.call_events import EVENT_HEADERS
 from sipagent.bridge.digits import FIRST_DIGIT_TIMEOUT_S, INTER_DIGIT_TIMEOUT_S, MAX_DIGITS, TERMINATORS
+from sipagent.bridge.routing import Route, Router, pattern_matches
 from sipagent.bridge.settings import (
     BUILTIN_TOOLS,
     CALL_EVENT_TYPES,
+    DEFAULT_PROFILE,
     AgentConfig,
+    AgentProfile,
     BargeInConfig,
     DtmfConfig,
     EventsConfig,
@@ -43,7 +46,8 @@ from sipagent.sip.admission import parse_network
 from sipagent.sip.identity import MAX_HEADERS as MAX_CONTEXT_HEADERS
 from sipagent.sip.uri import parse_target_uri
 
-__all__ = ["AgentConfig", "Config", "ConfigError", "RecordingConfig", "ToolConfig", "load_config"]
+__all__ = ["AccountConfig", "AgentConfig", "AgentProfile", "Config", "ConfigError", "RecordingConfig", "Route",
+           "ToolConfig", "load_config"]
 
 SECRET_KEYS = frozenset({"password", "api_key", "secret"})
 MIN_EVENT_SECRET = 16  # characters: an HMAC key a receiver can trust is not a short word
@@ -73,6 +77,18 @@ class SipLimitsConfig:
 
 
 @dataclass
+class AccountConfig:
+    """One more extension registered from this process (``sip.accounts``), besides ``sip.username``."""
+
+    username: str = ""
+    password: str = ""
+    name: str = ""  # how logs, metrics and routes name it; the username when not set
+    auth_user: str = ""  # the digest user name, when the PBX's differs from the extension
+    expires: int = 0  # 0: sip.expires
+    agent: str = ""  # the profile its calls land on, unless a route says otherwise; "": the routes decide
+
+
+@dataclass
 class SipConfig:
     registrar: str = ""
     transport: Literal["udp", "tcp", "tls"] = "udp"
@@ -91,6 +107,7 @@ class SipConfig:
     # RFC 4028 session timers: the interval we ask for / accept, and the smallest we accept (422 below it).
     session_expires: int = 1800
     min_se: int = 90
+    accounts: list[AccountConfig] = field(default_factory=list)
 
     @property
     def direct_mode(self) -> bool:
@@ -184,9 +201,11 @@ class ContextConfig:
                 for name, value in self.defaults.items()}
 
 
-# Every key whose text is a template of the call's context (see sipagent/bridge/context.py).
-TEMPLATE_KEYS = ("realtime.instructions", "agent.greeting", "agent.idle_prompt", "agent.goodbye",
-                 "agent.max_call_message", "agent.on_failure.message")
+# Every key of a profile whose text is a template of the call's context (see sipagent/bridge/context.py); the
+# default profile's instructions are realtime.instructions.
+PROFILE_TEMPLATE_KEYS = ("instructions", "greeting", "idle_prompt", "goodbye", "max_call_message",
+                         "on_failure.message")
+TEMPLATE_KEYS = ("realtime.instructions", *(f"agent.{key}" for key in PROFILE_TEMPLATE_KEYS[1:]))
 
 
 @dataclass
@@ -196,6 +215,9 @@ class Config:
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
+    # Named profiles, inheritance from the default applied (see _resolve_profiles); set by the loader.
+    agents: dict[str, AgentProfile] = field(default_factory=dict)
+    routes: list[Route] = field(default_factory=list)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -205,9 +227,8 @@ class Config:
     def summary(self) -> str:
         """A short human summary for ``sipagent check`` (no secrets)."""
         sip = self.sip
-        mode = f"registering {sip.username}@{sip.effective_domain} at {sip.registrar}" if sip.registrar else (
-            "direct mode (no registrar)"
-        )
+        users = ", ".join(f"{account.username}@{sip.effective_domain}" for account in self.accounts())
+        mode = f"registering {users} at {sip.registrar}" if sip.registrar else "direct mode (no registrar)"
         rt = self.realtime
         backend = "in-process local backend" if rt.provider == "local" and not rt.url else rt.url or rt.provider
         lines = [
@@ -219,6 +240,7 @@ class Config:
             f"api key {'set' if rt.api_key else 'not set'}",
             f"agent:     {len(self.agent.tools)} tools, barge-in {self.agent.barge_in.mode}, "
             f"transfer to {self._transfers()}",
+            *self.routing_table(),
             f"events:    {self._events()}",
             f"context:   headers {', '.join(self.context.headers) or '(none)'}, time zone "
             f"{self.context.timezone or 'of the host'}",
@@ -232,6 +254,59 @@ class Config:
         parts = urlsplit(hook.url)  # scheme and host only: a path or query may carry a token
         return f"{', '.join(hook.events)} to {parts.scheme}://{parts.netloc}, signed, up to {hook.retries} retries"
 
+
+    def default_profile(self) -> AgentProfile:
+        """The ``agent:`` section with ``realtime.instructions`` and ``realtime.voice``: profile "default"."""
+        values = {f.name: getattr(self.agent, f.name) for f in dataclasses.fields(AgentConfig)}
+        return AgentProfile(**values, name=DEFAULT_PROFILE, instructions=self.realtime.instructions,
+                            voice=self.realtime.voice)
+
+    def profiles(self) -> dict[str, AgentProfile]:
+        """Every profile by name, the default first."""
+        return {DEFAULT_PROFILE: self.default_profile(), **self.agents}
+
+    def accounts(self) -> list[AccountConfig]:
+        """Every registered extension: ``sip.username`` (when registering) first, then ``sip.accounts``."""
+        sip = self.sip
+        primary = [AccountConfig(username=sip.username, password=sip.password, name=sip.username,
+                                 expires=sip.expires)] if sip.registrar and sip.username else []
+        return primary + [dataclasses.replace(account, name=account.name or account.username)
+                          for account in sip.accounts]
+
+    def our_users(self) -> list[str]:
+        """The Request-URI user parts the agent answers (the UA's admission); empty: any."""
+        sip = self.sip
+        users = ([sip.username] if sip.username else []) + [account.username for account in sip.accounts]
+        return list(dict.fromkeys(users + list(sip.aliases)))
+
+    def router(self) -> Router:
+        """The routes in order; a last route without conditions is the default (else profile "default")."""
+        routes = list(self.routes)
+        default = routes.pop().agent if routes and not routes[-1].conditions else DEFAULT_PROFILE
+        accounts = {account.name: account.agent for account in self.accounts() if account.agent}
+        return Router(routes, default, accounts)
+
+    def routing_table(self) -> list[str]:
+        """Profiles, routes in the order they are tried, and accounts, for ``sipagent check`` (no secrets)."""
+        lines = ["profiles:"]
+        for name, profile in self.profiles().items():
+            inherited = "" if name == DEFAULT_PROFILE else ", unset keys from default"
+            tools = ", ".join(tool.name for tool in profile.tools) or "none"
+            targets = ", ".join(profile.transfer_targets) or "none"
+            language = f", language {profile.language}" if profile.language else ""
+            lines.append(f"  {name}: voice {profile.voice}, tools {tools}, transfer targets {targets}, "
+                         f"barge-in {profile.barge_in.mode}{language}{inherited}")
+        lines.append("routes (first match wins):")
+        lines += [f"  {line}" for line in self.router().describe()]
+        accounts = self.accounts()
+        if accounts:
+            lines.append("accounts:")
+            for account in accounts:
+                auth = f", auth user {account.auth_user}" if account.auth_user else ""
+                lines.append(f"  {account.name}: {account.username}@{self.sip.effective_domain}{auth}, "
+                             f"expires {account.expires or self.sip.expires} s, "
+                             f"profile {account.agent or '(by the routes)'}")
+        return lines
 
     def _transfers(self) -> str:
         agent = self.agent
@@ -309,6 +384,7 @@ def load_config_text(text: str, name: str = "<config>", env: Mapping[str, str] |
         raise ConfigError(f"invalid YAML: {exc}", path=name) from None
     config = Config() if root is None else _convert_dataclass(ctx, root, Config, "")
     config.source = name
+    config.agents = _resolve_profiles(ctx, root, config)
     _check_semantics(ctx, root, config)
     return config
 
@@ -346,6 +422,8 @@ def _convert_dataclass(ctx: _Ctx, node: yaml.Node, cls: type[Any], key: str) -> 
     for key_node, value_node in node.value:
         name = str(key_node.value)
         path = f"{key}.{name}" if key else name
+        if cls is Config and name == "agents":
+            continue  # profiles inherit from the agent section: _resolve_profiles reads them once it is known
         if name not in fields:
             known = ", ".join(sorted(fields))
             raise ctx.error(key_node, path, f"unknown key (expected one of: {known})")
@@ -357,6 +435,72 @@ def _convert_dataclass(ctx: _Ctx, node: yaml.Node, cls: type[Any], key: str) -> 
             path = f"{key}.{name}" if key else name
             raise ctx.error(node, path, "required key is missing")
     return cls(**values)
+
+
+# Sections of a profile that inherit key by key from the default's; every other key is taken whole (a
+# profile's tools or transfer_targets replace the default's: the model sees the chosen profile's only).
+_MERGED_SECTIONS = frozenset({"barge_in", "on_failure", "dtmf"})
+
+
+def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.value == key:
+                found: yaml.Node = value_node
+                return found
+    return None
+
+
+def _inherit(base: yaml.Node | None, own: yaml.MappingNode) -> yaml.MappingNode:
+    """``own`` with every key it does not set taken from ``base`` (a mapping node, or None). Nodes keep
+    their marks, so an error in an inherited value still names the line it was written on."""
+    if not isinstance(base, yaml.MappingNode):
+        return own
+    own_keys = {str(key_node.value) for key_node, _ in own.value}
+    merged = [(k, v) for k, v in base.value if str(k.value) not in own_keys]
+    for key_node, value_node in own.value:
+        inherited = _child(base, str(key_node.value))
+        if str(key_node.value) in _MERGED_SECTIONS and isinstance(value_node, yaml.MappingNode):
+            value_node = _inherit(inherited, value_node)
+        merged.append((key_node, value_node))
+    return yaml.MappingNode(own.tag, merged, own.start_mark, own.end_mark)
+
+
+def _resolve_profiles(ctx: _Ctx, root: yaml.Node | None, config: Config) -> dict[str, AgentProfile]:
+    """``agents:``: each named profile is the ``agent:`` section overridden by the profile's own keys;
+    ``instructions`` and ``voice`` default to ``realtime.instructions`` and ``realtime.voice``."""
+    node = _child(root, "agents")
+    if node is None or _is_null(node):
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.error(node, "agents", f"expected a mapping of profile names to profiles, got {_describe(node, '')}")
+    profiles: dict[str, AgentProfile] = {}
+    for key_node, value_node in node.value:
+        name = str(key_node.value)
+        key = f"agents.{name}"
+        if name == DEFAULT_PROFILE:
+            raise ctx.error(key_node, key, f'"{DEFAULT_PROFILE}" is the profile of the agent: section; '
+                                           "choose another name")
+        if not _PROFILE_NAME.fullmatch(name):
+            raise ctx.error(key_node, key, "expected a profile name of letters, digits, _ or - starting with a "
+                                           "letter (at most 40)")
+        if name in profiles:
+            raise ctx.error(key_node, key, "duplicate profile name")
+        if _is_null(value_node):
+            value_node = yaml.MappingNode("tag:yaml.org,2002:map", [], value_node.start_mark, value_node.end_mark)
+        if not isinstance(value_node, yaml.MappingNode):
+            raise ctx.error(value_node, key, f"expected a mapping, got {_describe(value_node, key)}")
+        own = {str(k.value) for k, _ in value_node.value}
+        if "name" in own:
+            raise ctx.error(value_node, f"{key}.name", "the profile's name is its key under agents:")
+        profile = _convert_dataclass(ctx, _inherit(_child(root, "agent"), value_node), AgentProfile, key)
+        profile.name = name
+        if "instructions" not in own:
+            profile.instructions = config.realtime.instructions
+        if "voice" not in own:
+            profile.voice = config.realtime.voice
+        profiles[name] = profile
+    return profiles
 
 
 def _is_null(node: yaml.Node) -> bool:
@@ -493,8 +637,8 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
                 parse_host_port(value, default_port=METRICS_PORT if dotted == "metrics.listen" else 5060)
             except ValueError as exc:
                 raise fail(dotted, f"expected host[:port], got \"{value}\" ({exc})") from None
-    if sip.registrar and not sip.username:
-        raise fail("sip.username", "required when sip.registrar is set")
+    if sip.registrar and not sip.username and not sip.accounts:
+        raise fail("sip.username", "required when sip.registrar is set (or list the extensions in sip.accounts)")
     if sip.expires < 60:
         raise fail("sip.expires", f"expected at least 60 seconds, got {sip.expires}")
     if sip.max_calls < 1:
@@ -535,15 +679,26 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         raise fail("realtime.url", "required for provider azure (https://RESOURCE.openai.azure.com)")
     if rt.url and not re.match(r"^(wss?|https?)://", rt.url):
         raise fail("realtime.url", f'expected a ws://, wss:// or https:// URL, got "{rt.url}"')
+    _check_agent(config.agent, "agent", config, fail)
+    for name, profile in config.agents.items():
+        _check_agent(profile, f"agents.{name}", config, fail)
+    _check_accounts(config, fail)
+    _check_routes(config, fail)
+    if config.events.webhook is not None:
+        _check_event_webhook(config.events.webhook, fail)
     _check_context(ctx, root, config, fail)
+
+
+def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+    """The checks of one profile (``prefix``: "agent" or "agents.NAME"); normalises its transfer targets."""
     names = set()
-    for i, tool in enumerate(config.agent.tools):
+    for i, tool in enumerate(agent.tools):
         if tool.name in names:
-            raise fail(f"agent.tools[{i}]", f'duplicate tool name "{tool.name}"')
+            raise fail(f"{prefix}.tools[{i}]", f'duplicate tool name "{tool.name}"')
         names.add(tool.name)
         if tool.name not in BUILTIN_TOOLS and not tool.url:
             raise fail(
-                f"agent.tools[{i}]",
+                f"{prefix}.tools[{i}]",
                 f'tool "{tool.name}" needs a url (built-in tools are: {", ".join(sorted(BUILTIN_TOOLS))})',
             )
         if tool.url and not tool.url.startswith("builtin:"):
@@ -552,28 +707,104 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
                         None if tool.method == "GET" else b"{}")
             except RequestRefused as exc:
                 key = "headers" if str(exc).startswith("header") else "url"
-                raise fail(f"agent.tools[{i}].{key}", str(exc)) from None
+                raise fail(f"{prefix}.tools[{i}].{key}", str(exc)) from None
             properties = tool.parameters.get("properties")
             if tool.method != "GET" and isinstance(properties, dict) and CONTEXT_KEY in properties:
-                raise fail(f"agent.tools[{i}].parameters",
+                raise fail(f"{prefix}.tools[{i}].parameters",
                            f'the property "{CONTEXT_KEY}" is reserved: sipagent sends the call\'s context under '
                            "that name in the request body")
-    if config.agent.on_failure.action == "transfer" and not (
-        config.agent.on_failure.target or config.agent.transfer_target
-    ):
-        raise fail("agent.on_failure.target", "required when on_failure.action is transfer")
-    _check_transfer_targets(config, fail)
-    if config.agent.max_call_s and config.agent.max_call_s < 10:
-        raise fail("agent.max_call_s", f"expected 0 (no limit) or at least 10 seconds, got {config.agent.max_call_s}")
-    if not (media.rtp_timeout_s or config.agent.max_call_s or config.agent.idle_timeout_s > 0):
+    if agent.on_failure.action == "transfer" and not (agent.on_failure.target or agent.transfer_target):
+        raise fail(f"{prefix}.on_failure.target", "required when on_failure.action is transfer")
+    _check_transfer_targets(agent, prefix, config.sip.effective_domain, fail)
+    if agent.max_call_s and agent.max_call_s < 10:
+        raise fail(f"{prefix}.max_call_s", f"expected 0 (no limit) or at least 10 seconds, got {agent.max_call_s}")
+    if not (config.media.rtp_timeout_s or agent.max_call_s or agent.idle_timeout_s > 0):
         # A far end that vanishes without a BYE (a PBX restarted, a NAT binding gone) sends nothing more: only
         # one of these three ends such a call.
-        raise fail("media.rtp_timeout_s", "0 (off) with agent.max_call_s: 0 and agent.idle_timeout_s: 0 would "
-                                          "leave a call whose far end vanished without a BYE up forever; set one")
-    _check_barge_in(config.agent.barge_in, fail)
-    if config.events.webhook is not None:
-        _check_event_webhook(config.events.webhook, fail)
-    _check_dtmf(config.agent.dtmf, fail)
+        raise fail("media.rtp_timeout_s", f"0 (off) with {prefix}.max_call_s: 0 and {prefix}.idle_timeout_s: 0 "
+                                          "would leave a call whose far end vanished without a BYE up forever; "
+                                          "set one")
+    _check_barge_in(agent.barge_in, prefix, fail)
+    _check_dtmf(agent.dtmf, prefix, fail)
+    if agent.language and not _LANGUAGE.fullmatch(agent.language):
+        raise fail(f"{prefix}.language", f'expected a language code such as "en" or "de", got "{agent.language}"')
+
+
+def _check_accounts(config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+    """``sip.accounts``: extensions registered besides ``sip.username``, each with a name of its own."""
+    sip = config.sip
+    if sip.accounts and not sip.registrar:
+        raise fail("sip.accounts", "accounts register: sip.registrar is required")
+    usernames = {sip.username} if sip.username else set()
+    names = {sip.username} if sip.username else set()
+    for i, account in enumerate(sip.accounts):
+        key = f"sip.accounts[{i}]"
+        if not _USER_PART.fullmatch(account.username):
+            raise fail(f"{key}.username", f'expected a SIP user part such as "2001", got "{account.username}"')
+        if account.username in usernames:
+            raise fail(f"{key}.username", f'"{account.username}" is registered twice')
+        usernames.add(account.username)
+        account.name = account.name or account.username
+        if not _USER_PART.fullmatch(account.name):
+            raise fail(f"{key}.name", f'expected letters, digits, +, *, ., _ or -, got "{account.name}"')
+        if account.name in names:
+            raise fail(f"{key}.name", f'duplicate account name "{account.name}"')
+        names.add(account.name)
+        if account.auth_user and not re.fullmatch(r"[^\s\"\\]{1,128}", account.auth_user):
+            raise fail(f"{key}.auth_user", "expected a user name without spaces or quotes")
+        if account.expires and account.expires < 60:
+            raise fail(f"{key}.expires", f"expected 0 (sip.expires) or at least 60 seconds, got {account.expires}")
+        if account.agent and account.agent not in config.profiles():
+            raise fail(f"{key}.agent", _unknown_profile(account.agent, config))
+
+
+def _unknown_profile(name: str, config: Config) -> str:
+    return f'unknown profile "{name}" (profiles: {", ".join(config.profiles())})'
+
+
+def _check_routes(config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+    """Each route names a known profile and conditions that can match; only the last may have none."""
+    accounts = {account.name for account in config.accounts()}
+    ours = config.our_users()
+    seen: dict[tuple[tuple[str, str], ...], int] = {}
+    for i, route in enumerate(config.routes):
+        key = f"routes[{i}]"
+        if not route.agent:
+            raise fail(key, "expected agent: the profile this route's calls go to")
+        if route.agent not in config.profiles():
+            raise fail(f"{key}.agent", _unknown_profile(route.agent, config))
+        for name in ("dialed", "caller"):
+            pattern = getattr(route, name)
+            if pattern and not _PATTERN.fullmatch(pattern):
+                raise fail(f"{key}.{name}", f'expected a number or extension, optionally ending in * for a prefix '
+                                            f'("2001", "+4930*"), got "{pattern}"')
+        if route.dialed and ours and not any(pattern_matches(route.dialed, user) for user in ours):
+            # The dialed number is the Request-URI's user part, and an INVITE for a user part that is not ours
+            # is refused (404) before any route is tried: this route could never match.
+            raise fail(f"{key}.dialed", f'"{route.dialed}" is not one of our user parts ({", ".join(ours)}): '
+                                        "calls to it are refused; add it to sip.aliases")
+        if route.header and not _HEADER_NAME.fullmatch(route.header):
+            raise fail(f"{key}.header", f'expected a SIP header name such as "X-Queue", got "{route.header}"')
+        if route.header and not route.value:
+            raise fail(key, f"header {route.header} needs a value to match (* for any)")
+        if route.value and not route.header:
+            raise fail(f"{key}.value", "value needs header: the header it is matched against")
+        if route.value and not _VALUE.fullmatch(route.value):
+            raise fail(f"{key}.value", "expected printable text of at most 128 characters, optionally ending in *")
+        if route.account and route.account not in accounts:
+            raise fail(f"{key}.account", f'unknown account "{route.account}" (accounts: '
+                                         f'{", ".join(sorted(accounts)) or "none"})')
+        conditions = tuple(sorted((k, v.lower() if k == "header" else v) for k, v in route.conditions.items()))
+        if not conditions and i != len(config.routes) - 1:
+            raise fail(key, "a route without conditions (dialed, caller, header, account) matches every call: "
+                            "only the last route may be one")
+        if conditions in seen:
+            raise fail(key, f"unreachable: routes[{seen[conditions]}] has the same conditions")
+        seen[conditions] = i
+
+
+_PATTERN = re.compile(r"[0-9A-Za-z+*#._\-]{0,63}\*?|\*")
+_VALUE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 
 
 def _check_context(ctx: _Ctx, root: yaml.Node | None, config: Config,
@@ -605,10 +836,16 @@ def _check_context(ctx: _Ctx, root: yaml.Node | None, config: Config,
         if isinstance(context.defaults[raw], dict | list):
             raise fail(f"context.defaults.{name}", "expected a text, got a mapping or a list")
     for dotted in TEMPLATE_KEYS:
-        owner: Any = config
-        for part in dotted.split("."):
-            owner = getattr(owner, part)
-        check_template_key(ctx, root, dotted, owner, context.headers)
+        check_template_key(ctx, root, dotted, _attribute(config, dotted), context.headers)
+    for name, profile in config.agents.items():  # what a profile inherits was checked just above
+        for dotted in PROFILE_TEMPLATE_KEYS:
+            check_template_key(ctx, root, f"agents.{name}.{dotted}", _attribute(profile, dotted), context.headers)
+
+
+def _attribute(owner: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        owner = getattr(owner, part)
+    return owner
 
 
 def check_template_key(ctx: _Ctx, root: yaml.Node | None, dotted: str, text: str, headers: Collection[str]) -> None:
@@ -629,6 +866,9 @@ def check_template_key(ctx: _Ctx, root: yaml.Node | None, dotted: str, text: str
 _HOST_OR_NETWORK = re.compile(r"\[?[0-9A-Za-z.:\-]+\]?(/[0-9]{1,3})?")
 _USER_PART = re.compile(r"[0-9A-Za-z+*._\-]{1,64}")
 _TARGET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,39}")
+_PROFILE_NAME = _TARGET_NAME
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.\-]{1,64}")  # an RFC 3261 token
+_LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 
 
 def _check_limits(limits: SipLimitsConfig, fail: Callable[[str, str], ConfigError]) -> None:
@@ -659,22 +899,22 @@ def transfer_uri(target: str, domain: str) -> str:
                          f'"{target}" ({exc.reason})') from None
 
 
-def _check_transfer_targets(config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+def _check_transfer_targets(agent: AgentConfig, prefix: str, domain: str,
+                            fail: Callable[[str, str], ConfigError]) -> None:
     """Every place a caller can be sent is written here, as a URI: the model only ever names one."""
-    agent, domain = config.agent, config.sip.effective_domain
     targets: dict[str, str] = {}
     for raw_name, value in agent.transfer_targets.items():
         name = str(raw_name)  # YAML may type a key or a value: "600" and 600 are the same extension
         if not _TARGET_NAME.fullmatch(name):
-            raise fail(f"agent.transfer_targets.{name}",
+            raise fail(f"{prefix}.transfer_targets.{name}",
                        "expected a name of letters, digits, _ or - starting with a letter (the model sees it)")
         try:
             targets[name] = transfer_uri(str(value), domain)
         except ValueError as exc:
-            raise fail(f"agent.transfer_targets.{name}", str(exc)) from None
+            raise fail(f"{prefix}.transfer_targets.{name}", str(exc)) from None
     agent.transfer_targets = targets
-    for dotted, owner, attr in (("agent.transfer_target", agent, "transfer_target"),
-                                ("agent.on_failure.target", agent.on_failure, "target")):
+    for dotted, owner, attr in ((f"{prefix}.transfer_target", agent, "transfer_target"),
+                                (f"{prefix}.on_failure.target", agent.on_failure, "target")):
         value = getattr(owner, attr)
         if value:
             try:
@@ -683,9 +923,9 @@ def _check_transfer_targets(config: Config, fail: Callable[[str, str], ConfigErr
                 raise fail(dotted, str(exc)) from None
 
 
-def _check_dtmf(dtmf: DtmfConfig, fail: Callable[[str, str], ConfigError]) -> None:
+def _check_dtmf(dtmf: DtmfConfig, prefix: str, fail: Callable[[str, str], ConfigError]) -> None:
     """The same bounds the model's collect_digits arguments get (sipagent.bridge.digits)."""
-    key = "agent.dtmf."
+    key = f"{prefix}.dtmf."
     if dtmf.terminator not in TERMINATORS:
         raise fail(key + "terminator", f'expected "#", "*" or "" (none), got "{dtmf.terminator}"')
     if not 1 <= dtmf.max_digits <= MAX_DIGITS:
@@ -699,9 +939,9 @@ def _check_dtmf(dtmf: DtmfConfig, fail: Callable[[str, str], ConfigError]) -> No
         raise fail(key + "tone_ms", f"expected 40 to 1000 ms, got {dtmf.tone_ms}")
 
 
-def _check_barge_in(barge: BargeInConfig, fail: Callable[[str, str], ConfigError]) -> None:
+def _check_barge_in(barge: BargeInConfig, prefix: str, fail: Callable[[str, str], ConfigError]) -> None:
     """Durations are counted in whole 20 ms frames; the pause must come before the confirmation."""
-    key = "agent.barge_in."
+    key = f"{prefix}.barge_in."
     if not 20 <= barge.min_speech_ms <= 2000:
         raise fail(key + "min_speech_ms", f"expected 20 to 2000 ms, got {barge.min_speech_ms}")
     if barge.protect_greeting_ms < 0:

@@ -66,7 +66,7 @@ def describe_trust(config: Config) -> tuple[str, list[ConfigError]]:
         who = "loopback only (direct mode without sip.trusted_hosts)"
     else:
         who = ", ".join(sources)
-    users = [sip.username, *sip.aliases] if sip.username else list(sip.aliases)
+    users = config.our_users()
     called = f"for {', '.join(users)}" if users else "for any user part"
     return f"trust:     calls from {who}, {called}", problems
 
@@ -132,12 +132,16 @@ async def _check_sip(config: Config) -> str:
         host, port = ua.local_address
         if not config.sip.registrar:
             return f"bound {config.sip.transport} {host}:{port}; the PBX must send INVITEs here"
+        domain = config.sip.effective_domain
         if not await ua.wait_registered(timeout=10.0):
+            failed = [f"{account.username}@{domain} (state {ua.registration_states.get(account.name)})"
+                      for account in ua.accounts if ua.registration_states.get(account.name) != "registered"]
             raise StepFailed(
-                f"not registered as {config.sip.username}@{config.sip.effective_domain} at {config.sip.registrar} "
-                f"(state {ua.registration_state}); check the registrar address, username, password and domain"
+                f"not registered as {', '.join(failed)} at {config.sip.registrar}; check the registrar address, "
+                "username, password and domain"
             )
-        return f"registered {config.sip.username}@{config.sip.effective_domain} via {config.sip.registrar}"
+        names = ", ".join(f"{account.username}@{domain}" for account in ua.accounts)
+        return f"registered {names} via {config.sip.registrar}"
     finally:
         await ua.stop()
 

@@ -136,6 +136,8 @@ class BridgeSettings:
     agent: AgentConfig
     recording: RecordingConfig
     session: ev.SessionSettings
+    profile: str = "default"  # the agent profile the call was routed to (agent: the profile's settings)
+    route: str = "default"  # why: "route 2", "account support" or "default"
     dialect: ev.Dialect = "ga"
     audio_format: str = "pcm16"
     max_session_s: float = 3300.0
@@ -330,7 +332,8 @@ class CallBridge:
         """Runs the call until either side or a limit ends it. Never raises: whatever fails, the call ends
         and its outcome is returned (``error`` for a fault of our own), so that it is counted."""
         self._record("call", event="start", call_id=self.call.call_id, caller=self.call.from_uri,
-                     codec=self.codec, context=self.context.to_json())
+                     codec=self.codec, profile=self.settings.profile, route=self.settings.route,
+                     context=self.context.to_json())
         try:
             self._set_state("connecting")
             if not await self._open_session(first=True):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 BUILTIN_TOOLS = frozenset({"end_call", "transfer_call", "collect_digits", "send_dtmf"})
+DEFAULT_PROFILE = "default"  # the name of the profile the ``agent:`` section describes
 
 
 @dataclass
@@ -74,12 +75,27 @@ class AgentConfig:
     shutdown_grace_s: float = 30.0
     on_failure: FailureConfig = field(default_factory=FailureConfig)
     dtmf: DtmfConfig = field(default_factory=DtmfConfig)
+    # The caller's language as an ISO-639-1 code ("en", "de"): a hint for the Realtime transcription of the
+    # caller; "" lets the model detect it.
+    language: str = ""
 
     def transfer_uri(self, name: str | None) -> str | None:
         """The URI the model's transfer ``name`` stands for (no name: the default desk); None if unknown."""
         if not name:
             return self.transfer_target or None
         return self.transfer_targets.get(name)
+
+
+@dataclass
+class AgentProfile(AgentConfig):
+    """One agent a call can be answered by: the ``agent`` section's keys plus what the ``realtime`` section
+    holds for the default agent (instructions, voice). The ``agent:`` section with ``realtime.instructions``
+    and ``realtime.voice`` is the profile named ``default``; each entry of ``agents:`` is a named one that
+    takes every key it does not set from the default (sipagent.config resolves that)."""
+
+    name: str = DEFAULT_PROFILE
+    instructions: str = ""
+    voice: str = "alloy"
 
 
 @dataclass

@@ -37,7 +37,7 @@ class HealthState:
         self.registration_grace_s = registration_grace_s
         self._clock = clock
         self._registration_lost = False
-        self._unregistered_since: float | None = None
+        self._unregistered_since: dict[str, float] = {}  # account name ("": the only one) -> since when
         self._problems: dict[str, str] = {}
         self.last_lag_s = 0.0
         self._last_stall: tuple[float, float] | None = None  # (when, lag)
@@ -46,21 +46,25 @@ class HealthState:
     @property
     def registration_lost(self) -> bool:
         """Set directly by the agent, or derived from ``note_registration`` after the grace period."""
-        if self._registration_lost:
-            return True
-        since = self._unregistered_since
-        return since is not None and self._clock() - since > self.registration_grace_s
+        return self._registration_lost or bool(self.accounts_lost())
 
     @registration_lost.setter
     def registration_lost(self, value: bool) -> None:
         self._registration_lost = value
 
-    def note_registration(self, registered: bool) -> None:
-        """Call on every registration state change when registration is required (not direct mode)."""
+    def accounts_lost(self) -> list[str]:
+        """The accounts unregistered for longer than the grace period ("" for an unnamed one)."""
+        now = self._clock()
+        return [account for account, since in self._unregistered_since.items()
+                if now - since > self.registration_grace_s]
+
+    def note_registration(self, registered: bool, account: str = "") -> None:
+        """Call on every registration state change when registration is required (not direct mode); each
+        account has its own grace period, and any one lost makes the process unhealthy."""
         if registered:
-            self._unregistered_since = None
-        elif self._unregistered_since is None:
-            self._unregistered_since = self._clock()
+            self._unregistered_since.pop(account, None)
+        else:
+            self._unregistered_since.setdefault(account, self._clock())
 
     # -- event loop -----------------------------------------------------------------------------------
     def note_lag(self, lag_s: float) -> None:
@@ -79,7 +83,8 @@ class HealthState:
     def problems(self) -> list[str]:
         found: list[str] = []
         if self.registration_lost:
-            found.append("registration lost")
+            named = [account for account in self.accounts_lost() if account]
+            found.append("registration lost" + (f" (accounts {', '.join(named)})" if named else ""))
         if self._last_stall is not None:
             when, lag = self._last_stall
             ago = self._clock() - when
@@ -94,12 +99,16 @@ class HealthState:
 
     def report(self) -> dict[str, Any]:
         problems = self.problems()
-        return {
+        report: dict[str, Any] = {
             "status": "unhealthy" if problems else "ok",
             "problems": problems,
             "registration_lost": self.registration_lost,
             "loop_lag_s": round(self.last_lag_s, 4),
         }
+        named = [account for account in self.accounts_lost() if account]
+        if named:  # several accounts register: which of them
+            report["accounts_lost"] = named
+        return report
 
 
 class LoopStallDetector:

@@ -73,10 +73,11 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         p = PREFIX
-        self._registration_state = Gauge(p + "registration_state", "1 for the current registration state",
-                                         ["state"], registry=r)
+        # Both by account: one process may register several extensions, each with its own state.
+        self._registration_state = Gauge(p + "registration_state", "1 for each account's current registration "
+                                         "state", ["account", "state"], registry=r)
         self._registration_failures = Counter(p + "registration_failures", "Failed REGISTER attempts",
-                                              ["reason"], registry=r)
+                                              ["account", "reason"], registry=r)
         self._calls_active = Gauge(p + "calls_active", "Calls in progress", registry=r)
         self._calls = Counter(p + "calls", "Calls by outcome", ["outcome"], registry=r)
         self._call_duration = Histogram(p + "call_duration_seconds", "Duration of answered calls",
@@ -121,11 +122,13 @@ class Metrics:
         self._events_held = Gauge(p + "events_held", "Call events waiting, being sent or waiting for a retry",
                                   registry=r)
 
-        self._states: set[str] = set()
+        self._profile_calls = Counter(p + "profile_calls", "Answered calls by the agent profile they were routed "
+                                      "to and the account they came in on", ["profile", "account"], registry=r)
+
+        self._states: dict[str, set[str]] = {}  # account -> the states it has series for
         self._active = 0
-        # Pre-create the fixed label sets so rate() queries see zeros instead of missing series.
-        for state in REGISTRATION_STATES:
-            self._state_child(state)
+        # Pre-create the fixed label sets so rate() queries see zeros instead of missing series (an account's
+        # registration states: at its first state).
         for outcome in CALL_OUTCOMES:
             self._calls.labels(outcome=outcome)
         for kind in get_args(TokenKind):
@@ -141,26 +144,29 @@ class Metrics:
                 self._events.labels(type=event_type, result=result)
 
     # -- registration -------------------------------------------------------------------------------
-    def _state_child(self, state: str) -> None:
-        if state not in self._states:
-            self._states.add(state)
-            self._registration_state.labels(state=state).set(0)
+    def set_registration_state(self, state: str, account: str = "") -> None:
+        """``account``: the account's name ("" in direct mode, where nothing registers)."""
+        state, account = _label(state), account.strip()[:_MAX_LABEL]
+        states = self._states.get(account)
+        if states is None:
+            states = self._states[account] = set(REGISTRATION_STATES)
+        states.add(state)
+        for name in states:
+            self._registration_state.labels(account=account, state=name).set(1 if name == state else 0)
 
-    def set_registration_state(self, state: str) -> None:
-        state = _label(state)
-        self._state_child(state)
-        for name in self._states:
-            self._registration_state.labels(state=name).set(1 if name == state else 0)
-
-    def registration_failed(self, reason: str) -> None:
+    def registration_failed(self, reason: str, account: str = "") -> None:
         """``reason``: a short token such as ``"401"``, ``"403"``, ``"timeout"``, ``"transport"``."""
-        self._registration_failures.labels(reason=_label(reason)).inc()
+        self._registration_failures.labels(account=account.strip()[:_MAX_LABEL], reason=_label(reason)).inc()
 
     # -- calls --------------------------------------------------------------------------------------
     def call_started(self) -> None:
         """A call was answered (or is being set up) and now counts as active."""
         self._active += 1
         self._calls_active.set(self._active)
+
+    def call_profile(self, profile: str, account: str = "") -> None:
+        """An answered call was routed to ``profile`` (``account``: the one it came in on, "" for none)."""
+        self._profile_calls.labels(profile=_label(profile), account=account.strip()[:_MAX_LABEL]).inc()
 
     def call_ended(self, outcome: CallOutcome | str, duration_s: float | None = None) -> None:
         """An active call ended; pairs with ``call_started``. ``duration_s`` from answer to hang-up."""

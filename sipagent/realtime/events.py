@@ -68,6 +68,7 @@ class SessionSettings:
     transcription_model: str | None = None
     tools: Sequence[Mapping[str, Any]] = ()
     audio_format: AudioFormat = "pcm16"
+    transcription_language: str | None = None  # ISO-639-1 hint for the caller's transcription ("en")
 
     def __post_init__(self) -> None:
         if self.audio_format not in AUDIO_FORMATS:
@@ -90,6 +91,13 @@ def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _transcription(settings: SessionSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": settings.transcription_model}
+    if settings.transcription_language:
+        out["language"] = settings.transcription_language
+    return out
+
+
 def session_object(settings: SessionSettings, dialect: Dialect) -> dict[str, Any]:
     """The ``session`` object of a session.update (client) or session.created/updated (server)."""
     tools = [_tool(t) for t in settings.tools]
@@ -105,11 +113,11 @@ def session_object(settings: SessionSettings, dialect: Dialect) -> dict[str, Any
             "tools": tools,
         }
         if settings.transcription_model:
-            session["input_audio_transcription"] = {"model": settings.transcription_model}
+            session["input_audio_transcription"] = _transcription(settings)
         return session
     audio_in: dict[str, Any] = {"format": dict(_GA_FORMATS[settings.audio_format]), "turn_detection": turn}
     if settings.transcription_model:
-        audio_in["transcription"] = {"model": settings.transcription_model}
+        audio_in["transcription"] = _transcription(settings)
     return {
         "type": "realtime",
         "output_modalities": ["audio"],
@@ -145,6 +153,7 @@ def parse_session(session: Mapping[str, Any], base: SessionSettings | None = Non
         "transcription_model": base.transcription_model,
         "tools": base.tools,
         "audio_format": base.audio_format,
+        "transcription_language": base.transcription_language,
     }
     if "instructions" in session:
         values["instructions"] = str(session["instructions"] or "")
@@ -157,6 +166,7 @@ def parse_session(session: Mapping[str, Any], base: SessionSettings | None = Non
             values["turn_detection"] = session["turn_detection"]
         if "input_audio_transcription" in session:
             values["transcription_model"] = (session["input_audio_transcription"] or {}).get("model")
+            values["transcription_language"] = (session["input_audio_transcription"] or {}).get("language")
         fmt = session.get("input_audio_format", session.get("output_audio_format"))
         if fmt is not None:
             values["audio_format"] = fmt
@@ -169,6 +179,7 @@ def parse_session(session: Mapping[str, Any], base: SessionSettings | None = Non
             values["turn_detection"] = audio_in["turn_detection"]
         if "transcription" in audio_in:
             values["transcription_model"] = (audio_in["transcription"] or {}).get("model")
+            values["transcription_language"] = (audio_in["transcription"] or {}).get("language")
         fmt_obj = audio_in.get("format") or audio_out.get("format")
         if fmt_obj is not None:
             name = _GA_FORMAT_NAMES.get(str(fmt_obj.get("type", "")))

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 from sipagent.errors import SipParseError
 from sipagent.sip.auth import DigestAuthenticator, DigestCredentials
@@ -39,6 +41,18 @@ class RegistrationConfig:
     backoff_initial: float = 2.0
     backoff_max: float = 120.0
     min_refresh: float = 5.0
+    account: str = ""  # the account's name, on every log line: one process may register several
+
+
+class _AccountLog(logging.LoggerAdapter[logging.Logger]):
+    """Names the account on each line (text: a prefix; JSON: an ``account`` field)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        account = str((self.extra or {}).get("account", ""))
+        if not account:
+            return msg, kwargs
+        kwargs["extra"] = {"account": account, **(kwargs.get("extra") or {})}
+        return f"account {account}: {msg}", kwargs
 
 
 def refresh_delay(granted: int, min_refresh: float = 5.0) -> float:
@@ -49,6 +63,7 @@ def refresh_delay(granted: int, min_refresh: float = 5.0) -> float:
 class Registration:
     def __init__(self, config: RegistrationConfig, call_id: str | None = None) -> None:
         self.config = config
+        self.log = _AccountLog(logger, {"account": config.account})
         self.state = "unregistered"
         self.call_id = call_id or new_call_id()
         self.from_tag = new_tag()
@@ -95,7 +110,7 @@ class Registration:
         if self.state == "unregistering":
             self._set_state("unregistered")
             return
-        logger.warning("registrar did not answer")
+        self.log.warning("registrar did not answer")
         self._back_off(now, None)
 
     def on_response(self, response: SipResponse, now: float) -> SipRequest | None:
@@ -116,7 +131,7 @@ class Registration:
             return self._on_challenge(response, now)
         if status == 423:
             return self._on_too_brief(response, now)
-        logger.warning("registration rejected: %d %s", status, response.reason)
+        self.log.warning("registration rejected: %d %s", status, response.reason)
         self._back_off(now, _retry_after(response))
         return None
 
@@ -140,13 +155,13 @@ class Registration:
         self.next_deadline = now + refresh_delay(granted, self.config.min_refresh)
         self._set_state("registered")
         self._pending = None
-        logger.info("registered for %d s", granted)
+        self.log.info("registered for %d s", granted)
 
     def _on_challenge(self, response: SipResponse, now: float) -> SipRequest | None:
         header = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
         challenges = response.headers.get_all(header)
         if self._auth is None or not self._auth.handle_challenge(response.status, challenges):
-            logger.error("registration: authentication failed (%d)", response.status)
+            self.log.error("registration: authentication failed (%d)", response.status)
             self._fail(now)
             return None
         return self._build(0 if self.state == "unregistering" else self.expires, self.state)
@@ -155,10 +170,10 @@ class Registration:
         text = response.headers.get("Min-Expires") or ""
         minimum = int(text) if _DIGITS.fullmatch(text.strip()) else 0
         if minimum <= self.expires:
-            logger.error("423 without a usable Min-Expires (%r)", text)
+            self.log.error("423 without a usable Min-Expires (%r)", text)
             self._back_off(now, None)
             return None
-        logger.info("registrar wants expires >= %d", minimum)
+        self.log.info("registrar wants expires >= %d", minimum)
         self.expires = minimum
         return self._build(self.expires, self.state)
 
@@ -186,7 +201,7 @@ class Registration:
         self.next_deadline = now + delay
         self._pending = None
         self._set_state("backing-off")
-        logger.info("registration retry in %.1f s (failure %d)", delay, self.failures)
+        self.log.info("registration retry in %.1f s (failure %d)", delay, self.failures)
 
     def _fail(self, now: float) -> None:
         self.failures += 1
@@ -222,7 +237,7 @@ class Registration:
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
-            logger.info("registration %s -> %s", self.state, state)
+            self.log.info("registration %s -> %s", self.state, state)
             self.state = state
 
 

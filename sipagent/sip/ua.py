@@ -81,6 +81,22 @@ FAILED = "failed"
 
 
 @dataclass
+class SipAccount:
+    """One extension the UA registers: its own AoR, credentials and expiry, its own registration state
+    machine (refresh and back-off) and its own user part for admission. ``name`` labels it in logs, metrics
+    and ``IncomingCall.account``; ``auth_user`` is the digest user name when it is not ``username``."""
+
+    name: str
+    username: str
+    password: str = ""
+    auth_user: str = ""
+    expires: int = 300
+
+    def __repr__(self) -> str:  # never let the password reach a log line
+        return f"SipAccount(name={self.name!r}, username={self.username!r}, password=***)"
+
+
+@dataclass
 class UaSettings:
     """What the user agent needs from the ``sip:`` configuration section.
 
@@ -89,6 +105,8 @@ class UaSettings:
     or names) may send requests besides the registrar; direct mode with none accepts loopback only, unless
     ``allow_any_caller``. ``aliases`` are user parts that are ours besides ``username``. ``session_expires``
     and ``min_se`` are the session timer's longest and shortest interval (RFC 4028; see session_timer.py).
+    ``accounts`` are the extensions to register; none given, ``username``/``password``/``expires`` are the
+    one account (when a registrar is set).
     """
 
     registrar: str | None
@@ -109,6 +127,7 @@ class UaSettings:
     session_expires: int = 1800
     min_se: int = 90
     context_headers: list[str] = field(default_factory=list)  # INVITE headers kept in ``IncomingCall.identity``
+    accounts: list[SipAccount] = field(default_factory=list)
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     transport_limits: TransportLimits = field(default_factory=TransportLimits)
 
@@ -201,6 +220,7 @@ class IncomingCall:
         self.from_uri = str(invite.from_addr.uri)
         self.to_uri = str(invite.to_addr.uri)
         self.identity = identify(invite, ua.settings.context_headers)
+        self.account = ""  # the name of the registered account the call was addressed to ("": none)
         self.remote_host = peer.host
         self.local_host = local_host  # the address we advertise on this call (Via, Contact, SDP)
         self.offer = offer
@@ -338,7 +358,7 @@ class IncomingCall:
         """
         if self.state != "confirmed":
             raise RuntimeError(f"cannot transfer a call in state {self.state}")
-        referred_by = f"<sip:{self._ua.settings.username}@{self._ua.domain}>"
+        referred_by = f"<sip:{self._ua.user_of(self.account)}@{self._ua.domain}>"
         try:
             refer_to = f"<{parse_target_uri(target)}>"
             response = await self._ua._send_in_dialog(
@@ -609,6 +629,21 @@ class IncomingCall:
             self._notify.put_nowait(500)  # subscription over without a final status: treat as failed
 
 
+@dataclass
+class _Line:
+    """One account's registration as it runs: the state machine, the task that drives it, and whether the
+    registrar has accepted it."""
+
+    account: SipAccount
+    registration: Registration | None = None
+    task: asyncio.Task[None] | None = None
+    registered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def state(self) -> str:
+        return self.registration.state if self.registration is not None else UNREGISTERED
+
+
 def _route_source(target: str, wildcard_v6: bool) -> str:
     """Our source address on the route towards ``target`` (a connected UDP socket sends nothing)."""
     try:
@@ -672,10 +707,11 @@ class UserAgent:
         self._server: dict[tuple[str, str, str], tuple[ServerTransaction, Peer]] = {}
         self._client: dict[tuple[str, str], tuple[ClientTransaction, Peer, EventHandler]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._registered = asyncio.Event()
+        self.accounts: list[SipAccount] = list(settings.accounts) or (
+            [SipAccount(settings.username, settings.username, settings.password, expires=settings.expires)]
+            if settings.registrar and settings.username else [])
+        self._lines = {account.name: _Line(account) for account in self.accounts}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._register_task: asyncio.Task[None] | None = None
-        self._registration: Registration | None = None
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -712,8 +748,9 @@ class UserAgent:
         logger.info("SIP %s listening on %s:%s, advertising %s:%s; requests accepted from %s",
                     self.transport_name, *self.local_address, *self._advertised, self.policy.describe())
         if self._registrar is not None:
-            self._registration = self._new_registration()
-            self._register_task = asyncio.create_task(self._register_loop())
+            for line in self._lines.values():
+                line.registration = self._new_registration(line.account)
+                line.task = asyncio.create_task(self._register_loop(line))
 
     def advertised_host(self, peer_host: str | None = None) -> str:
         """The one address we advertise to ``peer_host`` in Via, Contact and SDP (o= and c=): ``public_host``
@@ -766,13 +803,18 @@ class UserAgent:
                 logger.error("trusted host %s does not resolve (%s): requests from it are refused", entry, exc)
         if s.registrar is None and not s.trusted_hosts:
             networks.extend(LOOPBACK)
-        users = [s.username, *s.aliases] if s.username else list(s.aliases)
+        users = [s.username] if s.username else []
+        users += [account.username for account in self.accounts] + list(s.aliases)
         return SourcePolicy(networks, any_source=s.allow_any_caller, users=users)
 
-    async def wait_registered(self, timeout: float) -> bool:
-        """Wait until the registrar accepted us; False after ``timeout`` seconds."""
+    async def wait_registered(self, timeout: float, account: str | None = None) -> bool:
+        """Wait until the registrar accepted every account (or the one named); False after ``timeout``
+        seconds."""
+        lines = [self._lines[account]] if account is not None else list(self._lines.values())
+        if not lines:
+            return False  # direct mode: nothing registers
         try:
-            await asyncio.wait_for(self._registered.wait(), timeout)
+            await asyncio.wait_for(asyncio.gather(*(line.registered.wait() for line in lines)), timeout)
         except TimeoutError:
             return False
         return True
@@ -787,15 +829,14 @@ class UserAgent:
             elif call.state != "ended":
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(call.hangup(), 2.0)
-        if self._register_task is not None:
-            self._register_task.cancel()
+        lines = [line for line in self._lines.values() if line.task is not None]
+        for line in lines:
+            assert line.task is not None
+            line.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._register_task
-            registration = self._registration
-            if registration is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._exchange(registration, registration.stop(self._now())), 3.0)
-            self._registered.clear()
+                await line.task
+        # All accounts unregister at once: a stop takes as long as the slowest, not the sum.
+        await asyncio.gather(*(self._unregister(line) for line in lines))
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -868,21 +909,45 @@ class UserAgent:
 
     @property
     def registration_state(self) -> str:
-        """The core's registration state: unregistered, registering, registered, refreshing,
+        """The first account's registration state: unregistered, registering, registered, refreshing,
         backing-off, failed or unregistering."""
-        return self._registration.state if self._registration is not None else UNREGISTERED
+        line = next(iter(self._lines.values()), None)
+        return line.state if line is not None else UNREGISTERED
 
-    def _new_registration(self) -> Registration:
+    @property
+    def registration_states(self) -> dict[str, str]:
+        """Each account's registration state, by account name (empty in direct mode)."""
+        return {name: line.state for name, line in self._lines.items()}
+
+    def account_for(self, request: SipRequest) -> str:
+        """The name of the account an INVITE is addressed to: by the Request-URI's user part, else the
+        To's (a proxy may rewrite the Request-URI to our Contact); "" when neither is an account's."""
+        by_user = {account.username: account.name for account in self.accounts}
+        users: list[str | None] = []
+        with contextlib.suppress(SipParseError):
+            users.append(SipUri.parse(request.uri).user)
+        with contextlib.suppress(SipParseError):
+            users.append(request.to_addr.uri.user)
+        return next((by_user[user] for user in users if user in by_user), "")
+
+    def user_of(self, account: str) -> str:
+        """The user part we use on a call that came in on ``account`` ("" : ``settings.username``)."""
+        line = self._lines.get(account)
+        return line.account.username if line is not None else self.settings.username
+
+    def _new_registration(self, account: SipAccount) -> Registration:
         s = self.settings
         registrar_uri = f"sip:{_uri_host(self.domain)}"
         registrar_port = _split_hostport(s.registrar or "", 0)[1]
         if registrar_port:
             registrar_uri += f":{registrar_port}"
         return Registration(RegistrationConfig(
-            registrar_uri=registrar_uri, aor=f"sip:{s.username}@{_uri_host(self.domain)}",
-            contact=self._contact(), via_sent_by=self._sent_by(), transport=self.transport_name,
-            credentials=DigestCredentials(s.username, s.password), expires=s.expires, user_agent=s.user_agent,
-            allow=ALLOW,
+            registrar_uri=registrar_uri, aor=f"sip:{account.username}@{_uri_host(self.domain)}",
+            contact=self._contact(user=account.username), via_sent_by=self._sent_by(),
+            transport=self.transport_name,
+            credentials=DigestCredentials(account.auth_user or account.username, account.password),
+            expires=account.expires, user_agent=s.user_agent, allow=ALLOW,
+            account=account.name if len(self.accounts) > 1 else "",  # one account: the lines stay as they were
         ))
 
     async def _exchange(self, registration: Registration, request: SipRequest | None) -> None:
@@ -892,37 +957,46 @@ class UserAgent:
             try:
                 response = await self._send_request(request, self._registrar)
             except SipTimeout as exc:
-                logger.warning("REGISTER to %s: %s", self.settings.registrar, exc)
+                registration.log.warning("REGISTER to %s: %s", self.settings.registrar, exc)
                 registration.on_timeout(self._now())
                 return
             request = registration.on_response(response, self._now())
 
-    async def _register_loop(self) -> None:
-        registration = self._registration
+    async def _register_loop(self, line: _Line) -> None:
+        """One account's registration: refreshes and back-off run on their own, whatever the others do."""
+        registration = line.registration
         assert registration is not None
         await self._exchange(registration, registration.start(self._now()))
         while True:
             if registration.state == REGISTERED:
-                self._registered.set()
+                line.registered.set()
             elif registration.state in (BACKING_OFF, FAILED):
-                self._registered.clear()
+                line.registered.clear()
             deadline = registration.next_deadline
             if deadline is None:
                 return
             await asyncio.sleep(max(0.0, deadline - self._now()))
             await self._exchange(registration, registration.timeout(self._now()))
 
+    async def _unregister(self, line: _Line) -> None:
+        registration = line.registration
+        if registration is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exchange(registration, registration.stop(self._now())), 3.0)
+        line.registered.clear()
+
     # -- messages out ----------------------------------------------------------------------------
 
-    def _contact_uri(self, host: str | None = None) -> str:
+    def _contact_uri(self, host: str | None = None, user: str | None = None) -> str:
         host, port = host or self._advertised[0], self._advertised[1]
         transport = "" if self.transport_name == "UDP" else f";transport={self.transport_name.lower()}"
-        # Direct mode may run without a username: then the Contact has no user part at all.
-        user = f"{self.settings.username}@" if self.settings.username else ""
-        return f"sip:{user}{_uri_host(host)}:{port}{transport}"
+        # Direct mode may run without a username: then the Contact has no user part at all. Each account
+        # registers (and answers) with its own user part, so the PBX routes its calls back to it.
+        user = self.settings.username if user is None else user
+        return f"sip:{user + '@' if user else ''}{_uri_host(host)}:{port}{transport}"
 
-    def _contact(self, host: str | None = None) -> str:
-        return f"<{self._contact_uri(host)}>"
+    def _contact(self, host: str | None = None, user: str | None = None) -> str:
+        return f"<{self._contact_uri(host, user)}>"
 
     def _sent_by(self, host: str | None = None) -> str:
         return f"{_uri_host(host or self._advertised[0])}:{self._advertised[1]}"
@@ -1328,14 +1402,17 @@ class UserAgent:
     def _on_invite(self, request: SipRequest, peer: Peer, offer: SessionDescription | None) -> None:
         self._respond(request, 100)
         local_host = self.advertised_host(peer.host)
-        dialog = Dialog.from_invite(request, self._contact(local_host))
+        account = self.account_for(request)
+        dialog = Dialog.from_invite(request, self._contact(local_host, self.user_of(account)))
         call = IncomingCall(self, request, peer, offer, dialog, local_host)
+        call.account = account
         self._calls[call.call_id] = call
         if "100rel" in _options(request, "Require"):
             call._ring_reliably()
         else:  # with only Supported: 100rel, an unreliable 180 is still allowed (RFC 3262 3), and simpler
             self._respond_in_dialog(call, request, 180)
-        logger.info("call %s from %s ringing", call.call_id, call.from_uri)
+        logger.info("call %s from %s ringing%s", call.call_id, call.from_uri,
+                    f" on account {account}" if account else "")
         self._spawn(self._run_on_call(call))
 
     async def _run_on_call(self, call: IncomingCall) -> None:
@@ -1358,4 +1435,4 @@ class UserAgent:
             del self._calls[call.call_id]
 
 
-__all__ = ["IncomingCall", "SipTimeout", "UaSettings", "UserAgent"]
+__all__ = ["IncomingCall", "SipAccount", "SipTimeout", "UaSettings", "UserAgent"]

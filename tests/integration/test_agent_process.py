@@ -82,7 +82,7 @@ def test_run_serves_metrics_and_health_reloads_and_stops_cleanly(tmp_path: Path)
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
             body = response.read().decode()
         assert "sipagent_calls_active 0.0" in body
-        assert 'sipagent_registration_state{state="unregistered"}' in body
+        assert 'sipagent_registration_state{account="",state="unregistered"}' in body
         process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while "configuration reloaded" not in log_path.read_text():

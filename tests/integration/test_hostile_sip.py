@@ -168,7 +168,7 @@ def test_registered_mode_answers_only_the_registrar_and_only_for_us(tmp_path: Pa
     user = "2311"
     sip = {"registrar": kamailio.address, "username": user, "password": f"secret{user}", "domain": "127.0.0.1"}
     with running_agent(tmp_path, sip) as agent:
-        agent.wait_metric('sipagent_registration_state{state="registered"}', lambda v: v == 1, 20)
+        agent.wait_metric('sipagent_registration_state{account="2311",state="registered"}', lambda v: v == 1, 20)
         stranger, neighbour = Udp(STRANGER), Udp()
         try:
             stranger.send(request("INVITE", agent.target, via=f"{STRANGER}:{stranger.port}", user=user,

@@ -58,7 +58,7 @@ def test_metrics_endpoint_serves_prometheus_text() -> None:
         values = {(s.name, tuple(sorted(s.labels.items()))): s.value
                   for f in text_string_to_metric_families(body.decode()) for s in f.samples}
         assert values[("sipagent_calls_total", (("outcome", "rejected-busy"),))] == 1
-        assert values[("sipagent_registration_state", (("state", "registered"),))] == 1
+        assert values[("sipagent_registration_state", (("account", ""), ("state", "registered")))] == 1
 
     run(scenario)
 

@@ -80,7 +80,7 @@ def test_semantic_checks_point_at_the_key() -> None:
     )
     assert "sip.listen: expected host[:port]" in error_of(base + "sip: {listen: 'host:99999'}\n")
     assert error_of(base + "sip: {registrar: pbx}\n") == (
-        "agent.yaml:2: sip.username: required when sip.registrar is set"
+        "agent.yaml:2: sip.username: required when sip.registrar is set (or list the extensions in sip.accounts)"
     )
     message = error_of(base + "agent:\n  tools:\n    - {name: a}\n    - {name: b}\n")
     assert message.startswith('agent.yaml:4: agent.tools[0]: tool "a" needs a url')

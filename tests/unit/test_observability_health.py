@@ -42,6 +42,25 @@ def test_registration_grace_period() -> None:
     assert health.healthy
 
 
+def test_each_account_has_its_own_grace_period() -> None:
+    clock = FakeClock()
+    health = HealthState(registration_grace_s=30.0, clock=clock)
+    health.note_registration(True, "sales")
+    health.note_registration(False, "support")
+    clock.now += 20.0
+    health.note_registration(False, "sales")
+    clock.now += 11.0
+    assert health.registration_lost and health.accounts_lost() == ["support"]
+    assert health.report()["problems"] == ["registration lost (accounts support)"]
+    assert health.report()["accounts_lost"] == ["support"]
+    health.note_registration(True, "support")
+    assert health.healthy  # sales has been down 11 s only
+    clock.now += 20.0
+    assert health.accounts_lost() == ["sales"]
+    health.note_registration(True, "sales")
+    assert health.healthy and "accounts_lost" not in health.report()
+
+
 def test_stall_is_remembered_for_a_while() -> None:
     clock = FakeClock()
     health = HealthState(stall_threshold_s=2.0, stall_memory_s=30.0, clock=clock)

@@ -24,16 +24,32 @@ def test_registration_state_is_one_hot() -> None:
     m = Metrics()
     m.set_registration_state("registering")
     m.set_registration_state("registered")
-    assert value(m, "sipagent_registration_state", state="registered") == 1
-    assert value(m, "sipagent_registration_state", state="registering") == 0
+    assert value(m, "sipagent_registration_state", account="", state="registered") == 1
+    assert value(m, "sipagent_registration_state", account="", state="registering") == 0
     m.set_registration_state("some-new-state")
-    assert value(m, "sipagent_registration_state", state="some-new-state") == 1
-    assert value(m, "sipagent_registration_state", state="registered") == 0
+    assert value(m, "sipagent_registration_state", account="", state="some-new-state") == 1
+    assert value(m, "sipagent_registration_state", account="", state="registered") == 0
     m.registration_failed("403")
     m.registration_failed("403")
     m.registration_failed("")
-    assert value(m, "sipagent_registration_failures_total", reason="403") == 2
-    assert value(m, "sipagent_registration_failures_total", reason="unknown") == 1
+    assert value(m, "sipagent_registration_failures_total", account="", reason="403") == 2
+    assert value(m, "sipagent_registration_failures_total", account="", reason="unknown") == 1
+
+
+def test_registration_state_and_failures_per_account() -> None:
+    m = Metrics()
+    m.set_registration_state("registered", "sales")
+    m.set_registration_state("backing-off", "support")
+    m.registration_failed("backing-off", "support")
+    assert value(m, "sipagent_registration_state", account="sales", state="registered") == 1
+    assert value(m, "sipagent_registration_state", account="sales", state="backing-off") == 0
+    assert value(m, "sipagent_registration_state", account="support", state="backing-off") == 1
+    assert value(m, "sipagent_registration_state", account="support", state="registered") == 0
+    assert value(m, "sipagent_registration_failures_total", account="support", reason="backing-off") == 1
+    m.call_profile("sales", "7001")
+    m.call_profile("default")
+    assert value(m, "sipagent_profile_calls_total", profile="sales", account="7001") == 1
+    assert value(m, "sipagent_profile_calls_total", profile="default", account="") == 1
 
 
 def test_calls_active_total_and_duration() -> None:

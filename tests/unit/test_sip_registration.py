@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from sipagent.sip.auth import DigestChallenge, DigestCredentials, digest_response
 from sipagent.sip.message import SipRequest, SipResponse, build_response, parse_message
 from sipagent.sip.registration import Registration, RegistrationConfig, refresh_delay
@@ -139,3 +143,19 @@ def test_refresh_delay() -> None:
     assert refresh_delay(60) == 30
     assert refresh_delay(20) == 10
     assert refresh_delay(2) == 5.0
+
+
+def test_each_line_of_an_accounts_registration_names_it(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sipagent.sip.registration")
+    reg = Registration(RegistrationConfig(
+        registrar_uri="sip:pbx.example.com", aor="sip:1001@pbx.example.com", contact=CONTACT,
+        via_sent_by="192.0.2.1:5070", credentials=DigestCredentials("auth1001", "secret1001"), account="sales",
+    ))
+    first = reg.start(0.0)
+    reg.on_response(reply(first, 200, Expires="300"), 1.0)
+    assert reg.state == "registered"
+    messages = [record.getMessage() for record in caplog.records]
+    assert "account sales: registration unregistered -> registering" in messages
+    assert "account sales: registered for 300 s" in messages
+    assert all(getattr(record, "account", "") == "sales" for record in caplog.records)
+    assert "secret1001" not in caplog.text
