@@ -245,3 +245,26 @@ def test_check_prints_the_routing_table() -> None:
         "  3. caller +4930* -> support",
         "  -. otherwise -> default",
     ]
+
+
+def test_a_profiles_texts_are_templates_checked_at_their_line() -> None:
+    bad = BASE + "agents:\n  sales:\n    greeting: Hi\n    goodbye: Bye {caler_name}\n"
+    assert error_of(bad).startswith("agent.yaml:16: agents.sales.goodbye: unknown template variable {caler_name}")
+    bad = BASE + "agents:\n  sales:\n    instructions: |\n      Line one.\n      Customer {header.X-Customer-Id}.\n"
+    assert error_of(bad).startswith("agent.yaml:17: agents.sales.instructions: ")  # the block's second line
+    good = "context: {headers: [X-Customer-Id]}\n" + bad
+    assert load(good).profiles()["sales"].instructions == "Line one.\nCustomer {header.X-Customer-Id}.\n"
+
+
+def test_a_profiles_dtmf_settings_merge_with_the_defaults() -> None:
+    config = load(BASE.replace("agent:\n", "agent:\n  dtmf: {max_digits: 12, terminator: '*'}\n", 1)
+                  + "agents:\n  sales:\n    dtmf: {max_digits: 6}\n")
+    sales = config.profiles()["sales"].dtmf
+    assert (sales.max_digits, sales.terminator) == (6, "*")
+    bad = BASE + "agents:\n  sales:\n    dtmf: {max_digits: 0}\n"
+    assert error_of(bad).startswith("agent.yaml:15: agents.sales.dtmf.max_digits: expected 1 to")
+
+
+def test_templates_and_routes_keep_their_headers_once() -> None:
+    config = load("context: {headers: [X-Customer-Id, x-queue]}\n" + PROFILES)
+    assert ua_settings(config).context_headers == ["X-Customer-Id", "x-queue"]
