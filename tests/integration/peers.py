@@ -11,6 +11,7 @@ import contextlib
 import glob
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -69,16 +70,28 @@ def _port_is_free(port: int) -> bool:
 _ISSUED: set[int] = set()
 
 
+def _unephemeral_ports() -> tuple[int, int]:
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    return 10000, max(first, 12000)
+
+
+_UNEPHEMERAL = _unephemeral_ports()
+_RANDOM = random.Random(os.getpid() ^ time.time_ns())
+
+
 def free_port(span: int = 1) -> int:
     """A port ``p`` such that ``p .. p+span-1`` are free for both UDP and TCP on 127.0.0.1, and not
     handed out before by this process.
 
-    The kernel picks the candidate (bind to port 0), so parallel runs rarely collide.
+    Candidates are drawn at random below the kernel's ephemeral range: a peer restarted on its port (a
+    registrar restart test) must not find it taken by some process's outgoing connection meanwhile.
     """
+    low, high = _UNEPHEMERAL
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind((LOCALHOST, 0))
-            base = int(sock.getsockname()[1])
+        base = _RANDOM.randrange(low, high - span)
         ports = range(base, base + span)
         if base + span < 65536 and _ISSUED.isdisjoint(ports) and all(_port_is_free(p) for p in ports):
             _ISSUED.update(ports)
@@ -130,6 +143,38 @@ def _stop_pid(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
         proc.wait(grace)
 
 
+def _children(pid: int) -> list[int]:
+    """The PIDs whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(Path(stat).parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie (nobody may reap an orphan in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stop_with_children(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Stop a forking server by PID and then each of its children: Kamailio's workers hold its sockets, and
+    one that outlives the main process keeps the port from the next start."""
+    children = _children(proc.pid) if proc.poll() is None else []
+    _stop_pid(proc, grace)
+    deadline = time.monotonic() + grace
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in filter(_alive, children):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def kamailio_module_path() -> str:
     """Where Debian puts Kamailio's modules (the directory name carries the architecture triplet)."""
     found = sorted(glob.glob("/usr/lib/*/kamailio/modules")) + sorted(glob.glob("/usr/lib/kamailio/modules"))
@@ -174,7 +219,7 @@ class Kamailio:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop_pid(self.proc)
+            _stop_with_children(self.proc)
             self.proc = None
 
     def restart(self) -> None:
