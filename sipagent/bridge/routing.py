@@ -98,8 +98,8 @@ class Router:
     def describe(self) -> list[str]:
         """The table, one line per step, in the order they are tried."""
         lines = [f"{index + 1}. {route.describe()}" for index, route in enumerate(self.routes)]
-        lines += [f"-. account {account} -> {profile}" for account, profile in self.accounts.items()]
-        lines.append(f"-. otherwise -> {self.default}")
+        lines += [f"then: account {account} -> {profile}" for account, profile in self.accounts.items()]
+        lines.append(f"then: otherwise -> {self.default}")
         return lines
 
 

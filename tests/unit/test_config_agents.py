@@ -243,7 +243,7 @@ def test_check_prints_the_routing_table() -> None:
         "  1. dialed 2001 -> sales",
         "  2. header X-Queue: support -> support",
         "  3. caller +4930* -> support",
-        "  -. otherwise -> default",
+        "  then: otherwise -> default",
     ]
 
 

@@ -67,4 +67,4 @@ def test_the_table_lists_routes_in_order_then_accounts_then_the_default() -> Non
     router = Router([Route(agent="sales", dialed="2001"), Route(agent="support", header="X-Queue", value="2nd*")],
                     default="front", accounts={"7001": "sales"})
     assert router.describe() == ["1. dialed 2001 -> sales", "2. header X-Queue: 2nd* -> support",
-                                 "-. account 7001 -> sales", "-. otherwise -> front"]
+                                 "then: account 7001 -> sales", "then: otherwise -> front"]
