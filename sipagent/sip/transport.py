@@ -1,4 +1,4 @@
-"""asyncio SIP transports (RFC 3261 section 18): UDP datagrams and TCP streams (TLS-ready).
+"""asyncio SIP transports (RFC 3261 section 18): UDP datagrams, TCP and TLS streams.
 
 A transport only moves bytes: it parses what arrives with the sans-I/O core, answers hopeless requests
 with ``400`` (or drops them), and hands each message to the user agent together with the :class:`Peer`
@@ -10,6 +10,11 @@ What one peer may cost is bounded by :class:`TransportLimits`: message size on b
 the number of accepted connections (in total and per source address), how long one may stay silent and
 how long a message may take to arrive. Whatever is refused for a limit is "shed": counted in ``shed``
 and reported to ``on_shed`` with one of the :data:`ShedReason` labels.
+
+Connections we open ourselves (to the registrar, a dialog's next hop) are kept alive with RFC 5626 CRLF
+pings (keepalive.py) and reported to ``on_closed`` when they end, so that the user agent can renew the
+registration that lived on one. A TLS connection that cannot be set up is reported to ``on_error`` as a
+:class:`~sipagent.sip.tls.TlsHandshakeError` naming the certificate problem.
 
 Wire tracing: set the ``sipagent.sip.wire`` logger to DEBUG to log every message with ``>`` (sent) or
 ``<`` (received); digest credentials are redacted.
@@ -31,6 +36,7 @@ from typing import Any, Literal, get_args
 
 from sipagent.errors import SipParseError
 from sipagent.sip.admission import LogThrottle
+from sipagent.sip.keepalive import DEAD, PING_BYTES, CrlfKeepalive
 from sipagent.sip.message import (
     MAX_MESSAGE,
     MESSAGE_TOO_LARGE,
@@ -42,6 +48,7 @@ from sipagent.sip.message import (
     is_keepalive,
     parse_message,
 )
+from sipagent.sip.tls import TlsHandshakeError, TlsSettings, client_context, describe_handshake_error, server_context
 
 logger = logging.getLogger(__name__)
 wire_logger = logging.getLogger("sipagent.sip.wire")
@@ -101,6 +108,7 @@ class Peer:
 MessageHandler = Callable[[SipRequest | SipResponse, Peer], None]
 ErrorHandler = Callable[[Peer, Exception], None]
 ShedHandler = Callable[[str], None]
+ClosedHandler = Callable[[Peer], None]
 
 
 def redact(data: bytes) -> bytes:
@@ -294,10 +302,17 @@ class _Connection:
         self._last_read = self._loop.time()
         self._message_start: float | None = None  # first byte of the incomplete message, if any
         self._timer: asyncio.TimerHandle | None = None
+        # Ours only: the server side answers pings, it does not send them (RFC 5626 4.4.1).
+        self.keepalive = None if accepted or owner.keepalive_s <= 0 else CrlfKeepalive(
+            owner.keepalive_s, owner.keepalive_timeout_s)
+        self._keepalive_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         if self.accepted:
             self._arm(self._last_read + self.owner.limits.tcp_idle_s)
+        if self.keepalive is not None:
+            self.keepalive.start(self._last_read)
+            self._arm_keepalive()
         try:
             while data := await self.reader.read(_READ_SIZE):
                 if self.writer.is_closing() or not self._feed(data):  # closing: dropped meanwhile
@@ -308,8 +323,12 @@ class _Connection:
         finally:
             if self._timer is not None:
                 self._timer.cancel()
+            if self._keepalive_timer is not None:
+                self._keepalive_timer.cancel()
             self.owner._forget(self)
             self._finish()
+            if not self.accepted:
+                self.owner._closed(self.peer)
 
     def write(self, data: bytes) -> None:
         _trace(">", self.peer, data)
@@ -319,6 +338,13 @@ class _Connection:
         """Frame ``data`` and dispatch what completed; False when the connection must close."""
         now = self._loop.time()
         self._last_read = now
+        if self.keepalive is not None:
+            if self.keepalive.awaiting_pong_since is not None:
+                self.owner.keepalive_pongs += 1  # a pong, or any traffic: either proves the connection alive
+                if not data.strip(b"\r\n"):
+                    self.framer.forget_line_ends()  # our pong, not the start of a ping of theirs
+            self.keepalive.received(now)
+            self._arm_keepalive()
         pings = self.framer.pings
         messages = self.framer.feed(data)
         if self.framer.pings != pings:
@@ -371,6 +397,28 @@ class _Connection:
             if pending:
                 self._arm(min(pending))
 
+    def _arm_keepalive(self) -> None:
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+        deadline = self.keepalive.next_deadline if self.keepalive is not None else None
+        if deadline is not None:
+            self._keepalive_timer = self._loop.call_at(deadline, self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        self._keepalive_timer = None
+        assert self.keepalive is not None
+        action = self.keepalive.timeout(self._loop.time() + _TIMER_SLACK)
+        if action == DEAD:
+            logger.warning("%s connection to %s:%s: no answer to a keep-alive ping within %g s, closing it",
+                           self.owner.name, self.peer.host, self.peer.port, self.keepalive.pong_timeout)
+            self.owner.keepalive_failures += 1
+            self.writer.transport.abort()  # the read loop ends and reports the connection closed
+            return
+        if action is not None and not self.writer.is_closing():
+            self.writer.write(PING_BYTES)
+        self._arm_keepalive()
+
     def _drop(self, reason: ShedReason) -> None:
         self.owner._shed(reason, self.peer)
         logger.info("closing %s connection to %s:%s: %s", self.owner.name, self.peer.host, self.peer.port,
@@ -400,12 +448,21 @@ class TcpTransport(SipTransport):
 
     def __init__(self, host: str, port: int, on_message: MessageHandler, on_error: ErrorHandler | None = None,
                  *, limits: TransportLimits | None = None, on_shed: ShedHandler | None = None,
-                 ssl_server: ssl.SSLContext | None = None, ssl_client: ssl.SSLContext | None = None) -> None:
+                 ssl_server: ssl.SSLContext | None = None, ssl_client: ssl.SSLContext | None = None,
+                 keepalive_s: float = 0.0, keepalive_timeout_s: float = 10.0) -> None:
         super().__init__(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
         self.ssl_server = ssl_server
         self.ssl_client = ssl_client
         if ssl_server is not None or ssl_client is not None:
             self.name = "TLS"
+        self.keepalive_s = keepalive_s  # CRLF pings on connections we open; 0 = none
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.keepalive_failures = 0  # connections closed because a ping went unanswered
+        self.keepalive_pongs = 0  # pings answered
+        # The name a TLS server's certificate must carry (and our SNI), by address; else the address itself.
+        self.server_names: dict[tuple[str, int], str] = {}
+        self.on_closed: ClosedHandler | None = None  # a connection we opened has ended
+        self._closing = False
         self._server: asyncio.Server | None = None
         self._connections: dict[tuple[str, int], _Connection] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
@@ -491,12 +548,22 @@ class TcpTransport(SipTransport):
 
     async def _connect(self, peer: Peer) -> None:
         key = (peer.host, peer.port)
+        name = self.server_names.get(key, peer.host)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(*_destination(peer), ssl=self.ssl_client), timeout=_CONNECT_TIMEOUT
+                asyncio.open_connection(*_destination(peer), ssl=self.ssl_client,
+                                        server_hostname=name if self.ssl_client is not None else None),
+                timeout=_CONNECT_TIMEOUT,
             )
         except Exception as exc:  # anything, or the queued messages would stay in _connecting for good
             self._connecting.pop(key, None)
+            if self.ssl_client is not None:
+                # An operator must read "expired" or "wrong name", not "[SSL: CERTIFICATE_VERIFY_FAILED]".
+                exc = TlsHandshakeError(describe_handshake_error(exc, f"{name} ({peer.host}:{peer.port})"
+                                                                 if name != peer.host else f"{peer.host}:{peer.port}"))
+                if self._log_throttle.allow("handshake", f"{peer.host}:{peer.port}", time.monotonic()):
+                    logger.warning("TLS connection to %s:%s failed: %s (logged once a minute)", peer.host,
+                                   peer.port, exc)
             self._failed(peer, exc)
             return
         conn = _Connection(self, peer, reader, writer, accepted=False)
@@ -505,7 +572,16 @@ class TcpTransport(SipTransport):
             conn.write(data)
         await conn.run()
 
+    def _closed(self, peer: Peer) -> None:
+        if self._closing or self.on_closed is None:
+            return
+        try:
+            self.on_closed(peer)
+        except Exception:
+            logger.exception("error in transport closed handler")
+
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections.values()):
@@ -523,14 +599,20 @@ class TcpTransport(SipTransport):
 
 def create_transport(name: str, host: str, port: int, on_message: MessageHandler,
                      on_error: ErrorHandler | None = None, *, limits: TransportLimits | None = None,
-                     on_shed: ShedHandler | None = None) -> SipTransport:
-    """The transport for ``sip.transport`` ("udp" | "tcp"). TLS needs contexts: build TcpTransport."""
+                     on_shed: ShedHandler | None = None, tls: TlsSettings | None = None,
+                     keepalive_s: float = 0.0, keepalive_timeout_s: float = 10.0) -> SipTransport:
+    """The transport for ``sip.transport`` ("udp" | "tcp" | "tls"). TLS verifies the server by default
+    (``tls``: CA, name, our certificate); it listens only when ``tls`` names a certificate to present.
+    TlsSetupError when a file in ``tls`` cannot be used."""
     kind = name.lower()
     if kind == "udp":
         return UdpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
     if kind == "tcp":
-        return TcpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
-    if kind == "tls":
         return TcpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed,
-                            ssl_server=None, ssl_client=ssl.create_default_context())
+                            keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s)
+    if kind == "tls":
+        tls = tls or TlsSettings()
+        return TcpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed,
+                            ssl_server=server_context(tls) if tls.serves else None, ssl_client=client_context(tls),
+                            keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s)
     raise ValueError(f"unknown SIP transport {name!r}")
