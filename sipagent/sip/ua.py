@@ -49,6 +49,7 @@ from sipagent.sip.session_timer import (
     TimerPolicy,
 )
 from sipagent.sip.session_timer import negotiate as timer_terms
+from sipagent.sip.tls import TlsSettings
 from sipagent.sip.transaction import (
     Action,
     ClientTransaction,
@@ -62,7 +63,7 @@ from sipagent.sip.transaction import (
     client_key,
     server_key,
 )
-from sipagent.sip.transport import Peer, SipTransport, TransportLimits, create_transport
+from sipagent.sip.transport import Peer, SipTransport, TcpTransport, TransportLimits, create_transport
 from sipagent.sip.uri import SipUri, parse_target_uri
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ class UaSettings:
     context_headers: list[str] = field(default_factory=list)  # INVITE headers kept in ``IncomingCall.identity``
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     transport_limits: TransportLimits = field(default_factory=TransportLimits)
+    tls: TlsSettings = field(default_factory=TlsSettings)  # used when transport is "tls"
+    # RFC 5626 CRLF pings on the connections we open over TCP and TLS (0: none), and how long a pong may take.
+    keepalive_s: float = 90.0
+    keepalive_timeout_s: float = 10.0
 
 
 class SipTimeout(Exception):
@@ -676,13 +681,23 @@ class UserAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register_task: asyncio.Task[None] | None = None
         self._registration: Registration | None = None
+        self._register_wake = asyncio.Event()  # the registration has something to do before its deadline
         self._stopping = False
+        # Why the last REGISTER got no answer, in plain words (a certificate problem, a refused connection);
+        # None once registered. ``sipagent check --connect`` prints it.
+        self.registration_problem: str | None = None
+        self._transport_errors: dict[Peer, str] = {}  # the last send failure per destination, for messages
+        self.reconnects = 0  # registrar connections lost and registered again over a new one
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     @property
     def transport_name(self) -> str:
         return self.settings.transport.upper()
+
+    @property
+    def _default_port(self) -> int:
+        return 5061 if self.transport_name == "TLS" else 5060
 
     @property
     def server_transactions(self) -> int:
@@ -698,14 +713,27 @@ class UserAgent:
         s = self.settings
         self._transport = create_transport(s.transport, s.listen_host, s.listen_port, self._on_message,
                                            self._on_transport_error, limits=s.transport_limits,
-                                           on_shed=self.on_shed)
+                                           on_shed=self.on_shed, tls=s.tls, keepalive_s=s.keepalive_s,
+                                           keepalive_timeout_s=s.keepalive_timeout_s)
+        if isinstance(self._transport, TcpTransport):
+            self._transport.on_closed = self._on_connection_closed
         await self._transport.start()
         self.local_address = self._transport.local_address
+        if self.local_address[1] == 0:
+            # TLS without a certificate listens nowhere: the registrar reaches us over the connection we open, and
+            # the Contact's port only has to be a valid one (the registrar keys on the connection, not on it).
+            self.local_address = (self.local_address[0], self._default_port)
         registrar_addresses: list[str] = []
         if s.registrar:
-            host, port = _split_hostport(s.registrar, 5061 if self.transport_name == "TLS" else 5060)
+            host, port = _split_hostport(s.registrar, self._default_port)
             registrar_addresses = await self._resolve_all(host)
             self._registrar = Peer(self.transport_name, registrar_addresses[0], port)
+            if isinstance(self._transport, TcpTransport) and self.transport_name == "TLS":
+                # The certificate must carry the name we were configured with, not the address it resolved to.
+                self._transport.server_names[(self._registrar.host, port)] = s.tls.server_name or host
+                if not s.tls.verify:
+                    logger.warning("sip.tls.verify is false: the registrar's certificate is not checked, and "
+                                   "anyone on the path can read and change the signalling")
         self.policy = await self._source_policy(registrar_addresses)
         self._transport.trusts = self.policy.trusts
         self._advertised = (self.advertised_host(), self.local_address[1])
@@ -874,12 +902,12 @@ class UserAgent:
 
     def _new_registration(self) -> Registration:
         s = self.settings
-        registrar_uri = f"sip:{_uri_host(self.domain)}"
+        registrar_uri = f"{self._scheme}:{_uri_host(self.domain)}"
         registrar_port = _split_hostport(s.registrar or "", 0)[1]
         if registrar_port:
             registrar_uri += f":{registrar_port}"
         return Registration(RegistrationConfig(
-            registrar_uri=registrar_uri, aor=f"sip:{s.username}@{_uri_host(self.domain)}",
+            registrar_uri=registrar_uri, aor=f"{self._scheme}:{s.username}@{_uri_host(self.domain)}",
             contact=self._contact(), via_sent_by=self._sent_by(), transport=self.transport_name,
             credentials=DigestCredentials(s.username, s.password), expires=s.expires, user_agent=s.user_agent,
             allow=ALLOW,
@@ -893,9 +921,14 @@ class UserAgent:
                 response = await self._send_request(request, self._registrar)
             except SipTimeout as exc:
                 logger.warning("REGISTER to %s: %s", self.settings.registrar, exc)
+                self.registration_problem = str(exc)
                 registration.on_timeout(self._now())
                 return
             request = registration.on_response(response, self._now())
+            if response.status >= 300 and request is None:
+                self.registration_problem = f"the registrar answered {response.status} {response.reason}"
+        if registration.state == REGISTERED:
+            self.registration_problem = None
 
     async def _register_loop(self) -> None:
         registration = self._registration
@@ -909,17 +942,44 @@ class UserAgent:
             deadline = registration.next_deadline
             if deadline is None:
                 return
-            await asyncio.sleep(max(0.0, deadline - self._now()))
+            self._register_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._register_wake.wait(), max(0.0, deadline - self._now()))
             await self._exchange(registration, registration.timeout(self._now()))
 
+    def _on_connection_closed(self, peer: Peer) -> None:
+        """A connection we opened has ended (the registrar closed it, restarted, or stopped answering pings).
+
+        Transactions waiting on it fail now rather than at timer F (RFC 3261 18.4: a transport error). When it
+        carried our registration, the registrar can no longer reach us through it: register again at once, over
+        a new connection (RFC 5626 4.4: the flow failed)."""
+        self._on_transport_error(peer, ConnectionError("connection closed"))
+        registration = self._registration
+        if (peer != self._registrar or registration is None or self._stopping
+                or registration.state != REGISTERED):
+            return
+        logger.warning("connection to the registrar %s:%s lost: registering again over a new one", peer.host,
+                       peer.port)
+        self.reconnects += 1
+        registration.connection_lost(self._now())
+        self._registered.clear()
+        self._register_wake.set()
+
     # -- messages out ----------------------------------------------------------------------------
+
+    @property
+    def _scheme(self) -> str:
+        """``sips`` when configured (TLS only): every hop to us must then be TLS (RFC 3261 19.1.2)."""
+        return "sips" if self.transport_name == "TLS" and self.settings.tls.sips else "sip"
 
     def _contact_uri(self, host: str | None = None) -> str:
         host, port = host or self._advertised[0], self._advertised[1]
         transport = "" if self.transport_name == "UDP" else f";transport={self.transport_name.lower()}"
+        if self._scheme == "sips":
+            transport = ""  # sips: already says TLS; RFC 5630 deprecates ;transport=tls with it
         # Direct mode may run without a username: then the Contact has no user part at all.
         user = f"{self.settings.username}@" if self.settings.username else ""
-        return f"sip:{user}{_uri_host(host)}:{port}{transport}"
+        return f"{self._scheme}:{user}{_uri_host(host)}:{port}{transport}"
 
     def _contact(self, host: str | None = None) -> str:
         return f"<{self._contact_uri(host)}>"
@@ -931,6 +991,7 @@ class UserAgent:
         """Run a client transaction; the final response, or SipTimeout (timer F, unreachable peer)."""
         if self._transport is None:
             raise SipTimeout("transport closed")
+        self._transport_errors.pop(dest, None)  # an older failure must not explain this request's fate
         tx = ClientTransaction(request, self._transport.reliable)
         key = tx.key
         future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
@@ -942,7 +1003,9 @@ class UserAgent:
             elif isinstance(event, TimeoutEvent):
                 if not future.done():
                     where = f"{dest.host}:{dest.port}"
-                    future.set_exception(SipTimeout(f"no answer to {request.method} from {where}"))
+                    reason = self._transport_errors.get(dest)
+                    future.set_exception(SipTimeout(f"{request.method} to {where} failed: {reason}" if reason
+                                                    else f"no answer to {request.method} from {where}"))
             elif self._client.get(key, (None,))[0] is tx:
                 del self._client[key]
 
@@ -969,7 +1032,7 @@ class UserAgent:
         if (self.transport_name != "UDP" and not call.dialog.route_set and self._transport is not None
                 and self._transport.can_reach(call._peer)):
             return call._peer  # reuse the connection the INVITE came in on, while it is open
-        return Peer(self.transport_name, await self._resolve(host), port or 5060)
+        return Peer(self.transport_name, await self._resolve(host), port or self._default_port)
 
     async def _ack_2xx(self, call: IncomingCall, invite: SipRequest) -> None:
         """ACK the 2xx to our re-INVITE (the TU's job, RFC 3261 13.2.2.4); kept to answer its retransmissions."""
@@ -1106,6 +1169,9 @@ class UserAgent:
     # -- messages in -----------------------------------------------------------------------------
 
     def _on_transport_error(self, peer: Peer, exc: Exception) -> None:
+        self._transport_errors[peer] = str(exc)
+        if len(self._transport_errors) > 64:  # one per destination we sent to: bounded all the same
+            self._transport_errors.pop(next(iter(self._transport_errors)))
         for tx, dest, on_event in list(self._client.values()):
             if dest == peer:
                 self._run(tx, tx.transport_error(), dest, on_event)
