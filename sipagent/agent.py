@@ -436,6 +436,7 @@ def ua_settings(config: Config) -> UaSettings:
             max_message_bytes=limits.max_message_bytes, tcp_connections=limits.tcp_connections,
             tcp_connections_per_source=limits.tcp_connections_per_source, tcp_idle_s=limits.tcp_idle_s,
             tcp_message_s=limits.tcp_message_s),
+        tls=sip.tls.settings, keepalive_s=sip.keepalive_s, keepalive_timeout_s=sip.keepalive_timeout_s,
     )
 
 

@@ -133,11 +133,14 @@ async def _check_sip(config: Config) -> str:
         if not config.sip.registrar:
             return f"bound {config.sip.transport} {host}:{port}; the PBX must send INVITEs here"
         if not await ua.wait_registered(timeout=10.0):
+            problem = f": {ua.registration_problem}" if ua.registration_problem else ""
             raise StepFailed(
                 f"not registered as {config.sip.username}@{config.sip.effective_domain} at {config.sip.registrar} "
-                f"(state {ua.registration_state}); check the registrar address, username, password and domain"
+                f"(state {ua.registration_state}){problem}; check the registrar address, username, password and "
+                f"domain{' and sip.tls' if config.sip.transport == 'tls' else ''}"
             )
-        return f"registered {config.sip.username}@{config.sip.effective_domain} via {config.sip.registrar}"
+        over = " over TLS" if config.sip.transport == "tls" else ""
+        return f"registered {config.sip.username}@{config.sip.effective_domain} via {config.sip.registrar}{over}"
     finally:
         await ua.stop()
 
