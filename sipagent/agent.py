@@ -152,6 +152,7 @@ class Agent:
         self._endpoints: set[RtpEndpoint] = set()
         self._foreign_ended = 0
         self._foreign_seen = 0
+        self._reconnects_seen = 0  # registrar connections lost, as counted into metrics
         hook = config.events.webhook
         # Call events go through one process-wide sender, off every call's path (None: events are off).
         self.events = EventSender(hook, self.metrics) if hook is not None else None
@@ -184,6 +185,12 @@ class Agent:
                         self.metrics.registration_failed(state)
                 last_state = state
             self.metrics.set_sip_transactions(self.ua.server_transactions)
+            # A lost registrar connection is re-registered within milliseconds, between two of these polls:
+            # the UA's count, not the state, is what shows it.
+            lost = self.ua.reconnects - self._reconnects_seen
+            for _ in range(lost):
+                self.metrics.registration_failed("connection-lost")
+            self._reconnects_seen += lost
             foreign = self._foreign_ended + sum(endpoint.foreign_packets for endpoint in self._endpoints)
             self.metrics.add_rtp_foreign(foreign - self._foreign_seen)
             self._foreign_seen = foreign

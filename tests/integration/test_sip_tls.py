@@ -354,3 +354,24 @@ def test_unanswered_pings_close_the_connection_and_register_again(pki: Pki, capl
     run(scenario())
     assert "no answer to a keep-alive ping" in caplog.text
     assert "connection to the registrar 127.0.0.1" in caplog.text
+
+
+def test_check_connect_names_the_certificate_problem(kamailio_tls: Kamailio, pki: Pki) -> None:
+    """``sipagent check --connect``'s SIP step, from a config file's text, against the TLS registrar."""
+    from sipagent.config import load_config_text
+    from sipagent.doctor import StepFailed, _check_sip
+
+    def config(ca_file: Path) -> str:
+        return ("realtime: {provider: local}\n"
+                f"sip:\n  transport: tls\n  registrar: {kamailio_tls.tls_address}\n  username: '3061'\n"
+                f"  password: secret3061\n  listen: 127.0.0.1:{free_port()}\n  tls: {{ca_file: {ca_file}}}\n")
+
+    async def scenario() -> None:
+        good = load_config_text(config(pki.ca_file), "agent.yaml", {})
+        assert "over TLS" in await _check_sip(good)
+        bad = load_config_text(config(pki.other_ca_file), "agent.yaml", {})
+        with pytest.raises(StepFailed) as info:
+            await _check_sip(bad)
+        assert "unknown CA" in str(info.value) and "sip.tls" in str(info.value)
+
+    run(scenario())
