@@ -6,10 +6,13 @@ firewall forgot it, the registrar was unplugged): the shell then closes it, and 
 lived on it is renewed over a new one. Pings are spaced ``interval`` apart, each drawn between 80 % and
 100 % of it (section 4.4.1 asks for that spread, so that many clients behind one NAT do not ping in step).
 Whatever arrives from the server proves the connection alive, so traffic postpones the next ping.
+Pongs are the server's option (RFC 5626 4.4.1 ties them to outbound support, which many PBXs lack): a
+server that never answered a single ping is :data:`UNSUPPORTED`, and is not pinged any more rather than
+having its connection closed again and again; registration refreshes then find a dead connection.
 
 The shell feeds times in: ``start(now)``, ``received(now)`` for any bytes read, ``timeout(now)`` when
-``now >= next_deadline``; ``timeout`` says what to do: :data:`PING` (write ``b"\\r\\n\\r\\n"``), or
-:data:`DEAD` (close the connection).
+``now >= next_deadline``; ``timeout`` says what to do: :data:`PING` (write ``b"\\r\\n\\r\\n"``),
+:data:`DEAD` (close the connection) or :data:`UNSUPPORTED` (stop pinging, keep the connection).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Literal
 PING_BYTES = b"\r\n\r\n"
 PING: Literal["ping"] = "ping"
 DEAD: Literal["dead"] = "dead"
-KeepaliveAction = Literal["ping", "dead"]
+UNSUPPORTED: Literal["unsupported"] = "unsupported"
+KeepaliveAction = Literal["ping", "dead", "unsupported"]
 
 
 class CrlfKeepalive:
@@ -61,7 +65,8 @@ class CrlfKeepalive:
             return None
         if self.awaiting_pong_since is not None:
             self.next_deadline = None
-            return DEAD
+            self.awaiting_pong_since = None
+            return DEAD if self.pongs else UNSUPPORTED
         self.awaiting_pong_since = now
         self.pings += 1
         self.next_deadline = now + self.pong_timeout

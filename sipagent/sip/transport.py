@@ -36,7 +36,7 @@ from typing import Any, Literal, get_args
 
 from sipagent.errors import SipParseError
 from sipagent.sip.admission import LogThrottle
-from sipagent.sip.keepalive import DEAD, PING_BYTES, CrlfKeepalive
+from sipagent.sip.keepalive import DEAD, PING_BYTES, UNSUPPORTED, CrlfKeepalive
 from sipagent.sip.message import (
     MAX_MESSAGE,
     MESSAGE_TOO_LARGE,
@@ -409,6 +409,10 @@ class _Connection:
         self._keepalive_timer = None
         assert self.keepalive is not None
         action = self.keepalive.timeout(self._loop.time() + _TIMER_SLACK)
+        if action == UNSUPPORTED:
+            logger.info("%s connection to %s:%s: the server does not answer keep-alive pings; not pinging it",
+                        self.owner.name, self.peer.host, self.peer.port)
+            return
         if action == DEAD:
             logger.warning("%s connection to %s:%s: no answer to a keep-alive ping within %g s, closing it",
                            self.owner.name, self.peer.host, self.peer.port, self.keepalive.pong_timeout)

@@ -275,9 +275,11 @@ def test_agent_listens_for_tls_when_the_registrar_connects_to_the_contact(
 
 
 class FakeRegistrar:
-    """Answers every REGISTER with 200 over TLS and never answers a keep-alive ping; counts connections."""
+    """Answers every REGISTER with 200 over TLS, and the first ``pongs`` keep-alive pings of each connection
+    (then it goes silent, as an unplugged one would); counts connections."""
 
-    def __init__(self, cert: Path, key: Path) -> None:
+    def __init__(self, cert: Path, key: Path, pongs: int = 0) -> None:
+        self.pongs = pongs
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(str(cert), str(key))
         self.connections = 0
@@ -294,7 +296,12 @@ class FakeRegistrar:
         framer = StreamFramer()
         try:
             while data := await reader.read(65536):
-                for raw in framer.feed(data):
+                messages = framer.feed(data)
+                while framer.pings and self.pongs > 0:
+                    framer.pings -= 1
+                    self.pongs -= 1
+                    writer.write(b"\r\n")
+                for raw in messages:
                     request = parse_message(raw)
                     if isinstance(request, SipRequest) and request.method == "REGISTER":
                         self.registers += 1
@@ -337,7 +344,7 @@ def test_unanswered_pings_close_the_connection_and_register_again(pki: Pki, capl
     caplog.set_level(logging.WARNING)
 
     async def scenario() -> None:
-        registrar = FakeRegistrar(pki.server_cert, pki.server_key)
+        registrar = FakeRegistrar(pki.server_cert, pki.server_key, pongs=2)
         await registrar.start()
         ua = UserAgent(settings(f"127.0.0.1:{registrar.port}", "3051", TlsSettings(ca_file=str(pki.ca_file)),
                                 keepalive_s=0.5, keepalive_timeout_s=1.0), _ignore)
@@ -354,6 +361,28 @@ def test_unanswered_pings_close_the_connection_and_register_again(pki: Pki, capl
     run(scenario())
     assert "no answer to a keep-alive ping" in caplog.text
     assert "connection to the registrar 127.0.0.1" in caplog.text
+
+
+def test_a_registrar_that_never_pongs_is_not_pinged_to_death(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    """Pongs are the registrar's option (RFC 5626): one that never answered any keeps its connection."""
+    caplog.set_level(logging.INFO, logger="sipagent.sip.transport")
+
+    async def scenario() -> None:
+        registrar = FakeRegistrar(pki.server_cert, pki.server_key, pongs=0)
+        await registrar.start()
+        ua = UserAgent(settings(f"127.0.0.1:{registrar.port}", "3071", TlsSettings(ca_file=str(pki.ca_file)),
+                                keepalive_s=0.5, keepalive_timeout_s=1.0), _ignore)
+        await ua.start()
+        try:
+            assert await ua.wait_registered(5), ua.registration_problem
+            await asyncio.sleep(3.0)
+            assert registrar.connections == 1 and ua.reconnects == 0
+        finally:
+            await ua.stop()
+            await registrar.stop()
+
+    run(scenario())
+    assert "does not answer keep-alive pings" in caplog.text
 
 
 def test_check_connect_names_the_certificate_problem(kamailio_tls: Kamailio, pki: Pki) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipagent.sip.keepalive import DEAD, PING, PING_BYTES, CrlfKeepalive
+from sipagent.sip.keepalive import DEAD, PING, PING_BYTES, UNSUPPORTED, CrlfKeepalive
 
 
 def test_ping_then_pong_then_next_ping() -> None:
@@ -24,9 +24,21 @@ def test_missing_pong_means_dead() -> None:
     keepalive = CrlfKeepalive(30.0, pong_timeout=10.0, jitter=lambda: 1.0)
     keepalive.start(0.0)
     assert keepalive.timeout(30.0) == PING
-    assert keepalive.timeout(39.0) is None
-    assert keepalive.timeout(40.0) == DEAD
+    keepalive.received(31.0)  # the first pong: this server answers pings
+    assert keepalive.timeout(61.0) == PING
+    assert keepalive.timeout(70.0) is None
+    assert keepalive.timeout(71.0) == DEAD
     assert keepalive.next_deadline is None and keepalive.timeout(100.0) is None
+
+
+def test_a_server_that_never_pongs_is_not_pinged_any_more() -> None:
+    keepalive = CrlfKeepalive(30.0, pong_timeout=10.0, jitter=lambda: 1.0)
+    keepalive.start(0.0)
+    assert keepalive.timeout(30.0) == PING
+    assert keepalive.timeout(40.0) == UNSUPPORTED
+    assert keepalive.next_deadline is None
+    keepalive.received(50.0)  # later traffic does not start the pings again
+    assert keepalive.next_deadline is None
 
 
 def test_traffic_postpones_the_ping() -> None:
