@@ -271,13 +271,18 @@ class Baresip:
     Its SIP port + 1 is left free because baresip also opens it (for TLS).
     ``codecs`` limits what the account offers and accepts (baresip names: "PCMU", "PCMA", "G722");
     ``record`` loads the sndfile module, which writes what the phone hears (and sends) to WAV files.
+    ``transport`` "tls" registers (and calls) over TLS, trusting the CA in ``ca_file``; ``registrar`` is then
+    the registrar's TLS address.
     """
 
     def __init__(self, workdir: Path, user: str, registrar: str, *, answer: bool = False,
-                 codecs: list[str] | None = None, record: bool = False) -> None:
+                 codecs: list[str] | None = None, record: bool = False, transport: str = "udp",
+                 ca_file: Path | None = None) -> None:
         self.workdir = workdir
         self.user = user
         self.registrar = registrar
+        self.transport = transport
+        self.ca_file = ca_file
         self.answer = answer
         self.codecs = codecs
         self.record = record
@@ -315,6 +320,7 @@ class Baresip:
             "module_app menu.so",
             "module_app ctrl_tcp.so",
             f"ctrl_tcp_listen {LOCALHOST}:{self.ctrl_port}",
+            *([f"sip_cafile {self.ca_file}"] if self.ca_file else []),
             "",
         ])
         (self.workdir / "config").write_text(config)
@@ -324,7 +330,8 @@ class Baresip:
             rates = {"G722": 16000}
             mode += ";audio_codecs=" + ",".join(f"{c}/{rates.get(c, 8000)}/1" for c in self.codecs)
         account = (
-            f"<sip:{self.user}@{self.registrar};transport=udp>;auth_pass=secret{self.user};regint=300{mode}\n"
+            f"<sip:{self.user}@{self.registrar};transport={self.transport}>;auth_pass=secret{self.user};regint=300"
+            f"{mode}\n"
         )
         (self.workdir / "accounts").write_text(account)
         (self.workdir / "contacts").write_text("")

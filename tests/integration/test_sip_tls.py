@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import shutil
 import ssl
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -404,3 +405,73 @@ def test_check_connect_names_the_certificate_problem(kamailio_tls: Kamailio, pki
         assert "unknown CA" in str(info.value) and "sip.tls" in str(info.value)
 
     run(scenario())
+
+
+# -- a spoken turn: the whole agent, registered over TLS, called by baresip over TLS -----------------
+
+
+def _write_wav(path: Path, pcm24k: bytes, rate: int) -> None:
+    """24 kHz speech into a WAV at ``rate`` for baresip's aufile source, with a silent lead and tail."""
+    import wave
+
+    from sipagent.media.kernel import Resampler
+
+    pcm = Resampler(24000, rate).process(pcm24k)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(bytes(rate) + pcm + bytes(rate * 20))
+
+
+GREETING = "Hello, this is the outdoor store. How can I help you?"
+QUESTION = "i would like a refund"  # of the demo's phrases, the one its recogniser gets in narrowband too
+
+
+@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")), reason="needs espeak-ng and sox")
+def test_spoken_turn_over_tls_end_to_end(kamailio_tls: Kamailio, pki: Pki, tmp_path: Path,
+                                         baresip_available: None) -> None:
+    """`Agent` on the demo configuration (offline backend) registered over TLS; baresip registered over TLS
+    calls it through Kamailio: the caller hears the greeting, the agent hears and answers the question, and
+    the caller's BYE ends the call. Every SIP hop is TLS (the agent has no other transport)."""
+    from bridge_helpers import bridge_config, tts
+
+    from sipagent.agent import Agent
+
+    user = "3081"
+    config = bridge_config(
+        tmp_path, sip={"registrar": kamailio_tls.tls_address, "transport": "tls", "username": user,
+                       "password": f"secret{user}", "domain": "127.0.0.1", "expires": 60,
+                       "tls": {"ca_file": str(pki.ca_file)}},
+        agent={"greeting": GREETING, "barge_in": {"protect_greeting_ms": 0}},
+        realtime={"local": {"vad": {"prefix_ms": 600}}})
+
+    async def scenario() -> None:
+        said: list[tuple[str, str]] = []
+        agent = Agent(config, on_transcript=lambda _id, role, text: said.append((role, text)))
+        await agent.start()
+        phone = Baresip(tmp_path / "phone", "3082", kamailio_tls.tls_address, codecs=["PCMU"], transport="tls",
+                        ca_file=pki.ca_file)
+        question = tmp_path / "question.wav"
+        _write_wav(question, await asyncio.to_thread(tts().synthesize, QUESTION), phone.source_rate)
+        try:
+            assert agent.ua is not None and await agent.ua.wait_registered(20), agent.ua.registration_problem
+            assert agent.ua.transport_name == "TLS"
+            await phone.start(timeout=30)
+            await phone.dial(f"sip:{user}@{kamailio_tls.tls_address};transport=tls")
+            assert await phone.wait_event("CALL_ESTABLISHED", 20), (phone.event_types(), phone.log_tail())
+            assert await wait_until(lambda: bool(agent.bridges), 10)
+            bridge = next(iter(agent.bridges.values()))
+            assert await wait_until(lambda: said[:1] == [("agent", GREETING)], 30), said
+            assert await wait_until(lambda: bridge.media.buffered_ms == 0, 30)
+            await phone.set_source(question)
+            assert await wait_until(lambda: any(role == "caller" for role, _ in said), 30), said
+            assert await wait_until(lambda: [role for role, _ in said][-1:] == ["agent"] and len(said) >= 3, 30), said
+            await phone.hangup()
+            assert await wait_until(lambda: not agent.bridges, 15)
+        finally:
+            await phone.close()
+            await agent.stop()
+        assert next(text for role, text in said if role == "caller") == QUESTION, said
+
+    run(scenario(), timeout=110)
