@@ -237,6 +237,7 @@ class Config:
         lines = [
             f"config:    {self.source}",
             f"sip:       {mode}, {sip.transport} on {sip.listen}, up to {sip.max_calls} calls",
+            *([f"tls:       {self._tls()}"] if sip.transport == "tls" else []),
             f"media:     codecs {', '.join(self.media.codecs)}, RTP {self.media.rtp_ports}, "
             f"jitter {self.media.jitter_ms} ms",
             f"realtime:  {rt.provider} ({rt.dialect}, {rt.model}) via {backend}, audio {rt.audio_format}, "
@@ -248,6 +249,15 @@ class Config:
             f"{self.context.timezone or 'of the host'}",
         ]
         return "\n".join(lines)
+
+    def _tls(self) -> str:
+        tls = self.sip.tls
+        registrar = self.sip.registrar_address
+        name = tls.server_name or (registrar.host if registrar else "the PBX")
+        check = (f"verifying {name} against {tls.ca_file or 'the system CAs'}" if tls.verify
+                 else "NOT verifying the PBX's certificate (sip.tls.verify: false)")
+        serve = f"listening with {tls.cert_file}" if tls.cert_file else "not listening (no sip.tls.cert_file)"
+        return f"{check}; {serve}{', sips: URIs' if tls.sips else ''}"
 
     def _events(self) -> str:
         hook = self.events.webhook

@@ -54,6 +54,10 @@ def test_full_section(pem: dict[str, Path]) -> None:
     assert config.sip.tls.settings.serves and config.sip.tls.server_name == "pbx.internal"
     assert config.sip.listen_address.port == 5061
     assert ua_settings(config).tls.sips
+    assert f"tls:       verifying pbx.internal against {pem['ca']}; listening with {pem['cert']}, sips: URIs" \
+        in config.summary()
+    lax = load_config_text(BASE + "sip: {transport: tls, tls: {verify: false}}\n", "agent.yaml", {})
+    assert "NOT verifying the PBX's certificate" in lax.summary()
 
 
 def test_file_problems_name_the_key_and_line(pem: dict[str, Path]) -> None:
