@@ -149,6 +149,47 @@ def test_register_over_tls_and_take_a_call(
     assert "> UDP" not in trace and "> TCP" not in trace
 
 
+def test_agent_hangs_up_over_the_registrar_connection(
+    kamailio_tls: Kamailio, pki: Pki, tmp_path: Path, baresip_available: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent's own BYE follows the call's route (Kamailio's TLS address) over the connection it already has
+    there: no second connection is opened (RFC 3261 18: reuse the connection)."""
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="sipagent.sip.wire")
+
+    async def scenario() -> None:
+        calls: list[IncomingCall] = []
+        answered = asyncio.Event()
+
+        async def on_call(call: IncomingCall) -> None:
+            calls.append(call)
+            await call.answer("127.0.0.1", free_port())
+            answered.set()
+
+        ua = UserAgent(settings(kamailio_tls.tls_address, "3091", TlsSettings(ca_file=str(pki.ca_file))), on_call)
+        await ua.start()
+        phone = Baresip(tmp_path / "phone", "3092", kamailio_tls.address)
+        try:
+            assert await ua.wait_registered(10)
+            await phone.start()
+            await phone.dial(f"sip:3091@{kamailio_tls.address}")
+            assert await phone.wait_event("CALL_ESTABLISHED", 15), phone.event_types()
+            await asyncio.wait_for(answered.wait(), 5)
+            await calls[0].hangup()
+            assert calls[0].end_reason == "local-bye"
+            assert await phone.wait_event("CALL_CLOSED", 10), phone.event_types()
+            transport = ua._transport
+            assert transport is not None
+            assert len(getattr(transport, "_connections", {})) == 1  # the registrar's, and nothing else
+        finally:
+            await phone.close()
+            await ua.stop()
+
+    run(scenario())
+    assert "> TLS" in caplog.text and "BYE sip:3092" in caplog.text
+    assert "BYE answered 200" in caplog.text
+
+
 def test_sips_contact(kamailio_tls: Kamailio, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="sipagent.sip.wire")
 
