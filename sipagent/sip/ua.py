@@ -935,6 +935,10 @@ class UserAgent:
         assert registration is not None
         await self._exchange(registration, registration.start(self._now()))
         while True:
+            if registration.state == REGISTERED and not self._registrar_reachable():
+                # The connection closed while the 200 OK was on its way to us: what _on_connection_closed
+                # does for a registration already in place.
+                self._registrar_lost()
             if registration.state == REGISTERED:
                 self._registered.set()
             elif registration.state in (BACKING_OFF, FAILED):
@@ -958,10 +962,17 @@ class UserAgent:
         if (peer != self._registrar or registration is None or self._stopping
                 or registration.state != REGISTERED):
             return
-        logger.warning("connection to the registrar %s:%s lost: registering again over a new one", peer.host,
-                       peer.port)
+        self._registrar_lost()
+
+    def _registrar_reachable(self) -> bool:
+        return self._registrar is None or self._transport is None or self._transport.can_reach(self._registrar)
+
+    def _registrar_lost(self) -> None:
+        assert self._registrar is not None and self._registration is not None
+        logger.warning("connection to the registrar %s:%s lost: registering again over a new one",
+                       self._registrar.host, self._registrar.port)
         self.reconnects += 1
-        registration.connection_lost(self._now())
+        self._registration.connection_lost(self._now())
         self._registered.clear()
         self._register_wake.set()
 

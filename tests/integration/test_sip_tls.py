@@ -320,8 +320,9 @@ class FakeRegistrar:
     """Answers every REGISTER with 200 over TLS, and the first ``pongs`` keep-alive pings of each connection
     (then it goes silent, as an unplugged one would); counts connections."""
 
-    def __init__(self, cert: Path, key: Path, pongs: int = 0) -> None:
+    def __init__(self, cert: Path, key: Path, pongs: int = 0, drop_first: bool = False) -> None:
         self.pongs = pongs
+        self.drop_first = drop_first  # close the first connection right after its first 200 OK
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(str(cert), str(key))
         self.connections = 0
@@ -350,6 +351,11 @@ class FakeRegistrar:
                         response = build_response(request, 200, to_tag="fake")
                         response.headers.add("Contact", f"{request.headers.get('Contact')};expires=60")
                         writer.write(response.to_bytes())
+                        if self.drop_first and self.connections == 1:
+                            self.drop_first = False
+                            await writer.drain()
+                            await asyncio.sleep(0.5)  # registered by then: this drops a live registration
+                            return
         except (ConnectionError, ssl.SSLError):
             pass
         finally:
@@ -516,3 +522,32 @@ def test_spoken_turn_over_tls_end_to_end(kamailio_tls: Kamailio, pki: Pki, tmp_p
         assert next(text for role, text in said if role == "caller") == QUESTION, said
 
     run(scenario(), timeout=110)
+
+
+def test_agent_counts_a_lost_registrar_connection(pki: Pki, tmp_path: Path) -> None:
+    """The whole agent: the registrar closes the connection after registering it; the agent registers again
+    over a new one, and the metrics count it (registration_failures{reason="connection-lost"})."""
+    from bridge_helpers import bridge_config
+
+    from sipagent.agent import Agent
+
+    async def scenario() -> None:
+        registrar = FakeRegistrar(pki.server_cert, pki.server_key, drop_first=True)
+        await registrar.start()
+        config = bridge_config(tmp_path, sip={"registrar": f"127.0.0.1:{registrar.port}", "transport": "tls",
+                                              "username": "3101", "password": "secret3101", "domain": "127.0.0.1",
+                                              "tls": {"ca_file": str(pki.ca_file)}})
+        agent = Agent(config)
+        await agent.start()
+        try:
+            assert agent.ua is not None
+            assert await wait_until(lambda: registrar.connections >= 2 and registrar.registers >= 2, 10)
+            assert await agent.ua.wait_registered(5)
+            metric = 'sipagent_registration_failures_total{reason="connection-lost"} 1.0'
+            assert await wait_until(lambda: metric in agent.metrics.render().decode(), 5), \
+                agent.metrics.render().decode()
+        finally:
+            await agent.stop()
+            await registrar.stop()
+
+    run(scenario())
