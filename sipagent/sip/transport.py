@@ -27,6 +27,7 @@ import contextlib
 import ipaddress
 import logging
 import re
+import socket
 import ssl
 import time
 from collections import Counter
@@ -69,7 +70,7 @@ _FROM_ANYONE = (b"INVITE ", b"SIP/2.0 ", b"ACK ", b"BYE ", b"CANCEL ", b"INFO ",
                 b"UPDATE ", b"PRACK ")
 ShedReason = Literal[
     "untrusted", "too-large", "tcp-connections", "tcp-connections-per-source", "tcp-idle", "tcp-slow-message",
-    "unframeable",
+    "unframeable", "tls-handshake",
 ]
 SHED_REASONS: tuple[ShedReason, ...] = get_args(ShedReason)
 
@@ -471,6 +472,8 @@ class TcpTransport(SipTransport):
         self._connections: dict[tuple[str, int], _Connection] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
         self._accepted: set[_Connection] = set()
+        self._handshaking = 0  # accepted TLS sockets still in their handshake
+        self._listener: socket.socket | None = None  # the TLS server's listening socket (our own accept loop)
         self._per_source: dict[str, int] = {}  # accepted connections by remote IP; no zero entries
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -478,12 +481,17 @@ class TcpTransport(SipTransport):
         if self.name == "TLS" and self.ssl_server is None:
             # Client-only TLS (no certificate): the registrar reaches us over the connection we open.
             return
-        # A TLS handshake happens before a connection is ours to count: bound it like a message.
-        handshake = self.limits.tcp_message_s if self.ssl_server is not None else None
-        self._server = await asyncio.start_server(
-            self._on_accept, self.bind_host, self.bind_port, ssl=self.ssl_server,
-            ssl_handshake_timeout=handshake,
-        )
+        if self.ssl_server is not None:
+            # Our own accept loop for TLS: the connection caps apply to the socket before the handshake, so
+            # what is over them costs no cryptography (asyncio's server would handshake first).
+            family = socket.AF_INET6 if ":" in self.bind_host else socket.AF_INET
+            self._listener = socket.create_server((self.bind_host, self.bind_port), family=family)
+            self._listener.setblocking(False)
+            sockname = self._listener.getsockname()
+            self.local_address = (str(sockname[0]), int(sockname[1]))
+            self._spawn(self._accept_tls(self._listener))
+            return
+        self._server = await asyncio.start_server(self._on_accept, self.bind_host, self.bind_port)
         sockname = self._server.sockets[0].getsockname()
         self.local_address = (str(sockname[0]), int(sockname[1]))
 
@@ -493,8 +501,8 @@ class TcpTransport(SipTransport):
 
     @property
     def accepted_connections(self) -> int:
-        """Accepted connections open now: what the connection caps count."""
-        return len(self._accepted)
+        """Accepted connections open now, TLS handshakes in progress included: what the connection caps count."""
+        return len(self._accepted) + self._handshaking
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -512,16 +520,59 @@ class TcpTransport(SipTransport):
             self._shed(over, peer)
             writer.transport.abort()
             return
+        self._per_source[peer.host] = self._per_source.get(peer.host, 0) + 1
+        await self._run_accepted(peer, reader, writer)
+
+    async def _run_accepted(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve an accepted connection already counted in ``_per_source``."""
         conn = _Connection(self, peer, reader, writer, accepted=True)
         self._accepted.add(conn)
-        self._per_source[peer.host] = self._per_source.get(peer.host, 0) + 1
         self._connections[(peer.host, peer.port)] = conn
         await conn.run()
+
+    async def _accept_tls(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, or the like: wait rather than spin
+                logger.warning("TLS accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            self._spawn(self._serve_tls(sock, Peer(self.name, str(address[0]), int(address[1]))))
+
+    async def _serve_tls(self, sock: socket.socket, peer: Peer) -> None:
+        """Caps first, then the handshake within ``tcp_message_s`` (bounded like a message), then SIP."""
+        assert self.ssl_server is not None
+        over = self._over_cap(peer.host)
+        if over is not None:
+            self._shed(over, peer)
+            sock.close()
+            return
+        self._handshaking += 1  # counts against the caps like an accepted connection
+        self._per_source[peer.host] = self._per_source.get(peer.host, 0) + 1
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self.ssl_server, ssl_handshake_timeout=self.limits.tcp_message_s)
+        except Exception as exc:  # timeout, a client that does not speak TLS, a refused certificate, a reset
+            sock.close()
+            self._release_source(peer.host)
+            self._shed("tls-handshake", peer)
+            if self._log_throttle.allow("handshake-in", peer.host, time.monotonic()):
+                logger.info("TLS handshake from %s:%s failed: %s (logged once a minute per source)", peer.host,
+                            peer.port, exc or type(exc).__name__)
+            return
+        finally:
+            self._handshaking -= 1
+        await self._run_accepted(peer, reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
     def _over_cap(self, host: str) -> ShedReason | None:
         if self._per_source.get(host, 0) >= self.limits.tcp_connections_per_source:
             return "tcp-connections-per-source"
-        if len(self._accepted) >= self.limits.tcp_connections and not self.trusts(host):
+        if self.accepted_connections >= self.limits.tcp_connections and not self.trusts(host):
             return "tcp-connections"  # a trusted source (the PBX) is bounded by its own cap only
         return None
 
@@ -531,9 +582,12 @@ class TcpTransport(SipTransport):
             del self._connections[key]
         if conn in self._accepted:
             self._accepted.discard(conn)
-            left = self._per_source.pop(conn.peer.host) - 1
-            if left:
-                self._per_source[conn.peer.host] = left
+            self._release_source(conn.peer.host)
+
+    def _release_source(self, host: str) -> None:
+        left = self._per_source.pop(host) - 1
+        if left:
+            self._per_source[host] = left
 
     def send(self, data: bytes, peer: Peer) -> None:
         key = (peer.host, peer.port)
@@ -595,6 +649,9 @@ class TcpTransport(SipTransport):
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._listener is not None:  # after the accept loop stopped, which would report it closed
+            self._listener.close()
+            self._listener = None
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
