@@ -685,7 +685,7 @@ def _check_tls(sip: SipConfig, fail: Callable[[str, str], ConfigError]) -> None:
             if tls.cert_file:
                 server_context(tls.settings)
         except TlsSetupError as exc:
-            raise fail(key + exc.key, str(exc)) from None
+            raise fail(key + exc.key, exc.detail) from None
     if not (sip.keepalive_s == 0 or 5 <= sip.keepalive_s <= 3600):
         raise fail("sip.keepalive_s", f"expected 0 (off) or 5 to 3600 seconds, got {sip.keepalive_s:g}")
     if not 1 <= sip.keepalive_timeout_s <= 60:

@@ -28,11 +28,13 @@ _REVOKED = 23
 
 
 class TlsSetupError(SipagentError):
-    """A TLS file cannot be used. ``key`` is the setting at fault (``ca_file``, ``cert_file``, ``key_file``)."""
+    """A TLS file cannot be used. ``key`` is the setting at fault (``ca_file``, ``cert_file``, ``key_file``),
+    ``detail`` what is wrong; ``str()`` names both, for a file that went bad between check and start."""
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
-        super().__init__(message)
+        self.detail = message
+        super().__init__(f"sip.tls.{key}: {message}")
 
 
 class TlsHandshakeError(SipagentError):

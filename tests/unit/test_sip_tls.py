@@ -92,5 +92,6 @@ def test_bad_files_are_named(files: dict[str, str], tmp_path: Path, settings: di
     tls = TlsSettings(**paths)
     with pytest.raises(TlsSetupError) as info:
         server_context(tls) if tls.cert_file else client_context(tls)
-    assert info.value.key == key and words in str(info.value)
+    assert info.value.key == key and words in info.value.detail
+    assert str(info.value).startswith(f"sip.tls.{key}: ")  # at start, without the loader's file and line
     assert "PRIVATE KEY" not in str(info.value)  # a file's contents never go into a message
