@@ -184,7 +184,8 @@ class IncomingCall:
     """One incoming call, from INVITE to its end. Created by the UA; given to ``on_call``.
 
     Public attributes: ``call_id``, ``from_uri``, ``to_uri``, ``identity`` (caller, dialed number, redirecting
-    number and the configured headers, cleaned: see identity.py), ``local_host`` (the address we advertise on
+    number and the configured headers, cleaned: see identity.py), ``transport`` (how the INVITE came: "UDP",
+    "TCP" or "TLS"), ``local_host`` (the address we advertise on
     this call, for the SDP too), ``remote_host`` (where the INVITE came
     from), ``offer`` (parsed SDP offer; None for an INVITE without SDP, a late offer: ours then goes in the
     200 OK and the caller's answer comes in the ACK), ``media`` (after answer), ``ended`` / ``end_reason``, ``state``
@@ -207,6 +208,8 @@ class IncomingCall:
         self.to_uri = str(invite.to_addr.uri)
         self.identity = identify(invite, ua.settings.context_headers)
         self.remote_host = peer.host
+        # "UDP", "TCP" or "TLS": how the INVITE reached us. Media keys (SDES) may only travel over "TLS".
+        self.transport = peer.transport
         self.local_host = local_host  # the address we advertise on this call (Via, Contact, SDP)
         self.offer = offer
         self.media: NegotiatedMedia | None = None

@@ -109,6 +109,7 @@ async def _answer_then_wait_bye(ua: UserAgent, kamailio: Kamailio, tmp: Path, ca
         await asyncio.wait_for(answered.wait(), 5)
         call = calls[0]
         assert call.media is not None and call.media.codec in CODECS
+        assert call.transport == "TLS"
         await phone.hangup()
         await asyncio.wait_for(call.ended.wait(), 10)
         assert call.end_reason == "remote-bye"
