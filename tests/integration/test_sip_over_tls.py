@@ -552,3 +552,27 @@ def test_agent_counts_a_lost_registrar_connection(pki: Pki, tmp_path: Path) -> N
             await registrar.stop()
 
     run(scenario())
+
+
+def test_kamailio_with_an_expired_certificate_is_refused(pki: Pki, tmp_path: Path) -> None:
+    _require_kamailio_tls()
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    cert, key = pki.issue("kamailio-expired", *NAMES, not_before=past - datetime.timedelta(days=90), not_after=past)
+    kamailio = Kamailio(tmp_path / "kamailio", tls=KamailioTls(cert, key))
+    kamailio.start()
+
+    async def scenario() -> None:
+        ua = UserAgent(settings(kamailio.tls_address, "3111", TlsSettings(ca_file=str(pki.ca_file))), _ignore)
+        await ua.start()
+        try:
+            assert not await ua.wait_registered(3)
+            assert ua.registration_problem is not None
+            assert "the certificate of 127.0.0.1" in ua.registration_problem
+            assert "has expired" in ua.registration_problem
+        finally:
+            await ua.stop()
+
+    try:
+        run(scenario())
+    finally:
+        kamailio.stop()
