@@ -168,6 +168,7 @@ class Agent:
         self._endpoints: set[RtpEndpoint] = set()
         self._foreign_ended = 0
         self._foreign_seen = 0
+        self._reconnects_seen = 0  # registrar connections lost, as counted into metrics
         hook = config.events.webhook
         # Call events go through one process-wide sender, off every call's path (None: events are off).
         self.events = EventSender(hook, self.metrics) if hook is not None else None
@@ -205,6 +206,12 @@ class Agent:
                         self.metrics.registration_failed(state, account)
                 last_states[account] = state
             self.metrics.set_sip_transactions(self.ua.server_transactions)
+            # A lost registrar connection is re-registered within milliseconds, between two of these polls:
+            # the UA's count, not the state, is what shows it.
+            lost = self.ua.reconnects - self._reconnects_seen
+            for _ in range(lost):
+                self.metrics.registration_failed("connection-lost")
+            self._reconnects_seen += lost
             foreign = self._foreign_ended + sum(endpoint.foreign_packets for endpoint in self._endpoints)
             self.metrics.add_rtp_foreign(foreign - self._foreign_seen)
             self._foreign_seen = foreign
@@ -470,6 +477,7 @@ def ua_settings(config: Config) -> UaSettings:
             max_message_bytes=limits.max_message_bytes, tcp_connections=limits.tcp_connections,
             tcp_connections_per_source=limits.tcp_connections_per_source, tcp_idle_s=limits.tcp_idle_s,
             tcp_message_s=limits.tcp_message_s),
+        tls=sip.tls.settings, keepalive_s=sip.keepalive_s, keepalive_timeout_s=sip.keepalive_timeout_s,
     )
 
 

@@ -44,6 +44,7 @@ from sipagent.bridge.webhook import RequestRefused, prepare
 from sipagent.errors import ConfigError, SipParseError
 from sipagent.sip.admission import parse_network
 from sipagent.sip.identity import MAX_HEADERS as MAX_CONTEXT_HEADERS
+from sipagent.sip.tls import TlsSettings, TlsSetupError, client_context, server_context
 from sipagent.sip.uri import parse_target_uri
 
 __all__ = ["AccountConfig", "AgentConfig", "AgentProfile", "Config", "ConfigError", "RecordingConfig", "Route",
@@ -89,6 +90,23 @@ class AccountConfig:
 
 
 @dataclass
+class TlsConfig:
+    """``sip.tls``: used with ``sip.transport: tls`` (see docs/security.md#sip-over-tls)."""
+
+    ca_file: str = ""
+    verify: bool = True
+    server_name: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    sips: bool = False
+
+    @property
+    def settings(self) -> TlsSettings:
+        return TlsSettings(ca_file=self.ca_file, verify=self.verify, server_name=self.server_name,
+                           cert_file=self.cert_file, key_file=self.key_file, sips=self.sips)
+
+
+@dataclass
 class SipConfig:
     registrar: str = ""
     transport: Literal["udp", "tcp", "tls"] = "udp"
@@ -108,6 +126,14 @@ class SipConfig:
     session_expires: int = 1800
     min_se: int = 90
     accounts: list[AccountConfig] = field(default_factory=list)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    # RFC 5626 CRLF keep-alive of the TCP/TLS connections the agent opens (0: off), and the pong's deadline.
+    keepalive_s: float = 90.0
+    keepalive_timeout_s: float = 10.0
+
+    @property
+    def default_port(self) -> int:
+        return 5061 if self.transport == "tls" else 5060
 
     @property
     def direct_mode(self) -> bool:
@@ -115,11 +141,11 @@ class SipConfig:
 
     @property
     def listen_address(self) -> HostPort:
-        return parse_host_port(self.listen, default_port=5060)
+        return parse_host_port(self.listen, default_port=self.default_port)
 
     @property
     def registrar_address(self) -> HostPort | None:
-        return parse_host_port(self.registrar, default_port=5060) if self.registrar else None
+        return parse_host_port(self.registrar, default_port=self.default_port) if self.registrar else None
 
     @property
     def effective_domain(self) -> str:
@@ -234,6 +260,7 @@ class Config:
         lines = [
             f"config:    {self.source}",
             f"sip:       {mode}, {sip.transport} on {sip.listen}, up to {sip.max_calls} calls",
+            *([f"tls:       {self._tls()}"] if sip.transport == "tls" else []),
             f"media:     codecs {', '.join(self.media.codecs)}, RTP {self.media.rtp_ports}, "
             f"jitter {self.media.jitter_ms} ms",
             f"realtime:  {rt.provider} ({rt.dialect}, {rt.model}) via {backend}, audio {rt.audio_format}, "
@@ -246,6 +273,15 @@ class Config:
             f"{self.context.timezone or 'of the host'}",
         ]
         return "\n".join(lines)
+
+    def _tls(self) -> str:
+        tls = self.sip.tls
+        registrar = self.sip.registrar_address
+        name = tls.server_name or (registrar.host if registrar else "the PBX")
+        check = (f"verifying {name} against {tls.ca_file or 'the system CAs'}" if tls.verify
+                 else "NOT verifying the PBX's certificate (sip.tls.verify: false)")
+        serve = f"listening with {tls.cert_file}" if tls.cert_file else "not listening (no sip.tls.cert_file)"
+        return f"{check}; {serve}{', sips: URIs' if tls.sips else ''}"
 
     def _events(self) -> str:
         hook = self.events.webhook
@@ -658,6 +694,7 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
             raise fail(f"sip.aliases[{i}]", f'expected a SIP user part such as "2001" or "+15551230000", got '
                                             f'"{alias}"')
     _check_limits(sip.limits, fail)
+    _check_tls(sip, fail)
     match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", media.rtp_ports)
     if not match or not 1024 <= int(match.group(1)) < int(match.group(2)) <= 65535:
         raise fail("media.rtp_ports", f'expected a range like "40000-40999", got "{media.rtp_ports}"')
@@ -869,6 +906,33 @@ _TARGET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,39}")
 _PROFILE_NAME = _TARGET_NAME
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.\-]{1,64}")  # an RFC 3261 token
 _LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
+
+
+def _check_tls(sip: SipConfig, fail: Callable[[str, str], ConfigError]) -> None:
+    """sip.tls: its files are loaded now, as the agent will load them, so that a missing file, a key that is
+    not the certificate's or a file that is not PEM is named here with its key, not at the first call."""
+    tls, key = sip.tls, "sip.tls."
+    if sip.transport != "tls":
+        for name in ("ca_file", "server_name", "cert_file", "key_file", "sips"):
+            if getattr(tls, name):
+                raise fail(key + name, 'only used with sip.transport: tls (set it, or remove sip.tls)')
+        if not tls.verify:
+            raise fail(key + "verify", 'only used with sip.transport: tls (set it, or remove sip.tls)')
+    if tls.key_file and not tls.cert_file:
+        raise fail(key + "key_file", "set sip.tls.cert_file too (the certificate this key belongs to)")
+    if tls.server_name and not _HOST_OR_NETWORK.fullmatch(tls.server_name):
+        raise fail(key + "server_name", f'expected a host name such as "pbx.example.com", got "{tls.server_name}"')
+    if sip.transport == "tls":
+        try:
+            client_context(tls.settings)
+            if tls.cert_file:
+                server_context(tls.settings)
+        except TlsSetupError as exc:
+            raise fail(key + exc.key, exc.detail) from None
+    if not (sip.keepalive_s == 0 or 5 <= sip.keepalive_s <= 3600):
+        raise fail("sip.keepalive_s", f"expected 0 (off) or 5 to 3600 seconds, got {sip.keepalive_s:g}")
+    if not 1 <= sip.keepalive_timeout_s <= 60:
+        raise fail("sip.keepalive_timeout_s", f"expected 1 to 60 seconds, got {sip.keepalive_timeout_s:g}")
 
 
 def _check_limits(limits: SipLimitsConfig, fail: Callable[[str, str], ConfigError]) -> None:

@@ -136,12 +136,14 @@ async def _check_sip(config: Config) -> str:
         if not await ua.wait_registered(timeout=10.0):
             failed = [f"{account.username}@{domain} (state {ua.registration_states.get(account.name)})"
                       for account in ua.accounts if ua.registration_states.get(account.name) != "registered"]
+            problem = f": {ua.registration_problem}" if ua.registration_problem else ""
             raise StepFailed(
-                f"not registered as {', '.join(failed)} at {config.sip.registrar}; check the registrar address, "
-                "username, password and domain"
+                f"not registered as {', '.join(failed)} at {config.sip.registrar}{problem}; check the registrar "
+                f"address, username, password and domain{' and sip.tls' if config.sip.transport == 'tls' else ''}"
             )
         names = ", ".join(f"{account.username}@{domain}" for account in ua.accounts)
-        return f"registered {names} via {config.sip.registrar}"
+        over = " over TLS" if config.sip.transport == "tls" else ""
+        return f"registered {names} via {config.sip.registrar}{over}"
     finally:
         await ua.stop()
 

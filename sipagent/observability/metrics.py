@@ -52,6 +52,7 @@ REGISTRATION_STATES: Final = (
 SHED_REASONS: Final = (
     "untrusted", "transactions", "transactions-per-source", "transaction-bytes", "too-large",
     "tcp-connections", "tcp-connections-per-source", "tcp-idle", "tcp-slow-message", "unframeable",
+    "tls-handshake",
 )
 
 # Turn and barge-in latency: 10 ms … 5 s, denser where a phone conversation feels the difference.

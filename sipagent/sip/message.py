@@ -530,6 +530,10 @@ class StreamFramer:
         if self._buf and self._buf != b"\r":  # a message starts (a lone CR may still become a CRLF)
             self._line_ends = 0
 
+    def forget_line_ends(self) -> None:
+        """The CRLFs read so far were a pong to our own ping (RFC 5626 4.4.1): two of them are not a ping."""
+        self._line_ends = 0
+
     def _find_head(self) -> None:
         # A match is at most 4 bytes long, so one ending in the new bytes starts at most 3 bytes back.
         found = find_head_end(self._buf, max(0, self._searched - 3))

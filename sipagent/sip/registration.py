@@ -113,6 +113,17 @@ class Registration:
         self.log.warning("registrar did not answer")
         self._back_off(now, None)
 
+    def connection_lost(self, now: float) -> None:
+        """The connection our registration lives on is gone (TCP/TLS): the registrar can no longer reach us
+        through it, so the binding is as good as lost. Back off for no time at all: ``timeout(now)`` then
+        registers again at once, over a new connection (RFC 5626 4.4). Nothing to do unless registered: a
+        REGISTER in flight fails by itself and backs off."""
+        if self.state != "registered":
+            return
+        self.next_deadline = now
+        self._pending = None
+        self._set_state("backing-off")
+
     def on_response(self, response: SipResponse, now: float) -> SipRequest | None:
         """Handle a final response to the pending REGISTER; returns the next request to send, if any."""
         pending = self._pending

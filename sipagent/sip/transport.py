@@ -1,4 +1,4 @@
-"""asyncio SIP transports (RFC 3261 section 18): UDP datagrams and TCP streams (TLS-ready).
+"""asyncio SIP transports (RFC 3261 section 18): UDP datagrams, TCP and TLS streams.
 
 A transport only moves bytes: it parses what arrives with the sans-I/O core, answers hopeless requests
 with ``400`` (or drops them), and hands each message to the user agent together with the :class:`Peer`
@@ -11,6 +11,11 @@ the number of accepted connections (in total and per source address), how long o
 how long a message may take to arrive. Whatever is refused for a limit is "shed": counted in ``shed``
 and reported to ``on_shed`` with one of the :data:`ShedReason` labels.
 
+Connections we open ourselves (to the registrar, a dialog's next hop) are kept alive with RFC 5626 CRLF
+pings (keepalive.py) and reported to ``on_closed`` when they end, so that the user agent can renew the
+registration that lived on one. A TLS connection that cannot be set up is reported to ``on_error`` as a
+:class:`~sipagent.sip.tls.TlsHandshakeError` naming the certificate problem.
+
 Wire tracing: set the ``sipagent.sip.wire`` logger to DEBUG to log every message with ``>`` (sent) or
 ``<`` (received); digest credentials are redacted.
 """
@@ -22,6 +27,7 @@ import contextlib
 import ipaddress
 import logging
 import re
+import socket
 import ssl
 import time
 from collections import Counter
@@ -31,6 +37,7 @@ from typing import Any, Literal, get_args
 
 from sipagent.errors import SipParseError
 from sipagent.sip.admission import LogThrottle
+from sipagent.sip.keepalive import DEAD, PING_BYTES, UNSUPPORTED, CrlfKeepalive
 from sipagent.sip.message import (
     MAX_MESSAGE,
     MESSAGE_TOO_LARGE,
@@ -42,6 +49,7 @@ from sipagent.sip.message import (
     is_keepalive,
     parse_message,
 )
+from sipagent.sip.tls import TlsHandshakeError, TlsSettings, client_context, describe_handshake_error, server_context
 
 logger = logging.getLogger(__name__)
 wire_logger = logging.getLogger("sipagent.sip.wire")
@@ -62,7 +70,7 @@ _FROM_ANYONE = (b"INVITE ", b"SIP/2.0 ", b"ACK ", b"BYE ", b"CANCEL ", b"INFO ",
                 b"UPDATE ", b"PRACK ")
 ShedReason = Literal[
     "untrusted", "too-large", "tcp-connections", "tcp-connections-per-source", "tcp-idle", "tcp-slow-message",
-    "unframeable",
+    "unframeable", "tls-handshake",
 ]
 SHED_REASONS: tuple[ShedReason, ...] = get_args(ShedReason)
 
@@ -101,6 +109,7 @@ class Peer:
 MessageHandler = Callable[[SipRequest | SipResponse, Peer], None]
 ErrorHandler = Callable[[Peer, Exception], None]
 ShedHandler = Callable[[str], None]
+ClosedHandler = Callable[[Peer], None]
 
 
 def redact(data: bytes) -> bytes:
@@ -294,10 +303,17 @@ class _Connection:
         self._last_read = self._loop.time()
         self._message_start: float | None = None  # first byte of the incomplete message, if any
         self._timer: asyncio.TimerHandle | None = None
+        # Ours only: the server side answers pings, it does not send them (RFC 5626 4.4.1).
+        self.keepalive = None if accepted or owner.keepalive_s <= 0 else CrlfKeepalive(
+            owner.keepalive_s, owner.keepalive_timeout_s)
+        self._keepalive_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         if self.accepted:
             self._arm(self._last_read + self.owner.limits.tcp_idle_s)
+        if self.keepalive is not None:
+            self.keepalive.start(self._last_read)
+            self._arm_keepalive()
         try:
             while data := await self.reader.read(_READ_SIZE):
                 if self.writer.is_closing() or not self._feed(data):  # closing: dropped meanwhile
@@ -308,8 +324,12 @@ class _Connection:
         finally:
             if self._timer is not None:
                 self._timer.cancel()
+            if self._keepalive_timer is not None:
+                self._keepalive_timer.cancel()
             self.owner._forget(self)
             self._finish()
+            if not self.accepted:
+                self.owner._closed(self.peer)
 
     def write(self, data: bytes) -> None:
         _trace(">", self.peer, data)
@@ -319,6 +339,13 @@ class _Connection:
         """Frame ``data`` and dispatch what completed; False when the connection must close."""
         now = self._loop.time()
         self._last_read = now
+        if self.keepalive is not None:
+            if self.keepalive.awaiting_pong_since is not None:
+                self.owner.keepalive_pongs += 1  # a pong, or any traffic: either proves the connection alive
+                if not data.strip(b"\r\n"):
+                    self.framer.forget_line_ends()  # our pong, not the start of a ping of theirs
+            self.keepalive.received(now)
+            self._arm_keepalive()
         pings = self.framer.pings
         messages = self.framer.feed(data)
         if self.framer.pings != pings:
@@ -371,6 +398,32 @@ class _Connection:
             if pending:
                 self._arm(min(pending))
 
+    def _arm_keepalive(self) -> None:
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+        deadline = self.keepalive.next_deadline if self.keepalive is not None else None
+        if deadline is not None:
+            self._keepalive_timer = self._loop.call_at(deadline, self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        self._keepalive_timer = None
+        assert self.keepalive is not None
+        action = self.keepalive.timeout(self._loop.time() + _TIMER_SLACK)
+        if action == UNSUPPORTED:
+            logger.info("%s connection to %s:%s: the server does not answer keep-alive pings; not pinging it",
+                        self.owner.name, self.peer.host, self.peer.port)
+            return
+        if action == DEAD:
+            logger.warning("%s connection to %s:%s: no answer to a keep-alive ping within %g s, closing it",
+                           self.owner.name, self.peer.host, self.peer.port, self.keepalive.pong_timeout)
+            self.owner.keepalive_failures += 1
+            self.writer.transport.abort()  # the read loop ends and reports the connection closed
+            return
+        if action is not None and not self.writer.is_closing():
+            self.writer.write(PING_BYTES)
+        self._arm_keepalive()
+
     def _drop(self, reason: ShedReason) -> None:
         self.owner._shed(reason, self.peer)
         logger.info("closing %s connection to %s:%s: %s", self.owner.name, self.peer.host, self.peer.port,
@@ -400,16 +453,27 @@ class TcpTransport(SipTransport):
 
     def __init__(self, host: str, port: int, on_message: MessageHandler, on_error: ErrorHandler | None = None,
                  *, limits: TransportLimits | None = None, on_shed: ShedHandler | None = None,
-                 ssl_server: ssl.SSLContext | None = None, ssl_client: ssl.SSLContext | None = None) -> None:
+                 ssl_server: ssl.SSLContext | None = None, ssl_client: ssl.SSLContext | None = None,
+                 keepalive_s: float = 0.0, keepalive_timeout_s: float = 10.0) -> None:
         super().__init__(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
         self.ssl_server = ssl_server
         self.ssl_client = ssl_client
         if ssl_server is not None or ssl_client is not None:
             self.name = "TLS"
+        self.keepalive_s = keepalive_s  # CRLF pings on connections we open; 0 = none
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.keepalive_failures = 0  # connections closed because a ping went unanswered
+        self.keepalive_pongs = 0  # pings answered
+        # The name a TLS server's certificate must carry (and our SNI), by address; else the address itself.
+        self.server_names: dict[tuple[str, int], str] = {}
+        self.on_closed: ClosedHandler | None = None  # a connection we opened has ended
+        self._closing = False
         self._server: asyncio.Server | None = None
         self._connections: dict[tuple[str, int], _Connection] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
         self._accepted: set[_Connection] = set()
+        self._handshaking = 0  # accepted TLS sockets still in their handshake
+        self._listener: socket.socket | None = None  # the TLS server's listening socket (our own accept loop)
         self._per_source: dict[str, int] = {}  # accepted connections by remote IP; no zero entries
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -417,12 +481,17 @@ class TcpTransport(SipTransport):
         if self.name == "TLS" and self.ssl_server is None:
             # Client-only TLS (no certificate): the registrar reaches us over the connection we open.
             return
-        # A TLS handshake happens before a connection is ours to count: bound it like a message.
-        handshake = self.limits.tcp_message_s if self.ssl_server is not None else None
-        self._server = await asyncio.start_server(
-            self._on_accept, self.bind_host, self.bind_port, ssl=self.ssl_server,
-            ssl_handshake_timeout=handshake,
-        )
+        if self.ssl_server is not None:
+            # Our own accept loop for TLS: the connection caps apply to the socket before the handshake, so
+            # what is over them costs no cryptography (asyncio's server would handshake first).
+            family = socket.AF_INET6 if ":" in self.bind_host else socket.AF_INET
+            self._listener = socket.create_server((self.bind_host, self.bind_port), family=family)
+            self._listener.setblocking(False)
+            sockname = self._listener.getsockname()
+            self.local_address = (str(sockname[0]), int(sockname[1]))
+            self._spawn(self._accept_tls(self._listener))
+            return
+        self._server = await asyncio.start_server(self._on_accept, self.bind_host, self.bind_port)
         sockname = self._server.sockets[0].getsockname()
         self.local_address = (str(sockname[0]), int(sockname[1]))
 
@@ -432,8 +501,8 @@ class TcpTransport(SipTransport):
 
     @property
     def accepted_connections(self) -> int:
-        """Accepted connections open now: what the connection caps count."""
-        return len(self._accepted)
+        """Accepted connections open now, TLS handshakes in progress included: what the connection caps count."""
+        return len(self._accepted) + self._handshaking
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -451,16 +520,59 @@ class TcpTransport(SipTransport):
             self._shed(over, peer)
             writer.transport.abort()
             return
+        self._per_source[peer.host] = self._per_source.get(peer.host, 0) + 1
+        await self._run_accepted(peer, reader, writer)
+
+    async def _run_accepted(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve an accepted connection already counted in ``_per_source``."""
         conn = _Connection(self, peer, reader, writer, accepted=True)
         self._accepted.add(conn)
-        self._per_source[peer.host] = self._per_source.get(peer.host, 0) + 1
         self._connections[(peer.host, peer.port)] = conn
         await conn.run()
+
+    async def _accept_tls(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, or the like: wait rather than spin
+                logger.warning("TLS accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            self._spawn(self._serve_tls(sock, Peer(self.name, str(address[0]), int(address[1]))))
+
+    async def _serve_tls(self, sock: socket.socket, peer: Peer) -> None:
+        """Caps first, then the handshake within ``tcp_message_s`` (bounded like a message), then SIP."""
+        assert self.ssl_server is not None
+        over = self._over_cap(peer.host)
+        if over is not None:
+            self._shed(over, peer)
+            sock.close()
+            return
+        self._handshaking += 1  # counts against the caps like an accepted connection
+        self._per_source[peer.host] = self._per_source.get(peer.host, 0) + 1
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self.ssl_server, ssl_handshake_timeout=self.limits.tcp_message_s)
+        except Exception as exc:  # timeout, a client that does not speak TLS, a refused certificate, a reset
+            sock.close()
+            self._release_source(peer.host)
+            self._shed("tls-handshake", peer)
+            if self._log_throttle.allow("handshake-in", peer.host, time.monotonic()):
+                logger.info("TLS handshake from %s:%s failed: %s (logged once a minute per source)", peer.host,
+                            peer.port, exc or type(exc).__name__)
+            return
+        finally:
+            self._handshaking -= 1
+        await self._run_accepted(peer, reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
     def _over_cap(self, host: str) -> ShedReason | None:
         if self._per_source.get(host, 0) >= self.limits.tcp_connections_per_source:
             return "tcp-connections-per-source"
-        if len(self._accepted) >= self.limits.tcp_connections and not self.trusts(host):
+        if self.accepted_connections >= self.limits.tcp_connections and not self.trusts(host):
             return "tcp-connections"  # a trusted source (the PBX) is bounded by its own cap only
         return None
 
@@ -470,9 +582,12 @@ class TcpTransport(SipTransport):
             del self._connections[key]
         if conn in self._accepted:
             self._accepted.discard(conn)
-            left = self._per_source.pop(conn.peer.host) - 1
-            if left:
-                self._per_source[conn.peer.host] = left
+            self._release_source(conn.peer.host)
+
+    def _release_source(self, host: str) -> None:
+        left = self._per_source.pop(host) - 1
+        if left:
+            self._per_source[host] = left
 
     def send(self, data: bytes, peer: Peer) -> None:
         key = (peer.host, peer.port)
@@ -491,12 +606,22 @@ class TcpTransport(SipTransport):
 
     async def _connect(self, peer: Peer) -> None:
         key = (peer.host, peer.port)
+        name = self.server_names.get(key, peer.host)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(*_destination(peer), ssl=self.ssl_client), timeout=_CONNECT_TIMEOUT
+                asyncio.open_connection(*_destination(peer), ssl=self.ssl_client,
+                                        server_hostname=name if self.ssl_client is not None else None),
+                timeout=_CONNECT_TIMEOUT,
             )
         except Exception as exc:  # anything, or the queued messages would stay in _connecting for good
             self._connecting.pop(key, None)
+            if self.ssl_client is not None:
+                # An operator must read "expired" or "wrong name", not "[SSL: CERTIFICATE_VERIFY_FAILED]".
+                exc = TlsHandshakeError(describe_handshake_error(exc, f"{name} ({peer.host}:{peer.port})"
+                                                                 if name != peer.host else f"{peer.host}:{peer.port}"))
+                if self._log_throttle.allow("handshake", f"{peer.host}:{peer.port}", time.monotonic()):
+                    logger.warning("TLS connection to %s:%s failed: %s (logged once a minute)", peer.host,
+                                   peer.port, exc)
             self._failed(peer, exc)
             return
         conn = _Connection(self, peer, reader, writer, accepted=False)
@@ -505,7 +630,16 @@ class TcpTransport(SipTransport):
             conn.write(data)
         await conn.run()
 
+    def _closed(self, peer: Peer) -> None:
+        if self._closing or self.on_closed is None:
+            return
+        try:
+            self.on_closed(peer)
+        except Exception:
+            logger.exception("error in transport closed handler")
+
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections.values()):
@@ -515,6 +649,9 @@ class TcpTransport(SipTransport):
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._listener is not None:  # after the accept loop stopped, which would report it closed
+            self._listener.close()
+            self._listener = None
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
@@ -523,14 +660,20 @@ class TcpTransport(SipTransport):
 
 def create_transport(name: str, host: str, port: int, on_message: MessageHandler,
                      on_error: ErrorHandler | None = None, *, limits: TransportLimits | None = None,
-                     on_shed: ShedHandler | None = None) -> SipTransport:
-    """The transport for ``sip.transport`` ("udp" | "tcp"). TLS needs contexts: build TcpTransport."""
+                     on_shed: ShedHandler | None = None, tls: TlsSettings | None = None,
+                     keepalive_s: float = 0.0, keepalive_timeout_s: float = 10.0) -> SipTransport:
+    """The transport for ``sip.transport`` ("udp" | "tcp" | "tls"). TLS verifies the server by default
+    (``tls``: CA, name, our certificate); it listens only when ``tls`` names a certificate to present.
+    TlsSetupError when a file in ``tls`` cannot be used."""
     kind = name.lower()
     if kind == "udp":
         return UdpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
     if kind == "tcp":
-        return TcpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
-    if kind == "tls":
         return TcpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed,
-                            ssl_server=None, ssl_client=ssl.create_default_context())
+                            keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s)
+    if kind == "tls":
+        tls = tls or TlsSettings()
+        return TcpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed,
+                            ssl_server=server_context(tls) if tls.serves else None, ssl_client=client_context(tls),
+                            keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s)
     raise ValueError(f"unknown SIP transport {name!r}")

@@ -49,6 +49,7 @@ from sipagent.sip.session_timer import (
     TimerPolicy,
 )
 from sipagent.sip.session_timer import negotiate as timer_terms
+from sipagent.sip.tls import TlsSettings
 from sipagent.sip.transaction import (
     Action,
     ClientTransaction,
@@ -62,7 +63,7 @@ from sipagent.sip.transaction import (
     client_key,
     server_key,
 )
-from sipagent.sip.transport import Peer, SipTransport, TransportLimits, create_transport
+from sipagent.sip.transport import Peer, SipTransport, TcpTransport, TransportLimits, create_transport
 from sipagent.sip.uri import SipUri, parse_target_uri
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,10 @@ class UaSettings:
     accounts: list[SipAccount] = field(default_factory=list)
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     transport_limits: TransportLimits = field(default_factory=TransportLimits)
+    tls: TlsSettings = field(default_factory=TlsSettings)  # used when transport is "tls"
+    # RFC 5626 CRLF pings on the connections we open over TCP and TLS (0: none), and how long a pong may take.
+    keepalive_s: float = 90.0
+    keepalive_timeout_s: float = 10.0
 
 
 class SipTimeout(Exception):
@@ -198,7 +203,8 @@ class IncomingCall:
     """One incoming call, from INVITE to its end. Created by the UA; given to ``on_call``.
 
     Public attributes: ``call_id``, ``from_uri``, ``to_uri``, ``identity`` (caller, dialed number, redirecting
-    number and the configured headers, cleaned: see identity.py), ``local_host`` (the address we advertise on
+    number and the configured headers, cleaned: see identity.py), ``transport`` (how the INVITE came: "UDP",
+    "TCP" or "TLS"), ``local_host`` (the address we advertise on
     this call, for the SDP too), ``remote_host`` (where the INVITE came
     from), ``offer`` (parsed SDP offer; None for an INVITE without SDP, a late offer: ours then goes in the
     200 OK and the caller's answer comes in the ACK), ``media`` (after answer), ``ended`` / ``end_reason``, ``state``
@@ -222,6 +228,8 @@ class IncomingCall:
         self.identity = identify(invite, ua.settings.context_headers)
         self.account = ""  # the name of the registered account the call was addressed to ("": none)
         self.remote_host = peer.host
+        # "UDP", "TCP" or "TLS": how the INVITE reached us. Media keys (SDES) may only travel over "TLS".
+        self.transport = peer.transport
         self.local_host = local_host  # the address we advertise on this call (Via, Contact, SDP)
         self.offer = offer
         self.media: NegotiatedMedia | None = None
@@ -638,6 +646,7 @@ class _Line:
     registration: Registration | None = None
     task: asyncio.Task[None] | None = None
     registered: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # something to do before the deadline
 
     @property
     def state(self) -> str:
@@ -713,12 +722,21 @@ class UserAgent:
         self._lines = {account.name: _Line(account) for account in self.accounts}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        # Why the last REGISTER got no answer, in plain words (a certificate problem, a refused connection);
+        # None once registered. ``sipagent check --connect`` prints it.
+        self.registration_problem: str | None = None
+        self._transport_errors: dict[Peer, str] = {}  # the last send failure per destination, for messages
+        self.reconnects = 0  # registrar connections lost and registered again over a new one
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     @property
     def transport_name(self) -> str:
         return self.settings.transport.upper()
+
+    @property
+    def _default_port(self) -> int:
+        return 5061 if self.transport_name == "TLS" else 5060
 
     @property
     def server_transactions(self) -> int:
@@ -734,14 +752,27 @@ class UserAgent:
         s = self.settings
         self._transport = create_transport(s.transport, s.listen_host, s.listen_port, self._on_message,
                                            self._on_transport_error, limits=s.transport_limits,
-                                           on_shed=self.on_shed)
+                                           on_shed=self.on_shed, tls=s.tls, keepalive_s=s.keepalive_s,
+                                           keepalive_timeout_s=s.keepalive_timeout_s)
+        if isinstance(self._transport, TcpTransport):
+            self._transport.on_closed = self._on_connection_closed
         await self._transport.start()
         self.local_address = self._transport.local_address
+        if self.local_address[1] == 0:
+            # TLS without a certificate listens nowhere: the registrar reaches us over the connection we open, and
+            # the Contact's port only has to be a valid one (the registrar keys on the connection, not on it).
+            self.local_address = (self.local_address[0], self._default_port)
         registrar_addresses: list[str] = []
         if s.registrar:
-            host, port = _split_hostport(s.registrar, 5061 if self.transport_name == "TLS" else 5060)
+            host, port = _split_hostport(s.registrar, self._default_port)
             registrar_addresses = await self._resolve_all(host)
             self._registrar = Peer(self.transport_name, registrar_addresses[0], port)
+            if isinstance(self._transport, TcpTransport) and self.transport_name == "TLS":
+                # The certificate must carry the name we were configured with, not the address it resolved to.
+                self._transport.server_names[(self._registrar.host, port)] = s.tls.server_name or host
+                if not s.tls.verify:
+                    logger.warning("sip.tls.verify is false: the registrar's certificate is not checked, and "
+                                   "anyone on the path can read and change the signalling")
         self.policy = await self._source_policy(registrar_addresses)
         self._transport.trusts = self.policy.trusts
         self._advertised = (self.advertised_host(), self.local_address[1])
@@ -937,12 +968,12 @@ class UserAgent:
 
     def _new_registration(self, account: SipAccount) -> Registration:
         s = self.settings
-        registrar_uri = f"sip:{_uri_host(self.domain)}"
+        registrar_uri = f"{self._scheme}:{_uri_host(self.domain)}"
         registrar_port = _split_hostport(s.registrar or "", 0)[1]
         if registrar_port:
             registrar_uri += f":{registrar_port}"
         return Registration(RegistrationConfig(
-            registrar_uri=registrar_uri, aor=f"sip:{account.username}@{_uri_host(self.domain)}",
+            registrar_uri=registrar_uri, aor=f"{self._scheme}:{account.username}@{_uri_host(self.domain)}",
             contact=self._contact(user=account.username), via_sent_by=self._sent_by(),
             transport=self.transport_name,
             credentials=DigestCredentials(account.auth_user or account.username, account.password),
@@ -958,9 +989,14 @@ class UserAgent:
                 response = await self._send_request(request, self._registrar)
             except SipTimeout as exc:
                 registration.log.warning("REGISTER to %s: %s", self.settings.registrar, exc)
+                self.registration_problem = str(exc)
                 registration.on_timeout(self._now())
                 return
             request = registration.on_response(response, self._now())
+            if response.status >= 300 and request is None:
+                self.registration_problem = f"the registrar answered {response.status} {response.reason}"
+        if registration.state == REGISTERED:
+            self.registration_problem = None
 
     async def _register_loop(self, line: _Line) -> None:
         """One account's registration: refreshes and back-off run on their own, whatever the others do."""
@@ -968,6 +1004,10 @@ class UserAgent:
         assert registration is not None
         await self._exchange(registration, registration.start(self._now()))
         while True:
+            if registration.state == REGISTERED and not self._registrar_reachable():
+                # The connection closed while the 200 OK was on its way to us: what _on_connection_closed
+                # does for a registration already in place.
+                self._registrar_lost([line])
             if registration.state == REGISTERED:
                 line.registered.set()
             elif registration.state in (BACKING_OFF, FAILED):
@@ -975,7 +1015,9 @@ class UserAgent:
             deadline = registration.next_deadline
             if deadline is None:
                 return
-            await asyncio.sleep(max(0.0, deadline - self._now()))
+            line.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(line.wake.wait(), max(0.0, deadline - self._now()))
             await self._exchange(registration, registration.timeout(self._now()))
 
     async def _unregister(self, line: _Line) -> None:
@@ -985,15 +1027,48 @@ class UserAgent:
                 await asyncio.wait_for(self._exchange(registration, registration.stop(self._now())), 3.0)
         line.registered.clear()
 
+    def _on_connection_closed(self, peer: Peer) -> None:
+        """A connection we opened has ended (the registrar closed it, restarted, or stopped answering pings).
+
+        Transactions waiting on it fail now rather than at timer F (RFC 3261 18.4: a transport error). When it
+        carried our registrations, the registrar can no longer reach us through it: every account registers
+        again at once, over a new connection (RFC 5626 4.4: the flow failed)."""
+        self._on_transport_error(peer, ConnectionError("connection closed"))
+        if peer == self._registrar and not self._stopping:
+            self._registrar_lost([line for line in self._lines.values() if line.state == REGISTERED])
+
+    def _registrar_reachable(self) -> bool:
+        return self._registrar is None or self._transport is None or self._transport.can_reach(self._registrar)
+
+    def _registrar_lost(self, lines: list[_Line]) -> None:
+        if not lines:
+            return
+        assert self._registrar is not None
+        logger.warning("connection to the registrar %s:%s lost: registering again over a new one",
+                       self._registrar.host, self._registrar.port)
+        self.reconnects += 1
+        for line in lines:
+            assert line.registration is not None
+            line.registration.connection_lost(self._now())
+            line.registered.clear()
+            line.wake.set()
+
     # -- messages out ----------------------------------------------------------------------------
+
+    @property
+    def _scheme(self) -> str:
+        """``sips`` when configured (TLS only): every hop to us must then be TLS (RFC 3261 19.1.2)."""
+        return "sips" if self.transport_name == "TLS" and self.settings.tls.sips else "sip"
 
     def _contact_uri(self, host: str | None = None, user: str | None = None) -> str:
         host, port = host or self._advertised[0], self._advertised[1]
         transport = "" if self.transport_name == "UDP" else f";transport={self.transport_name.lower()}"
+        if self._scheme == "sips":
+            transport = ""  # sips: already says TLS; RFC 5630 deprecates ;transport=tls with it
         # Direct mode may run without a username: then the Contact has no user part at all. Each account
         # registers (and answers) with its own user part, so the PBX routes its calls back to it.
         user = self.settings.username if user is None else user
-        return f"sip:{user + '@' if user else ''}{_uri_host(host)}:{port}{transport}"
+        return f"{self._scheme}:{user + '@' if user else ''}{_uri_host(host)}:{port}{transport}"
 
     def _contact(self, host: str | None = None, user: str | None = None) -> str:
         return f"<{self._contact_uri(host, user)}>"
@@ -1005,6 +1080,7 @@ class UserAgent:
         """Run a client transaction; the final response, or SipTimeout (timer F, unreachable peer)."""
         if self._transport is None:
             raise SipTimeout("transport closed")
+        self._transport_errors.pop(dest, None)  # an older failure must not explain this request's fate
         tx = ClientTransaction(request, self._transport.reliable)
         key = tx.key
         future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
@@ -1016,7 +1092,9 @@ class UserAgent:
             elif isinstance(event, TimeoutEvent):
                 if not future.done():
                     where = f"{dest.host}:{dest.port}"
-                    future.set_exception(SipTimeout(f"no answer to {request.method} from {where}"))
+                    reason = self._transport_errors.get(dest)
+                    future.set_exception(SipTimeout(f"{request.method} to {where} failed: {reason}" if reason
+                                                    else f"no answer to {request.method} from {where}"))
             elif self._client.get(key, (None,))[0] is tx:
                 del self._client[key]
 
@@ -1043,7 +1121,7 @@ class UserAgent:
         if (self.transport_name != "UDP" and not call.dialog.route_set and self._transport is not None
                 and self._transport.can_reach(call._peer)):
             return call._peer  # reuse the connection the INVITE came in on, while it is open
-        return Peer(self.transport_name, await self._resolve(host), port or 5060)
+        return Peer(self.transport_name, await self._resolve(host), port or self._default_port)
 
     async def _ack_2xx(self, call: IncomingCall, invite: SipRequest) -> None:
         """ACK the 2xx to our re-INVITE (the TU's job, RFC 3261 13.2.2.4); kept to answer its retransmissions."""
@@ -1180,6 +1258,9 @@ class UserAgent:
     # -- messages in -----------------------------------------------------------------------------
 
     def _on_transport_error(self, peer: Peer, exc: Exception) -> None:
+        self._transport_errors[peer] = str(exc)
+        if len(self._transport_errors) > 64:  # one per destination we sent to: bounded all the same
+            self._transport_errors.pop(next(iter(self._transport_errors)))
         for tx, dest, on_event in list(self._client.values()):
             if dest == peer:
                 self._run(tx, tx.transport_error(), dest, on_event)

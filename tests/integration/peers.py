@@ -183,13 +183,36 @@ def kamailio_module_path() -> str:
     return found[0]
 
 
-class Kamailio:
-    """Kamailio registrar/proxy with digest auth (users NNNN, password "secret" + NNNN)."""
+def kamailio_tls_module() -> Path | None:
+    """The TLS module (Debian package kamailio-tls-modules), if installed."""
+    try:
+        path = Path(kamailio_module_path()) / "tls.so"
+    except RuntimeError:
+        return None
+    return path if path.exists() else None
 
-    def __init__(self, workdir: Path, port: int | None = None, min_expires: int = 3) -> None:
+
+@dataclass
+class KamailioTls:
+    """What Kamailio presents on its TLS port, and whether it reuses the REGISTER's connection to reach
+    the contact (``reuse``) or opens one to the Contact's address (then the agent must listen for TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    reuse: bool = True
+
+
+class Kamailio:
+    """Kamailio registrar/proxy with digest auth (users NNNN, password "secret" + NNNN); also over TLS when
+    given ``tls`` (the module must be installed: see kamailio_tls_module)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, min_expires: int = 3,
+                 tls: KamailioTls | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.min_expires = min_expires
+        self.tls = tls
+        self.tls_port = free_port() if tls is not None else 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "kamailio.log"
 
@@ -197,15 +220,35 @@ class Kamailio:
     def address(self) -> str:
         return f"{LOCALHOST}:{self.port}"
 
+    @property
+    def tls_address(self) -> str:
+        return f"{LOCALHOST}:{self.tls_port}"
+
+    def _write_tls_cfg(self) -> Path:
+        assert self.tls is not None
+        path = self.workdir / "tls.cfg"
+        path.write_text("\n".join([
+            "[server:default]", "method = TLSv1.2+", "verify_certificate = no", "require_certificate = no",
+            f"private_key = {self.tls.key_file}", f"certificate = {self.tls.cert_file}", "",
+            # Towards a contact that listens for TLS (the agent's own certificate is not checked here).
+            "[client:default]", "method = TLSv1.2+", "verify_certificate = no", "require_certificate = no", "",
+        ]))
+        return path
+
     def start(self, timeout: float = 15.0) -> None:
         """Start in the foreground (-DD: no daemon, so our PID is the main process) and wait for it."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "kamailio.cfg"
         text = KAMAILIO_CFG.read_text(encoding="utf-8")
-        cfg.write_text(text.replace("@PORT@", str(self.port)).replace("@MIN_EXPIRES@", str(self.min_expires)))
+        text = text.replace("@PORT@", str(self.port)).replace("@MIN_EXPIRES@", str(self.min_expires))
+        defines: list[str] = []
+        if self.tls is not None:
+            text = text.replace("@TLS_PORT@", str(self.tls_port)).replace("@TLS_CFG@", str(self._write_tls_cfg()))
+            defines = ["-A", "WITH_TLS", *(["-A", "WITH_TLS_REUSE"] if self.tls.reuse else [])]
+        cfg.write_text(text)
         log = self.log_path.open("ab")
         cmd = [_binary("kamailio"), "-f", str(cfg), "-DD", "-E", "-L", kamailio_module_path(),
-               "-w", str(self.workdir)]
+               "-w", str(self.workdir), *defines]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout
@@ -282,13 +325,18 @@ class Baresip:
     Its SIP port + 1 is left free because baresip also opens it (for TLS).
     ``codecs`` limits what the account offers and accepts (baresip names: "PCMU", "PCMA", "G722");
     ``record`` loads the sndfile module, which writes what the phone hears (and sends) to WAV files.
+    ``transport`` "tls" registers (and calls) over TLS, trusting the CA in ``ca_file``; ``registrar`` is then
+    the registrar's TLS address.
     """
 
     def __init__(self, workdir: Path, user: str, registrar: str, *, answer: bool = False,
-                 codecs: list[str] | None = None, record: bool = False) -> None:
+                 codecs: list[str] | None = None, record: bool = False, transport: str = "udp",
+                 ca_file: Path | None = None) -> None:
         self.workdir = workdir
         self.user = user
         self.registrar = registrar
+        self.transport = transport
+        self.ca_file = ca_file
         self.answer = answer
         self.codecs = codecs
         self.record = record
@@ -326,6 +374,7 @@ class Baresip:
             "module_app menu.so",
             "module_app ctrl_tcp.so",
             f"ctrl_tcp_listen {LOCALHOST}:{self.ctrl_port}",
+            *([f"sip_cafile {self.ca_file}"] if self.ca_file else []),
             "",
         ])
         (self.workdir / "config").write_text(config)
@@ -335,7 +384,8 @@ class Baresip:
             rates = {"G722": 16000}
             mode += ";audio_codecs=" + ",".join(f"{c}/{rates.get(c, 8000)}/1" for c in self.codecs)
         account = (
-            f"<sip:{self.user}@{self.registrar};transport=udp>;auth_pass=secret{self.user};regint=300{mode}\n"
+            f"<sip:{self.user}@{self.registrar};transport={self.transport}>;auth_pass=secret{self.user};regint=300"
+            f"{mode}\n"
         )
         (self.workdir / "accounts").write_text(account)
         (self.workdir / "contacts").write_text("")

@@ -220,7 +220,7 @@ def test_transport_limits_defaults_and_validation() -> None:
         tcp_message_s=10.0,
     )
     assert SHED_REASONS == ("untrusted", "too-large", "tcp-connections", "tcp-connections-per-source", "tcp-idle",
-                            "tcp-slow-message", "unframeable")
+                            "tcp-slow-message", "unframeable", "tls-handshake")
     assert set(SHED_REASONS) <= set(metrics.SHED_REASONS)  # every reason has its series from the start
     with pytest.raises(ValueError, match="tcp_idle_s"):
         TransportLimits(tcp_idle_s=0)

@@ -159,3 +159,22 @@ def test_each_line_of_an_accounts_registration_names_it(caplog: pytest.LogCaptur
     assert "account sales: registered for 300 s" in messages
     assert all(getattr(record, "account", "") == "sales" for record in caplog.records)
     assert "secret1001" not in caplog.text
+
+
+def test_connection_lost_registers_again_at_once() -> None:
+    reg = make()
+    first = reg.start(0.0)
+    assert reg.on_response(reply(first, 200, Expires="300"), 0.1) is None
+    assert reg.state == "registered"
+    reg.connection_lost(5.0)
+    assert reg.state == "backing-off" and reg.next_deadline == 5.0 and reg.failures == 0
+    again = reg.timeout(5.0)
+    assert again is not None and reg.state == "registering" and again.call_id == first.call_id
+    assert reg.on_response(reply(again, 200, Expires="300"), 5.1) is None and reg.state == "registered"
+
+
+def test_connection_lost_while_not_registered_changes_nothing() -> None:
+    reg = make()
+    reg.start(0.0)
+    reg.connection_lost(1.0)  # the REGISTER in flight fails by itself (transport error) and backs off
+    assert reg.state == "registering" and reg.next_deadline is None
