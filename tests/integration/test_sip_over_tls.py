@@ -544,7 +544,7 @@ def test_agent_counts_a_lost_registrar_connection(pki: Pki, tmp_path: Path) -> N
             assert agent.ua is not None
             assert await wait_until(lambda: registrar.connections >= 2 and registrar.registers >= 2, 10)
             assert await agent.ua.wait_registered(5)
-            metric = 'sipagent_registration_failures_total{reason="connection-lost"} 1.0'
+            metric = 'sipagent_registration_failures_total{account="",reason="connection-lost"} 1.0'
             assert await wait_until(lambda: metric in agent.metrics.render().decode(), 5), \
                 agent.metrics.render().decode()
         finally:
