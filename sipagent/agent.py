@@ -39,7 +39,8 @@ from sipagent.realtime.local.server import LocalRealtimeServer
 from sipagent.realtime.providers import Endpoint, endpoint_for
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.ports import PortAllocator
-from sipagent.sdp import NegotiatedMedia
+from sipagent.rtp.srtp import SrtpContext
+from sipagent.sdp import NegotiatedMedia, SrtpParams
 from sipagent.sip.admission import BudgetLimits
 from sipagent.sip.transport import TransportLimits
 from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
@@ -98,9 +99,18 @@ class _CallMedia:
         self.bridge: CallBridge | None = None  # there is none yet at the answer
         self.codec = ""  # none yet: the endpoint's frame until the answer is a placeholder
         self.remote: tuple[str, int] | None = None
+        self.srtp: SrtpParams | None = None
 
     def apply(self, media: NegotiatedMedia) -> None:
         endpoint, bridge = self.endpoint, self.bridge
+        if media.srtp != self.srtp:
+            # First, so that not one packet goes out under the old keys (or in the clear) to the new media.
+            # An unchanged negotiation (a hold, a refresh) keeps the context: its rollover counters and
+            # replay window go on.
+            self.srtp = media.srtp
+            endpoint.set_crypto(SrtpContext(media.srtp.suite, media.srtp.local_key, media.srtp.remote_key)
+                                if media.srtp is not None else None)
+            log.info("media: %s", f"SRTP {media.srtp.suite}" if media.srtp else "plain RTP")
         if media.codec != self.codec:
             previous, self.codec = self.codec, media.codec
             # Audio still queued for the caller was encoded in the old codec: it goes on, re-encoded.
@@ -282,7 +292,7 @@ class Agent:
             try:
                 media = await call.answer(rtp_host, endpoint.local_port)
             except SdpError as exc:
-                log.info("no common codec: %s", exc)
+                log.info("offer refused (488): %s", exc)
                 self._count("rejected-codec")
                 return
             if call.ended.is_set():
@@ -430,6 +440,8 @@ def ua_settings(config: Config) -> UaSettings:
         trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
         aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller,
         context_headers=list(config.context.headers),
+        srtp=config.media.srtp, srtp_suites=list(config.media.srtp_suites),
+        srtp_over_insecure_signalling=config.media.srtp_over_insecure_signalling,
         session_expires=sip.session_expires, min_se=sip.min_se,
         limits=BudgetLimits(transactions=limits.transactions, transactions_per_source=limits.transactions_per_source),
         transport_limits=TransportLimits(
