@@ -1,0 +1,231 @@
+"""SRTP keyed by SDES against a real phone: baresip with its srtp module (``mediaenc=srtp-mand``) calls the
+agent through Kamailio, and the two talk, hold, resume and hang up over SRTP.
+
+The agent's RTP sockets are tapped (every datagram it sends and receives, as it is on the wire): the media
+must be SRTP both ways (no payload on the wire equals the G.711 it carries, and every packet authenticates
+under the keys the SDP negotiated), and forged, replayed and plain packets sent to the agent mid-call are
+dropped and counted, never played, without disturbing the call.
+
+The signalling is UDP here (SIP over TLS is built separately), so the agent is told it may take SDES keys
+over it (``media.srtp_over_insecure_signalling``); a test below checks that without that it refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import wave
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bridge_helpers import bridge_config, tts
+from conftest import require
+from peers import Baresip, Kamailio, wait_until
+from test_hold_and_codec_change import AGENT_LINES, ANSWER, GREETING, QUESTION, recognised, write_wav
+
+from sipagent import agent as agent_module
+from sipagent.agent import Agent
+from sipagent.media.kernel import Resampler
+from sipagent.rtp.packet import is_rtcp
+from sipagent.rtp.srtp import SrtpContext
+from sipagent.sdp import NegotiatedMedia, SrtpParams
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.peers]
+
+
+class TapSocket:
+    """A UDP socket that notes every datagram it sends ('>') and receives ('<'), then does as the socket."""
+
+    def __init__(self, sock: socket.socket, wire: list[tuple[str, bytes]]) -> None:
+        self._sock = sock
+        self._wire = wire
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        data, addr = self._sock.recvfrom(size)
+        self._wire.append(("<", data))
+        return data, addr
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        self._wire.append((">", data))
+        return self._sock.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def tap(agent: Agent) -> list[tuple[str, bytes]]:
+    """Every datagram on the RTP socket of the agent's calls from now on, in order."""
+    wire: list[tuple[str, bytes]] = []
+    bind_pair = agent.ports.bind_pair
+
+    def tapped(host: str) -> tuple[int, Any, Any]:
+        port, rtp_sock, rtcp_sock = bind_pair(host)
+        return port, TapSocket(rtp_sock, wire), rtcp_sock
+
+    agent.ports.bind_pair = tapped  # type: ignore[method-assign]
+    return wire
+
+
+def negotiated(monkeypatch: pytest.MonkeyPatch) -> list[SrtpParams | None]:
+    """The SRTP of every negotiation the agent's media chain applies (at the answer and per re-INVITE)."""
+    seen: list[SrtpParams | None] = []
+    apply = agent_module._CallMedia.apply
+
+    def spy(self: agent_module._CallMedia, media: NegotiatedMedia) -> None:
+        seen.append(media.srtp)
+        apply(self, media)
+
+    monkeypatch.setattr(agent_module._CallMedia, "apply", spy)
+    return seen
+
+
+def agent_config(tmp_path: Path, kamailio: Kamailio, user: str, **media: Any) -> Any:
+    return bridge_config(tmp_path, sip={"registrar": kamailio.address, "username": user, "password": f"secret{user}",
+                                        "domain": "127.0.0.1", "expires": 60},
+                         agent={"greeting": GREETING, "barge_in": {"protect_greeting_ms": 0}},
+                         realtime={"local": {"vad": {"prefix_ms": 600}}}, media=media)
+
+
+def test_baresip_srtp_call_both_ways_hold_resume_bye(kamailio: Kamailio, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    require("baresip")
+    if not Path("/usr/lib/baresip/modules/srtp.so").exists():
+        pytest.skip("baresip's srtp module is not installed")
+    keys = negotiated(monkeypatch)
+    asyncio.run(_srtp_call(kamailio, tmp_path, keys))
+
+
+async def _srtp_call(kamailio: Kamailio, tmp_path: Path, keys: list[SrtpParams | None]) -> None:
+    user = "2461"
+    config = agent_config(tmp_path, kamailio, user, srtp="required", srtp_over_insecure_signalling=True,
+                          codecs=["PCMU"])
+    said: list[tuple[str, str]] = []
+    agent = Agent(config, on_transcript=lambda _id, role, text: said.append((role, text)))
+    wire = tap(agent)
+    await agent.start()
+    phone = Baresip(tmp_path / "phone", "1461", kamailio.address, codecs=["PCMU"], record=True, mediaenc="srtp-mand")
+    question = tmp_path / "question.wav"
+    write_wav(question, await asyncio.to_thread(tts().synthesize, QUESTION), phone.source_rate)
+    forged = 0
+    try:
+        assert agent.ua is not None and await agent.ua.wait_registered(20)
+        await phone.start(timeout=30)
+        await phone.dial(f"sip:{user}@{kamailio.address}")
+        assert await phone.wait_event("CALL_ESTABLISHED", 20), (phone.event_types(), phone.log_tail())
+        assert await wait_until(lambda: bool(agent.bridges), 10)
+        bridge = next(iter(agent.bridges.values()))
+        endpoint = bridge.media.endpoint  # type: ignore[attr-defined]  # the agent's _MediaLeg
+        assert keys and keys[0] is not None, keys
+        assert await wait_until(lambda: bridge.media.played_ms >= 1000, 15), "the greeting did not start"
+        # Hostile packets at the agent's RTP port, mid-greeting: a tampered copy of the phone's last packet,
+        # the same packet replayed, loud plain RTP, and junk. All dropped, counted, and the call goes on.
+        received = [data for direction, data in wire if direction == "<" and not is_rtcp(data)]
+        genuine = received[-1]
+        tampered = genuine[:20] + bytes([genuine[20] ^ 0x55]) + genuine[21:]
+        plain = struct.pack("!BBHII", 0x80, 0, 1, 160, 0xABCDEF) + b"\x00" * 160
+        dropped_before = endpoint.srtp_dropped
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+            for packet in (tampered, genuine, plain, b"\x80\x00junk", *[tampered] * 20):
+                attacker.sendto(packet, ("127.0.0.1", endpoint.local_port))
+                forged += 1
+        assert await wait_until(lambda: endpoint.srtp_dropped - dropped_before >= forged, 5), \
+            (endpoint.srtp_dropped, dropped_before, forged)
+        # A spoken turn each way: the greeting played out, the caller's question, the agent's answer.
+        assert await wait_until(lambda: said[:1] == [("agent", GREETING)], 30), said
+        assert await wait_until(lambda: bridge.media.buffered_ms == 0, 30)
+        await phone.set_source(question)
+        assert await wait_until(lambda: any(role == "caller" for role, _ in said), 30), said
+        assert await wait_until(lambda: sum(role == "agent" for role, _ in said) >= 2, 30), said
+        await asyncio.sleep(0.5)
+        assert await wait_until(lambda: bridge.media.buffered_ms == 0, 30)
+        await asyncio.sleep(0.5)
+        # Hold and resume from the phone: re-INVITEs over SRTP (baresip keeps its key, so we keep ours).
+        assert (await phone.command("hold"))["ok"]
+        assert await wait_until(lambda: bridge.on_hold, 5), "the agent never learned of the hold"
+        await asyncio.sleep(0.3)
+        sent = endpoint.packets_sent
+        await asyncio.sleep(1.5)
+        assert endpoint.packets_sent == sent, "RTP into the held call"
+        assert (await phone.command("resume"))["ok"]
+        assert await wait_until(lambda: not bridge.on_hold and endpoint.packets_sent > sent + 50, 5)
+        heard_from = endpoint.stats().packets_received
+        assert await wait_until(lambda: endpoint.stats().packets_received > heard_from + 50, 5), "no media after resume"
+        await phone.hangup()
+        assert await wait_until(lambda: not agent.bridges, 10), "the agent did not end the call on BYE"
+        srtp_dropped = endpoint.srtp_dropped
+        heard_path = max(phone.recordings("dec"), key=lambda p: p.stat().st_size)
+    finally:
+        await phone.close()
+        await agent.stop()
+    # Both directions recognised: the caller's question by the agent, the agent's answer by the phone.
+    assert next(text for role, text in said if role == "caller") == QUESTION, said
+    assert [text for role, text in said if role == "agent"][:2] == [GREETING, ANSWER], said
+    heard = read_pcm24k(heard_path)
+    readings = recognised(heard, AGENT_LINES)
+    assert any("thirty days" in text for text in readings), readings
+    assert srtp_dropped >= forged
+    check_wire(wire, keys)
+
+
+def read_pcm24k(path: Path) -> bytes:
+    with wave.open(str(path), "rb") as wav:
+        rate, frames = wav.getframerate(), wav.readframes(wav.getnframes())
+    return Resampler(rate, 24000).process(frames)
+
+
+def check_wire(wire: list[tuple[str, bytes]], keys: list[SrtpParams | None]) -> None:
+    """Every RTP datagram both ways authenticates under a negotiated key, and none carries its G.711 in
+    the clear."""
+    params = list(dict.fromkeys(k for k in keys if k is not None))
+    assert params and all(k is not None for k in keys), keys  # SRTP from the answer to the BYE
+    # Verifiers: the agent's key checks what it sent, the phone's what it received (fresh replay state each).
+    checks = {">": [SrtpContext(p.suite, p.remote_key, p.local_key) for p in params],
+              "<": [SrtpContext(p.suite, p.local_key, p.remote_key) for p in params]}
+    counts = {">": 0, "<": 0}
+    plain_payloads: set[bytes] = set()
+    wire_payloads: set[bytes] = set()
+    for direction, data in wire:
+        if is_rtcp(data):
+            continue
+        opened = next((p for c in checks[direction] if (p := c.unprotect(data)) is not None), None)
+        if opened is None:
+            assert direction == "<", "the agent sent an RTP packet that its negotiated keys do not authenticate"
+            continue  # one of the forged packets (counted by the endpoint above)
+        counts[direction] += 1
+        payload = opened[12:]
+        assert data[12:12 + len(payload)] != payload, "a payload went out in the clear"
+        plain_payloads.add(payload)
+        wire_payloads.add(data[12:12 + len(payload)])
+    assert counts[">"] > 200 and counts["<"] > 200, counts
+    assert not plain_payloads & wire_payloads
+    # The greeting and the question were in there, loud: the comparison was against real G.711 speech.
+    assert sum(1 for p in plain_payloads if len(set(p)) > 40) > 50
+
+
+def test_sdes_over_udp_is_refused_unless_allowed(kamailio: Kamailio, tmp_path: Path) -> None:
+    """The same phone and signalling, without media.srtp_over_insecure_signalling: the agent refuses the
+    RTP/SAVP offer (488): the keys came in the clear."""
+    require("baresip")
+    if not Path("/usr/lib/baresip/modules/srtp.so").exists():
+        pytest.skip("baresip's srtp module is not installed")
+    asyncio.run(_refused(kamailio, tmp_path))
+
+
+async def _refused(kamailio: Kamailio, tmp_path: Path) -> None:
+    user = "2462"
+    config = agent_config(tmp_path, kamailio, user, srtp="optional", codecs=["PCMU"])
+    agent = Agent(config)
+    await agent.start()
+    phone = Baresip(tmp_path / "phone", "1462", kamailio.address, codecs=["PCMU"], mediaenc="srtp-mand")
+    try:
+        assert agent.ua is not None and await agent.ua.wait_registered(20)
+        await phone.start(timeout=30)
+        await phone.dial(f"sip:{user}@{kamailio.address}")
+        assert await phone.wait_event("CALL_CLOSED", 20), phone.event_types()
+        assert not phone.count_events("CALL_ESTABLISHED")
+        assert await wait_until(lambda: agent.stats.outcomes.get("rejected-codec", 0) == 1, 5), agent.stats
+    finally:
+        await phone.close()
+        await agent.stop()
