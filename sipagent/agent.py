@@ -162,6 +162,8 @@ class Agent:
         self._endpoints: set[RtpEndpoint] = set()
         self._foreign_ended = 0
         self._foreign_seen = 0
+        self._srtp_dropped_ended = 0
+        self._srtp_dropped_seen = 0
         hook = config.events.webhook
         # Call events go through one process-wide sender, off every call's path (None: events are off).
         self.events = EventSender(hook, self.metrics) if hook is not None else None
@@ -197,6 +199,9 @@ class Agent:
             foreign = self._foreign_ended + sum(endpoint.foreign_packets for endpoint in self._endpoints)
             self.metrics.add_rtp_foreign(foreign - self._foreign_seen)
             self._foreign_seen = foreign
+            dropped = self._srtp_dropped_ended + sum(endpoint.srtp_dropped for endpoint in self._endpoints)
+            self.metrics.add_srtp_dropped(dropped - self._srtp_dropped_seen)
+            self._srtp_dropped_seen = dropped
             late = self.clock.late_ticks + self.clock.skipped_ticks
             if late > self._late_ticks_seen:
                 self.metrics.add_late_ticks(late - self._late_ticks_seen)
@@ -339,6 +344,7 @@ class Agent:
             endpoint.close()
             self._endpoints.discard(endpoint)
             self._foreign_ended += endpoint.foreign_packets
+            self._srtp_dropped_ended += endpoint.srtp_dropped
             self.bridges.pop(call.call_id, None)
 
     def _emit(self, build: Callable[[], Any]) -> None:

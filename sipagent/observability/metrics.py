@@ -113,6 +113,10 @@ class Metrics:
         self._rtp_foreign = Counter(p + "rtp_foreign_packets",
                                     "RTP packets dropped because they came from a source other than the call's",
                                     registry=r)
+        self._srtp_dropped = Counter(p + "srtp_dropped_packets",
+                                     "SRTP and SRTCP packets dropped because they failed authentication or the "
+                                     "replay check (forged, corrupted, replayed, or under another key)",
+                                     registry=r)
         self._recording_errors = Counter(p + "recording_errors",
                                          "Call transcripts or recordings stopped by a write failure (the call "
                                          "went on without them)", ["kind"], registry=r)
@@ -251,6 +255,10 @@ class Metrics:
     def add_rtp_foreign(self, count: int) -> None:
         if count > 0:
             self._rtp_foreign.inc(count)
+
+    def add_srtp_dropped(self, count: int) -> None:
+        if count > 0:
+            self._srtp_dropped.inc(count)
 
     def set_loop_lag(self, seconds: float) -> None:
         self._loop_lag.set(max(0.0, seconds))
