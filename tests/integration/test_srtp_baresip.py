@@ -1,4 +1,6 @@
-"""SRTP keyed by SDES against a real phone: baresip with its srtp module (``mediaenc=srtp-mand``) calls the
+"""SRTP keyed by SDES against a real phone, and re-keying by re-INVITE in process.
+
+baresip with its srtp module (``mediaenc=srtp-mand``) calls the
 agent through Kamailio, and the two talk, hold, resume and hang up over SRTP.
 
 The agent's RTP sockets are tapped (every datagram it sends and receives, as it is on the wire): the media
@@ -13,6 +15,7 @@ over it (``media.srtp_over_insecure_signalling``); a test below checks that with
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import struct
 import wave
@@ -20,17 +23,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_helpers import bridge_config, tts
+from bridge_helpers import bridge_config, call_rig, loud_times, tts
 from conftest import require
 from peers import Baresip, Kamailio, wait_until
 from test_hold_and_codec_change import AGENT_LINES, ANSWER, GREETING, QUESTION, recognised, write_wav
 
 from sipagent import agent as agent_module
 from sipagent.agent import Agent
+from sipagent.caller import DTMF_PT, SipCaller
 from sipagent.media.kernel import Resampler
+from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.packet import is_rtcp
+from sipagent.rtp.ports import PortAllocator
 from sipagent.rtp.srtp import SrtpContext
-from sipagent.sdp import NegotiatedMedia, SrtpParams
+from sipagent.sdp import (
+    CryptoAttribute,
+    LocalSession,
+    NegotiatedMedia,
+    SessionDescription,
+    SrtpParams,
+    SrtpPolicy,
+    accept_answer,
+    make_offer,
+    offer_crypto,
+)
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.peers]
 
@@ -229,3 +245,81 @@ async def _refused(kamailio: Kamailio, tmp_path: Path) -> None:
     finally:
         await phone.close()
         await agent.stop()
+
+
+# ----------------------------------------------------------- in process: re-keying by re-INVITE
+
+
+class SrtpCaller(SipCaller):
+    """Our SIP caller speaking SRTP, plus re-INVITEs that keep its key (a hold) or bring a new one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs, srtp=("AES_CM_128_HMAC_SHA1_80",))
+        self._session = LocalSession("caller")
+        self.crypto: list[CryptoAttribute] = []
+        self.answers: list[str] = []
+
+    def _offer(self, rtp_port: int) -> bytes:
+        self.crypto = offer_crypto(SrtpPolicy(mode="required", suites=self.srtp))
+        return make_offer([self.codec], self.host, rtp_port, self._session, dtmf_payload_type=DTMF_PT,
+                          crypto=self.crypto).to_bytes()
+
+    async def reinvite(self, *, new_key: bool, direction: str = "sendrecv") -> NegotiatedMedia:
+        assert self._endpoint is not None and self.media is not None
+        if new_key:
+            self.crypto = offer_crypto(SrtpPolicy(mode="required", suites=self.srtp))
+        offer = make_offer([self.codec], self.host, self._endpoint.local_port, self._session, direction=direction,
+                           dtmf_payload_type=DTMF_PT, crypto=self.crypto)
+        response = await self._request("INVITE", self.remote_target, offer.to_bytes(), content_type="application/sdp")
+        assert response.status == 200, response.status
+        self._send_ack()
+        self.answers.append(response.body.decode())
+        media = accept_answer(SessionDescription.parse(response.body), offer)
+        assert media.srtp is not None
+        if media.srtp != self.media.srtp:
+            self._endpoint.set_crypto(SrtpContext(media.srtp.suite, media.srtp.local_key, media.srtp.remote_key))
+        self.media = media
+        self._endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type, media.dtmf_payload_type,
+                                  send=direction in ("sendrecv", "sendonly"))
+        return media
+
+
+def test_reinvites_keep_or_renew_the_keys_and_media_flows_on(tmp_path: Path) -> None:
+    asyncio.run(_rekey(tmp_path))
+
+
+async def _rekey(tmp_path: Path) -> None:
+    config = bridge_config(tmp_path, media={"srtp": "required", "srtp_over_insecure_signalling": True},
+                           agent={"greeting": GREETING, "barge_in": {"protect_greeting_ms": 0}})
+    async with call_rig(config, codec="PCMU", dial=False) as rig:
+        _, high = config.media.rtp_port_range
+        caller = SrtpCaller(rig.clock, PortAllocator(high + 1, high + 20),
+                            f"sip:agent@127.0.0.1:{rig.agent.sip_address[1]}", codec="PCMU", host="127.0.0.1")
+        rig.caller = caller
+        await caller.dial()
+        assert caller.media is not None and caller.media.srtp is not None
+        first = caller.media.srtp
+        await rig.wait_for(lambda: caller.call_id in rig.agent.bridges, 5, "the call's bridge")
+        bridge = rig.bridge
+        endpoint: RtpEndpoint = bridge.media.endpoint  # type: ignore[attr-defined]
+        await rig.wait_for(lambda: len(loud_times(caller)) >= 25, 15, "the greeting, decrypted by the caller")
+        ssrc = endpoint.ssrc
+        # A hold and a resume with the same key: the agent keeps its key and its SRTP context (and SSRC).
+        held = await caller.reinvite(new_key=False, direction="sendonly")
+        resumed = await caller.reinvite(new_key=False)
+        assert held.srtp == resumed.srtp == first and endpoint.ssrc == ssrc
+        heard = len(loud_times(caller))
+        await rig.wait_for(lambda: len(loud_times(caller)) >= heard + 25, 15, "audio after the resume")
+        # A new key from the caller (local, from its side): the agent answers with a new key of its own
+        # (remote, from the caller's side) and sends under a new SSRC.
+        renewed = await caller.reinvite(new_key=True)
+        assert renewed.srtp is not None and renewed.srtp.local_key != first.local_key
+        assert renewed.srtp.remote_key != first.remote_key and endpoint.ssrc != ssrc
+        heard = len(loud_times(caller))
+        await rig.wait_for(lambda: len(loud_times(caller)) >= heard + 25, 15, "audio after the re-key")
+        received = endpoint.stats().packets_received
+        await rig.wait_for(lambda: endpoint.stats().packets_received >= received + 50, 5, "the caller's packets")
+        # The agent's answers never echo the caller's keys.
+        caller_keys = [base64.b64encode(key).decode() for key in (first.local_key, renewed.srtp.local_key)]
+        assert not [key for key in caller_keys for answer in caller.answers if key in answer]
+        assert endpoint.srtp_dropped <= 5, endpoint.srtp_dropped  # only packets in flight across the re-key

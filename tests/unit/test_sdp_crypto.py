@@ -238,3 +238,23 @@ def test_our_own_srtp_offer_and_its_answer() -> None:
     bad = SessionDescription.parse(answer.to_bytes().replace(b"a=crypto:2 ", b"a=crypto:9 "))
     with pytest.raises(SdpError, match="none of the crypto"):
         accept_answer(bad, offer)
+
+
+@pytest.mark.parametrize(("transport", "allow", "keys_allowed"), [
+    ("TLS", False, True), ("UDP", False, False), ("TCP", False, False), ("UDP", True, True),
+])
+def test_the_ua_takes_keys_only_from_offers_over_tls_unless_allowed(transport: str, allow: bool,
+                                                                    keys_allowed: bool) -> None:
+    from types import SimpleNamespace
+
+    from sipagent.sip.transport import Peer
+    from sipagent.sip.ua import IncomingCall
+
+    call = IncomingCall.__new__(IncomingCall)  # only what the policy reads: the UA's settings, the INVITE's peer
+    settings = SimpleNamespace(srtp="optional", srtp_suites=["AES_CM_128_HMAC_SHA1_80"],
+                               srtp_over_insecure_signalling=allow)
+    call._ua = SimpleNamespace(settings=settings)  # type: ignore[assignment]
+    call._peer = Peer(transport, "192.0.2.5", 5061)
+    policy = call._srtp_policy()
+    assert policy.keys_allowed is keys_allowed
+    assert policy.mode == "optional" and policy.suites == ("AES_CM_128_HMAC_SHA1_80",)
