@@ -25,7 +25,7 @@ from sipagent.bridge.event_sender import EventSender, new_event_id
 from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
 from sipagent.config import Config, load_config
-from sipagent.errors import ConfigError, RealtimeError, SdpError
+from sipagent.errors import ConfigError, RealtimeError, SdpError, SrtpRefused
 from sipagent.media.clock import MediaClock
 from sipagent.media.kernel import CODEC_SILENCE, transcode
 from sipagent.media.playout import PlayoutQueue
@@ -298,7 +298,7 @@ class Agent:
                 media = await call.answer(rtp_host, endpoint.local_port)
             except SdpError as exc:
                 log.info("offer refused (488): %s", exc)
-                self._count("rejected-codec")
+                self._count("rejected-srtp" if isinstance(exc, SrtpRefused) else "rejected-codec")
                 return
             if call.ended.is_set():
                 self._count("cancelled")

@@ -26,6 +26,7 @@ CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
 CallOutcome = Literal[
     "answered", "rejected-busy", "rejected-forbidden", "rejected-not-ours", "rejected-codec", "cancelled",
+    "rejected-srtp",  # 488 for the offer's media security alone (media.srtp, SDES keys over clear signalling)
     "remote-hangup",
     "agent-hangup", "transferred", "failover-hangup", "failover-transferred", "error",
     "time-limit",  # agent.max_call_s reached: the agent said max_call_message and hung up

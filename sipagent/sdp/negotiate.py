@@ -7,7 +7,7 @@ import ipaddress
 import secrets
 from dataclasses import dataclass, field
 
-from sipagent.errors import SdpError
+from sipagent.errors import SdpError, SrtpRefused
 from sipagent.sdp.crypto import (
     DEFAULT_SUITES,
     SECURE_PROTOS,
@@ -215,16 +215,24 @@ def negotiate(
     same keys and state (RFC 4568 7.1.4 allows either; keeping it disturbs nothing). Any change of the
     peer's key or suite, or SRTP that was not in use, gets a fresh key of ours, so a new key never meets an
     old one. Every other m= line is rejected with port 0 (RFC 3264 6). Raises SdpError (→ 488) when no
-    stream can be accepted, with every reason in its message (never a key).
+    stream can be accepted, with every reason in its message (never a key): SrtpRefused when a stream had a
+    codec we take and was refused for its security alone.
     """
     session = session or LocalSession()
     chosen: tuple[MediaDescription, str, int, int | None, CryptoAttribute | None] | None = None
     reasons: list[str] = []
+    srtp_only = False  # some stream had a codec we take, and was refused for its security alone
     for media in offer.media:
         proto = media.proto.upper()
         if media.media != "audio" or media.port == 0 or proto not in SUPPORTED_PROTOS + SECURE_PROTOS:
             continue
         crypto: CryptoAttribute | None = None
+        table = _codec_table(media)
+        found = _match(table, preferences)
+        if found is None:
+            reasons.append("no common audio codec in offer")
+            continue
+        srtp_only = True
         if proto in SECURE_PROTOS:
             if srtp.mode == "off":
                 reasons.append(f"{media.proto} offered and media.srtp is off")
@@ -241,15 +249,11 @@ def negotiate(
         elif srtp.mode == "required":
             reasons.append(f"plain {media.proto} offered and media.srtp is required")
             continue
-        table = _codec_table(media)
-        found = _match(table, preferences)
-        if found is None:
-            reasons.append("no common audio codec in offer")
-            continue
         chosen = (media, found[0], found[1], _dtmf(table), crypto)
         break
     if chosen is None:
-        raise SdpError("; ".join(dict.fromkeys(reasons)) or "no common audio codec in offer")
+        message = "; ".join(dict.fromkeys(reasons)) or "no common audio codec in offer"
+        raise SrtpRefused(message) if srtp_only else SdpError(message)
     media, codec, pt, dtmf_pt, crypto = chosen
     remote_host = _ip_address(media.connection_address or offer.connection_address, "offer")
     direction = ANSWER_DIRECTION[_offer_direction(offer, media)]

@@ -241,7 +241,7 @@ async def _refused(kamailio: Kamailio, tmp_path: Path) -> None:
         await phone.dial(f"sip:{user}@{kamailio.address}")
         assert await phone.wait_event("CALL_CLOSED", 20), phone.event_types()
         assert not phone.count_events("CALL_ESTABLISHED")
-        assert await wait_until(lambda: agent.stats.outcomes.get("rejected-codec", 0) == 1, 5), agent.stats
+        assert await wait_until(lambda: agent.stats.outcomes.get("rejected-srtp", 0) == 1, 5), agent.stats
     finally:
         await phone.close()
         await agent.stop()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipagent.errors import SdpError
+from sipagent.errors import SdpError, SrtpRefused
 from sipagent.sdp import (
     LocalSession,
     SessionDescription,
@@ -175,9 +175,15 @@ def test_optional_answers_plain_offers_plain() -> None:
     (SrtpPolicy(mode="optional", keys_allowed=True, suites=("AEAD_AES_128_GCM",)), SAVP_OFFER, "not in media.srtp"),
 ])
 def test_refusals(policy: SrtpPolicy, offer: tuple[str, ...], reason: str) -> None:
-    with pytest.raises(SdpError, match=reason) as info:
+    with pytest.raises(SrtpRefused, match=reason) as info:
         negotiate(sdp(*offer), ["PCMU"], "192.0.2.1", 40000, srtp=policy)
     assert B64_30[:12] not in str(info.value)
+
+
+def test_a_codec_mismatch_is_not_an_srtp_refusal() -> None:
+    with pytest.raises(SdpError) as info:
+        negotiate(sdp(*SAVP_OFFER), ["G722"], "192.0.2.1", 40000, srtp=counter_keys())
+    assert not isinstance(info.value, SrtpRefused) and "no common audio codec" in str(info.value)
 
 
 def test_required_takes_the_savp_stream_of_a_best_effort_offer() -> None:
