@@ -264,3 +264,27 @@ def test_the_ua_takes_keys_only_from_offers_over_tls_unless_allowed(transport: s
     policy = call._srtp_policy()
     assert policy.keys_allowed is keys_allowed
     assert policy.mode == "optional" and policy.suites == ("AES_CM_128_HMAC_SHA1_80",)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([
+    "v=0", "o=x 1 1 IN IP4 h", "c=IN IP4 1.2.3.4", "m=audio 1 RTP/SAVP 0 101", "m=audio 2 RTP/AVP 0",
+    "m=audio 3 RTP/SAVPF 0", "a=rtpmap:101 telephone-event/8000", "a=sendonly", "t=0 0",
+    f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{B64_30}", f"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{B64_30}|2^31",
+    f"a=crypto:3 AEAD_AES_128_GCM inline:{B64_28}", f"a=crypto:4 AEAD_AES_128_GCM inline:{B64_30}",
+    "a=crypto", "a=crypto:", "a=crypto:1", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:", "a=crypto:x y z",
+    f"a=crypto:5 AES_CM_128_HMAC_SHA1_80 inline:{B64_30}|1:4 UNENCRYPTED_SRTP",
+    "a=crypto:6 AES_CM_128_HMAC_SHA1_80 inline:" + "A" * 600, "a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:²",
+]), max_size=14), st.sampled_from(["off", "optional", "required"]), st.booleans())
+def test_fuzz_negotiate_with_crypto_raises_only_sdp_error(lines: list[str], mode: str, allowed: bool) -> None:
+    policy = SrtpPolicy(mode=mode, keys_allowed=allowed)
+    try:
+        offer = SessionDescription.parse(("\r\n".join(lines)).encode())
+        answer, media = negotiate(offer, ["PCMU"], "192.0.2.1", 40000, srtp=policy)
+    except SdpError as exc:
+        assert B64_30 not in str(exc) and B64_28 not in str(exc)
+        return
+    (accepted,) = [m for m in answer.media if m.port]
+    assert (media.srtp is not None) == (accepted.proto in ("RTP/SAVP", "RTP/SAVPF"))
+    assert media.srtp is None or (mode != "off" and allowed)
+    assert mode != "required" or media.srtp is not None
