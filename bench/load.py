@@ -184,11 +184,12 @@ def report(step: Step, external: bool) -> None:
     if external and step.backend_cpu_pct == 0:
         print("  WARNING: the backend used no CPU: is the agent connected to it? (SIPAGENT_BENCH_LOG_DIR)")
     per_call_mb = (step.rss_mb - step.rss_idle_mb) / max(1, step.answered)
-    print(f"{'srtp' if step.srtp else 'rtp':>5} {step.n:>5} {step.answered:>5} {step.p50:>7.3f} {step.p99:>7.3f} "
+    print(f"{step.n:>5} {step.answered:>5} {step.p50:>7.3f} {step.p99:>7.3f} "
           f"{step.worst:>7.2f} {step.p99 / GOAL_P99_MS:>7.2f}x {step.underruns:>3}/{step.underrun_frames:<4} "
           f"{step.cpu_pct:>6.1f} {step.cpu_pct / max(1, step.answered):>9.3f} {step.rss_mb:>7.1f} "
           f"{per_call_mb:>7.3f} {step.setup_s:>7.1f} {step.backend_cpu_pct:>7.1f} "
-          f"{step.bench_cpu_pct:>8.1f}  {'holds' if step.ok else 'BREAKS'}", flush=True)
+          f"{step.bench_cpu_pct:>8.1f} {'srtp' if step.srtp else 'rtp':>5}  {'holds' if step.ok else 'BREAKS'}",
+          flush=True)
 
 
 def main() -> int:
@@ -223,9 +224,9 @@ def main() -> int:
           f"{'agent pinned to CPU 0, callers+backend to CPU 1' if args.pin else 'no CPU pinning'}; "
           f"realtime.audio_format {args.audio_format}; backend lead {args.backend_lead_ms} ms; "
           f"{os.cpu_count()} CPUs")
-    print(f"{'media':>5} {'N':>5} {'up':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'p99/goal':>8} {'underrun':>8} "
+    print(f"{'N':>5} {'up':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'p99/goal':>8} {'underrun':>8} "
           f"{'CPU%':>6} {'CPU%/call':>9} {'RSS MB':>7} {'MB/call':>7} {'setup s':>7} {'bk CPU%':>7} "
-          f"{'gen CPU%':>8}  verdict", flush=True)
+          f"{'gen CPU%':>8} {'media':>5}  verdict", flush=True)
     best = 0
     started = time.monotonic()
     last_step_s = 0.0
