@@ -1,4 +1,4 @@
-"""SRTP keyed by SDES against a real phone, and re-keying by re-INVITE in process.
+"""SRTP keyed by SDES, end to end: against a real phone (baresip), re-keying by re-INVITE, our own offer.
 
 baresip with its srtp module (``mediaenc=srtp-mand``) calls the
 agent through Kamailio, and the two talk, hold, resume and hang up over SRTP.
@@ -47,6 +47,7 @@ from sipagent.sdp import (
     make_offer,
     offer_crypto,
 )
+from sipagent.sdp.crypto import parse_crypto
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.peers]
 
@@ -323,3 +324,45 @@ async def _rekey(tmp_path: Path) -> None:
         caller_keys = [base64.b64encode(key).decode() for key in (first.local_key, renewed.srtp.local_key)]
         assert not [key for key in caller_keys for answer in caller.answers if key in answer]
         assert endpoint.srtp_dropped <= 5, endpoint.srtp_dropped  # only packets in flight across the re-key
+
+
+# ------------------------------------------------------- the UA: our own SRTP offer (late offer)
+
+
+def test_a_late_offer_with_srtp_required_offers_savp_and_reads_the_key_from_the_ack() -> None:
+    """An INVITE without SDP and media.srtp required: our 200 OK offers RTP/SAVP with one fresh key per
+    suite; the caller's answer in the ACK picks one line by its tag, and the call's SRTP pairs our key of that
+    line with the caller's."""
+    from test_sip_direct import OFFER, ScriptedPeer, run, to_tag
+
+    from sipagent.sip.ua import IncomingCall, UserAgent
+
+    answered: list[NegotiatedMedia] = []
+
+    async def on_call(call: IncomingCall) -> None:
+        answered.append(await call.answer("127.0.0.1", 41004))
+        await call.ended.wait()
+
+    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        peer.request("INVITE", 1)
+        ok = await peer.status(200, "INVITE")
+        offer = SessionDescription.parse(ok.split(b"\r\n\r\n", 1)[1])
+        (audio,) = offer.media
+        assert audio.proto == "RTP/SAVP" and audio.port == 41004
+        ours = {crypto.tag: crypto for crypto in (parse_crypto(v or "") for n, v in audio.attributes if n == "crypto")}
+        assert [c.suite for c in ours.values()] == ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]
+        assert len({c.key for c in ours.values()}) == 2  # a key per line
+        theirs = CryptoAttribute(2, "AES_CM_128_HMAC_SHA1_32", bytes(range(30)))
+        answer = (OFFER.format(direction="sendrecv").replace("RTP/AVP", "RTP/SAVP")
+                  + f"a=crypto:{theirs.to_value()}\r\n")
+        peer.ack(1, to_tag(ok), body=answer)
+        for _ in range(50):
+            if answered:
+                break
+            await asyncio.sleep(0.05)
+        assert answered and answered[0].srtp == SrtpParams("AES_CM_128_HMAC_SHA1_32", 2, ours[2].key, theirs.key)
+        peer.request("BYE", 2, to_tag=to_tag(ok))
+        await peer.status(200, "BYE")
+
+    run(scenario, on_call, srtp="required", srtp_over_insecure_signalling=True,
+        srtp_suites=["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"])
