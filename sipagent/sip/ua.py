@@ -33,6 +33,7 @@ from sipagent.sdp import (
     negotiate,
     offer_crypto,
 )
+from sipagent.sdp.crypto import DEFAULT_SUITES
 from sipagent.sip.admission import (
     LOOPBACK,
     BudgetLimits,
@@ -120,8 +121,7 @@ class UaSettings:
     min_se: int = 90
     context_headers: list[str] = field(default_factory=list)  # INVITE headers kept in ``IncomingCall.identity``
     srtp: str = "off"  # media.srtp: off | optional | required
-    srtp_suites: list[str] = field(default_factory=lambda: ["AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80",
-                                                            "AES_CM_128_HMAC_SHA1_32"])
+    srtp_suites: list[str] = field(default_factory=lambda: list(DEFAULT_SUITES))  # media.srtp_suites
     srtp_over_insecure_signalling: bool = False  # SDES keys taken from offers that did not come over TLS
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     transport_limits: TransportLimits = field(default_factory=TransportLimits)
