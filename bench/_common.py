@@ -78,13 +78,16 @@ def agent_config(
     jitter_ms: int = 60,
     realtime_url: str = "",
     audio_format: str = "pcm16",
+    srtp: bool = False,
 ) -> dict[str, Any]:
     """A direct-mode agent on 127.0.0.1 with the local backend in-process, or at ``realtime_url`` (a
-    ``sipagent local-realtime`` in another process); nothing written to disk."""
+    ``sipagent local-realtime`` in another process); nothing written to disk. ``srtp``: SRTP required, its
+    SDES keys taken over the benchmark's plain UDP signalling (loopback)."""
+    secure = {"srtp": "required", "srtp_over_insecure_signalling": True} if srtp else {}
     return {
         "sip": {"registrar": "", "username": "agent", "listen": f"127.0.0.1:{sip_port}",
                 "max_calls": max_calls},
-        "media": {"rtp_ports": rtp_ports, "codecs": list(codecs), "jitter_ms": jitter_ms},
+        "media": {"rtp_ports": rtp_ports, "codecs": list(codecs), "jitter_ms": jitter_ms, **secure},
         "realtime": {
             "provider": "local", "url": realtime_url, "audio_format": audio_format, "instructions": "bench",
             "turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms},

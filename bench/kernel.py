@@ -6,7 +6,9 @@ Chains per 20 ms frame, G.711 and G.722:
 Alternatives: audioop (ratecv + lin2ulaw/ulaw2lin; Python 3.11 only), soxr streaming + a NumPy table
 codec (G.722 via the `g722` PyPI package), scipy.signal.resample_poly per frame (stateless). Prints
 medians, ratios vs ours, calls per core (20 ms / (in + out)), worst added latency from buffering, the
-24k->8k stopband rejection of each resampler, and callgrind instruction counts per frame.
+24k->8k stopband rejection of each resampler, and callgrind instruction counts per frame. Then the cost SRTP
+adds per 20 ms packet (protect before sending, unprotect on arrival; libsrtp through pylibsrtp, as
+sipagent/rtp/srtp.py calls it), per suite, against the kernel's PCMU chain.
 
 Run: PYTHONPATH=. .venv/bin/python bench/kernel.py [--no-callgrind]   (well under 2 minutes)
 """
@@ -17,6 +19,7 @@ import importlib
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from sipagent.media import kernel
+from sipagent.rtp.srtp import PROFILES, SrtpContext
 
 FRAME_MS = 20
 FRAMES = 500  # 10 s of audio per timing pass
@@ -239,6 +243,7 @@ def resamplers_24_to_8(audioop: Any, soxr: Any, signal: Any) -> dict[str, Callab
 CALLGRIND_CHILD = """
 import sys
 from sipagent.media import kernel
+from sipagent.rtp.srtp import PROFILES, SrtpContext
 codec, frames = sys.argv[1], int(sys.argv[2])
 dec, enc = kernel.Decoder24k(codec), kernel.Encoder24k(codec)
 pcm = bytes(range(256)) * 4
@@ -262,6 +267,38 @@ def callgrind_instructions(codec: str, frames: int = 200) -> dict[str, float]:
                 totals = [ln for ln in fh if ln.startswith(("totals:", "summary:"))]
             result[fn] = int(totals[0].split()[1]) / (frames + 1)  # +1: the warm-up encode
     return result
+
+
+def srtp_per_packet_us(suite: str, payloads: list[bytes]) -> tuple[float, float]:
+    """Median µs to protect, and to unprotect, one 20 ms RTP packet; fresh contexts per repeat, since
+    libsrtp refuses a sequence number twice (replay protection) on both sides."""
+    key_len = 28 if "GCM" in suite else 30
+    packets = [struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x1234) + p for seq, p in enumerate(payloads)]
+    protect_runs, unprotect_runs = [], []
+    for _ in range(REPEATS):
+        tx, rx = SrtpContext(suite, b"\x01" * key_len, b"\x02" * key_len), SrtpContext(suite, b"\x02" * key_len,
+                                                                                      b"\x01" * key_len)
+        t0 = time.perf_counter_ns()
+        wire = [tx.protect(packet) for packet in packets]
+        t1 = time.perf_counter_ns()
+        opened = [rx.unprotect(data) for data in wire]
+        t2 = time.perf_counter_ns()
+        assert opened == packets and rx.dropped == 0
+        protect_runs.append((t1 - t0) / len(packets) / 1000)
+        unprotect_runs.append((t2 - t1) / len(packets) / 1000)
+    return statistics.median(protect_runs), statistics.median(unprotect_runs)
+
+
+def srtp_table(pcm: bytes, frames24: list[bytes]) -> None:
+    payloads = [kernel.Encoder24k("PCMU").encode(pcm)[i : i + 160] for i in range(0, len(pcm) // 6, 160)]
+    base = per_frame_us(ours("PCMU")[0], payloads) + per_frame_us(ours("PCMU")[1], frames24)
+    print(f"\nSRTP per 20 ms packet (PCMU, 172 B of RTP), µs; the kernel's PCMU in+out is {base:.2f} µs:")
+    print(f"  {'suite':24} {'protect':>8} {'unprotect':>9} {'both':>8} {'vs kernel':>9} {'packet pairs/core':>17}")
+    for suite in sorted(PROFILES):
+        protect, unprotect = srtp_per_packet_us(suite, payloads)
+        both = protect + unprotect
+        print(f"  {suite:24} {protect:8.2f} {unprotect:9.2f} {both:8.2f} {both / base:8.1f}x "
+              f"{FRAME_MS * 1000 / both:17.0f}")
 
 
 def main() -> None:
@@ -305,6 +342,7 @@ def main() -> None:
     for name, make in resamplers_24_to_8(audioop, soxr, signal).items():
         stop, trans = worst_rejection_db(make, STOP_TONES), worst_rejection_db(make, TRANSITION_TONES)
         print(f"  {name:9} {stop:10.1f} dB {trans:11.1f} dB")
+    srtp_table(pcm, frames24)
     if "--no-callgrind" not in sys.argv and shutil.which("valgrind"):
         print("\ncallgrind instructions per 20 ms frame (C entry point, inclusive):")
         for codec in ("PCMU", "G722"):

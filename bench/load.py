@@ -23,8 +23,11 @@ Measured inside the agent process, over a ``--seconds`` window after all N calls
 
 Verdict per step against the named goal: p99 <= 2 ms and no underrun. Stops at the first failing step.
 
+``--srtp`` runs every step twice, plain RTP then SRTP (media.srtp: required, AES_CM_128_HMAC_SHA1_80 keyed by
+SDES, the callers protecting and checking every packet too), so that the two are compared in one run.
+
 Usage: python bench/load.py [--counts 10,50,100,200,300] [--seconds 8] [--budget 300] [--pin]
-                            [--backend process|inprocess]
+                            [--backend process|inprocess] [--srtp]
 """
 
 from __future__ import annotations
@@ -77,16 +80,21 @@ class Step:
     setup_s: float
     backend_cpu_pct: float
     bench_cpu_pct: float
+    srtp: bool = False
 
     @property
     def ok(self) -> bool:
         return self.answered == self.n and self.p99 <= GOAL_P99_MS and self.underruns == 0
 
 
+SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80",)  # what Asterisk and FreeSWITCH offer first
+
+
 async def dial_all(target: str, n: int, clock: MediaClock, ports: PortAllocator,
-                   concurrency: int) -> list[QuietCaller]:
+                   concurrency: int, srtp: bool = False) -> list[QuietCaller]:
     gate = asyncio.Semaphore(concurrency)
-    callers = [QuietCaller(clock, ports, target, codec="PCMU", user=f"load{i}") for i in range(n)]
+    callers = [QuietCaller(clock, ports, target, codec="PCMU", user=f"load{i}", srtp=SRTP_SUITES if srtp else ())
+               for i in range(n)]
 
     async def dial(caller: QuietCaller) -> None:
         async with gate:
@@ -101,13 +109,13 @@ async def dial_all(target: str, n: int, clock: MediaClock, ports: PortAllocator,
 
 async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, external: bool,
                    pinned: bool, audio_format: str, profile: str = "", verbose: bool = False,
-                   lead_ms: int = 100) -> Step:
+                   lead_ms: int = 100, srtp: bool = False) -> Step:
     sip_port = free_udp_port()
     backend = BackendProcess(workdir / f"load-{n}.yaml", free_tcp_port(), cpus="1" if pinned else None,
                              lead_ms=lead_ms)
     config = write_config(workdir / f"load-{n}.yaml",
                           agent_config(sip_port, realtime_url=backend.url if external else "",
-                                       audio_format=audio_format))
+                                       audio_format=audio_format, srtp=srtp))
     agent = AgentProcess(config, log_path=workdir / f"agent-{n}.log", cpus="0" if pinned else None)
     if external:
         backend.start()
@@ -121,7 +129,7 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
         await asyncio.sleep(0.5)
         idle = agent.stats.sample()
         t0 = time.monotonic()
-        callers = await dial_all(f"sip:agent@127.0.0.1:{sip_port}", n, clock, ports, concurrency)
+        callers = await dial_all(f"sip:agent@127.0.0.1:{sip_port}", n, clock, ports, concurrency, srtp)
         setup = time.monotonic() - t0
         # The window opens once every caller hears its greeting (the first synthesis is behind us).
         deadline = time.monotonic() + 15.0
@@ -159,7 +167,7 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
     dev = figures["dev"]
     return Step(n, len(callers), dev["p50"], dev["p99"], dev["max"], figures["underruns"],
                 figures["underrun_frames"], 100 * cpu / wall, busy.rss_kb / 1024, idle.rss_kb / 1024, setup,
-                100 * backend_cpu / wall, 100 * bench_cpu / wall)
+                100 * backend_cpu / wall, 100 * bench_cpu / wall, srtp)
 
 
 def py_spy(pid: int, seconds: float, path: str, cpus: str | None) -> subprocess.Popen[bytes]:
@@ -170,6 +178,18 @@ def py_spy(pid: int, seconds: float, path: str, cpus: str | None) -> subprocess.
     return subprocess.Popen([*taskset(cpus), spy, "record", "--pid", str(pid), "--duration",
                              str(max(1, int(seconds))), "--rate", "250", "--nonblocking", "--format", "raw",
                              "--output", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def report(step: Step, external: bool) -> None:
+    if external and step.backend_cpu_pct == 0:
+        print("  WARNING: the backend used no CPU: is the agent connected to it? (SIPAGENT_BENCH_LOG_DIR)")
+    per_call_mb = (step.rss_mb - step.rss_idle_mb) / max(1, step.answered)
+    print(f"{step.n:>5} {step.answered:>5} {step.p50:>7.3f} {step.p99:>7.3f} "
+          f"{step.worst:>7.2f} {step.p99 / GOAL_P99_MS:>7.2f}x {step.underruns:>3}/{step.underrun_frames:<4} "
+          f"{step.cpu_pct:>6.1f} {step.cpu_pct / max(1, step.answered):>9.3f} {step.rss_mb:>7.1f} "
+          f"{per_call_mb:>7.3f} {step.setup_s:>7.1f} {step.backend_cpu_pct:>7.1f} "
+          f"{step.bench_cpu_pct:>8.1f} {'srtp' if step.srtp else 'rtp':>5}  {'holds' if step.ok else 'BREAKS'}",
+          flush=True)
 
 
 def main() -> int:
@@ -187,6 +207,8 @@ def main() -> int:
                         help="realtime.audio_format: g711_ulaw passes the callers' PCMU through untouched")
     parser.add_argument("--profile", default="", metavar="PREFIX",
                         help="py-spy the agent, backend and this process over each window (PREFIX-N-WHO.txt)")
+    parser.add_argument("--srtp", action="store_true",
+                        help="run each step with plain RTP and again with SRTP (SDES), and compare")
     parser.add_argument("--verbose", action="store_true", help="print the agent's own figures per step")
     parser.add_argument("--backend-lead-ms", type=int, default=100, metavar="MS",
                         help="how far ahead of real time the backend streams the greeting (local-realtime "
@@ -204,7 +226,7 @@ def main() -> int:
           f"{os.cpu_count()} CPUs")
     print(f"{'N':>5} {'up':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'p99/goal':>8} {'underrun':>8} "
           f"{'CPU%':>6} {'CPU%/call':>9} {'RSS MB':>7} {'MB/call':>7} {'setup s':>7} {'bk CPU%':>7} "
-          f"{'gen CPU%':>8}  verdict", flush=True)
+          f"{'gen CPU%':>8} {'media':>5}  verdict", flush=True)
     best = 0
     started = time.monotonic()
     last_step_s = 0.0
@@ -214,19 +236,14 @@ def main() -> int:
                 print(f"(stopping before N={n}: the --budget of {args.budget:g} s would be exceeded)")
                 break
             t = time.monotonic()
-            step = run_loop(run_step(n, args.seconds, Path(tmp), args.concurrency,
-                                        args.backend == "process", args.pin, args.audio_format,
-                                        args.profile, args.verbose, args.backend_lead_ms))
+            steps = [run_loop(run_step(n, args.seconds, Path(tmp), args.concurrency,
+                                       args.backend == "process", args.pin, args.audio_format,
+                                       args.profile, args.verbose, args.backend_lead_ms, srtp))
+                     for srtp in ((False, True) if args.srtp else (False,))]
             last_step_s = time.monotonic() - t
-            if args.backend == "process" and step.backend_cpu_pct == 0:
-                print("  WARNING: the backend used no CPU: is the agent connected to it? (SIPAGENT_BENCH_LOG_DIR)")
-            per_call_mb = (step.rss_mb - step.rss_idle_mb) / max(1, step.answered)
-            print(f"{step.n:>5} {step.answered:>5} {step.p50:>7.3f} {step.p99:>7.3f} {step.worst:>7.2f} "
-                  f"{step.p99 / GOAL_P99_MS:>7.2f}x {step.underruns:>3}/{step.underrun_frames:<4} "
-                  f"{step.cpu_pct:>6.1f} {step.cpu_pct / max(1, step.answered):>9.3f} {step.rss_mb:>7.1f} "
-                  f"{per_call_mb:>7.3f} {step.setup_s:>7.1f} {step.backend_cpu_pct:>7.1f} "
-                  f"{step.bench_cpu_pct:>8.1f}  {'holds' if step.ok else 'BREAKS'}", flush=True)
-            if step.ok:
+            for step in steps:
+                report(step, args.backend == "process")
+            if all(step.ok for step in steps):
                 best = max(best, n)
             elif not args.keep_going:
                 break

@@ -27,7 +27,7 @@ from sipagent.bridge.settings import AgentProfile
 from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
 from sipagent.config import Config, load_config
-from sipagent.errors import ConfigError, RealtimeError, SdpError
+from sipagent.errors import ConfigError, RealtimeError, SdpError, SrtpRefused
 from sipagent.media.clock import MediaClock
 from sipagent.media.kernel import CODEC_SILENCE, transcode
 from sipagent.media.playout import PlayoutQueue
@@ -41,7 +41,8 @@ from sipagent.realtime.local.server import LocalRealtimeServer
 from sipagent.realtime.providers import Endpoint, endpoint_for
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.ports import PortAllocator
-from sipagent.sdp import NegotiatedMedia
+from sipagent.rtp.srtp import SrtpContext
+from sipagent.sdp import NegotiatedMedia, SrtpParams
 from sipagent.sip.admission import BudgetLimits
 from sipagent.sip.transport import TransportLimits
 from sipagent.sip.ua import IncomingCall, SipAccount, UaSettings, UserAgent
@@ -110,9 +111,18 @@ class _CallMedia:
         self.bridge: CallBridge | None = None  # there is none yet at the answer
         self.codec = ""  # none yet: the endpoint's frame until the answer is a placeholder
         self.remote: tuple[str, int] | None = None
+        self.srtp: SrtpParams | None = None
 
     def apply(self, media: NegotiatedMedia) -> None:
         endpoint, bridge = self.endpoint, self.bridge
+        if media.srtp != self.srtp:
+            # First, so that not one packet goes out under the old keys (or in the clear) to the new media.
+            # An unchanged negotiation (a hold, a refresh) keeps the context: its rollover counters and
+            # replay window go on.
+            self.srtp = media.srtp
+            endpoint.set_crypto(SrtpContext(media.srtp.suite, media.srtp.local_key, media.srtp.remote_key)
+                                if media.srtp is not None else None)
+            log.info("media: %s", f"SRTP {media.srtp.suite}" if media.srtp else "plain RTP")
         if media.codec != self.codec:
             previous, self.codec = self.codec, media.codec
             # Audio still queued for the caller was encoded in the old codec: it goes on, re-encoded.
@@ -169,6 +179,8 @@ class Agent:
         self._foreign_ended = 0
         self._foreign_seen = 0
         self._reconnects_seen = 0  # registrar connections lost, as counted into metrics
+        self._srtp_dropped_ended = 0
+        self._srtp_dropped_seen = 0
         hook = config.events.webhook
         # Call events go through one process-wide sender, off every call's path (None: events are off).
         self.events = EventSender(hook, self.metrics) if hook is not None else None
@@ -178,6 +190,11 @@ class Agent:
         problem = directory_problem(Path(recording.dir)) if recording.transcripts or recording.audio else None
         if problem is not None:  # calls are still answered; each one's writer reports its own failure
             log.warning("recording.dir: %s; calls will be answered without transcripts or recordings", problem)
+        media = self.config.media
+        if media.srtp == "optional" and self.config.sip.transport != "tls" and not media.srtp_over_insecure_signalling:
+            # Not an error (plain offers are answered), but every RTP/SAVP offer will get 488: say so once.
+            log.warning("media.srtp: optional over sip.transport %s: RTP/SAVP offers will be refused, since SDES "
+                        "keys are taken only over TLS (media.srtp_over_insecure_signalling)", self.config.sip.transport)
         self._local_server, self._endpoint = await realtime_endpoint(self.config)
         if self.events is not None:
             self.events.start()
@@ -215,6 +232,9 @@ class Agent:
             foreign = self._foreign_ended + sum(endpoint.foreign_packets for endpoint in self._endpoints)
             self.metrics.add_rtp_foreign(foreign - self._foreign_seen)
             self._foreign_seen = foreign
+            dropped = self._srtp_dropped_ended + sum(endpoint.srtp_dropped for endpoint in self._endpoints)
+            self.metrics.add_srtp_dropped(dropped - self._srtp_dropped_seen)
+            self._srtp_dropped_seen = dropped
             late = self.clock.late_ticks + self.clock.skipped_ticks
             if late > self._late_ticks_seen:
                 self.metrics.add_late_ticks(late - self._late_ticks_seen)
@@ -318,8 +338,8 @@ class Agent:
             try:
                 media = await call.answer(rtp_host, endpoint.local_port)
             except SdpError as exc:
-                log.info("no common codec: %s", exc)
-                self._count("rejected-codec")
+                log.info("offer refused (488): %s", exc)
+                self._count("rejected-srtp" if isinstance(exc, SrtpRefused) else "rejected-codec")
                 return
             if call.ended.is_set():
                 self._count("cancelled")
@@ -368,6 +388,7 @@ class Agent:
             endpoint.close()
             self._endpoints.discard(endpoint)
             self._foreign_ended += endpoint.foreign_packets
+            self._srtp_dropped_ended += endpoint.srtp_dropped
             self.bridges.pop(call.call_id, None)
 
     def _emit(self, build: Callable[[], Any]) -> None:
@@ -469,6 +490,8 @@ def ua_settings(config: Config) -> UaSettings:
         public_host=sip.public_address or None, expires=sip.expires, max_calls=sip.max_calls,
         trusted_hosts=list(sip.trusted_hosts), codecs=list(config.media.codecs), user_agent=sip.user_agent,
         aliases=list(sip.aliases), allow_any_caller=sip.allow_any_caller, context_headers=context_headers(config),
+        srtp=config.media.srtp, srtp_suites=list(config.media.srtp_suites),
+        srtp_over_insecure_signalling=config.media.srtp_over_insecure_signalling,
         session_expires=sip.session_expires, min_se=sip.min_se,
         accounts=[SipAccount(account.name, account.username, account.password, account.auth_user,
                              account.expires or sip.expires) for account in config.accounts()],

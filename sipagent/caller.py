@@ -27,7 +27,16 @@ from sipagent.media.playout import PlayoutQueue
 from sipagent.media.vad import level_db
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.ports import PortAllocator
-from sipagent.sdp import LocalSession, NegotiatedMedia, SessionDescription, accept_answer, make_offer
+from sipagent.rtp.srtp import SrtpContext
+from sipagent.sdp import (
+    LocalSession,
+    NegotiatedMedia,
+    SessionDescription,
+    SrtpPolicy,
+    accept_answer,
+    make_offer,
+    offer_crypto,
+)
 from sipagent.sip.headers import new_branch, new_call_id, new_tag
 from sipagent.sip.message import Headers, SipRequest, SipResponse, build_response, parse_message
 
@@ -111,11 +120,14 @@ class SipCaller:
     """One outgoing call. ``await dial()``, then ``play()``/``send_dtmf()``, then ``hangup()``."""
 
     def __init__(self, clock: MediaClock, ports: PortAllocator, target: str, *, codec: str = "PCMU",
-                 host: str = "127.0.0.1", user: str = "caller", display: str = "sipagent caller") -> None:
+                 host: str = "127.0.0.1", user: str = "caller", display: str = "sipagent caller",
+                 srtp: tuple[str, ...] = ()) -> None:
+        """``srtp``: offer RTP/SAVP with SDES keys for these suites (in this order) instead of plain RTP."""
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {', '.join(CODECS)}")
         self.clock, self.ports, self.target, self.codec, self.host = clock, ports, target, codec, host
         self.user, self.display = user, display
+        self.srtp = srtp
         self.call_id = new_call_id(host)
         self.from_tag = new_tag()
         self.to_header = f"<{target}>"
@@ -160,6 +172,7 @@ class SipCaller:
                                      on_dtmf=lambda digit, ms: self.dtmf_heard.append((digit, ms)))
         self._endpoint.playout = _ObservedPlayout(CODEC_SILENCE[self.codec], Decoder24k(self.codec), self.sent)
         offer = self._offer(self._endpoint.local_port)
+        offer_sdp = SessionDescription.parse(offer)
         response = await self._request("INVITE", self.target, offer, content_type="application/sdp",
                                        timeout=timeout, final=True)
         if response.status >= 300:
@@ -171,17 +184,21 @@ class SipCaller:
             self.remote_target = contact.strip().lstrip("<").split(">")[0]
         self._send_ack()
         try:
-            media = accept_answer(SessionDescription.parse(response.body))
+            media = accept_answer(SessionDescription.parse(response.body), offer_sdp)
         except SdpError as exc:
             await self.hangup()
             raise CallFailed(f"unusable SDP answer: {exc}") from exc
         self.media = media
+        if media.srtp is not None:
+            self._endpoint.set_crypto(SrtpContext(media.srtp.suite, media.srtp.local_key, media.srtp.remote_key))
         self._endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type,
                                   media.dtmf_payload_type)
         self.answered_at = time.monotonic()
 
     def _offer(self, rtp_port: int) -> bytes:
-        offer = make_offer([self.codec], self.host, rtp_port, LocalSession("caller"), dtmf_payload_type=DTMF_PT)
+        crypto = offer_crypto(SrtpPolicy(mode="required", suites=self.srtp)) if self.srtp else None
+        offer = make_offer([self.codec], self.host, rtp_port, LocalSession("caller"), dtmf_payload_type=DTMF_PT,
+                           crypto=crypto)
         return offer.to_bytes()
 
     def _headers(self, method: str, cseq: int, branch: str) -> Headers:

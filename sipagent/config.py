@@ -42,6 +42,7 @@ from sipagent.bridge.settings import (
 from sipagent.bridge.tools import CONTEXT_KEY
 from sipagent.bridge.webhook import RequestRefused, prepare
 from sipagent.errors import ConfigError, SipParseError
+from sipagent.sdp.crypto import DEFAULT_SUITES, SUITES
 from sipagent.sip.admission import parse_network
 from sipagent.sip.identity import MAX_HEADERS as MAX_CONTEXT_HEADERS
 from sipagent.sip.tls import TlsSettings, TlsSetupError, client_context, server_context
@@ -162,6 +163,11 @@ class MediaConfig:
     jitter_ms: int = 60
     symmetric_rtp: bool = True
     rtp_timeout_s: float = 30.0  # no media for this long (not on hold): the call is ended and counted
+    # SRTP keyed by SDES (RFC 4568): off (plain RTP only), optional (SRTP when offered) or required.
+    srtp: Literal["off", "optional", "required"] = "off"
+    srtp_suites: list[str] = field(default_factory=lambda: list(DEFAULT_SUITES))
+    # SDES keys travel in the SDP: taken only from offers that came over TLS, unless this says otherwise.
+    srtp_over_insecure_signalling: bool = False
 
     @property
     def rtp_port_range(self) -> tuple[int, int]:
@@ -250,6 +256,13 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = field(default="", compare=False)
 
+    def _srtp(self) -> str:
+        media = self.media
+        if media.srtp == "off":
+            return "off"
+        keys = "keys over any signalling" if media.srtp_over_insecure_signalling else "keys over TLS only"
+        return f"{media.srtp} ({', '.join(media.srtp_suites)}; {keys})"
+
     def summary(self) -> str:
         """A short human summary for ``sipagent check`` (no secrets)."""
         sip = self.sip
@@ -262,7 +275,7 @@ class Config:
             f"sip:       {mode}, {sip.transport} on {sip.listen}, up to {sip.max_calls} calls",
             *([f"tls:       {self._tls()}"] if sip.transport == "tls" else []),
             f"media:     codecs {', '.join(self.media.codecs)}, RTP {self.media.rtp_ports}, "
-            f"jitter {self.media.jitter_ms} ms",
+            f"jitter {self.media.jitter_ms} ms, SRTP {self._srtp()}",
             f"realtime:  {rt.provider} ({rt.dialect}, {rt.model}) via {backend}, audio {rt.audio_format}, "
             f"api key {'set' if rt.api_key else 'not set'}",
             f"agent:     {len(self.agent.tools)} tools, barge-in {self.agent.barge_in.mode}, "
@@ -708,6 +721,19 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
             raise fail("media.codecs", f"expected codecs from {', '.join(CODECS)}, got \"{codec}\"")
         normalised.append(name)
     media.codecs = normalised
+    if not media.srtp_suites:
+        raise fail("media.srtp_suites", f"expected a list of suites from {', '.join(SUITES)}")
+    for i, suite in enumerate(media.srtp_suites):
+        if suite.upper() not in SUITES:
+            raise fail(f"media.srtp_suites[{i}]", f'expected a suite from {", ".join(SUITES)}, got "{suite}"')
+        if suite.upper() in [s.upper() for s in media.srtp_suites[:i]]:
+            raise fail(f"media.srtp_suites[{i}]", f'"{suite}" is listed twice')
+    media.srtp_suites = [suite.upper() for suite in media.srtp_suites]
+    if media.srtp == "required" and sip.transport != "tls" and not media.srtp_over_insecure_signalling:
+        raise fail("media.srtp", f"required, but SDES keys are taken only over TLS and sip.transport is "
+                                 f"{sip.transport}: every call would be refused (use sip.transport: tls, or set "
+                                 "media.srtp_over_insecure_signalling: true, knowing the keys then travel in the "
+                                 "clear)")
     if not 0 <= media.jitter_ms <= 1000:
         raise fail("media.jitter_ms", f"expected 0 to 1000, got {media.jitter_ms}")
     if rt.provider in ("openai", "azure") and not rt.api_key:

@@ -45,6 +45,12 @@ class SdpError(SipagentError):
     """An SDP body could not be parsed or negotiated."""
 
 
+class SrtpRefused(SdpError):
+    """An offer was refused for its media security alone (a codec would have matched): SRTP off or
+    required (``media.srtp``), SDES keys over signalling that does not protect them, or no usable crypto
+    attribute. Counted apart from codec mismatches, since the fix is in another setting."""
+
+
 class RtpError(SipagentError):
     """An RTP/RTCP packet is malformed, or the media engine cannot do what was asked."""
 

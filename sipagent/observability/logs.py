@@ -55,6 +55,9 @@ _DIGEST_RESPONSE = re.compile(
     r"((?:authorization|digest)\b[^\r\n]*?\bresponse\s*=\s*)(\"[^\"\r\n]*\"|[^\s,\"]+)", re.IGNORECASE)
 _BEARER = re.compile(r"\b(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 _API_KEY_HEADER = re.compile(r"\b(api-key\s*[:=]\s*)[^\s,;\"']+", re.IGNORECASE)
+# SDES master keys in an SDP body (a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY|lifetime|MKI), as a SIP
+# trace shows it: the key goes, the tag, suite, lifetime and MKI stay (they are what one debugs).
+_SDES_KEY = re.compile(r"(\binline:)[A-Za-z0-9+/]+=*")
 
 
 # -- call id --------------------------------------------------------------------------------------------
@@ -124,7 +127,8 @@ class Redactor:
         text = self.redact_secrets(text)
         text = _DIGEST_RESPONSE.sub(lambda m: f'{m.group(1)}"{MASK}"', text)
         text = _BEARER.sub(rf"\g<1>{MASK}", text)
-        return _API_KEY_HEADER.sub(rf"\g<1>{MASK}", text)
+        text = _API_KEY_HEADER.sub(rf"\g<1>{MASK}", text)
+        return _SDES_KEY.sub(rf"\g<1>{MASK}", text)
 
 
 # -- formatters -----------------------------------------------------------------------------------------

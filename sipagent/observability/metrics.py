@@ -26,6 +26,7 @@ CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
 CallOutcome = Literal[
     "answered", "rejected-busy", "rejected-forbidden", "rejected-not-ours", "rejected-codec", "cancelled",
+    "rejected-srtp",  # 488 for the offer's media security alone (media.srtp, SDES keys over clear signalling)
     "remote-hangup",
     "agent-hangup", "transferred", "failover-hangup", "failover-transferred", "error",
     "time-limit",  # agent.max_call_s reached: the agent said max_call_message and hung up
@@ -115,6 +116,10 @@ class Metrics:
         self._rtp_foreign = Counter(p + "rtp_foreign_packets",
                                     "RTP packets dropped because they came from a source other than the call's",
                                     registry=r)
+        self._srtp_dropped = Counter(p + "srtp_dropped_packets",
+                                     "SRTP and SRTCP packets dropped because they failed authentication or the "
+                                     "replay check (forged, corrupted, replayed, or under another key)",
+                                     registry=r)
         self._recording_errors = Counter(p + "recording_errors",
                                          "Call transcripts or recordings stopped by a write failure (the call "
                                          "went on without them)", ["kind"], registry=r)
@@ -258,6 +263,10 @@ class Metrics:
     def add_rtp_foreign(self, count: int) -> None:
         if count > 0:
             self._rtp_foreign.inc(count)
+
+    def add_srtp_dropped(self, count: int) -> None:
+        if count > 0:
+            self._srtp_dropped.inc(count)
 
     def set_loop_lag(self, seconds: float) -> None:
         self._loop_lag.set(max(0.0, seconds))

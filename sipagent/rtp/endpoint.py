@@ -19,6 +19,12 @@ been silent for a second. Packets from any other address are dropped before they
 the statistics or DTMF (counted in ``foreign_packets``, logged once per latch), and nothing is sent to
 them: neither our audio nor our RTCP. RTCP is taken only from the current source's host and about its
 SSRC, and our RTCP follows the media source.
+
+With SRTP (``set_crypto``), every packet we send is protected just before ``sendto`` and every packet we
+receive is authenticated and decrypted first, before the latch, the statistics or the jitter buffer see
+it: a packet that fails is dropped and counted (``srtp_dropped``), so a forged packet can neither be
+played nor move the latch. The endpoint takes the context from the layer that agreed the keys and knows
+nothing of how (SDES in SDP, say).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from sipagent.rtp.rtcp import (
     ntp_middle,
     parse_compound,
 )
+from sipagent.rtp.srtp import SrtpContext
 from sipagent.rtp.stats import ReceiveStats
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,7 @@ class EndpointStats:
     send_errors: int
     remote_lost: int | None  # as the peer reports it in RTCP, None before its first report
     remote_jitter_ms: float | None
+    srtp_dropped: int = 0  # packets that failed SRTP/SRTCP authentication or replay checks (never played)
 
 
 class RtpEndpoint:
@@ -141,6 +149,8 @@ class RtpEndpoint:
         self._rx_ssrc: int | None = None
         self.foreign_packets = 0
         self.malformed = 0
+        self._crypto: SrtpContext | None = None
+        self._srtp_dropped_before = 0  # by the contexts that re-keys replaced
         self._dtmf_rx = DtmfReceiver()
         self._dtmf_tx = DtmfSender(SAMPLES_PER_TICK)
         # RTCP: spread reports of many calls over the interval.
@@ -200,6 +210,27 @@ class RtpEndpoint:
             self._rtcp_dest = None if signalled is None else (signalled[0], signalled[1] + 1)
             self._rtcp_latched = self._rtcp_mux = False
 
+    def set_crypto(self, crypto: SrtpContext | None) -> None:
+        """SRTP from the next packet on, with ``crypto`` (None: plain RTP). At the answer, before
+        ``set_remote`` (so that no packet leaves in the clear), and again when a re-INVITE changes either
+        key: a new context, whose replay window and rollover counters start afresh with the new keys.
+
+        A replaced context also gives our stream a new SSRC: the SSRC is part of the keystream's IV, so
+        even a new context under a key we used before (our key repeated in a mid-call offer) never
+        encrypts two packets with the same keystream, whatever the rollover counter had reached."""
+        if self._crypto is not None:
+            self._srtp_dropped_before += self._crypto.dropped
+            self.ssrc = secrets.randbits(32)
+            self._mark_at = self.packets_sent  # a new source starts with the marker bit
+        self._crypto = crypto
+        log.debug("rtp %s: %s", self.local_port, f"SRTP {crypto.suite}" if crypto else "plain RTP")
+
+    @property
+    def srtp_dropped(self) -> int:
+        """Packets dropped because they failed SRTP or SRTCP checks (authentication, replay, framing)."""
+        crypto = self._crypto
+        return self._srtp_dropped_before + (crypto.dropped if crypto is not None else 0)
+
     def set_codec(self, silence: bytes, convert: Callable[[bytes], bytes] | None = None) -> None:
         """The call's codec, as a 20 ms frame of its silence; at the answer and on each re-INVITE that
         changes it (the payload type comes with ``set_remote``). The jitter buffer starts over: what it
@@ -240,7 +271,7 @@ class RtpEndpoint:
             duplicates=js.duplicates, concealed=js.concealed, packets_sent=self.packets_sent,
             foreign_packets=self.foreign_packets, malformed=self.malformed, send_errors=self.send_errors,
             remote_lost=rr.cumulative_lost if rr else None,
-            remote_jitter_ms=rr.jitter / 8.0 if rr else None,
+            remote_jitter_ms=rr.jitter / 8.0 if rr else None, srtp_dropped=self.srtp_dropped,
         )
 
     def close(self) -> None:
@@ -278,6 +309,13 @@ class RtpEndpoint:
     def _on_rtp(self, data: bytes, addr: Address) -> None:
         if self.payload_type is None:
             return  # no remote yet: nothing to latch to
+        crypto = self._crypto
+        if crypto is not None:
+            # Authenticated first: the latch, the statistics and DTMF only ever see packets under the key.
+            plain = crypto.unprotect(data)
+            if plain is None:
+                return
+            data = plain
         try:
             pt, sequence, timestamp, ssrc, payload = parse_media(data)
         except RtpError:
@@ -366,6 +404,12 @@ class RtpEndpoint:
         if source is None or addr[0] != source[0]:
             self._foreign(addr)
             return
+        crypto = self._crypto
+        if crypto is not None:
+            plain = crypto.unprotect_rtcp(data)
+            if plain is None:
+                return
+            data = plain
         try:
             reports = parse_compound(data)
         except RtpError:
@@ -430,8 +474,11 @@ class RtpEndpoint:
             # The 12-byte header (build_header, inlined: this runs for every packet of every call).
             seq = self._seq
             self._seq = (seq + 1) & 0xFFFF
+            packet = _pack_header(0x80, b1, seq, timestamp, self.ssrc) + payload
+            if self._crypto is not None:
+                packet = self._crypto.protect(packet)
             try:
-                self._sock.sendto(_pack_header(0x80, b1, seq, timestamp, self.ssrc) + payload, dest)
+                self._sock.sendto(packet, dest)
             except OSError:  # buffer full, or ICMP unreachable from an earlier packet: drop, never block
                 self.send_errors += 1
             else:
@@ -476,6 +523,8 @@ class RtpEndpoint:
                                          self.octets_sent, blocks), self.cname)
         else:
             data = build_rr(ReceiverReport(self.ssrc, blocks), self.cname)
+        if self._crypto is not None:
+            data = self._crypto.protect_rtcp(data)
         sock = self._sock if self._rtcp_mux else self._rtcp_sock
         try:
             sock.sendto(data, dest)

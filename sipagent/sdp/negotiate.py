@@ -1,12 +1,23 @@
-"""SDP offer/answer (RFC 3264) for one audio stream: G.711 µ/A-law, G.722 and RFC 4733 DTMF."""
+"""SDP offer/answer (RFC 3264) for one audio stream: G.711 µ/A-law, G.722 and RFC 4733 DTMF, in the clear
+(RTP/AVP) or with SRTP keyed by SDES (RTP/SAVP with RFC 4568 ``a=crypto``, under an ``SrtpPolicy``)."""
 
 from __future__ import annotations
 
 import ipaddress
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sipagent.errors import SdpError
+from sipagent.errors import SdpError, SrtpRefused
+from sipagent.sdp.crypto import (
+    DEFAULT_SUITES,
+    SECURE_PROTOS,
+    CryptoAttribute,
+    KeySource,
+    SrtpParams,
+    choose,
+    crypto_lines,
+    new_key,
+)
 from sipagent.sdp.model import MediaDescription, RtpMap, SessionDescription
 
 # name -> (static payload type, RTP clock rate as written in SDP). G.722 says 8000 (RFC 3551 4.5.2).
@@ -32,6 +43,7 @@ class NegotiatedMedia:
     remote_port: int
     ptime: int
     direction: str
+    srtp: SrtpParams | None = None  # None: plain RTP
 
     @property
     def on_hold(self) -> bool:
@@ -42,6 +54,37 @@ class NegotiatedMedia:
     @property
     def may_send(self) -> bool:
         return self.direction in ("sendrecv", "sendonly") and not is_unspecified(self.remote_host)
+
+
+SRTP_MODES = ("off", "optional", "required")
+
+
+@dataclass(frozen=True)
+class SrtpPolicy:
+    """What we accept and offer for SRTP (``media.srtp``, ``media.srtp_suites``), for one offer.
+
+    ``mode``: "off" answers only plain RTP (an RTP/SAVP offer is refused, 488), "optional" answers an
+    RTP/SAVP offer with SRTP and a plain one plain, "required" refuses plain offers. ``keys_allowed``: the
+    signalling this offer came over protects the keys in it (TLS), or the operator allowed SDES over
+    signalling that does not (``media.srtp_over_insecure_signalling``); without it no SDES offer is taken,
+    whatever the mode. ``random_bytes`` makes our keys (``secrets.token_bytes``; fixed bytes in tests)."""
+
+    mode: str = "off"
+    suites: tuple[str, ...] = DEFAULT_SUITES
+    keys_allowed: bool = False
+    random_bytes: KeySource = field(default=secrets.token_bytes, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in SRTP_MODES:
+            raise ValueError(f"SRTP mode {self.mode!r} is not one of {', '.join(SRTP_MODES)}")
+
+    @property
+    def offers_srtp(self) -> bool:
+        """Our own offers are RTP/SAVP: SRTP is required and the keys may travel."""
+        return self.mode == "required" and self.keys_allowed
+
+
+PLAIN = SrtpPolicy()
 
 
 class LocalSession:
@@ -161,27 +204,65 @@ def negotiate(
     local_host: str,
     local_port: int,
     session: LocalSession | None = None,
+    srtp: SrtpPolicy = PLAIN,
+    current: SrtpParams | None = None,
 ) -> tuple[SessionDescription, NegotiatedMedia]:
-    """Answer ``offer``: the first audio stream with a codec from ``preferences`` (our order wins).
+    """Answer ``offer``: the first audio stream with a codec from ``preferences`` (our order wins) that
+    ``srtp`` allows: plain RTP/AVP, or RTP/SAVP with a crypto attribute we take.
 
-    Every other m= line is rejected with port 0 (RFC 3264 6). Raises SdpError (→ 488) when no
-    stream can be accepted.
+    ``current`` is the SRTP in use on the call (a re-INVITE): when the offer repeats the peer's crypto
+    attribute unchanged (tag, suite and key), our answer repeats our key, and the session goes on with the
+    same keys and state (RFC 4568 7.1.4 allows either; keeping it disturbs nothing). Any change of the
+    peer's key or suite, or SRTP that was not in use, gets a fresh key of ours, so a new key never meets an
+    old one. Every other m= line is rejected with port 0 (RFC 3264 6). Raises SdpError (→ 488) when no
+    stream can be accepted, with every reason in its message (never a key): SrtpRefused when a stream had a
+    codec we take and was refused for its security alone.
     """
     session = session or LocalSession()
-    chosen: tuple[MediaDescription, str, int, int | None] | None = None
+    chosen: tuple[MediaDescription, str, int, int | None, CryptoAttribute | None] | None = None
+    reasons: list[str] = []
+    srtp_only = False  # some stream had a codec we take, and was refused for its security alone
     for media in offer.media:
-        if media.media != "audio" or media.port == 0 or media.proto.upper() not in SUPPORTED_PROTOS:
+        proto = media.proto.upper()
+        if media.media != "audio" or media.port == 0 or proto not in SUPPORTED_PROTOS + SECURE_PROTOS:
             continue
+        crypto: CryptoAttribute | None = None
         table = _codec_table(media)
         found = _match(table, preferences)
-        if found is not None:
-            chosen = (media, found[0], found[1], _dtmf(table))
-            break
+        if found is None:
+            reasons.append("no common audio codec in offer")
+            continue
+        srtp_only = True
+        if proto in SECURE_PROTOS:
+            if srtp.mode == "off":
+                reasons.append(f"{media.proto} offered and media.srtp is off")
+                continue
+            if not srtp.keys_allowed:
+                reasons.append(f"{media.proto} with SDES keys over signalling that does not protect them "
+                               "(media.srtp_over_insecure_signalling)")
+                continue
+            try:
+                crypto = choose(crypto_lines(media.attributes), srtp.suites)
+            except SdpError as exc:
+                reasons.append(str(exc))
+                continue
+        elif srtp.mode == "required":
+            reasons.append(f"plain {media.proto} offered and media.srtp is required")
+            continue
+        chosen = (media, found[0], found[1], _dtmf(table), crypto)
+        break
     if chosen is None:
-        raise SdpError("no common audio codec in offer")
-    media, codec, pt, dtmf_pt = chosen
+        message = "; ".join(dict.fromkeys(reasons)) or "no common audio codec in offer"
+        raise SrtpRefused(message) if srtp_only else SdpError(message)
+    media, codec, pt, dtmf_pt, crypto = chosen
     remote_host = _ip_address(media.connection_address or offer.connection_address, "offer")
     direction = ANSWER_DIRECTION[_offer_direction(offer, media)]
+    params: SrtpParams | None = None
+    if crypto is not None:
+        same = (current is not None and current.suite == crypto.suite and current.tag == crypto.tag
+                and current.remote_key == crypto.key)
+        local_key = current.local_key if same and current is not None else new_key(crypto.suite, srtp.random_bytes)
+        params = SrtpParams(crypto.suite, crypto.tag, local_key, crypto.key)
 
     answer = SessionDescription(lines=[
         ("v", "0"),
@@ -192,7 +273,7 @@ def negotiate(
     ])
     for m in offer.media:
         if m is media:
-            answer.media.append(_answer_media(codec, pt, dtmf_pt, media, local_port, direction))
+            answer.media.append(_answer_media(codec, pt, dtmf_pt, media, local_port, direction, params))
         else:
             answer.media.append(MediaDescription(m.media, 0, m.proto, m.formats[:1] or ["0"]))
     negotiated = NegotiatedMedia(
@@ -204,12 +285,14 @@ def negotiate(
         remote_port=media.port,
         ptime=_ptime(offer, media),
         direction=direction,
+        srtp=params,
     )
     return answer, negotiated
 
 
 def _answer_media(
-    codec: str, pt: int, dtmf_pt: int | None, offered: MediaDescription, port: int, direction: str
+    codec: str, pt: int, dtmf_pt: int | None, offered: MediaDescription, port: int, direction: str,
+    srtp: SrtpParams | None = None,
 ) -> MediaDescription:
     formats = [str(pt)]
     lines = [("a", f"rtpmap:{pt} {codec}/{CODECS[codec][1]}")]
@@ -219,14 +302,23 @@ def _answer_media(
         lines.append(("a", f"fmtp:{dtmf_pt} {offered.fmtps().get(dtmf_pt) or '0-16'}"))
     lines.append(("a", f"ptime:{DEFAULT_PTIME}"))
     lines.append(("a", direction))
+    if srtp is not None:
+        lines.append(("a", "crypto:" + CryptoAttribute(srtp.tag, srtp.suite, srtp.local_key).to_value()))
     return MediaDescription("audio", port, offered.proto, formats, lines)
+
+
+def offer_crypto(srtp: SrtpPolicy) -> list[CryptoAttribute]:
+    """Our crypto attributes for an offer of our own: one per suite, in our order, each with its own key."""
+    return [CryptoAttribute(tag, suite, new_key(suite, srtp.random_bytes))
+            for tag, suite in enumerate(srtp.suites, start=1)]
 
 
 def make_offer(
     preferences: list[str], local_host: str, local_port: int, session: LocalSession,
-    direction: str = "sendrecv", dtmf_payload_type: int = 101,
+    direction: str = "sendrecv", dtmf_payload_type: int = 101, crypto: list[CryptoAttribute] | None = None,
 ) -> SessionDescription:
-    """Our own offer (a re-INVITE without SDP asks for one): every preferred codec plus DTMF."""
+    """Our own offer (a re-INVITE without SDP asks for one): every preferred codec plus DTMF; RTP/SAVP
+    with ``crypto`` (from ``offer_crypto``) when given."""
     names = [p.upper() for p in preferences if p.upper() in CODECS]
     formats = [str(CODECS[n][0]) for n in names] + [str(dtmf_payload_type)]
     lines = [("a", f"rtpmap:{CODECS[n][0]} {n}/{CODECS[n][1]}") for n in names]
@@ -236,6 +328,7 @@ def make_offer(
         ("a", f"ptime:{DEFAULT_PTIME}"),
         ("a", direction),
     ]
+    lines += [("a", "crypto:" + c.to_value()) for c in crypto or []]
     return SessionDescription(
         lines=[
             ("v", "0"),
@@ -244,12 +337,15 @@ def make_offer(
             ("c", f"IN {_addrtype(local_host)} {local_host}"),
             ("t", "0 0"),
         ],
-        media=[MediaDescription("audio", local_port, "RTP/AVP", formats, lines)],
+        media=[MediaDescription("audio", local_port, "RTP/SAVP" if crypto else "RTP/AVP", formats, lines)],
     )
 
 
-def accept_answer(answer: SessionDescription) -> NegotiatedMedia:
-    """Read the far end's answer to ``make_offer``: the first codec it kept is the one we send."""
+def accept_answer(answer: SessionDescription, offer: SessionDescription | None = None) -> NegotiatedMedia:
+    """Read the far end's answer to our ``offer`` (``make_offer``, or our last SDP sent again as an offer):
+    the first codec it kept is the one we send. When we offered crypto attributes, the answer must take one
+    of them (same tag and suite) with its own key, or SdpError."""
+    ours = _offered_crypto(offer)
     for media in answer.media:
         if media.media != "audio" or media.port == 0:
             continue
@@ -263,6 +359,33 @@ def accept_answer(answer: SessionDescription) -> NegotiatedMedia:
         return NegotiatedMedia(
             codec=found[0], payload_type=found[1], clock_rate=CODECS[found[0]][1],
             dtmf_payload_type=_dtmf(table), remote_host=host, remote_port=media.port,
-            ptime=_ptime(answer, media), direction=ANSWER_DIRECTION[their],
+            ptime=_ptime(answer, media), direction=ANSWER_DIRECTION[their], srtp=_answered_crypto(media, ours),
         )
     raise SdpError("answer accepts no audio codec we offered")
+
+
+def _offered_crypto(offer: SessionDescription | None) -> dict[int, CryptoAttribute]:
+    if offer is None:
+        return {}
+    for media in offer.media:
+        if media.media == "audio" and media.port != 0:
+            if media.proto.upper() not in SECURE_PROTOS:
+                return {}
+            return {c.tag: c for c in crypto_lines(media.attributes) if isinstance(c, CryptoAttribute)}
+    return {}
+
+
+def _answered_crypto(media: MediaDescription, ours: dict[int, CryptoAttribute]) -> SrtpParams | None:
+    secure = media.proto.upper() in SECURE_PROTOS
+    if not ours:
+        if secure:
+            raise SdpError(f"answer is {media.proto} to a plain offer")
+        return None
+    if not secure:
+        raise SdpError(f"answer is {media.proto} to an offer of SRTP")
+    answered = [c for c in crypto_lines(media.attributes) if isinstance(c, CryptoAttribute)]
+    for crypto in answered:
+        mine = ours.get(crypto.tag)
+        if mine is not None and mine.suite == crypto.suite:
+            return SrtpParams(crypto.suite, crypto.tag, mine.key, crypto.key)
+    raise SdpError("answer takes none of the crypto attributes we offered")

@@ -54,6 +54,7 @@ from sipagent.sip.tls import TlsHandshakeError, TlsSettings, client_context, des
 logger = logging.getLogger(__name__)
 wire_logger = logging.getLogger("sipagent.sip.wire")
 
+_SDES_KEY = re.compile(rb"(\binline:)[A-Za-z0-9+/]+=*")  # a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY|...
 _AUTH_LINE = re.compile(
     rb"^((?:Proxy-)?Authorization:[ \t]*\S+)[^\r\n]*", re.IGNORECASE | re.MULTILINE
 )
@@ -113,13 +114,14 @@ ClosedHandler = Callable[[Peer], None]
 
 
 def redact(data: bytes) -> bytes:
-    """Hide digest credentials (all but the username) in a traced message."""
+    """Hide digest credentials (all but the username) and SDES media keys (``inline:KEY``) in a traced
+    message, whatever handler its log record then goes to."""
 
     def keep_username(m: re.Match[bytes]) -> bytes:
         user = _USERNAME.search(m.group(0))
         return m.group(1) + b" " + (user.group(0) if user else b"") + b", <redacted>"
 
-    return _AUTH_LINE.sub(keep_username, data)
+    return _SDES_KEY.sub(rb"\1<redacted>", _AUTH_LINE.sub(keep_username, data))
 
 
 def _trace(direction: str, peer: Peer, data: bytes) -> None:

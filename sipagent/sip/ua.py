@@ -22,7 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sipagent.errors import SdpError, SipBuildError, SipParseError
-from sipagent.sdp import LocalSession, NegotiatedMedia, SessionDescription, accept_answer, make_offer, negotiate
+from sipagent.sdp import (
+    LocalSession,
+    NegotiatedMedia,
+    SessionDescription,
+    SrtpParams,
+    SrtpPolicy,
+    accept_answer,
+    make_offer,
+    negotiate,
+    offer_crypto,
+)
+from sipagent.sdp.crypto import DEFAULT_SUITES
 from sipagent.sip.admission import (
     LOOPBACK,
     BudgetLimits,
@@ -129,6 +140,9 @@ class UaSettings:
     min_se: int = 90
     context_headers: list[str] = field(default_factory=list)  # INVITE headers kept in ``IncomingCall.identity``
     accounts: list[SipAccount] = field(default_factory=list)
+    srtp: str = "off"  # media.srtp: off | optional | required
+    srtp_suites: list[str] = field(default_factory=lambda: list(DEFAULT_SUITES))  # media.srtp_suites
+    srtp_over_insecure_signalling: bool = False  # SDES keys taken from offers that did not come over TLS
     limits: BudgetLimits = field(default_factory=BudgetLimits)
     transport_limits: TransportLimits = field(default_factory=TransportLimits)
     tls: TlsSettings = field(default_factory=TlsSettings)  # used when transport is "tls"
@@ -270,7 +284,7 @@ class IncomingCall:
             return await self._answer_late_offer(rtp_host, rtp_port)
         try:
             answer, media = negotiate(self.offer, self._ua.settings.codecs, rtp_host, rtp_port,
-                                      session=self._sdp_session)
+                                      session=self._sdp_session, srtp=self._srtp_policy())
         except SdpError:
             self._ua._respond_in_dialog(self, self._invite, 488)
             self._end("rejected-sdp")
@@ -288,14 +302,16 @@ class IncomingCall:
     async def _answer_late_offer(self, rtp_host: str, rtp_port: int) -> NegotiatedMedia:
         """The INVITE had no SDP: offer every codec we carry in the 200 OK; the ACK carries the answer
         (RFC 3261 13.2.1). An ACK without a usable answer ends the call with BYE (SdpError raised)."""
-        offer = make_offer(self._ua.settings.codecs, rtp_host, rtp_port, self._sdp_session)
+        srtp = self._srtp_policy()
+        offer = make_offer(self._ua.settings.codecs, rtp_host, rtp_port, self._sdp_session,
+                           crypto=offer_crypto(srtp) if srtp.offers_srtp else None)
         self._rtp = (rtp_host, rtp_port)
         self._answer_sdp = offer  # our side of the session, re-sent on a refresh as after an answer
         self.state = "answering"
         self.dialog.confirm()
         body = await self._send_200_and_wait_ack(offer, carries_offer=True)
         try:
-            media = accept_answer(SessionDescription.parse(body))
+            media = accept_answer(SessionDescription.parse(body), offer)
         except SdpError as exc:
             logger.warning("call %s: the ACK carried no usable SDP answer (%s), hanging up", self.call_id, exc)
             await self.hangup()
@@ -304,6 +320,14 @@ class IncomingCall:
         logger.info("call %s: answered a late offer with %s, remote RTP %s:%s", self.call_id, media.codec,
                     media.remote_host, media.remote_port)
         return media
+
+    def _srtp_policy(self) -> SrtpPolicy:
+        """What this call may negotiate for SRTP: ``media.srtp`` and its suites, with SDES keys taken only
+        from signalling that protects them (TLS, the transport of the INVITE), unless the operator allowed
+        them over any (``media.srtp_over_insecure_signalling``)."""
+        settings = self._ua.settings
+        return SrtpPolicy(mode=settings.srtp, suites=tuple(settings.srtp_suites),
+                          keys_allowed=self._peer.transport == "TLS" or settings.srtp_over_insecure_signalling)
 
     async def _ringing_acknowledged(self) -> None:
         """Wait for the PRACK of our reliable 180, if we sent one: our 2xx may not overtake it (RFC 3262 3
@@ -487,7 +511,8 @@ class IncomingCall:
             return None
         try:
             offer = SessionDescription.parse(request.body)
-            answer, media = negotiate(offer, self._ua.settings.codecs, *self._rtp, session=self._sdp_session)
+            answer, media = negotiate(offer, self._ua.settings.codecs, *self._rtp, session=self._sdp_session,
+                                      srtp=self._srtp_policy(), current=self.media.srtp if self.media else None)
         except SdpError as exc:
             logger.info("call %s: %s offer refused: %s", self.call_id, request.method, exc)
             self._ua._respond_in_dialog(self, request, 488)
@@ -564,7 +589,7 @@ class IncomingCall:
         """The answer to an offer of ours made in mid-call (our refresh re-INVITE, or our 2xx to their
         re-INVITE without SDP, answered in the ACK): applied only if it moves the media."""
         try:
-            media = accept_answer(SessionDescription.parse(body))
+            media = accept_answer(SessionDescription.parse(body), self._answer_sdp)
         except SdpError as exc:
             logger.info("call %s: the answer to our mid-call offer is unusable (%s); media kept", self.call_id, exc)
             return
@@ -678,9 +703,10 @@ def _unsupported(request: SipRequest) -> list[str]:
     return [option for option in _options(request, "Require") if option not in SUPPORTED_OPTIONS]
 
 
-def _media_key(media: NegotiatedMedia) -> tuple[str, int, str, int, str]:
-    """What makes two negotiations the same media for the layer above (ptime and DTMF follow the codec)."""
-    return (media.codec, media.payload_type, media.remote_host, media.remote_port, media.direction)
+def _media_key(media: NegotiatedMedia) -> tuple[str, int, str, int, str, SrtpParams | None]:
+    """What makes two negotiations the same media for the layer above (ptime and DTMF follow the codec;
+    a new SRTP key is new media: the receive side must re-key)."""
+    return (media.codec, media.payload_type, media.remote_host, media.remote_port, media.direction, media.srtp)
 
 
 class UserAgent:

@@ -324,14 +324,16 @@ class Baresip:
 
     Its SIP port + 1 is left free because baresip also opens it (for TLS).
     ``codecs`` limits what the account offers and accepts (baresip names: "PCMU", "PCMA", "G722");
-    ``record`` loads the sndfile module, which writes what the phone hears (and sends) to WAV files.
+    ``record`` loads the sndfile module, which writes what the phone hears (and sends) to WAV files;
+    ``mediaenc`` loads the srtp module and sets the account's media encryption ("srtp-mand": SDES keys in
+    an RTP/SAVP offer, plain offers and answers refused; "srtp": SRTP offered in RTP/AVP, best effort).
     ``transport`` "tls" registers (and calls) over TLS, trusting the CA in ``ca_file``; ``registrar`` is then
     the registrar's TLS address.
     """
 
     def __init__(self, workdir: Path, user: str, registrar: str, *, answer: bool = False,
-                 codecs: list[str] | None = None, record: bool = False, transport: str = "udp",
-                 ca_file: Path | None = None) -> None:
+                 codecs: list[str] | None = None, record: bool = False, mediaenc: str | None = None,
+                 transport: str = "udp", ca_file: Path | None = None) -> None:
         self.workdir = workdir
         self.user = user
         self.registrar = registrar
@@ -340,6 +342,7 @@ class Baresip:
         self.answer = answer
         self.codecs = codecs
         self.record = record
+        self.mediaenc = mediaenc
         self.sip_port = free_port(span=2)
         self.ctrl_port = free_port()
         self.rtp_port = free_port(span=10)
@@ -370,6 +373,7 @@ class Baresip:
             "module g722.so",
             "module aufile.so",
             *(["module sndfile.so", f"snd_path {self.recordings_dir}"] if self.record else []),
+            *(["module srtp.so"] if self.mediaenc else []),
             "module_app account.so",
             "module_app menu.so",
             "module_app ctrl_tcp.so",
@@ -379,6 +383,8 @@ class Baresip:
         ])
         (self.workdir / "config").write_text(config)
         mode = ";answermode=auto" if self.answer else ""
+        if self.mediaenc:
+            mode += f";mediaenc={self.mediaenc}"
         if self.codecs:
             # With no rate baresip assumes 8000 Hz, which G.722 (16000 Hz) does not match.
             rates = {"G722": 16000}

@@ -35,6 +35,12 @@ def test_load_two_calls() -> None:
     assert "largest N holding" in out
 
 
+def test_load_two_calls_with_and_without_srtp() -> None:
+    out = run_bench("load.py", "--counts", "2", "--seconds", "2", "--keep-going", "--srtp")
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+2\s+\d+\s", line)]
+    assert [(row[1], row[-2]) for row in rows] == [("2", "rtp"), ("2", "srtp")], out  # both connected, both media
+
+
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 def test_latency_two_turns() -> None:
     out = run_bench("latency.py", "--turns", "2", "--barge-variants", "local:60")

@@ -689,3 +689,55 @@ def test_an_address_change_moves_media_at_once() -> None:
             new.close()
 
     run(body)
+
+
+def test_srtp_between_endpoints_rekey_and_hostile_packets() -> None:
+    """Two endpoints talk SRTP and SRTCP; a re-key gives a new context and a new SSRC; plain, forged and
+    replayed packets never reach on_frame, DTMF or the statistics, and are counted."""
+    from sipagent.rtp.srtp import SrtpContext
+
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    key_a, key_b, key_c = bytes([1]) * 30, bytes([2]) * 30, bytes([3]) * 30
+
+    async def body(clock: MediaClock) -> None:
+        ports = allocator()
+        frames: list[bytes] = []
+        a = RtpEndpoint(clock, ports, bind_host=HOST, rtcp_interval=0.2)
+        b = RtpEndpoint(clock, ports, bind_host=HOST, on_frame=frames.append, rtcp_interval=0.2, eager=True)
+        attacker = Peer()
+        try:
+            a.set_crypto(SrtpContext(suite, key_a, key_b))
+            b.set_crypto(SrtpContext(suite, key_b, key_a))
+            a.set_remote(HOST, b.local_port, 0)
+            b.set_remote(HOST, a.local_port, 0)
+            for i in range(30):
+                a.playout.push(bytes([i + 1]) * 160)
+            await until(lambda: not a.playout.is_playing, limit=3.0)
+            await asyncio.sleep(0.3)
+            assert [f[0] for f in frames if f != SIL] == list(range(1, 31))
+            assert b.stats().packets_received >= 30 and b.srtp_dropped == 0
+            assert a.remote_report is not None  # SRTCP went both ways and was read
+            # Hostile: plain RTP with loud audio, from elsewhere and (as the latch would take) in sequence.
+            for _ in range(20):
+                attacker.send(b.local_port, b"\x00" * 160)
+            await asyncio.sleep(0.2)
+            assert b.srtp_dropped == 20
+            assert all(f != b"\x00" * 160 for f in frames) and b.foreign_packets == 0  # dropped before the latch
+            # Re-key (a new key from the peer: both sides renew): new contexts, and a new SSRC for what a sends.
+            ssrc = a.ssrc
+            a.set_crypto(SrtpContext(suite, key_c, key_b))
+            b.set_crypto(SrtpContext(suite, key_b, key_c))
+            assert a.ssrc != ssrc
+            count = len(frames)
+            for i in range(10):
+                a.playout.push(bytes([100 + i]) * 160)
+            await until(lambda: not a.playout.is_playing, limit=3.0)
+            await asyncio.sleep(0.3)
+            assert [f[0] for f in frames[count:] if f != SIL] == list(range(100, 110))
+            assert b.stats().srtp_dropped == b.srtp_dropped >= 20
+        finally:
+            attacker.close()
+            a.close()
+            b.close()
+
+    run(body)

@@ -92,3 +92,39 @@ def test_check_names_a_trusted_host_that_does_not_resolve(tmp_path: Path, capsys
 ])
 def test_a_webhook_that_could_not_be_sent_fails_at_load(tool: str, message: str) -> None:
     assert message in error_of(f"realtime: {{provider: local}}\nagent:\n  tools: [{tool}]\n")
+
+
+# ------------------------------------------------------------------------------------------- SRTP
+
+
+def test_srtp_defaults_off_and_keys_are_read() -> None:
+    config = load_config_text(BASE, "agent.yaml", {})
+    assert config.media.srtp == "off" and not config.media.srtp_over_insecure_signalling
+    assert config.media.srtp_suites == ["AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]
+    config = load_config_text(BASE + "media:\n  srtp: optional\n  srtp_suites: [aes_cm_128_hmac_sha1_80]\n",
+                              "agent.yaml", {})
+    assert config.media.srtp == "optional" and config.media.srtp_suites == ["AES_CM_128_HMAC_SHA1_80"]
+    assert "SRTP optional (AES_CM_128_HMAC_SHA1_80; keys over TLS only)" in config.summary()
+    tls = "sip: {registrar: 'pbx.example.com', username: '2001', password: x, transport: tls}\n"
+    config = load_config_text("realtime: {provider: local}\n" + tls + "media: {srtp: required}\n", "agent.yaml", {})
+    assert config.media.srtp == "required"
+
+
+@pytest.mark.parametrize(("yaml", "message"), [
+    ("media:\n  srtp: on\n", 'agent.yaml:4: media.srtp: expected one of off, optional, required, got "on"'),
+    ("media:\n  srtp_suites: [AES_256_CM_HMAC_SHA1_80]\n", "agent.yaml:4: media.srtp_suites[0]: expected a suite"),
+    ("media:\n  srtp_suites: [AEAD_AES_128_GCM, aead_aes_128_gcm]\n", "media.srtp_suites[1]: \"aead_aes_128_gcm\" is "
+                                                                      "listed twice"),
+    ("media:\n  srtp_suites: []\n", "media.srtp_suites: expected a list of suites"),
+    ("media:\n  srtp: required\n", "agent.yaml:4: media.srtp: required, but SDES keys are taken only over TLS"),
+    ("media:\n  srtp_over_insecure_signalling: maybe\n", "media.srtp_over_insecure_signalling: expected true or "
+                                                         "false"),
+])
+def test_srtp_keys_are_checked(yaml: str, message: str) -> None:
+    assert message in error_of(BASE + yaml)
+
+
+def test_required_srtp_over_udp_needs_the_explicit_allowance() -> None:
+    config = load_config_text(BASE + "media:\n  srtp: required\n  srtp_over_insecure_signalling: true\n",
+                              "agent.yaml", {})
+    assert "keys over any signalling" in config.summary()

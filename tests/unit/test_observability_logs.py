@@ -166,3 +166,22 @@ def test_bad_settings_are_refused() -> None:
         configure_logging("loud", "text", [])
     with pytest.raises(ValueError):
         configure_logging("info", "xml", [])
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_sdes_keys_in_a_traced_sdp_are_redacted(fmt: str) -> None:
+    out = io.StringIO()
+    configure_logging("debug", fmt, [], stream=out)
+    key = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR"
+    gcm = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGw=="
+    set_trace(True)
+    try:
+        trace_logger.debug(
+            "< UDP 127.0.0.1:5060 (300 bytes)\nINVITE sip:2001@x SIP/2.0\r\n\r\nm=audio 4000 RTP/SAVP 0\r\n"
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:%s|2^31|1:4\r\na=crypto:2 AEAD_AES_128_GCM inline:%s\r\n", key,
+            gcm)
+    finally:
+        set_trace(False)
+    text = out.getvalue()
+    assert key not in text and gcm not in text and gcm.rstrip("=") not in text
+    assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:***|2^31|1:4" in text.replace("\\r\\n", "\r\n")
