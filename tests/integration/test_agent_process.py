@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from peers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp_path: Path, *, realtime_url: str = "", metrics: str = "") -> Path:
@@ -55,15 +49,15 @@ def test_check_connect_passes_on_a_working_setup(tmp_path: Path) -> None:
 
 
 def test_check_connect_names_the_failing_step(tmp_path: Path) -> None:
-    dead = f"ws://127.0.0.1:{free_port(socket.SOCK_STREAM)}/v1/realtime"
+    dead = f"ws://127.0.0.1:{free_port()}/v1/realtime"
     result = sipagent("check", "-c", str(write_config(tmp_path, realtime_url=dead)), "--connect")
     assert result.returncode == 1
-    assert "FAIL  Realtime session" in result.stdout
-    assert "ok    SIP listen" in result.stdout
+    assert "FAIL  Realtime session" in result.stdout, result.stdout
+    assert "ok    SIP listen" in result.stdout, result.stdout
 
 
 def test_run_serves_metrics_and_health_reloads_and_stops_cleanly(tmp_path: Path) -> None:
-    metrics_port = free_port(socket.SOCK_STREAM)
+    metrics_port = free_port()
     config = write_config(tmp_path, metrics=f"127.0.0.1:{metrics_port}")
     log_path = tmp_path / "agent.log"
     with log_path.open("w") as log:
