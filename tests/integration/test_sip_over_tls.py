@@ -16,43 +16,16 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
-from peers import Baresip, Kamailio, KamailioTls, free_port, kamailio_tls_module, missing_binaries, wait_until
+from peers import Baresip, Kamailio, KamailioTls, free_port, wait_until
+from tls_helpers import NAMES, Pki, require_kamailio_tls
 
 from sipagent.sip.message import SipRequest, StreamFramer, build_response, parse_message
 from sipagent.sip.tls import TlsSettings
 from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
 
-trustme = pytest.importorskip("trustme")
-
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(120)]
 
 CODECS = ["PCMU", "PCMA"]
-NAMES = ("127.0.0.1", "pbx.test")  # what the registrar's certificate is issued for
-
-
-class Pki:
-    """A throwaway CA, the registrar's certificate (for NAMES) and the agent's own, written as PEM files."""
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.dir = directory
-        self.ca = trustme.CA()
-        self.ca_file = directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self.ca_file))
-        self.server_cert, self.server_key = self.issue("server", *NAMES)
-        self.agent_cert, self.agent_key = self.issue("agent", "127.0.0.1", "agent.test")
-        other = trustme.CA()  # a CA nobody here trusts
-        self.other_ca_file = directory / "other-ca.pem"
-        other.cert_pem.write_to_path(str(self.other_ca_file))
-
-    def issue(self, name: str, *identities: str, **validity: datetime.datetime) -> tuple[Path, Path]:
-        leaf = self.ca.issue_cert(*identities, **validity)  # type: ignore[arg-type]
-        cert, key = self.dir / f"{name}.pem", self.dir / f"{name}.key"
-        with cert.open("wb") as out:
-            for blob in leaf.cert_chain_pems:
-                out.write(blob.bytes())
-        leaf.private_key_pem.write_to_path(str(key))
-        return cert, key
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +33,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
-def _require_kamailio_tls() -> None:
-    if missing_binaries("kamailio"):
-        pytest.skip("needs kamailio (install with scripts/setup --test)")
-    if kamailio_tls_module() is None:
-        pytest.skip("needs Kamailio's TLS module (Debian kamailio-tls-modules; scripts/setup --test)")
-
-
 @pytest.fixture(scope="module")
 def kamailio_tls(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
     """Kamailio listening on UDP, TCP and TLS; it reaches TLS contacts over the REGISTER's connection."""
-    _require_kamailio_tls()
+    require_kamailio_tls()
     server = Kamailio(tmp_path_factory.mktemp("kamailio-tls"), tls=KamailioTls(pki.server_cert, pki.server_key))
     server.start()
     yield server
@@ -236,7 +202,7 @@ def test_certificate_problems_fail_registration_with_their_name(
 
 def test_reregisters_after_the_registrar_restarts(pki: Pki, tmp_path: Path) -> None:
     """The registrar goes away with our connection: a new connection, and a fresh REGISTER on it."""
-    _require_kamailio_tls()
+    require_kamailio_tls()
     kamailio = Kamailio(tmp_path / "kamailio", tls=KamailioTls(pki.server_cert, pki.server_key))
     kamailio.start()
 
@@ -283,7 +249,7 @@ def test_agent_listens_for_tls_when_the_registrar_connects_to_the_contact(
     pki: Pki, tmp_path: Path, baresip_available: None
 ) -> None:
     """Kamailio opens its own TLS connection to our Contact: the agent presents its certificate."""
-    _require_kamailio_tls()
+    require_kamailio_tls()
     kamailio = Kamailio(tmp_path / "kamailio", tls=KamailioTls(pki.server_cert, pki.server_key, reuse=False))
     kamailio.start()
 
@@ -555,7 +521,7 @@ def test_agent_counts_a_lost_registrar_connection(pki: Pki, tmp_path: Path) -> N
 
 
 def test_kamailio_with_an_expired_certificate_is_refused(pki: Pki, tmp_path: Path) -> None:
-    _require_kamailio_tls()
+    require_kamailio_tls()
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
     cert, key = pki.issue("kamailio-expired", *NAMES, not_before=past - datetime.timedelta(days=90), not_after=past)
     kamailio = Kamailio(tmp_path / "kamailio", tls=KamailioTls(cert, key))

@@ -8,8 +8,9 @@ must be SRTP both ways (no payload on the wire equals the G.711 it carries, and 
 under the keys the SDP negotiated), and forged, replayed and plain packets sent to the agent mid-call are
 dropped and counted, never played, without disturbing the call.
 
-The signalling is UDP here (SIP over TLS is built separately), so the agent is told it may take SDES keys
-over it (``media.srtp_over_insecure_signalling``); a test below checks that without that it refuses.
+The signalling is UDP here, so the agent is told it may take SDES keys over it
+(``media.srtp_over_insecure_signalling``); a test below checks that without that it refuses. The same call
+over TLS, with the agent in its safe default, is in test_tls_srtp.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import base64
 import logging
 import socket
 import struct
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,11 @@ import pytest
 from bridge_helpers import bridge_config, call_rig, loud_times, tts
 from conftest import require
 from peers import Baresip, Kamailio, wait_until
+from srtp_helpers import check_wire, negotiated, read_pcm24k, tap
 from test_hold_and_codec_change import AGENT_LINES, ANSWER, GREETING, QUESTION, recognised, write_wav
 
-from sipagent import agent as agent_module
 from sipagent.agent import Agent
 from sipagent.caller import DTMF_PT, SipCaller
-from sipagent.media.kernel import Resampler
 from sipagent.observability.logs import Redactor
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.packet import is_rtcp
@@ -52,52 +51,6 @@ from sipagent.sdp import (
 from sipagent.sdp.crypto import parse_crypto
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.peers]
-
-
-class TapSocket:
-    """A UDP socket that notes every datagram it sends ('>') and receives ('<'), then does as the socket."""
-
-    def __init__(self, sock: socket.socket, wire: list[tuple[str, bytes]]) -> None:
-        self._sock = sock
-        self._wire = wire
-
-    def recvfrom(self, size: int) -> tuple[bytes, Any]:
-        data, addr = self._sock.recvfrom(size)
-        self._wire.append(("<", data))
-        return data, addr
-
-    def sendto(self, data: bytes, addr: Any) -> int:
-        self._wire.append((">", data))
-        return self._sock.sendto(data, addr)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def tap(agent: Agent) -> list[tuple[str, bytes]]:
-    """Every datagram on the RTP socket of the agent's calls from now on, in order."""
-    wire: list[tuple[str, bytes]] = []
-    bind_pair = agent.ports.bind_pair
-
-    def tapped(host: str) -> tuple[int, Any, Any]:
-        port, rtp_sock, rtcp_sock = bind_pair(host)
-        return port, TapSocket(rtp_sock, wire), rtcp_sock
-
-    agent.ports.bind_pair = tapped  # type: ignore[method-assign]
-    return wire
-
-
-def negotiated(monkeypatch: pytest.MonkeyPatch) -> list[SrtpParams | None]:
-    """The SRTP of every negotiation the agent's media chain applies (at the answer and per re-INVITE)."""
-    seen: list[SrtpParams | None] = []
-    apply = agent_module._CallMedia.apply
-
-    def spy(self: agent_module._CallMedia, media: NegotiatedMedia) -> None:
-        seen.append(media.srtp)
-        apply(self, media)
-
-    monkeypatch.setattr(agent_module._CallMedia, "apply", spy)
-    return seen
 
 
 def agent_config(tmp_path: Path, kamailio: Kamailio, user: str, **media: Any) -> Any:
@@ -206,41 +159,6 @@ async def _srtp_call(kamailio: Kamailio, tmp_path: Path, keys: list[SrtpParams |
     assert any("thirty days" in text for text in readings), readings
     assert srtp_dropped >= forged
     check_wire(wire, keys)
-
-
-def read_pcm24k(path: Path) -> bytes:
-    with wave.open(str(path), "rb") as wav:
-        rate, frames = wav.getframerate(), wav.readframes(wav.getnframes())
-    return Resampler(rate, 24000).process(frames)
-
-
-def check_wire(wire: list[tuple[str, bytes]], keys: list[SrtpParams | None]) -> None:
-    """Every RTP datagram both ways authenticates under a negotiated key, and none carries its G.711 in
-    the clear."""
-    params = list(dict.fromkeys(k for k in keys if k is not None))
-    assert params and all(k is not None for k in keys), keys  # SRTP from the answer to the BYE
-    # Verifiers: the agent's key checks what it sent, the phone's what it received (fresh replay state each).
-    checks = {">": [SrtpContext(p.suite, p.remote_key, p.local_key) for p in params],
-              "<": [SrtpContext(p.suite, p.local_key, p.remote_key) for p in params]}
-    counts = {">": 0, "<": 0}
-    plain_payloads: set[bytes] = set()
-    wire_payloads: set[bytes] = set()
-    for direction, data in wire:
-        if is_rtcp(data):
-            continue
-        opened = next((p for c in checks[direction] if (p := c.unprotect(data)) is not None), None)
-        if opened is None:
-            assert direction == "<", "the agent sent an RTP packet that its negotiated keys do not authenticate"
-            continue  # one of the forged packets (counted by the endpoint above)
-        counts[direction] += 1
-        payload = opened[12:]
-        assert data[12:12 + len(payload)] != payload, "a payload went out in the clear"
-        plain_payloads.add(payload)
-        wire_payloads.add(data[12:12 + len(payload)])
-    assert counts[">"] > 200 and counts["<"] > 200, counts
-    assert not plain_payloads & wire_payloads
-    # The greeting and the question were in there, loud: the comparison was against real G.711 speech.
-    assert sum(1 for p in plain_payloads if len(set(p)) > 40) > 50
 
 
 def test_sdes_over_udp_is_refused_unless_allowed(kamailio: Kamailio, tmp_path: Path) -> None:
