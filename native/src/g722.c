@@ -51,12 +51,20 @@ static void band_init(sk_g722_band *b, int det)
  * and branches on them were mispredicted about half the time. Every simplification below keeps the
  * Recommendation's arithmetic exactly; the bounds that make a saturation a no-op are noted where one
  * was dropped (they hold from the all-zero initial state on). */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define SK_G722_SSE2 1
+#endif
+
 typedef struct {
     int s, sp, sz, r0, r1, p0, p1, a1, a2, nb, det;
     int d[6], b[6];
+#ifdef SK_G722_SSE2
+    __m128i vd, vb; /* SIMD path: d and b in 16-bit lanes 0..5 (both fit), lanes 6..7 zero */
+#endif
 } band_t;
 
-SK_INLINE void band_load(band_t *t, const sk_g722_band *b)
+SK_INLINE void band_load(band_t *t, const sk_g722_band *b, int vec)
 {
     t->s = b->s, t->sp = b->sp, t->sz = b->sz;
     t->r0 = b->r[0], t->r1 = b->r[1], t->p0 = b->p[0], t->p1 = b->p[1];
@@ -65,10 +73,33 @@ SK_INLINE void band_load(band_t *t, const sk_g722_band *b)
         t->d[i] = b->d[i];
         t->b[i] = b->b[i];
     }
+#ifdef SK_G722_SSE2
+    if (vec) {
+        t->vd = _mm_setr_epi16((int16_t)b->d[0], (int16_t)b->d[1], (int16_t)b->d[2], (int16_t)b->d[3],
+                               (int16_t)b->d[4], (int16_t)b->d[5], 0, 0);
+        t->vb = _mm_setr_epi16((int16_t)b->b[0], (int16_t)b->b[1], (int16_t)b->b[2], (int16_t)b->b[3],
+                               (int16_t)b->b[4], (int16_t)b->b[5], 0, 0);
+    }
+#else
+    (void)vec;
+#endif
 }
 
-SK_INLINE void band_store(sk_g722_band *b, const band_t *t)
+SK_INLINE void band_store(sk_g722_band *b, band_t *t, int vec)
 {
+#ifdef SK_G722_SSE2
+    if (vec) {
+        int16_t vd[8], vb[8];
+        _mm_storeu_si128((__m128i *)vd, t->vd);
+        _mm_storeu_si128((__m128i *)vb, t->vb);
+        for (int i = 0; i < 6; i++) {
+            t->d[i] = vd[i];
+            t->b[i] = vb[i];
+        }
+    }
+#else
+    (void)vec;
+#endif
     b->s = t->s, b->sp = t->sp, b->sz = t->sz;
     b->r[0] = t->r0, b->r[1] = t->r1, b->p[0] = t->p0, b->p[1] = t->p1;
     b->a[0] = t->a1, b->a[1] = t->a2, b->nb = t->nb, b->det = t->det;
@@ -90,8 +121,50 @@ SK_INLINE void adapt_scale(band_t *b, int multiplier, int nb_max, int shift_base
     b->det = ((ilb[(nb >> 6) & 31] << 1) >> shift) << 2;
 }
 
+#ifdef SK_G722_SSE2
+/* UPZERO, DELAYA of d and FILTEZ on 16-bit lanes, with the same results:
+ * - b * 32640 >> 15 from the 32-bit product's halves: (hi << 1) | (lo >> 15) are its bits 15..30, and the
+ *   value lies in [-32640, 32639], so 16 bits hold it; adding +-128 stays in range (see below);
+ * - sat16(2d) is a saturating add; the products b * sat16(2d) are formed exactly in 32 bits;
+ * - the six terms are summed at once when none exceeds 5461 in magnitude (no partial sum can then
+ *   saturate); otherwise they are summed one by one with saturation, in the scalar order. */
+SK_INLINE int zero_section_sse2(band_t *b, int d)
+{
+    const __m128i keep = _mm_setr_epi16(-1, -1, -1, -1, -1, -1, 0, 0);
+    const __m128i step = _mm_and_si128(_mm_set1_epi16((int16_t)(d == 0 ? 0 : 128)), keep);
+    const __m128i m = _mm_srai_epi16(_mm_xor_si128(b->vd, _mm_set1_epi16((int16_t)d)), 15);
+    const __m128i g = _mm_sub_epi16(_mm_xor_si128(step, m), m);
+    const __m128i k = _mm_set1_epi16(32640);
+    const __m128i hi = _mm_mulhi_epi16(b->vb, k), lo = _mm_mullo_epi16(b->vb, k);
+    const __m128i nb = _mm_add_epi16(g, _mm_or_si128(_mm_slli_epi16(hi, 1), _mm_srli_epi16(lo, 15)));
+    const __m128i nd = _mm_and_si128(_mm_insert_epi16(_mm_slli_si128(b->vd, 2), d, 0), keep);
+    b->vb = nb;
+    b->vd = nd;
+    const __m128i d2 = _mm_adds_epi16(nd, nd);
+    const __m128i plo = _mm_mullo_epi16(nb, d2), phi = _mm_mulhi_epi16(nb, d2);
+    const __m128i t0 = _mm_srai_epi32(_mm_unpacklo_epi16(plo, phi), 15); /* terms 0..3 */
+    const __m128i t1 = _mm_srai_epi32(_mm_unpackhi_epi16(plo, phi), 15); /* terms 4, 5 (6, 7: zero) */
+    const __m128i lim = _mm_set1_epi32(5461), nlim = _mm_set1_epi32(-5461);
+    const __m128i big = _mm_or_si128(_mm_or_si128(_mm_cmpgt_epi32(t0, lim), _mm_cmpgt_epi32(nlim, t0)),
+                                     _mm_or_si128(_mm_cmpgt_epi32(t1, lim), _mm_cmpgt_epi32(nlim, t1)));
+    if (__builtin_expect(_mm_movemask_epi8(big) == 0, 1)) {
+        __m128i sum = _mm_add_epi32(t0, t1);
+        sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0x4E));
+        sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0xB1));
+        return _mm_cvtsi128_si32(sum);
+    }
+    int32_t t[8];
+    _mm_storeu_si128((__m128i *)t, t0);
+    _mm_storeu_si128((__m128i *)(t + 4), t1);
+    int sz = 0;
+    for (int i = 5; i >= 0; i--)
+        sz = sat16(sz + t[i]);
+    return sz;
+}
+#endif
+
 /* Block 4: reconstruction, pole/zero predictor adaptation and the next prediction. */
-SK_INLINE void predictor_update(band_t *b, int d)
+SK_INLINE void predictor_update(band_t *b, int d, int vec)
 {
     int r = sat16(b->s + d);  /* RECONS */
     int p = sat16(b->sz + d); /* PARREC */
@@ -112,17 +185,30 @@ SK_INLINE void predictor_update(band_t *b, int d)
     const int lim = 15360 - na2;
     na1 = clamp_int(na1, -lim, lim);
 
-    /* UPZERO: sign-sign update; (b * 32640 >> 15) lies in [-32640, 32639], so +-128 stays in 16 bits */
-    const int step = d == 0 ? 0 : 128;
-    for (int i = 0; i < 6; i++) {
-        const int m = (b->d[i] ^ d) >> 31; /* signs differ: -step */
-        b->b[i] = ((step ^ m) - m) + ((b->b[i] * 32640) >> 15);
+    int sz;
+#ifdef SK_G722_SSE2
+    if (vec)
+        sz = zero_section_sse2(b, d);
+    else
+#else
+    (void)vec;
+#endif
+    {
+        /* UPZERO: sign-sign update; (b * 32640 >> 15) lies in [-32640, 32639], so +-128 stays in 16 bits */
+        const int step = d == 0 ? 0 : 128;
+        for (int i = 0; i < 6; i++) {
+            const int m = (b->d[i] ^ d) >> 31; /* signs differ: -step */
+            b->b[i] = ((step ^ m) - m) + ((b->b[i] * 32640) >> 15);
+        }
+        /* DELAYA */
+        for (int i = 5; i > 0; i--)
+            b->d[i] = b->d[i - 1];
+        b->d[0] = d;
+        /* FILTEZ (saturating after every term, in this order) */
+        sz = 0;
+        for (int i = 5; i >= 0; i--)
+            sz = sat16(sz + ((b->b[i] * sat16(b->d[i] * 2)) >> 15));
     }
-
-    /* DELAYA */
-    for (int i = 5; i > 0; i--)
-        b->d[i] = b->d[i - 1];
-    b->d[0] = d;
     b->r1 = b->r0;
     b->r0 = r;
     b->p1 = b->p0;
@@ -132,10 +218,6 @@ SK_INLINE void predictor_update(band_t *b, int d)
 
     /* FILTEP */
     int sp = sat16(((na1 * sat16(r * 2)) >> 15) + ((na2 * sat16(b->r1 * 2)) >> 15));
-    /* FILTEZ (saturating after every term, in this order) */
-    int sz = 0;
-    for (int i = 5; i >= 0; i--)
-        sz = sat16(sz + ((b->b[i] * sat16(b->d[i] * 2)) >> 15));
     b->sp = sp;
     b->sz = sz;
     b->s = sat16(sp + sz); /* PREDIC */
@@ -216,9 +298,7 @@ SK_INLINE int quant6_scalar(int mag, int det)
     return 1 + count;
 }
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#define SK_G722_SSE2 1
+#if defined(SK_G722_SSE2)
 /* The same count on 16-bit lanes: thresholds (q6 * det) >> 12 <= 2919 * 32064 >> 12 = 22850 and mag <=
  * 32767 fit; the 32-bit product's bits 12..27 come from the high and low 16-bit halves. Lanes 30..31 hold
  * 32767 as (threshold - 1), which no mag exceeds. */
@@ -267,8 +347,8 @@ SK_INLINE void encode_bands(sk_g722_encoder *e, const int32_t *xl, const int32_t
                                    unsigned char *out, int vec)
 {
     band_t lo, hi;
-    band_load(&lo, &e->low);
-    band_load(&hi, &e->high);
+    band_load(&lo, &e->low, vec);
+    band_load(&hi, &e->high, vec);
 #ifdef SK_G722_SSE2
     quant6_t q;
     if (vec)
@@ -296,7 +376,7 @@ SK_INLINE void encode_bands(sk_g722_encoder *e, const int32_t *xl, const int32_t
         if (vec)
             quant6_prepare(&q, lo.det);
 #endif
-        predictor_update(&lo, dl);
+        predictor_update(&lo, dl, vec);
 
         /* Higher band: 2 bits */
         const int eh = sat16(xh[k] - hi.s);
@@ -306,11 +386,11 @@ SK_INLINE void encode_bands(sk_g722_encoder *e, const int32_t *xl, const int32_t
         const int ih = (hneg ? 0 : 2) + (big ? 0 : 1);
         const int dh = (hi.det * qm2[ih]) >> 15;
         adapt_scale(&hi, wh[rh2[ih]], 22528, 10);
-        predictor_update(&hi, dh);
+        predictor_update(&hi, dh, vec);
         out[k] = (unsigned char)((ih << 6) | il);
     }
-    band_store(&e->low, &lo);
-    band_store(&e->high, &hi);
+    band_store(&e->low, &lo, vec);
+    band_store(&e->high, &hi, vec);
 }
 
 static void encode_bands_scalar(sk_g722_encoder *e, const int32_t *xl, const int32_t *xh, int n, unsigned char *out)
@@ -347,32 +427,52 @@ void sk_g722_encode_block(sk_g722_encoder *e, const int16_t *pcm, int npairs, un
     }
 }
 
+/* Serial ADPCM over n codes -> rl + rh and rl - rh (the receive QMF's even and odd inputs). */
+SK_INLINE void decode_bands(sk_g722_decoder *dec, const unsigned char *in, int n, int16_t *ev, int16_t *od, int vec)
+{
+    band_t lo, hi;
+    band_load(&lo, &dec->low, vec);
+    band_load(&hi, &dec->high, vec);
+    for (int k = 0; k < n; k++) {
+        const int il = in[k] & 0x3F, ih = in[k] >> 6;
+        const int rl = clamp_int(lo.s + ((lo.det * qm6[il]) >> 15), -16384, 16383);
+        const int ril = il >> 2;
+        const int dl = (lo.det * qm4[ril]) >> 15;
+        adapt_scale(&lo, wl[rl42[ril]], 18432, 8);
+        predictor_update(&lo, dl, vec);
+
+        const int dh = (hi.det * qm2[ih]) >> 15;
+        const int rh = clamp_int(hi.s + dh, -16384, 16383);
+        adapt_scale(&hi, wh[rh2[ih]], 22528, 10);
+        predictor_update(&hi, dh, vec);
+        ev[k] = (int16_t)(rl + rh); /* |rl +- rh| <= 32767 */
+        od[k] = (int16_t)(rl - rh);
+    }
+    band_store(&dec->low, &lo, vec);
+    band_store(&dec->high, &hi, vec);
+}
+
+static void decode_bands_scalar(sk_g722_decoder *dec, const unsigned char *in, int n, int16_t *ev, int16_t *od)
+{
+    decode_bands(dec, in, n, ev, od, 0);
+}
+
+static void decode_bands_vec(sk_g722_decoder *dec, const unsigned char *in, int n, int16_t *ev, int16_t *od)
+{
+    decode_bands(dec, in, n, ev, od, 1);
+}
+
 void sk_g722_decode_block(sk_g722_decoder *dec, const unsigned char *in, int n_codes, int16_t *pcm)
 {
     int16_t ev[QMF_HIST + QMF_BLOCK], od[QMF_HIST + QMF_BLOCK];
+    const int vec = sk_simd_active() > 0;
     while (n_codes > 0) {
         const int n = n_codes < QMF_BLOCK ? n_codes : QMF_BLOCK;
-        band_t lo, hi;
-        band_load(&lo, &dec->low);
-        band_load(&hi, &dec->high);
         qmf_load(dec->x, ev, od);
-        for (int k = 0; k < n; k++) {
-            const int il = in[k] & 0x3F, ih = in[k] >> 6;
-            const int rl = clamp_int(lo.s + ((lo.det * qm6[il]) >> 15), -16384, 16383);
-            const int ril = il >> 2;
-            const int dl = (lo.det * qm4[ril]) >> 15;
-            adapt_scale(&lo, wl[rl42[ril]], 18432, 8);
-            predictor_update(&lo, dl);
-
-            const int dh = (hi.det * qm2[ih]) >> 15;
-            const int rh = clamp_int(hi.s + dh, -16384, 16383);
-            adapt_scale(&hi, wh[rh2[ih]], 22528, 10);
-            predictor_update(&hi, dh);
-            ev[QMF_HIST + k] = (int16_t)(rl + rh); /* |rl +- rh| <= 32767 */
-            od[QMF_HIST + k] = (int16_t)(rl - rh);
-        }
-        band_store(&dec->low, &lo);
-        band_store(&dec->high, &hi);
+        if (vec)
+            decode_bands_vec(dec, in, n, ev + QMF_HIST, od + QMF_HIST);
+        else
+            decode_bands_scalar(dec, in, n, ev + QMF_HIST, od + QMF_HIST);
         qmf_synthesis(ev, od, n, pcm);
         qmf_keep(dec->x, ev, od, n);
         in += n;
