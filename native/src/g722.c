@@ -58,6 +58,7 @@ static void band_init(sk_g722_band *b, int det)
 
 typedef struct {
     int s, sp, sz, r0, r1, p0, p1, a1, a2, nb, det;
+    int r0x2; /* sat16(2 * r0), reused as sat16(2 * r1) by the next FILTEP */
     int d[6], b[6];
 #ifdef SK_G722_SSE2
     __m128i vd, vb; /* SIMD path: d and b in 16-bit lanes 0..5 (both fit), lanes 6..7 zero */
@@ -69,6 +70,7 @@ SK_INLINE void band_load(band_t *t, const sk_g722_band *b, int vec)
     t->s = b->s, t->sp = b->sp, t->sz = b->sz;
     t->r0 = b->r[0], t->r1 = b->r[1], t->p0 = b->p[0], t->p1 = b->p[1];
     t->a1 = b->a[0], t->a2 = b->a[1], t->nb = b->nb, t->det = b->det;
+    t->r0x2 = sat16(t->r0 * 2);
     for (int i = 0; i < 6; i++) {
         t->d[i] = b->d[i];
         t->b[i] = b->b[i];
@@ -172,10 +174,11 @@ SK_INLINE void predictor_update(band_t *b, int d, int vec)
     /* all ones where the sign of p differs from that of p(n-1), p(n-2) (sign: v < 0) */
     const int diff1 = (p ^ b->p0) >> 31, diff2 = (p ^ b->p1) >> 31;
 
-    /* UPPOL2: w2 = -w1 when the signs agree */
-    int w1 = sat16(a1 * 4);
-    int w2 = (w1 ^ ~diff1) - ~diff1;
-    w2 = w2 > 32767 ? 32767 : w2;
+    /* UPPOL2: w2 = min(-sat16(4 a1), 32767) when the signs agree, else sat16(4 a1). One clamp of +-4 a1
+     * gives the same w2 >> 7: they differ only where -sat16(4 a1) = -32767 meets a clamp to -32768, and
+     * both shift to -256. */
+    const int eq1 = ~diff1;
+    const int w2 = sat16(((a1 * 4) ^ eq1) - eq1);
     int na2 = 128 - (diff2 & 256) + (w2 >> 7) + ((a2 * 32512) >> 15);
     na2 = clamp_int(na2, -12288, 12288);
 
@@ -217,7 +220,9 @@ SK_INLINE void predictor_update(band_t *b, int d, int vec)
     b->a2 = na2;
 
     /* FILTEP */
-    int sp = sat16(((na1 * sat16(r * 2)) >> 15) + ((na2 * sat16(b->r1 * 2)) >> 15));
+    const int r2 = sat16(r * 2);
+    int sp = sat16(((na1 * r2) >> 15) + ((na2 * b->r0x2) >> 15));
+    b->r0x2 = r2;
     b->sp = sp;
     b->sz = sz;
     b->s = sat16(sp + sz); /* PREDIC */
@@ -342,6 +347,14 @@ static const unsigned char code6[64] = {
     35, 34, 33, 32, 0,  0,  63, 62, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13,
     12, 11, 10, 9,  8,  7,  6,  5,  4,  0};
 
+/* The SIMD instances run only at SIMD level >= 1 (AVX2 present): on x86 with GCC or clang they are
+ * compiled for it (three-operand VEX forms of the same SSE2 operations: identical results). */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SK_NO_DISPATCH)
+#define SK_VEC_TARGET __attribute__((target("avx2")))
+#else
+#define SK_VEC_TARGET
+#endif
+
 /* Serial ADPCM over n pairs of sub-band samples -> n codes. vec: the SSE2 quantiser (else the scalar count). */
 SK_INLINE void encode_bands(sk_g722_encoder *e, const int32_t *xl, const int32_t *xh, int n,
                                    unsigned char *out, int vec)
@@ -457,7 +470,7 @@ static void decode_bands_scalar(sk_g722_decoder *dec, const unsigned char *in, i
     decode_bands(dec, in, n, ev, od, 0);
 }
 
-static void decode_bands_vec(sk_g722_decoder *dec, const unsigned char *in, int n, int16_t *ev, int16_t *od)
+SK_VEC_TARGET static void decode_bands_vec(sk_g722_decoder *dec, const unsigned char *in, int n, int16_t *ev, int16_t *od)
 {
     decode_bands(dec, in, n, ev, od, 1);
 }
