@@ -54,6 +54,9 @@ static void band_init(sk_g722_band *b, int det)
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #define SK_G722_SSE2 1
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SK_NO_DISPATCH)
+#define SK_POPCNT 1 /* the encoder's SIMD instance is compiled with POPCNT, used when the CPU has it */
+#endif
 #endif
 
 typedef struct {
@@ -331,6 +334,15 @@ SK_INLINE void quant6_prepare(quant6_t *q, int det)
 
 SK_INLINE int quant6_sse2(const quant6_t *q, int mag)
 {
+#ifdef SK_POPCNT
+    {   /* shorter dependency chain: the 32 compare lanes as a bit mask, counted */
+        const __m128i m = _mm_set1_epi16((int16_t)mag);
+        const __m128i c01 = _mm_packs_epi16(_mm_cmpgt_epi16(m, q->t[0]), _mm_cmpgt_epi16(m, q->t[1]));
+        const __m128i c23 = _mm_packs_epi16(_mm_cmpgt_epi16(m, q->t[2]), _mm_cmpgt_epi16(m, q->t[3]));
+        const unsigned bits = (unsigned)_mm_movemask_epi8(c01) | ((unsigned)_mm_movemask_epi8(c23) << 16);
+        return 1 + __builtin_popcount(bits);
+    }
+#endif
     const __m128i m = _mm_set1_epi16((int16_t)mag);
     __m128i c = _mm_add_epi16(_mm_add_epi16(_mm_cmpgt_epi16(m, q->t[0]), _mm_cmpgt_epi16(m, q->t[1])),
                               _mm_add_epi16(_mm_cmpgt_epi16(m, q->t[2]), _mm_cmpgt_epi16(m, q->t[3])));
@@ -346,6 +358,13 @@ static const unsigned char code6[64] = {
     0,  61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47, 46, 45, 44, 43, 42, 41, 40, 39, 38, 37, 36,
     35, 34, 33, 32, 0,  0,  63, 62, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13,
     12, 11, 10, 9,  8,  7,  6,  5,  4,  0};
+
+/* The encoder's SIMD instance: counted with POPCNT where the compiler is told it may use it. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SK_NO_DISPATCH)
+#define SK_ENC_TARGET __attribute__((target("popcnt")))
+#else
+#define SK_ENC_TARGET
+#endif
 
 /* The SIMD instances run only at SIMD level >= 1 (AVX2 present): on x86 with GCC or clang they are
  * compiled for it (three-operand VEX forms of the same SSE2 operations: identical results). */
@@ -411,7 +430,7 @@ static void encode_bands_scalar(sk_g722_encoder *e, const int32_t *xl, const int
     encode_bands(e, xl, xh, n, out, 0);
 }
 
-static void encode_bands_vec(sk_g722_encoder *e, const int32_t *xl, const int32_t *xh, int n, unsigned char *out)
+SK_ENC_TARGET static void encode_bands_vec(sk_g722_encoder *e, const int32_t *xl, const int32_t *xh, int n, unsigned char *out)
 {
     encode_bands(e, xl, xh, n, out, 1);
 }
@@ -420,7 +439,16 @@ void sk_g722_encode_block(sk_g722_encoder *e, const int16_t *pcm, int npairs, un
 {
     int16_t ev[QMF_HIST + QMF_BLOCK], od[QMF_HIST + QMF_BLOCK];
     int32_t xl[QMF_BLOCK], xh[QMF_BLOCK];
+#ifdef SK_POPCNT
+    static int popcnt = -1;
+    if (popcnt < 0) {
+        __builtin_cpu_init();
+        popcnt = __builtin_cpu_supports("popcnt") ? 1 : 0;
+    }
+    const int vec = sk_simd_active() > 0 && popcnt;
+#else
     const int vec = sk_simd_active() > 0;
+#endif
     while (npairs > 0) {
         const int n = npairs < QMF_BLOCK ? npairs : QMF_BLOCK;
         qmf_load(e->x, ev, od);
