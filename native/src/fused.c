@@ -38,12 +38,10 @@ size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsig
     while (n > 0) {
         int c = n < per ? (int)n : (int)per;
         if (g722) {
-            int16_t pair[2];
-            for (int i = 0; i < c; i++) {
-                sk_g722_decode_code(&d->g722, payload[i], pair);
-                stage[2 * i] = (float)pair[0];
-                stage[2 * i + 1] = (float)pair[1];
-            }
+            int16_t *pcm16 = res; /* 2c <= SK_RS_CHUNK samples, free until the commit below */
+            sk_g722_decode_block(&d->g722, payload, c, pcm16);
+            for (int i = 0; i < 2 * c; i++)
+                stage[i] = (float)pcm16[i];
         } else {
             sk_g711_floats(payload, c, stage, d->codec == SK_CODEC_PCMA);
         }
@@ -120,12 +118,15 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
             sk_g722_encoder *g = &e->g722;
             size_t i = 0;
             if (g->have_held && k > 0) {
-                out[written++] = sk_g722_encode_pair(g, g->held, res[0]);
+                const int16_t pair[2] = {g->held, res[0]};
+                sk_g722_encode_block(g, pair, 1, out + written++);
                 g->have_held = 0;
                 i = 1;
             }
-            for (; i + 1 < k; i += 2)
-                out[written++] = sk_g722_encode_pair(g, res[i], res[i + 1]);
+            const int pairs = (int)((k - i) / 2);
+            sk_g722_encode_block(g, res + i, pairs, out + written);
+            written += (size_t)pairs;
+            i += 2 * (size_t)pairs;
             if (i < k) {
                 g->held = res[i];
                 g->have_held = 1;

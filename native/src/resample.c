@@ -46,6 +46,17 @@ int sk_simd_level(int request)
 #endif
 }
 
+int sk_simd_active(void)
+{
+#ifdef SK_X86_DISPATCH
+    if (simd_level < 0)
+        sk_simd_level(-1);
+    return simd_level;
+#else
+    return 0;
+#endif
+}
+
 int sk_resampler_init(sk_resampler *r, int from_rate, int to_rate)
 {
     memset(r, 0, sizeof(*r));

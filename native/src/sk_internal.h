@@ -113,6 +113,8 @@ void sk_g711_floats(const unsigned char *in, int n, float *out, int alaw);
 size_t sk_rs_push_pcm(sk_resampler *r, const unsigned char *pcm, int c, void *out, int mode);
 /* Streams n native samples (no odd-byte handling) through the resampler. */
 size_t sk_resampler_run(sk_resampler *r, const int16_t *in, size_t n, int16_t *out);
-/* One 64 kbit/s code from a pair of 16 kHz samples, and back. */
-unsigned char sk_g722_encode_pair(sk_g722_encoder *e, int x0, int x1);
-void sk_g722_decode_code(sk_g722_decoder *d, unsigned char code, int16_t out[2]);
+/* SIMD level in use (sk_simd_level), detected on first use: 0 selects the plain C loops everywhere. */
+int sk_simd_active(void);
+/* npairs pairs of 16 kHz samples -> npairs 64 kbit/s codes (no held sample), and n codes -> 2n samples. */
+void sk_g722_encode_block(sk_g722_encoder *e, const int16_t *pcm, int npairs, unsigned char *out);
+void sk_g722_decode_block(sk_g722_decoder *d, const unsigned char *in, int n, int16_t *pcm);
