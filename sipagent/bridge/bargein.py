@@ -154,12 +154,11 @@ class BargeInPolicy:
             return None
         paused_at = self._paused_at
         if paused_at is not None:
-            if not agent_playing:
+            if not agent_playing and self.stage1 == "pause":
                 self._paused_at = None  # nothing left to resume
-                if self.stage1 == "duck":  # the agent's next words must not start turned down
-                    self.unducks += 1
-                    return Unduck(now, now - paused_at)
                 return None
+            # A duck goes on while the queue runs dry for a moment (the model's audio comes in real time): the
+            # next audio comes turned down while the caller talks, and up again once the caller is quiet.
             if speech and self.mode == "local":
                 return self._confirm(Trigger.LOCAL_VAD, now)
             if loud_ms:

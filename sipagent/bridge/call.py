@@ -623,7 +623,7 @@ class CallBridge:
             self._response_done.set()
         elif kind == "input_audio_buffer.speech_started":
             self._last_activity = time.monotonic()
-            playing = self.media.buffered_ms > 0
+            playing = self._agent_playing()
             decision = self.policy.server_speech_started(
                 time.monotonic(), playing, caller_speaking=self.vad.recent_speech_ms >= 60
             )
@@ -820,6 +820,11 @@ class CallBridge:
         self.media.flush_audio()  # also ends a pause: what comes next is new audio, not the paused speech
         self.policy.flushed()
 
+    def _agent_playing(self) -> bool:
+        """Agent audio is queued, or (while it is turned down at an onset) its response is still coming: the
+        model's audio arrives in real time, and the queue may run dry between two deltas."""
+        return self.media.buffered_ms > 0 or (self.policy.paused and self.conversation.response_active)
+
     def _caller_sound(self, speech: bool) -> None:
         """A caller frame with sound in it (or one while the agent is paused or ducked): the barge-in policy's
         turn. The onset is the VAD's onset run (echo margin learned from the line), confirmation its speech."""
@@ -829,7 +834,7 @@ class CallBridge:
         if speech:
             self._last_activity = now
         onset_ms = self.vad.onset_ms
-        decision = self.policy.caller_frame(now, onset_ms, speech, self.media.buffered_ms > 0)
+        decision = self.policy.caller_frame(now, onset_ms, speech, self._agent_playing())
         if isinstance(decision, Duck):
             # Stage 1, at the onset: turned down from the next tick on, still playing, the model not told.
             self.media.duck_audio(self._duck_gain)

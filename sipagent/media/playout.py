@@ -107,7 +107,7 @@ class PlayoutQueue:
     def reframe(self, silence: bytes, convert: Callable[[bytes], bytes] | None = None) -> None:
         """Frames of ``len(silence)`` bytes and this silence from the next pop on; what is still queued goes
         through ``convert`` (the old codec's bytes to the new one's; None: kept as it is), so nothing the
-        agent had still to say is lost. ``played_ms`` counts on in milliseconds, and a pause stays."""
+        agent had still to say is lost. ``played_ms`` counts on in milliseconds, and a pause (or a duck) stays."""
         if not silence:
             raise ValueError("silence must be one whole frame")
         played_ms = self.played_ms
@@ -115,6 +115,7 @@ class PlayoutQueue:
             self.frame_bytes = len(silence)
             self._played_bytes = played_ms * self.frame_bytes // 20
         self.silence = bytes(silence)
+        self.shaper = None  # the old codec's: a duck under way goes on as silence until it ends
         if self._buf and convert is not None:
             self._buf = bytearray(convert(bytes(self._buf)))
         self._held = 0

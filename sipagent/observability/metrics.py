@@ -94,7 +94,7 @@ class Metrics:
                                         "Agent audio ducked or paused at a caller's speech onset, by how it ended",
                                         ["outcome"], registry=r)
         self._barge_in_false_pause = Histogram(p + "barge_in_false_pause_seconds",
-                                               "How long the agent was turned down or silent on a duck or pause not confirmed",
+                                               "How long the agent was down or silent on an unconfirmed duck or pause",
                                                buckets=LATENCY_BUCKETS, registry=r)
         self._rtp_sent = Counter(p + "rtp_packets_sent", "RTP packets sent", registry=r)
         self._rtp_received = Counter(p + "rtp_packets_received", "RTP packets received", registry=r)

@@ -101,9 +101,13 @@ def test_duck_ends_soon_after_a_burst_and_later_after_a_longer_run() -> None:
     assert policy.caller_frame(3.00, 20, False, True) == Duck(3.00)
     assert policy.caller_frame(3.08, 100, True, True) == BargeIn(Trigger.LOCAL_VAD, 3.08, paused_at=3.00)
     assert not policy.paused
-    # The agent's reply ran out while ducked: its next reply must not start turned down.
+    # The queue ran dry while ducked (the model's audio comes in real time): the duck goes on while the caller
+    # talks, so the next audio comes turned down, and ends as usual once the caller is quiet.
     assert policy.caller_frame(4.00, 20, False, True) == Duck(4.00)
-    assert policy.caller_frame(4.02, 40, False, agent_playing=False) == Unduck(4.02, pytest.approx(0.02))
+    assert policy.caller_frame(4.02, 40, False, agent_playing=False) is None and policy.paused
+    assert policy.caller_frame(4.04, 60, False, agent_playing=True) is None and policy.paused
+    assert policy.caller_frame(4.06, 0, False, agent_playing=False) is None
+    assert policy.caller_frame(4.08, 0, False, agent_playing=False) == Unduck(4.08, pytest.approx(0.08))
     with pytest.raises(ValueError):
         BargeInPolicy("local", 0, stage1="mute")
 
