@@ -114,6 +114,7 @@ class BargeInPolicy:
         self._last_local_speech: float | None = None
         self._paused_at: float | None = None  # the first stage's start (a pause or a duck)
         self._last_loud = 0.0
+        self._last_faint = 0.0
         self._loud_s = 0.0  # loud caller audio since the first stage began
         self.ignored_as_echo = 0
         self.pauses = 0
@@ -144,10 +145,12 @@ class BargeInPolicy:
         """The agent's queued audio was dropped for another reason (reconnect, shutdown): a pause is over."""
         self._paused_at = None
 
-    def caller_frame(self, now: float, loud_ms: int, speech: bool, agent_playing: bool) -> Decision | None:
+    def caller_frame(self, now: float, loud_ms: int, speech: bool, agent_playing: bool,
+                     faint: bool = False) -> Decision | None:
         """One caller frame: ``loud_ms`` its VAD's current run of loud (above echo) audio (the onset run),
         ``speech`` True on the frame the VAD confirms speech (min_speech_ms). ``agent_playing``: agent audio
-        is queued."""
+        is queued. ``faint``: not loud, but not quiet either (soft speech between syllables): a duck on a
+        burst ends only after ``unduck_after_ms`` of frames neither loud nor faint."""
         if speech:
             self._last_local_speech = now
         if self.mode == "off":
@@ -167,7 +170,12 @@ class BargeInPolicy:
                 return None
             quiet_s = now - self._last_loud
             if self.stage1 == "duck":
-                hold = self.unduck_after_s if self._loud_s <= self.burst_s + 1e-9 else self.resume_after_s
+                if faint:
+                    self._last_faint = now
+                if self._loud_s <= self.burst_s + 1e-9:
+                    hold, quiet_s = self.unduck_after_s, now - max(self._last_loud, self._last_faint)
+                else:
+                    hold = self.resume_after_s
                 if quiet_s > hold - self.frame_s / 2:  # frames come every frame_s, give or take jitter
                     self._paused_at = None
                     self.unducks += 1

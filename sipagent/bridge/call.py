@@ -834,7 +834,7 @@ class CallBridge:
         if speech:
             self._last_activity = now
         onset_ms = self.vad.onset_ms
-        decision = self.policy.caller_frame(now, onset_ms, speech, self._agent_playing())
+        decision = self.policy.caller_frame(now, onset_ms, speech, self._agent_playing(), self.vad.faint)
         if isinstance(decision, Duck):
             # Stage 1, at the onset: turned down from the next tick on, still playing, the model not told.
             self.media.duck_audio(self._duck_gain)

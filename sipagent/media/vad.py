@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sipagent.media.kernel import mean_square
 
 SILENCE_DB = -96.0
+FAINT_DB = 15.0
 
 
 def level_db(pcm: bytes) -> float:
@@ -125,6 +126,12 @@ class EchoAwareVad:
     def agent_active(self) -> bool:
         """The agent was audible within the echo window: what we hear now may be its echo."""
         return self._agent_active
+
+    @property
+    def faint(self) -> bool:
+        """The last caller frame was under the onset threshold by less than FAINT_DB: soft sound (a
+        consonant, the gap between two syllables), not the quiet after a cough."""
+        return self.last_level_db >= self._onset_threshold - FAINT_DB
 
     @property
     def echo_only(self) -> bool:

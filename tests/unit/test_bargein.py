@@ -90,6 +90,12 @@ def test_duck_ends_soon_after_a_burst_and_later_after_a_longer_run() -> None:
     assert policy.caller_frame(1.06, 0, False, True) is None  # quiet for 20 ms
     assert policy.caller_frame(1.08, 0, False, True) == Unduck(1.08, pytest.approx(0.08))
     assert (policy.ducks, policy.unducks, policy.pauses, policy.false_alarms) == (1, 1, 0, 1)
+    # A burst followed by soft sound (the gap between two syllables) is not over yet.
+    assert policy.caller_frame(1.50, 20, False, True) == Duck(1.50)
+    assert policy.caller_frame(1.52, 0, False, True, faint=True) is None
+    assert policy.caller_frame(1.54, 0, False, True, faint=True) is None
+    assert policy.caller_frame(1.56, 0, False, True) is None
+    assert isinstance(policy.caller_frame(1.58, 0, False, True), Unduck)
     # Longer than a burst (120 ms of loud audio): a gap between words does not bring the agent back.
     assert policy.caller_frame(2.00, 20, False, True) == Duck(2.00)
     for i in range(1, 6):
@@ -172,7 +178,8 @@ class Line:
         returned = self._echo.popleft() + self.echo_db if self.echo_db is not None else SILENCE_DB
         db = caller_db if caller_db is not None else returned
         speech = self.vad.caller_frame(tone(db, len(self.sent) * FRAME) if db > -90 else bytes(FRAME * 2))
-        decision = self.policy.caller_frame(self.now, self.vad.onset_ms, speech, self.queue.is_playing)
+        decision = self.policy.caller_frame(self.now, self.vad.onset_ms, speech, self.queue.is_playing,
+                                            self.vad.faint)
         if isinstance(decision, Pause):
             self.queue.pause()
         elif isinstance(decision, Resume):
