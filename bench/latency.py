@@ -161,8 +161,9 @@ def install_observers() -> None:
 
     original_policy_frame = BargeInPolicy.caller_frame
 
-    def policy_frame(self: BargeInPolicy, now: float, loud_ms: int, speech: bool, agent_playing: bool) -> Any:
-        decision = original_policy_frame(self, now, loud_ms, speech, agent_playing)
+    def policy_frame(self: BargeInPolicy, now: float, loud_ms: int, speech: bool, agent_playing: bool,
+                     faint: bool = False) -> Any:
+        decision = original_policy_frame(self, now, loud_ms, speech, agent_playing, faint)
         if isinstance(decision, (Pause, Resume, Duck, Unduck)):
             TL.pauses.append((time.monotonic(), "pause" if isinstance(decision, (Pause, Duck)) else "resume"))
         return decision
