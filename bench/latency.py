@@ -26,23 +26,26 @@ tick). The bridge's overhead is inbound + outbound; the naive figure the issue n
 configured response delay, is printed too (it still contains the backend's silence window, ASR and TTS).
 
 Barge-in: while the agent speaks its (long) reply, the caller talks over it. Barge-in is two-stage: at
-the caller's onset (``pause_after_ms`` of loud audio above the agent's echo) the agent's playout is paused,
-without telling the model; once speech is confirmed (local VAD: half of the last ``min_speech_ms`` loud;
+the caller's onset (``pause_after_ms`` of loud audio above the agent's echo) the agent's playout is ducked
+(``stage1: duck``, the default: turned down by ``duck_db``, still playing) or paused, without telling the
+model; once speech is confirmed (local VAD: half of the last ``min_speech_ms`` loud;
 server: the backend's ``speech_started``, checked against the local VAD) the bridge flushes, truncates and
 cancels; a pause that is not confirmed resumes. Per interruption, from the caller's first loud packet on the
 wire (onset), on what the agent really sent:
 
-  stop     the barge-in latency: onset → the start of the run of non-audio agent packets in which the
-           truncate was sent (the caller heard no agent audio from then on). A pause that later resumed is
-           not a barge-in: if the agent played on after a pause, only the later stop counts.
-  pause    onset → the first non-audio agent packet at or after the first pause decision (stage 1 on the wire)
+  stop     the barge-in latency: onset → the start of the run of inaudible agent packets (silence, or
+           audio ducked by the first stage) in which the truncate was sent (the caller heard no agent audio
+           at full level from then on). A first stage that later ended is not a barge-in: if the agent
+           played on at full level after it, only the later stop counts.
+  pause    onset → the first inaudible agent packet at or after the first stage-1 decision (on the wire)
   truncate onset → the confirmed barge-in (the bridge queues conversation.item.truncate)
   resumed  pauses that resumed during the interruption (false pauses on real speech; should be 0)
   leaked   agent audio packets sent after the stop while the caller was still talking (should be 0)
 
-Variants ``MODE:MIN_SPEECH_MS[:PAUSE_AFTER_MS]``; PAUSE_AFTER_MS 0 is the one-stage barge-in (the agent plays
+Variants ``MODE:MIN_SPEECH_MS[:PAUSE_AFTER_MS[:STAGE1]]``; PAUSE_AFTER_MS 0 is the one-stage barge-in (the agent plays
 until speech is confirmed), the named alternative the pause is measured against. ``--coughs N`` plays N
-60 ms noise bursts over the agent instead and reports the pauses, the gap heard and that none truncated.
+60 ms noise bursts over the agent instead and reports the first stages, the agent audio the caller did not
+hear at full level per cough (ducked or silent frames), and that none truncated.
 
 Usage: python bench/latency.py [--turns 20] [--barge-turns N] [--coughs 10]
                                [--barge-variants local:200,local:200:0,local:120:0,server:200]
@@ -67,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sipagent.agent as agent_mod
 import sipagent.realtime.local.server as server_mod
 from bench._common import agent_config, free_udp_port, percentiles_ms
-from sipagent.bridge.bargein import BargeInPolicy, Pause, Resume
+from sipagent.bridge.bargein import BargeInPolicy, Duck, Pause, Resume, Unduck
 from sipagent.bridge.call import CallBridge
 from sipagent.caller import SipCaller
 from sipagent.config import load_config_text
@@ -93,11 +96,13 @@ class Timeline:
     """Everything the observers saw, as (monotonic time, value) pairs."""
 
     caller: list[tuple[float, bool]] = field(default_factory=list)  # (t, loud) per caller packet sent
-    agent: list[tuple[float, bool]] = field(default_factory=list)  # (t, is_audio) per agent packet sent
+    # (t, audible) per agent packet sent: audio at full level (not silence, not ducked)
+    agent: list[tuple[float, bool]] = field(default_factory=list)
     backend_in: list[tuple[float, bool]] = field(default_factory=list)  # (t, loud) per append decoded
     backend_out: list[tuple[float, str]] = field(default_factory=list)  # (t, event type) sent
     decisions: list[tuple[float, str]] = field(default_factory=list)  # (t, trigger) bridge barge-in begins
-    pauses: list[tuple[float, str]] = field(default_factory=list)  # (t, "pause" | "resume") policy decisions
+    # (t, "pause" | "resume") policy decisions (a duck counts as "pause", its end as "resume")
+    pauses: list[tuple[float, str]] = field(default_factory=list)
     agent_queued: list[float] = field(default_factory=list)  # bridge queued model audio for playout
     # The same packet on every hop, matched by content (first occurrence wins).
     caller_payload: dict[float, bytes] = field(default_factory=dict)  # caller send time -> payload
@@ -121,7 +126,7 @@ def install_observers() -> None:
     class AgentPlayout(PlayoutQueue):
         def pop_frame(self) -> tuple[bytes, bool]:
             frame, is_audio = super().pop_frame()
-            TL.agent.append((time.monotonic(), is_audio))
+            TL.agent.append((time.monotonic(), is_audio and getattr(self, "_gain_out", 1.0) >= 1.0))
             return frame, is_audio
 
     agent_mod.Agent.playout_class = AgentPlayout
@@ -156,10 +161,11 @@ def install_observers() -> None:
 
     original_policy_frame = BargeInPolicy.caller_frame
 
-    def policy_frame(self: BargeInPolicy, now: float, loud_ms: int, speech: bool, agent_playing: bool) -> Any:
-        decision = original_policy_frame(self, now, loud_ms, speech, agent_playing)
-        if isinstance(decision, (Pause, Resume)):
-            TL.pauses.append((time.monotonic(), "pause" if isinstance(decision, Pause) else "resume"))
+    def policy_frame(self: BargeInPolicy, now: float, loud_ms: int, speech: bool, agent_playing: bool,
+                     faint: bool = False) -> Any:
+        decision = original_policy_frame(self, now, loud_ms, speech, agent_playing, faint)
+        if isinstance(decision, (Pause, Resume, Duck, Unduck)):
+            TL.pauses.append((time.monotonic(), "pause" if isinstance(decision, (Pause, Duck)) else "resume"))
         return decision
 
     BargeInPolicy.caller_frame = policy_frame  # type: ignore[method-assign]
@@ -365,10 +371,12 @@ def stop_of_barge_in(events: list[tuple[float, bool]], decided: float) -> float 
 
 
 async def barge_in(turns: int, speech: bytes, mode: str, min_speech_ms: int, pause_ms: int | None,
-                   jitter_ms: int) -> None:
+                   jitter_ms: int, stage1: str | None = None) -> None:
     barge: dict[str, Any] = {"mode": mode, "min_speech_ms": min_speech_ms, "protect_greeting_ms": 1000}
     if pause_ms is not None:
         barge["pause_after_ms"] = pause_ms
+    if stage1:
+        barge["stage1"] = stage1
     config = agent_config(free_udp_port(), greeting="Hello.", fallback=LONG_REPLY, jitter_ms=jitter_ms,
                           barge_in=barge, rtp_ports="31100-31199")
     rows: dict[str, list[float]] = {"stop": [], "pause": [], "truncate": [], "server speech_started": []}
@@ -413,9 +421,11 @@ async def barge_in(turns: int, speech: bytes, mode: str, min_speech_ms: int, pau
     p = percentiles_ms(rows["stop"], (50, 95))
     pause_label = "default" if pause_ms is None else f"{pause_ms} ms"
     print(f"barge-in {mode:<6} min_speech {min_speech_ms:>3} ms  n={len(rows['stop']):<3} missed={missed}  "
-          f"pause_after {pause_label}: stop p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  max {p['max']:6.1f} ms;  "
-          f"p95 vs 100 ms goal {p['p95'] / 100:.2f}x; pauses resumed on real speech: {resumed}; agent frames "
-          f"after the stop: {leaked}", flush=True)
+          f"pause_after {pause_label}, stage1 {stage1 or 'default'}:\n"
+          f"    stop p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  max {p['max']:6.1f} ms;  "
+          f"p95 vs 50 ms goal {p['p95'] / 50:.2f}x; first stages ended on real speech: {resumed}; agent "
+          f"frames at full level after the stop: {leaked}", flush=True)
+    print("    stops (ms): " + " ".join(f"{v * 1000:.0f}" for v in sorted(rows["stop"])), flush=True)
     for name in ("pause", "truncate", "server speech_started"):
         q = percentiles_ms(rows[name], (50, 95))
         print(f"    onset -> {name:<22} n={len(rows[name]):<3} p50 {q['p50']:6.1f}  p95 {q['p95']:6.1f}  "
@@ -429,11 +439,14 @@ def cough_burst(ms: int = 60, db: float = -12.0) -> bytes:
     return bytes(pcm.tobytes())
 
 
-async def coughs(count: int, speech: bytes, jitter_ms: int) -> None:
-    """Short bursts over the agent with the default barge-in config (local mode): each should pause and
-    resume, never truncate. Reports the gap the caller heard in the agent's audio."""
+async def coughs(count: int, speech: bytes, jitter_ms: int, stage1: str | None = None) -> None:
+    """Short bursts over the agent with the default barge-in config (local mode): each should duck (or
+    pause) and end, never truncate. Reports the agent audio the caller did not hear at full level."""
+    barge: dict[str, Any] = {"mode": "local", "protect_greeting_ms": 1000}
+    if stage1:
+        barge["stage1"] = stage1
     config = agent_config(free_udp_port(), greeting="Hello.", fallback=LONG_REPLY, jitter_ms=jitter_ms,
-                          barge_in={"mode": "local", "protect_greeting_ms": 1000}, rtp_ports="31200-31299")
+                          barge_in=barge, rtp_ports="31200-31299")
     gaps: list[float] = []
     pauses = resumes = truncates = 0
     async with Session(config) as s:
@@ -456,9 +469,10 @@ async def coughs(count: int, speech: bytes, jitter_ms: int) -> None:
             if not TL.agent or not any(audio for _, audio in TL.agent[-10:]):
                 break  # the reply ended: no more agent audio to cough over
     q = percentiles_ms(gaps, (50, 95))
-    print(f"coughs (60 ms noise at -12 dBFS, local:200, default pause): n={count} pauses={pauses} "
-          f"resumes={resumes} truncates={truncates}; agent silent per cough p50 {q['p50']:.0f}  "
-          f"p95 {q['p95']:.0f}  max {q['max']:.0f} ms", flush=True)
+    print(f"coughs (60 ms noise at -12 dBFS, local:200, stage1 {stage1 or 'default'}): n={count} "
+          f"first stages={pauses} ended={resumes} truncates={truncates}; agent audio not heard at full level "
+          f"(silent or ducked) per cough p50 {q['p50']:.0f}  p95 {q['p95']:.0f}  max {q['max']:.0f} ms",
+          flush=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -474,12 +488,13 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"\nbarge-in latency over {interruptions} interruptions per variant (caller onset -> agent audio "
               "stops on the wire)")
         for variant in args.barge_variants.split(","):
-            mode, ms, pause = [*variant.split(":"), "", ""][:3]
+            mode, ms, pause, stage1 = [*variant.split(":"), "", "", ""][:4]
             await barge_in(interruptions, speech, mode, int(ms or 200), int(pause) if pause else None,
-                           args.jitter_ms)
+                           args.jitter_ms, stage1 or None)
     if args.coughs > 0:
         print()
-        await coughs(args.coughs, speech, args.jitter_ms)
+        for stage1 in args.cough_stage1.split(","):
+            await coughs(args.coughs, speech, args.jitter_ms, stage1 if stage1 != "default" else None)
 
 
 def main() -> int:
@@ -491,6 +506,7 @@ def main() -> int:
     parser.add_argument("--barge-variants", default="local:200,local:200:0,local:120:0,server:200")
     parser.add_argument("--barge-turns", type=int, default=None, help="interruptions per variant (default: --turns)")
     parser.add_argument("--coughs", type=int, default=10, help="noise bursts over the agent (0: none)")
+    parser.add_argument("--cough-stage1", default="default", help="first stages to cough over: default,duck,pause")
     args = parser.parse_args()
     import logging
 

@@ -29,6 +29,7 @@ from sipagent.bridge.transcript import directory_problem
 from sipagent.config import Config, load_config
 from sipagent.errors import ConfigError, RealtimeError, SdpError, SrtpRefused
 from sipagent.media.clock import MediaClock
+from sipagent.media.gain import gain_shaper
 from sipagent.media.kernel import CODEC_SILENCE, transcode
 from sipagent.media.playout import PlayoutQueue
 from sipagent.observability.health import HealthState, LoopStallDetector, start_health_server
@@ -75,6 +76,14 @@ class _MediaLeg:
 
     def resume_audio(self) -> None:
         self.endpoint.playout.resume()
+
+    def duck_audio(self, gain: float) -> None:
+        playout = self.endpoint.playout
+        playout.shaper = gain_shaper(self.codec)  # the codec of the frames queued now (a re-INVITE moves it)
+        playout.duck(gain)
+
+    def unduck_audio(self) -> None:
+        self.endpoint.playout.unduck()
 
     @property
     def played_ms(self) -> int:

@@ -1041,6 +1041,11 @@ def _check_barge_in(barge: BargeInConfig, prefix: str, fail: Callable[[str, str]
                                            f"({barge.min_speech_ms}), got {barge.pause_after_ms}")
     if not 20 <= barge.resume_after_ms <= 5000:
         raise fail(key + "resume_after_ms", f"expected 20 to 5000 ms, got {barge.resume_after_ms}")
+    if not 6 <= barge.duck_db <= 60:
+        raise fail(key + "duck_db", f"expected 6 to 60 dB (how far the agent is turned down), got {barge.duck_db}")
+    if not 20 <= barge.unduck_after_ms <= barge.resume_after_ms:
+        raise fail(key + "unduck_after_ms", f"expected 20 ms up to resume_after_ms ({barge.resume_after_ms}), "
+                                            f"got {barge.unduck_after_ms}")
 
 
 

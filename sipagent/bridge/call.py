@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sipagent.bridge.bargein import BargeIn, BargeInPolicy, Pause, Resume, Trigger
+from sipagent.bridge.bargein import BargeIn, BargeInPolicy, Duck, Pause, Resume, Trigger, Unduck
 from sipagent.bridge.call_events import ToolUse
 from sipagent.bridge.context import CallContext, TemplateError, render
 from sipagent.bridge.conversation import Conversation
@@ -42,6 +42,7 @@ from sipagent.bridge.settings import AgentConfig, DtmfConfig, RecordingConfig, T
 from sipagent.bridge.tools import ToolResult, parse_arguments, run_webhook
 from sipagent.bridge.transcript import StereoRecorder, TranscriptWriter, call_file_stem
 from sipagent.errors import RealtimeError, RtpError
+from sipagent.media.gain import duck_gain
 from sipagent.media.kernel import (
     CODEC_SILENCE,
     Base64Decoder,
@@ -107,6 +108,11 @@ class MediaLeg(Protocol):
     def pause_audio(self) -> None: ...
 
     def resume_audio(self) -> None: ...
+
+    def duck_audio(self, gain: float) -> None:
+        """Turn the agent's audio down to ``gain`` from the next frame on; it plays on (nothing held)."""
+
+    def unduck_audio(self) -> None: ...
 
     @property
     def played_ms(self) -> int: ...
@@ -197,8 +203,11 @@ class CallBridge:
         self.conversation = Conversation()
         barge = self.agent.barge_in
         self.policy = BargeInPolicy(barge.mode, barge.protect_greeting_ms, pause_after_ms=barge.pause_after_ms,
-                                    resume_after_ms=barge.resume_after_ms)
-        self._onset_at = 0.0  # the caller's first loud frame of the speech the agent is paused on
+                                    resume_after_ms=barge.resume_after_ms, stage1=barge.stage1,
+                                    unduck_after_ms=barge.unduck_after_ms)
+        self._duck_gain = duck_gain(barge.duck_db)
+        self._onset_at = 0.0  # the caller's first loud frame of the speech the agent is paused (ducked) on
+        self._stage1_played_ms = 0  # what the caller had heard at full level when the first stage began
         self.vad = EchoAwareVad(VadSettings(threshold_db=self.agent.barge_in.threshold_db,
                                             min_speech_ms=self.agent.barge_in.min_speech_ms))
         self._passthrough = _passthrough_codec(settings.audio_format)
@@ -375,7 +384,7 @@ class CallBridge:
             self.recorder.path if self.recorder and self.recorder.ok else None,
             dict(self.conversation.usage),
             list(self.barge_in_times),
-            self.policy.resumes,
+            self.policy.false_alarms,
             tools,
             target,
             uri,
@@ -614,7 +623,7 @@ class CallBridge:
             self._response_done.set()
         elif kind == "input_audio_buffer.speech_started":
             self._last_activity = time.monotonic()
-            playing = self.media.buffered_ms > 0
+            playing = self._agent_playing()
             decision = self.policy.server_speech_started(
                 time.monotonic(), playing, caller_speaking=self.vad.recent_speech_ms >= 60
             )
@@ -708,12 +717,17 @@ class CallBridge:
         self._transcript("agent", greeting.text or self.agent.greeting, greeting=True, heard_ms=greeting.heard_ms,
                          total_ms=greeting.total_ms, interrupted=greeting.interrupted)
 
-    def _cut_agent(self, played_ms: int) -> tuple[str, int] | None:
-        """The item playing stops at ``played_ms``: (its id, ms of it heard), None when none was playing."""
+    def _cut_agent(self, played_ms: int, heard_ms: int | None = None) -> tuple[str, int] | None:
+        """The item playing stops at ``played_ms`` (the caller heard it up to ``heard_ms``, by default the
+        same): (its id, ms of it heard), None when none was playing."""
+        heard_ms = played_ms if heard_ms is None else min(heard_ms, played_ms)
         current = self.conversation.current
         if current is not None and current is self.conversation.first:
-            self._greeting_over(played_ms, interrupted=True)
-        return self.conversation.interrupted(played_ms)
+            self._greeting_over(heard_ms, interrupted=True)
+        cut = self.conversation.interrupted(played_ms)
+        if cut is None or current is None:
+            return cut
+        return cut[0], current.heard_ms(heard_ms)
 
     async def _after_response(self) -> None:
         """Once the agent has finished speaking: the greeting's protection ends; pending actions run."""
@@ -747,7 +761,7 @@ class CallBridge:
         speech = self.vad.caller_mean_square(frame.push(payload))
         if self.recorder:
             self.recorder.caller(frame.pcm)
-        if speech or self.vad.loud_ms or self.policy.paused:
+        if speech or self.vad.onset_ms or self.policy.paused:  # onset_ms >= loud_ms: its threshold is lower
             self._caller_sound(speech)
         if self._link is None or self.state != "live":
             return
@@ -806,19 +820,39 @@ class CallBridge:
         self.media.flush_audio()  # also ends a pause: what comes next is new audio, not the paused speech
         self.policy.flushed()
 
+    def _agent_playing(self) -> bool:
+        """Agent audio is queued, or (while it is turned down at an onset) its response is still coming: the
+        model's audio arrives in real time, and the queue may run dry between two deltas."""
+        return self.media.buffered_ms > 0 or (self.policy.paused and self.conversation.response_active)
+
     def _caller_sound(self, speech: bool) -> None:
-        """A caller frame with sound in it (or one while the agent is paused): the barge-in policy's turn."""
+        """A caller frame with sound in it (or one while the agent is paused or ducked): the barge-in policy's
+        turn. The onset is the VAD's onset run (echo margin learned from the line), confirmation its speech."""
         if self._held:
             return  # music on hold: neither speech nor an interruption
         now = time.monotonic()
         if speech:
             self._last_activity = now
-        decision = self.policy.caller_frame(now, self.vad.loud_ms, speech, self.media.buffered_ms > 0)
-        if isinstance(decision, Pause):
+        onset_ms = self.vad.onset_ms
+        decision = self.policy.caller_frame(now, onset_ms, speech, self._agent_playing(), self.vad.faint)
+        if isinstance(decision, Duck):
+            # Stage 1, at the onset: turned down from the next tick on, still playing, the model not told.
+            self.media.duck_audio(self._duck_gain)
+            self._onset_at = now - (onset_ms - self.vad.settings.frame_ms) / 1000
+            self._stage1_played_ms = self.media.played_ms
+            self._record("barge_in_duck", played_ms=self._stage1_played_ms)
+        elif isinstance(decision, Unduck):
+            self.media.unduck_audio()
+            self.log.info("barge-in duck ended after %.0f ms (not speech)", decision.ducked_s * 1000)
+            self._record("barge_in_unduck", ducked_ms=round(decision.ducked_s * 1000))
+            if self.metrics:
+                self.metrics.barge_in_pause_ended("resumed", decision.ducked_s)
+        elif isinstance(decision, Pause):
             # Stage 1, at the onset: silence from the next tick on, the model not told (it may be a cough).
             self.media.pause_audio()
-            self._onset_at = now - (self.vad.loud_ms - self.vad.settings.frame_ms) / 1000
-            self._record("barge_in_pause", played_ms=self.media.played_ms)
+            self._onset_at = now - (onset_ms - self.vad.settings.frame_ms) / 1000
+            self._stage1_played_ms = self.media.played_ms
+            self._record("barge_in_pause", played_ms=self._stage1_played_ms)
         elif isinstance(decision, Resume):
             self.media.resume_audio()
             self.log.info("barge-in pause resumed after %.0f ms (not speech)", decision.paused_s * 1000)
@@ -831,8 +865,11 @@ class CallBridge:
 
     async def _barge_in(self, decision: BargeIn, server_cancelled: bool) -> None:
         played = self.media.played_ms  # exact when paused: what the caller heard up to the pause
-        self.media.flush_audio()
-        cut = self._cut_agent(played)
+        # After a duck the frames since its start went out turned down, under the caller's voice: what the
+        # caller heard ends where the duck began.
+        heard = self._stage1_played_ms if decision.paused_at is not None else played
+        self.media.flush_audio()  # also ends a duck
+        cut = self._cut_agent(played, heard)
         self.barge_in_times.append(decision.at)
         if self.metrics and decision.paused_at is not None:
             # The agent went quiet at the pause; confirming it later changed nothing the caller heard.

@@ -20,11 +20,18 @@ class BargeInConfig:
     min_speech_ms: int = 200  # confirms a barge-in (local mode): the model is told, the item truncated
     protect_greeting_ms: int = 1000
     threshold_db: float = -35.0
-    # The reversible first stage: this much loud caller audio (above the agent's echo) pauses the agent's
-    # audio at once; 0 turns the pause off. One 20 ms frame: a caller who talks over the agent is heard
-    # as it starts, and the echo margin, not the frame count, is what keeps the agent's echo out.
+    # The reversible first stage: this much loud caller audio (above the agent's echo) ducks or pauses the
+    # agent's audio at once; 0 turns the first stage off. One 20 ms frame: a caller who talks over the agent
+    # is heard as it starts, and the echo margin, not the frame count, is what keeps the agent's echo out.
     pause_after_ms: int = 20
-    resume_after_ms: int = 300  # a pause not confirmed as speech resumes once the caller was quiet this long
+    # duck: the agent plays on turned down by duck_db (a cough costs only the frames it overlapped);
+    # pause: the agent's audio is held, silent, and goes on from the same word on resume.
+    stage1: Literal["duck", "pause"] = "duck"
+    duck_db: float = 30.0
+    unduck_after_ms: int = 40  # a duck on a short burst (a cough) ends once the caller was quiet this long
+    # a pause not confirmed as speech resumes once the caller was quiet this long (a duck after a loud run
+    # longer than a burst, too)
+    resume_after_ms: int = 300
 
 
 @dataclass

@@ -10,6 +10,11 @@ completes it), then sent padded with silence so the tail of the utterance is not
 ``pause()`` holds the queue where it is (the clock gets silence, nothing is dropped) until ``resume()``:
 the first, reversible stage of barge-in, taken at the caller's speech onset before it is confirmed.
 
+``duck(gain)`` turns the audio down from the next tick on without holding anything (the queue plays on,
+``played_ms`` counts on) until ``unduck()``: barge-in's gentler first stage. The gain is applied to each
+frame as it leaves by ``shaper(frame, gain_from, gain_to)`` (the codec's decode, scale with a short ramp,
+encode: sipagent.media.gain); with no shaper a ducked frame is sent as silence.
+
 ``reframe()`` moves the queue to another codec mid-call (a re-INVITE): what is still queued is converted,
 ``played_ms`` and a pause carry on.
 """
@@ -17,6 +22,8 @@ the first, reversible stage of barge-in, taken at the caller's speech onset befo
 from __future__ import annotations
 
 from collections.abc import Callable
+
+Shaper = Callable[[bytes, float, float], bytes]  # (frame, gain at its start, gain at its end) -> frame
 
 
 class PlayoutQueue:
@@ -30,6 +37,9 @@ class PlayoutQueue:
         self._played_bytes = 0
         self._held = 0  # consecutive ticks a partial frame has waited
         self.paused = False
+        self.gain = 1.0  # below 1 while ducked
+        self._gain_out = 1.0  # the gain the last audio frame ended at (a change ramps from it)
+        self.shaper: Shaper | None = None
 
     def push(self, payload: bytes) -> None:
         self._buf += payload
@@ -45,6 +55,8 @@ class PlayoutQueue:
             del buf[:n]
             self._held = 0
             self._played_bytes += n
+            if self.gain != self._gain_out or self.gain != 1.0:
+                return self._shape(frame), True
             return frame, True
         if not buf:
             return self.silence, False
@@ -55,7 +67,24 @@ class PlayoutQueue:
         buf.clear()
         self._held = 0
         self._played_bytes += len(tail)
-        return tail + self.silence[len(tail) :], True
+        frame = tail + self.silence[len(tail) :]
+        if self.gain != self._gain_out or self.gain != 1.0:
+            return self._shape(frame), True
+        return frame, True
+
+    def _shape(self, frame: bytes) -> bytes:
+        start, self._gain_out = self._gain_out, self.gain
+        if self.shaper is None:
+            return frame if self.gain >= 1.0 else self.silence
+        return self.shaper(frame, start, self.gain)
+
+    def duck(self, gain: float) -> None:
+        """From the next audio frame on, send it at ``gain`` (0 < gain < 1), ramped from the current gain."""
+        self.gain = min(1.0, max(0.0, gain))
+
+    def unduck(self) -> None:
+        """Back to full level from the next audio frame (ramped up)."""
+        self.gain = 1.0
 
     def pause(self) -> None:
         """Send silence from the next tick on, keeping every byte queued (and ``played_ms``) as it is."""
@@ -72,12 +101,13 @@ class PlayoutQueue:
         self._buf.clear()
         self._held = 0
         self.paused = False
+        self.gain = self._gain_out = 1.0  # new audio starts at full level
         return discarded
 
     def reframe(self, silence: bytes, convert: Callable[[bytes], bytes] | None = None) -> None:
         """Frames of ``len(silence)`` bytes and this silence from the next pop on; what is still queued goes
         through ``convert`` (the old codec's bytes to the new one's; None: kept as it is), so nothing the
-        agent had still to say is lost. ``played_ms`` counts on in milliseconds, and a pause stays."""
+        agent had still to say is lost. ``played_ms`` counts on in milliseconds, and a pause (or a duck) stays."""
         if not silence:
             raise ValueError("silence must be one whole frame")
         played_ms = self.played_ms
@@ -85,6 +115,7 @@ class PlayoutQueue:
             self.frame_bytes = len(silence)
             self._played_bytes = played_ms * self.frame_bytes // 20
         self.silence = bytes(silence)
+        self.shaper = None  # the old codec's: a duck under way goes on as silence until it ends
         if self._buf and convert is not None:
             self._buf = bytearray(convert(bytes(self._buf)))
         self._held = 0

@@ -91,10 +91,10 @@ class Metrics:
                                            "Caller speech start to agent playout stopped",
                                            buckets=LATENCY_BUCKETS, registry=r)
         self._barge_in_pauses = Counter(p + "barge_in_pauses",
-                                        "Agent audio paused at a caller's speech onset, by how the pause ended",
+                                        "Agent audio ducked or paused at a caller's speech onset, by how it ended",
                                         ["outcome"], registry=r)
         self._barge_in_false_pause = Histogram(p + "barge_in_false_pause_seconds",
-                                               "How long the agent was silent on a pause that resumed",
+                                               "How long the agent was down or silent on an unconfirmed duck or pause",
                                                buckets=LATENCY_BUCKETS, registry=r)
         self._rtp_sent = Counter(p + "rtp_packets_sent", "RTP packets sent", registry=r)
         self._rtp_received = Counter(p + "rtp_packets_received", "RTP packets received", registry=r)

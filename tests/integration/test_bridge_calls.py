@@ -106,45 +106,60 @@ def cough(ms: int = 60, db: float = -12.0) -> bytes:
     return (noise / np.sqrt(np.mean(noise**2)) * 32768 * 10 ** (db / 20)).clip(-32768, 32767).astype("<i2").tobytes()
 
 
-@pytest.mark.parametrize("mode", ["local", "server"])
-def test_cough_pauses_and_resumes_then_speech_barges_in(tmp_path: Path, mode: str) -> None:
-    asyncio.run(_cough_then_speech(tmp_path, mode))
+@pytest.mark.parametrize(("mode", "stage1"), [("local", "duck"), ("server", "duck"), ("local", "pause")])
+def test_cough_ducks_or_pauses_then_speech_barges_in(tmp_path: Path, mode: str, stage1: str) -> None:
+    asyncio.run(_cough_then_speech(tmp_path, mode, stage1))
 
 
-async def _cough_then_speech(tmp_path: Path, mode: str) -> None:
+async def _cough_then_speech(tmp_path: Path, mode: str, stage1: str) -> None:
     server_min_speech = 500 if mode == "local" else 200  # as above: the local mode is decided locally
+    barge: dict[str, object] = {"mode": mode, "protect_greeting_ms": 0}  # defaults otherwise
+    if stage1 != "duck":
+        barge["stage1"] = stage1
+    start, end = ("barge_in_duck", "barge_in_unduck") if stage1 == "duck" else ("barge_in_pause", "barge_in_resume")
     config = bridge_config(
         tmp_path,
         realtime={"local": {"vad": {"min_speech_ms": server_min_speech}}},
-        agent={"greeting": LONG_GREETING, "barge_in": {"mode": mode, "protect_greeting_ms": 0}},  # defaults
+        agent={"greeting": LONG_GREETING, "barge_in": barge},
     )
     async with call_rig(config) as rig:
         await rig.wait_for(lambda: len(loud_times(rig.caller)) >= 60, 15, "1.2 s of the greeting")
         rig.caller.play(cough())
-        resumed = await rig.wait_entry("barge_in_resume", 5)
-        resumed_at = time.monotonic()
-        queued_before = rig.bridge.conversation.queued_ms
-        # Frames heard after the resume only: a window reaching back before the cough would be satisfied
-        # by the greeting played before the pause.
-        await rig.wait_for(lambda: len(loud_times(rig.caller, since=resumed_at)) >= 10, 5,
+        ended = await rig.wait_entry(end, 5)
+        ended_at = time.monotonic()
+        queued_before, played_at_end = rig.bridge.conversation.queued_ms, rig.bridge.media.played_ms
+        # Frames heard after the first stage ended only: a window reaching back before the cough would be
+        # satisfied by the greeting played before it.
+        await rig.wait_for(lambda: len(loud_times(rig.caller, since=ended_at)) >= 10, 5,
                            "the greeting to go on")
-        played_after_resume = rig.bridge.media.played_ms
+        played_after = rig.bridge.media.played_ms
         pcm = await asyncio.to_thread(tts().synthesize, "how do i return an item")
         rig.caller.play(pcm)
         await rig.wait_entry("barge_in", 5)
         await rig.wait_entry("agent", 25, lambda e: "thirty days" in e["text"])
-    pauses = rig.entries("barge_in_pause")
-    assert len(pauses) == 2 and resumed["paused_ms"] < 1000, rig.summary()  # the cough's, then the speech's
+    stages = rig.entries(start)
+    assert len(stages) == 2, rig.summary()  # the cough's, then the speech's
+    if stage1 == "duck":
+        # A duck on a burst ends soon after it (unduck_after_ms of quiet), not resume_after_ms later.
+        assert ended["ducked_ms"] < 200, rig.summary()
+    else:
+        assert ended["paused_ms"] < 1000, rig.summary()
     # The cough did not reach the model: nothing truncated, cancelled or deleted before the real barge-in.
     kinds = [e["type"] for e in rig.sent]
     assert kinds.count("conversation.item.truncate") == 1 and "conversation.item.delete" not in kinds, kinds
-    # Nothing of the greeting was lost at the resume: it played on past where it paused.
-    assert played_after_resume > pauses[0]["played_ms"] and queued_before >= played_after_resume
+    # Nothing of the greeting was lost: it played on past where the first stage began.
+    assert played_after > played_at_end >= stages[0]["played_ms"], rig.summary()
+    if stage1 == "duck":
+        # ... and went on playing (turned down) during the duck: nothing was held back.
+        assert played_at_end - stages[0]["played_ms"] >= ended["ducked_ms"] - 40, (stages, ended, played_at_end)
+    else:
+        # ... held during the pause: what played after the resume had been queued before it.
+        assert queued_before >= played_after
     cut = rig.entries("barge_in")
     assert len(cut) == 1 and cut[0]["trigger"] == f"{mode}-vad", rig.summary()
-    # The agent was already silent at the onset: heard_ms is where the second pause stopped it.
+    # The agent was already paused or turned down at the onset: heard_ms is where that began.
     assert cut[0]["paused_ms"] is not None and cut[0]["paused_ms"] > 0, rig.summary()
-    assert cut[0]["heard_ms"] == pauses[1]["played_ms"], rig.summary()
+    assert cut[0]["heard_ms"] == stages[1]["played_ms"], rig.summary()
     assert rig.outcomes and rig.outcomes[0].false_pauses == 1
     metrics = rig.agent.metrics.render().decode()
     assert 'sipagent_barge_in_pauses_total{outcome="resumed"} 1.0' in metrics
@@ -169,8 +184,8 @@ async def _echo(tmp_path: Path, delay_ms: int, mode: str) -> None:
     heard = loud_times(rig.caller)
     heard_s = heard[-1] - heard[0] + 0.02
     assert not rig.entries("barge_in"), rig.summary()
-    # Nor was it paused, even for a moment: echo must not make the agent choppy.
-    assert not rig.entries("barge_in_pause"), rig.summary()
+    # Nor was it paused or ducked, even for a moment: echo must not make the agent choppy.
+    assert not rig.entries("barge_in_pause") and not rig.entries("barge_in_duck"), rig.summary()
     assert abs(heard_s - synthesized) < 0.3, f"heard {heard_s:.2f} s of a {synthesized:.2f} s greeting"
     assert [e["text"] for e in rig.entries("agent")] == [GREETING], rig.summary()
     backend_heard = [e["type"] for e in rig.received if e["type"].startswith("input_audio_buffer.")]

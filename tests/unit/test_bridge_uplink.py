@@ -61,6 +61,12 @@ class Leg:
     def pause_audio(self) -> None:
         pass
 
+    def duck_audio(self, gain: float) -> None:
+        pass
+
+    def unduck_audio(self) -> None:
+        pass
+
 
 def speech(db: float, n: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)

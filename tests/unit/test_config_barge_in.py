@@ -35,3 +35,16 @@ def test_bad_values_name_line_and_key() -> None:
     assert error_of("    protect_greeting_ms: -1\n").startswith("agent.yaml:4: agent.barge_in.protect_greeting_ms:")
     assert error_of("    resume_after_ms: soon\n") == (
         'agent.yaml:4: agent.barge_in.resume_after_ms: expected an integer, got "soon"')
+
+
+def test_first_stage_keys() -> None:
+    barge = load_config_text("realtime: {provider: local}\n", "agent.yaml", {}).agent.barge_in
+    assert (barge.stage1, barge.duck_db, barge.unduck_after_ms) == ("duck", 30.0, 40)
+    barge = load_config_text(BASE + "    stage1: pause\n    duck_db: 20\n", "a.yaml", {}).agent.barge_in
+    assert (barge.stage1, barge.duck_db) == ("pause", 20.0)
+    assert error_of("    stage1: mute\n") == (
+        'agent.yaml:4: agent.barge_in.stage1: expected one of duck, pause, got "mute"')
+    assert error_of("    duck_db: 3\n") == (
+        "agent.yaml:4: agent.barge_in.duck_db: expected 6 to 60 dB (how far the agent is turned down), got 3.0")
+    assert error_of("    resume_after_ms: 100\n    unduck_after_ms: 200\n") == (
+        "agent.yaml:5: agent.barge_in.unduck_after_ms: expected 20 ms up to resume_after_ms (100), got 200")

@@ -104,3 +104,53 @@ def test_reframe_to_another_frame_size_counts_played_ms_on() -> None:
     assert q.frame_bytes == 320 and q.played_ms == 20 and q.buffered_ms == 10
     with pytest.raises(ValueError):
         q.reframe(b"")
+
+
+def test_duck_turns_frames_down_as_they_leave_and_holds_nothing() -> None:
+    q = PlayoutQueue()
+    q.push(b"\x01" * 160 * 4)
+    seen: list[tuple[float, float]] = []
+
+    def shaper(frame: bytes, start: float, end: float) -> bytes:
+        seen.append((start, end))
+        return b"\x09" * len(frame)
+
+    q.shaper = shaper
+    assert q.pop_frame() == (b"\x01" * 160, True)  # full level: the shaper is not called
+    q.duck(0.1)
+    assert q.pop_frame() == (b"\x09" * 160, True)  # ramped down, and played: nothing is held
+    assert q.pop_frame() == (b"\x09" * 160, True)
+    q.unduck()
+    assert q.pop_frame() == (b"\x09" * 160, True)  # ramped back up
+    assert seen == [(1.0, 0.1), (0.1, 0.1), (0.1, 1.0)]
+    assert q.played_ms == 80 and not q.is_playing
+
+
+def test_duck_without_a_shaper_sends_silence_and_flush_ends_it() -> None:
+    q = PlayoutQueue()
+    q.push(b"\x01" * 160 * 3)
+    q.duck(0.1)
+    assert q.pop_frame() == (SIL, True)  # no shaper (G.722): muted, but played on
+    assert q.flush() == 40 and q.gain == 1.0
+    q.push(b"\x02" * 160)
+    assert q.pop_frame() == (b"\x02" * 160, True)  # the next answer at full level
+
+
+def test_g711_gain_shaper_ramps_and_scales() -> None:
+    import numpy as np
+
+    from sipagent.media.gain import RAMP_SAMPLES, duck_gain, gain_shaper
+    from sipagent.media.kernel import ulaw_decode, ulaw_encode
+
+    assert gain_shaper("G722") is None
+    shape = gain_shaper("PCMU")
+    assert shape is not None
+    pcm = (np.full(160, 8000)).astype("<i2").tobytes()
+    frame = ulaw_encode(pcm)
+    gain = duck_gain(30)
+    assert abs(gain - 0.0316) < 1e-3
+    steady = np.frombuffer(ulaw_decode(shape(frame, gain, gain)), dtype="<i2")
+    assert np.all(np.abs(steady - 8000 * gain) < 16)
+    ramp = np.frombuffer(ulaw_decode(shape(frame, 1.0, gain)), dtype="<i2")
+    assert ramp[0] > 7000 and np.all(np.diff(ramp[:RAMP_SAMPLES].astype(int)) <= 0)  # falls over 5 ms
+    assert np.all(np.abs(ramp[RAMP_SAMPLES:] - 8000 * gain) < 16)
