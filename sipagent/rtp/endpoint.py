@@ -9,6 +9,13 @@ the next frame of ``playout`` (or silence), and (3) every ~5 s sends an RTCP SR 
 sent anything) to the peer. While the peer holds the call (``set_remote(..., send=False)``) step 2 is
 skipped: no RTP leaves, the playout queue keeps everything, the timestamp keeps time.
 
+The first frame of a talkspurt need not wait for the next tick: ``start_talkspurt`` (called when audio has
+just been queued) asks the clock to run this stream's next tick at once (``MediaClock.send_now``) when the
+last packet sent was not audio; the packet carries the marker bit and the next timestamp (one frame on, as
+every tick: our silence packets kept the timeline, so there is no jump and no overlap), and the stream
+stays on that new phase for the rest of the talkspurt. Once idle again (silence sent, nothing queued) it
+goes back to its home phase (``MediaClock.rejoin_home``).
+
 The endpoint knows payload types, not codecs: ``set_codec`` gives it a codec's 20 ms frame and silence
 (for the jitter buffer's concealment and the playout queue), at the answer and again when a re-INVITE
 changes the codec.
@@ -132,6 +139,7 @@ class RtpEndpoint:
         self._was_audio = False
         self._mark_at = 0  # packets_sent when the next packet goes out with the marker bit whatever it holds
         self._ticked = False
+        self._away = False  # moved off the home phase by start_talkspurt until idle again
         self._now = 0  # ticks of the clock so far: the latch's time
         self.packets_sent = 0
         self.octets_sent = 0
@@ -249,6 +257,19 @@ class RtpEndpoint:
         if self.dtmf_payload_type is None:
             raise RtpError("the peer did not negotiate telephone-event; cannot send DTMF")
         self._dtmf_tx.queue(digit, duration_ms)
+
+    def start_talkspurt(self) -> bool:
+        """Audio was just queued: if it starts a talkspurt (the last packet sent was not audio), send its
+        first frame now rather than at the next tick, when the clock allows it (``MediaClock.send_now``).
+        Nothing while held, while a digit is going out or while the queue is paused. Returns whether a
+        packet went out."""
+        if (self._was_audio or self._send_payload_type is None or self._latch.source is None
+                or not self.playout.frame_ready or self._dtmf_tx.busy or self._closed):
+            return False
+        if self.clock.send_now(self):
+            self._away = True
+            return True
+        return False
 
     @property
     def dtmf_sending(self) -> bool:
@@ -467,6 +488,9 @@ class RtpEndpoint:
                 payload, is_audio = self.playout.pop_frame()
                 if self.on_sent is not None:
                     self.on_sent(payload, is_audio)
+                if self._away and not is_audio and not self.playout.is_playing:
+                    self._away = False  # idle again: back to the home phase
+                    self.clock.rejoin_home(self)
                 marker = (is_audio and not self._was_audio) or self.packets_sent == self._mark_at
                 self._was_audio = is_audio
                 b1 = (0x80 if marker else 0) | payload_type
