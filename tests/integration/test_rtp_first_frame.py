@@ -87,6 +87,14 @@ def test_first_frame_at_once_then_paced_then_home() -> None:
                 await _until(lambda: clock.phase_of(ep) == home, 0.5)
                 assert clock.phase_of(ep) == home  # idle again: back on its home phase
             assert clock.early_ticks == sent
+            # The queue running dry for a frame in the middle of a reply is an underrun, not a pause: the
+            # rest waits for the tick (the slack it gives), with no marker jump in the timing.
+            ep.playout.push(b"\x01" * 320)
+            n = ep.packets_sent
+            await _until(lambda: ep.packets_sent >= n + 3)
+            ep.playout.push(b"\x02" * 160)
+            assert not ep.start_talkspurt()
+            assert clock.early_ticks == sent
             # Nothing early while the queue is paused or the call is held.
             ep.playout.push(b"\x01" * 320)
             ep.playout.pause()
