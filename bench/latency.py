@@ -22,9 +22,10 @@ the inbound leg read one frame (20 ms) long. That figure is still printed ("leve
 
 Turn latency C→A splits into bridge inbound (C→Bi: UDP, the agent's jitter buffer (eager: frames go up on
 arrival), decode, VAD, the WebSocket), backend (Bi→Bo: its VAD silence window, ASR, the configured response
-delay, TTS) and bridge outbound (Bo→A: WebSocket, decode/encode, playout queue, wait for the next 20 ms
-tick). The bridge's overhead is inbound + outbound; the naive figure the issue names, C→A minus the
-configured response delay, is printed too (it still contains the backend's silence window, ASR and TTS).
+delay, TTS) and bridge outbound (Bo→A: WebSocket, decode/encode, playout queue, and the wait for the next
+20 ms tick where the first frame does not go out at once). The bridge's overhead is inbound + outbound; the
+naive figure the issue names, C→A minus the configured response delay, is printed too (it still contains
+the backend's silence window, ASR and TTS).
 
 Barge-in: while the agent speaks its (long) reply, the caller talks over it. Barge-in is two-stage: at
 the caller's onset (``pause_after_ms`` of loud audio above the agent's echo) the agent's playout is paused,
@@ -344,7 +345,7 @@ async def turn_latency(turns: int, speech: bytes, delay_ms: int, silence_ms: int
         "inbound_level": "C->Bi' inbound by level markers (artifact)",
         "outbound": "Bo->A bridge outbound (incl. tick wait)",
         "out_ws": "  Bo->Aq WebSocket, decode, encode, queue",
-        "out_tick": "  Aq->A  wait for the next 20 ms tick",
+        "out_tick": "  Aq->A  queued -> on the wire (any tick wait)",
         "overhead": "bridge overhead = inbound + outbound",
         "gap12": "A->A2  first to second reply frame on the wire",
     }
