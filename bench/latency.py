@@ -13,6 +13,7 @@ Observers (class-level wrappers installed by this script, no change to sipagent)
   Bo the backend sending the first ``response.output_audio.delta`` of its reply
   Aq the bridge queueing the first audio of that reply for playout
   A  the agent putting the first audio frame of the reply on the wire (its playout queue popped it)
+  A2 the agent's next packet after A (A->A2 should be 20 ms: no burst, no gap after an early first frame)
 
 C and Bi are the same packet on both sides, matched by content. An earlier version took Bi as the last
 loud append *the backend* saw; the agent's 8→24 kHz resampler smears the end of the speech into the next
@@ -21,9 +22,10 @@ the inbound leg read one frame (20 ms) long. That figure is still printed ("leve
 
 Turn latency C→A splits into bridge inbound (C→Bi: UDP, the agent's jitter buffer (eager: frames go up on
 arrival), decode, VAD, the WebSocket), backend (Bi→Bo: its VAD silence window, ASR, the configured response
-delay, TTS) and bridge outbound (Bo→A: WebSocket, decode/encode, playout queue, wait for the next 20 ms
-tick). The bridge's overhead is inbound + outbound; the naive figure the issue names, C→A minus the
-configured response delay, is printed too (it still contains the backend's silence window, ASR and TTS).
+delay, TTS) and bridge outbound (Bo→A: WebSocket, decode/encode, playout queue, and the wait for the next
+20 ms tick where the first frame does not go out at once). The bridge's overhead is inbound + outbound; the
+naive figure the issue names, C→A minus the configured response delay, is printed too (it still contains
+the backend's silence window, ASR and TTS).
 
 Barge-in: while the agent speaks its (long) reply, the caller talks over it. Barge-in is two-stage: at
 the caller's onset (``pause_after_ms`` of loud audio above the agent's echo) the agent's playout is ducked
@@ -295,7 +297,8 @@ async def turn_latency(turns: int, speech: bytes, delay_ms: int, silence_ms: int
     config = agent_config(free_udp_port(), greeting="Hello.", fallback=SHORT_REPLY, silence_ms=silence_ms,
                           response_delay_ms=delay_ms, jitter_ms=jitter_ms, rtp_ports="31000-31099")
     rows: dict[str, list[float]] = {k: [] for k in ("total", "naive", "inbound", "in_udp", "in_ws", "inbound_level",
-                                                     "backend", "outbound", "out_ws", "out_tick", "overhead")}
+                                                     "backend", "outbound", "out_ws", "out_tick", "overhead",
+                                                     "gap12")}
     async with Session(config) as s:
         assert s.caller is not None
         for _ in range(turns):
@@ -331,6 +334,9 @@ async def turn_latency(turns: int, speech: bytes, delay_ms: int, silence_ms: int
             rows["out_ws"].append(aq - bo)
             rows["out_tick"].append(a - aq)
             rows["overhead"].append((bi - c) + (a - bo))
+            a2 = next((at for at, _ in TL.agent if at > a), None)  # the packet after the first audio
+            if a2 is not None:
+                rows["gap12"].append(a2 - a)
             await asyncio.sleep(0.2)
     print(f"\nturn latency over {len(rows['total'])} turns (response_delay {delay_ms} ms, VAD silence window "
           f"{silence_ms} ms, jitter buffer {jitter_ms} ms)")
@@ -345,8 +351,9 @@ async def turn_latency(turns: int, speech: bytes, delay_ms: int, silence_ms: int
         "inbound_level": "C->Bi' inbound by level markers (artifact)",
         "outbound": "Bo->A bridge outbound (incl. tick wait)",
         "out_ws": "  Bo->Aq WebSocket, decode, encode, queue",
-        "out_tick": "  Aq->A  wait for the next 20 ms tick",
+        "out_tick": "  Aq->A  queued -> on the wire (any tick wait)",
         "overhead": "bridge overhead = inbound + outbound",
+        "gap12": "A->A2  first to second reply frame on the wire",
     }
     for key, label in labels.items():
         p = percentiles_ms(rows[key], (50, 95))

@@ -67,6 +67,7 @@ class _MediaLeg:
 
     def push_audio(self, payload: bytes) -> None:
         self.endpoint.playout.push(payload)
+        self.endpoint.start_talkspurt()  # the first frame of a reply goes out now, not at the next tick
 
     def flush_audio(self) -> int:
         return self.endpoint.playout.flush()

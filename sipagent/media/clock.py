@@ -11,6 +11,17 @@ every packet at one instant would delay the last packet of the tick by the cost 
 
 ``ticks``, ``late_ticks`` and ``skipped_ticks`` count phase ticks that had streams to serve.
 A tick that runs late is still one tick (``late_ticks`` counts those later than ``late_threshold``).
+
+A stream may move between phases (``send_now``, ``rejoin_home``) so that the first frame of a talkspurt
+does not wait for the stream's next tick: ``send_now`` runs the stream's next tick at once (or, within
+``min_spacing`` of its previous tick, at the first slot after that: ``first_frame_at`` decides) and moves
+the stream to the phase slot nearest one period later, so its second frame follows 20 ms (± half a slot)
+after the first; ``rejoin_home`` takes it back to the phase ``register`` gave it (its home, which keeps the
+load spread) once it is idle again, with one interval of up to two periods. Each tick still stands for one
+period of the home grid: a frame sent early is the stream's next tick, run less than a period early, so the
+RTP timestamp (one frame per tick) never runs a whole period ahead of real time, and is back on it at home.
+A moved stream waits in its new phase's ``_joining`` list with the first tick it belongs to, so a move
+never costs a burst; a phase tick stays O(its streams), plus the streams joining it.
 A tick so late that one or more whole periods passed is not replayed as a burst of packets: the missed
 deadlines are skipped and counted (``skipped_ticks``), and streams get ``elapsed > 1`` so their RTP
 timestamps keep pace with real time.
@@ -35,6 +46,37 @@ class ClockStream(Protocol):
         """Send this period's frame; ``elapsed`` is the number of periods since the last call (normally 1)."""
 
 
+def first_frame_at(
+    now: float, last_tick: float, next_tick: float, ahead: float, interval: float, min_lead: float, min_spacing: float
+) -> float | None:
+    """When a stream's next tick (due at ``next_tick``) should run, now that the first frame of a talkspurt is
+    ready at ``now``: ``now`` itself, a later time still well before ``next_tick``, or None (keep
+    ``next_tick``: it is at most ``min_lead`` away anyway).
+
+    Never within ``min_spacing`` of the stream's previous tick (``last_tick``): no two packets a moment
+    apart. And each tick stands for one period of its home grid (which its ticks run ``ahead`` of): the
+    tick due at ``next_tick`` stands for the home deadline ``next_tick + ahead``, and runs at most
+    ``interval - min_spacing`` before it, so the stream is never a whole period ahead of real time."""
+    earliest = max(now, last_tick + min_spacing, next_tick + ahead - interval + min_spacing)
+    if next_tick - earliest <= min_lead:
+        return None
+    return earliest
+
+
+def nearest_slot(t: float, start: float, interval: float, phases: int) -> tuple[int, int]:
+    """The (phase, k) whose deadline ``start + phase * interval / phases + k * interval`` is nearest ``t``."""
+    step = interval / phases
+    n = round((t - start) / step)
+    return n % phases, n // phases
+
+
+def first_slot_after(t: float, start: float, interval: float, phases: int) -> tuple[int, int]:
+    """The (phase, k) of the first deadline at or after ``t``."""
+    step = interval / phases
+    n = max(0, math.ceil((t - start) / step - 1e-9))
+    return n % phases, n // phases
+
+
 class MediaClock:
     def __init__(
         self,
@@ -42,6 +84,8 @@ class MediaClock:
         phases: int = 10,
         late_threshold: float = 0.002,
         probe: Callable[[float], None] | None = None,
+        min_lead: float = 0.002,
+        min_spacing: float = 0.002,
     ) -> None:
         self.interval = interval
         self.phases = max(1, phases)
@@ -52,11 +96,21 @@ class MediaClock:
         self.wake_early = min(0.0005, interval / 10)
         self._whole_ms = False  # timers due on whole milliseconds (uvloop/libuv)
         self.probe = probe  # if set, called with (send time - deadline) after each stream's tick (benchmarks)
+        self.min_lead = min_lead  # send_now: a tick at most this far off is not run early
+        self.min_spacing = min_spacing  # send_now: nor one this soon after the stream's previous tick
+        self.early_ticks = 0  # ticks run early by send_now
         self.ticks = 0
         self.late_ticks = 0
         self.skipped_ticks = 0
         self._slots: list[list[ClockStream]] = [[] for _ in range(self.phases)]
-        self._slot_of: dict[int, int] = {}
+        self._slot_of: dict[int, int] = {}  # stream -> the phase it is in (or joining)
+        self._home: dict[int, int] = {}  # stream -> the phase register() gave it
+        self._load = [0] * self.phases  # streams at home in each phase
+        # Streams moved to a phase: (the first k they belong to, stream); their previous tick's time.
+        self._joining: list[list[tuple[int, ClockStream]]] = [[] for _ in range(self.phases)]
+        self._last_of: dict[int, float] = {}
+        self._ahead: dict[int, float] = {}  # stream -> how far its ticks run ahead of its home grid (if moved)
+        self._tick_deadline = 0.0  # the deadline of the tick running now
         self._handles: list[asyncio.TimerHandle | None] = [None] * self.phases
         self._due: list[tuple[float, int] | None] = [None] * self.phases  # armed (deadline, k) per phase
         self.next_due = math.inf  # the earliest armed deadline (time.monotonic()), for run_due()
@@ -85,7 +139,7 @@ class MediaClock:
             now = (math.floor(now * 1000) + 0.5) / 1000
         self._start = now + self.interval
         for phase in range(self.phases):
-            if self._slots[phase]:
+            if self._slots[phase] or self._joining[phase]:
                 self._schedule(phase)
 
     def _schedule(self, phase: int) -> None:
@@ -147,19 +201,117 @@ class MediaClock:
         self._loop = None
 
     def register(self, stream: ClockStream) -> None:
-        """Add a stream to the least loaded phase; it gets its first tick within one period."""
+        """Add a stream to the least loaded phase (its home); it gets its first tick within one period."""
         if id(stream) in self._slot_of:
             return
-        phase = min(range(self.phases), key=lambda p: len(self._slots[p]))
+        phase = min(range(self.phases), key=lambda p: self._load[p])
         self._slots[phase].append(stream)
         self._slot_of[id(stream)] = phase
+        self._home[id(stream)] = phase
+        self._load[phase] += 1
         self._schedule(phase)
 
     def unregister(self, stream: ClockStream) -> None:
         phase = self._slot_of.pop(id(stream), None)
         if phase is not None:
-            # Replace the list rather than mutate it: a tick may be iterating over the old one.
+            self._detach(stream, phase)
+            self._ahead.pop(id(stream), None)
+            self._load[self._home.pop(id(stream))] -= 1
+
+    def _detach(self, stream: ClockStream, phase: int) -> None:
+        # Replace the lists rather than mutate them: a tick may be iterating over the old one.
+        if self._last_of.pop(id(stream), None) is not None:
+            self._joining[phase] = [j for j in self._joining[phase] if j[1] is not stream]
+        else:
             self._slots[phase] = [s for s in self._slots[phase] if s is not stream]
+
+    def _join(self, stream: ClockStream, phase: int, k: int, last: float, ahead: float) -> None:
+        """``stream`` ticks in ``phase`` from its ``k``-th deadline on; its previous tick was at ``last``, and
+        its ticks there run ``ahead`` of its home grid."""
+        self._joining[phase].append((k, stream))
+        self._slot_of[id(stream)] = phase
+        self._last_of[id(stream)] = last
+        if ahead > 1e-9:
+            self._ahead[id(stream)] = ahead
+        else:
+            self._ahead.pop(id(stream), None)
+        self._schedule(phase)
+
+    def _deadline(self, phase: int, k: int) -> float:
+        return self._start + phase * (self.interval / self.phases) + k * self.interval
+
+    def send_now(self, stream: ClockStream) -> bool:
+        """The first frame of a talkspurt is ready: run ``stream``'s next tick now, or at the first phase slot
+        at the time ``first_frame_at`` allows, rather than at its phase's next deadline; the stream then
+        stays on the phase it ran on (its second frame one period after the first). Returns whether the
+        stream moved (its tick ran now, or will run sooner). Not from inside a tick."""
+        loop = self._loop
+        sid = id(stream)
+        phase = self._slot_of.get(sid)
+        if loop is None or phase is None or self._ticking:
+            return False
+        now = time.monotonic()
+        last = self._last_of.get(sid)
+        if last is not None:  # joining ``phase``: its first tick there is its next
+            k = next(k for k, s in self._joining[phase] if s is stream)
+            next_tick = self._deadline(phase, k)
+        else:
+            due = self._due[phase]
+            if due is None:
+                return False
+            next_tick = due[0]
+            last = next_tick - self.interval
+        ahead = self._ahead.get(sid, 0.0)
+        home_tick = next_tick + ahead  # the home deadline the next tick stands for
+        at = first_frame_at(now, last, next_tick, ahead, self.interval, self.min_lead, self.min_spacing)
+        if at is None:
+            return False
+        if at > now:
+            # Too soon after its previous tick: at the first slot from then on, standing for the same period.
+            to_phase, k = first_slot_after(at, self._start, self.interval, self.phases)
+            if self._deadline(to_phase, k) >= next_tick - self.min_lead:
+                return False
+            self._detach(stream, phase)
+            self._join(stream, to_phase, k, last, home_tick - self._deadline(to_phase, k))
+            return True
+        self._detach(stream, phase)
+        to_phase, k = nearest_slot(now + self.interval, self._start, self.interval, self.phases)
+        ahead = home_tick + self.interval - self._deadline(to_phase, k)
+        self._join(stream, to_phase, k, now, ahead)
+        self.early_ticks += 1
+        self._tick_deadline = home_tick - ahead  # so that rejoin_home from this tick finds home_tick
+        self._ticking = True
+        try:
+            stream.on_tick(1)
+        except Exception:
+            log.exception("media stream %r failed on tick; unregistering it", stream)
+            self.unregister(stream)
+        finally:
+            self._ticking = False
+        return True
+
+    def rejoin_home(self, stream: ClockStream) -> None:
+        """From inside ``stream``'s tick: move it back to its home phase (it is idle again after ``send_now``
+        moved it), at the home deadline after the one this tick stood for: one interval of a period plus
+        how far ahead it ran, never a burst, and as many ticks as home periods."""
+        sid = id(stream)
+        phase = self._slot_of.get(sid)
+        if phase is None or not self._ticking:
+            return
+        home = self._home[sid]
+        ahead = self._ahead.get(sid, 0.0)
+        if phase == home and sid not in self._last_of and not ahead:
+            return
+        t = self._tick_deadline
+        self._detach(stream, phase)
+        home_next = t + ahead + self.interval
+        k = round((home_next - self._deadline(home, 0)) / self.interval)
+        self._join(stream, home, k, t, 0.0)
+
+    def phase_of(self, stream: ClockStream) -> tuple[int, int] | None:
+        """(current phase, home phase) of a registered stream, else None."""
+        phase = self._slot_of.get(id(stream))
+        return None if phase is None else (phase, self._home[id(stream)])
 
     def _tick(self, phase: int, k: int) -> None:
         loop = self._loop
@@ -176,14 +328,26 @@ class MediaClock:
             deadline += missed * self.interval
             elapsed += missed
         self._disarm(phase)
+        joining = self._joining[phase]
+        if joining:
+            # Streams moved here whose first tick this is.
+            arrived = [s for first, s in joining if first <= k]
+            if arrived:
+                self._joining[phase] = [j for j in joining if j[0] > k]
+                self._slots[phase] = self._slots[phase] + arrived
+                for s in arrived:
+                    del self._last_of[id(s)]
         streams = self._slots[phase]
         if not streams:
-            return  # idle until a stream registers here again
+            if self._joining[phase]:
+                self._arm(loop, phase, k + 1, deadline + self.interval)
+            return  # idle until a stream registers (or moves) here again
         self.ticks += 1
         self.skipped_ticks += elapsed - 1
         if now - deadline > self.late_threshold:
             self.late_ticks += 1
         probe = self.probe
+        self._tick_deadline = deadline
         self._ticking = True
         try:
             for stream in streams:

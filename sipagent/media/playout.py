@@ -133,6 +133,11 @@ class PlayoutQueue:
         return len(self._buf) * 20 // self.frame_bytes
 
     @property
+    def frame_ready(self) -> bool:
+        """True when the next pop would return a whole frame of audio (not paused)."""
+        return not self.paused and len(self._buf) >= self.frame_bytes
+
+    @property
     def is_playing(self) -> bool:
         """True while there is audio waiting to be sent (paused or not)."""
         return bool(self._buf)

@@ -9,6 +9,14 @@ the next frame of ``playout`` (or silence), and (3) every ~5 s sends an RTCP SR 
 sent anything) to the peer. While the peer holds the call (``set_remote(..., send=False)``) step 2 is
 skipped: no RTP leaves, the playout queue keeps everything, the timestamp keeps time.
 
+The first frame of a talkspurt need not wait for the next tick: ``start_talkspurt`` (called when audio has
+just been queued) asks the clock to run this stream's next tick at once (``MediaClock.send_now``) when no
+audio went out for ``talkspurt_idle_ticks`` ticks (a pause, not an underrun in the middle of a reply). The
+packet carries the marker bit and the next timestamp (one frame on, as every tick: our silence packets kept
+the timeline, so there is no jump and no overlap, RFC 3550 5.1 / RFC 3551 4.1), and the stream stays on
+that new phase for the rest of the talkspurt. Once idle again (silence sent, nothing queued) it
+goes back to its home phase (``MediaClock.rejoin_home``).
+
 The endpoint knows payload types, not codecs: ``set_codec`` gives it a codec's 20 ms frame and silence
 (for the jitter buffer's concealment and the playout queue), at the answer and again when a re-INVITE
 changes the codec.
@@ -101,11 +109,14 @@ class RtpEndpoint:
         rtcp_interval: float = 5.0,
         symmetric: bool = True,
         playout: PlayoutQueue | None = None,
+        talkspurt_idle_ticks: int = 5,
     ) -> None:
         """Bind a port pair from ``ports`` and start ticking on ``clock``; needs a running event loop.
         ``symmetric``: follow a peer whose media comes from another address than its SDP says (NAT), under
         the rules of ``SourceLatch``; without it, media is taken from the signalled address only.
-        ``playout``: the queue to send from (a subclass that observes it, say), framed like ``silence``."""
+        ``playout``: the queue to send from (a subclass that observes it, say), framed like ``silence``.
+        ``talkspurt_idle_ticks``: how many ticks without audio make a pause after which ``start_talkspurt``
+        sends the first frame at once (a shorter gap is an underrun: its audio waits for the tick)."""
         self._loop = asyncio.get_running_loop()
         self.clock = clock
         self.frame_bytes = len(silence)
@@ -132,6 +143,9 @@ class RtpEndpoint:
         self._was_audio = False
         self._mark_at = 0  # packets_sent when the next packet goes out with the marker bit whatever it holds
         self._ticked = False
+        self._away = False  # moved off the home phase by start_talkspurt until idle again
+        self.talkspurt_idle_ticks = talkspurt_idle_ticks
+        self._idle_ticks = talkspurt_idle_ticks  # ticks since the last audio frame sent
         self._now = 0  # ticks of the clock so far: the latch's time
         self.packets_sent = 0
         self.octets_sent = 0
@@ -249,6 +263,23 @@ class RtpEndpoint:
         if self.dtmf_payload_type is None:
             raise RtpError("the peer did not negotiate telephone-event; cannot send DTMF")
         self._dtmf_tx.queue(digit, duration_ms)
+
+    def start_talkspurt(self) -> bool:
+        """Audio was just queued: if it starts a talkspurt (no audio sent for ``talkspurt_idle_ticks``
+        ticks), send its first frame now rather than at the next tick, when the clock allows it
+        (``MediaClock.send_now``). Not after a shorter gap: that is the queue running dry in the middle of
+        a reply (the model's audio arriving just in time), and the wait for the tick gives the rest of the
+        reply that much slack; restarting at once would leave none, and the next late delta would be one
+        more gap. Nothing while held, while a digit is going out or while the queue is paused. Returns
+        whether the call moved (its first frame went out, or goes out sooner)."""
+        if (self._was_audio or self._idle_ticks < self.talkspurt_idle_ticks or self._send_payload_type is None
+                or self._latch.source is None
+                or not self.playout.frame_ready or self._dtmf_tx.busy or self._closed):
+            return False
+        if self.clock.send_now(self):
+            self._away = True
+            return True
+        return False
 
     @property
     def dtmf_sending(self) -> bool:
@@ -453,6 +484,7 @@ class RtpEndpoint:
         if dest is None:
             return
         payload_type = self._send_payload_type
+        self._idle_ticks += elapsed  # reset below when audio goes out
         if payload_type is not None:  # None while the peer holds the call: no RTP, only RTCP below
             event = self._dtmf_tx.next_packet(elapsed) if self.dtmf_payload_type is not None else None
             if event is not None:
@@ -467,6 +499,11 @@ class RtpEndpoint:
                 payload, is_audio = self.playout.pop_frame()
                 if self.on_sent is not None:
                     self.on_sent(payload, is_audio)
+                if is_audio:
+                    self._idle_ticks = 0
+                elif self._away and not self.playout.is_playing:
+                    self._away = False  # idle again: back to the home phase
+                    self.clock.rejoin_home(self)
                 marker = (is_audio and not self._was_audio) or self.packets_sent == self._mark_at
                 self._was_audio = is_audio
                 b1 = (0x80 if marker else 0) | payload_type

@@ -1,0 +1,132 @@
+"""The first frame of a talkspurt goes out as soon as it is queued, on 127.0.0.1 with the real clock: marker
+bit, the next sequence number and timestamp, the second frame a period later, then back home when idle."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import socket
+import time
+
+from sipagent.media.clock import MediaClock
+from sipagent.rtp.endpoint import RtpEndpoint
+from sipagent.rtp.packet import RtpPacket
+from sipagent.rtp.ports import PortAllocator
+
+HOST = "127.0.0.1"
+
+
+class Sink:
+    """A far end that notes every packet with its arrival time."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        self.got: list[tuple[float, RtpPacket]] = []
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(2048)
+        except BlockingIOError:
+            return
+        self.got.append((time.monotonic(), RtpPacket.parse(data)))
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+async def _until(cond: object, limit: float = 3.0) -> None:
+    end = time.monotonic() + limit
+    while not cond() and time.monotonic() < end:  # type: ignore[operator]
+        await asyncio.sleep(0.005)
+
+
+def test_first_frame_at_once_then_paced_then_home() -> None:
+    async def main() -> None:
+        clock = MediaClock()
+        clock.start()
+        lo = random.randrange(20000, 30000, 2)
+        sink = Sink()
+        ep = RtpEndpoint(clock, PortAllocator(lo, lo + 99), bind_host=HOST)
+        try:
+            ep.set_remote(HOST, sink.port, 0)
+            await _until(lambda: len(sink.got) >= 5)
+            home = clock.phase_of(ep)
+            assert home is not None and home[0] == home[1]
+            sent = 0
+            for _ in range(5):
+                # Queue the reply 5-12 ms after a tick (the clock's next one is 8-15 ms away).
+                n = len(sink.got)
+                await _until(lambda n=n: len(sink.got) > n)
+                await asyncio.sleep(random.uniform(0.005, 0.012))
+                frames = [bytes([i + 1]) * 160 for i in range(4)]
+                queued = time.monotonic()
+                before = len(sink.got)
+                ep.playout.push(b"".join(frames))
+                assert ep.start_talkspurt()
+                assert not ep.start_talkspurt()  # the talkspurt has started: once only
+                sent += 1
+                await _until(lambda before=before: len(sink.got) >= before + 10)
+                rx = sink.got[before - 1 :]
+                prev, first, second = rx[0][1], rx[1][1], rx[2][1]
+                assert first.payload == frames[0] and first.marker
+                assert (first.sequence - prev.sequence) & 0xFFFF == 1
+                assert (first.timestamp - prev.timestamp) & 0xFFFFFFFF == 160
+                assert rx[1][0] - queued < 0.004  # at once, not at the next tick
+                assert second.payload == frames[1] and not second.marker
+                assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 160
+                assert 0.015 <= rx[2][0] - rx[1][0] <= 0.025  # a period later: no burst, no gap
+                assert [p.payload for _, p in rx[1:5]] == frames
+                assert all((b.timestamp - a.timestamp) & 0xFFFFFFFF == 160 for (_, a), (_, b) in
+                           itertools.pairwise(rx))
+                await _until(lambda: clock.phase_of(ep) == home, 0.5)
+                assert clock.phase_of(ep) == home  # idle again: back on its home phase
+            assert clock.early_ticks == sent
+            # The queue running dry for a frame in the middle of a reply is an underrun, not a pause: the
+            # rest waits for the tick (the slack it gives), with no marker jump in the timing.
+            ep.playout.push(b"\x01" * 320)
+            n = ep.packets_sent
+            await _until(lambda: ep.packets_sent >= n + 3)
+            ep.playout.push(b"\x02" * 160)
+            assert not ep.start_talkspurt()
+            assert clock.early_ticks == sent
+            # Nothing early while the queue is paused or the call is held.
+            ep.playout.push(b"\x01" * 320)
+            ep.playout.pause()
+            ep.playout.flush()
+            ep.set_remote(HOST, sink.port, 0, send=False)
+            ep.playout.push(b"\x01" * 320)
+            assert not ep.start_talkspurt()
+        finally:
+            ep.close()
+            sink.close()
+            clock.stop()
+
+    asyncio.run(main())
+
+
+def test_paused_queue_does_not_start_a_talkspurt() -> None:
+    async def main() -> None:
+        clock = MediaClock()
+        clock.start()
+        lo = random.randrange(20000, 30000, 2)
+        sink = Sink()
+        ep = RtpEndpoint(clock, PortAllocator(lo, lo + 99), bind_host=HOST)
+        try:
+            ep.set_remote(HOST, sink.port, 0)
+            await _until(lambda: len(sink.got) >= 2)
+            ep.playout.pause()
+            ep.playout.push(b"\x01" * 320)
+            assert not ep.start_talkspurt()
+            assert clock.early_ticks == 0
+        finally:
+            ep.close()
+            sink.close()
+            clock.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,212 @@
+"""The media clock's phases with a fake time and a fake loop: a talkspurt's first frame at once
+(``send_now``), its second one period later, no burst, and back to the home phase (``rejoin_home``)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import sipagent.media.clock as clock_mod
+from sipagent.media.clock import MediaClock, first_frame_at, first_slot_after, nearest_slot
+
+MS = 0.001
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class Handle:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeLoop:
+    """call_later on the fake time; ``run_until`` fires due timers at their exact deadlines."""
+
+    def __init__(self, t: FakeTime) -> None:
+        self.t = t
+        self._timers: list[tuple[float, int, Handle, Callable[..., None], tuple[Any, ...]]] = []
+        self._n = itertools.count()
+
+    def call_later(self, delay: float, cb: Callable[..., None], *args: Any) -> Handle:
+        handle = Handle()
+        # MediaClock asks wake_early before the deadline; fire exactly on it.
+        heapq.heappush(self._timers, (self.t.now + delay + 0.0005, next(self._n), handle, cb, args))
+        return handle
+
+    def run_until(self, end: float) -> None:
+        while self._timers and self._timers[0][0] <= end + 1e-9:
+            due, _, handle, cb, args = heapq.heappop(self._timers)
+            if handle.cancelled:
+                continue
+            self.t.now = max(self.t.now, due)
+            cb(*args)
+        self.t.now = max(self.t.now, end)
+
+
+class Stream:
+    def __init__(self, t: FakeTime) -> None:
+        self.t = t
+        self.ticks: list[tuple[float, int]] = []
+        self.on_tick_hook: Callable[[], None] | None = None
+
+    def on_tick(self, elapsed: int) -> None:
+        self.ticks.append((self.t.now, elapsed))
+        if self.on_tick_hook is not None:
+            self.on_tick_hook()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> tuple[MediaClock, FakeTime, FakeLoop]:
+    t = FakeTime()
+    monkeypatch.setattr(clock_mod, "time", t)
+    clock = MediaClock()
+    loop = FakeLoop(t)
+    clock._loop = loop  # type: ignore[assignment]  # start() without a running loop
+    clock._start = t.now + clock.interval
+    return clock, t, loop
+
+
+def gaps(stream: Stream) -> list[float]:
+    times = [at for at, _ in stream.ticks]
+    return [round((b - a) / MS, 3) for a, b in itertools.pairwise(times)]
+
+
+def test_pure_decision_and_slots() -> None:
+    i, lead, spacing = 0.02, 0.002, 0.002
+    assert first_frame_at(10.0, 9.995, 10.015, 0.0, i, lead, spacing) == 10.0  # mid-period: now
+    assert first_frame_at(10.0, 9.981, 10.001, 0.0, i, lead, spacing) is None  # own tick 1 ms away
+    # 1 ms after its previous tick: 1 ms later, not at once (no burst) nor 19 ms later.
+    assert first_frame_at(10.0, 9.999, 10.019, 0.0, i, lead, spacing) == pytest.approx(10.001)
+    # On the way home (the next tick 35 ms after the last, 15 ms ahead before it): never a period ahead.
+    assert first_frame_at(10.0, 9.996, 10.031, 0.0, i, lead, spacing) == pytest.approx(10.013)
+    assert nearest_slot(10.0 + 0.0209, 10.0, 0.02, 10) == (0, 1)
+    assert nearest_slot(10.0 + 0.0231, 10.0, 0.02, 10) == (2, 1)
+    assert nearest_slot(10.0 + 0.0389, 10.0, 0.02, 10) == (9, 1)
+    assert first_slot_after(10.0 + 0.025, 10.0, 0.02, 10) == (3, 1)  # 10.026
+    assert first_slot_after(10.0 + 0.026, 10.0, 0.02, 10) == (3, 1)  # exactly on it
+
+
+def test_first_frame_at_once_second_one_period_later(env: tuple[MediaClock, FakeTime, FakeLoop]) -> None:
+    clock, t, loop = env
+    s = Stream(t)
+    clock.register(s)
+    loop.run_until(t.now + 0.1)
+    before = len(s.ticks)
+    last = s.ticks[-1][0]
+    loop.run_until(last + 7.3 * MS)  # audio decoded 7.3 ms after the stream's last tick
+    assert clock.send_now(s)
+    assert s.ticks[-1] == (last + 7.3 * MS, 1)  # at once, one period's worth
+    loop.run_until(t.now + 0.2)
+    g = gaps(s)[before - 1 :]
+    assert g[0] == pytest.approx(7.3, abs=1e-3)
+    assert g[1] == pytest.approx(20.0, abs=1.0)  # the second frame a period (±half a slot) later
+    assert all(x == pytest.approx(20.0, abs=1e-6) for x in g[2:])  # steady on its new phase
+    assert clock.early_ticks == 1
+
+
+def test_no_early_tick_near_either_tick(env: tuple[MediaClock, FakeTime, FakeLoop]) -> None:
+    clock, t, loop = env
+    s = Stream(t)
+    clock.register(s)
+    loop.run_until(t.now + 0.1)
+    last = s.ticks[-1][0]
+    loop.run_until(last + 19 * MS)
+    assert not clock.send_now(s)  # its own tick is 1 ms away: it sends then
+    n = len(s.ticks)
+    loop.run_until(last + 0.1)
+    assert all(x == pytest.approx(20.0, abs=1e-6) for x in gaps(s)[n - 2 :])
+    assert clock.early_ticks == 0
+    last = s.ticks[-1][0]
+    loop.run_until(last + 0.5 * MS)
+    n = len(s.ticks)
+    assert clock.send_now(s)  # just after its tick: moved to the first slot 2 ms on, no packet yet
+    assert len(s.ticks) == n
+    loop.run_until(last + 0.1)
+    g = gaps(s)[n - 1 :]
+    assert 2.0 <= g[0] <= 4.0 + 1e-6
+    assert all(x == pytest.approx(20.0, abs=1e-6) for x in g[1:])
+
+
+def test_back_home_when_idle_and_no_burst_anywhere(env: tuple[MediaClock, FakeTime, FakeLoop]) -> None:
+    clock, t, loop = env
+    streams = [Stream(t) for _ in range(25)]
+    for s in streams:
+        clock.register(s)
+    s = streams[7]
+    loop.run_until(t.now + 0.1)
+    home_before = clock.phase_of(s)
+    assert home_before is not None and home_before[0] == home_before[1]
+    last = s.ticks[-1][0]
+    loop.run_until(last + 12.5 * MS)
+    assert clock.send_now(s)
+    loop.run_until(t.now + 0.1)
+    moved = clock.phase_of(s)
+    assert moved is not None and moved[0] != moved[1]
+    # Idle again: the stream asks to go home from inside its own tick (as the endpoint does).
+    s.on_tick_hook = lambda: clock.rejoin_home(s)
+    loop.run_until(t.now + 0.021)
+    s.on_tick_hook = None
+    loop.run_until(t.now + 0.2)
+    assert clock.phase_of(s) == (home_before[1], home_before[1])
+    g = gaps(s)
+    assert min(g) >= 12.5 - 1e-6  # the early tick is the only short interval
+    assert max(g) <= 40.0  # the way home: one interval under two periods
+    # Ticks stand for periods: as many ticks as the home grid had deadlines, so timestamps do not drift.
+    first, end = s.ticks[0][0], s.ticks[-1][0]
+    assert len(s.ticks) - 1 == round((end - first) / clock.interval)
+    for other in streams:  # the others never noticed
+        if other is not s:
+            assert all(x == pytest.approx(20.0, abs=1e-6) for x in gaps(other))
+
+
+def test_a_second_talkspurt_while_on_the_way_home(env: tuple[MediaClock, FakeTime, FakeLoop]) -> None:
+    clock, t, loop = env
+    s = Stream(t)
+    clock.register(s)
+    loop.run_until(t.now + 0.1)
+    loop.run_until(s.ticks[-1][0] + 5 * MS)
+    assert clock.send_now(s)
+    loop.run_until(t.now + 0.045)
+    s.on_tick_hook = lambda: clock.rejoin_home(s)
+    loop.run_until(t.now + 0.02)
+    s.on_tick_hook = None
+    loop.run_until(s.ticks[-1][0] + 4 * MS)  # new audio before the home tick comes
+    assert clock.send_now(s)
+    loop.run_until(t.now + 0.1)
+    g = gaps(s)
+    assert min(g) >= 4.0 - 1e-6 and max(g) <= 40.0
+    # Ahead of its home grid now, but never by a whole period: one tick per home period.
+    ahead = clock._ahead.get(id(s), 0.0)
+    assert 0 < ahead < clock.interval
+    assert len(s.ticks) - 1 == round((s.ticks[-1][0] + ahead - s.ticks[0][0]) / clock.interval)
+
+
+def test_unregister_while_moved(env: tuple[MediaClock, FakeTime, FakeLoop]) -> None:
+    clock, t, loop = env
+    a, b = Stream(t), Stream(t)
+    clock.register(a)
+    clock.register(b)
+    loop.run_until(t.now + 0.05)
+    loop.run_until(a.ticks[-1][0] + 9 * MS)
+    assert clock.send_now(a)
+    clock.unregister(a)
+    n = len(a.ticks)
+    loop.run_until(t.now + 0.1)
+    assert len(a.ticks) == n and clock.streams == 1
+    assert not clock.send_now(a)
+    clock.register(a)  # registers again at the least loaded home
+    loop.run_until(t.now + 0.05)
+    assert len(a.ticks) > n
