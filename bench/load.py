@@ -23,11 +23,14 @@ Measured inside the agent process, over a ``--seconds`` window after all N calls
 
 Verdict per step against the named goal: p99 <= 2 ms and no underrun. Stops at the first failing step.
 
+``--codec G722`` has the callers offer G.722 only (HD voice: the agent's 16 kHz path and the G.722 kernel);
+``--codec both`` runs every step with PCMU and again with G.722, so the two are compared in one run.
+
 ``--srtp`` runs every step twice, plain RTP then SRTP (media.srtp: required, AES_CM_128_HMAC_SHA1_80 keyed by
 SDES, the callers protecting and checking every packet too), so that the two are compared in one run.
 
 Usage: python bench/load.py [--counts 10,50,100,200,300] [--seconds 8] [--budget 300] [--pin]
-                            [--backend process|inprocess] [--srtp]
+                            [--backend process|inprocess] [--srtp] [--codec PCMU|G722|both]
 """
 
 from __future__ import annotations
@@ -81,6 +84,11 @@ class Step:
     backend_cpu_pct: float
     bench_cpu_pct: float
     srtp: bool = False
+    codec: str = "PCMU"
+
+    @property
+    def media(self) -> str:
+        return f"{self.codec}{'+srtp' if self.srtp else ''}"
 
     @property
     def ok(self) -> bool:
@@ -91,9 +99,9 @@ SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80",)  # what Asterisk and FreeSWITCH offer
 
 
 async def dial_all(target: str, n: int, clock: MediaClock, ports: PortAllocator,
-                   concurrency: int, srtp: bool = False) -> list[QuietCaller]:
+                   concurrency: int, srtp: bool = False, codec: str = "PCMU") -> list[QuietCaller]:
     gate = asyncio.Semaphore(concurrency)
-    callers = [QuietCaller(clock, ports, target, codec="PCMU", user=f"load{i}", srtp=SRTP_SUITES if srtp else ())
+    callers = [QuietCaller(clock, ports, target, codec=codec, user=f"load{i}", srtp=SRTP_SUITES if srtp else ())
                for i in range(n)]
 
     async def dial(caller: QuietCaller) -> None:
@@ -109,13 +117,13 @@ async def dial_all(target: str, n: int, clock: MediaClock, ports: PortAllocator,
 
 async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, external: bool,
                    pinned: bool, audio_format: str, profile: str = "", verbose: bool = False,
-                   lead_ms: int = 100, srtp: bool = False) -> Step:
+                   lead_ms: int = 100, srtp: bool = False, codec: str = "PCMU") -> Step:
     sip_port = free_udp_port()
     backend = BackendProcess(workdir / f"load-{n}.yaml", free_tcp_port(), cpus="1" if pinned else None,
                              lead_ms=lead_ms)
     config = write_config(workdir / f"load-{n}.yaml",
                           agent_config(sip_port, realtime_url=backend.url if external else "",
-                                       audio_format=audio_format, srtp=srtp))
+                                       audio_format=audio_format, srtp=srtp, codecs=(codec,)))
     agent = AgentProcess(config, log_path=workdir / f"agent-{n}.log", cpus="0" if pinned else None)
     if external:
         backend.start()
@@ -129,7 +137,7 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
         await asyncio.sleep(0.5)
         idle = agent.stats.sample()
         t0 = time.monotonic()
-        callers = await dial_all(f"sip:agent@127.0.0.1:{sip_port}", n, clock, ports, concurrency, srtp)
+        callers = await dial_all(f"sip:agent@127.0.0.1:{sip_port}", n, clock, ports, concurrency, srtp, codec)
         setup = time.monotonic() - t0
         # The window opens once every caller hears its greeting (the first synthesis is behind us).
         deadline = time.monotonic() + 15.0
@@ -167,7 +175,7 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
     dev = figures["dev"]
     return Step(n, len(callers), dev["p50"], dev["p99"], dev["max"], figures["underruns"],
                 figures["underrun_frames"], 100 * cpu / wall, busy.rss_kb / 1024, idle.rss_kb / 1024, setup,
-                100 * backend_cpu / wall, 100 * bench_cpu / wall, srtp)
+                100 * backend_cpu / wall, 100 * bench_cpu / wall, srtp, codec)
 
 
 def py_spy(pid: int, seconds: float, path: str, cpus: str | None) -> subprocess.Popen[bytes]:
@@ -188,7 +196,7 @@ def report(step: Step, external: bool) -> None:
           f"{step.worst:>7.2f} {step.p99 / GOAL_P99_MS:>7.2f}x {step.underruns:>3}/{step.underrun_frames:<4} "
           f"{step.cpu_pct:>6.1f} {step.cpu_pct / max(1, step.answered):>9.3f} {step.rss_mb:>7.1f} "
           f"{per_call_mb:>7.3f} {step.setup_s:>7.1f} {step.backend_cpu_pct:>7.1f} "
-          f"{step.bench_cpu_pct:>8.1f} {'srtp' if step.srtp else 'rtp':>5}  {'holds' if step.ok else 'BREAKS'}",
+          f"{step.bench_cpu_pct:>8.1f} {step.media:>9}  {'holds' if step.ok else 'BREAKS'}",
           flush=True)
 
 
@@ -209,12 +217,18 @@ def main() -> int:
                         help="py-spy the agent, backend and this process over each window (PREFIX-N-WHO.txt)")
     parser.add_argument("--srtp", action="store_true",
                         help="run each step with plain RTP and again with SRTP (SDES), and compare")
+    parser.add_argument("--codec", choices=("PCMU", "G722", "both"), default="PCMU",
+                        help="what the callers offer (the agent accepts only that); both: each step with PCMU "
+                             "and again with G722 (HD voice: 16 kHz, the G.722 kernel), compared in one run")
     parser.add_argument("--verbose", action="store_true", help="print the agent's own figures per step")
     parser.add_argument("--backend-lead-ms", type=int, default=100, metavar="MS",
                         help="how far ahead of real time the backend streams the greeting (local-realtime "
                              "--lead-ms); the real API sends audio faster than it plays")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
+    codecs = ("PCMU", "G722") if args.codec == "both" else (args.codec,)
+    if args.audio_format == "g711_ulaw" and "G722" in codecs:
+        parser.error("--audio-format g711_ulaw passes PCMU through; it cannot carry G.722 calls")
     if args.pin:
         pin("1")  # before any thread: the callers' event loop and its executor threads inherit it
 
@@ -226,7 +240,7 @@ def main() -> int:
           f"{os.cpu_count()} CPUs")
     print(f"{'N':>5} {'up':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'p99/goal':>8} {'underrun':>8} "
           f"{'CPU%':>6} {'CPU%/call':>9} {'RSS MB':>7} {'MB/call':>7} {'setup s':>7} {'bk CPU%':>7} "
-          f"{'gen CPU%':>8} {'media':>5}  verdict", flush=True)
+          f"{'gen CPU%':>8} {'media':>9}  verdict", flush=True)
     best = 0
     started = time.monotonic()
     last_step_s = 0.0
@@ -238,8 +252,8 @@ def main() -> int:
             t = time.monotonic()
             steps = [run_loop(run_step(n, args.seconds, Path(tmp), args.concurrency,
                                        args.backend == "process", args.pin, args.audio_format,
-                                       args.profile, args.verbose, args.backend_lead_ms, srtp))
-                     for srtp in ((False, True) if args.srtp else (False,))]
+                                       args.profile, args.verbose, args.backend_lead_ms, srtp, codec))
+                     for codec in codecs for srtp in ((False, True) if args.srtp else (False,))]
             last_step_s = time.monotonic() - t
             for step in steps:
                 report(step, args.backend == "process")

@@ -38,7 +38,13 @@ def test_load_two_calls() -> None:
 def test_load_two_calls_with_and_without_srtp() -> None:
     out = run_bench("load.py", "--counts", "2", "--seconds", "2", "--keep-going", "--srtp")
     rows = [line.split() for line in out.splitlines() if re.match(r"\s+2\s+\d+\s", line)]
-    assert [(row[1], row[-2]) for row in rows] == [("2", "rtp"), ("2", "srtp")], out  # both connected, both media
+    assert [(row[1], row[-2]) for row in rows] == [("2", "PCMU"), ("2", "PCMU+srtp")], out  # both connected
+
+
+def test_load_two_calls_pcmu_then_g722() -> None:
+    out = run_bench("load.py", "--counts", "2", "--seconds", "2", "--keep-going", "--codec", "both")
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+2\s+\d+\s", line)]
+    assert [(row[1], row[-2]) for row in rows] == [("2", "PCMU"), ("2", "G722")], out
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
