@@ -220,10 +220,9 @@ class CallProgress:
     def request(self) -> CallRequest:
         return self.call.request
 
-    def dialing(self, sip_call_id: str = "") -> None:
-        if sip_call_id:
-            self.call.sip_call_id = sip_call_id
-        self._calls._move(self.call, "dialing")
+    def sip_call_id(self, value: str) -> None:
+        """The SIP Call-ID of the dialog (logs, transcripts and call events name the call by it)."""
+        self.call.sip_call_id = value
 
     def ringing(self) -> None:
         """A 180/183 came (several may: only the first changes the state)."""

@@ -25,6 +25,7 @@ from http import HTTPStatus
 from typing import Any
 
 from sipagent.bridge.context import check_call_variables
+from sipagent.config import Config
 from sipagent.observability.http import (
     MAX_HEAD_BYTES,
     HttpError,
@@ -34,7 +35,8 @@ from sipagent.observability.http import (
     read_head,
     send,
 )
-from sipagent.outbound.calls import CallRefused, CallRequest, OutboundCalls, retry_after_header
+from sipagent.observability.metrics import Metrics
+from sipagent.outbound.calls import CallRefused, CallRequest, OutboundCalls, Place, retry_after_header
 from sipagent.outbound.target import dial_uri
 
 log = logging.getLogger(__name__)
@@ -197,3 +199,35 @@ async def start_control_server(host: str, port: int, api: ControlApi) -> Control
     holder.append(ControlServer(server, api))
     log.info("control API on http://%s:%d%s", host, holder[0].port, CALLS_PATH)
     return holder[0]
+
+
+class OutboundService:
+    """What the agent holds for outbound calling: the calls, and the control API's listener (None: off)."""
+
+    def __init__(self, calls: OutboundCalls, server: ControlServer | None) -> None:
+        self.calls = calls
+        self.server = server
+
+    async def close(self) -> None:
+        """Stop listening, then end every outbound call still going (hung up, or CANCELled)."""
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        await self.calls.close()
+
+
+async def start_outbound(config: Config, place: Place, metrics: Metrics | None = None) -> OutboundService:
+    """The agent's outbound side from the configuration: limits from ``outbound``, the API from ``control``
+    (listening only when ``control.listen`` is set). ``place`` is the agent's dial-and-bridge coroutine."""
+    calls = OutboundCalls(place, max_calls=config.outbound_max_calls,
+                          calls_per_second=config.outbound.calls_per_second, history=config.control.history,
+                          metrics=metrics)
+    address = config.control.listen_address
+    server = None
+    if address is not None:
+        profiles = config.profiles()
+        api = ControlApi(calls, config.control.token, profiles=list(profiles),
+                         default_profile=config.outbound.profile or "default", domain=config.sip.effective_domain,
+                         max_body_bytes=config.control.max_body_bytes)
+        server = await start_control_server(address.host, address.port, api)
+    return OutboundService(calls, server)

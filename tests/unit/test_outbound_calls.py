@@ -122,7 +122,7 @@ class FakeAgent:
         self.answer = True
 
     async def place(self, progress: CallProgress) -> PlaceResult:
-        progress.dialing("sip-call-1")
+        progress.sip_call_id("sip-call-1")
         progress.ringing()
         try:
             if self.error is not None:
