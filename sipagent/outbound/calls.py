@@ -264,7 +264,11 @@ class OutboundCalls:
         if self.metrics is not None:
             self.metrics.set_outbound_active(self.registry.active)
         self._done[call.id] = asyncio.Event()
-        self._tasks[call.id] = asyncio.get_running_loop().create_task(self._run(call), name=f"outbound-{call.id}")
+        task = asyncio.get_running_loop().create_task(self._run(call), name=f"outbound-{call.id}")
+        # A task cancelled before its first step never runs _run's handlers: this settles the call anyway.
+        task.add_done_callback(lambda _: self._finish(call, _after_cancel(
+            call, "cancelled by request" if call.id in self._cancelled else "shutdown")))
+        self._tasks[call.id] = task
         log.info("outbound call %s to %s (profile %s) started", call.id, request.to, request.profile)
         return call
 
@@ -313,6 +317,8 @@ class OutboundCalls:
         self._finish(call, result)
 
     def _finish(self, call: OutboundCall, result: PlaceResult) -> None:
+        if call.finished:
+            return
         self.registry.end(call, result, self._wall())
         log.info("outbound call %s ended: %s%s", call.id, result.outcome,
                  f" ({result.end_reason})" if result.end_reason else "")

@@ -214,6 +214,21 @@ def test_cancel_before_the_answer_is_cancelled_and_after_it_hangs_up() -> None:
     asyncio.run(scenario())
 
 
+def test_a_call_cancelled_before_its_task_ran_is_settled() -> None:
+    async def scenario() -> None:
+        agent, metrics = FakeAgent(), Metrics()
+        calls = shell(agent, metrics, max_calls=1)
+        call = calls.start(REQUEST)
+        calls.cancel(call.id)  # before the task's first step: place never runs
+        done = await asyncio.wait_for(calls.wait(call.id), 2)
+        assert (done.state, done.outcome) == ("ended", "cancelled") and calls.active == 0
+        assert b'sipagent_outbound_calls_total{outcome="cancelled"} 1.0' in metrics.render()
+        assert calls.start(REQUEST).state == "queued"  # the slot is free again
+        await calls.close()
+
+    asyncio.run(scenario())
+
+
 def test_close_ends_every_call_and_frees_the_slots() -> None:
     async def scenario() -> None:
         agent = FakeAgent()
