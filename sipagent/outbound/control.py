@@ -208,6 +208,18 @@ class OutboundService:
         self.calls = calls
         self.server = server
 
+    def reload(self, config: Config) -> None:
+        """SIGHUP: new profiles and limits for requests from now on (calls going on keep theirs). The
+        listener's address and token need a restart."""
+        registry = self.calls.registry
+        registry.max_calls = config.outbound_max_calls
+        registry.bucket.rate = config.outbound.calls_per_second
+        registry.bucket.burst = max(1.0, config.outbound.calls_per_second)
+        if self.server is not None:
+            api = self.server.api
+            api.profiles = frozenset(config.profiles())
+            api.default_profile = config.outbound.profile or "default"
+
     async def close(self) -> None:
         """Stop listening, then end every outbound call still going (hung up, or CANCELled)."""
         if self.server is not None:

@@ -289,6 +289,10 @@ def test_start_outbound_listens_only_when_configured() -> None:
             writer.close()
             assert reply.startswith(b"HTTP/1.1 201 ")
             assert agent.requests[-1].to == "sip:2002@pbx.example.com"
+            new = text.replace("sales: {}", "support: {}").replace("max_calls: 2", "max_calls: 3, calls_per_second: 5")
+            service.reload(load_config_text(new, "agent.yaml", {}))
+            assert service.calls.registry.max_calls == 3 and service.calls.registry.bucket.rate == 5
+            assert service.server.api.profiles == {"default", "support"}
         finally:
             await service.close()
 
