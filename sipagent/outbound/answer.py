@@ -33,7 +33,10 @@ class AnswerDecision:
 
 
 class OutboundAnswer:
-    """One answered call's first seconds. ``decision`` is set once; feed frames until it is."""
+    """One answered call's first seconds. ``decision`` is set once; feed frames until it is.
+
+    ``variables``: the call's template variables (``CallContext.variables(context.template_defaults)``),
+    for the message; ``sample_rate``: of the PCM fed (8000 for G.711, 16000 for G.722)."""
 
     def __init__(self, config: AnsweringMachineConfig, variables: Mapping[str, str], sample_rate: int = 8000) -> None:
         self.config = config

@@ -172,7 +172,7 @@ class ControlServer:
                     response = self.api.handle(head, await read_body(reader, head, self.api.max_body_bytes))
                 elif response.status == HTTPStatus.UNAUTHORIZED:
                     peer = writer.get_extra_info("peername")
-                    log.warning("control API: %s %s refused from %s: no valid token", head.method,
+                    log.warning("control API: %s %r refused from %s: no valid token", head.method,
                                 head.path[:64], peer[0] if peer else "?")
             except HttpError as exc:
                 response = exc.response
