@@ -361,7 +361,10 @@ class Config:
         out = self.outbound
         account = out.account or next((a.name for a in self.accounts()), "") or "(direct)"
         address = self.control.listen_address
-        control = f"control API on http://{address}/v1/calls" if address else "control API off"
+        control = "control API off"
+        if address is not None:
+            exposed = "" if is_loopback(address.host) else " (NOT loopback: put TLS and a firewall in front)"
+            control = f"control API on http://{address}/v1/calls{exposed}"
         return (f"up to {self.outbound_max_calls} calls at {out.calls_per_second:g}/s, ring {out.ring_timeout_s:g} s, "
                 f"account {account}, profile {out.profile or DEFAULT_PROFILE}; {control}")
 

@@ -72,6 +72,7 @@ def test_control_listen_defaults_to_loopback_and_needs_a_token() -> None:
     assert str(config.control.listen_address) == "127.0.0.1:9200"
     config = load(BASE + f"control: {{listen: '0.0.0.0:9300', token: {TOKEN}}}\n")  # written out: allowed
     assert str(config.control.listen_address) == "0.0.0.0:9300"
+    assert "http://0.0.0.0:9300/v1/calls (NOT loopback" in config.summary()
     assert "control.token: required when control.listen is set" in error_of(BASE + "control: {listen: '9200'}\n")
     assert "control.listen: expected a port" in error_of(BASE + f"control: {{listen: 'pbx:99999', token: {TOKEN}}}\n")
 
