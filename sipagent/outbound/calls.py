@@ -225,8 +225,10 @@ class CallProgress:
         self.call.sip_call_id = value
 
     def ringing(self) -> None:
-        """A 180/183 came (several may: only the first changes the state)."""
-        self._calls._move(self.call, "ringing")
+        """A 180/183 came. Several may, and one may straggle in after the answer or a cancel: only the
+        first while dialing changes the state (this is called from the UA's callbacks: it never raises)."""
+        if self.call.state == "dialing":
+            self._calls._move(self.call, "ringing")
 
     def answered(self) -> None:
         self._calls._move(self.call, "answered")

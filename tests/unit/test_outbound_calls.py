@@ -124,12 +124,14 @@ class FakeAgent:
     async def place(self, progress: CallProgress) -> PlaceResult:
         progress.sip_call_id("sip-call-1")
         progress.ringing()
+        progress.ringing()  # a second 183: no change
         try:
             if self.error is not None:
                 raise self.error
             if not self.answer:
                 await asyncio.sleep(3600)
             progress.answered()
+            progress.ringing()  # a 180 straggling in after the 200: ignored, not an error
             self.answered.set()
             await self.release.wait()
             return PlaceResult("answered", "remote hung up", "human")
