@@ -1,4 +1,4 @@
-"""The ``sipagent`` command line: run, check, demo, local-realtime."""
+"""The ``sipagent`` command line: run, check, call, demo, local-realtime."""
 
 from __future__ import annotations
 
@@ -34,6 +34,26 @@ def _parser() -> argparse.ArgumentParser:
         help="also register once, unregister, and open a Realtime session (a doctor for installers)",
     )
 
+    call = sub.add_parser(
+        "call", help="place one outbound call and exit with its outcome",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Start the agent, call TARGET with an agent profile, wait until the call ends, and exit "
+                    "with its outcome. Ctrl-C cancels a ringing call and hangs up an answered one.",
+        epilog="exit codes:\n"
+               "  0   answered (by a person, or by a machine that got the profile's message)\n"
+               "  1   configuration or start-up error\n"
+               "  2   usage error (bad target, profile or --var)\n"
+               + "".join(f"  {code:<3} {outcome}{' (hung up on, no message left)' if outcome == 'machine' else ''}\n"
+                         for outcome, code in _outcome_codes())
+               + "see docs/outbound.md")
+    call.add_argument("-c", "--config", required=True, metavar="FILE", help="the YAML configuration")
+    call.add_argument("target", metavar="TARGET",
+                      help='an extension or number ("2002", dialed at the PBX\'s domain) or a sip:/sips: URI')
+    call.add_argument("--profile", metavar="P", default=None,
+                      help="the agent profile (default: outbound.profile, else default)")
+    call.add_argument("--var", metavar="KEY=VALUE", action="append", default=[],
+                      help="a call variable, {var.KEY} in the profile's templates (repeatable)")
+
     demo = sub.add_parser("demo", help="place a real call into an offline agent, end to end")
     demo.add_argument("-c", "--config", metavar="FILE", help="the demo configuration (default: built in)")
     demo.add_argument("--question", metavar="TEXT", default=None, help="what the demo caller says")
@@ -65,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.config, args.connect)
         if args.command == "run":
             return _run(load_config(args.config))
+        if args.command == "call":
+            return _call(args.config, args.target, args.profile, args.var)
         if args.command == "demo":
             return _demo(args.config, args.question, args.out, args.order)
         if args.command == "local-realtime":
@@ -111,6 +133,43 @@ def _run(config: Config) -> int:
     from sipagent.agent import run_agent
 
     return run_agent(config)
+
+
+def _outcome_codes() -> list[tuple[str, int]]:
+    from sipagent.outbound.one_call import EXIT_CODES
+
+    return [(outcome, code) for outcome, code in EXIT_CODES.items() if code]
+
+
+def parse_vars(items: Sequence[str]) -> dict[str, str]:
+    """``--var key=value`` arguments as a mapping; ValueError for one without "=" or a key given twice."""
+    variables: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f'--var {item[:40]}: expected KEY=VALUE')
+        if key in variables:
+            raise ValueError(f"--var {key[:40]}: given twice")
+        variables[key] = value
+    return variables
+
+
+def _call(path: str, target: str, profile: str | None, var_items: Sequence[str]) -> int:
+    from sipagent.outbound.one_call import build_request, exit_code, place_one_call
+
+    config = load_config(path)
+    try:
+        variables = parse_vars(var_items)
+        build_request(config, target, profile, variables)  # checked before anything starts
+    except ValueError as exc:
+        print(f"sipagent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    call = place_one_call(config, target, profile, variables)
+    amd = f", answering machine: {call.answering_machine}" if call.answering_machine else ""
+    left = ", message left" if call.message_left else ""
+    reason = f" ({call.end_reason})" if call.end_reason else ""
+    print(f"{call.request.to}: {call.outcome}{amd}{left}{reason}")
+    return exit_code(call)
 
 
 def _demo(path: str | None, question: str | None, out: str | None, order: str | None) -> int:

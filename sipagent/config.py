@@ -32,6 +32,7 @@ from sipagent.bridge.settings import (
     DEFAULT_PROFILE,
     AgentConfig,
     AgentProfile,
+    AnsweringMachineConfig,
     BargeInConfig,
     DtmfConfig,
     EventsConfig,
@@ -51,7 +52,7 @@ from sipagent.sip.uri import parse_target_uri
 __all__ = ["AccountConfig", "AgentConfig", "AgentProfile", "Config", "ConfigError", "RecordingConfig", "Route",
            "ToolConfig", "load_config"]
 
-SECRET_KEYS = frozenset({"password", "api_key", "secret"})
+SECRET_KEYS = frozenset({"password", "api_key", "secret", "token"})
 MIN_EVENT_SECRET = 16  # characters: an HMAC key a receiver can trust is not a short word
 CODECS = ("PCMU", "PCMA", "G722")
 
@@ -196,6 +197,10 @@ class RealtimeConfig:
 
 
 METRICS_PORT = 9100
+CONTROL_PORT = 9101
+DEFAULT_OUTBOUND_CALLS = 4
+CONTROL_TOKEN_ENV = "SIPAGENT_CONTROL_TOKEN"
+MIN_CONTROL_TOKEN = 16  # characters: a bearer token that guards dialing out is not a short word
 
 
 @dataclass
@@ -205,6 +210,51 @@ class MetricsConfig:
     @property
     def listen_address(self) -> HostPort | None:
         return parse_host_port(self.listen, default_port=METRICS_PORT) if self.listen else None
+
+
+@dataclass
+class OutboundConfig:
+    """``outbound``: calls the agent places (``sipagent call``, the control API) and what bounds a campaign."""
+
+    # Outbound calls at once (dialing, ringing or answered); they count in sip.max_calls too. 0 (unset) is
+    # DEFAULT_OUTBOUND_CALLS, or sip.max_calls when that is lower (Config.outbound_max_calls).
+    max_calls: int = 0
+    calls_per_second: float = 1.0  # new dials per second, on average (a token bucket of max_calls)
+    ring_timeout_s: float = 30.0  # unanswered this long: CANCEL, outcome no-answer
+    account: str = ""  # the sip.accounts name that dials (its credentials answer 401/407); "": the first
+    profile: str = ""  # the agent profile of a call that names none; "": default
+
+
+@dataclass
+class ControlConfig:
+    """``control``: the HTTP API that places and ends outbound calls (docs/outbound.md). Off unless ``listen``
+    is set; then ``token`` (or $SIPAGENT_CONTROL_TOKEN) is required."""
+
+    listen: str = ""  # "9101" or ":9101" listen on loopback; another host must be written out
+    token: str = ""
+    max_body_bytes: int = 16384
+    history: int = 1000  # finished calls GET still answers for (the oldest are forgotten first)
+
+    def __repr__(self) -> str:  # never let the token reach a log line
+        return f"ControlConfig(listen={self.listen!r}, token=***, max_body_bytes={self.max_body_bytes})"
+
+    @property
+    def listen_address(self) -> HostPort | None:
+        return control_address(self.listen) if self.listen else None
+
+
+def control_address(text: str) -> HostPort:
+    """``control.listen`` as host and port: a port alone (``9101``, ``:9101``) is on loopback (127.0.0.1), a
+    host alone on CONTROL_PORT. Raises ValueError."""
+    text = text.strip()
+    port_only = text[1:] if text.startswith(":") else text
+    if port_only.isdigit():
+        return parse_host_port(f"127.0.0.1:{port_only}", default_port=CONTROL_PORT)
+    return parse_host_port(text, default_port=CONTROL_PORT)
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 @dataclass
@@ -236,7 +286,7 @@ class ContextConfig:
 # Every key of a profile whose text is a template of the call's context (see sipagent/bridge/context.py); the
 # default profile's instructions are realtime.instructions.
 PROFILE_TEMPLATE_KEYS = ("instructions", "greeting", "idle_prompt", "goodbye", "max_call_message",
-                         "on_failure.message")
+                         "on_failure.message", "answering_machine.message")
 TEMPLATE_KEYS = ("realtime.instructions", *(f"agent.{key}" for key in PROFILE_TEMPLATE_KEYS[1:]))
 
 
@@ -253,6 +303,8 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = field(default="", compare=False)
 
@@ -282,6 +334,7 @@ class Config:
             f"transfer to {self._transfers()}",
             *self.routing_table(),
             f"events:    {self._events()}",
+            f"outbound:  {self._outbound()}",
             f"context:   headers {', '.join(self.context.headers) or '(none)'}, time zone "
             f"{self.context.timezone or 'of the host'}",
         ]
@@ -303,6 +356,29 @@ class Config:
         parts = urlsplit(hook.url)  # scheme and host only: a path or query may carry a token
         return f"{', '.join(hook.events)} to {parts.scheme}://{parts.netloc}, signed, up to {hook.retries} retries"
 
+
+    def _outbound(self) -> str:
+        out = self.outbound
+        account = out.account or next((a.name for a in self.accounts()), "") or "(direct)"
+        address = self.control.listen_address
+        control = "control API off"
+        if address is not None:
+            exposed = "" if is_loopback(address.host) else " (NOT loopback: put TLS and a firewall in front)"
+            control = f"control API on http://{address}/v1/calls{exposed}"
+        return (f"up to {self.outbound_max_calls} calls at {out.calls_per_second:g}/s, ring {out.ring_timeout_s:g} s, "
+                f"account {account}, profile {out.profile or DEFAULT_PROFILE}; {control}")
+
+    @property
+    def outbound_max_calls(self) -> int:
+        """``outbound.max_calls``, or its default: DEFAULT_OUTBOUND_CALLS within sip.max_calls."""
+        return self.outbound.max_calls or min(DEFAULT_OUTBOUND_CALLS, self.sip.max_calls)
+
+    def outbound_account(self) -> AccountConfig | None:
+        """The account outbound calls are dialed from (None: direct mode, nothing registers)."""
+        accounts = self.accounts()
+        if self.outbound.account:
+            return next((a for a in accounts if a.name == self.outbound.account), None)
+        return accounts[0] if accounts else None
 
     def default_profile(self) -> AgentProfile:
         """The ``agent:`` section with ``realtime.instructions`` and ``realtime.voice``: profile "default"."""
@@ -488,7 +564,7 @@ def _convert_dataclass(ctx: _Ctx, node: yaml.Node, cls: type[Any], key: str) -> 
 
 # Sections of a profile that inherit key by key from the default's; every other key is taken whole (a
 # profile's tools or transfer_targets replace the default's: the model sees the chosen profile's only).
-_MERGED_SECTIONS = frozenset({"barge_in", "on_failure", "dtmf"})
+_MERGED_SECTIONS = frozenset({"barge_in", "on_failure", "dtmf", "answering_machine"})
 
 
 def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
@@ -749,6 +825,8 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     _check_routes(config, fail)
     if config.events.webhook is not None:
         _check_event_webhook(config.events.webhook, fail)
+    _check_outbound(config, fail)
+    _check_control(ctx, config, fail)
     _check_context(ctx, root, config, fail)
 
 
@@ -791,6 +869,64 @@ def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable
     _check_dtmf(agent.dtmf, prefix, fail)
     if agent.language and not _LANGUAGE.fullmatch(agent.language):
         raise fail(f"{prefix}.language", f'expected a language code such as "en" or "de", got "{agent.language}"')
+    _check_answering_machine(agent.answering_machine, prefix, fail)
+
+
+def _check_answering_machine(amd: AnsweringMachineConfig, prefix: str,
+                             fail: Callable[[str, str], ConfigError]) -> None:
+    key = f"{prefix}.answering_machine."
+    if amd.on_machine == "leave_message" and not amd.message.strip():
+        raise fail(key + "message", "required when on_machine is leave_message: the text left after the beep")
+    if not 1.0 <= amd.greeting_max_s <= 10.0:
+        raise fail(key + "greeting_max_s", f"expected 1 to 10 seconds, got {amd.greeting_max_s:g}")
+    if not amd.greeting_max_s < amd.timeout_s <= 30.0:
+        raise fail(key + "timeout_s", f"expected more than greeting_max_s ({amd.greeting_max_s:g}) and at most "
+                                      f"30 seconds, got {amd.timeout_s:g}")
+    if len(amd.message) > 2000:
+        raise fail(key + "message", f"expected at most 2000 characters, got {len(amd.message)}")
+
+
+def _check_outbound(config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+    out, key = config.outbound, "outbound."
+    if out.max_calls and not 1 <= out.max_calls <= config.sip.max_calls:
+        raise fail(key + "max_calls", f"expected 1 to sip.max_calls ({config.sip.max_calls}), got {out.max_calls}")
+    if not 0.01 <= out.calls_per_second <= 100:
+        raise fail(key + "calls_per_second", f"expected 0.01 to 100, got {out.calls_per_second:g}")
+    if not 5 <= out.ring_timeout_s <= 300:
+        raise fail(key + "ring_timeout_s", f"expected 5 to 300 seconds, got {out.ring_timeout_s:g}")
+    if out.account:
+        names = [account.name for account in config.accounts()]
+        if out.account not in names:
+            known = ", ".join(names) or "none: direct mode dials without one"
+            raise fail(key + "account", f'unknown account "{out.account}" (accounts: {known})')
+    if out.profile and out.profile not in config.profiles():
+        raise fail(key + "profile", _unknown_profile(out.profile, config))
+
+
+def _check_control(ctx: _Ctx, config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+    """control: off without listen; with it a token (the file's, else $SIPAGENT_CONTROL_TOKEN) is required.
+    The token's value is never echoed, only its absence or length."""
+    control, key = config.control, "control."
+    if not control.listen:
+        return
+    try:
+        control_address(control.listen)
+    except ValueError as exc:
+        raise fail(key + "listen", f'expected a port (on loopback) or host:port, got "{control.listen}" '
+                                   f"({exc})") from None
+    if not control.token:
+        control.token = ctx.env.get(CONTROL_TOKEN_ENV, "")
+    if not control.token:
+        raise fail(key + "token", f"required when control.listen is set: the bearer token clients send (e.g. "
+                                  f"token: ${{{CONTROL_TOKEN_ENV}}}, or set {CONTROL_TOKEN_ENV})")
+    if len(control.token) < MIN_CONTROL_TOKEN or not control.token.isascii() or not control.token.isprintable() \
+            or " " in control.token:
+        raise fail(key + "token", f"expected at least {MIN_CONTROL_TOKEN} printable ASCII characters without "
+                                  "spaces (e.g. openssl rand -hex 32)")
+    if not 1024 <= control.max_body_bytes <= 1048576:
+        raise fail(key + "max_body_bytes", f"expected 1024 to 1048576, got {control.max_body_bytes}")
+    if not 0 <= control.history <= 100000:
+        raise fail(key + "history", f"expected 0 to 100000, got {control.history}")
 
 
 def _check_accounts(config: Config, fail: Callable[[str, str], ConfigError]) -> None:

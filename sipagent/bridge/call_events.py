@@ -47,6 +47,7 @@ MAX_CONTEXT_VALUE = 256
 MAX_TOOL_CALLS = 100  # a call.ended lists at most this many tool calls (and says how many there were)
 
 EventType = Literal["call.started", "call.transferred", "call.ended"]
+Direction = Literal["inbound", "outbound"]
 Verdict = Literal["delivered", "retry", "rejected"]
 
 
@@ -88,6 +89,10 @@ class CallSummary:
     usage: Mapping[str, int] = field(default_factory=dict)
     transcript_path: str | None = None
     recording_path: str | None = None
+    # Outbound calls: the answering-machine verdict (human, machine, unknown; "" when not detected) and
+    # whether the profile's message was left. ``outcome`` is then the outbound outcome (busy, machine…).
+    answering_machine: str = ""
+    message_left: bool = False
 
 
 def iso_timestamp(wall: float) -> str:
@@ -116,20 +121,26 @@ class CallEvents:
 
     ``context`` (the call's CallContext as webhooks get it, with the From and To URIs and the address the
     INVITE came from) and ``profile`` are given once per call. ``new_id`` makes event ids (random in
-    production, fixed in tests)."""
+    production, fixed in tests). Every event says the call's ``direction``; an outbound call's events also
+    carry ``outbound_id``, the id the control API gave it, so a receiver can match them to its request."""
 
     def __init__(self, call_id: str, context: Mapping[str, Any], profile: str,
-                 new_id: Callable[[], str]) -> None:
+                 new_id: Callable[[], str], direction: Direction = "inbound", outbound_id: str = "") -> None:
         self.call_id = call_id
         self.context = clean_context(context)
         self.profile = profile
+        self.direction = direction
+        self.outbound_id = outbound_id
         self._new_id = new_id
         self._sequence = 0
 
     def _event(self, kind: EventType, wall: float, data: dict[str, Any]) -> CallEvent:
         self._sequence += 1
+        head: dict[str, Any] = {"profile": self.profile, "direction": self.direction, "context": self.context}
+        if self.direction == "outbound":
+            head["outbound_id"] = self.outbound_id
         return CallEvent(kind, f"evt_{self._new_id()}", iso_timestamp(wall), self.call_id, self._sequence,
-                         {"profile": self.profile, "context": self.context, **data})
+                         {**head, **data})
 
     def started(self, wall: float, codec: str) -> CallEvent:
         return self._event("call.started", wall, {"codec": codec})
@@ -141,7 +152,11 @@ class CallEvents:
         tools = [{"name": t.name, "ok": t.ok} for t in summary.tools[:MAX_TOOL_CALLS]]
         transfer = ({"target": summary.transfer_target, "uri": summary.transfer_uri}
                     if summary.transfer_uri else None)
+        extra: dict[str, Any] = {}
+        if self.direction == "outbound":
+            extra = {"answering_machine": summary.answering_machine or None, "message_left": summary.message_left}
         return self._event("call.ended", wall, {
+            **extra,
             "outcome": summary.outcome,
             "duration_s": round(max(0.0, summary.duration_s), 3),
             "tool_calls": tools,

@@ -27,6 +27,13 @@ WIRE_VARIABLES = ("caller_number", "caller_name", "dialed", "redirected_from")  
 CALL_VARIABLES = ("call_id", "now", "date", "time", "weekday")
 VARIABLES = WIRE_VARIABLES + CALL_VARIABLES
 HEADER_PREFIX = "header."
+# Variables given to an outbound call by whoever placed it (control API, ``sipagent call --var``):
+# ``{var.NAME}``. Any such name is valid in a template (a call without it renders ''), and their number and
+# sizes are bounded, since they come from a client.
+VAR_PREFIX = "var."
+VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_CALL_VARIABLES = 32
+MAX_CALL_VARIABLE_VALUE = 256  # characters; a value is one line of printable text
 # A header name usable in SIP (RFC 3261 token) and in HTTP (RFC 9110 token) alike.
 HEADER_NAME = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]{1,64}")
 
@@ -128,10 +135,37 @@ def variable_problem(name: str, headers: Collection[str]) -> str:
                 "listed headers are read from the INVITE")
     if name in VARIABLES:
         return ""
-    known = [*VARIABLES, HEADER_PREFIX + "NAME"]
+    if name.startswith(VAR_PREFIX):
+        if VAR_NAME.fullmatch(name[len(VAR_PREFIX):]):
+            return ""
+        return (f"{{{name}}}: a call variable's name is letters, digits and _ (not starting with a digit, at "
+                "most 64)")
+    known = [*VARIABLES, HEADER_PREFIX + "NAME", VAR_PREFIX + "NAME"]
     close = difflib.get_close_matches(name, VARIABLES, n=1)
     hint = f"did you mean {{{close[0]}}}? " if close else ""
     return f"unknown template variable {{{name}}} ({hint}known: {', '.join(known)}; {{{{ for a literal brace)"
+
+
+def check_call_variables(variables: object) -> dict[str, str]:
+    """The variables a client gave an outbound call, as ``{name: value}`` checked for use in prompts: a flat
+    mapping of at most MAX_CALL_VARIABLES names (VAR_NAME) to strings of at most MAX_CALL_VARIABLE_VALUE
+    printable characters on one line. Raises ValueError saying what is wrong (safe to show the client)."""
+    if not isinstance(variables, Mapping):
+        raise ValueError("variables: expected an object of names to strings")
+    if len(variables) > MAX_CALL_VARIABLES:
+        raise ValueError(f"variables: expected at most {MAX_CALL_VARIABLES}, got {len(variables)}")
+    out: dict[str, str] = {}
+    for name, value in variables.items():
+        if not isinstance(name, str) or not VAR_NAME.fullmatch(name):
+            raise ValueError("variables: a name is letters, digits and _, not starting with a digit, at most 64")
+        if not isinstance(value, str):
+            raise ValueError(f"variables.{name}: expected a string")
+        if len(value) > MAX_CALL_VARIABLE_VALUE:
+            raise ValueError(f"variables.{name}: expected at most {MAX_CALL_VARIABLE_VALUE} characters")
+        if not value.isprintable():
+            raise ValueError(f"variables.{name}: expected one line of printable text")
+        out[name] = value
+    return out
 
 
 def render(text: str, variables: Mapping[str, str]) -> str:
@@ -162,6 +196,8 @@ class CallContext:
     dialed: str = ""
     redirected_from: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
+    # An outbound call's variables (check_call_variables), as {var.NAME} sees them; empty for inbound calls.
+    call_variables: Mapping[str, str] = field(default_factory=dict)
 
     def variables(self, defaults: Mapping[str, str] | None = None) -> dict[str, str]:
         """Every template variable's value, keyed as :attr:`Variable.key`; an absent wire value takes its
@@ -180,6 +216,8 @@ class CallContext:
         }
         for name, value in self.headers.items():
             values[variable_key(HEADER_PREFIX + name)] = value
+        for name, value in self.call_variables.items():
+            values[VAR_PREFIX + name] = value
         for key, value in (defaults or {}).items():
             if not values.get(key):
                 values[key] = value
@@ -187,9 +225,13 @@ class CallContext:
 
     def to_json(self) -> dict[str, Any]:
         """The context as webhooks and the transcript get it: the values as they came (no defaults)."""
-        return {"call_id": self.call_id, "caller_number": self.caller_number, "caller_name": self.caller_name,
-                "dialed": self.dialed, "redirected_from": self.redirected_from, "headers": dict(self.headers),
-                "started_at": self.started.isoformat(timespec="seconds")}
+        values: dict[str, Any] = {
+            "call_id": self.call_id, "caller_number": self.caller_number, "caller_name": self.caller_name,
+            "dialed": self.dialed, "redirected_from": self.redirected_from, "headers": dict(self.headers),
+            "started_at": self.started.isoformat(timespec="seconds")}
+        if self.call_variables:
+            values["variables"] = dict(self.call_variables)
+        return values
 
     def http_headers(self) -> dict[str, str]:
         """X-Sipagent-* headers for a webhook request: only the values present, each percent-encoded UTF-8

@@ -66,6 +66,20 @@ class FailureConfig:
 
 
 @dataclass
+class AnsweringMachineConfig:
+    """What an outbound call does when a machine answers (sipagent.media.amd decides; inbound calls never
+    run the detector). ``message`` is a template of the call's context, spoken after the beep (or after the
+    greeting ends when there is no beep) when ``on_machine`` is leave_message."""
+
+    detect: bool = True
+    on_machine: Literal["hang_up", "leave_message"] = "hang_up"
+    message: str = ""
+    greeting_max_s: float = 3.5  # uninterrupted speech longer than this after the answer: a machine
+    beep: bool = True  # a steady tone (400-2000 Hz, >= 150 ms) marks a machine and the moment to speak
+    timeout_s: float = 6.0  # no verdict by then: "unknown", and the call goes on as with a person
+
+
+@dataclass
 class AgentConfig:
     greeting: str = ""
     barge_in: BargeInConfig = field(default_factory=BargeInConfig)
@@ -85,6 +99,7 @@ class AgentConfig:
     # The caller's language as an ISO-639-1 code ("en", "de"): a hint for the Realtime transcription of the
     # caller; "" lets the model detect it.
     language: str = ""
+    answering_machine: AnsweringMachineConfig = field(default_factory=AnsweringMachineConfig)
 
     def transfer_uri(self, name: str | None) -> str | None:
         """The URI the model's transfer ``name`` stands for (no name: the default desk); None if unknown."""

@@ -2,28 +2,26 @@
 
 ``HealthState`` collects the reasons the process is unhealthy (registration lost, event loop stalled,
 anything the agent adds); ``LoopStallDetector`` measures event-loop lag; ``start_health_server`` serves
-``GET /metrics`` and ``GET /healthz`` with plain ``asyncio.start_server`` (no web framework needed for
-two read-only paths). Every response closes the connection.
+``GET /metrics`` and ``GET /healthz`` with plain ``asyncio.start_server`` and the small HTTP helper of
+sipagent.observability.http (no web framework needed for two read-only paths). Every response closes the
+connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
+from sipagent.observability.http import MAX_HEAD_BYTES, HttpError, RequestHead, Response, read_head, send
 from sipagent.observability.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 8192   # request line + headers; GET has no body
-READ_TIMEOUT_S = 5.0       # a client that sends nothing does not hold a connection open
-LINGER_S = 1.0             # how long, after answering, we wait for the client to close
 
 
 class HealthState:
@@ -168,12 +166,11 @@ class HealthServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
-            status, content_type, body, extra = await self._respond(reader)
-            head = [f"HTTP/1.1 {status.value} {status.phrase}", f"Content-Type: {content_type}",
-                    f"Content-Length: {len(body)}", "Connection: close", "Cache-Control: no-store", *extra]
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
-            await writer.drain()
-            await _linger(reader, writer)
+            try:
+                response = self._respond(await read_head(reader))
+            except HttpError as exc:
+                response = exc.response
+            await send(reader, writer, response)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went away or never sent a request: nothing to answer
         except Exception:  # one bad request must never take the endpoint down
@@ -184,48 +181,16 @@ class HealthServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _respond(self, reader: asyncio.StreamReader) -> tuple[HTTPStatus, str, bytes, list[str]]:
-        try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
-        except asyncio.LimitOverrunError:
-            return _text(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-        parts = raw.split(b"\r\n", 1)[0].decode("latin-1").split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            return _text(HTTPStatus.BAD_REQUEST)
-        method, target, _ = parts
-        path = target.split("?", 1)[0]
-        if path not in ("/metrics", "/healthz"):
-            return _text(HTTPStatus.NOT_FOUND)
-        if method != "GET":
-            status, ctype, body, extra = _text(HTTPStatus.METHOD_NOT_ALLOWED)
-            return status, ctype, body, [*extra, "Allow: GET"]
-        if path == "/metrics":
-            return HTTPStatus.OK, CONTENT_TYPE, self.metrics.render(), []
+    def _respond(self, head: RequestHead) -> Response:
+        if head.path not in ("/metrics", "/healthz"):
+            return Response.text(HTTPStatus.NOT_FOUND)
+        if head.method != "GET":
+            return Response.text(HTTPStatus.METHOD_NOT_ALLOWED, (("Allow", "GET"),))
+        if head.path == "/metrics":
+            return Response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE)
         report = self.health.report()
         status = HTTPStatus.OK if report["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
-        return status, "application/json", (json.dumps(report) + "\n").encode(), []
-
-
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Half-close, then read off what the client still sends (bounded) before closing.
-
-    Closing a socket with unread input makes the kernel send a reset, which can destroy the response
-    (a 431 to an oversized request, say) before the client reads it.
-    """
-    if writer.can_write_eof():
-        writer.write_eof()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + LINGER_S
-    discarded = 0
-    while discarded < 4 * MAX_REQUEST_BYTES and (left := deadline - loop.time()) > 0:
-        chunk = await asyncio.wait_for(reader.read(MAX_REQUEST_BYTES), left)
-        if not chunk:
-            return
-        discarded += len(chunk)
-
-
-def _text(status: HTTPStatus) -> tuple[HTTPStatus, str, bytes, list[str]]:
-    return status, "text/plain; charset=utf-8", f"{status.value} {status.phrase}\n".encode(), []
+        return Response.json(status, report)
 
 
 async def start_health_server(host: str, port: int, metrics: Metrics, health: HealthState) -> HealthServer:
@@ -236,7 +201,7 @@ async def start_health_server(host: str, port: int, metrics: Metrics, health: He
         await holder[0].handle(reader, writer)
 
     # ``limit`` bounds what readuntil buffers: a longer header block raises LimitOverrunError → 431.
-    server = await asyncio.start_server(on_connect, host, port, limit=MAX_REQUEST_BYTES)
+    server = await asyncio.start_server(on_connect, host, port, limit=MAX_HEAD_BYTES)
     holder.append(HealthServer(server, metrics, health))
     log.info("metrics and health on http://%s:%d/metrics and /healthz", host, holder[0].port)
     return holder[0]

@@ -41,6 +41,9 @@ RecordingKind = Literal["transcript", "audio"]  # the JSON Lines transcript, the
 # that could not be sent); attempts or time used up; never sent (the queue was full, or shutdown came first).
 EventResult = Literal["delivered", "rejected", "failed", "dropped"]
 EVENT_TYPES: Final = ("call.started", "call.transferred", "call.ended")
+# How an outbound call ended (sipagent.outbound.calls.OUTCOMES): the dialer's outcomes, and "machine" for an
+# answer the answering-machine detector classified as a machine.
+OUTBOUND_OUTCOMES: Final = ("answered", "busy", "no-answer", "rejected", "failed", "cancelled", "machine")
 
 # The registration core's state names (DESIGN: unregistered → registering → registered → refreshing →
 # failed/backing-off). Others are accepted too: they get their own series the first time they appear.
@@ -131,6 +134,10 @@ class Metrics:
         self._profile_calls = Counter(p + "profile_calls", "Answered calls by the agent profile they were routed "
                                       "to and the account they came in on", ["profile", "account"], registry=r)
 
+        self._outbound_calls = Counter(p + "outbound_calls", "Outbound calls by outcome", ["outcome"], registry=r)
+        self._outbound_active = Gauge(p + "outbound_active", "Outbound calls queued, dialing, ringing or answered",
+                                      registry=r)
+
         self._states: dict[str, set[str]] = {}  # account -> the states it has series for
         self._active = 0
         # Pre-create the fixed label sets so rate() queries see zeros instead of missing series (an account's
@@ -145,6 +152,8 @@ class Metrics:
             self._sip_shed.labels(reason=reason)
         for kind in get_args(RecordingKind):
             self._recording_errors.labels(kind=kind)
+        for outcome in OUTBOUND_OUTCOMES:
+            self._outbound_calls.labels(outcome=outcome)
         for event_type in EVENT_TYPES:
             for result in get_args(EventResult):
                 self._events.labels(type=event_type, result=result)
@@ -244,6 +253,17 @@ class Metrics:
             self._tokens.labels(kind="input").inc(input_tokens)
         if output_tokens > 0:
             self._tokens.labels(kind="output").inc(output_tokens)
+
+    # -- outbound calls ----------------------------------------------------------------------------
+    def outbound_call_ended(self, outcome: str) -> None:
+        """An outbound call is over; an outcome not in OUTBOUND_OUTCOMES counts as ``failed``."""
+        if outcome not in OUTBOUND_OUTCOMES:
+            log.warning("unknown outbound outcome %r counted as failed", outcome)
+            outcome = "failed"
+        self._outbound_calls.labels(outcome=outcome).inc()
+
+    def set_outbound_active(self, count: int) -> None:
+        self._outbound_active.set(max(0, count))
 
     # -- call events -------------------------------------------------------------------------------
     def event_counted(self, event_type: str, result: EventResult) -> None:

@@ -54,12 +54,13 @@ def test_event_schema_is_the_same_envelope_for_every_type() -> None:
         assert body["data"]["context"] == {"caller_uri": "sip:100@pbx", "dialed_uri": "sip:agent@pbx"}
     assert len({started.id, transferred.id, ended.id}) == 3 and started.id.startswith("evt_")
     assert started.timestamp == "2026-05-28T20:26:40.250Z" == iso_timestamp(WALL)
-    assert json.loads(started.body())["data"] == {"profile": "default", "codec": "PCMU",
+    assert json.loads(started.body())["data"] == {"profile": "default", "direction": "inbound", "codec": "PCMU",
                                                   "context": started.data["context"]}
     assert transferred.data["target"] == "sales" and transferred.data["uri"] == "sip:601@pbx"
     data = json.loads(ended.body())["data"]
     assert data == {
-        "profile": "default", "context": data["context"], "outcome": "transferred", "duration_s": 6.0,
+        "profile": "default", "direction": "inbound", "context": data["context"], "outcome": "transferred",
+        "duration_s": 6.0,
         "tool_calls": [{"name": "lookup_order", "ok": True}, {"name": "check_stock", "ok": False}],
         "tool_calls_total": 2, "transfer": {"target": "sales", "uri": "sip:601@pbx"},
         "usage": {"input_tokens": 120, "output_tokens": 80}, "transcript_path": "/rec/a.jsonl",
@@ -70,6 +71,21 @@ def test_event_schema_is_the_same_envelope_for_every_type() -> None:
 def test_ended_without_transfer_or_usage_says_null() -> None:
     data = _events().ended(WALL, CallSummary("remote-hangup", 3.0)).data
     assert data["transfer"] is None and data["usage"] is None and data["tool_calls"] == []
+
+
+def test_outbound_events_say_so_and_report_the_dial_outcome() -> None:
+    ids = (f"{n:032x}" for n in itertools.count(1))
+    events = CallEvents("out@pbx", {"dialed": "sip:2002@pbx", "variables": {"name": "Ada"}}, "sales",
+                        lambda: next(ids), direction="outbound", outbound_id="Xy_12")
+    started = events.started(WALL, "PCMU").data
+    assert (started["direction"], started["outbound_id"]) == ("outbound", "Xy_12")
+    assert started["context"]["variables"] == {"name": "Ada"}
+    ended = events.ended(WALL + 9, CallSummary("machine", 9.0, answering_machine="machine", message_left=True)).data
+    assert (ended["outcome"], ended["answering_machine"], ended["message_left"]) == ("machine", "machine", True)
+    busy = events.ended(WALL, CallSummary("busy", 0.0)).data
+    assert busy["answering_machine"] is None and busy["message_left"] is False
+    inbound = _events().ended(WALL, CallSummary("remote-hangup", 3.0)).data
+    assert "answering_machine" not in inbound and "outbound_id" not in inbound
 
 
 def test_body_is_stable_bytes() -> None:
