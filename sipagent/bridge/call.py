@@ -141,7 +141,7 @@ class CallBridge:
                                 self.responses, self.downlink, self.interruptions, state, records, self.log,
                                 self._spawn, self._after_response, self.metrics)
         self.limits = CallLimits(self.agent, settings.rtp_timeout_s, self._origin, media, state, records, self.log,
-                                 self._busy, self._idle_prompt, self._say_goodbye)
+                                 self._busy, lambda: self.on_hold, self._idle_prompt, self._say_goodbye)
         # The model's events and who handles each; any other type is ignored.
         self._handlers: dict[str, Handler] = {
             "response.output_audio.delta": self.downlink.delta,
@@ -388,7 +388,7 @@ class CallBridge:
             return
         state.closing = outcome
         self.tools.pending = None  # a transfer or an end the model asked for gives way to this one
-        if self.realtime.link is not None and state.live and message and not state.held:
+        if self.realtime.link is not None and state.live and message and not self.on_hold:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(limit):
                     if self.responses.active or self.media.buffered_ms > 0:
@@ -437,7 +437,7 @@ class CallBridge:
         state, tools = self.call_state, self.tools
         return (self.media.buffered_ms > 0 or self.responses.active or tools.pending is not None
                 or tools.collector is not None  # a keypad entry has its own timeouts
-                or state.name != "live" or state.held  # e.g. transferring: never prompt a caller put through
+                or state.name != "live" or self.on_hold  # e.g. transferring: never prompt a caller put through
                 or self.uplink.vad.speaking)
 
     def _idle_prompt(self) -> None:

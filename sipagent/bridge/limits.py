@@ -24,7 +24,8 @@ from sipagent.bridge.state import CallState
 class CallLimits:
     def __init__(self, agent: AgentConfig, rtp_timeout_s: float, origin: float, media: MediaLeg, state: CallState,
                  records: CallRecords, log: logging.LoggerAdapter[logging.Logger], busy: Callable[[], bool],
-                 prompt: Callable[[], None], goodbye: Callable[[str, str], Awaitable[None]]) -> None:
+                 held: Callable[[], bool], prompt: Callable[[], None],
+                 goodbye: Callable[[str, str], Awaitable[None]]) -> None:
         self.agent = agent
         self.rtp_timeout_s = rtp_timeout_s
         self.origin = origin  # when the call was answered (time.monotonic)
@@ -33,6 +34,7 @@ class CallLimits:
         self.records = records
         self.log = log
         self.busy = busy  # someone is talking or something is under way: silence is not idleness now
+        self.held = held  # the far end holds the call (CallBridge.on_hold)
         self.prompt = prompt
         self.goodbye = goodbye  # (message, outcome)
         self.idle_prompts = 0
@@ -86,7 +88,7 @@ class CallLimits:
         while True:
             await asyncio.sleep(interval)
             now, received = time.monotonic(), self.media.packets_received
-            if received != count or self.state.held or self.state.name == "transferring":
+            if received != count or self.held() or self.state.name == "transferring":
                 count, heard_at = received, now
             elif now - heard_at >= timeout:
                 break
