@@ -92,6 +92,15 @@ class EndpointStats:
     srtp_dropped: int = 0  # packets that failed SRTP/SRTCP authentication or replay checks (never played)
 
 
+def _discard_queued(sock: socket.socket) -> None:
+    """Read and drop the datagrams waiting on a non-blocking socket (a bounded number: a flood goes on)."""
+    for _ in range(256):
+        try:
+            sock.recvfrom(2048)
+        except OSError:  # EAGAIN: none left (or an ICMP error, nothing to read either)
+            return
+
+
 class RtpEndpoint:
     def __init__(
         self,
@@ -137,6 +146,12 @@ class RtpEndpoint:
         self.rx_stats = ReceiveStats()
         self._ports = ports
         self.local_port, self._sock, self._rtcp_sock = sockets if sockets is not None else ports.bind_pair(bind_host)
+        if sockets is not None:
+            # What reached the pair before this endpoint took it came before the negotiation finished (a
+            # peer's early RTCP, or its SRTP before our keys were set): not ours to check or count, and
+            # ignored as an endpoint with no remote yet ignores it.
+            for sock in (self._sock, self._rtcp_sock):
+                _discard_queued(sock)
         self._closed = False
         # Outbound stream state.
         self.ssrc = secrets.randbits(32)
