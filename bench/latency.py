@@ -74,6 +74,8 @@ import sipagent.realtime.local.server as server_mod
 from bench._common import agent_config, free_udp_port, percentiles_ms
 from sipagent.bridge.bargein import BargeInPolicy, Duck, Pause, Resume, Unduck
 from sipagent.bridge.call import CallBridge
+from sipagent.bridge.downlink import Downlink
+from sipagent.bridge.interruptions import Interruptions
 from sipagent.caller import SipCaller
 from sipagent.config import load_config_text
 from sipagent.media.clock import MediaClock
@@ -153,13 +155,13 @@ def install_observers() -> None:
 
     LocalSession._decode_input = decode  # type: ignore[method-assign]
 
-    original_barge_in = CallBridge._barge_in
+    original_barge_in = Interruptions.barge_in
 
-    async def barge(self: CallBridge, decision: Any, server_cancelled: bool) -> None:
+    async def barge(self: Interruptions, decision: Any, server_cancelled: bool) -> None:
         TL.decisions.append((time.monotonic(), decision.trigger.value))
         await original_barge_in(self, decision, server_cancelled)
 
-    CallBridge._barge_in = barge  # type: ignore[method-assign]
+    Interruptions.barge_in = barge  # type: ignore[method-assign]
 
     original_policy_frame = BargeInPolicy.caller_frame
 
@@ -206,13 +208,13 @@ def install_observers() -> None:
 
     LocalSession._on_input_audio_buffer_append = on_append  # type: ignore[method-assign]
 
-    original_queue = CallBridge._queue_agent_audio
+    original_queue = Downlink.queue
 
-    def queue_audio(self: CallBridge, item_id: str, pcm24k: bytes) -> None:
+    def queue_audio(self: Downlink, item_id: str, pcm24k: bytes) -> None:
         TL.agent_queued.append(time.monotonic())
         original_queue(self, item_id, pcm24k)
 
-    CallBridge._queue_agent_audio = queue_audio  # type: ignore[method-assign]
+    Downlink.queue = queue_audio  # type: ignore[method-assign]
 
 
 class CallerPlayout(PlayoutQueue):

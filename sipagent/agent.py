@@ -26,11 +26,10 @@ from sipagent.bridge.routing import Router
 from sipagent.bridge.settings import AgentProfile
 from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
+from sipagent.call_media import CallMedia, MediaSettings
 from sipagent.config import Config, load_config
 from sipagent.errors import ConfigError, RealtimeError, SdpError, SrtpRefused
 from sipagent.media.clock import MediaClock
-from sipagent.media.gain import gain_shaper
-from sipagent.media.kernel import CODEC_SILENCE, transcode
 from sipagent.media.playout import PlayoutQueue
 from sipagent.observability.health import HealthState, LoopStallDetector, start_health_server
 from sipagent.observability.logs import configure_logging, install_trace_toggle, set_call_id
@@ -42,8 +41,6 @@ from sipagent.realtime.local.server import LocalRealtimeServer
 from sipagent.realtime.providers import Endpoint, endpoint_for
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.ports import PortAllocator
-from sipagent.rtp.srtp import SrtpContext
-from sipagent.sdp import NegotiatedMedia, SrtpParams
 from sipagent.sip.admission import BudgetLimits
 from sipagent.sip.transport import TransportLimits
 from sipagent.sip.ua import IncomingCall, SipAccount, UaSettings, UserAgent
@@ -56,104 +53,6 @@ T = TypeVar("T")
 class AgentStats:
     calls_total: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
-
-
-class _MediaLeg:
-    """Adapts an RtpEndpoint to what the bridge needs (sipagent.bridge.call.MediaLeg)."""
-
-    def __init__(self, endpoint: RtpEndpoint, codec: str) -> None:
-        self.endpoint = endpoint
-        self.codec = codec
-
-    def push_audio(self, payload: bytes) -> None:
-        self.endpoint.playout.push(payload)
-        self.endpoint.start_talkspurt()  # the first frame of a reply goes out now, not at the next tick
-
-    def flush_audio(self) -> int:
-        return self.endpoint.playout.flush()
-
-    def pause_audio(self) -> None:
-        self.endpoint.playout.pause()
-
-    def resume_audio(self) -> None:
-        self.endpoint.playout.resume()
-
-    def duck_audio(self, gain: float) -> None:
-        playout = self.endpoint.playout
-        playout.shaper = gain_shaper(self.codec)  # the codec of the frames queued now (a re-INVITE moves it)
-        playout.duck(gain)
-
-    def unduck_audio(self) -> None:
-        self.endpoint.playout.unduck()
-
-    @property
-    def played_ms(self) -> int:
-        return self.endpoint.playout.played_ms
-
-    @property
-    def buffered_ms(self) -> int:
-        return self.endpoint.playout.buffered_ms
-
-    @property
-    def packets_received(self) -> int:
-        return self.endpoint.rx_stats.packets
-
-    @property
-    def can_send_dtmf(self) -> bool:
-        return self.endpoint.dtmf_payload_type is not None
-
-    def send_dtmf(self, digit: str, duration_ms: int) -> None:
-        self.endpoint.send_dtmf(digit, duration_ms)
-
-    @property
-    def dtmf_sending(self) -> bool:
-        return self.endpoint.dtmf_sending
-
-
-class _CallMedia:
-    """One call's media chain, set up for its negotiated media by ``apply``: once at the answer, and again
-    by each re-INVITE that changes it (hold and resume, another codec, another address). The endpoint's
-    payload type, frame, silence, jitter buffer, playout queue and sending, and the bridge's decoders,
-    encoder and echo reference all follow from the one ``NegotiatedMedia``."""
-
-    def __init__(self, endpoint: RtpEndpoint) -> None:
-        self.endpoint = endpoint
-        self.bridge: CallBridge | None = None  # there is none yet at the answer
-        self.codec = ""  # none yet: the endpoint's frame until the answer is a placeholder
-        self.remote: tuple[str, int] | None = None
-        self.srtp: SrtpParams | None = None
-
-    def apply(self, media: NegotiatedMedia) -> None:
-        endpoint, bridge = self.endpoint, self.bridge
-        if media.srtp != self.srtp:
-            # First, so that not one packet goes out under the old keys (or in the clear) to the new media.
-            # An unchanged negotiation (a hold, a refresh) keeps the context: its rollover counters and
-            # replay window go on.
-            self.srtp = media.srtp
-            endpoint.set_crypto(SrtpContext(media.srtp.suite, media.srtp.local_key, media.srtp.remote_key)
-                                if media.srtp is not None else None)
-            log.info("media: %s", f"SRTP {media.srtp.suite}" if media.srtp else "plain RTP")
-        if media.codec != self.codec:
-            previous, self.codec = self.codec, media.codec
-            # Audio still queued for the caller was encoded in the old codec: it goes on, re-encoded.
-            endpoint.set_codec(CODEC_SILENCE[media.codec],
-                               (lambda data: transcode(data, previous, media.codec)) if previous else None)
-            if bridge is not None:
-                bridge.change_codec(media.codec)
-        remote = (media.remote_host, media.remote_port)
-        if media.may_send:  # a hold's address (0.0.0.0, or the same one) is not a move
-            if self.remote is not None and remote != self.remote:
-                log.info("media moves from %s:%s to %s:%s", *self.remote, *remote)
-            self.remote = remote
-        endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type, media.dtmf_payload_type,
-                            send=media.may_send)
-        if bridge is not None:
-            bridge.set_hold(media.on_hold, media.direction)
-
-    def attach(self, bridge: CallBridge, media: NegotiatedMedia) -> None:
-        """The bridge for the answered call: it was built for ``media``'s codec; it learns of a hold."""
-        self.bridge = bridge
-        bridge.set_hold(media.on_hold, media.direction)
 
 
 class Agent:
@@ -322,31 +221,15 @@ class Agent:
         self.stats.calls_total += 1
         decision = self.router.choose(call.identity, call.account)
         profile = self.profiles[decision.profile]
-        bridge_ref: list[CallBridge] = []
-
-        def on_frame(payload: bytes) -> None:
-            if bridge_ref:
-                bridge_ref[0].on_inbound_frame(payload)
-
-        def on_dtmf(digit: str, duration_ms: int) -> None:
-            if bridge_ref:
-                bridge_ref[0].on_dtmf(digit, duration_ms)
-
-        # The answer needs the port before the codec is settled: the endpoint starts framed for PCMU, a
-        # placeholder until the chain sets it up for the negotiated codec.
-        placeholder = CODEC_SILENCE["PCMU"]
-        endpoint = RtpEndpoint(self.clock, self.ports, bind_host=self.config.sip.listen_address.host,
-                               jitter_ms=self.config.media.jitter_ms, silence=placeholder,
-                               on_frame=on_frame, on_dtmf=on_dtmf, cname=f"sipagent-{call.call_id[:8]}",
-                               eager=True,  # the model is not an ear: no playout delay on the way up
-                               symmetric=self.config.media.symmetric_rtp,
-                               playout=self.playout_class(len(placeholder), placeholder))
-        self._endpoints.add(endpoint)
-        chain = _CallMedia(endpoint)
+        # The port first (the answer names it), then the endpoint for the codec the answer settled.
+        media_settings = MediaSettings(self.config.sip.listen_address.host, self.config.media.jitter_ms,
+                                       self.config.media.symmetric_rtp, self.playout_class)
+        chain = CallMedia(self.clock, self.ports, media_settings, cname=f"sipagent-{call.call_id[:8]}")
+        endpoint: RtpEndpoint | None = None
         try:
             rtp_host = call.local_host  # the UA's one decision for Via, Contact and SDP
             try:
-                media = await call.answer(rtp_host, endpoint.local_port)
+                media = await call.answer(rtp_host, chain.local_port)
             except SdpError as exc:
                 log.info("offer refused (488): %s", exc)
                 self._count("rejected-srtp" if isinstance(exc, SrtpRefused) else "rejected-codec")
@@ -355,19 +238,17 @@ class Agent:
                 self._count("cancelled")
                 return
             codec = media.codec
-            chain.apply(media)
+            leg = chain.build(media)
+            endpoint = leg.endpoint
+            self._endpoints.add(endpoint)
             call.on_media_change = chain.apply
-            call.on_dtmf = on_dtmf
             context = call_context(call, self.config)
-            bridge = CallBridge(call, _MediaLeg(endpoint, codec), self._connect,
-                                self._bridge_settings(profile, decision.reason),
+            bridge = CallBridge(call, leg, self._connect, self._bridge_settings(profile, decision.reason),
                                 on_transcript=self._transcript_callback(call.call_id), context=context)
+            # From now on the endpoint's per-frame callbacks go straight to the bridge; nothing ran in
+            # between (no await since build), so it hears of every frame either way.
             chain.attach(bridge, media)
-            bridge_ref.append(bridge)
-            # From now on the per-frame callbacks go straight to the bridge (one Python call less each); the
-            # bridge hears of every frame put on the wire from here on (before it, there was no bridge to tell).
-            endpoint.on_frame = bridge.on_inbound_frame
-            endpoint.on_sent = bridge.on_outbound_frame
+            call.on_dtmf = bridge.on_dtmf
             self.bridges[call.call_id] = bridge
             # Numbers only (bounded by identify()): names and header values stay in the transcript.
             log.info("answered %s with %s: profile %s (%s)%s, caller %s, dialed %s%s%s", call.from_uri, codec,
@@ -395,10 +276,11 @@ class Agent:
             if self.on_call_end:
                 self.on_call_end(call.call_id, outcome)
         finally:
-            endpoint.close()
-            self._endpoints.discard(endpoint)
-            self._foreign_ended += endpoint.foreign_packets
-            self._srtp_dropped_ended += endpoint.srtp_dropped
+            chain.close()
+            if endpoint is not None:
+                self._endpoints.discard(endpoint)
+                self._foreign_ended += endpoint.foreign_packets
+                self._srtp_dropped_ended += endpoint.srtp_dropped
             self.bridges.pop(call.call_id, None)
 
     def _emit(self, build: Callable[[], Any]) -> None:

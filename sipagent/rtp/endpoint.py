@@ -54,7 +54,7 @@ from sipagent.rtp.dtmf import DtmfReceiver, DtmfSender
 from sipagent.rtp.jitter import JitterBuffer
 from sipagent.rtp.latch import SourceLatch
 from sipagent.rtp.packet import HEADER, is_rtcp, parse_media
-from sipagent.rtp.ports import PortAllocator
+from sipagent.rtp.ports import BoundPair, PortAllocator
 from sipagent.rtp.rtcp import (
     ReceiverReport,
     ReportBlock,
@@ -92,6 +92,15 @@ class EndpointStats:
     srtp_dropped: int = 0  # packets that failed SRTP/SRTCP authentication or replay checks (never played)
 
 
+def _discard_queued(sock: socket.socket) -> None:
+    """Read and drop the datagrams waiting on a non-blocking socket (a bounded number: a flood goes on)."""
+    for _ in range(256):
+        try:
+            sock.recvfrom(2048)
+        except OSError:  # EAGAIN: none left (or an ICMP error, nothing to read either)
+            return
+
+
 class RtpEndpoint:
     def __init__(
         self,
@@ -110,13 +119,16 @@ class RtpEndpoint:
         symmetric: bool = True,
         playout: PlayoutQueue | None = None,
         talkspurt_idle_ticks: int = 5,
+        sockets: BoundPair | None = None,
     ) -> None:
         """Bind a port pair from ``ports`` and start ticking on ``clock``; needs a running event loop.
         ``symmetric``: follow a peer whose media comes from another address than its SDP says (NAT), under
         the rules of ``SourceLatch``; without it, media is taken from the signalled address only.
         ``playout``: the queue to send from (a subclass that observes it, say), framed like ``silence``.
         ``talkspurt_idle_ticks``: how many ticks without audio make a pause after which ``start_talkspurt``
-        sends the first frame at once (a shorter gap is an underrun: its audio waits for the tick)."""
+        sends the first frame at once (a shorter gap is an underrun: its audio waits for the tick).
+        ``sockets``: a pair ``ports.bind_pair`` bound already (the port was needed before the codec was
+        known); the endpoint owns it from now on. None: the endpoint binds its own."""
         self._loop = asyncio.get_running_loop()
         self.clock = clock
         self.frame_bytes = len(silence)
@@ -133,7 +145,13 @@ class RtpEndpoint:
         self._overdue_ticks = 0
         self.rx_stats = ReceiveStats()
         self._ports = ports
-        self.local_port, self._sock, self._rtcp_sock = ports.bind_pair(bind_host)
+        self.local_port, self._sock, self._rtcp_sock = sockets if sockets is not None else ports.bind_pair(bind_host)
+        if sockets is not None:
+            # What reached the pair before this endpoint took it came before the negotiation finished (a
+            # peer's early RTCP, or its SRTP before our keys were set): not ours to check or count, and
+            # ignored as an endpoint with no remote yet ignores it.
+            for sock in (self._sock, self._rtcp_sock):
+                _discard_queued(sock)
         self._closed = False
         # Outbound stream state.
         self.ssrc = secrets.randbits(32)

@@ -1,8 +1,10 @@
 """RTP port allocation: even ports from a configured range, RTCP on port + 1, never leaked.
 
 ``PortAllocator.bind_pair`` reserves a port and binds both sockets; a port some other process holds is
-skipped. Allocation rotates through the range so a port just released is not handed out again at once
-(late packets of the old call would land in the new one).
+skipped. A call binds its pair before it answers (the SDP answer names the port) and hands it to the
+RtpEndpoint it builds for the negotiated codec, or gives it back with ``close_pair`` if it never does.
+Allocation rotates through the range so a port just released is not handed out again at once (late
+packets of the old call would land in the new one).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import socket
 from sipagent.errors import RtpError
 
 log = logging.getLogger(__name__)
+
+BoundPair = tuple[int, socket.socket, socket.socket]  # (RTP port, RTP socket, RTCP socket on port + 1)
 
 
 class PortAllocator:
@@ -55,7 +59,7 @@ class PortAllocator:
     def release(self, port: int) -> None:
         self._used.discard(port)
 
-    def bind_pair(self, host: str) -> tuple[int, socket.socket, socket.socket]:
+    def bind_pair(self, host: str) -> BoundPair:
         """Reserve a port and bind non-blocking UDP sockets on it and on port + 1."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for _ in range(len(self._ports)):
@@ -75,3 +79,10 @@ class PortAllocator:
                 continue
             return port, socks[0], socks[1]
         raise RtpError(f"no bindable RTP port pair in {self.lo}-{self.hi} on {host}")
+
+    def close_pair(self, pair: BoundPair) -> None:
+        """Close a pair from ``bind_pair`` that no endpoint took, and give its port back."""
+        port, rtp_sock, rtcp_sock = pair
+        rtp_sock.close()
+        rtcp_sock.close()
+        self.release(port)

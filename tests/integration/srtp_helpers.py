@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from sipagent import agent as agent_module
 from sipagent.agent import Agent
+from sipagent.call_media import CallMedia
 from sipagent.media.kernel import Resampler
 from sipagent.rtp.packet import is_rtcp
 from sipagent.rtp.srtp import SrtpContext
@@ -55,13 +55,13 @@ def tap(agent: Agent) -> list[tuple[str, bytes]]:
 def negotiated(monkeypatch: pytest.MonkeyPatch) -> list[SrtpParams | None]:
     """The SRTP of every negotiation the agent's media chain applies (at the answer and per re-INVITE)."""
     seen: list[SrtpParams | None] = []
-    apply = agent_module._CallMedia.apply
+    apply = CallMedia.apply
 
-    def spy(self: agent_module._CallMedia, media: NegotiatedMedia) -> None:
+    def spy(self: CallMedia, media: NegotiatedMedia) -> None:
         seen.append(media.srtp)
         apply(self, media)
 
-    monkeypatch.setattr(agent_module._CallMedia, "apply", spy)
+    monkeypatch.setattr(CallMedia, "apply", spy)
     return seen
 
 

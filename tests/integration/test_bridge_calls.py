@@ -423,7 +423,7 @@ async def _websocket_drop(tmp_path: Path) -> None:
             backend = LocalRealtimeServer(brain, "127.0.0.1", backend.port)
             await backend.start()
             await rig.wait_entry("event", 10, lambda e: e["event"] == "reconnect")
-            await rig.wait_for(lambda: rig.connects >= 2 and rig.bridge.state == "live" and rig.bridge._link,
+            await rig.wait_for(lambda: rig.connects >= 2 and rig.bridge.state == "live" and rig.bridge.realtime.link,
                                10, "the new session")
             await rig.say("where is my order seven seven two one")
             await rig.wait_entry("agent", 25, lambda e: "shipped" in e["text"])

@@ -175,14 +175,14 @@ def test_send_dtmf_checks_the_line_and_its_arguments() -> None:
     async def body() -> None:
         media = FakeMedia()
         bridge = fake_bridge(media)
-        assert (await bridge._send_dtmf({"digits": "0044#"})).output == {"sent": "0044#"}
+        assert (await bridge.tools.send_dtmf({"digits": "0044#"})).output == {"sent": "0044#"}
         assert media.keys == [(key, 60) for key in "0044#"]
-        refused = await bridge._send_dtmf({"digits": "12; DROP"})
+        refused = await bridge.tools.send_dtmf({"digits": "12; DROP"})
         assert not refused.ok and "may only contain 0-9, *, # and A-D" in refused.output["error"]
         media.dtmf_sending = True  # an earlier call's keys still going out
-        busy = await bridge._send_dtmf({"digits": "1"})
+        busy = await bridge.tools.send_dtmf({"digits": "1"})
         assert not busy.ok and "still being sent" in busy.output["error"]
-        no_events = await fake_bridge(FakeMedia(dtmf_pt=False))._send_dtmf({"digits": "1"})
+        no_events = await fake_bridge(FakeMedia(dtmf_pt=False)).tools.send_dtmf({"digits": "1"})
         assert not no_events.ok and "no RFC 4733 telephone-event was negotiated" in no_events.output["error"]
 
     asyncio.run(body())
@@ -191,12 +191,12 @@ def test_send_dtmf_checks_the_line_and_its_arguments() -> None:
 def test_collect_digits_arguments_are_checked_before_anything_waits() -> None:
     async def body() -> None:
         bridge = fake_bridge(FakeMedia())
-        bad = await bridge._collect_digits({"max_digits": 1000, "timeout_s": 5})
+        bad = await bridge.tools.collect_digits({"max_digits": 1000, "timeout_s": 5})
         assert not bad.ok and bad.output == {"error": "max_digits must be from 1 to 64, not 1000"}
         # Keys typed just before the call (not yet passed to the model) start the entry; "#" ends it at once.
         now = time.monotonic()
-        bridge._dtmf = [("4", now - 0.5), ("2", now - 0.3), ("#", now - 0.1)]
-        typed = await asyncio.wait_for(bridge._collect_digits({}), 2)
+        bridge.tools.typed = [("4", now - 0.5), ("2", now - 0.3), ("#", now - 0.1)]
+        typed = await asyncio.wait_for(bridge.tools.collect_digits({}), 2)
         assert typed.output == {"digits": "42", "ended_by": "terminator", "count": 2}
 
     asyncio.run(body())

@@ -127,7 +127,7 @@ class AppendSpy:
     """When the bridge sent the model caller audio (each input_audio_buffer.append, however it went)."""
 
     def __init__(self, bridge: CallBridge) -> None:
-        link: Any = bridge._link
+        link: Any = bridge.realtime.link
         assert link is not None
         self.times: list[float] = []
         send_now, send = link.send_now, link.send

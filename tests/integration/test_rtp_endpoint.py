@@ -141,6 +141,37 @@ def test_allocator_parse_and_errors() -> None:
         PortAllocator(5000, 5000)
 
 
+def test_a_pair_bound_before_the_answer_drops_what_came_before_the_endpoint_took_it() -> None:
+    """A call binds its port for the SDP answer and builds the endpoint once the codec is settled: packets
+    that reached the port in between (a phone's early RTCP, media under keys not set yet) are dropped, as
+    an endpoint with no remote yet ignores them; what comes after is taken."""
+
+    async def body(clock: MediaClock) -> None:
+        ports = allocator()
+        pair = ports.bind_pair(HOST)
+        a = Peer()
+        for i in range(3):
+            a.send(pair[0], bytes([i]) * 160)
+        a.sock.sendto(b"\x81\xc9\x00\x01" + bytes(4), (HOST, pair[0] + 1))  # an early receiver report
+        await asyncio.sleep(0.05)
+        frames: list[bytes] = []
+        ep = RtpEndpoint(clock, ports, bind_host=HOST, silence=SIL, on_frame=frames.append, eager=True,
+                         sockets=pair)
+        try:
+            assert ep.local_port == pair[0]
+            ep.set_remote(HOST, a.port, 0)
+            await asyncio.sleep(0.05)
+            assert frames == [] and ep.stats().packets_received == 0 and ep.malformed == 0
+            a.send(ep.local_port, b"\x07" * 160)
+            await until(lambda: frames == [b"\x07" * 160])
+        finally:
+            ep.close()
+            a.close()
+        assert ports.in_use == 0
+
+    run(body)
+
+
 def test_latching_rejects_foreign_source_and_relatches_on_reinvite() -> None:
     async def body(clock: MediaClock) -> None:
         ports = allocator()

@@ -94,7 +94,7 @@ def test_appends_are_those_of_the_composed_path(codec: str, audio_format: str) -
         connection.connection_made(wire)
         link = RealtimeClient("ws://127.0.0.1/v1/realtime")
         link._ws, link._masks = connection, MaskSource()  # what connect() sets up
-        bridge._link, bridge.state = link, "live"
+        bridge.realtime.link, bridge.call_state.name = link, "live"
         for i in range(frames):
             sent = agent[160 * i : 160 * (i + 1)]
             bridge.on_outbound_frame(sent or CODEC_SILENCE[codec], bool(sent))

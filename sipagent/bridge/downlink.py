@@ -1,0 +1,172 @@
+"""The agent's audio to the caller: the model's deltas decoded and encoded for the call's codec into the
+playout queue, stopped where the caller is (a flush, an item cut at the milliseconds heard), and the
+waits for it to be heard.
+
+The queue drains only as the media clock sends its frames, and the bridge is told of each one
+(``frame_sent``): that is what wakes the waits here (``wait_playout``, ``until_sent``), along with a
+flush and the call's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sipagent.bridge.bargein import BargeInPolicy
+from sipagent.bridge.conversation import Conversation
+from sipagent.bridge.legs import CallLeg, MediaLeg
+from sipagent.bridge.records import CallRecords
+from sipagent.bridge.session import Responses
+from sipagent.bridge.state import CallState
+from sipagent.bridge.waiting import first_of
+from sipagent.media.kernel import Base64Decoder, Encoder24k, Resampler, alaw_decode, ulaw_decode
+from sipagent.observability.metrics import Metrics
+
+
+class Downlink:
+    def __init__(self, codec: str, audio_format: str, media: MediaLeg, call: CallLeg, state: CallState,
+                 conversation: Conversation, responses: Responses, policy: BargeInPolicy, records: CallRecords,
+                 echo: Callable[[bytes, bool], None], metrics: Metrics | None = None) -> None:
+        self.media = media
+        self.call = call
+        self.state = state
+        self.conversation = conversation
+        self.responses = responses
+        self.policy = policy
+        self.records = records
+        self.echo = echo  # each frame sent, to the uplink's echo reference
+        self.metrics = metrics
+        self._down_decode = wire_decoder(audio_format)
+        self._base64 = Base64Decoder()  # the deltas' base64 in C: ~2.6 us instead of ~7.9 per 40 ms
+        self.use_codec(codec)
+        self.turn_latencies: list[float] = []
+        self._turn_ended_at: float | None = None
+        # Set while no whole frame of agent audio is queued (a new call's queue is empty). Only a hint that
+        # wakes waits: each one looks at the queue itself before it waits.
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self._frame_left = asyncio.Event()  # set as a frame leaves while ``until_sent`` waits
+        self._watchers = 0
+
+    def use_codec(self, codec: str) -> None:
+        """The agent's audio from now on is encoded in ``codec`` (fresh encoder state, as after a change)."""
+        self.encoder = Encoder24k(codec)
+
+    def wire_format(self, audio_format: str) -> None:
+        """The format the deltas really come in (the server may not send what was asked)."""
+        self._down_decode = wire_decoder(audio_format)
+
+    # ---------------------------------------------------------------- audio in
+
+    def caller_turn_ended(self) -> None:
+        """The server heard the caller stop: the next audio's delay is a turn's latency."""
+        self._turn_ended_at = time.monotonic()
+
+    def delta(self, event: dict[str, Any]) -> None:
+        """A response.output_audio.delta: its audio queued for the caller."""
+        if self._turn_ended_at is not None:
+            self.turn_latencies.append(time.monotonic() - self._turn_ended_at)
+            if self.metrics:
+                self.metrics.observe_turn_latency(self.turn_latencies[-1])
+            self._turn_ended_at = None
+        pcm = self._down_decode(self._base64.decode(event.get("delta", "")))
+        self.queue(event.get("item_id", ""), pcm)
+
+    def queue(self, item_id: str, pcm24k: bytes) -> None:
+        if self.state.done.is_set() or item_id == self.conversation.cut_item:
+            return  # deltas of an interrupted item still arrive until the cancel takes effect: drop them
+        payload = self.encoder.encode(pcm24k)
+        self._push(payload)
+        self.conversation.agent_audio(item_id, len(payload))
+
+    def play_pcm24(self, pcm24k: bytes) -> None:
+        """Audio of no conversation item (the fail-over's apology)."""
+        self._push(self.encoder.encode(pcm24k))
+
+    def _push(self, payload: bytes) -> None:
+        self.media.push_audio(payload)
+        if self.media.buffered_ms > 0:
+            self.drained.clear()
+
+    # ---------------------------------------------------------------- stopping it
+
+    def flush(self) -> None:
+        """Drop what the caller has not heard yet; also ends a pause or a duck (what comes next is new audio,
+        not the paused speech)."""
+        self.media.flush_audio()
+        self.policy.flushed()
+        self.drained.set()
+
+    def cut(self, played_ms: int, heard_ms: int | None = None) -> tuple[str, int] | None:
+        """The item playing stops at ``played_ms`` (the caller heard it up to ``heard_ms``, by default the
+        same): (its id, ms of it heard), None when none was playing."""
+        heard_ms = played_ms if heard_ms is None else min(heard_ms, played_ms)
+        current = self.conversation.current
+        if current is not None and current is self.conversation.first:
+            self.records.greeting_over(heard_ms, interrupted=True)
+        cut = self.conversation.interrupted(played_ms)
+        if cut is None or current is None:
+            return cut
+        return cut[0], current.heard_ms(heard_ms)
+
+    def playing(self) -> bool:
+        """Agent audio is queued, or (while it is turned down at an onset) its response is still coming: the
+        model's audio arrives in real time, and the queue may run dry between two deltas."""
+        return self.media.buffered_ms > 0 or (self.policy.paused and self.responses.active)
+
+    # ---------------------------------------------------------------- audio out, and waiting for it
+
+    def frame_sent(self, payload: bytes, is_audio: bool) -> None:
+        """The media clock just sent this frame to the caller (audio or silence)."""
+        self.echo(payload, is_audio)
+        if not self.drained.is_set() and self.media.buffered_ms <= 0:
+            self.drained.set()
+        if self._watchers:
+            self._frame_left.set()
+
+    async def wait_playout(self) -> None:
+        """Until the caller has heard all the agent's audio queued so far, or the call ends."""
+        while self.media.buffered_ms > 0 and not self.call.ended.is_set():
+            self.drained.clear()
+            await first_of(self.drained, self.call.ended)
+
+    async def wait_quiet(self) -> None:
+        """Until the agent is silent: nothing queued and no response under way (both at once)."""
+        while True:
+            if self.media.buffered_ms > 0:
+                self.drained.clear()
+                await self.drained.wait()
+            elif self.responses.active:
+                await self.responses.idle.wait()
+            else:
+                return
+
+    async def until_sent(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Until ``condition()`` holds, looked at as each frame leaves for the caller (what the clock sends in
+        place of audio, such as keys, is over when audio or silence goes again), at most ``timeout``
+        seconds or until the call ends. Returns ``condition()``."""
+        self._watchers += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while not condition() and not self.call.ended.is_set():
+                        self._frame_left.clear()
+                        await first_of(self._frame_left, self.call.ended)
+        finally:
+            self._watchers -= 1
+        return condition()
+
+
+def wire_decoder(audio_format: str) -> Callable[[bytes], bytes]:
+    """Output deltas → 24 kHz PCM16, whatever format the server really sends."""
+    if audio_format == "pcm16":
+        return lambda data: data
+    to_24k = Resampler(8000, 24000)
+    decode = ulaw_decode if audio_format == "g711_ulaw" else alaw_decode
+    return lambda data: to_24k.process(decode(data))
+
+
+__all__ = ["Downlink", "wire_decoder"]

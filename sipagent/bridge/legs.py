@@ -1,0 +1,80 @@
+"""What the bridge needs of the things it bridges: the answered SIP call, its RTP media and a Realtime
+connection. Protocols only, so that the bridge depends on no transport (agent.py adapts the real ones,
+tests bring their own)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+
+class RealtimeLink(Protocol):
+    """What the bridge needs of a Realtime connection (sipagent.realtime.client.RealtimeClient)."""
+
+    async def send(self, event: dict[str, Any] | str) -> None:
+        """An event as a mapping, or already as JSON text (the per-frame audio appends)."""
+
+    def send_now(self, text: bytes) -> bool:
+        """Write JSON text (UTF-8) to the socket without a task switch if nothing stands in the way; False
+        when it could not (then ``send`` it, as str)."""
+
+    async def recv(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+class CallLeg(Protocol):
+    """What the bridge needs of the SIP call (sipagent.sip.ua.IncomingCall), once answered."""
+
+    call_id: str
+    from_uri: str
+    ended: asyncio.Event
+    end_reason: str  # set when ``ended`` is: "remote-bye", "transferred", ...
+
+    async def hangup(self) -> None: ...
+
+    async def transfer(self, target: str, timeout: float = 30) -> bool: ...
+
+
+class MediaLeg(Protocol):
+    """What the bridge needs of the call's RTP endpoint and its playout queue."""
+
+    codec: str
+
+    def push_audio(self, payload: bytes) -> None: ...
+
+    def flush_audio(self) -> int: ...
+
+    def pause_audio(self) -> None: ...
+
+    def resume_audio(self) -> None: ...
+
+    def duck_audio(self, gain: float) -> None:
+        """Turn the agent's audio down to ``gain`` from the next frame on; it plays on (nothing held)."""
+
+    def unduck_audio(self) -> None: ...
+
+    @property
+    def played_ms(self) -> int: ...
+
+    @property
+    def buffered_ms(self) -> int: ...
+
+    @property
+    def packets_received(self) -> int:
+        """RTP packets taken from the far end: a count that changes whenever media arrives (it restarts with
+        a new source), which the media timeout watches."""
+
+    @property
+    def can_send_dtmf(self) -> bool:
+        """The far end negotiated RFC 4733 telephone-events."""
+
+    def send_dtmf(self, digit: str, duration_ms: int) -> None:
+        """Queue one key as RFC 4733 events, sent on the clock's ticks in place of audio."""
+
+    @property
+    def dtmf_sending(self) -> bool:
+        """Keys queued by ``send_dtmf`` are still going out."""
+
+
+__all__ = ["CallLeg", "MediaLeg", "RealtimeLink"]

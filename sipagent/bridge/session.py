@@ -1,0 +1,183 @@
+"""The call's Realtime session: connecting (with retries), the one writer and the one reader of the
+WebSocket, reconnection with the conversation replayed, and renewal before the provider's session limit.
+
+What the events mean is the bridge's business: the reader hands each one to ``handle``. What a lost
+connection means for the call (the agent's audio cut, or a fail-over when no session can be had) is
+told through the hooks ``read`` takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sipagent.bridge.conversation import Conversation
+from sipagent.bridge.legs import CallLeg, RealtimeLink
+from sipagent.bridge.records import CallRecords
+from sipagent.bridge.state import CallState
+from sipagent.errors import RealtimeError
+from sipagent.observability.metrics import Metrics
+from sipagent.realtime import events as ev
+
+
+class Responses:
+    """Whether the model has a response under way (``Conversation.response_active``), with events to wait
+    on for its end instead of looking again and again."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+        self._idle = asyncio.Event()  # no response is active
+        self._idle.set()
+        self._done = asyncio.Event()  # a response.done came since ``expect_done``
+
+    @property
+    def active(self) -> bool:
+        return self.conversation.response_active
+
+    @property
+    def idle(self) -> asyncio.Event:
+        """Set while no response is active (for waits that also wait on other things)."""
+        return self._idle
+
+    def created(self) -> None:
+        self.conversation.response_active = True
+        self._idle.clear()
+
+    def done(self) -> None:
+        """response.done, or a response that will never end (its session is gone)."""
+        self.conversation.response_active = False
+        self._idle.set()
+        self._done.set()
+
+    def expect_done(self) -> None:
+        """Before a response.create or response.cancel whose end ``wait_done`` is to wait for."""
+        self._done.clear()
+
+    async def wait_done(self, timeout: float | None = None) -> None:
+        """Until a response.done after ``expect_done`` (at most ``timeout`` seconds)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._done.wait(), timeout)
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Until no response is active (a cancel takes effect, a response ends), at most ``timeout`` s."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+
+class RealtimeSession:
+    def __init__(self, connect: Callable[[], Awaitable[RealtimeLink]], session: ev.SessionSettings,
+                 dialect: ev.Dialect, reconnect_delays: tuple[float, ...], max_session_s: float, call: CallLeg,
+                 state: CallState, conversation: Conversation, records: CallRecords,
+                 log: logging.LoggerAdapter[logging.Logger], metrics: Metrics | None = None) -> None:
+        self._connect = connect
+        self.session = session
+        self.dialect = dialect
+        self.reconnect_delays = reconnect_delays
+        self.max_session_s = max_session_s
+        self.call = call
+        self.state = state
+        self.conversation = conversation
+        self.records = records
+        self.log = log
+        self.metrics = metrics
+        self.link: RealtimeLink | None = None  # None until connected, and while reconnecting
+        self.outbox: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue()
+        self.reconnects = 0
+
+    async def open(self, first: bool) -> bool:
+        """Connects (with retries) and configures a session; on a reconnect, replays the conversation."""
+        delays = (0.0, *self.reconnect_delays)
+        for attempt, delay in enumerate(delays):
+            if self.call.ended.is_set():
+                return False
+            await asyncio.sleep(delay)
+            try:
+                link = await self._connect()
+                await link.send(ev.session_update(self.session, self.dialect))
+            except (TimeoutError, RealtimeError, OSError) as exc:
+                self.log.warning("Realtime connect attempt %d failed: %s", attempt + 1, exc)
+                continue
+            self.link = link
+            if not first:
+                history = self.conversation.history_text()
+                if history:
+                    await link.send(ev.message_item(
+                        "system",
+                        "The call was interrupted by a technical problem and resumed. The conversation so "
+                        f"far:\n{history}\nContinue from there; do not greet the caller again.",
+                        self.dialect,
+                    ))
+            return True
+        return False
+
+    def send(self, event: dict[str, Any]) -> None:
+        """Queue an event for the writer: events leave in the order they were queued."""
+        self.outbox.put_nowait(event)
+
+    async def pump(self) -> None:
+        """The one writer to the WebSocket."""
+        while True:
+            event = await self.outbox.get()
+            link = self.link
+            if link is None:
+                continue  # reconnecting: audio and events from the dead session are stale
+            try:
+                await link.send(event)
+            except (RealtimeError, OSError) as exc:
+                self.log.debug("send failed (%s); the reader reconnects", exc)
+
+    async def read(self, handle: Callable[[dict[str, Any]], Awaitable[None]], lost: Callable[[], None],
+                   fail_over: Callable[[str], Awaitable[None]]) -> None:
+        """The one reader: each event to ``handle``; a lost connection is told to ``lost`` (before the
+        reconnect), and when no new session can be had, ``fail_over`` is awaited with why."""
+        while not self.state.done.is_set():
+            link = self.link
+            assert link is not None
+            try:
+                event = await link.recv()
+            except (RealtimeError, OSError) as exc:
+                if self.state.done.is_set() or self.call.ended.is_set():
+                    return
+                await self._recover(str(exc), lost, fail_over)
+                continue
+            try:
+                await handle(event)
+            except Exception:
+                # One bad event must not take the call down.
+                self.log.exception("error handling %s", event.get("type"))
+
+    async def _recover(self, why: str, lost: Callable[[], None], fail_over: Callable[[str], Awaitable[None]]) -> None:
+        self.log.warning("Realtime connection lost (%s); reconnecting", why)
+        self.reconnects += 1
+        if self.metrics:
+            self.metrics.realtime_reconnected()
+        self.records.record("event", event="reconnect", reason=why)
+        lost()
+        old, self.link = self.link, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.close()
+        if not await self.open(first=False):
+            await fail_over(f"the Realtime connection was lost and could not be restored ({why})")
+
+    async def renew_before_limit(self, quiet: Callable[[], Awaitable[None]]) -> None:
+        """Providers end sessions at a fixed length; move to a fresh one before that, once ``quiet`` returns
+        (the agent silent): closing the link makes the reader reconnect with the history."""
+        while True:
+            await asyncio.sleep(self.max_session_s)
+            await quiet()
+            self.records.record("event", event="session-renewal")
+            old = self.link
+            if old is not None:
+                await old.close()
+
+    async def close(self) -> None:
+        if self.link is not None:
+            with contextlib.suppress(Exception):
+                await self.link.close()
+
+
+__all__ = ["RealtimeSession", "Responses"]

@@ -1,0 +1,289 @@
+"""The model's tool calls, and the caller's keys.
+
+Webhook tools run as they come; the built-ins ``end_call`` and ``transfer_call`` wait until the agent has
+finished what it is saying (``run_pending``); ``collect_digits`` and ``send_dtmf`` are the bridge's own.
+Keys from the caller go to a keypad entry under way, or to the model as text with the keys typed after it.
+Every argument from the model is hostile: it is checked before anything acts on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sipagent.bridge.call_events import ToolUse
+from sipagent.bridge.context import CallContext
+from sipagent.bridge.digits import (
+    Collected,
+    CollectSpec,
+    DigitCollector,
+    ToolArgumentError,
+    collect_spec,
+    send_digits,
+)
+from sipagent.bridge.downlink import Downlink
+from sipagent.bridge.interruptions import CANCEL_WAIT_S, Interruptions
+from sipagent.bridge.legs import CallLeg, MediaLeg
+from sipagent.bridge.records import CallRecords
+from sipagent.bridge.session import RealtimeSession, Responses
+from sipagent.bridge.settings import AgentConfig, DtmfConfig, ToolConfig
+from sipagent.bridge.state import CallState
+from sipagent.bridge.tools import ToolResult, parse_arguments, run_webhook
+from sipagent.bridge.waiting import first_of
+from sipagent.errors import RtpError
+from sipagent.observability.metrics import Metrics
+from sipagent.realtime import events as ev
+
+DTMF_FLUSH_S = 1.5  # digits typed with pauses shorter than this go to the model together
+
+
+class ToolRunner:
+    def __init__(self, agent: AgentConfig, call: CallLeg, media: MediaLeg, context: CallContext, dialect: ev.Dialect,
+                 session: RealtimeSession, responses: Responses, downlink: Downlink, interruptions: Interruptions,
+                 state: CallState, records: CallRecords, log: logging.LoggerAdapter[logging.Logger],
+                 spawn: Callable[[Awaitable[Any]], asyncio.Task[Any]], after_response: Callable[[], Awaitable[None]],
+                 metrics: Metrics | None = None) -> None:
+        self.agent = agent
+        self.call = call
+        self.media = media
+        self.context = context
+        self.dialect = dialect
+        self.session = session
+        self.responses = responses
+        self.downlink = downlink
+        self.interruptions = interruptions
+        self.state = state
+        self.records = records
+        self.log = log
+        self._spawn = spawn
+        self._after_response = after_response  # what runs once the agent has finished speaking (run_pending)
+        self.metrics = metrics
+        self.uses: list[ToolUse] = []  # every tool call the model made, in order (CallOutcome.tools)
+        self.pending: tuple[str, dict[str, Any]] | None = None  # a built-in waiting for the agent to finish
+        # The transfer under way (target name, URI), set before the REFER: a completed transfer can end the
+        # call before transfer() returns, and the outcome still names where the caller went.
+        self.transfer_to: tuple[str, str] | None = None
+        self.typed: list[tuple[str, float]] = []  # keys not yet passed to the model, with when they came
+        self._typed_task: asyncio.Task[None] | None = None
+        self.collector: DigitCollector | None = None  # a collect_digits entry under way
+        self._key = asyncio.Event()  # a key came for it
+
+    # ---------------------------------------------------------------- tool calls
+
+    async def run(self, name: str, call_id: str, raw_arguments: str) -> None:
+        self.state.set("live")
+        try:
+            args = parse_arguments(raw_arguments)
+        except ValueError as exc:
+            await self._output(call_id, name, {}, ToolResult(False, {"error": f"bad arguments: {exc}"}))
+            return
+        self.records.record("tool_call", name=name, arguments=args)
+        if name in ("collect_digits", "send_dtmf") and any(t.name == name for t in self.agent.tools):
+            # Keys are the bridge's own business: no webhook. Offered only when configured, so a model that
+            # names one that is not configured gets "unknown tool" below.
+            result = await (self.collect_digits(args) if name == "collect_digits" else self.send_dtmf(args))
+            if name == "collect_digits":
+                await self.responses.wait_idle(CANCEL_WAIT_S)  # response.create while one is active is refused
+            await self._output(call_id, name, args, result)
+            return
+        if name in ("end_call", "transfer_call"):
+            action_args = {**args, "_call_id": call_id}
+            if name == "transfer_call":
+                error = self.transfer_error(args.get("target"))
+                if error is not None:
+                    await self._output(call_id, name, args, ToolResult(False, {"error": error}))
+                    return
+            # Built-ins act once the agent has finished what it is saying.
+            self.pending = (name, action_args)
+            if not self.responses.active:
+                self._spawn(self._after_response())
+            return
+        tool = next((t for t in self.agent.tools if t.name == name), None)
+        if tool is None:
+            result = ToolResult(False, {"error": f"unknown tool {name}"})
+        else:
+            result = await self._webhook(tool, args)
+        await self._output(call_id, name, args, result)
+
+    async def run_pending(self) -> None:
+        """The built-in the model asked for, now that the agent has finished speaking."""
+        action, self.pending = self.pending, None
+        if action is None:
+            return
+        name, args = action
+        if name == "end_call":
+            self.uses.append(ToolUse("end_call", True))
+            self.state.finish(self.state.closing or "agent-hangup")
+        elif name == "transfer_call":
+            await self._transfer(args)
+
+    async def _webhook(self, tool: ToolConfig, args: dict[str, Any]) -> ToolResult:
+        try:
+            return await run_webhook(tool, args, self.call.call_id, self.context)
+        except Exception as exc:  # a tool's failure is the model's to explain, never the call's end
+            self.log.warning("tool %s failed: %s", tool.name, exc)
+            return ToolResult(False, {"error": f"{tool.name} failed"})
+
+    async def _output(self, call_id: str, name: str, args: dict[str, Any], result: ToolResult,
+                      respond: bool = True) -> None:
+        self.records.record("tool_result", name=name, ok=result.ok, output=result.output)
+        self.uses.append(ToolUse(name, result.ok))
+        if self.metrics:
+            self.metrics.tool_called(name, "ok" if result.ok else "error")
+        self.session.send(ev.function_call_output(call_id, result.to_json()))
+        if respond:
+            self.session.send(ev.response_create())
+
+    # ---------------------------------------------------------------- transfer
+
+    def transfer_error(self, name: object) -> str | None:
+        """Why the model's transfer target cannot be used (it may only name a configured one), or None."""
+        if name is not None and not isinstance(name, str):
+            return "target must be the name of a team, as a string"
+        if self.agent.transfer_uri(name) is not None:
+            return None
+        names = ", ".join(self.agent.transfer_targets)
+        if not name:
+            return f"say which team to transfer to: {names}" if names else "no transfer target is configured"
+        return (f"there is no team called {name[:40]!r}; the caller can be transferred to: {names}" if names
+                else "no transfer target is configured")
+
+    async def _transfer(self, args: dict[str, Any]) -> None:
+        name = args.get("target")
+        uri = self.agent.transfer_uri(name if isinstance(name, str) else None)
+        label = name if isinstance(name, str) and name else "default"
+        tool_args = {key: value for key, value in args.items() if not key.startswith("_")}
+        if uri is None:  # the configuration was reloaded since the model asked
+            await self._output(str(args.get("_call_id", "")), "transfer_call", tool_args,
+                               ToolResult(False, {"error": self.transfer_error(name)}))
+            return
+        self.state.set("transferring")
+        self.records.record("event", event="transfer", target=label, uri=uri)
+        self.transfer_to = (label, uri)
+        if await self.call.transfer(uri):
+            self.state.finish("transferred")
+            return
+        self.state.set("live")
+        await self._output(str(args.get("_call_id", "")), "transfer_call", tool_args,
+                           ToolResult(False, {"error": f"the transfer to {label} failed"}))
+
+    async def fail_over_transfer(self, target: str) -> bool:
+        """The configured fail-over transfer (no model to ask): whether the far end took it."""
+        self.transfer_to = ("on_failure", target)
+        return await self.call.transfer(target)
+
+    # ---------------------------------------------------------------- keys
+
+    def on_dtmf(self, digit: str, duration_ms: int) -> None:
+        """A key from the caller (RFC 4733 or SIP INFO). During a collect_digits entry it goes to the entry
+        and cuts the agent off; otherwise it is passed to the model as text with the keys typed after it."""
+        now = time.monotonic()
+        self.state.active(now)
+        self.records.record("dtmf", digit=digit, duration_ms=duration_ms)
+        collector = self.collector
+        if collector is not None and collector.result is None:
+            self.interruptions.key_pressed(now)
+            collector.key(digit, now)
+            self._key.set()
+            return
+        self.typed.append((digit, now))
+        if self._typed_task is not None:
+            self._typed_task.cancel()
+        self._typed_task = self._spawn(self._pass_keys(0.0 if digit == "#" else DTMF_FLUSH_S))
+
+    async def _pass_keys(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        keys, self.typed = self.typed, []
+        if not keys:
+            return
+        text = f"caller pressed {' '.join(key for key, _ in keys)}"
+        self.records.record("dtmf_sent", text=text)
+        self.session.send(ev.user_text(text, self.dialect))
+        if not self.responses.active:
+            self.session.send(ev.response_create())
+
+    async def collect_digits(self, args: dict[str, Any]) -> ToolResult:
+        """The collect_digits tool: gathers keys until the terminator, the count or a timeout (see
+        sipagent.bridge.digits for when each timer starts).
+
+        Keys typed shortly before the tool call count too ("type-ahead"): those still waiting to be passed
+        to the model (typed less than DTMF_FLUSH_S before, with no "#" after them) start the entry, since a
+        caller who knows the menu types as soon as asked, often before the model's function call arrives.
+        Keys the model has already read as text are not taken again."""
+        try:
+            spec = collect_spec(args, _collect_defaults(self.agent.dtmf))
+        except ToolArgumentError as exc:
+            return ToolResult(False, {"error": str(exc)})
+        if self.collector is not None:
+            return ToolResult(False, {"error": "a keypad entry is already under way"})
+        now = time.monotonic()
+        collector = self.collector = DigitCollector(spec, now)
+        if self._typed_task is not None:
+            self._typed_task.cancel()
+        typed, self.typed = self.typed, []
+        if typed:
+            self.interruptions.key_pressed(now)
+        collector.keys(typed)
+        try:
+            while collector.result is None:
+                now = time.monotonic()
+                if not collector.prompt_over and self.media.buffered_ms <= 0 and not self.responses.active:
+                    collector.prompt_finished(now)  # the prompt played out: the first-digit timer starts
+                if collector.poll(now) is not None:
+                    break
+                self._key.clear()
+                wait = max(0.0, collector.deadline - now)
+                if collector.prompt_over:
+                    await first_of(self._key, timeout=wait)
+                elif self.media.buffered_ms > 0:  # the prompt plays on: until it has all been sent
+                    self.downlink.drained.clear()
+                    await first_of(self._key, self.downlink.drained, timeout=wait)
+                else:  # all sent; the model may still be sending more of it
+                    await first_of(self._key, self.responses.idle, timeout=wait)
+        finally:
+            self.collector = None
+        collected: Collected | None = collector.result
+        assert collected is not None
+        self.state.active()
+        self.log.info("keypad entry of %d digits ended by %s", len(collected.digits), collected.ended_by)
+        self.records.record("dtmf_collected", digits=collected.digits, ended_by=collected.ended_by)
+        return ToolResult(True, collected.output())
+
+    async def send_dtmf(self, args: dict[str, Any]) -> ToolResult:
+        """The send_dtmf tool: the keys go out as RFC 4733 events on the call's RTP, in place of the audio
+        of their ticks (which waits, nothing lost); the result comes once the last one has been sent. With
+        no telephone-event negotiated the model is told so: no SIP INFO fallback, since a PBX that does not
+        take RFC 4733 from a phone rarely routes INFO to an IVR either (and tones in the audio would be
+        mangled by the model's voice codec path)."""
+        try:
+            digits = send_digits(args)
+        except ToolArgumentError as exc:
+            return ToolResult(False, {"error": str(exc)})
+        if not self.media.can_send_dtmf:
+            return ToolResult(False, {"error": "this line does not accept keypad tones (no RFC 4733 "
+                                               "telephone-event was negotiated); say the choice instead"})
+        if self.media.dtmf_sending:  # one call at a time: parallel calls would queue keys without bound
+            return ToolResult(False, {"error": "keys are still being sent; wait for that result first"})
+        tone_ms = self.agent.dtmf.tone_ms
+        try:
+            for digit in digits:
+                self.media.send_dtmf(digit, tone_ms)
+        except RtpError as exc:
+            return ToolResult(False, {"error": str(exc)})
+        self.records.record("dtmf_out", digits=digits)
+        # Each key: its ticks, three end packets, the gap; a hold stops the clock's sending, so bound it.
+        limit = len(digits) * (tone_ms + 120) / 1000 + 5.0
+        if not await self.downlink.until_sent(lambda: not self.media.dtmf_sending, limit):
+            return ToolResult(False, {"error": "the keys could not all be sent in time (is the call on hold?)"})
+        return ToolResult(True, {"sent": digits})
+
+
+def _collect_defaults(dtmf: DtmfConfig) -> CollectSpec:
+    return CollectSpec(dtmf.max_digits, dtmf.terminator, dtmf.first_digit_timeout_s, dtmf.inter_digit_timeout_s,
+                       dtmf.max_wait_s)
+
+
+__all__ = ["DTMF_FLUSH_S", "ToolRunner"]

@@ -1,0 +1,122 @@
+"""The caller's audio to the model, every 20 ms, heard against the echo of what the agent sent.
+
+Each caller frame is decoded once by the kernel, which also gives its level for the echo-aware VAD and
+writes the ``input_audio_buffer.append`` JSON text; the VAD's reference is each agent frame the clock puts
+on the wire, decoded back (``agent_sent``). Frames with sound in them (or any while the agent is paused or
+ducked) go to the barge-in shell through ``on_sound``. Nothing here waits: both entry points run in the
+media clock's tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sipagent.bridge.bargein import BargeInPolicy
+from sipagent.bridge.session import RealtimeSession
+from sipagent.bridge.state import CallState
+from sipagent.bridge.transcript import StereoRecorder
+from sipagent.media.kernel import CODEC_SILENCE, FrameDecoder, Resampler, alaw_encode, ulaw_encode
+from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings, mean_square_db
+from sipagent.realtime import events as ev
+
+FRAME_24K_BYTES = 960  # 20 ms of 24 kHz PCM16
+
+
+class Uplink:
+    def __init__(self, codec: str, audio_format: str, vad: VadSettings, echo_suppression: bool,
+                 session: RealtimeSession, state: CallState, policy: BargeInPolicy,
+                 on_sound: Callable[[bool], None], recorder: StereoRecorder | None = None) -> None:
+        self.session = session
+        self.state = state
+        self.policy = policy
+        self.on_sound = on_sound
+        self.recorder = recorder
+        self.echo_suppression = echo_suppression  # barge-in is not "off"
+        self.vad = EchoAwareVad(vad)
+        self.passthrough = passthrough_codec(audio_format)
+        # G.711 to the model from a call in another codec: our 24 kHz audio, down to 8 kHz and encoded.
+        self._to_8k = Resampler(24000, 8000) if self.passthrough else None
+        self.use_codec(codec)
+
+    def use_codec(self, codec: str) -> None:
+        """Everything that depends on the call's codec, with fresh codec state (as the far end has after a
+        change): at the answer, and again when a re-INVITE changes the codec."""
+        self.codec = codec
+        # Each caller frame goes to the model as an append of its 24 kHz PCM (pcm16) or of the payload
+        # itself (G.711 of the call's own codec): then the kernel writes the append's JSON text as it
+        # decodes the frame. G.711 from a call in another codec is re-encoded here (_up_encode).
+        self._kernel_text = self.passthrough is None or self.passthrough == codec
+        self.decoder = FrameDecoder(codec, ("payload" if self.passthrough else "pcm") if self._kernel_text
+                                    else None, ev.AUDIO_APPEND_HEAD.encode(), ev.AUDIO_APPEND_TAIL.encode())
+        self._silence_texts: dict[int, bytes] = {}  # payload length -> the append of an echo-only frame
+        # What was sent, back to 24 kHz: the echo reference barge-in compares the caller with, and the
+        # recording's agent side. Decoding the new codec's frames with the old decoder would give noise.
+        self._agent_decoder = FrameDecoder(codec)
+
+    def reset_vad(self) -> None:
+        """The voice detector starts afresh (after a hold: what it measured was music)."""
+        self.vad = EchoAwareVad(self.vad.settings)
+
+    def caller_frame(self, payload: bytes) -> None:
+        """One 20 ms payload from the jitter buffer (called every tick while media flows)."""
+        frame = self.decoder
+        vad = self.vad
+        # One kernel call: the 24 kHz PCM, its level for the VAD and the append's JSON text.
+        speech = vad.caller_mean_square(frame.push(payload))
+        if self.recorder:
+            self.recorder.caller(frame.pcm)
+        if speech or vad.onset_ms or self.policy.paused:  # onset_ms >= loud_ms: its threshold is lower
+            self.on_sound(speech)
+        session = self.session
+        link = session.link
+        if link is None or self.state.name != "live":
+            return
+        if vad.echo_only and self.echo_suppression:
+            # Half-duplex echo suppression: while the agent is audible, frames no louder than its echo are
+            # sent as silence, so the model's VAD and transcription never hear the agent's own voice.
+            text = self._silence_text(len(payload))
+        elif self._kernel_text:
+            text = frame.text
+        else:
+            text = ev.audio_append_json(self._up_encode(frame.pcm)).encode()
+        # Every 20 ms of every call: JSON text built without json.dumps (it was the bridge's largest cost),
+        # written at once when nothing is queued before it (RealtimeLink.send_now), else behind what is.
+        outbox = session.outbox
+        if not outbox.empty() or not link.send_now(text):
+            outbox.put_nowait(text.decode())
+
+    def agent_sent(self, payload: bytes, is_audio: bool) -> None:
+        """The media clock just sent this frame to the caller (audio or silence): the echo reference."""
+        if is_audio:
+            self.vad.agent_frame(mean_square_db(self._agent_decoder.push(payload)))
+            if self.recorder:
+                self.recorder.agent(self._agent_decoder.pcm)
+        else:
+            self.vad.agent_frame(SILENCE_DB)
+            if self.recorder:
+                self.recorder.agent(bytes(FRAME_24K_BYTES))
+
+    def _silence_text(self, n: int) -> bytes:
+        """The append sent instead of an echo-only caller frame of n payload bytes: silence in the model's
+        format, the same text every time (cached) unless it goes through the stateful resampler."""
+        if not self._kernel_text:
+            return ev.audio_append_json(self._up_encode(bytes(6 * n))).encode()
+        text = self._silence_texts.get(n)
+        if text is None:
+            silence = CODEC_SILENCE[self.codec] if self.passthrough else bytes(6 * n)
+            text = self._silence_texts[n] = ev.audio_append_json(silence).encode()
+        return text
+
+    def _up_encode(self, pcm24k: bytes) -> bytes:
+        if self._to_8k is None:
+            return pcm24k
+        pcm8k = self._to_8k.process(pcm24k)
+        return ulaw_encode(pcm8k) if self.passthrough == "PCMU" else alaw_encode(pcm8k)
+
+
+def passthrough_codec(audio_format: str) -> str | None:
+    """The G.711 codec the model takes directly (``realtime.audio_format``), None for PCM16."""
+    return {"g711_ulaw": "PCMU", "g711_alaw": "PCMA"}.get(audio_format)
+
+
+__all__ = ["Uplink", "passthrough_codec"]

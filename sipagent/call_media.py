@@ -1,0 +1,172 @@
+"""One call's media chain: its RTP port, then the endpoint, playout queue and bridge codecs for its codec.
+
+The answer's SDP needs the port before the codec is settled, so the port pair is bound first
+(``CallMedia(...)``); once the offer/answer has picked the codec, ``build`` makes the endpoint for it, its
+frame, silence, jitter buffer and playout queue, so the first packet either way is in the negotiated
+codec. ``apply`` follows every later negotiation (a re-INVITE: hold and resume, another address, SRTP
+keys, another codec, for which the endpoint and the bridge are re-configured in place).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sipagent.bridge.call import CallBridge
+from sipagent.media.clock import MediaClock
+from sipagent.media.gain import gain_shaper
+from sipagent.media.kernel import CODEC_SILENCE, transcode
+from sipagent.media.playout import PlayoutQueue
+from sipagent.rtp.endpoint import RtpEndpoint
+from sipagent.rtp.ports import BoundPair, PortAllocator
+from sipagent.rtp.srtp import SrtpContext
+from sipagent.sdp import NegotiatedMedia, SrtpParams
+
+log = logging.getLogger(__name__)
+
+
+class EndpointLeg:
+    """Adapts an RtpEndpoint to what the bridge needs (sipagent.bridge.legs.MediaLeg)."""
+
+    def __init__(self, endpoint: RtpEndpoint, codec: str) -> None:
+        self.endpoint = endpoint
+        self.codec = codec
+
+    def push_audio(self, payload: bytes) -> None:
+        self.endpoint.playout.push(payload)
+        self.endpoint.start_talkspurt()  # the first frame of a reply goes out now, not at the next tick
+
+    def flush_audio(self) -> int:
+        return self.endpoint.playout.flush()
+
+    def pause_audio(self) -> None:
+        self.endpoint.playout.pause()
+
+    def resume_audio(self) -> None:
+        self.endpoint.playout.resume()
+
+    def duck_audio(self, gain: float) -> None:
+        playout = self.endpoint.playout
+        playout.shaper = gain_shaper(self.codec)  # the codec of the frames queued now (a re-INVITE moves it)
+        playout.duck(gain)
+
+    def unduck_audio(self) -> None:
+        self.endpoint.playout.unduck()
+
+    @property
+    def played_ms(self) -> int:
+        return self.endpoint.playout.played_ms
+
+    @property
+    def buffered_ms(self) -> int:
+        return self.endpoint.playout.buffered_ms
+
+    @property
+    def packets_received(self) -> int:
+        return self.endpoint.rx_stats.packets
+
+    @property
+    def can_send_dtmf(self) -> bool:
+        return self.endpoint.dtmf_payload_type is not None
+
+    def send_dtmf(self, digit: str, duration_ms: int) -> None:
+        self.endpoint.send_dtmf(digit, duration_ms)
+
+    @property
+    def dtmf_sending(self) -> bool:
+        return self.endpoint.dtmf_sending
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    """How every call's endpoint is made (the ``media`` section, and where SIP listens)."""
+
+    bind_host: str
+    jitter_ms: int
+    symmetric: bool
+    playout_class: type[PlayoutQueue] = PlayoutQueue  # the benchmarks put an observing subclass here
+
+
+class CallMedia:
+    def __init__(self, clock: MediaClock, ports: PortAllocator, settings: MediaSettings, cname: str) -> None:
+        """Binds the call's RTP port pair: the port the answer offers (``local_port``)."""
+        self.clock = clock
+        self.ports = ports
+        self.settings = settings
+        self.cname = cname
+        self._sockets: BoundPair | None = ports.bind_pair(settings.bind_host)
+        self.local_port = self._sockets[0]
+        self.endpoint: RtpEndpoint | None = None  # none until ``build``
+        self.leg: EndpointLeg | None = None
+        self.bridge: CallBridge | None = None  # none until ``attach``
+        self.codec = ""
+        self.remote: tuple[str, int] | None = None
+        self.srtp: SrtpParams | None = None
+
+    def build(self, media: NegotiatedMedia) -> EndpointLeg:
+        """The endpoint and playout queue for the answered call's codec, on the port bound for it, set up
+        for ``media`` (keys, where to send, hold); the bridge's leg on it."""
+        assert self.endpoint is None and self._sockets is not None, "one chain, built once"
+        silence = CODEC_SILENCE[media.codec]
+        sockets, self._sockets = self._sockets, None
+        settings = self.settings
+        self.endpoint = RtpEndpoint(self.clock, self.ports, bind_host=settings.bind_host,
+                                    jitter_ms=settings.jitter_ms, silence=silence, cname=self.cname,
+                                    eager=True,  # the model is not an ear: no playout delay on the way up
+                                    symmetric=settings.symmetric,
+                                    playout=settings.playout_class(len(silence), silence), sockets=sockets)
+        self.codec = media.codec
+        self.leg = EndpointLeg(self.endpoint, media.codec)
+        self.apply(media)
+        return self.leg
+
+    def apply(self, media: NegotiatedMedia) -> None:
+        """A negotiation (the answer's, then each re-INVITE's): the endpoint's keys, codec and remote, and
+        the bridge's codecs and hold state, all from the one ``NegotiatedMedia``."""
+        endpoint, bridge = self.endpoint, self.bridge
+        assert endpoint is not None, "apply() after build()"
+        if media.srtp != self.srtp:
+            # First, so that not one packet goes out under the old keys (or in the clear) to the new media.
+            # An unchanged negotiation (a hold, a refresh) keeps the context: its rollover counters and
+            # replay window go on.
+            self.srtp = media.srtp
+            endpoint.set_crypto(SrtpContext(media.srtp.suite, media.srtp.local_key, media.srtp.remote_key)
+                                if media.srtp is not None else None)
+            log.info("media: %s", f"SRTP {media.srtp.suite}" if media.srtp else "plain RTP")
+        if media.codec != self.codec:
+            previous, self.codec = self.codec, media.codec
+            # Audio still queued for the caller was encoded in the old codec: it goes on, re-encoded.
+            endpoint.set_codec(CODEC_SILENCE[media.codec], lambda data: transcode(data, previous, media.codec))
+            if bridge is not None:
+                bridge.change_codec(media.codec)
+        remote = (media.remote_host, media.remote_port)
+        if media.may_send:  # a hold's address (0.0.0.0, or the same one) is not a move
+            if self.remote is not None and remote != self.remote:
+                log.info("media moves from %s:%s to %s:%s", *self.remote, *remote)
+            self.remote = remote
+        endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type, media.dtmf_payload_type,
+                            send=media.may_send)
+        if bridge is not None:
+            bridge.set_hold(media.on_hold, media.direction)
+
+    def attach(self, bridge: CallBridge, media: NegotiatedMedia) -> None:
+        """The bridge for the answered call, built on ``leg`` for ``media``'s codec: from now on the endpoint's
+        per-frame callbacks go straight to it, and it learns of a hold."""
+        endpoint = self.endpoint
+        assert endpoint is not None
+        self.bridge = bridge
+        endpoint.on_frame = bridge.on_inbound_frame
+        endpoint.on_sent = bridge.on_outbound_frame
+        endpoint.on_dtmf = bridge.on_dtmf
+        bridge.set_hold(media.on_hold, media.direction)
+
+    def close(self) -> None:
+        """The endpoint closed, or the port bound for a call never answered given back (idempotent)."""
+        if self.endpoint is not None:
+            self.endpoint.close()
+        elif self._sockets is not None:
+            sockets, self._sockets = self._sockets, None
+            self.ports.close_pair(sockets)
+
+
+__all__ = ["CallMedia", "EndpointLeg", "MediaSettings"]
