@@ -475,6 +475,15 @@ class CallCore:
             return self.cancel(now, reason)
         return self._bye(reason)
 
+    def peer_hung_up(self, request: SipRequest, now: float) -> list[CallAction]:
+        """A BYE the shell answered statelessly (over its transaction limits: a flood must not keep a dead call
+        up): the call ends when the BYE is in order."""
+        if self.state == "ended" or self.dialog is None or not self.dialog.matches(request):
+            return []
+        if self.dialog.check_request(request) is not None:
+            return []
+        return self._end("remote-bye")
+
     def transfer(self, refer_to: str, now: float, referred_by: str | None = None) -> list[CallAction]:
         """REFER the far end to ``refer_to`` (a name-addr, ``<sip:...>``, possibly with ``?Replaces=``); the
         outcome comes as ``TransferProgress``; on a 2xx in a NOTIFY the call ends ("transferred")."""
