@@ -705,7 +705,6 @@ class CallCore:
             return self._answered(response, now)
         if self.state not in ("calling", "ringing", "cancelling"):
             return []
-        self._ring_deadline = None
         if status in (401, 407) and self.state != "cancelling" and self._auth is not None \
                 and self._auth.handle_challenge(status, response.headers.get_all(
                     "Proxy-Authenticate" if status == 407 else "WWW-Authenticate")):

@@ -274,6 +274,16 @@ def test_digest_retry_on_invite(status: int) -> None:
     assert link.uac.state == "confirmed"
 
 
+def test_ring_timeout_survives_the_digest_retry() -> None:
+    link = dial(credentials=DigestCredentials("1001", "secret"), ring_timeout=10.0, on_invite="nothing")
+    challenge = build_response(link.sent["uac"][0], 407, to_tag="proxy")
+    challenge.headers.add("Proxy-Authenticate", 'Digest realm="pbx", nonce="n1"')
+    link.uas, link.on_invite = None, "ring"
+    link.run("uac", link.uac.receive_response(challenge, link.now))
+    link.tick(11.0)
+    assert link.methods("uac")[-1] == "CANCEL" and ended(link, "uac") == Ended("no-answer", 487)
+
+
 def test_rejected_credentials_end_the_call() -> None:
     link = dial(credentials=DigestCredentials("1001", "wrong"), on_invite="nothing")
     for _ in range(3):
