@@ -163,7 +163,8 @@ class TransferProgress:
 
 @dataclass(frozen=True)
 class Referred:
-    """The far end REFERs us to ``refer_to`` (202 sent); report the outcome with ``notify_transfer``."""
+    """The far end REFERs us to ``refer_to``: answer with ``answer_refer``, then report the outcome with
+    ``notify_transfer``."""
 
     refer_to: str
     referred_by: str | None
@@ -284,6 +285,7 @@ class CallCore:
         self._cancel_due = False  # UAC: CANCEL once a provisional response shows the INVITE arrived
         self._provisional = False
         self._refer_in: str | None = None  # the Event id (its CSeq number) of a REFER we accepted
+        self._refer_pending: SipRequest | None = None  # a REFER the layer above has not answered yet
         self._handlers: dict[str, Callable[[SipRequest, float], list[CallAction]]] = {
             "BYE": self._on_bye, "INVITE": self._on_reinvite, "UPDATE": self._on_update, "PRACK": self._on_prack,
             "INFO": self._on_info, "NOTIFY": self._on_notify, "REFER": self._on_refer, "OPTIONS": self._on_options,
@@ -333,6 +335,11 @@ class CallCore:
     @property
     def awaiting_prack(self) -> bool:
         return self._ringing is not None and self._ringing.pending
+
+    @property
+    def cancel_deferred(self) -> bool:
+        """A CANCEL waits for a provisional response to our INVITE before it may go (RFC 3261 9.1)."""
+        return self._cancel_due
 
     def matches(self, request: SipRequest) -> bool:
         """Whether a request belongs to this call's dialog (Call-ID and both tags)."""
@@ -642,14 +649,27 @@ class CallCore:
         return actions
 
     def _on_refer(self, request: SipRequest, now: float) -> list[CallAction]:
+        """The far end asks us to transfer (RFC 3515): refused (405) unless ``accept_refer``; else the layer
+        above decides with ``answer_refer``."""
         refer_to = request.headers.get("Refer-To")
         if not self.config.accept_refer:
             return [self._respond(request, 405)]
-        if self.state != "confirmed" or not refer_to:
-            return [self._respond(request, 400 if not refer_to else 491)]
-        self._refer_in = str(request.cseq.seq)
-        return [self._respond(request, 202), Referred(refer_to, request.headers.get("Referred-By")),
-                *self.notify_transfer(100, now)]
+        if self.state != "confirmed" or not refer_to or self._refer_pending is not None:
+            return [self._respond(request, 491 if refer_to else 400)]
+        self._refer_pending = request
+        return [Referred(refer_to, request.headers.get("Referred-By"))]
+
+    def answer_refer(self, status: int, now: float) -> list[CallAction]:
+        """Answer the REFER of the last ``Referred``: a 2xx (202) accepts it and reports "100 Trying" at once
+        (the implicit subscription, RFC 3515 2.4.4); the outcome follows with ``notify_transfer``."""
+        request, self._refer_pending = self._refer_pending, None
+        if request is None or self.state == "ended":
+            return []
+        actions: list[CallAction] = [self._respond(request, status)]
+        if 200 <= status < 300:
+            self._refer_in = str(request.cseq.seq)
+            actions += self.notify_transfer(100, now)
+        return actions
 
     # -- responses in ------------------------------------------------------------------------------
 

@@ -269,7 +269,9 @@ class OutgoingCall(CallFront):
         self.from_uri = str(invite.from_addr.uri)
         self.to_uri = str(invite.to_addr.uri)
         self.on_progress = on_progress
-        self.on_refer: Callable[[str, str | None], None] | None = None
+        # Told of a REFER from the far end (a test caller being transferred): returns the status to answer it
+        # with (202 accepts; then report with ``notify_transfer``). None: REFERs are refused.
+        self.on_refer: Callable[[str, str | None], int] | None = None
 
     def __repr__(self) -> str:
         return f"OutgoingCall({self.call_id!r}, {self.to_uri!r}, state={self.state})"
@@ -278,7 +280,14 @@ class OutgoingCall(CallFront):
         if isinstance(event, Progress):
             self._callback(self.on_progress, event.status, event.media)
         elif isinstance(event, Referred):
-            self._callback(self.on_refer, event.refer_to, event.referred_by)
+            status = 603
+            if self.on_refer is not None:
+                try:
+                    status = self.on_refer(event.refer_to, event.referred_by)
+                except Exception:
+                    logger.exception("call %s: on_refer failed", self.call_id)
+                    status = 500
+            self._drive(self.core.answer_refer(status, self._driver.now()))
 
     async def established(self) -> NegotiatedMedia:
         """Wait for the answer: the negotiated media, or DialError with the outcome. Cancelling the wait
@@ -286,9 +295,10 @@ class OutgoingCall(CallFront):
         try:
             await asyncio.shield(self._settled.wait())
         except asyncio.CancelledError:
-            self._drive(self.core.cancel(self._driver.now()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ended.wait(), 40.0)
+            self._drive(self.core.hangup(self._driver.now()))
+            if not self.core.cancel_deferred:  # no provisional response yet: the core CANCELs when one comes
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ended.wait(), 40.0)
             raise
         if self.ended.is_set() or self.media is None:
             reason = self.end_reason

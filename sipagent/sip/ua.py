@@ -562,7 +562,8 @@ class UserAgent:
             user = self.settings.username
             from_aor = f"{self._scheme}:{user or 'sipagent'}@{_uri_host(local_host)}"
             credentials = None
-        config = self._call_config(local_host, user, dest.transport)
+        # A call we place may be transferred by its far end (REFER): ``OutgoingCall.on_refer`` decides.
+        config = self._call_config(local_host, user, dest.transport, accept_refer=True)
         if codecs:
             config = replace(config, codecs=tuple(codecs))
         core = CallCore.outgoing(str(uri), from_aor, config, credentials=credentials, route=route, headers=headers)

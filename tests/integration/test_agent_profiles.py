@@ -20,13 +20,13 @@ from bridge_helpers import RecordingLink, Rig, bridge_config
 from sipagent.agent import Agent
 from sipagent.bridge.call import CallOutcome, RealtimeLink
 from sipagent.bridge.routing import Route
-from sipagent.caller import SipCaller
 from sipagent.config import Config
 from sipagent.media.clock import MediaClock
 from sipagent.media.vad import level_db
 from sipagent.realtime.local.asr import GrammarRecognizer
 from sipagent.rtp.ports import PortAllocator
 from sipagent.sip.message import Headers
+from sipagent.testing.caller import SipCaller
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -34,12 +34,12 @@ from sipp import sipp_scenario
 
 from sipagent.agent import Agent
 from sipagent.bridge.call import CallBridge
-from sipagent.caller import DTMF_PT, SipCaller, _ObservedPlayout
 from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, Encoder24k, Resampler, transcode
 from sipagent.media.vad import level_db
 from sipagent.realtime.local.asr import GrammarRecognizer
 from sipagent.rtp.ports import PortAllocator
 from sipagent.sdp import LocalSession, NegotiatedMedia, SessionDescription, accept_answer, make_offer
+from sipagent.testing.caller import DTMF_PT, SipCaller, _ObservedPlayout
 
 pytestmark = [
     pytest.mark.timeout(120),

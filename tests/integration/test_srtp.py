@@ -31,7 +31,6 @@ from srtp_helpers import check_wire, negotiated, read_pcm24k, tap
 from test_hold_and_codec_change import AGENT_LINES, ANSWER, GREETING, QUESTION, recognised, write_wav
 
 from sipagent.agent import Agent
-from sipagent.caller import DTMF_PT, SipCaller
 from sipagent.observability.logs import Redactor
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.packet import is_rtcp
@@ -49,6 +48,7 @@ from sipagent.sdp import (
     offer_crypto,
 )
 from sipagent.sdp.crypto import parse_crypto
+from sipagent.testing.caller import DTMF_PT, SipCaller
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.peers]
 

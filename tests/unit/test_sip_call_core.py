@@ -65,6 +65,7 @@ class Link:
     held: list[tuple[str, SipResponse]] = field(default_factory=list)
     hold: set[str] = field(default_factory=set)  # the sides whose responses are kept back
     on_invite: str = "ring"  # what the UAS does with a new INVITE: "ring" or "nothing"
+    refer_answer: int = 202  # how a side that takes REFERs answers them
 
     def core(self, side: str) -> CallCore:
         core = self.uac if side == "uac" else self.uas
@@ -89,6 +90,8 @@ class Link:
                 self.deliver(other, request)
             elif not isinstance(action, Retransmit):
                 self.events[side].append(action)
+                if isinstance(action, Referred):
+                    self.run(side, self.core(side).answer_refer(self.refer_answer, self.now))
 
     def deliver(self, side: str, request: SipRequest) -> None:
         if side == "uas" and request.method == "INVITE" and not request.to_addr.tag:
@@ -545,6 +548,16 @@ def test_transfer_in_and_out() -> None:
     assert (notify.headers.get("Subscription-State") or "").startswith("terminated")
     assert TransferProgress("notify", 200) in link.events["uac"]
     assert link.uac.end_reason == "transferred" and link.uas.end_reason == "remote-bye"
+
+
+def test_refused_refer() -> None:
+    accepting = CallConfig(codecs=("PCMU",), local_contact="<sip:2002@192.0.2.2>", via_sent_by="192.0.2.2:5060",
+                           accept_refer=True)
+    link = dial(uas_config=accepting, refer_answer=603)
+    assert link.uas is not None
+    link.run("uas", link.uas.answer("192.0.2.2", 50000, link.now))
+    link.run("uac", link.uac.transfer("<sip:3003@pbx>", link.now))
+    assert link.events["uac"][-1] == TransferProgress("refer", 603) and link.methods("uas") == []
 
 
 def test_failed_transfer_keeps_the_call() -> None:
