@@ -8,6 +8,7 @@ resume, session refresh, REFER in both directions, glare). A few feed the UAS ra
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import pytest
@@ -36,8 +37,10 @@ from sipagent.sip.call import (
     SipTimeout,
     TransferProgress,
 )
+from sipagent.sip.front import CallFront, OutgoingCall
 from sipagent.sip.message import SipRequest, SipResponse, build_response, parse_message
 from sipagent.sip.session_timer import TimerPolicy
+from sipagent.sip.transport import Peer
 
 UAC_CONFIG = CallConfig(codecs=("PCMU", "PCMA"), local_contact="<sip:1001@192.0.2.1:5060>",
                         via_sent_by="192.0.2.1:5060", random=lambda: 0.5)
@@ -66,6 +69,8 @@ class Link:
     hold: set[str] = field(default_factory=set)  # the sides whose responses are kept back
     on_invite: str = "ring"  # what the UAS does with a new INVITE: "ring" or "nothing"
     refer_answer: int = 202  # how a side that takes REFERs answers them
+    transfer_result: int = 0  # the sipfrag status it reports at once after that (0: none)
+    fronts: dict[str, CallFront] = field(default_factory=dict)  # the awaitable fronts over a side's core
 
     def core(self, side: str) -> CallCore:
         core = self.uac if side == "uac" else self.uas
@@ -90,8 +95,13 @@ class Link:
                 self.deliver(other, request)
             elif not isinstance(action, Retransmit):
                 self.events[side].append(action)
+                front = self.fronts.get(side)
+                if front is not None:
+                    front.handle(action)
                 if isinstance(action, Referred):
                     self.run(side, self.core(side).answer_refer(self.refer_answer, self.now))
+                    if self.transfer_result:
+                        self.run(side, self.core(side).notify_transfer(self.transfer_result, self.now))
 
     def deliver(self, side: str, request: SipRequest) -> None:
         if side == "uas" and request.method == "INVITE" and not request.to_addr.tag:
@@ -592,3 +602,71 @@ def test_bodies() -> None:
     assert parse_dtmf_relay(b"Signal=55\r\n") is None
     assert sipfrag_status(b"SIP/2.0 180 Ringing\r\n") == 180 and sipfrag_status(b"garbage") is None
     assert replaces_header("a@b", "t1", "f1") == "Replaces=a%40b%3Bto-tag%3Dt1%3Bfrom-tag%3Df1"
+
+
+# -- the fronts over the core: warm transfer ---------------------------------------------------------
+
+
+class WireDriver:
+    """Carries out a front's actions over the Link its core is on (no sockets, no tasks)."""
+
+    def __init__(self) -> None:
+        self.links: dict[int, tuple[Link, str]] = {}
+
+    def now(self) -> float:
+        return 0.0
+
+    def drive(self, call: CallFront, actions: list[CallAction]) -> list[asyncio.Task[None]]:
+        link, side = self.links[id(call.core)]
+        link.run(side, actions)
+        return []
+
+
+def test_transfer_replacing_refers_the_peer_to_the_other_dialog_with_replaces() -> None:
+    async def scenario() -> None:
+        driver = WireDriver()
+        accepting = CallConfig(codecs=("PCMU",), local_contact="<sip:caller@192.0.2.2>",
+                               via_sent_by="192.0.2.2:5060", accept_refer=True)
+        caller = dial(uas_config=accepting, transfer_result=200)  # our call with the original caller (UAC here)
+        human = dial()  # our call with the human we briefed
+        for link in (caller, human):
+            assert link.uas is not None
+            link.run("uas", link.uas.answer("192.0.2.2", 50000, link.now))
+        fronts = []
+        for link in (caller, human):
+            front = OutgoingCall(driver, link.uac, Peer("UDP", "192.0.2.2", 5060), "192.0.2.1")
+            driver.links[id(link.uac)] = (link, "uac")
+            link.fronts["uac"] = front
+            fronts.append(front)
+        with pytest.raises(RuntimeError):
+            await fronts[0].transfer_replacing(OutgoingCall(driver, CallCore.outgoing(
+                "sip:x@y", "sip:a@b", UAC_CONFIG), Peer("UDP", "192.0.2.2", 5060), "192.0.2.1"))
+        assert await fronts[0].transfer_replacing(fronts[1], timeout=1)
+        [referred] = caller.of("uas", Referred)
+        dialog = human.uac.dialog
+        assert isinstance(referred, Referred) and dialog is not None
+        assert referred.refer_to == (f"<{dialog.remote_target}?Replaces={dialog.call_id.replace('@', '%40')}"
+                                     f"%3Bto-tag%3D{dialog.remote_tag}%3Bfrom-tag%3D{dialog.local_tag}>")
+        assert fronts[0].end_reason == "transferred" and fronts[0].ended.is_set()
+        assert human.uac.state == "confirmed"  # the replaced dialog is the target's to end
+
+    asyncio.run(scenario())
+
+
+def test_transfer_replacing_reports_a_refused_refer() -> None:
+    async def scenario() -> None:
+        driver = WireDriver()
+        caller, human = dial(), dial()  # the caller's side refuses REFER (405)
+        for link in (caller, human):
+            assert link.uas is not None
+            link.run("uas", link.uas.answer("192.0.2.2", 50000, link.now))
+        fronts = []
+        for link in (caller, human):
+            front = OutgoingCall(driver, link.uac, Peer("UDP", "192.0.2.2", 5060), "192.0.2.1")
+            driver.links[id(link.uac)] = (link, "uac")
+            link.fronts["uac"] = front
+            fronts.append(front)
+        assert not await fronts[0].transfer_replacing(fronts[1], timeout=1)
+        assert fronts[0].state == "confirmed"
+
+    asyncio.run(scenario())
