@@ -246,7 +246,7 @@ class IncomingCall(CallFront):
         error = self.core.answer_error
         if error is not None:
             raise error
-        if self.media is None or (self.ended.is_set() and self.end_reason != "remote-bye"):
+        if self.media is None or self.ended.is_set():
             raise RuntimeError(f"call ended before ACK ({self.end_reason})")
         logger.info("call %s: answered with %s, remote RTP %s:%s", self.call_id, self.media.codec,
                     self.media.remote_host, self.media.remote_port)
