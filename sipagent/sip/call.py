@@ -30,22 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sipagent.errors import SdpError, SipBuildError, SipParseError
-from sipagent.sdp import (
-    LocalSession,
-    NegotiatedMedia,
-    SessionDescription,
-    SrtpParams,
-    SrtpPolicy,
-    accept_answer,
-    make_offer,
-    negotiate,
-    offer_crypto,
-)
+from sipagent.sdp import NegotiatedMedia, SessionDescription, SrtpPolicy
 from sipagent.sip.auth import DigestAuthenticator, DigestCredentials
 from sipagent.sip.bodies import parse_dtmf_relay, sipfrag, sipfrag_status
 from sipagent.sip.dialog import Dialog
 from sipagent.sip.headers import CSeq, new_branch, new_call_id, new_tag
 from sipagent.sip.message import REASONS, Headers, SipRequest, SipResponse, build_response
+from sipagent.sip.offer_answer import OfferAnswer, media_key
 from sipagent.sip.session_timer import (
     Accepted,
     Expire,
@@ -241,12 +232,6 @@ def unsupported(request: SipRequest) -> list[str]:
     return [option for option in options_of(request, "Require") if option not in SUPPORTED_OPTIONS]
 
 
-def media_key(media: NegotiatedMedia) -> tuple[str, int, str, int, str, SrtpParams | None]:
-    """What makes two negotiations the same media for the layer above (ptime and DTMF follow the codec;
-    a new SRTP key is new media: the receive side must re-key)."""
-    return (media.codec, media.payload_type, media.remote_host, media.remote_port, media.direction, media.srtp)
-
-
 def outcome_of(status: int) -> str:
     """The dial outcome of a final status to our INVITE: busy, no-answer, cancelled or rejected."""
     return OUTCOME_BY_STATUS.get(status, "rejected")
@@ -261,16 +246,13 @@ class CallCore:
         self.config = config
         self.dialog = dialog
         self.state = "ringing" if role == "uas" else "calling"
-        self.media: NegotiatedMedia | None = None
+        self.sdp = OfferAnswer(config.codecs, config.srtp)
         self.end_reason = ""
         self.end_status = 0
         # Why ``answer`` failed, for the front to raise: an SdpError, or SipTimeout when no ACK came.
         self.answer_error: Exception | None = None
         self.timer = SessionTimer(config.timer_policy, config.random)
         self.offer: SessionDescription | None = None  # UAS: the INVITE's offer (None: a late offer)
-        self._local_sdp: SessionDescription | None = None  # our side of the session: the last offer or answer sent
-        self._sdp_session = LocalSession()  # one o= line per call; its version rises with each new SDP
-        self._rtp: tuple[str, int] | None = None
         self._ok: _Reliable | None = None  # our 2xx to an INVITE, until its ACK
         self._ringing: _Reliable | None = None  # our reliable 180, until its PRACK
         self._sent: dict[tuple[int, str], str] = {}  # (CSeq number, method) of our requests -> what they are for
@@ -323,6 +305,11 @@ class CallCore:
         return core
 
     # -- what the shell asks -----------------------------------------------------------------------
+
+    @property
+    def media(self) -> NegotiatedMedia | None:
+        """The media negotiated so far (None before an answer)."""
+        return self.sdp.media
 
     @property
     def call_id(self) -> str:
@@ -396,19 +383,14 @@ class CallCore:
         self._require("ringing", "answer")
         if self.awaiting_prack:
             raise RuntimeError("the PRACK of our reliable 180 has not come yet")
-        srtp = self.config.srtp
         if self.offer is None:
-            sdp = make_offer(list(self.config.codecs), rtp_host, rtp_port, self._sdp_session,
-                             crypto=offer_crypto(srtp) if srtp.offers_srtp else None)
+            sdp = self.sdp.offer(rtp_host, rtp_port)
         else:
             try:
-                sdp, self.media = negotiate(self.offer, list(self.config.codecs), rtp_host, rtp_port,
-                                            session=self._sdp_session, srtp=srtp)
+                sdp = self.sdp.answer(self.offer, rtp_host, rtp_port)
             except SdpError as exc:
                 self.answer_error = exc
                 return [self._respond(self.invite, 488), *self._end("rejected-sdp", detail=str(exc))]
-        self._rtp = (rtp_host, rtp_port)
-        self._local_sdp = sdp
         self._goto("answering")
         assert self.dialog is not None
         self.dialog.confirm()
@@ -436,10 +418,7 @@ class CallCore:
     def dial(self, rtp_host: str, rtp_port: int, now: float, ring_timeout: float | None = None) -> list[CallAction]:
         """Send our INVITE with an SDP offer of every codec we carry; CANCEL after ``ring_timeout`` seconds."""
         self._require("calling", "dial")
-        srtp = self.config.srtp
-        self._rtp = (rtp_host, rtp_port)
-        self._local_sdp = make_offer(list(self.config.codecs), rtp_host, rtp_port, self._sdp_session,
-                                     crypto=offer_crypto(srtp) if srtp.offers_srtp else None)
+        self.sdp.offer(rtp_host, rtp_port)
         if ring_timeout is not None:
             self._ring_deadline = now + ring_timeout
         return [self._send_invite(self.invite.cseq.seq, [])]
@@ -556,12 +535,12 @@ class CallCore:
                 assert self.media is not None
                 return [Established(self.media)]
             try:
-                self.media = accept_answer(SessionDescription.parse(request.body), self._local_sdp)
+                media = self.sdp.take_answer(request.body)
             except SdpError as exc:
                 logger.warning("call %s: the ACK carried no usable SDP answer (%s), hanging up", self.call_id, exc)
                 self.answer_error = exc
                 return self._bye("local-bye")
-            return [Established(self.media)]
+            return [Established(media)]
         if ok.carries_offer and self.state == "confirmed" and request.body.strip():
             # A re-INVITE without SDP (a PBX holding this way, or a refresh): our 2xx carried the offer, their
             # ACK the answer, which may put the call on hold or change its codec.
@@ -569,7 +548,8 @@ class CallCore:
         return []
 
     def _on_reinvite(self, request: SipRequest, now: float) -> list[CallAction]:
-        if self.state != "confirmed" or self._rtp is None or self._local_sdp is None or self._refreshing == "INVITE" \
+        local = self.sdp.local
+        if self.state != "confirmed" or local is None or self._refreshing == "INVITE" \
                 or (self._ok is not None and self._ok.pending):
             # Our own offer/answer is not settled yet, or our refresh re-INVITE crossed theirs (RFC 3261 14.2).
             return [self._respond(request, 491)]
@@ -582,7 +562,9 @@ class CallCore:
             if refused is not None:
                 return [refused]
         # Without an offer (a session refresh) our current SDP is the offer; the ACK would carry theirs.
-        action = self._respond(request, 200, body=self._local_sdp.to_bytes(), extra=terms.headers())
+        local = self.sdp.local  # our answer to their offer, or our current SDP as our offer
+        assert local is not None
+        action = self._respond(request, 200, body=local.to_bytes(), extra=terms.headers())
         self._ok = _Reliable(request, self._retransmitter(action.response, now), carries_offer=not request.body)
         self.timer.start(terms, now)
         return [action, *self._media_events(before)]
@@ -605,8 +587,8 @@ class CallCore:
             refused = self._answer_offer(request)
             if refused is not None:
                 return [refused]
-            assert self._local_sdp is not None
-            body = self._local_sdp.to_bytes()
+            assert self.sdp.local is not None
+            body = self.sdp.local.to_bytes()
         action = self._respond(request, 200, body=body, extra=terms.headers())
         self.timer.start(terms, now)
         return [action, *self._media_events(before)]
@@ -730,8 +712,8 @@ class CallCore:
                     "Proxy-Authenticate" if status == 407 else "WWW-Authenticate")):
             self._provisional = False
             return [self._send_invite(self.invite.cseq.seq + 1, self._auth.headers_for("INVITE", self.invite.uri))]
-        if self.state == "cancelling":
-            return self._end(self._cancel_reason, status)
+        if self.state == "cancelling":  # the 487 of our own CANCEL (or a refusal that crossed it): no status
+            return self._end(self._cancel_reason)
         logger.info("call %s: refused with %d %s", self.call_id, status, response.reason[:60])
         return self._end(outcome_of(status), status, detail=response.reason[:80])
 
@@ -748,7 +730,7 @@ class CallCore:
         media = None
         if response.body.strip():
             try:
-                media = accept_answer(SessionDescription.parse(response.body), self._local_sdp)
+                media = self.sdp.read_answer(response.body)
             except SdpError as exc:
                 logger.info("call %s: early media refused: %s", self.call_id, exc)
         return [*actions, Progress(response.status, media)]
@@ -773,14 +755,14 @@ class CallCore:
             logger.info("call %s: answered as we cancelled: ACK and BYE", self.call_id)
             return [SendAck(ack), *self._bye(self._cancel_reason)]
         try:
-            self.media = accept_answer(SessionDescription.parse(response.body), self._local_sdp)
+            media = self.sdp.take_answer(response.body)
         except SdpError as exc:
             logger.warning("call %s: answered without a usable SDP answer (%s), hanging up", self.call_id, exc)
             self._goto("confirmed")
             return [SendAck(ack), *self._bye("failed", status=response.status, detail=f"bad SDP answer: {exc}")]
         self._goto("confirmed")
         self.timer.answered(response.headers, now)
-        return [SendAck(ack), Established(self.media)]
+        return [SendAck(ack), Established(media)]
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -883,9 +865,9 @@ class CallCore:
         headers.add("User-Agent", self.config.user_agent)
         for name, value in [*auth, *self._extra]:
             headers.add(name, value)
-        assert self._local_sdp is not None
+        assert self.sdp.local is not None
         headers.add("Content-Type", "application/sdp")
-        self.invite = SipRequest("INVITE", self.invite.uri, headers, self._local_sdp.to_bytes())
+        self.invite = SipRequest("INVITE", self.invite.uri, headers, self.sdp.local.to_bytes())
         return SendRequest(self.invite)
 
     def _send_cancel(self) -> SendRequest:
@@ -943,17 +925,13 @@ class CallCore:
     def _answer_offer(self, request: SipRequest) -> Respond | None:
         """Negotiate the SDP offer of a re-INVITE or UPDATE; the 488 (no common codec) or 491 (no session of
         ours to answer from yet) that refuses it, or None when answered."""
-        if self._rtp is None:
+        if self.sdp.rtp is None:
             return self._respond(request, 491)
         try:
-            offer = SessionDescription.parse(request.body)
-            answer, media = negotiate(offer, list(self.config.codecs), *self._rtp, session=self._sdp_session,
-                                      srtp=self.config.srtp, current=self.media.srtp if self.media else None)
+            self.sdp.answer(SessionDescription.parse(request.body))
         except SdpError as exc:
             logger.info("call %s: %s offer refused: %s", self.call_id, request.method, exc)
             return self._respond(request, 488)
-        self._local_sdp = answer
-        self.media = media
         return None
 
     def _media_events(self, before: NegotiatedMedia | None) -> list[CallAction]:
@@ -970,14 +948,14 @@ class CallCore:
         """The answer to an offer of ours made in mid-call (our refresh re-INVITE, or our 2xx to their
         re-INVITE without SDP, answered in the ACK): applied only if it moves the media."""
         try:
-            media = accept_answer(SessionDescription.parse(body), self._local_sdp)
+            media = self.sdp.read_answer(body)
         except SdpError as exc:
             logger.info("call %s: the answer to our mid-call offer is unusable (%s); media kept", self.call_id, exc)
             return []
         before = self.media
         if before is not None and media_key(media) == media_key(before):
             return []
-        self.media = media
+        self.sdp.media = media
         return self._media_events(before)
 
     # -- session timer (RFC 4028) ------------------------------------------------------------------------
@@ -997,7 +975,8 @@ class CallCore:
     def _refresh(self, method: str) -> SendRequest:
         """Our session refresh (RFC 4028 7.4): an UPDATE, or a re-INVITE offering our SDP unchanged (same o=
         version, RFC 3264 8)."""
-        body = self._local_sdp.to_bytes() if method == "INVITE" and self._local_sdp is not None else b""
+        local = self.sdp.local
+        body = local.to_bytes() if method == "INVITE" and local is not None else b""
         self._refreshing = method
         return self._in_dialog(method, "refresh", body=body, content_type="application/sdp" if body else None,
                                extra=[*self.timer.refresh_headers(), ("Allow", ALLOW)])

