@@ -153,6 +153,15 @@ class TransferProgress:
 
 
 @dataclass(frozen=True)
+class ReofferAnswered:
+    """The final response to our mid-call offer (``reoffer``): its status (0: none came) and the SDP answer of
+    a 2xx (already taken: ``MediaChanged`` follows when it moved the media)."""
+
+    status: int
+    answer: bytes
+
+
+@dataclass(frozen=True)
 class Referred:
     """The far end REFERs us to ``refer_to``: answer with ``answer_refer``, then report the outcome with
     ``notify_transfer``."""
@@ -172,7 +181,7 @@ class Ended:
 
 
 CallAction = (Respond | SendRequest | SendAck | Retransmit | Progress | Established | MediaChanged | Held | Dtmf
-              | ProvisionalAcked | TransferProgress | Referred | Ended)
+              | ProvisionalAcked | TransferProgress | ReofferAnswered | Referred | Ended)
 
 
 @dataclass(frozen=True)
@@ -257,6 +266,7 @@ class CallCore:
         self._ringing: _Reliable | None = None  # our reliable 180, until its PRACK
         self._sent: dict[tuple[int, str], str] = {}  # (CSeq number, method) of our requests -> what they are for
         self._refreshing: str | None = None  # the method of our session refresh in flight
+        self._reoffer: SessionDescription | None = None  # what we offered before our re-INVITE in flight
         self._last_ack: SipRequest | None = None  # our ACK to the last 2xx: sent again for its retransmissions
         self._auth: DigestAuthenticator | None = None
         self._route: list[str] = []
@@ -470,6 +480,18 @@ class CallCore:
             return []
         return self._end("remote-bye")
 
+    def reoffer(self, offer: SessionDescription, now: float) -> list[CallAction]:
+        """Offer ``offer`` in a re-INVITE (hold, resume, another codec: RFC 3264 8); the outcome comes as
+        ``ReofferAnswered``. A refused offer leaves the session as it was. RuntimeError while another offer
+        is outstanding."""
+        self._require("confirmed", "re-offer on")
+        if self._our_offer_pending() or self._their_offer_pending():
+            raise RuntimeError("an offer is outstanding in this call")
+        self._reoffer = self.sdp.local
+        self.sdp.local = offer
+        return [self._in_dialog("INVITE", "reoffer", body=offer.to_bytes(), content_type="application/sdp",
+                                extra=[("Allow", ALLOW)])]
+
     def transfer(self, refer_to: str, now: float, referred_by: str | None = None) -> list[CallAction]:
         """REFER the far end to ``refer_to`` (a name-addr, ``<sip:...>``, possibly with ``?Replaces=``); the
         outcome comes as ``TransferProgress``; on a 2xx in a NOTIFY the call ends ("transferred")."""
@@ -549,7 +571,7 @@ class CallCore:
 
     def _on_reinvite(self, request: SipRequest, now: float) -> list[CallAction]:
         local = self.sdp.local
-        if self.state != "confirmed" or local is None or self._refreshing == "INVITE" \
+        if self.state != "confirmed" or local is None or self._our_offer_pending() \
                 or (self._ok is not None and self._ok.pending):
             # Our own offer/answer is not settled yet, or our refresh re-INVITE crossed theirs (RFC 3261 14.2).
             return [self._respond(request, 491)]
@@ -691,6 +713,8 @@ class CallCore:
     def _final(self, purpose: str, status: int, response: SipResponse | None, now: float) -> list[CallAction]:
         if purpose == "refresh":
             return self._refresh_answered(status, response, now)
+        if purpose == "reoffer":
+            return self._reoffer_answered(status, response)
         if purpose == "refer":
             if status >= 300 or not status:
                 logger.info("call %s: REFER %s", self.call_id, f"refused with {status}" if status else "got no answer")
@@ -915,7 +939,8 @@ class CallCore:
     def _our_offer_pending(self) -> bool:
         """An offer of ours awaits its answer: our refresh re-INVITE, or a 2xx with our offer not yet ACKed."""
         ok = self._ok
-        return self._refreshing == "INVITE" or (ok is not None and ok.pending and ok.carries_offer)
+        return (self._refreshing == "INVITE" or self._reoffer is not None
+                or (ok is not None and ok.pending and ok.carries_offer))
 
     def _their_offer_pending(self) -> bool:
         """An INVITE of theirs is not answered or not acknowledged yet."""
@@ -997,6 +1022,18 @@ class CallCore:
         return actions + self._drive_timer(self.timer.on_response(status, response.headers if response else None, now),
                                            now)
 
+    def _reoffer_answered(self, status: int, response: SipResponse | None) -> list[CallAction]:
+        previous, self._reoffer = self._reoffer, None
+        if self.state == "ended":
+            return []
+        if response is None or not 200 <= status < 300 or self.dialog is None:
+            self.sdp.local = previous  # a refused offer changes nothing (RFC 3264 8)
+            return [ReofferAnswered(status, b"")]
+        self.dialog.target_refreshed(response)
+        ack = self.dialog.create_ack(self.invite_of(response), self.config.via_sent_by, self.config.transport)
+        self._last_ack = ack
+        return [SendAck(ack), *self._take_answer(response.body), ReofferAnswered(status, response.body)]
+
     @staticmethod
     def invite_of(response: SipResponse) -> SipRequest:
         """Enough of the INVITE a 2xx answers to build its ACK (only the CSeq number is read)."""
@@ -1019,6 +1056,7 @@ __all__ = [
     "Progress",
     "ProvisionalAcked",
     "Referred",
+    "ReofferAnswered",
     "Respond",
     "Retransmit",
     "SendAck",

@@ -26,6 +26,7 @@ from sipagent.sip.call import (
     Held,
     MediaChanged,
     ProvisionalAcked,
+    ReofferAnswered,
     TransferProgress,
 )
 from sipagent.sip.identity import CallIdentity
@@ -67,6 +68,7 @@ class CallFront:
         self._referred_by = referred_by
         self._settled = asyncio.Event()  # established or ended
         self._transfers: asyncio.Queue[TransferProgress] = asyncio.Queue()
+        self._reoffered: asyncio.Future[ReofferAnswered] | None = None
 
     @property
     def state(self) -> str:
@@ -88,10 +90,15 @@ class CallFront:
             self._callback(self.on_dtmf, event.digit, event.duration)
         elif isinstance(event, TransferProgress):
             self._transfers.put_nowait(event)
+        elif isinstance(event, ReofferAnswered):
+            if self._reoffered is not None and not self._reoffered.done():
+                self._reoffered.set_result(event)
         elif isinstance(event, Ended):
             self.end_reason = event.reason
             self.ended.set()
             self._settled.set()
+            if self._reoffered is not None and not self._reoffered.done():
+                self._reoffered.set_result(ReofferAnswered(0, b""))
         else:
             self._event(event)
 
@@ -116,6 +123,14 @@ class CallFront:
         tasks = self._drive(self.core.hangup(self._driver.now()))
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def reoffer(self, offer: SessionDescription) -> tuple[int, bytes]:
+        """Offer new media in a re-INVITE (hold with ``a=sendonly``, resume, another codec): the final status
+        (0: none came) and, on a 2xx, the SDP answer, already applied to ``media``."""
+        self._reoffered = asyncio.get_running_loop().create_future()
+        self._drive(self.core.reoffer(offer, self._driver.now()))
+        result = await self._reoffered
+        return result.status, result.answer
 
     async def transfer(self, target: str, timeout: float = 30) -> bool:
         """Blind transfer with REFER; True when the target answered (NOTIFY sipfrag with a 2xx).

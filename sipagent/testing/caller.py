@@ -26,7 +26,7 @@ from sipagent.media.vad import level_db
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.ports import PortAllocator
 from sipagent.rtp.srtp import SrtpContext
-from sipagent.sdp import NegotiatedMedia
+from sipagent.sdp import LocalSession, NegotiatedMedia, SessionDescription
 from sipagent.sdp.crypto import DEFAULT_SUITES
 from sipagent.sip.front import IncomingCall
 from sipagent.sip.outgoing import DialError, OutgoingCall
@@ -124,6 +124,7 @@ class SipCaller:
         # How to answer a REFER: its final response, then the sipfrag status reported by NOTIFY.
         self.refer_status = 202
         self.transfer_result = 200
+        self.extra_headers: tuple[tuple[str, str], ...] = ()  # headers of a PBX's own for the INVITE (X-Queue...)
         self._background: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- the dialog, for tests that forge in it
@@ -159,6 +160,23 @@ class SipCaller:
         if dialog is not None:
             dialog.local_seq = value
 
+    @property
+    def local_sdp(self) -> SessionDescription | None:
+        """The SDP we sent last (our offer, or the answer to one of the far end)."""
+        return self._call.core.sdp.local if self._call is not None else None
+
+    @property
+    def sdp_session(self) -> LocalSession:
+        """The call's o= line: a new offer of ours made with it goes on the same session (RFC 3264 8)."""
+        assert self._call is not None, "not dialled"
+        return self._call.core.sdp.session
+
+    async def reoffer(self, offer: SessionDescription) -> tuple[int, bytes]:
+        """A re-INVITE with ``offer`` (hold, resume, another codec or key): its final status and SDP answer.
+        The media endpoint is the caller's to update."""
+        assert self._call is not None, "not dialled"
+        return await self._call.reoffer(offer)
+
     # ---------------------------------------------------------------- SIP
 
     async def dial(self, timeout: float = 10.0) -> None:
@@ -177,7 +195,8 @@ class SipCaller:
         self._endpoint.playout = _ObservedPlayout(CODEC_SILENCE[self.codec], Decoder24k(self.codec), self.sent)
         try:
             call = await asyncio.wait_for(
-                self._ua.dial(self.target, rtp_port=self._endpoint.local_port, ring_timeout=timeout), timeout + 2.0)
+                self._ua.dial(self.target, rtp_port=self._endpoint.local_port, ring_timeout=timeout,
+                              headers=list(self.extra_headers)), timeout + 2.0)
         except DialError as exc:
             await self._close_media()
             raise CallFailed(f"{self.target}: {exc}") from exc

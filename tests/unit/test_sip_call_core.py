@@ -30,6 +30,7 @@ from sipagent.sip.call import (
     Progress,
     ProvisionalAcked,
     Referred,
+    ReofferAnswered,
     Respond,
     Retransmit,
     SendAck,
@@ -671,3 +672,21 @@ def test_transfer_replacing_reports_a_refused_refer() -> None:
         assert fronts[0].state == "confirmed"
 
     asyncio.run(scenario())
+
+
+def test_our_reoffer_holds_and_a_refused_one_changes_nothing() -> None:
+    link = answered()
+    before = link.uac.sdp.local
+    hold = make_offer(["PCMA"], "192.0.2.1", 40000, link.uac.sdp.session, direction="sendonly")
+    link.run("uac", link.uac.reoffer(hold, link.now))
+    [result] = link.of("uac", ReofferAnswered)
+    assert isinstance(result, ReofferAnswered) and result.status == 200 and b"a=recvonly" in result.answer
+    assert link.methods("uac")[-2:] == ["INVITE", "ACK"] and link.uac.sdp.local is hold
+    uas_media = link.core("uas").media
+    assert uas_media is not None and uas_media.on_hold  # the far end stops sending to us
+    with pytest.raises(RuntimeError, match="state"):
+        CallCore.outgoing("sip:2@h", "sip:1@h", UAC_CONFIG).reoffer(hold, 0.0)
+    unusable = make_offer(["G722"], "192.0.2.1", 40000, link.uac.sdp.session)
+    link.run("uac", link.uac.reoffer(unusable, link.now))
+    assert link.of("uac", ReofferAnswered)[-1] == ReofferAnswered(488, b"")
+    assert link.uac.sdp.local is hold and before is not hold
