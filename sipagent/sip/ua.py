@@ -211,10 +211,11 @@ def _approximate_size(request: SipRequest) -> int:
 
 
 class UserAgent:
-    """A registering SIP phone that answers calls and hands them to ``on_call``.
+    """A registering SIP phone that answers calls and hands them to ``on_call``, and places calls (``dial``).
 
     ``start()`` binds and starts registering (when a registrar is set); ``stop()`` ends calls politely,
-    unregisters and closes. ``registration_state`` names the core's registration state.
+    unregisters and closes. ``registration_state`` names the core's registration state. It is the driver of
+    every call's core (``drive``): the fronts it gives out ask the core, and the core's actions come back here.
     """
 
     def __init__(self, settings: UaSettings, on_call: Callable[[IncomingCall], Awaitable[None]],
