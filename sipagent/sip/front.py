@@ -29,6 +29,7 @@ from sipagent.sip.call import (
     ReofferAnswered,
     TransferProgress,
 )
+from sipagent.sip.dialog import Dialog
 from sipagent.sip.identity import CallIdentity
 from sipagent.sip.transport import Peer
 from sipagent.sip.uri import parse_target_uri
@@ -73,6 +74,11 @@ class CallFront:
     @property
     def state(self) -> str:
         return self.core.state
+
+    @property
+    def dialog(self) -> Dialog | None:
+        """The call's dialog (None for a call we place, until it is answered)."""
+        return self.core.dialog
 
     # -- events from the driver --------------------------------------------------------------------
 
