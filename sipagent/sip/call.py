@@ -258,6 +258,7 @@ class CallCore:
         self.sdp = OfferAnswer(config.codecs, config.srtp)
         self.end_reason = ""
         self.end_status = 0
+        self.end_detail = ""  # a few words on why (the reason phrase of a refusal, "no answer to our INVITE")
         # Why ``answer`` failed, for the front to raise: an SdpError, or SipTimeout when no ACK came.
         self.answer_error: Exception | None = None
         self.timer = SessionTimer(config.timer_policy, config.random)
@@ -803,7 +804,7 @@ class CallCore:
         if self.state == "ended":
             return []
         self._goto("ended")
-        self.end_reason, self.end_status = reason, status
+        self.end_reason, self.end_status, self.end_detail = reason, status, detail
         if self.dialog is not None:
             self.dialog.terminate()
         self.timer.stop()

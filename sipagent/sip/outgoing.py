@@ -80,7 +80,7 @@ class OutgoingCall(CallFront):
         if self.ended.is_set() or self.media is None:
             reason = self.end_reason
             outcome = reason if reason in DIAL_OUTCOMES else "failed"
-            raise DialError(outcome, self.core.end_status, _dial_words(outcome, self.core.end_status))
+            raise DialError(outcome, self.core.end_status, _dial_words(outcome, self.core.end_detail))
         return self.media
 
     def notify_transfer(self, status: int) -> None:
@@ -88,12 +88,14 @@ class OutgoingCall(CallFront):
         self._drive(self.core.notify_transfer(status, self._driver.now()))
 
 
-def _dial_words(outcome: str, status: int) -> str:
+def _dial_words(outcome: str, detail: str) -> str:
     words = {
         "busy": "the callee is busy", "no-answer": "nobody answered", "rejected": "the call was refused",
         "failed": "the call could not be placed", "cancelled": "the call was cancelled",
     }.get(outcome, outcome)
-    return f"{words} ({status})" if status else words
+    # The detail is the far end's reason phrase or our own words: printable text only, bounded.
+    detail = "".join(c for c in detail if c.isprintable())[:80]
+    return f"{words} ({detail})" if detail else words
 
 
 __all__ = ["DIAL_OUTCOMES", "DialError", "OutgoingCall"]
