@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sipagent.caller import SipCaller
 from sipagent.media.kernel import CODEC_SILENCE
 from sipagent.media.playout import PlayoutQueue
+from sipagent.testing.caller import SipCaller
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -76,7 +76,6 @@ from sipagent.bridge.bargein import BargeInPolicy, Duck, Pause, Resume, Unduck
 from sipagent.bridge.call import CallBridge
 from sipagent.bridge.downlink import Downlink
 from sipagent.bridge.interruptions import Interruptions
-from sipagent.caller import SipCaller
 from sipagent.config import load_config_text
 from sipagent.media.clock import MediaClock
 from sipagent.media.kernel import CODEC_SILENCE, ulaw_decode
@@ -86,6 +85,7 @@ from sipagent.realtime import events as realtime_events
 from sipagent.realtime.client import RealtimeClient
 from sipagent.realtime.local.session import LocalSession
 from sipagent.rtp.ports import PortAllocator
+from sipagent.testing.caller import SipCaller
 
 LOUD_DB = -40.0  # the backend VAD's threshold (agent_config): what counts as a speech packet
 DELTA_TYPES = ("response.output_audio.delta", "response.audio.delta")

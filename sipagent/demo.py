@@ -24,11 +24,11 @@ from pathlib import Path
 
 from sipagent.agent import Agent
 from sipagent.bridge.call import CallOutcome
-from sipagent.caller import SipCaller
 from sipagent.config import Config, load_config, load_config_text
 from sipagent.errors import SipagentError
 from sipagent.media.clock import MediaClock
 from sipagent.rtp.ports import PortAllocator
+from sipagent.testing.caller import SipCaller
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Dialog state (RFC 3261 section 12) for calls we answer: the UAS side of an INVITE."""
+"""Dialog state (RFC 3261 section 12) of an INVITE, from either side: the calls we answer (UAS) and the
+calls we place (UAC)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,32 @@ class Dialog:
             local_contact=local_contact,
             route_set=invite.headers.get_all("Record-Route"),
             remote_seq=invite.cseq.seq,
+        )
+
+    @classmethod
+    def from_response(cls, invite: SipRequest, response: SipResponse, local_contact: str) -> Dialog:
+        """The UAC dialog created by a 2xx (or 1xx with a To tag) to our ``invite`` (RFC 3261 12.1.2): the
+        route set is the response's Record-Route reversed, the remote target its Contact."""
+        remote = response.to_addr
+        if not remote.tag:
+            raise SipParseError("dialog-creating response without To tag")
+        contacts = response.headers.get_all("Contact")
+        if not contacts:
+            raise SipParseError("dialog-creating response without Contact")
+        local = invite.from_addr
+        local_tag = local.tag or ""
+        local.params.pop("tag", None)
+        return cls(
+            call_id=invite.call_id,
+            local_tag=local_tag,
+            remote_tag=remote.tag,
+            local_uri=str(local),
+            remote_uri=response.headers.get("To") or "",
+            remote_target=NameAddr.parse(contacts[0]).uri,
+            local_contact=local_contact,
+            route_set=list(reversed(response.headers.get_all("Record-Route"))),
+            local_seq=invite.cseq.seq,
+            state="confirmed" if 200 <= response.status < 300 else "early",
         )
 
     @property

@@ -200,6 +200,23 @@ class SessionTimer:
         self._refresh_at = now + terms.interval / 2 if terms.refresher == "us" else None
         self._attempts = 0
 
+    def answered(self, headers: Headers, now: float) -> None:
+        """The 2xx to an INVITE of ours that asked for no particular interval: its Session-Expires sets the
+        terms (refresher "uac" is us); without one we keep our own timer as a keep-alive, refreshing it
+        ourselves, as we do for a UAS call whose INVITE asked for none."""
+        self.learn(headers)
+        self.asking = self.policy.session_expires
+        text = headers.get("Session-Expires")
+        try:
+            answered = SessionExpires.parse(text) if text is not None else None
+        except SipParseError:
+            answered = None
+        if answered is None:
+            self.start(Accepted(self.policy.session_expires, "us", False), now)
+            return
+        refresher: Refresher = "peer" if answered.refresher == "uas" else "us"
+        self.start(Accepted(max(answered.interval, self.policy.min_se), refresher, True), now)
+
     def stop(self) -> None:
         self.state = "off"
         self._refresh_at = None

@@ -1,10 +1,11 @@
-"""The SIP user agent: registers on a PBX and answers calls, like a desk phone (asyncio shell).
+"""The SIP user agent: registers on a PBX, answers calls and places them, like a desk phone (asyncio shell).
 
-The sans-I/O core parses, builds, authenticates, runs transactions and dialogs and negotiates SDP;
-this module owns the socket, the clock and the tasks. Every core state machine reports its next
-deadline; the shell arms one loop timer per machine and feeds ``loop.time()`` back in when it fires.
-Each call goes to the layer above as an :class:`IncomingCall` (negotiated media, DTMF, hang-up,
-transfer); the UA knows nothing of RTP payloads.
+The sans-I/O cores parse, build, authenticate, run transactions, registrations and calls (``call.py``) and
+negotiate SDP; this module owns the socket, the clock and the tasks. It is the driver of every core: it
+feeds each what arrives, carries out the actions it returns, and arms one loop timer per core for its next
+deadline, feeding ``loop.time()`` back in when it fires. Each call goes to the layer above as an
+:class:`IncomingCall` or, dialled with ``dial``, an :class:`OutgoingCall` (thin awaitable fronts, front.py);
+the UA knows nothing of RTP payloads.
 """
 
 from __future__ import annotations
@@ -15,24 +16,13 @@ import hashlib
 import ipaddress
 import logging
 import os
-import random
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from sipagent.errors import SdpError, SipBuildError, SipParseError
-from sipagent.sdp import (
-    LocalSession,
-    NegotiatedMedia,
-    SessionDescription,
-    SrtpParams,
-    SrtpPolicy,
-    accept_answer,
-    make_offer,
-    negotiate,
-    offer_crypto,
-)
+from sipagent.sdp import NegotiatedMedia, SessionDescription, SrtpPolicy
 from sipagent.sdp.crypto import DEFAULT_SUITES
 from sipagent.sip.admission import (
     LOOPBACK,
@@ -45,20 +35,27 @@ from sipagent.sip.admission import (
     parse_network,
 )
 from sipagent.sip.auth import DigestCredentials
-from sipagent.sip.dialog import Dialog
+from sipagent.sip.call import (
+    ALLOW,
+    CallAction,
+    CallConfig,
+    CallCore,
+    Ended,
+    Respond,
+    Retransmit,
+    SendAck,
+    SendRequest,
+    SipTimeout,
+    decorate,
+    unsupported,
+)
+from sipagent.sip.front import CallFront, IncomingCall
 from sipagent.sip.headers import new_tag
 from sipagent.sip.identity import identify
 from sipagent.sip.message import SipRequest, SipResponse, build_response, stamp_source
+from sipagent.sip.outgoing import DIAL_OUTCOMES, DialError, OutgoingCall
 from sipagent.sip.registration import Registration, RegistrationConfig
-from sipagent.sip.session_timer import (
-    Accepted,
-    Expire,
-    IntervalTooSmall,
-    Refresh,
-    SessionTimer,
-    TimerAction,
-    TimerPolicy,
-)
+from sipagent.sip.session_timer import IntervalTooSmall, TimerPolicy
 from sipagent.sip.session_timer import negotiate as timer_terms
 from sipagent.sip.tls import TlsSettings
 from sipagent.sip.transaction import (
@@ -69,7 +66,6 @@ from sipagent.sip.transaction import (
     ServerTransaction,
     Terminated,
     TimeoutEvent,
-    Uas2xxRetransmitter,
     cancel_target_key,
     client_key,
     server_key,
@@ -78,12 +74,6 @@ from sipagent.sip.transport import Peer, SipTransport, TcpTransport, TransportLi
 from sipagent.sip.uri import SipUri, parse_target_uri
 
 logger = logging.getLogger(__name__)
-
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE, PRACK"
-ACCEPT = "application/sdp, application/dtmf-relay, message/sipfrag"
-SUPPORTED = "timer, 100rel"
-SUPPORTED_OPTIONS = frozenset(option.strip() for option in SUPPORTED.split(","))
-DTMF_SIGNALS = {"10": "*", "11": "#"}
 
 # Registration states of the core's machine that the shell acts on.
 UNREGISTERED = "unregistered"
@@ -149,10 +139,9 @@ class UaSettings:
     # RFC 5626 CRLF pings on the connections we open over TCP and TLS (0: none), and how long a pong may take.
     keepalive_s: float = 90.0
     keepalive_timeout_s: float = 10.0
-
-
-class SipTimeout(Exception):
-    """A request got no final response (timer B/F), or the transport could not reach the peer."""
+    # Where the calls we place go first ("host[:port]"), when not to the registrar; None: the registrar (or, in
+    # direct mode, the target's host).
+    outbound_proxy: str | None = None
 
 
 class _Machine(Protocol):
@@ -189,479 +178,6 @@ def _uri_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-class _AckWait:
-    """A response we re-send until the peer acknowledges it (or 64*T1): our 2xx to an INVITE until its ACK
-    (RFC 3261 13.3.1.4), or a reliable 18x until its PRACK (RFC 3262 3: the same schedule, capped at T2)."""
-
-    def __init__(self, retransmitter: Uas2xxRetransmitter) -> None:
-        self.retransmitter = retransmitter
-        self.done = asyncio.Event()
-        self.acknowledged = False
-        self.body = b""  # the ACK's body: the SDP answer when our 2xx carried the offer
-        self.carries_offer = False  # our 2xx carried an offer: the ACK brings the answer
-
-    def finish(self, acknowledged: bool, body: bytes = b"") -> None:
-        self.retransmitter.ack_received()  # stops retransmissions either way
-        if acknowledged and not self.acknowledged:
-            self.body = body
-        self.acknowledged = self.acknowledged or acknowledged
-        self.done.set()
-
-    async def wait(self) -> bool:
-        """True when the ACK arrived, False on timeout or when the call ended first."""
-        await self.done.wait()
-        return self.acknowledged
-
-
-class IncomingCall:
-    """One incoming call, from INVITE to its end. Created by the UA; given to ``on_call``.
-
-    Public attributes: ``call_id``, ``from_uri``, ``to_uri``, ``identity`` (caller, dialed number, redirecting
-    number and the configured headers, cleaned: see identity.py), ``transport`` (how the INVITE came: "UDP",
-    "TCP" or "TLS"), ``local_host`` (the address we advertise on
-    this call, for the SDP too), ``remote_host`` (where the INVITE came
-    from), ``offer`` (parsed SDP offer; None for an INVITE without SDP, a late offer: ours then goes in the
-    200 OK and the caller's answer comes in the ACK), ``media`` (after answer), ``ended`` / ``end_reason``, ``state``
-    (ringing → answering → confirmed → ended) and the callbacks ``on_media_change`` (a re-INVITE or UPDATE
-    offer was accepted) and ``on_dtmf`` (SIP INFO application/dtmf-relay).
-
-    The call also keeps the session timer (RFC 4028): it answers refreshes, refreshes when it is the
-    refresher, and ends the call with BYE when the session expires ("session-expired") or a refresh of ours
-    finds the peer gone ("refresh-failed").
-    """
-
-    def __init__(self, ua: UserAgent, invite: SipRequest, peer: Peer, offer: SessionDescription | None,
-                 dialog: Dialog, local_host: str) -> None:
-        self._ua = ua
-        self._invite = invite
-        self._peer = peer
-        self.dialog = dialog
-        self.call_id = invite.call_id
-        self.from_uri = str(invite.from_addr.uri)
-        self.to_uri = str(invite.to_addr.uri)
-        self.identity = identify(invite, ua.settings.context_headers)
-        self.account = ""  # the name of the registered account the call was addressed to ("": none)
-        self.remote_host = peer.host
-        # "UDP", "TCP" or "TLS": how the INVITE reached us. Media keys (SDES) may only travel over "TLS".
-        self.transport = peer.transport
-        self.local_host = local_host  # the address we advertise on this call (Via, Contact, SDP)
-        self.offer = offer
-        self.media: NegotiatedMedia | None = None
-        self.on_media_change: Callable[[NegotiatedMedia], None] | None = None
-        self.on_dtmf: Callable[[str, int], None] | None = None
-        self.ended = asyncio.Event()
-        self.end_reason = ""
-        self.state = "ringing"
-        self._rtp: tuple[str, int] | None = None
-        self._answer_sdp: SessionDescription | None = None
-        self._sdp_session = LocalSession()  # one o= line per call; its version rises with each new answer
-        self._ack_wait: _AckWait | None = None
-        self._notify: asyncio.Queue[int] = asyncio.Queue()
-        self._timer = SessionTimer(ua._timer_policy)
-        self._timer.learn(invite.headers)
-        self._prack_wait: _AckWait | None = None  # our reliable 180 until its PRACK (RFC 3262)
-        self._rseq = 0  # the RSeq of that 180
-        self._refreshing: str | None = None  # the method of our session refresh in flight
-        self._refresh_ack: tuple[int, bytes, Peer] | None = None  # CSeq, bytes and peer of our last re-INVITE ACK
-
-    def __repr__(self) -> str:
-        return f"IncomingCall({self.call_id!r}, {self.from_uri!r}, state={self.state})"
-
-    # -- the API for the layer above -------------------------------------------------------------
-
-    async def answer(self, rtp_host: str, rtp_port: int) -> NegotiatedMedia:
-        """Send 200 OK with our SDP answer (our offer, after an INVITE without SDP) and wait for the ACK;
-        returns the negotiated media.
-
-        Raises SdpError when no codec matches (after sending 488; after a late offer, after a BYE),
-        RuntimeError when the call is no longer ringing, SipTimeout when no ACK arrives (the call is
-        then ended with BYE).
-        """
-        if self.state != "ringing":
-            raise RuntimeError(f"cannot answer a call in state {self.state}")
-        await self._ringing_acknowledged()
-        if self.offer is None:
-            return await self._answer_late_offer(rtp_host, rtp_port)
-        try:
-            answer, media = negotiate(self.offer, self._ua.settings.codecs, rtp_host, rtp_port,
-                                      session=self._sdp_session, srtp=self._srtp_policy())
-        except SdpError:
-            self._ua._respond_in_dialog(self, self._invite, 488)
-            self._end("rejected-sdp")
-            raise
-        self._rtp = (rtp_host, rtp_port)
-        self._answer_sdp = answer
-        self.media = media
-        self.state = "answering"
-        self.dialog.confirm()
-        await self._send_200_and_wait_ack(answer)
-        logger.info("call %s: answered with %s, remote RTP %s:%s", self.call_id, media.codec,
-                    media.remote_host, media.remote_port)
-        return media
-
-    async def _answer_late_offer(self, rtp_host: str, rtp_port: int) -> NegotiatedMedia:
-        """The INVITE had no SDP: offer every codec we carry in the 200 OK; the ACK carries the answer
-        (RFC 3261 13.2.1). An ACK without a usable answer ends the call with BYE (SdpError raised)."""
-        srtp = self._srtp_policy()
-        offer = make_offer(self._ua.settings.codecs, rtp_host, rtp_port, self._sdp_session,
-                           crypto=offer_crypto(srtp) if srtp.offers_srtp else None)
-        self._rtp = (rtp_host, rtp_port)
-        self._answer_sdp = offer  # our side of the session, re-sent on a refresh as after an answer
-        self.state = "answering"
-        self.dialog.confirm()
-        body = await self._send_200_and_wait_ack(offer, carries_offer=True)
-        try:
-            media = accept_answer(SessionDescription.parse(body), offer)
-        except SdpError as exc:
-            logger.warning("call %s: the ACK carried no usable SDP answer (%s), hanging up", self.call_id, exc)
-            await self.hangup()
-            raise
-        self.media = media
-        logger.info("call %s: answered a late offer with %s, remote RTP %s:%s", self.call_id, media.codec,
-                    media.remote_host, media.remote_port)
-        return media
-
-    def _srtp_policy(self) -> SrtpPolicy:
-        """What this call may negotiate for SRTP: ``media.srtp`` and its suites, with SDES keys taken only
-        from signalling that protects them (TLS, the transport of the INVITE), unless the operator allowed
-        them over any (``media.srtp_over_insecure_signalling``)."""
-        settings = self._ua.settings
-        return SrtpPolicy(mode=settings.srtp, suites=tuple(settings.srtp_suites),
-                          keys_allowed=self._peer.transport == "TLS" or settings.srtp_over_insecure_signalling)
-
-    async def _ringing_acknowledged(self) -> None:
-        """Wait for the PRACK of our reliable 180, if we sent one: our 2xx may not overtake it (RFC 3262 3
-        would allow that for an 18x without SDP, but a PBX then sees its PRACK answered after the call).
-        RuntimeError when the call ended meanwhile (CANCEL, or no PRACK: the INVITE got a 500)."""
-        if self._prack_wait is not None:
-            await self._prack_wait.wait()
-        if self.state != "ringing":
-            raise RuntimeError(f"call ended before it was answered ({self.end_reason})")
-
-    async def _send_200_and_wait_ack(self, sdp: SessionDescription, carries_offer: bool = False) -> bytes:
-        """Send the 200 OK (re-sent until ACKed) and wait for the ACK; returns the ACK's body."""
-        terms = self._timer.negotiate(self._invite.headers)  # _admit refused what this could raise on
-        self._ack_wait = self._ua._respond_in_dialog(self, self._invite, 200, body=sdp.to_bytes(),
-                                                     extra=terms.headers())
-        assert self._ack_wait is not None
-        self._ack_wait.carries_offer = carries_offer
-        self._start_timer(terms)
-        logger.info("call %s: session timer %d s, refreshed by %s", self.call_id, terms.interval,
-                    "us" if terms.refresher == "us" else "the peer")
-        acked = await self._ack_wait.wait()
-        if self.ended.is_set():
-            raise RuntimeError(f"call ended before ACK ({self.end_reason})")
-        self.state = "confirmed"
-        if not acked:
-            logger.warning("call %s: no ACK for 200 OK, hanging up", self.call_id)
-            await self.hangup()
-            raise SipTimeout("no ACK for 200 OK")
-        return self._ack_wait.body
-
-    async def reject(self, status: int = 486) -> None:
-        """Reject an unanswered call with a final error response (486 Busy Here by default)."""
-        if self.state != "ringing":
-            raise RuntimeError(f"cannot reject a call in state {self.state}")
-        self._ua._respond_in_dialog(self, self._invite, status)
-        self._end("rejected")
-
-    async def hangup(self) -> None:
-        """End the call: BYE once answered, 487 while it is still ringing."""
-        if self.state == "ended":
-            return
-        if self.state == "ringing":
-            self._ua._respond_in_dialog(self, self._invite, 487)
-            self._end("local-cancel")
-            return
-        await self._bye("local-bye")
-
-    async def _bye(self, reason: str) -> None:
-        self._end(reason)
-        try:
-            response = await self._ua._send_in_dialog(self, "BYE")
-            logger.info("call %s: BYE answered %s", self.call_id, response.status)
-        except (SipTimeout, OSError) as exc:
-            logger.info("call %s: BYE got no answer: %s", self.call_id, exc)
-
-    async def transfer(self, target: str, timeout: float = 30) -> bool:
-        """Blind transfer with REFER; True when the target answered (NOTIFY sipfrag with a 2xx).
-
-        On success the call is ended with BYE and ``end_reason`` "transferred"; on failure it goes on.
-        """
-        if self.state != "confirmed":
-            raise RuntimeError(f"cannot transfer a call in state {self.state}")
-        referred_by = f"<sip:{self._ua.user_of(self.account)}@{self._ua.domain}>"
-        try:
-            refer_to = f"<{parse_target_uri(target)}>"
-            response = await self._ua._send_in_dialog(
-                self, "REFER", extra=[("Refer-To", refer_to), ("Referred-By", referred_by)]
-            )
-        except (SipParseError, SipBuildError) as exc:
-            logger.warning("call %s: transfer target %r refused: %s", self.call_id, target[:80], exc)
-            return False
-        except SipTimeout as exc:
-            logger.info("call %s: REFER got no answer: %s", self.call_id, exc)
-            return False
-        if response.status >= 300:
-            logger.info("call %s: REFER refused with %s", self.call_id, response.status)
-            return False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.ended.is_set():
-            try:
-                status = await asyncio.wait_for(self._notify.get(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                logger.info("call %s: transfer to %s timed out", self.call_id, target)
-                return False
-            if status >= 300:
-                logger.info("call %s: transfer to %s failed with %s", self.call_id, target, status)
-                return False
-            if status >= 200:
-                self._end("transferred")
-                with contextlib.suppress(SipTimeout):
-                    await self._ua._send_in_dialog(self, "BYE")
-                return True
-        return False
-
-    # -- events from the UA ----------------------------------------------------------------------
-
-    def _end(self, reason: str) -> None:
-        if self.state == "ended":
-            return
-        self.state = "ended"
-        self.end_reason = reason
-        self.dialog.terminate()
-        self._timer.stop()
-        self._ua._disarm(self._timer)
-        for wait in (self._ack_wait, self._prack_wait):
-            if wait is not None and not wait.done.is_set():
-                wait.finish(acknowledged=False)
-        self.ended.set()
-        self._ua._call_ended(self)
-        logger.info("call %s ended: %s", self.call_id, reason)
-
-    # -- offer/answer in the dialog (re-INVITE, UPDATE) ------------------------------------------
-
-    def _handle_reinvite(self, request: SipRequest) -> None:
-        if (self.state != "confirmed" or self._rtp is None or self._answer_sdp is None
-                or self._refreshing == "INVITE"):
-            # Our own offer/answer is not settled yet, or our refresh re-INVITE crossed theirs (RFC 3261 14.2).
-            self._ua._respond_in_dialog(self, request, 491)
-            return
-        terms = self._timer_terms(request)
-        if terms is None:
-            return
-        changed = False
-        if request.body:
-            answered = self._answer_offer(request)
-            if answered is None:
-                return
-            changed = answered
-        # Without an offer (a session refresh) our current SDP is the offer; the ACK would carry theirs.
-        self._ack_wait = self._ua._respond_in_dialog(self, request, 200, body=self._answer_sdp.to_bytes(),
-                                                     extra=terms.headers())
-        if self._ack_wait is not None:
-            self._ack_wait.carries_offer = not request.body
-        self._start_timer(terms)
-        if changed:
-            self._media_changed()
-
-    def _handle_update(self, request: SipRequest) -> None:
-        """UPDATE (RFC 3311): a session refresh without a body, or a new offer answered in its 200."""
-        if request.body and self._our_offer_pending():
-            self._ua._respond_in_dialog(self, request, 491)
-            return
-        if request.body and self._their_offer_pending():
-            retry_after = str(random.randint(0, 10))  # RFC 3311 5.2: a random 0-10 s
-            self._ua._respond_in_dialog(self, request, 500, extra=[("Retry-After", retry_after)])
-            return
-        if self.state != "confirmed":
-            self._ua._respond_in_dialog(self, request, 200)  # an early UPDATE: no session to refresh yet
-            return
-        terms = self._timer_terms(request)
-        if terms is None:
-            return
-        body = b""
-        changed = False
-        if request.body:
-            answered = self._answer_offer(request)
-            if answered is None or self._answer_sdp is None:
-                return
-            changed, body = answered, self._answer_sdp.to_bytes()
-        self._ua._respond_in_dialog(self, request, 200, body=body, extra=terms.headers())
-        self._start_timer(terms)
-        if changed:
-            self._media_changed()
-
-    def _our_offer_pending(self) -> bool:
-        """An offer of ours awaits its answer: our refresh re-INVITE, or a 2xx with our offer not yet ACKed."""
-        wait = self._ack_wait
-        return self._refreshing == "INVITE" or (wait is not None and not wait.done.is_set() and wait.carries_offer)
-
-    def _their_offer_pending(self) -> bool:
-        """An INVITE of theirs is not answered or not acknowledged yet."""
-        wait = self._ack_wait
-        return self.state == "ringing" or (wait is not None and not wait.done.is_set())
-
-    def _answer_offer(self, request: SipRequest) -> bool | None:
-        """Negotiate the SDP offer of a re-INVITE or UPDATE: whether the media changed, or None after
-        answering 488 (no common codec) or 491 (no session of ours to answer from yet)."""
-        if self._rtp is None:
-            self._ua._respond_in_dialog(self, request, 491)
-            return None
-        try:
-            offer = SessionDescription.parse(request.body)
-            answer, media = negotiate(offer, self._ua.settings.codecs, *self._rtp, session=self._sdp_session,
-                                      srtp=self._srtp_policy(), current=self.media.srtp if self.media else None)
-        except SdpError as exc:
-            logger.info("call %s: %s offer refused: %s", self.call_id, request.method, exc)
-            self._ua._respond_in_dialog(self, request, 488)
-            return None
-        self._answer_sdp = answer
-        changed = media != self.media
-        self.media = media
-        return changed
-
-    def _media_changed(self) -> None:
-        if self.media is None or self.on_media_change is None:
-            return
-        logger.info("call %s: media changed: %s %s", self.call_id, self.media.codec, self.media.direction)
-        try:
-            self.on_media_change(self.media)
-        except Exception:
-            logger.exception("call %s: on_media_change failed", self.call_id)
-
-    # -- session timer (RFC 4028) ----------------------------------------------------------------
-
-    def _timer_terms(self, request: SipRequest) -> Accepted | None:
-        """The session timer's terms for our 2xx to this re-INVITE or UPDATE; None after answering it 422
-        (interval below our minimum) or 400 (an unreadable Session-Expires or Min-SE)."""
-        try:
-            return self._timer.negotiate(request.headers)
-        except IntervalTooSmall as exc:
-            self._ua._respond_in_dialog(self, request, 422, extra=[("Min-SE", str(exc.min_se))])
-        except SipParseError as exc:
-            self._ua._respond_in_dialog(self, request, 400, reason=exc.reason)
-        return None
-
-    def _start_timer(self, terms: Accepted) -> None:
-        """Our 2xx to an INVITE or UPDATE went out: a new session interval begins."""
-        self._timer.start(terms, self._ua._now())
-        self._ua._arm_session_timer(self)
-
-    def _drive_timer(self, actions: list[TimerAction]) -> None:
-        """Carry out what the session timer asks for, then arm it again."""
-        for action in actions:
-            if isinstance(action, Refresh):
-                self._ua._spawn(self._refresh(action.method))
-            elif isinstance(action, Expire) and self.state != "ended":
-                logger.info("call %s: %s (session interval %d s), hanging up", self.call_id,
-                            "no session refresh in time" if action.reason == "session-expired"
-                            else "our session refresh found no session", self._timer.interval)
-                self._ua._spawn(self._bye(action.reason))
-        self._ua._arm_session_timer(self)
-
-    async def _refresh(self, method: str) -> None:
-        """Our session refresh (RFC 4028 7.4): an UPDATE, or a re-INVITE offering our SDP unchanged (same
-        o= version, RFC 3264 8); its final response goes back to the timer."""
-        body = self._answer_sdp.to_bytes() if method == "INVITE" and self._answer_sdp is not None else b""
-        extra = [*self._timer.refresh_headers(), ("Allow", ALLOW)]
-        self._refreshing = method
-        status, headers = 0, None
-        try:
-            request, response = await self._ua._request_in_dialog(self, method, extra=extra, body=body)
-            status, headers = response.status, response.headers
-            if 200 <= status < 300:
-                self.dialog.target_refreshed(response)
-                if method == "INVITE":
-                    await self._ua._ack_2xx(self, request)
-                    self._take_answer(response.body)
-        except (SipTimeout, OSError) as exc:
-            logger.info("call %s: session refresh by %s got no answer: %s", self.call_id, method, exc)
-        finally:
-            self._refreshing = None
-        if self.state == "ended":
-            return
-        logger.info("call %s: session refresh by %s answered %s", self.call_id, method, status or "nothing")
-        self._drive_timer(self._timer.on_response(status, headers, self._ua._now()))
-
-    def _take_answer(self, body: bytes) -> None:
-        """The answer to an offer of ours made in mid-call (our refresh re-INVITE, or our 2xx to their
-        re-INVITE without SDP, answered in the ACK): applied only if it moves the media."""
-        try:
-            media = accept_answer(SessionDescription.parse(body), self._answer_sdp)
-        except SdpError as exc:
-            logger.info("call %s: the answer to our mid-call offer is unusable (%s); media kept", self.call_id, exc)
-            return
-        if self.media is None or _media_key(media) != _media_key(self.media):
-            self.media = media
-            self._media_changed()
-
-    # -- reliable provisional responses (RFC 3262) -----------------------------------------------
-
-    def _ring_reliably(self) -> None:
-        """Send 180 Ringing reliably (the INVITE said Require: 100rel): re-sent until its PRACK comes; after
-        64*T1 without one, the INVITE is answered 500 (RFC 3262 3)."""
-        self._rseq = random.randint(1, 2**31 - 1)
-        extra = [("Require", "100rel"), ("RSeq", str(self._rseq))]
-        self._prack_wait = self._ua._respond_reliably(self, self._invite, 180, extra, self._on_no_prack)
-
-    def _on_no_prack(self) -> None:
-        if self.state == "ringing":
-            logger.warning("call %s: no PRACK for our reliable 180, refusing the call", self.call_id)
-            self._ua._respond_in_dialog(self, self._invite, 500, reason="No PRACK")
-            self._end("no-prack")
-
-    def _handle_prack(self, request: SipRequest) -> None:
-        """A PRACK matches our unacknowledged reliable 180 by its RAck (RSeq, CSeq number and method)."""
-        fields = (request.headers.get("RAck") or "").split()
-        if len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit():
-            self._ua._respond_in_dialog(self, request, 400, reason="Bad RAck")
-            return
-        wait = self._prack_wait
-        rack = (int(fields[0]), int(fields[1]), fields[2].upper())
-        if wait is None or wait.done.is_set() or rack != (self._rseq, self._invite.cseq.seq, "INVITE"):
-            self._ua._respond_in_dialog(self, request, 481)
-            return
-        self._ua._respond_in_dialog(self, request, 200)
-        wait.finish(acknowledged=True)
-        self._ua._disarm(wait.retransmitter)
-
-    def _handle_info(self, request: SipRequest) -> None:
-        content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type != "application/dtmf-relay":
-            self._ua._respond_in_dialog(self, request, 200)
-            return
-        fields: dict[str, str] = {}
-        for line in request.body.decode("utf-8", "replace").splitlines():
-            name, _, value = line.partition("=")
-            fields[name.strip().lower()] = value.strip()
-        signal = fields.get("signal", "")
-        digit = DTMF_SIGNALS.get(signal, signal.upper())
-        duration = int(fields["duration"]) if fields.get("duration", "").isdigit() else 100
-        if len(digit) != 1 or digit not in "0123456789*#ABCD":
-            self._ua._respond_in_dialog(self, request, 400, reason="Bad dtmf-relay Signal")
-            return
-        self._ua._respond_in_dialog(self, request, 200)
-        logger.info("call %s: DTMF %s (%d ms) by INFO", self.call_id, digit, duration)
-        if self.on_dtmf is not None:
-            try:
-                self.on_dtmf(digit, duration)
-            except Exception:
-                logger.exception("call %s: on_dtmf failed", self.call_id)
-
-    def _handle_notify(self, request: SipRequest) -> None:
-        self._ua._respond_in_dialog(self, request, 200)
-        if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "refer":
-            return
-        first = request.body.decode("utf-8", "replace").strip().splitlines()
-        parts = first[0].split(" ") if first else []
-        if len(parts) >= 2 and parts[0].upper().startswith("SIP/") and parts[1].isdigit():
-            self._notify.put_nowait(int(parts[1]))
-        elif "terminated" in (request.headers.get("Subscription-State") or "").lower():
-            self._notify.put_nowait(500)  # subscription over without a final status: treat as failed
-
-
 @dataclass
 class _Line:
     """One account's registration as it runs: the state machine, the task that drives it, and whether the
@@ -694,26 +210,12 @@ def _approximate_size(request: SipRequest) -> int:
     return 2 * (sum(len(name) + len(value) + 4 for name, value in request.headers) + len(request.body)) + 256
 
 
-def _options(request: SipRequest, header: str) -> list[str]:
-    return [option.strip().lower() for option in request.headers.get_all(header)]
-
-
-def _unsupported(request: SipRequest) -> list[str]:
-    """The options a request requires that we do not support (RFC 3261 8.2.2.3: 420)."""
-    return [option for option in _options(request, "Require") if option not in SUPPORTED_OPTIONS]
-
-
-def _media_key(media: NegotiatedMedia) -> tuple[str, int, str, int, str, SrtpParams | None]:
-    """What makes two negotiations the same media for the layer above (ptime and DTMF follow the codec;
-    a new SRTP key is new media: the receive side must re-key)."""
-    return (media.codec, media.payload_type, media.remote_host, media.remote_port, media.direction, media.srtp)
-
-
 class UserAgent:
-    """A registering SIP phone that answers calls and hands them to ``on_call``.
+    """A registering SIP phone that answers calls and hands them to ``on_call``, and places calls (``dial``).
 
     ``start()`` binds and starts registering (when a registrar is set); ``stop()`` ends calls politely,
-    unregisters and closes. ``registration_state`` names the core's registration state.
+    unregisters and closes. ``registration_state`` names the core's registration state. It is the driver of
+    every call's core (``drive``): the fronts it gives out ask the core, and the core's actions come back here.
     """
 
     def __init__(self, settings: UaSettings, on_call: Callable[[IncomingCall], Awaitable[None]],
@@ -738,7 +240,7 @@ class UserAgent:
         self._timer_policy = TimerPolicy(settings.session_expires, settings.min_se)
         self._throttle = LogThrottle()
         self._tag_secret = os.urandom(16)  # keys the To tags of stateless responses
-        self._calls: dict[str, IncomingCall] = {}
+        self._calls: dict[str, CallFront] = {}
         self._server: dict[tuple[str, str, str], tuple[ServerTransaction, Peer]] = {}
         self._client: dict[tuple[str, str], tuple[ClientTransaction, Peer, EventHandler]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -880,9 +382,8 @@ class UserAgent:
         """End calls (BYE, or 480 while ringing), unregister (Expires: 0) and close the socket."""
         self._stopping = True
         for call in list(self._calls.values()):
-            if call.state == "ringing":
-                self._respond_in_dialog(call, call._invite, 480)
-                call._end("shutdown")
+            if isinstance(call, IncomingCall) and call.state == "ringing":
+                self.drive(call, call.core.end(480, self._now(), "shutdown"))
             elif call.state != "ended":
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(call.hangup(), 2.0)
@@ -950,17 +451,173 @@ class UserAgent:
         if handle is not None:
             handle.cancel()
 
-    def _arm_session_timer(self, call: IncomingCall) -> None:
-        """A loop timer for the call's session timer; what it asks for when due is the call's to do."""
-        timer = call._timer
-        self._disarm(timer)
-        deadline = timer.next_deadline
-        if deadline is not None and self._transport is not None:
-            self._timers[id(timer)] = asyncio.get_running_loop().call_at(deadline, self._session_timer_due, call)
+    # -- driving the calls' cores --------------------------------------------------------------------
 
-    def _session_timer_due(self, call: IncomingCall) -> None:
-        self._timers.pop(id(call._timer), None)
-        call._drive_timer(call._timer.timeout(self._now()))
+    def now(self) -> float:
+        return self._now()
+
+    def drive(self, call: CallFront, actions: list[CallAction]) -> list[asyncio.Task[None]]:
+        """Carry out a call core's actions (the front gets its events), then arm the loop timer for the core's
+        next deadline; returns the tasks of the requests started."""
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for action in actions:
+                if isinstance(action, Respond):
+                    self._send_response(action.request, action.response)
+                elif isinstance(action, Retransmit):
+                    if self._transport is not None:
+                        self._transport.send(action.data, call.peer)
+                elif isinstance(action, SendRequest):
+                    tasks.append(self._spawn(self._call_request(call, action.request)))
+                elif isinstance(action, SendAck):
+                    tasks.append(self._spawn(self._call_ack(call, action.request)))
+                else:
+                    call.handle(action)
+                    if isinstance(action, Ended):
+                        self._call_ended(call)
+        finally:
+            self._arm_call(call)
+        return tasks
+
+    def _arm_call(self, call: CallFront) -> None:
+        self._disarm(call.core)
+        deadline = call.core.next_deadline
+        if deadline is not None and self._transport is not None:
+            self._timers[id(call.core)] = asyncio.get_running_loop().call_at(deadline, self._call_due, call)
+
+    def _call_due(self, call: CallFront) -> None:
+        self._timers.pop(id(call.core), None)
+        self.drive(call, call.core.timeout(self._now()))
+
+    async def _call_request(self, call: CallFront, request: SipRequest) -> None:
+        """A request of a call's core in its own client transaction; every response goes back to the core."""
+        core = call.core
+        try:
+            dest = await self._request_peer(call, request)
+
+            def provisional(response: SipResponse) -> None:
+                self.drive(call, core.receive_response(response, self._now()))
+
+            response = await self._send_request(request, dest, on_provisional=provisional)
+        except (SipTimeout, OSError, SipBuildError) as exc:
+            logger.info("call %s: %s got no answer: %s", call.call_id, request.method, exc)
+            self.drive(call, core.request_failed(request, self._now()))
+            return
+        self.drive(call, core.receive_response(response, self._now()))
+
+    async def _call_ack(self, call: CallFront, ack: SipRequest) -> None:
+        """The ACK of a 2xx: no transaction (RFC 3261 13.2.2.4); the core sends it again for each 2xx copy."""
+        try:
+            dest = await self._dialog_peer(call)
+            data = ack.to_bytes()
+        except (OSError, SipBuildError) as exc:
+            logger.info("call %s: ACK not sent: %s", call.call_id, exc)
+            return
+        if self._transport is not None:
+            self._transport.send(data, dest)
+
+    async def _request_peer(self, call: CallFront, request: SipRequest) -> Peer:
+        """Where a call's request goes: the INVITE and its CANCEL to where the call went first, the rest of
+        the dialog to its next hop."""
+        if call.core.dialog is None or not request.to_addr.tag:
+            return call.peer
+        return await self._dialog_peer(call)
+
+    def _call_config(self, local_host: str, user: str, transport: str, accept_refer: bool = False) -> CallConfig:
+        s = self.settings
+        reliable = self._transport.reliable if self._transport is not None else False
+        return CallConfig(codecs=tuple(s.codecs), local_contact=self._contact(local_host, user),
+                          via_sent_by=self._sent_by(local_host), transport=self.transport_name, reliable=reliable,
+                          srtp=srtp_policy(s, transport), timer_policy=self._timer_policy, user_agent=s.user_agent,
+                          accept_refer=accept_refer)
+
+    def _referred_by(self, account: str) -> str:
+        return f"<{self._scheme}:{self.user_of(account)}@{_uri_host(self.domain)}>"
+
+    # -- placing calls -----------------------------------------------------------------------------------
+
+    async def dial(self, target: str, *, rtp_port: int, codecs: list[str] | None = None, account: str | None = None,
+                   ring_timeout: float = 30.0, headers: list[tuple[str, str]] | None = None,
+                   on_progress: Callable[[int, NegotiatedMedia | None], None] | None = None) -> OutgoingCall:
+        """Call ``target`` ("sip:2002@pbx", or a bare extension at the account's domain) and wait for the
+        answer; returns the answered call.
+
+        The INVITE goes to ``sip.outbound_proxy`` when set, else to the registrar of ``account`` (default: the
+        first account; in direct mode, to the target's host), from the account's AoR, answering 401/407 with
+        its credentials. 18x responses go to ``on_progress`` (with the early media of an SDP answer). Raises
+        DialError with the outcome (busy, no-answer, rejected, failed; "no-answer" after ``ring_timeout``
+        seconds and a CANCEL); cancelling the awaiting task CANCELs the call, and raises CancelledError once
+        the CANCEL is handled (a 200 that crosses it is ACKed, then ended with BYE). ValueError for an
+        unknown account or a header the call writes itself.
+        """
+        if self._transport is None or self._stopping:
+            raise DialError("failed", 0, "the SIP user agent is not running")
+        line = self._dial_line(account)
+        uri = self._dial_uri(target)
+        dest, route = await self._first_hop(uri)
+        local_host = self.advertised_host(dest.host)
+        if line is not None:
+            user = line.account.username
+            from_aor = f"{self._scheme}:{user}@{_uri_host(self.domain)}"
+            credentials = DigestCredentials(line.account.auth_user or user, line.account.password)
+        else:
+            user = self.settings.username
+            from_aor = f"{self._scheme}:{user or 'sipagent'}@{_uri_host(local_host)}"
+            credentials = None
+        # A call we place may be transferred by its far end (REFER): ``OutgoingCall.on_refer`` decides.
+        config = self._call_config(local_host, user, dest.transport, accept_refer=True)
+        if codecs:
+            config = replace(config, codecs=tuple(codecs))
+        core = CallCore.outgoing(str(uri), from_aor, config, credentials=credentials, route=route, headers=headers)
+        name = line.account.name if line is not None else ""
+        call = OutgoingCall(self, core, dest, local_host, account=name, referred_by=self._referred_by(name),
+                            on_progress=on_progress)
+        self._calls[call.call_id] = call
+        logger.info("call %s to %s: dialling via %s:%s%s", call.call_id, call.to_uri, dest.host, dest.port,
+                    f" on account {name}" if name else "")
+        self.drive(call, core.dial(local_host, rtp_port, self._now(), ring_timeout=ring_timeout))
+        await call.established()
+        return call
+
+    def _dial_line(self, account: str | None) -> _Line | None:
+        if account is None:
+            return next(iter(self._lines.values()), None)
+        line = self._lines.get(account)
+        if line is None:
+            raise ValueError(f"no SIP account named {account!r} (known: {', '.join(self._lines) or 'none'})")
+        return line
+
+    def _dial_uri(self, target: str) -> SipUri:
+        """A SIP URI, or a bare extension at our domain (with the registrar's port when the domain is its host)."""
+        text = target.strip()
+        try:
+            if ":" not in text:
+                if not text or not all(c.isalnum() or c in "+*#._-" for c in text):
+                    raise SipParseError("not an extension")
+                host = _uri_host(self.domain)
+                if self.settings.registrar:
+                    registrar_host, port = _split_hostport(self.settings.registrar, 0)
+                    if port and registrar_host.strip("[]") == self.domain.strip("[]"):
+                        host += f":{port}"
+                text = f"{self._scheme}:{text}@{host}"
+            return parse_target_uri(text)
+        except SipParseError as exc:
+            raise DialError("failed", 0, f"bad target {target[:80]!r}: {exc.reason}") from None
+
+    async def _first_hop(self, uri: SipUri) -> tuple[Peer, list[str]]:
+        """Where our INVITE goes, and its pre-loaded Route (an outbound proxy's)."""
+        proxy = self.settings.outbound_proxy
+        try:
+            if proxy:
+                host, port = _split_hostport(proxy, self._default_port)
+                peer = Peer(self.transport_name, await self._resolve(host), port)
+                return peer, [f"<{self._scheme}:{_uri_host(host)}:{port};lr>"]
+            if self._registrar is not None:
+                return self._registrar, []
+            host, uri_port = uri.host_port
+            return Peer(self.transport_name, await self._resolve(host), uri_port or self._default_port), []
+        except OSError as exc:
+            raise DialError("failed", 0, f"cannot resolve the next hop: {exc}") from None
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -1102,8 +759,10 @@ class UserAgent:
     def _sent_by(self, host: str | None = None) -> str:
         return f"{_uri_host(host or self._advertised[0])}:{self._advertised[1]}"
 
-    async def _send_request(self, request: SipRequest, dest: Peer) -> SipResponse:
-        """Run a client transaction; the final response, or SipTimeout (timer F, unreachable peer)."""
+    async def _send_request(self, request: SipRequest, dest: Peer,
+                            on_provisional: Callable[[SipResponse], None] | None = None) -> SipResponse:
+        """Run a client transaction; the final response, or SipTimeout (timer F, unreachable peer).
+        ``on_provisional`` is told each 1xx."""
         if self._transport is None:
             raise SipTimeout("transport closed")
         self._transport_errors.pop(dest, None)  # an older failure must not explain this request's fate
@@ -1113,8 +772,11 @@ class UserAgent:
 
         def on_event(event: ResponseEvent | TimeoutEvent | Terminated) -> None:
             if isinstance(event, ResponseEvent):
-                if event.response.status >= 200 and not future.done():
-                    future.set_result(event.response)
+                if event.response.status >= 200:
+                    if not future.done():
+                        future.set_result(event.response)
+                elif on_provisional is not None and not future.done():
+                    on_provisional(event.response)
             elif isinstance(event, TimeoutEvent):
                 if not future.done():
                     where = f"{dest.host}:{dest.port}"
@@ -1128,45 +790,15 @@ class UserAgent:
         self._run(tx, tx.start(self._now()), dest, on_event)
         return await future
 
-    async def _send_in_dialog(self, call: IncomingCall, method: str,
-                              extra: list[tuple[str, str]] | None = None) -> SipResponse:
-        return (await self._request_in_dialog(call, method, extra))[1]
-
-    async def _request_in_dialog(self, call: IncomingCall, method: str, extra: list[tuple[str, str]] | None = None,
-                                 body: bytes = b"") -> tuple[SipRequest, SipResponse]:
-        """Send a new request in the call's dialog; the request and its final response (or SipTimeout)."""
-        request = call.dialog.create_request(
-            method, self._sent_by(call.local_host), self.transport_name, body=body,
-            content_type="application/sdp" if body else None,
-            extra=[("User-Agent", self.settings.user_agent), ("Supported", SUPPORTED), *(extra or [])])
-        return request, await self._send_request(request, await self._dialog_peer(call))
-
-    async def _dialog_peer(self, call: IncomingCall) -> Peer:
+    async def _dialog_peer(self, call: CallFront) -> Peer:
         """Where the call's in-dialog requests go: its next hop (first route, else the remote target)."""
-        host, port = call.dialog.next_hop().host_port
-        if (self.transport_name != "UDP" and not call.dialog.route_set and self._transport is not None
-                and self._transport.can_reach(call._peer)):
-            return call._peer  # reuse the connection the INVITE came in on, while it is open
+        dialog = call.core.dialog
+        assert dialog is not None
+        host, port = dialog.next_hop().host_port
+        if (self.transport_name != "UDP" and not dialog.route_set and self._transport is not None
+                and self._transport.can_reach(call.peer)):
+            return call.peer  # reuse the connection the INVITE went over, while it is open
         return Peer(self.transport_name, await self._resolve(host), port or self._default_port)
-
-    async def _ack_2xx(self, call: IncomingCall, invite: SipRequest) -> None:
-        """ACK the 2xx to our re-INVITE (the TU's job, RFC 3261 13.2.2.4); kept to answer its retransmissions."""
-        ack = call.dialog.create_ack(invite, self._sent_by(call.local_host), self.transport_name)
-        dest = await self._dialog_peer(call)
-        data = ack.to_bytes()
-        call._refresh_ack = (invite.cseq.seq, data, dest)
-        if self._transport is not None:
-            self._transport.send(data, dest)
-
-    def _reack(self, response: SipResponse, peer: Peer) -> bool:
-        """A retransmitted 2xx to our last re-INVITE, from where the ACK went: the ACK again."""
-        call = self._calls.get(response.call_id)
-        sent = call._refresh_ack if call is not None else None
-        if (sent is None or self._transport is None or not 200 <= response.status < 300
-                or response.cseq.method != "INVITE" or response.cseq.seq != sent[0] or peer.host != sent[2].host):
-            return False
-        self._transport.send(sent[1], sent[2])
-        return True
 
     @staticmethod
     def _response_peer(request: SipRequest, peer: Peer) -> Peer:
@@ -1180,26 +812,21 @@ class UserAgent:
     def _decorate(self, request: SipRequest, status: int, response: SipResponse,
                   extra: list[tuple[str, str]] | None) -> None:
         """The headers every response of ours carries for its method (Allow, Accept, Contact, Server)."""
+        contact = None
         if request.method == "OPTIONS" and status < 300:
-            response.headers.add("Contact", self._contact(self.advertised_host(request.vias[0].received
-                                                                               or request.vias[0].host)))
-        if request.method in ("INVITE", "OPTIONS") or status == 405:
-            response.headers.add("Allow", ALLOW)
-        if request.method == "OPTIONS":
-            response.headers.add("Accept", ACCEPT)
-        if request.method == "OPTIONS" or (request.method in ("INVITE", "UPDATE") and 100 < status < 300):
-            response.headers.add("Supported", SUPPORTED)
-        response.headers.add("Server", self.settings.user_agent)
-        for name, value in extra or []:
-            response.headers.add(name, value)
+            contact = self._contact(self.advertised_host(request.vias[0].received or request.vias[0].host))
+        decorate(request, status, response, self.settings.user_agent, contact, extra)
 
     def _respond(self, request: SipRequest, status: int, *, reason: str | None = None,
-                 response: SipResponse | None = None, extra: list[tuple[str, str]] | None = None) -> None:
-        """Answer through the request's server transaction (a dialog passes its own ``response``)."""
-        if response is None:
-            to_tag = None if request.to_addr.tag or status == 100 else new_tag()
-            response = build_response(request, status, reason, to_tag=to_tag)
+                 extra: list[tuple[str, str]] | None = None) -> None:
+        """Answer through the request's server transaction (outside any call: the 100 to a new INVITE)."""
+        to_tag = None if request.to_addr.tag or status == 100 else new_tag()
+        response = build_response(request, status, reason, to_tag=to_tag)
         self._decorate(request, status, response, extra)
+        self._send_response(request, response)
+
+    def _send_response(self, request: SipRequest, response: SipResponse) -> None:
+        """Send a complete response through its request's server transaction."""
         entry = self._server.get(server_key(request))
         if entry is None:
             logger.debug("no server transaction for %s %s", request.method, request.call_id)
@@ -1208,7 +835,7 @@ class UserAgent:
         try:
             actions = tx.respond(response, self._now())
         except SipBuildError as exc:  # a value that would break the message: nothing goes out
-            logger.error("%s %s: response %d not sent: %s", request.method, request.call_id, status, exc)
+            logger.error("%s %s: response %d not sent: %s", request.method, request.call_id, response.status, exc)
             actions = tx.respond(build_response(request, 500, to_tag=response.to_addr.tag), self._now())
         self._run(tx, actions, dest, self._server_events(tx))
 
@@ -1232,41 +859,6 @@ class UserAgent:
     def _stateless_tag(self, request: SipRequest) -> str:
         key = f"{request.branch}|{request.call_id}|{request.from_addr.tag}".encode()
         return hashlib.blake2b(key, key=self._tag_secret, digest_size=6).hexdigest()
-
-    def _respond_in_dialog(self, call: IncomingCall, request: SipRequest, status: int, *,
-                           reason: str | None = None, body: bytes = b"",
-                           extra: list[tuple[str, str]] | None = None) -> _AckWait | None:
-        """A response carrying the dialog's To tag; a 2xx to INVITE returns its ACK wait."""
-        content_type = "application/sdp" if body else None
-        response = call.dialog.response(request, status, reason, body=body, content_type=content_type)
-        self._respond(request, status, response=response, extra=extra)
-        if request.method != "INVITE" or not 200 <= status < 300:
-            return None
-        # The transaction ends with a 2xx: the core's retransmitter re-sends it until ACK (13.3.1.4).
-        return self._resend_until_acknowledged(call, request, response, None)
-
-    def _respond_reliably(self, call: IncomingCall, request: SipRequest, status: int, extra: list[tuple[str, str]],
-                          on_give_up: Callable[[], None]) -> _AckWait | None:
-        """A reliable provisional response (RFC 3262): re-sent until its PRACK; ``on_give_up`` after 64*T1."""
-        response = call.dialog.response(request, status)
-        self._respond(request, status, response=response, extra=extra)
-        return self._resend_until_acknowledged(call, request, response, on_give_up)
-
-    def _resend_until_acknowledged(self, call: IncomingCall, request: SipRequest, response: SipResponse,
-                                   on_give_up: Callable[[], None] | None) -> _AckWait | None:
-        if self._transport is None:
-            return None
-        wait = _AckWait(Uas2xxRetransmitter(response.to_bytes(), self._transport.reliable, self._now()))
-        dest = self._response_peer(request, call._peer)
-
-        def on_event(event: ResponseEvent | TimeoutEvent | Terminated) -> None:
-            if isinstance(event, TimeoutEvent) and not wait.done.is_set():
-                wait.finish(acknowledged=False)
-                if on_give_up is not None:
-                    on_give_up()
-
-        self._run(wait.retransmitter, [], dest, on_event)
-        return wait
 
     def _server_events(self, tx: ServerTransaction) -> EventHandler:
         def on_event(event: ResponseEvent | TimeoutEvent | Terminated) -> None:
@@ -1305,7 +897,10 @@ class UserAgent:
     def _on_response(self, response: SipResponse, peer: Peer) -> None:
         entry = self._client.get(client_key(response))
         if entry is None:
-            if not self._reack(response, peer):
+            call = self._calls.get(response.call_id)
+            if call is not None:  # a 2xx to an INVITE of the call, again: its core re-sends the ACK
+                self.drive(call, call.core.receive_response(response, self._now()))
+            else:
                 logger.debug("stray response %s %s", response.status, response.cseq)
             return
         tx, dest, on_event = entry
@@ -1328,8 +923,7 @@ class UserAgent:
             self._on_2xx_ack(request)
             return
         call = self._calls.get(request.call_id)
-        if (request.method == "INVITE" and call is not None and not request.to_addr.tag
-                and call._invite.branch == request.branch):
+        if call is not None and call.core.is_retransmitted_invite(request):
             return  # INVITE retransmitted after our 2xx: the 2xx retransmitter answers it
         if self._transport is None:
             return
@@ -1355,27 +949,28 @@ class UserAgent:
         shed = self._budget.admit(key, peer.host, _approximate_size(request))
         if shed is not None:
             self._shed(shed, peer, request.method)
-            if request.method == "BYE" and call is not None and call.dialog.check_request(request) is None:
+            if request.method == "BYE" and call is not None:
                 # Over the limit, a call can still be ended: a flood must not keep a dead call up.
-                self._respond_statelessly(request, peer, 200)
-                call._end("remote-bye")
+                actions = call.core.peer_hung_up(request, self._now())
+                if actions:
+                    self._respond_statelessly(request, peer, 200)
+                    self.drive(call, actions)
             return
         tx = ServerTransaction(request, self._transport.reliable, self._now())
         self._server[key] = (tx, self._response_peer(request, peer))
         self._arm(tx, peer, self._server_events(tx))  # its guard timer runs from the start
         if call is not None and request.to_addr.tag:
-            self._on_in_dialog(call, request)
+            self.drive(call, call.core.receive_request(request, self._now()))
         else:
             self._on_invite(request, peer, offer)
 
-    def _screen(self, request: SipRequest, call: IncomingCall | None,
+    def _screen(self, request: SipRequest, call: CallFront | None,
                 peer: Peer) -> tuple[int, list[tuple[str, str]] | None, SessionDescription | None]:
         """The status to answer statelessly with (0: the request belongs to a call and needs a transaction),
         extra headers for it, and a new INVITE's SDP offer (None for a late offer)."""
         method = request.method
         if request.to_addr.tag:
-            if (call is None or not call.dialog.matches(request)
-                    or (call.state == "ended" and method != "BYE")):
+            if call is None or not call.core.matches(request) or (call.state == "ended" and method != "BYE"):
                 return 481, None, None
             return 0, None, None
         if method == "OPTIONS":
@@ -1395,7 +990,7 @@ class UserAgent:
         if not request.to_addr.tag:
             return False
         call = self._calls.get(request.call_id)
-        return call is not None and call.dialog.matches(request)
+        return call is not None and call.core.matches(request)
 
     def _refuse_stranger(self, request: SipRequest, peer: Peer) -> None:
         """A request from an address that may not call us: an INVITE gets one stateless 403 (a misconfigured
@@ -1420,16 +1015,8 @@ class UserAgent:
 
     def _on_2xx_ack(self, request: SipRequest) -> None:
         call = self._calls.get(request.call_id)
-        if call is None or not call.dialog.matches(request):
-            return
-        wait = call._ack_wait
-        if wait is not None and not wait.done.is_set():
-            wait.finish(acknowledged=True, body=request.body)
-            self._disarm(wait.retransmitter)
-            if wait.carries_offer and call.state == "confirmed" and request.body.strip():
-                # A re-INVITE without SDP (a late offer: a PBX holding this way, or a refresh): our 2xx carried
-                # the offer, their ACK the answer, which may put the call on hold or change its codec.
-                call._take_answer(request.body)
+        if call is not None and call.core.matches(request):
+            self.drive(call, call.core.receive_request(request, self._now()))
 
     def _on_cancel(self, request: SipRequest, peer: Peer) -> None:
         """CANCEL is answered statelessly; a CANCEL for a ringing call ends its INVITE with 487."""
@@ -1439,43 +1026,13 @@ class UserAgent:
             self._respond_statelessly(request, peer, 481)
             return
         self._respond_statelessly(request, peer, 200)
-        if call.state == "ringing":
-            self._respond_in_dialog(call, call._invite, 487)
-            call._end("cancelled")
-
-    def _on_in_dialog(self, call: IncomingCall, request: SipRequest) -> None:
-        error = call.dialog.check_request(request)
-        if error is not None:
-            self._respond(request, error, reason="CSeq Out of Order" if error == 500 else None)
-            return
-        method = request.method
-        unsupported = _unsupported(request)
-        if unsupported and method in ("INVITE", "UPDATE"):
-            self._respond(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
-            return
-        if method == "BYE":
-            self._respond(request, 200)
-            call._end("remote-bye")
-        elif method == "INVITE":
-            call._handle_reinvite(request)
-        elif method == "UPDATE":
-            call._handle_update(request)
-        elif method == "PRACK":
-            call._handle_prack(request)
-        elif method == "INFO":
-            call._handle_info(request)
-        elif method == "NOTIFY":
-            call._handle_notify(request)
-        elif method == "OPTIONS":
-            self._respond(request, 200)
-        else:
-            self._respond(request, 405 if method in ("REFER", "SUBSCRIBE", "MESSAGE") else 501)
+        self.drive(call, call.core.cancelled(self._now()))
 
     def _admit(self, request: SipRequest,
                peer: Peer) -> tuple[int, list[tuple[str, str]] | None, SessionDescription | None]:
         """Whether a new INVITE may become a call: (0, None, its offer) or (the status to refuse it with,
         extra headers, None). The offer is None for a late offer (no body)."""
-        unsupported = _unsupported(request)
+        missing = unsupported(request)
         if not self.policy.is_ours(SipUri.parse(request.uri).user):
             # Our PBX may route any number to any extension; a call to another user part is not ours to
             # answer (a bot dialling premium numbers through us, or a PBX misconfiguration).
@@ -1488,8 +1045,8 @@ class UserAgent:
                 logger.info("INVITE %s refused: busy (%d calls; logged once a minute per source)",
                             request.call_id[:80], self.active_calls)
             return 486, None, None
-        if unsupported:
-            return 420, [("Unsupported", ", ".join(unsupported))], None
+        if missing:
+            return 420, [("Unsupported", ", ".join(missing))], None
         try:
             timer_terms(request.headers, self._timer_policy)
         except IntervalTooSmall as exc:
@@ -1510,14 +1067,11 @@ class UserAgent:
         self._respond(request, 100)
         local_host = self.advertised_host(peer.host)
         account = self.account_for(request)
-        dialog = Dialog.from_invite(request, self._contact(local_host, self.user_of(account)))
-        call = IncomingCall(self, request, peer, offer, dialog, local_host)
-        call.account = account
+        core = CallCore.incoming(request, self._call_config(local_host, self.user_of(account), peer.transport), offer)
+        call = IncomingCall(self, core, peer, local_host, identify(request, self.settings.context_headers),
+                            account=account, referred_by=self._referred_by(account))
         self._calls[call.call_id] = call
-        if "100rel" in _options(request, "Require"):
-            call._ring_reliably()
-        else:  # with only Supported: 100rel, an unreliable 180 is still allowed (RFC 3262 3), and simpler
-            self._respond_in_dialog(call, request, 180)
+        self.drive(call, core.ring(self._now()))
         logger.info("call %s from %s ringing%s", call.call_id, call.from_uri,
                     f" on account {account}" if account else "")
         self._spawn(self._run_on_call(call))
@@ -1528,18 +1082,35 @@ class UserAgent:
         except Exception:
             logger.exception("call %s: on_call failed", call.call_id)
             if call.state == "ringing":
-                self._respond_in_dialog(call, call._invite, 500)
-                call._end("error")
+                self.drive(call, call.core.end(500, self._now(), "error"))
             elif call.state != "ended":
                 await call.hangup()
 
-    def _call_ended(self, call: IncomingCall) -> None:
+    def _call_ended(self, call: CallFront) -> None:
         # Keep the dialog a while so retransmitted BYEs and late ACKs still find it.
         asyncio.get_running_loop().call_later(32.0, self._forget_call, call)
 
-    def _forget_call(self, call: IncomingCall) -> None:
+    def _forget_call(self, call: CallFront) -> None:
         if self._calls.get(call.call_id) is call:
             del self._calls[call.call_id]
 
 
-__all__ = ["IncomingCall", "SipAccount", "SipTimeout", "UaSettings", "UserAgent"]
+def srtp_policy(settings: UaSettings, transport: str) -> SrtpPolicy:
+    """What a call may negotiate for SRTP: ``media.srtp`` and its suites, with SDES keys taken only from
+    signalling that protects them (TLS, the transport of the INVITE), unless the operator allowed them over
+    any (``media.srtp_over_insecure_signalling``)."""
+    return SrtpPolicy(mode=settings.srtp, suites=tuple(settings.srtp_suites),
+                      keys_allowed=transport == "TLS" or settings.srtp_over_insecure_signalling)
+
+
+__all__ = [
+    "DIAL_OUTCOMES",
+    "DialError",
+    "IncomingCall",
+    "OutgoingCall",
+    "SipAccount",
+    "SipTimeout",
+    "UaSettings",
+    "UserAgent",
+    "srtp_policy",
+]

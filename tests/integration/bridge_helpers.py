@@ -24,12 +24,12 @@ from peers import free_port
 
 from sipagent.agent import Agent
 from sipagent.bridge.call import CallBridge, CallOutcome, RealtimeLink
-from sipagent.caller import FRAME_24K, SipCaller
 from sipagent.config import Config, load_config_text
 from sipagent.media.clock import MediaClock
 from sipagent.media.vad import level_db
 from sipagent.realtime.local.tts import Synthesizer
 from sipagent.rtp.ports import PortAllocator
+from sipagent.testing.caller import FRAME_24K, SipCaller
 
 LOUD_DB = -45.0  # a heard 20 ms frame at least this loud is agent speech (espeak speaks at about -20 dBFS)
 TTS_VOICE, TTS_RATE = "en-us", 170

@@ -20,13 +20,12 @@ from bridge_helpers import RecordingLink, Rig, bridge_config
 from sipagent.agent import Agent
 from sipagent.bridge.call import CallOutcome, RealtimeLink
 from sipagent.bridge.routing import Route
-from sipagent.caller import SipCaller
 from sipagent.config import Config
 from sipagent.media.clock import MediaClock
 from sipagent.media.vad import level_db
 from sipagent.realtime.local.asr import GrammarRecognizer
 from sipagent.rtp.ports import PortAllocator
-from sipagent.sip.message import Headers
+from sipagent.testing.caller import SipCaller
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -56,15 +55,6 @@ def two_line_config(tmp_path: Path) -> Config:
 
 class HeaderCaller(SipCaller):
     """Our caller, with headers of a PBX's own on its INVITE (X-Queue, as Asterisk's PJSIP_HEADER adds)."""
-
-    extra_headers: tuple[tuple[str, str], ...] = ()
-
-    def _headers(self, method: str, cseq: int, branch: str) -> Headers:
-        headers = super()._headers(method, cseq, branch)
-        if method == "INVITE":
-            for name, value in self.extra_headers:
-                headers.add(name, value)
-        return headers
 
 
 class Lines:

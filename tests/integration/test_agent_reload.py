@@ -19,9 +19,9 @@ import yaml
 from agent_helpers import RunningAgent, running_agent
 from peers import free_port
 
-from sipagent.caller import SipCaller
 from sipagent.media.clock import MediaClock
 from sipagent.rtp.ports import PortAllocator
+from sipagent.testing.caller import SipCaller
 
 pytestmark = [pytest.mark.timeout(120)]
 

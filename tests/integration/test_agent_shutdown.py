@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from bridge_helpers import bridge_config, call_rig
 
-from sipagent.caller import CallFailed, SipCaller
 from sipagent.rtp.ports import PortAllocator
+from sipagent.testing.caller import CallFailed, SipCaller
 
 
 def test_shutdown_refuses_new_calls_and_ends_the_active_one_politely(tmp_path: Path) -> None:

@@ -34,12 +34,12 @@ from sipp import sipp_scenario
 
 from sipagent.agent import Agent
 from sipagent.bridge.call import CallBridge
-from sipagent.caller import DTMF_PT, SipCaller, _ObservedPlayout
 from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, Encoder24k, Resampler, transcode
 from sipagent.media.vad import level_db
 from sipagent.realtime.local.asr import GrammarRecognizer
 from sipagent.rtp.ports import PortAllocator
-from sipagent.sdp import LocalSession, NegotiatedMedia, SessionDescription, accept_answer, make_offer
+from sipagent.sdp import NegotiatedMedia, SessionDescription, accept_answer, make_offer
+from sipagent.testing.caller import DTMF_PT, SipCaller, _ObservedPlayout
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -66,25 +66,19 @@ class ReinvitingCaller(SipCaller):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._session = LocalSession("caller")
         self.answers: list[str] = []  # the agent's SDP answers, as text
-
-    def _offer(self, rtp_port: int) -> bytes:
-        return make_offer([self.codec], self.host, rtp_port, self._session, dtmf_payload_type=DTMF_PT).to_bytes()
 
     async def reinvite(self, *, codec: str | None = None, direction: str = "sendrecv",
                        unspecified: bool = False) -> NegotiatedMedia:
         assert self._endpoint is not None
         codec = codec or self.codec
         host = "0.0.0.0" if unspecified else self.host
-        offer = make_offer([codec], host, self._endpoint.local_port, self._session, direction=direction,
+        offer = make_offer([codec], host, self._endpoint.local_port, self.sdp_session, direction=direction,
                            dtmf_payload_type=DTMF_PT)
-        response = await self._request("INVITE", self.remote_target, offer.to_bytes(),
-                                       content_type="application/sdp")
-        assert response.status == 200, response.status
-        self._send_ack()
-        self.answers.append(response.body.decode())
-        media = accept_answer(SessionDescription.parse(response.body))
+        status, answer = await self.reoffer(offer)
+        assert status == 200, status
+        self.answers.append(answer.decode())
+        media = accept_answer(SessionDescription.parse(answer))
         if media.codec != self.codec:
             self._switch_codec(media.codec)
         self._endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type,

@@ -20,10 +20,10 @@ import pytest
 from agent_helpers import OFFER, RunningAgent, Udp, request, running_agent, statuses
 from peers import Kamailio
 
-from sipagent.caller import FRAME_24K, SipCaller
 from sipagent.media.clock import MediaClock
 from sipagent.media.vad import level_db
 from sipagent.rtp.ports import PortAllocator
+from sipagent.testing.caller import FRAME_24K, SipCaller
 
 pytestmark = pytest.mark.timeout(180)
 STRANGER = "127.0.0.2"

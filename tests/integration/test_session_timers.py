@@ -241,7 +241,7 @@ def test_our_refresh_retries_422_with_its_min_se_and_491_after_a_random_delay() 
         assert loop.time() - refused <= 2.2 and cseq(glare) > cseq(retry)
         reply(peer, glare, 200, "OK", extra=TIMER + "Session-Expires: 20;refresher=uac\r\n")
         await asyncio.sleep(0.2)
-        assert calls[0]._timer.interval == 20 and calls[0].state == "confirmed"
+        assert calls[0].core.timer.interval == 20 and calls[0].state == "confirmed"
 
     run(scenario, answering(calls), session_expires=12, min_se=2)
 

@@ -31,7 +31,6 @@ from srtp_helpers import check_wire, negotiated, read_pcm24k, tap
 from test_hold_and_codec_change import AGENT_LINES, ANSWER, GREETING, QUESTION, recognised, write_wav
 
 from sipagent.agent import Agent
-from sipagent.caller import DTMF_PT, SipCaller
 from sipagent.observability.logs import Redactor
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.packet import is_rtcp
@@ -39,7 +38,6 @@ from sipagent.rtp.ports import PortAllocator
 from sipagent.rtp.srtp import SrtpContext
 from sipagent.sdp import (
     CryptoAttribute,
-    LocalSession,
     NegotiatedMedia,
     SessionDescription,
     SrtpParams,
@@ -49,6 +47,7 @@ from sipagent.sdp import (
     offer_crypto,
 )
 from sipagent.sdp.crypto import parse_crypto
+from sipagent.testing.caller import DTMF_PT, SipCaller
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.peers]
 
@@ -196,26 +195,25 @@ class SrtpCaller(SipCaller):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs, srtp=("AES_CM_128_HMAC_SHA1_80",))
-        self._session = LocalSession("caller")
         self.crypto: list[CryptoAttribute] = []
         self.answers: list[str] = []
 
-    def _offer(self, rtp_port: int) -> bytes:
-        self.crypto = offer_crypto(SrtpPolicy(mode="required", suites=self.srtp))
-        return make_offer([self.codec], self.host, rtp_port, self._session, dtmf_payload_type=DTMF_PT,
-                          crypto=self.crypto).to_bytes()
+    async def dial(self, timeout: float = 10.0) -> None:
+        await super().dial(timeout)
+        assert self.local_sdp is not None  # our offer: its keys are the ones a re-INVITE may keep
+        self.crypto = [parse_crypto(value or "") for name, value in self.local_sdp.media[0].attributes
+                       if name == "crypto"]
 
     async def reinvite(self, *, new_key: bool, direction: str = "sendrecv") -> NegotiatedMedia:
         assert self._endpoint is not None and self.media is not None
         if new_key:
             self.crypto = offer_crypto(SrtpPolicy(mode="required", suites=self.srtp))
-        offer = make_offer([self.codec], self.host, self._endpoint.local_port, self._session, direction=direction,
+        offer = make_offer([self.codec], self.host, self._endpoint.local_port, self.sdp_session, direction=direction,
                            dtmf_payload_type=DTMF_PT, crypto=self.crypto)
-        response = await self._request("INVITE", self.remote_target, offer.to_bytes(), content_type="application/sdp")
-        assert response.status == 200, response.status
-        self._send_ack()
-        self.answers.append(response.body.decode())
-        media = accept_answer(SessionDescription.parse(response.body), offer)
+        status, answer = await self.reoffer(offer)
+        assert status == 200, status
+        self.answers.append(answer.decode())
+        media = accept_answer(SessionDescription.parse(answer), offer)
         assert media.srtp is not None
         if media.srtp != self.media.srtp:
             self._endpoint.set_crypto(SrtpContext(media.srtp.suite, media.srtp.local_key, media.srtp.remote_key))

@@ -253,15 +253,12 @@ def test_the_ua_takes_keys_only_from_offers_over_tls_unless_allowed(transport: s
                                                                     keys_allowed: bool) -> None:
     from types import SimpleNamespace
 
-    from sipagent.sip.transport import Peer
-    from sipagent.sip.ua import IncomingCall
+    from sipagent.sip.ua import srtp_policy
 
-    call = IncomingCall.__new__(IncomingCall)  # only what the policy reads: the UA's settings, the INVITE's peer
+    # Only what the policy reads: the UA's settings and the transport the INVITE came over.
     settings = SimpleNamespace(srtp="optional", srtp_suites=["AES_CM_128_HMAC_SHA1_80"],
                                srtp_over_insecure_signalling=allow)
-    call._ua = SimpleNamespace(settings=settings)  # type: ignore[assignment]
-    call._peer = Peer(transport, "192.0.2.5", 5061)
-    policy = call._srtp_policy()
+    policy = srtp_policy(settings, transport)  # type: ignore[arg-type]
     assert policy.keys_allowed is keys_allowed
     assert policy.mode == "optional" and policy.suites == ("AES_CM_128_HMAC_SHA1_80",)
 

@@ -1,0 +1,1069 @@
+"""One INVITE dialog usage, answered (UAS) or placed (UAC), as a sans-I/O state machine.
+
+The core owns the call's dialog, its offer/answer state (RFC 3264; late offers, re-INVITE and UPDATE offers,
+glare), reliable provisional responses (RFC 3262), the session timer (RFC 4028) and transfer by REFER in both
+directions (RFC 3515, RFC 3891). It never touches a socket or a clock: every method takes what happened and
+``now``, and returns a list of actions for the shell to carry out:
+
+- ``Respond``: answer a request through its server transaction;
+- ``SendRequest``: send a request in a new client transaction, then feed each response to ``receive_response``
+  (provisional ones too) or its failure (timeout, transport error) to ``request_failed``;
+- ``SendAck``: send an ACK for a 2xx, outside any transaction (RFC 3261 13.2.2.4);
+- ``Retransmit``: send our 2xx or reliable 18x to an INVITE again, where the INVITE came from;
+- events for the layer above: ``Progress``, ``Established``, ``MediaChanged``, ``Held``, ``Dtmf``,
+  ``ProvisionalAcked``, ``TransferProgress``, ``Referred`` and, once, ``Ended``.
+
+The shell calls ``timeout(now)`` whenever ``now >= next_deadline`` (2xx and 18x retransmissions, the session
+timer, a ring timeout, a CANCEL that gets no final response). Transactions stay the shell's
+(``transaction.py``): the core sees only final and provisional responses, and requests that are not
+retransmissions.
+
+States (``TRANSITIONS``): a placed call goes calling → ringing (18x) → confirmed (2xx, ACKed) or cancelling
+→ ended; an answered call ringing → answering (our 2xx, until its ACK) → confirmed → ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import random as _random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sipagent.errors import SdpError, SipBuildError, SipParseError
+from sipagent.sdp import NegotiatedMedia, SessionDescription, SrtpPolicy
+from sipagent.sip.auth import DigestAuthenticator, DigestCredentials
+from sipagent.sip.bodies import parse_dtmf_relay, sipfrag, sipfrag_status
+from sipagent.sip.dialog import Dialog
+from sipagent.sip.headers import CSeq, new_branch, new_call_id, new_tag
+from sipagent.sip.message import REASONS, Headers, SipRequest, SipResponse, build_response
+from sipagent.sip.offer_answer import OfferAnswer, media_key
+from sipagent.sip.session_timer import (
+    Accepted,
+    Expire,
+    IntervalTooSmall,
+    Refresh,
+    SessionTimer,
+    TimerAction,
+    TimerPolicy,
+)
+from sipagent.sip.transaction import T1, Send, TimeoutEvent, Uas2xxRetransmitter
+
+logger = logging.getLogger(__name__)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE, PRACK"
+ACCEPT = "application/sdp, application/dtmf-relay, message/sipfrag"
+SUPPORTED = "timer, 100rel"
+SUPPORTED_OPTIONS = frozenset(option.strip() for option in SUPPORTED.split(","))
+# Our own INVITEs do not offer 100rel: a reliable 18x would need our PRACK, and we have nothing to gain from it.
+UAC_SUPPORTED = "timer"
+
+# Which state may follow which: every change of ``CallCore.state`` goes through this table.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "calling": frozenset({"ringing", "confirmed", "cancelling", "ended"}),  # UAC: our INVITE is out
+    "ringing": frozenset({"answering", "confirmed", "cancelling", "ended"}),  # 18x sent (UAS) or received (UAC)
+    "cancelling": frozenset({"ended"}),  # UAC: CANCEL sent, or due once a provisional response comes
+    "answering": frozenset({"confirmed", "ended"}),  # UAS: our 2xx is out, its ACK not yet in
+    "confirmed": frozenset({"ended"}),
+    "ended": frozenset(),
+}
+
+# What the final response to our INVITE means for the layer above (everything else 3xx-6xx: "rejected").
+OUTCOME_BY_STATUS = {486: "busy", 600: "busy", 408: "no-answer", 480: "no-answer", 487: "cancelled"}
+
+# Headers of our own INVITE that a caller of ``outgoing`` may not set: the core writes them.
+RESERVED_HEADERS = frozenset(name.lower() for name in (
+    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Route", "Content-Type", "Content-Length",
+    "Authorization", "Proxy-Authorization", "Require", "Supported", "Allow",
+))
+
+
+class SipTimeout(Exception):
+    """A request got no final response (timer B/F), or the transport could not reach the peer."""
+
+
+# -- actions ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Respond:
+    request: SipRequest
+    response: SipResponse
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    request: SipRequest
+
+
+@dataclass(frozen=True)
+class SendAck:
+    request: SipRequest
+
+
+@dataclass(frozen=True)
+class Retransmit:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A provisional response to our INVITE: ``media`` when it carried an SDP answer (early media)."""
+
+    status: int
+    media: NegotiatedMedia | None
+
+
+@dataclass(frozen=True)
+class Established:
+    """The call is up: our 2xx was ACKed (UAS) or the 2xx to our INVITE came and we ACKed it (UAC)."""
+
+    media: NegotiatedMedia
+
+
+@dataclass(frozen=True)
+class MediaChanged:
+    media: NegotiatedMedia
+
+
+@dataclass(frozen=True)
+class Held:
+    """The far end put us on hold (``held``) or took us off it."""
+
+    held: bool
+
+
+@dataclass(frozen=True)
+class Dtmf:
+    digit: str
+    duration: int
+
+
+@dataclass(frozen=True)
+class ProvisionalAcked:
+    """The PRACK of our reliable 180 came: the call may now be answered."""
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    """Our REFER's fate: ``phase`` "refer" is its final response (0: none came), "notify" a status the
+    transfer target reported in a NOTIFY sipfrag (a 2xx: the transfer succeeded and the call is ended)."""
+
+    phase: str
+    status: int
+
+
+@dataclass(frozen=True)
+class ReofferAnswered:
+    """The final response to our mid-call offer (``reoffer``): its status (0: none came) and the SDP answer of
+    a 2xx (already taken: ``MediaChanged`` follows when it moved the media)."""
+
+    status: int
+    answer: bytes
+
+
+@dataclass(frozen=True)
+class Referred:
+    """The far end REFERs us to ``refer_to``: answer with ``answer_refer``, then report the outcome with
+    ``notify_transfer``."""
+
+    refer_to: str
+    referred_by: str | None
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The call is over. ``reason`` is the end reason ("remote-bye", "local-bye", "cancelled", "busy",
+    "no-answer", "rejected", "failed", ...); ``status`` the final status of our INVITE when it was refused."""
+
+    reason: str
+    status: int = 0
+    detail: str = ""
+
+
+CallAction = (Respond | SendRequest | SendAck | Retransmit | Progress | Established | MediaChanged | Held | Dtmf
+              | ProvisionalAcked | TransferProgress | ReofferAnswered | Referred | Ended)
+
+
+@dataclass(frozen=True)
+class CallConfig:
+    """What one call needs from the UA: codecs in our order, SRTP policy for its signalling, session timer
+    bounds, our Contact and Via sent-by for it, and the transport (reliable: no retransmissions)."""
+
+    codecs: tuple[str, ...]
+    local_contact: str
+    via_sent_by: str
+    transport: str = "UDP"
+    reliable: bool = False
+    srtp: SrtpPolicy = field(default_factory=SrtpPolicy)
+    timer_policy: TimerPolicy = field(default_factory=TimerPolicy)
+    user_agent: str = "sipagent"
+    accept_refer: bool = False  # the far end may transfer us (202 + NOTIFY); otherwise REFER gets 405
+    random: Callable[[], float] = _random.random
+
+
+@dataclass
+class _Reliable:
+    """A response of ours re-sent until acknowledged: a 2xx until its ACK, a reliable 18x until its PRACK."""
+
+    request: SipRequest
+    retransmitter: Uas2xxRetransmitter
+    carries_offer: bool = False  # a 2xx with our offer: its ACK carries the answer
+    rseq: int = 0  # of a reliable 18x
+
+    @property
+    def pending(self) -> bool:
+        return not self.retransmitter.done
+
+
+def decorate(request: SipRequest, status: int, response: SipResponse, user_agent: str,
+             contact: str | None = None, extra: list[tuple[str, str]] | None = None) -> None:
+    """The headers every response of ours carries for its method (Allow, Accept, Supported, Contact of an
+    OPTIONS, Server), then ``extra``."""
+    if request.method == "OPTIONS" and status < 300 and contact and "Contact" not in response.headers:
+        response.headers.add("Contact", contact)
+    if request.method in ("INVITE", "OPTIONS") or status == 405:
+        response.headers.add("Allow", ALLOW)
+    if request.method == "OPTIONS":
+        response.headers.add("Accept", ACCEPT)
+    if request.method == "OPTIONS" or (request.method in ("INVITE", "UPDATE") and 100 < status < 300):
+        response.headers.add("Supported", SUPPORTED)
+    response.headers.add("Server", user_agent)
+    for name, value in extra or []:
+        response.headers.add(name, value)
+
+
+def options_of(request: SipRequest | SipResponse, header: str) -> list[str]:
+    return [option.strip().lower() for option in request.headers.get_all(header)]
+
+
+def unsupported(request: SipRequest) -> list[str]:
+    """The options a request requires that we do not support (RFC 3261 8.2.2.3: 420)."""
+    return [option for option in options_of(request, "Require") if option not in SUPPORTED_OPTIONS]
+
+
+def outcome_of(status: int) -> str:
+    """The dial outcome of a final status to our INVITE: busy, no-answer, cancelled or rejected."""
+    return OUTCOME_BY_STATUS.get(status, "rejected")
+
+
+class CallCore:
+    """One call. Build it with ``incoming`` (an INVITE we received) or ``outgoing`` (one we will send)."""
+
+    def __init__(self, role: str, invite: SipRequest, config: CallConfig, dialog: Dialog | None) -> None:
+        self.role = role  # "uas" or "uac"
+        self.invite = invite  # the INVITE that made the call (UAC: the last one sent, after auth retries)
+        self.config = config
+        self.dialog = dialog
+        self.state = "ringing" if role == "uas" else "calling"
+        self.sdp = OfferAnswer(config.codecs, config.srtp)
+        self.end_reason = ""
+        self.end_status = 0
+        self.end_detail = ""  # a few words on why (the reason phrase of a refusal, "no answer to our INVITE")
+        # Why ``answer`` failed, for the front to raise: an SdpError, or SipTimeout when no ACK came.
+        self.answer_error: Exception | None = None
+        self.timer = SessionTimer(config.timer_policy, config.random)
+        self.offer: SessionDescription | None = None  # UAS: the INVITE's offer (None: a late offer)
+        self._ok: _Reliable | None = None  # our 2xx to an INVITE, until its ACK
+        self._ringing: _Reliable | None = None  # our reliable 180, until its PRACK
+        self._sent: dict[tuple[int, str], str] = {}  # (CSeq number, method) of our requests -> what they are for
+        self._refreshing: str | None = None  # the method of our session refresh in flight
+        self._reoffer: SessionDescription | None = None  # what we offered before our re-INVITE in flight
+        self._last_ack: SipRequest | None = None  # our ACK to the last 2xx: sent again for its retransmissions
+        self._auth: DigestAuthenticator | None = None
+        self._route: list[str] = []
+        self._extra: list[tuple[str, str]] = []
+        self._ring_deadline: float | None = None  # UAC: CANCEL when nobody answers by then
+        self._cancel_deadline: float | None = None  # UAC: the INVITE is given up when no final comes by then
+        self._cancel_reason = "cancelled"
+        self._cancel_due = False  # UAC: CANCEL once a provisional response shows the INVITE arrived
+        self._provisional = False
+        self._refer_in: str | None = None  # the Event id (its CSeq number) of a REFER we accepted
+        self._refer_pending: SipRequest | None = None  # a REFER the layer above has not answered yet
+        self._handlers: dict[str, Callable[[SipRequest, float], list[CallAction]]] = {
+            "BYE": self._on_bye, "INVITE": self._on_reinvite, "UPDATE": self._on_update, "PRACK": self._on_prack,
+            "INFO": self._on_info, "NOTIFY": self._on_notify, "REFER": self._on_refer, "OPTIONS": self._on_options,
+        }
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def incoming(cls, invite: SipRequest, config: CallConfig, offer: SessionDescription | None) -> CallCore:
+        """The UAS side of ``invite`` (already screened and admitted; ``offer`` its parsed SDP, None for a
+        late offer). Raises SipParseError when the INVITE cannot make a dialog (no Contact, no From tag)."""
+        core = cls("uas", invite, config, Dialog.from_invite(invite, config.local_contact))
+        core.offer = offer
+        core.timer.learn(invite.headers)
+        return core
+
+    @classmethod
+    def outgoing(cls, target: str, from_aor: str, config: CallConfig, *, credentials: DigestCredentials | None = None,
+                 route: list[str] | None = None, headers: list[tuple[str, str]] | None = None,
+                 call_id: str | None = None) -> CallCore:
+        """The UAC side of a call to ``target`` (a SIP URI) from ``from_aor``; ``route`` is a pre-loaded route
+        (an outbound proxy), ``headers`` extra headers for the INVITE (ValueError for one the core writes)."""
+        for name, _ in headers or []:
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is written by the call itself")
+        invite_headers = Headers()
+        invite_headers.add("From", f"<{from_aor}>;tag={new_tag()}")
+        invite_headers.add("To", f"<{target}>")
+        invite_headers.add("Call-ID", call_id or new_call_id())
+        invite_headers.add("CSeq", str(CSeq(1, "INVITE")))
+        core = cls("uac", SipRequest("INVITE", target, invite_headers), config, None)
+        core._auth = DigestAuthenticator(credentials) if credentials is not None else None
+        core._route = list(route or [])
+        core._extra = list(headers or [])
+        return core
+
+    # -- what the shell asks -----------------------------------------------------------------------
+
+    @property
+    def media(self) -> NegotiatedMedia | None:
+        """The media negotiated so far (None before an answer)."""
+        return self.sdp.media
+
+    @property
+    def call_id(self) -> str:
+        return self.invite.call_id
+
+    @property
+    def ended(self) -> bool:
+        return self.state == "ended"
+
+    @property
+    def awaiting_prack(self) -> bool:
+        return self._ringing is not None and self._ringing.pending
+
+    @property
+    def cancel_deferred(self) -> bool:
+        """A CANCEL waits for a provisional response to our INVITE before it may go (RFC 3261 9.1)."""
+        return self._cancel_due
+
+    def matches(self, request: SipRequest) -> bool:
+        """Whether a request belongs to this call's dialog (Call-ID and both tags)."""
+        return self.dialog is not None and self.dialog.matches(request)
+
+    def is_retransmitted_invite(self, request: SipRequest) -> bool:
+        """The INVITE that made this (answered) call, sent again after our 2xx ended its transaction."""
+        return (self.role == "uas" and request.method == "INVITE" and not request.to_addr.tag
+                and request.branch == self.invite.branch)
+
+    @property
+    def next_deadline(self) -> float | None:
+        deadlines = [self._ring_deadline, self._cancel_deadline]
+        for pending in (self._ok, self._ringing):
+            if pending is not None:
+                deadlines.append(pending.retransmitter.next_deadline)
+        if self.state != "ended":
+            deadlines.append(self.timer.next_deadline)
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def timeout(self, now: float) -> list[CallAction]:
+        actions: list[CallAction] = []
+        if self._ringing is not None:
+            actions += self._reliable_due(self._ringing, now, self._no_prack)
+        if self._ok is not None:
+            actions += self._reliable_due(self._ok, now, self._no_ack)
+        if self._ring_deadline is not None and now >= self._ring_deadline:
+            self._ring_deadline = None
+            logger.info("call %s: nobody answered in time, cancelling", self.call_id)
+            actions += self.cancel(now, reason="no-answer")
+        if self._cancel_deadline is not None and now >= self._cancel_deadline:
+            self._cancel_deadline = None
+            actions += self._end(self._cancel_reason, detail="no final response after CANCEL")
+        if self.state != "ended":
+            actions += self._drive_timer(self.timer.timeout(now), now)
+        return actions
+
+    # -- UAS: answering ----------------------------------------------------------------------------
+
+    def ring(self, now: float) -> list[CallAction]:
+        """180 Ringing; reliably (re-sent until its PRACK, RFC 3262) when the INVITE requires 100rel."""
+        assert self.dialog is not None
+        if "100rel" not in options_of(self.invite, "Require"):
+            # With only Supported: 100rel an unreliable 180 is still allowed (RFC 3262 3), and simpler.
+            return [self._respond(self.invite, 180)]
+        rseq = int(self.config.random() * (2**31 - 2)) + 1
+        action = self._respond(self.invite, 180, extra=[("Require", "100rel"), ("RSeq", str(rseq))])
+        self._ringing = _Reliable(self.invite, self._retransmitter(action.response, now), rseq=rseq)
+        return [action]
+
+    def answer(self, rtp_host: str, rtp_port: int, now: float) -> list[CallAction]:
+        """Our 2xx with the SDP answer (or our offer, after a late offer), re-sent until its ACK. When no codec
+        matches: 488 and the call ends ("rejected-sdp", ``answer_error`` set)."""
+        self._require("ringing", "answer")
+        if self.awaiting_prack:
+            raise RuntimeError("the PRACK of our reliable 180 has not come yet")
+        if self.offer is None:
+            sdp = self.sdp.offer(rtp_host, rtp_port)
+        else:
+            try:
+                sdp = self.sdp.answer(self.offer, rtp_host, rtp_port)
+            except SdpError as exc:
+                self.answer_error = exc
+                return [self._respond(self.invite, 488), *self._end("rejected-sdp", detail=str(exc))]
+        self._goto("answering")
+        assert self.dialog is not None
+        self.dialog.confirm()
+        terms = self.timer.negotiate(self.invite.headers)  # admission refused what this could raise on
+        action = self._respond(self.invite, 200, body=sdp.to_bytes(), extra=terms.headers())
+        self._ok = _Reliable(self.invite, self._retransmitter(action.response, now), carries_offer=self.offer is None)
+        self.timer.start(terms, now)
+        logger.info("call %s: session timer %d s, refreshed by %s", self.call_id, terms.interval,
+                    "us" if terms.refresher == "us" else "the peer")
+        return [action]
+
+    def reject(self, status: int, now: float, reason: str = "rejected") -> list[CallAction]:
+        """A final error response to the INVITE we have not answered (486 by default in the front)."""
+        self._require("ringing", "reject")
+        return [self._respond(self.invite, status), *self._end(reason)]
+
+    def cancelled(self, now: float) -> list[CallAction]:
+        """The caller sent CANCEL (the shell answered it 200): 487 to a ringing INVITE."""
+        if self.role != "uas" or self.state != "ringing":
+            return []
+        return [self._respond(self.invite, 487), *self._end("cancelled")]
+
+    # -- UAC: dialing ------------------------------------------------------------------------------
+
+    def dial(self, rtp_host: str, rtp_port: int, now: float, ring_timeout: float | None = None) -> list[CallAction]:
+        """Send our INVITE with an SDP offer of every codec we carry; CANCEL after ``ring_timeout`` seconds."""
+        self._require("calling", "dial")
+        self.sdp.offer(rtp_host, rtp_port)
+        if ring_timeout is not None:
+            self._ring_deadline = now + ring_timeout
+        return [self._send_invite(self.invite.cseq.seq, [])]
+
+    def cancel(self, now: float, reason: str = "cancelled") -> list[CallAction]:
+        """Give up a call we placed before it is answered (RFC 3261 9.1): CANCEL at once when a provisional
+        response showed the INVITE arrived, else as soon as one does. The call ends with ``reason`` when the
+        INVITE's final response (487) comes; a 2xx that crosses the CANCEL is ACKed and ended with BYE."""
+        if self.role != "uac" or self.state not in ("calling", "ringing"):
+            return []
+        self._cancel_reason = reason
+        self._ring_deadline = None
+        self._goto("cancelling")
+        self._cancel_deadline = now + 64 * T1
+        if not self._provisional:
+            self._cancel_due = True
+            return []
+        return [self._send_cancel()]
+
+    # -- both roles ----------------------------------------------------------------------------------
+
+    def hangup(self, now: float) -> list[CallAction]:
+        """End the call: BYE once answered; 487 to a ringing INVITE; CANCEL for a call we are placing."""
+        if self.state == "ended":
+            return []
+        if self.role == "uac" and self.state in ("calling", "ringing", "cancelling"):
+            return self.cancel(now)
+        if self.state == "ringing":
+            return [self._respond(self.invite, 487), *self._end("local-cancel")]
+        return self._bye("local-bye")
+
+    def end(self, status: int, now: float, reason: str) -> list[CallAction]:
+        """End the call for a reason of the layer above: ``status`` to a ringing INVITE (480 on shutdown, 500
+        after an error), else BYE."""
+        if self.state == "ended":
+            return []
+        if self.role == "uas" and self.state == "ringing":
+            return [self._respond(self.invite, status), *self._end(reason)]
+        if self.role == "uac" and self.state in ("calling", "ringing", "cancelling"):
+            return self.cancel(now, reason)
+        return self._bye(reason)
+
+    def peer_hung_up(self, request: SipRequest, now: float) -> list[CallAction]:
+        """A BYE the shell answered statelessly (over its transaction limits: a flood must not keep a dead call
+        up): the call ends when the BYE is in order."""
+        if self.state == "ended" or self.dialog is None or not self.dialog.matches(request):
+            return []
+        if self.dialog.check_request(request) is not None:
+            return []
+        return self._end("remote-bye")
+
+    def reoffer(self, offer: SessionDescription, now: float) -> list[CallAction]:
+        """Offer ``offer`` in a re-INVITE (hold, resume, another codec: RFC 3264 8); the outcome comes as
+        ``ReofferAnswered``. A refused offer leaves the session as it was. RuntimeError while another offer
+        is outstanding."""
+        self._require("confirmed", "re-offer on")
+        if self._our_offer_pending() or self._their_offer_pending():
+            raise RuntimeError("an offer is outstanding in this call")
+        self._reoffer = self.sdp.local
+        self.sdp.local = offer
+        return [self._in_dialog("INVITE", "reoffer", body=offer.to_bytes(), content_type="application/sdp",
+                                extra=[("Allow", ALLOW)])]
+
+    def transfer(self, refer_to: str, now: float, referred_by: str | None = None) -> list[CallAction]:
+        """REFER the far end to ``refer_to`` (a name-addr, ``<sip:...>``, possibly with ``?Replaces=``); the
+        outcome comes as ``TransferProgress``; on a 2xx in a NOTIFY the call ends ("transferred")."""
+        self._require("confirmed", "transfer")
+        extra = [("Refer-To", refer_to)]
+        if referred_by:
+            extra.append(("Referred-By", referred_by))
+        return [self._in_dialog("REFER", "refer", extra=extra)]
+
+    def notify_transfer(self, status: int, now: float) -> list[CallAction]:
+        """Report the transfer the far end asked of us (``Referred``): a NOTIFY with a sipfrag of ``status``;
+        a final status ends the subscription."""
+        if self._refer_in is None or self.state != "confirmed":
+            return []
+        event_id = self._refer_in
+        final = status >= 200
+        state = "terminated;reason=noresource" if final else "active;expires=60"
+        if final:
+            self._refer_in = None
+        return [self._in_dialog("NOTIFY", "notify", body=sipfrag(status, REASONS.get(status, "Unknown")),
+                                content_type="message/sipfrag",
+                                extra=[("Event", f"refer;id={event_id}"), ("Subscription-State", state)])]
+
+    # -- requests in -------------------------------------------------------------------------------
+
+    def receive_request(self, request: SipRequest, now: float) -> list[CallAction]:
+        """A request in this call's dialog (the shell checked ``matches``), or the ACK of our 2xx."""
+        if request.method == "ACK":
+            return self._on_ack(request, now)
+        if self.dialog is None or not self.dialog.matches(request):
+            return [self._respond(request, 481)]
+        if self.state == "ended":
+            # A BYE sent again, or crossing ours: the call is over either way.
+            return [self._respond(request, 200 if request.method == "BYE" else 481)]
+        error = self.dialog.check_request(request)
+        if error is not None:
+            return [self._respond(request, error, reason="CSeq Out of Order" if error == 500 else None)]
+        if request.method in ("INVITE", "UPDATE"):
+            missing = unsupported(request)
+            if missing:
+                return [self._respond(request, 420, extra=[("Unsupported", ", ".join(missing))])]
+        handler = self._handlers.get(request.method)
+        if handler is None:
+            return [self._respond(request, 405 if request.method in ("SUBSCRIBE", "MESSAGE") else 501)]
+        return handler(request, now)
+
+    def _on_options(self, request: SipRequest, now: float) -> list[CallAction]:
+        return [self._respond(request, 200)]
+
+    def _on_bye(self, request: SipRequest, now: float) -> list[CallAction]:
+        return [self._respond(request, 200), *self._end("remote-bye")]
+
+    def _on_ack(self, request: SipRequest, now: float) -> list[CallAction]:
+        ok = self._ok
+        if ok is None or not ok.pending or self.dialog is None or not self.dialog.matches(request):
+            return []
+        if request.cseq.seq != ok.request.cseq.seq:
+            return []
+        ok.retransmitter.ack_received()
+        if self.state == "answering":
+            self._goto("confirmed")
+            if not ok.carries_offer:
+                assert self.media is not None
+                return [Established(self.media)]
+            try:
+                media = self.sdp.take_answer(request.body)
+            except SdpError as exc:
+                logger.warning("call %s: the ACK carried no usable SDP answer (%s), hanging up", self.call_id, exc)
+                self.answer_error = exc
+                return self._bye("local-bye")
+            return [Established(media)]
+        if ok.carries_offer and self.state == "confirmed" and request.body.strip():
+            # A re-INVITE without SDP (a PBX holding this way, or a refresh): our 2xx carried the offer, their
+            # ACK the answer, which may put the call on hold or change its codec.
+            return self._take_answer(request.body)
+        return []
+
+    def _on_reinvite(self, request: SipRequest, now: float) -> list[CallAction]:
+        local = self.sdp.local
+        if self.state != "confirmed" or local is None or self._our_offer_pending() \
+                or (self._ok is not None and self._ok.pending):
+            # Our own offer/answer is not settled yet, or our refresh re-INVITE crossed theirs (RFC 3261 14.2).
+            return [self._respond(request, 491)]
+        terms = self._timer_terms(request)
+        if isinstance(terms, Respond):
+            return [terms]
+        before = self.media
+        if request.body:
+            refused = self._answer_offer(request)
+            if refused is not None:
+                return [refused]
+        # Without an offer (a session refresh) our current SDP is the offer; the ACK would carry theirs.
+        local = self.sdp.local  # our answer to their offer, or our current SDP as our offer
+        assert local is not None
+        action = self._respond(request, 200, body=local.to_bytes(), extra=terms.headers())
+        self._ok = _Reliable(request, self._retransmitter(action.response, now), carries_offer=not request.body)
+        self.timer.start(terms, now)
+        return [action, *self._media_events(before)]
+
+    def _on_update(self, request: SipRequest, now: float) -> list[CallAction]:
+        """UPDATE (RFC 3311): a session refresh without a body, or a new offer answered in its 200."""
+        if request.body and self._our_offer_pending():
+            return [self._respond(request, 491)]
+        if request.body and self._their_offer_pending():
+            retry_after = str(int(self.config.random() * 11))  # RFC 3311 5.2: a random 0-10 s
+            return [self._respond(request, 500, extra=[("Retry-After", retry_after)])]
+        if self.state != "confirmed":
+            return [self._respond(request, 200)]  # an early UPDATE: no session to refresh yet
+        terms = self._timer_terms(request)
+        if isinstance(terms, Respond):
+            return [terms]
+        before = self.media
+        body = b""
+        if request.body:
+            refused = self._answer_offer(request)
+            if refused is not None:
+                return [refused]
+            assert self.sdp.local is not None
+            body = self.sdp.local.to_bytes()
+        action = self._respond(request, 200, body=body, extra=terms.headers())
+        self.timer.start(terms, now)
+        return [action, *self._media_events(before)]
+
+    def _on_prack(self, request: SipRequest, now: float) -> list[CallAction]:
+        """A PRACK matches our unacknowledged reliable 180 by its RAck (RSeq, CSeq number and method)."""
+        fields = (request.headers.get("RAck") or "").split()
+        if len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit():
+            return [self._respond(request, 400, reason="Bad RAck")]
+        ringing = self._ringing
+        rack = (int(fields[0]), int(fields[1]), fields[2].upper())
+        if ringing is None or not ringing.pending or rack != (ringing.rseq, self.invite.cseq.seq, "INVITE"):
+            return [self._respond(request, 481)]
+        ringing.retransmitter.ack_received()
+        return [self._respond(request, 200), ProvisionalAcked()]
+
+    def _on_info(self, request: SipRequest, now: float) -> list[CallAction]:
+        content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/dtmf-relay":
+            return [self._respond(request, 200)]
+        relay = parse_dtmf_relay(request.body)
+        if relay is None:
+            return [self._respond(request, 400, reason="Bad dtmf-relay Signal")]
+        logger.info("call %s: DTMF %s (%d ms) by INFO", self.call_id, relay.digit, relay.duration)
+        return [self._respond(request, 200), Dtmf(relay.digit, relay.duration)]
+
+    def _on_notify(self, request: SipRequest, now: float) -> list[CallAction]:
+        actions: list[CallAction] = [self._respond(request, 200)]
+        if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "refer":
+            return actions
+        status = sipfrag_status(request.body)
+        if status is None:
+            if "terminated" not in (request.headers.get("Subscription-State") or "").lower():
+                return actions
+            status = 500  # the subscription is over without a final status: the transfer failed
+        actions.append(TransferProgress("notify", status))
+        if 200 <= status < 300:
+            logger.info("call %s: transferred", self.call_id)
+            actions += self._bye("transferred")
+        return actions
+
+    def _on_refer(self, request: SipRequest, now: float) -> list[CallAction]:
+        """The far end asks us to transfer (RFC 3515): refused (405) unless ``accept_refer``; else the layer
+        above decides with ``answer_refer``."""
+        refer_to = request.headers.get("Refer-To")
+        if not self.config.accept_refer:
+            return [self._respond(request, 405)]
+        if self.state != "confirmed" or not refer_to or self._refer_pending is not None:
+            return [self._respond(request, 491 if refer_to else 400)]
+        self._refer_pending = request
+        return [Referred(refer_to, request.headers.get("Referred-By"))]
+
+    def answer_refer(self, status: int, now: float) -> list[CallAction]:
+        """Answer the REFER of the last ``Referred``: a 2xx (202) accepts it and reports "100 Trying" at once
+        (the implicit subscription, RFC 3515 2.4.4); the outcome follows with ``notify_transfer``."""
+        request, self._refer_pending = self._refer_pending, None
+        if request is None or self.state == "ended":
+            return []
+        actions: list[CallAction] = [self._respond(request, status)]
+        if 200 <= status < 300:
+            self._refer_in = str(request.cseq.seq)
+            actions += self.notify_transfer(100, now)
+        return actions
+
+    # -- responses in ------------------------------------------------------------------------------
+
+    def receive_response(self, response: SipResponse, now: float) -> list[CallAction]:
+        """A response to a request of ours (provisional or final), or a 2xx re-sent after its transaction."""
+        seq, method = response.cseq.seq, response.cseq.method
+        if self.role == "uac" and method == "INVITE" and seq == self.invite.cseq.seq:
+            return self._invite_response(response, now)
+        purpose = self._sent.get((seq, method))
+        if purpose is None:
+            ack = self._last_ack
+            if 200 <= response.status < 300 and method == "INVITE" and ack is not None and ack.cseq.seq == seq:
+                return [SendAck(ack)]  # the 2xx again: our ACK was lost
+            return []
+        if response.status < 200:
+            return []
+        del self._sent[(seq, method)]
+        if response.status in (401, 407) and purpose not in ("cancel", "ack"):
+            retry = self._authenticated_retry(response, purpose)
+            if retry is not None:
+                return [retry]
+        return self._final(purpose, response.status, response, now)
+
+    def request_failed(self, request: SipRequest, now: float) -> list[CallAction]:
+        """A request of ours got no final response, or could not be sent (timeout, transport error, a value
+        that would break the message)."""
+        seq, method = request.cseq.seq, request.method
+        if self.role == "uac" and method == "INVITE" and seq == self.invite.cseq.seq:
+            if self.state in ("calling", "ringing"):
+                return self._end("failed", detail="no answer to our INVITE")
+            if self.state == "cancelling":
+                return self._end(self._cancel_reason)
+            return []
+        purpose = self._sent.pop((seq, method), None)
+        return self._final(purpose, 0, None, now) if purpose is not None else []
+
+    def _final(self, purpose: str, status: int, response: SipResponse | None, now: float) -> list[CallAction]:
+        if purpose == "refresh":
+            return self._refresh_answered(status, response, now)
+        if purpose == "reoffer":
+            return self._reoffer_answered(status, response)
+        if purpose == "refer":
+            if status >= 300 or not status:
+                logger.info("call %s: REFER %s", self.call_id, f"refused with {status}" if status else "got no answer")
+            return [TransferProgress("refer", status)]
+        if purpose == "bye":
+            logger.info("call %s: BYE %s", self.call_id, f"answered {status}" if status else "got no answer")
+        return []
+
+    def _invite_response(self, response: SipResponse, now: float) -> list[CallAction]:
+        status = response.status
+        if status < 200:
+            return self._provisional_response(response)
+        if status < 300:
+            return self._answered(response, now)
+        if self.state not in ("calling", "ringing", "cancelling"):
+            return []
+        if status in (401, 407) and self.state != "cancelling" and self._auth is not None \
+                and self._auth.handle_challenge(status, response.headers.get_all(
+                    "Proxy-Authenticate" if status == 407 else "WWW-Authenticate")):
+            self._provisional = False
+            return [self._send_invite(self.invite.cseq.seq + 1, self._auth.headers_for("INVITE", self.invite.uri))]
+        if self.state == "cancelling":  # the 487 of our own CANCEL (or a refusal that crossed it): no status
+            return self._end(self._cancel_reason)
+        logger.info("call %s: refused with %d %s", self.call_id, status, response.reason[:60])
+        return self._end(outcome_of(status), status, detail=response.reason[:80])
+
+    def _provisional_response(self, response: SipResponse) -> list[CallAction]:
+        actions: list[CallAction] = []
+        first = not self._provisional
+        self._provisional = True
+        if self._cancel_due and first:
+            self._cancel_due = False
+            actions.append(self._send_cancel())
+        if response.status == 100 or self.state not in ("calling", "ringing"):
+            return actions
+        self._goto("ringing")
+        media = None
+        if response.body.strip():
+            try:
+                media = self.sdp.read_answer(response.body)
+            except SdpError as exc:
+                logger.info("call %s: early media refused: %s", self.call_id, exc)
+        return [*actions, Progress(response.status, media)]
+
+    def _answered(self, response: SipResponse, now: float) -> list[CallAction]:
+        """A 2xx to our INVITE: ACK it (every copy); a call we no longer want, or a second fork, gets a BYE."""
+        if self.dialog is not None:
+            if response.to_addr.tag == self.dialog.remote_tag and self._last_ack is not None:
+                return [SendAck(self._last_ack)]
+            return []  # another fork's 2xx after ours: RFC 3261 13.2.2.4 would BYE it; its own timer ends it
+        try:
+            dialog = Dialog.from_response(self.invite, response, self.config.local_contact)
+        except SipParseError as exc:
+            logger.warning("call %s: unusable 2xx to our INVITE: %s", self.call_id, exc.reason)
+            return self._end("failed", response.status, detail=exc.reason) if self.state != "cancelling" \
+                else self._end(self._cancel_reason)
+        self.dialog = dialog
+        self._ring_deadline = self._cancel_deadline = None
+        ack = dialog.create_ack(self.invite, self.config.via_sent_by, self.config.transport)
+        self._last_ack = ack
+        if self.state == "cancelling":
+            logger.info("call %s: answered as we cancelled: ACK and BYE", self.call_id)
+            return [SendAck(ack), *self._bye(self._cancel_reason)]
+        try:
+            media = self.sdp.take_answer(response.body)
+        except SdpError as exc:
+            logger.warning("call %s: answered without a usable SDP answer (%s), hanging up", self.call_id, exc)
+            self._goto("confirmed")
+            return [SendAck(ack), *self._bye("failed", status=response.status, detail=f"bad SDP answer: {exc}")]
+        self._goto("confirmed")
+        self.timer.answered(response.headers, now)
+        return [SendAck(ack), Established(media)]
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _goto(self, state: str) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"call {self.call_id}: no transition {self.state} -> {state}")
+        self.state = state
+
+    def _require(self, state: str, what: str) -> None:
+        if self.state != state:
+            raise RuntimeError(f"cannot {what} a call in state {self.state}")
+
+    def _end(self, reason: str, status: int = 0, detail: str = "") -> list[CallAction]:
+        if self.state == "ended":
+            return []
+        self._goto("ended")
+        self.end_reason, self.end_status, self.end_detail = reason, status, detail
+        if self.dialog is not None:
+            self.dialog.terminate()
+        self.timer.stop()
+        self._ring_deadline = self._cancel_deadline = None
+        for pending in (self._ok, self._ringing):
+            if pending is not None:
+                pending.retransmitter.ack_received()
+        logger.info("call %s ended: %s", self.call_id, reason)
+        return [Ended(reason, status, detail)]
+
+    def _bye(self, reason: str, status: int = 0, detail: str = "") -> list[CallAction]:
+        """End the call and send BYE (the call is over whatever the BYE's fate)."""
+        if self.state == "ended":
+            return []
+        ended = self._end(reason, status, detail)
+        return [self._in_dialog("BYE", "bye"), *ended]
+
+    def _respond(self, request: SipRequest, status: int, *, reason: str | None = None, body: bytes = b"",
+                 extra: list[tuple[str, str]] | None = None) -> Respond:
+        if self.dialog is not None:
+            content_type = "application/sdp" if body else None
+            response = self.dialog.response(request, status, reason, body=body, content_type=content_type)
+        else:
+            response = build_response(request, status, reason)
+        decorate(request, status, response, self.config.user_agent, self.config.local_contact, extra)
+        return Respond(request, response)
+
+    def _retransmitter(self, response: SipResponse, now: float) -> Uas2xxRetransmitter:
+        try:
+            data = response.to_bytes()
+        except SipBuildError:  # the shell answers 500 instead; nothing to re-send
+            return Uas2xxRetransmitter(b"", True, now)
+        return Uas2xxRetransmitter(data, self.config.reliable, now)
+
+    def _reliable_due(self, pending: _Reliable, now: float,
+                      on_give_up: Callable[[_Reliable, float], list[CallAction]]) -> list[CallAction]:
+        actions: list[CallAction] = []
+        for event in pending.retransmitter.timeout(now):
+            if isinstance(event, Send):
+                actions.append(Retransmit(event.data))
+            elif isinstance(event, TimeoutEvent):
+                actions += on_give_up(pending, now)
+        return actions
+
+    def _no_prack(self, pending: _Reliable, now: float) -> list[CallAction]:
+        if self.state != "ringing":
+            return []
+        logger.warning("call %s: no PRACK for our reliable 180, refusing the call", self.call_id)
+        return [self._respond(self.invite, 500, reason="No PRACK"), *self._end("no-prack")]
+
+    def _no_ack(self, pending: _Reliable, now: float) -> list[CallAction]:
+        if self.state != "answering":
+            return []  # the ACK of a re-INVITE's 2xx: the call goes on
+        logger.warning("call %s: no ACK for 200 OK, hanging up", self.call_id)
+        self._goto("confirmed")
+        self.answer_error = SipTimeout("no ACK for 200 OK")
+        return self._bye("local-bye")
+
+    def _in_dialog(self, method: str, purpose: str, *, body: bytes = b"", content_type: str | None = None,
+                   extra: list[tuple[str, str]] | None = None) -> SendRequest:
+        assert self.dialog is not None
+        request = self.dialog.create_request(
+            method, self.config.via_sent_by, self.config.transport, body=body, content_type=content_type,
+            extra=[("User-Agent", self.config.user_agent), ("Supported", SUPPORTED), *(extra or [])])
+        self._sent[(request.cseq.seq, method)] = purpose
+        return SendRequest(request)
+
+    def _send_invite(self, seq: int, auth: list[tuple[str, str]]) -> SendRequest:
+        """Our INVITE (again with the next CSeq and credentials after a 401/407): a new branch each time."""
+        old = self.invite.headers
+        headers = Headers()
+        via = f"SIP/2.0/{self.config.transport.upper()} {self.config.via_sent_by};branch={new_branch()};rport"
+        headers.add("Via", via)
+        headers.add("Max-Forwards", "70")
+        for route in self._route:
+            headers.add("Route", route)
+        for name in ("From", "To", "Call-ID"):
+            headers.add(name, old.get(name) or "")
+        headers.add("CSeq", str(CSeq(seq, "INVITE")))
+        headers.add("Contact", self.config.local_contact)
+        headers.add("Allow", ALLOW)
+        headers.add("Supported", UAC_SUPPORTED)
+        headers.add("User-Agent", self.config.user_agent)
+        for name, value in [*auth, *self._extra]:
+            headers.add(name, value)
+        assert self.sdp.local is not None
+        headers.add("Content-Type", "application/sdp")
+        self.invite = SipRequest("INVITE", self.invite.uri, headers, self.sdp.local.to_bytes())
+        return SendRequest(self.invite)
+
+    def _send_cancel(self) -> SendRequest:
+        """CANCEL of our INVITE (RFC 3261 9.1): its Request-URI, Call-ID, From, To, Route and top Via (the same
+        branch), CSeq number unchanged."""
+        invite = self.invite
+        headers = Headers()
+        headers.add("Via", invite.headers.get_all("Via")[0])
+        headers.add("Max-Forwards", "70")
+        for route in invite.headers.get_all("Route"):
+            headers.add("Route", route)
+        for name in ("From", "To", "Call-ID"):
+            headers.add(name, invite.headers.get(name) or "")
+        headers.add("CSeq", str(CSeq(invite.cseq.seq, "CANCEL")))
+        headers.add("User-Agent", self.config.user_agent)
+        self._sent[(invite.cseq.seq, "CANCEL")] = "cancel"
+        return SendRequest(SipRequest("CANCEL", invite.uri, headers))
+
+    def _authenticated_retry(self, response: SipResponse, purpose: str) -> SendRequest | None:
+        """An in-dialog request of ours challenged (a PBX that authenticates BYE or REFER): sent again once
+        with credentials and the next CSeq."""
+        if self._auth is None or self.dialog is None:
+            return None
+        name = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
+        if not self._auth.handle_challenge(response.status, response.headers.get_all(name)):
+            return None
+        method = response.cseq.method
+        auth = self._auth.headers_for(method, str(self.dialog.remote_target))
+        # Only what the original request carried that the dialog does not write again is lost: we resend
+        # the purposes we know how to rebuild.
+        if purpose == "bye":
+            return self._in_dialog("BYE", "bye", extra=auth)
+        return None
+
+    def _timer_terms(self, request: SipRequest) -> Accepted | Respond:
+        """The session timer's terms for our 2xx to this re-INVITE or UPDATE, or the 422 (interval below our
+        minimum) or 400 (an unreadable Session-Expires or Min-SE) that answers it instead."""
+        try:
+            return self.timer.negotiate(request.headers)
+        except IntervalTooSmall as exc:
+            return self._respond(request, 422, extra=[("Min-SE", str(exc.min_se))])
+        except SipParseError as exc:
+            return self._respond(request, 400, reason=exc.reason)
+
+    def _our_offer_pending(self) -> bool:
+        """An offer of ours awaits its answer: our refresh re-INVITE, or a 2xx with our offer not yet ACKed."""
+        ok = self._ok
+        return (self._refreshing == "INVITE" or self._reoffer is not None
+                or (ok is not None and ok.pending and ok.carries_offer))
+
+    def _their_offer_pending(self) -> bool:
+        """An INVITE of theirs is not answered or not acknowledged yet."""
+        ok = self._ok
+        return (self.role == "uas" and self.state == "ringing") or (ok is not None and ok.pending)
+
+    def _answer_offer(self, request: SipRequest) -> Respond | None:
+        """Negotiate the SDP offer of a re-INVITE or UPDATE; the 488 (no common codec) or 491 (no session of
+        ours to answer from yet) that refuses it, or None when answered."""
+        if self.sdp.rtp is None:
+            return self._respond(request, 491)
+        try:
+            self.sdp.answer(SessionDescription.parse(request.body))
+        except SdpError as exc:
+            logger.info("call %s: %s offer refused: %s", self.call_id, request.method, exc)
+            return self._respond(request, 488)
+        return None
+
+    def _media_events(self, before: NegotiatedMedia | None) -> list[CallAction]:
+        media = self.media
+        if media is None or media == before:
+            return []
+        logger.info("call %s: media changed: %s %s", self.call_id, media.codec, media.direction)
+        actions: list[CallAction] = [MediaChanged(media)]
+        if before is not None and before.on_hold != media.on_hold:
+            actions.append(Held(media.on_hold))
+        return actions
+
+    def _take_answer(self, body: bytes) -> list[CallAction]:
+        """The answer to an offer of ours made in mid-call (our refresh re-INVITE, or our 2xx to their
+        re-INVITE without SDP, answered in the ACK): applied only if it moves the media."""
+        try:
+            media = self.sdp.read_answer(body)
+        except SdpError as exc:
+            logger.info("call %s: the answer to our mid-call offer is unusable (%s); media kept", self.call_id, exc)
+            return []
+        before = self.media
+        if before is not None and media_key(media) == media_key(before):
+            return []
+        self.sdp.media = media
+        return self._media_events(before)
+
+    # -- session timer (RFC 4028) ------------------------------------------------------------------------
+
+    def _drive_timer(self, actions: list[TimerAction], now: float) -> list[CallAction]:
+        out: list[CallAction] = []
+        for action in actions:
+            if isinstance(action, Refresh):
+                out.append(self._refresh(action.method))
+            elif isinstance(action, Expire) and self.state != "ended":
+                logger.info("call %s: %s (session interval %d s), hanging up", self.call_id,
+                            "no session refresh in time" if action.reason == "session-expired"
+                            else "our session refresh found no session", self.timer.interval)
+                out += self._bye(action.reason)
+        return out
+
+    def _refresh(self, method: str) -> SendRequest:
+        """Our session refresh (RFC 4028 7.4): an UPDATE, or a re-INVITE offering our SDP unchanged (same o=
+        version, RFC 3264 8)."""
+        local = self.sdp.local
+        body = local.to_bytes() if method == "INVITE" and local is not None else b""
+        self._refreshing = method
+        return self._in_dialog(method, "refresh", body=body, content_type="application/sdp" if body else None,
+                               extra=[*self.timer.refresh_headers(), ("Allow", ALLOW)])
+
+    def _refresh_answered(self, status: int, response: SipResponse | None, now: float) -> list[CallAction]:
+        method = self._refreshing or "UPDATE"
+        self._refreshing = None
+        if self.state == "ended":
+            return []
+        logger.info("call %s: session refresh by %s answered %s", self.call_id, method, status or "nothing")
+        actions: list[CallAction] = []
+        if response is not None and 200 <= status < 300 and self.dialog is not None:
+            self.dialog.target_refreshed(response)
+            if method == "INVITE":
+                ack = self.dialog.create_ack(self.invite_of(response), self.config.via_sent_by, self.config.transport)
+                self._last_ack = ack
+                actions += [SendAck(ack), *self._take_answer(response.body)]
+        return actions + self._drive_timer(self.timer.on_response(status, response.headers if response else None, now),
+                                           now)
+
+    def _reoffer_answered(self, status: int, response: SipResponse | None) -> list[CallAction]:
+        previous, self._reoffer = self._reoffer, None
+        if self.state == "ended":
+            return []
+        if response is None or not 200 <= status < 300 or self.dialog is None:
+            self.sdp.local = previous  # a refused offer changes nothing (RFC 3264 8)
+            return [ReofferAnswered(status, b"")]
+        self.dialog.target_refreshed(response)
+        ack = self.dialog.create_ack(self.invite_of(response), self.config.via_sent_by, self.config.transport)
+        self._last_ack = ack
+        return [SendAck(ack), *self._take_answer(response.body), ReofferAnswered(status, response.body)]
+
+    @staticmethod
+    def invite_of(response: SipResponse) -> SipRequest:
+        """Enough of the INVITE a 2xx answers to build its ACK (only the CSeq number is read)."""
+        headers = Headers()
+        headers.add("CSeq", str(CSeq(response.cseq.seq, "INVITE")))
+        return SipRequest("INVITE", "", headers)
+
+
+__all__ = [
+    "ALLOW",
+    "SUPPORTED",
+    "CallAction",
+    "CallConfig",
+    "CallCore",
+    "Dtmf",
+    "Ended",
+    "Established",
+    "Held",
+    "MediaChanged",
+    "Progress",
+    "ProvisionalAcked",
+    "Referred",
+    "ReofferAnswered",
+    "Respond",
+    "Retransmit",
+    "SendAck",
+    "SendRequest",
+    "SipTimeout",
+    "TransferProgress",
+    "decorate",
+    "outcome_of",
+]

@@ -1,0 +1,1 @@
+"""Tools for tests, the demo and the benchmarks, built on the product's own stacks (not used by the agent)."""

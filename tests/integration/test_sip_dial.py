@@ -1,0 +1,170 @@
+"""Placing calls: the user agent, registered on Kamailio, dials a baresip phone registered there too.
+
+Kamailio challenges our INVITE (407) and routes it by the phone's registration; the phone answers (RTP
+flows both ways), refuses (486: busy) or just rings (our CANCEL after the ring timeout: no answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import wave
+from pathlib import Path
+
+import pytest
+from peers import Baresip, Kamailio, free_port, wait_until
+
+from sipagent.sdp import NegotiatedMedia
+from sipagent.sip.ua import DialError, IncomingCall, OutgoingCall, UaSettings, UserAgent
+
+pytestmark = [pytest.mark.peers, pytest.mark.timeout(120)]
+
+LOUD_PCMU = bytes([0x00, 0x80] * 80)  # 20 ms of a full-scale square wave in G.711 μ-law
+
+
+def ua_settings(kamailio: Kamailio, user: str) -> UaSettings:
+    return UaSettings(
+        registrar=kamailio.address, transport="udp", username=user, password=f"secret{user}",
+        domain="127.0.0.1", listen_host="127.0.0.1", listen_port=0, public_host=None, expires=60,
+        max_calls=4, trusted_hosts=[], codecs=["PCMU", "PCMA"],
+    )
+
+
+async def _ignore(call: IncomingCall) -> None:
+    return None
+
+
+class RtpSink(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.packets.append(data)
+
+
+def loudest(path: Path) -> int:
+    with wave.open(str(path)) as wav:
+        frames = wav.readframes(wav.getnframes())
+    samples = struct.unpack(f"<{len(frames) // 2}h", frames[: len(frames) // 2 * 2])
+    return max((abs(s) for s in samples), default=0)
+
+
+async def _registered(kamailio: Kamailio, user: str) -> UserAgent:
+    ua = UserAgent(ua_settings(kamailio, user), _ignore)
+    await ua.start()
+    assert await ua.wait_registered(10), ua.registration_state
+    return ua
+
+
+def test_dial_answered_with_rtp_both_ways(kamailio: Kamailio, tmp_path: Path, baresip_available: None) -> None:
+    async def scenario() -> None:
+        ua = await _registered(kamailio, "5101")
+        phone = Baresip(tmp_path / "phone", "5102", kamailio.address, answer=True, codecs=["PCMU"], record=True)
+        await phone.start()
+        rtp_port = free_port()
+        loop = asyncio.get_running_loop()
+        transport, sink = await loop.create_datagram_endpoint(RtpSink, local_addr=("127.0.0.1", rtp_port))
+        progress: list[int] = []
+        try:
+            call = await ua.dial("5102", rtp_port=rtp_port, ring_timeout=15,
+                                 on_progress=lambda status, media: progress.append(status))
+            assert isinstance(call, OutgoingCall) and call.state == "confirmed"
+            assert call.media is not None and call.media.codec == "PCMU"
+            assert "5101" in call.from_uri and "5102" in call.to_uri and call.account == "5101"
+            assert progress and all(100 < status < 200 for status in progress)
+            assert await phone.wait_event("CALL_ESTABLISHED", 10), phone.event_types()
+            media: NegotiatedMedia = call.media
+            for seq in range(100):  # two seconds of a loud tone to the phone
+                header = struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x5101)
+                transport.sendto(header + LOUD_PCMU, (media.remote_host, media.remote_port))
+                await asyncio.sleep(0.02)
+            assert await wait_until(lambda: len(sink.packets) >= 20, 5), "no RTP from the phone"
+            await call.hangup()
+            assert call.end_reason == "local-bye" and call.ended.is_set()
+            assert await phone.wait_event("CALL_CLOSED", 10), phone.event_types()
+        finally:
+            transport.close()
+            await phone.close()
+            await ua.stop()
+        heard = max(phone.recordings("dec"), key=lambda p: p.stat().st_size)
+        assert loudest(heard) > 20000, "the phone did not hear our RTP"
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def test_dial_busy(kamailio: Kamailio, tmp_path: Path, baresip_available: None) -> None:
+    async def scenario() -> None:
+        ua = await _registered(kamailio, "5111")
+        phone = Baresip(tmp_path / "phone", "5112", kamailio.address)
+        await phone.start()
+        try:
+            dialing = asyncio.create_task(ua.dial("sip:5112@127.0.0.1", rtp_port=free_port(), ring_timeout=15))
+            assert await phone.wait_event("CALL_INCOMING", 10), phone.event_types()
+            await phone.hangup()  # refusing a ringing call: 486
+            with pytest.raises(DialError) as refused:
+                await dialing
+            assert (refused.value.outcome, refused.value.status) == ("busy", 486), refused.value
+            assert ua.active_calls == 0
+        finally:
+            await phone.close()
+            await ua.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_dial_no_answer_cancels(kamailio: Kamailio, tmp_path: Path, baresip_available: None) -> None:
+    async def scenario() -> None:
+        ua = await _registered(kamailio, "5121")
+        phone = Baresip(tmp_path / "phone", "5122", kamailio.address)
+        await phone.start()
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(DialError) as unanswered:
+                await ua.dial("5122", rtp_port=free_port(), ring_timeout=3)
+            assert unanswered.value.outcome == "no-answer" and unanswered.value.status == 0, unanswered.value
+            assert 2.5 < loop.time() - started < 10
+            assert await phone.wait_event("CALL_INCOMING", 1), phone.event_types()
+            assert await phone.wait_event("CALL_CLOSED", 5), phone.event_types()  # our CANCEL reached it
+        finally:
+            await phone.close()
+            await ua.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_dial_cancelled_by_the_caller(kamailio: Kamailio, tmp_path: Path, baresip_available: None) -> None:
+    async def scenario() -> None:
+        ua = await _registered(kamailio, "5131")
+        phone = Baresip(tmp_path / "phone", "5132", kamailio.address)
+        await phone.start()
+        try:
+            dialing = asyncio.create_task(ua.dial("5132", rtp_port=free_port(), ring_timeout=30))
+            assert await phone.wait_event("CALL_INCOMING", 10), phone.event_types()
+            dialing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await dialing
+            assert await phone.wait_event("CALL_CLOSED", 5), phone.event_types()
+            assert ua.active_calls == 0
+        finally:
+            await phone.close()
+            await ua.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_dial_unknown_extension_is_rejected(kamailio: Kamailio) -> None:
+    async def scenario() -> None:
+        ua = await _registered(kamailio, "5141")
+        try:
+            with pytest.raises(DialError) as refused:
+                await ua.dial("5999", rtp_port=free_port())
+            assert (refused.value.outcome, refused.value.status) == ("rejected", 404)
+            with pytest.raises(DialError, match="bad target"):
+                await ua.dial("sip:bad target", rtp_port=free_port())
+            with pytest.raises(ValueError, match="no SIP account"):
+                await ua.dial("5102", rtp_port=free_port(), account="nobody")
+        finally:
+            await ua.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
