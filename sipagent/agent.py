@@ -393,6 +393,7 @@ def ua_settings(config: Config) -> UaSettings:
             tcp_connections_per_source=limits.tcp_connections_per_source, tcp_idle_s=limits.tcp_idle_s,
             tcp_message_s=limits.tcp_message_s),
         tls=sip.tls.settings, keepalive_s=sip.keepalive_s, keepalive_timeout_s=sip.keepalive_timeout_s,
+        outbound_proxy=sip.outbound_proxy or None,
     )
 
 

@@ -111,6 +111,8 @@ class TlsConfig:
 @dataclass
 class SipConfig:
     registrar: str = ""
+    # Where the calls the agent places go first ("host[:port]"), when not to the registrar.
+    outbound_proxy: str = ""
     transport: Literal["udp", "tcp", "tls"] = "udp"
     username: str = ""
     password: str = ""
@@ -755,6 +757,7 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     for dotted, value, allow_empty in (
         ("sip.listen", sip.listen, False),
         ("sip.registrar", sip.registrar, True),
+        ("sip.outbound_proxy", sip.outbound_proxy, True),
         ("metrics.listen", config.metrics.listen, True),
     ):
         if value or not allow_empty:

@@ -346,12 +346,14 @@ class UserAgent:
         return list(dict.fromkeys(normalise_ip(str(info[4][0])) for info in infos))
 
     async def _source_policy(self, registrar_addresses: list[str]) -> SourcePolicy:
-        """Who may send us requests: the registrar's addresses and ``trusted_hosts`` (names resolved now;
-        one that does not resolve adds nothing: it fails closed); loopback only in direct mode without a
-        list; anyone with ``allow_any_caller``."""
+        """Who may send us requests: the registrar's addresses, the outbound proxy's (the far end of a call we
+        placed through it sends its BYE that way) and ``trusted_hosts`` (names resolved now; one that does not
+        resolve adds nothing: it fails closed); loopback only in direct mode without a list; anyone with
+        ``allow_any_caller``."""
         s = self.settings
         networks: list[IpNetwork] = [ipaddress.ip_network(address) for address in registrar_addresses]
-        for entry in s.trusted_hosts:
+        proxy = [_split_hostport(s.outbound_proxy, self._default_port)[0]] if s.outbound_proxy else []
+        for entry in [*proxy, *s.trusted_hosts]:
             network = parse_network(entry)
             if network is not None:
                 networks.append(network)

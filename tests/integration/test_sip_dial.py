@@ -10,6 +10,7 @@ import asyncio
 import struct
 import wave
 from pathlib import Path
+from typing import cast
 
 import pytest
 from peers import Baresip, Kamailio, free_port, wait_until
@@ -168,3 +169,55 @@ def test_dial_unknown_extension_is_rejected(kamailio: Kamailio) -> None:
             await ua.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+class ProxySocket(asyncio.DatagramProtocol):
+    """An outbound proxy that answers every INVITE 486 (and takes the ACK): what reached it is kept."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.requests.append(data)
+        if not data.startswith(b"INVITE "):
+            return
+        head = data.split(b"\r\n\r\n", 1)[0].decode()
+        copied = [line for line in head.split("\r\n")[1:]
+                  if line.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")]
+        response = "\r\n".join(["SIP/2.0 486 Busy Here", *copied, "Content-Length: 0", "", ""])
+        assert self.transport is not None
+        self.transport.sendto(response.replace("To: <sip:2002@pbx.invalid>", "To: <sip:2002@pbx.invalid>;tag=p1")
+                              .encode(), addr)
+
+
+def test_dial_goes_through_the_outbound_proxy() -> None:
+    """With ``outbound_proxy`` set, the INVITE goes to the proxy (whatever the target's host) with the proxy
+    pre-loaded as a loose Route, and the proxy's final answer is the call's outcome."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        proxy_port = free_port()
+        transport, proxy = await loop.create_datagram_endpoint(ProxySocket, local_addr=("127.0.0.1", proxy_port))
+        settings = UaSettings(
+            registrar=None, transport="udp", username="agent", password="", domain="127.0.0.1",
+            listen_host="127.0.0.1", listen_port=0, public_host=None, expires=60, max_calls=4, trusted_hosts=[],
+            codecs=["PCMU"], outbound_proxy=f"127.0.0.1:{proxy_port}",
+        )
+        ua = UserAgent(settings, _ignore)
+        await ua.start()
+        try:
+            with pytest.raises(DialError) as failure:
+                await ua.dial("sip:2002@pbx.invalid", rtp_port=free_port(), ring_timeout=5)
+            assert (failure.value.outcome, failure.value.status) == ("busy", 486)
+            invite = proxy.requests[0].decode()
+            assert invite.startswith("INVITE sip:2002@pbx.invalid SIP/2.0\r\n"), invite
+            assert f"\r\nRoute: <sip:127.0.0.1:{proxy_port};lr>\r\n" in invite, invite
+            assert await wait_until(lambda: any(r.startswith(b"ACK ") for r in proxy.requests), 5)
+        finally:
+            await ua.stop()
+            transport.close()
+
+    asyncio.run(scenario())

@@ -159,3 +159,14 @@ def test_cli_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-c", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:3: sip.expire: unknown key" in err
+
+
+def test_outbound_proxy_reaches_the_user_agent_and_is_checked() -> None:
+    from sipagent.agent import ua_settings
+
+    config = load_config_text("realtime: {provider: local}\nsip: {outbound_proxy: 'proxy.example.com:5070'}\n",
+                              "x.yaml", {})
+    assert ua_settings(config).outbound_proxy == "proxy.example.com:5070"
+    assert ua_settings(load_config_text("realtime: {provider: local}\n", "x.yaml", {})).outbound_proxy is None
+    message = error_of("realtime: {provider: local}\nsip: {outbound_proxy: 'proxy:notaport'}\n")
+    assert "sip.outbound_proxy" in message and "host[:port]" in message
