@@ -127,6 +127,8 @@ class WarmTransfer:
         self.log = log
         self.human: HumanLeg | None = None
         self.steps: list[str] = []  # what happened, in order (logs and tests)
+        self._hold_pcm = b""
+        self._hold_at = 0  # where the hold audio goes on from
 
     async def run(self, uri: str, team: str, summary: str) -> WarmOutcome:
         """The whole transfer; never leaves the human's call up. Cancelling it (the bridge ending) cleans up."""
@@ -150,7 +152,10 @@ class WarmTransfer:
 
     async def _sequence(self, uri: str, team: str, summary: str) -> WarmOutcome:
         await self._say_to_caller(self.settings.hold_message)
-        hold = asyncio.ensure_future(self._hold_loop(hold_audio(self.settings.hold_audio)))
+        self._hold_pcm, self._hold_at = hold_audio(self.settings.hold_audio), 0
+        self.steps.append("hold")
+        self._top_up_hold()  # at once: no gap between the message and the hold audio
+        hold = asyncio.ensure_future(self._hold_loop())
         try:
             self.steps.append("dial")
             try:
@@ -203,18 +208,20 @@ class WarmTransfer:
         await self.responses.wait_done(HOLD_MESSAGE_LIMIT_S)
         await self.downlink.wait_playout()
 
-    async def _hold_loop(self, pcm24k: bytes) -> None:
+    def _top_up_hold(self) -> None:
+        """Queue the next piece of hold audio when less than half of HOLD_AHEAD_MS is left to play."""
+        if self.downlink.media.buffered_ms < HOLD_AHEAD_MS // 2:
+            chunk = 2 * 24 * HOLD_AHEAD_MS  # bytes of 24 kHz PCM16
+            piece = self._hold_pcm[self._hold_at:self._hold_at + chunk]
+            self._hold_at = 0 if self._hold_at + len(piece) >= len(self._hold_pcm) else self._hold_at + len(piece)
+            self.downlink.play_pcm24(piece)
+
+    async def _hold_loop(self) -> None:
         """Hold audio on the caller's line, topped up as the queue drains, until cancelled."""
-        chunk = 2 * 24 * HOLD_AHEAD_MS  # bytes of 24 kHz PCM16
-        offset = 0
-        self.steps.append("hold")
         while True:
-            if self.downlink.media.buffered_ms < HOLD_AHEAD_MS // 2:
-                piece = pcm24k[offset:offset + chunk]
-                offset = 0 if offset + len(piece) >= len(pcm24k) else offset + len(piece)
-                self.downlink.play_pcm24(piece)
             self.downlink.drained.clear()
             await self.downlink.drained.wait()
+            self._top_up_hold()
 
     def _stop_hold(self) -> None:
         self.downlink.flush()
