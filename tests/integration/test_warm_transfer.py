@@ -1,0 +1,134 @@
+"""Warm transfer end to end against `sipagent run`, with a small real WebSocket server as the Realtime backend
+(it asks for ``transfer_call`` with a summary after the greeting, and answers every response.create with a
+tone: 400 Hz to the caller, 600 Hz for the briefing).
+
+- SIPp plays a caller whose INVITE says ``Supported: replaces`` and checks that the REFER's Refer-To carries
+  ``Replaces=`` (202, NOTIFY 200); a second SIPp plays the human, who answers, is briefed and gets the agent's
+  BYE once the caller has been put through.
+- The issue's test: two baresip phones on Kamailio. baresip 1.0.0 does not do Replaces (and crashes on one:
+  /tmp research, docs/architecture.md), so the agent falls back to a blind transfer to the same target; the
+  human's phone records what it heard, one WAV per call: the briefing (600 Hz) on the agent's call, then the
+  caller's tone (1000 Hz) on the caller's call.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import math
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_helpers import running_agent
+from peers import require
+from sipp import sipp_scenario
+from websockets.sync.server import ServerConnection, serve
+
+pytestmark = pytest.mark.timeout(90)
+
+SUMMARY = "Anna Berg: order 7721 has not arrived."
+CALLER_HZ, BRIEFING_HZ, HOLD_MESSAGE_HZ = 1000, 600, 400
+
+
+def tone24k(hz: float, seconds: float, level: float = 0.3) -> bytes:
+    n = int(24000 * seconds)
+    return struct.pack(f"<{n}h", *(int(32767 * level * math.sin(2 * math.pi * hz * i / 24000)) for i in range(n)))
+
+
+class Backend:
+    """Enough of the Realtime API for a warm transfer; keeps every event but the audio appends."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.events: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.responses = 0
+
+    def handler(self, ws: ServerConnection) -> None:
+        for message in ws:
+            event = json.loads(message)
+            if event.get("type") == "input_audio_buffer.append":
+                continue
+            with self.lock:
+                self.events.append(event)
+            if event.get("type") != "response.create":
+                continue
+            self.responses += 1
+            instructions = str(event.get("response", {}).get("instructions", ""))
+            briefing = "virtual assistant" in instructions
+            item = f"item_{self.responses}"
+            ws.send(json.dumps({"type": "response.created", "response": {"id": f"resp_{self.responses}"}}))
+            pcm = tone24k(BRIEFING_HZ if briefing else HOLD_MESSAGE_HZ, 1.5 if briefing else 0.6)
+            for at in range(0, len(pcm), 9600):
+                ws.send(json.dumps({"type": "response.output_audio.delta", "item_id": item,
+                                    "delta": base64.b64encode(pcm[at:at + 9600]).decode()}))
+            if self.responses == 1:  # the greeting: then the model asks for the warm transfer
+                ws.send(json.dumps({"type": "response.function_call_arguments.done", "name": "transfer_call",
+                                    "call_id": "fc_1",
+                                    "arguments": json.dumps({"target": "sales", "summary": SUMMARY})}))
+            ws.send(json.dumps({"type": "response.done", "response": {"id": f"resp_{self.responses}",
+                                                                      "status": "completed"}}))
+
+    def instructions(self) -> list[str]:
+        with self.lock:
+            return [str(e.get("response", {}).get("instructions", "")) for e in self.events
+                    if e.get("type") == "response.create"]
+
+
+@contextlib.contextmanager
+def backend(target: str) -> Iterator[tuple[Backend, str]]:
+    recorder = Backend(target)
+    with serve(recorder.handler, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield recorder, f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v1/realtime"
+        finally:
+            server.shutdown()
+            thread.join(10)
+
+
+def warm_sections(ws_url: str, human: str) -> dict[str, dict[str, Any]]:
+    return {
+        "realtime": {"url": ws_url},
+        "agent": {"greeting": "Hello.", "tools": [{"name": "transfer_call"}], "transfer_targets": {"sales": human},
+                  "transfer": {"mode": "warm", "ring_timeout_s": 10, "hold_message": "Please hold."}},
+    }
+
+
+def test_warm_transfer_joins_by_replaces_a_caller_that_supports_it(tmp_path: Path) -> None:
+    require("sipp")
+    with contextlib.ExitStack() as stack:
+        human = stack.enter_context(sipp_scenario("uas_human.xml", ("127.0.0.1", 9), tmp_path / "human",
+                                                  timeout_s=40))
+        target = f"sip:human@127.0.0.1:{human.port}"
+        recorder, ws_url = stack.enter_context(backend(target))
+        agent = stack.enter_context(running_agent(tmp_path, sections=warm_sections(ws_url, target)))
+        with sipp_scenario("uac_warm_transfer_replaces.xml", agent.target, tmp_path / "caller",
+                           keys={"dialed": "agent"}, timeout_s=30) as caller:
+            result = caller.wait(40)
+        assert result.returncode == 0, result.failed() + agent.log.read_text()[-4000:]
+        human_result = human.wait(15)
+        assert human_result.returncode == 0, human_result.failed() + agent.log.read_text()[-4000:]
+        agent.wait_metric('sipagent_calls_total{outcome="transferred"}', lambda v: v == 1, 10)
+        log = agent.log.read_text()
+
+    # The REFER named the human's dialog (the agent's call to them) in Replaces.
+    refer = next(block for block in result.messages.split("\n\n") if block.lstrip().startswith("REFER "))
+    invite_to_human = next(block for block in human_result.messages.split("\n\n")
+                           if block.lstrip().startswith("INVITE "))
+    human_call_id = next(line.split(":", 1)[1].strip() for line in invite_to_human.splitlines()
+                         if line.lower().startswith("call-id:"))
+    refer_to = next(line for line in refer.splitlines() if line.lower().startswith("refer-to:"))
+    assert "Replaces=" in refer_to and human_call_id.replace("@", "%40") in refer_to, (refer_to, human_call_id)
+    # The caller was told to hold, the human was briefed with the model's summary (never in SIP).
+    said = recorder.instructions()
+    assert any("Please hold." in text for text in said), said
+    assert any(SUMMARY in text and "sales" in text for text in said), said
+    assert SUMMARY not in result.messages + human_result.messages
+    assert f"warm transfer: {target} answered" in log, log[-3000:]
