@@ -13,21 +13,28 @@ tone: 400 Hz to the caller, 600 Hz for the briefing).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 import math
 import struct
 import threading
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from agent_helpers import running_agent
-from peers import require
+from bridge_helpers import bridge_config
+from peers import Baresip, Kamailio, require, wait_until
 from sipp import sipp_scenario
+from srtp_helpers import read_pcm24k
 from websockets.sync.server import ServerConnection, serve
+
+from sipagent.agent import Agent
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -132,3 +139,75 @@ def test_warm_transfer_joins_by_replaces_a_caller_that_supports_it(tmp_path: Pat
     assert any(SUMMARY in text and "sales" in text for text in said), said
     assert SUMMARY not in result.messages + human_result.messages
     assert f"warm transfer: {target} answered" in log, log[-3000:]
+
+
+# ------------------------------------------------------------------ two baresip phones through Kamailio
+
+AGENT_USER, CALLER_USER, HUMAN_USER = "2471", "1471", "1472"
+
+
+def dominant_hz(pcm24k: bytes) -> list[int]:
+    """The strongest frequency of each loud half second (quiet ones left out), to the nearest 50 Hz."""
+    samples = np.frombuffer(pcm24k[: len(pcm24k) // 2 * 2], dtype="<i2").astype(np.float64)
+    out = []
+    for at in range(0, len(samples) - 12000 + 1, 12000):
+        window = samples[at:at + 12000]
+        if np.sqrt(np.mean(window ** 2)) < 300:
+            continue
+        spectrum = np.abs(np.fft.rfft(window * np.hanning(len(window))))
+        out.append(int(round(np.argmax(spectrum) * 24000 / len(window) / 50) * 50))
+    return out
+
+
+def write_tone_wav(path: Path, hz: float, seconds: float, rate: int = 8000) -> None:
+    n = int(rate * seconds)
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(struct.pack(f"<{n}h", *(int(9000 * math.sin(2 * math.pi * hz * i / rate)) for i in range(n))))
+
+
+@pytest.mark.peers
+def test_warm_transfer_between_two_baresip_phones_through_kamailio(kamailio: Kamailio, tmp_path: Path) -> None:
+    require("baresip")
+    asyncio.run(_baresip_warm_transfer(kamailio, tmp_path))
+
+
+async def _baresip_warm_transfer(kamailio: Kamailio, tmp_path: Path) -> None:
+    human_uri = f"sip:{HUMAN_USER}@{kamailio.address}"  # the phones have no outbound proxy: Kamailio's port
+    with backend(human_uri) as (recorder, ws_url):
+        config = bridge_config(
+            tmp_path, sip={"registrar": kamailio.address, "username": AGENT_USER, "password": f"secret{AGENT_USER}",
+                           "domain": "127.0.0.1", "expires": 60},
+            media={"codecs": ["PCMU"]}, **warm_sections(ws_url, human_uri))
+        agent = Agent(config)
+        await agent.start()
+        caller = Baresip(tmp_path / "caller", CALLER_USER, kamailio.address, answer=True, codecs=["PCMU"], record=True)
+        human = Baresip(tmp_path / "human", HUMAN_USER, kamailio.address, answer=True, codecs=["PCMU"], record=True)
+        tone = tmp_path / "caller-tone.wav"
+        write_tone_wav(tone, CALLER_HZ, 60.0)
+        try:
+            assert agent.ua is not None and await agent.ua.wait_registered(20)
+            await caller.start(timeout=20)
+            await human.start(timeout=20)
+            await caller.dial(f"sip:{AGENT_USER}@{kamailio.address}")
+            assert await caller.wait_event("CALL_ESTABLISHED", 10), (caller.event_types(), caller.log_tail())
+            await caller.set_source(tone)
+            # The agent's call to the human (the briefing), then the caller's own call to the human.
+            assert await human.wait_count("CALL_ESTABLISHED", 2, 20), (human.event_types(), human.log_tail())
+            assert await wait_until(lambda: not agent.bridges, 10), "the agent kept a call after the transfer"
+            await asyncio.sleep(2.0)  # the caller and the human talk
+            await caller.hangup()
+            assert await human.wait_count("CALL_CLOSED", 2, 10), human.event_types()
+        finally:
+            await caller.close()
+            await human.close()
+            await agent.stop()
+    said = recorder.instructions()
+    assert any(SUMMARY in text for text in said), said
+    briefing_call, caller_call = human.recordings("dec")[-2:]
+    briefing, joined = dominant_hz(read_pcm24k(briefing_call)), dominant_hz(read_pcm24k(caller_call))
+    assert briefing.count(BRIEFING_HZ) >= 2 and CALLER_HZ not in briefing, briefing
+    assert joined.count(CALLER_HZ) >= 3 and BRIEFING_HZ not in joined, joined
+    assert len(human.recordings("dec")) == 2
