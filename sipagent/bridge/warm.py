@@ -176,6 +176,7 @@ class WarmTransfer:
 
     async def _join(self, uri: str, human: HumanLeg) -> WarmOutcome:
         if self.caller.peer_supports("replaces"):
+            self.log.info("warm transfer: joining the caller with %s by REFER with Replaces", human.call.call_id)
             self.steps.append("refer-replaces")
             try:
                 joined = await self.caller.transfer_replacing(human.call, JOIN_TIMEOUT_S)
@@ -186,6 +187,8 @@ class WarmTransfer:
                 self.steps.append("joined")
                 return WarmOutcome("joined")
             self.log.info("warm transfer: REFER with Replaces refused; blind transfer instead")
+        else:
+            self.log.info("warm transfer: the caller did not advertise Replaces: blind transfer to the human")
         # The human's phone must be free for the caller's call: hang up first, then the blind REFER.
         await self._close_human()
         self.steps.append("refer-blind")

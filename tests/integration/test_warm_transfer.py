@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import math
 import struct
 import threading
@@ -141,6 +142,33 @@ def test_warm_transfer_joins_by_replaces_a_caller_that_supports_it(tmp_path: Pat
     assert f"warm transfer: {target} answered" in log, log[-3000:]
 
 
+
+def test_a_busy_human_gives_the_caller_back_to_the_agent(tmp_path: Path) -> None:
+    """486 from the human: the agent takes the caller off hold, the model is told (and speaks), no REFER."""
+    require("sipp")
+    with contextlib.ExitStack() as stack:
+        human = stack.enter_context(sipp_scenario("uas_busy.xml", ("127.0.0.1", 9), tmp_path / "human", timeout_s=30))
+        target = f"sip:human@127.0.0.1:{human.port}"
+        recorder, ws_url = stack.enter_context(backend(target))
+        agent = stack.enter_context(running_agent(tmp_path, sections=warm_sections(ws_url, target)))
+        with sipp_scenario("uac_call.xml", agent.target, tmp_path / "caller", keys={"user": "agent"},
+                           pause_ms=5000, timeout_s=30) as caller:
+            result = caller.wait(40)
+        assert result.returncode == 0, result.failed() + agent.log.read_text()[-4000:]
+        human_result = human.wait(15)
+        assert human_result.returncode == 0, human_result.failed()
+        agent.wait_metric('sipagent_calls_total{outcome="remote-hangup"}', lambda v: v == 1, 10)
+        log = agent.log.read_text()
+    assert "REFER sip:" not in result.messages, result.messages[-3000:]
+    with recorder.lock:
+        outputs = [e["item"]["output"] for e in recorder.events
+                   if e.get("type") == "conversation.item.create" and e["item"].get("type") == "function_call_output"]
+    assert len(outputs) == 1 and "sales could not take the call" in outputs[0], outputs
+    assert "busy" in outputs[0] and "back on the line" in outputs[0], outputs
+    # The model was asked to speak after the output (the tool runner's response.create): three in all.
+    assert len(recorder.instructions()) == 3, recorder.instructions()
+    assert "state transferring -> live" in log, log[-3000:]
+
 # ------------------------------------------------------------------ two baresip phones through Kamailio
 
 AGENT_USER, CALLER_USER, HUMAN_USER = "2471", "1471", "1472"
@@ -169,9 +197,14 @@ def write_tone_wav(path: Path, hz: float, seconds: float, rate: int = 8000) -> N
 
 
 @pytest.mark.peers
-def test_warm_transfer_between_two_baresip_phones_through_kamailio(kamailio: Kamailio, tmp_path: Path) -> None:
+def test_warm_transfer_between_two_baresip_phones_through_kamailio(kamailio: Kamailio, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     require("baresip")
+    caplog.set_level(logging.INFO, logger="sipagent")
     asyncio.run(_baresip_warm_transfer(kamailio, tmp_path))
+    # baresip 1.0.0 advertises no Replaces (and would crash on one): the join is the blind fallback.
+    assert "did not advertise Replaces: blind transfer" in caplog.text
+    assert "by REFER with Replaces" not in caplog.text
 
 
 async def _baresip_warm_transfer(kamailio: Kamailio, tmp_path: Path) -> None:
