@@ -418,7 +418,8 @@ class Config:
         for name, profile in self.profiles().items():
             inherited = "" if name == DEFAULT_PROFILE else ", unset keys from default"
             tools = ", ".join(tool.name for tool in profile.tools) or "none"
-            targets = ", ".join(profile.transfer_targets) or "none"
+            targets = ", ".join(name + (" (warm)" if profile.transfer.mode_of(name) == "warm" else "")
+                                for name in profile.transfer_targets) or "none"
             language = f", language {profile.language}" if profile.language else ""
             lines.append(f"  {name}: voice {profile.voice}, tools {tools}, transfer targets {targets}, "
                          f"barge-in {profile.barge_in.mode}{language}{inherited}")
@@ -436,8 +437,11 @@ class Config:
 
     def _transfers(self) -> str:
         agent = self.agent
-        named = [f"{name} = {uri}" for name, uri in agent.transfer_targets.items()]
-        default = [f"{agent.transfer_target} (default)"] if agent.transfer_target else []
+        def warm(name: str) -> str:
+            return ", warm" if agent.transfer.mode_of(name) == "warm" else ""
+
+        named = [f"{name} = {uri}{' (warm)' if warm(name) else ''}" for name, uri in agent.transfer_targets.items()]
+        default = [f"{agent.transfer_target} (default{warm('default')})"] if agent.transfer_target else []
         return "; ".join(default + named) or "(none)"
 
 

@@ -213,6 +213,10 @@ class ToolRunner:
         now = time.monotonic()
         self.state.active(now)
         self.records.record("dtmf", digit=digit, duration_ms=duration_ms)
+        if self.warm is not None:
+            # On hold for a warm transfer: a key passed on would start a response, heard by the human
+            # during the briefing. Dropped.
+            return
         collector = self.collector
         if collector is not None and collector.result is None:
             self.interruptions.key_pressed(now)

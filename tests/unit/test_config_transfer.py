@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sipagent.bridge.hold_audio import hold_audio, load_hold_wav, tone_pattern
 from sipagent.config import Config, load_config, load_config_text
 from sipagent.errors import ConfigError
 
@@ -79,3 +80,35 @@ def test_hold_audio_wav_relative_to_the_config_file(tmp_path: Path) -> None:
     config_file.write_text(BASE + "  transfer: {hold_audio: stereo.wav}\n")
     with pytest.raises(ConfigError, match="not a WAV file"):
         load_config(config_file)
+
+
+def test_check_shows_which_targets_are_warm() -> None:
+    config = load(BASE + "  transfer: {mode: warm, modes: {billing: blind}}\n")
+    line = next(line for line in config.routing_table() if line.startswith("  default:"))
+    assert "transfer targets sales (warm), billing," in line
+    assert "sip:100@0.0.0.0 (default, warm)" in config.summary()
+
+
+def write_wav(path: Path, channels: int, rate: int, seconds: float) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(bytes(int(2 * channels * rate * seconds)))
+
+
+def test_hold_audio_files_and_patterns(tmp_path: Path) -> None:
+    write_wav(tmp_path / "narrow.wav", 1, 8000, 1.0)
+    assert abs(len(load_hold_wav(tmp_path / "narrow.wav")) - 48000) < 100  # 1 s at 24 kHz
+    write_wav(tmp_path / "stereo.wav", 2, 8000, 1.0)
+    with pytest.raises(ValueError, match="16-bit mono"):
+        load_hold_wav(tmp_path / "stereo.wav")
+    write_wav(tmp_path / "cd.wav", 1, 44100, 1.0)
+    with pytest.raises(ValueError, match="44100 Hz"):
+        load_hold_wav(tmp_path / "cd.wav")
+    write_wav(tmp_path / "click.wav", 1, 8000, 0.01)
+    with pytest.raises(ValueError, match="shorter"):
+        load_hold_wav(tmp_path / "click.wav")
+    tone = tone_pattern()
+    assert len(tone) == 2 * 24000 * 4 and any(tone[:1000]) and not any(tone[-1000:])  # a beep, then quiet
+    assert hold_audio("silence") == bytes(48000) and hold_audio("/gone.wav") == tone  # gone since load: the tone
