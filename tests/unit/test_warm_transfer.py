@@ -14,7 +14,9 @@ import pytest
 from sipagent.bridge.conversation import Conversation
 from sipagent.bridge.downlink import Downlink
 from sipagent.bridge.session import RealtimeSession, Responses
-from sipagent.bridge.settings import TransferConfig
+from sipagent.bridge.settings import AgentConfig, TransferConfig
+from sipagent.bridge.state import CallState
+from sipagent.bridge.tool_runner import ToolRunner
 from sipagent.bridge.tools import transfer_parameters
 from sipagent.bridge.warm import MAX_SUMMARY_CHARS, HumanUnavailable, WarmTransfer, briefing_text, clean_summary
 
@@ -282,3 +284,34 @@ def test_mode_per_target() -> None:
     config = TransferConfig(mode="blind", modes={"sales": "warm"})
     assert config.mode_of("sales") == "warm" and config.mode_of("billing") == "blind"
     assert TransferConfig(mode="warm").mode_of("") == "warm"
+
+
+class _Records:
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, dict[str, Any]]] = []
+
+    def record(self, kind: str, **data: Any) -> None:
+        self.entries.append((kind, data))
+
+
+@run
+async def test_keys_pressed_on_hold_for_a_warm_transfer_are_not_passed_to_the_model() -> None:
+    """A key passed on would make the model answer, and during the briefing the human would hear that."""
+    spawned: list[asyncio.Task[Any]] = []
+    runner = ToolRunner(AgentConfig(), cast(Any, FakeCaller(True)), cast(Any, FakeMedia()), cast(Any, None), "ga",
+                        cast(Any, None), Responses(Conversation()), cast(Any, FakeDownlink()), cast(Any, None),
+                        CallState(LOG), cast(Any, _Records()), LOG,
+                        lambda coro: spawned.append(asyncio.ensure_future(coro)) or spawned[-1],
+                        _nothing)
+    runner.on_dtmf("5", 100)
+    assert [key for key, _ in runner.typed] == ["5"]  # without a warm transfer: on its way to the model
+    for task in spawned:
+        task.cancel()
+    runner.typed.clear()
+    runner.warm = cast(Any, object())
+    runner.on_dtmf("7", 100)
+    assert runner.typed == []
+
+
+async def _nothing() -> None:
+    return None
