@@ -137,7 +137,11 @@ class WarmTransfer:
         try:
             await asyncio.wait({sequence, ended}, return_when=asyncio.FIRST_COMPLETED)
             if sequence.done():
-                return sequence.result()
+                try:
+                    return sequence.result()
+                except Exception:  # a fault of ours (or an unexpected answer): the caller must not stay on hold
+                    self.log.exception("warm transfer failed")
+                    return WarmOutcome("failed", "the colleague could not be called")
             self.steps.append("caller-gone")
             self.log.info("warm transfer: the caller hung up")
             return WarmOutcome("caller-gone")

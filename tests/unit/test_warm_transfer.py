@@ -228,6 +228,18 @@ async def test_human_unavailable_takes_the_caller_back(outcome: str) -> None:
 
 
 @run
+async def test_a_fault_while_dialling_takes_the_caller_back() -> None:
+    class Broken(Dialer):
+        async def __call__(self, uri: str, ring_timeout: float) -> FakeHuman:
+            raise ValueError("no SIP account named 'x'")
+
+    caller = FakeCaller(replaces=True)
+    warm, downlink, _ = make(caller, Broken())
+    outcome = await warm.run(URI, "sales", "")
+    assert outcome.result == "failed" and caller.refers == [] and downlink.media.buffered_ms == 0
+
+
+@run
 async def test_caller_hangs_up_during_the_briefing() -> None:
     human = FakeHuman()
     caller = FakeCaller(replaces=True)
