@@ -26,9 +26,11 @@ from sipagent.bridge.routing import Router
 from sipagent.bridge.settings import AgentProfile
 from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
+from sipagent.bridge.warm import HumanUnavailable
 from sipagent.call_media import CallMedia, MediaSettings
 from sipagent.config import Config, load_config
 from sipagent.errors import ConfigError, RealtimeError, SdpError, SrtpRefused
+from sipagent.human_leg import HumanCallLeg, dial_human
 from sipagent.media.clock import MediaClock
 from sipagent.media.playout import PlayoutQueue
 from sipagent.observability.health import HealthState, LoopStallDetector, start_health_server
@@ -314,8 +316,16 @@ class Agent:
             profile=profile.name, route=route, dialect=ev.check_dialect(rt.dialect),
             audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
             metrics=self.metrics, rtp_timeout_s=self.config.media.rtp_timeout_s,
-            context_defaults=self.config.context.template_defaults,
+            context_defaults=self.config.context.template_defaults, dialer=self._dial_human,
         )
+
+    async def _dial_human(self, uri: str, ring_timeout: float) -> HumanCallLeg:
+        """A warm transfer's call to the human, on this agent's SIP stack and media clock."""
+        if self.ua is None:
+            raise HumanUnavailable("failed", "the SIP user agent is not running")
+        settings = MediaSettings(self.config.sip.listen_address.host, self.config.media.jitter_ms,
+                                 self.config.media.symmetric_rtp, self.playout_class)
+        return await dial_human(self.ua, self.clock, self.ports, settings, uri, ring_timeout)
 
     async def _connect(self) -> RealtimeLink:
         assert self._endpoint is not None

@@ -25,6 +25,7 @@ import yaml
 from sipagent.bridge import context as templates
 from sipagent.bridge.call_events import EVENT_HEADERS
 from sipagent.bridge.digits import FIRST_DIGIT_TIMEOUT_S, INTER_DIGIT_TIMEOUT_S, MAX_DIGITS, TERMINATORS
+from sipagent.bridge.hold_audio import load_hold_wav
 from sipagent.bridge.routing import Route, Router, pattern_matches
 from sipagent.bridge.settings import (
     BUILTIN_TOOLS,
@@ -419,7 +420,8 @@ class Config:
         for name, profile in self.profiles().items():
             inherited = "" if name == DEFAULT_PROFILE else ", unset keys from default"
             tools = ", ".join(tool.name for tool in profile.tools) or "none"
-            targets = ", ".join(profile.transfer_targets) or "none"
+            targets = ", ".join(name + (" (warm)" if profile.transfer.mode_of(name) == "warm" else "")
+                                for name in profile.transfer_targets) or "none"
             language = f", language {profile.language}" if profile.language else ""
             lines.append(f"  {name}: voice {profile.voice}, tools {tools}, transfer targets {targets}, "
                          f"barge-in {profile.barge_in.mode}{language}{inherited}")
@@ -437,8 +439,11 @@ class Config:
 
     def _transfers(self) -> str:
         agent = self.agent
-        named = [f"{name} = {uri}" for name, uri in agent.transfer_targets.items()]
-        default = [f"{agent.transfer_target} (default)"] if agent.transfer_target else []
+        def warm(name: str) -> str:
+            return ", warm" if agent.transfer.mode_of(name) == "warm" else ""
+
+        named = [f"{name} = {uri}{' (warm)' if warm(name) else ''}" for name, uri in agent.transfer_targets.items()]
+        default = [f"{agent.transfer_target} (default{warm('default')})"] if agent.transfer_target else []
         return "; ".join(default + named) or "(none)"
 
 
@@ -566,7 +571,7 @@ def _convert_dataclass(ctx: _Ctx, node: yaml.Node, cls: type[Any], key: str) -> 
 
 # Sections of a profile that inherit key by key from the default's; every other key is taken whole (a
 # profile's tools or transfer_targets replace the default's: the model sees the chosen profile's only).
-_MERGED_SECTIONS = frozenset({"barge_in", "on_failure", "dtmf", "answering_machine"})
+_MERGED_SECTIONS = frozenset({"barge_in", "on_failure", "dtmf", "answering_machine", "transfer"})
 
 
 def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
@@ -860,6 +865,7 @@ def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable
     if agent.on_failure.action == "transfer" and not (agent.on_failure.target or agent.transfer_target):
         raise fail(f"{prefix}.on_failure.target", "required when on_failure.action is transfer")
     _check_transfer_targets(agent, prefix, config.sip.effective_domain, fail)
+    _check_transfer_modes(agent, prefix, config.source, fail)
     if agent.max_call_s and agent.max_call_s < 10:
         raise fail(f"{prefix}.max_call_s", f"expected 0 (no limit) or at least 10 seconds, got {agent.max_call_s}")
     if not (config.media.rtp_timeout_s or agent.max_call_s or agent.idle_timeout_s > 0):
@@ -1126,6 +1132,33 @@ def transfer_uri(target: str, domain: str) -> str:
     except SipParseError as exc:
         raise ValueError(f'expected an extension ("600") or a sip: URI ("sip:600@pbx.example.com"), got '
                          f'"{target}" ({exc.reason})') from None
+
+
+def _check_transfer_modes(agent: AgentConfig, prefix: str, source: str,
+                          fail: Callable[[str, str], ConfigError]) -> None:
+    """A warm transfer's settings: modes only for targets that exist, a hold audio that can be played."""
+    transfer, key = agent.transfer, f"{prefix}.transfer"
+    known = set(agent.transfer_targets) | ({"default"} if agent.transfer_target else set())
+    for name in transfer.modes:
+        if str(name) not in known:
+            raise fail(f"{key}.modes.{name}", "not a transfer target of this profile (known: "
+                                              f"{', '.join(sorted(known)) or 'none'}; the desk is \"default\")")
+    for name in ("ring_timeout_s", "briefing_limit_s"):
+        value = getattr(transfer, name)
+        if not 1 <= value <= 120:
+            raise fail(f"{key}.{name}", f"expected 1 to 120 seconds, got {value}")
+    if len(transfer.hold_message) > 300:
+        raise fail(f"{key}.hold_message", "expected at most 300 characters")
+    audio = transfer.hold_audio
+    if audio not in ("tone", "silence"):
+        path = Path(audio).expanduser()
+        if not path.is_absolute() and Path(source).is_file():  # relative to the file that names it
+            path = Path(source).parent / path
+        try:
+            load_hold_wav(path)
+        except (OSError, ValueError) as exc:
+            raise fail(f"{key}.hold_audio", f'expected "tone", "silence" or a readable WAV file: {exc}') from None
+        transfer.hold_audio = str(path)
 
 
 def _check_transfer_targets(agent: AgentConfig, prefix: str, domain: str,

@@ -21,7 +21,7 @@ RANKS = {
     "realtime": 2,
     "bridge": 3,
     "config": 4,
-    "agent": 5, "outbound": 5, "call_media": 5, "demo": 5, "doctor": 5, "testing": 5, "cli": 6,
+    "agent": 5, "outbound": 5, "call_media": 5, "human_leg": 5, "demo": 5, "doctor": 5, "testing": 5, "cli": 6,
     "observability": 1,  # a leaf: metrics, health, logs; imports no other layer
 }
 # Importing across these pairs is forbidden even at equal rank (sip knows nothing of RTP/SDP payloads,

@@ -49,6 +49,7 @@ from sipagent.bridge.state import CallState
 from sipagent.bridge.tool_runner import ToolRunner
 from sipagent.bridge.transcript import StereoRecorder, TranscriptWriter
 from sipagent.bridge.uplink import Uplink
+from sipagent.bridge.warm import HumanDialer
 from sipagent.errors import RealtimeError
 from sipagent.media.vad import EchoAwareVad, VadSettings
 from sipagent.observability.logs import call_logger
@@ -79,6 +80,8 @@ class BridgeSettings:
     metrics: Metrics | None = None
     # context.defaults: what a template variable absent from the call renders as (keys as Variable.key).
     context_defaults: Mapping[str, str] = field(default_factory=dict)
+    # Places the human's call of a warm transfer (the agent process); None: every transfer is blind.
+    dialer: HumanDialer | None = None
 
 
 @dataclass
@@ -139,7 +142,7 @@ class CallBridge:
                                            self.metrics)
         self.tools = ToolRunner(self.agent, call, media, self.context, settings.dialect, self.realtime,
                                 self.responses, self.downlink, self.interruptions, state, records, self.log,
-                                self._spawn, self._after_response, self.metrics)
+                                self._spawn, self._after_response, self.metrics, settings.dialer)
         self.limits = CallLimits(self.agent, settings.rtp_timeout_s, self._origin, media, state, records, self.log,
                                  self._busy, lambda: self.on_hold, self._idle_prompt, self._say_goodbye)
         # The model's events and who handles each; any other type is ignored.

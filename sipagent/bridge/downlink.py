@@ -50,6 +50,9 @@ class Downlink:
         self.drained.set()
         self._frame_left = asyncio.Event()  # set as a frame leaves while ``until_sent`` waits
         self._watchers = 0
+        # Set during a warm transfer's briefing: the model's audio goes there (the human's call), not to the
+        # caller, who hears hold audio meanwhile (sipagent.bridge.warm).
+        self.divert: Callable[[bytes], None] | None = None
 
     def use_codec(self, codec: str) -> None:
         """The agent's audio from now on is encoded in ``codec`` (fresh encoder state, as after a change)."""
@@ -78,6 +81,9 @@ class Downlink:
     def queue(self, item_id: str, pcm24k: bytes) -> None:
         if self.state.done.is_set() or item_id == self.conversation.cut_item:
             return  # deltas of an interrupted item still arrive until the cancel takes effect: drop them
+        if self.divert is not None:
+            self.divert(pcm24k)
+            return
         payload = self.encoder.encode(pcm24k)
         self._push(payload)
         self.conversation.agent_audio(item_id, len(payload))

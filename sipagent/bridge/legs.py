@@ -35,6 +35,12 @@ class CallLeg(Protocol):
 
     async def transfer(self, target: str, timeout: float = 30) -> bool: ...
 
+    async def transfer_replacing(self, other: Any, timeout: float = 30) -> bool:
+        """REFER with Replaces (RFC 3891): the far end takes the place of our call ``other``."""
+
+    def peer_supports(self, option: str) -> bool:
+        """The far end said it supports ``option`` ("replaces") in its INVITE or answer."""
+
 
 class MediaLeg(Protocol):
     """What the bridge needs of the call's RTP endpoint and its playout queue."""

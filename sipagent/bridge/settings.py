@@ -79,6 +79,31 @@ class AnsweringMachineConfig:
     timeout_s: float = 6.0  # no verdict by then: "unknown", and the call goes on as with a person
 
 
+TransferMode = Literal["blind", "warm"]
+TRANSFER_MODES = ("blind", "warm")
+
+
+@dataclass
+class TransferConfig:
+    """How ``transfer_call`` puts a caller through (the profile's ``transfer`` section).
+
+    blind: a REFER to the target, and the caller is gone. warm: the caller hears ``hold_message`` and then
+    hold audio while the agent calls the target as a second call, briefs the person who answers, and joins
+    the two (sipagent.bridge.warm)."""
+
+    mode: TransferMode = "blind"  # every target's mode ...
+    modes: dict[str, TransferMode] = field(default_factory=dict)  # ... unless named here ("default": the desk)
+    hold_message: str = "Please hold while I connect you."
+    # "tone" (a soft beep every few seconds), "silence", or the path of a WAV file (PCM16, mono) played in a loop
+    hold_audio: str = "tone"
+    ring_timeout_s: float = 20.0  # how long the human's phone may ring before the caller is taken back
+    briefing_limit_s: float = 20.0  # the briefing is cut after this long (the model's audio to the human)
+
+    def mode_of(self, name: str) -> TransferMode:
+        """The mode of the target the model named ("" or None: the default desk)."""
+        return self.modes.get(name or "default", self.mode)
+
+
 @dataclass
 class AgentConfig:
     greeting: str = ""
@@ -88,6 +113,7 @@ class AgentConfig:
     # those names and nothing else) or none, which means ``transfer_target``. Never a number of its own.
     transfer_target: str = ""
     transfer_targets: dict[str, str] = field(default_factory=dict)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     idle_timeout_s: float = 20.0
     max_call_s: float = 3600.0  # a call this long is ended politely (max_call_message, then BYE); 0 = no limit
     max_call_message: str = "We have reached the time limit for this call. Thank you for calling. Goodbye."

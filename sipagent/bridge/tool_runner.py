@@ -33,6 +33,7 @@ from sipagent.bridge.settings import AgentConfig, DtmfConfig, ToolConfig
 from sipagent.bridge.state import CallState
 from sipagent.bridge.tools import ToolResult, parse_arguments, run_webhook
 from sipagent.bridge.waiting import first_of
+from sipagent.bridge.warm import HumanDialer, WarmOutcome, WarmTransfer, clean_summary
 from sipagent.errors import RtpError
 from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
@@ -45,7 +46,7 @@ class ToolRunner:
                  session: RealtimeSession, responses: Responses, downlink: Downlink, interruptions: Interruptions,
                  state: CallState, records: CallRecords, log: logging.LoggerAdapter[logging.Logger],
                  spawn: Callable[[Awaitable[Any]], asyncio.Task[Any]], after_response: Callable[[], Awaitable[None]],
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, dialer: HumanDialer | None = None) -> None:
         self.agent = agent
         self.call = call
         self.media = media
@@ -61,6 +62,8 @@ class ToolRunner:
         self._spawn = spawn
         self._after_response = after_response  # what runs once the agent has finished speaking (run_pending)
         self.metrics = metrics
+        self.dialer = dialer  # places the human's call of a warm transfer (None: every transfer is blind)
+        self.warm: WarmTransfer | None = None  # the warm transfer under way
         self.uses: list[ToolUse] = []  # every tool call the model made, in order (CallOutcome.tools)
         self.pending: tuple[str, dict[str, Any]] | None = None  # a built-in waiting for the agent to finish
         # The transfer under way (target name, URI), set before the REFER: a completed transfer can end the
@@ -160,15 +163,42 @@ class ToolRunner:
             await self._output(str(args.get("_call_id", "")), "transfer_call", tool_args,
                                ToolResult(False, {"error": self.transfer_error(name)}))
             return
+        warm = self.agent.transfer.mode_of(label) == "warm" and self.dialer is not None
         self.state.set("transferring")
-        self.records.record("event", event="transfer", target=label, uri=uri)
+        self.records.record("event", event="transfer", target=label, uri=uri, mode="warm" if warm else "blind")
         self.transfer_to = (label, uri)
+        if warm:
+            await self._warm_transfer(args, tool_args, label, uri)
+            return
         if await self.call.transfer(uri):
             self.state.finish("transferred")
             return
         self.state.set("live")
         await self._output(str(args.get("_call_id", "")), "transfer_call", tool_args,
                            ToolResult(False, {"error": f"the transfer to {label} failed"}))
+
+    async def _warm_transfer(self, args: dict[str, Any], tool_args: dict[str, Any], label: str, uri: str) -> None:
+        assert self.dialer is not None
+        self.warm = WarmTransfer(self.agent.transfer, self.call, self.dialer, self.downlink, self.session,
+                                 self.responses, self.log)
+        try:
+            outcome: WarmOutcome = await self.warm.run(uri, label, clean_summary(args.get("summary")))
+        finally:
+            steps, self.warm = self.warm.steps, None
+        self.log.info("warm transfer to %s: %s (%s)", label, outcome.result, " ".join(steps))
+        self.records.record("event", event="warm-transfer", target=label, result=outcome.result)
+        if outcome.result in ("joined", "joined-blind"):
+            self.state.finish("transferred")
+            return
+        if outcome.result == "caller-gone":
+            return  # the call's end is the bridge's to see (remote-bye)
+        self.transfer_to = None
+        self.state.set("live")
+        error = (f"{label} could not take the call: {outcome.detail}. The caller is back on the line with you "
+                 "(they heard hold audio meanwhile): tell them, and offer to help otherwise."
+                 if outcome.result == "unavailable" else f"the transfer to {label} failed: {outcome.detail}")
+        await self._output(str(args.get("_call_id", "")), "transfer_call", tool_args,
+                           ToolResult(False, {"error": error}))
 
     async def fail_over_transfer(self, target: str) -> bool:
         """The configured fail-over transfer (no model to ask): whether the far end took it."""
@@ -183,6 +213,10 @@ class ToolRunner:
         now = time.monotonic()
         self.state.active(now)
         self.records.record("dtmf", digit=digit, duration_ms=duration_ms)
+        if self.warm is not None:
+            # On hold for a warm transfer: a key passed on would start a response, heard by the human
+            # during the briefing. Dropped.
+            return
         collector = self.collector
         if collector is not None and collector.result is None:
             self.interruptions.key_pressed(now)

@@ -112,7 +112,12 @@ def tool_definitions(tools: list[ToolConfig], transfer_names: list[str] | None =
 
 def transfer_parameters(names: list[str], has_default: bool) -> dict[str, Any]:
     """transfer_call's parameters: ``target`` is one of ``names`` (optional when there is a default desk)."""
-    properties: dict[str, Any] = {"reason": {"type": "string"}}
+    properties: dict[str, Any] = {
+        "reason": {"type": "string"},
+        # Spoken to the colleague in a warm transfer (cleaned and bounded: sipagent.bridge.warm.clean_summary).
+        "summary": {"type": "string", "maxLength": 300,
+                    "description": "One or two sentences for the colleague: who is calling and what they need"},
+    }
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if names:
         properties["target"] = {

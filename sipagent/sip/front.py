@@ -28,6 +28,7 @@ from sipagent.sip.call import (
     ProvisionalAcked,
     ReofferAnswered,
     TransferProgress,
+    options_of,
 )
 from sipagent.sip.dialog import Dialog
 from sipagent.sip.identity import CallIdentity
@@ -70,10 +71,16 @@ class CallFront:
         self._settled = asyncio.Event()  # established or ended
         self._transfers: asyncio.Queue[TransferProgress] = asyncio.Queue()
         self._reoffered: asyncio.Future[ReofferAnswered] | None = None
+        self._peer_options: frozenset[str] = frozenset()  # Supported/Require of the far end's INVITE
 
     @property
     def state(self) -> str:
         return self.core.state
+
+    def peer_supports(self, option: str) -> bool:
+        """The far end listed ``option`` ("replaces") in its INVITE's Supported or Require (RFC 3261 20.37):
+        what it has not advertised is never asked of it (a phone may crash on a REFER with Replaces)."""
+        return option.lower() in self._peer_options
 
     @property
     def dialog(self) -> Dialog | None:
@@ -214,6 +221,7 @@ class IncomingCall(CallFront):
         self.to_uri = str(invite.to_addr.uri)
         self.identity = identity
         self.offer: SessionDescription | None = core.offer
+        self._peer_options = frozenset(options_of(invite, "Supported") + options_of(invite, "Require"))
         self._prack = asyncio.Event()
 
     def __repr__(self) -> str:

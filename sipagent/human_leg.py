@@ -1,0 +1,95 @@
+"""The second call of a warm transfer: the agent dials the human, with its own RTP media chain.
+
+``dial_human`` places the call (UserAgent.dial) on a fresh CallMedia and returns a ``HumanCallLeg`` the
+bridge's warm transfer (sipagent.bridge.warm) speaks the briefing into. Nothing is left behind on any path:
+a call not answered, a dial cancelled, or ``close`` free the port pair and the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sipagent.bridge.warm import HumanUnavailable
+from sipagent.call_media import CallMedia, EndpointLeg, MediaSettings
+from sipagent.media.clock import MediaClock
+from sipagent.media.kernel import Encoder24k
+from sipagent.rtp.ports import PortAllocator
+from sipagent.sip.outgoing import DialError, OutgoingCall
+from sipagent.sip.ua import UserAgent
+
+log = logging.getLogger(__name__)
+
+
+class HumanCallLeg:
+    """The human's answered call (sipagent.bridge.warm.HumanLeg): audio in, hang-up and cleanup."""
+
+    def __init__(self, call: OutgoingCall, chain: CallMedia, leg: EndpointLeg) -> None:
+        self.call = call
+        self.chain = chain
+        self.leg = leg
+        self._encoder = Encoder24k(leg.codec)
+        self._sent = asyncio.Event()  # set as each frame leaves (wakes wait_playout)
+        assert chain.endpoint is not None
+        chain.endpoint.on_sent = self._frame_sent
+        self._closed = False
+
+    def _frame_sent(self, payload: bytes, is_audio: bool) -> None:
+        self._sent.set()
+
+    def play_pcm24(self, pcm24k: bytes) -> None:
+        if not self._closed:
+            self.leg.push_audio(self._encoder.encode(pcm24k))
+
+    async def wait_playout(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.leg.buffered_ms > 0 and not self.call.ended.is_set() and not self._closed:
+                    self._sent.clear()
+                    ended = asyncio.ensure_future(self.call.ended.wait())
+                    sent = asyncio.ensure_future(self._sent.wait())
+                    try:
+                        await asyncio.wait({ended, sent}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        ended.cancel()
+                        sent.cancel()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self.call.ended.is_set():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.call.hangup(), 10.0)
+        finally:
+            self.chain.close()
+
+
+async def dial_human(ua: UserAgent, clock: MediaClock, ports: PortAllocator, settings: MediaSettings, uri: str,
+                     ring_timeout: float) -> HumanCallLeg:
+    """Call ``uri`` for a warm transfer; the answered leg, or HumanUnavailable with why not."""
+    chain = CallMedia(clock, ports, settings, cname="sipagent-warm")
+    try:
+        call = await ua.dial(uri, rtp_port=chain.local_port, ring_timeout=ring_timeout)
+    except DialError as exc:
+        chain.close()
+        raise HumanUnavailable(exc.outcome, exc.reason) from None
+    except BaseException:  # cancelled (the caller hung up while it rang): ua.dial has CANCELled it
+        chain.close()
+        raise
+    try:
+        assert call.media is not None
+        leg = chain.build(call.media)
+        call.on_media_change = chain.apply
+        log.info("warm transfer: %s answered (%s) with %s", uri, call.call_id, leg.codec)
+        return HumanCallLeg(call, chain, leg)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await call.hangup()
+        chain.close()
+        raise
+
+
+__all__ = ["HumanCallLeg", "dial_human"]
