@@ -25,8 +25,7 @@ from typing import Any
 
 import pytest
 from bridge_helpers import bridge_config, call_rig, loud_times, tts
-from conftest import require
-from peers import Baresip, Kamailio, wait_until
+from peers import Baresip, Kamailio, require, wait_until
 from srtp_helpers import check_wire, negotiated, read_pcm24k, tap
 from test_hold_and_codec_change import AGENT_LINES, ANSWER, GREETING, QUESTION, recognised, write_wav
 
