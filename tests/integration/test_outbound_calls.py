@@ -238,3 +238,46 @@ def test_an_answering_machine(on_machine: str, kamailio: Kamailio, tmp_path: Pat
         assert "machine" in kinds and "message" in kinds, kinds
 
     asyncio.run(asyncio.wait_for(scenario(), 75))
+
+
+def test_calls_both_ways_share_sip_max_calls(kamailio: Kamailio, tmp_path: Path, baresip_available: None) -> None:
+    async def scenario() -> None:
+        sections = agent_sections(kamailio, "7250")
+        sections["sip"]["max_calls"] = 1
+        sections["outbound"]["calls_per_second"] = 10  # the second call follows the first within a second
+        agent = Agent(bridge_config(tmp_path, **sections))
+        await agent.start()
+        caller = Baresip(tmp_path / "caller", "7251", kamailio.address, codecs=["PCMU"])
+        callee = Baresip(tmp_path / "callee", "7252", kamailio.address, answer=True, codecs=["PCMU"])
+        await caller.start()
+        await callee.start()
+        try:
+            assert agent.outbound is not None and agent.ua is not None
+            assert await agent.ua.wait_registered(10)
+            calls = agent.outbound.calls
+            # An answered call holds the one place: a call we would place fails at once, and says why.
+            await caller.dial(f"sip:7250@{kamailio.address}")
+            assert await caller.wait_event("CALL_ESTABLISHED", 10), caller.event_types()
+            first = calls.start(CallRequest("sip:7252@127.0.0.1", "default"))
+            refused = await asyncio.wait_for(calls.wait(first.id), 5)
+            assert refused.outcome == "failed", refused
+            assert refused.end_reason == "call failed: sip.max_calls (1) calls are in progress", refused
+            assert not callee.events, callee.event_types()
+            await caller.hangup()
+            assert await caller.wait_event("CALL_CLOSED", 10)
+            await asyncio.sleep(0.5)
+            # A call we placed holds it too: the phone calling in is turned away.
+            placed = calls.start(CallRequest("sip:7252@127.0.0.1", "default"))
+            assert await callee.wait_event("CALL_ESTABLISHED", 10), callee.event_types()
+            closed = caller.count_events("CALL_CLOSED")
+            await caller.dial(f"sip:7250@{kamailio.address}")
+            assert await caller.wait_count("CALL_CLOSED", closed + 1, 10), caller.event_types()
+            assert caller.count_events("CALL_ESTABLISHED") == 1
+            calls.cancel(placed.id)
+            assert (await asyncio.wait_for(calls.wait(placed.id), 10)).outcome == "answered"
+        finally:
+            await caller.close()
+            await callee.close()
+            await agent.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
