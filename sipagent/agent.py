@@ -335,7 +335,7 @@ class Agent:
         if decision.action == "hang_up":
             log.info("outbound call %s: answering machine (%s): hanging up", progress.call.id, decision.reason)
             await call.hangup()
-            self._emit(lambda: events.ended(time.time(), CallSummary("machine", 0.0)))
+            self._emit(lambda: events.ended(time.time(), CallSummary("machine", 0.0, answering_machine="machine")))
             return PlaceResult("machine", "answering machine: hung up", "machine")
         settings = self._bridge_settings(profile, "outbound")
         if decision.action == "leave_message":
@@ -348,10 +348,19 @@ class Agent:
                        "reason": event.reason}) for event in answer.events]
         heard.append(("event", {"event": "outbound", "outbound_id": progress.call.id, "to": call.to_uri,
                                 "answering_machine": decision.verdict, "action": decision.action}))
-        outcome = await self._bridge(call, chain, media, settings, context, events, heard)
-        if decision.action == "leave_message":
-            return PlaceResult("machine", outcome.reason, "machine", message_left=outcome.reason == MESSAGE_LEFT)
-        return PlaceResult("answered", outcome.reason, decision.verdict)
+        def result(outcome: CallOutcome) -> PlaceResult:
+            if decision.action == "leave_message":
+                return PlaceResult("machine", outcome.reason, "machine", message_left=outcome.reason == MESSAGE_LEFT)
+            return PlaceResult("answered", outcome.reason, decision.verdict)
+
+        def summary(outcome: CallOutcome, duration_s: float) -> CallSummary:
+            # The call's outbound outcome, as the control API and the metrics have it.
+            placed = result(outcome)
+            return dataclasses.replace(call_summary(outcome, duration_s), outcome=placed.outcome,
+                                       answering_machine=placed.answering_machine or "",
+                                       message_left=placed.message_left)
+
+        return result(await self._bridge(call, chain, media, settings, context, events, heard, summary))
 
     def _media_chain(self, call_id: str) -> CallMedia:
         """A new call's media chain, its RTP port pair bound (the SDP names it before the codec is settled)."""
@@ -376,10 +385,12 @@ class Agent:
 
     async def _bridge(self, call: IncomingCall | OutgoingCall, chain: CallMedia, media: NegotiatedMedia,
                       settings: BridgeSettings, context: CallContext, events: CallEvents,
-                      records: Sequence[tuple[str, dict[str, Any]]] = ()) -> CallOutcome:
+                      records: Sequence[tuple[str, dict[str, Any]]] = (),
+                      summarize: Callable[[CallOutcome, float], CallSummary] | None = None) -> CallOutcome:
         """Bridge an answered call (either way) to a Realtime session until it ends, and count it; ``records``
-        go to its transcript first. Cancelled (shutdown, or DELETE of an outbound call), the call is hung up
-        and counted, then the cancellation goes on."""
+        go to its transcript first, ``summarize`` makes its ``call.ended`` (default: ``call_summary``).
+        Cancelled (shutdown, or DELETE of an outbound call), the call is hung up and counted, then the
+        cancellation goes on."""
         assert chain.leg is not None and chain.endpoint is not None
         bridge = CallBridge(call, chain.leg, self._connect, settings,
                             on_transcript=self._transcript_callback(call.call_id), context=context)
@@ -408,7 +419,7 @@ class Agent:
             self.metrics.call_ended(outcome.reason, duration)
             if outcome.transfer_uri:
                 self._emit(lambda: events.transferred(time.time(), outcome.transfer_target, outcome.transfer_uri))
-            self._emit(lambda: events.ended(time.time(), call_summary(outcome, duration)))
+            self._emit(lambda: events.ended(time.time(), (summarize or call_summary)(outcome, duration)))
             rtp = chain.endpoint.stats()
             self.metrics.add_rtp(sent=rtp.packets_sent, received=rtp.packets_received, lost=max(0, rtp.lost))
             self.metrics.observe_jitter(rtp.jitter_ms / 1000)

@@ -23,11 +23,13 @@ from peers import Baresip, Kamailio, free_port
 from srtp_helpers import read_pcm24k
 from test_amd_speech import beep, silence, speech
 from test_control_api import request
+from test_events_webhook import SECRET, receiver
 from test_hold_and_codec_change import AGENT_LINES, ANSWER, GREETING, LOUD_DB, recognised
 
 from sipagent.agent import Agent
+from sipagent.config import Config
 from sipagent.media.vad import level_db
-from sipagent.outbound.calls import CallRequest
+from sipagent.outbound.calls import CallRequest, OutboundCall
 from sipagent.outbound.one_call import EXIT_CODES
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(90)]
@@ -202,30 +204,43 @@ def voicemail_wav(path: Path, tmp: Path) -> float:
     return len(lead) / 16000 + 0.5
 
 
+async def call_a_machine(config: Config, kamailio: Kamailio, user: str,
+                         tmp: Path) -> tuple[OutboundCall, Baresip, float]:
+    """An agent places one call to a phone (``user``) that answers with a voicemail greeting and its beep;
+    the finished call, the phone (stopped) and when its beep ended."""
+    agent = Agent(config)
+    await agent.start()
+    phone = Baresip(tmp / "phone", user, kamailio.address, answer=True, codecs=["PCMU"], record=True)
+    await phone.start()
+    beep_end = voicemail_wav(phone.workdir / "send.wav", tmp)  # aufile opens it at the answer
+    try:
+        assert agent.outbound is not None
+        calls = agent.outbound.calls
+        placed = calls.start(CallRequest(f"sip:{user}@127.0.0.1", "default"))
+        call = await asyncio.wait_for(calls.wait(placed.id), 45)
+        assert await phone.wait_event("CALL_CLOSED", 5), phone.event_types()
+    finally:
+        await phone.close()
+        await agent.stop()
+    return call, phone, beep_end
+
+
 @pytest.mark.parametrize("on_machine", ["hang_up", "leave_message"])
 def test_an_answering_machine(on_machine: str, kamailio: Kamailio, tmp_path: Path, baresip_available: None) -> None:
     async def scenario() -> None:
         user = {"hang_up": "7240", "leave_message": "7242"}[on_machine]
-        phone_user = str(int(user) + 1)
         amd = {"detect": True, "on_machine": on_machine, "message": ANSWER}
-        config = bridge_config(tmp_path, **agent_sections(kamailio, user, greeting=GREETING, answering_machine=amd))
-        agent = Agent(config)
-        await agent.start()
-        phone = Baresip(tmp_path / "phone", phone_user, kamailio.address, answer=True, codecs=["PCMU"],
-                        record=True)
-        await phone.start()
-        beep_end = voicemail_wav(phone.workdir / "send.wav", tmp_path)  # aufile opens it at the answer
-        try:
-            assert agent.outbound is not None
-            calls = agent.outbound.calls
-            placed = calls.start(CallRequest(f"sip:{phone_user}@127.0.0.1", "default"))
-            call = await asyncio.wait_for(calls.wait(placed.id), 45)
-            assert await phone.wait_event("CALL_CLOSED", 5), phone.event_types()
-        finally:
-            await phone.close()
-            await agent.stop()
+        async with receiver() as hooks:
+            hook = {"webhook": {"url": hooks.url, "secret": SECRET}}
+            config = bridge_config(tmp_path, **agent_sections(kamailio, user, greeting=GREETING, answering_machine=amd,
+                                                              events=hook))
+            call, phone, beep_end = await call_a_machine(config, kamailio, str(int(user) + 1), tmp_path)
+            ended = hooks.events("call.ended")
+        assert len(ended) == 1, ended
+        data = ended[0]["data"]
+        assert (data["direction"], data["outbound_id"], data["outcome"]) == ("outbound", call.id, "machine"), data
+        assert (data["answering_machine"], data["message_left"]) == ("machine", on_machine == "leave_message"), data
         assert (call.outcome, call.answering_machine) == ("machine", "machine"), call
-        transcripts = list((tmp_path).glob("*.jsonl"))
         if on_machine == "hang_up":
             assert not call.message_left and call.end_reason == "answering machine: hung up", call
             return
@@ -233,9 +248,9 @@ def test_an_answering_machine(on_machine: str, kamailio: Kamailio, tmp_path: Pat
         pcm = heard(phone)
         assert any("thirty days" in text for text in recognised(pcm, AGENT_LINES))
         assert first_loud_s(pcm) > beep_end - 0.3, (first_loud_s(pcm), beep_end)  # not a word before the beep
-        entries = [json.loads(line) for path in transcripts for line in path.read_text().splitlines()]
-        kinds = [e.get("heard") for e in entries if e.get("event") == "answering-machine"]
-        assert "machine" in kinds and "message" in kinds, kinds
+        entries = [json.loads(line) for path in tmp_path.glob("*.jsonl") for line in path.read_text().splitlines()]
+        heard_kinds = [e.get("heard") for e in entries if e.get("event") == "answering-machine"]
+        assert "machine" in heard_kinds and "message" in heard_kinds, heard_kinds
 
     asyncio.run(asyncio.wait_for(scenario(), 75))
 
