@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from sipagent.bridge.settings import AgentProfile
 from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
 from sipagent.bridge.warm import HumanUnavailable
-from sipagent.call_media import CallMedia, MediaSettings
+from sipagent.call_media import CallMedia, EndpointLeg, MediaSettings
 from sipagent.config import Config, load_config
 from sipagent.errors import ConfigError, RealtimeError, SdpError, SrtpRefused
 from sipagent.human_leg import HumanCallLeg, dial_human
@@ -36,6 +37,11 @@ from sipagent.media.playout import PlayoutQueue
 from sipagent.observability.health import HealthState, LoopStallDetector, start_health_server
 from sipagent.observability.logs import configure_logging, install_trace_toggle, set_call_id
 from sipagent.observability.metrics import Metrics
+from sipagent.outbound.answer import OutboundAnswer
+from sipagent.outbound.calls import CallProgress, PlaceResult
+from sipagent.outbound.control import OutboundService, start_outbound
+from sipagent.outbound.dialing import dial
+from sipagent.outbound.listening import frame_rate, listen_for_machine
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
 from sipagent.realtime.local.brain import LocalBrainConfig
@@ -43,12 +49,15 @@ from sipagent.realtime.local.server import LocalRealtimeServer
 from sipagent.realtime.providers import Endpoint, endpoint_for
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.ports import PortAllocator
+from sipagent.sdp import NegotiatedMedia
 from sipagent.sip.admission import BudgetLimits
+from sipagent.sip.outgoing import DialError, OutgoingCall
 from sipagent.sip.transport import TransportLimits
 from sipagent.sip.ua import IncomingCall, SipAccount, UaSettings, UserAgent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MESSAGE_LEFT = "message-left"  # the outcome of an outbound call whose answering machine got the message
 
 
 @dataclass
@@ -79,6 +88,7 @@ class Agent:
         self._calls: set[asyncio.Task[None]] = set()
         self._accepting = True
         self.ua: UserAgent | None = None
+        self.outbound: OutboundService | None = None  # the calls we place, and the control API
         self.bridges: dict[str, CallBridge] = {}
         self.metrics = Metrics()
         self.health = HealthState()
@@ -113,6 +123,7 @@ class Agent:
         settings = ua_settings(self.config)
         self.ua = UserAgent(settings, self._on_call, on_refused=self._on_refused, on_shed=self.metrics.sip_shed)
         await self.ua.start()
+        self.outbound = await start_outbound(self.config, self.place_outbound, self.metrics)
         self._monitor = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
@@ -166,6 +177,9 @@ class Agent:
         self.profiles, self.router = config.profiles(), config.router()
         if self.ua is not None:  # headers new templates or routes name: kept from the next INVITE on
             self.ua.settings.context_headers = context_headers(config)
+        self.config.outbound = config.outbound
+        if self.outbound is not None:
+            self.outbound.reload(config)
         log.info("configuration reloaded for new calls: profiles %s; %d routes", ", ".join(self.profiles),
                  len(self.router.routes))
 
@@ -186,6 +200,8 @@ class Agent:
                                  return_exceptions=True)
         if self._monitor is not None:
             self._monitor.cancel()
+        if self.outbound is not None:  # the API stops; calls still ringing are CANCELled, the rest hung up
+            await self.outbound.close()
         if self.ua is not None:
             await self.ua.stop()
         for task in list(self._calls):
@@ -224,10 +240,7 @@ class Agent:
         decision = self.router.choose(call.identity, call.account)
         profile = self.profiles[decision.profile]
         # The port first (the answer names it), then the endpoint for the codec the answer settled.
-        media_settings = MediaSettings(self.config.sip.listen_address.host, self.config.media.jitter_ms,
-                                       self.config.media.symmetric_rtp, self.playout_class)
-        chain = CallMedia(self.clock, self.ports, media_settings, cname=f"sipagent-{call.call_id[:8]}")
-        endpoint: RtpEndpoint | None = None
+        chain = self._media_chain(call.call_id)
         try:
             rtp_host = call.local_host  # the UA's one decision for Via, Contact and SDP
             try:
@@ -239,51 +252,186 @@ class Agent:
             if call.ended.is_set():
                 self._count("cancelled")
                 return
-            codec = media.codec
-            leg = chain.build(media)
-            endpoint = leg.endpoint
-            self._endpoints.add(endpoint)
-            call.on_media_change = chain.apply
             context = call_context(call, self.config)
-            bridge = CallBridge(call, leg, self._connect, self._bridge_settings(profile, decision.reason),
-                                on_transcript=self._transcript_callback(call.call_id), context=context)
-            # From now on the endpoint's per-frame callbacks go straight to the bridge; nothing ran in
-            # between (no await since build), so it hears of every frame either way.
-            chain.attach(bridge, media)
-            call.on_dtmf = bridge.on_dtmf
-            self.bridges[call.call_id] = bridge
+            self._build_leg(call, chain, media)
             # Numbers only (bounded by identify()): names and header values stay in the transcript.
-            log.info("answered %s with %s: profile %s (%s)%s, caller %s, dialed %s%s%s", call.from_uri, codec,
+            log.info("answered %s with %s: profile %s (%s)%s, caller %s, dialed %s%s%s", call.from_uri, media.codec,
                      profile.name, decision.reason, f", account {call.account}" if call.account else "",
                      context.caller_number or "(unknown)", context.dialed or "(unknown)",
                      f", redirected from {context.redirected_from}" if context.redirected_from else "",
                      f", headers {', '.join(context.headers)}" if context.headers else "")
-            self.metrics.call_started()
-            self.metrics.call_profile(profile.name, call.account)
-            answered = time.monotonic()
             events = CallEvents(call.call_id, {**context.to_json(), "caller_uri": call.from_uri,
                                                "dialed_uri": call.to_uri, "remote_host": call.remote_host},
                                 profile.name, new_event_id)
-            self._emit(lambda: events.started(time.time(), codec))
-            outcome = await bridge.run()
+            await self._bridge(call, chain, media, self._bridge_settings(profile, decision.reason), context, events)
+        finally:
+            self._close_chain(chain)
+
+    async def place_outbound(self, progress: CallProgress) -> PlaceResult:
+        """Dial ``progress.request`` and run the answered call to its end (sipagent.outbound.calls' ``place``).
+
+        An answered call is first listened to by the profile's answering-machine detection; a person (or no
+        verdict) gets the conversation, as an inbound call does; a machine is hung up on or gets the
+        profile's message. Cancelling the task CANCELs a ringing call and hangs up an answered one; a call
+        not answered raises DialError with its outcome."""
+        task = asyncio.current_task()
+        assert task is not None
+        profile = self.profiles[progress.request.profile]  # read once: a reload does not change a call under way
+        self._calls.add(task)
+        chain = self._media_chain(progress.call.id)
+        try:
+            call = await self._dial(progress, chain, profile)
+            set_call_id(call.call_id)
+            try:
+                return await self._outbound_answered(progress, call, chain, profile)
+            except asyncio.CancelledError:
+                if not call.ended.is_set():  # cancelled while we listened for a machine
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(call.hangup())
+                raise
+        finally:
+            self._close_chain(chain)
+            self._calls.discard(task)
+
+    async def _dial(self, progress: CallProgress, chain: CallMedia, profile: AgentProfile) -> OutgoingCall:
+        """The answered call; DialError (reported as a call.ended event first) when it was not answered."""
+        assert self.ua is not None
+        try:
+            if not self._accepting:
+                raise DialError("failed", 0, "the agent is shutting down")
+            if self.ua.active_calls >= self.config.sip.max_calls:  # calls both ways share the one budget
+                raise DialError("failed", 0, f"sip.max_calls ({self.config.sip.max_calls}) calls are in progress")
+            account = self.config.outbound_account()
+            call = await dial(self.ua, progress, rtp_port=chain.local_port, codecs=list(self.config.media.codecs),
+                              account=account.name if account is not None else None,
+                              ring_timeout=self.config.outbound.ring_timeout_s)
+        except DialError as exc:
+            unanswered = exc.outcome
+            context = outbound_context(progress.call.id, progress, self.config)
+            events = CallEvents(progress.call.id, {**context.to_json(), "dialed_uri": progress.request.to},
+                                profile.name, new_event_id, direction="outbound", outbound_id=progress.call.id)
+            self._emit(lambda: events.ended(time.time(), CallSummary(unanswered, 0.0)))
+            raise
+        assert isinstance(call, OutgoingCall) and call.media is not None
+        return call
+
+    async def _outbound_answered(self, progress: CallProgress, call: OutgoingCall, chain: CallMedia,
+                                 profile: AgentProfile) -> PlaceResult:
+        """Listen for an answering machine, then do what the profile says: converse, hang up, leave the message."""
+        assert call.media is not None
+        self.stats.calls_total += 1
+        media = call.media
+        context = outbound_context(call.call_id, progress, self.config)
+        events = CallEvents(call.call_id, {**context.to_json(), "caller_uri": call.from_uri,
+                                           "dialed_uri": call.to_uri, "remote_host": call.remote_host},
+                            profile.name, new_event_id, direction="outbound", outbound_id=progress.call.id)
+        leg = self._build_leg(call, chain, media)
+        log.info("outbound call %s answered by %s with %s: profile %s", progress.call.id, call.to_uri,
+                 media.codec, profile.name)
+        answer = OutboundAnswer(profile.answering_machine, context.variables(self.config.context.template_defaults),
+                                sample_rate=frame_rate(media.codec))
+        decision = await listen_for_machine(call, leg.endpoint, answer, media.codec)
+        progress.call.answering_machine = decision.verdict
+        if call.ended.is_set():  # hung up while we listened
+            return PlaceResult("answered", call.end_reason, decision.verdict)
+        if decision.action == "hang_up":
+            log.info("outbound call %s: answering machine (%s): hanging up", progress.call.id, decision.reason)
+            await call.hangup()
+            self._emit(lambda: events.ended(time.time(), CallSummary("machine", 0.0, answering_machine="machine")))
+            return PlaceResult("machine", "answering machine: hung up", "machine")
+        settings = self._bridge_settings(profile, "outbound")
+        if decision.action == "leave_message":
+            # The message is this call's greeting (its template filled in by the bridge, as greetings are),
+            # and the call ends once it has been heard.
+            spoken = dataclasses.replace(profile, greeting=profile.answering_machine.message)
+            settings = dataclasses.replace(self._bridge_settings(spoken, "outbound"), end_after_greeting=MESSAGE_LEFT)
+        heard: list[tuple[str, dict[str, Any]]] = [
+            ("event", {"event": "answering-machine", "heard": event.kind, "at": round(event.at, 2),
+                       "reason": event.reason}) for event in answer.events]
+        heard.append(("event", {"event": "outbound", "outbound_id": progress.call.id, "to": call.to_uri,
+                                "answering_machine": decision.verdict, "action": decision.action}))
+        def result(outcome: CallOutcome) -> PlaceResult:
+            if decision.action == "leave_message":
+                return PlaceResult("machine", outcome.reason, "machine", message_left=outcome.reason == MESSAGE_LEFT)
+            return PlaceResult("answered", outcome.reason, decision.verdict)
+
+        def summary(outcome: CallOutcome, duration_s: float) -> CallSummary:
+            # The call's outbound outcome, as the control API and the metrics have it.
+            placed = result(outcome)
+            return dataclasses.replace(call_summary(outcome, duration_s), outcome=placed.outcome,
+                                       answering_machine=placed.answering_machine or "",
+                                       message_left=placed.message_left)
+
+        return result(await self._bridge(call, chain, media, settings, context, events, heard, summary))
+
+    def _media_chain(self, call_id: str) -> CallMedia:
+        """A new call's media chain, its RTP port pair bound (the SDP names it before the codec is settled)."""
+        media_settings = MediaSettings(self.config.sip.listen_address.host, self.config.media.jitter_ms,
+                                       self.config.media.symmetric_rtp, self.playout_class)
+        return CallMedia(self.clock, self.ports, media_settings, cname=f"sipagent-{call_id[:8]}")
+
+    def _build_leg(self, call: IncomingCall | OutgoingCall, chain: CallMedia, media: NegotiatedMedia) -> EndpointLeg:
+        """The endpoint for the codec the offer/answer settled, following every later negotiation."""
+        leg = chain.build(media)
+        self._endpoints.add(leg.endpoint)
+        call.on_media_change = chain.apply
+        return leg
+
+    def _close_chain(self, chain: CallMedia) -> None:
+        chain.close()
+        endpoint = chain.endpoint
+        if endpoint is not None and endpoint in self._endpoints:
+            self._endpoints.discard(endpoint)
+            self._foreign_ended += endpoint.foreign_packets
+            self._srtp_dropped_ended += endpoint.srtp_dropped
+
+    async def _bridge(self, call: IncomingCall | OutgoingCall, chain: CallMedia, media: NegotiatedMedia,
+                      settings: BridgeSettings, context: CallContext, events: CallEvents,
+                      records: Sequence[tuple[str, dict[str, Any]]] = (),
+                      summarize: Callable[[CallOutcome, float], CallSummary] | None = None) -> CallOutcome:
+        """Bridge an answered call (either way) to a Realtime session until it ends, and count it; ``records``
+        go to its transcript first, ``summarize`` makes its ``call.ended`` (default: ``call_summary``).
+        Cancelled (shutdown, or DELETE of an outbound call), the call is hung up and counted, then the
+        cancellation goes on."""
+        assert chain.leg is not None and chain.endpoint is not None
+        bridge = CallBridge(call, chain.leg, self._connect, settings,
+                            on_transcript=self._transcript_callback(call.call_id), context=context)
+        # From now on the endpoint's per-frame callbacks go straight to the bridge; nothing ran in
+        # between (no await since build), so it hears of every frame either way.
+        chain.attach(bridge, media)
+        call.on_dtmf = bridge.on_dtmf
+        for kind, fields in records:
+            bridge.records.record(kind, **fields)
+        self.bridges[call.call_id] = bridge
+        self.metrics.call_started()
+        self.metrics.call_profile(settings.profile, call.account)
+        answered = time.monotonic()
+        self._emit(lambda: events.started(time.time(), media.codec))
+        running = asyncio.ensure_future(bridge.run())
+        cancelled = False
+        try:
+            try:
+                outcome = await asyncio.shield(running)
+            except asyncio.CancelledError:
+                cancelled = True
+                bridge.call_state.finish("agent-hangup")
+                outcome = await running
             duration = time.monotonic() - answered
             self.stats.outcomes[outcome.reason] = self.stats.outcomes.get(outcome.reason, 0) + 1
             self.metrics.call_ended(outcome.reason, duration)
             if outcome.transfer_uri:
                 self._emit(lambda: events.transferred(time.time(), outcome.transfer_target, outcome.transfer_uri))
-            self._emit(lambda: events.ended(time.time(), call_summary(outcome, duration)))
-            rtp = endpoint.stats()
+            self._emit(lambda: events.ended(time.time(), (summarize or call_summary)(outcome, duration)))
+            rtp = chain.endpoint.stats()
             self.metrics.add_rtp(sent=rtp.packets_sent, received=rtp.packets_received, lost=max(0, rtp.lost))
             self.metrics.observe_jitter(rtp.jitter_ms / 1000)
             if self.on_call_end:
                 self.on_call_end(call.call_id, outcome)
         finally:
-            chain.close()
-            if endpoint is not None:
-                self._endpoints.discard(endpoint)
-                self._foreign_ended += endpoint.foreign_packets
-                self._srtp_dropped_ended += endpoint.srtp_dropped
             self.bridges.pop(call.call_id, None)
+        if cancelled:
+            raise asyncio.CancelledError
+        return outcome
 
     def _emit(self, build: Callable[[], Any]) -> None:
         """Queue a call event (built only when events are on); a fault here never reaches the call."""
@@ -342,6 +490,15 @@ def call_context(call: IncomingCall, config: Config) -> CallContext:
     started = datetime.now(zone) if zone is not None else datetime.now().astimezone()
     return CallContext(call.call_id, started, caller_number=identity.caller_number, caller_name=identity.caller_name,
                        dialed=identity.dialed, redirected_from=identity.redirected_from, headers=dict(identity.headers))
+
+
+def outbound_context(call_id: str, progress: CallProgress, config: Config) -> CallContext:
+    """What the bridge's templates, webhooks and transcript know of a call we placed: whom we dialed, the
+    request's variables, and the moment it was answered, in context.timezone."""
+    zone = config.context.zone
+    started = datetime.now(zone) if zone is not None else datetime.now().astimezone()
+    request = progress.request
+    return CallContext(call_id, started, dialed=request.to, call_variables=dict(request.variables))
 
 
 def call_summary(outcome: CallOutcome, duration_s: float) -> CallSummary:

@@ -82,6 +82,8 @@ class BridgeSettings:
     context_defaults: Mapping[str, str] = field(default_factory=dict)
     # Places the human's call of a warm transfer (the agent process); None: every transfer is blind.
     dialer: HumanDialer | None = None
+    # An outcome: the call ends with it once the greeting has been heard (a message left on a machine).
+    end_after_greeting: str = ""
 
 
 @dataclass
@@ -432,6 +434,9 @@ class CallBridge:
             self.policy.greeting_finished()
             self.records.greeting_over(self.media.played_ms, interrupted=False)  # unless it was cut already
             self.records.write_greeting()
+            if self.settings.end_after_greeting:
+                self.call_state.finish(self.settings.end_after_greeting)
+                return
         self.call_state.active()
         await self.tools.run_pending()
 

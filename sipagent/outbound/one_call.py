@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Mapping
-from typing import Protocol, cast
+from typing import Protocol
 
 from sipagent.bridge.context import check_call_variables
 from sipagent.config import Config
-from sipagent.errors import SipagentError
 from sipagent.outbound.calls import CallProgress, CallRequest, OutboundCall, OutboundCalls, PlaceResult
 from sipagent.outbound.target import dial_uri
 
@@ -55,11 +54,7 @@ def build_request(config: Config, target: str, profile: str | None, variables: M
 def _default_agent(config: Config) -> OutboundAgent:
     from sipagent.agent import Agent
 
-    agent = Agent(config)
-    if not callable(getattr(agent, "place_outbound", None)):
-        raise SipagentError("this build cannot dial out: sipagent.agent.Agent has no place_outbound "
-                            "(see docs/outbound.md)")
-    return cast(OutboundAgent, agent)
+    return Agent(config)
 
 
 async def call_once(config: Config, request: CallRequest, agent_factory: AgentFactory | None = None) -> OutboundCall:

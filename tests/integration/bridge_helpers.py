@@ -55,8 +55,9 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def bridge_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
-    """The demo configuration on free ports, recording into ``tmp_path``, with per-test overrides."""
+def bridge_config_data(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """The demo configuration on free ports, recording into ``tmp_path``, with per-test overrides (as YAML data,
+    for a configuration file of a process)."""
     data = spoken_order_lookup(demo_data())
     rtp = free_port(span=40)
     base = {
@@ -68,8 +69,12 @@ def bridge_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "recording": {"dir": str(tmp_path), "audio": False},
         "logging": {"level": "info"},
     }
-    merged = _merge(_merge(data, base), sections)
-    config = load_config_text(yaml.safe_dump(merged), "bridge test config")
+    return _merge(_merge(data, base), sections)
+
+
+def bridge_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    """The demo configuration on free ports, recording into ``tmp_path``, with per-test overrides."""
+    config = load_config_text(yaml.safe_dump(bridge_config_data(tmp_path, **sections)), "bridge test config")
     config.source = ""
     return config
 
