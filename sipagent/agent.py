@@ -366,9 +366,12 @@ class Agent:
 
     def _media_chain(self, call_id: str) -> CallMedia:
         """A new call's media chain, its RTP port pair bound (the SDP names it before the codec is settled)."""
-        media_settings = MediaSettings(self.config.sip.listen_address.host, self.config.media.jitter_ms,
-                                       self.config.media.symmetric_rtp, self.playout_class)
-        return CallMedia(self.clock, self.ports, media_settings, cname=f"sipagent-{call_id[:8]}")
+        return CallMedia(self.clock, self.ports, self._media_settings(), cname=f"sipagent-{call_id[:8]}")
+
+    def _media_settings(self) -> MediaSettings:
+        media = self.config.media
+        return MediaSettings(self.config.sip.listen_address.host, media.jitter_ms, media.symmetric_rtp,
+                             self.playout_class)
 
     def _build_leg(self, call: IncomingCall | OutgoingCall, chain: CallMedia, media: NegotiatedMedia) -> EndpointLeg:
         """The endpoint for the codec the offer/answer settled, following every later negotiation."""
@@ -471,9 +474,7 @@ class Agent:
         """A warm transfer's call to the human, on this agent's SIP stack and media clock."""
         if self.ua is None:
             raise HumanUnavailable("failed", "the SIP user agent is not running")
-        settings = MediaSettings(self.config.sip.listen_address.host, self.config.media.jitter_ms,
-                                 self.config.media.symmetric_rtp, self.playout_class)
-        return await dial_human(self.ua, self.clock, self.ports, settings, uri, ring_timeout)
+        return await dial_human(self.ua, self.clock, self.ports, self._media_settings(), uri, ring_timeout)
 
     async def _connect(self) -> RealtimeLink:
         assert self._endpoint is not None

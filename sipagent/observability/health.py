@@ -17,7 +17,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from sipagent.observability.http import MAX_HEAD_BYTES, HttpError, RequestHead, Response, read_head, send
+from sipagent.observability.http import HttpServer, RequestHead, Response, read_head
 from sipagent.observability.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
@@ -142,44 +142,18 @@ class LoopStallDetector:
                 log.warning("event loop stalled: woke %.2f s late", lag)
 
 
-class HealthServer:
-    """The running HTTP server; ``port`` is the bound port (useful with port 0)."""
+class HealthServer(HttpServer):
+    """The running /metrics and /healthz listener."""
 
-    def __init__(self, server: asyncio.Server, metrics: Metrics, health: HealthState) -> None:
-        self._server = server
+    name = "health endpoint"
+
+    def __init__(self, metrics: Metrics, health: HealthState) -> None:
+        super().__init__()
         self.metrics = metrics
         self.health = health
-        self._writers: set[asyncio.StreamWriter] = set()
-        sockname = server.sockets[0].getsockname()
-        self.host: str = sockname[0]
-        self.port: int = sockname[1]
 
-    def close(self) -> None:
-        """Stop listening and drop open connections; ``await wait_closed()`` to be sure it is done."""
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-
-    async def wait_closed(self) -> None:
-        await self._server.wait_closed()
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            try:
-                response = self._respond(await read_head(reader))
-            except HttpError as exc:
-                response = exc.response
-            await send(reader, writer, response)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the client went away or never sent a request: nothing to answer
-        except Exception:  # one bad request must never take the endpoint down
-            log.exception("health endpoint failed to answer")
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+    async def respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response:
+        return self._respond(await read_head(reader))
 
     def _respond(self, head: RequestHead) -> Response:
         if head.path not in ("/metrics", "/healthz"):
@@ -195,13 +169,7 @@ class HealthServer:
 
 async def start_health_server(host: str, port: int, metrics: Metrics, health: HealthState) -> HealthServer:
     """Listen on ``host:port`` (port 0 picks a free one) for /metrics and /healthz."""
-    holder: list[HealthServer] = []
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await holder[0].handle(reader, writer)
-
-    # ``limit`` bounds what readuntil buffers: a longer header block raises LimitOverrunError → 431.
-    server = await asyncio.start_server(on_connect, host, port, limit=MAX_HEAD_BYTES)
-    holder.append(HealthServer(server, metrics, health))
-    log.info("metrics and health on http://%s:%d/metrics and /healthz", host, holder[0].port)
-    return holder[0]
+    server = HealthServer(metrics, health)
+    await server.listen(host, port)
+    log.info("metrics and health on http://%s:%d/metrics and /healthz", host, server.port)
+    return server

@@ -10,7 +10,9 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -20,6 +22,8 @@ MAX_HEAD_BYTES = 8192   # request line + headers: give this as asyncio.start_ser
 READ_TIMEOUT_S = 5.0    # a client that sends nothing does not hold a connection open
 LINGER_S = 1.0          # how long, after answering, we wait for the client to close
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,3 +141,56 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         if not chunk:
             return
         discarded += len(chunk)
+
+
+class HttpServer:
+    """One listener: one request per connection, answered by ``respond`` (the subclass's), then closed. A
+    client that goes away or stalls, or a fault in ``respond``, never takes the listener down. ``port`` is the
+    bound port once ``listen`` returns (useful with port 0)."""
+
+    name = "HTTP listener"  # how a fault names it in the log
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.host = ""
+        self.port = 0
+
+    async def listen(self, host: str, port: int) -> None:
+        # ``limit`` bounds what readuntil buffers: a longer header block raises LimitOverrunError → 431.
+        self._server = await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD_BYTES)
+        self.host, self.port = self._server.sockets[0].getsockname()[:2]
+
+    def close(self) -> None:
+        """Stop listening and drop open connections; ``await wait_closed()`` to be sure it is done."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response:
+        """Read the request (``read_head``, and ``read_body`` when it has one) and make its answer; an
+        HttpError is answered with its response."""
+        raise NotImplementedError
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            try:
+                response = await self.respond(reader, writer)
+            except HttpError as exc:
+                response = exc.response
+            await send(reader, writer, response)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the client went away, was too slow or never sent a request: nothing to answer
+        except Exception:  # one bad request must never take the listener down
+            log.exception("%s failed to answer", self.name)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()

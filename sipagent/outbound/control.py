@@ -15,7 +15,6 @@ asyncio listener around it, built on sipagent.observability.http like the health
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -27,13 +26,11 @@ from typing import Any
 from sipagent.bridge.context import check_call_variables
 from sipagent.config import Config
 from sipagent.observability.http import (
-    MAX_HEAD_BYTES,
-    HttpError,
+    HttpServer,
     RequestHead,
     Response,
     read_body,
     read_head,
-    send,
 )
 from sipagent.observability.metrics import Metrics
 from sipagent.outbound.calls import CallRefused, CallRequest, OutboundCalls, Place, retry_after_header
@@ -143,62 +140,33 @@ class ControlApi:
         return CallRequest(to, profile, check_call_variables(data.get("variables", {})))
 
 
-class ControlServer:
-    """The running listener; ``port`` is the bound port (useful with port 0)."""
+class ControlServer(HttpServer):
+    """The running control API listener."""
 
-    def __init__(self, server: asyncio.Server, api: ControlApi) -> None:
-        self._server = server
+    name = "control API"
+
+    def __init__(self, api: ControlApi) -> None:
+        super().__init__()
         self.api = api
-        self._writers: set[asyncio.StreamWriter] = set()
-        sockname = server.sockets[0].getsockname()
-        self.host: str = sockname[0]
-        self.port: int = sockname[1]
 
-    def close(self) -> None:
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-
-    async def wait_closed(self) -> None:
-        await self._server.wait_closed()
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            try:
-                head = await read_head(reader)
-                response = self.api.preflight(head)
-                if response is None:
-                    response = self.api.handle(head, await read_body(reader, head, self.api.max_body_bytes))
-                elif response.status == HTTPStatus.UNAUTHORIZED:
-                    peer = writer.get_extra_info("peername")
-                    log.warning("control API: %s %r refused from %s: no valid token", head.method,
-                                head.path[:64], peer[0] if peer else "?")
-            except HttpError as exc:
-                response = exc.response
-            await send(reader, writer, response)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the client went away or was too slow: nothing to answer
-        except Exception:  # one bad request must never take the listener down
-            log.exception("control API failed to answer")
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+    async def respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response:
+        head = await read_head(reader)
+        response = self.api.preflight(head)
+        if response is None:
+            return self.api.handle(head, await read_body(reader, head, self.api.max_body_bytes))
+        if response.status == HTTPStatus.UNAUTHORIZED:
+            peer = writer.get_extra_info("peername")
+            log.warning("control API: %s %r refused from %s: no valid token", head.method, head.path[:64],
+                        peer[0] if peer else "?")
+        return response
 
 
 async def start_control_server(host: str, port: int, api: ControlApi) -> ControlServer:
     """Listen on ``host:port`` (port 0 picks a free one) for the control API."""
-    holder: list[ControlServer] = []
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await holder[0].handle(reader, writer)
-
-    server = await asyncio.start_server(on_connect, host, port, limit=MAX_HEAD_BYTES)
-    holder.append(ControlServer(server, api))
-    log.info("control API on http://%s:%d%s", host, holder[0].port, CALLS_PATH)
-    return holder[0]
+    server = ControlServer(api)
+    await server.listen(host, port)
+    log.info("control API on http://%s:%d%s", host, server.port, CALLS_PATH)
+    return server
 
 
 class OutboundService:
