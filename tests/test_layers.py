@@ -87,3 +87,9 @@ def test_module_respects_layers(path: Path) -> None:
 def test_pure_cores_do_no_io(path: Path) -> None:
     bad = {name for name in imported(path) if name.split(".")[0] in IO_MODULES}
     assert not bad, f"{path} is a sans-I/O core but imports {sorted(bad)}"
+
+
+def test_test_modules_have_unique_names() -> None:
+    # The test folders are not packages: two test files of one name abort the whole run's collection.
+    names = [path.name for path in (PACKAGE.parent / "tests").rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
