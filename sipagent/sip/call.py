@@ -34,7 +34,7 @@ from sipagent.sdp import NegotiatedMedia, SessionDescription, SrtpPolicy
 from sipagent.sip.auth import DigestAuthenticator, DigestCredentials
 from sipagent.sip.bodies import parse_dtmf_relay, sipfrag, sipfrag_status
 from sipagent.sip.dialog import Dialog
-from sipagent.sip.headers import CSeq, new_branch, new_call_id, new_tag
+from sipagent.sip.headers import CSeq, Via, new_branch, new_call_id, new_tag
 from sipagent.sip.message import REASONS, Headers, SipRequest, SipResponse, build_response
 from sipagent.sip.offer_answer import OfferAnswer, media_key
 from sipagent.sip.session_timer import (
@@ -236,6 +236,11 @@ def options_of(request: SipRequest | SipResponse, header: str) -> list[str]:
     return [option.strip().lower() for option in request.headers.get_all(header)]
 
 
+def _top_branch(message: SipResponse) -> str | None:
+    vias = message.headers.get_all("Via")
+    return Via.parse(vias[0]).branch if vias else None
+
+
 def unsupported(request: SipRequest) -> list[str]:
     """The options a request requires that we do not support (RFC 3261 8.2.2.3: 420)."""
     return [option for option in options_of(request, "Require") if option not in SUPPORTED_OPTIONS]
@@ -263,6 +268,9 @@ class CallCore:
         self.answer_error: Exception | None = None
         self.timer = SessionTimer(config.timer_policy, config.random)
         self.offer: SessionDescription | None = None  # UAS: the INVITE's offer (None: a late offer)
+        # What the far end said it supports or requires (RFC 3261 20.37): from its INVITE (UAS) or from its 2xx
+        # to ours (UAC). What it has not advertised is never asked of it.
+        self.peer_options: frozenset[str] = frozenset()
         self._ok: _Reliable | None = None  # our 2xx to an INVITE, until its ACK
         self._ringing: _Reliable | None = None  # our reliable 180, until its PRACK
         self._sent: dict[tuple[int, str], str] = {}  # (CSeq number, method) of our requests -> what they are for
@@ -292,6 +300,7 @@ class CallCore:
         late offer). Raises SipParseError when the INVITE cannot make a dialog (no Contact, no From tag)."""
         core = cls("uas", invite, config, Dialog.from_invite(invite, config.local_contact))
         core.offer = offer
+        core.peer_options = frozenset(options_of(invite, "Supported") + options_of(invite, "Require"))
         core.timer.learn(invite.headers)
         return core
 
@@ -682,6 +691,10 @@ class CallCore:
         """A response to a request of ours (provisional or final), or a 2xx re-sent after its transaction."""
         seq, method = response.cseq.seq, response.cseq.method
         if self.role == "uac" and method == "INVITE" and seq == self.invite.cseq.seq:
+            # Only an answer to the INVITE we sent last carries its Via branch (a random one, RFC 3261 17.1.3):
+            # a response that merely names our Call-ID and CSeq is a third party's and could end or take the call.
+            if _top_branch(response) != self.invite.branch:
+                return []
             return self._invite_response(response, now)
         purpose = self._sent.get((seq, method))
         if purpose is None:
@@ -786,6 +799,7 @@ class CallCore:
             self._goto("confirmed")
             return [SendAck(ack), *self._bye("failed", status=response.status, detail=f"bad SDP answer: {exc}")]
         self._goto("confirmed")
+        self.peer_options = frozenset(options_of(response, "Supported") + options_of(response, "Require"))
         self.timer.answered(response.headers, now)
         return [SendAck(ack), Established(media)]
 

@@ -28,7 +28,6 @@ from sipagent.sip.call import (
     ProvisionalAcked,
     ReofferAnswered,
     TransferProgress,
-    options_of,
 )
 from sipagent.sip.dialog import Dialog
 from sipagent.sip.identity import CallIdentity
@@ -71,16 +70,16 @@ class CallFront:
         self._settled = asyncio.Event()  # established or ended
         self._transfers: asyncio.Queue[TransferProgress] = asyncio.Queue()
         self._reoffered: asyncio.Future[ReofferAnswered] | None = None
-        self._peer_options: frozenset[str] = frozenset()  # Supported/Require of the far end's INVITE
 
     @property
     def state(self) -> str:
         return self.core.state
 
     def peer_supports(self, option: str) -> bool:
-        """The far end listed ``option`` ("replaces") in its INVITE's Supported or Require (RFC 3261 20.37):
-        what it has not advertised is never asked of it (a phone may crash on a REFER with Replaces)."""
-        return option.lower() in self._peer_options
+        """The far end listed ``option`` ("replaces") in the Supported or Require of its INVITE (a call we
+        answered) or of its 2xx (a call we placed), RFC 3261 20.37: what it has not advertised is never asked
+        of it (a phone may crash on a REFER with Replaces)."""
+        return option.lower() in self.core.peer_options
 
     @property
     def dialog(self) -> Dialog | None:
@@ -221,7 +220,6 @@ class IncomingCall(CallFront):
         self.to_uri = str(invite.to_addr.uri)
         self.identity = identity
         self.offer: SessionDescription | None = core.offer
-        self._peer_options = frozenset(options_of(invite, "Supported") + options_of(invite, "Require"))
         self._prack = asyncio.Event()
 
     def __repr__(self) -> str:

@@ -899,8 +899,11 @@ class UserAgent:
     def _on_response(self, response: SipResponse, peer: Peer) -> None:
         entry = self._client.get(client_key(response))
         if entry is None:
-            call = self._calls.get(response.call_id)
-            if call is not None:  # a 2xx to an INVITE of the call, again: its core re-sends the ACK
+            # Past its transaction, only a 2xx to an INVITE may come again (its core re-sends the ACK); any
+            # other response without a transaction of ours is a stranger's.
+            call = self._calls.get(response.call_id) if 200 <= response.status < 300 \
+                and response.cseq.method == "INVITE" else None
+            if call is not None:
                 self.drive(call, call.core.receive_response(response, self._now()))
             else:
                 logger.debug("stray response %s %s", response.status, response.cseq)

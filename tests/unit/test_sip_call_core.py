@@ -690,3 +690,37 @@ def test_our_reoffer_holds_and_a_refused_one_changes_nothing() -> None:
     link.run("uac", link.uac.reoffer(unusable, link.now))
     assert link.of("uac", ReofferAnswered)[-1] == ReofferAnswered(488, b"")
     assert link.uac.sdp.local is hold and before is not hold
+
+
+# -- hostile answers to a call we place ----------------------------------------------------------------
+
+
+def foreign(response: SipResponse, status: int) -> SipResponse:
+    """``response`` as a third party would forge it: our Call-ID and CSeq, but not our INVITE's Via branch."""
+    text = response.to_bytes().decode()
+    branch = response.headers.get_all("Via")[0].split("branch=")[1].split(";")[0]
+    text = text.replace(branch, "z9hG4bKforged", 1)
+    first, rest = text.split("\r\n", 1)
+    forged = parse_message(f"SIP/2.0 {status} Forged\r\n{rest}".encode())
+    assert isinstance(forged, SipResponse)
+    return forged
+
+
+@pytest.mark.parametrize("status", [486, 200])
+def test_a_response_without_our_branch_neither_ends_nor_answers_the_call(status: int) -> None:
+    link = dial()
+    ringing = link.responses["uas"][-1]
+    assert ringing.status == 180
+    assert link.uac.receive_response(foreign(ringing, status), link.now) == []
+    assert link.uac.state == "ringing" and link.uac.dialog is None
+
+
+def test_peer_supports_of_a_placed_call_comes_from_its_2xx() -> None:
+    link = answered()
+    front = OutgoingCall(WireDriver(), link.uac, Peer("UDP", "192.0.2.2", 5060), "192.0.2.1")
+    ok = link.responses["uas"][-1]
+    assert ok.status == 200
+    advertised = {option.lower() for option in ok.headers.get_all("Supported")}
+    assert advertised, "the answering core advertises its options"
+    assert all(front.peer_supports(option) for option in advertised)
+    assert not front.peer_supports("no-such-option")
