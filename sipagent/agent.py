@@ -123,7 +123,7 @@ class Agent:
         settings = ua_settings(self.config)
         self.ua = UserAgent(settings, self._on_call, on_refused=self._on_refused, on_shed=self.metrics.sip_shed)
         await self.ua.start()
-        self.outbound = await start_outbound(self.config, self.place_outbound, self.metrics)
+        self.outbound = await start_outbound(self.config, self.place_outbound, self.metrics, self._sip_room)
         self._monitor = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
@@ -266,6 +266,11 @@ class Agent:
             await self._bridge(call, chain, media, self._bridge_settings(profile, decision.reason), context, events)
         finally:
             self._close_chain(chain)
+
+    def _sip_room(self) -> bool:
+        """Room for one more call in ``sip.max_calls``, which answered and placed calls share (``_dial`` checks
+        again: a call admitted a moment ago may not have reached the UA yet)."""
+        return self.ua is not None and self.ua.active_calls < self.config.sip.max_calls
 
     async def place_outbound(self, progress: CallProgress) -> PlaceResult:
         """Dial ``progress.request`` and run the answered call to its end (sipagent.outbound.calls' ``place``).

@@ -50,15 +50,22 @@ _NEXT: dict[str, frozenset[str]] = {
 BUSY_RETRY_AFTER_S = 1.0  # what a 429 for max_calls suggests (a call's length is unknown)
 
 
-class CallRefused(SipagentError):
-    """No new call now: ``reason`` is ``max_calls`` or ``rate``; ``retry_after_s`` when to try again."""
+RefusalReason = Literal["max_calls", "sip_max_calls", "rate"]
+_REFUSALS: dict[str, str] = {
+    "max_calls": "outbound.max_calls calls are in progress",
+    "sip_max_calls": "sip.max_calls calls (answered and placed) are in progress",
+    "rate": "outbound.calls_per_second exceeded",
+}
 
-    def __init__(self, reason: Literal["max_calls", "rate"], retry_after_s: float) -> None:
+
+class CallRefused(SipagentError):
+    """No new call now: ``reason`` is ``max_calls``, ``sip_max_calls`` (the budget answered calls share) or
+    ``rate``; ``retry_after_s`` when to try again."""
+
+    def __init__(self, reason: RefusalReason, retry_after_s: float) -> None:
         self.reason = reason
         self.retry_after_s = retry_after_s
-        what = "outbound.max_calls calls are in progress" if reason == "max_calls" else \
-            "outbound.calls_per_second exceeded"
-        super().__init__(f"call refused: {what}; retry after {retry_after_s:.1f} s")
+        super().__init__(f"call refused: {_REFUSALS[reason]}; retry after {retry_after_s:.1f} s")
 
 
 class BadTransition(SipagentError):
@@ -240,12 +247,16 @@ Place = Callable[[CallProgress], Awaitable[PlaceResult]]
 
 
 class OutboundCalls:
-    """The asyncio shell: ``start`` admits a request and runs ``place`` for it; ``cancel`` ends it."""
+    """The asyncio shell: ``start`` admits a request and runs ``place`` for it; ``cancel`` ends it.
+    ``sip_room`` says whether the SIP side can take one more call now (``sip.max_calls`` is shared with
+    answered calls): without room a request is refused up front instead of failing once admitted."""
 
     def __init__(self, place: Place, *, max_calls: int, calls_per_second: float, history: int = 1000,
                  metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, new_id: Callable[[], str] | None = None) -> None:
+                 wall: Callable[[], float] = time.time, new_id: Callable[[], str] | None = None,
+                 sip_room: Callable[[], bool] | None = None) -> None:
         self._place = place
+        self._sip_room = sip_room
         self._clock = clock
         self._wall = wall
         self.metrics = metrics
@@ -262,6 +273,8 @@ class OutboundCalls:
 
     def start(self, request: CallRequest) -> OutboundCall:
         """Admit and start dialing; CallRefused over a limit. Returns at once (the call runs in a task)."""
+        if self._sip_room is not None and not self._sip_room():  # before admit: nothing taken from the limits
+            raise CallRefused("sip_max_calls", BUSY_RETRY_AFTER_S)
         call = self.registry.admit(request, self._clock(), self._wall())
         if self.metrics is not None:
             self.metrics.set_outbound_active(self.registry.active)

@@ -19,7 +19,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from http import HTTPStatus
 from typing import Any
 
@@ -196,12 +196,14 @@ class OutboundService:
         await self.calls.close()
 
 
-async def start_outbound(config: Config, place: Place, metrics: Metrics | None = None) -> OutboundService:
+async def start_outbound(config: Config, place: Place, metrics: Metrics | None = None,
+                         sip_room: Callable[[], bool] | None = None) -> OutboundService:
     """The agent's outbound side from the configuration: limits from ``outbound``, the API from ``control``
-    (listening only when ``control.listen`` is set). ``place`` is the agent's dial-and-bridge coroutine."""
+    (listening only when ``control.listen`` is set). ``place`` is the agent's dial-and-bridge coroutine,
+    ``sip_room`` whether ``sip.max_calls`` leaves room for one more call (OutboundCalls)."""
     calls = OutboundCalls(place, max_calls=config.outbound_max_calls,
                           calls_per_second=config.outbound.calls_per_second, history=config.control.history,
-                          metrics=metrics)
+                          metrics=metrics, sip_room=sip_room)
     address = config.control.listen_address
     server = None
     if address is not None:

@@ -260,3 +260,19 @@ def test_targets_are_extensions_or_sip_uris(target: str, uri: str) -> None:
 def test_hostile_targets_are_refused(target: object) -> None:
     with pytest.raises(TargetError):
         dial_uri(target, "pbx.example.com")
+
+
+def test_a_call_over_the_shared_sip_budget_is_refused_up_front() -> None:
+    async def scenario() -> None:
+        room = [False]
+        calls = OutboundCalls(FakeAgent().place, max_calls=2, calls_per_second=100, sip_room=lambda: room[0])
+        with pytest.raises(CallRefused) as refused:
+            calls.start(REQUEST)
+        assert refused.value.reason == "sip_max_calls" and "sip.max_calls" in str(refused.value)
+        assert calls.active == 0  # nothing admitted, no token taken
+        room[0] = True
+        call = calls.start(REQUEST)
+        calls.cancel(call.id)
+        await calls.wait(call.id)
+
+    asyncio.run(scenario())
