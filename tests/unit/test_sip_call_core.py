@@ -700,7 +700,7 @@ def foreign(response: SipResponse, status: int) -> SipResponse:
     text = response.to_bytes().decode()
     branch = response.headers.get_all("Via")[0].split("branch=")[1].split(";")[0]
     text = text.replace(branch, "z9hG4bKforged", 1)
-    first, rest = text.split("\r\n", 1)
+    _status_line, rest = text.split("\r\n", 1)
     forged = parse_message(f"SIP/2.0 {status} Forged\r\n{rest}".encode())
     assert isinstance(forged, SipResponse)
     return forged
