@@ -348,7 +348,7 @@ class CallBridge:
         link = self.realtime.link
         if self.agent.greeting and link is not None:
             self.policy.greeting_started(time.monotonic())
-            await link.send(ev.response_create(instructions=_say_exactly(self.agent.greeting)))
+            await link.send(ev.say_exactly(self.agent.greeting))
 
     async def _cleanup(self) -> None:
         for task in list(self._tasks):
@@ -399,7 +399,7 @@ class CallBridge:
                     if self.responses.active or self.media.buffered_ms > 0:
                         await self.interruptions.stop_agent()
                     self.responses.expect_done()
-                    self.realtime.send(ev.response_create(instructions=_say_exactly(message)))
+                    self.realtime.send(ev.say_exactly(message))
                     await self.responses.wait_done()
                     await self.downlink.wait_playout()
         state.finish(outcome)
@@ -449,7 +449,7 @@ class CallBridge:
                 or self.uplink.vad.speaking)
 
     def _idle_prompt(self) -> None:
-        self.realtime.send(ev.response_create(instructions=_say_exactly(self.agent.idle_prompt)))
+        self.realtime.send(ev.say_exactly(self.agent.idle_prompt))
 
     # ---------------------------------------------------------------- events from the model
 
@@ -493,9 +493,6 @@ class CallBridge:
             self.log.warning("server sends %s audio, not %s as asked", acknowledged, self.settings.audio_format)
             self.downlink.wire_format(acknowledged)
 
-
-def _say_exactly(text: str) -> str:
-    return f'Say exactly the following, and nothing else: "{text}"'
 
 
 __all__ = ["BridgeSettings", "CallBridge", "CallLeg", "CallOutcome", "MediaLeg", "RealtimeLink"]

@@ -211,7 +211,7 @@ class WarmTransfer:
             return
         self.steps.append("hold-message")
         self.responses.expect_done()
-        self.session.send(ev.response_create(instructions=_say_exactly(message)))
+        self.session.send(ev.say_exactly(message))
         await self.responses.wait_done(HOLD_MESSAGE_LIMIT_S)
         await self.downlink.wait_playout()
 
@@ -244,7 +244,7 @@ class WarmTransfer:
         self.downlink.divert = human.play_pcm24
         try:
             self.responses.expect_done()
-            self.session.send(ev.response_create(instructions=_say_exactly(text)))
+            self.session.send(ev.say_exactly(text))
             ended = asyncio.ensure_future(human.call.ended.wait())
             done = asyncio.ensure_future(self.responses.wait_done(limit))
             try:
@@ -263,9 +263,6 @@ class WarmTransfer:
                 await human.close()
             self.steps.append("human-closed")
 
-
-def _say_exactly(text: str) -> str:
-    return f'Say exactly the following, and nothing else: "{text}"'
 
 
 __all__ = ["HumanDialer", "HumanLeg", "HumanUnavailable", "WarmOutcome", "WarmTransfer", "briefing_text",

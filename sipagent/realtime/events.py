@@ -256,6 +256,14 @@ def response_create(instructions: str | None = None) -> Event:
     return event
 
 
+def say_exactly(text: str) -> Event:
+    """A response that speaks ``text`` word for word (a greeting, a hold message, a briefing). The text is a
+    quoted passage of the instructions: a double quote in it (the model's summary, an operator's greeting)
+    becomes a single one, so that it cannot end the passage early."""
+    quoted = text.replace('"', "'")
+    return response_create(instructions=f'Say exactly the following, and nothing else: "{quoted}"')
+
+
 def response_cancel(response_id: str | None = None) -> Event:
     event: Event = {"type": "response.cancel"}
     if response_id:
