@@ -52,7 +52,7 @@ class ControlApi:
     """The API's rules: authentication, routing, validation of what a client sends, and the answers."""
 
     def __init__(self, calls: OutboundCalls, token: str, *, profiles: Collection[str], default_profile: str,
-                 domain: str, max_body_bytes: int = 16384) -> None:
+                 domain: str, tls: bool = False, max_body_bytes: int = 16384) -> None:
         if not token:
             raise ValueError("the control API needs a token")
         self.calls = calls
@@ -60,6 +60,7 @@ class ControlApi:
         self.profiles = frozenset(profiles)
         self.default_profile = default_profile
         self.domain = domain
+        self.tls = tls  # SIP over TLS: sips: targets are possible
         self.max_body_bytes = max_body_bytes
 
     def __repr__(self) -> str:  # never let the token reach a log line
@@ -133,7 +134,7 @@ class ControlApi:
         unknown = sorted(set(data) - _FIELDS)
         if unknown:
             raise ValueError(f"unknown field {unknown[0][:40]!r} (fields: to, profile, variables)")
-        to = dial_uri(data.get("to"), self.domain)
+        to = dial_uri(data.get("to"), self.domain, tls=self.tls)
         profile = data.get("profile", self.default_profile)
         if not isinstance(profile, str) or profile not in self.profiles:
             raise ValueError(f"profile: expected one of {', '.join(sorted(self.profiles))}")
@@ -210,6 +211,7 @@ async def start_outbound(config: Config, place: Place, metrics: Metrics | None =
         profiles = config.profiles()
         api = ControlApi(calls, config.control.token, profiles=list(profiles),
                          default_profile=config.outbound.profile or "default", domain=config.sip.effective_domain,
+                         tls=config.sip.transport == "tls",
                          max_body_bytes=config.control.max_body_bytes)
         server = await start_control_server(address.host, address.port, api)
     return OutboundService(calls, server)

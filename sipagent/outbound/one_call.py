@@ -43,7 +43,7 @@ def exit_code(call: OutboundCall) -> int:
 
 def build_request(config: Config, target: str, profile: str | None, variables: Mapping[str, str]) -> CallRequest:
     """The checked request, by the same rules as the control API; ValueError saying what is wrong."""
-    to = dial_uri(target, config.sip.effective_domain)
+    to = dial_uri(target, config.sip.effective_domain, tls=config.sip.transport == "tls")
     name = profile or config.outbound.profile or "default"
     profiles = config.profiles()
     if name not in profiles:

@@ -247,15 +247,22 @@ def test_close_ends_every_call_and_frees_the_slots() -> None:
 
 @pytest.mark.parametrize(("target", "uri"), [
     ("2002", "sip:2002@pbx.example.com"), ("+4930123456", "sip:+4930123456@pbx.example.com"),
-    ("sip:2002@pbx.example.com", "sip:2002@pbx.example.com"), ("sips:alice@example.org", "sips:alice@example.org"),
+    ("sip:2002@pbx.example.com", "sip:2002@pbx.example.com"), ("sip:2002@pbx;user=phone", "sip:2002@pbx;user=phone"),
 ])
 def test_targets_are_extensions_or_sip_uris(target: str, uri: str) -> None:
     assert dial_uri(target, "pbx.example.com") == uri
 
 
+def test_a_sips_target_needs_sip_over_tls() -> None:
+    with pytest.raises(TargetError, match="sips"):
+        dial_uri("sips:alice@example.org", "pbx.example.com")
+    assert dial_uri("sips:alice@example.org", "pbx.example.com", tls=True) == "sips:alice@example.org"
+
+
 @pytest.mark.parametrize("target", [
     "", "   ", 42, None, "sip:2002@pbx\r\nX-Evil: 1", "sip:2002@pbx?Subject=hi", "sip:a b@pbx", "<sip:2002@pbx>",
     'sip:"x"@pbx', "http://pbx/2002", "tel:+4930", "sip:" + "9" * 300 + "@pbx", "2002\n", "sip:2002@pbx\x00",
+    "sip:2002@pbx;maddr=203.0.113.9", "sip:2002@pbx;METHOD=REGISTER", "sip:2002@pbx;lr", "sip:2002:secret@pbx",
 ])
 def test_hostile_targets_are_refused(target: object) -> None:
     with pytest.raises(TargetError):
