@@ -724,3 +724,32 @@ def test_peer_supports_of_a_placed_call_comes_from_its_2xx() -> None:
     assert advertised, "the answering core advertises its options"
     assert all(front.peer_supports(option) for option in advertised)
     assert not front.peer_supports("no-such-option")
+
+
+def test_a_refer_to_a_call_we_placed_is_declined_unless_someone_takes_it() -> None:
+    # The agent places calls with accept_refer (a test caller takes transfers), but its own OutgoingCall has
+    # no on_refer: a callee's REFER must never make the agent dial anywhere.
+    accepting = CallConfig(codecs=("PCMU",), local_contact="<sip:1001@192.0.2.1:5060>", via_sent_by="192.0.2.1:5060",
+                           accept_refer=True)
+    link = dial(config=accepting)
+    assert link.uas is not None
+    link.run("uas", link.uas.answer("192.0.2.2", 50000, link.now))
+    link.fronts["uac"] = OutgoingCall(UacDriver(link), link.uac, Peer("UDP", "192.0.2.2", 5060), "192.0.2.1")
+    sent_before = len(link.sent["uac"])
+    link.run("uas", link.uas.transfer("<sip:900@evil.example>", link.now))
+    assert link.events["uas"][-1] == TransferProgress("refer", 603)
+    assert link.sent["uac"][sent_before:] == [] and link.uac.state == "confirmed"
+
+
+class UacDriver:
+    """A driver that carries the front's actions over the link's UAC side."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    def now(self) -> float:
+        return self.link.now
+
+    def drive(self, call: CallFront, actions: list[CallAction]) -> list[asyncio.Task[None]]:
+        self.link.run("uac", actions)
+        return []
