@@ -21,6 +21,7 @@ from typing import Any
 MAX_HEAD_BYTES = 8192   # request line + headers: give this as asyncio.start_server's ``limit``
 READ_TIMEOUT_S = 5.0    # a client that sends nothing does not hold a connection open
 LINGER_S = 1.0          # how long, after answering, we wait for the client to close
+MAX_CONNECTIONS = 64    # open at once per listener: each holds a descriptor the agent's RTP and SIP need too
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,12 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 class HttpServer:
     """One listener: one request per connection, answered by ``respond`` (the subclass's), then closed. A
     client that goes away or stalls, or a fault in ``respond``, never takes the listener down. ``port`` is the
-    bound port once ``listen`` returns (useful with port 0)."""
+    bound port once ``listen`` returns (useful with port 0). Past ``max_connections`` open at once, a new
+    connection is answered 503 and closed unread: clients that stall, each for up to READ_TIMEOUT_S, cannot
+    take every file descriptor of the process."""
 
     name = "HTTP listener"  # how a fault names it in the log
+    max_connections = MAX_CONNECTIONS
 
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
@@ -178,6 +182,10 @@ class HttpServer:
         raise NotImplementedError
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._writers) >= self.max_connections:
+            writer.write(Response.text(HTTPStatus.SERVICE_UNAVAILABLE, (("Retry-After", "1"),)).encode())
+            writer.close()  # no linger: that would hold the descriptor the limit is there to save
+            return
         self._writers.add(writer)
         try:
             try:

@@ -214,3 +214,25 @@ def test_a_silent_client_does_not_hold_the_listener() -> None:
             idle.close()
 
     run(scenario)
+
+
+def test_stalled_connections_past_the_limit_are_turned_away_and_the_listener_recovers() -> None:
+    async def scenario(server: ControlServer, dialer: Dialer, metrics: Metrics) -> None:
+        server.max_connections = 3
+        idle = [(await asyncio.open_connection("127.0.0.1", server.port))[1] for _ in range(3)]
+        try:
+            await asyncio.sleep(0.05)  # the server has taken all three
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                data = await asyncio.wait_for(reader.read(), 5)  # closed at once, without reading a request
+            finally:
+                writer.close()
+            assert data.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in data
+        finally:
+            for writer in idle:
+                writer.close()
+        await asyncio.sleep(0.05)
+        status, _, _ = await request(server.port, "GET", "/v1/calls/abc")
+        assert status == 404
+
+    run(scenario)
