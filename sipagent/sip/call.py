@@ -286,6 +286,7 @@ class CallCore:
         self._cancel_due = False  # UAC: CANCEL once a provisional response shows the INVITE arrived
         self._provisional = False
         self._refer_in: str | None = None  # the Event id (its CSeq number) of a REFER we accepted
+        self._refer_out = False  # a REFER of ours awaits its outcome: only then does a NOTIFY report one
         self._refer_pending: SipRequest | None = None  # a REFER the layer above has not answered yet
         self._handlers: dict[str, Callable[[SipRequest, float], list[CallAction]]] = {
             "BYE": self._on_bye, "INVITE": self._on_reinvite, "UPDATE": self._on_update, "PRACK": self._on_prack,
@@ -509,6 +510,7 @@ class CallCore:
         extra = [("Refer-To", refer_to)]
         if referred_by:
             extra.append(("Referred-By", referred_by))
+        self._refer_out = True
         return [self._in_dialog("REFER", "refer", extra=extra)]
 
     def notify_transfer(self, status: int, now: float) -> list[CallAction]:
@@ -648,14 +650,20 @@ class CallCore:
         return [self._respond(request, 200), Dtmf(relay.digit, relay.duration)]
 
     def _on_notify(self, request: SipRequest, now: float) -> list[CallAction]:
-        actions: list[CallAction] = [self._respond(request, 200)]
         if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "refer":
-            return actions
+            return [self._respond(request, 200)]
+        if not self._refer_out:
+            # No REFER of ours, so no subscription (RFC 6665 4.1.3): a "transfer done" from the far end must not
+            # end the call as transferred.
+            return [self._respond(request, 481)]
+        actions: list[CallAction] = [self._respond(request, 200)]
         status = sipfrag_status(request.body)
         if status is None:
             if "terminated" not in (request.headers.get("Subscription-State") or "").lower():
                 return actions
             status = 500  # the subscription is over without a final status: the transfer failed
+        if status >= 200:
+            self._refer_out = False
         actions.append(TransferProgress("notify", status))
         if 200 <= status < 300:
             logger.info("call %s: transferred", self.call_id)
@@ -731,6 +739,7 @@ class CallCore:
             return self._reoffer_answered(status, response)
         if purpose == "refer":
             if status >= 300 or not status:
+                self._refer_out = False
                 logger.info("call %s: REFER %s", self.call_id, f"refused with {status}" if status else "got no answer")
             return [TransferProgress("refer", status)]
         if purpose == "bye":

@@ -753,3 +753,16 @@ class UacDriver:
     def drive(self, call: CallFront, actions: list[CallAction]) -> list[asyncio.Task[None]]:
         self.link.run("uac", actions)
         return []
+
+
+def test_a_notify_without_a_refer_of_ours_is_refused_and_does_not_end_the_call() -> None:
+    call = CallCore.incoming(raw_invite(require_100rel=False), UAS_CONFIG, SessionDescription.parse(RAW_SDP.encode()))
+    call.ring(0.0)
+    call.answer("192.0.2.2", 50000, 0.0)
+    call.receive_request(in_dialog(call, "ACK", 7), 0.1)
+    notify = in_dialog(call, "NOTIFY", 8, body="SIP/2.0 200 OK\r\n", extra=(
+        "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\nContent-Type: message/sipfrag\r\n"))
+    actions = call.receive_request(notify, 0.2)
+    assert responses(actions) == [481]
+    assert not [a for a in actions if isinstance(a, (TransferProgress, Ended, SendRequest))]
+    assert call.state == "confirmed"
