@@ -24,7 +24,7 @@ class RealtimeLink(Protocol):
 
 
 class CallLeg(Protocol):
-    """What the bridge needs of the SIP call (sipagent.sip.ua.IncomingCall), once answered."""
+    """What the bridge needs of the SIP call (sipagent.sip IncomingCall or OutgoingCall), once answered."""
 
     call_id: str
     from_uri: str
