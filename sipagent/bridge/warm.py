@@ -5,7 +5,8 @@ The sequence (``WarmTransfer.run``), each step ended early when the caller hangs
 1. the caller hears the hold message (spoken by the model), then hold audio;
 2. the human's phone is dialled as a second call (``HumanDialer``: the agent process owns SIP and RTP);
 3. the same Realtime session speaks the briefing, its audio routed to the human's call for that response;
-4. the join: REFER with Replaces (RFC 3891) to the caller when its INVITE said ``Supported: replaces``;
+4. the join: REFER with Replaces (RFC 3891) to the caller when it said ``Supported: replaces`` (in its
+   INVITE, or in its 2xx when the agent placed the call);
    otherwise, or when that is refused, the human's call is hung up and the caller blind-transferred to the
    same target (a phone that cannot take Replaces may crash on one: never sent unasked).
 
