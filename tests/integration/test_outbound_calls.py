@@ -29,7 +29,7 @@ from test_hold_and_codec_change import AGENT_LINES, ANSWER, GREETING, LOUD_DB, r
 from sipagent.agent import Agent
 from sipagent.config import Config
 from sipagent.media.vad import level_db
-from sipagent.outbound.calls import CallRequest, OutboundCall
+from sipagent.outbound.calls import CallRefused, CallRequest, OutboundCall
 from sipagent.outbound.one_call import EXIT_CODES
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(90)]
@@ -270,13 +270,12 @@ def test_calls_both_ways_share_sip_max_calls(kamailio: Kamailio, tmp_path: Path,
             assert agent.outbound is not None and agent.ua is not None
             assert await agent.ua.wait_registered(10)
             calls = agent.outbound.calls
-            # An answered call holds the one place: a call we would place fails at once, and says why.
+            # An answered call holds the one place: a call we would place is refused up front, and says why.
             await caller.dial(f"sip:7250@{kamailio.address}")
             assert await caller.wait_event("CALL_ESTABLISHED", 10), caller.event_types()
-            first = calls.start(CallRequest("sip:7252@127.0.0.1", "default"))
-            refused = await asyncio.wait_for(calls.wait(first.id), 5)
-            assert refused.outcome == "failed", refused
-            assert refused.end_reason == "call failed: sip.max_calls (1) calls are in progress", refused
+            with pytest.raises(CallRefused) as refused:
+                calls.start(CallRequest("sip:7252@127.0.0.1", "default"))
+            assert refused.value.reason == "sip_max_calls" and calls.active == 0
             assert not callee.events, callee.event_types()
             await caller.hangup()
             assert await caller.wait_event("CALL_CLOSED", 10)
