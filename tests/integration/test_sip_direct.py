@@ -15,7 +15,7 @@ import pytest
 
 from sipagent.errors import SdpError
 from sipagent.sdp import NegotiatedMedia
-from sipagent.sip.ua import IncomingCall, UaSettings, UserAgent
+from sipagent.sip.ua import DialError, IncomingCall, UaSettings, UserAgent
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -431,3 +431,34 @@ def test_a_reinvite_without_sdp_takes_the_answer_from_the_ack() -> None:
         assert changes and changes[-1].on_hold, changes
 
     run(scenario, on_call)
+
+
+def _response_to(invite: bytes, status: int, reason: str, branch: str | None = None, tag: str = "callee1") -> bytes:
+    """A response to ``invite`` (its Via, From, To, Call-ID and CSeq), with the top Via branch replaced when
+    ``branch`` is given: what a third party that learnt the Call-ID could forge."""
+    lines = invite.decode().split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+    keep = [line for line in lines if line.split(":", 1)[0].lower() in ("via", "from", "call-id", "cseq")]
+    if branch is not None:
+        keep = [line.replace(line.split("branch=")[1].split(";")[0], branch) if line.lower().startswith("via")
+                else line for line in keep]
+    to = next(line for line in lines if line.lower().startswith("to:"))
+    head = [f"SIP/2.0 {status} {reason}", *keep, f"{to};tag={tag}", "Content-Length: 0"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+def test_a_forged_response_to_our_invite_neither_ends_nor_answers_the_call() -> None:
+    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        dialing = asyncio.ensure_future(ua.dial(f"sip:callee@127.0.0.1:{peer.port}", rtp_port=40100,
+                                                ring_timeout=20))
+        invite = await peer.expect(lambda d: d.startswith(b"INVITE "))
+        peer.send(_response_to(invite, 180, "Ringing"))
+        for status, reason in ((486, "Busy Here"), (603, "Decline")):
+            peer.send(_response_to(invite, status, reason, branch="z9hG4bKforged"))
+        await asyncio.sleep(0.3)
+        assert not dialing.done()  # still ringing: the forgeries had no transaction of ours
+        peer.send(_response_to(invite, 486, "Busy Here"))
+        with pytest.raises(DialError) as refused:
+            await dialing
+        assert refused.value.outcome == "busy" and refused.value.status == 486
+
+    run(scenario, _never)
