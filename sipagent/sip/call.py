@@ -285,6 +285,7 @@ class CallCore:
         self._cancel_reason = "cancelled"
         self._cancel_due = False  # UAC: CANCEL once a provisional response shows the INVITE arrived
         self._provisional = False
+        self._early_media_refused = False  # logged once
         self._refer_in: str | None = None  # the Event id (its CSeq number) of a REFER we accepted
         self._refer_out = False  # a REFER of ours awaits its outcome: only then does a NOTIFY report one
         self._refer_pending: SipRequest | None = None  # a REFER the layer above has not answered yet
@@ -773,13 +774,17 @@ class CallCore:
             actions.append(self._send_cancel())
         if response.status == 100 or self.state not in ("calling", "ringing"):
             return actions
-        self._goto("ringing")
+        if self.state == "calling":  # a 183 after the 180, or the 180 a callee re-sends each minute: no change
+            self._goto("ringing")
         media = None
         if response.body.strip():
             try:
                 media = self.sdp.read_answer(response.body)
             except SdpError as exc:
-                logger.info("call %s: early media refused: %s", self.call_id, exc)
+                # Once a call: a far end can send any number of 18x, and each must not cost a log line.
+                if not self._early_media_refused:
+                    self._early_media_refused = True
+                    logger.info("call %s: early media refused: %s", self.call_id, exc)
         return [*actions, Progress(response.status, media)]
 
     def _answered(self, response: SipResponse, now: float) -> list[CallAction]:

@@ -332,6 +332,27 @@ def test_early_media_from_183_with_sdp() -> None:
     assert event.media is not None and event.media.remote_port == 60000
 
 
+def test_a_second_provisional_response_keeps_the_call_ringing() -> None:
+    link = dial()  # the UAS sent 180
+    assert link.uas is not None and link.uas.dialog is not None
+    again = link.uas.dialog.response(link.uas.invite, 183)
+    link.run("uac", link.uac.receive_response(wire(again), link.now))  # type: ignore[arg-type]
+    assert [event.status for event in link.of("uac", Progress)] == [180, 183]  # type: ignore[attr-defined]
+    link.run("uas", link.uas.answer("192.0.2.2", 50000, link.now))
+    assert link.uac.state == "confirmed" and link.of("uac", Established)
+
+
+def test_a_flood_of_18x_with_bad_sdp_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    link = dial(on_invite="nothing")
+    assert link.uas is not None and link.uas.dialog is not None
+    bad = link.uas.dialog.response(link.uas.invite, 183, body=b"v=0\r\nnot sdp\r\n", content_type="application/sdp")
+    with caplog.at_level("INFO", logger="sipagent.sip.call"):
+        for _ in range(50):
+            link.run("uac", link.uac.receive_response(wire(bad), link.now))  # type: ignore[arg-type]
+    assert len(link.of("uac", Progress)) == 50 and link.uac.state == "ringing"
+    assert sum("early media refused" in record.getMessage() for record in caplog.records) == 1
+
+
 # -- the UAS from raw text ---------------------------------------------------------------------------
 
 RAW_INVITE = (
