@@ -803,6 +803,12 @@ class CallCore:
         self._ring_deadline = self._cancel_deadline = None
         ack = dialog.create_ack(self.invite, self.config.via_sent_by, self.config.transport)
         self._last_ack = ack
+        if self.state == "ended":
+            # Too late: we gave the INVITE up (no final response in time, or it could not be sent) and the layer
+            # above has the outcome. The far end's session is ended all the same: ACK, then BYE.
+            logger.info("call %s: a 2xx after the call ended: ACK and BYE", self.call_id)
+            dialog.terminate()
+            return [SendAck(ack), self._in_dialog("BYE", "bye")]
         if self.state == "cancelling":
             logger.info("call %s: answered as we cancelled: ACK and BYE", self.call_id)
             return [SendAck(ack), *self._bye(self._cancel_reason)]

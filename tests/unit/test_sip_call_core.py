@@ -342,6 +342,18 @@ def test_a_second_provisional_response_keeps_the_call_ringing() -> None:
     assert link.uac.state == "confirmed" and link.of("uac", Established)
 
 
+def test_a_2xx_after_the_invite_was_given_up_is_acked_and_byed() -> None:
+    link = dial(on_invite="nothing")
+    assert link.uas is not None
+    link.run("uac", link.uac.request_failed(link.uac.invite, link.now))  # no final response in time
+    assert ended(link, "uac").reason == "failed"
+    link.run("uas", link.uas.ring(link.now))
+    link.run("uas", link.uas.answer("192.0.2.2", 50000, link.now))  # the callee answers, too late
+    assert link.methods("uac")[-2:] == ["ACK", "BYE"]
+    assert ended(link, "uas").reason == "remote-bye" and len(link.of("uac", Ended)) == 1
+    assert not link.of("uac", Established)
+
+
 def test_a_flood_of_18x_with_bad_sdp_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     link = dial(on_invite="nothing")
     assert link.uas is not None and link.uas.dialog is not None
