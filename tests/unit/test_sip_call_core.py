@@ -354,6 +354,19 @@ def test_a_2xx_after_the_invite_was_given_up_is_acked_and_byed() -> None:
     assert not link.of("uac", Established)
 
 
+def test_a_2xx_with_an_unusable_sdp_answer_is_acked_byed_and_failed() -> None:
+    link = dial()
+    assert link.uas is not None and link.uas.dialog is not None
+    ok = link.uas.dialog.response(link.uas.invite, 200, body=b"v=0\r\nc=IN IP4 evil\r\n",
+                                  content_type="application/sdp")
+    actions = link.uac.receive_response(wire(ok), link.now)  # type: ignore[arg-type]
+    sent = [a.request.method for a in actions if isinstance(a, (SendAck, SendRequest))]
+    assert sent == ["ACK", "BYE"]
+    [end] = [a for a in actions if isinstance(a, Ended)]
+    assert isinstance(end, Ended) and (end.reason, end.status) == ("failed", 200) and "SDP" in end.detail
+    assert not [a for a in actions if isinstance(a, Established)] and link.uac.media is None
+
+
 def test_a_flood_of_18x_with_bad_sdp_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     link = dial(on_invite="nothing")
     assert link.uas is not None and link.uas.dialog is not None
