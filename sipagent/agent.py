@@ -192,6 +192,8 @@ class Agent:
         """Stop taking calls (503), give active ones ``grace_s`` to finish, end the rest politely,
         unregister."""
         self._accepting = False
+        if self.outbound is not None:  # the control API answers 503 from now on, through the grace period
+            self.outbound.calls.stop_admitting()
         self.health.set_problem("shutdown", "shutting down")
         if self._calls and grace_s > 0:
             await asyncio.wait(set(self._calls), timeout=grace_s)

@@ -50,17 +50,19 @@ _NEXT: dict[str, frozenset[str]] = {
 BUSY_RETRY_AFTER_S = 1.0  # what a 429 for max_calls suggests (a call's length is unknown)
 
 
-RefusalReason = Literal["max_calls", "sip_max_calls", "rate"]
+RefusalReason = Literal["max_calls", "sip_max_calls", "rate", "shutdown"]
 _REFUSALS: dict[str, str] = {
     "max_calls": "outbound.max_calls calls are in progress",
     "sip_max_calls": "sip.max_calls calls (answered and placed) are in progress",
     "rate": "outbound.calls_per_second exceeded",
+    "shutdown": "the agent is shutting down",
 }
+SHUTDOWN_RETRY_AFTER_S = 10.0  # what a refusal during shutdown suggests (a restart, or another instance)
 
 
 class CallRefused(SipagentError):
-    """No new call now: ``reason`` is ``max_calls``, ``sip_max_calls`` (the budget answered calls share) or
-    ``rate``; ``retry_after_s`` when to try again."""
+    """No new call now: ``reason`` is ``max_calls``, ``sip_max_calls`` (the budget answered calls share),
+    ``rate`` or ``shutdown``; ``retry_after_s`` when to try again."""
 
     def __init__(self, reason: RefusalReason, retry_after_s: float) -> None:
         self.reason = reason
@@ -257,6 +259,7 @@ class OutboundCalls:
                  sip_room: Callable[[], bool] | None = None) -> None:
         self._place = place
         self._sip_room = sip_room
+        self._admitting = True
         self._clock = clock
         self._wall = wall
         self.metrics = metrics
@@ -273,6 +276,8 @@ class OutboundCalls:
 
     def start(self, request: CallRequest) -> OutboundCall:
         """Admit and start dialing; CallRefused over a limit. Returns at once (the call runs in a task)."""
+        if not self._admitting:
+            raise CallRefused("shutdown", SHUTDOWN_RETRY_AFTER_S)
         if self._sip_room is not None and not self._sip_room():  # before admit: nothing taken from the limits
             raise CallRefused("sip_max_calls", BUSY_RETRY_AFTER_S)
         call = self.registry.admit(request, self._clock(), self._wall())
@@ -311,8 +316,14 @@ class OutboundCalls:
             raise KeyError(call_id)
         return call
 
+    def stop_admitting(self) -> None:
+        """The agent is shutting down: from now on every request is refused (calls going on go on)."""
+        self._admitting = False
+
     async def close(self) -> None:
-        """Shutdown: every call still going is cancelled (hung up or CANCELled) and awaited."""
+        """Shutdown: no new call is admitted; every call still going is cancelled (hung up or CANCELled) and
+        awaited."""
+        self.stop_admitting()
         for call_id in list(self._tasks):
             self.cancel(call_id)
         tasks = list(self._tasks.values())

@@ -119,7 +119,9 @@ class ControlApi:
         try:
             call = self.calls.start(request)
         except CallRefused as exc:
-            return Response.json(HTTPStatus.TOO_MANY_REQUESTS, {"error": str(exc), "reason": exc.reason},
+            # Shutting down is not the client's excess: 503, as for any service that is going away.
+            status = HTTPStatus.SERVICE_UNAVAILABLE if exc.reason == "shutdown" else HTTPStatus.TOO_MANY_REQUESTS
+            return Response.json(status, {"error": str(exc), "reason": exc.reason},
                                  (("Retry-After", retry_after_header(exc.retry_after_s)),))
         return Response.json(HTTPStatus.CREATED, call.to_json(), (("Location", f"{CALLS_PATH}/{call.id}"),))
 

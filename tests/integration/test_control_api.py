@@ -236,3 +236,18 @@ def test_stalled_connections_past_the_limit_are_turned_away_and_the_listener_rec
         assert status == 404
 
     run(scenario)
+
+
+def test_a_shutting_down_agent_answers_503_and_keeps_its_calls() -> None:
+    async def scenario(server: ControlServer, dialer: Dialer, metrics: Metrics) -> None:
+        status, _, call = await request(server.port, "POST", "/v1/calls", {"to": "2002"})
+        assert status == 201
+        await dialer.answered.wait()
+        server.api.calls.stop_admitting()  # what Agent.stop does first, before the grace period
+        status, headers, body = await request(server.port, "POST", "/v1/calls", {"to": "2003"})
+        assert status == 503 and body["reason"] == "shutdown" and headers["retry-after"] == "10"
+        assert [to for to, _, _ in dialer.placed] == ["sip:2002@pbx.example.com"]
+        status, _, going = await request(server.port, "GET", f"/v1/calls/{call['id']}")
+        assert status == 200 and going["state"] == "answered"
+
+    run(scenario)
