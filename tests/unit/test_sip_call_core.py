@@ -299,6 +299,22 @@ def test_ring_timeout_survives_the_digest_retry() -> None:
     assert link.methods("uac")[-1] == "CANCEL" and ended(link, "uac") == Ended("no-answer", 0)
 
 
+def test_cancel_during_the_digest_retry_cancels_the_retried_invite() -> None:
+    link = dial(credentials=DigestCredentials("1001", "secret"), on_invite="nothing")
+    challenge = build_response(link.sent["uac"][0], 407, to_tag="proxy")
+    challenge.headers.add("Proxy-Authenticate", 'Digest realm="pbx", nonce="n1"')
+    link.uas = None
+    link.run("uac", link.uac.receive_response(challenge, link.now))
+    retried = link.sent["uac"][-1]
+    assert retried.method == "INVITE" and link.uas is not None
+    link.run("uac", link.uac.hangup(link.now))  # no provisional to the retried INVITE yet: the CANCEL waits
+    assert link.methods("uac")[-1] == "INVITE" and link.uac.cancel_deferred
+    link.run("uas", link.uas.ring(link.now))
+    cancel = link.sent["uac"][-1]
+    assert cancel.method == "CANCEL" and cancel.branch == retried.branch and cancel.cseq.seq == retried.cseq.seq
+    assert ended(link, "uac").reason == "cancelled" and ended(link, "uas").reason == "cancelled"
+
+
 def test_rejected_credentials_end_the_call() -> None:
     link = dial(credentials=DigestCredentials("1001", "wrong"), on_invite="nothing")
     for _ in range(3):
