@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from sipagent.errors import SipagentError
+from sipagent.errors import RtpError, SipagentError
 from sipagent.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -359,7 +359,8 @@ class OutboundCalls:
 
     async def _outcome(self, call: OutboundCall) -> PlaceResult:
         """``place``'s result, or what its failure means: a dialer error carries its outcome (busy,
-        no-answer…), a cancellation ends the call as cancelled (or keeps answered), anything else failed."""
+        no-answer…), a cancellation ends the call as cancelled (or keeps answered), a media error (no RTP
+        port) fails it with its words, anything else fails it as an internal error."""
         try:
             self._move(call, "dialing")
             return await self._place(CallProgress(self, call))
@@ -367,6 +368,9 @@ class OutboundCalls:
             if call.id not in self._cancelled:
                 raise
             return _after_cancel(call)
+        except RtpError as exc:  # no RTP port free, say: the operator's to act on, not a bug
+            log.warning("outbound call %s failed: %s", call.id, exc)
+            return PlaceResult("failed", f"media: {exc}"[:200])
         except Exception as exc:
             outcome = getattr(exc, "outcome", None)
             if outcome in OUTCOMES:

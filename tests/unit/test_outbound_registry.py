@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from sipagent.errors import SipagentError
+from sipagent.errors import RtpError, SipagentError
 from sipagent.observability.metrics import Metrics
 from sipagent.outbound.calls import (
     BadTransition,
@@ -281,5 +281,16 @@ def test_a_call_over_the_shared_sip_budget_is_refused_up_front() -> None:
         call = calls.start(REQUEST)
         calls.cancel(call.id)
         await calls.wait(call.id)
+
+    asyncio.run(scenario())
+
+
+def test_no_rtp_port_fails_the_call_with_words_the_operator_can_act_on() -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        agent.error = RtpError("no bindable RTP port pair in 10000-10002 on 127.0.0.1")
+        calls = shell(agent)
+        done = await calls.wait(calls.start(REQUEST).id)
+        assert done.outcome == "failed" and "no bindable RTP port pair in 10000-10002" in done.end_reason
 
     asyncio.run(scenario())
