@@ -7,7 +7,7 @@ Observers (class-level wrappers installed by this script, no change to sipagent)
 
   C  the caller's last loud packet put on the wire (its playout queue popped it; >= -40 dBFS, the
      backend VAD's threshold)
-  Ar the agent's bridge receiving that same packet (``on_inbound_frame`` with the same payload bytes)
+  Ar the agent's bridge receiving that same packet (``Uplink.caller_frame`` with the same payload bytes)
   Bi the backend receiving that same packet (the ``input_audio_buffer.append`` the bridge built from it:
      the same base64 text, matched in the backend's append handler)
   Bo the backend sending the first ``response.output_audio.delta`` of its reply
@@ -73,9 +73,9 @@ import sipagent.agent as agent_mod
 import sipagent.realtime.local.server as server_mod
 from bench._common import agent_config, free_udp_port, percentiles_ms
 from sipagent.bridge.bargein import BargeInPolicy, Duck, Pause, Resume, Unduck
-from sipagent.bridge.call import CallBridge
 from sipagent.bridge.downlink import Downlink
 from sipagent.bridge.interruptions import Interruptions
+from sipagent.bridge.uplink import Uplink
 from sipagent.config import load_config_text
 from sipagent.media.clock import MediaClock
 from sipagent.media.kernel import CODEC_SILENCE, ulaw_decode
@@ -174,9 +174,9 @@ def install_observers() -> None:
 
     BargeInPolicy.caller_frame = policy_frame  # type: ignore[method-assign]
 
-    original_frame = CallBridge.on_inbound_frame
+    original_frame = Uplink.caller_frame  # the endpoint calls the uplink directly (CallMedia.attach)
 
-    def on_frame(self: CallBridge, payload: bytes) -> None:
+    def on_frame(self: Uplink, payload: bytes) -> None:
         TL.agent_rx.setdefault(payload, time.monotonic())
         TL.current = payload
         try:
@@ -184,7 +184,7 @@ def install_observers() -> None:
         finally:
             TL.current = None
 
-    CallBridge.on_inbound_frame = on_frame  # type: ignore[method-assign]
+    Uplink.caller_frame = on_frame  # type: ignore[method-assign]
 
     original_send_now = RealtimeClient.send_now
     head, tail = len(realtime_events.AUDIO_APPEND_HEAD), len(realtime_events.AUDIO_APPEND_TAIL)

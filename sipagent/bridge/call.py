@@ -453,12 +453,10 @@ class CallBridge:
 
     # ---------------------------------------------------------------- events from the model
 
-    async def _handle(self, event: dict[str, Any]) -> None:
+    def _handle(self, event: dict[str, Any]) -> Awaitable[None] | None:
+        """The event's handler called; what it returns to wait for (RealtimeSession.read awaits it)."""
         handler = self._handlers.get(event.get("type", ""))
-        if handler is not None:
-            result = handler(event)
-            if result is not None:
-                await result
+        return None if handler is None else handler(event)
 
     def _response_done(self, event: dict[str, Any]) -> None:
         response = event.get("response", {})

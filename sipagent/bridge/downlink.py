@@ -75,7 +75,9 @@ class Downlink:
             if self.metrics:
                 self.metrics.observe_turn_latency(self.turn_latencies[-1])
             self._turn_ended_at = None
-        pcm = self._down_decode(self._base64.decode(event.get("delta", "")))
+        pcm = self._base64.decode(event.get("delta", ""))
+        if self._down_decode is not None:  # None: 24 kHz PCM16 already
+            pcm = self._down_decode(pcm)
         self.queue(event.get("item_id", ""), pcm)
 
     def queue(self, item_id: str, pcm24k: bytes) -> None:
@@ -166,10 +168,10 @@ class Downlink:
         return condition()
 
 
-def wire_decoder(audio_format: str) -> Callable[[bytes], bytes]:
-    """Output deltas → 24 kHz PCM16, whatever format the server really sends."""
+def wire_decoder(audio_format: str) -> Callable[[bytes], bytes] | None:
+    """Output deltas → 24 kHz PCM16, whatever format the server really sends; None for pcm16 (as it is)."""
     if audio_format == "pcm16":
-        return lambda data: data
+        return None
     to_24k = Resampler(8000, 24000)
     decode = ulaw_decode if audio_format == "g711_ulaw" else alaw_decode
     return lambda data: to_24k.process(decode(data))

@@ -5,6 +5,7 @@ tests bring their own)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -19,6 +20,9 @@ class RealtimeLink(Protocol):
         when it could not (then ``send`` it, as str)."""
 
     async def recv(self) -> dict[str, Any]: ...
+
+    def deliver_to(self, take: Callable[[dict[str, Any]], bool] | None) -> None:
+        """Offer events to ``take`` as they arrive, before ``recv`` would get them (False: recv gets it)."""
 
     async def close(self) -> None: ...
 

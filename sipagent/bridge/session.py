@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -86,6 +87,11 @@ class RealtimeSession:
         self.link: RealtimeLink | None = None  # None until connected, and while reconnecting
         self.outbox: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue()
         self.reconnects = 0
+        # The reader's state for events taken as they arrive (``_take``): its handler, whether it is waiting
+        # for the next event (and nothing else), and what an event taken that way left to wait for.
+        self._handle: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None
+        self._idle = False
+        self._pending: asyncio.Future[None] | None = None
 
     async def open(self, first: bool) -> bool:
         """Connects (with retries) and configures a session; on a reconnect, replays the conversation."""
@@ -129,25 +135,73 @@ class RealtimeSession:
             except (RealtimeError, OSError) as exc:
                 self.log.debug("send failed (%s); the reader reconnects", exc)
 
-    async def read(self, handle: Callable[[dict[str, Any]], Awaitable[None]], lost: Callable[[], None],
+    async def read(self, handle: Callable[[dict[str, Any]], Awaitable[None] | None], lost: Callable[[], None],
                    fail_over: Callable[[str], Awaitable[None]]) -> None:
-        """The one reader: each event to ``handle``; a lost connection is told to ``lost`` (before the
-        reconnect), and when no new session can be had, ``fail_over`` is awaited with why."""
-        while not self.state.done.is_set():
-            link = self.link
-            assert link is not None
-            try:
-                event = await link.recv()
-            except (RealtimeError, OSError) as exc:
-                if self.state.done.is_set() or self.call.ended.is_set():
-                    return
-                await self._recover(str(exc), lost, fail_over)
-                continue
-            try:
-                await handle(event)
-            except Exception:
-                # One bad event must not take the call down.
-                self.log.exception("error handling %s", event.get("type"))
+        """The one reader: each event to ``handle``, and what it returns (if anything) awaited before the
+        next event; a lost connection is told to ``lost`` (before the reconnect), and when no new session
+        can be had, ``fail_over`` is awaited with why. ``handle`` is a plain function, not a coroutine: most
+        events (the audio deltas, about 25 a second per call) need no wait, and a coroutine per event
+        cost more than the delta's own work."""
+        self._handle = handle
+        taking: RealtimeLink | None = None
+        try:
+            while not self.state.done.is_set():
+                link = self.link
+                assert link is not None
+                if link is not taking:
+                    taking = link
+                    link.deliver_to(self._take)
+                self._idle = True
+                try:
+                    event = await link.recv()
+                except (RealtimeError, OSError) as exc:
+                    if self.state.done.is_set() or self.call.ended.is_set():
+                        return
+                    await self._recover(str(exc), lost, fail_over)
+                    continue
+                finally:
+                    self._idle = False
+                pending, self._pending = self._pending, None
+                if pending is not None:
+                    await asyncio.wait([pending])  # the event taken before this one is handled first
+                try:
+                    result = handle(event)
+                    if result is not None:
+                        await result
+                except Exception:
+                    # One bad event must not take the call down.
+                    self.log.exception("error handling %s", event.get("type"))
+        finally:
+            self._idle = False
+            if taking is not None:
+                taking.deliver_to(None)
+            if self._pending is not None:
+                self._pending.cancel()  # as the reader's own wait would be, had it run there
+
+    def _take(self, event: dict[str, Any]) -> bool:
+        """An event as it arrives (``RealtimeLink.deliver_to``), handled at once if the reader is waiting
+        for the next one and nothing an earlier event started is still running; False leaves it to the
+        reader, which gets it (and every later one) in order. What the handler returns to wait for runs on
+        as a task, and the reader waits for it before it handles the next event, as it would have."""
+        handle = self._handle
+        pending = self._pending
+        if (not self._idle or handle is None or self.state.done.is_set()
+                or (pending is not None and not pending.done())):
+            return False
+        self._pending = None
+        try:
+            result = handle(event)
+        except Exception:
+            self.log.exception("error handling %s", event.get("type"))
+            return True
+        if result is not None:
+            self._pending = asyncio.ensure_future(result)
+            self._pending.add_done_callback(functools.partial(self._pending_done, event.get("type")))
+        return True
+
+    def _pending_done(self, kind: object, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            self.log.error("error handling %s", kind, exc_info=exc)
 
     async def _recover(self, why: str, lost: Callable[[], None], fail_over: Callable[[str], Awaitable[None]]) -> None:
         self.log.warning("Realtime connection lost (%s); reconnecting", why)

@@ -17,6 +17,7 @@ from sipagent.media.kernel import mean_square
 
 SILENCE_DB = -96.0
 FAINT_DB = 15.0
+_FULL_SCALE_MS = 32768.0 * 32768.0  # the mean square of a full-scale square wave: 0 dBFS
 
 
 def level_db(pcm: bytes) -> float:
@@ -28,7 +29,7 @@ def mean_square_db(ms: float) -> float:
     """The level in dBFS of PCM16 audio whose mean square is ``ms`` (the kernel's FrameDecoder gives it)."""
     if ms <= 1.0:
         return SILENCE_DB
-    return 10.0 * math.log10(ms / (32768.0 * 32768.0))
+    return 10.0 * math.log10(ms / _FULL_SCALE_MS)
 
 
 @dataclass
@@ -144,7 +145,7 @@ class EchoAwareVad:
 
     def caller_mean_square(self, ms: float) -> bool:
         """:meth:`caller_frame` for a frame whose PCM16 mean square is already known (FrameDecoder)."""
-        level = mean_square_db(ms)
+        level = SILENCE_DB if ms <= 1.0 else 10.0 * math.log10(ms / _FULL_SCALE_MS)  # mean_square_db, inlined
         self.last_level_db = level
         loud = level >= self._threshold
         settings = self.settings

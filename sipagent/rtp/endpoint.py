@@ -53,7 +53,7 @@ from sipagent.media.playout import PlayoutQueue
 from sipagent.rtp.dtmf import DtmfReceiver, DtmfSender
 from sipagent.rtp.jitter import JitterBuffer
 from sipagent.rtp.latch import SourceLatch
-from sipagent.rtp.packet import HEADER, is_rtcp, parse_media
+from sipagent.rtp.packet import HEADER, parse_media
 from sipagent.rtp.ports import BoundPair, PortAllocator
 from sipagent.rtp.rtcp import (
     ReceiverReport,
@@ -349,7 +349,7 @@ class RtpEndpoint:
         except OSError:  # EAGAIN after a spurious wake-up, or ICMP port unreachable from an earlier send
             return
         # addr[:2]: (host, port) of an IPv6 4-tuple; an IPv4 pair is returned as it is, with no copy.
-        if is_rtcp(data):
+        if len(data) >= 2 and data[0] >> 6 == 2 and 192 <= data[1] <= 223:  # is_rtcp, inlined: every packet
             self._on_rtcp(data, addr[:2], sock)
         elif sock is self._sock:
             self._on_rtp(data, addr[:2])

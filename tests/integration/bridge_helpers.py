@@ -95,9 +95,26 @@ class RecordingLink:
 
     async def recv(self) -> dict[str, Any]:
         event = await self.inner.recv()
+        self._keep(event)
+        return event
+
+    def deliver_to(self, take: Callable[[dict[str, Any]], bool] | None) -> None:
+        """As in production, most events reach the bridge this way (RealtimeClient.deliver_to): kept too."""
+        if take is None:
+            self.inner.deliver_to(None)
+            return
+
+        def kept(event: dict[str, Any]) -> bool:
+            if not take(event):
+                return False
+            self._keep(event)
+            return True
+
+        self.inner.deliver_to(kept)
+
+    def _keep(self, event: dict[str, Any]) -> None:
         if event.get("type") not in ("response.output_audio.delta", "response.output_audio_transcript.delta"):
             self.received.append(event)
-        return event
 
     async def close(self) -> None:
         await self.inner.close()

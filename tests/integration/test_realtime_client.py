@@ -195,3 +195,43 @@ def test_a_hostile_server_cannot_make_the_client_buffer_without_bound(monkeypatc
             await client.close()
 
     asyncio.run(run())
+
+
+def test_deliver_to_takes_events_in_the_data_callback_and_leaves_the_rest_to_recv_in_order() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()  # the client is connected and has its hook: a message before that goes to recv
+        for event in ({"type": "a"}, {"type": "b"}, {"type": "c"}, {"type": "response.audio.delta", "delta": "AAA="}):
+            await ws.send(json.dumps(event))
+        await ws.send("this is not json")
+        async for message in ws:  # one more event for each one the client sends
+            await ws.send(json.dumps({"type": "later", "n": json.loads(message)["n"]}))
+
+    async def run() -> None:
+        taken: list[dict[str, Any]] = []
+
+        def take(event: dict[str, Any]) -> bool:
+            if event["type"] == "b":
+                return False  # left to recv: so is everything after it until recv has caught up
+            taken.append(event)
+            return True
+
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            client = RealtimeClient.for_endpoint(local_endpoint(f"ws://127.0.0.1:{port}/v1/realtime", "beta"))
+            client.deliver_to(take)  # kept across connect
+            await client.connect()
+            await client.send({"type": "start"})
+            await asyncio.sleep(0.3)
+            assert taken == [{"type": "a"}]
+            assert [(await client.recv())["type"] for _ in range(3)] == ["b", "c", "response.output_audio.delta"]
+            await client.send({"type": "ping", "n": 1})  # the unparseable message was skipped by recv
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await client.recv()  # taken as it came: recv never sees it
+            assert taken[1:] == [{"type": "later", "n": 1}]
+            client.deliver_to(None)
+            await client.send({"type": "ping", "n": 2})
+            assert await client.recv() == {"type": "later", "n": 2}
+            await client.close()
+
+    asyncio.run(run())
