@@ -9,10 +9,11 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 from demo_config import demo_data, spoken_order_lookup
 from peers import free_port
+from websockets.sync.server import ServerConnection, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 OFFER = ("v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -144,3 +146,16 @@ def request(method: str, target: tuple[str, int], *, via: str, user: str = "agen
 
 def statuses(responses: list[bytes]) -> list[int]:
     return [int(r.split(b" ", 2)[1]) for r in responses if r.startswith(b"SIP/2.0 ")]
+
+
+@contextlib.contextmanager
+def websocket_backend(handler: Callable[[ServerConnection], None]) -> Iterator[str]:
+    """A scripted Realtime backend: ``handler`` serves each connection on a thread; yields its ws:// URL."""
+    with serve(handler, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v1/realtime"
+        finally:
+            server.shutdown()
+            thread.join(10)

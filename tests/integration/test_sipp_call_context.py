@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import pytest
-from agent_helpers import running_agent
+from agent_helpers import running_agent, websocket_backend
 from peers import require
 from sipp import sipp_scenario
-from websockets.sync.server import ServerConnection, serve
+from websockets.sync.server import ServerConnection
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,14 +61,8 @@ class Backend:
 @contextlib.contextmanager
 def backend() -> Iterator[tuple[Backend, str]]:
     recorder = Backend()
-    with serve(recorder.handler, "127.0.0.1", 0) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield recorder, f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v1/realtime"
-        finally:
-            server.shutdown()
-            thread.join(10)
+    with websocket_backend(recorder.handler) as url:
+        yield recorder, url
 
 
 class Receiver(BaseHTTPRequestHandler):

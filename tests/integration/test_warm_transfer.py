@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from agent_helpers import running_agent
+from agent_helpers import running_agent, websocket_backend
 from bridge_helpers import bridge_config, tts
 from peers import Baresip, Kamailio, require, wait_until
 from sipp import sipp_scenario
 from srtp_helpers import read_pcm24k
 from test_hold_and_codec_change import AGENT_LINES, recognised
-from websockets.sync.server import ServerConnection, serve
+from websockets.sync.server import ServerConnection
 
 from sipagent.agent import Agent
 from sipagent.bridge.warm import briefing_text
@@ -97,14 +97,8 @@ class Backend:
 @contextlib.contextmanager
 def backend(target: str, speak_briefing: bool = False) -> Iterator[tuple[Backend, str]]:
     recorder = Backend(target, speak_briefing)
-    with serve(recorder.handler, "127.0.0.1", 0) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield recorder, f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v1/realtime"
-        finally:
-            server.shutdown()
-            thread.join(10)
+    with websocket_backend(recorder.handler) as url:
+        yield recorder, url
 
 
 def warm_sections(ws_url: str, human: str) -> dict[str, dict[str, Any]]:
