@@ -178,12 +178,14 @@ def send_masked_text_now(ws: ClientConnection, data: bytes, masks: MaskSource) -
     return True
 
 
-class _TakingConnection(ClientConnection):
-    """websockets' client connection, which offers each whole text message to ``take`` as soon as it is
-    parsed, in the connection's data callback (``RealtimeClient.deliver_to``), while no earlier message
-    waits in the queue that ``recv`` reads. ``take`` returns False to leave the message to that queue."""
+class TakingConnection(Connection):
+    """A websockets connection (either end) that offers each whole text message to ``take`` as soon as it
+    is parsed, in the connection's data callback, while no earlier message waits in the queue that
+    ``recv`` reads. ``take`` returns False to leave the message to that queue. Mixed in before
+    ``ClientConnection`` or ``ServerConnection``; frames only arrive once the handshake is done."""
 
     take: Callable[[str], bool] | None = None
+    response: Any  # set by the client's or the server's handshake
 
     def process_event(self, event: WsEvent) -> None:
         take = self.take
@@ -199,11 +201,15 @@ class _TakingConnection(ClientConnection):
         super().process_event(event)
 
 
-def _can_take(ws: ClientConnection) -> bool:
-    """The connection is one of ours and its message queue is the one ``_TakingConnection`` knows (the
+class _TakingConnection(TakingConnection, ClientConnection):
+    """The client connection of :meth:`RealtimeClient.deliver_to`."""
+
+
+def can_take(ws: Connection) -> bool:
+    """The connection is one of ours and its message queue is the one ``TakingConnection`` knows (the
     websockets release may lay it out otherwise: then every message goes through ``recv``)."""
     frames = getattr(ws.recv_messages, "frames", None)
-    return isinstance(ws, _TakingConnection) and isinstance(getattr(frames, "queue", None), collections.deque)
+    return isinstance(ws, TakingConnection) and isinstance(getattr(frames, "queue", None), collections.deque)
 
 
 class RealtimeClient:
@@ -315,8 +321,8 @@ class RealtimeClient:
         across :meth:`connect`."""
         self._take = take
         ws = self._ws
-        if ws is not None and _can_take(ws):
-            assert isinstance(ws, _TakingConnection)
+        if ws is not None and can_take(ws):
+            assert isinstance(ws, TakingConnection)
             ws.take = None if take is None else self._take_text
 
     def _take_text(self, text: str) -> bool:

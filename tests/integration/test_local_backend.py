@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import shutil
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from sipagent.errors import RealtimeError
 from sipagent.media import kernel
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
+from sipagent.realtime.local import server as server_mod
 from sipagent.realtime.local.brain import LocalBrainConfig
 from sipagent.realtime.local.server import LocalRealtimeServer
 
@@ -112,6 +114,7 @@ class Wire:
         self.client = client
         self.dialect = dialect
         self.events: list[dict[str, Any]] = []
+        self.server: LocalRealtimeServer | None = None
 
     async def send(self, event: dict[str, Any] | str) -> None:
         await self.client.send(event)
@@ -149,6 +152,7 @@ async def session(dialect: str = "ga", lead_ms: int = 100, **settings: Any) -> A
         client = RealtimeClient(server.url + "?model=gpt-realtime", headers, dialect)
         await client.connect()
         wire = Wire(client, dialect)
+        wire.server = server
         assert (await wire.next())["type"] == "session.created"
         base = {
             "transcription_model": "gpt-4o-mini-transcribe",
@@ -429,5 +433,80 @@ def test_openai_package_client_completes_a_spoken_turn() -> None:
                 assert heard == "what are your opening hours"
                 assert transcript == "We are open from nine to five."
                 assert len(audio) > 48000
+
+    asyncio.run(run())
+
+
+def added_texts(wire: Wire) -> list[str]:
+    return [e["item"]["content"][0]["text"] for e in wire.of("conversation.item.added")
+            if e["item"].get("role") == "user"]
+
+
+def test_client_events_are_handled_as_they_arrive_and_keep_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages are taken in the connection's data callback (no queue and task switch per audio append)
+    and answered in the order sent."""
+    taken: list[bool] = []
+    take = server_mod._Connection._take
+
+    def counting(self: server_mod._Connection, text: str) -> bool:
+        taken.append(took := take(self, text))
+        return took
+
+    monkeypatch.setattr(server_mod._Connection, "_take", counting)
+
+    async def run() -> None:
+        async with session() as wire:
+            for n in range(30):
+                await wire.send(ev.user_text(f"line {n}"))
+            while len(added_texts(wire)) < 30:
+                await wire.next()
+            assert added_texts(wire) == [f"line {n}" for n in range(30)]
+            assert taken.count(True) >= 25  # a few may meet the loop still busy with an earlier one
+
+    asyncio.run(run())
+
+
+def test_output_that_must_wait_for_room_keeps_every_later_event_behind_it() -> None:
+    """A client that stops reading: the server's write buffer fills during a streamed reply, so deltas and
+    the answers to the client's next messages wait for room; once the client reads again, it gets the
+    whole reply's audio in order and its own items in the order sent, none lost."""
+
+    async def run() -> None:
+        async with session(lead_ms=60_000) as wire:
+            server = wire.server
+            assert server is not None
+            (conn,) = server._connections
+            ws = conn.ws
+            ws.transport.set_write_buffer_limits(high=2048)
+            client_ws = wire.client._ws
+            assert client_ws is not None
+            sockets = [(ws.transport.get_extra_info("socket"), socket.SO_SNDBUF),
+                       (client_ws.transport.get_extra_info("socket"), socket.SO_RCVBUF)]
+            for sock, option in sockets:  # small kernel buffers: the server's own buffer fills soon
+                sock.setsockopt(socket.SOL_SOCKET, option, 4096)
+            client_ws.transport.pause_reading()
+            await wire.send(ev.user_text("what are your opening hours"))
+            await wire.send(ev.response_create())
+            for _ in range(100):  # until the server is blocked on a full buffer
+                await asyncio.sleep(0.02)
+                if ws.paused:
+                    break
+            assert ws.paused
+            pad = " pad" * 4000  # 16 kB echoed back in each conversation.item.added
+            for n in range(40):
+                await wire.send(ev.user_text(f"meanwhile {n}{pad}"))
+            await asyncio.sleep(0.2)
+            # One taken message's output had to wait, so later ones went to the receive loop, which waits too.
+            assert ws.paused and conn._sending is not None and conn._busy
+            for sock, option in sockets:
+                sock.setsockopt(socket.SOL_SOCKET, option, 1 << 20)
+            client_ws.transport.resume_reading()
+            await wire.until("response.done")
+            while len(added_texts(wire)) < 41:
+                await wire.next()
+            assert added_texts(wire) == ["what are your opening hours"] + [f"meanwhile {n}{pad}" for n in range(40)]
+            audio = b"".join(base64.b64decode(e["delta"]) for e in wire.of(AUDIO_DELTA["ga"]))
+            assert server._tts is not None
+            assert audio == server._tts.synthesize("We are open from nine to five.")
 
     asyncio.run(run())

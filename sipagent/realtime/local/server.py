@@ -36,7 +36,7 @@ from websockets.http11 import Request, Response
 
 from sipagent.errors import RealtimeError
 from sipagent.realtime import events
-from sipagent.realtime.client import _RedactSecrets, send_text_now
+from sipagent.realtime.client import TakingConnection, _RedactSecrets, can_take, send_text_now
 from sipagent.realtime.local.asr import GrammarRecognizer
 from sipagent.realtime.local.brain import Brain, LocalBrainConfig
 from sipagent.realtime.local.session import Ids, LocalSession, Output, Respond, ResponseRun, Transcribe
@@ -52,6 +52,7 @@ MAX_QUEUED_FRAMES = 4  # received frames buffered per connection before reading 
 MAX_SESSIONS = 64
 MAX_TRANSCRIPTIONS = 4  # utterances per connection waiting for (or in) recognition
 TOKEN_ENV = "SIPAGENT_LOCAL_TOKEN"
+PACER_PERIOD_S = 0.010  # the audio pacer's tick: each delta goes out within 5 ms of its due time
 
 
 def is_loopback(host: str) -> bool:
@@ -100,6 +101,7 @@ class LocalRealtimeServer:
         self._tts: Synthesizer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[_Connection] = set()
+        self._pacer = _Pacer(PACER_PERIOD_S)
 
     @property
     def url(self) -> str:
@@ -119,6 +121,7 @@ class LocalRealtimeServer:
             max_queue=MAX_QUEUED_FRAMES,
             compression=None,
             logger=_wire_log,
+            create_connection=_TakingServerConnection,
         )
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])
@@ -129,6 +132,7 @@ class LocalRealtimeServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        self._pacer.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -187,8 +191,18 @@ class LocalRealtimeServer:
             log.info("local realtime session %s closed", session.session_id)
 
 
+class _TakingServerConnection(TakingConnection, ServerConnection):
+    """The server connection whose client messages :class:`_Connection` handles in the data callback."""
+
+
 class _Connection:
-    """One client connection: the receive loop plus its transcription and response tasks."""
+    """One client connection: the receive loop plus its transcription and response tasks.
+
+    A client message is handled as soon as the connection parses it (``_take``, in websockets' data
+    callback: an audio append every 20 ms per call needs no task switch, queue or coroutine), unless the
+    receive loop is handling an earlier one or an earlier one's output still waits for room to be sent:
+    then it queues for the loop as before, which keeps the order of what the client sees.
+    """
 
     def __init__(self, server: LocalRealtimeServer, ws: ServerConnection, session: LocalSession) -> None:
         self.server = server
@@ -196,30 +210,55 @@ class _Connection:
         self.session = session
         self.tasks: set[asyncio.Task[None]] = set()
         self.transcriptions = 0
+        self._busy = False  # the receive loop is handling a message
+        self._sending: asyncio.Task[None] | None = None  # a taken message's output waiting for room
 
     async def run(self) -> None:
         await self.dispatch(self.session.created())
+        ws = self.ws
+        if can_take(ws):
+            assert isinstance(ws, TakingConnection)
+            ws.take = self._take
         try:
-            async for message in self.ws:
+            async for message in ws:
+                self._busy = True
                 try:
-                    outputs = self.session.handle_text(message)
-                except Exception:  # a bug the input found: it costs the client one event, not the session
-                    log.exception("local realtime %s: a client event failed", self.session.session_id)
-                    outputs = [self.session.error("The server failed on this event", "server_error",
-                                                  kind="server_error")]
-                await self.dispatch(outputs)
+                    if self._sending is not None:
+                        await self._sending
+                    await self.dispatch(self._handle(message))
+                finally:
+                    self._busy = False
         except ConnectionClosed:
             pass
+        finally:
+            if isinstance(ws, TakingConnection):
+                ws.take = None
+
+    def _handle(self, message: str | bytes) -> list[Output]:
+        try:
+            return self.session.handle_text(message)
+        except Exception:  # a bug the input found: it costs the client one event, not the session
+            log.exception("local realtime %s: a client event failed", self.session.session_id)
+            return [self.session.error("The server failed on this event", "server_error", kind="server_error")]
+
+    def _take(self, text: str) -> bool:
+        if self._busy or (self._sending is not None and not self._sending.done()):
+            return False
+        rest = self.send_now(self._handle(text))
+        if rest:
+            self._sending = self.spawn(self.dispatch(rest))
+        return True
 
     def cancel_all(self) -> None:
         for task in list(self.tasks):
             task.cancel()
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         self.server._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -227,26 +266,37 @@ class _Connection:
         if not task.cancelled() and task.exception() is not None:
             log.error("local realtime task failed", exc_info=task.exception())
 
-    async def dispatch(self, outputs: list[Output]) -> None:
-        for out in outputs:
+    def send_now(self, outputs: list[Output]) -> list[Output]:
+        """Start or send each output in order while none has to wait; returns the rest, from the first
+        event that needs room in the write buffer (or a closed connection) on."""
+        pending = outputs[::-1]  # popped from the end
+        while pending:
+            out = pending.pop()
             if isinstance(out, Transcribe):
                 if self.transcriptions >= MAX_TRANSCRIPTIONS:  # commits faster than recognition: shed
-                    await self.dispatch([self.session.error(
+                    pending.append(self.session.error(
                         "Too many utterances waiting for transcription; this one was dropped",
-                        "rate_limit_exceeded", None, kind="server_error")])
+                        "rate_limit_exceeded", None, kind="server_error"))
                     continue
                 self.transcriptions += 1
                 self.spawn(self.transcribe(out))
             elif isinstance(out, Respond):
                 self.spawn(self.respond(out.run))
-            else:
-                text = _delta_json(out) if out.get("type") == AUDIO_DELTA else events.to_json(out)
-                if send_text_now(self.ws, text):  # no task switch for the common case (audio deltas)
-                    continue
-                try:
-                    await self.ws.send(text)
-                except ConnectionClosed:
-                    return
+            elif not send_text_now(self.ws, _event_json(out)):
+                pending.append(out)
+                return pending[::-1]
+        return []
+
+    async def dispatch(self, outputs: list[Output]) -> None:
+        rest = self.send_now(outputs)
+        while rest:
+            event = rest[0]
+            assert isinstance(event, dict)  # send_now stops only at an event
+            try:
+                await self.ws.send(_event_json(event))
+            except ConnectionClosed:
+                return
+            rest = self.send_now(rest[1:])
 
     async def transcribe(self, job: Transcribe) -> None:
         assert self.server._asr is not None
@@ -258,7 +308,6 @@ class _Connection:
         await self.dispatch(self.session.transcribed(job.item_id, text, job.respond))
 
     async def respond(self, run: ResponseRun) -> None:
-        loop = asyncio.get_running_loop()
         await asyncio.sleep(self.server.config.response_delay_ms / 1000)
         reply = run.reply
         if reply.text and not run.finished:
@@ -267,7 +316,7 @@ class _Connection:
             if run.finished:
                 return
             await self.dispatch(run.start_message())
-            await self.stream(run, pcm, reply.text, loop)
+            await self.stream(run, pcm, reply.text)
             if run.finished:
                 return
             await self.dispatch(run.end_message())
@@ -275,26 +324,100 @@ class _Connection:
             await self.dispatch(run.function_call(reply.tool))
         await self.dispatch(run.finish("completed"))
 
-    async def stream(self, run: ResponseRun, pcm: bytes, text: str, loop: asyncio.AbstractEventLoop) -> None:
-        """Send audio deltas in real time; transcript words go out spread across the audio."""
-        chunk = 24000 * 2 * self.server.chunk_ms // 1000
-        chunks = [pcm[i : i + chunk] for i in range(0, len(pcm), chunk)] or [b""]
-        words = text.split()
-        per_chunk = max(1, -(-len(words) // len(chunks)))
-        t0 = loop.time()
-        for index, piece in enumerate(chunks):
-            due = t0 + (index * self.server.chunk_ms - self.server.lead_ms) / 1000
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if run.finished:
-                return
-            spoken = words[index * per_chunk : (index + 1) * per_chunk]
+    async def stream(self, run: ResponseRun, pcm: bytes, text: str) -> None:
+        """Send audio deltas in real time (the server's pacer sends them); transcript words go out spread
+        across the audio."""
+        stream = _Stream(self, run, pcm, text, self.server.chunk_ms, self.server.lead_ms)
+        try:
+            self.server._pacer.add(stream)
+            await stream.done
+            if stream.sending is not None:
+                await stream.sending
+        finally:
+            stream.stopped = True  # cancelled with the connection: the pacer drops it
+
+
+class _Stream:
+    """One response's audio on its way out: chunk ``index`` is due ``index * chunk_ms - lead_ms`` after
+    the start."""
+
+    def __init__(self, conn: _Connection, run: ResponseRun, pcm: bytes, text: str, chunk_ms: int,
+                 lead_ms: int) -> None:
+        chunk = 24000 * 2 * chunk_ms // 1000
+        self.conn = conn
+        self.run = run
+        self.chunks = [pcm[i : i + chunk] for i in range(0, len(pcm), chunk)] or [b""]
+        self.words = text.split()
+        self.per_chunk = max(1, -(-len(self.words) // len(self.chunks)))
+        self.chunk_s = chunk_ms / 1000
+        self.lead_s = lead_ms / 1000
+        self.index = 0
+        self.t0 = 0.0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sending: asyncio.Task[None] | None = None  # a delta waiting for room in the write buffer
+        self.stopped = False
+
+    def advance(self, horizon: float) -> bool:
+        """Send every chunk due by ``horizon`` (loop time); False once the stream needs no more calls."""
+        if self.stopped:
+            return False
+        run = self.run
+        while True:
+            if self.sending is not None and not self.sending.done():
+                return True  # the order of the deltas: wait until that one is out
+            if run.finished or self.index == len(self.chunks):
+                if not self.done.done():
+                    self.done.set_result(None)
+                return False
+            index = self.index
+            if self.t0 + index * self.chunk_s - self.lead_s > horizon:
+                return True
+            self.index += 1
+            spoken = self.words[index * self.per_chunk : (index + 1) * self.per_chunk]
             delta = (" " if index and spoken else "") + " ".join(spoken)
-            await self.dispatch(run.audio(run.encode(piece), delta))
+            rest = self.conn.send_now(run.audio(run.encode(self.chunks[index]), delta))
+            if rest:
+                self.sending = self.conn.spawn(self.conn.dispatch(rest))
+
+
+class _Pacer:
+    """One timer for the audio of every response being streamed: each tick sends the deltas due within
+    half a tick of now (so on average on time), instead of one sleeping task per response waking for each
+    delta (25 wake-ups a second per call at 40 ms deltas)."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self._streams: list[_Stream] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, stream: _Stream) -> None:
+        loop = asyncio.get_running_loop()
+        stream.t0 = now = loop.time()
+        if stream.advance(now + self.period_s / 2):  # what the lead allows goes out at once
+            self._streams.append(stream)
+            if self._timer is None:
+                self._timer = loop.call_at(now + self.period_s, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        horizon = now + self.period_s / 2
+        self._streams = [stream for stream in self._streams if stream.advance(horizon)]
+        self._timer = loop.call_at(now + self.period_s, self._tick) if self._streams else None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._streams.clear()
 
 
 AUDIO_DELTA = "response.output_audio.delta"
+
+
+def _event_json(event: Output) -> str:
+    assert isinstance(event, dict)
+    return _delta_json(event) if event.get("type") == AUDIO_DELTA else events.to_json(event)
 
 
 def _delta_json(event: dict[str, Any]) -> str:
