@@ -45,6 +45,7 @@ def test_load_two_calls_pcmu_then_g722() -> None:
     out = run_bench("load.py", "--counts", "2", "--seconds", "2", "--keep-going", "--codec", "both")
     rows = [line.split() for line in out.splitlines() if re.match(r"\s+2\s+\d+\s", line)]
     assert [(row[1], row[-2]) for row in rows] == [("2", "PCMU"), ("2", "G722")], out
+    assert re.search(r"per media: PCMU (2|none), G722 (2|none)", out), out
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
