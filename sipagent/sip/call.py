@@ -67,6 +67,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "ended": frozenset(),
 }
 
+MAX_FORKS = 8  # other branches of one INVITE that answered too and get ACK + BYE
+
 # What the final response to our INVITE means for the layer above (everything else 3xx-6xx: "rejected").
 OUTCOME_BY_STATUS = {486: "busy", 600: "busy", 408: "no-answer", 480: "no-answer", 487: "cancelled"}
 
@@ -98,6 +100,17 @@ class SendRequest:
 @dataclass(frozen=True)
 class SendAck:
     request: SipRequest
+
+
+@dataclass(frozen=True)
+class EndFork:
+    """A 2xx from another branch of our forked INVITE, after the call took the first one's dialog (RFC 3261
+    13.2.2.4): ACK it and, the first time, end that branch's dialog with ``bye``. Both go to that dialog's
+    next hop; the BYE's answer concerns no one (the call goes on with its own dialog)."""
+
+    dialog: Dialog
+    ack: SipRequest
+    bye: SipRequest | None
 
 
 @dataclass(frozen=True)
@@ -180,8 +193,8 @@ class Ended:
     detail: str = ""
 
 
-CallAction = (Respond | SendRequest | SendAck | Retransmit | Progress | Established | MediaChanged | Held | Dtmf
-              | ProvisionalAcked | TransferProgress | ReofferAnswered | Referred | Ended)
+CallAction = (Respond | SendRequest | SendAck | EndFork | Retransmit | Progress | Established | MediaChanged | Held
+              | Dtmf | ProvisionalAcked | TransferProgress | ReofferAnswered | Referred | Ended)
 
 
 @dataclass(frozen=True)
@@ -277,6 +290,7 @@ class CallCore:
         self._refreshing: str | None = None  # the method of our session refresh in flight
         self._reoffer: SessionDescription | None = None  # what we offered before our re-INVITE in flight
         self._last_ack: SipRequest | None = None  # our ACK to the last 2xx: sent again for its retransmissions
+        self._forks: dict[str, tuple[Dialog, SipRequest]] = {}  # other branches' 2xx by To tag: dialog, our ACK
         self._auth: DigestAuthenticator | None = None
         self._route: list[str] = []
         self._extra: list[tuple[str, str]] = []
@@ -790,9 +804,9 @@ class CallCore:
     def _answered(self, response: SipResponse, now: float) -> list[CallAction]:
         """A 2xx to our INVITE: ACK it (every copy); a call we no longer want, or a second fork, gets a BYE."""
         if self.dialog is not None:
-            if response.to_addr.tag == self.dialog.remote_tag and self._last_ack is not None:
-                return [SendAck(self._last_ack)]
-            return []  # another fork's 2xx after ours: RFC 3261 13.2.2.4 would BYE it; its own timer ends it
+            if response.to_addr.tag == self.dialog.remote_tag:
+                return [SendAck(self._last_ack)] if self._last_ack is not None else []
+            return self._other_branch(response)
         try:
             dialog = Dialog.from_response(self.invite, response, self.config.local_contact)
         except SipParseError as exc:
@@ -822,6 +836,29 @@ class CallCore:
         self.peer_options = frozenset(options_of(response, "Supported") + options_of(response, "Require"))
         self.timer.answered(response.headers, now)
         return [SendAck(ack), Established(media)]
+
+    def _other_branch(self, response: SipResponse) -> list[CallAction]:
+        """A 2xx with another To tag: a second phone of a ring group answered too. Left alone, it would
+        resend its 2xx for 32 s and its user would talk to no one; it gets an ACK and a BYE (one per branch,
+        at most MAX_FORKS: more of them are not a ring group but a flood, and their own timers end them)."""
+        tag = response.to_addr.tag or ""
+        known = self._forks.get(tag)
+        if known is not None:
+            return [EndFork(known[0], known[1], None)]  # its 2xx again: our ACK was lost
+        if len(self._forks) >= MAX_FORKS:
+            return []
+        try:
+            fork = Dialog.from_response(self.invite, response, self.config.local_contact)
+        except SipParseError as exc:
+            logger.info("call %s: unusable 2xx from another branch: %s", self.call_id, exc.reason)
+            return []
+        ack = fork.create_ack(self.invite, self.config.via_sent_by, self.config.transport)
+        bye = fork.create_request("BYE", self.config.via_sent_by, self.config.transport,
+                                  extra=[("User-Agent", self.config.user_agent)])
+        fork.terminate()
+        self._forks[tag] = (fork, ack)
+        logger.info("call %s: another branch answered too (To tag %r): ACK and BYE", self.call_id, tag[:40])
+        return [EndFork(fork, ack, bye)]
 
     # -- helpers -------------------------------------------------------------------------------------
 

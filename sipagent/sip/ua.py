@@ -41,6 +41,7 @@ from sipagent.sip.call import (
     CallConfig,
     CallCore,
     Ended,
+    EndFork,
     Respond,
     Retransmit,
     SendAck,
@@ -49,6 +50,7 @@ from sipagent.sip.call import (
     decorate,
     unsupported,
 )
+from sipagent.sip.dialog import Dialog
 from sipagent.sip.front import CallFront, IncomingCall
 from sipagent.sip.headers import new_tag
 from sipagent.sip.identity import identify
@@ -473,6 +475,8 @@ class UserAgent:
                     tasks.append(self._spawn(self._call_request(call, action.request)))
                 elif isinstance(action, SendAck):
                     tasks.append(self._spawn(self._call_ack(call, action.request)))
+                elif isinstance(action, EndFork):
+                    tasks.append(self._spawn(self._end_fork(call, action)))
                 else:
                     call.handle(action)
                     if isinstance(action, Ended):
@@ -792,9 +796,22 @@ class UserAgent:
         self._run(tx, tx.start(self._now()), dest, on_event)
         return await future
 
-    async def _dialog_peer(self, call: CallFront) -> Peer:
-        """Where the call's in-dialog requests go: its next hop (first route, else the remote target)."""
-        dialog = call.core.dialog
+    async def _end_fork(self, call: CallFront, fork: EndFork) -> None:
+        """ACK another branch's 2xx and BYE its dialog; the BYE's answer is only logged."""
+        try:
+            dest = await self._dialog_peer(call, fork.dialog)
+            if self._transport is not None:
+                self._transport.send(fork.ack.to_bytes(), dest)
+            if fork.bye is not None:
+                response = await self._send_request(fork.bye, dest)
+                logger.info("call %s: the other branch's BYE answered %d", call.call_id, response.status)
+        except (SipTimeout, OSError, SipBuildError) as exc:
+            logger.info("call %s: the other branch not ended: %s", call.call_id, exc)
+
+    async def _dialog_peer(self, call: CallFront, dialog: Dialog | None = None) -> Peer:
+        """Where the call's in-dialog requests go (or those of ``dialog``, another branch of its INVITE): the
+        next hop (first route, else the remote target)."""
+        dialog = dialog or call.core.dialog
         assert dialog is not None
         host, port = dialog.next_hop().host_port
         if (self.transport_name != "UDP" and not dialog.route_set and self._transport is not None

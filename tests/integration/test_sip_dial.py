@@ -14,6 +14,7 @@ from typing import cast
 
 import pytest
 from peers import Baresip, Kamailio, free_port, wait_until
+from sipp import sipp_scenario
 
 from sipagent.sdp import NegotiatedMedia
 from sipagent.sip.ua import DialError, IncomingCall, OutgoingCall, UaSettings, UserAgent
@@ -221,3 +222,33 @@ def test_dial_goes_through_the_outbound_proxy() -> None:
             transport.close()
 
     asyncio.run(scenario())
+
+
+def test_a_second_phone_answering_the_same_invite_is_acked_and_hung_up(tmp_path: Path) -> None:
+    """A ring group behind a forking proxy (SIPp plays both phones): two 2xx with different To tags. The
+    call takes the first; the second gets its ACK and a BYE at once, instead of resending its 2xx for
+    32 s to a caller who never answers it; then our hang-up goes to the first."""
+    async def scenario(target: str) -> None:
+        settings = UaSettings(
+            registrar=None, transport="udp", username="agent", password="", domain="127.0.0.1",
+            listen_host="127.0.0.1", listen_port=0, public_host=None, expires=60, max_calls=4, trusted_hosts=[],
+            codecs=["PCMU"],
+        )
+        ua = UserAgent(settings, _ignore)
+        await ua.start()
+        try:
+            await asyncio.sleep(0.5)  # SIPp listening
+            call = await ua.dial(target, rtp_port=free_port(), ring_timeout=10)
+            assert call.state == "confirmed" and call.core.dialog is not None
+            assert call.core.dialog.remote_tag == "first1"  # the first phone's (SIPp's tag for call 1)
+            await asyncio.sleep(1.0)  # the second branch's ACK and BYE, and its 200
+            assert call.state == "confirmed"
+            await call.hangup()
+            assert call.end_reason == "local-bye"
+        finally:
+            await ua.stop()
+
+    with sipp_scenario("uas_two_branches.xml", ("127.0.0.1", 9), tmp_path / "phones", timeout_s=30) as phones:
+        asyncio.run(asyncio.wait_for(scenario(f"sip:group@127.0.0.1:{phones.port}"), 30))
+        result = phones.wait(15)
+    assert result.returncode == 0, result.failed()

@@ -9,6 +9,7 @@ resume, session refresh, REFER in both directions, glare). A few feed the UAS ra
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,11 +20,13 @@ from sipagent.sdp.negotiate import LocalSession
 from sipagent.sip.auth import DigestCredentials
 from sipagent.sip.bodies import parse_dtmf_relay, replaces_header, sipfrag_status
 from sipagent.sip.call import (
+    MAX_FORKS,
     CallAction,
     CallConfig,
     CallCore,
     Dtmf,
     Ended,
+    EndFork,
     Established,
     Held,
     MediaChanged,
@@ -651,6 +654,44 @@ def test_retransmitted_2xx_gets_the_ack_again() -> None:
     before = len(link.sent["uac"])
     link.run("uac", link.uac.receive_response(ok, link.now))
     assert link.methods("uac")[before:] == ["ACK"]
+
+
+def another_branch(link: Link, host: str = "192.0.2.3") -> tuple[CallCore, SipResponse]:
+    """A second phone of a ring group: a UAS core for the same INVITE, answering with its own To tag."""
+    invite = link.sent["uac"][0]
+    config = dataclasses.replace(UAS_CONFIG, local_contact=f"<sip:2002@{host}:5060>")
+    branch = CallCore.incoming(invite, config, SessionDescription.parse(invite.body))
+    for action in (*branch.ring(link.now), *branch.answer("192.0.2.3", 52000, link.now)):
+        if isinstance(action, Respond) and action.response.status == 200:
+            ok = wire(action.response)
+            assert isinstance(ok, SipResponse)
+            return branch, ok
+    raise AssertionError("the branch did not answer")
+
+
+def test_another_branch_answering_too_gets_ack_and_bye_and_the_call_goes_on() -> None:
+    """RFC 3261 13.2.2.4: a 2xx from a second fork (another phone of a ring group) is ACKed and its dialog
+    ended with a BYE, sent to that branch; our call keeps the first branch; a copy of that 2xx is ACKed
+    again (no second BYE); more branches than MAX_FORKS are left to their own timers."""
+    link = answered()
+    branch, ok = another_branch(link)
+    assert link.uac.dialog is not None and ok.to_addr.tag != link.uac.dialog.remote_tag
+    actions = link.uac.receive_response(ok, link.now)
+    (fork,) = actions
+    assert isinstance(fork, EndFork) and fork.bye is not None
+    assert fork.dialog.remote_tag == ok.to_addr.tag and str(fork.dialog.remote_target) == "sip:2002@192.0.2.3:5060"
+    for request in (fork.ack, fork.bye):
+        assert request.to_addr.tag == ok.to_addr.tag and request.call_id == link.uac.call_id
+        replies = branch.receive_request(wire(request), link.now)  # type: ignore[arg-type]
+    assert [r.response.status for r in replies if isinstance(r, Respond)] == [200]
+    assert branch.state == "ended" and branch.end_reason == "remote-bye"
+    assert link.uac.state == "confirmed" and not link.of("uac", Ended)
+    again = link.uac.receive_response(ok, link.now)
+    assert again == [EndFork(fork.dialog, fork.ack, None)]
+    flood = [another_branch(link)[1] for _ in range(MAX_FORKS + 3)]
+    ended_forks = [a for ok_n in flood for a in link.uac.receive_response(ok_n, link.now) if isinstance(a, EndFork)]
+    assert len(ended_forks) == MAX_FORKS - 1  # the first branch above took one place
+    assert link.uac.state == "confirmed"
 
 
 def test_outgoing_refuses_headers_it_writes() -> None:
