@@ -349,8 +349,10 @@ class Agent:
         settings = self._bridge_settings(profile, "outbound")
         if decision.action == "leave_message":
             # The message is this call's greeting (its template filled in by the bridge, as greetings are),
-            # and the call ends once it has been heard.
-            spoken = dataclasses.replace(profile, greeting=profile.answering_machine.message)
+            # and the call ends once it has been heard. A machine does not interrupt: with barge-in on, the
+            # line's noise or a recording still playing after the beep would cut the message short.
+            spoken = dataclasses.replace(profile, greeting=profile.answering_machine.message,
+                                         barge_in=dataclasses.replace(profile.barge_in, mode="off"))
             settings = dataclasses.replace(self._bridge_settings(spoken, "outbound"), end_after_greeting=MESSAGE_LEFT)
         heard: list[tuple[str, dict[str, Any]]] = [
             ("event", {"event": "answering-machine", "heard": event.kind, "at": round(event.at, 2),

@@ -137,6 +137,9 @@ class CallBridge:
                              VadSettings(threshold_db=barge.threshold_db, min_speech_ms=barge.min_speech_ms),
                              barge.mode != "off", self.realtime, state, self.policy, self._caller_sound,
                              records.recorder)
+        # A call that ends with its greeting (a message left on a machine) listens to no one: the machine's
+        # sounds after its beep would otherwise make the model's turn detection cut the message short.
+        self.uplink.to_model = not settings.end_after_greeting
         self.downlink = Downlink(media.codec, settings.audio_format, media, call, state, self.conversation,
                                  self.responses, self.policy, records, self.uplink.agent_sent, self.metrics)
         self.interruptions = Interruptions(self.policy, barge.duck_db, media, self.uplink, self.downlink,

@@ -33,6 +33,9 @@ class Uplink:
         self.recorder = recorder
         self.echo_suppression = echo_suppression  # barge-in is not "off"
         self.vad = EchoAwareVad(vad)
+        # False: the caller's audio is heard here (VAD, recording) but not sent to the model, which then has
+        # nothing to answer or to interrupt its response for (a message left on a machine).
+        self.to_model = True
         self.passthrough = passthrough_codec(audio_format)
         # G.711 to the model from a call in another codec: our 24 kHz audio, down to 8 kHz and encoded.
         self._to_8k = Resampler(24000, 8000) if self.passthrough else None
@@ -69,7 +72,7 @@ class Uplink:
             self.on_sound(speech)
         session = self.session
         link = session.link
-        if link is None or self.state.name != "live":
+        if link is None or self.state.name != "live" or not self.to_model:
             return
         if vad.echo_only and self.echo_suppression:
             # Half-duplex echo suppression: while the agent is audible, frames no louder than its echo are

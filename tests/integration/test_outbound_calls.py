@@ -192,10 +192,13 @@ VOICEMAIL = ("Hi, you have reached Ada Lovelace. I can't take your call right no
              "Please leave a message after the tone.")
 
 
-def voicemail_wav(path: Path, tmp: Path) -> float:
-    """A voicemail greeting and its beep as a phone's audio source (8 kHz); the second the beep ends."""
+def voicemail_wav(path: Path, tmp: Path, talk_after_beep: bool = False) -> float:
+    """A voicemail greeting and its beep as a phone's audio source (8 kHz); the second the beep ends. With
+    ``talk_after_beep``, loud speech 1.5 s after the beep (a noisy line, or a recording playing on), while the
+    agent leaves its message."""
     lead = silence(0.3) + speech(VOICEMAIL, tmp) + silence(0.5)
-    audio = lead + beep(0.5) + silence(30.0)
+    after = silence(1.5) + speech(VOICEMAIL, tmp) if talk_after_beep else b""
+    audio = lead + beep(0.5) + after + silence(30.0)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
@@ -204,15 +207,15 @@ def voicemail_wav(path: Path, tmp: Path) -> float:
     return len(lead) / 16000 + 0.5
 
 
-async def call_a_machine(config: Config, kamailio: Kamailio, user: str,
-                         tmp: Path) -> tuple[OutboundCall, Baresip, float]:
+async def call_a_machine(config: Config, kamailio: Kamailio, user: str, tmp: Path,
+                         talk_after_beep: bool = False) -> tuple[OutboundCall, Baresip, float]:
     """An agent places one call to a phone (``user``) that answers with a voicemail greeting and its beep;
     the finished call, the phone (stopped) and when its beep ended."""
     agent = Agent(config)
     await agent.start()
     phone = Baresip(tmp / "phone", user, kamailio.address, answer=True, codecs=["PCMU"], record=True)
     await phone.start()
-    beep_end = voicemail_wav(phone.workdir / "send.wav", tmp)  # aufile opens it at the answer
+    beep_end = voicemail_wav(phone.workdir / "send.wav", tmp, talk_after_beep)  # aufile opens it at the answer
     try:
         assert agent.outbound is not None
         calls = agent.outbound.calls
@@ -225,21 +228,25 @@ async def call_a_machine(config: Config, kamailio: Kamailio, user: str,
     return call, phone, beep_end
 
 
-@pytest.mark.parametrize("on_machine", ["hang_up", "leave_message"])
+@pytest.mark.parametrize("on_machine", ["hang_up", "leave_message", "leave_message_over_talk"])
 def test_an_answering_machine(on_machine: str, kamailio: Kamailio, tmp_path: Path, baresip_available: None) -> None:
+    """A machine is hung up on, or gets the whole message after its beep, even when the line carries speech
+    meanwhile (a machine does not barge in: the message is not cut)."""
     async def scenario() -> None:
-        user = {"hang_up": "7240", "leave_message": "7242"}[on_machine]
-        amd = {"detect": True, "on_machine": on_machine, "message": ANSWER}
+        talk = on_machine == "leave_message_over_talk"
+        on_machine_ = "leave_message" if talk else on_machine
+        user = {"hang_up": "7240", "leave_message": "7242", "leave_message_over_talk": "7244"}[on_machine]
+        amd = {"detect": True, "on_machine": on_machine_, "message": ANSWER}
         async with receiver() as hooks:
             hook = {"webhook": {"url": hooks.url, "secret": SECRET}}
             config = bridge_config(tmp_path, **agent_sections(kamailio, user, greeting=GREETING, answering_machine=amd,
                                                               events=hook))
-            call, phone, beep_end = await call_a_machine(config, kamailio, str(int(user) + 1), tmp_path)
+            call, phone, beep_end = await call_a_machine(config, kamailio, str(int(user) + 1), tmp_path, talk)
             ended = hooks.events("call.ended")
         assert len(ended) == 1, ended
         data = ended[0]["data"]
         assert (data["direction"], data["outbound_id"], data["outcome"]) == ("outbound", call.id, "machine"), data
-        assert (data["answering_machine"], data["message_left"]) == ("machine", on_machine == "leave_message"), data
+        assert (data["answering_machine"], data["message_left"]) == ("machine", on_machine_ == "leave_message"), data
         assert (call.outcome, call.answering_machine) == ("machine", "machine"), call
         if on_machine == "hang_up":
             assert not call.message_left and call.end_reason == "answering machine: hung up", call
@@ -247,6 +254,8 @@ def test_an_answering_machine(on_machine: str, kamailio: Kamailio, tmp_path: Pat
         assert call.message_left and call.end_reason == "message-left", call
         pcm = heard(phone)
         assert any("thirty days" in text for text in recognised(pcm, AGENT_LINES))
+        if talk:  # the whole message, its last words too
+            assert any("return label" in text for text in recognised(pcm, AGENT_LINES))
         assert first_loud_s(pcm) > beep_end - 0.3, (first_loud_s(pcm), beep_end)  # not a word before the beep
         entries = [json.loads(line) for path in tmp_path.glob("*.jsonl") for line in path.read_text().splitlines()]
         heard_kinds = [e.get("heard") for e in entries if e.get("event") == "answering-machine"]
