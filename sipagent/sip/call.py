@@ -849,12 +849,12 @@ class CallCore:
             return []
         try:
             fork = Dialog.from_response(self.invite, response, self.config.local_contact)
-        except SipParseError as exc:
-            logger.info("call %s: unusable 2xx from another branch: %s", self.call_id, exc.reason)
+            ack = fork.create_ack(self.invite, self.config.via_sent_by, self.config.transport)
+            bye = fork.create_request("BYE", self.config.via_sent_by, self.config.transport,
+                                      extra=[("User-Agent", self.config.user_agent)])
+        except (SipParseError, SipBuildError) as exc:  # debug: each copy of it would log again
+            logger.debug("call %s: unusable 2xx from another branch: %s", self.call_id, exc)
             return []
-        ack = fork.create_ack(self.invite, self.config.via_sent_by, self.config.transport)
-        bye = fork.create_request("BYE", self.config.via_sent_by, self.config.transport,
-                                  extra=[("User-Agent", self.config.user_agent)])
         fork.terminate()
         self._forks[tag] = (fork, ack)
         logger.info("call %s: another branch answered too (To tag %r): ACK and BYE", self.call_id, tag[:40])

@@ -496,8 +496,8 @@ def test_output_that_must_wait_for_room_keeps_every_later_event_behind_it() -> N
             for n in range(40):
                 await wire.send(ev.user_text(f"meanwhile {n}{pad}"))
             await asyncio.sleep(0.2)
-            # One taken message's output had to wait, so later ones went to the receive loop, which waits too.
-            assert ws.paused and conn._sending is not None and conn._busy
+            # Output waits in the outbox, so later messages went to the receive loop, which waits behind it.
+            assert ws.paused and conn._outbox and conn._busy
             for sock, option in sockets:
                 sock.setsockopt(socket.SOL_SOCKET, option, 1 << 20)
             client_ws.transport.resume_reading()
@@ -508,5 +508,56 @@ def test_output_that_must_wait_for_room_keeps_every_later_event_behind_it() -> N
             audio = b"".join(base64.b64decode(e["delta"]) for e in wire.of(AUDIO_DELTA["ga"]))
             assert server._tts is not None
             assert audio == server._tts.synthesize("We are open from nine to five.")
+
+    asyncio.run(run())
+
+
+def test_a_lone_surrogate_echoed_back_costs_nothing() -> None:
+    """JSON may carry an escaped lone surrogate, which UTF-8 cannot: echoed back in an event it is escaped
+    again, and the session goes on (it used to close the connection)."""
+
+    async def run() -> None:
+        async with session() as wire:
+            await wire.send('{"type":"session.update","event_id":"\\ud800","session":7}')
+            error = await wire.until("error")
+            assert error["error"].get("event_id") == "\ud800", error
+            await wire.send(ev.user_text("still here"))
+            while "still here" not in added_texts(wire):
+                await wire.next()
+
+    asyncio.run(run())
+
+
+def test_one_response_failing_does_not_stop_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audio of every response goes out from one pacer: a response whose audio fails is dropped, and
+    the other sessions' responses go on (a failure used to stop the pacer for everyone)."""
+    advance = server_mod._Stream.advance
+    calls: list[server_mod._Stream] = []
+    failed: list[server_mod._Stream] = []
+
+    def failing_first(self: server_mod._Stream, horizon: float) -> bool:
+        calls.append(self)
+        if self is calls[0] and calls.count(self) == 2:  # in the pacer's first tick, not when added
+            failed.append(self)
+            raise RuntimeError("a bug in one response")
+        return advance(self, horizon)
+
+    monkeypatch.setattr(server_mod._Stream, "advance", failing_first)
+
+    async def run() -> None:
+        async with LocalRealtimeServer(CONFIG, lead_ms=100) as server:
+            clients = [RealtimeClient(server.url, {}, "ga") for _ in range(2)]
+            for client in clients:
+                await client.connect()
+            wires = [Wire(client, "ga") for client in clients]
+            for wire in wires:
+                assert (await wire.next())["type"] == "session.created"
+                await wire.send(ev.user_text("what are your opening hours"))
+                await wire.send(ev.response_create())
+                await asyncio.sleep(0.3)  # the first session's response starts (and fails) first
+            await asyncio.wait_for(wires[1].until("response.done"), 20)
+            assert wires[1].of(AUDIO_DELTA["ga"]) and len(failed) == 1
+            for client in clients:
+                await client.close()
 
     asyncio.run(run())

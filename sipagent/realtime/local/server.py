@@ -2,10 +2,10 @@
 
 Each connection gets its own session state machine; this shell only moves bytes and time: it feeds
 client messages in, sends what comes out, runs speech recognition and synthesis in worker threads, and
-paces output audio by the event-loop clock (``chunk_ms`` per delta, at most ``lead_ms`` ahead of real
-time). The real API sends a response's audio faster than it plays (the client buffers it and reports what
-was heard with ``conversation.item.truncate``); the default lead of 100 ms is the harsher case, a client
-that must keep up with deltas arriving just in time.
+paces output audio by the event-loop clock (``chunk_ms`` per delta, ``lead_ms`` ahead of real time, to
+within half a tick of the one pacer timer: 5 ms). The real API sends a response's audio faster than it
+plays (the client buffers it and reports what was heard with ``conversation.item.truncate``); the
+default lead of 100 ms is the harsher case, a client that must keep up with deltas arriving just in time.
 
 Exposed to a network, it is bounded: a message over 4 MiB closes the connection (1009), at most
 ``max_sessions`` sessions run at once (more get HTTP 503 at the handshake), each connection has at most
@@ -17,10 +17,12 @@ at the handshake (HTTP 401 without it) in constant time and never logged.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import secrets
 from collections.abc import Coroutine
@@ -200,8 +202,9 @@ class _Connection:
 
     A client message is handled as soon as the connection parses it (``_take``, in websockets' data
     callback: an audio append every 20 ms per call needs no task switch, queue or coroutine), unless the
-    receive loop is handling an earlier one or an earlier one's output still waits for room to be sent:
-    then it queues for the loop as before, which keeps the order of what the client sees.
+    receive loop is handling an earlier one or output waits to be sent: then it queues for the loop as
+    before. Everything sent goes out in the order it was produced: written at once while the write buffer
+    has room, else into one outbox that a writer task empties, behind which everything later waits.
     """
 
     def __init__(self, server: LocalRealtimeServer, ws: ServerConnection, session: LocalSession) -> None:
@@ -211,7 +214,10 @@ class _Connection:
         self.tasks: set[asyncio.Task[None]] = set()
         self.transcriptions = 0
         self._busy = False  # the receive loop is handling a message
-        self._sending: asyncio.Task[None] | None = None  # a taken message's output waiting for room
+        self._outbox: collections.deque[str] = collections.deque()  # texts waiting for room, in order
+        self._writer: asyncio.Task[None] | None = None
+        self._emptied = asyncio.Event()  # set whenever the outbox is empty
+        self._emptied.set()
 
     async def run(self) -> None:
         await self.dispatch(self.session.created())
@@ -223,8 +229,6 @@ class _Connection:
             async for message in ws:
                 self._busy = True
                 try:
-                    if self._sending is not None:
-                        await self._sending
                     await self.dispatch(self._handle(message))
                 finally:
                     self._busy = False
@@ -242,11 +246,14 @@ class _Connection:
             return [self.session.error("The server failed on this event", "server_error", kind="server_error")]
 
     def _take(self, text: str) -> bool:
-        if self._busy or (self._sending is not None and not self._sending.done()):
-            return False
-        rest = self.send_now(self._handle(text))
-        if rest:
-            self._sending = self.spawn(self.dispatch(rest))
+        """In websockets' data callback: nothing may raise out of here (it would drop the connection)."""
+        if self._busy or self._outbox:
+            return False  # the loop gets it, after what is under way
+        try:
+            self.send_now(self._handle(text))
+        except Exception:
+            log.exception("local realtime %s: a client event failed", self.session.session_id)
+            self.spawn(self.ws.close(CloseCode.INTERNAL_ERROR, "server error"))
         return True
 
     def cancel_all(self) -> None:
@@ -266,37 +273,58 @@ class _Connection:
         if not task.cancelled() and task.exception() is not None:
             log.error("local realtime task failed", exc_info=task.exception())
 
-    def send_now(self, outputs: list[Output]) -> list[Output]:
-        """Start or send each output in order while none has to wait; returns the rest, from the first
-        event that needs room in the write buffer (or a closed connection) on."""
-        pending = outputs[::-1]  # popped from the end
-        while pending:
-            out = pending.pop()
+    @property
+    def blocked(self) -> bool:
+        """Output waits for room: a streamed response holds its next delta back."""
+        return bool(self._outbox)
+
+    def send_now(self, outputs: list[Output]) -> None:
+        """Start each job and send each event, in order; an event that finds no room (or others waiting)
+        joins the outbox."""
+        for out in outputs:
             if isinstance(out, Transcribe):
                 if self.transcriptions >= MAX_TRANSCRIPTIONS:  # commits faster than recognition: shed
-                    pending.append(self.session.error(
+                    self._send(_event_json(self.session.error(
                         "Too many utterances waiting for transcription; this one was dropped",
-                        "rate_limit_exceeded", None, kind="server_error"))
+                        "rate_limit_exceeded", None, kind="server_error")))
                     continue
                 self.transcriptions += 1
                 self.spawn(self.transcribe(out))
             elif isinstance(out, Respond):
                 self.spawn(self.respond(out.run))
-            elif not send_text_now(self.ws, _event_json(out)):
-                pending.append(out)
-                return pending[::-1]
-        return []
+            else:
+                self._send(_event_json(out))
+
+    def _send(self, text: str) -> None:
+        if not self._outbox and send_text_now(self.ws, text):
+            return
+        self._outbox.append(text)
+        self._emptied.clear()
+        if self._writer is None or self._writer.done():
+            self._writer = self.spawn(self._write())
+
+    async def _write(self) -> None:
+        """Empties the outbox, one message at a time, each as soon as the write buffer has room."""
+        outbox = self._outbox
+        try:
+            while outbox:
+                try:
+                    await self.ws.send(outbox[0])
+                except ConnectionClosed:
+                    outbox.clear()
+                    break
+                except Exception:  # one message lost, not the ones behind it
+                    log.exception("local realtime %s: an event could not be sent", self.session.session_id)
+                outbox.popleft()
+        finally:
+            if not outbox:
+                self._emptied.set()
 
     async def dispatch(self, outputs: list[Output]) -> None:
-        rest = self.send_now(outputs)
-        while rest:
-            event = rest[0]
-            assert isinstance(event, dict)  # send_now stops only at an event
-            try:
-                await self.ws.send(_event_json(event))
-            except ConnectionClosed:
-                return
-            rest = self.send_now(rest[1:])
+        """send_now, then wait until what it could not send is out (the loop reads no more meanwhile)."""
+        self.send_now(outputs)
+        if self._outbox:
+            await self._emptied.wait()
 
     async def transcribe(self, job: Transcribe) -> None:
         assert self.server._asr is not None
@@ -331,8 +359,6 @@ class _Connection:
         try:
             self.server._pacer.add(stream)
             await stream.done
-            if stream.sending is not None:
-                await stream.sending
         finally:
             stream.stopped = True  # cancelled with the connection: the pacer drops it
 
@@ -354,30 +380,32 @@ class _Stream:
         self.index = 0
         self.t0 = 0.0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.sending: asyncio.Task[None] | None = None  # a delta waiting for room in the write buffer
         self.stopped = False
 
     def advance(self, horizon: float) -> bool:
         """Send every chunk due by ``horizon`` (loop time); False once the stream needs no more calls."""
         if self.stopped:
             return False
-        run = self.run
+        run, conn = self.run, self.conn
         while True:
-            if self.sending is not None and not self.sending.done():
-                return True  # the order of the deltas: wait until that one is out
             if run.finished or self.index == len(self.chunks):
                 if not self.done.done():
                     self.done.set_result(None)
                 return False
+            if conn.blocked:
+                return True  # no more deltas until the client reads what waits
             index = self.index
             if self.t0 + index * self.chunk_s - self.lead_s > horizon:
                 return True
             self.index += 1
             spoken = self.words[index * self.per_chunk : (index + 1) * self.per_chunk]
             delta = (" " if index and spoken else "") + " ".join(spoken)
-            rest = self.conn.send_now(run.audio(run.encode(self.chunks[index]), delta))
-            if rest:
-                self.sending = self.conn.spawn(self.conn.dispatch(rest))
+            conn.send_now(run.audio(run.encode(self.chunks[index]), delta))
+
+    def fail(self, exc: BaseException) -> None:
+        self.stopped = True
+        if not self.done.done():
+            self.done.set_exception(exc)
 
 
 class _Pacer:
@@ -393,7 +421,7 @@ class _Pacer:
     def add(self, stream: _Stream) -> None:
         loop = asyncio.get_running_loop()
         stream.t0 = now = loop.time()
-        if stream.advance(now + self.period_s / 2):  # what the lead allows goes out at once
+        if _advanced(stream, now + self.period_s / 2):  # what the lead allows goes out at once
             self._streams.append(stream)
             if self._timer is None:
                 self._timer = loop.call_at(now + self.period_s, self._tick)
@@ -401,9 +429,11 @@ class _Pacer:
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        self._timer = None
         horizon = now + self.period_s / 2
-        self._streams = [stream for stream in self._streams if stream.advance(horizon)]
-        self._timer = loop.call_at(now + self.period_s, self._tick) if self._streams else None
+        self._streams = [stream for stream in self._streams if _advanced(stream, horizon)]
+        if self._streams:
+            self._timer = loop.call_at(now + self.period_s, self._tick)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -415,9 +445,27 @@ class _Pacer:
 AUDIO_DELTA = "response.output_audio.delta"
 
 
+def _advanced(stream: _Stream, horizon: float) -> bool:
+    """``stream.advance``; a stream that fails is dropped (its response fails), never the pacer."""
+    try:
+        return stream.advance(horizon)
+    except Exception as exc:
+        log.exception("local realtime: a response's audio failed")
+        stream.fail(exc)
+        return False
+
+
 def _event_json(event: Output) -> str:
     assert isinstance(event, dict)
-    return _delta_json(event) if event.get("type") == AUDIO_DELTA else events.to_json(event)
+    if event.get("type") == AUDIO_DELTA:
+        return _delta_json(event)  # all ASCII but for ids of our own
+    text = events.to_json(event)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate a client sent, echoed: escaped, as JSON allows
+            text = json.dumps(event, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 def _delta_json(event: dict[str, Any]) -> str:
