@@ -135,16 +135,17 @@ def install_observers() -> None:
 
     agent_mod.Agent.playout_class = AgentPlayout
 
-    original_dispatch = server_mod._Connection.dispatch
+    original_backend_send = server_mod._Connection.send_now
 
-    async def dispatch(self: Any, outputs: list[Any]) -> None:
+    def backend_send(self: Any, outputs: list[Any]) -> None:
+        # Everything the backend sends goes through here: the pacer's audio deltas and every other event.
         now = time.monotonic()
         for out in outputs:
             if isinstance(out, dict):
                 TL.backend_out.append((now, str(out.get("type"))))
-        await original_dispatch(self, outputs)
+        original_backend_send(self, outputs)
 
-    server_mod._Connection.dispatch = dispatch  # type: ignore[method-assign]
+    server_mod._Connection.send_now = backend_send  # type: ignore[method-assign]
 
     original_decode = LocalSession._decode_input
 
