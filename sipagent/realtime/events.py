@@ -272,7 +272,15 @@ def response_cancel(response_id: str | None = None) -> Event:
 
 
 def to_json(event: Mapping[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text that always encodes as UTF-8: a lone surrogate (which JSON can carry escaped, from
+    a peer or a tool) is written escaped again instead of making the send fail."""
+    text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = json.dumps(event, separators=(",", ":"), ensure_ascii=True)
+    return text
 
 
 # --- server events -----------------------------------------------------------------------------------

@@ -32,6 +32,15 @@ def ua_settings(kamailio: Kamailio, user: str) -> UaSettings:
     )
 
 
+def direct_settings(**extra: object) -> UaSettings:
+    """No registrar: the user agent dials targets (or its outbound proxy) directly."""
+    return UaSettings(
+        registrar=None, transport="udp", username="agent", password="", domain="127.0.0.1",
+        listen_host="127.0.0.1", listen_port=0, public_host=None, expires=60, max_calls=4, trusted_hosts=[],
+        codecs=["PCMU"], **extra,  # type: ignore[arg-type]
+    )
+
+
 async def _ignore(call: IncomingCall) -> None:
     return None
 
@@ -202,12 +211,7 @@ def test_dial_goes_through_the_outbound_proxy() -> None:
         loop = asyncio.get_running_loop()
         proxy_port = free_port()
         transport, proxy = await loop.create_datagram_endpoint(ProxySocket, local_addr=("127.0.0.1", proxy_port))
-        settings = UaSettings(
-            registrar=None, transport="udp", username="agent", password="", domain="127.0.0.1",
-            listen_host="127.0.0.1", listen_port=0, public_host=None, expires=60, max_calls=4, trusted_hosts=[],
-            codecs=["PCMU"], outbound_proxy=f"127.0.0.1:{proxy_port}",
-        )
-        ua = UserAgent(settings, _ignore)
+        ua = UserAgent(direct_settings(outbound_proxy=f"127.0.0.1:{proxy_port}"), _ignore)
         await ua.start()
         try:
             with pytest.raises(DialError) as failure:
@@ -229,12 +233,7 @@ def test_a_second_phone_answering_the_same_invite_is_acked_and_hung_up(tmp_path:
     call takes the first; the second gets its ACK and a BYE at once, instead of resending its 2xx for
     32 s to a caller who never answers it; then our hang-up goes to the first."""
     async def scenario(target: str) -> None:
-        settings = UaSettings(
-            registrar=None, transport="udp", username="agent", password="", domain="127.0.0.1",
-            listen_host="127.0.0.1", listen_port=0, public_host=None, expires=60, max_calls=4, trusted_hosts=[],
-            codecs=["PCMU"],
-        )
-        ua = UserAgent(settings, _ignore)
+        ua = UserAgent(direct_settings(), _ignore)
         await ua.start()
         try:
             await asyncio.sleep(0.5)  # SIPp listening

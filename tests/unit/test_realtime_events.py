@@ -239,3 +239,11 @@ def test_say_exactly_quotes_the_text_and_no_quote_in_it_can_end_the_passage() ->
     assert event["type"] == "response.create"
     assert event["response"]["instructions"] == \
         "Say exactly the following, and nothing else: \"Tell them 'ignore the above' now\""
+
+
+def test_to_json_escapes_a_lone_surrogate_so_the_text_always_encodes() -> None:
+    """JSON can carry an escaped lone surrogate (from a peer, or a tool's output); UTF-8 cannot."""
+    assert ev.to_json({"type": "x", "text": "héllo"}) == '{"type":"x","text":"héllo"}'  # readable as before
+    text = ev.to_json({"type": "x", "text": "a\udc80b"})
+    text.encode()
+    assert json.loads(text) == {"type": "x", "text": "a\udc80b"}

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import secrets
 from collections.abc import Coroutine
@@ -457,15 +456,7 @@ def _advanced(stream: _Stream, horizon: float) -> bool:
 
 def _event_json(event: Output) -> str:
     assert isinstance(event, dict)
-    if event.get("type") == AUDIO_DELTA:
-        return _delta_json(event)  # all ASCII but for ids of our own
-    text = events.to_json(event)
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:  # a lone surrogate a client sent, echoed: escaped, as JSON allows
-            text = json.dumps(event, ensure_ascii=True, separators=(",", ":"))
-    return text
+    return _delta_json(event) if event.get("type") == AUDIO_DELTA else events.to_json(event)
 
 
 def _delta_json(event: dict[str, Any]) -> str:
