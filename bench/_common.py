@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from sipagent.media.kernel import CODEC_SILENCE
+from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.media.playout import PlayoutQueue
 from sipagent.testing.caller import SipCaller
 
@@ -455,16 +456,16 @@ def _agent_main(config_path: str) -> int:
 
     state = _Observed()
 
-    class ProbedPlayout(PlayoutQueue):
+    class ProbedPlayout(PcmPlayout):
         """Counts underruns: the queue was empty (not merely holding a partial tail) between two audio
         frames. A padded tail ends an utterance, so the silence after it is not counted. (Measured inside
-        the agent, so kept to one method layer: PlayoutQueue.pop_frame called directly, not via super().)"""
+        the agent, so kept to one method layer: PcmPlayout.pop_frame called directly, not via super().)"""
 
         gap = -1  # silent pops since the last audio frame; -1 outside an utterance
 
         def pop_frame(self) -> tuple[bytes, bool]:
             partial = 0 < len(self._buf) < self.frame_bytes
-            frame, is_audio = PlayoutQueue.pop_frame(self)
+            frame, is_audio = PcmPlayout.pop_frame(self)
             if is_audio:
                 state.audio_frames += 1
                 if self.gap > 0:

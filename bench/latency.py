@@ -79,6 +79,7 @@ from sipagent.bridge.uplink import Uplink
 from sipagent.config import load_config_text
 from sipagent.media.clock import MediaClock
 from sipagent.media.kernel import CODEC_SILENCE, ulaw_decode
+from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.media.playout import PlayoutQueue
 from sipagent.media.vad import level_db
 from sipagent.realtime import events as realtime_events
@@ -127,7 +128,7 @@ TL = Timeline()
 
 
 def install_observers() -> None:
-    class AgentPlayout(PlayoutQueue):
+    class AgentPlayout(PcmPlayout):
         def pop_frame(self) -> tuple[bytes, bool]:
             frame, is_audio = super().pop_frame()
             TL.agent.append((time.monotonic(), is_audio and getattr(self, "_gain_out", 1.0) >= 1.0))

@@ -33,7 +33,7 @@ from sipagent.config import Config, load_config
 from sipagent.errors import ConfigError, RealtimeError, SdpError, SrtpRefused
 from sipagent.human_leg import HumanCallLeg, dial_human
 from sipagent.media.clock import MediaClock
-from sipagent.media.playout import PlayoutQueue
+from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.observability.health import HealthState, LoopStallDetector, start_health_server
 from sipagent.observability.logs import configure_logging, install_trace_toggle, set_call_id
 from sipagent.observability.metrics import Metrics
@@ -68,7 +68,7 @@ class AgentStats:
 
 class Agent:
     # The playout queue of each answered call's endpoint; the benchmarks put an observing subclass here.
-    playout_class: type[PlayoutQueue] = PlayoutQueue
+    playout_class: type[PcmPlayout] = PcmPlayout
 
     def __init__(self, config: Config, on_transcript: Callable[[str, str, str], None] | None = None,
                  on_call_end: Callable[[str, CallOutcome], None] | None = None) -> None:

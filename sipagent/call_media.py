@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from sipagent.bridge.call import CallBridge
 from sipagent.media.clock import MediaClock
-from sipagent.media.gain import gain_shaper
-from sipagent.media.kernel import CODEC_SILENCE, transcode
-from sipagent.media.playout import PlayoutQueue
+from sipagent.media.kernel import CODEC_SILENCE
+from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.ports import BoundPair, PortAllocator
 from sipagent.rtp.srtp import SrtpContext
@@ -28,38 +27,41 @@ log = logging.getLogger(__name__)
 class EndpointLeg:
     """Adapts an RtpEndpoint to what the bridge needs (sipagent.bridge.legs.MediaLeg)."""
 
-    def __init__(self, endpoint: RtpEndpoint, codec: str) -> None:
+    def __init__(self, endpoint: RtpEndpoint, playout: PcmPlayout, codec: str) -> None:
         self.endpoint = endpoint
+        self.playout = playout  # the endpoint's, which encodes each frame as it leaves
         self.codec = codec
 
-    def push_audio(self, payload: bytes) -> None:
-        self.endpoint.playout.push(payload)
+    def push_audio(self, pcm24k: bytes) -> None:
+        self.playout.push(pcm24k)
         self.endpoint.start_talkspurt()  # the first frame of a reply goes out now, not at the next tick
 
     def flush_audio(self) -> int:
-        return self.endpoint.playout.flush()
+        return self.playout.flush()
 
     def pause_audio(self) -> None:
-        self.endpoint.playout.pause()
+        self.playout.pause()
 
     def resume_audio(self) -> None:
-        self.endpoint.playout.resume()
+        self.playout.resume()
 
     def duck_audio(self, gain: float) -> None:
-        playout = self.endpoint.playout
-        playout.shaper = gain_shaper(self.codec)  # the codec of the frames queued now (a re-INVITE moves it)
-        playout.duck(gain)
+        self.playout.duck(gain)
 
     def unduck_audio(self) -> None:
-        self.endpoint.playout.unduck()
+        self.playout.unduck()
 
     @property
     def played_ms(self) -> int:
-        return self.endpoint.playout.played_ms
+        return self.playout.played_ms
 
     @property
     def buffered_ms(self) -> int:
-        return self.endpoint.playout.buffered_ms
+        return self.playout.buffered_ms
+
+    @property
+    def sent_audio(self) -> tuple[bytes, float]:
+        return self.playout.sent_pcm, self.playout.sent_mean_square
 
     @property
     def packets_received(self) -> int:
@@ -84,7 +86,7 @@ class MediaSettings:
     bind_host: str
     jitter_ms: int
     symmetric: bool
-    playout_class: type[PlayoutQueue] = PlayoutQueue  # the benchmarks put an observing subclass here
+    playout_class: type[PcmPlayout] = PcmPlayout  # the benchmarks put an observing subclass here
 
 
 class CallMedia:
@@ -110,13 +112,14 @@ class CallMedia:
         silence = CODEC_SILENCE[media.codec]
         sockets, self._sockets = self._sockets, None
         settings = self.settings
+        playout = settings.playout_class(media.codec)
         self.endpoint = RtpEndpoint(self.clock, self.ports, bind_host=settings.bind_host,
                                     jitter_ms=settings.jitter_ms, silence=silence, cname=self.cname,
                                     eager=True,  # the model is not an ear: no playout delay on the way up
                                     symmetric=settings.symmetric,
-                                    playout=settings.playout_class(len(silence), silence), sockets=sockets)
+                                    playout=playout, sockets=sockets)
         self.codec = media.codec
-        self.leg = EndpointLeg(self.endpoint, media.codec)
+        self.leg = EndpointLeg(self.endpoint, playout, media.codec)
         self.apply(media)
         return self.leg
 
@@ -134,9 +137,11 @@ class CallMedia:
                                 if media.srtp is not None else None)
             log.info("media: %s", f"SRTP {media.srtp.suite}" if media.srtp else "plain RTP")
         if media.codec != self.codec:
-            previous, self.codec = self.codec, media.codec
-            # Audio still queued for the caller was encoded in the old codec: it goes on, re-encoded.
-            endpoint.set_codec(CODEC_SILENCE[media.codec], lambda data: transcode(data, previous, media.codec))
+            self.codec = media.codec
+            # Audio still queued for the caller is PCM: it goes on, encoded in the new codec as it leaves.
+            assert self.leg is not None
+            self.leg.playout.use_codec(media.codec)
+            endpoint.set_codec(CODEC_SILENCE[media.codec])
             if bridge is not None:
                 bridge.change_codec(media.codec)
         remote = (media.remote_host, media.remote_port)

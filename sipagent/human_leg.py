@@ -14,7 +14,6 @@ import logging
 from sipagent.bridge.warm import HumanUnavailable
 from sipagent.call_media import CallMedia, EndpointLeg, MediaSettings
 from sipagent.media.clock import MediaClock
-from sipagent.media.kernel import Encoder24k
 from sipagent.rtp.ports import PortAllocator
 from sipagent.sip.outgoing import DialError, OutgoingCall
 from sipagent.sip.ua import UserAgent
@@ -29,7 +28,6 @@ class HumanCallLeg:
         self.call = call
         self.chain = chain
         self.leg = leg
-        self._encoder = Encoder24k(leg.codec)
         self._sent = asyncio.Event()  # set as each frame leaves (wakes wait_playout)
         assert chain.endpoint is not None
         chain.endpoint.on_sent = self._frame_sent
@@ -40,7 +38,7 @@ class HumanCallLeg:
 
     def play_pcm24(self, pcm24k: bytes) -> None:
         if not self._closed:
-            self.leg.push_audio(self._encoder.encode(pcm24k))
+            self.leg.push_audio(pcm24k)
 
     async def wait_playout(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

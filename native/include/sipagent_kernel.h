@@ -101,6 +101,7 @@ typedef struct {
     sk_resampler rs;
     sk_g722_encoder g722;
     unsigned char *out;
+    double in_mean_square; /* of the PCM of the last sk_enc24k_push: the level of what is sent */
 } sk_enc24k;
 
 /* Returns 0, or -1 for an unknown codec. */
@@ -111,7 +112,9 @@ size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsig
 /* 24 kHz PCM16 -> payload: at most nbytes / 6 + 2 bytes. Returns bytes written. */
 size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsigned char *out);
 /* The same into the buffer set in ->out (sized by the caller as above). Three arguments, not four,
- * because cffi's call overhead grows with the argument count (per-frame Python entry points). */
+ * because cffi's call overhead grows with the argument count (per-frame Python entry points).
+ * sk_enc24k_push also sets ->in_mean_square (sk_mean_square of its input): a frame's level comes with
+ * its encoding, with no second crossing of the FFI. */
 size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n);
 size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes);
 

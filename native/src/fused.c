@@ -143,6 +143,7 @@ size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n)
 
 size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes)
 {
+    e->in_mean_square = sk_mean_square(pcm, nbytes >> 1);
     return sk_enc24k_run(e, pcm, nbytes, e->out);
 }
 

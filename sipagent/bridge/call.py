@@ -140,8 +140,8 @@ class CallBridge:
         # A call that ends with its greeting (a message left on a machine) listens to no one: the machine's
         # sounds after its beep would otherwise make the model's turn detection cut the message short.
         self.uplink.to_model = not settings.end_after_greeting
-        self.downlink = Downlink(media.codec, settings.audio_format, media, call, state, self.conversation,
-                                 self.responses, self.policy, records, self.uplink.agent_sent, self.metrics)
+        self.downlink = Downlink(settings.audio_format, media, call, state, self.conversation, self.responses,
+                                 self.policy, records, self.uplink.agent_sent, self.metrics)
         self.interruptions = Interruptions(self.policy, barge.duck_db, media, self.uplink, self.downlink,
                                            self.realtime, self.responses, state, records, self.log, self._spawn,
                                            self.metrics)
@@ -242,13 +242,12 @@ class CallBridge:
         self.tools.on_dtmf(digit, duration_ms)
 
     def change_codec(self, codec: str) -> None:
-        """A re-INVITE moved the call to ``codec`` (the endpoint has already moved its playout queue to it):
-        the caller's frames are decoded, the agent's audio encoded and the echo reference taken in it."""
+        """A re-INVITE moved the call to ``codec`` (the endpoint has already moved its playout queue to it, which
+        encodes the agent's audio): the caller's frames are decoded in it from now on."""
         if codec == self.codec:
             return
         previous = self.codec
         self.uplink.use_codec(codec)
-        self.downlink.use_codec(codec)
         self.media.codec = codec
         self.log.info("codec %s -> %s", previous, codec)
         self.records.record("event", event="codec-change", codec=codec, previous=previous)

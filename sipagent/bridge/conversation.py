@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-PAYLOAD_BYTES_PER_MS = 8  # every phone codec we carry (G.711, G.722 at 64 kbit/s) is 8000 bytes/s
-
 
 @dataclass
 class Turn:
@@ -41,13 +39,12 @@ class Conversation:
     cut_item: str = ""  # the item the caller last interrupted: its deltas still in flight are not played
     usage: dict[str, int] = field(default_factory=dict)
 
-    def agent_audio(self, item_id: str, payload_bytes: int) -> None:
-        """``payload_bytes`` of phone payload for ``item_id`` were queued for playout."""
+    def agent_audio(self, item_id: str, ms: int) -> None:
+        """``ms`` of audio of ``item_id`` were queued for playout."""
         if self.current is None or self.current.item_id != item_id:
             self.current = AgentItem(item_id, start_ms=self.queued_ms)
             if self.first is None:
                 self.first = self.current
-        ms = payload_bytes // PAYLOAD_BYTES_PER_MS
         self.current.queued_ms += ms
         self.queued_ms += ms
 

@@ -1,6 +1,6 @@
-"""The agent's audio to the caller: the model's deltas decoded and encoded for the call's codec into the
-playout queue, stopped where the caller is (a flush, an item cut at the milliseconds heard), and the
-waits for it to be heard.
+"""The agent's audio to the caller: the model's deltas decoded to 24 kHz PCM into the playout queue (which
+encodes each frame for the call's codec as it leaves), stopped where the caller is (a flush, an item cut at
+the milliseconds heard), and the waits for it to be heard.
 
 The queue drains only as the media clock sends its frames, and the bridge is told of each one
 (``frame_sent``): that is what wakes the waits here (``wait_playout``, ``until_sent``), along with a
@@ -22,14 +22,16 @@ from sipagent.bridge.records import CallRecords
 from sipagent.bridge.session import Responses
 from sipagent.bridge.state import CallState
 from sipagent.bridge.waiting import first_of
-from sipagent.media.kernel import Base64Decoder, Encoder24k, Resampler, alaw_decode, ulaw_decode
+from sipagent.media.kernel import Base64Decoder, Resampler, alaw_decode, ulaw_decode
 from sipagent.observability.metrics import Metrics
+
+PCM24_BYTES_PER_MS = 48
 
 
 class Downlink:
-    def __init__(self, codec: str, audio_format: str, media: MediaLeg, call: CallLeg, state: CallState,
+    def __init__(self, audio_format: str, media: MediaLeg, call: CallLeg, state: CallState,
                  conversation: Conversation, responses: Responses, policy: BargeInPolicy, records: CallRecords,
-                 echo: Callable[[bytes, bool], None], metrics: Metrics | None = None) -> None:
+                 echo: Callable[[bytes | None, float], None], metrics: Metrics | None = None) -> None:
         self.media = media
         self.call = call
         self.state = state
@@ -37,11 +39,10 @@ class Downlink:
         self.responses = responses
         self.policy = policy
         self.records = records
-        self.echo = echo  # each frame sent, to the uplink's echo reference
+        self.echo = echo  # each frame sent (its PCM and mean square; None for silence): the echo reference
         self.metrics = metrics
         self._down_decode = wire_decoder(audio_format)
         self._base64 = Base64Decoder()  # the deltas' base64 in C: ~2.6 us instead of ~7.9 per 40 ms
-        self.use_codec(codec)
         self.turn_latencies: list[float] = []
         self._turn_ended_at: float | None = None
         # Set while no whole frame of agent audio is queued (a new call's queue is empty). Only a hint that
@@ -53,10 +54,6 @@ class Downlink:
         # Set during a warm transfer's briefing: the model's audio goes there (the human's call), not to the
         # caller, who hears hold audio meanwhile (sipagent.bridge.warm).
         self.divert: Callable[[bytes], None] | None = None
-
-    def use_codec(self, codec: str) -> None:
-        """The agent's audio from now on is encoded in ``codec`` (fresh encoder state, as after a change)."""
-        self.encoder = Encoder24k(codec)
 
     def wire_format(self, audio_format: str) -> None:
         """The format the deltas really come in (the server may not send what was asked)."""
@@ -86,16 +83,15 @@ class Downlink:
         if self.divert is not None:
             self.divert(pcm24k)
             return
-        payload = self.encoder.encode(pcm24k)
-        self._push(payload)
-        self.conversation.agent_audio(item_id, len(payload))
+        self._push(pcm24k)
+        self.conversation.agent_audio(item_id, len(pcm24k) // PCM24_BYTES_PER_MS)
 
     def play_pcm24(self, pcm24k: bytes) -> None:
         """Audio of no conversation item (the fail-over's apology)."""
-        self._push(self.encoder.encode(pcm24k))
+        self._push(pcm24k)
 
-    def _push(self, payload: bytes) -> None:
-        self.media.push_audio(payload)
+    def _push(self, pcm24k: bytes) -> None:
+        self.media.push_audio(pcm24k)
         if self.media.buffered_ms > 0:
             self.drained.clear()
 
@@ -129,7 +125,10 @@ class Downlink:
 
     def frame_sent(self, payload: bytes, is_audio: bool) -> None:
         """The media clock just sent this frame to the caller (audio or silence)."""
-        self.echo(payload, is_audio)
+        if is_audio:
+            self.echo(*self.media.sent_audio)
+        else:
+            self.echo(None, 0.0)
         if not self.drained.is_set() and self.media.buffered_ms <= 0:
             self.drained.set()
         if self._watchers:

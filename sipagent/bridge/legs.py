@@ -51,7 +51,8 @@ class MediaLeg(Protocol):
 
     codec: str
 
-    def push_audio(self, payload: bytes) -> None: ...
+    def push_audio(self, pcm24k: bytes) -> None:
+        """Queue the agent's audio (24 kHz PCM16, any length): encoded for the call's codec as it leaves."""
 
     def flush_audio(self) -> int: ...
 
@@ -69,6 +70,10 @@ class MediaLeg(Protocol):
 
     @property
     def buffered_ms(self) -> int: ...
+
+    @property
+    def sent_audio(self) -> tuple[bytes, float]:
+        """The last frame of audio sent: its 24 kHz PCM16 (after any duck) and that PCM's mean square."""
 
     @property
     def packets_received(self) -> int:

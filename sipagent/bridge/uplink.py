@@ -2,9 +2,9 @@
 
 Each caller frame is decoded once by the kernel, which also gives its level for the echo-aware VAD and
 writes the ``input_audio_buffer.append`` JSON text; the VAD's reference is each agent frame the clock puts
-on the wire, decoded back (``agent_sent``). Frames with sound in them (or any while the agent is paused or
-ducked) go to the barge-in shell through ``on_sound``. Nothing here waits: both entry points run in the
-media clock's tick.
+on the wire, as the PCM it was encoded from and its level (``agent_sent``). Frames with sound in them (or
+any while the agent is paused or ducked) go to the barge-in shell through ``on_sound``. Nothing here
+waits: both entry points run in the media clock's tick.
 """
 
 from __future__ import annotations
@@ -52,9 +52,6 @@ class Uplink:
         self.decoder = FrameDecoder(codec, ("payload" if self.passthrough else "pcm") if self._kernel_text
                                     else None, ev.AUDIO_APPEND_HEAD.encode(), ev.AUDIO_APPEND_TAIL.encode())
         self._silence_texts: dict[int, bytes] = {}  # payload length -> the append of an echo-only frame
-        # What was sent, back to 24 kHz: the echo reference barge-in compares the caller with, and the
-        # recording's agent side. Decoding the new codec's frames with the old decoder would give noise.
-        self._agent_decoder = FrameDecoder(codec)
 
     def reset_vad(self) -> None:
         """The voice detector starts afresh (after a hold: what it measured was music)."""
@@ -88,12 +85,14 @@ class Uplink:
         if not outbox.empty() or not link.send_now(text):
             outbox.put_nowait(text.decode())
 
-    def agent_sent(self, payload: bytes, is_audio: bool) -> None:
-        """The media clock just sent this frame to the caller (audio or silence): the echo reference."""
-        if is_audio:
-            self.vad.agent_frame(mean_square_db(self._agent_decoder.push(payload)))
+    def agent_sent(self, pcm24k: bytes | None, mean_sq: float) -> None:
+        """The media clock just sent a frame to the caller: the 24 kHz PCM it was encoded from and that PCM's
+        mean square, or None for silence. The echo reference barge-in compares the caller with, and the
+        recording's agent side."""
+        if pcm24k is not None:
+            self.vad.agent_frame(mean_square_db(mean_sq))
             if self.recorder:
-                self.recorder.agent(self._agent_decoder.pcm)
+                self.recorder.agent(pcm24k)
         else:
             self.vad.agent_frame(SILENCE_DB)
             if self.recorder:

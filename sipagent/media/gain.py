@@ -1,45 +1,32 @@
-"""Gain on encoded phone audio: barge-in's duck turns the agent down frame by frame as frames leave.
+"""Gain on the agent's 24 kHz PCM16 as it leaves: barge-in's duck turns the agent down frame by frame.
 
-G.711 is stateless, so a frame is decoded, scaled and encoded again on its own, with a short linear ramp at
-its start when the gain changes (a step of 30 dB at a frame boundary would click). G.722 is adaptive: a
-frame re-encoded by another encoder would leave the far end's decoder out of step with ours, so it has no
-shaper and a ducked G.722 frame is sent as silence (as a pause does).
+The playout queue holds PCM and encodes each frame only as it goes out (sipagent.media.pcm_playout), so a
+duck works the same in every codec, the adaptive G.722 included. A change of gain ramps linearly over the
+frame's first 5 ms: a step of 30 dB at a frame boundary would click.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from sipagent.media.kernel import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from sipagent.media.playout import Shaper
-
-RAMP_SAMPLES = 40  # 5 ms at 8 kHz
+RAMP_SAMPLES = 120  # 5 ms at 24 kHz
 
 
-def _shaper(decode: Callable[[bytes], bytes], encode: Callable[[bytes], bytes]) -> Shaper:
-    def shape(frame: bytes, start: float, end: float) -> bytes:
-        pcm = np.frombuffer(decode(frame), dtype="<i2").astype(np.float32)
-        if start == end:
-            pcm *= end
-        else:
-            n = min(RAMP_SAMPLES, len(pcm))
-            pcm[:n] *= np.linspace(start, end, n, endpoint=False, dtype=np.float32)
-            pcm[n:] *= end
-        return encode(pcm.astype("<i2").tobytes())
-
-    return shape
-
-
-_SHAPERS: dict[str, Shaper] = {"PCMU": _shaper(ulaw_decode, ulaw_encode), "PCMA": _shaper(alaw_decode, alaw_encode)}
-
-
-def gain_shaper(codec: str) -> Shaper | None:
-    """The shaper for frames of ``codec``; None when a ducked frame can only be sent as silence."""
-    return _SHAPERS.get(codec)
+def scale_pcm(frame: bytes, start: float, end: float) -> bytes:
+    """``frame`` (PCM16) at gain ``end``, ramped from ``start`` over its first RAMP_SAMPLES samples."""
+    pcm = np.frombuffer(frame, dtype="<i2").astype(np.float32)
+    if start == end:
+        pcm *= end
+    else:
+        n = min(RAMP_SAMPLES, len(pcm))
+        pcm[:n] *= np.linspace(start, end, n, endpoint=False, dtype=np.float32)
+        pcm[n:] *= end
+    return np.rint(pcm).astype("<i2").tobytes()  # |gain| <= 1: always in range
 
 
 def duck_gain(duck_db: float) -> float:
     """The gain of a duck ``duck_db`` dB down."""
     return float(10.0 ** (-duck_db / 20.0))
+
+
+__all__ = ["RAMP_SAMPLES", "duck_gain", "scale_pcm"]

@@ -300,6 +300,12 @@ class Encoder24k:
             self._attach()
         return self._view[: _enc24k_push(self._state, pcm24k, n)]  # type: ignore[no-any-return]
 
+    @property
+    def mean_square(self) -> float:
+        """The mean square of the PCM of the last ``encode`` (that of :func:`mean_square`, to the bit): the
+        level of what was sent, from the same kernel call."""
+        return float(self._state.in_mean_square)
+
 
 _frame_push: Any = lib.sk_frame_push
 TEXT_OF: Final = {None: lib.SK_TEXT_NONE, "pcm": lib.SK_TEXT_PCM, "payload": lib.SK_TEXT_PAYLOAD}

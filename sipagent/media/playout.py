@@ -12,8 +12,8 @@ the first, reversible stage of barge-in, taken at the caller's speech onset befo
 
 ``duck(gain)`` turns the audio down from the next tick on without holding anything (the queue plays on,
 ``played_ms`` counts on) until ``unduck()``: barge-in's gentler first stage. The gain is applied to each
-frame as it leaves by ``shaper(frame, gain_from, gain_to)`` (the codec's decode, scale with a short ramp,
-encode: sipagent.media.gain); with no shaper a ducked frame is sent as silence.
+frame as it leaves by ``shaper(frame, gain_from, gain_to)`` (the agent's queue of PCM scales the samples
+with a short ramp: sipagent.media.pcm_playout); with no shaper a ducked frame is sent as silence.
 
 ``reframe()`` moves the queue to another codec mid-call (a re-INVITE): what is still queued is converted,
 ``played_ms`` and a pause carry on.

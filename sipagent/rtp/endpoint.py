@@ -267,7 +267,8 @@ class RtpEndpoint:
         """The call's codec, as a 20 ms frame of its silence; at the answer and on each re-INVITE that
         changes it (the payload type comes with ``set_remote``). The jitter buffer starts over: what it
         holds is in the old codec, and concealing with it would play that through the new decoder. The
-        playout queue keeps its audio, turned into the new codec by ``convert``, and its ``played_ms``."""
+        playout queue keeps its audio, turned into the new codec by ``convert`` (a queue of PCM encoded as it
+        leaves, sipagent.media.pcm_playout, needs none), and its ``played_ms``."""
         jitter = self.jitter
         self.frame_bytes = len(silence)
         self.jitter = JitterBuffer(silence, depth_frames=jitter.depth)

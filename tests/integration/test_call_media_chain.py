@@ -62,7 +62,7 @@ async def _g722_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         endpoint = rig.bridge.media.endpoint  # type: ignore[attr-defined]  # call_media.EndpointLeg
         assert rig.bridge.codec == "G722"
     assert [silence for _, silence in built] == [CODEC_SILENCE["G722"]], "made for another codec first"
-    assert built[0][0] is endpoint and endpoint.playout.silence == CODEC_SILENCE["G722"]
+    assert built[0][0] is endpoint and endpoint.playout.wire_silence == CODEC_SILENCE["G722"]
     assert reframed == [], "the endpoint was re-framed after it was made"
     sent = [parse_media(data) for direction, data in wire if direction == ">" and not is_rtcp(data)]
     assert len(sent) >= 25, len(sent)

@@ -312,10 +312,10 @@ def test_echo_that_appears_mid_call_ducks_at_most_once() -> None:
 
 def test_deltas_of_an_interrupted_item_are_not_played_again() -> None:
     conversation = Conversation()
-    conversation.agent_audio("item-1", 160 * 50)  # 1 s queued
+    conversation.agent_audio("item-1", 1000)  # 1 s queued
     assert conversation.interrupted(played_ms=400) == ("item-1", 400)
     # The backend's deltas already in flight when the cancel left: the bridge drops them, so a second
     # interruption cannot truncate item-1 again at a position the caller never heard.
     assert conversation.cut_item == "item-1"
-    conversation.agent_audio("item-2", 160 * 10)
+    conversation.agent_audio("item-2", 200)
     assert conversation.interrupted(played_ms=500) == ("item-2", 100)

@@ -156,15 +156,15 @@ def test_conversation_counts_what_the_caller_heard() -> None:
     from sipagent.bridge.conversation import Conversation
 
     conv = Conversation()
-    conv.agent_audio("item-1", 160 * 50)  # 1 s queued
-    conv.agent_audio("item-1", 160 * 25)  # 1.5 s in all
+    conv.agent_audio("item-1", 1000)  # 1 s queued
+    conv.agent_audio("item-1", 500)  # 1.5 s in all
     # 600 ms were played when the caller cut in: truncate item-1 at 600 ms.
     assert conv.interrupted(played_ms=600) == ("item-1", 600)
     assert conv.interrupted(played_ms=600) is None  # nothing playing any more
     # The next item starts where playout really is, not after the discarded audio.
-    conv.agent_audio("item-2", 160 * 10)
+    conv.agent_audio("item-2", 200)
     assert conv.interrupted(played_ms=600) == ("item-2", 0)  # nothing of it heard: delete, not truncate
-    conv.agent_audio("item-3", 160 * 10)
+    conv.agent_audio("item-3", 200)
     assert conv.interrupted(played_ms=900) == ("item-3", 200)  # capped at what was queued
 
     conv.caller_said(" where is my order ")

@@ -19,6 +19,7 @@ from websockets.uri import parse_uri
 from sipagent.bridge.call import BridgeSettings, CallBridge
 from sipagent.bridge.settings import AgentConfig, BargeInConfig, RecordingConfig
 from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, Encoder24k, Resampler, ulaw_encode
+from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.media.vad import EchoAwareVad, VadSettings, level_db
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import MaskSource, RealtimeClient
@@ -46,7 +47,8 @@ class KeptWrites(asyncio.Transport):
 
 
 class Leg:
-    """The answered call and its media as the bridge sees them, before any audio is queued."""
+    """The answered call and its media as the bridge sees them: the agent's audio in a real playout queue,
+    popped by the test as the clock would."""
 
     call_id, from_uri, end_reason = "uplink-test", "sip:caller@example.com", ""
     played_ms = buffered_ms = 0
@@ -54,6 +56,11 @@ class Leg:
     def __init__(self, codec: str) -> None:
         self.codec = codec
         self.ended = asyncio.Event()
+        self.playout = PcmPlayout(codec)
+
+    @property
+    def sent_audio(self) -> tuple[bytes, float]:
+        return self.playout.sent_pcm, self.playout.sent_mean_square
 
     def flush_audio(self) -> int:
         return 0
@@ -78,7 +85,7 @@ def speech(db: float, n: int, seed: int) -> bytes:
 @pytest.mark.parametrize(("codec", "audio_format"), [("PCMU", "pcm16"), ("G722", "pcm16"), ("PCMA", "g711_alaw"),
                                                      ("G722", "g711_ulaw")])
 def test_appends_are_those_of_the_composed_path(codec: str, audio_format: str) -> None:
-    agent = Encoder24k(codec).encode(speech(-12, 24000, 1))  # 1 s of the agent, then silence
+    agent = speech(-12, 24000, 1)  # 1 s of the agent, then silence
     caller = Encoder24k(codec).encode(speech(-34, 12000, 2) + speech(-14, 12000, 3) + speech(-60, 12000, 4))
     frames = len(caller) // 160
 
@@ -95,9 +102,9 @@ def test_appends_are_those_of_the_composed_path(codec: str, audio_format: str) -
         link = RealtimeClient("ws://127.0.0.1/v1/realtime")
         link._ws, link._masks = connection, MaskSource()  # what connect() sets up
         bridge.realtime.link, bridge.call_state.name = link, "live"
+        leg.playout.push(agent)
         for i in range(frames):
-            sent = agent[160 * i : 160 * (i + 1)]
-            bridge.on_outbound_frame(sent or CODEC_SILENCE[codec], bool(sent))
+            bridge.on_outbound_frame(*leg.playout.pop_frame())
             bridge.on_inbound_frame(caller[160 * i : 160 * (i + 1)])
         return bytes(wire.data)
 
@@ -107,12 +114,12 @@ def test_appends_are_those_of_the_composed_path(codec: str, audio_format: str) -
 
     # The same frames through the separate primitives, as the bridge composed them before.
     vad = EchoAwareVad(VadSettings(threshold_db=-35.0, min_speech_ms=200))
-    down, back = Decoder24k(codec), Decoder24k(codec)
+    down = Decoder24k(codec)
     to_8k = Resampler(24000, 8000)
     expected, echo_frames = [], 0
     for i in range(frames):
-        sent = agent[160 * i : 160 * (i + 1)]
-        vad.agent_frame(level_db(back.decode(sent)) if sent else -96.0)
+        sent = agent[960 * i : 960 * (i + 1)]  # the echo reference: the PCM each frame was encoded from
+        vad.agent_frame(level_db(sent) if sent else -96.0)
         payload = caller[160 * i : 160 * (i + 1)]
         pcm = down.decode(payload)
         vad.caller_frame(pcm)

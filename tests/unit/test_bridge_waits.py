@@ -10,8 +10,7 @@ from typing import Any
 
 from sipagent.bridge.call import BridgeSettings, CallBridge
 from sipagent.bridge.settings import AgentConfig, DtmfConfig, RecordingConfig, ToolConfig
-from sipagent.media.kernel import CODEC_SILENCE
-from sipagent.media.playout import PlayoutQueue
+from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.realtime import events as ev
 
 
@@ -24,12 +23,12 @@ class Line:
 
     def __init__(self) -> None:
         self.ended = asyncio.Event()
-        self.playout = PlayoutQueue(160, CODEC_SILENCE["PCMU"])
+        self.playout = PcmPlayout("PCMU")
         self.keys: list[str] = []
         self.on_sent: Any = None
 
-    def push_audio(self, payload: bytes) -> None:
-        self.playout.push(payload)
+    def push_audio(self, pcm24k: bytes) -> None:
+        self.playout.push(pcm24k)
 
     def flush_audio(self) -> int:
         return self.playout.flush()
@@ -53,6 +52,10 @@ class Line:
     @property
     def buffered_ms(self) -> int:
         return self.playout.buffered_ms
+
+    @property
+    def sent_audio(self) -> tuple[bytes, float]:
+        return self.playout.sent_pcm, self.playout.sent_mean_square
 
     def send_dtmf(self, digit: str, duration_ms: int) -> None:
         self.keys.append(digit)

@@ -115,8 +115,10 @@ def test_huge_inputs() -> None:
 @given(data=st.binary(max_size=3000), codec=st.sampled_from(["PCMU", "PCMA", "G722"]))
 def test_fuzz_payload_and_pcm_entry_points(data: bytes, codec: str) -> None:
     assert len(kernel.Decoder24k(codec).decode(data)) == 6 * len(data)
-    out = kernel.Encoder24k(codec).encode(data)
+    encoder = kernel.Encoder24k(codec)
+    out = encoder.encode(data)
     assert len(out) <= len(data) // 6 + 2
+    assert encoder.mean_square == kernel.mean_square(data)  # the level of what was encoded, to the bit
     assert len(kernel.G722Decoder().decode(data)) == 4 * len(data)
     assert len(kernel.G722Encoder().encode(data)) == len(data) // 4
     for src, dst in ((8000, 24000), (24000, 8000), (16000, 24000), (24000, 16000)):

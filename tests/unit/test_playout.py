@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from sipagent.media.gain import duck_gain
+from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, Encoder24k, mean_square
+from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.media.playout import PlayoutQueue
 
 SIL = b"\xff" * 160
@@ -130,27 +134,82 @@ def test_duck_without_a_shaper_sends_silence_and_flush_ends_it() -> None:
     q = PlayoutQueue()
     q.push(b"\x01" * 160 * 3)
     q.duck(0.1)
-    assert q.pop_frame() == (SIL, True)  # no shaper (G.722): muted, but played on
+    assert q.pop_frame() == (SIL, True)  # no shaper: muted, but played on
     assert q.flush() == 40 and q.gain == 1.0
     q.push(b"\x02" * 160)
     assert q.pop_frame() == (b"\x02" * 160, True)  # the next answer at full level
 
 
-def test_g711_gain_shaper_ramps_and_scales() -> None:
-    import numpy as np
+def test_scale_pcm_ramps_and_scales() -> None:
+    from sipagent.media.gain import RAMP_SAMPLES, duck_gain, scale_pcm
 
-    from sipagent.media.gain import RAMP_SAMPLES, duck_gain, gain_shaper
-    from sipagent.media.kernel import ulaw_decode, ulaw_encode
-
-    assert gain_shaper("G722") is None
-    shape = gain_shaper("PCMU")
-    assert shape is not None
-    pcm = (np.full(160, 8000)).astype("<i2").tobytes()
-    frame = ulaw_encode(pcm)
+    pcm = np.full(480, 8000, dtype="<i2").tobytes()
     gain = duck_gain(30)
     assert abs(gain - 0.0316) < 1e-3
-    steady = np.frombuffer(ulaw_decode(shape(frame, gain, gain)), dtype="<i2")
-    assert np.all(np.abs(steady - 8000 * gain) < 16)
-    ramp = np.frombuffer(ulaw_decode(shape(frame, 1.0, gain)), dtype="<i2")
-    assert ramp[0] > 7000 and np.all(np.diff(ramp[:RAMP_SAMPLES].astype(int)) <= 0)  # falls over 5 ms
-    assert np.all(np.abs(ramp[RAMP_SAMPLES:] - 8000 * gain) < 16)
+    steady = np.frombuffer(scale_pcm(pcm, gain, gain), dtype="<i2")
+    assert np.all(steady == round(8000 * gain))
+    ramp = np.frombuffer(scale_pcm(pcm, 1.0, gain), dtype="<i2")
+    assert ramp[0] == 8000 and np.all(np.diff(ramp[:RAMP_SAMPLES].astype(int)) <= 0)  # falls over 5 ms
+    assert ramp[RAMP_SAMPLES - 1] > 8000 * gain and np.all(ramp[RAMP_SAMPLES:] == round(8000 * gain))
+    full = np.frombuffer(scale_pcm(np.full(480, -32768, dtype="<i2").tobytes(), 1.0, 1.0), dtype="<i2")
+    assert np.all(full == -32768)
+
+
+def tone(ms: int, db: float = -12.0, hz: float = 440.0) -> bytes:
+    t = np.arange(24 * ms) / 24000
+    return (np.sin(2 * np.pi * hz * t) * 32767 * 10 ** (db / 20)).astype("<i2").tobytes()
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA", "G722"])
+def test_pcm_playout_encodes_each_frame_as_it_leaves(codec: str) -> None:
+    pcm = tone(70)
+    q = PcmPlayout(codec, hold_ticks=0)
+    q.push(pcm)
+    assert q.buffered_ms == 70
+    frames = [q.pop_frame() for _ in range(5)]
+    assert all(audio for _, audio in frames[:4]) and frames[4] == (CODEC_SILENCE[codec], False)
+    # The frames are those of one encoder over the PCM, its last 10 ms padded with digital silence.
+    padded = pcm + bytes(960 * 4 - len(pcm))
+    assert b"".join(f for f, _ in frames[:4]) == Encoder24k(codec).encode(padded)
+    assert q.played_ms == 70 and not q.is_playing
+    # What went out last, as PCM with its level (the echo reference), then silence.
+    q.push(pcm[:960])
+    q.pop_frame()
+    assert q.sent_pcm == pcm[:960] and q.sent_mean_square == mean_square(pcm[:960]) > 0
+    q.pop_frame()
+    assert q.sent_pcm == bytes(960) and q.sent_mean_square == 0.0
+
+
+def test_pcm_playout_ducks_g722_by_scaling_its_samples() -> None:
+    # An adaptive codec cannot be scaled once encoded: the queue scales the PCM before the encoder, so a
+    # duck on a G.722 call turns the agent down (it used to mute it) and ramps back up.
+    q = PcmPlayout("G722")
+    q.push(tone(200, db=-6.0))
+    decoder = Decoder24k("G722")
+    levels = []
+    for i in range(10):
+        if i == 3:
+            q.duck(duck_gain(20))
+        if i == 7:
+            q.unduck()
+        frame, audio = q.pop_frame()
+        assert audio
+        levels.append(10 * np.log10(mean_square(decoder.decode(frame)) / 32768**2))
+        assert q.sent_mean_square == mean_square(q.sent_pcm)
+    assert all(abs(level - levels[1]) < 1.0 for level in levels[1:3])  # full level
+    assert all(abs(level - (levels[1] - 20)) < 1.5 for level in levels[4:7])  # 20 dB down, not muted
+    assert abs(levels[8] - levels[1]) < 1.0  # back up
+    assert q.played_ms == 200
+
+
+def test_pcm_playout_changes_codec_with_nothing_lost() -> None:
+    pcm = tone(100)
+    q = PcmPlayout("PCMU")
+    q.push(pcm)
+    first, _ = q.pop_frame()
+    assert first == Encoder24k("PCMU").encode(pcm[:960])
+    q.use_codec("G722")  # a re-INVITE: the queued PCM leaves in the new codec, from a fresh encoder
+    q.reframe(CODEC_SILENCE["G722"])
+    rest = b"".join(q.pop_frame()[0] for _ in range(4))
+    assert rest == Encoder24k("G722").encode(pcm[960:])
+    assert q.played_ms == 100 and q.pop_frame() == (CODEC_SILENCE["G722"], False)
