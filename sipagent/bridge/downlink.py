@@ -43,6 +43,7 @@ class Downlink:
         self.metrics = metrics
         self._down_decode = wire_decoder(audio_format)
         self._base64 = Base64Decoder()  # the deltas' base64 in C: ~2.6 us instead of ~7.9 per 40 ms
+        self._queued_bytes = 0  # of the conversation's audio ever queued
         self.turn_latencies: list[float] = []
         self._turn_ended_at: float | None = None
         # Set while no whole frame of agent audio is queued (a new call's queue is empty). Only a hint that
@@ -84,7 +85,10 @@ class Downlink:
             self.divert(pcm24k)
             return
         self._push(pcm24k)
-        self.conversation.agent_audio(item_id, len(pcm24k) // PCM24_BYTES_PER_MS)
+        # Milliseconds from the running byte count, so deltas of any length add up exactly (truncating each
+        # one would lose up to 1 ms per delta and misplace the truncation of a long reply).
+        before, self._queued_bytes = self._queued_bytes, self._queued_bytes + len(pcm24k)
+        self.conversation.agent_audio(item_id, self._queued_bytes // PCM24_BYTES_PER_MS - before // PCM24_BYTES_PER_MS)
 
     def play_pcm24(self, pcm24k: bytes) -> None:
         """Audio of no conversation item (the fail-over's apology)."""

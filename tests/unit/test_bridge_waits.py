@@ -113,6 +113,20 @@ def test_playout_wait_ends_with_the_frame_that_empties_the_queue() -> None:
     run(body())
 
 
+def test_deltas_of_any_length_count_their_milliseconds_exactly() -> None:
+    async def body() -> None:
+        line = Line()
+        call = bridge(line)
+        for _ in range(48):
+            call.downlink.queue("item-1", bytes(1000))  # 20.83 ms each: 1 s in all
+        assert call.conversation.queued_ms == 1000 and line.buffered_ms == 1000
+        for _ in range(25):
+            line.tick()
+        assert call.downlink.cut(line.played_ms) == ("item-1", 500)
+
+    run(body())
+
+
 def test_a_flush_and_the_call_s_end_wake_the_playout_wait() -> None:
     async def body() -> None:
         line = Line()
