@@ -22,6 +22,8 @@ _PCM_SILENCE = bytes(PCM_FRAME_BYTES)
 
 
 class PcmPlayout(PlayoutQueue):
+    """A call's playout queue of 24 kHz PCM16 whose frames leave encoded in ``codec``."""
+
     def __init__(self, codec: str, hold_ticks: int = 2) -> None:
         super().__init__(PCM_FRAME_BYTES, _PCM_SILENCE, hold_ticks)
         self.shaper = scale_pcm
@@ -43,7 +45,7 @@ class PcmPlayout(PlayoutQueue):
 
     def pop_frame(self) -> tuple[bytes, bool]:
         """``(payload, is_audio)`` in the call's codec: the next 20 ms of audio encoded, or its silence."""
-        pcm, is_audio = PlayoutQueue.pop_frame(self)  # (one method layer less than super() per frame)
+        pcm, is_audio = PlayoutQueue.pop_frame(self)  # not super(): this runs for every frame of every call
         if not is_audio:
             self.sent_pcm = _PCM_SILENCE
             self.sent_mean_square = 0.0
