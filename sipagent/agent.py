@@ -15,14 +15,16 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
 from sipagent.bridge.call_events import CallEvents, CallSummary
 from sipagent.bridge.context import CallContext
+from sipagent.bridge.conversation import Conversation
 from sipagent.bridge.event_sender import EventSender, new_event_id
+from sipagent.bridge.records import CallRecords
 from sipagent.bridge.routing import Router
 from sipagent.bridge.settings import AgentProfile
 from sipagent.bridge.tools import tool_definitions
@@ -35,7 +37,7 @@ from sipagent.human_leg import HumanCallLeg, dial_human
 from sipagent.media.clock import MediaClock
 from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.observability.health import HealthState, LoopStallDetector, start_health_server
-from sipagent.observability.logs import configure_logging, install_trace_toggle, set_call_id
+from sipagent.observability.logs import call_logger, configure_logging, install_trace_toggle, set_call_id
 from sipagent.observability.metrics import Metrics
 from sipagent.outbound.answer import OutboundAnswer
 from sipagent.outbound.calls import CallProgress, PlaceResult
@@ -341,12 +343,18 @@ class Agent:
         progress.call.answering_machine = decision.verdict
         if call.ended.is_set():  # hung up while we listened
             return PlaceResult("answered", call.end_reason, decision.verdict)
+        heard: list[tuple[str, dict[str, Any]]] = [
+            ("event", {"event": "answering-machine", "heard": event.kind, "at": round(event.at, 2),
+                       "reason": event.reason}) for event in answer.events]
+        heard.append(("event", {"event": "outbound", "outbound_id": progress.call.id, "to": call.to_uri,
+                                "answering_machine": decision.verdict, "action": decision.action}))
+        settings = self._bridge_settings(profile, "outbound")
         if decision.action == "hang_up":
             log.info("outbound call %s: answering machine (%s): hanging up", progress.call.id, decision.reason)
             await call.hangup()
+            self._transcript_without_bridge(call, media.codec, settings, context, heard, "answering-machine")
             self._emit(lambda: events.ended(time.time(), CallSummary("machine", 0.0, answering_machine="machine")))
             return PlaceResult("machine", "answering machine: hung up", "machine")
-        settings = self._bridge_settings(profile, "outbound")
         if decision.action == "leave_message":
             # The message is this call's greeting (its template filled in by the bridge, as greetings are),
             # and the call ends once it has been heard. A machine does not interrupt: with barge-in on, the
@@ -354,11 +362,7 @@ class Agent:
             spoken = dataclasses.replace(profile, greeting=profile.answering_machine.message,
                                          barge_in=dataclasses.replace(profile.barge_in, mode="off"))
             settings = dataclasses.replace(self._bridge_settings(spoken, "outbound"), end_after_greeting=MESSAGE_LEFT)
-        heard: list[tuple[str, dict[str, Any]]] = [
-            ("event", {"event": "answering-machine", "heard": event.kind, "at": round(event.at, 2),
-                       "reason": event.reason}) for event in answer.events]
-        heard.append(("event", {"event": "outbound", "outbound_id": progress.call.id, "to": call.to_uri,
-                                "answering_machine": decision.verdict, "action": decision.action}))
+
         def result(outcome: CallOutcome) -> PlaceResult:
             if decision.action == "leave_message":
                 return PlaceResult("machine", outcome.reason, "machine", message_left=outcome.reason == MESSAGE_LEFT)
@@ -372,6 +376,19 @@ class Agent:
                                        message_left=placed.message_left)
 
         return result(await self._bridge(call, chain, media, settings, context, events, heard, summary))
+
+    @staticmethod
+    def _transcript_without_bridge(call: OutgoingCall, codec: str, settings: BridgeSettings, context: CallContext,
+                                   records: Sequence[tuple[str, dict[str, Any]]], reason: str) -> None:
+        """The transcript of an answered call that ended before any conversation (a machine hung up on): its
+        start, what was heard and why it ended, as a bridged call's transcript has them."""
+        written = CallRecords(call.call_id, datetime.now(UTC), time.monotonic(), settings.recording, Conversation(),
+                              "", call_logger(log, call.call_id))
+        written.record("call", event="start", call_id=call.call_id, caller=call.from_uri, codec=codec,
+                       profile=settings.profile, route=settings.route, context=context.to_json())
+        for kind, fields in records:
+            written.record(kind, **fields)
+        written.close({}, reason)
 
     def _media_chain(self, call_id: str) -> CallMedia:
         """A new call's media chain, its RTP port pair bound (the SDP names it before the codec is settled)."""

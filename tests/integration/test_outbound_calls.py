@@ -248,8 +248,13 @@ def test_an_answering_machine(on_machine: str, kamailio: Kamailio, tmp_path: Pat
         assert (data["direction"], data["outbound_id"], data["outcome"]) == ("outbound", call.id, "machine"), data
         assert (data["answering_machine"], data["message_left"]) == ("machine", on_machine_ == "leave_message"), data
         assert (call.outcome, call.answering_machine) == ("machine", "machine"), call
+        entries = [json.loads(line) for path in tmp_path.glob("*.jsonl") for line in path.read_text().splitlines()]
+        heard_kinds = [e.get("heard") for e in entries if e.get("event") == "answering-machine"]
+        assert "machine" in heard_kinds, entries  # the transcript says what was heard, also of a machine hung up on
         if on_machine == "hang_up":
             assert not call.message_left and call.end_reason == "answering machine: hung up", call
+            ends = [e for e in entries if e.get("event") == "end"]
+            assert len(ends) == 1 and ends[0]["reason"] == "answering-machine", entries
             return
         assert call.message_left and call.end_reason == "message-left", call
         pcm = heard(phone)
@@ -257,9 +262,7 @@ def test_an_answering_machine(on_machine: str, kamailio: Kamailio, tmp_path: Pat
         if talk:  # the whole message, its last words too
             assert any("return label" in text for text in recognised(pcm, AGENT_LINES))
         assert first_loud_s(pcm) > beep_end - 0.3, (first_loud_s(pcm), beep_end)  # not a word before the beep
-        entries = [json.loads(line) for path in tmp_path.glob("*.jsonl") for line in path.read_text().splitlines()]
-        heard_kinds = [e.get("heard") for e in entries if e.get("event") == "answering-machine"]
-        assert "machine" in heard_kinds and "message" in heard_kinds, heard_kinds
+        assert "message" in heard_kinds, heard_kinds
 
     asyncio.run(asyncio.wait_for(scenario(), 75))
 
