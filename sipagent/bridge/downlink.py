@@ -26,6 +26,7 @@ from sipagent.media.kernel import Base64Decoder, Resampler, alaw_decode, ulaw_de
 from sipagent.observability.metrics import Metrics
 
 PCM24_BYTES_PER_MS = 48
+MAX_QUEUED_MS = 180_000  # agent audio queued for the caller at most: 8.6 MB of PCM
 
 
 class Downlink:
@@ -44,6 +45,7 @@ class Downlink:
         self._down_decode = wire_decoder(audio_format)
         self._base64 = Base64Decoder()  # the deltas' base64 in C: ~2.6 us instead of ~7.9 per 40 ms
         self._queued_bytes = 0  # of the conversation's audio ever queued
+        self._overflowed = ""  # the item whose audio went over MAX_QUEUED_MS (said once per item)
         self.turn_latencies: list[float] = []
         self._turn_ended_at: float | None = None
         # Set while no whole frame of agent audio is queued (a new call's queue is empty). Only a hint that
@@ -83,6 +85,16 @@ class Downlink:
             return  # deltas of an interrupted item still arrive until the cancel takes effect: drop them
         if self.divert is not None:
             self.divert(pcm24k)
+            return
+        if self.media.buffered_ms + len(pcm24k) // PCM24_BYTES_PER_MS > MAX_QUEUED_MS:
+            # The API streams a reply faster than it plays, but minutes ahead is a server gone wrong: its audio
+            # would grow the call's memory without bound (48 kB per second). Dropped, and not counted as queued.
+            if item_id != self._overflowed:
+                self._overflowed = item_id
+                self.records.log.warning("agent audio more than %d s ahead of playout: the rest of item %s is "
+                                         "dropped", MAX_QUEUED_MS // 1000, item_id[:40])
+                self.records.record("event", event="agent-audio-dropped", item_id=item_id,
+                                    buffered_ms=self.media.buffered_ms)
             return
         self._push(pcm24k)
         # Milliseconds from the running byte count, so deltas of any length add up exactly (truncating each

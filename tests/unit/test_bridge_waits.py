@@ -5,8 +5,11 @@ time passes, and each wait must be over (or not) right after the one thing that 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any
+
+import pytest
 
 from sipagent.bridge.call import BridgeSettings, CallBridge
 from sipagent.bridge.settings import AgentConfig, DtmfConfig, RecordingConfig, ToolConfig
@@ -125,6 +128,29 @@ def test_deltas_of_any_length_count_their_milliseconds_exactly() -> None:
         assert call.downlink.cut(line.played_ms) == ("item-1", 500)
 
     run(body())
+
+
+def test_audio_far_ahead_of_playout_is_dropped_not_kept(caplog: pytest.LogCaptureFixture) -> None:
+    from sipagent.bridge.downlink import MAX_QUEUED_MS
+
+    async def body() -> None:
+        line = Line()
+        call = bridge(line)
+        second = bytes(48_000)
+        for _ in range(MAX_QUEUED_MS // 1000 + 30):  # a server streaming half a minute more than the cap
+            call.downlink.queue("item-1", second)
+        assert line.buffered_ms == MAX_QUEUED_MS and call.conversation.queued_ms == MAX_QUEUED_MS
+        for _ in range(50):
+            line.tick()
+        call.downlink.queue("item-1", second)  # room again: queued, and counted
+        assert line.buffered_ms == MAX_QUEUED_MS and call.conversation.queued_ms == MAX_QUEUED_MS + 1000
+        call.downlink.queue("item-2", second)
+        assert line.buffered_ms == MAX_QUEUED_MS
+
+    with caplog.at_level(logging.WARNING):
+        run(body())
+    dropped = [r for r in caplog.records if "ahead of playout" in r.getMessage()]
+    assert len(dropped) == 2, dropped  # once per item
 
 
 def test_a_flush_and_the_call_s_end_wake_the_playout_wait() -> None:
