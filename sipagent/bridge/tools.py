@@ -129,17 +129,29 @@ def transfer_parameters(names: list[str], has_default: bool) -> dict[str, Any]:
     return schema
 
 
+# A tool call's arguments are a few fields (an order number, a target, a short summary): anything longer or
+# deeper is refused before it reaches the transcript, a webhook or a re-encoding that could hit the recursion
+# limit. A result nesting deeper than MAX_RESULT_DEPTH is passed on to the model as text, for the same reason.
+MAX_ARGUMENTS_CHARS = 16 * 1024
+MAX_ARGUMENTS_DEPTH = 16
+MAX_RESULT_DEPTH = 32
+
+
 def parse_arguments(raw: str) -> dict[str, Any]:
+    """The model's arguments of a tool call: a JSON object, or ValueError saying what is wrong with them."""
+    if len(raw) > MAX_ARGUMENTS_CHARS:
+        raise ValueError(f"arguments longer than {MAX_ARGUMENTS_CHARS} characters")
     if not raw.strip():
         return {}
-    value = json.loads(raw)
+    try:
+        value = json.loads(raw)
+    except RecursionError:  # deeper than the interpreter's stack: never a real call's arguments
+        raise ValueError(f"arguments nest deeper than {MAX_ARGUMENTS_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise ValueError("arguments must be a JSON object")
+    if events.nested_deeper(value, MAX_ARGUMENTS_DEPTH):
+        raise ValueError(f"arguments nest deeper than {MAX_ARGUMENTS_DEPTH} levels")
     return value
-
-
-# A result nesting deeper is passed on as text: re-encoding it for the model could hit the recursion limit.
-MAX_RESULT_DEPTH = 32
 
 
 # The key of the JSON body that carries the call's context (a POST or PUT tool's parameters may not use it).

@@ -105,6 +105,13 @@ def test_tool_definitions_fill_builtins() -> None:
     assert parse_arguments("") == {}
     with pytest.raises(ValueError):
         parse_arguments("[1]")
+    # The model's arguments are hostile input: too deep (the parser's own recursion limit included) or too
+    # long is a clear "bad arguments", never an exception out of the tool runner.
+    for raw in ('{"a": ' + "[" * 8000 + "]" * 8000 + "}", '{"a": ' + "[" * 20 + "]" * 20 + "}",
+                '{"a": "' + "x" * 20_000 + '"}'):
+        with pytest.raises(ValueError, match=r"deeper than|longer than"):
+            parse_arguments(raw)
+    assert parse_arguments('{"a": ' + "[" * 10 + "]" * 10 + "}") == {"a": [[[[[[[[[[]]]]]]]]]]}
 
 
 class _Handler(BaseHTTPRequestHandler):
