@@ -471,7 +471,11 @@ class CallBridge:
         self.responses.done()
 
     def _tool_call(self, event: dict[str, Any]) -> None:
-        self._spawn(self.tools.run(event.get("name", ""), event.get("call_id", ""), event.get("arguments", "")))
+        name, call_id = event.get("name", ""), event.get("call_id", "")
+        if not isinstance(name, str) or not isinstance(call_id, str):  # no output can answer it: not a call
+            self.log.warning("tool call ignored: its name and call_id are not strings")
+            return
+        self._spawn(self.tools.run(name, call_id, event.get("arguments", "")))
 
     def _error(self, event: dict[str, Any]) -> None:
         error = event.get("error", {})

@@ -76,7 +76,7 @@ class ToolRunner:
 
     # ---------------------------------------------------------------- tool calls
 
-    async def run(self, name: str, call_id: str, raw_arguments: str) -> None:
+    async def run(self, name: str, call_id: str, raw_arguments: object) -> None:
         self.state.set("live")
         try:
             args = parse_arguments(raw_arguments)

@@ -137,8 +137,11 @@ MAX_ARGUMENTS_DEPTH = 16
 MAX_RESULT_DEPTH = 32
 
 
-def parse_arguments(raw: str) -> dict[str, Any]:
-    """The model's arguments of a tool call: a JSON object, or ValueError saying what is wrong with them."""
+def parse_arguments(raw: object) -> dict[str, Any]:
+    """The model's arguments of a tool call (the event's ``arguments``, JSON text): a JSON object, or
+    ValueError saying what is wrong with them."""
+    if not isinstance(raw, str):
+        raise ValueError("arguments must be JSON text")
     if len(raw) > MAX_ARGUMENTS_CHARS:
         raise ValueError(f"arguments longer than {MAX_ARGUMENTS_CHARS} characters")
     if not raw.strip():

@@ -112,6 +112,8 @@ def test_tool_definitions_fill_builtins() -> None:
         with pytest.raises(ValueError, match=r"deeper than|longer than"):
             parse_arguments(raw)
     assert parse_arguments('{"a": ' + "[" * 10 + "]" * 10 + "}") == {"a": [[[[[[[[[[]]]]]]]]]]}
+    with pytest.raises(ValueError, match="JSON text"):
+        parse_arguments({"a": 1})  # the event's field is a string of JSON; an object there is not trusted either
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -153,6 +153,32 @@ def test_audio_far_ahead_of_playout_is_dropped_not_kept(caplog: pytest.LogCaptur
     assert len(dropped) == 2, dropped  # once per item
 
 
+def test_hostile_tool_calls_get_an_error_result_or_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        line = Line()
+        call = bridge(line)
+        outbox = call.realtime.outbox
+        deep = '{"digits": ' + "[" * 5000 + "]" * 5000 + "}"  # past the JSON parser's recursion limit
+        call._handle({"type": "response.function_call_arguments.done", "name": "send_dtmf",
+                              "call_id": "c1", "arguments": deep})
+        for _ in range(20):
+            await settle()
+            if not outbox.empty():
+                break
+        output = outbox.get_nowait()
+        assert output["item"]["call_id"] == "c1" and "bad arguments" in output["item"]["output"], output
+        assert outbox.get_nowait()["type"] == "response.create"
+        # Without a string call_id no output could answer it: ignored, said once in the log.
+        call._handle({"type": "response.function_call_arguments.done", "name": ["send_dtmf"],
+                              "call_id": {"x": 1}, "arguments": "{}"})
+        await settle()
+        assert outbox.empty()
+
+    with caplog.at_level(logging.WARNING):
+        run(body())
+    assert any("tool call ignored" in r.getMessage() for r in caplog.records)
+
+
 def test_a_flush_and_the_call_s_end_wake_the_playout_wait() -> None:
     async def body() -> None:
         line = Line()
