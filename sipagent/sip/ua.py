@@ -243,6 +243,7 @@ class UserAgent:
         self._throttle = LogThrottle()
         self._tag_secret = os.urandom(16)  # keys the To tags of stateless responses
         self._calls: dict[str, CallFront] = {}
+        self._resolving = 0  # dials awaiting their first hop (DNS): counted in active_calls
         self._server: dict[tuple[str, str, str], tuple[ServerTransaction, Peer]] = {}
         self._client: dict[tuple[str, str], tuple[ClientTransaction, Peer, EventHandler]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -275,7 +276,9 @@ class UserAgent:
 
     @property
     def active_calls(self) -> int:
-        return sum(1 for call in self._calls.values() if call.state != "ended")
+        """Calls not ended, both ways, and dials still finding their first hop (counted from the moment
+        ``dial`` is called, so that a check of ``max_calls`` made just before it sees every earlier dial)."""
+        return sum(1 for call in self._calls.values() if call.state != "ended") + self._resolving
 
     async def start(self) -> None:
         """Bind the listening socket, then register in the background (when a registrar is set)."""
@@ -560,7 +563,11 @@ class UserAgent:
             raise DialError("failed", 0, "the SIP user agent is not running")
         line = self._dial_line(account)
         uri = self._dial_uri(target)
-        dest, route = await self._first_hop(uri)
+        self._resolving += 1  # counted in active_calls until the call itself is (nothing awaits in between)
+        try:
+            dest, route = await self._first_hop(uri)
+        finally:
+            self._resolving -= 1
         local_host = self.advertised_host(dest.host)
         if line is not None:
             user = line.account.username

@@ -228,6 +228,36 @@ def test_dial_goes_through_the_outbound_proxy() -> None:
     asyncio.run(scenario())
 
 
+def test_a_dial_finding_its_first_hop_counts_as_a_call() -> None:
+    """``active_calls`` (what sip.max_calls is checked against, both ways) counts a dial from the moment it
+    is made: while its target's host resolves, a second dial or an INVITE checked against the limit sees it.
+    Before, two dials checked at once both passed, and both became calls."""
+    async def scenario() -> None:
+        ua = UserAgent(direct_settings(), _ignore)
+        await ua.start()
+        resolved = asyncio.Event()
+        first_hop = ua._first_hop
+
+        async def slow_first_hop(uri: object) -> object:
+            await resolved.wait()  # a DNS lookup under way
+            return await first_hop(uri)  # type: ignore[arg-type]
+
+        ua._first_hop = slow_first_hop  # type: ignore[assignment,method-assign]
+        try:
+            assert ua.active_calls == 0
+            dialing = asyncio.create_task(ua.dial("sip:2002@127.0.0.1:9", rtp_port=free_port(), ring_timeout=1))
+            await asyncio.sleep(0)
+            assert ua.active_calls == 1
+            dialing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await dialing
+            assert ua.active_calls == 0  # a dial given up while resolving leaves nothing counted
+        finally:
+            await ua.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_second_phone_answering_the_same_invite_is_acked_and_hung_up(tmp_path: Path) -> None:
     """A ring group behind a forking proxy (SIPp plays both phones): two 2xx with different To tags. The
     call takes the first; the second gets its ACK and a BYE at once, instead of resending its 2xx for
