@@ -92,7 +92,7 @@ class Downlink:
             if item_id != self._overflowed:
                 self._overflowed = item_id
                 self.records.log.warning("agent audio more than %d s ahead of playout: the rest of item %s is "
-                                         "dropped", MAX_QUEUED_MS // 1000, item_id[:40])
+                                         "dropped", MAX_QUEUED_MS // 1000, str(item_id)[:40])
                 self.records.record("event", event="agent-audio-dropped", item_id=item_id,
                                     buffered_ms=self.media.buffered_ms)
             return
