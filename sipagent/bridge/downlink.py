@@ -23,16 +23,17 @@ from sipagent.bridge.session import Responses
 from sipagent.bridge.state import CallState
 from sipagent.bridge.waiting import first_of
 from sipagent.media.kernel import Base64Decoder, Resampler, alaw_decode, ulaw_decode
+from sipagent.media.pcm_playout import PCM_FRAME_BYTES
 from sipagent.observability.metrics import Metrics
 
-PCM24_BYTES_PER_MS = 48
+PCM24_BYTES_PER_MS = PCM_FRAME_BYTES // 20
 MAX_QUEUED_MS = 180_000  # agent audio queued for the caller at most: 8.6 MB of PCM
 
 
 class Downlink:
     def __init__(self, audio_format: str, media: MediaLeg, call: CallLeg, state: CallState,
                  conversation: Conversation, responses: Responses, policy: BargeInPolicy, records: CallRecords,
-                 echo: Callable[[bytes | None, float], None], metrics: Metrics | None = None) -> None:
+                 echo: Callable[[bytes, float], None], metrics: Metrics | None = None) -> None:
         self.media = media
         self.call = call
         self.state = state
@@ -40,7 +41,7 @@ class Downlink:
         self.responses = responses
         self.policy = policy
         self.records = records
-        self.echo = echo  # each frame sent (its PCM and mean square; None for silence): the echo reference
+        self.echo = echo  # each frame sent (its PCM and mean square): the echo reference
         self.metrics = metrics
         self._down_decode = wire_decoder(audio_format)
         self._base64 = Base64Decoder()  # the deltas' base64 in C: ~2.6 us instead of ~7.9 per 40 ms
@@ -141,10 +142,7 @@ class Downlink:
 
     def frame_sent(self, payload: bytes, is_audio: bool) -> None:
         """The media clock just sent this frame to the caller (audio or silence)."""
-        if is_audio:
-            self.echo(*self.media.sent_audio)
-        else:
-            self.echo(None, 0.0)
+        self.echo(*self.media.sent_audio)  # silence too: zeros, mean square 0
         if not self.drained.is_set() and self.media.buffered_ms <= 0:
             self.drained.set()
         if self._watchers:

@@ -73,7 +73,7 @@ class MediaLeg(Protocol):
 
     @property
     def sent_audio(self) -> tuple[bytes, float]:
-        """The last frame of audio sent: its 24 kHz PCM16 (after any duck) and that PCM's mean square."""
+        """The last frame sent: its 24 kHz PCM16 (after any duck; zeros for silence) and that PCM's mean square."""
 
     @property
     def packets_received(self) -> int:

@@ -16,10 +16,8 @@ from sipagent.bridge.session import RealtimeSession
 from sipagent.bridge.state import CallState
 from sipagent.bridge.transcript import StereoRecorder
 from sipagent.media.kernel import CODEC_SILENCE, FrameDecoder, Resampler, alaw_encode, ulaw_encode
-from sipagent.media.vad import SILENCE_DB, EchoAwareVad, VadSettings, mean_square_db
+from sipagent.media.vad import EchoAwareVad, VadSettings, mean_square_db
 from sipagent.realtime import events as ev
-
-FRAME_24K_BYTES = 960  # 20 ms of 24 kHz PCM16
 
 
 class Uplink:
@@ -85,18 +83,13 @@ class Uplink:
         if not outbox.empty() or not link.send_now(text):
             outbox.put_nowait(text.decode())
 
-    def agent_sent(self, pcm24k: bytes | None, mean_sq: float) -> None:
-        """The media clock just sent a frame to the caller: the 24 kHz PCM it was encoded from and that PCM's
-        mean square, or None for silence. The echo reference barge-in compares the caller with, and the
+    def agent_sent(self, pcm24k: bytes, mean_sq: float) -> None:
+        """The media clock just sent a frame to the caller: the 24 kHz PCM it was encoded from (zeros for
+        silence) and that PCM's mean square. The echo reference barge-in compares the caller with, and the
         recording's agent side."""
-        if pcm24k is not None:
-            self.vad.agent_frame(mean_square_db(mean_sq))
-            if self.recorder:
-                self.recorder.agent(pcm24k)
-        else:
-            self.vad.agent_frame(SILENCE_DB)
-            if self.recorder:
-                self.recorder.agent(bytes(FRAME_24K_BYTES))
+        self.vad.agent_frame(mean_square_db(mean_sq))
+        if self.recorder:
+            self.recorder.agent(pcm24k)
 
     def _silence_text(self, n: int) -> bytes:
         """The append sent instead of an echo-only caller frame of n payload bytes: silence in the model's
