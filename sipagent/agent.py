@@ -384,8 +384,7 @@ class Agent:
         start, what was heard and why it ended, as a bridged call's transcript has them."""
         written = CallRecords(call.call_id, datetime.now(UTC), time.monotonic(), settings.recording, Conversation(),
                               "", call_logger(log, call.call_id))
-        written.record("call", event="start", call_id=call.call_id, caller=call.from_uri, codec=codec,
-                       profile=settings.profile, route=settings.route, context=context.to_json())
+        written.started(call.call_id, call.from_uri, codec, settings.profile, settings.route, context.to_json())
         for kind, fields in records:
             written.record(kind, **fields)
         written.close({}, reason)

@@ -292,9 +292,8 @@ class CallBridge:
         """Runs the call until either side or a limit ends it. Never raises: whatever fails, the call ends
         and its outcome is returned (``error`` for a fault of our own), so that it is counted."""
         state = self.call_state
-        self.records.record("call", event="start", call_id=self.call.call_id, caller=self.call.from_uri,
-                            codec=self.codec, profile=self.settings.profile, route=self.settings.route,
-                            context=self.context.to_json())
+        self.records.started(self.call.call_id, self.call.from_uri, self.codec, self.settings.profile,
+                             self.settings.route, self.context.to_json())
         try:
             state.set("connecting")
             if not await self.realtime.open(first=True):

@@ -54,6 +54,12 @@ class CallRecords:
         if self.transcript:
             self.transcript.write(time.monotonic(), kind, **fields)
 
+    def started(self, call_id: str, caller: str, codec: str, profile: str, route: str,
+                context: dict[str, Any]) -> None:
+        """The transcript's first entry: which call, from whom, in what codec, under which profile and route."""
+        self.record("call", event="start", call_id=call_id, caller=caller, codec=codec, profile=profile, route=route,
+                    context=context)
+
     def said(self, role: str, text: str, **fields: Any) -> None:
         """A line of the conversation (``role`` "caller" or "agent"): kept for a reconnect's replay, written
         to the transcript and passed to the transcript callback."""
