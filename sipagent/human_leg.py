@@ -33,7 +33,7 @@ class HumanCallLeg:
         chain.endpoint.on_sent = self._frame_sent
         self._closed = False
 
-    def _frame_sent(self, payload: bytes, is_audio: bool) -> None:
+    def _frame_sent(self, payload: bytes | None, is_audio: bool) -> None:
         self._sent.set()
 
     def play_pcm24(self, pcm24k: bytes) -> None:

@@ -9,7 +9,7 @@
  * with the *_max_out helpers (or the bounds documented next to each function).
  */
 
-#define SK_ABI_VERSION 5
+#define SK_ABI_VERSION 6
 #define SK_RS_MAX_TAPS 96
 #define SK_RS_CHUNK 512
 
@@ -102,6 +102,9 @@ typedef struct {
     sk_g722_encoder g722;
     unsigned char *out;
     double in_mean_square; /* of the PCM of the last sk_enc24k_push: the level of what is sent */
+    int32_t staged;        /* G.722 pairs waiting for sk_enc24k_finish (sk_enc24k_stage) */
+    int32_t stage_xl[256]; /* their sub-band samples (SK_ENC_STAGE) */
+    int32_t stage_xh[256];
 } sk_enc24k;
 
 /* Returns 0, or -1 for an unknown codec. */
@@ -117,6 +120,17 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
  * its encoding, with no second crossing of the FFI. */
 size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n);
 size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes);
+/* The same frame of many calls, coded together: sk_enc24k_stage is sk_enc24k_push, except that for
+ * G.722 it stops before the ADPCM, the frame's sub-band samples left in the state (->staged pairs, for
+ * nbytes <= SK_ENC_STAGE_BYTES; a longer input is coded at once). sk_enc24k_finish then codes every
+ * staged state of the list into its ->out, eight calls side by side where the CPU allows, with the
+ * codes sk_enc24k_push would have written. sk_enc24k_stage returns the bytes ->out will then hold.
+ * A state staged again before its finish has its earlier pairs coded first (their codes overwritten). */
+#define SK_ENC_STAGE 256
+#define SK_ENC_STAGE_BYTES 1500
+#define SK_ENC_LANES 8 /* frames sk_enc24k_finish codes side by side */
+size_t sk_enc24k_stage(sk_enc24k *e, const unsigned char *pcm, size_t nbytes);
+void sk_enc24k_finish(sk_enc24k *const *encoders, int count);
 
 /* ---- level ---- */
 /* Mean of the squared samples of n PCM16 samples (0.0 for n == 0), summed exactly in 64-bit integers. */

@@ -62,7 +62,16 @@ size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsig
     return 2 * written;
 }
 
-size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsigned char *out)
+/* G.722 pairs coded at once into out + at, or (stage) their sub-band samples left at stage_xl/xh + at. */
+static void g722_pairs(sk_enc24k *e, const int16_t *pcm, int pairs, unsigned char *out, size_t at, int stage)
+{
+    if (stage)
+        sk_g722_analyse(&e->g722, pcm, pairs, e->stage_xl + at, e->stage_xh + at);
+    else
+        sk_g722_encode_block(&e->g722, pcm, pairs, out + at);
+}
+
+static size_t enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsigned char *out, int staging)
 {
     int16_t res[SK_RS_CHUNK];
     size_t written = 0;
@@ -119,12 +128,12 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
             size_t i = 0;
             if (g->have_held && k > 0) {
                 const int16_t pair[2] = {g->held, res[0]};
-                sk_g722_encode_block(g, pair, 1, out + written++);
+                g722_pairs(e, pair, 1, out, written++, staging);
                 g->have_held = 0;
                 i = 1;
             }
             const int pairs = (int)((k - i) / 2);
-            sk_g722_encode_block(g, res + i, pairs, out + written);
+            g722_pairs(e, res + i, pairs, out, written, staging);
             written += (size_t)pairs;
             i += 2 * (size_t)pairs;
             if (i < k) {
@@ -136,6 +145,91 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
     return written;
 }
 
+size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsigned char *out)
+{
+    return enc24k_run(e, pcm, nbytes, out, 0);
+}
+
+static void code_staged(sk_enc24k *e)
+{
+    const int n = e->staged;
+    e->staged = 0;
+    sk_g722_code(&e->g722, e->stage_xl, e->stage_xh, n, e->out);
+}
+
+size_t sk_enc24k_stage(sk_enc24k *e, const unsigned char *pcm, size_t nbytes)
+{
+    if (e->staged > 0)
+        code_staged(e);
+    e->in_mean_square = sk_mean_square(pcm, nbytes >> 1);
+    if (e->codec != SK_CODEC_G722 || nbytes > SK_ENC_STAGE_BYTES)
+        return sk_enc24k_run(e, pcm, nbytes, e->out);
+    /* nbytes <= 1500: at most 751 samples in, 502 out (+ one held): 252 <= SK_ENC_STAGE pairs */
+    const size_t n = enc24k_run(e, pcm, nbytes, e->out, 1);
+    e->staged = (int32_t)n;
+    return n;
+}
+
+/* Codes one group of staged states with equal counts (n pairs each): side by side, the lanes that no
+ * call fills given an idle encoder of their own, whose codes are dropped. */
+static void finish_group(sk_enc24k *const *group, int count, int n)
+{
+    if (count == 1) { /* alone: the eight lanes cost nearly twice one call's own coding */
+        sk_g722_code(&group[0]->g722, group[0]->stage_xl, group[0]->stage_xh, n, group[0]->out);
+        return;
+    }
+    static const int32_t silence[SK_ENC_STAGE];
+    sk_g722_encoder idle[SK_G722_LANES];
+    unsigned char scratch[SK_G722_LANES][SK_ENC_STAGE];
+    sk_g722_encoder *enc[SK_G722_LANES];
+    const int32_t *xl[SK_G722_LANES], *xh[SK_G722_LANES];
+    unsigned char *out[SK_G722_LANES];
+    for (int l = 0; l < SK_G722_LANES; l++) {
+        if (l < count) {
+            enc[l] = &group[l]->g722;
+            xl[l] = group[l]->stage_xl, xh[l] = group[l]->stage_xh;
+            out[l] = group[l]->out;
+        } else {
+            sk_g722_encoder_init(&idle[l]);
+            enc[l] = &idle[l];
+            xl[l] = xh[l] = silence;
+            out[l] = scratch[l];
+        }
+    }
+    sk_g722_code_lanes(enc, xl, xh, n, out);
+}
+
+void sk_enc24k_finish(sk_enc24k *const *encoders, int count)
+{
+    if (!sk_g722_lanes_ready()) {
+        for (int i = 0; i < count; i++)
+            if (encoders[i]->staged > 0)
+                code_staged(encoders[i]);
+        return;
+    }
+    sk_enc24k *group[SK_G722_LANES];
+    int g = 0, n0 = 0;
+    for (int i = 0; i < count; i++) {
+        sk_enc24k *e = encoders[i];
+        const int n = e->staged;
+        if (n <= 0)
+            continue; /* nothing staged, or listed twice */
+        e->staged = 0;
+        if (g > 0 && n != n0) {
+            finish_group(group, g, n0);
+            g = 0;
+        }
+        group[g++] = e;
+        n0 = n;
+        if (g == SK_G722_LANES) {
+            finish_group(group, g, n0);
+            g = 0;
+        }
+    }
+    if (g > 0)
+        finish_group(group, g, n0);
+}
+
 size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n)
 {
     return sk_dec24k_run(d, payload, n, d->out);
@@ -143,6 +237,8 @@ size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n)
 
 size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes)
 {
+    if (e->staged > 0) /* a staged frame never finished: coded first, so the state stays in order */
+        code_staged(e);
     e->in_mean_square = sk_mean_square(pcm, nbytes >> 1);
     return sk_enc24k_run(e, pcm, nbytes, e->out);
 }

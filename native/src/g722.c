@@ -11,34 +11,7 @@
 #define SK_INLINE static inline
 #endif
 
-/* Even-indexed QMF coefficients h(2i); the odd ones are the same values in reverse order. */
-static const int qmf_h[12] = {3, -11, 12, 32, -210, 951, 3876, -805, 362, -156, 53, -11};
-
-/* Lower band: 6-bit quantiser decision levels (code assignment: code6 below). */
-static const int q6[31] = {0,    35,   72,   110,  150,  190,  233,  276,  323,  370,  422,
-                           473,  530,  587,  650,  714,  786,  858,  940,  1023, 1121, 1219,
-                           1339, 1458, 1612, 1765, 1980, 2195, 2557, 2919, 0};
-
-
-/* Inverse quantisers: 4-bit (predictor feedback), 6-bit (lower band output), 2-bit (higher band). */
-static const int qm4[16] = {0,    -20456, -12896, -8968, -6288, -4240, -2584, -1200,
-                            20456, 12896, 8968,   6288,  4240,  2584,  1200,  0};
-static const int qm6[64] = {
-    -136,  -136,  -136,  -136,  -24808, -21904, -19008, -16704, -14984, -13512, -12280, -11192, -10232,
-    -9360, -8576, -7856, -7192, -6576,  -6000,  -5456,  -4944,  -4464,  -4008,  -3576,  -3168,  -2776,
-    -2400, -2032, -1688, -1360, -1040,  -728,   24808,  21904,  19008,  16704,  14984,  13512,  12280,
-    11192, 10232, 9360,  8576,  7856,   7192,   6576,   6000,   5456,   4944,   4464,   4008,   3576,
-    3168,  2776,  2400,  2032,  1688,   1360,   1040,   728,    432,    136,    -432,   -136};
-static const int qm2[4] = {-7408, -1616, 7408, 1616};
-/* Log scale factor adaptation: multipliers per (truncated) code. */
-static const int wl[8] = {-60, -30, 58, 172, 334, 538, 1198, 3042};
-static const int rl42[16] = {0, 7, 6, 5, 4, 3, 2, 1, 7, 6, 5, 4, 3, 2, 1, 0};
-static const int wh[3] = {0, -214, 798};
-static const int rh2[4] = {2, 1, 2, 1};
-/* Antilog table for the scale factor: 2048 * 2^(i/32). */
-static const int ilb[32] = {2048, 2093, 2139, 2186, 2233, 2282, 2332, 2383, 2435, 2489, 2543,
-                            2599, 2656, 2714, 2774, 2834, 2896, 2960, 3025, 3091, 3158, 3228,
-                            3298, 3371, 3444, 3520, 3597, 3676, 3756, 3838, 3922, 4008};
+#include "g722_tables.h"
 
 static void band_init(sk_g722_band *b, int det)
 {
@@ -435,20 +408,24 @@ SK_ENC_TARGET static void encode_bands_vec(sk_g722_encoder *e, const int32_t *xl
     encode_bands(e, xl, xh, n, out, 1);
 }
 
-void sk_g722_encode_block(sk_g722_encoder *e, const int16_t *pcm, int npairs, unsigned char *out)
+/* The encoder's per-call ADPCM at the SIMD level in use. */
+static int encode_vec(void)
 {
-    int16_t ev[QMF_HIST + QMF_BLOCK], od[QMF_HIST + QMF_BLOCK];
-    int32_t xl[QMF_BLOCK], xh[QMF_BLOCK];
 #ifdef SK_POPCNT
     static int popcnt = -1;
     if (popcnt < 0) {
         __builtin_cpu_init();
         popcnt = __builtin_cpu_supports("popcnt") ? 1 : 0;
     }
-    const int vec = sk_simd_active() > 0 && popcnt;
+    return sk_simd_active() > 0 && popcnt;
 #else
-    const int vec = sk_simd_active() > 0;
+    return sk_simd_active() > 0;
 #endif
+}
+
+void sk_g722_analyse(sk_g722_encoder *e, const int16_t *pcm, int npairs, int32_t *xl, int32_t *xh)
+{
+    int16_t ev[QMF_HIST + QMF_BLOCK], od[QMF_HIST + QMF_BLOCK];
     while (npairs > 0) {
         const int n = npairs < QMF_BLOCK ? npairs : QMF_BLOCK;
         qmf_load(e->x, ev, od);
@@ -458,6 +435,28 @@ void sk_g722_encode_block(sk_g722_encoder *e, const int16_t *pcm, int npairs, un
         }
         qmf_analysis(ev, od, n, xl, xh);
         qmf_keep(e->x, ev, od, n);
+        pcm += 2 * n;
+        xl += n;
+        xh += n;
+        npairs -= n;
+    }
+}
+
+void sk_g722_code(sk_g722_encoder *e, const int32_t *xl, const int32_t *xh, int n, unsigned char *out)
+{
+    if (encode_vec())
+        encode_bands_vec(e, xl, xh, n, out);
+    else
+        encode_bands_scalar(e, xl, xh, n, out);
+}
+
+void sk_g722_encode_block(sk_g722_encoder *e, const int16_t *pcm, int npairs, unsigned char *out)
+{
+    int32_t xl[QMF_BLOCK], xh[QMF_BLOCK];
+    const int vec = encode_vec();
+    while (npairs > 0) {
+        const int n = npairs < QMF_BLOCK ? npairs : QMF_BLOCK;
+        sk_g722_analyse(e, pcm, n, xl, xh);
         if (vec)
             encode_bands_vec(e, xl, xh, n, out);
         else

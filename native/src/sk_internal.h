@@ -118,3 +118,13 @@ int sk_simd_active(void);
 /* npairs pairs of 16 kHz samples -> npairs 64 kbit/s codes (no held sample), and n codes -> 2n samples. */
 void sk_g722_encode_block(sk_g722_encoder *e, const int16_t *pcm, int npairs, unsigned char *out);
 void sk_g722_decode_block(sk_g722_decoder *d, const unsigned char *in, int n, int16_t *pcm);
+/* The encoder's two stages, as sk_g722_encode_block runs them: the transmit QMF (npairs pairs -> the
+ * sub-band samples xl, xh) and the ADPCM coding of n such pairs. */
+void sk_g722_analyse(sk_g722_encoder *e, const int16_t *pcm, int npairs, int32_t *xl, int32_t *xh);
+void sk_g722_code(sk_g722_encoder *e, const int32_t *xl, const int32_t *xh, int n, unsigned char *out);
+/* sk_g722_code for SK_G722_LANES encoders at once, n pairs each, with the same codes (g722_lanes.c).
+ * Only when sk_g722_lanes_ready(): AVX2 present and the SIMD level in use >= 1. */
+#define SK_G722_LANES SK_ENC_LANES
+int sk_g722_lanes_ready(void);
+void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *const xl[SK_G722_LANES],
+                        const int32_t *const xh[SK_G722_LANES], int n, unsigned char *const out[SK_G722_LANES]);

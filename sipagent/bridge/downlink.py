@@ -140,7 +140,7 @@ class Downlink:
 
     # ---------------------------------------------------------------- audio out, and waiting for it
 
-    def frame_sent(self, payload: bytes, is_audio: bool) -> None:
+    def frame_sent(self, payload: bytes | None, is_audio: bool) -> None:
         """The media clock just sent this frame to the caller (audio or silence)."""
         self.echo(*self.media.sent_audio)  # silence too: zeros, mean square 0
         if not self.drained.is_set() and self.media.buffered_ms <= 0:

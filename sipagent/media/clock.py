@@ -22,6 +22,10 @@ period of the home grid: a frame sent early is the stream's next tick, run less 
 RTP timestamp (one frame per tick) never runs a whole period ahead of real time, and is back on it at home.
 A moved stream waits in its new phase's ``_joining`` list with the first tick it belongs to, so a move
 never costs a burst; a phase tick stays O(its streams), plus the streams joining it.
+While a phase tick runs, ``batch`` is open: a stream may stage its G.722 frame there rather than code it,
+and the batch codes the staged frames of several calls in one kernel call (eight side by side) and sends
+each, as soon as eight wait and at the end of the tick. A packet leaves at most seven other calls' ticks
+later than it would have; ``send_now`` runs outside a phase tick, so a talkspurt's first frame is coded at once.
 A tick so late that one or more whole periods passed is not replayed as a burst of packets: the missed
 deadlines are skipped and counted (``skipped_ticks``), and streams get ``elapsed > 1`` so their RTP
 timestamps keep pace with real time.
@@ -35,6 +39,8 @@ import math
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from sipagent.media.kernel import EncoderBatch
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +101,7 @@ class MediaClock:
         # instead of making every packet up to 1 ms late. (uvloop: see _delay.)
         self.wake_early = min(0.0005, interval / 10)
         self._whole_ms = False  # timers due on whole milliseconds (uvloop/libuv)
-        self.probe = probe  # if set, called with (send time - deadline) after each stream's tick (benchmarks)
+        self.probe = probe  # if set, called with (send time - deadline) after each packet sent on a tick (benchmarks)
         self.min_lead = min_lead  # send_now: a tick at most this far off is not run early
         self.min_spacing = min_spacing  # send_now: nor one this soon after the stream's previous tick
         self.early_ticks = 0  # ticks run early by send_now
@@ -115,6 +121,10 @@ class MediaClock:
         self._due: list[tuple[float, int] | None] = [None] * self.phases  # armed (deadline, k) per phase
         self.next_due = math.inf  # the earliest armed deadline (time.monotonic()), for run_due()
         self._ticking = False
+        # Open while a phase tick runs: its streams' G.722 frames are coded together, eight at a time and
+        # the rest at its end.
+        self.batch: EncoderBatch | None = None
+        self._batch = EncoderBatch()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start = 0.0
 
@@ -240,6 +250,11 @@ class MediaClock:
     def _deadline(self, phase: int, k: int) -> float:
         return self._start + phase * (self.interval / self.phases) + k * self.interval
 
+    @property
+    def batched_frames(self) -> int:
+        """Frames staged by streams during phase ticks and coded together (``batch``)."""
+        return self._batch.frames
+
     def send_now(self, stream: ClockStream) -> bool:
         """The first frame of a talkspurt is ready: run ``stream``'s next tick now, or at the first phase slot
         at the time ``first_frame_at`` allows, rather than at its phase's next deadline; the stream then
@@ -349,15 +364,23 @@ class MediaClock:
         probe = self.probe
         self._tick_deadline = deadline
         self._ticking = True
+        batch = self.batch = self._batch
+        batch.after_each = None if probe is None else lambda: probe(time.monotonic() - deadline)
         try:
             for stream in streams:
+                staged = batch.staged
                 try:
                     stream.on_tick(elapsed)
                 except Exception:
                     log.exception("media stream %r failed on tick; unregistering it", stream)
                     self.unregister(stream)
-                if probe is not None:
+                if probe is not None and batch.staged == staged:  # a staged frame is probed as it is sent
                     probe(time.monotonic() - deadline)
         finally:
+            self.batch = None
             self._ticking = False
+            try:
+                batch.run()
+            except Exception:
+                log.exception("coding this tick's frames failed")
         self._arm(loop, phase, k + 1, deadline + self.interval)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 from sipagent._kernel import ffi, lib
 from sipagent.errors import KernelError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CODECS",
@@ -22,6 +26,7 @@ __all__ = [
     "Base64Decoder",
     "Decoder24k",
     "Encoder24k",
+    "EncoderBatch",
     "FrameDecoder",
     "G722Decoder",
     "G722Encoder",
@@ -36,7 +41,7 @@ __all__ = [
     "ulaw_encode",
 ]
 
-ABI_VERSION: Final = 5
+ABI_VERSION: Final = 6
 if lib.sk_abi_version() != ABI_VERSION:  # a stale build in the package dir would misbehave silently
     raise ImportError(f"sipagent._kernel ABI {lib.sk_abi_version()} != {ABI_VERSION}: rebuild the package")
 
@@ -251,6 +256,8 @@ def _codec_id(codec: str) -> int:
 # whose cost grows with the count.
 _dec24k_push: Any = lib.sk_dec24k_push
 _enc24k_push: Any = lib.sk_enc24k_push
+_enc24k_stage: Any = lib.sk_enc24k_stage
+LANES: Final = int(lib.SK_ENC_LANES)  # G.722 frames the kernel codes side by side
 
 
 class Decoder24k:
@@ -278,15 +285,21 @@ class Decoder24k:
 
 
 class Encoder24k:
-    """24 kHz PCM16 of any length → RTP payload bytes (8000 per second); remainders carry over."""
+    """24 kHz PCM16 of any length → RTP payload bytes (8000 per second); remainders carry over.
 
-    __slots__ = ("_buf", "_cap", "_state", "_view", "codec")
+    ``encode`` codes a frame at once; ``stage`` leaves a G.722 frame's coding to an :class:`EncoderBatch`
+    run (``staged_payload`` afterwards), which codes the frames of several calls side by side.
+    """
+
+    __slots__ = ("_buf", "_cap", "_pending", "_staged", "_state", "_view", "codec")
 
     def __init__(self, codec: str) -> None:
         self.codec = codec.upper()
         self._state = ffi.new("sk_enc24k *")
         lib.sk_enc24k_init(self._state, _codec_id(codec))
         self._buf = _Buffer(960, 1 / 6, 4)
+        self._staged = 0
+        self._pending = False  # staged in an EncoderBatch that has not run yet
         self._attach()
 
     def _attach(self) -> None:
@@ -300,11 +313,97 @@ class Encoder24k:
             self._attach()
         return self._view[: _enc24k_push(self._state, pcm24k, n)]  # type: ignore[no-any-return]
 
+    def stage(self, pcm24k: bytes) -> None:
+        """``encode``, except that a G.722 frame stops before its ADPCM coding, which an
+        :class:`EncoderBatch` run does; G.711, or a frame longer than 30 ms, is coded at once."""
+        n = len(pcm24k)
+        if n > self._cap:
+            self._buf.grow(n)
+            self._attach()
+        self._staged = _enc24k_stage(self._state, pcm24k, n)
+
+    def staged_payload(self) -> bytes:
+        """The payload of the last ``stage``, once its batch has run."""
+        return self._view[: self._staged]  # type: ignore[no-any-return]
+
     @property
     def mean_square(self) -> float:
         """The mean square of the PCM of the last ``encode`` (that of :func:`mean_square`, to the bit): the
         level of what was sent, from the same kernel call."""
         return float(self._state.in_mean_square)
+
+
+class EncoderBatch:
+    """Frames of several calls coded together: each ``stage``d (:meth:`Encoder24k.stage`) and ``send``
+    told where its payload goes; ``run`` codes every staged G.722 frame in one kernel call, eight calls
+    side by side (sk_enc24k_finish: the same codes as ``encode``, 8.9 -> 3.8 µs per frame), then hands
+    each payload on in staging order. It runs by itself as soon as a full group of the kernel's lanes
+    waits, so no frame waits for more than seven others.
+
+    The media clock keeps one open through each phase tick, so the calls due at that instant share it."""
+
+    __slots__ = ("_encoders", "_ptrs", "_sends", "after_each", "frames", "staged")
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.staged = 0  # frames staged so far
+        self.frames = 0  # frames coded by runs so far
+        self.after_each: Callable[[], None] | None = None  # runs after each delivery
+        self._ptrs: Any = ffi.new("sk_enc24k *[]", capacity)
+        self._encoders: list[Encoder24k] = []
+        self._sends: list[tuple[Callable[[bytes, bytes], None], bytes] | None] = []
+
+    def __len__(self) -> int:
+        """Frames staged and not yet coded."""
+        return len(self._encoders)
+
+    def stage(self, encoder: Encoder24k, pcm24k: bytes) -> None:
+        """Stage ``encoder``'s next frame, whose destination ``send`` names next."""
+        encoders, sends = self._encoders, self._sends
+        if len(sends) < len(encoders):  # the frame staged before has no send: its stream failed in between
+            sends.append(None)  # coded all the same (its encoder stays in step), sent nowhere
+        if encoder._pending:  # its earlier frame is still here: code it first, in order
+            self.run()
+        encoder.stage(pcm24k)
+        encoder._pending = True
+        self._encoders.append(encoder)  # not ``encoders``: a run starts new lists
+        self.staged += 1
+
+    def send(self, deliver: Callable[[bytes, bytes], None], header: bytes) -> None:
+        """Once coded, the frame staged last goes to ``deliver(header, payload)``."""
+        sends = self._sends
+        if len(sends) != len(self._encoders) - 1:
+            raise KernelError("EncoderBatch.send: no staged frame waits for a destination")
+        sends.append((deliver, header))
+        if len(sends) >= LANES:
+            self.run()
+
+    def run(self) -> None:
+        """Code what is staged and deliver each payload. A delivery that raises is logged; the others
+        still go out."""
+        encoders, sends = self._encoders, self._sends
+        if not encoders:
+            return
+        if len(sends) < len(encoders):
+            sends.append(None)
+        self._encoders, self._sends = [], []
+        n = len(encoders)
+        ptrs = self._ptrs
+        if n > len(ptrs):
+            ptrs = self._ptrs = ffi.new("sk_enc24k *[]", max(n, 2 * len(ptrs)))
+        for i, encoder in enumerate(encoders):
+            ptrs[i] = encoder._state
+            encoder._pending = False
+        lib.sk_enc24k_finish(ptrs, n)
+        self.frames += n
+        for encoder, to in zip(encoders, sends, strict=True):
+            if to is None:
+                continue
+            try:
+                to[0](to[1], encoder.staged_payload())
+            except Exception:
+                log.exception("delivering a coded frame failed")
+            if self.after_each is not None:
+                self.after_each()
 
 
 _frame_push: Any = lib.sk_frame_push

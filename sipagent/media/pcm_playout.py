@@ -6,7 +6,9 @@ The queue of sipagent.media.playout, holding the model's audio as PCM rather tha
 - a codec change (a re-INVITE) re-encodes nothing: frames simply leave in the new codec (``use_codec``);
 - the frame just sent is at hand as PCM with its mean square (``sent_pcm``, ``sent_mean_square``): the
   echo reference barge-in compares the caller with, and the recording's agent side, without decoding
-  what was sent back (for G.722 that decode cost as much as the encode).
+  what was sent back (for G.722 that decode cost as much as the encode);
+- during a clock phase tick a G.722 frame is only staged (``pop_frame_staged``), and coded with the other
+  calls' frames of that tick (sipagent.media.kernel.EncoderBatch).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sipagent.media.gain import scale_pcm
-from sipagent.media.kernel import CODEC_SILENCE, Encoder24k
+from sipagent.media.kernel import CODEC_SILENCE, Encoder24k, EncoderBatch
 from sipagent.media.playout import PlayoutQueue
 
 PCM_FRAME_BYTES = 960  # 20 ms of 24 kHz PCM16
@@ -36,6 +38,7 @@ class PcmPlayout(PlayoutQueue):
         starts afresh); what is queued stays as it is."""
         self.codec = codec
         self.encoder = Encoder24k(codec)
+        self._batched = self.encoder.codec == "G722"  # coded with the tick's other calls (G.711 is too cheap to gain)
         self.wire_silence = CODEC_SILENCE[codec]
 
     def reframe(self, silence: bytes, convert: Callable[[bytes], bytes] | None = None) -> None:
@@ -55,6 +58,21 @@ class PcmPlayout(PlayoutQueue):
         self.sent_pcm = pcm
         self.sent_mean_square = encoder.mean_square
         return payload, True
+
+    def pop_frame_staged(self, batch: EncoderBatch) -> tuple[bytes | None, bool]:
+        """``pop_frame``, with a G.722 frame staged in ``batch`` (payload None) rather than coded here."""
+        if not self._batched:
+            return self.pop_frame()
+        pcm, is_audio = PlayoutQueue.pop_frame(self)
+        if not is_audio:
+            self.sent_pcm = _PCM_SILENCE
+            self.sent_mean_square = 0.0
+            return self.wire_silence, False
+        encoder = self.encoder
+        batch.stage(encoder, pcm)
+        self.sent_pcm = pcm
+        self.sent_mean_square = encoder.mean_square
+        return None, True
 
 
 __all__ = ["PCM_FRAME_BYTES", "PcmPlayout"]

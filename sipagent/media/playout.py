@@ -22,6 +22,10 @@ with a short ramp: sipagent.media.pcm_playout); with no shaper a ducked frame is
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sipagent.media.kernel import EncoderBatch
 
 Shaper = Callable[[bytes, float, float], bytes]  # (frame, gain at its start, gain at its end) -> frame
 
@@ -71,6 +75,12 @@ class PlayoutQueue:
         if self.gain != self._gain_out or self.gain != 1.0:
             return self._shape(frame), True
         return frame, True
+
+    def pop_frame_staged(self, batch: EncoderBatch) -> tuple[bytes | None, bool]:
+        """``pop_frame``, for a queue that may leave the coding of its frame to ``batch``: a payload of
+        None means the frame is staged there, and the caller names its destination (``batch.send``).
+        A queue of payloads has nothing to code: this one never stages."""
+        return self.pop_frame()
 
     def _shape(self, frame: bytes) -> bytes:
         start, self._gain_out = self._gain_out, self.gain

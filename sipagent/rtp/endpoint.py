@@ -112,7 +112,7 @@ class RtpEndpoint:
         silence: bytes = b"\xff" * 160,
         on_frame: Callable[[bytes], None] | None = None,
         on_dtmf: Callable[[str, int], None] | None = None,
-        on_sent: Callable[[bytes, bool], None] | None = None,
+        on_sent: Callable[[bytes | None, bool], None] | None = None,
         cname: str = "sipagent",
         eager: bool = False,
         rtcp_interval: float = 5.0,
@@ -134,7 +134,9 @@ class RtpEndpoint:
         self.frame_bytes = len(silence)
         self.on_frame = on_frame
         self.on_dtmf = on_dtmf
-        self.on_sent = on_sent  # told about each frame of ``playout`` put on the wire: (payload, is_audio)
+        # Told about each frame of ``playout`` put on the wire: (payload, is_audio); the payload is None for
+        # a frame staged in the clock's batch, coded (and sent) with other calls' frames of the same tick.
+        self.on_sent = on_sent
         self.cname = cname
         self.playout = playout if playout is not None else PlayoutQueue(frame_bytes=self.frame_bytes, silence=silence)
         self.jitter = JitterBuffer.from_ms(silence, jitter_ms)
@@ -506,6 +508,7 @@ class RtpEndpoint:
         self._idle_ticks += elapsed  # reset below when audio goes out
         if payload_type is not None:  # None while the peer holds the call: no RTP, only RTCP below
             event = self._dtmf_tx.next_packet(elapsed) if self.dtmf_payload_type is not None else None
+            payload: bytes | None
             if event is not None:
                 if event.first_of_event:
                     self._event_ts = self._ts
@@ -515,7 +518,11 @@ class RtpEndpoint:
                 timestamp = self._event_ts
                 self._was_audio = False  # the audio after an event starts a new talkspurt
             else:
-                payload, is_audio = self.playout.pop_frame()
+                batch = self.clock.batch  # open while the clock runs a phase tick
+                if batch is None:
+                    payload, is_audio = self.playout.pop_frame()
+                else:  # a G.722 frame may be staged there (None), coded with the other calls of this tick
+                    payload, is_audio = self.playout.pop_frame_staged(batch)
                 if self.on_sent is not None:
                     self.on_sent(payload, is_audio)
                 if is_audio:
@@ -530,20 +537,31 @@ class RtpEndpoint:
             # The 12-byte header (build_header, inlined: this runs for every packet of every call).
             seq = self._seq
             self._seq = (seq + 1) & 0xFFFF
-            packet = _pack_header(0x80, b1, seq, timestamp, self.ssrc) + payload
-            if self._crypto is not None:
-                packet = self._crypto.protect(packet)
-            try:
-                self._sock.sendto(packet, dest)
-            except OSError:  # buffer full, or ICMP unreachable from an earlier packet: drop, never block
-                self.send_errors += 1
+            header = _pack_header(0x80, b1, seq, timestamp, self.ssrc)
+            if payload is None:  # staged: sent once the clock's batch is coded, within this phase tick
+                assert batch is not None
+                batch.send(self._send_packet, header)
             else:
-                self.packets_sent += 1
-                self.octets_sent += len(payload)
+                self._send_packet(header, payload)
         self._rtcp_countdown -= elapsed
         if self._rtcp_countdown <= 0:
             self._rtcp_countdown = self._rtcp_ticks
             self._send_rtcp()
+
+    def _send_packet(self, header: bytes, payload: bytes) -> None:
+        dest = self._latch.source
+        if dest is None or self._closed:
+            return
+        packet = header + payload
+        if self._crypto is not None:
+            packet = self._crypto.protect(packet)
+        try:
+            self._sock.sendto(packet, dest)
+        except OSError:  # buffer full, or ICMP unreachable from an earlier packet: drop, never block
+            self.send_errors += 1
+        else:
+            self.packets_sent += 1
+            self.octets_sent += len(payload)
 
     def _tick_eager(self, elapsed: int) -> None:
         """Conceal the next frame once it is ``depth`` ticks overdue, one per tick from then on, so the

@@ -9,10 +9,13 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import numpy as np
 import pytest
 
 from sipagent.errors import RtpError
 from sipagent.media.clock import MediaClock
+from sipagent.media.kernel import CODEC_SILENCE, Encoder24k
+from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.rtp.dtmf import TelephoneEvent
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.packet import RtpPacket
@@ -772,3 +775,47 @@ def test_srtp_between_endpoints_rekey_and_hostile_packets() -> None:
             b.close()
 
     run(body)
+
+
+def test_g722_calls_on_one_clock_phase_are_coded_together_with_their_own_codes() -> None:
+    # Nine G.722 calls due at the same instant: their frames are coded side by side at the end of each
+    # phase tick (EncoderBatch), and each call's packets still carry exactly its own encoder's codes, in
+    # order, one per 20 ms, whether a frame went out on a tick or first, at once (start_talkspurt).
+    rng = np.random.default_rng(5)
+    audio = [np.asarray(rng.normal(0, 2000 * (c + 1), 480 * 25), dtype="<i2").tobytes() for c in range(9)]
+
+    async def main() -> None:
+        clock = MediaClock(phases=1)
+        clock.start()
+        peers = [Peer() for _ in audio]
+        eps = [RtpEndpoint(clock, allocator(), bind_host=HOST, silence=CODEC_SILENCE["G722"],
+                           playout=PcmPlayout("G722")) for _ in audio]
+        try:
+            for ep, peer, pcm in zip(eps, peers, audio, strict=True):
+                ep.set_remote(HOST, peer.port, 9)
+                ep.playout.push(pcm)
+                ep.start_talkspurt()
+            got: list[list[RtpPacket]] = [[] for _ in audio]
+
+            def all_sent() -> bool:
+                for packets, peer in zip(got, peers, strict=True):
+                    packets.extend(peer.received())
+                return all(sum(p.payload != CODEC_SILENCE["G722"] for p in packets) >= 25 for packets in got)
+
+            await until(all_sent)
+            assert clock.batched_frames >= 9 * 20  # most frames were coded together
+            for packets, pcm in zip(got, audio, strict=True):
+                encoder = Encoder24k("G722")
+                want = [encoder.encode(pcm[i : i + 960]) for i in range(0, len(pcm), 960)]
+                sent = [p.payload for p in packets if p.payload != CODEC_SILENCE["G722"]]
+                assert sent[:25] == want
+                assert all(seq_diff(b.sequence, a.sequence) == 1 for a, b in itertools.pairwise(packets))
+                assert all(ts_diff(b.timestamp, a.timestamp) == 160 for a, b in itertools.pairwise(packets))
+        finally:
+            for ep in eps:
+                ep.close()
+            for peer in peers:
+                peer.close()
+            clock.stop()
+
+    asyncio.run(main())

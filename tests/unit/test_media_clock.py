@@ -8,10 +8,12 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
 import sipagent.media.clock as clock_mod
 from sipagent.media.clock import MediaClock, first_frame_at, first_slot_after, nearest_slot
+from sipagent.media.kernel import Encoder24k
 
 MS = 0.001
 
@@ -210,3 +212,66 @@ def test_unregister_while_moved(env: tuple[MediaClock, FakeTime, FakeLoop]) -> N
     clock.register(a)  # registers again at the least loaded home
     loop.run_until(t.now + 0.05)
     assert len(a.ticks) > n
+
+
+class StagingStream(Stream):
+    """A G.722 call's tick reduced to what the clock sees: its frame staged in the open batch, or coded at
+    once when no batch is open (send_now); ``fail`` raises after staging, as a broken stream would."""
+
+    def __init__(self, t: FakeTime, clock: MediaClock, audio: list[bytes]) -> None:
+        super().__init__(t)
+        self.clock, self.audio = clock, audio
+        self.encoder = Encoder24k("G722")
+        self.sent: list[tuple[float, bytes, bool]] = []  # (time, payload, batched)
+        self.fail = False
+
+    def on_tick(self, elapsed: int) -> None:
+        super().on_tick(elapsed)
+        frame = self.audio[len(self.ticks) - 1]
+        batch = self.clock.batch
+        if batch is None:
+            self.sent.append((self.t.now, self.encoder.encode(frame), False))
+            return
+        batch.stage(self.encoder, frame)
+        if self.fail:
+            raise RuntimeError("stream broken between stage and send")
+        batch.send(lambda header, payload: self.sent.append((self.t.now, payload, True)), b"")
+
+
+def test_a_phase_ticks_g722_frames_are_coded_together_and_sent_within_the_tick(
+        env: tuple[MediaClock, FakeTime, FakeLoop]) -> None:
+    clock, t, loop = env
+    probed: list[float] = []
+    clock.probe = probed.append
+    rng = np.random.default_rng(3)
+    audio = [[np.asarray(rng.normal(0, 3000, 480), dtype="<i2").tobytes() for _ in range(30)] for _ in range(11)]
+    streams = [StagingStream(t, clock, a) for a in audio]
+    for s in streams:
+        clock.register(s)
+    plain = Stream(t)  # stages nothing: probed after its own tick
+    clock.register(plain)
+    assert clock.batch is None
+    loop.run_until(t.now + 0.1)
+    assert clock.batch is None  # open only while a phase tick runs
+    broken = streams[4]
+    broken.fail = True  # unregistered by the clock; its staged frame is coded, never sent
+    loop.run_until(t.now + 0.02)
+    late = streams[7]
+    loop.run_until(late.ticks[-1][0] + 7.3 * MS)
+    assert clock.send_now(late)  # outside a phase tick: coded and sent at once
+    loop.run_until(t.now + 0.1)
+
+    for s, a in zip(streams, audio, strict=True):
+        reference = Encoder24k("G722")
+        want = [reference.encode(frame) for frame in a[: len(s.ticks)]]
+        got = [payload for _, payload, _ in s.sent]
+        if s is broken:
+            assert got == want[:-1]  # the frame of the tick that raised went nowhere
+        else:
+            assert got == want
+            # Sent within the tick that staged it (the fake time stands still during a tick).
+            assert [at for at, _, _ in s.sent] == [at for at, _ in s.ticks]
+    assert [batched for _, _, batched in late.sent].count(False) == 1
+    assert clock.batched_frames >= 11 * 9
+    batched_sends = sum(batched for s in streams for _, _, batched in s.sent)
+    assert len(probed) == batched_sends + len(plain.ticks)  # once per packet, as it is sent
