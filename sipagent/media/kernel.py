@@ -315,7 +315,7 @@ class Encoder24k:
 
     def stage(self, pcm24k: bytes) -> None:
         """``encode``, except that a G.722 frame stops before its ADPCM coding, which an
-        :class:`EncoderBatch` run does; G.711, or a frame longer than 30 ms, is coded at once."""
+        :class:`EncoderBatch` run does; G.711, or more than 1500 bytes (31 ms), is coded at once."""
         n = len(pcm24k)
         if n > self._cap:
             self._buf.grow(n)
