@@ -150,11 +150,17 @@ size_t sk_enc24k_run(sk_enc24k *e, const unsigned char *pcm, size_t nbytes, unsi
     return enc24k_run(e, pcm, nbytes, out, 0);
 }
 
+/* n staged pairs coded into ->out by the per-call coder. */
+static void code_pairs(sk_enc24k *e, int n)
+{
+    sk_g722_code(&e->g722, e->stage_xl, e->stage_xh, n, e->out);
+}
+
 static void code_staged(sk_enc24k *e)
 {
     const int n = e->staged;
     e->staged = 0;
-    sk_g722_code(&e->g722, e->stage_xl, e->stage_xh, n, e->out);
+    code_pairs(e, n);
 }
 
 size_t sk_enc24k_stage(sk_enc24k *e, const unsigned char *pcm, size_t nbytes)
@@ -175,7 +181,7 @@ size_t sk_enc24k_stage(sk_enc24k *e, const unsigned char *pcm, size_t nbytes)
 static void finish_group(sk_enc24k *const *group, int count, int n)
 {
     if (count == 1) { /* alone: the eight lanes cost nearly twice one call's own coding */
-        sk_g722_code(&group[0]->g722, group[0]->stage_xl, group[0]->stage_xh, n, group[0]->out);
+        code_pairs(group[0], n);
         return;
     }
     static const int32_t silence[SK_ENC_STAGE];

@@ -453,14 +453,10 @@ void sk_g722_code(sk_g722_encoder *e, const int32_t *xl, const int32_t *xh, int 
 void sk_g722_encode_block(sk_g722_encoder *e, const int16_t *pcm, int npairs, unsigned char *out)
 {
     int32_t xl[QMF_BLOCK], xh[QMF_BLOCK];
-    const int vec = encode_vec();
     while (npairs > 0) {
         const int n = npairs < QMF_BLOCK ? npairs : QMF_BLOCK;
         sk_g722_analyse(e, pcm, n, xl, xh);
-        if (vec)
-            encode_bands_vec(e, xl, xh, n, out);
-        else
-            encode_bands_scalar(e, xl, xh, n, out);
+        sk_g722_code(e, xl, xh, n, out);
         pcm += 2 * n;
         out += n;
         npairs -= n;
