@@ -70,15 +70,20 @@ async def _registered(kamailio: Kamailio, user: str) -> UserAgent:
 def test_dial_answered_with_rtp_both_ways(kamailio: Kamailio, tmp_path: Path, baresip_available: None) -> None:
     async def scenario() -> None:
         ua = await _registered(kamailio, "5101")
-        phone = Baresip(tmp_path / "phone", "5102", kamailio.address, answer=True, codecs=["PCMU"], record=True)
+        # The phone answers only once its ringing has reached us: Kamailio's two UDP workers may relay a
+        # 180 and a 200 sent back to back in either order, and a 1xx after the 200 is rightly ignored.
+        phone = Baresip(tmp_path / "phone", "5102", kamailio.address, codecs=["PCMU"], record=True)
         await phone.start()
         rtp_port = free_port()
         loop = asyncio.get_running_loop()
         transport, sink = await loop.create_datagram_endpoint(RtpSink, local_addr=("127.0.0.1", rtp_port))
         progress: list[int] = []
         try:
-            call = await ua.dial("5102", rtp_port=rtp_port, ring_timeout=15,
-                                 on_progress=lambda status, media: progress.append(status))
+            dialing = asyncio.ensure_future(ua.dial("5102", rtp_port=rtp_port, ring_timeout=15,
+                                                    on_progress=lambda status, media: progress.append(status)))
+            assert await wait_until(lambda: any(100 < status < 200 for status in progress), 10), progress
+            await phone.accept()
+            call = await dialing
             assert isinstance(call, OutgoingCall) and call.state == "confirmed"
             assert call.media is not None and call.media.codec == "PCMU"
             assert "5101" in call.from_uri and "5102" in call.to_uri and call.account == "5101"
@@ -94,6 +99,7 @@ def test_dial_answered_with_rtp_both_ways(kamailio: Kamailio, tmp_path: Path, ba
             assert call.end_reason == "local-bye" and call.ended.is_set()
             assert await phone.wait_event("CALL_CLOSED", 10), phone.event_types()
         finally:
+            dialing.cancel()
             transport.close()
             await phone.close()
             await ua.stop()
