@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sipagent.media.kernel import CODEC_SILENCE
+from sipagent.media.kernel import CODEC_SILENCE, DecoderBatch, FrameDecoder
 from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.media.playout import PlayoutQueue
 from sipagent.testing.caller import SipCaller
@@ -362,11 +362,34 @@ class AgentProcess:
         self.stop()
 
 
+class TimedDecoderBatch(DecoderBatch):
+    """The media clock's ``received`` batch, noting how long the first frame of each run waited in it: what
+    decoding caller frames together adds to their handling (at most, for that run's frames)."""
+
+    __slots__ = ("_first", "_state")
+
+    def __init__(self, state: _Observed) -> None:
+        super().__init__()
+        self._state = state
+        self._first = 0.0
+
+    def stage(self, decoder: FrameDecoder, payload: bytes, then: Callable[[float], None]) -> None:
+        if not self._decoders:
+            self._first = time.monotonic()
+        super().stage(decoder, payload, then)
+
+    def run(self) -> None:
+        if self._decoders:
+            self._state.decode_waits.append(time.monotonic() - self._first)
+        super().run()
+
+
 class _Observed:
     """State shared by the probe (on the agent's loop) and the control thread."""
 
     def __init__(self) -> None:
         self.devs: list[float] = []
+        self.decode_waits: list[float] = []  # see TimedDecoderBatch
         self.underruns = 0
         self.underrun_frames = 0
         self.audio_frames = 0
@@ -395,9 +418,10 @@ class _Observed:
         return self.deviation if os.environ.get("SIPAGENT_BENCH_LATE") else self.devs.append
 
     async def report(self, reset: bool) -> dict[str, Any]:
-        devs = self.devs[:]
+        devs, waits = self.devs[:], self.decode_waits
         if reset:
             self.devs.clear()  # in place: the clock holds its append
+            self.decode_waits = []
         agent = self.agent
         figures: dict[str, Any] = {
             "dev": percentiles_ms(devs, (50, 90, 99, 99.9)),
@@ -406,6 +430,9 @@ class _Observed:
             "tasks": len(asyncio.all_tasks()),
             "bridges": len(agent.bridges), "streams": agent.clock.streams,
             "late_ticks": agent.clock.late_ticks, "skipped_ticks": agent.clock.skipped_ticks,
+            # G.722 caller frames decoded together, and in how many runs (mean frames per run)
+            "decoded_together": [agent.clock.received.frames, agent.clock.received.runs],
+            "decode_wait": percentiles_ms(waits, (50, 99, 99.9)),
             "ports_in_use": agent.ports.in_use, "calls_total": agent.stats.calls_total,
             "outcomes": dict(agent.stats.outcomes),
             "gc_collections": [g["collections"] for g in gc.get_stats()],
@@ -486,6 +513,7 @@ def _agent_main(config_path: str) -> int:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.clock.probe = state.probe()
+            self.clock.received = TimedDecoderBatch(state)
             state.agent = self
 
         async def start(self) -> None:

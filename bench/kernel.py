@@ -68,11 +68,16 @@ LANES = 8  # calls per batch in "ours/x8": one group of the kernel's G.722 lanes
 
 
 def ours_batched(codec: str) -> Chain:
-    """ours, each outbound frame coded together with the same frame of LANES - 1 other calls (EncoderBatch,
-    as the media clock codes the calls of one phase tick): one outbound step is a frame for each of
-    LANES calls, so its time is divided by LANES below."""
+    """ours, each frame handled together with the same frame of LANES - 1 other calls: outbound coded in an
+    EncoderBatch (as the media clock codes the calls of one phase tick), inbound decoded in a DecoderBatch
+    (as the clock's ``received`` decodes the frames of one event-loop pass; its FrameDecoders also give each
+    frame's level, which Decoder24k does not). One step is a frame for each of LANES calls, so its time is
+    divided by LANES below."""
     encoders = [kernel.Encoder24k(codec) for _ in range(LANES)]
     batch = kernel.EncoderBatch()
+    decoders = [kernel.FrameDecoder(codec) for _ in range(LANES)]
+    received = kernel.DecoderBatch()
+    received.schedule = lambda run: None  # run below, as the end of the loop's pass would
 
     def nowhere(header: bytes, payload: bytes) -> None:
         pass
@@ -84,7 +89,16 @@ def ours_batched(codec: str) -> Chain:
         batch.run()
         return encoders[0].staged_payload()
 
-    return kernel.Decoder24k(codec).decode, outbound
+    def ignore(mean_square: float) -> None:
+        pass
+
+    def inbound(payload: bytes) -> bytes:
+        for decoder in decoders:
+            received.stage(decoder, payload, ignore)
+        received.run()
+        return decoders[0].pcm
+
+    return inbound, outbound
 
 
 def audioop_chain(codec: str, audioop: Any) -> Chain | None:
@@ -354,6 +368,7 @@ def main() -> None:
             kernel.simd_level(0 if name == "ours/sse2" else -1)  # baseline build vs runtime-dispatched AVX2
             t_in, t_out = per_frame_us(chain[0], payloads), per_frame_us(chain[1], frames24)
             if name == "ours/x8":
+                t_in /= LANES
                 t_out /= LANES
             kernel.simd_level()
             if name == "ours":

@@ -493,6 +493,7 @@ class Agent:
             audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
             metrics=self.metrics, rtp_timeout_s=self.config.media.rtp_timeout_s,
             context_defaults=self.config.context.template_defaults, dialer=self._dial_human,
+            frames=self.clock.received,
         )
 
     async def _dial_human(self, uri: str, ring_timeout: float) -> HumanCallLeg:

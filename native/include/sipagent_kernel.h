@@ -9,7 +9,7 @@
  * with the *_max_out helpers (or the bounds documented next to each function).
  */
 
-#define SK_ABI_VERSION 6
+#define SK_ABI_VERSION 7
 #define SK_RS_MAX_TAPS 96
 #define SK_RS_CHUNK 512
 
@@ -154,6 +154,9 @@ typedef struct {
     unsigned char *text;   /* caller-owned: head_len + 8 * n + 4 + tail_len bytes for n payload bytes */
     size_t pcm_len;        /* bytes in dec.out after the last push */
     size_t text_len;       /* bytes in text after the last push */
+    double mean_square;    /* of the PCM of the last payload decoded (what sk_frame_push returns) */
+    int32_t staged;        /* G.722 payload bytes waiting for sk_frame_finish (sk_frame_stage) */
+    unsigned char stage[256]; /* those bytes (SK_DEC_STAGE) */
 } sk_frame_decoder;
 
 /* Returns 0, or -1 for an unknown codec or text mode, or a head/tail longer than the maximum. Clears the
@@ -163,6 +166,15 @@ int sk_frame_decoder_init(sk_frame_decoder *f, int codec, int text_of, const uns
 /* Decodes a payload into dec.out exactly as sk_dec24k_push, writes the text (head, standard base64 with
  * padding, tail) unless SK_TEXT_NONE, and returns the mean square of the decoded PCM (sk_mean_square). */
 double sk_frame_push(sk_frame_decoder *f, const unsigned char *payload, size_t n);
+/* The same frame of many calls, decoded together: sk_frame_stage keeps a G.722 payload of at most
+ * SK_DEC_STAGE bytes in the state (->staged) and returns 1; any other payload it decodes at once as
+ * sk_frame_push, returning 0. sk_frame_finish then decodes every staged state of the list, eight calls'
+ * ADPCM side by side where the CPU allows, into the outputs sk_frame_push would have given (dec.out,
+ * text, ->mean_square), each frame's mean square also in mean_squares[i]. A state staged or pushed again
+ * before its finish has its staged payload decoded first, so that its outputs are overwritten in order. */
+#define SK_DEC_STAGE 256
+int sk_frame_stage(sk_frame_decoder *f, const unsigned char *payload, size_t n);
+void sk_frame_finish(sk_frame_decoder *const *frames, int count, double *mean_squares);
 /* Standard base64 (RFC 4648, '+' '/', '=' padding) of n bytes: writes 4 * ceil(n / 3) bytes. */
 size_t sk_base64(const unsigned char *in, size_t n, unsigned char *out);
 

@@ -21,9 +21,9 @@ int sk_frame_decoder_init(sk_frame_decoder *f, int codec, int text_of, const uns
     return sk_dec24k_init(&f->dec, codec);
 }
 
-double sk_frame_push(sk_frame_decoder *f, const unsigned char *payload, size_t n)
+/* The text and level of the payload just decoded into dec.out (pcm_len bytes). */
+static double frame_done(sk_frame_decoder *f, const unsigned char *payload, size_t n)
 {
-    f->pcm_len = sk_dec24k_push(&f->dec, payload, n);
     if (f->text_of != SK_TEXT_NONE) {
         /* head and tail are copied every time (a few dozen bytes): the caller may move the buffer */
         unsigned char *t = f->text;
@@ -33,5 +33,114 @@ double sk_frame_push(sk_frame_decoder *f, const unsigned char *payload, size_t n
         memcpy(t, f->tail, (size_t)f->tail_len);
         f->text_len = (size_t)(t - f->text) + (size_t)f->tail_len;
     }
-    return sk_mean_square(f->dec.out, f->pcm_len >> 1);
+    return f->mean_square = sk_mean_square(f->dec.out, f->pcm_len >> 1);
+}
+
+static double decode_now(sk_frame_decoder *f, const unsigned char *payload, size_t n)
+{
+    f->pcm_len = sk_dec24k_push(&f->dec, payload, n);
+    return frame_done(f, payload, n);
+}
+
+static void decode_staged(sk_frame_decoder *f)
+{
+    const size_t n = (size_t)f->staged;
+    f->staged = 0;
+    decode_now(f, f->stage, n);
+}
+
+double sk_frame_push(sk_frame_decoder *f, const unsigned char *payload, size_t n)
+{
+    if (f->staged > 0)
+        decode_staged(f);
+    return decode_now(f, payload, n);
+}
+
+int sk_frame_stage(sk_frame_decoder *f, const unsigned char *payload, size_t n)
+{
+    if (f->staged > 0)
+        decode_staged(f);
+    if (f->dec.codec != SK_CODEC_G722 || n == 0 || n > SK_DEC_STAGE) {
+        decode_now(f, payload, n);
+        return 0;
+    }
+    memcpy(f->stage, payload, n);
+    f->staged = (int32_t)n;
+    return 1;
+}
+
+/* A staged payload is decoded in one pass of the fused decoder (sk_dec24k_bands). */
+typedef char sk_stage_fits_one_pass[(SK_DEC_STAGE <= SK_DEC_CHUNK) ? 1 : -1];
+
+/* Decodes one group of staged states with equal counts (n codes each): side by side, the lanes that no
+ * call fills given an idle decoder of their own, whose outputs are dropped. */
+static void finish_group(sk_frame_decoder *const *group, int count, int n)
+{
+    if (count <= 2) { /* the eight lanes cost about as much as two calls' own decoding */
+        for (int l = 0; l < count; l++)
+            decode_now(group[l], group[l]->stage, (size_t)n);
+        return;
+    }
+    static const unsigned char idle_codes[SK_DEC_STAGE];
+    sk_g722_decoder idle[SK_G722_LANES];
+    int16_t ev[SK_G722_LANES][SK_G722_QMF_HIST + SK_DEC_STAGE], od[SK_G722_LANES][SK_G722_QMF_HIST + SK_DEC_STAGE];
+    sk_g722_decoder *dec[SK_G722_LANES];
+    const unsigned char *in[SK_G722_LANES];
+    int16_t *ev_at[SK_G722_LANES], *od_at[SK_G722_LANES];
+    for (int l = 0; l < SK_G722_LANES; l++) {
+        if (l < count) {
+            dec[l] = &group[l]->dec.g722;
+            in[l] = group[l]->stage;
+        } else {
+            sk_g722_decoder_init(&idle[l]);
+            dec[l] = &idle[l];
+            in[l] = idle_codes;
+        }
+        ev_at[l] = ev[l] + SK_G722_QMF_HIST;
+        od_at[l] = od[l] + SK_G722_QMF_HIST;
+    }
+    sk_g722_decode_lanes(dec, in, n, ev_at, od_at);
+    for (int l = 0; l < count; l++) {
+        sk_frame_decoder *f = group[l];
+        f->pcm_len = sk_dec24k_bands(&f->dec, ev[l], od[l], n, f->dec.out);
+        frame_done(f, f->stage, (size_t)n);
+    }
+}
+
+static void finish_lanes(sk_frame_decoder *const *frames, int count)
+{
+    sk_frame_decoder *group[SK_G722_LANES];
+    int g = 0, n0 = 0;
+    for (int i = 0; i < count; i++) {
+        sk_frame_decoder *f = frames[i];
+        const int n = f->staged;
+        if (n <= 0)
+            continue; /* nothing staged, or listed twice */
+        f->staged = 0; /* listed twice, it is not taken again */
+        if (g > 0 && n != n0) {
+            finish_group(group, g, n0);
+            g = 0;
+        }
+        group[g++] = f;
+        n0 = n;
+        if (g == SK_G722_LANES) {
+            finish_group(group, g, n0);
+            g = 0;
+        }
+    }
+    if (g > 0)
+        finish_group(group, g, n0);
+}
+
+void sk_frame_finish(sk_frame_decoder *const *frames, int count, double *mean_squares)
+{
+    if (!sk_g722_lanes_ready()) {
+        for (int i = 0; i < count; i++)
+            if (frames[i]->staged > 0)
+                decode_staged(frames[i]);
+    } else {
+        finish_lanes(frames, count);
+    }
+    for (int i = 0; i < count; i++)
+        mean_squares[i] = frames[i]->mean_square;
 }

@@ -28,38 +28,48 @@ int sk_enc24k_init(sk_enc24k *e, int codec)
     return -1;
 }
 
+/* The c samples staged in d's resampler -> 24 kHz PCM16 at out; returns the bytes written. */
+static size_t commit_out(sk_dec24k *d, int c, unsigned char *out)
+{
+#ifdef SK_LITTLE_ENDIAN
+    if (((uintptr_t)out & 1) == 0) /* straight into place: no copy through res */
+        return 2 * sk_rs_commit(&d->rs, c, (int16_t *)(void *)out);
+#endif
+    int16_t res[3 * SK_RS_CHUNK + 4];
+    const size_t k = sk_rs_commit(&d->rs, c, res);
+    store_pcm(out, res, k);
+    return 2 * k;
+}
+
+size_t sk_dec24k_bands(sk_dec24k *d, int16_t *ev, int16_t *od, int c, unsigned char *out)
+{
+    int16_t pcm16[SK_RS_CHUNK];
+    sk_g722_synthesise(&d->g722, ev, od, c, pcm16);
+    float *stage = sk_rs_stage(&d->rs);
+    for (int i = 0; i < 2 * c; i++)
+        stage[i] = (float)pcm16[i];
+    return commit_out(d, 2 * c, out);
+}
+
 size_t sk_dec24k_run(sk_dec24k *d, const unsigned char *payload, size_t n, unsigned char *out)
 {
-    int16_t res[3 * SK_RS_CHUNK + 4];
-    float *stage = sk_rs_stage(&d->rs);
     const int g722 = d->codec == SK_CODEC_G722;
-    const size_t per = g722 ? SK_RS_CHUNK / 2 : SK_RS_CHUNK; /* payload bytes per staged chunk */
+    const size_t per = g722 ? SK_DEC_CHUNK : SK_RS_CHUNK; /* payload bytes per staged chunk */
     size_t written = 0;
     while (n > 0) {
-        int c = n < per ? (int)n : (int)per;
+        const int c = n < per ? (int)n : (int)per;
         if (g722) {
-            int16_t *pcm16 = res; /* 2c <= SK_RS_CHUNK samples, free until the commit below */
-            sk_g722_decode_block(&d->g722, payload, c, pcm16);
-            for (int i = 0; i < 2 * c; i++)
-                stage[i] = (float)pcm16[i];
+            int16_t ev[SK_G722_QMF_HIST + SK_DEC_CHUNK], od[SK_G722_QMF_HIST + SK_DEC_CHUNK];
+            sk_g722_decode_bands(&d->g722, payload, c, ev + SK_G722_QMF_HIST, od + SK_G722_QMF_HIST);
+            written += sk_dec24k_bands(d, ev, od, c, out + written);
         } else {
-            sk_g711_floats(payload, c, stage, d->codec == SK_CODEC_PCMA);
+            sk_g711_floats(payload, c, sk_rs_stage(&d->rs), d->codec == SK_CODEC_PCMA);
+            written += commit_out(d, c, out + written);
         }
-        size_t k;
-#ifdef SK_LITTLE_ENDIAN
-        if (((uintptr_t)out & 1) == 0) /* straight into place: no copy through res */
-            k = sk_rs_commit(&d->rs, g722 ? 2 * c : c, (int16_t *)(void *)(out + 2 * written));
-        else
-#endif
-        {
-            k = sk_rs_commit(&d->rs, g722 ? 2 * c : c, res);
-            store_pcm(out + 2 * written, res, k);
-        }
-        written += k;
         payload += c;
         n -= (size_t)c;
     }
-    return 2 * written;
+    return written;
 }
 
 /* G.722 pairs coded at once into out + at, or (stage) their sub-band samples left at stage_xl/xh + at. */

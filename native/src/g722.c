@@ -221,8 +221,8 @@ void sk_g722_decoder_init(sk_g722_decoder *d)
 /* The QMFs over a block: the 24-tap window of pair k holds pairs k-11..k, even samples in ev[k..k+11]
  * and odd ones in od[k..k+11] (11 pairs of history first). Integer sums, exact in any order, so the
  * loop runs across outputs and vectorises; the serial ADPCM loop only sees xl/xh or rl +- rh. */
-#define QMF_HIST 11
-#define QMF_BLOCK 256
+#define QMF_HIST SK_G722_QMF_HIST
+#define QMF_BLOCK SK_G722_QMF_BLOCK
 
 SK_INLINE void qmf_load(const int32_t x[24], int16_t *ev, int16_t *od)
 {
@@ -498,19 +498,28 @@ SK_VEC_TARGET static void decode_bands_vec(sk_g722_decoder *dec, const unsigned 
     decode_bands(dec, in, n, ev, od, 1);
 }
 
+void sk_g722_decode_bands(sk_g722_decoder *dec, const unsigned char *in, int n, int16_t *ev, int16_t *od)
+{
+    if (sk_simd_active() > 0)
+        decode_bands_vec(dec, in, n, ev, od);
+    else
+        decode_bands_scalar(dec, in, n, ev, od);
+}
+
+void sk_g722_synthesise(sk_g722_decoder *dec, int16_t *ev, int16_t *od, int n, int16_t *pcm)
+{
+    qmf_load(dec->x, ev, od);
+    qmf_synthesis(ev, od, n, pcm);
+    qmf_keep(dec->x, ev, od, n);
+}
+
 void sk_g722_decode_block(sk_g722_decoder *dec, const unsigned char *in, int n_codes, int16_t *pcm)
 {
     int16_t ev[QMF_HIST + QMF_BLOCK], od[QMF_HIST + QMF_BLOCK];
-    const int vec = sk_simd_active() > 0;
     while (n_codes > 0) {
         const int n = n_codes < QMF_BLOCK ? n_codes : QMF_BLOCK;
-        qmf_load(dec->x, ev, od);
-        if (vec)
-            decode_bands_vec(dec, in, n, ev + QMF_HIST, od + QMF_HIST);
-        else
-            decode_bands_scalar(dec, in, n, ev + QMF_HIST, od + QMF_HIST);
-        qmf_synthesis(ev, od, n, pcm);
-        qmf_keep(dec->x, ev, od, n);
+        sk_g722_decode_bands(dec, in, n, ev + QMF_HIST, od + QMF_HIST);
+        sk_g722_synthesise(dec, ev, od, n, pcm);
         in += n;
         pcm += 2 * n;
         n_codes -= n;

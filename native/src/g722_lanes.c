@@ -41,6 +41,13 @@ void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *
     for (int l = 0; l < SK_G722_LANES; l++)
         sk_g722_code(e[l], xl[l], xh[l], n, out[l]);
 }
+
+void sk_g722_decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], const unsigned char *const in[SK_G722_LANES], int n,
+                          int16_t *const ev[SK_G722_LANES], int16_t *const od[SK_G722_LANES])
+{
+    for (int l = 0; l < SK_G722_LANES; l++)
+        sk_g722_decode_bands(d[l], in[l], n, ev[l], od[l]);
+}
 #else
 #include <immintrin.h>
 
@@ -294,6 +301,74 @@ LANES_FN void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const 
         for (int l = 0; l < SK_G722_LANES; l++)
             for (int k = 0; k < m; k++)
                 out[l][k0 + k] = (unsigned char)codes[k][l];
+    }
+    band_scatter(low, &lo, lo_ring, n);
+    band_scatter(high, &hi, hi_ring, n);
+}
+
+/* The decoder's serial loop (decode_bands of g722.c) for eight calls: no quantiser, the lower band's
+ * output from the 6-bit inverse quantiser, and the receive QMF's inputs rl + rh and rl - rh per call. */
+LANES_FN void sk_g722_decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], const unsigned char *const in[SK_G722_LANES],
+                                   int n, int16_t *const ev[SK_G722_LANES], int16_t *const od[SK_G722_LANES])
+{
+    sk_g722_band *low[SK_G722_LANES], *high[SK_G722_LANES];
+    for (int l = 0; l < SK_G722_LANES; l++) {
+        low[l] = &d[l]->low;
+        high[l] = &d[l]->high;
+    }
+    lane_band lo, hi;
+    v8 lo_ring[8], hi_ring[8];
+    band_gather(&lo, low, lo_ring);
+    band_gather(&hi, high, hi_ring);
+
+    v8 qm4_t[2], wl_t[2], ilb_t[4];
+    int wl4[16];
+    for (int i = 0; i < 16; i++)
+        wl4[i] = wl[rl42[i]];
+    for (int h = 0; h < 2; h++) {
+        qm4_t[h] = _mm256_loadu_si256((const __m256i *)(qm4 + 8 * h));
+        wl_t[h] = _mm256_loadu_si256((const __m256i *)(wl4 + 8 * h));
+    }
+    for (int h = 0; h < 4; h++)
+        ilb_t[h] = _mm256_loadu_si256((const __m256i *)(ilb + 8 * h));
+    const v8 qm2_t = _mm256_setr_epi32(qm2[0], qm2[1], qm2[2], qm2[3], 0, 0, 0, 0);
+    const v8 wh_t = _mm256_setr_epi32(wh[rh2[0]], wh[rh2[1]], wh[rh2[2]], wh[rh2[3]], 0, 0, 0, 0);
+
+    for (int k0 = 0; k0 < n; k0 += LANES_BLOCK) {
+        const int m = n - k0 < LANES_BLOCK ? n - k0 : LANES_BLOCK;
+        int32_t codes[LANES_BLOCK][SK_G722_LANES] __attribute__((aligned(32)));
+        int32_t sum[LANES_BLOCK][SK_G722_LANES] __attribute__((aligned(32)));
+        int32_t dif[LANES_BLOCK][SK_G722_LANES] __attribute__((aligned(32)));
+        for (int l = 0; l < SK_G722_LANES; l++)
+            for (int k = 0; k < m; k++)
+                codes[k][l] = in[l][k0 + k];
+        for (int k = 0; k < m; k++) {
+            const v8 code = _mm256_load_si256((const __m256i *)codes[k]);
+            const v8 il = _mm256_and_si256(code, k8(0x3F)), ih = _mm256_srli_epi32(code, 6);
+
+            /* Lower band */
+            const v8 rl = clampv(_mm256_add_epi32(lo.s, det_mul15(lo.det, _mm256_i32gather_epi32(qm6, il, 4))),
+                                 -16384, 16383);
+            const v8 ril = _mm256_srai_epi32(il, 2);
+            const v8 dl = det_mul15(lo.det, lut16(qm4_t, ril));
+            adapt_scale_v(&lo, lut16(wl_t, ril), 18432, 8, ilb_t);
+            predictor_update_v(&lo, dl);
+            lo_ring[(k0 + k) & 7] = dl;
+
+            /* Higher band */
+            const v8 dh = det_mul15(hi.det, _mm256_permutevar8x32_epi32(qm2_t, ih));
+            const v8 rh = clampv(_mm256_add_epi32(hi.s, dh), -16384, 16383);
+            adapt_scale_v(&hi, _mm256_permutevar8x32_epi32(wh_t, ih), 22528, 10, ilb_t);
+            predictor_update_v(&hi, dh);
+            hi_ring[(k0 + k) & 7] = dh;
+            _mm256_store_si256((__m256i *)sum[k], _mm256_add_epi32(rl, rh));
+            _mm256_store_si256((__m256i *)dif[k], _mm256_sub_epi32(rl, rh));
+        }
+        for (int l = 0; l < SK_G722_LANES; l++)
+            for (int k = 0; k < m; k++) {
+                ev[l][k0 + k] = (int16_t)sum[k][l]; /* |rl +- rh| <= 32767 */
+                od[l][k0 + k] = (int16_t)dif[k][l];
+            }
     }
     band_scatter(low, &lo, lo_ring, n);
     band_scatter(high, &hi, hi_ring, n);

@@ -128,3 +128,18 @@ void sk_g722_code(sk_g722_encoder *e, const int32_t *xl, const int32_t *xh, int 
 int sk_g722_lanes_ready(void);
 void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *const xl[SK_G722_LANES],
                         const int32_t *const xh[SK_G722_LANES], int n, unsigned char *const out[SK_G722_LANES]);
+/* The decoder's two stages, as sk_g722_decode_block runs them: the ADPCM decoding of n codes into the
+ * receive QMF's inputs (ev: rl + rh, od: rl - rh), and the receive QMF over n <= SK_G722_QMF_BLOCK of
+ * them, which sit at ev + SK_G722_QMF_HIST and od + SK_G722_QMF_HIST (the first slots take the history). */
+#define SK_G722_QMF_HIST 11
+#define SK_G722_QMF_BLOCK 256
+void sk_g722_decode_bands(sk_g722_decoder *d, const unsigned char *in, int n, int16_t *ev, int16_t *od);
+void sk_g722_synthesise(sk_g722_decoder *d, int16_t *ev, int16_t *od, int n, int16_t *pcm);
+/* G.722 codes the fused decoder takes per pass (2 samples each fill the resampler's chunk), and that
+ * pass from the decoded bands: c <= SK_DEC_CHUNK pairs at ev/od + SK_G722_QMF_HIST -> 24 kHz PCM16 at
+ * out (returns the bytes written). */
+#define SK_DEC_CHUNK (SK_RS_CHUNK / 2)
+size_t sk_dec24k_bands(sk_dec24k *d, int16_t *ev, int16_t *od, int c, unsigned char *out);
+/* sk_g722_decode_bands for SK_G722_LANES decoders at once, n codes each, with the same outputs. */
+void sk_g722_decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], const unsigned char *const in[SK_G722_LANES], int n,
+                          int16_t *const ev[SK_G722_LANES], int16_t *const od[SK_G722_LANES]);

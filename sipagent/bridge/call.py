@@ -51,6 +51,7 @@ from sipagent.bridge.transcript import StereoRecorder, TranscriptWriter
 from sipagent.bridge.uplink import Uplink
 from sipagent.bridge.warm import HumanDialer
 from sipagent.errors import RealtimeError
+from sipagent.media.kernel import DecoderBatch
 from sipagent.media.vad import EchoAwareVad, VadSettings
 from sipagent.observability.logs import call_logger
 from sipagent.observability.metrics import Metrics
@@ -84,6 +85,9 @@ class BridgeSettings:
     dialer: HumanDialer | None = None
     # An outcome: the call ends with it once the greeting has been heard (a message left on a machine).
     end_after_greeting: str = ""
+    # Where G.722 caller frames are decoded together with other calls' (the media clock's ``received``);
+    # None: each as it arrives.
+    frames: DecoderBatch | None = None
 
 
 @dataclass
@@ -136,7 +140,7 @@ class CallBridge:
         self.uplink = Uplink(media.codec, settings.audio_format,
                              VadSettings(threshold_db=barge.threshold_db, min_speech_ms=barge.min_speech_ms),
                              barge.mode != "off", self.realtime, state, self.policy, self._caller_sound,
-                             records.recorder)
+                             records.recorder, settings.frames)
         # A call that ends with its greeting (a message left on a machine) listens to no one: the machine's
         # sounds after its beep would otherwise make the model's turn detection cut the message short.
         self.uplink.to_model = not settings.end_after_greeting

@@ -4,7 +4,9 @@ Each caller frame is decoded once by the kernel, which also gives its level for 
 writes the ``input_audio_buffer.append`` JSON text; the VAD's reference is each agent frame the clock puts
 on the wire, as the PCM it was encoded from and its level (``agent_sent``). Frames with sound in them (or
 any while the agent is paused or ducked) go to the barge-in shell through ``on_sound``. Nothing here
-waits: both entry points run in the media clock's tick.
+waits: both entry points run in the media clock's tick or as a packet arrives. With a ``DecoderBatch``
+(the media clock's ``received``), a G.722 frame is decoded with the other calls' frames that arrived in
+the same pass of the event loop, and handled (``_heard``) at the end of that pass.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from sipagent.bridge.bargein import BargeInPolicy
 from sipagent.bridge.session import RealtimeSession
 from sipagent.bridge.state import CallState
 from sipagent.bridge.transcript import StereoRecorder
-from sipagent.media.kernel import CODEC_SILENCE, FrameDecoder, Resampler, alaw_encode, ulaw_encode
+from sipagent.media.kernel import CODEC_SILENCE, DecoderBatch, FrameDecoder, Resampler, alaw_encode, ulaw_encode
 from sipagent.media.vad import EchoAwareVad, VadSettings, mean_square_db
 from sipagent.realtime import events as ev
 
 
 class Uplink:
+    decoder: FrameDecoder  # the call's codec's (use_codec)
+
     def __init__(self, codec: str, audio_format: str, vad: VadSettings, echo_suppression: bool,
                  session: RealtimeSession, state: CallState, policy: BargeInPolicy,
-                 on_sound: Callable[[bool], None], recorder: StereoRecorder | None = None) -> None:
+                 on_sound: Callable[[bool], None], recorder: StereoRecorder | None = None,
+                 batch: DecoderBatch | None = None) -> None:
         self.session = session
+        self.batch = batch
         self.state = state
         self.policy = policy
         self.on_sound = on_sound
@@ -37,12 +43,17 @@ class Uplink:
         self.passthrough = passthrough_codec(audio_format)
         # G.711 to the model from a call in another codec: our 24 kHz audio, down to 8 kHz and encoded.
         self._to_8k = Resampler(24000, 8000) if self.passthrough else None
+        self._staging: DecoderBatch | None = None
         self.use_codec(codec)
 
     def use_codec(self, codec: str) -> None:
         """Everything that depends on the call's codec, with fresh codec state (as the far end has after a
         change): at the answer, and again when a re-INVITE changes the codec."""
+        if self._staging is not None and self.decoder._pending:
+            self._staging.run()  # the old codec's frame is handled with the decoder that decoded it
         self.codec = codec
+        # Only G.722 gains from decoding with other calls: G.711 frames are decoded at once.
+        self._staging = self.batch if codec == "G722" else None
         # Each caller frame goes to the model as an append of its 24 kHz PCM (pcm16) or of the payload
         # itself (G.711 of the call's own codec): then the kernel writes the append's JSON text as it
         # decodes the frame. G.711 from a call in another codec is re-encoded here (_up_encode).
@@ -57,10 +68,18 @@ class Uplink:
 
     def caller_frame(self, payload: bytes) -> None:
         """One 20 ms payload from the jitter buffer (called every tick while media flows)."""
+        # One kernel call: the 24 kHz PCM, its level for the VAD and the append's JSON text.
+        staging = self._staging
+        if staging is None:
+            self._heard(self.decoder.push(payload))
+        else:
+            staging.stage(self.decoder, payload, self._heard)
+
+    def _heard(self, mean_sq: float) -> None:
+        """The caller frame just decoded (``decoder``'s pcm and text) and its PCM's mean square."""
         frame = self.decoder
         vad = self.vad
-        # One kernel call: the 24 kHz PCM, its level for the VAD and the append's JSON text.
-        speech = vad.caller_mean_square(frame.push(payload))
+        speech = vad.caller_mean_square(mean_sq)
         if self.recorder:
             self.recorder.caller(frame.pcm)
         if speech or vad.onset_ms or self.policy.paused:  # onset_ms >= loud_ms: its threshold is lower
@@ -72,7 +91,7 @@ class Uplink:
         if vad.echo_only and self.echo_suppression:
             # Half-duplex echo suppression: while the agent is audible, frames no louder than its echo are
             # sent as silence, so the model's VAD and transcription never hear the agent's own voice.
-            text = self._silence_text(len(payload))
+            text = self._silence_text(frame.payload_len)
         elif self._kernel_text:
             text = frame.text
         else:

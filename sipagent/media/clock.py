@@ -26,6 +26,10 @@ While a phase tick runs, ``batch`` is open: a stream may stage its G.722 frame t
 and the batch codes the staged frames of several calls in one kernel call (eight side by side) and sends
 each, as soon as eight wait and at the end of the tick. A packet leaves at most seven other calls' ticks
 later than it would have; ``send_now`` runs outside a phase tick, so a talkspurt's first frame is coded at once.
+The calls' received frames have their own batch, ``received``: a G.722 frame that arrives is decoded with
+the others that arrived in the same pass of the event loop, at the end of that pass (``call_soon``), as soon
+as eight wait, or at the end of the next phase tick, whichever comes first: a saturated loop's pass can
+last a whole period, and a caller frame (barge-in) should not wait that long.
 A tick so late that one or more whole periods passed is not replayed as a burst of packets: the missed
 deadlines are skipped and counted (``skipped_ticks``), and streams get ``elapsed > 1`` so their RTP
 timestamps keep pace with real time.
@@ -40,7 +44,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from sipagent.media.kernel import EncoderBatch
+from sipagent.media.kernel import DecoderBatch, EncoderBatch
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +129,7 @@ class MediaClock:
         # the rest at its end.
         self.batch: EncoderBatch | None = None
         self._batch = EncoderBatch()
+        self.received = DecoderBatch()  # schedules its runs on the loop while the clock runs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start = 0.0
 
@@ -141,6 +146,7 @@ class MediaClock:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self.received.schedule = self._loop.call_soon
         self._whole_ms = type(self._loop).__module__.startswith("uvloop")
         now = time.monotonic()
         if self._whole_ms:
@@ -209,6 +215,8 @@ class MediaClock:
         self._due = [None] * self.phases
         self.next_due = math.inf
         self._loop = None
+        self.received.schedule = None
+        self.received.run()
 
     def register(self, stream: ClockStream) -> None:
         """Add a stream to the least loaded phase (its home); it gets its first tick within one period."""
@@ -384,3 +392,4 @@ class MediaClock:
             except Exception:
                 log.exception("coding this tick's frames failed")
         self._arm(loop, phase, k + 1, deadline + self.interval)
+        self.received.run()  # caller frames waiting for the end of a long pass: after this tick's packets

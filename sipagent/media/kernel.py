@@ -25,6 +25,7 @@ __all__ = [
     "RATES",
     "Base64Decoder",
     "Decoder24k",
+    "DecoderBatch",
     "Encoder24k",
     "EncoderBatch",
     "FrameDecoder",
@@ -41,7 +42,7 @@ __all__ = [
     "ulaw_encode",
 ]
 
-ABI_VERSION: Final = 6
+ABI_VERSION: Final = 7
 if lib.sk_abi_version() != ABI_VERSION:  # a stale build in the package dir would misbehave silently
     raise ImportError(f"sipagent._kernel ABI {lib.sk_abi_version()} != {ABI_VERSION}: rebuild the package")
 
@@ -407,6 +408,8 @@ class EncoderBatch:
 
 
 _frame_push: Any = lib.sk_frame_push
+_frame_stage: Any = lib.sk_frame_stage
+_frame_finish: Any = lib.sk_frame_finish
 TEXT_OF: Final = {None: lib.SK_TEXT_NONE, "pcm": lib.SK_TEXT_PCM, "payload": lib.SK_TEXT_PAYLOAD}
 
 
@@ -420,7 +423,7 @@ class FrameDecoder:
     ``pcm`` and ``text`` are copied out only when read.
     """
 
-    __slots__ = ("_pcm", "_pview", "_state", "_text", "_tview", "codec")
+    __slots__ = ("_pcm", "_pending", "_pview", "_state", "_text", "_tview", "codec")
 
     def __init__(self, codec: str, text_of: str | None = None, head: bytes = b"", tail: bytes = b"") -> None:
         self.codec = codec.upper()
@@ -434,6 +437,7 @@ class FrameDecoder:
                                      len(tail)) != 0:
             raise KernelError(f"text head/tail too long ({len(head)}/{len(tail)} bytes, "
                               f"at most {lib.SK_TEXT_MAX_HEAD}/{lib.SK_TEXT_MAX_TAIL})")
+        self._pending = False  # staged in a DecoderBatch that has not run yet
         self._attach()
 
     def _attach(self) -> None:
@@ -450,6 +454,26 @@ class FrameDecoder:
             self._attach()
         return _frame_push(self._state, payload, n)  # type: ignore[no-any-return]
 
+    def stage(self, payload: bytes) -> bool:
+        """``push``, except that a G.722 payload of at most 256 bytes (32 ms) waits in the decoder for a
+        :class:`DecoderBatch` run (True); any other is decoded at once (False), its level in ``mean_square``."""
+        n = len(payload)
+        if n > self._pcm.cap_in:
+            self._pcm.grow(n)
+            self._text.grow(n)
+            self._attach()
+        return _frame_stage(self._state, payload, n) != 0  # type: ignore[no-any-return]
+
+    @property
+    def mean_square(self) -> float:
+        """The mean square of the last decoded payload's PCM (what ``push`` returns)."""
+        return self._state.mean_square  # type: ignore[no-any-return]
+
+    @property
+    def payload_len(self) -> int:
+        """The length of the last decoded payload."""
+        return self._state.pcm_len // 6  # type: ignore[no-any-return]
+
     @property
     def pcm(self) -> bytes:
         """The last payload's 24 kHz PCM16 (6 bytes per payload byte)."""
@@ -459,6 +483,73 @@ class FrameDecoder:
     def text(self) -> bytes:
         """The last payload's text (b"" when decoding without text)."""
         return self._tview[: self._state.text_len]  # type: ignore[no-any-return]
+
+
+class DecoderBatch:
+    """Received frames of several calls decoded together: each ``stage``d with what to do once it is
+    decoded (``then(mean_square)``, the decoder's ``pcm`` and ``text`` then hold it); ``run`` decodes every
+    staged G.722 frame in one kernel call, eight calls' ADPCM side by side (sk_frame_finish: the outputs of
+    :meth:`FrameDecoder.push`, to the bit), then calls each ``then`` in staging order. A frame decoded at
+    once (G.711, or with no ``schedule``) has its ``then`` called within ``stage``.
+
+    ``schedule(run)`` is called when a first frame is staged into an empty batch: the asyncio shell runs the
+    batch at the end of the event loop's pass, so the frames that arrived in one pass share it. It also
+    runs by itself once a full group of the kernel's lanes waits, and before a decoder is staged twice."""
+
+    __slots__ = ("_decoders", "_mean_squares", "_ptrs", "_thens", "frames", "runs", "schedule")
+
+    def __init__(self) -> None:
+        self.frames = 0  # frames decoded by runs so far
+        self.runs = 0  # runs that decoded at least one frame
+        self.schedule: Callable[[Callable[[], None]], object] | None = None
+        # Never more than LANES frames wait: the one that fills the lanes runs the batch.
+        self._ptrs: Any = ffi.new("sk_frame_decoder *[]", LANES)
+        self._mean_squares: Any = ffi.new("double[]", LANES)
+        self._decoders: list[FrameDecoder] = []
+        self._thens: list[Callable[[float], None]] = []
+
+    def __len__(self) -> int:
+        """Frames staged and not yet decoded."""
+        return len(self._decoders)
+
+    def stage(self, decoder: FrameDecoder, payload: bytes, then: Callable[[float], None]) -> None:
+        schedule = self.schedule
+        if schedule is None:
+            then(decoder.push(payload))
+            return
+        if decoder._pending:  # its earlier frame is still here: that one first, in order
+            self.run()
+        if not decoder.stage(payload):  # decoded at once
+            then(decoder._state.mean_square)
+            return
+        decoders = self._decoders
+        waiting = len(decoders)
+        if waiting == 0:
+            schedule(self.run)
+        self._ptrs[waiting] = decoder._state
+        decoder._pending = True
+        decoders.append(decoder)
+        self._thens.append(then)
+        if waiting + 1 == LANES:
+            self.run()
+
+    def run(self) -> None:
+        """Decode what is staged and call each ``then``; one that raises is logged, the others still run."""
+        decoders, thens = self._decoders, self._thens
+        n = len(decoders)
+        if n == 0:
+            return
+        self._decoders, self._thens = [], []
+        for decoder in decoders:
+            decoder._pending = False
+        _frame_finish(self._ptrs, n, self._mean_squares)
+        self.frames += n
+        self.runs += 1
+        for then, mean_sq in zip(thens, ffi.unpack(self._mean_squares, n), strict=True):
+            try:
+                then(mean_sq)
+            except Exception:
+                log.exception("handling a decoded frame failed")
 
 
 # One 20 ms payload of silence per codec. G.722 has no single silence code: 0xFF (smallest lower-band

@@ -7,6 +7,7 @@ replaced by a transport that keeps what is written, read back by a websockets se
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,15 @@ from websockets.uri import parse_uri
 
 from sipagent.bridge.call import BridgeSettings, CallBridge
 from sipagent.bridge.settings import AgentConfig, BargeInConfig, RecordingConfig
-from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, Encoder24k, Resampler, ulaw_encode
+from sipagent.media.kernel import (
+    CODEC_SILENCE,
+    Decoder24k,
+    DecoderBatch,
+    Encoder24k,
+    FrameDecoder,
+    Resampler,
+    ulaw_encode,
+)
 from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.media.vad import EchoAwareVad, VadSettings, level_db
 from sipagent.realtime import events as ev
@@ -82,35 +91,70 @@ def speech(db: float, n: int, seed: int) -> bytes:
     return (x / np.sqrt(np.mean(x**2)) * 32768 * 10 ** (db / 20)).clip(-32768, 32767).astype("<i2").tobytes()
 
 
-@pytest.mark.parametrize(("codec", "audio_format"), [("PCMU", "pcm16"), ("G722", "pcm16"), ("PCMA", "g711_alaw"),
-                                                     ("G722", "g711_ulaw")])
-def test_appends_are_those_of_the_composed_path(codec: str, audio_format: str) -> None:
+def live_bridge(codec: str, audio_format: str, batch: DecoderBatch | None) -> tuple[CallBridge, Leg, KeptWrites]:
+    """A live call's bridge whose Realtime connection writes into the returned transport."""
+    settings = BridgeSettings(AgentConfig(barge_in=BargeInConfig(mode="server")),
+                              RecordingConfig(transcripts=False), ev.SessionSettings(), audio_format=audio_format,
+                              frames=batch)
+    leg = Leg(codec)
+    bridge = CallBridge(leg, leg, None, settings)  # type: ignore[arg-type]
+    protocol = ClientProtocol(parse_uri("ws://127.0.0.1/v1/realtime"))
+    protocol.state = State.OPEN
+    connection = ClientConnection(protocol)
+    wire = KeptWrites()
+    connection.connection_made(wire)
+    link = RealtimeClient("ws://127.0.0.1/v1/realtime")
+    link._ws, link._masks = connection, MaskSource()  # what connect() sets up
+    bridge.realtime.link, bridge.call_state.name = link, "live"
+    return bridge, leg, wire
+
+
+def sent_texts(wire: bytes) -> list[str]:
+    """The text frames written to the WebSocket, as a server reads them."""
+    server = Protocol(SERVER)
+    server.receive_data(wire)
+    return [bytes(frame.data).decode() for frame in server.events_received()]
+
+
+@pytest.mark.parametrize(("codec", "audio_format", "batched"),
+                         [("PCMU", "pcm16", False), ("G722", "pcm16", False), ("PCMA", "g711_alaw", False),
+                          ("G722", "g711_ulaw", False), ("G722", "pcm16", True), ("G722", "g711_ulaw", True),
+                          ("PCMU", "pcm16", True)])
+def test_appends_are_those_of_the_composed_path(codec: str, audio_format: str, batched: bool) -> None:
+    """``batched``: the bridge's caller frames are decoded in a DecoderBatch, each with four other calls'
+    frames of the same loop pass (the kernel's lanes), and handled when the pass ends."""
     agent = speech(-12, 24000, 1)  # 1 s of the agent, then silence
     caller = Encoder24k(codec).encode(speech(-34, 12000, 2) + speech(-14, 12000, 3) + speech(-60, 12000, 4))
     frames = len(caller) // 160
+    batch = DecoderBatch() if batched else None
+    scheduled: list[Callable[[], None]] = []
+    others = [FrameDecoder("G722") for _ in range(4)]
+    if batch is not None:
+        batch.schedule = scheduled.append
+
+    def end_of_pass() -> None:
+        runs = scheduled[:]
+        scheduled.clear()
+        for run in runs:
+            run()
 
     async def run() -> bytes:
-        settings = BridgeSettings(AgentConfig(barge_in=BargeInConfig(mode="server")),
-                                  RecordingConfig(transcripts=False), ev.SessionSettings(), audio_format=audio_format)
-        leg = Leg(codec)
-        bridge = CallBridge(leg, leg, None, settings)  # type: ignore[arg-type]
-        protocol = ClientProtocol(parse_uri("ws://127.0.0.1/v1/realtime"))
-        protocol.state = State.OPEN
-        connection = ClientConnection(protocol)
-        wire = KeptWrites()
-        connection.connection_made(wire)
-        link = RealtimeClient("ws://127.0.0.1/v1/realtime")
-        link._ws, link._masks = connection, MaskSource()  # what connect() sets up
-        bridge.realtime.link, bridge.call_state.name = link, "live"
+        bridge, leg, wire = live_bridge(codec, audio_format, batch)
         leg.playout.push(agent)
+        wire_before = len(wire.data)
         for i in range(frames):
             bridge.on_outbound_frame(*leg.playout.pop_frame())
             bridge.on_inbound_frame(caller[160 * i : 160 * (i + 1)])
+            if batch is not None:
+                for other in others:
+                    batch.stage(other, caller[160 * i : 160 * (i + 1)], lambda ms: None)
+                if codec == "G722":
+                    assert len(batch) == 5 and len(wire.data) == wire_before  # nothing sent before the pass ends
+                end_of_pass()
+                wire_before = len(wire.data)
         return bytes(wire.data)
 
-    server = Protocol(SERVER)
-    server.receive_data(asyncio.run(run()))
-    texts = [bytes(frame.data).decode() for frame in server.events_received()]
+    texts = sent_texts(asyncio.run(run()))
 
     # The same frames through the separate primitives, as the bridge composed them before.
     vad = EchoAwareVad(VadSettings(threshold_db=-35.0, min_speech_ms=200))
@@ -135,3 +179,28 @@ def test_appends_are_those_of_the_composed_path(codec: str, audio_format: str) -
         expected.append(ev.audio_append_json(audio))
     assert 10 < echo_frames < frames - 10  # both kinds of frames were sent
     assert texts == expected
+
+
+def test_a_frame_staged_before_a_codec_change_is_sent_as_its_own_codec_decoded_it() -> None:
+    """A re-INVITE moves the call to PCMU while its last G.722 frame waits in the batch: that frame is
+    handled first, with the G.722 decoder that decoded it; the next frame is PCMU's."""
+    g722 = Encoder24k("G722").encode(speech(-14, 480, 5))
+    pcmu = Encoder24k("PCMU").encode(speech(-14, 480, 6))
+    batch = DecoderBatch()
+    scheduled: list[Callable[[], None]] = []
+    batch.schedule = scheduled.append
+
+    async def run() -> bytes:
+        bridge, _, wire = live_bridge("G722", "pcm16", batch)
+        bridge.on_inbound_frame(g722)
+        assert len(batch) == 1 and not wire.data
+        bridge.uplink.use_codec("PCMU")
+        assert len(batch) == 0 and wire.data  # handled before the change
+        bridge.on_inbound_frame(pcmu)
+        for run in scheduled:
+            run()
+        return bytes(wire.data)
+
+    expected = [ev.audio_append_json(Decoder24k("G722").decode(g722)),
+                ev.audio_append_json(Decoder24k("PCMU").decode(pcmu))]
+    assert sent_texts(asyncio.run(run())) == expected

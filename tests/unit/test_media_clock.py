@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import pytest
 
 import sipagent.media.clock as clock_mod
 from sipagent.media.clock import MediaClock, first_frame_at, first_slot_after, nearest_slot
-from sipagent.media.kernel import Encoder24k
+from sipagent.media.kernel import Encoder24k, FrameDecoder
 
 MS = 0.001
 
@@ -275,3 +276,54 @@ def test_a_phase_ticks_g722_frames_are_coded_together_and_sent_within_the_tick(
     assert clock.batched_frames >= 11 * 9
     batched_sends = sum(batched for s in streams for _, _, batched in s.sent)
     assert len(probed) == batched_sends + len(plain.ticks)  # once per packet, as it is sent
+
+
+def test_received_g722_frames_of_one_loop_pass_are_decoded_together_at_its_end() -> None:
+    """The clock's ``received`` batch runs on the real event loop: the frames staged by the callbacks of one
+    pass are handled after them, with the outputs each decoder alone gives; ``stop`` runs what still waits."""
+    encoder = Encoder24k("G722")
+    payload = encoder.encode((np.sin(np.arange(480) / 5) * 12000).astype("<i2").tobytes())
+    handled: list[tuple[str, float, bytes]] = []
+    ref = FrameDecoder("G722", "pcm")
+    expected = ref.push(payload), ref.text
+
+    async def scenario() -> None:
+        clock = MediaClock()
+        clock.start()
+        decoders = [FrameDecoder("G722", "pcm") for _ in range(5)]
+
+        def arrived(name: str, d: FrameDecoder) -> None:  # one packet's I/O callback
+            clock.received.stage(d, payload, lambda ms: handled.append((name, ms, d.text)))
+
+        loop = asyncio.get_running_loop()
+        for i, d in enumerate(decoders):
+            loop.call_soon(arrived, f"call {i}", d)
+        await asyncio.sleep(0)  # the pass of the five callbacks
+        assert handled == [] and len(clock.received) == 5
+        await asyncio.sleep(0)  # the next pass starts with the batch's run
+        assert handled == [(f"call {i}", *expected) for i in range(5)]
+        assert (clock.received.frames, clock.received.runs) == (5, 1)
+        arrived("late", FrameDecoder("G722", "pcm"))
+        clock.stop()
+        assert handled[-1] == ("late", *expected) and clock.received.schedule is None
+
+    asyncio.run(scenario())
+
+
+def test_a_received_frame_waits_at_most_until_the_end_of_the_next_phase_tick(
+        env: tuple[MediaClock, FakeTime, FakeLoop]) -> None:
+    """In a saturated loop a pass can last a whole period: the ``received`` batch also runs at the end of
+    each phase tick, after that tick's packets, so a caller frame never waits for the pass to end."""
+    clock, t, loop = env
+    passes: list[Callable[[], None]] = []
+    clock.received.schedule = passes.append  # the end of the pass never comes in this test
+    stream = Stream(t)
+    handled: list[tuple[int, float]] = []
+    stream.on_tick_hook = lambda: handled.append((-1, t.now))  # the tick's own work comes first
+    clock.register(stream)
+    decoder = FrameDecoder("G722", "pcm")
+    clock.received.stage(decoder, Encoder24k("G722").encode(bytes(960)), lambda ms: handled.append((1, t.now)))
+    assert handled == [] and len(passes) == 1
+    loop.run_until(t.now + 0.021)
+    assert [kind for kind, _ in handled[:2]] == [-1, 1] and handled[0][1] == handled[1][1]
+    assert len(clock.received) == 0 and (clock.received.frames, clock.received.runs) == (1, 1)
