@@ -222,6 +222,28 @@ LANES_FN static void band_scatter(sk_g722_band *const bands[SK_G722_LANES], cons
     }
 }
 
+/* The tables both coders look up per code, in registers: the 4-bit inverse quantiser and the lower band's
+ * scale multipliers per truncated code, the antilog, and the higher band's inverse quantiser and
+ * multipliers per code. */
+typedef struct {
+    v8 qm4[2], wl[2], ilb[4], qm2, wh;
+} lane_tables;
+
+V_FN void lane_tables_load(lane_tables *t)
+{
+    int wl4[16];
+    for (int i = 0; i < 16; i++)
+        wl4[i] = wl[rl42[i]];
+    for (int h = 0; h < 2; h++) {
+        t->qm4[h] = _mm256_loadu_si256((const __m256i *)(qm4 + 8 * h));
+        t->wl[h] = _mm256_loadu_si256((const __m256i *)(wl4 + 8 * h));
+    }
+    for (int h = 0; h < 4; h++)
+        t->ilb[h] = _mm256_loadu_si256((const __m256i *)(ilb + 8 * h));
+    t->qm2 = _mm256_setr_epi32(qm2[0], qm2[1], qm2[2], qm2[3], 0, 0, 0, 0);
+    t->wh = _mm256_setr_epi32(wh[rh2[0]], wh[rh2[1]], wh[rh2[2]], wh[rh2[3]], 0, 0, 0, 0);
+}
+
 #define LANES_BLOCK 64 /* codes per pass: the transposed inputs and outputs stay small */
 
 LANES_FN void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *const xl[SK_G722_LANES],
@@ -237,20 +259,11 @@ LANES_FN void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const 
     band_gather(&lo, low, lo_ring);
     band_gather(&hi, high, hi_ring);
 
-    v8 q6_t[29], qm4_t[2], wl_t[2], ilb_t[4];
+    v8 q6_t[29];
     for (int j = 0; j < 29; j++)
         q6_t[j] = k8(q6[j + 1]);
-    int wl4[16];
-    for (int i = 0; i < 16; i++)
-        wl4[i] = wl[rl42[i]];
-    for (int h = 0; h < 2; h++) {
-        qm4_t[h] = _mm256_loadu_si256((const __m256i *)(qm4 + 8 * h));
-        wl_t[h] = _mm256_loadu_si256((const __m256i *)(wl4 + 8 * h));
-    }
-    for (int h = 0; h < 4; h++)
-        ilb_t[h] = _mm256_loadu_si256((const __m256i *)(ilb + 8 * h));
-    const v8 qm2_t = _mm256_setr_epi32(qm2[0], qm2[1], qm2[2], qm2[3], 0, 0, 0, 0);
-    const v8 wh_t = _mm256_setr_epi32(wh[rh2[0]], wh[rh2[1]], wh[rh2[2]], wh[rh2[3]], 0, 0, 0, 0);
+    lane_tables t;
+    lane_tables_load(&t);
 
     for (int k0 = 0; k0 < n; k0 += LANES_BLOCK) {
         const int m = n - k0 < LANES_BLOCK ? n - k0 : LANES_BLOCK;
@@ -280,8 +293,8 @@ LANES_FN void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const 
             const v8 base = _mm256_add_epi32(k8(62), _mm256_and_si256(neg, neg_base));
             const v8 il = _mm256_sub_epi32(base, i);
             const v8 ril = _mm256_srai_epi32(il, 2);
-            const v8 dl = det_mul15(lo.det, lut16(qm4_t, ril));
-            adapt_scale_v(&lo, lut16(wl_t, ril), 18432, 8, ilb_t);
+            const v8 dl = det_mul15(lo.det, lut16(t.qm4, ril));
+            adapt_scale_v(&lo, lut16(t.wl, ril), 18432, 8, t.ilb);
             predictor_update_v(&lo, dl);
             lo_ring[(k0 + k) & 7] = dl;
 
@@ -292,8 +305,8 @@ LANES_FN void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const 
             const v8 level = _mm256_srai_epi32(_mm256_madd_epi16(hi.det, k8(564)), 12);
             const v8 small_h = _mm256_cmpgt_epi32(level, hmag);
             const v8 ih = _mm256_add_epi32(_mm256_andnot_si256(hneg, k8(2)), _mm256_and_si256(small_h, k8(1)));
-            const v8 dh = det_mul15(hi.det, _mm256_permutevar8x32_epi32(qm2_t, ih));
-            adapt_scale_v(&hi, _mm256_permutevar8x32_epi32(wh_t, ih), 22528, 10, ilb_t);
+            const v8 dh = det_mul15(hi.det, _mm256_permutevar8x32_epi32(t.qm2, ih));
+            adapt_scale_v(&hi, _mm256_permutevar8x32_epi32(t.wh, ih), 22528, 10, t.ilb);
             predictor_update_v(&hi, dh);
             hi_ring[(k0 + k) & 7] = dh;
             _mm256_store_si256((__m256i *)codes[k], _mm256_or_si256(_mm256_slli_epi32(ih, 6), il));
@@ -321,18 +334,8 @@ LANES_FN void sk_g722_decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], cons
     band_gather(&lo, low, lo_ring);
     band_gather(&hi, high, hi_ring);
 
-    v8 qm4_t[2], wl_t[2], ilb_t[4];
-    int wl4[16];
-    for (int i = 0; i < 16; i++)
-        wl4[i] = wl[rl42[i]];
-    for (int h = 0; h < 2; h++) {
-        qm4_t[h] = _mm256_loadu_si256((const __m256i *)(qm4 + 8 * h));
-        wl_t[h] = _mm256_loadu_si256((const __m256i *)(wl4 + 8 * h));
-    }
-    for (int h = 0; h < 4; h++)
-        ilb_t[h] = _mm256_loadu_si256((const __m256i *)(ilb + 8 * h));
-    const v8 qm2_t = _mm256_setr_epi32(qm2[0], qm2[1], qm2[2], qm2[3], 0, 0, 0, 0);
-    const v8 wh_t = _mm256_setr_epi32(wh[rh2[0]], wh[rh2[1]], wh[rh2[2]], wh[rh2[3]], 0, 0, 0, 0);
+    lane_tables t;
+    lane_tables_load(&t);
 
     for (int k0 = 0; k0 < n; k0 += LANES_BLOCK) {
         const int m = n - k0 < LANES_BLOCK ? n - k0 : LANES_BLOCK;
@@ -350,15 +353,15 @@ LANES_FN void sk_g722_decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], cons
             const v8 rl = clampv(_mm256_add_epi32(lo.s, det_mul15(lo.det, _mm256_i32gather_epi32(qm6, il, 4))),
                                  -16384, 16383);
             const v8 ril = _mm256_srai_epi32(il, 2);
-            const v8 dl = det_mul15(lo.det, lut16(qm4_t, ril));
-            adapt_scale_v(&lo, lut16(wl_t, ril), 18432, 8, ilb_t);
+            const v8 dl = det_mul15(lo.det, lut16(t.qm4, ril));
+            adapt_scale_v(&lo, lut16(t.wl, ril), 18432, 8, t.ilb);
             predictor_update_v(&lo, dl);
             lo_ring[(k0 + k) & 7] = dl;
 
             /* Higher band */
-            const v8 dh = det_mul15(hi.det, _mm256_permutevar8x32_epi32(qm2_t, ih));
+            const v8 dh = det_mul15(hi.det, _mm256_permutevar8x32_epi32(t.qm2, ih));
             const v8 rh = clampv(_mm256_add_epi32(hi.s, dh), -16384, 16383);
-            adapt_scale_v(&hi, _mm256_permutevar8x32_epi32(wh_t, ih), 22528, 10, ilb_t);
+            adapt_scale_v(&hi, _mm256_permutevar8x32_epi32(t.wh, ih), 22528, 10, t.ilb);
             predictor_update_v(&hi, dh);
             hi_ring[(k0 + k) & 7] = dh;
             _mm256_store_si256((__m256i *)sum[k], _mm256_add_epi32(rl, rh));

@@ -6,7 +6,8 @@ on the wire, as the PCM it was encoded from and its level (``agent_sent``). Fram
 any while the agent is paused or ducked) go to the barge-in shell through ``on_sound``. Nothing here
 waits: both entry points run in the media clock's tick or as a packet arrives. With a ``DecoderBatch``
 (the media clock's ``received``), a G.722 frame is decoded with the other calls' frames that arrived in
-the same pass of the event loop, and handled (``_heard``) at the end of that pass.
+the same pass of the event loop, and handled (``_heard``) when that batch runs: at the end of the pass or
+of the clock's next phase tick at the latest.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Uplink:
     def use_codec(self, codec: str) -> None:
         """Everything that depends on the call's codec, with fresh codec state (as the far end has after a
         change): at the answer, and again when a re-INVITE changes the codec."""
-        if self._staging is not None and self.decoder._pending:
+        if self._staging is not None and self.decoder.pending:
             self._staging.run()  # the old codec's frame is handled with the decoder that decoded it
         self.codec = codec
         # Only G.722 gains from decoding with other calls: G.711 frames are decoded at once.

@@ -465,6 +465,11 @@ class FrameDecoder:
         return _frame_stage(self._state, payload, n) != 0  # type: ignore[no-any-return]
 
     @property
+    def pending(self) -> bool:
+        """A frame of this decoder waits in a :class:`DecoderBatch` (its ``pcm`` and ``text`` are not its yet)."""
+        return self._pending
+
+    @property
     def mean_square(self) -> float:
         """The mean square of the last decoded payload's PCM (what ``push`` returns)."""
         return self._state.mean_square  # type: ignore[no-any-return]
@@ -492,9 +497,10 @@ class DecoderBatch:
     :meth:`FrameDecoder.push`, to the bit), then calls each ``then`` in staging order. A frame decoded at
     once (G.711, or with no ``schedule``) has its ``then`` called within ``stage``.
 
-    ``schedule(run)`` is called when a first frame is staged into an empty batch: the asyncio shell runs the
-    batch at the end of the event loop's pass, so the frames that arrived in one pass share it. It also
-    runs by itself once a full group of the kernel's lanes waits, and before a decoder is staged twice."""
+    ``schedule(run)`` is called when a first frame is staged into an empty batch: the media clock (the
+    asyncio shell) runs the batch at the end of the event loop's pass, so the frames that arrived in one pass
+    share it, and at the end of each of its phase ticks. It also runs by itself once a full group of the
+    kernel's lanes waits, and before a decoder is staged twice."""
 
     __slots__ = ("_decoders", "_mean_squares", "_ptrs", "_thens", "frames", "runs", "schedule")
 
@@ -520,7 +526,7 @@ class DecoderBatch:
         if decoder._pending:  # its earlier frame is still here: that one first, in order
             self.run()
         if not decoder.stage(payload):  # decoded at once
-            then(decoder._state.mean_square)
+            then(decoder.mean_square)
             return
         decoders = self._decoders
         waiting = len(decoders)

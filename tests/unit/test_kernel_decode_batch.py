@@ -7,26 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from test_kernel_g722_lanes import call_audio
 
-from sipagent.media import kernel
 from sipagent.media.kernel import LANES, DecoderBatch, Encoder24k, FrameDecoder
 
 HEAD, TAIL = b'{"audio":"', b'"}'
 Decoded = tuple[float, bytes, bytes]
-
-
-@pytest.fixture(params=[0, -1], ids=["baseline", "simd"])
-def level(request: pytest.FixtureRequest) -> Iterator[int]:
-    kernel.simd_level(request.param)
-    try:
-        yield request.param
-    finally:
-        kernel.simd_level()
 
 
 def g722_stream(call: int, frames: int) -> list[bytes]:

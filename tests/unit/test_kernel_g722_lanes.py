@@ -5,24 +5,13 @@ calls, frame lengths and codecs, at both SIMD levels."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from test_kernel_g722_exact import GOLDEN, source_24k
 
 from sipagent.errors import KernelError
-from sipagent.media import kernel
 from sipagent.media.kernel import Encoder24k, EncoderBatch
-
-
-@pytest.fixture(params=[0, -1], ids=["baseline", "simd"])
-def level(request: pytest.FixtureRequest) -> Iterator[int]:
-    kernel.simd_level(request.param)
-    try:
-        yield request.param
-    finally:
-        kernel.simd_level()
 
 
 def call_audio(call: int, frames: int) -> list[bytes]:
