@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sipagent.media.kernel import CODEC_SILENCE, DecoderBatch, FrameDecoder
+from sipagent.media.kernel import CODEC_SILENCE, DecoderBatch, EncoderBatch, FrameDecoder
 from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.media.playout import PlayoutQueue
 from sipagent.testing.caller import SipCaller
@@ -493,6 +493,20 @@ def _agent_main(config_path: str) -> int:
         def pop_frame(self) -> tuple[bytes, bool]:
             partial = 0 < len(self._buf) < self.frame_bytes
             frame, is_audio = PcmPlayout.pop_frame(self)
+            self._count(partial, is_audio)
+            return frame, is_audio
+
+        def pop_frame_staged(self, batch: EncoderBatch) -> tuple[bytes | None, bool]:
+            # What the clock calls during its phase ticks: a G.722 frame is staged there, not popped
+            # through pop_frame (G.711 is, and counted there).
+            if not self._batched:
+                return self.pop_frame()
+            partial = 0 < len(self._buf) < self.frame_bytes
+            frame, is_audio = PcmPlayout.pop_frame_staged(self, batch)
+            self._count(partial, is_audio)
+            return frame, is_audio
+
+        def _count(self, partial: bool, is_audio: bool) -> None:
             if is_audio:
                 state.audio_frames += 1
                 if self.gap > 0:
@@ -501,7 +515,6 @@ def _agent_main(config_path: str) -> int:
                 self.gap = -1 if partial else 0
             elif self.gap >= 0 and not partial:
                 self.gap += 1
-            return frame, is_audio
 
         def flush(self) -> int:
             self.gap = -1  # barge-in: the utterance was cut on purpose

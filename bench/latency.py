@@ -49,7 +49,10 @@ until speech is confirmed), the named alternative the pause is measured against.
 60 ms noise bursts over the agent instead and reports the first stages, the agent audio the caller did not
 hear at full level per cough (ducked or silent frames), and that none truncated.
 
-Usage: python bench/latency.py [--turns 20] [--barge-turns N] [--coughs 10]
+``--codec G722`` has the caller offer G.722 (HD voice): the agent's 16 kHz path, its caller frames decoded
+through the media clock's ``received`` batch (with one call, a batch of one).
+
+Usage: python bench/latency.py [--turns 20] [--barge-turns N] [--coughs 10] [--codec PCMU|PCMA|G722]
                                [--barge-variants local:200,local:200:0,local:120:0,server:200]
 """
 
@@ -78,7 +81,7 @@ from sipagent.bridge.interruptions import Interruptions
 from sipagent.bridge.uplink import Uplink
 from sipagent.config import load_config_text
 from sipagent.media.clock import MediaClock
-from sipagent.media.kernel import CODEC_SILENCE, ulaw_decode
+from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, EncoderBatch, ulaw_decode
 from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.media.playout import PlayoutQueue
 from sipagent.media.vad import level_db
@@ -131,6 +134,14 @@ def install_observers() -> None:
     class AgentPlayout(PcmPlayout):
         def pop_frame(self) -> tuple[bytes, bool]:
             frame, is_audio = super().pop_frame()
+            TL.agent.append((time.monotonic(), is_audio and getattr(self, "_gain_out", 1.0) >= 1.0))
+            return frame, is_audio
+
+        def pop_frame_staged(self, batch: EncoderBatch) -> tuple[bytes | None, bool]:
+            # The clock's phase ticks stage a G.722 frame here instead of popping it (G.711: pop_frame).
+            if not self._batched:
+                return self.pop_frame()
+            frame, is_audio = super().pop_frame_staged(batch)
             TL.agent.append((time.monotonic(), is_audio and getattr(self, "_gain_out", 1.0) >= 1.0))
             return frame, is_audio
 
@@ -222,10 +233,15 @@ def install_observers() -> None:
 class CallerPlayout(PlayoutQueue):
     """The caller's playout queue, noting when each packet goes out and whether it is speech."""
 
+    def __init__(self, codec: str) -> None:
+        super().__init__(frame_bytes=160, silence=CODEC_SILENCE[codec])
+        # Each frame's level as the agent hears it; G.722 is adaptive, so its frames are decoded in order.
+        self._decode = ulaw_decode if codec == "PCMU" else Decoder24k(codec).decode
+
     def pop_frame(self) -> tuple[bytes, bool]:
         frame, is_audio = super().pop_frame()
         now = time.monotonic()
-        TL.caller.append((now, is_audio and level_db(ulaw_decode(frame)) >= LOUD_DB))
+        TL.caller.append((now, is_audio and level_db(self._decode(frame)) >= LOUD_DB))
         TL.caller_payload[now] = frame
         return frame, is_audio
 
@@ -265,6 +281,7 @@ async def wait_agent_audio(after: float, seconds: float, timeout: float) -> floa
 
 
 class Session:
+    codec = "PCMU"  # what the caller offers (--codec)
     """One agent + one caller for a variant."""
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -274,17 +291,19 @@ class Session:
         self.caller: SipCaller | None = None
 
     async def __aenter__(self) -> Session:
+        self.config["media"]["codecs"] = [self.codec]
         cfg = load_config_text(yaml.safe_dump(self.config), "bench")
         self.agent = agent_mod.Agent(cfg)
         await self.agent.start()
         host, port = self.agent.sip_address
         self.clock.start()
-        self.caller = SipCaller(self.clock, PortAllocator(30000, 30999), f"sip:agent@{host}:{port}", codec="PCMU")
+        self.caller = SipCaller(self.clock, PortAllocator(30000, 30999), f"sip:agent@{host}:{port}",
+                                codec=self.codec)
         TL.clear()  # the previous session's frames would pass for this one's greeting
         dialled = time.monotonic()
         await self.caller.dial()
         assert self.caller._endpoint is not None
-        self.caller._endpoint.playout = CallerPlayout(160, CODEC_SILENCE["PCMU"])
+        self.caller._endpoint.playout = CallerPlayout(self.codec)
         if not await wait_agent_quiet(dialled, 0.5, 15.0):
             raise RuntimeError("no greeting from the agent")
         return self
@@ -491,7 +510,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
     speech = await asyncio.to_thread(Synthesizer().synthesize, QUESTION)
     print(f"caller utterance: {QUESTION!r} ({len(speech) / 48000:.2f} s, espeak-ng); one call, one process, "
-          "loopback; PCMU")
+          f"loopback; {Session.codec}")
     if args.turns > 0:
         await turn_latency(args.turns, speech, args.delay_ms, args.silence_ms, args.jitter_ms)
     interruptions = max(1, args.turns if args.barge_turns is None else args.barge_turns)
@@ -518,7 +537,9 @@ def main() -> int:
     parser.add_argument("--barge-turns", type=int, default=None, help="interruptions per variant (default: --turns)")
     parser.add_argument("--coughs", type=int, default=10, help="noise bursts over the agent (0: none)")
     parser.add_argument("--cough-stage1", default="default", help="first stages to cough over: default,duck,pause")
+    parser.add_argument("--codec", choices=("PCMU", "PCMA", "G722"), default="PCMU", help="what the caller offers")
     args = parser.parse_args()
+    Session.codec = args.codec
     import logging
 
     logging.basicConfig(level=logging.WARNING)
