@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import random
 import sys
 import time
@@ -188,16 +189,26 @@ def install_observers() -> None:
     BargeInPolicy.caller_frame = policy_frame  # type: ignore[method-assign]
 
     original_frame = Uplink.caller_frame  # the endpoint calls the uplink directly (CallMedia.attach)
+    original_heard = Uplink._heard
+    # Frames received and not yet handled: a G.722 frame is handled (_heard) when the media clock's batch
+    # decodes it, after caller_frame has returned; each uplink handles its frames in order.
+    unheard: dict[int, collections.deque[bytes]] = collections.defaultdict(collections.deque)
 
     def on_frame(self: Uplink, payload: bytes) -> None:
         TL.agent_rx.setdefault(payload, time.monotonic())
-        TL.current = payload
+        unheard[id(self)].append(payload)
+        original_frame(self, payload)
+
+    def heard(self: Uplink, mean_sq: float) -> None:
+        waiting = unheard[id(self)]
+        TL.current = waiting.popleft() if waiting else None
         try:
-            original_frame(self, payload)
+            original_heard(self, mean_sq)
         finally:
             TL.current = None
 
     Uplink.caller_frame = on_frame  # type: ignore[method-assign]
+    Uplink._heard = heard  # type: ignore[method-assign]
 
     original_send_now = RealtimeClient.send_now
     head, tail = len(realtime_events.AUDIO_APPEND_HEAD), len(realtime_events.AUDIO_APPEND_TAIL)
