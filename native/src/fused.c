@@ -41,6 +41,9 @@ static size_t commit_out(sk_dec24k *d, int c, unsigned char *out)
     return 2 * k;
 }
 
+/* A pass of the fused decoder is one block of the receive QMF. */
+typedef char sk_pass_fits_qmf_block[(SK_DEC_CHUNK <= SK_G722_QMF_BLOCK) ? 1 : -1];
+
 size_t sk_dec24k_bands(sk_dec24k *d, int16_t *ev, int16_t *od, int c, unsigned char *out)
 {
     int16_t pcm16[SK_RS_CHUNK];
