@@ -107,29 +107,20 @@ static void finish_group(sk_frame_decoder *const *group, int count, int n)
     }
 }
 
-static void finish_lanes(sk_frame_decoder *const *frames, int count)
+static int take_staged(const void *items, int i)
+{
+    sk_frame_decoder *f = ((sk_frame_decoder *const *)items)[i];
+    const int n = f->staged;
+    f->staged = 0;
+    return n;
+}
+
+static void finish_members(const void *items, const int *members, int g, int n)
 {
     sk_frame_decoder *group[SK_G722_LANES];
-    int g = 0, n0 = 0;
-    for (int i = 0; i < count; i++) {
-        sk_frame_decoder *f = frames[i];
-        const int n = f->staged;
-        if (n <= 0)
-            continue; /* nothing staged, or listed twice */
-        f->staged = 0; /* listed twice, it is not taken again */
-        if (g > 0 && n != n0) {
-            finish_group(group, g, n0);
-            g = 0;
-        }
-        group[g++] = f;
-        n0 = n;
-        if (g == SK_G722_LANES) {
-            finish_group(group, g, n0);
-            g = 0;
-        }
-    }
-    if (g > 0)
-        finish_group(group, g, n0);
+    for (int l = 0; l < g; l++)
+        group[l] = ((sk_frame_decoder *const *)items)[members[l]];
+    finish_group(group, g, n);
 }
 
 void sk_frame_finish(sk_frame_decoder *const *frames, int count, double *mean_squares)
@@ -139,7 +130,7 @@ void sk_frame_finish(sk_frame_decoder *const *frames, int count, double *mean_sq
             if (frames[i]->staged > 0)
                 decode_staged(frames[i]);
     } else {
-        finish_lanes(frames, count);
+        sk_lane_groups(frames, count, take_staged, finish_members);
     }
     for (int i = 0; i < count; i++)
         mean_squares[i] = frames[i]->mean_square;

@@ -218,6 +218,22 @@ static void finish_group(sk_enc24k *const *group, int count, int n)
     sk_g722_code_lanes(enc, xl, xh, n, out);
 }
 
+static int take_staged(const void *items, int i)
+{
+    sk_enc24k *e = ((sk_enc24k *const *)items)[i];
+    const int n = e->staged;
+    e->staged = 0;
+    return n;
+}
+
+static void finish_members(const void *items, const int *members, int g, int n)
+{
+    sk_enc24k *group[SK_G722_LANES];
+    for (int l = 0; l < g; l++)
+        group[l] = ((sk_enc24k *const *)items)[members[l]];
+    finish_group(group, g, n);
+}
+
 void sk_enc24k_finish(sk_enc24k *const *encoders, int count)
 {
     if (!sk_g722_lanes_ready()) {
@@ -226,27 +242,7 @@ void sk_enc24k_finish(sk_enc24k *const *encoders, int count)
                 code_staged(encoders[i]);
         return;
     }
-    sk_enc24k *group[SK_G722_LANES];
-    int g = 0, n0 = 0;
-    for (int i = 0; i < count; i++) {
-        sk_enc24k *e = encoders[i];
-        const int n = e->staged;
-        if (n <= 0)
-            continue; /* nothing staged, or listed twice */
-        e->staged = 0;
-        if (g > 0 && n != n0) {
-            finish_group(group, g, n0);
-            g = 0;
-        }
-        group[g++] = e;
-        n0 = n;
-        if (g == SK_G722_LANES) {
-            finish_group(group, g, n0);
-            g = 0;
-        }
-    }
-    if (g > 0)
-        finish_group(group, g, n0);
+    sk_lane_groups(encoders, count, take_staged, finish_members);
 }
 
 size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n)

@@ -34,6 +34,29 @@ int sk_g722_lanes_ready(void)
 #endif
 }
 
+void sk_lane_groups(const void *items, int count, sk_lane_take_fn *take, sk_lane_finish_fn *finish)
+{
+    int members[SK_G722_LANES];
+    int g = 0, n0 = 0;
+    for (int i = 0; i < count; i++) {
+        const int n = take(items, i);
+        if (n <= 0)
+            continue;
+        if (g > 0 && n != n0) {
+            finish(items, members, g, n0);
+            g = 0;
+        }
+        members[g++] = i;
+        n0 = n;
+        if (g == SK_G722_LANES) {
+            finish(items, members, g, n0);
+            g = 0;
+        }
+    }
+    if (g > 0)
+        finish(items, members, g, n0);
+}
+
 #ifndef LANES_AVX2
 void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *const xl[SK_G722_LANES],
                         const int32_t *const xh[SK_G722_LANES], int n, unsigned char *const out[SK_G722_LANES])

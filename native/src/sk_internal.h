@@ -128,6 +128,13 @@ void sk_g722_code(sk_g722_encoder *e, const int32_t *xl, const int32_t *xh, int 
 int sk_g722_lanes_ready(void);
 void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *const xl[SK_G722_LANES],
                         const int32_t *const xh[SK_G722_LANES], int n, unsigned char *const out[SK_G722_LANES]);
+/* A batch's staged frames cut into groups for the lanes, as sk_enc24k_finish and sk_frame_finish share
+ * them: in list order, runs of up to SK_G722_LANES items with equal counts. take(items, i) returns item
+ * i's staged count and clears it (0 or less: nothing staged, or an item listed twice); each group goes to
+ * finish(items, members, g, n) as the indices of its g items, n codes or pairs each. */
+typedef int sk_lane_take_fn(const void *items, int i);
+typedef void sk_lane_finish_fn(const void *items, const int *members, int g, int n);
+void sk_lane_groups(const void *items, int count, sk_lane_take_fn *take, sk_lane_finish_fn *finish);
 /* The decoder's two stages, as sk_g722_decode_block runs them: the ADPCM decoding of n codes into the
  * receive QMF's inputs (ev: rl + rh, od: rl - rh), and the receive QMF over n <= SK_G722_QMF_BLOCK of
  * them, which sit at ev + SK_G722_QMF_HIST and od + SK_G722_QMF_HIST (the first slots take the history). */
