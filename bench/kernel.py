@@ -26,6 +26,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -301,7 +302,8 @@ def callgrind_instructions(codec: str, frames: int = 200) -> dict[str, float]:
             out = os.path.join(tmp, f"cg.{fn}")
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", f"--toggle-collect={fn}",
                    sys.executable, "-c", CALLGRIND_CHILD, codec, str(frames)]
-            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+            # run where this process's sipagent lies: the child's sys.path starts with its cwd
+            subprocess.run(cmd, check=True, capture_output=True, timeout=120, cwd=Path(kernel.__file__).parents[2])
             with open(out, encoding="utf-8") as fh:
                 totals = [ln for ln in fh if ln.startswith(("totals:", "summary:"))]
             result[fn] = int(totals[0].split()[1]) / (frames + 1)  # +1: the warm-up encode
@@ -345,7 +347,8 @@ def main() -> None:
     signal = optional("scipy.signal")
     pcm = speech_like(FRAMES * FRAME_MS / 1000)
     frames24 = [pcm[i : i + 960] for i in range(0, len(pcm), 960)]
-    print(f"resampler SIMD level {kernel.simd_level()} (0 = SSE2/NEON baseline, 1 = AVX2); ", end="")
+    print(f"SIMD level {kernel.simd_level()} (0 = SSE2/NEON baseline, 1 = AVX2 + FMA, 2 = with AVX-512VL registers); ",
+          end="")
     print(f"python {sys.version.split()[0]}, "
           f"{FRAMES} frames x {REPEATS} repeats, medians, µs per 20 ms frame")
     print(f"{'codec':6} {'method':8} {'in µs':>8} {'out µs':>8} {'in+out':>8} {'ours ×':>8} "

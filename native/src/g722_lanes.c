@@ -77,6 +77,9 @@ void sk_g722_decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], const unsigne
 typedef __m256i v8;
 #define V_FN static inline __attribute__((always_inline, target("avx2")))
 #define LANES_FN __attribute__((target("avx2")))
+/* The coders again with AVX-512VL's 32 vector registers (SIMD level 2): the same instructions on the
+ * same lanes, fewer spills of the band states (about 4 % of a G.722 frame pair on Zen 4). */
+#define LANES_EVEX __attribute__((target("avx2,avx512f,avx512vl")))
 
 V_FN v8 k8(int x)
 {
@@ -269,8 +272,8 @@ V_FN void lane_tables_load(lane_tables *t)
 
 #define LANES_BLOCK 64 /* codes per pass: the transposed inputs and outputs stay small */
 
-LANES_FN void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *const xl[SK_G722_LANES],
-                                 const int32_t *const xh[SK_G722_LANES], int n, unsigned char *const out[SK_G722_LANES])
+V_FN void code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *const xl[SK_G722_LANES],
+                     const int32_t *const xh[SK_G722_LANES], int n, unsigned char *const out[SK_G722_LANES])
 {
     sk_g722_band *low[SK_G722_LANES], *high[SK_G722_LANES];
     for (int l = 0; l < SK_G722_LANES; l++) {
@@ -344,8 +347,8 @@ LANES_FN void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const 
 
 /* The decoder's serial loop (decode_bands of g722.c) for eight calls: no quantiser, the lower band's
  * output from the 6-bit inverse quantiser, and the receive QMF's inputs rl + rh and rl - rh per call. */
-LANES_FN void sk_g722_decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], const unsigned char *const in[SK_G722_LANES],
-                                   int n, int16_t *const ev[SK_G722_LANES], int16_t *const od[SK_G722_LANES])
+V_FN void decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], const unsigned char *const in[SK_G722_LANES], int n,
+                       int16_t *const ev[SK_G722_LANES], int16_t *const od[SK_G722_LANES])
 {
     sk_g722_band *low[SK_G722_LANES], *high[SK_G722_LANES];
     for (int l = 0; l < SK_G722_LANES; l++) {
@@ -398,5 +401,42 @@ LANES_FN void sk_g722_decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], cons
     }
     band_scatter(low, &lo, lo_ring, n);
     band_scatter(high, &hi, hi_ring, n);
+}
+
+#define LANES_ARGS_CODE                                                                                  \
+    sk_g722_encoder *const e[SK_G722_LANES], const int32_t *const xl[SK_G722_LANES],                     \
+        const int32_t *const xh[SK_G722_LANES], int n, unsigned char *const out[SK_G722_LANES]
+#define LANES_ARGS_DECODE                                                                                \
+    sk_g722_decoder *const d[SK_G722_LANES], const unsigned char *const in[SK_G722_LANES], int n,        \
+        int16_t *const ev[SK_G722_LANES], int16_t *const od[SK_G722_LANES]
+
+LANES_FN static void code_lanes_avx2(LANES_ARGS_CODE)
+{
+    code_lanes(e, xl, xh, n, out);
+}
+
+LANES_EVEX static void code_lanes_evex(LANES_ARGS_CODE)
+{
+    code_lanes(e, xl, xh, n, out);
+}
+
+LANES_FN static void decode_lanes_avx2(LANES_ARGS_DECODE)
+{
+    decode_lanes(d, in, n, ev, od);
+}
+
+LANES_EVEX static void decode_lanes_evex(LANES_ARGS_DECODE)
+{
+    decode_lanes(d, in, n, ev, od);
+}
+
+void sk_g722_code_lanes(LANES_ARGS_CODE)
+{
+    (sk_simd_active() > 1 ? code_lanes_evex : code_lanes_avx2)(e, xl, xh, n, out);
+}
+
+void sk_g722_decode_lanes(LANES_ARGS_DECODE)
+{
+    (sk_simd_active() > 1 ? decode_lanes_evex : decode_lanes_avx2)(d, in, n, ev, od);
 }
 #endif

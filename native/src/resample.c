@@ -7,7 +7,9 @@
  * (one output per SIMD lane, no horizontal sums) and every output is the same sequential sum
  * h[0]x[0] + h[1]x[1] + ... whatever the lane width or the chunking. Hence frame-by-frame equals
  * all-at-once exactly, and the SSE2 and AVX2 builds of the loop give identical bytes (multiplies and
- * adds stay separate: the build uses -ffp-contract=off, so no FMA rounding differences).
+ * adds stay separate: the build uses -ffp-contract=off, so no FMA rounding differences). The pairs the
+ * media path runs every frame (8 and 16 kHz <-> 24 kHz) have hand-written AVX2 + FMA kernels below that
+ * fold the linear-phase filters: exact under any chunking too, within 1 LSB of this loop.
  */
 #include "sk_internal.h"
 #include "sk_filters.h"
@@ -23,8 +25,9 @@
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SK_NO_DISPATCH)
 #define SK_X86_DISPATCH 1
-static int simd_level = -1; /* -1 unknown, 0 baseline (SSE2), 1 AVX2; set once, idempotent */
-static int have_evex;       /* AVX-512VL: the AVX2 kernels may use 32 registers (same results) */
+/* -1 unknown, 0 baseline (SSE2), 1 AVX2, 2 AVX2 with AVX-512VL's 32 registers (the same results as 1) */
+static int simd_level = -1;
+static int have_evex; /* simd_level == 2: the kernels' copies compiled for AVX-512VL */
 #endif
 
 int sk_abi_version(void)
@@ -37,8 +40,10 @@ int sk_simd_level(int request)
 #ifdef SK_X86_DISPATCH
     __builtin_cpu_init();
     int have = __builtin_cpu_supports("avx2") ? 1 : 0;
-    have_evex = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    if (have && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+        have = 2;
     simd_level = request < 0 ? have : (request < have ? request : have);
+    have_evex = simd_level == 2;
     return simd_level;
 #else
     (void)request;
@@ -436,6 +441,214 @@ SK_AVX2 SK_INLINE void down3_sym(const float *h, const float *const s[3], int n,
     }
 }
 
+/* The G.722 pairs (16 kHz <-> 24 kHz), folded like the G.711 ones: both prototypes are linear phase, so
+ * one branch is another's mirror and a pair of outputs shares one pass over the window's symmetric sums
+ * (a quarter of the multiplies of the unfolded loop, FMA, the 24 kHz side's G.711 kernels' rounding).
+ * Every output has one formula fixed by its branch and window alone, computed the same way in a vector
+ * lane or on its own: the chunking never changes an output, whatever the resampler's phase t0. */
+
+/* L = 3, M = 2, K = 64. Output o sits at t = t0 + 2o: branch t mod 3, window z[s..s+63] with s = t div 3.
+ * Branch 2 is branch 0 mirrored and branch 1 a palindrome: with S_i = z[s+i] + z[s+63-i] and
+ * D_i = z[s+i] - z[s+63-i] (i < 32), P = sum (h_0 + h_2)[i] S_i and M = sum (h_0 - h_2)[i] D_i, branch 0
+ * at s is (P + M) / 2, branch 2 at s is (P - M) / 2 and branch 1 at s is sum h_1[i] S_i. Outputs come in
+ * triples (branch 0 at s, branch 2 at s, branch 1 at s + 1), triple j + 1 two samples on: eight triples
+ * per vector read the even and odd streams E[n] = z[s+2n], O[n] = z[s+2n+1]. */
+typedef struct {
+    float p[32], m[32];
+    const float *b1;
+} hd_up_taps;
+
+SK_AVX2 static inline float hd_up_one(const hd_up_taps *g, const float *z, int t)
+{
+    const int branch = t % 3, s = t / 3;
+    __m128 p = _mm_setzero_ps(), m = p;
+    if (branch == 1) {
+        for (int i = 0; i < 32; i++)
+            p = _mm_fmadd_ss(_mm_set_ss(g->b1[i]), _mm_add_ss(_mm_set_ss(z[s + i]), _mm_set_ss(z[s + 63 - i])), p);
+        return _mm_cvtss_f32(p);
+    }
+    for (int i = 0; i < 32; i++) {
+        const __m128 x = _mm_set_ss(z[s + i]), y = _mm_set_ss(z[s + 63 - i]);
+        p = _mm_fmadd_ss(_mm_set_ss(g->p[i]), _mm_add_ss(x, y), p);
+        m = _mm_fmadd_ss(_mm_set_ss(g->m[i]), _mm_sub_ss(x, y), m);
+    }
+    const __m128 y = branch == 0 ? _mm_add_ss(p, m) : _mm_sub_ss(p, m);
+    return _mm_cvtss_f32(_mm_mul_ss(y, _mm_set_ss(0.5f)));
+}
+
+/* Taps i (even) and i + 1 of J vectors of triples from stream index j. */
+#define HD_UP_BLOCK(J)                                                                                  \
+    for (; j + 8 * (J) <= g; j += 8 * (J)) {                                                           \
+        __m256 P[J], M[J], B[J];                                                                       \
+        for (int v = 0; v < (J); v++)                                                                  \
+            P[v] = M[v] = B[v] = _mm256_setzero_ps();                                                  \
+        for (int i = 0; i < 32; i += 2) {                                                              \
+            const __m256 gp0 = _mm256_broadcast_ss(t->p + i), gm0 = _mm256_broadcast_ss(t->m + i);      \
+            const __m256 gb0 = _mm256_broadcast_ss(t->b1 + i);                                        \
+            const __m256 gp1 = _mm256_broadcast_ss(t->p + i + 1), gm1 = _mm256_broadcast_ss(t->m + i + 1); \
+            const __m256 gb1 = _mm256_broadcast_ss(t->b1 + i + 1);                                    \
+            _Pragma("GCC unroll 4") for (int v = 0; v < (J); v++)                                       \
+            {                                                                                          \
+                const float *e = ev + j + 8 * v, *o = od + j + 8 * v;                                  \
+                __m256 x = _mm256_loadu_ps(e + i / 2), y = _mm256_loadu_ps(o + 31 - i / 2);             \
+                P[v] = _mm256_fmadd_ps(gp0, _mm256_add_ps(x, y), P[v]);                               \
+                M[v] = _mm256_fmadd_ps(gm0, _mm256_sub_ps(x, y), M[v]);                               \
+                B[v] = _mm256_fmadd_ps(gb0, _mm256_add_ps(_mm256_loadu_ps(o + i / 2),                 \
+                                                          _mm256_loadu_ps(e + 32 - i / 2)), B[v]);    \
+                x = _mm256_loadu_ps(o + i / 2), y = _mm256_loadu_ps(e + 31 - i / 2);                   \
+                P[v] = _mm256_fmadd_ps(gp1, _mm256_add_ps(x, y), P[v]);                               \
+                M[v] = _mm256_fmadd_ps(gm1, _mm256_sub_ps(x, y), M[v]);                               \
+                B[v] = _mm256_fmadd_ps(gb1, _mm256_add_ps(_mm256_loadu_ps(e + i / 2 + 1),             \
+                                                          _mm256_loadu_ps(o + 31 - i / 2)), B[v]);    \
+            }                                                                                          \
+        }                                                                                              \
+        for (int v = 0; v < (J); v++)                                                                  \
+            store3(out + 3 * (j + 8 * v), _mm256_mul_ps(_mm256_add_ps(P[v], M[v]), half),             \
+                   _mm256_mul_ps(_mm256_sub_ps(P[v], M[v]), half), B[v]);                              \
+    }
+
+/* s0[i] = w[2i] for i < n0, s1[i] = w[2i + 1] for i < n1 (n1 <= n0). */
+SK_AVX2 static inline void split2(const float *w, int n0, int n1, float *s0, float *s1)
+{
+    int i = 0;
+    for (; i + 8 <= n1; i += 8) {
+        const __m256 a = _mm256_loadu_ps(w + 2 * i), b = _mm256_loadu_ps(w + 2 * i + 8);
+        const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)); /* w0 w2 w8 w10 | w4 w6 w12 w14 */
+        const __m256 o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+        _mm256_storeu_ps(s0 + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
+        _mm256_storeu_ps(s1 + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8)));
+    }
+    for (int k = i; k < n0; k++)
+        s0[k] = w[2 * k];
+    for (int k = i; k < n1; k++)
+        s1[k] = w[2 * k + 1];
+}
+
+SK_AVX2 SK_INLINE void hd_up_body(const float *h, const float *z, int t0, int n_out, int16_t *out)
+{
+    hd_up_taps taps, *const t = &taps;
+    for (int i = 0; i < 32; i++) {
+        taps.p[i] = h[i] + h[128 + i];
+        taps.m[i] = h[i] - h[128 + i];
+    }
+    taps.b1 = h + 64;
+    const __m256 half = _mm256_set1_ps(0.5f);
+    int o = 0;
+    for (; o < n_out && (t0 + 2 * o) % 3 != 0; o++) /* up to the first triple */
+        out[o] = pack1(_mm_set_ss(hd_up_one(t, z, t0 + 2 * o)));
+    const int g = (n_out - o) / 3 / 8 * 8; /* triples in whole vectors */
+    if (g > 0) {
+        float ev[DSTRIDE], od[DSTRIDE];
+        split2(z + (t0 + 2 * o) / 3, g + 32, g + 31, ev, od);
+        out += o;
+        int j = 0;
+        HD_UP_BLOCK(4)
+        HD_UP_BLOCK(1)
+        out -= o;
+        o += 3 * g;
+    }
+    for (; o < n_out; o++)
+        out[o] = pack1(_mm_set_ss(hd_up_one(t, z, t0 + 2 * o)));
+}
+
+/* L = 2, M = 3, K = 96. Output o sits at t = t0 + 3o: branch t mod 2, window z[s..s+95] with s = t div 2.
+ * Branch 1 is branch 0 mirrored, so branch 0 at s (A) and branch 1 at s + 1 (B, the next output) weigh
+ * z[s+u] and z[s+96-u] alike: past their ends (u = 0: A's z[s], B's z[s+96]), A + B = P and A - B = M with
+ * P = sum (h_0[u] + h_0[96-u]) S_u and M = sum (h_0[u] - h_0[96-u]) D_u over 1 <= u <= 48 (S_u and D_u
+ * as above, z[s+u] +- z[s+96-u]; D_48 = 0), so A = (P + M) / 2 + h_0[0] z[s] and B = (P - M) / 2 +
+ * h_0[0] z[s+96]: each output reads its own window only. Pair j + 1 starts three samples on: eight pairs
+ * per vector read the streams T_r[n] = z[s+3n+r]. */
+typedef struct {
+    float p[49], m[48], h0; /* p[u], m[u] for u >= 1 */
+} hd_down_taps;
+
+SK_AVX2 static inline float hd_down_one(const hd_down_taps *g, const float *z, int t)
+{
+    const int branch = t & 1, s = t / 2 - branch; /* the pair's window: branch 1 is its second output */
+    __m128 p = _mm_setzero_ps(), m = p;
+    for (int u = 1; u < 48; u++) {
+        const __m128 x = _mm_set_ss(z[s + u]), y = _mm_set_ss(z[s + 96 - u]);
+        p = _mm_fmadd_ss(_mm_set_ss(g->p[u]), _mm_add_ss(x, y), p);
+        m = _mm_fmadd_ss(_mm_set_ss(g->m[u]), _mm_sub_ss(x, y), m);
+    }
+    const __m128 c = _mm_set_ss(z[s + 48]);
+    p = _mm_fmadd_ss(_mm_set_ss(g->p[48]), _mm_add_ss(c, c), p);
+    const __m128 half = _mm_set_ss(0.5f), h0 = _mm_set_ss(g->h0);
+    if (branch == 0)
+        return _mm_cvtss_f32(_mm_fmadd_ss(h0, _mm_set_ss(z[s]), _mm_mul_ss(_mm_add_ss(p, m), half)));
+    return _mm_cvtss_f32(_mm_fmadd_ss(h0, _mm_set_ss(z[s + 96]), _mm_mul_ss(_mm_sub_ss(p, m), half)));
+}
+
+/* Tap u of J vectors of pairs from stream index j: x = z[s+u] from XS[XI], y = z[s+96-u] from YS[YI]. */
+#define HD_DOWN_TAP(U, XS, XI, YS, YI)                                                                 \
+    do {                                                                                               \
+        const __m256 gp = _mm256_broadcast_ss(t->p + (U)), gm = _mm256_broadcast_ss(t->m + (U));       \
+        _Pragma("GCC unroll 4") for (int v = 0; v < (J_); v++)                                          \
+        {                                                                                              \
+            const __m256 x = _mm256_loadu_ps((XS) + j + 8 * v + (XI));                                 \
+            const __m256 y = _mm256_loadu_ps((YS) + j + 8 * v + (YI));                                 \
+            P[v] = _mm256_fmadd_ps(gp, _mm256_add_ps(x, y), P[v]);                                    \
+            M[v] = _mm256_fmadd_ps(gm, _mm256_sub_ps(x, y), M[v]);                                    \
+        }                                                                                              \
+    } while (0)
+/* u = 3q + 1, 3q + 2, 3q + 3 in turn: T_1[q] with T_2[31-q], T_2[q] with T_1[31-q], T_0[q+1] with T_0[31-q]. */
+#define HD_DOWN_BLOCK(J)                                                                                \
+    for (; j + 8 * (J) <= g; j += 8 * (J)) {                                                           \
+        enum { J_ = (J) };                                                                             \
+        __m256 P[J], M[J];                                                                             \
+        for (int v = 0; v < (J); v++)                                                                  \
+            P[v] = M[v] = _mm256_setzero_ps();                                                         \
+        for (int q = 0; q < 16; q++) {                                                                 \
+            HD_DOWN_TAP(3 * q + 1, s1, q, s2, 31 - q);                                                 \
+            HD_DOWN_TAP(3 * q + 2, s2, q, s1, 31 - q);                                                 \
+            if (q < 15)                                                                                \
+                HD_DOWN_TAP(3 * q + 3, s0, q + 1, s0, 31 - q);                                         \
+        }                                                                                              \
+        const __m256 g48 = _mm256_broadcast_ss(t->p + 48), h0 = _mm256_broadcast_ss(&t->h0);           \
+        for (int v = 0; v < (J); v++) {                                                                \
+            const float *x0 = s0 + j + 8 * v;                                                          \
+            const __m256 c = _mm256_loadu_ps(x0 + 16);                                                 \
+            P[v] = _mm256_fmadd_ps(g48, _mm256_add_ps(c, c), P[v]);                                   \
+            const __m256 a = _mm256_fmadd_ps(h0, _mm256_loadu_ps(x0), _mm256_mul_ps(_mm256_add_ps(P[v], M[v]), half)); \
+            const __m256 b = _mm256_fmadd_ps(h0, _mm256_loadu_ps(x0 + 32), _mm256_mul_ps(_mm256_sub_ps(P[v], M[v]), half)); \
+            const __m256 lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);                 \
+            _mm_storeu_si128((__m128i *)(out + 2 * (j + 8 * v)), pack8(_mm256_permute2f128_ps(lo, hi, 0x20))); \
+            _mm_storeu_si128((__m128i *)(out + 2 * (j + 8 * v) + 8), pack8(_mm256_permute2f128_ps(lo, hi, 0x31))); \
+        }                                                                                              \
+    }
+
+SK_AVX2 SK_INLINE void hd_down_body(const float *h, const float *z, int t0, int n_out, int16_t *out)
+{
+    hd_down_taps taps, *const t = &taps;
+    for (int u = 1; u < 48; u++) {
+        taps.p[u] = h[u] + h[96 - u];
+        taps.m[u] = h[u] - h[96 - u];
+    }
+    taps.p[0] = taps.m[0] = 0.0f; /* unused */
+    taps.p[48] = h[48];
+    taps.h0 = h[0];
+    const __m256 half = _mm256_set1_ps(0.5f);
+    int o = 0;
+    for (; o < n_out && ((t0 + 3 * o) & 1); o++) /* up to the first pair */
+        out[o] = pack1(_mm_set_ss(hd_down_one(t, z, t0 + 3 * o)));
+    const int g = (n_out - o) / 2 / 8 * 8; /* pairs in whole vectors */
+    if (g > 0) {
+        float streams[3 * DSTRIDE];
+        float *const s0 = streams, *const s1 = streams + DSTRIDE, *const s2 = streams + 2 * DSTRIDE;
+        const float *w = z + (t0 + 3 * o) / 2;
+        split3(w, g + 31, s0, s1, s2);
+        s0[g + 31] = w[3 * (g + 31)];
+        out += o;
+        int j = 0;
+        HD_DOWN_BLOCK(4)
+        HD_DOWN_BLOCK(1)
+        out -= o;
+        o += 2 * g;
+    }
+    for (; o < n_out; o++)
+        out[o] = pack1(_mm_set_ss(hd_down_one(t, z, t0 + 3 * o)));
+}
+
 /* One copy of each kernel per instruction set: [0] AVX2 + FMA, [1] the same with AVX-512VL registers. */
 #define SK_KERNELS(ATTR, SUF)                                                                    \
     ATTR static void up3_##SUF(const float *h, const float *z, int c, int16_t *out)              \
@@ -453,6 +666,14 @@ SK_AVX2 SK_INLINE void down3_sym(const float *h, const float *const s[3], int n,
     ATTR static void down3_alaw_##SUF(const float *h, const float *const s[3], int n, void *out) \
     {                                                                                            \
         down3_sym(h, s, n, out, OUT_ALAW);                                                       \
+    }                                                                                            \
+    ATTR static void hd_up_##SUF(const float *h, const float *z, int t0, int n, int16_t *out)      \
+    {                                                                                            \
+        hd_up_body(h, z, t0, n, out);                                                            \
+    }                                                                                            \
+    ATTR static void hd_down_##SUF(const float *h, const float *z, int t0, int n, int16_t *out)    \
+    {                                                                                            \
+        hd_down_body(h, z, t0, n, out);                                                          \
     }
 SK_KERNELS(SK_AVX2, avx2)
 SK_KERNELS(SK_EVEX, evex)
@@ -460,6 +681,8 @@ SK_KERNELS(SK_EVEX, evex)
 typedef void up3_fn(const float *, const float *, int, int16_t *);
 typedef void down3_fn(const float *, const float *const[3], int, void *);
 static up3_fn *const up3_k32[2] = {up3_avx2, up3_evex};
+typedef void hd_fn(const float *, const float *, int, int, int16_t *);
+static hd_fn *const hd_up_k[2] = {hd_up_avx2, hd_up_evex}, *const hd_down_k[2] = {hd_down_avx2, hd_down_evex};
 static down3_fn *const down3_k32[2][3] = {{down3_s16_avx2, down3_ulaw_avx2, down3_alaw_avx2},
                                           {down3_s16_evex, down3_ulaw_evex, down3_alaw_evex}};
 #endif
@@ -479,6 +702,14 @@ static size_t commit_s16(sk_resampler *r, int c, int16_t *out)
 #ifdef SK_X86_DISPATCH
     if (simd_level > 0 && k == 32 && up == 3 && down == 1 && t0 == 0) { /* 8 kHz -> 24 kHz */
         up3_k32[have_evex](r->coef, z, c, out);
+        goto done;
+    }
+    if (simd_level > 0 && k == 64 && up == 3 && down == 2) { /* 16 kHz -> 24 kHz */
+        hd_up_k[have_evex](r->coef, z, t0, n_out, out);
+        goto done;
+    }
+    if (simd_level > 0 && k == 96 && up == 2 && down == 3) { /* 24 kHz -> 16 kHz */
+        hd_down_k[have_evex](r->coef, z, t0, n_out, out);
         goto done;
     }
 #endif

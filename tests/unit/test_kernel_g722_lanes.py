@@ -1,6 +1,6 @@
 """G.722 frames of several calls coded together (EncoderBatch -> sk_enc24k_finish, eight calls in the
 lanes of AVX2 registers) carry exactly the codes each call's own encoder gives, whatever the mix of
-calls, frame lengths and codecs, at both SIMD levels."""
+calls, frame lengths and codecs, at every SIMD level."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import hashlib
 
 import numpy as np
 import pytest
-from test_kernel_g722_exact import GOLDEN, source_24k
+from test_kernel_g722_exact import GOLDEN, GOLDEN_FMA, source_24k
 
 from sipagent.errors import KernelError
-from sipagent.media.kernel import Encoder24k, EncoderBatch
+from sipagent.media.kernel import Encoder24k, EncoderBatch, simd_level
 
 
 def call_audio(call: int, frames: int) -> list[bytes]:
@@ -70,7 +70,8 @@ def test_the_pinned_stream_comes_out_the_same_from_any_lane(level: int) -> None:
     # The pinned stream in lane 5 of a group of 8, the other lanes busy with other audio.
     audio = [call_audio(c, len(golden)) for c in range(5)] + [golden] + [call_audio(c, 30) for c in (6, 7)]
     together = code_in_batches(audio)
-    assert hashlib.sha256(together[5]).hexdigest()[:32] == GOLDEN["enc24k"]
+    pinned = GOLDEN if simd_level(level) == 0 else GOLDEN_FMA  # the resampler's FMA rounding above 0
+    assert hashlib.sha256(together[5]).hexdigest()[:32] == pinned["enc24k"]
 
 
 def test_any_frame_lengths_and_codecs_mixed_in_one_batch(level: int) -> None:
