@@ -264,6 +264,17 @@ def outcome_of(status: int) -> str:
     return OUTCOME_BY_STATUS.get(status, "rejected")
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """One in-dialog request of ours awaiting its final response: what it is for, and what a retry with
+    credentials must carry again (the dialog writes the rest)."""
+
+    purpose: str
+    body: bytes = b""
+    content_type: str | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+
+
 class CallCore:
     """One call. Build it with ``incoming`` (an INVITE we received) or ``outgoing`` (one we will send)."""
 
@@ -286,7 +297,7 @@ class CallCore:
         self.peer_options: frozenset[str] = frozenset()
         self._ok: _Reliable | None = None  # our 2xx to an INVITE, until its ACK
         self._ringing: _Reliable | None = None  # our reliable 180, until its PRACK
-        self._sent: dict[tuple[int, str], str] = {}  # (CSeq number, method) of our requests -> what they are for
+        self._sent: dict[tuple[int, str], _Sent] = {}  # (CSeq number, method) of our requests -> what they are for
         self._refreshing: str | None = None  # the method of our session refresh in flight
         self._reoffer: SessionDescription | None = None  # what we offered before our re-INVITE in flight
         self._last_ack: SipRequest | None = None  # our ACK to the last 2xx: sent again for its retransmissions
@@ -719,8 +730,8 @@ class CallCore:
             if _top_branch(response) != self.invite.branch:
                 return []
             return self._invite_response(response, now)
-        purpose = self._sent.get((seq, method))
-        if purpose is None:
+        sent = self._sent.get((seq, method))
+        if sent is None:
             ack = self._last_ack
             if 200 <= response.status < 300 and method == "INVITE" and ack is not None and ack.cseq.seq == seq:
                 return [SendAck(ack)]  # the 2xx again: our ACK was lost
@@ -728,11 +739,11 @@ class CallCore:
         if response.status < 200:
             return []
         del self._sent[(seq, method)]
-        if response.status in (401, 407) and purpose not in ("cancel", "ack"):
-            retry = self._authenticated_retry(response, purpose)
+        if response.status in (401, 407) and sent.purpose != "cancel":
+            retry = self._authenticated_retry(response, method, sent)
             if retry is not None:
                 return [retry]
-        return self._final(purpose, response.status, response, now)
+        return self._final(sent.purpose, response.status, response, now)
 
     def request_failed(self, request: SipRequest, now: float) -> list[CallAction]:
         """A request of ours got no final response, or could not be sent (timeout, transport error, a value
@@ -744,8 +755,8 @@ class CallCore:
             if self.state == "cancelling":
                 return self._end(self._cancel_reason)
             return []
-        purpose = self._sent.pop((seq, method), None)
-        return self._final(purpose, 0, None, now) if purpose is not None else []
+        sent = self._sent.pop((seq, method), None)
+        return self._final(sent.purpose, 0, None, now) if sent is not None else []
 
     def _final(self, purpose: str, status: int, response: SipResponse | None, now: float) -> list[CallAction]:
         if purpose == "refresh":
@@ -935,12 +946,13 @@ class CallCore:
         return self._bye("local-bye")
 
     def _in_dialog(self, method: str, purpose: str, *, body: bytes = b"", content_type: str | None = None,
-                   extra: list[tuple[str, str]] | None = None) -> SendRequest:
+                   extra: list[tuple[str, str]] | None = None,
+                   auth: list[tuple[str, str]] | None = None) -> SendRequest:
         assert self.dialog is not None
         request = self.dialog.create_request(
             method, self.config.via_sent_by, self.config.transport, body=body, content_type=content_type,
-            extra=[("User-Agent", self.config.user_agent), ("Supported", SUPPORTED), *(extra or [])])
-        self._sent[(request.cseq.seq, method)] = purpose
+            extra=[("User-Agent", self.config.user_agent), ("Supported", SUPPORTED), *(extra or []), *(auth or [])])
+        self._sent[(request.cseq.seq, method)] = _Sent(purpose, body, content_type, tuple(extra or ()))
         return SendRequest(request)
 
     def _send_invite(self, seq: int, auth: list[tuple[str, str]]) -> SendRequest:
@@ -979,24 +991,21 @@ class CallCore:
             headers.add(name, invite.headers.get(name) or "")
         headers.add("CSeq", str(CSeq(invite.cseq.seq, "CANCEL")))
         headers.add("User-Agent", self.config.user_agent)
-        self._sent[(invite.cseq.seq, "CANCEL")] = "cancel"
+        self._sent[(invite.cseq.seq, "CANCEL")] = _Sent("cancel")
         return SendRequest(SipRequest("CANCEL", invite.uri, headers))
 
-    def _authenticated_retry(self, response: SipResponse, purpose: str) -> SendRequest | None:
-        """An in-dialog request of ours challenged (a PBX that authenticates BYE or REFER): sent again once
-        with credentials and the next CSeq."""
+    def _authenticated_retry(self, response: SipResponse, method: str, sent: _Sent) -> SendRequest | None:
+        """An in-dialog request of ours challenged (a PBX that authenticates BYE, REFER, re-INVITE, UPDATE or
+        NOTIFY): sent again with credentials, the same body and headers, and the next CSeq. Only a call we
+        placed has credentials (the account's, for its PBX); a call we answered never answers a challenge."""
         if self._auth is None or self.dialog is None:
             return None
         name = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
         if not self._auth.handle_challenge(response.status, response.headers.get_all(name)):
-            return None
-        method = response.cseq.method
+            return None  # no usable challenge, or our credentials were refused already: the request fails
         auth = self._auth.headers_for(method, str(self.dialog.remote_target))
-        # Only what the original request carried that the dialog does not write again is lost: we resend
-        # the purposes we know how to rebuild.
-        if purpose == "bye":
-            return self._in_dialog("BYE", "bye", extra=auth)
-        return None
+        return self._in_dialog(method, sent.purpose, body=sent.body, content_type=sent.content_type,
+                               extra=list(sent.extra), auth=auth)
 
     def _timer_terms(self, request: SipRequest) -> Accepted | Respond:
         """The session timer's terms for our 2xx to this re-INVITE or UPDATE, or the 422 (interval below our

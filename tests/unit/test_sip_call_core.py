@@ -795,6 +795,64 @@ def test_our_reoffer_holds_and_a_refused_one_changes_nothing() -> None:
     assert link.uac.sdp.local is hold and before is not hold
 
 
+# -- a PBX that authenticates in-dialog requests -------------------------------------------------------
+
+
+def answered_with_credentials() -> Link:
+    link = dial(credentials=DigestCredentials("1001", "secret"))
+    assert link.uas is not None
+    link.run("uas", link.uas.answer("192.0.2.2", 50000, link.now))
+    return link
+
+
+def challenge(request: SipRequest, status: int, nonce: str = "n1") -> SipResponse:
+    response = build_response(request, status)
+    header = "Proxy-Authenticate" if status == 407 else "WWW-Authenticate"
+    response.headers.add(header, f'Digest realm="pbx", nonce="{nonce}", qop="auth"')
+    return response
+
+
+def only_request(actions: list[CallAction]) -> SipRequest:
+    [action] = actions
+    assert isinstance(action, SendRequest)
+    return action.request
+
+
+@pytest.mark.parametrize("status", [401, 407])
+def test_a_challenged_refer_of_a_call_we_placed_is_sent_again_with_credentials(status: int) -> None:
+    link = answered_with_credentials()
+    refer = only_request(link.uac.transfer("<sip:3003@pbx>", link.now, referred_by="<sip:1001@pbx>"))
+    retry = only_request(link.uac.receive_response(challenge(refer, status), link.now))
+    assert retry.method == "REFER" and retry.cseq.seq == refer.cseq.seq + 1 and retry.branch != refer.branch
+    assert retry.headers.get("Refer-To") == "<sip:3003@pbx>"
+    assert retry.headers.get("Referred-By") == "<sip:1001@pbx>"
+    authorization = retry.headers.get("Proxy-Authorization" if status == 407 else "Authorization")
+    assert authorization is not None and 'username="1001"' in authorization and "secret" not in authorization
+    assert not link.of("uac", TransferProgress)  # the challenge is not the REFER's outcome
+    link.run("uac", [SendRequest(retry)])  # the far end takes the retried REFER: 405 from this UAS
+    assert link.of("uac", TransferProgress) == [TransferProgress("refer", 405)]
+
+
+def test_a_challenged_reinvite_keeps_its_offer_and_a_refused_retry_fails_it() -> None:
+    link = answered_with_credentials()
+    hold = make_offer(["PCMA"], "192.0.2.1", 40000, link.uac.sdp.session, direction="sendonly")
+    reinvite = only_request(link.uac.reoffer(hold, link.now))
+    retry = only_request(link.uac.receive_response(challenge(reinvite, 401), link.now))
+    assert retry.method == "INVITE" and retry.cseq.seq == reinvite.cseq.seq + 1
+    assert retry.body == reinvite.body and retry.headers.get("Content-Type") == "application/sdp"
+    assert retry.headers.get("Authorization") is not None
+    # The same challenge again: our credentials were refused, so the re-INVITE fails and the session stays.
+    assert link.uac.receive_response(challenge(retry, 401), link.now) == [ReofferAnswered(401, b"")]
+    assert link.uac.state == "confirmed" and link.uac.sdp.local is not hold
+
+
+def test_a_call_we_answered_never_answers_a_challenge() -> None:
+    link = answered_with_credentials()
+    uas = link.core("uas")
+    refer = only_request(uas.transfer("<sip:3003@pbx>", link.now))
+    assert uas.receive_response(challenge(refer, 407), link.now) == [TransferProgress("refer", 407)]
+
+
 # -- hostile answers to a call we place ----------------------------------------------------------------
 
 
