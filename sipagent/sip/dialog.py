@@ -149,9 +149,11 @@ class Dialog:
         return self._request(method, self.local_seq, via_sent_by, transport, body, content_type, extra)
 
     def create_ack(self, invite: SipRequest, via_sent_by: str, transport: str = "UDP") -> SipRequest:
-        """The ACK for a 2xx to our re-INVITE (RFC 3261 13.2.2.4): built like any request in the dialog,
-        with the INVITE's CSeq number; it takes no number of its own."""
-        return self._request("ACK", invite.cseq.seq, via_sent_by, transport)
+        """The ACK for a 2xx to our INVITE or re-INVITE (RFC 3261 13.2.2.4): built like any request in the
+        dialog, with the INVITE's CSeq number (it takes no number of its own) and the INVITE's credentials."""
+        credentials = [(name, value) for name in ("Authorization", "Proxy-Authorization")
+                       for value in invite.headers.get_all(name)]
+        return self._request("ACK", invite.cseq.seq, via_sent_by, transport, extra=credentials)
 
     def target_refreshed(self, response: SipResponse) -> None:
         """A 2xx to our re-INVITE or UPDATE names the remote target in its Contact (RFC 3261 12.2.1.2)."""

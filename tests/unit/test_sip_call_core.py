@@ -285,11 +285,14 @@ def test_digest_retry_on_invite(status: int) -> None:
     assert second.method == "INVITE" and second.cseq.seq == first.cseq.seq + 1
     assert second.branch != first.branch and second.call_id == first.call_id
     assert second.from_addr.tag == first.from_addr.tag
-    authorization = second.headers.get("Proxy-Authorization" if status == 407 else "Authorization")
+    name = "Proxy-Authorization" if status == 407 else "Authorization"
+    authorization = second.headers.get(name)
     assert authorization is not None and 'username="1001"' in authorization and "secret" not in authorization
     assert link.uas is not None and link.uac.state == "ringing"
     link.run("uas", link.uas.answer("192.0.2.2", 50000, link.now))
     assert link.uac.state == "confirmed"
+    ack = link.sent["uac"][-1]  # the ACK carries the INVITE's credentials (RFC 3261 13.2.2.4)
+    assert ack.method == "ACK" and ack.headers.get_all(name) == second.headers.get_all(name)
 
 
 def test_ring_timeout_survives_the_digest_retry() -> None:
