@@ -443,7 +443,7 @@ SK_AVX2 SK_INLINE void down3_sym(const float *h, const float *const s[3], int n,
 
 /* The G.722 pairs (16 kHz <-> 24 kHz), folded like the G.711 ones: both prototypes are linear phase, so
  * one branch is another's mirror and a pair of outputs shares one pass over the window's symmetric sums
- * (a quarter of the multiplies of the unfolded loop, FMA, the 24 kHz side's G.711 kernels' rounding).
+ * (half the multiplies of the unfolded loop, each fused with its add; rounded to PCM16 as the G.711 ones).
  * Every output has one formula fixed by its branch and window alone, computed the same way in a vector
  * lane or on its own: the chunking never changes an output, whatever the resampler's phase t0. */
 
@@ -476,7 +476,9 @@ SK_AVX2 static inline float hd_up_one(const hd_up_taps *g, const float *z, int t
     return _mm_cvtss_f32(_mm_mul_ss(y, _mm_set_ss(0.5f)));
 }
 
-/* Taps i (even) and i + 1 of J vectors of triples from stream index j. */
+/* Taps i (even) and i + 1 of J vectors of triples from stream index j: z[s+2j+i] is E[j+i/2] for even i and
+ * O[j+i/2] for odd, its mirror z[s+2j+63-i] the other stream at j+31-i/2 (branch 1, one sample on, the
+ * same with the streams swapped). store3 lays out a triple as outputs 3j, 3j+1, 3j+2: branches 0, 2, 1. */
 #define HD_UP_BLOCK(J)                                                                                  \
     for (; j + 8 * (J) <= g; j += 8 * (J)) {                                                           \
         __m256 P[J], M[J], B[J];                                                                       \
