@@ -871,6 +871,19 @@ class CallCore:
         logger.info("call %s: another branch answered too (To tag %r): ACK and BYE", self.call_id, tag[:40])
         return [EndFork(fork, ack, bye)]
 
+    def fork_bye_challenged(self, fork: EndFork, response: SipResponse) -> SipRequest | None:
+        """The BYE of another branch (``fork``) answered ``response``: when that is a challenge a call we placed
+        can answer, the BYE again with credentials and the next CSeq; otherwise None (the branch is left to its
+        own timers)."""
+        if self._auth is None or fork.bye is None or response.status not in (401, 407):
+            return None
+        name = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
+        if not self._auth.handle_challenge(response.status, response.headers.get_all(name)):
+            return None
+        auth = self._auth.headers_for("BYE", str(fork.dialog.remote_target))
+        return fork.dialog.create_request("BYE", self.config.via_sent_by, self.config.transport,
+                                          extra=[("User-Agent", self.config.user_agent), *auth])
+
     # -- helpers -------------------------------------------------------------------------------------
 
     def _goto(self, state: str) -> None:

@@ -804,13 +804,17 @@ class UserAgent:
         return await future
 
     async def _end_fork(self, call: CallFront, fork: EndFork) -> None:
-        """ACK another branch's 2xx and BYE its dialog; the BYE's answer is only logged."""
+        """ACK another branch's 2xx and BYE its dialog (with credentials when challenged); the BYE's final
+        answer is only logged."""
         try:
             dest = await self._dialog_peer(call, fork.dialog)
             if self._transport is not None:
                 self._transport.send(fork.ack.to_bytes(), dest)
             if fork.bye is not None:
                 response = await self._send_request(fork.bye, dest)
+                retry = call.core.fork_bye_challenged(fork, response)
+                if retry is not None:  # a PBX that authenticates BYE: once more with credentials
+                    response = await self._send_request(retry, dest)
                 logger.info("call %s: the other branch's BYE answered %d", call.call_id, response.status)
         except (SipTimeout, OSError, SipBuildError) as exc:
             logger.info("call %s: the other branch not ended: %s", call.call_id, exc)

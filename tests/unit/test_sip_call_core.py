@@ -697,6 +697,28 @@ def test_another_branch_answering_too_gets_ack_and_bye_and_the_call_goes_on() ->
     assert link.uac.state == "confirmed"
 
 
+def test_another_branchs_challenged_bye_is_sent_again_with_credentials() -> None:
+    """A ring group behind a PBX that authenticates BYE: the extra branch's BYE answered 407 goes again with
+    credentials and the branch's next CSeq, once; a call without credentials leaves it (its own timers)."""
+    link = answered_with_credentials()
+    branch, ok = another_branch(link)
+    [fork] = link.uac.receive_response(ok, link.now)
+    assert isinstance(fork, EndFork) and fork.bye is not None
+    retry = link.uac.fork_bye_challenged(fork, challenge(fork.bye, 407))
+    assert retry is not None and retry.method == "BYE" and retry.cseq.seq == fork.bye.cseq.seq + 1
+    assert retry.to_addr.tag == ok.to_addr.tag and retry.uri == fork.bye.uri
+    assert 'username="1001"' in (retry.headers.get("Proxy-Authorization") or "")
+    replies = branch.receive_request(wire(retry), link.now)  # type: ignore[arg-type]
+    assert [r.response.status for r in replies if isinstance(r, Respond)] == [200] and branch.state == "ended"
+    assert link.uac.fork_bye_challenged(fork, challenge(retry, 407)) is None  # the same nonce: refused
+    assert link.uac.fork_bye_challenged(fork, build_response(fork.bye, 200)) is None
+    plain = answered()
+    _, ok = another_branch(plain)
+    [fork] = plain.uac.receive_response(ok, plain.now)
+    assert isinstance(fork, EndFork) and fork.bye is not None
+    assert plain.uac.fork_bye_challenged(fork, challenge(fork.bye, 407)) is None
+
+
 def test_outgoing_refuses_headers_it_writes() -> None:
     with pytest.raises(ValueError, match="Via"):
         CallCore.outgoing("sip:2@h", "sip:1@h", UAC_CONFIG, headers=[("Via", "x")])
