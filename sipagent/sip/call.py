@@ -739,6 +739,7 @@ class CallCore:
         if response.status < 200:
             return []
         del self._sent[(seq, method)]
+        self._accepted(response.status)
         if response.status in (401, 407) and sent.purpose != "cancel":
             retry = self._authenticated_retry(response, method, sent)
             if retry is not None:
@@ -777,14 +778,14 @@ class CallCore:
         if status < 200:
             return self._provisional_response(response)
         if status < 300:
+            self._accepted(status)
             return self._answered(response, now)
         if self.state not in ("calling", "ringing", "cancelling"):
             return []
-        if status in (401, 407) and self.state != "cancelling" and self._auth is not None \
-                and self._auth.handle_challenge(status, response.headers.get_all(
-                    "Proxy-Authenticate" if status == 407 else "WWW-Authenticate")):
+        auth = self._answer_challenge(response, "INVITE", self.invite.uri) if self.state != "cancelling" else None
+        if auth is not None:
             self._provisional = False
-            return [self._send_invite(self.invite.cseq.seq + 1, self._auth.headers_for("INVITE", self.invite.uri))]
+            return [self._send_invite(self.invite.cseq.seq + 1, auth)]
         if self.state == "cancelling":  # the 487 of our own CANCEL (or a refusal that crossed it): no status
             return self._end(self._cancel_reason)
         logger.info("call %s: refused with %d %s", self.call_id, status, response.reason[:60])
@@ -875,12 +876,9 @@ class CallCore:
         """The BYE of another branch (``fork``) answered ``response``: when that is a challenge a call we placed
         can answer, the BYE again with credentials and the next CSeq; otherwise None (the branch is left to its
         own timers)."""
-        if self._auth is None or fork.bye is None or response.status not in (401, 407):
+        auth = self._answer_challenge(response, "BYE", str(fork.dialog.remote_target)) if fork.bye else None
+        if auth is None:
             return None
-        name = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
-        if not self._auth.handle_challenge(response.status, response.headers.get_all(name)):
-            return None
-        auth = self._auth.headers_for("BYE", str(fork.dialog.remote_target))
         return fork.dialog.create_request("BYE", self.config.via_sent_by, self.config.transport,
                                           extra=[("User-Agent", self.config.user_agent), *auth])
 
@@ -1011,14 +1009,29 @@ class CallCore:
         """An in-dialog request of ours challenged (a PBX that authenticates BYE, REFER, re-INVITE, UPDATE or
         NOTIFY): sent again with credentials, the same body and headers, and the next CSeq. Only a call we
         placed has credentials (the account's, for its PBX); a call we answered never answers a challenge."""
-        if self._auth is None or self.dialog is None:
+        if self.dialog is None:
+            return None
+        auth = self._answer_challenge(response, method, str(self.dialog.remote_target))
+        if auth is None:
+            return None  # no credentials, no usable challenge, or ours were refused already: the request fails
+        return self._in_dialog(method, sent.purpose, body=sent.body, content_type=sent.content_type,
+                               extra=list(sent.extra), auth=auth)
+
+    def _answer_challenge(self, response: SipResponse, method: str, uri: str) -> list[tuple[str, str]] | None:
+        """The credentials answering a 401/407 to our ``method`` for ``uri``; None when this call has none (a
+        call we answered) or a retry would be pointless (no usable challenge, ours refused already)."""
+        if self._auth is None or response.status not in (401, 407):
             return None
         name = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
         if not self._auth.handle_challenge(response.status, response.headers.get_all(name)):
-            return None  # no usable challenge, or our credentials were refused already: the request fails
-        auth = self._auth.headers_for(method, str(self.dialog.remote_target))
-        return self._in_dialog(method, sent.purpose, body=sent.body, content_type=sent.content_type,
-                               extra=list(sent.extra), auth=auth)
+            return None
+        return self._auth.headers_for(method, uri)
+
+    def _accepted(self, status: int) -> None:
+        """A final response that is not a challenge: the credentials went through, so the call's next request
+        may be challenged afresh (a PBX may challenge each one with a new nonce) without counting as a loop."""
+        if self._auth is not None and status not in (401, 407):
+            self._auth.succeeded()
 
     def _timer_terms(self, request: SipRequest) -> Accepted | Respond:
         """The session timer's terms for our 2xx to this re-INVITE or UPDATE, or the 422 (interval below our

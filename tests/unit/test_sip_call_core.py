@@ -871,6 +871,24 @@ def test_a_challenged_reinvite_keeps_its_offer_and_a_refused_retry_fails_it() ->
     assert link.uac.state == "confirmed" and link.uac.sdp.local is not hold
 
 
+def test_a_pbx_challenging_every_request_with_a_new_nonce_is_answered_each_time() -> None:
+    """FreeSWITCH with auth-all-packets: the INVITE, then each of the call's requests, challenged with a fresh
+    nonce. Each one that went through resets the count, so the third challenge is not taken for a loop."""
+    credentials = DigestCredentials("1001", "secret")
+    link = dial(credentials=credentials, on_invite="nothing")
+    link.uas, link.on_invite = None, "ring"
+    link.run("uac", link.uac.receive_response(challenge(link.sent["uac"][0], 407, "n1"), link.now))
+    assert link.uas is not None
+    link.run("uas", link.uas.answer("192.0.2.2", 50000, link.now))
+    assert link.uac.state == "confirmed"
+    refer = only_request(link.uac.transfer("<sip:3003@pbx>", link.now))
+    retry = only_request(link.uac.receive_response(challenge(refer, 407, "n2"), link.now))
+    link.run("uac", [SendRequest(retry)])  # answered (405 from this UAS): not a challenge
+    [bye] = [action.request for action in link.uac.hangup(link.now) if isinstance(action, SendRequest)]
+    again = only_request(link.uac.receive_response(challenge(bye, 407, "n3"), link.now))
+    assert again.method == "BYE" and again.headers.get("Proxy-Authorization") is not None
+
+
 def test_a_call_we_answered_never_answers_a_challenge() -> None:
     link = answered_with_credentials()
     uas = link.core("uas")
