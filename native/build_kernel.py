@@ -12,7 +12,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["g711.c", "g722.c", "g722_lanes.c", "resample.c", "fused.c", "frame.c", "base64.c"]
+SOURCES = ["g711.c", "g722.c", "g722_lanes.c", "g722_lanes_bw.c", "resample.c", "fused.c", "frame.c", "base64.c"]
 
 FLAGS = ["-O3", "-fno-wrapv", "-std=c99", "-ffp-contract=off"]
 # CPython's own flags carry -fwrapv, which blocks loop vectorisation on GCC; -O3 enables it.

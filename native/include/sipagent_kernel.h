@@ -15,10 +15,10 @@
 
 int sk_abi_version(void);
 /* SIMD path of the kernels: request -1 = best available, 0 = baseline (SSE2/NEON), 1 = AVX2 + FMA, 2 = the
- * same with AVX-512VL's 32 vector registers (x86-64, runtime-detected). Returns the level now in use. Levels
- * 1 and 2 give identical output. The G.711 and G.722 coders give identical output at every level; the
- * resampler's FMA kernels round once per multiply-add, so levels 1-2 may differ from the baseline by 1 LSB
- * on a few samples (each level is exact under any chunking). */
+ * same with AVX-512 VL and BW (32 vector registers, 16-bit permutes; x86-64, runtime-detected). Returns the
+ * level now in use. Levels 1 and 2 give identical output. The G.711 and G.722 coders give identical output
+ * at every level; the resampler's FMA kernels round once per multiply-add, so levels 1-2 may differ from
+ * the baseline by 1 LSB on a few samples (each level is exact under any chunking). */
 int sk_simd_level(int request);
 
 /* ---- G.711 (stateless); n counts samples, pcm is 2*n bytes ---- */

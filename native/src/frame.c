@@ -76,7 +76,8 @@ typedef char sk_stage_fits_one_pass[(SK_DEC_STAGE <= SK_DEC_CHUNK) ? 1 : -1];
  * call fills given an idle decoder of their own, whose outputs are dropped. */
 static void finish_group(sk_frame_decoder *const *group, int count, int n)
 {
-    if (count <= 2) { /* the eight lanes cost about as much as two calls' own decoding */
+    /* the eight lanes cost about as much as two calls' own decoding at SIMD level 1, one at level 2 */
+    if (count <= (sk_simd_active() > 1 ? 1 : 2)) {
         for (int l = 0; l < count; l++)
             decode_now(group[l], group[l]->stage, (size_t)n);
         return;

@@ -2,6 +2,10 @@
  * resampler's float staging area, and resampled samples straight into the encoder: no extra passes. */
 #include "sk_internal.h"
 
+#if defined(__SSE2__) && defined(SK_LITTLE_ENDIAN)
+#include <emmintrin.h>
+#endif
+
 int sk_dec24k_init(sk_dec24k *d, int codec)
 {
     memset(d, 0, sizeof(*d));
@@ -263,11 +267,26 @@ double sk_mean_square(const unsigned char *pcm, size_t n)
     if (n == 0)
         return 0.0;
     /* 32 768^2 * 2^32 samples stays below 2^63: exact for any realistic length. Partial sums in
-     * 32-bit lanes would overflow after two full-scale samples, so the loop widens to 64 bits. */
-    int64_t acc = 0;
-    for (size_t i = 0; i < n; i++) {
-        int32_t v = load_s16(pcm + 2 * i);
-        acc += (int64_t)(v * v);
+     * 32-bit lanes would overflow after two full-scale samples, so the sums are 64-bit. */
+    uint64_t acc = 0;
+    size_t i = 0;
+#if defined(__SSE2__) && defined(SK_LITTLE_ENDIAN)
+    /* pmaddwd squares and adds a pair: at most 2^31, exact as an unsigned 32-bit lane, then widened */
+    const __m128i zero = _mm_setzero_si128();
+    __m128i sums = zero;
+    for (; i + 8 <= n; i += 8) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(pcm + 2 * i));
+        const __m128i pairs = _mm_madd_epi16(v, v);
+        sums = _mm_add_epi64(sums, _mm_unpacklo_epi32(pairs, zero));
+        sums = _mm_add_epi64(sums, _mm_unpackhi_epi32(pairs, zero));
+    }
+    uint64_t lanes[2];
+    _mm_storeu_si128((__m128i *)(void *)lanes, sums);
+    acc = lanes[0] + lanes[1];
+#endif
+    for (; i < n; i++) {
+        const int32_t v = load_s16(pcm + 2 * i);
+        acc += (uint64_t)(v * v);
     }
     return (double)acc / (double)n;
 }

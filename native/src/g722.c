@@ -241,7 +241,7 @@ SK_INLINE void qmf_keep(int32_t x[24], const int16_t *ev, const int16_t *od, int
 }
 
 /* Transmit QMF: xl = (odd + even) >> 14, xh = (odd - even) >> 14. */
-static void qmf_analysis(const int16_t *restrict ev, const int16_t *restrict od, int n, int32_t *restrict xl,
+static void qmf_analysis_scalar(const int16_t *restrict ev, const int16_t *restrict od, int n, int32_t *restrict xl,
                          int32_t *restrict xh)
 {
     for (int k = 0; k < n; k++) {
@@ -256,7 +256,7 @@ static void qmf_analysis(const int16_t *restrict ev, const int16_t *restrict od,
 }
 
 /* Receive QMF: sample 2k from the odd taps, 2k + 1 from the even ones. */
-static void qmf_synthesis(const int16_t *restrict ev, const int16_t *restrict od, int n, int16_t *restrict out)
+static void qmf_synthesis_scalar(const int16_t *restrict ev, const int16_t *restrict od, int n, int16_t *restrict out)
 {
     for (int k = 0; k < n; k++) {
         int32_t o2 = 0, o1 = 0;
@@ -267,6 +267,103 @@ static void qmf_synthesis(const int16_t *restrict ev, const int16_t *restrict od
         out[2 * k] = (int16_t)sat16(o1 >> 11);
         out[2 * k + 1] = (int16_t)sat16(o2 >> 11);
     }
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SK_NO_DISPATCH)
+#include <immintrin.h>
+#define QMF_AVX2 1
+#define QMF_FN static inline __attribute__((always_inline, target("avx2")))
+
+/* The QMFs on AVX2, 16 windows a pass: pmaddwd multiplies the samples x[2j + 2p], x[2j + 2p + 1] of 32-bit
+ * lane j by two taps and adds them, so six of them sum the windows k = 2j (from x) or 2j + 1 (from
+ * x + 1): the same integer sums as the scalar loops, in another order. */
+QMF_FN void qmf_taps(__m256i pairs[6], int reversed)
+{
+    for (int p = 0; p < 6; p++) {
+        const int a = qmf_h[reversed ? 11 - 2 * p : 2 * p], b = qmf_h[reversed ? 10 - 2 * p : 2 * p + 1];
+        pairs[p] = _mm256_set1_epi32((int)((uint32_t)(uint16_t)a | (uint32_t)b << 16));
+    }
+}
+
+/* lane j: the window sum sum_i x[2j + i] * tap[i] */
+QMF_FN __m256i qmf_sums(const int16_t *x, const __m256i pairs[6])
+{
+    __m256i acc = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(const void *)x), pairs[0]);
+    for (int p = 1; p < 6; p++)
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(const void *)(x + 2 * p)),
+                                                      pairs[p]));
+    return acc;
+}
+
+/* windows k (lane j: k = 2j) and k + 1 (k = 2j + 1) back in order: 16 values from two halves */
+QMF_FN void qmf_store_in_order(int32_t *out, __m256i at_even, __m256i at_odd)
+{
+    const __m256i lo = _mm256_unpacklo_epi32(at_even, at_odd), hi = _mm256_unpackhi_epi32(at_even, at_odd);
+    _mm256_storeu_si256((__m256i *)(void *)out, _mm256_permute2x128_si256(lo, hi, 0x20));
+    _mm256_storeu_si256((__m256i *)(void *)(out + 8), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
+__attribute__((target("avx2"))) static void qmf_analysis_avx2(const int16_t *restrict ev, const int16_t *restrict od,
+                                                              int n, int32_t *restrict xl, int32_t *restrict xh)
+{
+    __m256i h[6], r[6];
+    qmf_taps(h, 0);
+    qmf_taps(r, 1);
+    int k = 0;
+    for (; k + 16 <= n; k += 16) { /* reads ev, od up to [k + 26] <= [n + 10]: the block's last window */
+        const __m256i e0 = qmf_sums(ev + k, h), e1 = qmf_sums(ev + k + 1, h);
+        const __m256i o0 = qmf_sums(od + k, r), o1 = qmf_sums(od + k + 1, r);
+        qmf_store_in_order(xl + k, _mm256_srai_epi32(_mm256_add_epi32(o0, e0), 14),
+                           _mm256_srai_epi32(_mm256_add_epi32(o1, e1), 14));
+        qmf_store_in_order(xh + k, _mm256_srai_epi32(_mm256_sub_epi32(o0, e0), 14),
+                           _mm256_srai_epi32(_mm256_sub_epi32(o1, e1), 14));
+    }
+    qmf_analysis_scalar(ev + k, od + k, n - k, xl + k, xh + k);
+}
+
+__attribute__((target("avx2"))) static void qmf_synthesis_avx2(const int16_t *restrict ev, const int16_t *restrict od,
+                                                               int n, int16_t *restrict out)
+{
+    __m256i h[6], r[6];
+    qmf_taps(h, 0);
+    qmf_taps(r, 1);
+    int k = 0;
+    for (; k + 16 <= n; k += 16) {
+        /* sat16(sum >> 11) of the odd taps' windows (samples 2k) and the even taps' (2k + 1), k even and odd */
+        const __m256i a = _mm256_srai_epi32(qmf_sums(od + k, r), 11), b = _mm256_srai_epi32(qmf_sums(ev + k, h), 11);
+        const __m256i c = _mm256_srai_epi32(qmf_sums(od + k + 1, r), 11);
+        const __m256i d = _mm256_srai_epi32(qmf_sums(ev + k + 1, h), 11);
+        /* per 128-bit lane, four windows each: a0 b0 c0 d0 a1 b1 c1 d1 ... is the output order */
+        const __m256i ac = _mm256_packs_epi32(a, c), bd = _mm256_packs_epi32(b, d);
+        const __m256i ab = _mm256_unpacklo_epi16(ac, bd), cd = _mm256_unpackhi_epi16(ac, bd);
+        const __m256i w0 = _mm256_unpacklo_epi32(ab, cd), w1 = _mm256_unpackhi_epi32(ab, cd);
+        _mm256_storeu_si256((__m256i *)(void *)(out + 2 * k), _mm256_permute2x128_si256(w0, w1, 0x20));
+        _mm256_storeu_si256((__m256i *)(void *)(out + 2 * k + 16), _mm256_permute2x128_si256(w0, w1, 0x31));
+    }
+    qmf_synthesis_scalar(ev + k, od + k, n - k, out + 2 * k);
+}
+#endif
+
+static void qmf_analysis(const int16_t *ev, const int16_t *od, int n, int32_t *xl, int32_t *xh)
+{
+#ifdef QMF_AVX2
+    if (sk_simd_active() > 0) {
+        qmf_analysis_avx2(ev, od, n, xl, xh);
+        return;
+    }
+#endif
+    qmf_analysis_scalar(ev, od, n, xl, xh);
+}
+
+static void qmf_synthesis(const int16_t *ev, const int16_t *od, int n, int16_t *out)
+{
+#ifdef QMF_AVX2
+    if (sk_simd_active() > 0) {
+        qmf_synthesis_avx2(ev, od, n, out);
+        return;
+    }
+#endif
+    qmf_synthesis_scalar(ev, od, n, out);
 }
 
 /* Lower band 6-bit quantiser: the smallest i in 1..29 with mag < (q6[i] * det) >> 12, else 30. The

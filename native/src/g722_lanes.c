@@ -10,8 +10,8 @@
  *   and floor(x - x/128), with no multiply;
  * - a product of the scale factor det (0 < det <= 32064: both 16-bit halves known) with a 16-bit value
  *   is one pmaddwd: det's high half is zero, so the high halves' product adds nothing;
- * - the 6-bit quantiser's count of thresholds (q6[j] * det) >> 12 that exceed mag compares q6[j] * det
- *   with ((mag + 1) << 12) - 1, the same condition for integers, without the shifts;
+ * - the 6-bit quantiser counts its thresholds (q6[j] * det) >> 12 on 16-bit halves, two to a lane, each
+ *   from one unsigned high multiply by 16 q6[j] (quant6_v);
  * - the lower band's code assignment (code6) is arithmetic: 62 - i, or when negative 64 - i for i <= 2
  *   and 34 - i above;
  * - sat16(2 d) of each stored difference is kept beside the coefficients (FILTEZ's factor), and its
@@ -77,9 +77,6 @@ void sk_g722_decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], const unsigne
 typedef __m256i v8;
 #define V_FN static inline __attribute__((always_inline, target("avx2")))
 #define LANES_FN __attribute__((target("avx2")))
-/* The coders again with AVX-512VL's 32 vector registers (SIMD level 2): the same instructions on the
- * same lanes, fewer spills of the band states (about 4 % of a G.722 frame pair on Zen 4). */
-#define LANES_EVEX __attribute__((target("avx2,avx512f,avx512vl")))
 
 V_FN v8 k8(int x)
 {
@@ -248,6 +245,33 @@ LANES_FN static void band_scatter(sk_g722_band *const bands[SK_G722_LANES], cons
     }
 }
 
+/* The lower band's 6-bit quantiser: i = 30 - (how many thresholds (q6[j] * det) >> 12, j = 1..29, lie
+ * above mag), as quant6_scalar of g722.c counts them. Two thresholds share a 32-bit lane: q6[1..15] in the
+ * low 16-bit halves, q6[16..29] and a zero (never above) in the high ones, each times 16 so that one
+ * unsigned high multiply gives (q6 * det) >> 12 (q6 * 16 <= 46704, det <= 32064). The thresholds
+ * (<= 22850) and mag (<= 32767) compare as signed 16-bit values. */
+#define Q6_PAIRS 15
+
+V_FN void quant6_load(v8 pairs[Q6_PAIRS])
+{
+    for (int j = 0; j < Q6_PAIRS; j++) {
+        const uint32_t high = j + 16 < 30 ? (uint32_t)q6[j + 16] << 4 : 0;
+        pairs[j] = k8((int)((uint32_t)q6[j + 1] << 4 | high << 16));
+    }
+}
+
+V_FN v8 quant6_v(v8 det, v8 mag, const v8 pairs[Q6_PAIRS])
+{
+    const v8 det2 = _mm256_or_si256(det, _mm256_slli_epi32(det, 16)); /* both non-negative, < 2^16 */
+    const v8 mag2 = _mm256_or_si256(mag, _mm256_slli_epi32(mag, 16));
+    v8 above[3] = {k8(0), k8(0), k8(0)}; /* minus the count, per half, in three independent sums */
+#pragma GCC unroll 15
+    for (int j = 0; j < Q6_PAIRS; j++)
+        above[j % 3] = _mm256_add_epi16(above[j % 3], _mm256_cmpgt_epi16(_mm256_mulhi_epu16(det2, pairs[j]), mag2));
+    const v8 halves = _mm256_add_epi16(_mm256_add_epi16(above[0], above[1]), above[2]); /* each >= -15 */
+    return _mm256_add_epi32(k8(30), _mm256_madd_epi16(halves, _mm256_set1_epi16(1)));
+}
+
 /* The tables both coders look up per code, in registers: the 4-bit inverse quantiser and the lower band's
  * scale multipliers per truncated code, the antilog, and the higher band's inverse quantiser and
  * multipliers per code. */
@@ -285,9 +309,8 @@ V_FN void code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *con
     band_gather(&lo, low, lo_ring);
     band_gather(&hi, high, hi_ring);
 
-    v8 q6_t[29];
-    for (int j = 0; j < 29; j++)
-        q6_t[j] = k8(q6[j + 1]);
+    v8 q6_pairs[Q6_PAIRS];
+    quant6_load(q6_pairs);
     lane_tables t;
     lane_tables_load(&t);
 
@@ -306,14 +329,7 @@ V_FN void code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *con
             const v8 el = sat16v(_mm256_sub_epi32(_mm256_load_si256((const __m256i *)in_l[k]), lo.s));
             const v8 neg = _mm256_srai_epi32(el, 31);
             const v8 mag = _mm256_xor_si256(el, neg);
-            const v8 bound = _mm256_sub_epi32(_mm256_slli_epi32(_mm256_add_epi32(mag, k8(1)), 12), k8(1));
-            v8 above[4] = {k8(0), k8(0), k8(0), k8(0)}; /* minus the thresholds above mag, in 4 sums */
-            for (int j = 0; j < 29; j++) {
-                const v8 over = _mm256_cmpgt_epi32(_mm256_madd_epi16(lo.det, q6_t[j]), bound);
-                above[j & 3] = _mm256_add_epi32(above[j & 3], over);
-            }
-            const v8 i = _mm256_add_epi32(k8(30), _mm256_add_epi32(_mm256_add_epi32(above[0], above[1]),
-                                                                   _mm256_add_epi32(above[2], above[3])));
+            const v8 i = quant6_v(lo.det, mag, q6_pairs);
             const v8 small = _mm256_cmpgt_epi32(k8(3), i);
             const v8 neg_base = _mm256_add_epi32(k8(-28), _mm256_and_si256(small, k8(30))); /* 34 or 64, less 62 */
             const v8 base = _mm256_add_epi32(k8(62), _mm256_and_si256(neg, neg_base));
@@ -415,28 +431,19 @@ LANES_FN static void code_lanes_avx2(LANES_ARGS_CODE)
     code_lanes(e, xl, xh, n, out);
 }
 
-LANES_EVEX static void code_lanes_evex(LANES_ARGS_CODE)
-{
-    code_lanes(e, xl, xh, n, out);
-}
-
 LANES_FN static void decode_lanes_avx2(LANES_ARGS_DECODE)
 {
     decode_lanes(d, in, n, ev, od);
 }
 
-LANES_EVEX static void decode_lanes_evex(LANES_ARGS_DECODE)
-{
-    decode_lanes(d, in, n, ev, od);
-}
-
+/* At SIMD level 2 both bands of the eight calls share one register (g722_lanes_bw.c). */
 void sk_g722_code_lanes(LANES_ARGS_CODE)
 {
-    (sk_simd_active() > 1 ? code_lanes_evex : code_lanes_avx2)(e, xl, xh, n, out);
+    (sk_simd_active() > 1 ? sk_g722_code_lanes_bw : code_lanes_avx2)(e, xl, xh, n, out);
 }
 
 void sk_g722_decode_lanes(LANES_ARGS_DECODE)
 {
-    (sk_simd_active() > 1 ? decode_lanes_evex : decode_lanes_avx2)(d, in, n, ev, od);
+    (sk_simd_active() > 1 ? sk_g722_decode_lanes_bw : decode_lanes_avx2)(d, in, n, ev, od);
 }
 #endif

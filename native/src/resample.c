@@ -25,7 +25,8 @@
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SK_NO_DISPATCH)
 #define SK_X86_DISPATCH 1
-/* -1 unknown, 0 baseline (SSE2), 1 AVX2, 2 AVX2 with AVX-512VL's 32 registers (the same results as 1) */
+/* -1 unknown, 0 baseline (SSE2), 1 AVX2, 2 AVX2 with AVX-512 VL and BW: 32 registers, 16-bit permutes (the
+ * same results as 1) */
 static int simd_level = -1;
 static int have_evex; /* simd_level == 2: the kernels' copies compiled for AVX-512VL */
 #endif
@@ -40,7 +41,8 @@ int sk_simd_level(int request)
 #ifdef SK_X86_DISPATCH
     __builtin_cpu_init();
     int have = __builtin_cpu_supports("avx2") ? 1 : 0;
-    if (have && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+    if (have && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw"))
         have = 2;
     simd_level = request < 0 ? have : (request < have ? request : have);
     have_evex = simd_level == 2;

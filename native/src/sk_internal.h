@@ -150,3 +150,9 @@ size_t sk_dec24k_bands(sk_dec24k *d, int16_t *ev, int16_t *od, int c, unsigned c
 /* sk_g722_decode_bands for SK_G722_LANES decoders at once, n codes each, with the same outputs. */
 void sk_g722_decode_lanes(sk_g722_decoder *const d[SK_G722_LANES], const unsigned char *const in[SK_G722_LANES], int n,
                           int16_t *const ev[SK_G722_LANES], int16_t *const od[SK_G722_LANES]);
+/* The same two at SIMD level 2 (AVX-512 BW), with both bands of each call in one register (g722_lanes_bw.c);
+ * x86 with GCC or clang only. */
+void sk_g722_code_lanes_bw(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *const xl[SK_G722_LANES],
+                           const int32_t *const xh[SK_G722_LANES], int n, unsigned char *const out[SK_G722_LANES]);
+void sk_g722_decode_lanes_bw(sk_g722_decoder *const d[SK_G722_LANES], const unsigned char *const in[SK_G722_LANES],
+                             int n, int16_t *const ev[SK_G722_LANES], int16_t *const od[SK_G722_LANES]);

@@ -53,7 +53,7 @@ FRAME_PAYLOAD_BYTES: Final = 160  # 20 ms at 8000 payload bytes/s, for all three
 
 def simd_level(request: int = -1) -> int:
     """Kernel SIMD path: -1 = best the CPU has (the default), 0 = baseline SSE2/NEON, 1 = AVX2 + FMA, 2 = the
-    same with AVX-512VL's 32 registers (identical output to 1).
+    same with AVX-512 VL and BW (32 registers; G.722's ADPCM lanes in 16 bits; identical output to 1).
 
     The coders' output is identical at every level; the resampler's may differ from the baseline by 1 LSB
     on a few samples (FMA rounding). This exists for tests and benchmarks. Returns the level in use.

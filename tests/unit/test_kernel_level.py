@@ -15,11 +15,15 @@ def test_mean_square_matches_numpy(n: int) -> None:
     x = rng.integers(-32768, 32768, size=n, dtype=np.int16)
     expected = float(np.mean(x.astype(np.float64) ** 2)) if n else 0.0
     assert kernel.mean_square(x.astype("<i2").tobytes()) == pytest.approx(expected, rel=1e-12)
+    exact = sum(int(v) * int(v) for v in x) / n if n else 0.0  # the integer sum, one rounding
+    assert kernel.mean_square(x.astype("<i2").tobytes()) == exact
 
 
 def test_mean_square_extremes_and_odd_bytes() -> None:
     full = np.full(480, -32768, dtype="<i2").tobytes()
     assert kernel.mean_square(full) == 32768.0**2  # exact: no 32-bit overflow in the sum
+    loud = np.tile(np.array([-32768, -32768, 32767, -32768], dtype="<i2"), 41)  # pairs' squares near 2^31
+    assert kernel.mean_square(loud.tobytes()) == (3 * 32768**2 + 32767**2) / 4
     assert kernel.mean_square(full + b"\x7f") == 32768.0**2  # the dangling byte is ignored
     assert kernel.mean_square(b"\x01") == 0.0
 
