@@ -39,6 +39,7 @@ typedef __m128i h8;  /* one band of eight calls */
 #define BW_ENTRY __attribute__((target(BW_TARGET)))
 
 #define HALF SK_G722_LANES /* lanes per band */
+typedef char sk_two_bands_fill_a_register[(HALF == 8) ? 1 : -1];
 
 BW_FN v16 k16(int x)
 {
