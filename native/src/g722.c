@@ -241,8 +241,8 @@ SK_INLINE void qmf_keep(int32_t x[24], const int16_t *ev, const int16_t *od, int
 }
 
 /* Transmit QMF: xl = (odd + even) >> 14, xh = (odd - even) >> 14. */
-static void qmf_analysis_scalar(const int16_t *restrict ev, const int16_t *restrict od, int n, int32_t *restrict xl,
-                         int32_t *restrict xh)
+static void qmf_analysis_scalar(const int16_t *restrict ev, const int16_t *restrict od, int n,
+                                int32_t *restrict xl, int32_t *restrict xh)
 {
     for (int k = 0; k < n; k++) {
         int32_t even = 0, odd = 0;
@@ -256,7 +256,8 @@ static void qmf_analysis_scalar(const int16_t *restrict ev, const int16_t *restr
 }
 
 /* Receive QMF: sample 2k from the odd taps, 2k + 1 from the even ones. */
-static void qmf_synthesis_scalar(const int16_t *restrict ev, const int16_t *restrict od, int n, int16_t *restrict out)
+static void qmf_synthesis_scalar(const int16_t *restrict ev, const int16_t *restrict od, int n,
+                                 int16_t *restrict out)
 {
     for (int k = 0; k < n; k++) {
         int32_t o2 = 0, o1 = 0;

@@ -3,7 +3,8 @@
  * each lane's codes are those of the per-call coder, to the bit. One call's codes form a serial chain
  * (each adapts the predictor the next one uses: about 40 ns a code for one call on its own); eight calls'
  * chains are independent, so one tick's frames of several calls are coded together (sk_enc24k_finish):
- * about 10 ns a code per call.
+ * about 10 ns a code per call. At SIMD level 2 (AVX-512 BW) g722_lanes_bw.c codes them instead, both bands
+ * of a call in one register's 16-bit lanes.
  *
  * Arithmetic that differs in form from g722.c (same values):
  * - (x * 32640) >> 15 is x + ((-x) >> 8), and (x * 32512) >> 15 is x + ((-x) >> 7): floor(x - x/256)
