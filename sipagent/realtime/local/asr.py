@@ -63,9 +63,12 @@ class GrammarRecognizer:
         """The best grammar path for the utterance, or "" when nothing matched."""
         pcm16k = Resampler(24000, 16000).process(pcm24k)
         with self._lock:
+            # The whole utterance in one call (full_utt): the cepstral mean is then the utterance's own. Fed in
+            # pieces, pocketsphinx normalises with a running mean carried over from the utterances before, so
+            # a process's first utterance (and any after a change of line) read as noise, and the same audio
+            # read differently depending on what came before it.
             self._decoder.start_utt()
-            for start in range(0, len(pcm16k), 3200):
-                self._decoder.process_raw(pcm16k[start : start + 3200], False, False)
+            self._decoder.process_raw(pcm16k, False, True)
             self._decoder.end_utt()
             hyp = self._decoder.hyp()
         return hyp.hypstr.strip() if hyp is not None else ""
