@@ -141,7 +141,9 @@ async def _cough_then_speech(tmp_path: Path, mode: str, stage1: str) -> None:
     assert len(stages) == 2, rig.summary()  # the cough's, then the speech's
     if stage1 == "duck":
         # A duck on a burst ends soon after it (unduck_after_ms of quiet), not resume_after_ms later.
-        assert ended["ducked_ms"] < 200, rig.summary()
+        # (< resume_after_ms: the ~100 ms of a cough and unduck_after_ms stretch when frames arrive late,
+        # a duck that waits for resume_after_ms lasts at least 300 + 60 ms)
+        assert ended["ducked_ms"] < 300, rig.summary()
     else:
         assert ended["paused_ms"] < 1000, rig.summary()
     # The cough did not reach the model: nothing truncated, cancelled or deleted before the real barge-in.
@@ -186,7 +188,9 @@ async def _echo(tmp_path: Path, delay_ms: int, mode: str) -> None:
     assert not rig.entries("barge_in"), rig.summary()
     # Nor was it paused or ducked, even for a moment: echo must not make the agent choppy.
     assert not rig.entries("barge_in_pause") and not rig.entries("barge_in_duck"), rig.summary()
-    assert abs(heard_s - synthesized) < 0.3, f"heard {heard_s:.2f} s of a {synthesized:.2f} s greeting"
+    # Heard in full (-0.3 s), and not stretched by a pause (+0.6 s: frames a stalled machine sends late
+    # stretch the span by the stall; a pause and resume adds at least resume_after_ms and the frames held).
+    assert -0.3 < heard_s - synthesized < 0.6, f"heard {heard_s:.2f} s of a {synthesized:.2f} s greeting"
     assert [e["text"] for e in rig.entries("agent")] == [GREETING], rig.summary()
     backend_heard = [e["type"] for e in rig.received if e["type"].startswith("input_audio_buffer.")]
     assert not backend_heard and not rig.entries("caller"), f"the backend took echo for speech: {backend_heard}"
@@ -293,7 +297,7 @@ async def _webhooks(tmp_path: Path) -> None:
     # The goodbye was spoken to the end before the BYE.
     goodbye = speech_span_s(await asyncio.to_thread(tts().synthesize, GOODBYE_REPLY))
     said = [at for at, level in heard_frames(rig.caller)[heard_before_goodbye:] if level >= LOUD_DB]
-    assert said and abs(said[-1] - said[0] + 0.02 - goodbye) < 0.3, (said[-1] - said[0], goodbye)
+    assert said and -0.3 < said[-1] - said[0] + 0.02 - goodbye < 0.6, (said[-1] - said[0], goodbye)  # as above
 
 
 DESK = "sip:desk@127.0.0.1:5099"
@@ -480,7 +484,7 @@ async def _unreachable(tmp_path: Path, action: str) -> None:
     assert rig.attempts == 5 and rig.connects == 0, rig.attempts  # the first attempt and every retry failed
     apology = speech_span_s(await asyncio.to_thread(Synthesizer().synthesize, APOLOGY))
     heard = loud_times(rig.caller)
-    assert heard and abs(heard[-1] - heard[0] + 0.02 - apology) < 0.3, "the apology was not heard in full"
+    assert heard and -0.3 < heard[-1] - heard[0] + 0.02 - apology < 0.6, "the apology was not heard in full"
     assert rig.caller.end_reason == "remote-bye"
     failure = rig.entries("event")[0]
     assert failure["event"] == "failure" and failure["action"] == action, rig.summary()
