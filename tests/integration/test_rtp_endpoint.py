@@ -78,6 +78,30 @@ def run(test: Callable[[MediaClock], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
+def collapse_repeats(frames: list[int]) -> list[int]:
+    """``frames`` with each run of equal frames reduced to one: the receiver's concealment of a hole in the
+    sender's timestamps (left by ticks the clock skipped) repeats the frame before it."""
+    return [f for i, f in enumerate(frames) if i == 0 or f != frames[i - 1]]
+
+
+def ticks_skipped_in(packets: list[RtpPacket]) -> int:
+    """The ticks by which a stream's timestamps jumped beyond one per packet. Every step is a whole number of
+    ticks (160): exactly one, or more after ticks the clock skipped (``MediaClock.skipped_ticks``)."""
+    steps = [ts_diff(b.timestamp, a.timestamp) for a, b in itertools.pairwise(packets)]
+    assert all(dt >= 160 and dt % 160 == 0 for dt in steps), steps
+    return sum(dt // 160 - 1 for dt in steps)
+
+
+def duration_steps_skipped(durations: list[int], ticks: int) -> int:
+    """For one DTMF event's packets (``durations``, in timestamp units) lasting ``ticks`` ticks: check that the
+    duration starts at one tick, grows by one tick per packet (more after ticks the clock skipped: it keeps pace
+    with the timestamp) up to ``ticks``, and the end packet goes three times with it; return the ticks skipped."""
+    assert durations[0] == 160 and durations[-3:] == [160 * ticks] * 3, durations
+    steps = [b - a for a, b in itertools.pairwise(durations[:-2])]
+    assert all(dt >= 160 and dt % 160 == 0 for dt in steps), durations
+    return sum(dt // 160 - 1 for dt in steps)
+
+
 async def until(cond: Callable[[], bool], limit: float = 3.0) -> None:
     for _ in range(int(limit / 0.01)):
         if cond():
@@ -188,7 +212,12 @@ def test_latching_rejects_foreign_source_and_relatches_on_reinvite() -> None:
                 b.send(ep.local_port, b"\x99" * 160)  # a foreign source, same payload type
                 await asyncio.sleep(0.02)
             await until(lambda: len(frames) >= 5)
-            assert [f[0] for f in frames if f[0] != 0x99][:5] == [0, 1, 2, 3, 4]
+            # a's frames in order. A stalled sender can miss the one-frame jitter buffer: the frame before is
+            # played once more (concealed) and the late one dropped, never played out of order.
+            from_a = [x for x in collapse_repeats([f[0] for f in frames]) if x < 5]
+            st = ep.stats()
+            assert from_a == [0, 1, 2, 3, 4] or (from_a == sorted(set(from_a)) and st.concealed + st.late > 0), \
+                (from_a, st)
             assert all(f[0] != 0x99 for f in frames)
             assert ep.stats().foreign_packets == 5
             await until(lambda: len(a.received()) > 0)
@@ -259,20 +288,24 @@ def test_dtmf_receive_dedup_and_send() -> None:
 
             with RtpEndpoint(clock, ports, bind_host=HOST) as plain, pytest.raises(RtpError):
                 plain.send_dtmf("1")  # no telephone-event negotiated
+            skipped = clock.skipped_ticks
             ep.send_dtmf("#", 60)
             got: list[RtpPacket] = []
 
-            def five_events() -> bool:
+            def audio_after_event() -> bool:  # the event is over: audio goes on after it
                 got.extend(peer.received())
-                return sum(p.payload_type == 101 for p in got) >= 5
+                return any(p.payload_type == 101 for p in got) and got[-1].payload_type == 0
 
-            await until(five_events)
+            await until(audio_after_event)
+            skipped = clock.skipped_ticks - skipped
             events = [p for p in got if p.payload_type == 101]
-            assert len(events) == 5
             parsed = [TelephoneEvent.parse(p.payload) for p in events]
-            assert [e.duration for e in parsed] == [160, 320, 480, 480, 480]
-            assert [e.end for e in parsed] == [False, False, True, True, True]
-            assert [p.marker for p in events] == [True] + [False] * 4
+            # [160, 320, 480, 480, 480], the last three with the end bit; a tick the clock skipped takes one
+            # packet's place (the duration jumps with the timestamp), so one fewer packet per skipped tick.
+            assert duration_steps_skipped([e.duration for e in parsed], 3) <= skipped
+            assert len(events) == 5 or (skipped and len(events) >= 4)
+            assert [e.end for e in parsed] == [False] * (len(events) - 3) + [True] * 3
+            assert [p.marker for p in events] == [True] + [False] * (len(events) - 1)
             assert len({p.timestamp for p in events}) == 1 and events[0].ssrc == ep.ssrc
             seqs = [p.sequence for p in got]
             assert all(seq_diff(b, a) == 1 for a, b in itertools.pairwise(seqs))
@@ -300,6 +333,7 @@ def test_dtmf_events_take_the_place_of_audio_in_its_timeline() -> None:
             for frame in frames:
                 ep.playout.push(frame)
             await asyncio.sleep(0.1)
+            skipped = clock.skipped_ticks  # the ticks from the last audio packet before the event on come after
             ep.send_dtmf("7", 80)  # 4 ticks, then 2 more end packets
             got: list[RtpPacket] = []
 
@@ -310,20 +344,30 @@ def test_dtmf_events_take_the_place_of_audio_in_its_timeline() -> None:
 
             await until(audio_after_event)
             assert not ep.dtmf_sending
+            skipped = clock.skipped_ticks - skipped
         finally:
             ep.close()
             peer.close()
         events = [i for i, p in enumerate(got) if p.payload_type == 101]
         first, last = events[0], events[-1]
-        assert events == list(range(first, last + 1)) and len(events) == 6
+        assert events == list(range(first, last + 1))
         before, after = got[first - 1], got[last + 1]
         assert before.payload_type == 0 and after.payload_type == 0
-        assert {got[i].timestamp for i in events} == {(before.timestamp + 160) & 0xFFFFFFFF}
-        assert after.timestamp == (before.timestamp + 160 * 7) & 0xFFFFFFFF  # six ticks of events, then on
-        assert [got[i].marker for i in events] == [True] + [False] * 5
+        assert len({got[i].timestamp for i in events}) == 1
+        # With no tick skipped: the event starts one tick after the last audio packet, six ticks of events
+        # (durations 160, 320, 480, then 640 three times with the end bit), and the audio goes on 7 ticks after
+        # it. A tick the clock skipped moves the timestamp one tick further (the start, or the audio after),
+        # or takes the place of one event packet (its duration jumps with the timestamp).
+        start = ts_diff(got[first].timestamp, before.timestamp)
+        span = ts_diff(after.timestamp, before.timestamp)
+        assert start % 160 == 0 and span % 160 == 0
+        assert 160 <= start <= 160 * (1 + skipped)
+        assert 160 * (len(events) + 1) <= span <= 160 * (len(events) + 1 + skipped)
         parsed = [TelephoneEvent.parse(got[i].payload) for i in events]
-        assert [(e.event, e.end, e.duration) for e in parsed] == [
-            (7, False, 160), (7, False, 320), (7, False, 480), (7, True, 640), (7, True, 640), (7, True, 640)]
+        assert duration_steps_skipped([e.duration for e in parsed], 4) <= skipped
+        assert len(events) == 6 or (skipped and len(events) >= 4)
+        assert [(e.event, e.end) for e in parsed] == [(7, False)] * (len(events) - 3) + [(7, True)] * 3
+        assert [got[i].marker for i in events] == [True] + [False] * (len(events) - 1)
         assert all(p.ssrc == ep.ssrc for p in got)
         assert all(seq_diff(b.sequence, a.sequence) == 1 for a, b in itertools.pairwise(got))
         assert [p.payload for p in got if p.payload in frames] == frames  # the audio waited, none lost
@@ -350,18 +394,25 @@ def test_playout_continuity_between_endpoints() -> None:
                 received[tx.local_port] = rx_frames
                 pairs.append((tx, rx))
             n_frames = 100
+            skipped = clock.skipped_ticks
             for tx, _ in pairs:
                 for i in range(n_frames):  # 2 s of numbered audio, pushed in odd-sized chunks
                     tx.playout.push(bytes([i % 250 + 1]) * 160)
             await until(lambda: all(not tx.playout.is_playing for tx, _ in pairs), limit=6.0)
             await asyncio.sleep(0.3)
+            skipped = clock.skipped_ticks - skipped
             for tx, rx in pairs:
                 frames = received[tx.local_port]
                 audio = [f[0] for f in frames if f != SIL]
-                assert audio == [i % 250 + 1 for i in range(n_frames)]  # all, once, in order
+                # All, once, in order. A tick the clock skipped leaves a hole in tx's timestamps, which rx
+                # conceals (the frame before once more, then silence): no more concealed than ticks skipped
+                # (each phase with streams counts its own), each repeat one of them, none when none were.
+                played = collapse_repeats(audio)
+                assert played == [i % 250 + 1 for i in range(n_frames)]
                 assert tx.playout.played_ms == n_frames * 20
                 st = rx.stats()
-                assert st.packets_received >= n_frames and st.concealed == 0
+                assert len(audio) - len(played) <= st.concealed <= skipped
+                assert st.packets_received >= n_frames
                 assert st.lost == 0 and st.late == 0 and st.duplicates == 0
                 # RTCP went both ways: each side learnt what the other received.
                 assert tx.remote_report is not None and tx.remote_report.ssrc == tx.ssrc
@@ -433,7 +484,7 @@ def test_eager_endpoint_delivers_on_arrival_and_conceals_only_overdue_frames() -
             concealed = got[3:]
             assert concealed[0] == b"\x03" * 160
             assert concealed[1:] and all(f == SIL for f in concealed[1:])
-            assert len(concealed) <= clock.ticks - 3
+            assert len(concealed) <= clock.ticks + clock.skipped_ticks - 3  # a skipped tick's period is one too
             # Media resumes a little ahead of where concealment has got to: it is played when its time comes.
             peer.send(ep.local_port, b"\x04" * 160, ts=first_ts + 160 * (2 + len(concealed) + 20))
             await until(lambda: got[-1] == b"\x04" * 160)
@@ -744,11 +795,15 @@ def test_srtp_between_endpoints_rekey_and_hostile_packets() -> None:
             b.set_crypto(SrtpContext(suite, key_b, key_a))
             a.set_remote(HOST, b.local_port, 0)
             b.set_remote(HOST, a.local_port, 0)
+            skipped = clock.skipped_ticks
             for i in range(30):
                 a.playout.push(bytes([i + 1]) * 160)
             await until(lambda: not a.playout.is_playing, limit=3.0)
             await asyncio.sleep(0.3)
-            assert [f[0] for f in frames if f != SIL] == list(range(1, 31))
+            # All, once, in order; b (eager) repeats a frame only to conceal a hole a skipped tick left.
+            heard = [f[0] for f in frames if f != SIL]
+            assert collapse_repeats(heard) == list(range(1, 31))
+            assert len(heard) - 30 <= clock.skipped_ticks - skipped
             assert b.stats().packets_received >= 30 and b.srtp_dropped == 0
             assert a.remote_report is not None  # SRTCP went both ways and was read
             # Hostile: plain RTP with loud audio, from elsewhere and (as the latch would take) in sequence.
@@ -762,12 +817,14 @@ def test_srtp_between_endpoints_rekey_and_hostile_packets() -> None:
             a.set_crypto(SrtpContext(suite, key_c, key_b))
             b.set_crypto(SrtpContext(suite, key_b, key_c))
             assert a.ssrc != ssrc
-            count = len(frames)
+            count, skipped = len(frames), clock.skipped_ticks
             for i in range(10):
                 a.playout.push(bytes([100 + i]) * 160)
             await until(lambda: not a.playout.is_playing, limit=3.0)
             await asyncio.sleep(0.3)
-            assert [f[0] for f in frames[count:] if f != SIL] == list(range(100, 110))
+            heard = [f[0] for f in frames[count:] if f != SIL]
+            assert collapse_repeats(heard) == list(range(100, 110))
+            assert len(heard) - 10 <= clock.skipped_ticks - skipped
             assert b.stats().srtp_dropped == b.srtp_dropped >= 20
         finally:
             attacker.close()
@@ -780,7 +837,8 @@ def test_srtp_between_endpoints_rekey_and_hostile_packets() -> None:
 def test_g722_calls_on_one_clock_phase_are_coded_together_with_their_own_codes() -> None:
     # Nine G.722 calls due at the same instant: their frames are coded side by side at the end of each
     # phase tick (EncoderBatch), and each call's packets still carry exactly its own encoder's codes, in
-    # order, one per 20 ms, whether a frame went out on a tick or first, at once (start_talkspurt).
+    # order, one per 20 ms, whether a frame went out on a tick or first, at once (start_talkspurt): each
+    # timestamp one tick (160) on, more only by the ticks the clock skipped (one phase: counted once).
     rng = np.random.default_rng(5)
     audio = [np.asarray(rng.normal(0, 2000 * (c + 1), 480 * 25), dtype="<i2").tobytes() for c in range(9)]
 
@@ -790,6 +848,7 @@ def test_g722_calls_on_one_clock_phase_are_coded_together_with_their_own_codes()
         peers = [Peer() for _ in audio]
         eps = [RtpEndpoint(clock, allocator(), bind_host=HOST, silence=CODEC_SILENCE["G722"],
                            playout=PcmPlayout("G722")) for _ in audio]
+        skipped = clock.skipped_ticks
         try:
             for ep, peer, pcm in zip(eps, peers, audio, strict=True):
                 ep.set_remote(HOST, peer.port, 9)
@@ -803,6 +862,7 @@ def test_g722_calls_on_one_clock_phase_are_coded_together_with_their_own_codes()
                 return all(sum(p.payload != CODEC_SILENCE["G722"] for p in packets) >= 25 for packets in got)
 
             await until(all_sent)
+            skipped = clock.skipped_ticks - skipped
             assert clock.batched_frames >= 9 * 20  # most frames were coded together
             for packets, pcm in zip(got, audio, strict=True):
                 encoder = Encoder24k("G722")
@@ -810,7 +870,7 @@ def test_g722_calls_on_one_clock_phase_are_coded_together_with_their_own_codes()
                 sent = [p.payload for p in packets if p.payload != CODEC_SILENCE["G722"]]
                 assert sent[:25] == want
                 assert all(seq_diff(b.sequence, a.sequence) == 1 for a, b in itertools.pairwise(packets))
-                assert all(ts_diff(b.timestamp, a.timestamp) == 160 for a, b in itertools.pairwise(packets))
+                assert ticks_skipped_in(packets) <= skipped
         finally:
             for ep in eps:
                 ep.close()
