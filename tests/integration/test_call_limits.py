@@ -71,13 +71,15 @@ async def _max_call_silent(tmp_path: Path) -> None:
         assert rig.agent.metrics.calls_active == 0
     assert outcome.reason == "time-limit" and rig.caller.end_reason == "remote-bye", rig.summary()
     (limit,) = rig.entries("event")
-    assert limit["event"] == "time-limit" and 10.0 <= limit["t"] < 10.5, rig.summary()
+    # One sleep to answer + 10 s: late only by the loop's wake-up (a few ms; a stall, 0.2 s); a second late
+    # would be a limit counted from somewhere else, or polled.
+    assert limit["event"] == "time-limit" and 10.0 <= limit["t"] < 11.0, rig.summary()
     assert [e["text"] for e in rig.entries("agent")] == ["Hello.", TIME_UP], rig.summary()
     said = rig.entries("agent")[1]
     # The BYE came after the message was played, not at the limit.
     heard = loud_times(rig.caller, since=rig.caller.answered_at + limit["t"])
     assert len(heard) * 20 >= 1200, f"only {len(heard) * 20} ms of the message heard\n{rig.summary()}"
-    assert ended - heard[-1] < 1.5, rig.summary()
+    assert ended - heard[-1] < 3.0, rig.summary()
     assert said["t"] <= rig.entries("call")[-1]["t"], rig.summary()
     # The greeting, played to its end.
     greeting = greeting_entry(rig)
@@ -99,8 +101,13 @@ async def _max_call_talking(tmp_path: Path) -> None:
     assert outcome.reason == "time-limit", rig.summary()
     assert [e["text"] for e in rig.entries("agent")][-1] == TIME_UP, rig.summary()
     greeting = greeting_entry(rig)
+    (limit,) = rig.entries("event")
     # The offline backend streams in real time: cut at the limit, the greeting's length was not known yet.
-    assert greeting["interrupted"] and greeting["heard_ms"] >= 6000 and greeting["total_ms"] is None, greeting
+    assert greeting["interrupted"] and greeting["total_ms"] is None, greeting
+    # What the caller heard of it until (half a second before) the limit, however late it began, was played
+    # before the cut; and no more can have played than the time from the answer to the cut.
+    loud_ms = 20 * len(loud_times(rig.caller, until=rig.caller.answered_at + limit["t"] - 0.5))
+    assert loud_ms >= 2000 and loud_ms <= greeting["heard_ms"] <= greeting["t"] * 1000 + 100, (loud_ms, greeting)
     assert greeting["text"].startswith("Thanks for calling"), greeting  # the model's text, as far as it got
     sent = [e["type"] for e in rig.sent]
     assert sent.index("response.cancel") < len(sent) - 1 - sent[::-1].index("response.create"), sent

@@ -209,13 +209,15 @@ async def _full_queue(caplog: pytest.LogCaptureFixture) -> None:
         started = time.monotonic()
         for _ in range(6):
             sender.emit(events.started(time.time(), "PCMU"))  # never blocks, however dead the receiver
-        assert time.monotonic() - started < 0.05
+        # emit() is synchronous on this loop, which also runs the receiver: an emit that waited for room
+        # would never return, one that posted would sit out the 30 s timeout. Four dropped, not waited for.
+        assert time.monotonic() - started < 5
         assert counted(metrics, "call.started", "dropped") == 4
         assert len(sender.outbox) == 2
         await wait_until(lambda: len(rx.requests) == 2, 5, "the two held events to be sent")
         began = time.monotonic()
         await sender.stop(flush_s=0.2)  # bounded: the receiver never answers
-        assert time.monotonic() - began < 1.0
+        assert time.monotonic() - began < 5  # not the attempts' 30 s timeout
     assert counted(metrics, "call.started", "dropped") == 6  # the two held ones too, at shutdown
     lines = [r for r in caplog.records if r.name == SENDER_LOGGER]
     assert len(lines) == 1, [r.getMessage() for r in lines]
@@ -328,10 +330,12 @@ async def _dead_receiver(tmp_path: Path, dead: str, caplog: pytest.LogCaptureFix
     async with receiver("hang") as rx:
         # Nothing listens on a fresh free port: connection refused.
         url = f"http://127.0.0.1:{free_port()}/events" if dead == "closed-port" else rx.url
-        # One retry each; the silent receiver holds each attempt for its whole timeout.
+        # One retry each; the silent receiver holds each attempt for its whole timeout (10 s), the closed
+        # port refuses at once and the retry waits 10 s: a call that waited for its events would take 10 s
+        # or more to be answered and to end, against the few seconds asserted below.
         config = bridge_config(tmp_path, agent={"greeting": "Hello.", "idle_timeout_s": 0},
-                               events={"webhook": _hook(url, timeout_s=1.0, retries=1, backoff_s=0.1,
-                                                        shutdown_flush_s=0.5)})
+                               events={"webhook": _hook(url, timeout_s=10.0, retries=1, shutdown_flush_s=0.5,
+                                                        backoff_s=10.0 if dead == "closed-port" else 0.1)})
         async with call_rig(config, dial=False) as rig:
             began = time.monotonic()
             await rig.caller.dial()
@@ -342,10 +346,10 @@ async def _dead_receiver(tmp_path: Path, dead: str, caplog: pytest.LogCaptureFix
             outcome = await rig.wait_outcome()
             teardown_s = time.monotonic() - hangup
             metrics = rig.agent.metrics
-            await wait_until(lambda: counted(metrics, "call.ended", "failed") == 1, 10, "call.ended to fail")
+            await wait_until(lambda: counted(metrics, "call.ended", "failed") == 1, 40, "call.ended to fail")
     assert outcome.reason == "remote-hangup"
-    assert answer_s < 1.0, f"the answer took {answer_s:.2f} s"
-    assert teardown_s < 1.0, f"the teardown took {teardown_s:.2f} s"
+    assert answer_s < 5.0, f"the answer took {answer_s:.2f} s"
+    assert teardown_s < 5.0, f"the teardown took {teardown_s:.2f} s"
     # Each event counted once (not per attempt), as failed; one log line for the call.
     for kind in ("call.started", "call.ended"):
         assert counted(metrics, kind, "failed") == 1 and counted(metrics, kind, "delivered") == 0
@@ -373,7 +377,8 @@ async def _shutdown_flush(tmp_path: Path) -> None:
             metrics = rig.agent.metrics
             stopping = time.monotonic()
         stop_s = time.monotonic() - stopping  # the rig stops the agent, and with it the sender
-    assert 0.4 < stop_s < 2.0, f"the shutdown took {stop_s:.2f} s"
+    # At least the flush (0.5 s), and far from the attempts' 30 s timeout.
+    assert 0.4 < stop_s < 5.0, f"the shutdown took {stop_s:.2f} s"
     for kind in ("call.started", "call.ended"):
         assert counted(metrics, kind, "dropped") == 1 and counted(metrics, kind, "failed") == 0
 

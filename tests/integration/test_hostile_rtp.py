@@ -157,6 +157,7 @@ def test_a_spray_before_and_during_the_call_is_never_heard_and_never_hears_us(
                 sprayer = asyncio.create_task(spray(attacker, call.port, stop))
                 await asyncio.sleep(0.2)  # the spray is already running when the call is answered
                 call.ep.set_remote(HOST, caller.port, 0, DTMF_PT)
+                seq_at_answer = attacker.seq  # one sequence number per RTP packet (audio or DTMF) sent
                 call.ep.playout.push(AGENT_AUDIO * 150)
                 await asyncio.sleep(0.04)  # the caller's phone starts two ticks after the answer
                 for i in range(125):
@@ -166,7 +167,8 @@ def test_a_spray_before_and_during_the_call_is_never_heard_and_never_hears_us(
                         caller.send_report(call.port + 1)
                     await asyncio.sleep(0.02)
                 stop.set()
-                sprayed = await sprayer
+                await sprayer
+                sprayed = (attacker.seq - seq_at_answer) & 0xFFFF  # RTP sent once the call had a remote
                 await asyncio.sleep(0.1)
 
                 assert call.heard(SPRAY_AUDIO) == [] and call.digits == []
@@ -177,8 +179,9 @@ def test_a_spray_before_and_during_the_call_is_never_heard_and_never_hears_us(
                 assert caller.reports  # our RTCP, on the caller's RTCP port
                 assert call.ep.remote_address == (HOST, caller.port)
                 stats = call.ep.stats()
-                # Everything it sent once the call had a remote (about 440 RTP, 44 RTCP) was dropped as foreign.
-                assert sprayed > 400 and stats.foreign_packets > 300
+                # The spray ran through the call (about 440 RTP at full speed; fewer when this loop is slow),
+                # and what it sent once the call had a remote was dropped as foreign (its RTCP is counted too).
+                assert sprayed > 100 and stats.foreign_packets >= 0.6 * sprayed, (sprayed, stats.foreign_packets)
                 assert stats.packets_received >= 100 and stats.lost <= 25 + 5  # the caller's, and its pause
         finally:
             caller.close()

@@ -75,9 +75,17 @@ def test_a_flood_leaves_no_state_and_a_call_during_it_hears_the_agent(tmp_path: 
         # Everything held for the flood is let go once its timers run out (64*T1 for a non-INVITE).
         agent.wait_metric("sipagent_sip_server_transactions", lambda v: v == 0, 60)
         after_rss = agent.rss_mb()
+        after = agent.metrics()
         log = agent.log.read_text()
     shed = {key: value for key, value in during.items() if key.startswith("sipagent_sip_shed_total")}
-    assert shed['sipagent_sip_shed_total{reason="untrusted"}'] >= 500, shed
+    # Of the stranger's 1000 INVITEs, those the kernel did not drop from the agent's full socket buffer (how
+    # many depends on how much CPU the agent got during the flood): each was refused (403) without becoming
+    # a call, and only our two calls were ever taken.
+    untrusted = after['sipagent_sip_shed_total{reason="untrusted"}']
+    assert untrusted >= 100, shed
+    outcomes = {key: value for key, value in after.items() if key.startswith("sipagent_calls_total{")}
+    assert outcomes.get('sipagent_calls_total{outcome="rejected-forbidden"}') == untrusted, outcomes
+    assert sum(outcomes.values()) - untrusted == 2 and after["sipagent_calls_active"] == 0, outcomes
     assert shed['sipagent_sip_shed_total{reason="transactions-per-source"}'] > 0, (shed, peak)
     assert peak <= 100, peak  # the per-source limit holds
     assert after_rss - idle_rss < 25, (idle_rss, after_rss)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from bridge_helpers import bridge_config, bridge_config_data
-from peers import Baresip, Kamailio, free_port
+from peers import Baresip, Kamailio, free_port, wait_until
 from srtp_helpers import read_pcm24k
 from test_amd_speech import beep, silence, speech
 from test_control_api import request
@@ -291,7 +291,10 @@ def test_calls_both_ways_share_sip_max_calls(kamailio: Kamailio, tmp_path: Path,
             assert not callee.events, callee.event_types()
             await caller.hangup()
             assert await caller.wait_event("CALL_CLOSED", 10)
-            await asyncio.sleep(0.5)
+            # The phone's CALL_CLOSED says nothing of when the agent let its place go: wait for that.
+            ua = agent.ua
+            assert await wait_until(lambda: ua.active_calls == 0 and not agent.bridges, 10), \
+                (ua.active_calls, list(agent.bridges))
             # A call we placed holds it too: the phone calling in is turned away.
             placed = calls.start(CallRequest("sip:7252@127.0.0.1", "default"))
             assert await callee.wait_event("CALL_ESTABLISHED", 10), callee.event_types()

@@ -198,11 +198,15 @@ def test_a_hostile_server_cannot_make_the_client_buffer_without_bound(monkeypatc
 
 
 def test_deliver_to_takes_events_in_the_data_callback_and_leaves_the_rest_to_recv_in_order() -> None:
+    delivered = asyncio.Event()
+
     async def handler(ws: ServerConnection) -> None:
         await ws.recv()  # the client is connected and has its hook: a message before that goes to recv
         for event in ({"type": "a"}, {"type": "b"}, {"type": "c"}, {"type": "response.audio.delta", "delta": "AAA="}):
             await ws.send(json.dumps(event))
         await ws.send("this is not json")
+        await (await ws.ping())  # the client answers it after it has dealt with every message before it
+        delivered.set()
         async for message in ws:  # one more event for each one the client sends
             await ws.send(json.dumps({"type": "later", "n": json.loads(message)["n"]}))
 
@@ -221,13 +225,17 @@ def test_deliver_to_takes_events_in_the_data_callback_and_leaves_the_rest_to_rec
             client.deliver_to(take)  # kept across connect
             await client.connect()
             await client.send({"type": "start"})
-            await asyncio.sleep(0.3)
+            # All five in before recv takes any: once recv has emptied its queue, take is offered the next.
+            await asyncio.wait_for(delivered.wait(), 5)
             assert taken == [{"type": "a"}]
             assert [(await client.recv())["type"] for _ in range(3)] == ["b", "c", "response.output_audio.delta"]
             await client.send({"type": "ping", "n": 1})  # the unparseable message was skipped by recv
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.3):
                     await client.recv()  # taken as it came: recv never sees it
+            async with asyncio.timeout(5):  # the answer may come after that recv gave up: no matter
+                while len(taken) < 2:
+                    await asyncio.sleep(0.01)
             assert taken[1:] == [{"type": "later", "n": 1}]
             client.deliver_to(None)
             await client.send({"type": "ping", "n": 2})
