@@ -29,7 +29,6 @@ LOOPS: dict[str, Callable[[Coroutine[Any, Any, None]], None]] = {
 class Stamps:
     def __init__(self) -> None:
         self.at: list[float] = []
-
         self.elapsed: list[int] = []
 
     def on_tick(self, elapsed: int) -> None:

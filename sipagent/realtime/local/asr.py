@@ -64,9 +64,9 @@ class GrammarRecognizer:
         pcm16k = Resampler(24000, 16000).process(pcm24k)
         with self._lock:
             # The whole utterance in one call (full_utt): the cepstral mean is then the utterance's own. Fed in
-            # pieces, pocketsphinx normalises with a running mean carried over from the utterances before, so
-            # a process's first utterance (and any after a change of line) read as noise, and the same audio
-            # read differently depending on what came before it.
+            # pieces, pocketsphinx normalises with a running mean carried over from the utterances before: a
+            # recogniser's first utterance on phone audio was often misread (digits or nothing), and the same
+            # audio read differently depending on what came before it.
             self._decoder.start_utt()
             self._decoder.process_raw(pcm16k, False, True)
             self._decoder.end_utt()
