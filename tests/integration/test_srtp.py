@@ -260,7 +260,9 @@ async def _rekey(tmp_path: Path) -> None:
         # The agent's answers never echo the caller's keys.
         caller_keys = [base64.b64encode(key).decode() for key in (first.local_key, renewed.srtp.local_key)]
         assert not [key for key in caller_keys for answer in caller.answers if key in answer]
-        assert endpoint.srtp_dropped <= 5, endpoint.srtp_dropped  # only packets in flight across the re-key
+        # Only packets in flight across the re-key (its exchange lasts a few packets' time, longer on a stalled
+        # machine: at most half a second's here); a key applied wrongly would drop every packet after it.
+        assert endpoint.srtp_dropped <= 25, endpoint.srtp_dropped
 
 
 # ------------------------------------------------------- the UA: our own SRTP offer (late offer)
