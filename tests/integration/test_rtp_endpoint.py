@@ -84,12 +84,17 @@ def collapse_repeats(frames: list[int]) -> list[int]:
     return [f for i, f in enumerate(frames) if i == 0 or f != frames[i - 1]]
 
 
-def ticks_skipped_in(packets: list[RtpPacket]) -> int:
-    """The ticks by which a stream's timestamps jumped beyond one per packet. Every step is a whole number of
-    ticks (160): exactly one, or more after ticks the clock skipped (``MediaClock.skipped_ticks``)."""
-    steps = [ts_diff(b.timestamp, a.timestamp) for a, b in itertools.pairwise(packets)]
+def extra_ticks(steps: list[int]) -> int:
+    """``steps`` of a stream's timestamps or of a DTMF event's duration, each a whole number of ticks (160):
+    exactly one, or more after ticks the clock skipped (``MediaClock.skipped_ticks``). Checks that, and
+    returns the ticks beyond one per step."""
     assert all(dt >= 160 and dt % 160 == 0 for dt in steps), steps
     return sum(dt // 160 - 1 for dt in steps)
+
+
+def ticks_skipped_in(packets: list[RtpPacket]) -> int:
+    """The ticks by which a stream's timestamps jumped beyond one per packet (see ``extra_ticks``)."""
+    return extra_ticks([ts_diff(b.timestamp, a.timestamp) for a, b in itertools.pairwise(packets)])
 
 
 def duration_steps_skipped(durations: list[int], ticks: int) -> int:
@@ -97,9 +102,7 @@ def duration_steps_skipped(durations: list[int], ticks: int) -> int:
     duration starts at one tick, grows by one tick per packet (more after ticks the clock skipped: it keeps pace
     with the timestamp) up to ``ticks``, and the end packet goes three times with it; return the ticks skipped."""
     assert durations[0] == 160 and durations[-3:] == [160 * ticks] * 3, durations
-    steps = [b - a for a, b in itertools.pairwise(durations[:-2])]
-    assert all(dt >= 160 and dt % 160 == 0 for dt in steps), durations
-    return sum(dt // 160 - 1 for dt in steps)
+    return extra_ticks([b - a for a, b in itertools.pairwise(durations[:-2])])
 
 
 async def until(cond: Callable[[], bool], limit: float = 3.0) -> None:
