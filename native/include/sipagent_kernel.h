@@ -106,6 +106,7 @@ typedef struct {
     unsigned char *out;
     double in_mean_square; /* of the PCM of the last sk_enc24k_push: the level of what is sent */
     int32_t staged;        /* G.722 pairs waiting for sk_enc24k_finish (sk_enc24k_stage) */
+    const void *batch;     /* the sk_enc24k_batch listing this state until its finish, or NULL */
     int32_t stage_xl[256]; /* their sub-band samples (SK_ENC_STAGE) */
     int32_t stage_xh[256];
 } sk_enc24k;
@@ -125,15 +126,26 @@ size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n);
 size_t sk_enc24k_push(sk_enc24k *e, const unsigned char *pcm, size_t nbytes);
 /* The same frame of many calls, coded together: sk_enc24k_stage is sk_enc24k_push, except that for
  * G.722 it stops before the ADPCM, the frame's sub-band samples left in the state (->staged pairs, for
- * nbytes <= SK_ENC_STAGE_BYTES; a longer input is coded at once). sk_enc24k_finish then codes every
- * staged state of the list into its ->out, eight calls side by side where the CPU allows, with the
- * codes sk_enc24k_push would have written. sk_enc24k_stage returns the bytes ->out will then hold.
- * A state staged again before its finish has its earlier pairs coded first (their codes overwritten). */
+ * nbytes <= SK_ENC_STAGE_BYTES; a longer input is coded at once), and that it lists the state in the
+ * batch. sk_enc24k_finish then codes every state the batch lists into its ->out, eight calls side by
+ * side where the CPU allows, with the codes sk_enc24k_push would have written, and empties the batch.
+ * sk_enc24k_stage returns the bytes ->out will then hold, or, staging nothing:
+ * SK_BATCH_FINISH_FIRST when the state is already listed in this batch (its earlier frame is coded by
+ * the finish, in order) or the batch is full, SK_BATCH_ELSEWHERE when another batch lists it.
+ * A state pushed before its finish has its staged pairs coded first (their codes then overwritten).
+ * The batch holds pointers: the caller keeps each listed state alive until the finish. */
 #define SK_ENC_STAGE 256
 #define SK_ENC_STAGE_BYTES 1500
 #define SK_ENC_LANES 8 /* frames sk_enc24k_finish codes side by side */
-size_t sk_enc24k_stage(sk_enc24k *e, const unsigned char *pcm, size_t nbytes);
-void sk_enc24k_finish(sk_enc24k *const *encoders, int count);
+#define SK_BATCH_MAX 64
+#define SK_BATCH_FINISH_FIRST -1
+#define SK_BATCH_ELSEWHERE -2
+typedef struct {
+    int32_t count;
+    sk_enc24k *items[64]; /* SK_BATCH_MAX, in staging order */
+} sk_enc24k_batch;
+int64_t sk_enc24k_stage(sk_enc24k_batch *b, sk_enc24k *e, const unsigned char *pcm, size_t nbytes);
+void sk_enc24k_finish(sk_enc24k_batch *b);
 
 /* ---- level ---- */
 /* Mean of the squared samples of n PCM16 samples (0.0 for n == 0), summed exactly in 64-bit integers. */
@@ -159,6 +171,7 @@ typedef struct {
     size_t text_len;       /* bytes in text after the last push */
     double mean_square;    /* of the PCM of the last payload decoded (what sk_frame_push returns) */
     int32_t staged;        /* G.722 payload bytes waiting for sk_frame_finish (sk_frame_stage) */
+    const void *batch;     /* the sk_frame_batch listing this state until its finish, or NULL */
     unsigned char stage[256]; /* those bytes (SK_DEC_STAGE) */
 } sk_frame_decoder;
 
@@ -170,14 +183,22 @@ int sk_frame_decoder_init(sk_frame_decoder *f, int codec, int text_of, const uns
  * padding, tail) unless SK_TEXT_NONE, and returns the mean square of the decoded PCM (sk_mean_square). */
 double sk_frame_push(sk_frame_decoder *f, const unsigned char *payload, size_t n);
 /* The same frame of many calls, decoded together: sk_frame_stage keeps a G.722 payload of at most
- * SK_DEC_STAGE bytes in the state (->staged) and returns 1; any other payload it decodes at once as
- * sk_frame_push, returning 0. sk_frame_finish then decodes every staged state of the list, eight calls'
- * ADPCM side by side where the CPU allows, into the outputs sk_frame_push would have given (dec.out,
- * text, ->mean_square), each frame's mean square also in mean_squares[i]. A state staged or pushed again
- * before its finish has its staged payload decoded first, so that its outputs are overwritten in order. */
+ * SK_DEC_STAGE bytes in the state (->staged), lists the state in the batch and returns how many the
+ * batch now lists; any other payload it decodes at once as sk_frame_push, returning 0. It stages nothing
+ * and returns SK_BATCH_FINISH_FIRST when the state is already listed in this batch or the batch is full,
+ * SK_BATCH_ELSEWHERE when another batch lists it. sk_frame_finish then decodes every state the batch
+ * lists, eight calls' ADPCM side by side where the CPU allows, into the outputs sk_frame_push would have
+ * given (dec.out, text, ->mean_square), each frame's mean square also in mean_squares[i] (room for
+ * SK_BATCH_MAX), and empties the batch. A state pushed before its finish has its staged payload decoded
+ * first, so that its outputs are overwritten in order. The caller keeps each listed state alive until
+ * the finish. */
 #define SK_DEC_STAGE 256
-int sk_frame_stage(sk_frame_decoder *f, const unsigned char *payload, size_t n);
-void sk_frame_finish(sk_frame_decoder *const *frames, int count, double *mean_squares);
+typedef struct {
+    int32_t count;
+    sk_frame_decoder *items[64]; /* SK_BATCH_MAX, in staging order */
+} sk_frame_batch;
+int sk_frame_stage(sk_frame_batch *b, sk_frame_decoder *f, const unsigned char *payload, size_t n);
+void sk_frame_finish(sk_frame_batch *b, double *mean_squares);
 /* Standard base64 (RFC 4648, '+' '/', '=' padding) of n bytes: writes 4 * ceil(n / 3) bytes. */
 size_t sk_base64(const unsigned char *in, size_t n, unsigned char *out);
 

@@ -56,9 +56,14 @@ double sk_frame_push(sk_frame_decoder *f, const unsigned char *payload, size_t n
     return decode_now(f, payload, n);
 }
 
-int sk_frame_stage(sk_frame_decoder *f, const unsigned char *payload, size_t n)
+typedef char sk_frame_batch_sized[(sizeof(((sk_frame_batch *)0)->items) == SK_BATCH_MAX * sizeof(sk_frame_decoder *)) ? 1 : -1];
+
+int sk_frame_stage(sk_frame_batch *b, sk_frame_decoder *f, const unsigned char *payload, size_t n)
 {
-    if (f->staged > 0)
+    const int refused = sk_batch_refusal(f->batch, b, b->count);
+    if (refused)
+        return refused;
+    if (f->staged > 0) /* staged before and never finished: decoded first, in order */
         decode_staged(f);
     if (f->dec.codec != SK_CODEC_G722 || n == 0 || n > SK_DEC_STAGE) {
         decode_now(f, payload, n);
@@ -66,7 +71,9 @@ int sk_frame_stage(sk_frame_decoder *f, const unsigned char *payload, size_t n)
     }
     memcpy(f->stage, payload, n);
     f->staged = (int32_t)n;
-    return 1;
+    b->items[b->count++] = f;
+    f->batch = b;
+    return b->count;
 }
 
 /* A staged payload is decoded in one pass of the fused decoder (sk_dec24k_bands). */
@@ -124,15 +131,19 @@ static void finish_members(const void *items, const int *members, int g, int n)
     finish_group(group, g, n);
 }
 
-void sk_frame_finish(sk_frame_decoder *const *frames, int count, double *mean_squares)
+void sk_frame_finish(sk_frame_batch *b, double *mean_squares)
 {
+    const int count = b->count;
     if (!sk_g722_lanes_ready()) {
         for (int i = 0; i < count; i++)
-            if (frames[i]->staged > 0)
-                decode_staged(frames[i]);
+            if (b->items[i]->staged > 0)
+                decode_staged(b->items[i]);
     } else {
-        sk_lane_groups(frames, count, take_staged, finish_members);
+        sk_lane_groups(b->items, count, take_staged, finish_members);
     }
-    for (int i = 0; i < count; i++)
-        mean_squares[i] = frames[i]->mean_square;
+    for (int i = 0; i < count; i++) {
+        mean_squares[i] = b->items[i]->mean_square;
+        b->items[i]->batch = NULL;
+    }
+    b->count = 0;
 }

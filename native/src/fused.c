@@ -180,17 +180,24 @@ static void code_staged(sk_enc24k *e)
     code_pairs(e, n);
 }
 
-size_t sk_enc24k_stage(sk_enc24k *e, const unsigned char *pcm, size_t nbytes)
+typedef char sk_enc_batch_sized[(sizeof(((sk_enc24k_batch *)0)->items) == SK_BATCH_MAX * sizeof(sk_enc24k *)) ? 1 : -1];
+
+int64_t sk_enc24k_stage(sk_enc24k_batch *b, sk_enc24k *e, const unsigned char *pcm, size_t nbytes)
 {
-    if (e->staged > 0)
+    const int refused = sk_batch_refusal(e->batch, b, b->count);
+    if (refused)
+        return refused;
+    if (e->staged > 0) /* staged before and never finished: coded first, so the state stays in order */
         code_staged(e);
+    b->items[b->count++] = e;
+    e->batch = b;
     e->in_mean_square = sk_mean_square(pcm, nbytes >> 1);
     if (e->codec != SK_CODEC_G722 || nbytes > SK_ENC_STAGE_BYTES)
-        return sk_enc24k_run(e, pcm, nbytes, e->out);
+        return (int64_t)sk_enc24k_run(e, pcm, nbytes, e->out);
     /* nbytes <= 1500: at most 751 samples in, 502 out (+ one held): 252 <= SK_ENC_STAGE pairs */
     const size_t n = enc24k_run(e, pcm, nbytes, e->out, 1);
     e->staged = (int32_t)n;
-    return n;
+    return (int64_t)n;
 }
 
 /* Codes one group of staged states with equal counts (n pairs each): side by side, the lanes that no
@@ -238,15 +245,19 @@ static void finish_members(const void *items, const int *members, int g, int n)
     finish_group(group, g, n);
 }
 
-void sk_enc24k_finish(sk_enc24k *const *encoders, int count)
+void sk_enc24k_finish(sk_enc24k_batch *b)
 {
+    const int count = b->count;
     if (!sk_g722_lanes_ready()) {
         for (int i = 0; i < count; i++)
-            if (encoders[i]->staged > 0)
-                code_staged(encoders[i]);
-        return;
+            if (b->items[i]->staged > 0)
+                code_staged(b->items[i]);
+    } else {
+        sk_lane_groups(b->items, count, take_staged, finish_members);
     }
-    sk_lane_groups(encoders, count, take_staged, finish_members);
+    for (int i = 0; i < count; i++)
+        b->items[i]->batch = NULL;
+    b->count = 0;
 }
 
 size_t sk_dec24k_push(sk_dec24k *d, const unsigned char *payload, size_t n)

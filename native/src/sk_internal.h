@@ -135,6 +135,14 @@ void sk_g722_code_lanes(sk_g722_encoder *const e[SK_G722_LANES], const int32_t *
 typedef int sk_lane_take_fn(const void *items, int i);
 typedef void sk_lane_finish_fn(const void *items, const int *members, int g, int n);
 void sk_lane_groups(const void *items, int count, sk_lane_take_fn *take, sk_lane_finish_fn *finish);
+/* Why a state whose batch field is listed_in cannot join batch b, which lists count states, now:
+ * SK_BATCH_FINISH_FIRST (it waits in b already, or b is full) or SK_BATCH_ELSEWHERE; 0 if it can. */
+static inline int sk_batch_refusal(const void *listed_in, const void *b, int count)
+{
+    if (listed_in != NULL)
+        return listed_in == b ? SK_BATCH_FINISH_FIRST : SK_BATCH_ELSEWHERE;
+    return count >= SK_BATCH_MAX ? SK_BATCH_FINISH_FIRST : 0;
+}
 /* The decoder's two stages, as sk_g722_decode_block runs them: the ADPCM decoding of n codes into the
  * receive QMF's inputs (ev: rl + rh, od: rl - rh), and the receive QMF over n <= SK_G722_QMF_BLOCK of
  * them, which sit at ev + SK_G722_QMF_HIST and od + SK_G722_QMF_HIST (the first slots take the history). */

@@ -260,7 +260,9 @@ def _codec_id(codec: str) -> int:
 _dec24k_push: Any = lib.sk_dec24k_push
 _enc24k_push: Any = lib.sk_enc24k_push
 _enc24k_stage: Any = lib.sk_enc24k_stage
+_enc24k_finish: Any = lib.sk_enc24k_finish
 LANES: Final = int(lib.SK_ENC_LANES)  # G.722 frames the kernel codes side by side
+BATCH_MAX: Final = int(lib.SK_BATCH_MAX)  # staged frames the kernel lists in one batch (more run it first)
 
 
 class Decoder24k:
@@ -294,7 +296,7 @@ class Encoder24k:
     run (``staged_payload`` afterwards), which codes the frames of several calls side by side.
     """
 
-    __slots__ = ("_buf", "_cap", "_pending", "_staged", "_state", "_view", "codec")
+    __slots__ = ("_buf", "_cap", "_staged", "_state", "_view", "codec")
 
     def __init__(self, codec: str) -> None:
         self.codec = codec.upper()
@@ -302,7 +304,6 @@ class Encoder24k:
         lib.sk_enc24k_init(self._state, _codec_id(codec))
         self._buf = _Buffer(960, 1 / 6, 4)
         self._staged = 0
-        self._pending = False  # staged in an EncoderBatch that has not run yet
         self._attach()
 
     def _attach(self) -> None:
@@ -312,21 +313,15 @@ class Encoder24k:
     def encode(self, pcm24k: bytes) -> bytes:
         n = len(pcm24k)
         if n > self._cap:
-            self._buf.grow(n)
-            self._attach()
+            self._grow(n)
         return self._view[: _enc24k_push(self._state, pcm24k, n)]  # type: ignore[no-any-return]
 
-    def stage(self, pcm24k: bytes) -> None:
-        """``encode``, except that a G.722 frame stops before its ADPCM coding, which an
-        :class:`EncoderBatch` run does; G.711, or more than 1500 bytes (31 ms), is coded at once."""
-        n = len(pcm24k)
-        if n > self._cap:
-            self._buf.grow(n)
-            self._attach()
-        self._staged = _enc24k_stage(self._state, pcm24k, n)
+    def _grow(self, n: int) -> None:
+        self._buf.grow(n)
+        self._attach()
 
     def staged_payload(self) -> bytes:
-        """The payload of the last ``stage``, once its batch has run."""
+        """The payload of the frame last staged by an :class:`EncoderBatch`, once that batch has run."""
         return self._view[: self._staged]  # type: ignore[no-any-return]
 
     @property
@@ -337,46 +332,63 @@ class Encoder24k:
 
 
 class EncoderBatch:
-    """Frames of several calls coded together: each ``stage``d (:meth:`Encoder24k.stage`) and ``send``
-    told where its payload goes; ``run`` codes every staged G.722 frame in one kernel call, eight calls
-    side by side (sk_enc24k_finish: the same codes as ``encode``, 8.9 -> 3.8 µs per frame), then hands
-    each payload on in staging order. It runs by itself as soon as a full group of the kernel's lanes
-    waits, so no frame waits for more than seven others.
+    """Frames of several calls coded together: each ``stage``d and ``send`` told where its payload goes;
+    ``run`` codes every staged G.722 frame in one kernel call, eight calls side by side (sk_enc24k_finish:
+    the same codes as ``encode``, 8.9 -> 3.8 µs per frame), then hands each payload on in staging order.
+    It runs by itself as soon as a full group of the kernel's lanes waits, so no frame waits for more than
+    seven others. The kernel keeps the list of staged states; an encoder is staged in one batch at a time.
 
     The media clock keeps one open through each phase tick, so the calls due at that instant share it."""
 
-    __slots__ = ("_encoders", "_ptrs", "_sends", "after_each", "frames", "staged")
+    __slots__ = ("_batch", "_encoders", "_sends", "after_each", "frames", "staged")
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self) -> None:
         self.staged = 0  # frames staged so far
         self.frames = 0  # frames coded by runs so far
         self.after_each: Callable[[], None] | None = None  # runs after each delivery
-        self._ptrs: Any = ffi.new("sk_enc24k *[]", capacity)
-        self._encoders: list[Encoder24k] = []
+        self._batch: Any = ffi.new("sk_enc24k_batch *")  # the kernel's list of the staged states
+        self._encoders: list[Encoder24k] = []  # the same, keeping them alive until the run
         self._sends: list[tuple[Callable[[bytes, bytes], None], bytes] | None] = []
+
+    def __del__(self) -> None:
+        # Dropped with frames staged: code them (sent nowhere), so the kernel lists their states nowhere.
+        if self._encoders:
+            _enc24k_finish(self._batch)
 
     def __len__(self) -> int:
         """Frames staged and not yet coded."""
         return len(self._encoders)
 
     def stage(self, encoder: Encoder24k, pcm24k: bytes) -> None:
-        """Stage ``encoder``'s next frame, whose destination ``send`` names next."""
-        encoders, sends = self._encoders, self._sends
-        if len(sends) < len(encoders):  # the frame staged before has no send: its stream failed in between
-            sends.append(None)  # coded all the same (its encoder stays in step), sent nowhere
-        if encoder._pending:  # its earlier frame is still here: code it first, in order
-            self.run()
-        encoder.stage(pcm24k)
-        encoder._pending = True
-        self._encoders.append(encoder)  # not ``encoders``: a run starts new lists
+        """Stage ``encoder``'s next frame, whose destination ``send`` names next: ``encoder.encode``, except
+        that a G.722 frame stops before its ADPCM coding (G.711, or more than 1500 bytes, is coded at once).
+        The encoder's ``mean_square`` is that frame's at once."""
+        # Encoder24k's part inlined: this runs for every frame of every G.722 call.
+        n = len(pcm24k)
+        if n > encoder._cap:
+            encoder._grow(n)
+        staged = _enc24k_stage(self._batch, encoder._state, pcm24k, n)
+        if staged < 0:  # its earlier frame is still here (or the batch is full): code those first, in order
+            self._run_to_stage(staged, encoder)
+            staged = _enc24k_stage(self._batch, encoder._state, pcm24k, n)
+        encoder._staged = staged
+        self._encoders.append(encoder)  # not held in a local: a run starts new lists
+        # No destination until ``send`` names one: if its stream fails first, the frame is coded all the
+        # same (its encoder stays in step) and sent nowhere.
+        self._sends.append(None)
         self.staged += 1
+
+    def _run_to_stage(self, refused: int, encoder: Encoder24k) -> None:
+        if refused == lib.SK_BATCH_ELSEWHERE:
+            raise KernelError(f"{encoder!r} has a frame staged in another EncoderBatch, which has not run")
+        self.run()
 
     def send(self, deliver: Callable[[bytes, bytes], None], header: bytes) -> None:
         """Once coded, the frame staged last goes to ``deliver(header, payload)``."""
         sends = self._sends
-        if len(sends) != len(self._encoders) - 1:
+        if not sends or sends[-1] is not None:
             raise KernelError("EncoderBatch.send: no staged frame waits for a destination")
-        sends.append((deliver, header))
+        sends[-1] = (deliver, header)
         if len(sends) >= LANES:
             self.run()
 
@@ -386,27 +398,19 @@ class EncoderBatch:
         encoders, sends = self._encoders, self._sends
         if not encoders:
             return
-        if len(sends) < len(encoders):
-            sends.append(None)
         self._encoders, self._sends = [], []
-        n = len(encoders)
-        ptrs = self._ptrs
-        if n > len(ptrs):
-            ptrs = self._ptrs = ffi.new("sk_enc24k *[]", max(n, 2 * len(ptrs)))
-        for i, encoder in enumerate(encoders):
-            ptrs[i] = encoder._state
-            encoder._pending = False
-        lib.sk_enc24k_finish(ptrs, n)
-        self.frames += n
+        _enc24k_finish(self._batch)
+        self.frames += len(encoders)
+        after_each = self.after_each
         for encoder, to in zip(encoders, sends, strict=True):
             if to is None:
                 continue
             try:
-                to[0](to[1], encoder.staged_payload())
+                to[0](to[1], encoder._view[: encoder._staged])  # its staged_payload()
             except Exception:
                 log.exception("delivering a coded frame failed")
-            if self.after_each is not None:
-                self.after_each()
+            if after_each is not None:
+                after_each()
 
 
 _frame_push: Any = lib.sk_frame_push
@@ -425,7 +429,7 @@ class FrameDecoder:
     ``pcm`` and ``text`` are copied out only when read.
     """
 
-    __slots__ = ("_pcm", "_pending", "_pview", "_state", "_text", "_tview", "codec")
+    __slots__ = ("_cap", "_pcm", "_pview", "_state", "_text", "_tview", "codec")
 
     def __init__(self, codec: str, text_of: str | None = None, head: bytes = b"", tail: bytes = b"") -> None:
         self.codec = codec.upper()
@@ -439,37 +443,30 @@ class FrameDecoder:
                                      len(tail)) != 0:
             raise KernelError(f"text head/tail too long ({len(head)}/{len(tail)} bytes, "
                               f"at most {lib.SK_TEXT_MAX_HEAD}/{lib.SK_TEXT_MAX_TAIL})")
-        self._pending = False  # staged in a DecoderBatch that has not run yet
         self._attach()
 
     def _attach(self) -> None:
         self._state.dec.out = self._pcm.mem
         self._state.text = self._text.mem
         self._pview, self._tview = self._pcm.view, self._text.view
+        self._cap = self._pcm.cap_in
+
+    def _grow(self, n: int) -> None:
+        self._pcm.grow(n)
+        self._text.grow(n)
+        self._attach()
 
     def push(self, payload: bytes) -> float:
         """Decodes one payload; returns the mean square of its 24 kHz PCM16."""
         n = len(payload)
-        if n > self._pcm.cap_in:  # rare: a longer payload than any before
-            self._pcm.grow(n)
-            self._text.grow(n)
-            self._attach()
+        if n > self._cap:  # rare: a longer payload than any before
+            self._grow(n)
         return _frame_push(self._state, payload, n)  # type: ignore[no-any-return]
-
-    def stage(self, payload: bytes) -> bool:
-        """``push``, except that a G.722 payload of at most 256 bytes (32 ms) waits in the decoder for a
-        :class:`DecoderBatch` run (True); any other is decoded at once (False), its level in ``mean_square``."""
-        n = len(payload)
-        if n > self._pcm.cap_in:
-            self._pcm.grow(n)
-            self._text.grow(n)
-            self._attach()
-        return _frame_stage(self._state, payload, n) != 0  # type: ignore[no-any-return]
 
     @property
     def pending(self) -> bool:
         """A frame of this decoder waits in a :class:`DecoderBatch` (its ``pcm`` and ``text`` are not its yet)."""
-        return self._pending
+        return self._state.batch != ffi.NULL  # type: ignore[no-any-return]
 
     @property
     def mean_square(self) -> float:
@@ -504,17 +501,22 @@ class DecoderBatch:
     share it, and at the end of each of its phase ticks. It also runs by itself once a full group of the
     kernel's lanes waits, and before a decoder is staged twice."""
 
-    __slots__ = ("_decoders", "_mean_squares", "_ptrs", "_thens", "frames", "runs", "schedule")
+    __slots__ = ("_batch", "_decoders", "_mean_squares", "_thens", "frames", "runs", "schedule")
 
     def __init__(self) -> None:
         self.frames = 0  # frames decoded by runs so far
         self.runs = 0  # runs that decoded at least one frame
         self.schedule: Callable[[Callable[[], None]], object] | None = None
         # Never more than LANES frames wait: the one that fills the lanes runs the batch.
-        self._ptrs: Any = ffi.new("sk_frame_decoder *[]", LANES)
-        self._mean_squares: Any = ffi.new("double[]", LANES)
-        self._decoders: list[FrameDecoder] = []
+        self._batch: Any = ffi.new("sk_frame_batch *")  # the kernel's list of the staged states
+        self._mean_squares: Any = ffi.new("double[]", BATCH_MAX)
+        self._decoders: list[FrameDecoder] = []  # the same, keeping them alive until the run
         self._thens: list[Callable[[float], None]] = []
+
+    def __del__(self) -> None:
+        # Dropped with frames staged: decode them (handled nowhere), so the kernel lists their states nowhere.
+        if self._decoders:
+            _frame_finish(self._batch, self._mean_squares)
 
     def __len__(self) -> int:
         """Frames staged and not yet decoded."""
@@ -525,20 +527,25 @@ class DecoderBatch:
         if schedule is None:
             then(decoder.push(payload))
             return
-        if decoder._pending:  # its earlier frame is still here: that one first, in order
+        # ``push``, except that a G.722 payload of at most 256 bytes (32 ms) waits in the decoder for the
+        # run; any other is decoded at once. Inlined: this runs for every frame of every G.722 call.
+        n = len(payload)
+        if n > decoder._cap:
+            decoder._grow(n)
+        waiting = _frame_stage(self._batch, decoder._state, payload, n)
+        if waiting < 0:  # its earlier frame is still here: that one first, in order
+            if waiting == lib.SK_BATCH_ELSEWHERE:
+                raise KernelError(f"{decoder!r} has a frame staged in another DecoderBatch, which has not run")
             self.run()
-        if not decoder.stage(payload):  # decoded at once
-            then(decoder.mean_square)
+            waiting = _frame_stage(self._batch, decoder._state, payload, n)
+        if waiting == 0:  # decoded at once
+            then(decoder._state.mean_square)
             return
-        decoders = self._decoders
-        waiting = len(decoders)
-        if waiting == 0:
-            schedule(self.run)
-        self._ptrs[waiting] = decoder._state
-        decoder._pending = True
-        decoders.append(decoder)
+        self._decoders.append(decoder)
         self._thens.append(then)
-        if waiting + 1 == LANES:
+        if waiting == 1:  # after the appends: if scheduling fails, the frame still waits for a later run
+            schedule(self.run)
+        if waiting == LANES:
             self.run()
 
     def run(self) -> None:
@@ -548,9 +555,7 @@ class DecoderBatch:
         if n == 0:
             return
         self._decoders, self._thens = [], []
-        for decoder in decoders:
-            decoder._pending = False
-        _frame_finish(self._ptrs, n, self._mean_squares)
+        _frame_finish(self._batch, self._mean_squares)
         self.frames += n
         self.runs += 1
         for then, mean_sq in zip(thens, ffi.unpack(self._mean_squares, n), strict=True):

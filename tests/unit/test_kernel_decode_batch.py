@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from test_kernel_g722_lanes import call_audio
 
+from sipagent.errors import KernelError
 from sipagent.media.kernel import LANES, DecoderBatch, Encoder24k, FrameDecoder
 
 HEAD, TAIL = b'{"audio":"', b'"}'
@@ -172,3 +173,43 @@ def test_a_payload_longer_than_any_before_grows_the_buffers_first(level: int) ->
         loop.batch.stage(d, long, lambda ms, d=d: got.append((ms, d.pcm, d.text)))
     loop.end()
     assert got == decode_alone([long]) * 3
+
+
+def test_a_decoder_waits_in_one_batch_at_a_time() -> None:
+    frames = g722_stream(5, 3)
+    d = decoder()
+    first, second = Pass(), Pass()
+    got: list[Decoded] = []
+    first.batch.stage(d, frames[0], lambda ms: got.append((ms, d.pcm, d.text)))
+    assert d.pending
+    with pytest.raises(KernelError, match="another DecoderBatch"):
+        second.batch.stage(d, frames[1], lambda ms: got.append((ms, d.pcm, d.text)))
+    assert len(second.batch) == 0 and second.scheduled == []
+    first.end()
+    assert not d.pending
+    second.batch.stage(d, frames[1], lambda ms: got.append((ms, d.pcm, d.text)))
+    second.end()
+    assert got == decode_alone(frames[:2])
+    # A batch dropped before its run decodes what it holds (handled nowhere): the decoder is free again.
+    first.batch.stage(d, frames[2], lambda ms: got.append((ms, d.pcm, d.text)))
+    first.scheduled.clear()
+    del first
+    assert not d.pending and len(got) == 2
+    assert (d.mean_square, d.pcm, d.text) == decode_alone(frames)[2]
+
+
+def test_a_frame_whose_run_could_not_be_scheduled_waits_for_the_next_run() -> None:
+    frames = g722_stream(6, 2)
+    d = decoder()
+    got: list[Decoded] = []
+    batch = DecoderBatch()
+
+    def closed_loop(run: Callable[[], None]) -> None:
+        raise RuntimeError("Event loop is closed")
+
+    batch.schedule = closed_loop
+    with pytest.raises(RuntimeError):
+        batch.stage(d, frames[0], lambda ms: got.append((ms, d.pcm, d.text)))
+    assert len(batch) == 1 and d.pending  # listed in the batch, not lost between it and the kernel
+    batch.run()
+    assert got == decode_alone(frames[:1]) and not d.pending

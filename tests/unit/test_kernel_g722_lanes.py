@@ -11,7 +11,7 @@ import pytest
 from test_kernel_g722_exact import GOLDEN, GOLDEN_FMA, source_24k
 
 from sipagent.errors import KernelError
-from sipagent.media.kernel import Encoder24k, EncoderBatch, simd_level
+from sipagent.media.kernel import BATCH_MAX, Encoder24k, EncoderBatch, simd_level
 
 
 def call_audio(call: int, frames: int) -> list[bytes]:
@@ -149,3 +149,39 @@ def test_a_delivery_that_raises_does_not_stop_the_others(caplog: pytest.LogCaptu
     batch.run()
     assert got == [0, 2] and len(after) == 3 and batch.frames == 3 and len(batch) == 0
     assert "delivering a coded frame failed" in caplog.text
+
+
+def test_more_frames_than_the_kernel_lists_are_all_coded_in_order(level: int) -> None:
+    """The kernel lists at most BATCH_MAX staged states: staging one more runs the batch first."""
+    audio = call_audio(2, 2)
+    encoders = [Encoder24k("G722") for _ in range(BATCH_MAX + 6)]
+    batch = EncoderBatch()
+    for encoder in encoders:  # streams that failed before naming a destination: nothing runs the batch
+        batch.stage(encoder, audio[0])
+    assert (batch.frames, len(batch)) == (BATCH_MAX, 6)
+    got: list[bytes] = []
+    for encoder in encoders:
+        batch.stage(encoder, audio[1])
+        batch.send(lambda h, p: got.append(p), b"")
+    batch.run()
+    reference = Encoder24k("G722")
+    reference.encode(audio[0])
+    assert got == [reference.encode(audio[1])] * len(encoders)
+
+
+def test_an_encoder_waits_in_one_batch_at_a_time() -> None:
+    audio = call_audio(0, 3)
+    encoder, reference = Encoder24k("G722"), Encoder24k("G722")
+    first, second = EncoderBatch(), EncoderBatch()
+    first.stage(encoder, audio[0])
+    with pytest.raises(KernelError, match="another EncoderBatch"):
+        second.stage(encoder, audio[1])
+    assert len(second) == 0
+    del first  # dropped before its run: its frame is coded (sent nowhere), and the encoder is free again
+    got: list[bytes] = []
+    for frame in audio[1:]:
+        second.stage(encoder, frame)
+        second.send(lambda h, p: got.append(p), b"")
+        second.run()
+    reference.encode(audio[0])
+    assert got == [reference.encode(frame) for frame in audio[1:]]
