@@ -365,7 +365,9 @@ class EncoderBatch:
         The encoder's ``mean_square`` is that frame's at once."""
         # Encoder24k's part inlined: this runs for every frame of every G.722 call.
         n = len(pcm24k)
-        if n > encoder._cap:
+        if n > encoder._cap:  # rare: a longer frame than any before
+            if encoder._state.batch != ffi.NULL:  # a payload coded at its staging is in the buffer to replace
+                self.run()
             encoder._grow(n)
         staged = _enc24k_stage(self._batch, encoder._state, pcm24k, n)
         if staged < 0:  # its earlier frame is still here (or the batch is full): code those first, in order

@@ -185,3 +185,20 @@ def test_an_encoder_waits_in_one_batch_at_a_time() -> None:
         second.run()
     reference.encode(audio[0])
     assert got == [reference.encode(frame) for frame in audio[1:]]
+
+
+@pytest.mark.parametrize(("codec", "sizes"), [("PCMU", (960, 1920)), ("G722", (1600, 3200))])
+def test_a_longer_frame_staged_after_one_coded_at_once_keeps_the_earlier_payload(codec: str,
+                                                                                sizes: tuple[int, int]) -> None:
+    """G.711, or a G.722 frame past the staging bound, is coded as it is staged, into the encoder's buffer: a
+    longer frame staged after it in the same batch must not replace that buffer before the run."""
+    audio = b"".join(call_audio(4, 10))
+    frames = [audio[: sizes[0]], audio[sizes[0] : sizes[0] + sizes[1]]]
+    encoder, reference = Encoder24k(codec), Encoder24k(codec)
+    got: list[bytes] = []
+    batch = EncoderBatch()
+    for frame in frames:
+        batch.stage(encoder, frame)
+        batch.send(lambda h, p: got.append(p), b"")
+    batch.run()
+    assert got == [reference.encode(frame) for frame in frames]
