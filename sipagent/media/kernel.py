@@ -331,6 +331,14 @@ class Encoder24k:
         return float(self._state.in_mean_square)
 
 
+def _make_room(batch: EncoderBatch | DecoderBatch, refused: int, member: object) -> None:
+    """After the kernel refused to stage ``member`` in ``batch``: the batch runs (the member's earlier frame
+    waits there, or the batch is full), unless another batch lists the member, which is an error."""
+    if refused == lib.SK_BATCH_ELSEWHERE:
+        raise KernelError(f"{member!r} has a frame staged in another {type(batch).__name__}, which has not run")
+    batch.run()
+
+
 class EncoderBatch:
     """Frames of several calls coded together: each ``stage``d and ``send`` told where its payload goes;
     ``run`` codes every staged G.722 frame in one kernel call, eight calls side by side (sk_enc24k_finish:
@@ -371,7 +379,7 @@ class EncoderBatch:
             encoder._grow(n)
         staged = _enc24k_stage(self._batch, encoder._state, pcm24k, n)
         if staged < 0:  # its earlier frame is still here (or the batch is full): code those first, in order
-            self._run_to_stage(staged, encoder)
+            _make_room(self, staged, encoder)
             staged = _enc24k_stage(self._batch, encoder._state, pcm24k, n)
         encoder._staged = staged
         self._encoders.append(encoder)  # not held in a local: a run starts new lists
@@ -379,11 +387,6 @@ class EncoderBatch:
         # same (its encoder stays in step) and sent nowhere.
         self._sends.append(None)
         self.staged += 1
-
-    def _run_to_stage(self, refused: int, encoder: Encoder24k) -> None:
-        if refused == lib.SK_BATCH_ELSEWHERE:
-            raise KernelError(f"{encoder!r} has a frame staged in another EncoderBatch, which has not run")
-        self.run()
 
     def send(self, deliver: Callable[[bytes, bytes], None], header: bytes) -> None:
         """Once coded, the frame staged last goes to ``deliver(header, payload)``."""
@@ -536,9 +539,7 @@ class DecoderBatch:
             decoder._grow(n)
         waiting = _frame_stage(self._batch, decoder._state, payload, n)
         if waiting < 0:  # its earlier frame is still here: that one first, in order
-            if waiting == lib.SK_BATCH_ELSEWHERE:
-                raise KernelError(f"{decoder!r} has a frame staged in another DecoderBatch, which has not run")
-            self.run()
+            _make_room(self, waiting, decoder)
             waiting = _frame_stage(self._batch, decoder._state, payload, n)
         if waiting == 0:  # decoded at once
             then(decoder._state.mean_square)
