@@ -208,6 +208,25 @@ class ProcStats:
         return inodes
 
 
+def cpu_times(cpu: str | None = None) -> tuple[int, int]:
+    """(steal, total) clock ticks of one CPU ("0") or of all (None) since boot, from /proc/stat. Steal is the
+    time the hypervisor ran something else while this virtual CPU had work: a window with much of it measured
+    a slower machine."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] == name:
+            ticks = [int(f) for f in fields[1:9]]  # user nice system idle iowait irq softirq steal
+            return ticks[7], sum(ticks)
+    return 0, 0
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Steal between two ``cpu_times`` readings, as a share of that CPU's time (of all CPUs' for None)."""
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 # ------------------------------------------------------------------------------------- pinning, processes
 
 
@@ -364,7 +383,8 @@ class AgentProcess:
 
 class TimedDecoderBatch(DecoderBatch):
     """The media clock's ``received`` batch, noting how long the first frame of each run waited in it: what
-    decoding caller frames together adds to their handling (at most, for that run's frames)."""
+    decoding caller frames together adds to their handling (at most, for that run's frames). Only with
+    SIPAGENT_BENCH_DECODE_WAIT set (``load.py --verbose``)."""
 
     __slots__ = ("_first", "_state")
 
@@ -417,11 +437,20 @@ class _Observed:
         this is measured inside the agent), or ``deviation`` when diagnosing late packets."""
         return self.deviation if os.environ.get("SIPAGENT_BENCH_LATE") else self.devs.append
 
+    async def reset(self) -> dict[str, Any]:
+        """A new window starts: forget what was recorded, computing nothing. (A ``report`` on the agent's loop
+        takes some 20 ms at 200 calls, its percentiles and object count: at the start of a window, that
+        stall's late packets would be counted in it.)"""
+        self.devs.clear()  # in place: the clock holds its append
+        self.decode_waits = []
+        self.gc_pauses = []
+        self.late_at = []
+        self.underruns = self.underrun_frames = self.audio_frames = 0
+        self._profile_window()
+        return {"reset": True}
+
     async def report(self, reset: bool) -> dict[str, Any]:
         devs, waits = self.devs[:], self.decode_waits
-        if reset:
-            self.devs.clear()  # in place: the clock holds its append
-            self.decode_waits = []
         agent = self.agent
         figures: dict[str, Any] = {
             "dev": percentiles_ms(devs, (50, 90, 99, 99.9)),
@@ -441,12 +470,8 @@ class _Observed:
         if self.late_at:
             t0 = self.late_at[0]
             figures["late_ms_at"] = sorted(collections.Counter(int((t - t0) * 10) for t in self.late_at).items())
-        if reset:
-            self.gc_pauses = []
-            self.late_at = []
-        if reset:
-            self.underruns = self.underrun_frames = self.audio_frames = 0
-            self._profile_window()
+        if reset:  # after the figures: what this stall made late is not counted in the next window either
+            await self.reset()
         return figures
 
     def _profile_window(self) -> None:
@@ -472,7 +497,8 @@ def _control(state: _Observed) -> None:
         if state.loop is None:
             print(json.dumps({"error": "not started"}), flush=True)
             continue
-        future = asyncio.run_coroutine_threadsafe(state.report(reset=command == "report"), state.loop)
+        action = state.reset() if command == "reset" else state.report(reset=command == "report")
+        future = asyncio.run_coroutine_threadsafe(action, state.loop)
         print(json.dumps(future.result(30)), flush=True)
     os.kill(os.getpid(), signal.SIGTERM)  # the bench went away: shut down like `sipagent run` does
 
@@ -526,7 +552,9 @@ def _agent_main(config_path: str) -> int:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.clock.probe = state.probe()
-            self.clock.received = TimedDecoderBatch(state)
+            # Timing the decode batch costs a Python frame per G.722 frame (not PCMU's): only when asked.
+            if os.environ.get("SIPAGENT_BENCH_DECODE_WAIT"):
+                self.clock.received = TimedDecoderBatch(state)
             state.agent = self
 
         async def start(self) -> None:
@@ -565,6 +593,10 @@ class QuietCaller(SipCaller):
         assert self._endpoint is not None
         self._endpoint.playout = PlayoutQueue(frame_bytes=len(CODEC_SILENCE[self.codec]),
                                               silence=CODEC_SILENCE[self.codec])
+
+        # Frames as they arrive, not through the jitter buffer's delay: nothing here listens, and the
+        # harness's core (these callers and the backend) must keep up with the agent's.
+        self._endpoint.eager = True
 
     def _on_frame(self, payload: bytes) -> None:
         if payload != CODEC_SILENCE[self.codec]:

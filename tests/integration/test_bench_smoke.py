@@ -35,6 +35,17 @@ def test_load_two_calls() -> None:
     assert "largest N holding" in out
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs two CPUs")
+def test_load_two_calls_pinned_twice() -> None:
+    out = run_bench("load.py", "--counts", "2", "--seconds", "2", "--keep-going", "--pin", "--repeat", "2")
+    cpus = sorted(os.sched_getaffinity(0))
+    assert f"agent pinned to CPU {cpus[0]}," in out, out
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+2\s+\d+\s", line)]
+    assert len(rows) == 2 and all(row[1] == "2" and row[-1] in ("holds", "BREAKS", "BREAKS*") for row in rows), out
+    assert 0 <= float(rows[0][-3]) <= 100, out  # steal%
+    assert re.search(r"2\s+PCMU: held [0-2] of 2 runs \([0-2] inconclusive\): (holds|breaks)", out), out
+
+
 def test_load_two_calls_with_and_without_srtp() -> None:
     out = run_bench("load.py", "--counts", "2", "--seconds", "2", "--keep-going", "--srtp")
     rows = [line.split() for line in out.splitlines() if re.match(r"\s+2\s+\d+\s", line)]

@@ -79,3 +79,37 @@ def test_manual_commit_produces_transcription_job() -> None:
     after = events_of(s.transcribed(job.item_id, "goodbye", False), "ga")
     assert after[0]["type"] == "conversation.item.input_audio_transcription.completed"
     assert after[0]["transcript"] == "goodbye"
+
+
+def _committed_after(texts: list[str]) -> tuple[bytes, list[dict[str, Any]]]:
+    """The audio a manual commit takes after these client texts, and the events they caused."""
+    s = LocalSession(CONFIG, Ids("t"))
+    s.handle(ev.session_update(ev.SessionSettings(turn_detection=None, transcription_model="m")))
+    caused = [e for text in texts for e in events_of(s.handle_text(text), "ga")]
+    job = next(o for o in s.handle(ev.audio_commit()) if isinstance(o, Transcribe))
+    return job.pcm24k, caused
+
+
+def test_the_agents_append_text_and_any_other_spelling_of_it_append_the_same_audio() -> None:
+    pcm = (bytes(range(256)) * 18)[:4608] + b"\xfe\xff" * 96  # 100 ms; its base64 holds "/" and "+"
+    agents = ev.audio_append_json(pcm)  # what the agent sends every 20 ms (the backend's quick path)
+    audio = json.loads(agents)["audio"]
+    assert "/" in audio and "+" in audio
+    spellings = [
+        agents,
+        json.dumps({"type": "input_audio_buffer.append", "audio": audio}),  # spaced
+        agents.replace("/", "\\/"),  # an escaped solidus: JSON, not base64, until it is parsed
+        '{"audio":"' + audio + '","type":"input_audio_buffer.append"}',
+    ]
+    for text in spellings:
+        assert _committed_after([text, text]) == (pcm + pcm, []), text
+
+
+def test_an_append_text_that_is_not_json_or_not_base64_is_refused_and_appends_nothing() -> None:
+    good = ev.audio_append_json(b"\x01\x00" * 2400)  # 100 ms: the least a commit takes
+    control = ev.AUDIO_APPEND_HEAD + "AAAA\x01AAAA" + ev.AUDIO_APPEND_TAIL  # raw control character: not JSON
+    not_base64 = ev.AUDIO_APPEND_HEAD + "AAA!" + ev.AUDIO_APPEND_TAIL
+    committed, caused = _committed_after([control, not_base64, good])
+    assert committed == b"\x01\x00" * 2400
+    assert [(e["error"]["code"], e["error"]["param"]) for e in caused] == [
+        ("invalid_json", None), ("invalid_value", "audio")]

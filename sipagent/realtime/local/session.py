@@ -34,6 +34,11 @@ MIN_COMMIT_MS = 100  # like the API: shorter buffers cannot be committed
 MAX_BUFFER_MS = 5 * 60 * 1000  # uncommitted input audio (14 MB); a longer server-VAD turn is cut here
 MAX_ITEMS = 1024  # conversation items; past either cap the oldest go, as the API drops old context
 MAX_ITEMS_BYTES = 8 << 20  # their JSON size
+_APPEND = "input_audio_buffer.append"
+_APPEND_HEAD, _APPEND_TAIL = events.AUDIO_APPEND_HEAD, events.AUDIO_APPEND_TAIL  # what the agent writes
+# A field of the wrong JSON type fails as one of these in a handler (a number where an object was expected raises
+# AttributeError on .get): the client gets an error event and the session goes on.
+_BAD_FIELD = (AttributeError, KeyError, TypeError, ValueError, events.RealtimeEventError)
 MAX_JSON_DEPTH = 32  # nesting of a client event (a tool's parameter schema needs about ten levels)
 CLIENT_EVENTS = {
     "session.update",
@@ -185,6 +190,21 @@ class LocalSession:
     # --- dispatch ----------------------------------------------------------------------------------
 
     def handle_text(self, text: str | bytes) -> list[Output]:
+        if isinstance(text, str) and text.startswith(_APPEND_HEAD) and text.endswith(_APPEND_TAIL):
+            # The append as the agent writes it, every 20 ms of every call. What lies between head and tail
+            # decodes as strict base64 only if it is all base64's alphabet (no quote, backslash or control
+            # character), and then json.loads would give exactly {"type": APPEND, "audio": it}.
+            audio = text[len(_APPEND_HEAD) : -len(_APPEND_TAIL)]
+            try:
+                raw = self._base64.decode(audio, strict=True)
+            except (binascii.Error, ValueError):
+                pass  # the full path below parses it, and says what is wrong with it
+            else:
+                event = {"type": _APPEND, "audio": audio}
+                try:
+                    return self._append(raw, event)
+                except _BAD_FIELD as exc:  # as handle() answers
+                    return [self._invalid(_APPEND, exc, event)]
         too_deep = f"Invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
         try:
             event = json.loads(text)
@@ -209,11 +229,12 @@ class LocalSession:
         handler = getattr(self, "_on_" + kind.replace(".", "_"))
         try:
             result: list[Output] = handler(event)
-        # A field of the wrong JSON type fails as one of these (a number where an object was expected
-        # raises AttributeError on .get): the client gets an error event and the session goes on.
-        except (AttributeError, KeyError, TypeError, ValueError, events.RealtimeEventError) as exc:
-            return [self.error(f"Invalid '{kind}' event: {exc}", "invalid_value", None, event)]
+        except _BAD_FIELD as exc:
+            return [self._invalid(kind, exc, event)]
         return result
+
+    def _invalid(self, kind: str, exc: Exception, event: dict[str, Any]) -> Event:
+        return self.error(f"Invalid '{kind}' event: {exc}", "invalid_value", None, event)
 
     # --- session -----------------------------------------------------------------------------------
 
@@ -270,6 +291,10 @@ class LocalSession:
             raw = self._base64.decode(audio, strict=True)  # in C, per 20 ms of every call
         except (binascii.Error, ValueError):
             return [self.error("Invalid 'audio': not base64", "invalid_value", "audio", event)]
+        return self._append(raw, event)
+
+    def _append(self, raw: bytes, event: dict[str, Any]) -> list[Output]:
+        """An append's audio, decoded from base64 (``event`` is the append, for the errors it may cause)."""
         pcm = self._decode_input(raw)
         self._buffer += pcm
         if not self.server_vad:
