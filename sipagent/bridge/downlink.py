@@ -46,7 +46,7 @@ class Downlink:
         self._down_decode = wire_decoder(audio_format)
         self._base64 = Base64Decoder()  # the deltas' base64 in C: ~2.6 us instead of ~7.9 per 40 ms
         self._queued_bytes = 0  # of the conversation's audio ever queued
-        self._overflowed = ""  # the item whose audio went over MAX_QUEUED_MS (said once per item)
+        self._overflowed: str | None = None  # the item whose audio went over MAX_QUEUED_MS: the rest goes too
         self.turn_latencies: list[float] = []
         self._turn_ended_at: float | None = None
         # Set while no whole frame of agent audio is queued (a new call's queue is empty). Only a hint that
@@ -87,15 +87,18 @@ class Downlink:
         if self.divert is not None:
             self.divert(pcm24k)
             return
+        if item_id == self._overflowed:
+            # The rest of an item cut short here is dropped even once there is room: played, it would follow a
+            # hole, and the item's milliseconds queued (what a truncation is placed by) would no longer be its own.
+            return
         if self.media.buffered_ms + len(pcm24k) // PCM24_BYTES_PER_MS > MAX_QUEUED_MS:
             # The API streams a reply faster than it plays, but minutes ahead is a server gone wrong: its audio
             # would grow the call's memory without bound (48 kB per second). Dropped, and not counted as queued.
-            if item_id != self._overflowed:
-                self._overflowed = item_id
-                self.records.log.warning("agent audio more than %d s ahead of playout: the rest of item %s is "
-                                         "dropped", MAX_QUEUED_MS // 1000, str(item_id)[:40])
-                self.records.record("event", event="agent-audio-dropped", item_id=item_id,
-                                    buffered_ms=self.media.buffered_ms)
+            self._overflowed = item_id
+            self.records.log.warning("agent audio more than %d s ahead of playout: the rest of item %s is dropped",
+                                     MAX_QUEUED_MS // 1000, str(item_id)[:40])
+            self.records.record("event", event="agent-audio-dropped", item_id=item_id,
+                                buffered_ms=self.media.buffered_ms)
             return
         self._push(pcm24k)
         # Milliseconds from the running byte count, so deltas of any length add up exactly (truncating each

@@ -142,10 +142,19 @@ def test_audio_far_ahead_of_playout_is_dropped_not_kept(caplog: pytest.LogCaptur
         assert line.buffered_ms == MAX_QUEUED_MS and call.conversation.queued_ms == MAX_QUEUED_MS
         for _ in range(50):
             line.tick()
-        call.downlink.queue("item-1", second)  # room again: queued, and counted
+        # Room again, but the rest of item-1 stays dropped: played after a hole, its milliseconds counted would
+        # no longer be where they are in the item, and a truncation would be placed by them.
+        call.downlink.queue("item-1", second)
+        assert line.buffered_ms == MAX_QUEUED_MS - 1000 and call.conversation.queued_ms == MAX_QUEUED_MS
+        call.downlink.queue("item-2", second)  # a new item is queued, and counted
         assert line.buffered_ms == MAX_QUEUED_MS and call.conversation.queued_ms == MAX_QUEUED_MS + 1000
         call.downlink.queue("item-2", second)
         assert line.buffered_ms == MAX_QUEUED_MS
+        for _ in range(MAX_QUEUED_MS // 20):
+            line.tick()
+        assert call.downlink.cut(line.played_ms) == ("item-2", 1000)  # all of what was queued of it
+        call.downlink.queue("", second)  # audio of no item id is queued like any other
+        assert line.buffered_ms == 1000
 
     with caplog.at_level(logging.WARNING):
         run(body())
