@@ -29,7 +29,7 @@ from sipagent.bridge.routing import Router
 from sipagent.bridge.settings import AgentProfile
 from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
-from sipagent.bridge.warm import HumanUnavailable
+from sipagent.bridge.warm import HumanDialer, HumanUnavailable
 from sipagent.call_media import CallMedia, EndpointLeg, MediaSettings
 from sipagent.config import Config, load_config
 from sipagent.errors import ConfigError, RealtimeError, SdpError, SrtpRefused
@@ -267,7 +267,8 @@ class Agent:
             events = CallEvents(call.call_id, {**context.to_json(), "caller_uri": call.from_uri,
                                                "dialed_uri": call.to_uri, "remote_host": call.remote_host},
                                 profile.name, new_event_id)
-            await self._bridge(call, chain, media, self._bridge_settings(profile, decision.reason), context, events)
+            settings = self._bridge_settings(profile, decision.reason, call.account)
+            await self._bridge(call, chain, media, settings, context, events)
         finally:
             self._close_chain(chain)
 
@@ -348,7 +349,7 @@ class Agent:
                        "reason": event.reason}) for event in answer.events]
         heard.append(("event", {"event": "outbound", "outbound_id": progress.call.id, "to": call.to_uri,
                                 "answering_machine": decision.verdict, "action": decision.action}))
-        settings = self._bridge_settings(profile, "outbound")
+        settings = self._bridge_settings(profile, "outbound", call.account)
         if decision.action == "hang_up":
             log.info("outbound call %s: answering machine (%s): hanging up", progress.call.id, decision.reason)
             await call.hangup()
@@ -361,7 +362,8 @@ class Agent:
             # line's noise or a recording still playing after the beep would cut the message short.
             spoken = dataclasses.replace(profile, greeting=profile.answering_machine.message,
                                          barge_in=dataclasses.replace(profile.barge_in, mode="off"))
-            settings = dataclasses.replace(self._bridge_settings(spoken, "outbound"), end_after_greeting=MESSAGE_LEFT)
+            settings = dataclasses.replace(self._bridge_settings(spoken, "outbound", call.account),
+                                           end_after_greeting=MESSAGE_LEFT)
 
         def result(outcome: CallOutcome) -> PlaceResult:
             if decision.action == "leave_message":
@@ -485,22 +487,29 @@ class Agent:
         callback = self.on_transcript
         return lambda role, text: callback(call_id, role, text)
 
-    def _bridge_settings(self, profile: AgentProfile, route: str = "default") -> BridgeSettings:
+    def _bridge_settings(self, profile: AgentProfile, route: str = "default", account: str = "") -> BridgeSettings:
+        """What a bridge is given; ``account`` is the line its call is on, which a warm transfer dials from."""
         rt = self.config.realtime
         return BridgeSettings(
             agent=profile, recording=self.config.recording, session=session_settings(self.config, profile),
             profile=profile.name, route=route, dialect=ev.check_dialect(rt.dialect),
             audio_format=rt.audio_format, max_session_s=rt.max_session_s, apology_audio=self._apology,
             metrics=self.metrics, rtp_timeout_s=self.config.media.rtp_timeout_s,
-            context_defaults=self.config.context.template_defaults, dialer=self._dial_human,
+            context_defaults=self.config.context.template_defaults, dialer=self._human_dialer(account),
             frames=self.clock.received,
         )
 
-    async def _dial_human(self, uri: str, ring_timeout: float) -> HumanCallLeg:
-        """A warm transfer's call to the human, on this agent's SIP stack and media clock."""
-        if self.ua is None:
-            raise HumanUnavailable("failed", "the SIP user agent is not running")
-        return await dial_human(self.ua, self.clock, self.ports, self._media_settings(), uri, ring_timeout)
+    def _human_dialer(self, account: str) -> HumanDialer:
+        """A warm transfer's call to the human, on this agent's SIP stack and media clock, from ``account``: the
+        human sees the line the caller called, and the PBX takes the call on that line's credentials."""
+
+        async def dial(uri: str, ring_timeout: float) -> HumanCallLeg:
+            if self.ua is None:
+                raise HumanUnavailable("failed", "the SIP user agent is not running")
+            return await dial_human(self.ua, self.clock, self.ports, self._media_settings(), uri, ring_timeout,
+                                    account)
+
+        return dial
 
     async def _connect(self) -> RealtimeLink:
         assert self._endpoint is not None

@@ -66,11 +66,12 @@ class HumanCallLeg:
 
 
 async def dial_human(ua: UserAgent, clock: MediaClock, ports: PortAllocator, settings: MediaSettings, uri: str,
-                     ring_timeout: float) -> HumanCallLeg:
-    """Call ``uri`` for a warm transfer; the answered leg, or HumanUnavailable with why not."""
+                     ring_timeout: float, account: str = "") -> HumanCallLeg:
+    """Call ``uri`` for a warm transfer from ``account``, the line the caller's call is on ("": the first);
+    the answered leg, or HumanUnavailable with why not."""
     chain = CallMedia(clock, ports, settings, cname="sipagent-warm")
     try:
-        call = await ua.dial(uri, rtp_port=chain.local_port, ring_timeout=ring_timeout)
+        call = await ua.dial(uri, rtp_port=chain.local_port, ring_timeout=ring_timeout, account=account or None)
     except DialError as exc:
         chain.close()
         raise HumanUnavailable(exc.outcome, exc.reason) from None

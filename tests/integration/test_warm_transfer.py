@@ -5,7 +5,8 @@ tone: 400 Hz to the caller, 600 Hz for the briefing).
 - SIPp plays a caller whose INVITE says ``Supported: replaces`` and checks that the REFER's Refer-To carries
   ``Replaces=`` (202, NOTIFY 200); a second SIPp plays the human, who answers, is briefed and gets the agent's
   BYE once the caller has been put through.
-- The issue's test: two baresip phones on Kamailio. baresip 1.0.0 does not do Replaces (and crashes on one:
+- The issue's test: two baresip phones on Kamailio, the caller dialling the agent's second extension (the
+  agent must call the human from that line). baresip 1.0.0 does not do Replaces (and crashes on one:
   /tmp research, docs/architecture.md), so the agent falls back to a blind transfer to the same target; the
   human's phone records what it heard, one WAV per call: the briefing (600 Hz) on the agent's call, then the
   caller's tone (1000 Hz) on the caller's call.
@@ -172,6 +173,7 @@ def test_a_busy_human_gives_the_caller_back_to_the_agent(tmp_path: Path) -> None
 # ------------------------------------------------------------------ two baresip phones through Kamailio
 
 AGENT_USER, CALLER_USER, HUMAN_USER = "2471", "1471", "1472"
+SECOND_LINE = "2472"  # the agent's second extension (sip.accounts), the one the caller dials
 
 
 def dominant_hz(pcm24k: bytes) -> list[int]:
@@ -212,7 +214,9 @@ async def _baresip_warm_transfer(kamailio: Kamailio, tmp_path: Path) -> None:
     with backend(human_uri, speak_briefing=True) as (recorder, ws_url):
         config = bridge_config(
             tmp_path, sip={"registrar": kamailio.address, "username": AGENT_USER, "password": f"secret{AGENT_USER}",
-                           "domain": "127.0.0.1", "expires": 60},
+                           "domain": "127.0.0.1", "expires": 60,
+                           "accounts": [{"name": "second", "username": SECOND_LINE,
+                                         "password": f"secret{SECOND_LINE}"}]},
             media={"codecs": ["PCMU"]}, **warm_sections(ws_url, human_uri))
         agent = Agent(config)
         await agent.start()
@@ -224,11 +228,15 @@ async def _baresip_warm_transfer(kamailio: Kamailio, tmp_path: Path) -> None:
             assert agent.ua is not None and await agent.ua.wait_registered(20)
             await caller.start(timeout=20)
             await human.start(timeout=20)
-            await caller.dial(f"sip:{AGENT_USER}@{kamailio.address}")
+            await caller.dial(f"sip:{SECOND_LINE}@{kamailio.address}")
             assert await caller.wait_event("CALL_ESTABLISHED", 10), (caller.event_types(), caller.log_tail())
             await caller.set_source(tone)
             # The agent's call to the human (the briefing), then the caller's own call to the human.
             assert await human.wait_count("CALL_ESTABLISHED", 2, 20), (human.event_types(), human.log_tail())
+            # The agent called the human from the line the caller called, not from its first account.
+            briefing_call = await human.wait_event("CALL_ESTABLISHED", 0)
+            assert briefing_call is not None and f"sip:{SECOND_LINE}@" in str(briefing_call.data.get("peeruri")), \
+                briefing_call
             assert await wait_until(lambda: not agent.bridges, 10), "the agent kept a call after the transfer"
             await asyncio.sleep(2.0)  # the caller and the human talk
             await caller.hangup()
