@@ -403,9 +403,14 @@ class Agent:
     def _build_leg(self, call: IncomingCall | OutgoingCall, chain: CallMedia, media: NegotiatedMedia) -> EndpointLeg:
         """The endpoint for the codec the offer/answer settled, following every later negotiation."""
         leg = chain.build(media)
-        self._endpoints.add(leg.endpoint)
+        self._track(chain)
         call.on_media_change = chain.apply
         return leg
+
+    def _track(self, chain: CallMedia) -> None:
+        """A call's endpoint, once built: its packet counts go into the metrics until ``_close_chain``."""
+        if chain.endpoint is not None:
+            self._endpoints.add(chain.endpoint)
 
     def _close_chain(self, chain: CallMedia) -> None:
         chain.close()
@@ -506,8 +511,9 @@ class Agent:
         async def dial(uri: str, ring_timeout: float) -> HumanCallLeg:
             if self.ua is None:
                 raise HumanUnavailable("failed", "the SIP user agent is not running")
+            # Its endpoint is in the agent's books like a caller's: foreign and SRTP-dropped packets counted.
             return await dial_human(self.ua, self.clock, self.ports, self._media_settings(), uri, ring_timeout,
-                                    account)
+                                    account, track=self._track, release=self._close_chain)
 
         return dial
 

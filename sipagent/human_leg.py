@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from sipagent.bridge.warm import HumanUnavailable
 from sipagent.call_media import CallMedia, EndpointLeg, MediaSettings
@@ -24,10 +25,12 @@ log = logging.getLogger(__name__)
 class HumanCallLeg:
     """The human's answered call (sipagent.bridge.warm.HumanLeg): audio in, hang-up and cleanup."""
 
-    def __init__(self, call: OutgoingCall, chain: CallMedia, leg: EndpointLeg) -> None:
+    def __init__(self, call: OutgoingCall, chain: CallMedia, leg: EndpointLeg,
+                 release: Callable[[CallMedia], None] = CallMedia.close) -> None:
         self.call = call
         self.chain = chain
         self.leg = leg
+        self._release = release
         self._sent = asyncio.Event()  # set as each frame leaves (wakes wait_playout)
         assert chain.endpoint is not None
         chain.endpoint.on_sent = self._frame_sent
@@ -62,32 +65,36 @@ class HumanCallLeg:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.call.hangup(), 10.0)
         finally:
-            self.chain.close()
+            self._release(self.chain)
 
 
 async def dial_human(ua: UserAgent, clock: MediaClock, ports: PortAllocator, settings: MediaSettings, uri: str,
-                     ring_timeout: float, account: str = "") -> HumanCallLeg:
+                     ring_timeout: float, account: str = "", track: Callable[[CallMedia], None] | None = None,
+                     release: Callable[[CallMedia], None] = CallMedia.close) -> HumanCallLeg:
     """Call ``uri`` for a warm transfer from ``account``, the line the caller's call is on ("": the first);
-    the answered leg, or HumanUnavailable with why not."""
+    the answered leg, or HumanUnavailable with why not. ``track`` is given the media chain once its endpoint
+    is up, and ``release`` closes it on every path (the agent's books of its endpoints: metrics)."""
     chain = CallMedia(clock, ports, settings, cname="sipagent-warm")
     try:
         call = await ua.dial(uri, rtp_port=chain.local_port, ring_timeout=ring_timeout, account=account or None)
     except DialError as exc:
-        chain.close()
+        release(chain)
         raise HumanUnavailable(exc.outcome, exc.reason) from None
     except BaseException:  # cancelled (the caller hung up while it rang): ua.dial has CANCELled it
-        chain.close()
+        release(chain)
         raise
     try:
         assert call.media is not None
         leg = chain.build(call.media)
+        if track is not None:
+            track(chain)
         call.on_media_change = chain.apply
         log.info("warm transfer: %s answered (%s) with %s", uri, call.call_id, leg.codec)
-        return HumanCallLeg(call, chain, leg)
+        return HumanCallLeg(call, chain, leg, release)
     except BaseException:
         with contextlib.suppress(Exception):
             await call.hangup()
-        chain.close()
+        release(chain)
         raise
 
 

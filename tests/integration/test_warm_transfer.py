@@ -20,6 +20,8 @@ import contextlib
 import json
 import logging
 import math
+import re
+import socket
 import struct
 import threading
 import wave
@@ -39,6 +41,7 @@ from websockets.sync.server import ServerConnection
 
 from sipagent.agent import Agent
 from sipagent.bridge.warm import briefing_text
+from sipagent.human_leg import HumanCallLeg
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -142,6 +145,41 @@ def test_warm_transfer_joins_by_replaces_a_caller_that_supports_it(tmp_path: Pat
     assert SUMMARY not in result.messages + human_result.messages
     assert f"warm transfer: {target} answered" in log, log[-3000:]
 
+
+
+def foreign_packets(agent: Agent) -> float:
+    found = re.search(r"^sipagent_rtp_foreign_packets_total (\S+)$", agent.metrics.render().decode(), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_the_humans_leg_counts_in_the_rtp_metrics_like_the_callers(tmp_path: Path) -> None:
+    """A packet from a stranger to the RTP port of the agent's call to the human is counted as foreign, and
+    stays counted once that call is over (the caller's legs have always been)."""
+    require("sipp")
+    asyncio.run(asyncio.wait_for(_human_leg_foreign_packet(tmp_path), 60))
+
+
+async def _human_leg_foreign_packet(tmp_path: Path) -> None:
+    with sipp_scenario("uas_human.xml", ("127.0.0.1", 9), tmp_path / "human", timeout_s=40) as human:
+        agent = Agent(bridge_config(tmp_path))
+        await agent.start()
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            dial = agent._bridge_settings(agent.config.profiles()["default"]).dialer
+            assert dial is not None
+            leg = await dial(f"sip:human@127.0.0.1:{human.port}", 10)
+            assert isinstance(leg, HumanCallLeg)
+            rtp = struct.pack("!BBHII", 0x80, 0, 1, 160, 0x5EED) + b"\xff" * 160  # PCMU, from nowhere signalled
+            stranger.sendto(rtp, ("127.0.0.1", leg.chain.local_port))
+            assert await wait_until(lambda: foreign_packets(agent) == 1, 5), foreign_packets(agent)
+            await leg.close()
+            assert not agent._endpoints  # out of the books, its count kept
+            await asyncio.sleep(1.5)  # the agent's once-a-second watch, after the leg is gone
+            assert foreign_packets(agent) == 1
+        finally:
+            stranger.close()
+            await agent.stop()
+        assert human.wait(15).returncode == 0
 
 
 def test_a_busy_human_gives_the_caller_back_to_the_agent(tmp_path: Path) -> None:
