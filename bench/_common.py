@@ -470,8 +470,8 @@ class _Observed:
         if self.late_at:
             t0 = self.late_at[0]
             figures["late_ms_at"] = sorted(collections.Counter(int((t - t0) * 10) for t in self.late_at).items())
-        if reset:  # after the figures: what this stall made late is not counted in the next window either
-            await self.reset()
+        if reset:  # the packets this report's stall makes late go out after it, into the next window: a
+            await self.reset()  # window that must not hold them opens with ``reset`` instead (load.py does)
         return figures
 
     def _profile_window(self) -> None:
