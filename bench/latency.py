@@ -222,15 +222,17 @@ def install_observers() -> None:
 
     RealtimeClient.send_now = send_now  # type: ignore[method-assign]
 
-    original_append = LocalSession._on_input_audio_buffer_append
+    # Every append's audio goes through ``_append``, whether its text took the backend's quick path (the
+    # agent's own append) or the full JSON parse.
+    original_append = LocalSession._append
 
-    def on_append(self: LocalSession, event: dict[str, Any]) -> Any:
+    def on_append(self: LocalSession, raw: bytes, event: dict[str, Any]) -> Any:
         audio = event.get("audio")
         if isinstance(audio, str):
             TL.backend_rx.setdefault(audio, time.monotonic())
-        return original_append(self, event)
+        return original_append(self, raw, event)
 
-    LocalSession._on_input_audio_buffer_append = on_append  # type: ignore[method-assign]
+    LocalSession._append = on_append  # type: ignore[method-assign]
 
     original_queue = Downlink.queue
 
