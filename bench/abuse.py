@@ -592,7 +592,7 @@ async def measure(rig: Rig, name: str, seconds: float, flood: bool) -> Window:
     tcp_before = scrape_metrics(rig.tcp_metrics)
     log_at = rig.log_path.stat().st_size
     drops0 = agent.udp_drops(rig.sip_port, rig.sip_port), agent.udp_drops(*rig.rtp)
-    await asyncio.to_thread(rig.agent.request, "report")  # the window starts now
+    await asyncio.to_thread(rig.agent.request, "reset")  # the window starts now (computing nothing)
     t0 = time.monotonic()
     cpu0, tcp_cpu0, bench0 = agent.cpu_seconds(), tcp_agent.cpu_seconds(), time.process_time()
     other0 = {k: s.cpu_seconds() for k, s in others.items()}
