@@ -31,7 +31,7 @@ def test_load_two_calls() -> None:
     row = next(line for line in out.splitlines() if re.match(r"\s+2\s+\d+\s", line))
     fields = row.split()
     assert fields[1] == "2", out  # both calls connected
-    assert float(fields[3]) >= 0 and fields[-1] in ("holds", "BREAKS")
+    assert float(fields[3]) >= 0 and fields[-1] in ("holds", "BREAKS", "BREAKS*")  # *: the CPU was stolen
     assert "largest N holding" in out
 
 
