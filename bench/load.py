@@ -152,6 +152,11 @@ class Step:
         return self.harness_bound or self.steal_pct >= STOLEN_PCT
 
     @property
+    def broke_unsure(self) -> bool:
+        """Broke, but inconclusively (``BREAKS*``)."""
+        return not self.ok and self.inconclusive
+
+    @property
     def verdict(self) -> str:
         if self.ok:
             return "holds"
@@ -257,7 +262,7 @@ async def run_step(n: int, seconds: float, workdir: Path, concurrency: int, exte
 def holds(runs: list[Step]) -> bool:
     """A media holds N when it held in most of its conclusive runs there (a hold is always conclusive)."""
     held = sum(step.ok for step in runs)
-    conclusive = held + sum(step.verdict == "BREAKS" for step in runs)
+    conclusive = len(runs) - sum(step.broke_unsure for step in runs)
     return held > 0 and 2 * held > conclusive
 
 
@@ -351,7 +356,7 @@ def main() -> int:
             last_step_s = time.monotonic() - t
             for step in steps:
                 report(step, args.backend == "process")
-                inconclusive |= step.verdict == "BREAKS*"
+                inconclusive |= step.broke_unsure
                 runs.setdefault((step.media, n), []).append(step)
             verdicts = {media: holds(of_n) for (media, m), of_n in runs.items() if m == n}
             for media, ok in verdicts.items():
@@ -368,7 +373,7 @@ def main() -> int:
     if args.repeat > 1:
         for (media, n), of_n in runs.items():
             held = sum(step.ok for step in of_n)
-            unsure = sum(step.verdict == "BREAKS*" for step in of_n)
+            unsure = sum(step.broke_unsure for step in of_n)
             print(f"{n:>5} {media:>9}: held {held} of {len(of_n)} runs ({unsure} inconclusive): "
                   f"{'holds' if holds(of_n) else 'breaks'}")
     print(f"largest N holding p99 <= {GOAL_P99_MS} ms with no underrun: {best or 'none'} "
