@@ -68,8 +68,8 @@ class EndpointLeg:
         return self.endpoint.rx_stats.packets
 
     @property
-    def can_send_dtmf(self) -> bool:
-        return self.endpoint.dtmf_payload_type is not None
+    def dtmf_method(self) -> str | None:
+        return self.endpoint.dtmf_method
 
     def send_dtmf(self, digit: str, duration_ms: int) -> None:
         self.endpoint.send_dtmf(digit, duration_ms)

@@ -81,11 +81,12 @@ class MediaLeg(Protocol):
         a new source), which the media timeout watches."""
 
     @property
-    def can_send_dtmf(self) -> bool:
-        """The far end negotiated RFC 4733 telephone-events."""
+    def dtmf_method(self) -> str | None:
+        """How a key goes out: "rfc4733" (the far end negotiated telephone-events), "inband" (tones in the
+        audio), None when it cannot."""
 
     def send_dtmf(self, digit: str, duration_ms: int) -> None:
-        """Queue one key as RFC 4733 events, sent on the clock's ticks in place of audio."""
+        """Queue one key, sent on the clock's ticks in place of audio (``dtmf_method`` says how)."""
 
     @property
     def dtmf_sending(self) -> bool:

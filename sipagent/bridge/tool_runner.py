@@ -287,18 +287,18 @@ class ToolRunner:
         return ToolResult(True, collected.output())
 
     async def send_dtmf(self, args: dict[str, Any]) -> ToolResult:
-        """The send_dtmf tool: the keys go out as RFC 4733 events on the call's RTP, in place of the audio
-        of their ticks (which waits, nothing lost); the result comes once the last one has been sent. With
-        no telephone-event negotiated the model is told so: no SIP INFO fallback, since a PBX that does not
-        take RFC 4733 from a phone rarely routes INFO to an IVR either (and tones in the audio would be
-        mangled by the model's voice codec path)."""
+        """The send_dtmf tool: the keys go out on the call's RTP in place of the audio of their ticks (which
+        waits, nothing lost), as RFC 4733 events, or as tones in the audio on a line that negotiated no
+        telephone-event (made by the endpoint, past the model's voice path, so they reach the wire as clean as
+        a phone's); the result comes once the last one has been sent. No SIP INFO: a PBX that takes neither
+        from a phone rarely routes INFO on to an IVR."""
         try:
             digits = send_digits(args)
         except ToolArgumentError as exc:
             return ToolResult(False, {"error": str(exc)})
-        if not self.media.can_send_dtmf:
-            return ToolResult(False, {"error": "this line does not accept keypad tones (no RFC 4733 "
-                                               "telephone-event was negotiated); say the choice instead"})
+        method = self.media.dtmf_method
+        if method is None:
+            return ToolResult(False, {"error": "this line cannot carry keypad tones; say the choice instead"})
         if self.media.dtmf_sending:  # one call at a time: parallel calls would queue keys without bound
             return ToolResult(False, {"error": "keys are still being sent; wait for that result first"})
         tone_ms = self.agent.dtmf.tone_ms
@@ -307,8 +307,9 @@ class ToolRunner:
                 self.media.send_dtmf(digit, tone_ms)
         except RtpError as exc:
             return ToolResult(False, {"error": str(exc)})
-        self.records.record("dtmf_out", digits=digits)
-        # Each key: its ticks, three end packets, the gap; a hold stops the clock's sending, so bound it.
+        self.records.record("dtmf_out", digits=digits, method=method)
+        # Each key: its ticks, then three end packets and a gap (or a pause of tones); a hold stops the
+        # clock's sending, so bound it.
         limit = len(digits) * (tone_ms + 120) / 1000 + 5.0
         if not await self.downlink.until_sent(lambda: not self.media.dtmf_sending, limit):
             return ToolResult(False, {"error": "the keys could not all be sent in time (is the call on hold?)"})

@@ -78,8 +78,8 @@ class TranscriptWriter(_CallFile):
     Types: ``call`` (start/end with metadata), ``caller`` and ``agent`` (final text; the greeting's entry also
     says how much of it the caller heard), ``dtmf`` (a key from the caller), ``dtmf_sent`` (keys passed to the
     model as text), ``dtmf_collected`` (a collect_digits entry's digits and why it ended), ``dtmf_out`` (keys
-    sent by send_dtmf), ``tool_call``, ``tool_result``, ``barge_in_duck``, ``barge_in_unduck``, ``barge_in_pause``,
-    ``barge_in_resume``, ``barge_in``
+    sent by send_dtmf, and ``method``: "rfc4733" or "inband"), ``tool_call``, ``tool_result``,
+    ``barge_in_duck``, ``barge_in_unduck``, ``barge_in_pause``, ``barge_in_resume``, ``barge_in``
     (``trigger`` "dtmf" for a key), ``event`` (reconnects, failures, limits), ``usage``.
     Lines are flushed as written so a crash loses nothing and ``tail -f`` shows the call live. ``entries``
     keeps every entry in memory, written or not.

@@ -59,6 +59,17 @@ class PcmPlayout(PlayoutQueue):
         self.sent_mean_square = encoder.mean_square
         return payload, True
 
+    encodes_pcm = True
+
+    def encode_pcm(self, pcm24k: bytes) -> bytes:
+        """A frame not from the queue (a key's tone) coded now by the call's encoder, so that a G.722 decoder
+        at the far end stays in step; it is the frame just sent (the echo reference, the recording)."""
+        encoder = self.encoder
+        payload = encoder.encode(pcm24k)
+        self.sent_pcm = pcm24k
+        self.sent_mean_square = encoder.mean_square
+        return payload
+
     def pop_frame_staged(self, batch: EncoderBatch) -> tuple[bytes | None, bool]:
         """``pop_frame``, with a G.722 frame staged in ``batch`` (payload None) rather than coded here."""
         if not self._batched:

@@ -82,6 +82,13 @@ class PlayoutQueue:
         A queue of payloads has nothing to code: this one never stages."""
         return self.pop_frame()
 
+    encodes_pcm = False  # a queue of payloads has no encoder for frames of its own (sipagent.media.pcm_playout)
+
+    def encode_pcm(self, pcm24k: bytes) -> bytes | None:
+        """One 20 ms frame of 24 kHz PCM that is not from the queue (a key's tone), encoded for the wire in
+        line with the queue's own frames; None when the queue cannot (``encodes_pcm`` is False)."""
+        return None
+
     def _shape(self, frame: bytes) -> bytes:
         start, self._gain_out = self._gain_out, self.gain
         if self.shaper is None:

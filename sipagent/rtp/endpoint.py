@@ -4,8 +4,9 @@ The asyncio shell around the pure cores of this package. Sockets are plain non-b
 with ``loop.add_reader`` and written with ``sendto``: one system call per packet, no transport objects.
 
 Every 20 ms the shared ``MediaClock`` calls ``on_tick``, which (1) pulls one frame from the jitter
-buffer for ``on_frame``, (2) sends one packet: a DTMF event packet when a digit is being sent, otherwise
-the next frame of ``playout`` (or silence), and (3) every ~5 s sends an RTCP SR (or RR while we have not
+buffer for ``on_frame``, (2) sends one packet: a DTMF event packet when a digit is being sent (or, on a
+line without telephone-event, a frame of the key's tones, sipagent.media.dtmf_tones), otherwise the next
+frame of ``playout`` (or silence), and (3) every ~5 s sends an RTCP SR (or RR while we have not
 sent anything) to the peer. While the peer holds the call (``set_remote(..., send=False)``) step 2 is
 skipped: no RTP leaves, the playout queue keeps everything, the timestamp keeps time.
 
@@ -49,6 +50,7 @@ from typing import Any
 
 from sipagent.errors import RtpError
 from sipagent.media.clock import MediaClock
+from sipagent.media.dtmf_tones import ToneSender
 from sipagent.media.playout import PlayoutQueue
 from sipagent.rtp.dtmf import DtmfReceiver, DtmfSender
 from sipagent.rtp.jitter import JitterBuffer
@@ -187,6 +189,8 @@ class RtpEndpoint:
         self._srtp_dropped_before = 0  # by the contexts that re-keys replaced
         self._dtmf_rx = DtmfReceiver()
         self._dtmf_tx = DtmfSender(SAMPLES_PER_TICK)
+        self._tones = ToneSender()  # keys as tones in the audio, where no telephone-event was negotiated
+        self._tones_queued = False  # _tones is busy: a plain flag, looked at on every tick
         # RTCP: spread reports of many calls over the interval.
         self._rtcp_ticks = max(1, round(rtcp_interval / 0.02))
         self._rtcp_countdown = 1 + secrets.randbelow(self._rtcp_ticks)
@@ -278,12 +282,26 @@ class RtpEndpoint:
         self._overdue_ticks = 0
         self.playout.reframe(silence, convert)
 
+    @property
+    def dtmf_method(self) -> str | None:
+        """How ``send_dtmf`` sends a key now: "rfc4733" events when the peer negotiated telephone-event, else
+        "inband" tones when the playout queue can encode them; None when neither."""
+        if self.dtmf_payload_type is not None:
+            return "rfc4733"
+        return "inband" if self.playout.encodes_pcm else None
+
     def send_dtmf(self, digit: str, duration_ms: int = 100) -> None:
-        """Queue a digit as RFC 4733 events, sent on the clock's ticks in place of audio (which waits in the
-        playout queue meanwhile, so none of it is lost)."""
-        if self.dtmf_payload_type is None:
-            raise RtpError("the peer did not negotiate telephone-event; cannot send DTMF")
-        self._dtmf_tx.queue(digit, duration_ms)
+        """Queue a digit as RFC 4733 events, or as tones in the audio where the peer negotiated no
+        telephone-event (as a phone in "auto" DTMF mode does). Either is sent on the clock's ticks in place
+        of audio, which waits in the playout queue meanwhile, so none of it is lost."""
+        method = self.dtmf_method
+        if method == "rfc4733":
+            self._dtmf_tx.queue(digit, duration_ms)
+        elif method == "inband":
+            self._tones.queue(digit, duration_ms)
+            self._tones_queued = True
+        else:
+            raise RtpError("the peer did not negotiate telephone-event and this stream cannot send tones")
 
     def start_talkspurt(self) -> bool:
         """Audio was just queued: if it starts a talkspurt (no audio sent for ``talkspurt_idle_ticks``
@@ -295,7 +313,7 @@ class RtpEndpoint:
         whether the call moved (its first frame went out, or goes out sooner)."""
         if (self._was_audio or self._idle_ticks < self.talkspurt_idle_ticks or self._send_payload_type is None
                 or self._latch.source is None
-                or not self.playout.frame_ready or self._dtmf_tx.busy or self._closed):
+                or not self.playout.frame_ready or self.dtmf_sending or self._closed):
             return False
         if self.clock.send_now(self):
             self._away = True
@@ -305,7 +323,7 @@ class RtpEndpoint:
     @property
     def dtmf_sending(self) -> bool:
         """Digits queued by ``send_dtmf`` are still going out."""
-        return self._dtmf_tx.busy
+        return self._dtmf_tx.busy or self._tones.busy
 
     @property
     def remote_address(self) -> Address | None:
@@ -517,6 +535,17 @@ class RtpEndpoint:
                 b1 = (0x80 if event.marker else 0) | self.dtmf_payload_type
                 timestamp = self._event_ts
                 self._was_audio = False  # the audio after an event starts a new talkspurt
+            elif self._tones_queued and (tone := self._next_tone(elapsed)) is not None:
+                # A key's tone (or the pause after it) in the call's codec, by the playout queue's encoder
+                # (send_dtmf queues tones only for a queue that has one: else this sends its silence).
+                payload = self.playout.encode_pcm(tone) or self.playout.silence
+                if self.on_sent is not None:
+                    self.on_sent(payload, True)
+                self._idle_ticks = 0
+                marker = not self._was_audio or self.packets_sent == self._mark_at
+                self._was_audio = True
+                b1 = (0x80 if marker else 0) | payload_type
+                timestamp = self._ts
             else:
                 batch = self.clock.batch  # open while the clock runs a phase tick
                 if batch is None:
@@ -547,6 +576,12 @@ class RtpEndpoint:
         if self._rtcp_countdown <= 0:
             self._rtcp_countdown = self._rtcp_ticks
             self._send_rtcp()
+
+    def _next_tone(self, elapsed: int) -> bytes | None:
+        tone = self._tones.next_frame(elapsed)
+        if tone is None:
+            self._tones_queued = False
+        return tone
 
     def _send_packet(self, header: bytes, payload: bytes) -> None:
         dest = self._latch.source

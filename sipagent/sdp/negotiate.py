@@ -315,19 +315,18 @@ def offer_crypto(srtp: SrtpPolicy) -> list[CryptoAttribute]:
 
 def make_offer(
     preferences: list[str], local_host: str, local_port: int, session: LocalSession,
-    direction: str = "sendrecv", dtmf_payload_type: int = 101, crypto: list[CryptoAttribute] | None = None,
+    direction: str = "sendrecv", dtmf_payload_type: int | None = 101, crypto: list[CryptoAttribute] | None = None,
 ) -> SessionDescription:
-    """Our own offer (a re-INVITE without SDP asks for one): every preferred codec plus DTMF; RTP/SAVP
-    with ``crypto`` (from ``offer_crypto``) when given."""
+    """Our own offer (a re-INVITE without SDP asks for one): every preferred codec plus DTMF (none with
+    ``dtmf_payload_type`` None, as a line in in-band DTMF mode offers); RTP/SAVP with ``crypto`` (from
+    ``offer_crypto``) when given."""
     names = [p.upper() for p in preferences if p.upper() in CODECS]
-    formats = [str(CODECS[n][0]) for n in names] + [str(dtmf_payload_type)]
+    formats = [str(CODECS[n][0]) for n in names]
     lines = [("a", f"rtpmap:{CODECS[n][0]} {n}/{CODECS[n][1]}") for n in names]
-    lines += [
-        ("a", f"rtpmap:{dtmf_payload_type} {DTMF_EVENTS}/8000"),
-        ("a", f"fmtp:{dtmf_payload_type} 0-16"),
-        ("a", f"ptime:{DEFAULT_PTIME}"),
-        ("a", direction),
-    ]
+    if dtmf_payload_type is not None:
+        formats.append(str(dtmf_payload_type))
+        lines += [("a", f"rtpmap:{dtmf_payload_type} {DTMF_EVENTS}/8000"), ("a", f"fmtp:{dtmf_payload_type} 0-16")]
+    lines += [("a", f"ptime:{DEFAULT_PTIME}"), ("a", direction)]
     lines += [("a", "crypto:" + c.to_value()) for c in crypto or []]
     return SessionDescription(
         lines=[

@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from bridge_helpers import Rig, bridge_config, call_rig
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, RealtimeLink
 from sipagent.bridge.settings import AgentConfig, DtmfConfig, RecordingConfig, ToolConfig
 from sipagent.config import Config
 from sipagent.realtime.events import SessionSettings
+from sipagent.sdp import make_offer
 
 PROMPT = ("Please key in your order number on your keypad, then press the hash key. You will find the order "
           "number in the email we sent you when you placed the order.")  # long: time to cut it off
@@ -121,6 +123,63 @@ async def _send(tmp_path: Path) -> None:
     assert "collect_digits" in names and "send_dtmf" in names
 
 
+KEYPAD = (697, 770, 852, 941, 1209, 1336, 1477, 1633)
+KEYS = {(row, column): key for row, line in zip(KEYPAD[:4], ("123A", "456B", "789C", "*0#D"), strict=True)
+        for column, key in zip(KEYPAD[4:], line, strict=True)}
+
+
+def keys_heard(pcm: bytes) -> list[tuple[str, int]]:
+    """The keys in 24 kHz PCM, as a detector at the far end would find them: 20 ms frames loud enough for a
+    key whose two strongest keypad frequencies are a row's and a column's; (key, frames) per press."""
+    x = np.frombuffer(pcm[:len(pcm) // 960 * 960], "<i2").astype(np.float64).reshape(-1, 480)
+    n = np.arange(480)
+    basis = np.exp(-2j * np.pi * np.outer(KEYPAD, n) / 24000)
+    presses: list[tuple[str, int]] = []
+    last = ""
+    for frame in x:
+        power = np.abs(basis @ frame)
+        rows, columns = np.sort(power[:4]), np.sort(power[4:])
+        row, column = KEYPAD[int(np.argmax(power[:4]))], KEYPAD[4 + int(np.argmax(power[4:]))]
+        # A key: loud, and in each group one frequency well above the others (speech is neither).
+        clear = rows[-1] > 2 * rows[-2] and columns[-1] > 2 * columns[-2]
+        key = KEYS[(row, column)] if clear and np.sqrt(np.mean(frame ** 2)) > 6000 else ""
+        if key and key == last:
+            presses[-1] = (key, presses[-1][1] + 1)
+        elif key:
+            presses.append((key, 1))
+        last = key
+    return presses
+
+
+def test_send_dtmf_plays_tones_on_a_line_without_telephone_events(tmp_path: Path) -> None:
+    asyncio.run(_send_tones(tmp_path))
+
+
+async def _send_tones(tmp_path: Path) -> None:
+    async with call_rig(keypad_config(tmp_path, tone_ms=80)) as rig:
+        await rig.agent_turn()
+        rig.caller.send_dtmf("9", 100)  # "I will choose option one", then send_dtmf("1#")
+        await rig.wait_entry("dtmf", 5, lambda e: e.get("digit") == "9")
+        # Before the agent has said its piece, the PBX moves the call to a line in in-band DTMF mode: a
+        # re-INVITE with no telephone-event.
+        local = rig.caller.local_sdp
+        assert local is not None
+        offer = make_offer([rig.caller.codec], "127.0.0.1", local.media[0].port, rig.caller.sdp_session,
+                           dtmf_payload_type=None)
+        status, answer = await rig.caller.reoffer(offer)
+        assert status == 200 and b"telephone-event" not in answer
+        result = await rig.wait_entry("tool_result", 20, lambda e: e["name"] == "send_dtmf")
+        await rig.agent_turn(new=False)
+    assert result["ok"] and result["output"] == {"sent": "1#"}, rig.summary()
+    (sent,) = rig.entries("dtmf_out")
+    assert sent["digits"] == "1#" and sent["method"] == "inband"
+    assert rig.caller.dtmf_heard == []  # no RFC 4733 event reached the caller
+    # The caller heard the two keys as tones (80 ms: four frames, spread over five by the coders' delay), one
+    # after the other, and nothing else as a key.
+    presses = keys_heard(bytes(rig.caller.heard.pcm))
+    assert [key for key, _ in presses] == ["1", "#"] and all(3 <= frames <= 5 for _, frames in presses), presses
+
+
 # ---------------------------------------------------------------- the bridge's checks, with a fake line
 
 
@@ -133,7 +192,7 @@ class FakeMedia:
     packets_received = 0
 
     def __init__(self, dtmf_pt: bool = True) -> None:
-        self.can_send_dtmf = dtmf_pt
+        self.dtmf_method = "rfc4733" if dtmf_pt else None
         self.keys: list[tuple[str, int]] = []
         self.dtmf_sending = False
 
@@ -183,7 +242,7 @@ def test_send_dtmf_checks_the_line_and_its_arguments() -> None:
         busy = await bridge.tools.send_dtmf({"digits": "1"})
         assert not busy.ok and "still being sent" in busy.output["error"]
         no_events = await fake_bridge(FakeMedia(dtmf_pt=False)).tools.send_dtmf({"digits": "1"})
-        assert not no_events.ok and "no RFC 4733 telephone-event was negotiated" in no_events.output["error"]
+        assert not no_events.ok and "cannot carry keypad tones" in no_events.output["error"]
 
     asyncio.run(body())
 

@@ -14,7 +14,7 @@ import pytest
 
 from sipagent.errors import RtpError
 from sipagent.media.clock import MediaClock
-from sipagent.media.kernel import CODEC_SILENCE, Encoder24k
+from sipagent.media.kernel import CODEC_SILENCE, Decoder24k, Encoder24k
 from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.rtp.dtmf import TelephoneEvent
 from sipagent.rtp.endpoint import RtpEndpoint
@@ -374,6 +374,67 @@ def test_dtmf_events_take_the_place_of_audio_in_its_timeline() -> None:
         assert all(p.ssrc == ep.ssrc for p in got)
         assert all(seq_diff(b.sequence, a.sequence) == 1 for a, b in itertools.pairwise(got))
         assert [p.payload for p in got if p.payload in frames] == frames  # the audio waited, none lost
+
+    run(body)
+
+
+def test_keys_go_out_as_tones_where_no_telephone_event_was_negotiated() -> None:
+    """A peer that negotiated no telephone-event (a PBX line in in-band DTMF mode) gets each key as its two
+    tones, in the audio stream's payload type, coded by the call's own encoder, then a pause; the agent's
+    audio queued meanwhile waits and none of it is lost. A queue of ready payloads cannot make tones."""
+
+    async def body(clock: MediaClock) -> None:
+        ports = allocator()
+        playout = PcmPlayout("PCMU")
+        ep = RtpEndpoint(clock, ports, bind_host=HOST, playout=playout)
+        peer = Peer()
+        try:
+            ep.set_remote(HOST, peer.port, 0, None)
+            assert ep.dtmf_method == "inband"
+            peer.send(ep.local_port, SIL)  # latch
+            speech = (np.sin(np.arange(480 * 10) * 2 * np.pi * 300 / 24000) * 3000).astype("<i2").tobytes()
+            playout.push(speech)
+            await asyncio.sleep(0.06)
+            ep.send_dtmf("5", 60)
+            assert ep.dtmf_sending
+            got: list[RtpPacket] = []
+
+            def all_audio_sent() -> bool:
+                got.extend(peer.received())
+                return not ep.dtmf_sending and playout.buffered_ms == 0 and len(got) > 16
+
+            await until(all_audio_sent)
+            with RtpEndpoint(clock, ports, bind_host=HOST) as plain:
+                plain.set_remote(HOST, peer.port, 0, None)
+                assert plain.dtmf_method is None
+                with pytest.raises(RtpError, match="cannot send tones"):
+                    plain.send_dtmf("1")
+        finally:
+            ep.close()
+            peer.close()
+        assert all(p.payload_type == 0 and p.ssrc == ep.ssrc for p in got)
+        assert all(seq_diff(b.sequence, a.sequence) == 1 for a, b in itertools.pairwise(got))
+        decoder = Decoder24k("PCMU")
+        heard = [np.frombuffer(decoder.decode(p.payload), "<i2").astype(np.float64) for p in got]
+        keypad = (697, 770, 852, 941, 1209, 1336, 1477, 1633)
+
+        def strongest(frame: np.ndarray) -> list[int]:
+            n = np.arange(len(frame))
+            power = [abs(np.sum(frame * np.exp(-2j * np.pi * f * n / 24000))) for f in keypad]
+            return sorted(keypad[i] for i in np.argsort(power)[-2:])
+
+        rms = [float(np.sqrt(np.mean(f ** 2))) for f in heard]
+        key = [strongest(f) == [770, 1336] for f in heard]
+        keyed = [i for i in range(len(heard)) if key[i] and rms[i] > 8000]  # both tones: ≈ 11 600 (speech 2100)
+        # Three frames of the key together, then the pause: the frame after it holds only the coders' delay of
+        # the key's end, the next two nothing; the speech before and after it.
+        assert len(keyed) == 3 and keyed == list(range(keyed[0], keyed[0] + 3)), (keyed, rms)
+        after = keyed[-1] + 1
+        assert rms[after] < 6000 and max(rms[after + 1:after + 3]) < 50 and rms[after + 3] > 1000, rms
+        assert rms[keyed[0] - 1] > 1000 and not key[keyed[0] - 1]
+        assert got[keyed[0]].marker is False  # the key follows the speech in one talkspurt
+        speech_frames = sum(1 for i in range(len(heard)) if rms[i] > 1000 and not key[i])
+        assert speech_frames == 10  # the speech waited for the key and all of it was sent
 
     run(body)
 

@@ -22,7 +22,7 @@ class Line:
 
     call_id, from_uri, end_reason, codec = "waits", "sip:caller@example.com", "", "PCMU"
     packets_received = 0
-    can_send_dtmf = True
+    dtmf_method = "rfc4733"
 
     def __init__(self) -> None:
         self.ended = asyncio.Event()
