@@ -162,11 +162,11 @@ class CallBridge:
             "input_audio_buffer.speech_started": lambda event: self.interruptions.server_speech(),
             "input_audio_buffer.speech_stopped": lambda event: self.downlink.caller_turn_ended(),
             "conversation.item.input_audio_transcription.completed":
-                lambda event: self.records.said("caller", event.get("transcript", "")),
+                lambda event: self.records.said("caller", _text(event.get("transcript"))),
             "response.output_audio_transcript.done":
-                lambda event: self.records.agent_transcript(event.get("item_id"), event.get("transcript", "")),
+                lambda event: self.records.agent_transcript(event.get("item_id"), _text(event.get("transcript"))),
             "response.function_call_arguments.done": self._tool_call,
-            "session.updated": lambda event: self._check_session_formats(event.get("session", {})),
+            "session.updated": lambda event: self._check_session_formats(event.get("session")),
             "error": self._error,
             "rate_limits.updated": lambda event: self.log.debug("rate limits %s", event.get("rate_limits")),
         }
@@ -464,11 +464,15 @@ class CallBridge:
         return None if handler is None else handler(event)
 
     def _response_done(self, event: dict[str, Any]) -> None:
-        response = event.get("response", {})
+        # Whatever its shape, the response is over: a handler that raised before ``responses.done()`` would
+        # leave the call waiting for it (no end_call, no idle prompt) until its time limit.
+        response = event.get("response")
+        response = response if isinstance(response, dict) else {}
         usage = response.get("usage")
-        self.conversation.add_usage(usage)
-        if self.metrics and isinstance(usage, dict):
-            self.metrics.tokens_used(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
+        if isinstance(usage, dict):
+            self.conversation.add_usage(usage)
+            if self.metrics:
+                self.metrics.tokens_used(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")))
         self.records.greeting_done(response)
         self._spawn(self._after_response())
         self.responses.done()
@@ -481,25 +485,40 @@ class CallBridge:
         self._spawn(self.tools.run(name, call_id, event.get("arguments", "")))
 
     def _error(self, event: dict[str, Any]) -> None:
-        error = event.get("error", {})
-        code = error.get("code") or error.get("type")
+        error = event.get("error")
+        error = error if isinstance(error, dict) else {"message": error}
+        code = _text(error.get("code")) or _text(error.get("type"))
+        message = _text(error.get("message"))[:300]
         # A barge-in races the server's own cancellation; losing that race is expected, not a fault.
         level = logging.DEBUG if code in BENIGN_ERRORS else logging.WARNING
-        self.log.log(level, "Realtime error %s: %s", code, error.get("message"))
-        self.records.record("event", event="realtime-error", code=error.get("code"), message=error.get("message"))
+        self.log.log(level, "Realtime error %s: %s", code[:60].encode("unicode_escape").decode(),
+                     message.encode("unicode_escape").decode())  # the server's text: one log line, never two
+        self.records.record("event", event="realtime-error", code=code, message=message)
         if self.metrics:
-            self.metrics.realtime_error(str(error.get("code") or error.get("type") or "unknown"))
+            self.metrics.realtime_error(code)
 
-    def _check_session_formats(self, session: dict[str, Any]) -> None:
+    def _check_session_formats(self, session: object) -> None:
+        if not isinstance(session, dict):
+            return
         try:
             acknowledged = ev.parse_session(session).audio_format
-        except RealtimeError:
+        except (RealtimeError, TypeError, AttributeError, KeyError, ValueError):  # a shape we cannot read
             return
         if acknowledged != self.settings.audio_format:
             # Some sessions ignore a G.711 request and send 24 kHz PCM16: decode what really arrives.
             self.log.warning("server sends %s audio, not %s as asked", acknowledged, self.settings.audio_format)
             self.downlink.wire_format(acknowledged)
 
+
+
+def _text(value: object) -> str:
+    """A text field of a server event: its string, or "" for anything else (null, a number, an object)."""
+    return value if isinstance(value, str) else ""
+
+
+def _count(value: object) -> int:
+    """A token count of a server event: a whole number, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 __all__ = ["BridgeSettings", "CallBridge", "CallLeg", "CallOutcome", "MediaLeg", "RealtimeLink"]

@@ -45,6 +45,7 @@ class Downlink:
         self.metrics = metrics
         self._down_decode = wire_decoder(audio_format)
         self._base64 = Base64Decoder()  # the deltas' base64 in C: ~2.6 us instead of ~7.9 per 40 ms
+        self._bad_deltas = 0  # deltas dropped as unreadable
         self._queued_bytes = 0  # of the conversation's audio ever queued
         self._overflowed: str | None = None  # the item whose audio went over MAX_QUEUED_MS: the rest goes too
         self.turn_latencies: list[float] = []
@@ -76,7 +77,16 @@ class Downlink:
             if self.metrics:
                 self.metrics.observe_turn_latency(self.turn_latencies[-1])
             self._turn_ended_at = None
-        pcm = self._base64.decode(event.get("delta", ""))
+        delta = event.get("delta")
+        try:
+            pcm = self._base64.decode(delta) if isinstance(delta, str) else None
+        except ValueError:  # binascii.Error: not base64 (what the stdlib's lenient decoder refuses)
+            pcm = None
+        if pcm is None:
+            self._bad_deltas += 1
+            if self._bad_deltas == 1:  # once per call: a server sending garbage would otherwise flood the log
+                self.records.log.warning("audio delta dropped: its audio is not base64 text")
+            return
         if self._down_decode is not None:  # None: 24 kHz PCM16 already
             pcm = self._down_decode(pcm)
         self.queue(event.get("item_id", ""), pcm)

@@ -84,15 +84,17 @@ class ToolRunner:
             await self._output(call_id, name, {}, ToolResult(False, {"error": f"bad arguments: {exc}"}))
             return
         self.records.record("tool_call", name=name, arguments=args)
-        if name in ("collect_digits", "send_dtmf") and any(t.name == name for t in self.agent.tools):
-            # Keys are the bridge's own business: no webhook. Offered only when configured, so a model that
-            # names one that is not configured gets "unknown tool" below.
+        # A built-in runs only when the profile offers it: a model that names one it was not given (the
+        # caller's words reach it) gets "unknown tool" below, and hangs up or transfers nobody.
+        offered = any(t.name == name for t in self.agent.tools)
+        if name in ("collect_digits", "send_dtmf") and offered:
+            # Keys are the bridge's own business: no webhook.
             result = await (self.collect_digits(args) if name == "collect_digits" else self.send_dtmf(args))
             if name == "collect_digits":
                 await self.responses.wait_idle(CANCEL_WAIT_S)  # response.create while one is active is refused
             await self._output(call_id, name, args, result)
             return
-        if name in ("end_call", "transfer_call"):
+        if name in ("end_call", "transfer_call") and offered:
             action_args = {**args, "_call_id": call_id}
             if name == "transfer_call":
                 error = self.transfer_error(args.get("target"))

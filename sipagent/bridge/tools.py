@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sipagent.bridge import webhook
 from sipagent.bridge.context import CallContext
@@ -177,8 +177,9 @@ async def run_webhook(tool: ToolConfig, arguments: dict[str, Any], call_id: str,
             return ToolResult(False, {"error": "order not found", "order_id": arguments.get("order_id")})
         return ToolResult(True, order)
     url, body = tool.url, None
+    arguments = declared_arguments(tool, arguments)
     if tool.method == "GET":
-        url = f"{url}{'&' if '?' in url else '?'}{urlencode({k: str(v) for k, v in arguments.items()})}"
+        url = with_query(url, arguments)
     else:
         sent = {**arguments, CONTEXT_KEY: context.to_json()} if context is not None else arguments
         body = json.dumps(sent).encode()
@@ -207,6 +208,29 @@ async def run_webhook(tool: ToolConfig, arguments: dict[str, Any], call_id: str,
     if not usable:  # the model reads it as text either way
         return ToolResult(True, {"result": payload.decode("utf-8", "replace")[:2000]})
     return ToolResult(True, result if isinstance(result, dict) else {"result": result})
+
+
+def declared_arguments(tool: ToolConfig, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments the tool's schema declares (all of them when it declares no properties): the model
+    may add others, and they would reach the service as if the tool had asked for them."""
+    properties = tool.parameters.get("properties")
+    if not isinstance(properties, dict) or not properties:
+        return arguments
+    extra = [name for name in arguments if name not in properties]
+    if extra:
+        log.info("tool %s: undeclared arguments not sent: %s", tool.name, ", ".join(n[:40] for n in extra[:5]))
+    return {name: value for name, value in arguments.items() if name in properties}
+
+
+def with_query(url: str, arguments: dict[str, Any]) -> str:
+    """A GET tool's URL with the model's arguments added to its query. A parameter the configured URL
+    already sets keeps its value (a service that takes the last of a repeated name would otherwise take the
+    model's: ``?tenant=acme`` must stay acme), and the configured query is kept as written."""
+    parts = urlsplit(url)
+    fixed = {name for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    added = urlencode([(name, str(value)) for name, value in arguments.items() if name not in fixed])
+    query = "&".join(q for q in (parts.query, added) if q)
+    return urlunsplit(parts._replace(query=query, fragment=""))
 
 
 def _timed_out(tool: ToolConfig) -> ToolResult:

@@ -66,6 +66,9 @@ JITTER_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 _MAX_LABEL = 64  # error codes and reasons come from peers: bound what a label may hold
 
 
+MAX_LABEL_VALUES = 64  # distinct values of a label that a peer names (a tool, an error code)
+
+
 def _label(value: str, default: str = "unknown") -> str:
     value = value.strip()
     return value[:_MAX_LABEL] if value else default
@@ -75,6 +78,8 @@ class Metrics:
     """All sipagent_* metrics; ``render()`` gives the exposition text served on /metrics."""
 
     def __init__(self) -> None:
+        self._tool_names: set[str] = set()
+        self._error_codes: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         p = PREFIX
@@ -240,12 +245,25 @@ class Metrics:
         self._realtime_reconnects.inc()
 
     def realtime_error(self, code: str) -> None:
-        """``code``: the server's ``error.code`` (or ``error.type`` when there is no code)."""
-        self._realtime_errors.labels(code=_label(code)).inc()
+        """``code``: the server's ``error.code`` (or ``error.type`` when there is no code). The server names
+        it, so past MAX_LABEL_VALUES distinct codes the rest count as "other"."""
+        self._realtime_errors.labels(code=self._bounded(self._error_codes, _label(code))).inc()
 
     def tool_called(self, tool: str, outcome: str) -> None:
-        """``outcome``: ``ok``, ``error`` or ``timeout`` (any short token)."""
-        self._tool_calls.labels(tool=_label(tool), outcome=_label(outcome)).inc()
+        """``outcome``: ``ok``, ``error`` or ``timeout`` (any short token). The model names the tool (an
+        unknown one too), so past MAX_LABEL_VALUES distinct names the rest count as "other"."""
+        self._tool_calls.labels(tool=self._bounded(self._tool_names, _label(tool)), outcome=_label(outcome)).inc()
+
+    @staticmethod
+    def _bounded(seen: set[str], value: str) -> str:
+        """``value`` as a label, unless it would be one series too many: a label named by a peer must not
+        grow /metrics (and the scraper's storage) without bound."""
+        if value in seen:
+            return value
+        if len(seen) >= MAX_LABEL_VALUES:
+            return "other"
+        seen.add(value)
+        return value
 
     def tokens_used(self, input_tokens: int = 0, output_tokens: int = 0) -> None:
         """From ``response.done`` → ``response.usage.input_tokens`` / ``output_tokens``."""

@@ -259,3 +259,27 @@ def test_collect_digits_arguments_are_checked_before_anything_waits() -> None:
         assert typed.output == {"digits": "42", "ended_by": "terminator", "count": 2}
 
     asyncio.run(body())
+
+
+def test_a_built_in_the_profile_does_not_offer_does_nothing() -> None:
+    """The caller's words reach the model, which may name end_call or transfer_call without being given them:
+    it gets "unknown tool", and the call is neither ended nor transferred."""
+
+    async def body() -> None:
+        bridge = fake_bridge(FakeMedia(), tools=("collect_digits",))
+        bridge.settings.agent.transfer_target = "sip:600@127.0.0.1"
+        outputs: list[Any] = []
+        bridge.tools.uses.clear()
+        real_output = bridge.tools._output
+
+        async def output(call_id: str, name: str, args: dict[str, Any], result: Any, respond: bool = True) -> None:
+            outputs.append((name, result.ok, result.output))
+            await real_output(call_id, name, args, result, respond)
+
+        bridge.tools._output = output  # type: ignore[method-assign]
+        for name in ("end_call", "transfer_call"):
+            await bridge.tools.run(name, f"c-{name}", "{}")
+        assert bridge.tools.pending is None and not bridge.tools.state.closing
+        assert outputs == [(name, False, {"error": f"unknown tool {name}"}) for name in ("end_call", "transfer_call")]
+
+    asyncio.run(body())

@@ -164,6 +164,24 @@ def test_post_and_get_reach_the_service(loop: str) -> None:
     run(main(), loop)
 
 
+def test_the_model_cannot_change_what_the_configured_url_fixes_nor_add_undeclared_arguments() -> None:
+    """A GET's configured query keeps its values (a service taking the last of a repeated name would take the
+    model's), a fragment does not swallow the arguments, and only the arguments the schema declares are sent."""
+    declared = {"type": "object", "properties": {"order_id": {"type": "string"}, "tenant": {"type": "string"}}}
+
+    async def main() -> None:
+        async with Service(echo) as service:
+            url = service.url("/orders?tenant=acme&scope=read#top")
+            got = await run_webhook(tool(url, method="GET", parameters=declared),
+                                    {"order_id": "1", "tenant": "other", "scope": "admin"}, "c")
+            assert got.ok and got.output["target"] == "/orders?tenant=acme&scope=read&order_id=1", got.output
+            posted = await run_webhook(tool(service.url(), parameters=declared),
+                                       {"order_id": "1", "admin": True}, "c")
+            assert posted.ok and json.loads(posted.output["body"]) == {"order_id": "1"}
+
+    run(main())
+
+
 def test_the_calls_context_travels_in_the_body_and_in_x_sipagent_headers() -> None:
     context = CallContext("call-1@pbx", datetime(2026, 12, 5, 7, 56, 12, tzinfo=ZoneInfo("Europe/Berlin")),
                           caller_number="+4930123456", caller_name="Zoë \"Boss\"", dialed="800",
