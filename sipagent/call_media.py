@@ -153,6 +153,7 @@ class CallMedia:
                             send=media.may_send)
         if bridge is not None:
             bridge.set_hold(media.on_hold, media.direction)
+            bridge.listen_for_keys(media.dtmf_payload_type is None)
 
     def attach(self, bridge: CallBridge, media: NegotiatedMedia) -> None:
         """The bridge for the answered call, built on ``leg`` for ``media``'s codec: from now on the endpoint's
@@ -166,6 +167,7 @@ class CallMedia:
         endpoint.on_sent = bridge.downlink.frame_sent
         endpoint.on_dtmf = bridge.on_dtmf
         bridge.set_hold(media.on_hold, media.direction)
+        bridge.listen_for_keys(media.dtmf_payload_type is None)
 
     def close(self) -> None:
         """The endpoint closed, or the port bound for a call never answered given back (idempotent)."""

@@ -60,6 +60,7 @@ from sipagent.realtime import events as ev
 log = logging.getLogger(__name__)
 
 BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
+OWN_KEYS_ECHO_S = 1.0  # after the agent's last key went out, a key heard in the audio may be its echo
 GOODBYE_LIMIT_S = 20.0  # a goodbye the model has not said (and the caller heard) by then: hang up anyway
 
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -144,6 +145,7 @@ class CallBridge:
         # A call that ends with its greeting (a message left on a machine) listens to no one: the machine's
         # sounds after its beep would otherwise make the model's turn detection cut the message short.
         self.uplink.to_model = not settings.end_after_greeting
+        self.uplink.on_key = self._key_in_audio
         self.downlink = Downlink(settings.audio_format, media, call, state, self.conversation, self.responses,
                                  self.policy, records, self.uplink.agent_sent, self.metrics)
         self.interruptions = Interruptions(self.policy, barge.duck_db, media, self.uplink, self.downlink,
@@ -243,6 +245,18 @@ class CallBridge:
 
     def on_dtmf(self, digit: str, duration_ms: int) -> None:
         """A key from the caller (RFC 4733 or SIP INFO): see ToolRunner.on_dtmf."""
+        self.tools.on_dtmf(digit, duration_ms)
+
+    def listen_for_keys(self, on: bool) -> None:
+        """The line negotiated no telephone-event (``on``): the caller's keys come as tones in the audio."""
+        self.uplink.listen_for_keys(on)
+
+    def _key_in_audio(self, digit: str, duration_ms: int) -> None:
+        # The agent's own keys (send_dtmf's tones) may come back as echo: not the caller's.
+        if self.media.dtmf_sending or time.monotonic() - self.tools.keys_sent_at < OWN_KEYS_ECHO_S:
+            self.log.debug("key %s heard in the audio while the agent sent keys: taken as their echo", digit)
+            return
+        self.log.info("key %s heard in the audio (%d ms)", digit, duration_ms)
         self.tools.on_dtmf(digit, duration_ms)
 
     def change_codec(self, codec: str) -> None:

@@ -73,6 +73,7 @@ class ToolRunner:
         self._typed_task: asyncio.Task[None] | None = None
         self.collector: DigitCollector | None = None  # a collect_digits entry under way
         self._key = asyncio.Event()  # a key came for it
+        self.keys_sent_at = -1e9  # monotonic time the agent's last keys (send_dtmf) finished going out
 
     # ---------------------------------------------------------------- tool calls
 
@@ -210,8 +211,9 @@ class ToolRunner:
     # ---------------------------------------------------------------- keys
 
     def on_dtmf(self, digit: str, duration_ms: int) -> None:
-        """A key from the caller (RFC 4733 or SIP INFO). During a collect_digits entry it goes to the entry
-        and cuts the agent off; otherwise it is passed to the model as text with the keys typed after it."""
+        """A key from the caller (RFC 4733, SIP INFO, or tones in the audio). During a collect_digits entry it
+        goes to the entry and cuts the agent off; otherwise it is passed to the model as text with the keys
+        typed after it."""
         now = time.monotonic()
         self.state.active(now)
         self.records.record("dtmf", digit=digit, duration_ms=duration_ms)
@@ -313,7 +315,9 @@ class ToolRunner:
         # Each key: its ticks, then three end packets and a gap (or a pause of tones); a hold stops the
         # clock's sending, so bound it.
         limit = len(digits) * (tone_ms + 120) / 1000 + 5.0
-        if not await self.downlink.until_sent(lambda: not self.media.dtmf_sending, limit):
+        sent = await self.downlink.until_sent(lambda: not self.media.dtmf_sending, limit)
+        self.keys_sent_at = time.monotonic()
+        if not sent:
             return ToolResult(False, {"error": "the keys could not all be sent in time (is the call on hold?)"})
         return ToolResult(True, {"sent": digits})
 

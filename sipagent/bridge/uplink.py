@@ -4,7 +4,9 @@ Each caller frame is decoded once by the kernel, which also gives its level for 
 writes the ``input_audio_buffer.append`` JSON text; the VAD's reference is each agent frame the clock puts
 on the wire, as the PCM it was encoded from and its level (``agent_sent``). Frames with sound in them (or
 any while the agent is paused or ducked) go to the barge-in shell through ``on_sound``. Nothing here
-waits: both entry points run in the media clock's tick or as a packet arrives. With a ``DecoderBatch``
+waits: both entry points run in the media clock's tick or as a packet arrives. On a line that negotiated no
+telephone-event the caller's keys come as tones in the audio: ``listen_for_keys`` has each frame looked at
+for them too (sipagent.media.dtmf_detect), and a key heard goes to ``on_key``. With a ``DecoderBatch``
 (the media clock's ``received``), a G.722 frame is decoded with the other calls' frames that arrived in
 the same pass of the event loop, and handled (``_heard``) when that batch runs: at the end of the pass or
 of the clock's next phase tick at the latest.
@@ -18,6 +20,7 @@ from sipagent.bridge.bargein import BargeInPolicy
 from sipagent.bridge.session import RealtimeSession
 from sipagent.bridge.state import CallState
 from sipagent.bridge.transcript import StereoRecorder
+from sipagent.media.dtmf_detect import ToneDetector
 from sipagent.media.kernel import CODEC_SILENCE, DecoderBatch, FrameDecoder, Resampler, alaw_encode, ulaw_encode
 from sipagent.media.vad import EchoAwareVad, VadSettings, mean_square_db
 from sipagent.realtime import events as ev
@@ -45,7 +48,16 @@ class Uplink:
         # G.711 to the model from a call in another codec: our 24 kHz audio, down to 8 kHz and encoded.
         self._to_8k = Resampler(24000, 8000) if self.passthrough else None
         self._staging: DecoderBatch | None = None
+        self._keys: ToneDetector | None = None  # listening for keys in the audio (listen_for_keys)
+        self.on_key: Callable[[str, int], None] | None = None
         self.use_codec(codec)
+
+    def listen_for_keys(self, on: bool) -> None:
+        """Look for the caller's keys in the audio (a line with no telephone-event) or stop (one with it)."""
+        if on and self._keys is None:
+            self._keys = ToneDetector()
+        elif not on and self._keys is not None:
+            self._keys = None
 
     def use_codec(self, codec: str) -> None:
         """Everything that depends on the call's codec, with fresh codec state (as the far end has after a
@@ -53,6 +65,8 @@ class Uplink:
         if self._staging is not None and self.decoder.pending:
             self._staging.run()  # the old codec's frame is handled with the decoder that decoded it
         self.codec = codec
+        if self._keys is not None:
+            self._keys = ToneDetector()  # a key under way in the old codec is not finished in the new one
         # Only G.722 gains from decoding with other calls: G.711 frames are decoded at once.
         self._staging = self.batch if codec == "G722" else None
         # Each caller frame goes to the model as an append of its 24 kHz PCM (pcm16) or of the payload
@@ -80,6 +94,9 @@ class Uplink:
         """The caller frame just decoded (``decoder``'s pcm and text) and its PCM's mean square."""
         frame = self.decoder
         vad = self.vad
+        keyed = self._keys is not None and self._listen(frame.pcm, mean_sq)
+        if keyed:  # a key's tone is not speech: to the voice detector and the model it is silence
+            mean_sq = 0.0
         speech = vad.caller_mean_square(mean_sq)
         if self.recorder:
             self.recorder.caller(frame.pcm)
@@ -89,7 +106,7 @@ class Uplink:
         link = session.link
         if link is None or self.state.name != "live" or not self.to_model:
             return
-        if vad.echo_only and self.echo_suppression:
+        if keyed or (vad.echo_only and self.echo_suppression):
             # Half-duplex echo suppression: while the agent is audible, frames no louder than its echo are
             # sent as silence, so the model's VAD and transcription never hear the agent's own voice.
             text = self._silence_text(frame.payload_len)
@@ -102,6 +119,14 @@ class Uplink:
         outbox = session.outbox
         if not outbox.empty() or not link.send_now(text):
             outbox.put_nowait(text.decode())
+
+    def _listen(self, pcm: bytes, mean_sq: float) -> bool:
+        """Whether this frame holds a key; a key that ended goes to ``on_key``."""
+        assert self._keys is not None
+        key = self._keys.push(pcm, mean_sq)
+        if key is not None and self.on_key is not None:
+            self.on_key(*key)
+        return self._keys.in_key
 
     def agent_sent(self, pcm24k: bytes, mean_sq: float) -> None:
         """The media clock just sent a frame to the caller: the 24 kHz PCM it was encoded from (zeros for
