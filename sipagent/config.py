@@ -8,6 +8,8 @@ echoed back.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
 import re
 import types
@@ -44,6 +46,7 @@ from sipagent.bridge.settings import (
 from sipagent.bridge.tools import CONTEXT_KEY
 from sipagent.bridge.webhook import RequestRefused, prepare
 from sipagent.errors import ConfigError, SipParseError
+from sipagent.realtime.local.brain import LocalBrainConfig
 from sipagent.sdp.crypto import DEFAULT_SUITES, SUITES
 from sipagent.sip.admission import parse_network
 from sipagent.sip.identity import MAX_HEADERS as MAX_CONTEXT_HEADERS
@@ -251,7 +254,7 @@ def control_address(text: str) -> HostPort:
     host alone on CONTROL_PORT. Raises ValueError."""
     text = text.strip()
     port_only = text[1:] if text.startswith(":") else text
-    if port_only.isdigit():
+    if port_only.isascii() and port_only.isdigit():  # ASCII only: str.isdigit() also accepts "٥" and "²"
         return parse_host_port(f"127.0.0.1:{port_only}", default_port=CONTROL_PORT)
     return parse_host_port(text, default_port=CONTROL_PORT)
 
@@ -467,7 +470,7 @@ def parse_host_port(text: str, default_port: int) -> HostPort:
         raise ValueError(f"no host in {text!r}")
     port = default_port
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise ValueError(f"bad port {port_text!r}")
         port = int(port_text)
     return HostPort(host, port)
@@ -514,11 +517,62 @@ def load_config_text(text: str, name: str = "<config>", env: Mapping[str, str] |
         raise ConfigError(f"invalid YAML: {exc.problem}", path=name, line=line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", path=name) from None
+    except RecursionError:  # the composer recurses once per level: thousands of "[" exhaust the stack
+        raise ConfigError(f"invalid YAML: nested more than {MAX_DEPTH} levels deep", path=name) from None
+    if root is not None:
+        _check_document(ctx, root)
     config = Config() if root is None else _convert_dataclass(ctx, root, Config, "")
     config.source = name
     config.agents = _resolve_profiles(ctx, root, config)
     _check_semantics(ctx, root, config)
     return config
+
+
+# Bounds of the document as the loader walks it, every alias expanded: a real file has a few thousand values
+# and a dozen levels. Above them is a mistake or an attack (aliases of aliases: "billion laughs").
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+
+def _check_document(ctx: _Ctx, root: yaml.Node) -> None:
+    """What every later step may take for granted: no alias loop, a bounded size and depth with aliases
+    expanded, text keys, and no key twice in one mapping (YAML would silently keep the last). Iterative:
+    a hostile depth cannot exhaust the stack here."""
+    values = 0
+    open_nodes: set[int] = set()  # the mappings and lists on the path from the root to the node at hand
+    stack: list[tuple[yaml.Node, str, int, bool]] = [(root, "", 0, False)]
+    while stack:
+        node, path, depth, leaving = stack.pop()
+        if leaving:
+            open_nodes.discard(id(node))
+            continue
+        where = path or "(top level)"
+        values += 1
+        if values > MAX_VALUES:
+            raise ctx.error(node, where, f"the file expands to more than {MAX_VALUES} values (aliases of aliases?)")
+        if depth > MAX_DEPTH:
+            raise ctx.error(node, where, f"nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, yaml.ScalarNode):
+            continue
+        if id(node) in open_nodes:
+            raise ctx.error(node, where, "a YAML alias refers to a value that contains it (an endless loop)")
+        open_nodes.add(id(node))
+        stack.append((node, path, depth, True))  # popped after the children: leaves the path then
+        children: list[tuple[yaml.Node, str]] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        else:
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise ctx.error(key_node, where, f"expected a name as key, got {_describe(key_node, path)}")
+                name = str(key_node.value)
+                child = f"{path}.{name}" if path else name
+                if name in seen:
+                    raise ctx.error(key_node, child, "duplicate profile name" if path == "agents" else "duplicate key")
+                seen.add(name)
+                children.append((value_node, child))
+        stack.extend((child, child_path, depth + 1, False) for child, child_path in reversed(children))
 
 
 def _hint_types(cls: type) -> dict[str, Any]:
@@ -679,18 +733,27 @@ def _convert(ctx: _Ctx, node: yaml.Node, hint: Any, key: str) -> Any:
     if hint is int:
         text = _scalar_text(ctx, node, key)
         try:
-            return int(text)
-        except ValueError:
-            raise ctx.error(node, key, f"expected an integer, got {_quote(text, key)}") from None
+            if _INTEGER.fullmatch(text.strip()):
+                return int(text)
+        except ValueError:  # more than 4300 digits
+            pass
+        raise ctx.error(node, key, f"expected an integer, got {_quote(text, key)}")
     if hint is float:
         text = _scalar_text(ctx, node, key)
-        try:
-            return float(text)
-        except ValueError:
-            raise ctx.error(node, key, f"expected a number, got {_quote(text, key)}") from None
+        # Never NaN or infinity (not even by overflow, "1e400"): NaN compares false with every bound, so it
+        # would pass each range check, and a timer of NaN or infinity fires at once or never.
+        number = float(text) if _NUMBER.fullmatch(text.strip()) else math.nan
+        if not math.isfinite(number):
+            raise ctx.error(node, key, f"expected a finite number, got {_quote(text, key)}")
+        return number
     if hint is Any:
         return _plain(ctx, node, key)
     raise TypeError(f"config schema has an unsupported type at {key}: {hint!r}")
+
+
+# ASCII digits only: int() and float() also take "1_000" and other scripts' digits ("٥٠" is 50).
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def _scalar_text(ctx: _Ctx, node: yaml.Node, key: str) -> str:
@@ -730,7 +793,16 @@ def _plain(ctx: _Ctx, node: yaml.Node, key: str) -> Any:
         # An interpolated plain scalar is typed by what it became: "${PORT:-5}" is the integer 5.
         tag = _RESOLVER.resolve(yaml.ScalarNode, value, (node.style is None, False))  # type: ignore[no-untyped-call]
         node = yaml.ScalarNode(tag, value, node.start_mark, node.end_mark, node.style)
-    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    try:
+        data = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, LookupError, AttributeError, OverflowError):  # "!!int nope"
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise ctx.error(node, key, f"cannot read {_quote(str(node.value), key)} as YAML tag {tag}") from None
+    if isinstance(data, float) and not math.isfinite(data):  # passed on as JSON, where NaN is no number
+        raise ctx.error(node, key, f"expected a finite number, got {_quote(str(node.value), key)}")
+    if not isinstance(data, str | int | float | None):  # a date, bytes: no JSON type, so the text as written
+        return str(node.value)
+    return data
 
 
 _RESOLVER = yaml.resolver.Resolver()
@@ -767,11 +839,24 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     ):
         if value or not allow_empty:
             try:
-                parse_host_port(value, default_port=METRICS_PORT if dotted == "metrics.listen" else 5060)
+                address = parse_host_port(value, default_port=METRICS_PORT if dotted == "metrics.listen" else 5060)
+                _check_host(address.host)
             except ValueError as exc:
                 raise fail(dotted, f"expected host[:port], got \"{value}\" ({exc})") from None
+    if sip.public_address:
+        try:  # advertised as it is in Via, Contact and SDP c=: a host, no port
+            _check_host(sip.public_address)
+        except ValueError as exc:
+            raise fail("sip.public_address", f'expected the address to advertise, a host name or an IP address '
+                                              f'without a port, got "{sip.public_address}" ({exc})') from None
     if sip.registrar and not sip.username and not sip.accounts:
         raise fail("sip.username", "required when sip.registrar is set (or list the extensions in sip.accounts)")
+    if sip.username and not _USER_PART.fullmatch(sip.username):  # the rule of sip.accounts[].username
+        raise fail("sip.username", f'expected a SIP user part such as "2001", got "{sip.username}"')
+    if not _VALUE.fullmatch(sip.user_agent):  # a header value: CR or LF would start another header
+        raise fail("sip.user_agent", "expected printable text of 1 to 128 characters, without control characters")
+    if "\0" in config.recording.dir:
+        raise fail("recording.dir", "expected a directory path, got one with a NUL character")
     if sip.expires < 60:
         raise fail("sip.expires", f"expected at least 60 seconds, got {sip.expires}")
     if sip.max_calls < 1:
@@ -792,7 +877,7 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
                                             f'"{alias}"')
     _check_limits(sip.limits, fail)
     _check_tls(sip, fail)
-    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", media.rtp_ports)
+    match = re.fullmatch(r"\s*([0-9]+)\s*-\s*([0-9]+)\s*", media.rtp_ports)  # not \d: it matches "٤" too
     if not match or not 1024 <= int(match.group(1)) < int(match.group(2)) <= 65535:
         raise fail("media.rtp_ports", f'expected a range like "40000-40999", got "{media.rtp_ports}"')
     media.rtp_ports = f"{int(match.group(1))}-{int(match.group(2))}"
@@ -826,6 +911,12 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         raise fail("realtime.url", "required for provider azure (https://RESOURCE.openai.azure.com)")
     if rt.url and not re.match(r"^(wss?|https?)://", rt.url):
         raise fail("realtime.url", f'expected a ws://, wss:// or https:// URL, got "{rt.url}"')
+    if not 0.1 <= rt.connect_timeout_s <= 300:
+        raise fail("realtime.connect_timeout_s", f"expected 0.1 to 300 seconds, got {rt.connect_timeout_s:g}")
+    if rt.max_session_s < 1:
+        raise fail("realtime.max_session_s", f"expected at least 1 second, got {rt.max_session_s}")
+    if rt.local or rt.provider == "local":
+        _check_local(ctx, root, rt)
     _check_agent(config.agent, "agent", config, fail)
     for name, profile in config.agents.items():
         _check_agent(profile, f"agents.{name}", config, fail)
@@ -836,6 +927,24 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     _check_outbound(config, fail)
     _check_control(ctx, config, fail)
     _check_context(ctx, root, config, fail)
+
+
+def _check_local(ctx: _Ctx, root: yaml.Node | None, rt: RealtimeConfig) -> None:
+    """realtime.local, read now as the local backend will read it when it starts, so that a mistake is named
+    by ``sipagent check`` with its line, not when the agent starts."""
+    try:
+        LocalBrainConfig.from_mapping(rt.local)
+    except ConfigError as exc:
+        key = exc.key or "realtime.local"
+        raise ctx.error(_node_for(root, key), key, exc.detail) from None
+
+
+def _check_host(host: str) -> None:
+    """A host name or an IP address, as it is written into SIP headers; raises ValueError."""
+    if ":" in host:
+        ipaddress.IPv6Address(host)  # ValueError when it is none
+    elif not _HOST.fullmatch(host):
+        raise ValueError(f"not a host name or address: {host!r}")
 
 
 def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable[[str, str], ConfigError]) -> None:
@@ -850,10 +959,12 @@ def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable
                 f"{prefix}.tools[{i}]",
                 f'tool "{tool.name}" needs a url (built-in tools are: {", ".join(sorted(BUILTIN_TOOLS))})',
             )
+        if not 0.1 <= tool.timeout_s <= 300:
+            raise fail(f"{prefix}.tools[{i}].timeout_s", f"expected 0.1 to 300 seconds, got {tool.timeout_s:g}")
         if tool.url and not tool.url.startswith("builtin:"):
+            tool.headers = _header_texts(tool.headers, f"{prefix}.tools[{i}].headers", fail)
             try:  # the request the tool will send, built once now so that a bad URL or header fails here
-                prepare(tool.method, tool.url, {str(k): str(v) for k, v in tool.headers.items()},
-                        None if tool.method == "GET" else b"{}")
+                prepare(tool.method, tool.url, tool.headers, None if tool.method == "GET" else b"{}")
             except RequestRefused as exc:
                 key = "headers" if str(exc).startswith("header") else "url"
                 raise fail(f"{prefix}.tools[{i}].{key}", str(exc)) from None
@@ -866,6 +977,9 @@ def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable
         raise fail(f"{prefix}.on_failure.target", "required when on_failure.action is transfer")
     _check_transfer_targets(agent, prefix, config.sip.effective_domain, fail)
     _check_transfer_modes(agent, prefix, config.source, fail)
+    if not (agent.idle_timeout_s == 0 or agent.idle_timeout_s >= 1):
+        raise fail(f"{prefix}.idle_timeout_s", f"expected 0 (never prompt) or at least 1 second, got "
+                                               f"{agent.idle_timeout_s:g}")
     if agent.max_call_s and agent.max_call_s < 10:
         raise fail(f"{prefix}.max_call_s", f"expected 0 (no limit) or at least 10 seconds, got {agent.max_call_s}")
     if not (config.media.rtp_timeout_s or agent.max_call_s or agent.idle_timeout_s > 0):
@@ -919,7 +1033,7 @@ def _check_control(ctx: _Ctx, config: Config, fail: Callable[[str, str], ConfigE
     if not control.listen:
         return
     try:
-        control_address(control.listen)
+        _check_host(control_address(control.listen).host)
     except ValueError as exc:
         raise fail(key + "listen", f'expected a port (on loopback) or host:port, got "{control.listen}" '
                                    f"({exc})") from None
@@ -1031,7 +1145,7 @@ def _check_context(ctx: _Ctx, root: yaml.Node | None, config: Config,
     if context.timezone:
         try:
             zoneinfo.ZoneInfo(context.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
             raise fail("context.timezone", f'expected an IANA time zone such as "Europe/Berlin" or "UTC", got '
                                            f'"{context.timezone}"') from None
     for raw in context.defaults:
@@ -1073,6 +1187,7 @@ def check_template_key(ctx: _Ctx, root: yaml.Node | None, dotted: str, text: str
 
 _HOST_OR_NETWORK = re.compile(r"\[?[0-9A-Za-z.:\-]+\]?(/[0-9]{1,3})?")
 _USER_PART = re.compile(r"[0-9A-Za-z+*._\-]{1,64}")
+_HOST = re.compile(r"[0-9A-Za-z_\-]+(\.[0-9A-Za-z_\-]+)*\.?")  # a name or an IPv4 address (IPv6: ipaddress)
 _TARGET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,39}")
 _PROFILE_NAME = _TARGET_NAME
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.\-]{1,64}")  # an RFC 3261 token
@@ -1221,11 +1336,32 @@ def _check_barge_in(barge: BargeInConfig, prefix: str, fail: Callable[[str, str]
 
 
 
+def _header_texts(headers: Mapping[str, Any], dotted: str, fail: Callable[[str, str], ConfigError]) -> dict[str, str]:
+    """Configured HTTP header values as text: a number is its digits; null, true or a mapping would be sent as
+    Python writes it ("None", "True", "{'a': 1}"), so they are refused."""
+    texts: dict[str, str] = {}
+    for name, value in headers.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise fail(f"{dotted}.{name}", f"expected a text (quote it), got {_kind(value)}")
+        texts[str(name)] = str(value)
+    return texts
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def _check_event_webhook(hook: EventWebhookConfig, fail: Callable[[str, str], ConfigError]) -> None:
     """events.webhook: the request is built once now (URL, headers), as for a tool; the secret is never
     echoed (SECRET_KEYS), only its absence or length is named."""
     key = "events.webhook."
-    hook.headers = {str(k): str(v) for k, v in hook.headers.items()}
+    hook.headers = _header_texts(hook.headers, key + "headers", fail)
     for name in hook.headers:
         if name.lower() in EVENT_HEADERS:
             raise fail(key + "headers", f"header {name} is set by sipagent, not by the configuration")

@@ -50,8 +50,9 @@ def load_hold_wav(path: Path) -> bytes:
             if frames < rate // 10:
                 raise ValueError(f"{path}: shorter than 0.1 s")
             pcm = wav.readframes(frames)
-    except wave.Error as exc:
-        raise ValueError(f"{path}: not a WAV file ({exc})") from None
+    # EOFError, struct.error: a header cut short; RuntimeError: wave's seek past a chunk's declared size
+    except (wave.Error, EOFError, struct.error, RuntimeError) as exc:
+        raise ValueError(f"{path}: not a WAV file ({str(exc) or 'cut short'})") from None
     if rate == RATE:
         return pcm
     return Resampler(rate, RATE).process(pcm)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -43,7 +44,7 @@ class CallLimits:
         """Re-prompt a silent caller once, then say goodbye and hang up. Sleeps until the silence would be
         long enough; the caller's sound, a digit or the end of the agent's reply moves that moment."""
         timeout = self.agent.idle_timeout_s
-        if timeout <= 0:
+        if not 0 < timeout < math.inf:  # "not": NaN too, which no "<=" catches
             return  # no prompt; a dead line still ends by media.rtp_timeout_s or agent.max_call_s
         state = self.state
         while state.closing is None:
@@ -54,6 +55,9 @@ class CallLimits:
             busy = self.busy()
             state.active()  # if busy, counted again from now (a reply's end moves it)
             if busy:
+                # Sleep here, not on the next turn: with a timeout shorter than one turn of this loop the
+                # wait would never be positive, and the loop would spin without ever yielding.
+                await asyncio.sleep(timeout)
                 continue
             self.idle_prompts += 1
             if self.idle_prompts == 1:

@@ -102,7 +102,10 @@ def prepare(
     set any X-Sipagent-* header, so a receiver can trust that sipagent wrote them."""
     if not _TOKEN.fullmatch(method):
         raise RequestRefused(f"method {method!r} is not an HTTP method")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "http://[::1/x": an unclosed IPv6 bracket
+        raise RequestRefused(f"the URL is invalid ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RequestRefused("the URL is not an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None:
@@ -110,10 +113,13 @@ def prepare(
     tls = parts.scheme == "https"
     default_port = 443 if tls else 80
     try:
-        port = parts.port or default_port
+        port = parts.port
+        if port == 0:  # not "no port": nothing listens on port 0
+            raise ValueError("port 0")
         host = parts.hostname.encode("idna").decode("ascii")  # an international name as its A-labels
     except (ValueError, UnicodeError) as exc:
         raise RequestRefused(f"the URL's host or port is invalid ({exc})") from None
+    port = port or default_port
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not target.isascii() or any(c <= " " or c == "\x7f" for c in target):
         raise RequestRefused("the URL's path or query has spaces, controls or non-ASCII characters")

@@ -93,27 +93,29 @@ class Intent:
     ask_digits: AskDigits | None = None
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Intent:
-        key = f"realtime.local.intents.{data.get('name', '?')}"
+    def from_mapping(cls, data: Mapping[str, Any], key: str = "") -> Intent:
+        """One entry of ``realtime.local.intents`` (``key``: its place, for errors); raises ConfigError."""
+        key = key or f"realtime.local.intents.{data.get('name', '?')}"
         unknown = set(data) - {"name", "phrases", "reply", "tool", "reply_after_tool", "ask_digits"}
         if unknown:
-            raise ConfigError(f"unknown keys {sorted(unknown)}", key=key)
+            raise ConfigError(f"unknown keys {sorted(map(str, unknown))}", key=key)
         name = data.get("name")
         phrases = data.get("phrases")
         if not isinstance(name, str) or not name:
             raise ConfigError("each intent needs a name", key=key)
         if not isinstance(phrases, list) or not phrases or not all(isinstance(p, str) for p in phrases):
-            raise ConfigError("phrases must be a non-empty list of strings", key=key)
+            raise ConfigError("phrases must be a non-empty list of strings", key=f"{key}.phrases")
         tool = None
         if data.get("tool") is not None:
             raw = data["tool"]
-            if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
-                raise ConfigError("tool must be {name: ..., arguments: {...}}", key=key)
+            if (not isinstance(raw, Mapping) or set(raw) - {"name", "arguments"} or not isinstance(raw.get("name"), str)
+                    or not raw["name"]):
+                raise ConfigError("tool must be {name: ..., arguments: {...}}", key=f"{key}.tool")
             args = raw.get("arguments") or {}
             if not isinstance(args, Mapping):
-                raise ConfigError("tool.arguments must be a mapping", key=key)
+                raise ConfigError("tool.arguments must be a mapping", key=f"{key}.tool.arguments")
             tool = ToolCall(raw["name"], dict(args))
-        reply = str(data.get("reply") or "")
+        reply = _text(data, "reply", key)
         if not reply and tool is None:
             raise ConfigError("an intent needs a reply, a tool, or both", key=key)
         ask = None
@@ -123,15 +125,30 @@ class Intent:
                     or not isinstance(raw.get("prompt"), str) or not raw["prompt"]
                     or not isinstance(raw.get("spoken_digits", True), bool)):
                 raise ConfigError("ask_digits must be {prompt: ..., arguments: {...}, missing: ..., "
-                                  "spoken_digits: true|false}", key=key)
+                                  "spoken_digits: true|false}", key=f"{key}.ask_digits")
             if tool is None or not _needs_digits(tool):
-                raise ConfigError('ask_digits needs a tool with "{digits}" in its arguments', key=key)
+                raise ConfigError('ask_digits needs a tool with "{digits}" in its arguments', key=f"{key}.ask_digits")
             arguments = raw.get("arguments") or {}
             if not isinstance(arguments, Mapping):
-                raise ConfigError("ask_digits.arguments must be a mapping", key=key)
-            ask = AskDigits(raw["prompt"], dict(arguments), str(raw.get("missing") or AskDigits("").missing),
-                            raw.get("spoken_digits", True))
-        return cls(name, tuple(phrases), reply, tool, str(data.get("reply_after_tool") or ""), ask)
+                raise ConfigError("ask_digits.arguments must be a mapping", key=f"{key}.ask_digits.arguments")
+            missing = _text(raw, "missing", f"{key}.ask_digits") or AskDigits("").missing
+            ask = AskDigits(raw["prompt"], dict(arguments), missing, raw.get("spoken_digits", True))
+        return cls(name, tuple(phrases), reply, tool, _text(data, "reply_after_tool", key), ask)
+
+
+def _text(data: Mapping[str, Any], name: str, key: str) -> str:
+    """The text at ``data[name]`` ("" when absent or null): a list or a number is a mistake, not a text."""
+    value = data.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a text, got {type(value).__name__} {value!r}", key=f"{key}.{name}")
+    return value
+
+
+_VOICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+_./\-]{0,63}")  # espeak-ng's names: en-us, en+f3, mb/mb-en1
+TTS_RATES = (80, 450)  # espeak-ng's words per minute
+MAX_DELAY_MS = 10000
 
 
 @dataclass(frozen=True)
@@ -151,27 +168,40 @@ class LocalBrainConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> LocalBrainConfig:
+        """``realtime.local``; raises ConfigError naming the key (never TypeError or ValueError): the loader
+        calls it too, so that ``sipagent check`` names a mistake before the backend starts."""
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError("expected a mapping", key="realtime.local")
         data = dict(data or {})
         unknown = set(data) - {"intents", "fallback", "response_delay_ms", "vad", "tts", "greeting"}
         if unknown:
-            raise ConfigError(f"unknown keys {sorted(unknown)}", key="realtime.local")
+            raise ConfigError(f"unknown keys {sorted(map(str, unknown))}", key="realtime.local")
         intents = data.get("intents") or []
         if not isinstance(intents, list) or not all(isinstance(i, Mapping) for i in intents):
             raise ConfigError("intents must be a list of mappings", key="realtime.local.intents")
         tts = data.get("tts") or {}
         if not isinstance(tts, Mapping) or set(tts) - {"voice", "rate"}:
             raise ConfigError("tts takes voice and rate", key="realtime.local.tts")
+        voice, rate = tts.get("voice", TtsConfig.voice), tts.get("rate", TtsConfig.rate)
+        if not isinstance(voice, str) or not _VOICE.fullmatch(voice):  # an argument of espeak-ng: no "-x"
+            raise ConfigError(f"expected an espeak-ng voice name such as en-us, got {voice!r}",
+                              key="realtime.local.tts.voice")
+        low, high = TTS_RATES
+        if isinstance(rate, bool) or not isinstance(rate, int) or not low <= rate <= high:
+            raise ConfigError(f"expected words per minute, an integer from {low} to {high}, got {rate!r}",
+                              key="realtime.local.tts.rate")
         delay = data.get("response_delay_ms", 200)
-        if not isinstance(delay, int) or delay < 0:
-            raise ConfigError("must be a non-negative integer", key="realtime.local.response_delay_ms")
+        if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_MS:
+            raise ConfigError(f"expected an integer from 0 to {MAX_DELAY_MS}, got {delay!r}",
+                              key="realtime.local.response_delay_ms")
         defaults = cls()
         return cls(
-            intents=tuple(Intent.from_mapping(i) for i in intents),
-            fallback=str(data.get("fallback") or defaults.fallback),
+            intents=tuple(Intent.from_mapping(i, f"realtime.local.intents[{n}]") for n, i in enumerate(intents)),
+            fallback=_text(data, "fallback", "realtime.local") or defaults.fallback,
             response_delay_ms=delay,
             vad=VadConfig.from_mapping(data.get("vad")),
-            tts=TtsConfig(str(tts.get("voice", "en-us")), int(tts.get("rate", 165))),
-            greeting=str(data.get("greeting") or defaults.greeting),
+            tts=TtsConfig(voice, rate),
+            greeting=_text(data, "greeting", "realtime.local") or defaults.greeting,
         )
 
 

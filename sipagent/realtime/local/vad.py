@@ -9,6 +9,7 @@ of quiet ones (the hangover keeps pauses between words inside one turn).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from sipagent.media.kernel import mean_square
 RATE = 24000
 BLOCK_MS = 10
 _BLOCK_BYTES = RATE * BLOCK_MS // 1000 * 2
+MAX_MS = 10000  # the longest min_speech_ms, silence_ms or prefix_ms: a turn of speech is seconds long
 
 
 @dataclass(frozen=True)
@@ -28,22 +30,29 @@ class VadConfig:
     prefix_ms: int = 300
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any] | None) -> VadConfig:
-        data = dict(data or {})
-        try:
-            cfg = cls(
-                **{
-                    k: data[k]
-                    for k in ("threshold_db", "min_speech_ms", "silence_ms", "prefix_ms")
-                    if k in data
-                }
-            )
-        except TypeError as exc:
-            raise ConfigError(str(exc), key="realtime.local.vad") from exc
+    def from_mapping(cls, data: Any) -> VadConfig:
+        """``realtime.local.vad``; raises ConfigError naming the key, never TypeError or ValueError."""
+        key = "realtime.local.vad"
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise ConfigError("expected a mapping such as {threshold_db: -40, min_speech_ms: 200, silence_ms: 500}",
+                              key=key)
         unknown = set(data) - {"threshold_db", "min_speech_ms", "silence_ms", "prefix_ms"}
         if unknown:
-            raise ConfigError(f"unknown keys {sorted(unknown)}", key="realtime.local.vad")
-        return cfg
+            raise ConfigError(f"unknown keys {sorted(map(str, unknown))} (expected threshold_db, min_speech_ms, "
+                              "silence_ms, prefix_ms)", key=key)
+        threshold = data.get("threshold_db", cls.threshold_db)
+        # bool is an int to Python; NaN passes no comparison, so it is refused by the range test as written
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not -120 <= threshold <= 0:
+            raise ConfigError(f"expected a level in dBFS from -120 to 0, got {threshold!r}", key=f"{key}.threshold_db")
+        values: dict[str, int] = {}
+        for name in ("min_speech_ms", "silence_ms", "prefix_ms"):
+            value = data.get(name, getattr(cls, name))
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MS:
+                raise ConfigError(f"expected an integer from 0 to {MAX_MS} ms, got {value!r}", key=f"{key}.{name}")
+            values[name] = value
+        return cls(threshold_db=float(threshold), **values)
 
 
 @dataclass(frozen=True)
