@@ -32,7 +32,7 @@ from sipagent.bridge.transcript import directory_problem
 from sipagent.bridge.warm import HumanDialer, HumanUnavailable
 from sipagent.call_media import CallMedia, EndpointLeg, MediaSettings
 from sipagent.config import Config, load_config
-from sipagent.errors import ConfigError, RealtimeError, SdpError, SrtpRefused
+from sipagent.errors import CallAbandoned, ConfigError, RealtimeError, SdpError, SrtpRefused
 from sipagent.human_leg import HumanCallLeg, dial_human
 from sipagent.media.clock import MediaClock
 from sipagent.media.pcm_playout import PcmPlayout
@@ -53,6 +53,7 @@ from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.ports import PortAllocator
 from sipagent.sdp import NegotiatedMedia
 from sipagent.sip.admission import BudgetLimits
+from sipagent.sip.call import SipTimeout
 from sipagent.sip.outgoing import DialError, OutgoingCall
 from sipagent.sip.transport import TransportLimits
 from sipagent.sip.ua import IncomingCall, SipAccount, UaSettings, UserAgent
@@ -252,6 +253,15 @@ class Agent:
             except SdpError as exc:
                 log.info("offer refused (488): %s", exc)
                 self._count("rejected-srtp" if isinstance(exc, SrtpRefused) else "rejected-codec")
+                return
+            except CallAbandoned as exc:
+                log.info("%s", exc)
+                self._count("cancelled")
+                return
+            except SipTimeout:
+                log.warning("no ACK for our 200 OK: the call was ended with BYE (does our answer reach the PBX? "
+                            "check sip.public_address and NAT)")
+                self._count("error")
                 return
             if call.ended.is_set():
                 self._count("cancelled")

@@ -51,6 +51,11 @@ class SrtpRefused(SdpError):
     attribute. Counted apart from codec mismatches, since the fix is in another setting."""
 
 
+class CallAbandoned(SipagentError):
+    """The far end ended a call before it was set up: a CANCEL while it rang, a BYE before its ACK. Ordinary
+    caller behaviour, not a fault; ``str(err)`` says which."""
+
+
 class RtpError(SipagentError):
     """An RTP/RTCP packet is malformed, or the media engine cannot do what was asked."""
 

@@ -315,7 +315,10 @@ class CallBridge:
         try:
             state.set("connecting")
             if not await self.realtime.open(first=True):
-                await self._fail_over("the Realtime API could not be reached")
+                if self.call.ended.is_set():  # the caller hung up while we connected: no backend's fault
+                    self.log.info("the caller hung up before the Realtime session was up")
+                else:
+                    await self._fail_over("the Realtime API could not be reached")
             else:
                 await self._greet()
                 state.set("live")

@@ -131,6 +131,10 @@ class SessionDescription(_Lines):
             line = raw.strip()
             if not line:
                 continue
+            if _UNSAFE.search(line) is not None:
+                # A lone CR or a NUL (RFC 4566 text never holds one): refused here, as an answer that echoed the
+                # line could never be sent, and the offer would be left unanswered.
+                raise SdpError(f"control character in SDP line: {line[:60]!r}")
             m = _LINE_RE.fullmatch(line)
             if not m:
                 raise SdpError(f"bad SDP line: {line[:60]!r}")

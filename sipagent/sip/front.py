@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from sipagent.errors import SipParseError
+from sipagent.errors import CallAbandoned, SipParseError
 from sipagent.sdp import NegotiatedMedia, SessionDescription
 from sipagent.sip.bodies import replaces_header
 from sipagent.sip.call import (
@@ -239,9 +239,11 @@ class IncomingCall(CallFront):
         returns the negotiated media.
 
         Raises SdpError when no codec matches (after sending 488; after a late offer, after a BYE),
-        RuntimeError when the call is no longer ringing, SipTimeout when no ACK arrives (the call is
-        then ended with BYE).
+        CallAbandoned when the far end ended the call first (CANCEL, or BYE before its ACK), SipTimeout when
+        no ACK arrives (the call is then ended with BYE), RuntimeError when it was answered already.
         """
+        if self.state == "ended":
+            raise CallAbandoned(f"the caller ended the call before it was answered ({self.end_reason})")
         if self.state != "ringing":
             raise RuntimeError(f"cannot answer a call in state {self.state}")
         if self.core.awaiting_prack:
@@ -249,14 +251,14 @@ class IncomingCall(CallFront):
             # without SDP, but a PBX then sees its PRACK answered after the call).
             await self._prack.wait()
         if self.state != "ringing":
-            raise RuntimeError(f"call ended before it was answered ({self.end_reason})")
+            raise CallAbandoned(f"the caller ended the call before it was answered ({self.end_reason})")
         self._drive(self.core.answer(rtp_host, rtp_port, self._driver.now()))
         await self._settled.wait()
         error = self.core.answer_error
         if error is not None:
             raise error
         if self.media is None or self.ended.is_set():
-            raise RuntimeError(f"call ended before ACK ({self.end_reason})")
+            raise CallAbandoned(f"the caller ended the call before its ACK ({self.end_reason})")
         logger.info("call %s: answered with %s, remote RTP %s:%s", self.call_id, self.media.codec,
                     self.media.remote_host, self.media.remote_port)
         return self.media

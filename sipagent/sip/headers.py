@@ -64,6 +64,9 @@ class Via:
         return host, self.port or (5061 if self.transport == "TLS" else 5060)
 
 
+CSEQ_OUT_OF_RANGE = "CSeq number out of range"  # RFC 3261 8.1.1.5: below 2**31
+
+
 @dataclass(frozen=True)
 class CSeq:
     seq: int
@@ -76,7 +79,7 @@ class CSeq:
             raise SipParseError("bad CSeq header")
         seq = int(m.group(1))
         if seq >= 2**31:
-            raise SipParseError("CSeq number out of range")
+            raise SipParseError(CSEQ_OUT_OF_RANGE)
         return cls(seq, m.group(2))
 
     def __str__(self) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from sipagent.errors import SipBuildError, SipParseError
 from sipagent.sip._text import is_token, split_list
-from sipagent.sip.headers import CSeq, Via, new_tag
+from sipagent.sip.headers import CSEQ_OUT_OF_RANGE, CSeq, Via, new_tag
 from sipagent.sip.uri import NameAddr, SipUri
 
 COMPACT = {
@@ -263,7 +263,9 @@ def _split_head(data: bytes) -> tuple[list[str], bytes]:
     try:
         head = head_bytes.decode("utf-8")
     except UnicodeDecodeError:
-        raise SipParseError("header is not valid UTF-8") from None
+        # RFC 3261 asks UTF-8, but older PBXs and phones write a caller's name in ISO-8859-1 ("M\xfcller"):
+        # read as such, the message is what they meant, where refusing it would drop the call unanswered.
+        head = head_bytes.decode("latin-1")
     if "\x00" in head or head.count("\r") != head.count("\r\n"):
         # A bare CR or a NUL inside a header would be copied into our responses (Via, From, To): refuse it.
         raise SipParseError("control character in header")
@@ -338,10 +340,17 @@ def _validate(headers: Headers, method: str) -> None:
     if not vias:
         raise SipParseError("missing Via header")
     for via in vias:
+        if not via.isascii():  # see the Call-ID's check below
+            raise SipParseError("Via is not ASCII")
         Via.parse(via)
     for name in ("From", "To"):
-        NameAddr.parse(_single(headers, name))
-    _single(headers, "Call-ID")
+        tag = NameAddr.parse(_single(headers, name)).tag
+        if tag and not tag.isascii():
+            raise SipParseError(f"{name} tag is not ASCII")
+    # What the peer matches our answers and requests by must come back byte for byte: a head read as ISO-8859-1
+    # is written back as UTF-8, which only ASCII survives unchanged (a display name may change; no tag or id).
+    if not _single(headers, "Call-ID").isascii():
+        raise SipParseError("Call-ID is not ASCII")
     cseq = CSeq.parse(_single(headers, "CSeq"))
     if method and cseq.method != method:
         raise SipParseError("CSeq method does not match request method")
@@ -449,8 +458,13 @@ def bad_request_for(data: bytes, reason: str, status: int | None = None) -> byte
     try:
         out = SipResponse(status, phrase, headers).to_bytes()
         parse_message(out)  # the client must be able to match it: Via, CSeq, tags all well-formed
-    except (SipParseError, SipBuildError):
+    except SipBuildError:
         return None
+    except SipParseError as exc:
+        # A CSeq number past 2**31 is the request's own fault, copied back as it came (its sender matches the
+        # answer by it): the 400 is what tells it. Anything else malformed could not be matched.
+        if str(exc) != CSEQ_OUT_OF_RANGE:
+            return None
     return out
 
 

@@ -93,3 +93,21 @@ def test_labels_a_peer_names_are_bounded() -> None:
     assert any('code="other"} 50.0' in line for line in series)
     metrics.tool_called("made_up_0", "ok")  # one already seen keeps its own series
     assert 'outcome="ok",tool="made_up_0"} 1.0' in metrics.render().decode()
+
+
+def test_a_caller_who_hangs_up_while_the_session_connects_is_no_backend_failure() -> None:
+    """The BYE came while the Realtime connection was being opened: the outcome is the caller's hang-up, not
+    a fail-over (which would apologise to nobody and raise a backend alarm)."""
+
+    async def body() -> str:
+        bridge = fake_bridge(FakeMedia())
+
+        async def connect() -> Any:
+            bridge.call.ended.set()  # the caller's BYE, while we connect
+            raise OSError("connection refused")
+
+        bridge.realtime._connect = connect
+        outcome = await asyncio.wait_for(bridge.run(), 10)
+        return outcome.reason
+
+    assert asyncio.run(body()) == "remote-hangup"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sipagent.errors import SdpError
+from sipagent.errors import CallAbandoned, SdpError
 from sipagent.sdp import NegotiatedMedia
 from sipagent.sip.ua import DialError, IncomingCall, UaSettings, UserAgent
 
@@ -268,6 +268,57 @@ def test_cancel_before_answer_gives_487() -> None:
         peer.ack(1, to_tag(final), branch=branch)
         await asyncio.wait_for(calls[0].ended.wait(), 2)
         assert calls[0].end_reason == "cancelled"
+
+    run(scenario, on_call)
+
+
+def test_answering_a_call_its_caller_ended_first_raises_call_abandoned() -> None:
+    """A CANCEL before the answer, or a BYE before the ACK: ordinary caller behaviour, told apart from a fault
+    by its type (the agent counts it as cancelled, without an error in the log)."""
+    raised: list[BaseException] = []
+
+    async def on_call(call: IncomingCall) -> None:
+        await call.ended.wait()  # the CANCEL came first
+        try:
+            await call.answer("127.0.0.1", 41010)
+        except CallAbandoned as exc:
+            raised.append(exc)
+
+    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        branch = peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
+        await peer.status(180, "INVITE")
+        peer.request("CANCEL", 1, branch=branch)
+        await peer.status(200, "CANCEL")
+        final = await peer.status(487, "INVITE")
+        peer.ack(1, to_tag(final), branch=branch)
+        for _ in range(50):
+            if raised:
+                break
+            await asyncio.sleep(0.02)
+        assert [str(e) for e in raised] == ["the caller ended the call before it was answered (cancelled)"]
+
+    run(scenario, on_call)
+
+
+def test_a_bye_before_the_ack_is_call_abandoned() -> None:
+    raised: list[BaseException] = []
+
+    async def on_call(call: IncomingCall) -> None:
+        try:
+            await call.answer("127.0.0.1", 41012)
+        except CallAbandoned as exc:
+            raised.append(exc)
+
+    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
+        ok = await peer.status(200, "INVITE")
+        peer.request("BYE", 2, to_tag=to_tag(ok))  # the caller gave up as we answered: no ACK first
+        await peer.status(200, "BYE")
+        for _ in range(50):
+            if raised:
+                break
+            await asyncio.sleep(0.02)
+        assert [str(e) for e in raised] == ["the caller ended the call before its ACK (remote-bye)"]
 
     run(scenario, on_call)
 

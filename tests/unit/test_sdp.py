@@ -230,3 +230,10 @@ def test_a_connection_address_that_is_a_name_is_refused() -> None:
                                      b"t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
     with pytest.raises(SdpError, match="not an IP address"):
         negotiate(offer, ["PCMU"], "192.0.2.1", 40000)
+
+
+@pytest.mark.parametrize("line", ["a=fmtp:101 0-16\x00", "a=fmtp:101 0-16\rx", "s=a\x00b"])
+def test_a_nul_or_a_lone_cr_inside_a_line_is_refused(line: str) -> None:
+    text = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\n"
+    with pytest.raises(SdpError, match="control character"):
+        SessionDescription.parse((text + line + "\r\n").encode())

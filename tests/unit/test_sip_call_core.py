@@ -472,6 +472,20 @@ def test_no_common_codec_answers_488() -> None:
     assert isinstance(call.answer_error, SdpError)
 
 
+def test_an_offer_with_a_nul_or_a_lone_cr_in_a_line_gets_488_not_silence() -> None:
+    """The answer copies the telephone-event fmtp; a NUL in it could never be sent, so the request got no final
+    response at all. Such an offer is refused like any other unusable one, and the call goes on."""
+    call = CallCore.incoming(raw_invite(require_100rel=False), UAS_CONFIG, SessionDescription.parse(RAW_SDP.encode()))
+    call.ring(0.0)
+    call.answer("192.0.2.2", 50000, 0.0)
+    call.receive_request(in_dialog(call, "ACK", 7), 0.1)
+    for n, bad in enumerate(("a=fmtp:101 0-16\x00", "a=fmtp:101 0-16\rx")):
+        offer = RAW_SDP + "a=rtpmap:101 telephone-event/8000\r\n" + bad + "\r\n"
+        assert responses(call.receive_request(in_dialog(call, "INVITE", 8 + 2 * n, body=offer), 1.0)) == [488]
+        assert responses(call.receive_request(in_dialog(call, "UPDATE", 9 + 2 * n, body=offer), 1.0)) == [488]
+    assert not call.ended
+
+
 def test_no_ack_ends_the_call_with_bye() -> None:
     call = CallCore.incoming(raw_invite(require_100rel=False), UAS_CONFIG, SessionDescription.parse(RAW_SDP.encode()))
     call.ring(0.0)

@@ -191,6 +191,37 @@ def test_bad_request_for_version_is_505_and_unroutable_is_dropped() -> None:
     assert out is not None and b"\r\nX-Injected" not in out
 
 
+LATIN1_OPTIONS = (b"OPTIONS sip:2002@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKl1\r\n"
+                  b"From: \"M\xfcller\" <sip:1000@192.0.2.10>;tag=f1\r\nTo: <sip:2002@192.0.2.1>\r\n"
+                  b"Call-ID: latin1@192.0.2.10\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_a_latin1_display_name_is_read_as_latin1_and_answered() -> None:
+    """Older PBXs write a caller's name in ISO-8859-1: the request is what they meant, not garbage to drop."""
+    request = parse_message(LATIN1_OPTIONS)
+    assert isinstance(request, SipRequest) and request.from_addr.display == "Müller"
+    answer = build_response(request, 200).to_bytes()
+    assert b"Call-ID: latin1@192.0.2.10" in answer and b";tag=f1" in answer
+
+
+@pytest.mark.parametrize("where", [b"Call-ID: latin1", b"tag=f1", b"branch=z9hG4bKl1"])
+def test_what_a_peer_matches_by_must_be_ascii(where: bytes) -> None:
+    """A head read as ISO-8859-1 is written back as UTF-8: an id or tag with such a byte would not come back as
+    it went, so the peer could not match our answer. Refused (a 400 where the rest can be read)."""
+    raw = LATIN1_OPTIONS.replace(where, where + b"\xe9")
+    with pytest.raises(SipParseError, match="not ASCII"):
+        parse_message(raw)
+
+
+def test_a_cseq_past_2_31_gets_its_400() -> None:
+    """RFC 3261 8.1.1.5: below 2**31. The 400 copies the number as it came, so its sender can match it."""
+    raw = LATIN1_OPTIONS.replace(b"CSeq: 1 OPTIONS", b"CSeq: 2147483648 OPTIONS")
+    with pytest.raises(SipParseError) as err:
+        parse_message(raw)
+    out = bad_request_for(raw, err.value.reason)
+    assert out is not None and out.startswith(b"SIP/2.0 400 ") and b"CSeq: 2147483648 OPTIONS" in out
+
+
 def test_stream_framer_splits_and_reassembles() -> None:
     a = load("valid", "body_extra_bytes").replace(b"TRAILING-GARBAGE", b"")
     b = load("valid", "ipv6")
