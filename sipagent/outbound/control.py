@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Collection
 from http import HTTPStatus
 from typing import Any
@@ -42,6 +43,7 @@ CALLS_PATH = "/v1/calls"
 _CALL_PATH = re.compile(r"/v1/calls/([A-Za-z0-9_\-]{1,64})")
 _FIELDS = frozenset({"to", "profile", "variables"})
 _CHALLENGE = (("WWW-Authenticate", 'Bearer realm="sipagent"'),)
+REFUSED_LOG_S = 10.0  # at most one warning per this many seconds about requests refused for their token
 
 
 def _error(status: HTTPStatus, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
@@ -151,6 +153,8 @@ class ControlServer(HttpServer):
     def __init__(self, api: ControlApi) -> None:
         super().__init__()
         self.api = api
+        self._refused = 0  # requests refused for their token since the last warning about them
+        self._refused_logged_at = -REFUSED_LOG_S
 
     async def respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response:
         head = await read_head(reader)
@@ -158,10 +162,20 @@ class ControlServer(HttpServer):
         if response is None:
             return self.api.handle(head, await read_body(reader, head, self.api.max_body_bytes))
         if response.status == HTTPStatus.UNAUTHORIZED:
-            peer = writer.get_extra_info("peername")
-            log.warning("control API: %s %r refused from %s: no valid token", head.method, head.path[:64],
-                        peer[0] if peer else "?")
+            self._refused_request(head, writer.get_extra_info("peername"))
         return response
+
+    def _refused_request(self, head: RequestHead, peer: tuple[str, int] | None) -> None:
+        """One warning per REFUSED_LOG_S at most, naming the latest and counting the rest: someone trying
+        tokens must not be able to fill the disk with our log."""
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at < REFUSED_LOG_S:
+            return
+        more = f" (and {self._refused - 1} more since the last such line)" if self._refused > 1 else ""
+        log.warning("control API: %s %r refused from %s: no valid token%s", head.method, head.path[:64],
+                    peer[0] if peer else "?", more)
+        self._refused, self._refused_logged_at = 0, now
 
 
 async def start_control_server(host: str, port: int, api: ControlApi) -> ControlServer:

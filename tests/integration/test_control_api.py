@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pytest
 
 from sipagent.errors import SipagentError
 from sipagent.observability.metrics import Metrics
 from sipagent.outbound.calls import CallProgress, OutboundCalls, PlaceResult
-from sipagent.outbound.control import ControlApi, ControlServer, start_control_server
+from sipagent.outbound.control import REFUSED_LOG_S, ControlApi, ControlServer, start_control_server
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n"
@@ -142,6 +145,21 @@ def test_every_request_needs_the_token() -> None:
         # the scheme is case-blind, as RFC 9110 has it
         status, _, _ = await request(server.port, "GET", "/v1/calls/abc", auth=f"Authorization: bearer {TOKEN}\r\n")
         assert status == 404
+
+    run(scenario)
+
+
+def test_refused_requests_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """Someone trying tokens gets 401 each time, but the log gets one line per interval, counting the rest."""
+
+    async def scenario(server: ControlServer, dialer: Dialer, metrics: Metrics) -> None:
+        with caplog.at_level(logging.WARNING, logger="sipagent.outbound.control"):
+            for _ in range(30):
+                assert (await request(server.port, "GET", "/v1/calls/abc", auth=""))[0] == 401
+            server._refused_logged_at -= REFUSED_LOG_S  # the interval has passed
+            assert (await request(server.port, "GET", "/v1/calls/abc", auth=""))[0] == 401
+        lines = [r.getMessage() for r in caplog.records if "refused from" in r.getMessage()]
+        assert len(lines) == 2 and lines[1].endswith("(and 29 more since the last such line)"), lines
 
     run(scenario)
 
