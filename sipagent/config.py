@@ -57,6 +57,7 @@ __all__ = ["AccountConfig", "AgentConfig", "AgentProfile", "Config", "ConfigErro
            "ToolConfig", "load_config"]
 
 SECRET_KEYS = frozenset({"password", "api_key", "secret", "token"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a value that goes into a header or a URL as it is
 MIN_EVENT_SECRET = 16  # characters: an HMAC key a receiver can trust is not a short word
 CODECS = ("PCMU", "PCMA", "G722")
 
@@ -911,6 +912,19 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         raise fail("realtime.url", "required for provider azure (https://RESOURCE.openai.azure.com)")
     if rt.url and not re.match(r"^(wss?|https?)://", rt.url):
         raise fail("realtime.url", f'expected a ws://, wss:// or https:// URL, got "{rt.url}"')
+    if rt.url:
+        try:
+            parts = urlsplit(rt.url)
+            port_ok = parts.port != 0
+        except ValueError:  # an unclosed IPv6 bracket, a port that is no number or past 65535
+            parts, port_ok = None, False
+        if parts is None or not parts.hostname or not port_ok or _CONTROL.search(rt.url):
+            raise fail("realtime.url", f'expected a URL with a host and a valid port, got "{rt.url[:80]}"')
+    if _CONTROL.search(rt.api_key):
+        # Usually a trailing newline from the file or command the key came from (API_KEY=$(cat key.txt)
+        # keeps none, but an env file or a secret mount may): it would break the Authorization header.
+        raise fail("realtime.api_key", "contains a line break or another control character (a trailing newline "
+                                       "from the file it came from?)")
     if not 0.1 <= rt.connect_timeout_s <= 300:
         raise fail("realtime.connect_timeout_s", f"expected 0.1 to 300 seconds, got {rt.connect_timeout_s:g}")
     if rt.max_session_s < 1:

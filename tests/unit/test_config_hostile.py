@@ -344,3 +344,19 @@ def test_header_values_must_be_texts(value: str, got: str) -> None:
 def test_numeric_header_values_are_their_text() -> None:
     text = LOCAL + "agent:\n  tools:\n    - {name: t, url: 'http://h/x', headers: {X-Api: abc, X-Version: 2}}\n"
     assert load_config_text(text, "a.yaml", {}).agent.tools[0].headers == {"X-Api": "abc", "X-Version": "2"}
+
+
+# --- the Realtime connection's URL and key ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["wss://", "wss://host.example:0/v1", "wss://host.example:99999/v1",
+                                 "wss://[::1/v1", "wss://host.example/v1\\r\\nX: y"])
+def test_a_realtime_url_without_a_host_or_a_valid_port_is_refused(url: str) -> None:
+    text = f'realtime:\n  provider: openai\n  api_key: k\n  url: "{url}"\n'  # YAML's escapes: \r\n are controls
+    assert "realtime.url: expected a URL with a host and a valid port" in message_of(text)
+
+
+def test_an_api_key_with_a_line_break_is_refused_without_showing_it() -> None:
+    text = 'realtime:\n  provider: openai\n  api_key: "sk-secret-key-1234\\n"\n'
+    message = message_of(text)
+    assert "realtime.api_key: contains a line break" in message and "sk-secret" not in message
