@@ -1,11 +1,12 @@
 """The offline Realtime-compatible backend: a websockets server around :class:`LocalSession`.
 
 Each connection gets its own session state machine; this shell only moves bytes and time: it feeds
-client messages in, sends what comes out, runs speech recognition and synthesis in worker threads, and
-paces output audio by the event-loop clock (``chunk_ms`` per delta, ``lead_ms`` ahead of real time, to
-within half a tick of the one pacer timer: 5 ms). The real API sends a response's audio faster than it
-plays (the client buffers it and reports what was heard with ``conversation.item.truncate``); the
-default lead of 100 ms is the harsher case, a client that must keep up with deltas arriving just in time.
+client messages in, sends what comes out, runs speech recognition (in a child process, waited for by one
+thread: see ``asr.RecognizerProcess``) and synthesis in worker threads, and paces output audio by the
+event-loop clock (``chunk_ms`` per delta, ``lead_ms`` ahead of real time, to within half a tick of the one
+pacer timer: 5 ms). The real API sends a response's audio faster than it plays (the client buffers it and
+reports what was heard with ``conversation.item.truncate``); the default lead of 100 ms is the harsher case,
+a client that must keep up with deltas arriving just in time.
 
 Exposed to a network, it is bounded: a message over 4 MiB closes the connection (1009), at most
 ``max_sessions`` sessions run at once (more get HTTP 503 at the handshake), each connection has at most
@@ -25,8 +26,9 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
@@ -38,7 +40,7 @@ from websockets.http11 import Request, Response
 from sipagent.errors import RealtimeError
 from sipagent.realtime import events
 from sipagent.realtime.client import TakingConnection, _RedactSecrets, can_take, send_text_now
-from sipagent.realtime.local.asr import GrammarRecognizer
+from sipagent.realtime.local.asr import RecognizerProcess
 from sipagent.realtime.local.brain import Brain, LocalBrainConfig
 from sipagent.realtime.local.session import Ids, LocalSession, Output, Respond, ResponseRun, Transcribe
 from sipagent.realtime.local.tts import Synthesizer
@@ -54,6 +56,12 @@ MAX_SESSIONS = 64
 MAX_TRANSCRIPTIONS = 4  # utterances per connection waiting for (or in) recognition
 TOKEN_ENV = "SIPAGENT_LOCAL_TOKEN"
 PACER_PERIOD_S = 0.010  # the audio pacer's tick: each delta goes out within 5 ms of its due time
+
+
+class Recognizer(Protocol):
+    def recognize(self, pcm24k: bytes) -> str:
+        """The utterance's words (blocking: called in the recognition thread)."""
+        ...
 
 
 def is_loopback(host: str) -> bool:
@@ -98,7 +106,9 @@ class LocalRealtimeServer:
         # Only a digest is kept: compared in constant time, and of a fixed length whatever the token's.
         self._token_digest = hashlib.sha256(token.encode()).digest() if token else None
         self._server: Server | None = None
-        self._asr: GrammarRecognizer | None = None
+        self._asr: Recognizer | None = None
+        self._asr_process: RecognizerProcess | None = None  # ours to stop, whatever _asr is
+        self._asr_thread: ThreadPoolExecutor | None = None
         self._tts: Synthesizer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[_Connection] = set()
@@ -110,20 +120,33 @@ class LocalRealtimeServer:
         return f"ws://{host}:{self.port}/v1/realtime"
 
     async def start(self) -> None:
-        # Loading the recogniser takes ~0.1 s; do it once, off the loop, before accepting calls.
-        self._asr = await asyncio.to_thread(GrammarRecognizer, Brain(self.config).vocabulary())
-        self._tts = Synthesizer(self.config.tts.voice, self.config.tts.rate)
-        self._server = await ws_serve(
-            self._connection,
-            self.host,
-            self.port,
-            process_request=self._admit,
-            max_size=MAX_MESSAGE_BYTES,
-            max_queue=MAX_QUEUED_FRAMES,
-            compression=None,
-            logger=_wire_log,
-            create_connection=_TakingServerConnection,
-        )
+        # The recogniser's worker process loads its model once (~0.5 s), off the loop, before calls are accepted.
+        asr = RecognizerProcess(Brain(self.config).vocabulary())
+        try:
+            await asyncio.to_thread(asr.start)
+        except BaseException:
+            asr.close()
+            raise
+        self._asr = self._asr_process = asr
+        # Recognitions wait for the one worker in a thread of their own: queued there, they hold none of the
+        # default executor's threads, which synthesis (and the agent) use.
+        self._asr_thread = ThreadPoolExecutor(1, thread_name_prefix="sipagent-asr")
+        try:
+            self._tts = Synthesizer(self.config.tts.voice, self.config.tts.rate)
+            self._server = await ws_serve(
+                self._connection,
+                self.host,
+                self.port,
+                process_request=self._admit,
+                max_size=MAX_MESSAGE_BYTES,
+                max_queue=MAX_QUEUED_FRAMES,
+                compression=None,
+                logger=_wire_log,
+                create_connection=_TakingServerConnection,
+            )
+        except BaseException:  # no espeak-ng, the port taken: the worker must not outlive the failed start
+            await self.stop()
+            raise
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])
         log.info("local realtime backend listening on %s", self.url)
@@ -139,6 +162,13 @@ class LocalRealtimeServer:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # The worker goes with the backend: killed and reaped (a recognition still waiting for it reads "").
+        if self._asr_process is not None:
+            await asyncio.to_thread(self._asr_process.close)
+            self._asr_process = self._asr = None
+        if self._asr_thread is not None:
+            self._asr_thread.shutdown(wait=False, cancel_futures=True)
+            self._asr_thread = None
 
     async def __aenter__(self) -> LocalRealtimeServer:
         await self.start()
@@ -326,9 +356,10 @@ class _Connection:
             await self._emptied.wait()
 
     async def transcribe(self, job: Transcribe) -> None:
-        assert self.server._asr is not None
+        asr, thread = self.server._asr, self.server._asr_thread
+        assert asr is not None and thread is not None
         try:
-            text = await asyncio.to_thread(self.server._asr.recognize, job.pcm24k)
+            text = await asyncio.get_running_loop().run_in_executor(thread, asr.recognize, job.pcm24k)
         finally:
             self.transcriptions -= 1
         log.info("local realtime %s < heard %r", self.session.session_id, text)
