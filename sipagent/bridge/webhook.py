@@ -138,9 +138,13 @@ def prepare(
     put("Accept-Encoding", "identity")
     if body is not None:
         put("Content-Type", "application/json")
+    given: set[str] = set()
     for name, value in headers.items():
         if name.lower() in RESERVED_HEADERS or name.lower().startswith(RESERVED_PREFIX):
             raise RequestRefused(f"header {name} is set by sipagent, not by the configuration")
+        if name.lower() in given:  # "X-Api" and "x-api": one field, and which value went would be a guess
+            raise RequestRefused(f"header {name} is given twice (header names ignore case)")
+        given.add(name.lower())
         put(name, value)
     for name, value in (own_headers or {}).items():
         put(name, value)

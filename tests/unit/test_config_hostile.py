@@ -346,6 +346,11 @@ def test_numeric_header_values_are_their_text() -> None:
     assert load_config_text(text, "a.yaml", {}).agent.tools[0].headers == {"X-Api": "abc", "X-Version": "2"}
 
 
+def test_a_header_given_twice_in_two_cases_is_refused() -> None:
+    text = LOCAL + "agent:\n  tools:\n    - {name: t, url: 'http://h/x', headers: {X-Api: a, x-api: b}}\n"
+    assert "agent.tools[0].headers: header x-api is given twice (header names ignore case)" in message_of(text)
+
+
 # --- the Realtime connection's URL and key ----------------------------------------------------------------
 
 
