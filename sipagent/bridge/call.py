@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
 OWN_KEYS_ECHO_S = 1.0  # after the agent's last key went out, a key heard in the audio may be its echo
+ONE_KEY_TWO_WAYS_S = 1.0  # one digit by SIP INFO and heard in the audio this close together: one press
 GOODBYE_LIMIT_S = 20.0  # a goodbye the model has not said (and the caller heard) by then: hang up anyway
 
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
@@ -146,6 +147,7 @@ class CallBridge:
         # sounds after its beep would otherwise make the model's turn detection cut the message short.
         self.uplink.to_model = not settings.end_after_greeting
         self.uplink.on_key = self._key_in_audio
+        self._last_key: tuple[str, str, float] | None = None  # (how it came, digit, when): see _key
         self.downlink = Downlink(settings.audio_format, media, call, state, self.conversation, self.responses,
                                  self.policy, records, self.uplink.agent_sent, self.metrics)
         self.interruptions = Interruptions(self.policy, barge.duck_db, media, self.uplink, self.downlink,
@@ -245,6 +247,16 @@ class CallBridge:
 
     def on_dtmf(self, digit: str, duration_ms: int) -> None:
         """A key from the caller (RFC 4733 or SIP INFO): see ToolRunner.on_dtmf."""
+        self._key("signalled", digit, duration_ms)
+
+    def _key(self, way: str, digit: str, duration_ms: int) -> None:
+        # A PBX may signal a key by SIP INFO and leave its tones in the audio too: on a line without
+        # telephone-event both are heard, and the same digit both ways within a second is one press.
+        now = time.monotonic()
+        last, self._last_key = self._last_key, (way, digit, now)
+        if last is not None and last[0] != way and last[1] == digit and now - last[2] < ONE_KEY_TWO_WAYS_S:
+            self.log.debug("key %s both signalled and heard in the audio: taken once", digit)
+            return
         self.tools.on_dtmf(digit, duration_ms)
 
     def listen_for_keys(self, on: bool) -> None:
@@ -257,7 +269,7 @@ class CallBridge:
             self.log.debug("key %s heard in the audio while the agent sent keys: taken as their echo", digit)
             return
         self.log.info("key %s heard in the audio (%d ms)", digit, duration_ms)
-        self.tools.on_dtmf(digit, duration_ms)
+        self._key("audio", digit, duration_ms)
 
     def change_codec(self, codec: str) -> None:
         """A re-INVITE moved the call to ``codec`` (the endpoint has already moved its playout queue to it, which

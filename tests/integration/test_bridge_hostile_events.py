@@ -111,3 +111,16 @@ def test_a_caller_who_hangs_up_while_the_session_connects_is_no_backend_failure(
         return outcome.reason
 
     assert asyncio.run(body()) == "remote-hangup"
+
+
+def test_one_key_both_signalled_and_heard_in_the_audio_is_one_press() -> None:
+    async def body() -> list[str]:
+        bridge = fake_bridge(FakeMedia())
+        bridge.on_dtmf("5", 100)  # SIP INFO
+        bridge._key_in_audio("5", 100)  # ... and its tones, left in the audio by the PBX
+        bridge._key_in_audio("6", 100)
+        bridge._key_in_audio("6", 100)  # pressed twice: both heard the same way
+        bridge.on_dtmf("7", 100)
+        return [digit for digit, _ in bridge.tools.typed]  # the keys on their way to the model
+
+    assert asyncio.run(body()) == ["5", "6", "6", "7"]
