@@ -272,17 +272,33 @@ def test_cancel_before_answer_gives_487() -> None:
     run(scenario, on_call)
 
 
+def answering(port: int, kind: type[Exception], caught: list[BaseException],
+              after_end: bool = False) -> Callable[[IncomingCall], Awaitable[None]]:
+    """An ``on_call`` that answers (once the call has ended, with ``after_end``) and keeps the ``kind`` of
+    error the answer raised."""
+
+    async def on_call(call: IncomingCall) -> None:
+        if after_end:
+            await call.ended.wait()
+        try:
+            await call.answer("127.0.0.1", port)
+        except kind as exc:
+            caught.append(exc)
+
+    return on_call
+
+
+async def until(condition: Callable[[], object], limit: float = 2.5) -> None:
+    for _ in range(int(limit / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+
+
 def test_answering_a_call_its_caller_ended_first_raises_call_abandoned() -> None:
     """A CANCEL before the answer, or a BYE before the ACK: ordinary caller behaviour, told apart from a fault
     by its type (the agent counts it as cancelled, without an error in the log)."""
     raised: list[BaseException] = []
-
-    async def on_call(call: IncomingCall) -> None:
-        await call.ended.wait()  # the CANCEL came first
-        try:
-            await call.answer("127.0.0.1", 41010)
-        except CallAbandoned as exc:
-            raised.append(exc)
 
     async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
         branch = peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
@@ -291,36 +307,24 @@ def test_answering_a_call_its_caller_ended_first_raises_call_abandoned() -> None
         await peer.status(200, "CANCEL")
         final = await peer.status(487, "INVITE")
         peer.ack(1, to_tag(final), branch=branch)
-        for _ in range(50):
-            if raised:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: raised)
         assert [str(e) for e in raised] == ["the caller ended the call before it was answered (cancelled)"]
 
-    run(scenario, on_call)
+    run(scenario, answering(41010, CallAbandoned, raised, after_end=True))
 
 
 def test_a_bye_before_the_ack_is_call_abandoned() -> None:
     raised: list[BaseException] = []
-
-    async def on_call(call: IncomingCall) -> None:
-        try:
-            await call.answer("127.0.0.1", 41012)
-        except CallAbandoned as exc:
-            raised.append(exc)
 
     async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
         peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
         ok = await peer.status(200, "INVITE")
         peer.request("BYE", 2, to_tag=to_tag(ok))  # the caller gave up as we answered: no ACK first
         await peer.status(200, "BYE")
-        for _ in range(50):
-            if raised:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: raised)
         assert [str(e) for e in raised] == ["the caller ended the call before its ACK (remote-bye)"]
 
-    run(scenario, on_call)
+    run(scenario, answering(41012, CallAbandoned, raised))
 
 
 def test_late_offer_invite_without_sdp_gets_our_offer_and_the_ack_carries_the_answer() -> None:
@@ -358,25 +362,16 @@ def test_late_offer_invite_without_sdp_gets_our_offer_and_the_ack_carries_the_an
 def test_late_offer_with_an_ack_without_answer_is_hung_up() -> None:
     outcome: list[BaseException] = []
 
-    async def on_call(call: IncomingCall) -> None:
-        try:
-            await call.answer("127.0.0.1", 41006)
-        except SdpError as exc:
-            outcome.append(exc)
-
     async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
         peer.request("INVITE", 1)
         ok = await peer.status(200, "INVITE")
         peer.ack(1, to_tag(ok))  # no SDP: the session has no media description from the caller
         bye = await peer.expect(lambda d: d.startswith(b"BYE "))
         peer.send(_answer(bye, 200, "OK"))
-        for _ in range(50):
-            if outcome and ua.active_calls == 0:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: outcome and ua.active_calls == 0)
         assert outcome and ua.active_calls == 0
 
-    run(scenario, on_call)
+    run(scenario, answering(41006, SdpError, outcome))
 
 
 def test_invite_with_a_body_that_is_not_sdp_gets_488() -> None:
