@@ -252,26 +252,6 @@ def test_blind_transfer_with_refer_and_notify() -> None:
     run(scenario, on_call)
 
 
-def test_cancel_before_answer_gives_487() -> None:
-    calls: list[IncomingCall] = []
-
-    async def on_call(call: IncomingCall) -> None:
-        calls.append(call)
-        await call.ended.wait()
-
-    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
-        branch = peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
-        await peer.status(180, "INVITE")
-        peer.request("CANCEL", 1, branch=branch)
-        await peer.status(200, "CANCEL")
-        final = await peer.status(487, "INVITE")
-        peer.ack(1, to_tag(final), branch=branch)
-        await asyncio.wait_for(calls[0].ended.wait(), 2)
-        assert calls[0].end_reason == "cancelled"
-
-    run(scenario, on_call)
-
-
 def answering(port: int, kind: type[Exception], caught: list[BaseException],
               after_end: bool = False) -> Callable[[IncomingCall], Awaitable[None]]:
     """An ``on_call`` that answers (once the call has ended, with ``after_end``) and keeps the ``kind`` of
@@ -295,7 +275,7 @@ async def until(condition: Callable[[], object], limit: float = 2.5) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_answering_a_call_its_caller_ended_first_raises_call_abandoned() -> None:
+def test_cancel_before_answer_gives_487_and_answering_it_raises_call_abandoned() -> None:
     """A CANCEL before the answer, or a BYE before the ACK: ordinary caller behaviour, told apart from a fault
     by its type (the agent counts it as cancelled, without an error in the log)."""
     raised: list[BaseException] = []
