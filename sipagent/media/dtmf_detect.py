@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from sipagent.media.dtmf_tones import COLUMNS, FRAME_SAMPLES, KEYPAD, RATE, ROWS
+from sipagent.media.dtmf_tones import COLUMNS, FRAME_SAMPLES, KEYPAD, RATE, ROWS, ZERO_DBM0
 
 _FREQUENCIES = np.array(ROWS + COLUMNS, dtype=np.float64)
 # One DFT term per keypad frequency over a frame: amplitude = |basis @ frame| * 2 / N.
 _BASIS = np.exp(-2j * np.pi * np.outer(_FREQUENCIES, np.arange(FRAME_SAMPLES)) / RATE) * (2 / FRAME_SAMPLES)
-_ZERO_DBM0 = 32767 * 10 ** (-3.14 / 20)  # a sine's amplitude at 0 dBm0 in G.711, as 16-bit PCM
-MIN_AMPLITUDE = _ZERO_DBM0 * 10 ** (-30 / 20)
+MIN_AMPLITUDE = ZERO_DBM0 * 10 ** (-30 / 20)
 DOMINANCE = 10 ** (8 / 20)  # over the group's next frequency, in amplitude
 MAX_TWIST = 10 ** (8 / 20)
 MIN_SHARE = 0.85  # of the frame's power, in the two tones

@@ -21,13 +21,13 @@ from sipagent.errors import RtpError
 
 RATE = 24_000
 FRAME_SAMPLES = 480  # 20 ms
-MIN_TONE_MS = 40  # Q.24: a shorter key is not reliably detected
-MAX_TONE_MS = 5000
+MIN_TONE_MS = 40  # ITU-T Q.24: a shorter key is not reliably detected (as tones, or turned into them)
+MAX_TONE_MS = 5000  # inside RFC 4733's 16-bit duration (8.19 s at 8 kHz): no long-event segments needed
 PAUSE_TICKS = 3  # 60 ms of silence after each key (Q.24 asks at least 40 ms between keys)
 _RAMP = 48  # 2 ms
-_ZERO_DBM0 = 32767 * 10 ** (-3.14 / 20)
-LOW_AMPLITUDE = _ZERO_DBM0 * 10 ** (-7 / 20)
-HIGH_AMPLITUDE = _ZERO_DBM0 * 10 ** (-5 / 20)
+ZERO_DBM0 = 32767 * 10 ** (-3.14 / 20)  # a sine's amplitude at 0 dBm0 in G.711, as 16-bit PCM
+LOW_AMPLITUDE = ZERO_DBM0 * 10 ** (-7 / 20)
+HIGH_AMPLITUDE = ZERO_DBM0 * 10 ** (-5 / 20)
 
 ROWS = (697, 770, 852, 941)
 COLUMNS = (1209, 1336, 1477, 1633)
@@ -36,6 +36,13 @@ FREQUENCIES: dict[str, tuple[int, int]] = {
     key: (ROWS[r], COLUMNS[c]) for r, line in enumerate(KEYPAD) for c, key in enumerate(line)
 }
 SILENCE = bytes(FRAME_SAMPLES * 2)
+
+
+def key_ticks(duration_ms: int) -> int:
+    """A key's length in 20 ms ticks (rounded up), however it is sent; RtpError outside the bounds."""
+    if not MIN_TONE_MS <= duration_ms <= MAX_TONE_MS:
+        raise RtpError(f"a DTMF key lasts {MIN_TONE_MS} to {MAX_TONE_MS} ms, not {duration_ms}")
+    return -(-duration_ms // 20)
 
 
 def tone(digit: str, duration_ms: int) -> bytes:
@@ -60,8 +67,7 @@ class ToneSender:
     def queue(self, digit: str, duration_ms: int = 100) -> None:
         if len(digit) != 1 or digit.upper() not in FREQUENCIES:
             raise RtpError(f"not a DTMF digit: {digit!r}")
-        if not MIN_TONE_MS <= duration_ms <= MAX_TONE_MS:
-            raise RtpError(f"a DTMF key lasts {MIN_TONE_MS} to {MAX_TONE_MS} ms, not {duration_ms}")
+        key_ticks(duration_ms)
         self._queue.append((digit, duration_ms))
 
     @property
@@ -87,4 +93,5 @@ class ToneSender:
         return self._frames.popleft()
 
 
-__all__ = ["FREQUENCIES", "MAX_TONE_MS", "MIN_TONE_MS", "PAUSE_TICKS", "ToneSender", "tone"]
+__all__ = ["FREQUENCIES", "MAX_TONE_MS", "MIN_TONE_MS", "PAUSE_TICKS", "ZERO_DBM0", "ToneSender", "key_ticks",
+           "tone"]

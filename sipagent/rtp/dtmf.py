@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from sipagent.errors import RtpError
+from sipagent.media.dtmf_tones import key_ticks
 
 EVENTS = "0123456789*#ABCD"
 _PAYLOAD = struct.Struct("!BBH")
@@ -89,10 +90,6 @@ class DtmfPacket:
     first_of_event: bool  # the sender stamps every packet of the event with the timestamp of this one
 
 
-MIN_TONE_MS = 40  # ITU-T Q.24: shorter keys are not reliably detected once a gateway turns them into tones
-MAX_TONE_MS = 5000  # well inside the 16-bit duration field (8.19 s at 8 kHz): no long-event segments needed
-
-
 class DtmfSender:
     """Yields one telephone-event payload per 20 ms tick for each queued digit (RFC 4733 §2.5.1).
 
@@ -118,9 +115,8 @@ class DtmfSender:
         self._gap = 0
 
     def queue(self, digit: str, duration_ms: int = 100) -> None:
-        if not MIN_TONE_MS <= duration_ms <= MAX_TONE_MS:
-            raise RtpError(f"a DTMF key lasts {MIN_TONE_MS} to {MAX_TONE_MS} ms, not {duration_ms}")
-        self._queue.append((digit_to_event(digit), -(-duration_ms // 20)))
+        ticks = key_ticks(duration_ms)  # the bounds of a key sent as tones too
+        self._queue.append((digit_to_event(digit), ticks))
 
     @property
     def busy(self) -> bool:
