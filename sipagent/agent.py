@@ -108,6 +108,7 @@ class Agent:
         hook = config.events.webhook
         # Call events go through one process-wide sender, off every call's path (None: events are off).
         self.events = EventSender(hook, self.metrics) if hook is not None else None
+        self._retiring: set[asyncio.Task[None]] = set()  # senders a reload turned off, flushing what they held
 
     async def start(self) -> None:
         recording = self.config.recording
@@ -168,7 +169,8 @@ class Agent:
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new profiles (instructions, voice, greeting, tools, transfer targets…) and routes for calls
-        answered from now on. The SIP section (listen address, accounts) needs a restart."""
+        answered from now on, and call events from the next one on. The SIP section (listen address,
+        accounts) needs a restart."""
         self.config.realtime.instructions = config.realtime.instructions
         self.config.realtime.voice = config.realtime.voice
         self.config.agent = config.agent
@@ -183,8 +185,26 @@ class Agent:
         self.config.outbound = config.outbound
         if self.outbound is not None:
             self.outbound.reload(config)
+        self._reload_events(config)
         log.info("configuration reloaded for new calls: profiles %s; %d routes", ", ".join(self.profiles),
                  len(self.router.routes))
+
+    def _reload_events(self, config: Config) -> None:
+        """Call events follow the file from the next event on: a rotated secret or a moved receiver applies
+        to the events already held too; turning events off lets the held ones go out (the shutdown flush's
+        bound), as at a stop."""
+        hook, sender = config.events.webhook, self.events
+        self.config.events = config.events
+        if hook is not None and sender is not None:
+            sender.reconfigure(hook)
+        elif hook is not None:
+            self.events = EventSender(hook, self.metrics)
+            self.events.start()
+        elif sender is not None:
+            self.events = None
+            retiring = asyncio.ensure_future(sender.stop())
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
 
     @property
     def sip_address(self) -> tuple[str, int]:
@@ -216,6 +236,8 @@ class Agent:
                 await task
         if self.events is not None:  # after the calls: their call.ended events are in the outbox by now
             await self.events.stop()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         self.clock.stop()
         if self._local_server is not None:
             await self._local_server.stop()

@@ -291,7 +291,8 @@ class Outbox:
         return True
 
     def hurry(self, now: float) -> None:
-        """Shutdown: events waiting for a retry are due now (one last try within the flush)."""
+        """Events waiting for a retry are due now: at shutdown (one last try within the flush), or for a
+        new receiver."""
         for delivery in self._held:
             if not delivery.sending:
                 delivery.due = min(delivery.due, now)

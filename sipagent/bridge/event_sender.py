@@ -46,6 +46,16 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
+def _retry_policy(settings: EventWebhookConfig) -> RetryPolicy:
+    return RetryPolicy(settings.retries, settings.backoff_s, settings.retry_window_s)
+
+
+def _receiver(url: str) -> str:
+    """How logs name the receiver: host and port only, since a path or query may carry a token."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
 class EventSender:
     """One per process. ``start`` it on the running loop, ``emit`` from anywhere on it, ``stop`` at shutdown
     (a bounded flush, then whatever is left is dropped and counted)."""
@@ -54,8 +64,7 @@ class EventSender:
                  tls: ssl.SSLContext | None = None, wall: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.outbox = Outbox(settings.queue_size, RetryPolicy(settings.retries, settings.backoff_s,
-                                                              settings.retry_window_s))
+        self.outbox = Outbox(settings.queue_size, _retry_policy(settings))
         self._tls = tls  # None: the system's trust store (tests pass their own CA)
         self._wall = wall
         self._wake = asyncio.Event()
@@ -63,13 +72,24 @@ class EventSender:
         self._sending: set[asyncio.Task[None]] = set()
         self._closed = False
         self._reported: OrderedDict[str, None] = OrderedDict()
-        parts = urlsplit(settings.url)
-        # Logs name the receiver by host and port only: a path or query may carry a token.
-        self.receiver = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        self.receiver = _receiver(settings.url)
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
+
+    def reconfigure(self, settings: EventWebhookConfig) -> None:
+        """SIGHUP: the new receiver, secret, headers, event types and bounds apply from the next attempt on,
+        to the events already held as well (a rotated secret must stop signing at once); a new URL gets
+        them at once, not after the backoff the old receiver earned. An attempt under way finishes as it
+        started. A smaller ``queue_size`` refuses new events until the outbox drains."""
+        if settings.url != self.settings.url:
+            self.outbox.hurry(asyncio.get_running_loop().time())
+        self.settings = settings
+        self.outbox.capacity = settings.queue_size
+        self.outbox.policy = _retry_policy(settings)
+        self.receiver = _receiver(settings.url)
+        self._wake.set()
 
     def emit(self, event: CallEvent) -> None:
         """Queue ``event`` for delivery, unless its type is not wanted. Never blocks, never raises."""

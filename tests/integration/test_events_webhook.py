@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from bridge_helpers import bridge_config, call_rig
 from peers import free_port, require
 from sipp import sipp_scenario
 
-from sipagent.bridge.call_events import CallEvents, verify
+from sipagent.bridge.call_events import CallEvents, CallSummary, verify
 from sipagent.bridge.event_sender import EventSender
 from sipagent.bridge.settings import EventWebhookConfig
 from sipagent.observability.metrics import Metrics
@@ -37,6 +38,7 @@ needs_speech = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.whic
                                   reason="needs espeak-ng and sox")
 
 SECRET = "test-secret-0123456789abcdef"
+ROTATED = "rotated-secret-fedcba9876543210"
 SENDER_LOGGER = "sipagent.bridge.event_sender"
 
 
@@ -52,8 +54,8 @@ class Received:
         value: dict[str, Any] = json.loads(self.body)
         return value
 
-    def signed(self) -> bool:
-        return verify(SECRET, self.headers.get("x-sipagent-timestamp", ""),
+    def signed(self, secret: str = SECRET) -> bool:
+        return verify(secret, self.headers.get("x-sipagent-timestamp", ""),
                       self.headers.get("x-sipagent-signature", ""), self.body, now=time.time())
 
 
@@ -193,6 +195,32 @@ async def _four_hundreds() -> None:
         await asyncio.sleep(0.3)  # nothing more comes
         await sender.stop()
     assert len(rx.requests) == 3
+
+
+def test_reconfigure_moves_held_events_to_the_new_receiver_signed_with_the_new_secret() -> None:
+    asyncio.run(_reconfigured())
+
+
+async def _reconfigured() -> None:
+    async with receiver(503) as old, receiver(200) as new:
+        metrics = Metrics()
+        sender = EventSender(EventWebhookConfig(old.url, SECRET, backoff_s=30.0), metrics)
+        sender.start()
+        held = _events().started(time.time(), "PCMU")
+        sender.emit(held)
+        # The 503 is settled: the event waits 30 s for its retry.
+        await wait_until(lambda: len(old.requests) == 1 and sender.outbox.next_due() is not None, 5, "the 503")
+        sender.reconfigure(EventWebhookConfig(new.url, ROTATED, events=["call.ended"], backoff_s=0.05))
+        await wait_until(lambda: counted(metrics, "call.started", "delivered") == 1, 5, "the held event, moved")
+        events = _events("call-2@test")
+        sender.emit(events.started(time.time(), "PCMU"))  # no longer asked for
+        sender.emit(events.ended(time.time(), CallSummary("remote-hangup", 1.0)))
+        await wait_until(lambda: counted(metrics, "call.ended", "delivered") == 1, 5, "call.ended")
+        await sender.stop()
+    assert len(old.requests) == 1 and sender.receiver == new.url.split("/")[2]
+    assert [r.event["type"] for r in new.requests] == ["call.started", "call.ended"]
+    assert new.requests[0].event["id"] == held.id
+    assert all(r.signed(ROTATED) and not r.signed(SECRET) for r in new.requests)
 
 
 def test_a_full_queue_drops_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -411,6 +439,61 @@ def test_sipagent_run_posts_events_and_flushes_a_retry_at_shutdown(tmp_path: Pat
     assert rx.requests[1].event["id"] == rx.requests[2].event["id"]
     assert rx.events("call.ended")[0]["data"]["outcome"] == "remote-hangup"
     assert SECRET not in log and "tenant" not in log
+
+
+def test_sighup_turns_events_on_rotates_the_secret_and_turns_them_off(tmp_path: Path) -> None:
+    """`sipagent run` reloaded as `systemctl reload` does, between SIPp calls: events start with the reload
+    that configures them, a rotated secret signs from the next event on, and removing the section stops them
+    (a secret rotated without a restart keeps the calls under way)."""
+    require("sipp")
+    with receiver_thread(200) as rx, running_agent(tmp_path) as agent:
+        path, calls = tmp_path / "agent.yaml", 0
+
+        def call() -> None:
+            nonlocal calls
+            with sipp_scenario("uac_call.xml", agent.target, tmp_path / "sipp", keys={"user": "agent"},
+                               pause_ms=500, timeout_s=30) as run:
+                result = run.wait(30)
+            assert result.returncode == 0, result.failed()
+            calls += 1
+            agent.wait_metric('sipagent_calls_total{outcome="remote-hangup"}', lambda v: v == calls, 10)
+
+        def reload(webhook: dict[str, Any] | None) -> None:
+            config = yaml.safe_load(path.read_text())
+            config.pop("events", None)
+            if webhook is not None:
+                config["events"] = {"webhook": webhook}
+            path.write_text(yaml.safe_dump(config))
+            seen = agent.log.read_text().count("configuration reloaded")
+            agent.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while agent.log.read_text().count("configuration reloaded") == seen:
+                assert time.monotonic() < deadline, agent.log.read_text()[-3000:]
+                time.sleep(0.05)
+
+        def requests(count: int) -> list[Received]:
+            deadline = time.monotonic() + 10
+            while len(rx.requests) < count:
+                assert time.monotonic() < deadline, rx.requests
+                time.sleep(0.05)
+            return list(rx.requests)
+
+        call()
+        reload(_hook(rx.url))
+        call()
+        assert [r.event["type"] for r in requests(2)] == ["call.started", "call.ended"]
+        reload({**_hook(rx.url), "secret": ROTATED})
+        call()
+        rotated = requests(4)[2:]
+        assert [r.event["type"] for r in rotated] == ["call.started", "call.ended"]
+        assert all(r.signed(ROTATED) and not r.signed(SECRET) for r in rotated)
+        reload(None)
+        call()
+        time.sleep(0.5)
+        assert len(rx.requests) == 4
+        log = agent.log.read_text()
+    assert all(r.signed() for r in rx.requests[:2])
+    assert SECRET not in log and ROTATED not in log
 
 
 @needs_speech
