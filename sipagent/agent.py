@@ -385,8 +385,10 @@ class Agent:
         if decision.action == "hang_up":
             log.info("outbound call %s: answering machine (%s): hanging up", progress.call.id, decision.reason)
             await call.hangup()
-            self._transcript_without_bridge(call, media.codec, settings, context, heard, "answering-machine")
-            self._emit(lambda: events.ended(time.time(), CallSummary("machine", 0.0, answering_machine="machine")))
+            figures = leg.media_report()
+            self._transcript_without_bridge(call, media.codec, settings, context, heard, "answering-machine", figures)
+            self._emit(lambda: events.ended(time.time(), CallSummary("machine", 0.0, answering_machine="machine",
+                                                                     media=figures)))
             return PlaceResult("machine", "answering machine: hung up", "machine")
         if decision.action == "leave_message":
             # The message is this call's greeting (its template filled in by the bridge, as greetings are),
@@ -413,7 +415,8 @@ class Agent:
 
     @staticmethod
     def _transcript_without_bridge(call: OutgoingCall, codec: str, settings: BridgeSettings, context: CallContext,
-                                   records: Sequence[tuple[str, dict[str, Any]]], reason: str) -> None:
+                                   records: Sequence[tuple[str, dict[str, Any]]], reason: str,
+                                   media: dict[str, int | float | None]) -> None:
         """The transcript of an answered call that ended before any conversation (a machine hung up on): its
         start, what was heard and why it ended, as a bridged call's transcript has them."""
         written = CallRecords(call.call_id, datetime.now(UTC), time.monotonic(), settings.recording, Conversation(),
@@ -421,7 +424,7 @@ class Agent:
         written.started(call.call_id, call.from_uri, codec, settings.profile, settings.route, context.to_json())
         for kind, fields in records:
             written.record(kind, **fields)
-        written.close({}, reason)
+        written.close({}, reason, media)
 
     def _media_chain(self, call_id: str) -> CallMedia:
         """A new call's media chain, its RTP port pair bound (the SDP names it before the codec is settled)."""
@@ -580,7 +583,7 @@ def call_summary(outcome: CallOutcome, duration_s: float) -> CallSummary:
         outcome=outcome.reason, duration_s=duration_s, tools=list(outcome.tools),
         transfer_target=outcome.transfer_target, transfer_uri=outcome.transfer_uri, usage=dict(outcome.usage),
         transcript_path=str(outcome.transcript_path) if outcome.transcript_path else None,
-        recording_path=str(outcome.recording_path) if outcome.recording_path else None,
+        recording_path=str(outcome.recording_path) if outcome.recording_path else None, media=dict(outcome.media),
     )
 
 

@@ -71,6 +71,9 @@ class EndpointLeg:
     def dtmf_method(self) -> str | None:
         return self.endpoint.dtmf_method
 
+    def media_report(self) -> dict[str, int | float | None]:
+        return self.endpoint.stats().summary()
+
     def send_dtmf(self, digit: str, duration_ms: int) -> None:
         self.endpoint.send_dtmf(digit, duration_ms)
 

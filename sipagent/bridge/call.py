@@ -103,6 +103,7 @@ class CallOutcome:
     tools: list[ToolUse] = field(default_factory=list)  # every tool call the model made, in order
     transfer_target: str = ""  # where a transferred call went: the target's name ("default", "on_failure")
     transfer_uri: str = ""  # ... and its URI; both "" unless the outcome is a transfer
+    media: dict[str, int | float | None] = field(default_factory=dict)  # MediaLeg.media_report at the end
 
 
 class CallBridge:
@@ -127,6 +128,7 @@ class CallBridge:
         self.responses = Responses(self.conversation)
         self.call_state = CallState(self.log)
         self._origin = time.monotonic()
+        self.media_report: dict[str, int | float | None] = {}  # taken as the call ends
         self.records = CallRecords(call.call_id, datetime.now(UTC), self._origin, settings.recording,
                                    self.conversation, self.agent.greeting, self.log, self.metrics, on_transcript)
         barge = self.agent.barge_in
@@ -375,6 +377,7 @@ class CallBridge:
             tools,
             target,
             uri,
+            dict(self.media_report),
         )
 
     async def _greet(self) -> None:
@@ -397,7 +400,11 @@ class CallBridge:
         state = self.call_state
         state.set("ended")
         self.records.greeting_over(self.media.played_ms, interrupted=None)  # the call ended while it played
-        self.records.close(self.conversation.usage, state.outcome)
+        try:
+            self.media_report = self.media.media_report()
+        except Exception:  # figures are worth less than the transcript's end
+            self.log.exception("media figures unavailable")
+        self.records.close(self.conversation.usage, state.outcome, self.media_report)
         state.done.set()  # whoever waits for the end (end_politely) learns of it, whatever ended the call
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:

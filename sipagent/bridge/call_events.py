@@ -89,6 +89,7 @@ class CallSummary:
     usage: Mapping[str, int] = field(default_factory=dict)
     transcript_path: str | None = None
     recording_path: str | None = None
+    media: Mapping[str, int | float | None] = field(default_factory=dict)  # RtpEndpoint's figures (summary)
     # Outbound calls: the answering-machine verdict (human, machine, unknown; "" when not detected) and
     # whether the profile's message was left. ``outcome`` is then the outbound outcome (busy, machine…).
     answering_machine: str = ""
@@ -163,6 +164,7 @@ class CallEvents:
             "tool_calls_total": len(summary.tools),
             "transfer": transfer,
             "usage": dict(summary.usage) or None,  # None: the backend reported none
+            "media": dict(summary.media) or None,  # None: the call had no media (not answered)
             "transcript_path": summary.transcript_path,
             "recording_path": summary.recording_path,
         })

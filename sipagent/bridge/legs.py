@@ -80,6 +80,10 @@ class MediaLeg(Protocol):
         """RTP packets taken from the far end: a count that changes whenever media arrives (it restarts with
         a new source), which the media timeout watches."""
 
+    def media_report(self) -> dict[str, int | float | None]:
+        """The call's RTP figures so far (packets, loss, jitter, concealed frames, the far end's RTCP view),
+        for the transcript's ``media`` record and ``call.ended``."""
+
     @property
     def dtmf_method(self) -> str | None:
         """How a key goes out: "rfc4733" (the far end negotiated telephone-events), "inband" (tones in the

@@ -80,9 +80,10 @@ class CallRecords:
         elif self._greeting is not None and not self._greeting.text:
             self._greeting.text = text.strip()
 
-    def close(self, usage: dict[str, int], outcome: str) -> None:
+    def close(self, usage: dict[str, int], outcome: str, media: dict[str, int | float | None]) -> None:
         self.write_greeting()
         self.record("usage", **usage)
+        self.record("media", **media)
         self.record("call", event="end", reason=outcome)
         if self.transcript:
             self.transcript.close()

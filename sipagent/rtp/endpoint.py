@@ -93,6 +93,20 @@ class EndpointStats:
     remote_jitter_ms: float | None
     srtp_dropped: int = 0  # packets that failed SRTP/SRTCP authentication or replay checks (never played)
 
+    def summary(self) -> dict[str, int | float | None]:
+        """The call's media figures as its transcript's ``media`` record and ``call.ended`` give them."""
+        received, lost = self.packets_received, self.lost
+        remote_jitter = self.remote_jitter_ms
+        return {
+            "packets_received": received, "packets_lost": lost,
+            "loss_pct": round(100.0 * lost / (received + lost), 2) if received + lost else 0.0,
+            "jitter_ms": round(self.jitter_ms, 1), "late": self.late, "duplicates": self.duplicates,
+            "concealed_frames": self.concealed, "packets_sent": self.packets_sent, "send_errors": self.send_errors,
+            "remote_lost": self.remote_lost,
+            "remote_jitter_ms": None if remote_jitter is None else round(remote_jitter, 1),
+            "foreign_packets": self.foreign_packets, "malformed": self.malformed, "srtp_dropped": self.srtp_dropped,
+        }
+
 
 def _discard_queued(sock: socket.socket) -> None:
     """Read and drop the datagrams waiting on a non-blocking socket (a bounded number: a flood goes on)."""
@@ -336,8 +350,8 @@ class RtpEndpoint:
 
     def stats(self) -> EndpointStats:
         js, rs, rr = self.jitter.stats, self.rx_stats, self.remote_report
-        return EndpointStats(
-            packets_received=rs.packets, lost=max(0, rs.lost), jitter_ms=rs.jitter_ms, late=js.late,
+        return EndpointStats(  # packets and loss over the call (every source it had), jitter of the last one
+            packets_received=rs.total_packets, lost=rs.total_lost, jitter_ms=rs.jitter_ms, late=js.late,
             duplicates=js.duplicates, concealed=js.concealed, packets_sent=self.packets_sent,
             foreign_packets=self.foreign_packets, malformed=self.malformed, send_errors=self.send_errors,
             remote_lost=rr.cumulative_lost if rr else None,

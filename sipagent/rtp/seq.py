@@ -34,6 +34,7 @@ class SeqExtender:
         self.max_misorder = max_misorder
         self.highest: int | None = None  # extended
         self.restarted = False
+        self.restarted_from = 0  # at a restart: the extended highest of the run it ended
 
     def extend(self, seq: int) -> int:
         highest = self.highest
@@ -49,6 +50,7 @@ class SeqExtender:
                 self.highest = highest = highest + delta
                 return highest
             return highest + delta
+        self.restarted_from = highest
         self.highest = highest = seq + SEQ_MOD
         self.restarted = True
         return highest

@@ -5,31 +5,28 @@ A pure core: arrival times are passed in (seconds, monotonic).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sipagent.rtp.seq import SeqExtender
 
 
-@dataclass(frozen=True, slots=True)
-class ReceiveSnapshot:
-    packets: int
-    lost: int
-    jitter_ms: float
-    late: int
-    duplicates: int
-    concealed: int
-
-
 class ReceiveStats:
+    """Counts of the current source (what RTCP reports: a new SSRC or a sequence jump starts them over),
+    and the call's totals over every source it had (``total_packets``, ``total_lost``)."""
+
     def __init__(self, clock_rate: int = 8000) -> None:
         self.clock_rate = clock_rate
+        self._earlier_packets = 0  # the sources before the current one
+        self._earlier_lost = 0
+        self._base: int | None = None
         self.reset()
 
     def reset(self) -> None:
+        """A new source."""
+        if self._base is not None:
+            self._bank(self.highest_seq)
         self.packets = 0
         self.octets = 0
         self._seq = SeqExtender()
-        self._base: int | None = None
+        self._base = None
         self.jitter = 0.0  # RFC 3550 J, in timestamp units
         self._transit: float | None = None
         self._expected_prior = 0
@@ -39,6 +36,8 @@ class ReceiveStats:
         seq = self._seq
         ext = seq.extend(sequence)
         if seq.restarted or self._base is None:
+            if self._base is not None:  # a jump ends the run: its counts join the totals
+                self._bank(seq.restarted_from)
             self._base = ext
             self._expected_prior = self._received_prior = 0
             self.packets = 0
@@ -71,6 +70,20 @@ class ReceiveStats:
     def lost(self) -> int:
         """Cumulative packets lost; duplicates can make it negative, as RFC 3550 allows."""
         return self.expected - self.packets
+
+    @property
+    def total_packets(self) -> int:
+        return self._earlier_packets + self.packets
+
+    @property
+    def total_lost(self) -> int:
+        """Packets lost over the call, each source's run counted up to its highest sequence number."""
+        return self._earlier_lost + max(0, self.lost)
+
+    def _bank(self, highest: int) -> None:
+        assert self._base is not None
+        self._earlier_packets += self.packets
+        self._earlier_lost += max(0, highest - self._base + 1 - self.packets)
 
     @property
     def jitter_ms(self) -> float:

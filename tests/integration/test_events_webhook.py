@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import yaml
@@ -311,6 +312,12 @@ async def _call_events(tmp_path: Path) -> None:
     assert isinstance(data["usage"], dict) and "output_tokens" in data["usage"]
     assert data["transcript_path"] == str(outcome.transcript_path) and Path(data["transcript_path"]).exists()
     assert data["recording_path"] is None
+    media = data["media"]  # the call's RTP figures, as its transcript's media record has them
+    assert media["packets_received"] > 100 and media["packets_sent"] > 100
+    assert media["packets_lost"] == media["srtp_dropped"] == media["malformed"] == 0 and media["loss_pct"] == 0.0
+    assert 0 <= media["jitter_ms"] < 50
+    records = [json.loads(line) for line in Path(data["transcript_path"]).read_text().splitlines()]
+    assert [r for r in records if r["type"] == "media"] == [{"type": "media", "t": ANY, "at": ANY, **media}]
     assert counted(metrics, "call.started", "delivered") == counted(metrics, "call.ended", "delivered") == 1
 
 

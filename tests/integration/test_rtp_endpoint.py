@@ -578,7 +578,8 @@ def test_eager_endpoint_in_order_reordered_duplicate_wrapped_and_new_source_fram
             assert [f[0] for f in got] == [0, 1, 2, 3, 4, 5, 6, 0x10, 0x11]
             stats = ep.stats()
             assert (stats.duplicates, stats.late, stats.concealed) == (1, 0, 0)
-            assert stats.packets_received == 2 and stats.lost == 0  # counted afresh for the new source
+            assert ep.rx_stats.packets == 2 and ep.rx_stats.lost == 0  # RTCP's counts start afresh for the new source
+            assert stats.packets_received == 8 + 2 and stats.lost == 0  # the call's: both sources, the duplicate too
             assert ep.jitter.stats.played == 9 and ep.jitter.stats.resyncs == 1
 
     asyncio.run(main())

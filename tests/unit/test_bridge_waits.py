@@ -63,6 +63,9 @@ class Line:
     def send_dtmf(self, digit: str, duration_ms: int) -> None:
         self.keys.append(digit)
 
+    def media_report(self) -> dict[str, int | float | None]:
+        return {"packets_received": 0}
+
     @property
     def dtmf_sending(self) -> bool:
         return bool(self.keys)

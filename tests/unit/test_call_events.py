@@ -45,7 +45,8 @@ def test_event_schema_is_the_same_envelope_for_every_type() -> None:
     transferred = events.transferred(WALL + 5, "sales", "sip:601@pbx")
     ended = events.ended(WALL + 6, CallSummary(
         "transferred", 6.0004, [ToolUse("lookup_order", True), ToolUse("check_stock", False)], "sales",
-        "sip:601@pbx", {"input_tokens": 120, "output_tokens": 80}, "/rec/a.jsonl", None))
+        "sip:601@pbx", {"input_tokens": 120, "output_tokens": 80}, "/rec/a.jsonl", None,
+        {"packets_received": 300, "loss_pct": 0.0, "remote_lost": None}))
     for sequence, event in enumerate((started, transferred, ended), start=1):
         body = json.loads(event.body())
         assert list(body) == ["version", "type", "id", "timestamp", "call_id", "sequence", "data"]
@@ -63,14 +64,15 @@ def test_event_schema_is_the_same_envelope_for_every_type() -> None:
         "duration_s": 6.0,
         "tool_calls": [{"name": "lookup_order", "ok": True}, {"name": "check_stock", "ok": False}],
         "tool_calls_total": 2, "transfer": {"target": "sales", "uri": "sip:601@pbx"},
-        "usage": {"input_tokens": 120, "output_tokens": 80}, "transcript_path": "/rec/a.jsonl",
+        "usage": {"input_tokens": 120, "output_tokens": 80},
+        "media": {"packets_received": 300, "loss_pct": 0.0, "remote_lost": None}, "transcript_path": "/rec/a.jsonl",
         "recording_path": None,
     }
 
 
 def test_ended_without_transfer_or_usage_says_null() -> None:
     data = _events().ended(WALL, CallSummary("remote-hangup", 3.0)).data
-    assert data["transfer"] is None and data["usage"] is None and data["tool_calls"] == []
+    assert data["transfer"] is None and data["usage"] is None and data["media"] is None and data["tool_calls"] == []
 
 
 def test_outbound_events_say_so_and_report_the_dial_outcome() -> None:

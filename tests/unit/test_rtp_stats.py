@@ -45,6 +45,25 @@ def test_loss_and_fraction() -> None:
     assert st.interval_fraction_lost() == (1 << 8) // 11  # only seq 99 missing in this interval
 
 
+def test_the_call_totals_span_every_source() -> None:
+    # RTCP reports per source: a new SSRC (reset) or a sequence jump starts the counts over; the call's
+    # totals keep what each run received and lost.
+    st = ReceiveStats()
+    for i in range(50):
+        if i not in (10, 11):
+            st.update(i, 160 * i, 0.02 * i)
+    st.reset()  # a new SSRC, e.g. after a re-INVITE to another media server
+    for i in range(30):
+        if i != 5:
+            st.update(9000 + i, 160 * i, 2.0 + 0.02 * i)
+    assert (st.packets, st.lost) == (29, 1)
+    for i in range(20):  # the same source jumps far ahead (a PBX restarting its sequence)
+        if i != 3:
+            st.update(40000 + i, 4800 + 160 * i, 3.0 + 0.02 * i)
+    assert (st.packets, st.lost) == (19, 1)
+    assert st.total_packets == 48 + 29 + 19 and st.total_lost == 2 + 1 + 1
+
+
 def test_sr_rr_roundtrip() -> None:
     ntp = ntp_from_unix(1_700_000_000.25)
     assert ntp >> 32 == 1_700_000_000 + 2_208_988_800 and (ntp & 0xFFFFFFFF) == 1 << 30
