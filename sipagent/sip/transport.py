@@ -316,12 +316,17 @@ class _Connection:
         if self.keepalive is not None:
             self.keepalive.start(self._last_read)
             self._arm_keepalive()
+        heard, peer_ended = False, False
         try:
             while data := await self.reader.read(_READ_SIZE):
+                heard = True
                 if self.writer.is_closing() or not self._feed(data):  # closing: dropped meanwhile
                     break
                 await self.writer.drain()  # a peer that does not read our answers is not read either
+            else:
+                peer_ended = True
         except (ConnectionError, OSError, ssl.SSLError) as exc:
+            peer_ended = True
             logger.debug("%s connection %s:%s lost: %s", self.owner.name, self.peer.host, self.peer.port, exc)
         finally:
             if self._timer is not None:
@@ -331,6 +336,8 @@ class _Connection:
             self.owner._forget(self)
             self._finish()
             if not self.accepted:
+                if peer_ended and not heard:
+                    self.owner._closed_unheard(self.peer)
                 self.owner._closed(self.peer)
 
     def write(self, data: bytes) -> None:
@@ -456,10 +463,11 @@ class TcpTransport(SipTransport):
     def __init__(self, host: str, port: int, on_message: MessageHandler, on_error: ErrorHandler | None = None,
                  *, limits: TransportLimits | None = None, on_shed: ShedHandler | None = None,
                  ssl_server: ssl.SSLContext | None = None, ssl_client: ssl.SSLContext | None = None,
-                 keepalive_s: float = 0.0, keepalive_timeout_s: float = 10.0) -> None:
+                 keepalive_s: float = 0.0, keepalive_timeout_s: float = 10.0, client_certificate: bool = False) -> None:
         super().__init__(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
         self.ssl_server = ssl_server
         self.ssl_client = ssl_client
+        self.client_certificate = client_certificate  # ssl_client presents one when a server asks
         if ssl_server is not None or ssl_client is not None:
             self.name = "TLS"
         self.keepalive_s = keepalive_s  # CRLF pings on connections we open; 0 = none
@@ -632,6 +640,17 @@ class TcpTransport(SipTransport):
             conn.write(data)
         await conn.run()
 
+    def _closed_unheard(self, peer: Peer) -> None:
+        """A connection we opened was ended by the peer before it sent a byte. Over TLS 1.3 that is how a
+        server requiring a client certificate refuses one (its alert comes after our handshake is done,
+        and asyncio reads it as the end of the stream): say so when we present none."""
+        if (self.ssl_client is None or self.client_certificate or self._closing
+                or not self._log_throttle.allow("unheard", f"{peer.host}:{peer.port}", time.monotonic())):
+            return
+        logger.warning("TLS connection to %s:%s was closed by the peer before it sent anything: a server that "
+                       "requires a client certificate does this (set sip.tls.cert_file and key_file) "
+                       "(logged once a minute)", peer.host, peer.port)
+
     def _closed(self, peer: Peer) -> None:
         if self._closing or self.on_closed is None:
             return
@@ -677,5 +696,6 @@ def create_transport(name: str, host: str, port: int, on_message: MessageHandler
         tls = tls or TlsSettings()
         return TcpTransport(host, port, on_message, on_error, limits=limits, on_shed=on_shed,
                             ssl_server=server_context(tls) if tls.serves else None, ssl_client=client_context(tls),
-                            keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s)
+                            keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s,
+                            client_certificate=bool(tls.cert_file))
     raise ValueError(f"unknown SIP transport {name!r}")

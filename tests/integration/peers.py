@@ -200,6 +200,7 @@ class KamailioTls:
     cert_file: Path
     key_file: Path
     reuse: bool = True
+    client_ca: Path | None = None  # ask every client for a certificate issued by this CA (mutual TLS)
 
 
 class Kamailio:
@@ -227,8 +228,10 @@ class Kamailio:
     def _write_tls_cfg(self) -> Path:
         assert self.tls is not None
         path = self.workdir / "tls.cfg"
+        clients = (["verify_certificate = yes", "require_certificate = yes", f"ca_list = {self.tls.client_ca}"]
+                   if self.tls.client_ca else ["verify_certificate = no", "require_certificate = no"])
         path.write_text("\n".join([
-            "[server:default]", "method = TLSv1.2+", "verify_certificate = no", "require_certificate = no",
+            "[server:default]", "method = TLSv1.2+", *clients,
             f"private_key = {self.tls.key_file}", f"certificate = {self.tls.cert_file}", "",
             # Towards a contact that listens for TLS (the agent's own certificate is not checked here).
             "[client:default]", "method = TLSv1.2+", "verify_certificate = no", "require_certificate = no", "",

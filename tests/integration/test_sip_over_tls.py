@@ -200,6 +200,41 @@ def test_certificate_problems_fail_registration_with_their_name(
     assert "CERTIFICATE_VERIFY_FAILED" not in caplog.text
 
 
+def test_a_registrar_asking_for_a_client_certificate_gets_ours(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mutual TLS: Kamailio refuses a client without a certificate from our CA, and the log says what that
+    looks like; with sip.tls.cert_file the agent presents its own and registers."""
+    caplog.set_level(logging.WARNING)
+    require_kamailio_tls()
+    kamailio = Kamailio(tmp_path / "kamailio", tls=KamailioTls(pki.server_cert, pki.server_key, client_ca=pki.ca_file))
+    kamailio.start()
+
+    async def register(tls: TlsSettings, user: str) -> tuple[bool, str | None]:
+        ua = UserAgent(settings(kamailio.tls_address, user, tls), _ignore)
+        await ua.start()
+        try:
+            registered = await ua.wait_registered(4)
+            return registered and await asyncio.to_thread(kamailio.is_registered, user), ua.registration_problem
+        finally:
+            await ua.stop()
+
+    async def scenario() -> None:
+        registered, problem = await register(TlsSettings(ca_file=str(pki.ca_file)), "3021")
+        assert not registered and problem
+        assert caplog.text.count("requires a client certificate does this (set sip.tls.cert_file") == 1  # once a minute
+        caplog.clear()
+        registered, problem = await register(TlsSettings(ca_file=str(pki.ca_file), cert_file=str(pki.agent_cert),
+                                                         key_file=str(pki.agent_key)), "3022")
+        assert registered, problem
+        assert "client certificate" not in caplog.text
+
+    try:
+        run(scenario())
+    finally:
+        kamailio.stop()
+
+
 def test_reregisters_after_the_registrar_restarts(pki: Pki, tmp_path: Path) -> None:
     """The registrar goes away with our connection: a new connection, and a fresh REGISTER on it."""
     require_kamailio_tls()
