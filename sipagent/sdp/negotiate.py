@@ -264,18 +264,12 @@ def negotiate(
         local_key = current.local_key if same and current is not None else new_key(crypto.suite, srtp.random_bytes)
         params = SrtpParams(crypto.suite, crypto.tag, local_key, crypto.key)
 
-    answer = SessionDescription(lines=[
-        ("v", "0"),
-        ("o", session.origin_line(local_host)),
-        ("s", "sipagent"),
-        ("c", f"IN {_addrtype(local_host)} {local_host}"),
-        ("t", "0 0"),
-    ])
+    answer = _session_lines(local_host, session)
     for m in offer.media:
         if m is media:
             answer.media.append(_answer_media(codec, pt, dtmf_pt, media, local_port, direction, params))
         else:
-            answer.media.append(MediaDescription(m.media, 0, m.proto, m.formats[:1] or ["0"]))
+            answer.media.append(_rejected(m))
     negotiated = NegotiatedMedia(
         codec=codec,
         payload_type=pt,
@@ -288,6 +282,34 @@ def negotiate(
         srtp=params,
     )
     return answer, negotiated
+
+
+def removes_every_stream(offer: SessionDescription) -> bool:
+    """A re-offer whose m-lines all have port 0: the far end removed the call's streams (RFC 3264 8.2)."""
+    return bool(offer.media) and all(m.port == 0 for m in offer.media)
+
+
+def decline_all(offer: SessionDescription, local_host: str, session: LocalSession) -> SessionDescription:
+    """The answer to ``removes_every_stream``: each m-line again with port 0, in the offer's order (RFC 3264
+    8.2 requires it; a 488 would leave the far end's session and ours disagreeing)."""
+    answer = _session_lines(local_host, session)
+    answer.media = [_rejected(m) for m in offer.media]
+    return answer
+
+
+def _session_lines(local_host: str, session: LocalSession) -> SessionDescription:
+    return SessionDescription(lines=[
+        ("v", "0"),
+        ("o", session.origin_line(local_host)),
+        ("s", "sipagent"),
+        ("c", f"IN {_addrtype(local_host)} {local_host}"),
+        ("t", "0 0"),
+    ])
+
+
+def _rejected(offered: MediaDescription) -> MediaDescription:
+    """An offered m-line refused or removed (RFC 3264 6): port 0, the offer's proto and one of its formats."""
+    return MediaDescription(offered.media, 0, offered.proto, offered.formats[:1] or ["0"])
 
 
 def _answer_media(

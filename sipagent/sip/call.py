@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE, PRACK"
 ACCEPT = "application/sdp, application/dtmf-relay, message/sipfrag"
+INFO_ACCEPT = "application/dtmf-relay"  # the only INFO body we act on
 SUPPORTED = "timer, 100rel"
 SUPPORTED_OPTIONS = frozenset(option.strip() for option in SUPPORTED.split(","))
 # Our own INVITEs do not offer 100rel: a reliable 18x would need our PRACK, and we have nothing to gain from it.
@@ -290,7 +291,7 @@ class CallCore:
         self.end_detail = ""  # a few words on why (the reason phrase of a refusal, "no answer to our INVITE")
         # Why ``answer`` failed, for the front to raise: an SdpError, or SipTimeout when no ACK came.
         self.answer_error: Exception | None = None
-        self.timer = SessionTimer(config.timer_policy, config.random)
+        self.timer = SessionTimer(config.timer_policy, config.random, owns_call_id=role == "uac")
         self.offer: SessionDescription | None = None  # UAS: the INVITE's offer (None: a late offer)
         # What the far end said it supports or requires (RFC 3261 20.37): from its INVITE (UAS) or from its 2xx
         # to ours (UAC). What it has not advertised is never asked of it.
@@ -312,7 +313,10 @@ class CallCore:
         self._provisional = False
         self._early_media_refused = False  # logged once
         self._refer_in: str | None = None  # the Event id (its CSeq number) of a REFER we accepted
-        self._refer_out = False  # a REFER of ours awaits its outcome: only then does a NOTIFY report one
+        # The implicit subscription of a REFER of ours (RFC 3515): from the REFER until a NOTIFY says it is
+        # terminated, or the REFER fails. Only then does a NOTIFY report an outcome, and only one final one.
+        self._refer_out = False
+        self._refer_reported = False  # its final outcome went up already
         self._refer_pending: SipRequest | None = None  # a REFER the layer above has not answered yet
         self._handlers: dict[str, Callable[[SipRequest, float], list[CallAction]]] = {
             "BYE": self._on_bye, "INVITE": self._on_reinvite, "UPDATE": self._on_update, "PRACK": self._on_prack,
@@ -536,7 +540,7 @@ class CallCore:
         extra = [("Refer-To", refer_to)]
         if referred_by:
             extra.append(("Referred-By", referred_by))
-        self._refer_out = True
+        self._refer_out, self._refer_reported = True, False
         return [self._in_dialog("REFER", "refer", extra=extra)]
 
     def notify_transfer(self, status: int, now: float) -> list[CallAction]:
@@ -580,7 +584,12 @@ class CallCore:
         return [self._respond(request, 200)]
 
     def _on_bye(self, request: SipRequest, now: float) -> list[CallAction]:
-        return [self._respond(request, 200), *self._end("remote-bye")]
+        actions: list[CallAction] = [self._respond(request, 200)]
+        if self.role == "uas" and self.state == "ringing":
+            # A BYE in the early dialog (RFC 3261 15.1.2): the INVITE still needs its final response, or the
+            # PBX's INVITE transaction waits for one until its timer gives up.
+            actions.append(self._respond(self.invite, 487))
+        return [*actions, *self._end("remote-bye")]
 
     def _on_ack(self, request: SipRequest, now: float) -> list[CallAction]:
         ok = self._ok
@@ -608,11 +617,14 @@ class CallCore:
         return []
 
     def _on_reinvite(self, request: SipRequest, now: float) -> list[CallAction]:
-        local = self.sdp.local
-        if self.state != "confirmed" or local is None or self._our_offer_pending() \
-                or (self._ok is not None and self._ok.pending):
-            # Our own offer/answer is not settled yet, or our refresh re-INVITE crossed theirs (RFC 3261 14.2).
+        if self._our_offer_pending():
+            # Glare: our re-INVITE (or our offer in a 2xx) crossed theirs (RFC 3261 14.2); each side retries
+            # after its random delay (14.1).
             return [self._respond(request, 491)]
+        if self.state != "confirmed" or self.sdp.local is None or (self._ok is not None and self._ok.pending):
+            # Their previous INVITE is not finished (not answered yet, or our 2xx not ACKed): RFC 3261 14.2 asks
+            # for 500 with a random Retry-After, not 491, which would tell them our own INVITE is in flight.
+            return [self._respond(request, 500, extra=[("Retry-After", self._retry_after())])]
         terms = self._timer_terms(request)
         if isinstance(terms, Respond):
             return [terms]
@@ -634,8 +646,7 @@ class CallCore:
         if request.body and self._our_offer_pending():
             return [self._respond(request, 491)]
         if request.body and self._their_offer_pending():
-            retry_after = str(int(self.config.random() * 11))  # RFC 3311 5.2: a random 0-10 s
-            return [self._respond(request, 500, extra=[("Retry-After", retry_after)])]
+            return [self._respond(request, 500, extra=[("Retry-After", self._retry_after())])]
         if self.state != "confirmed":
             return [self._respond(request, 200)]  # an early UPDATE: no session to refresh yet
         terms = self._timer_terms(request)
@@ -666,9 +677,16 @@ class CallCore:
         return [self._respond(request, 200), ProvisionalAcked()]
 
     def _on_info(self, request: SipRequest, now: float) -> list[CallAction]:
+        if request.headers.get("Info-Package") is not None:
+            # We announce no Recv-Info, so no package is ours to receive (RFC 6086 4.2.2).
+            return [self._respond(request, 469, reason="Bad Info Package")]
         content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if content_type != "application/dtmf-relay":
-            return [self._respond(request, 200)]
+            if not request.body.strip():
+                return [self._respond(request, 200)]  # an empty INFO: a keep-alive some PBXs send
+            # A body we cannot read (Asterisk's video fast update, AOC, a vendor's DTMF): 200 would claim we
+            # acted on it (RFC 3261 8.2.3, RFC 6086 4.2.2 legacy INFO).
+            return [self._respond(request, 415, extra=[("Accept", INFO_ACCEPT)])]
         relay = parse_dtmf_relay(request.body)
         if relay is None:
             return [self._respond(request, 400, reason="Bad dtmf-relay Signal")]
@@ -684,12 +702,16 @@ class CallCore:
             return [self._respond(request, 481)]
         actions: list[CallAction] = [self._respond(request, 200)]
         status = sipfrag_status(request.body)
-        if status is None:
-            if "terminated" not in (request.headers.get("Subscription-State") or "").lower():
-                return actions
-            status = 500  # the subscription is over without a final status: the transfer failed
-        if status >= 200:
+        if "terminated" in (request.headers.get("Subscription-State") or "").lower():
+            # The subscription ends here; a final status may have come in an earlier NOTIFY (a 503 "active",
+            # then "terminated" on its own), and this one is still ours to acknowledge.
             self._refer_out = False
+            if status is None and not self._refer_reported:
+                status = 500  # over without any final status: the transfer failed
+        if status is None or self._refer_reported:
+            return actions
+        if status >= 200:
+            self._refer_reported = True
         actions.append(TransferProgress("notify", status))
         if 200 <= status < 300:
             logger.info("call %s: transferred", self.call_id)
@@ -1042,6 +1064,11 @@ class CallCore:
             return self._respond(request, 422, extra=[("Min-SE", str(exc.min_se))])
         except SipParseError as exc:
             return self._respond(request, 400, reason=exc.reason)
+
+    def _retry_after(self) -> str:
+        """A random 0-10 s for the Retry-After of a 500 to a request that crossed an unfinished one (RFC 3261
+        14.2, RFC 3311 5.2)."""
+        return str(int(self.config.random() * 11))
 
     def _our_offer_pending(self) -> bool:
         """An offer of ours awaits its answer: our refresh re-INVITE, or a 2xx with our offer not yet ACKed."""

@@ -7,6 +7,8 @@ SdpError when an offer or an answer cannot be taken.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sipagent.errors import SdpError
 from sipagent.sdp import (
     LocalSession,
@@ -19,6 +21,7 @@ from sipagent.sdp import (
     negotiate,
     offer_crypto,
 )
+from sipagent.sdp.negotiate import decline_all, removes_every_stream
 
 
 def media_key(media: NegotiatedMedia) -> tuple[str, int, str, int, str, SrtpParams | None]:
@@ -55,6 +58,12 @@ class OfferAnswer:
             rtp = self.rtp
         else:
             raise SdpError("no media address of ours to answer from yet")
+        if self.media is not None and removes_every_stream(offer):
+            # Mid-call, the far end removed the audio (RFC 3264 8.2): answered with port 0, and the call stays
+            # up without media (inactive: we send nothing) until a later offer brings a stream back.
+            self.rtp, self.local = rtp, decline_all(offer, rtp[0], self.session)
+            self.media = replace(self.media, direction="inactive")
+            return self.local
         current = self.media.srtp if self.media is not None else None
         answer, media = negotiate(offer, self.codecs, *rtp, session=self.session, srtp=self.srtp, current=current)
         self.rtp, self.local, self.media = rtp, answer, media

@@ -34,7 +34,10 @@ Refresher = Literal["us", "peer"]
 
 END_MARGIN_MAX = 32.0  # RFC 4028 10: end the session min(32, interval/3) s before it expires
 RETRIES = 3  # refreshes answered 422 or 491 that are retried before waiting for the next attempt
-GLARE_DELAY = 2.0  # RFC 3261 14.1: 491 retried within 0-2 s by a UA that does not own the Call-ID (we never do)
+# RFC 3261 14.1: after a 491 the UA that made the Call-ID (we did, for a call we place) retries after 2.1-4 s,
+# the other one after 0-2 s, so that the two re-INVITEs do not cross again.
+GLARE_DELAY = (0.0, 2.0)
+OWNER_GLARE_DELAY = (2.1, 4.0)
 _DELTA = re.compile(r"[0-9]{1,10}")
 
 
@@ -148,10 +151,13 @@ def negotiate(headers: Headers, policy: TimerPolicy) -> Accepted:
 
 class SessionTimer:
     """One dialog's session timer. States: off → running ⇄ refreshing → expired (or off again when the
-    peer's 2xx turns timers off). ``random`` returns a float in [0, 1) (the 491 back-off)."""
+    peer's 2xx turns timers off). ``random`` returns a float in [0, 1) (the 491 back-off); ``owns_call_id``:
+    the dialog is a call we placed."""
 
-    def __init__(self, policy: TimerPolicy, random: Callable[[], float] = _random.random) -> None:
+    def __init__(self, policy: TimerPolicy, random: Callable[[], float] = _random.random,
+                 owns_call_id: bool = False) -> None:
         self.policy = policy
+        self.glare_delay = OWNER_GLARE_DELAY if owns_call_id else GLARE_DELAY
         self.state = "off"
         self.interval = 0  # the interval in force
         self.asking = 0  # the interval our next refresh asks for: the one in force, or a 422's Min-SE
@@ -273,7 +279,8 @@ class SessionTimer:
                 self.asking = wanted  # the interval in force only changes with a 2xx
                 return self._refresh(method)
         if status == 491 and self._attempts < RETRIES:
-            return self._retry_at(now + GLARE_DELAY * self._random())
+            low, high = self.glare_delay
+            return self._retry_at(now + low + (high - low) * self._random())
         if status in (405, 501) and method == "UPDATE":
             self.peer_allows_update = False
             return self._refresh("INVITE")
