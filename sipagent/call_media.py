@@ -135,9 +135,8 @@ class CallMedia:
             # First, so that not one packet goes out under the old keys (or in the clear) to the new media.
             # An unchanged negotiation (a hold, a refresh) keeps the context: its rollover counters and
             # replay window go on.
+            endpoint.set_crypto(self._context(media.srtp, self.srtp, endpoint.crypto))
             self.srtp = media.srtp
-            endpoint.set_crypto(SrtpContext(media.srtp.suite, media.srtp.local_key, media.srtp.remote_key)
-                                if media.srtp is not None else None)
             log.info("media: %s", f"SRTP {media.srtp.suite}" if media.srtp else "plain RTP")
         if media.codec != self.codec:
             self.codec = media.codec
@@ -157,6 +156,16 @@ class CallMedia:
         if bridge is not None:
             bridge.set_hold(media.on_hold, media.direction)
             bridge.listen_for_keys(media.dtmf_payload_type is None)
+
+    @staticmethod
+    def _context(new: SrtpParams | None, old: SrtpParams | None, current: SrtpContext | None) -> SrtpContext | None:
+        """The SRTP context for ``new`` keys. When the peer kept its key (only our key, or the tag, changed)
+        its stream goes on, and so does our receive session."""
+        if new is None:
+            return None
+        if current is not None and old is not None and (old.suite, old.remote_key) == (new.suite, new.remote_key):
+            return current.with_send_key(new.local_key)
+        return SrtpContext(new.suite, new.local_key, new.remote_key)
 
     def attach(self, bridge: CallBridge, media: NegotiatedMedia) -> None:
         """The bridge for the answered call, built on ``leg`` for ``media``'s codec: from now on the endpoint's

@@ -262,10 +262,16 @@ class RtpEndpoint:
             self._rtcp_dest = None if signalled is None else (signalled[0], signalled[1] + 1)
             self._rtcp_latched = self._rtcp_mux = False
 
+    @property
+    def crypto(self) -> SrtpContext | None:
+        """The SRTP context in use (None: plain RTP)."""
+        return self._crypto
+
     def set_crypto(self, crypto: SrtpContext | None) -> None:
         """SRTP from the next packet on, with ``crypto`` (None: plain RTP). At the answer, before
         ``set_remote`` (so that no packet leaves in the clear), and again when a re-INVITE changes either
-        key: a new context, whose replay window and rollover counters start afresh with the new keys.
+        key: a new context, whose replay window and rollover counters start afresh with the new keys
+        (but for its receive half when the peer kept its key: SrtpContext.with_send_key).
 
         A replaced context also gives our stream a new SSRC: the SSRC is part of the keystream's IV, so
         even a new context under a key we used before (our key repeated in a mid-call offer) never

@@ -42,6 +42,10 @@ _CRYPTO_RE = re.compile(r"([0-9]{1,9})[ \t]+([A-Za-z0-9_]{1,64})[ \t]+(\S{1,400}
 _B64_RE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _LIFETIME_RE = re.compile(r"(?:2\^([0-9]{1,2})|([0-9]{1,15}))")
 _MKI_RE = re.compile(r"([0-9]{1,10}):([0-9]{1,3})")
+# What an error message may repeat of a refused suite or session parameter: the form of a registered name,
+# shorter than any base64 key, so that key text out of place (a second "inline:" after a blank) never shows.
+_SUITE_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+_PARAM_NAME_RE = re.compile(r"-?[A-Z][A-Z0-9_]{0,23}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ def parse_crypto(value: str) -> CryptoAttribute:
         raise SdpError("malformed crypto attribute")
     tag, suite, key_params, session_params = int(m.group(1)), m.group(2), m.group(3), m.group(4).split()
     if suite not in SUITES:
-        raise SdpError(f"unsupported crypto suite {suite}")
+        shown = suite if _SUITE_NAME_RE.fullmatch(suite) else "(not a suite name)"  # nor key text out of place
+        raise SdpError(f"unsupported crypto suite {shown}")
     if ";" in key_params:
         raise SdpError("several master keys in one crypto attribute are not supported")
     method, colon, info = key_params.partition(":")
@@ -105,8 +110,14 @@ def parse_crypto(value: str) -> CryptoAttribute:
     for param in session_params:
         if not _HARMLESS_PARAMS.fullmatch(param):
             # UNENCRYPTED_SRTP and the like weaken the stream; FEC and other KDRs change the transform.
-            raise SdpError(f"crypto session parameter {param.split('=')[0][:32]} is not supported")
+            raise SdpError(f"crypto session parameter {_param_name(param)} is not supported")
     return CryptoAttribute(tag, suite, key)
+
+
+def _param_name(param: str) -> str:
+    """What an error may say of a refused session parameter: its name, when it has the form of one."""
+    name = param.split("=", 1)[0]
+    return name if _PARAM_NAME_RE.fullmatch(name) else "(not a parameter name)"
 
 
 def _decode_key(text: str, suite: str) -> bytes:

@@ -136,6 +136,9 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
     not asked for (who may send what is decided per message, by source address, as on UDP and TCP)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A TLS 1.2 client may ask for a new handshake as often as it likes, each one a signature of ours for a
+    # few bytes of its own; OpenSSL 3 refuses that by default, the 1.1.1 a Python may be built with does not.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     _load_chain(context, settings)
     return context
 

@@ -35,3 +35,18 @@ def own_kamailio(tmp_path: Path) -> Iterator[Kamailio]:
 @pytest.fixture
 def baresip_available() -> None:
     require("baresip")
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway CA and the agent's certificate for 127.0.0.1 and agent.test, as PEM files (ca, cert, key):
+    for the TLS transport's own tests."""
+    trustme = pytest.importorskip("trustme")
+    directory = tmp_path_factory.mktemp("tls-pem")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "agent.test")
+    paths = {name: directory / f"{name}.pem" for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    leaf.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    leaf.private_key_pem.write_to_path(str(paths["key"]))
+    return paths

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ from sipagent.call_media import CallMedia, MediaSettings
 from sipagent.media.clock import MediaClock
 from sipagent.media.kernel import CODEC_SILENCE
 from sipagent.rtp.endpoint import RtpEndpoint
-from sipagent.rtp.packet import is_rtcp, parse_media
+from sipagent.rtp.packet import RtpPacket, is_rtcp, parse_media
 from sipagent.rtp.ports import PortAllocator
+from sipagent.rtp.srtp import SrtpContext
+from sipagent.sdp import NegotiatedMedia, SrtpParams
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -82,5 +85,49 @@ def test_a_call_never_answered_gives_its_port_back() -> None:
         again = CallMedia(clock, ports, MediaSettings("127.0.0.1", 60, True), cname="sipagent-test")
         assert again.local_port != chain.local_port  # rotation: a released port is not handed out at once
         again.close()
+
+    asyncio.run(body())
+
+
+def test_a_new_key_of_ours_keeps_hearing_the_peer_after_its_sequence_wrapped() -> None:
+    """A re-INVITE that renews only our SRTP key (another tag, a renewed offer): the peer's stream goes on
+    under its key, its rollover counter already 1, and every packet of it must still be heard."""
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    ours, theirs, renewed = bytes([1]) * 30, bytes([2]) * 30, bytes([3]) * 30
+
+    async def body() -> None:
+        clock = MediaClock()
+        clock.start()
+        low = free_port(span=12)
+        chain = CallMedia(clock, PortAllocator(low, low + 10), MediaSettings("127.0.0.1", 60, True),
+                          cname="sipagent-test")
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        phone = SrtpContext(suite, theirs, ours)
+
+        def media(local_key: bytes, tag: int) -> NegotiatedMedia:
+            return NegotiatedMedia("PCMU", 0, 8000, None, "127.0.0.1", peer.getsockname()[1], 20, "sendrecv",
+                                   SrtpParams(suite, tag, local_key, theirs))
+
+        async def send(sequences: range) -> None:
+            for seq in sequences:
+                packet = RtpPacket(payload_type=0, sequence=seq & 0xFFFF, ssrc=0xABCD, timestamp=seq * 160,
+                                   payload=b"\xd5" * 160)
+                peer.sendto(phone.protect(packet.serialize()), ("127.0.0.1", chain.local_port))
+                await asyncio.sleep(0.005)
+
+        try:
+            chain.build(media(ours, 1))
+            endpoint = chain.endpoint
+            assert endpoint is not None
+            await send(range(65530, 65540))  # through the wrap: the peer's rollover counter is 1
+            chain.apply(media(renewed, 2))
+            await send(range(65540, 65550))
+            await asyncio.sleep(0.1)
+            assert endpoint.srtp_dropped == 0 and endpoint.stats().packets_received == 20
+        finally:
+            peer.close()
+            chain.close()
+            clock.stop()
 
     asyncio.run(body())

@@ -19,8 +19,6 @@ from sipagent.sip.message import SipRequest, SipResponse, build_response
 from sipagent.sip.tls import TlsSettings, client_context, server_context
 from sipagent.sip.transport import Peer, TcpTransport, TransportLimits
 
-trustme = pytest.importorskip("trustme")
-
 pytestmark = pytest.mark.timeout(120)
 
 LIMITS = TransportLimits(max_message_bytes=4096, tcp_connections=5, tcp_connections_per_source=3,
@@ -43,22 +41,14 @@ def options(n: int) -> bytes:
     ).encode()
 
 
-@pytest.fixture(scope="module")
-def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    directory = tmp_path_factory.mktemp("tls-pem")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1", "agent.test")
-    paths = {name: directory / f"{name}.pem" for name in ("ca", "cert", "key")}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    leaf.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    leaf.private_key_pem.write_to_path(str(paths["key"]))
-    return paths
-
-
 @contextlib.asynccontextmanager
-async def serving(pem: dict[str, Path]) -> AsyncIterator[tuple[TcpTransport, list[str]]]:
-    """The agent's TLS transport on 127.0.0.1 answering OPTIONS with 200, and the shed reasons it reported."""
+async def serving(pem: dict[str, Path], limits: TransportLimits = LIMITS,
+                  ) -> AsyncIterator[tuple[TcpTransport, list[str]]]:
+    """The agent's TLS transport on 127.0.0.1 answering OPTIONS with 200, and the shed reasons it reported; on
+    the way out, that nothing reached the loop's exception handler."""
     shed: list[str] = []
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
     transport: TcpTransport
 
     def on_message(message: SipRequest | SipResponse, peer: Peer) -> None:
@@ -66,22 +56,24 @@ async def serving(pem: dict[str, Path]) -> AsyncIterator[tuple[TcpTransport, lis
             transport.send(build_response(message, 200).to_bytes(), peer)
 
     settings = TlsSettings(ca_file=str(pem["ca"]), cert_file=str(pem["cert"]), key_file=str(pem["key"]))
-    transport = TcpTransport("127.0.0.1", 0, on_message, limits=LIMITS, on_shed=shed.append,
+    transport = TcpTransport("127.0.0.1", 0, on_message, limits=limits, on_shed=shed.append,
                              ssl_server=server_context(settings), ssl_client=client_context(settings))
     await transport.start()
     try:
         yield transport, shed
     finally:
         await transport.close()
+    assert errors == [], errors
 
 
 def caller_context(pem: dict[str, Path]) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(pem["ca"]))
 
 
-async def tls_connect(port: int, pem: dict[str, Path]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=caller_context(pem),
-                                                          server_hostname="agent.test"), 5)
+async def tls_connect(port: int, pem: dict[str, Path], local: str = "127.0.0.1",
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.wait_for(asyncio.open_connection(
+        "127.0.0.1", port, ssl=caller_context(pem), server_hostname="agent.test", local_addr=(local, 0)), 5)
 
 
 async def read_response(reader: asyncio.StreamReader, timeout: float = 5) -> bytes:

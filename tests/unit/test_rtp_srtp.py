@@ -70,3 +70,22 @@ def test_hostile_packets_are_dropped_and_counted(suite: str) -> None:
 def test_an_unknown_suite_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         SrtpContext("AES_256_CM_HMAC_SHA1_80", bytes(46), bytes(46))
+
+
+@pytest.mark.parametrize("suite", sorted(PROFILES))
+def test_a_new_key_of_ours_keeps_the_receive_session_of_the_peers_unchanged_one(suite: str) -> None:
+    # The peer's sequence number wraps (its rollover counter becomes 1), then a re-INVITE changes only our
+    # key: what we receive must still authenticate, replays of before the change stay refused.
+    ours, theirs = pair(suite)
+    wires = [theirs.protect(rtp(seq & 0xFFFF)) for seq in range(65533, 65539)]
+    for wire in wires[:4]:
+        assert ours.unprotect(wire) is not None
+    renewed = ours.with_send_key(bytes([3]) * KEYS[suite])
+    assert renewed.unprotect(wires[4]) == rtp(65537 & 0xFFFF)
+    assert renewed.unprotect(wires[1]) is None and renewed.replayed == 1
+    fresh = SrtpContext(suite, bytes([3]) * KEYS[suite], bytes([2]) * KEYS[suite])
+    assert fresh.unprotect(wires[5]) is None  # what a context built anew did: rollover 0, refused
+    # And what we send now is under our new key.
+    peer_renewed = SrtpContext(suite, bytes([2]) * KEYS[suite], bytes([3]) * KEYS[suite])
+    assert peer_renewed.unprotect(renewed.protect(rtp(7, ssrc=0x77))) == rtp(7, ssrc=0x77)
+    assert theirs.unprotect(renewed.protect(rtp(8, ssrc=0x77))) is None
