@@ -57,7 +57,7 @@ _BEARER = re.compile(r"\b(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 _API_KEY_HEADER = re.compile(r"\b(api-key\s*[:=]\s*)[^\s,;\"']+", re.IGNORECASE)
 # SDES master keys in an SDP body (a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY|lifetime|MKI), as a SIP
 # trace shows it: the key goes, the tag, suite, lifetime and MKI stay (they are what one debugs).
-_SDES_KEY = re.compile(r"(\binline:)[A-Za-z0-9+/]+=*")
+_SDES_KEY = re.compile(r"(\binline:)[A-Za-z0-9+/]+=*", re.IGNORECASE)  # "INLINE:" too: ABNF literals
 
 
 # -- call id --------------------------------------------------------------------------------------------

@@ -134,10 +134,10 @@ class SessionDescription(_Lines):
             if _UNSAFE.search(line) is not None:
                 # A lone CR or a NUL (RFC 4566 text never holds one): refused here, as an answer that echoed the
                 # line could never be sent, and the offer would be left unanswered.
-                raise SdpError(f"control character in SDP line: {line[:60]!r}")
+                raise SdpError(f"control character in SDP line: {_shown(line)}")
             m = _LINE_RE.fullmatch(line)
             if not m:
-                raise SdpError(f"bad SDP line: {line[:60]!r}")
+                raise SdpError(f"bad SDP line: {_shown(line)}")
             kind, value = m.group(1), m.group(2).strip()
             if kind == "m":
                 current = _parse_m_line(value)
@@ -174,6 +174,13 @@ class SessionDescription(_Lines):
             raise SdpError("missing or bad o= line")
         return Origin(parts[0], parts[1], int(parts[2]), parts[5], parts[4])
 
+
+def _shown(line: str) -> str:
+    """A refused line as an error may quote it: the start of it, but never an SDES key (the error can reach a
+    call's end detail, its events and the model)."""
+    if line[:8].lower() == "a=crypto":
+        return "an a=crypto line (not shown: it holds a key)"
+    return repr(line[:60])
 
 
 def _parse_m_line(value: str) -> MediaDescription:

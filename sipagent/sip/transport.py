@@ -54,7 +54,8 @@ from sipagent.sip.tls import TlsHandshakeError, TlsSettings, client_context, des
 logger = logging.getLogger(__name__)
 wire_logger = logging.getLogger("sipagent.sip.wire")
 
-_SDES_KEY = re.compile(rb"(\binline:)[A-Za-z0-9+/]+=*")  # a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY|...
+# a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY|... ("inline" in any case: ABNF literals are case-insensitive)
+_SDES_KEY = re.compile(rb"(\binline:)[A-Za-z0-9+/]+=*", re.IGNORECASE)
 _AUTH_LINE = re.compile(
     rb"^((?:Proxy-)?Authorization:[ \t]*\S+)[^\r\n]*", re.IGNORECASE | re.MULTILINE
 )

@@ -135,6 +135,7 @@ def test_trace_redacts_sdes_media_keys() -> None:
     out = redact(b"INVITE sip:a SIP/2.0\r\n\r\nm=audio 4000 RTP/SAVP 0\r\n"
                  b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" + key + b"|2^20\r\n")
     assert key not in out and b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:<redacted>|2^20" in out
+    assert key not in redact(b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 INLINE:" + key + b"\r\n")  # any case
 
 
 LOOPS = ["asyncio", "uvloop"]

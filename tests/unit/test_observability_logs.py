@@ -178,7 +178,7 @@ def test_sdes_keys_in_a_traced_sdp_are_redacted(fmt: str) -> None:
     try:
         trace_logger.debug(
             "< UDP 127.0.0.1:5060 (300 bytes)\nINVITE sip:2001@x SIP/2.0\r\n\r\nm=audio 4000 RTP/SAVP 0\r\n"
-            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:%s|2^31|1:4\r\na=crypto:2 AEAD_AES_128_GCM inline:%s\r\n", key,
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:%s|2^31|1:4\r\na=crypto:2 AEAD_AES_128_GCM INLINE:%s\r\n", key,
             gcm)
     finally:
         set_trace(False)

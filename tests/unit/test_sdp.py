@@ -237,3 +237,13 @@ def test_a_nul_or_a_lone_cr_inside_a_line_is_refused(line: str) -> None:
     text = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\n"
     with pytest.raises(SdpError, match="control character"):
         SessionDescription.parse((text + line + "\r\n").encode())
+
+
+@pytest.mark.parametrize("attribute", ["a=crypto", "A=CRYPTO"])
+def test_a_refused_crypto_line_is_not_quoted(attribute: str) -> None:
+    """The error can reach the call's end detail, its events and the model: never the key in it."""
+    text = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n"
+    with pytest.raises(SdpError, match="control character") as refused:
+        line = f"{attribute}:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\x00"
+        SessionDescription.parse((text + line + "\r\n").encode())
+    assert "PS1uQ" not in str(refused.value) and "a=crypto line" in str(refused.value)
