@@ -965,6 +965,9 @@ def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable
     """The checks of one profile (``prefix``: "agent" or "agents.NAME"); normalises its transfer targets."""
     names = set()
     for i, tool in enumerate(agent.tools):
+        if not _TOOL_NAME.fullmatch(tool.name):
+            raise fail(f"{prefix}.tools[{i}].name", 'expected 1 to 64 letters, digits, "_" or "-" (the Realtime '
+                                                    f"API's rule for function names), got {tool.name[:80]!r}")
         if tool.name in names:
             raise fail(f"{prefix}.tools[{i}]", f'duplicate tool name "{tool.name}"')
         names.add(tool.name)
@@ -1201,6 +1204,7 @@ def check_template_key(ctx: _Ctx, root: yaml.Node | None, dotted: str, text: str
 
 _HOST_OR_NETWORK = re.compile(r"\[?[0-9A-Za-z.:\-]+\]?(/[0-9]{1,3})?")
 _USER_PART = re.compile(r"[0-9A-Za-z+*._\-]{1,64}")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HOST = re.compile(r"[0-9A-Za-z_\-]+(\.[0-9A-Za-z_\-]+)*\.?")  # a name or an IPv4 address (IPv6: ipaddress)
 _TARGET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,39}")
 _PROFILE_NAME = _TARGET_NAME

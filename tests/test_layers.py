@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sipagent"
 
 # Layer rank: a module may import its own layer and lower ranks only.
 RANKS = {
-    "errors": 0,
+    "errors": 0, "strict_json": 0,
     "sdp": 1, "sip": 1, "rtp": 1, "media": 1,
     "realtime": 2,
     "bridge": 3,

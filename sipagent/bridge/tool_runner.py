@@ -40,6 +40,16 @@ from sipagent.realtime import events as ev
 
 DTMF_FLUSH_S = 1.5  # digits typed with pauses shorter than this go to the model together
 
+# Bounds on what one call's model may start. Its arguments and its choice of tools are steered by the caller's
+# words (and a backend may misbehave): without them, a caller could have it open hundreds of webhook requests
+# at once (each up to its timeout_s), loop tool calls for the whole call (every result starts a new response:
+# tokens billed), ring the human desks again and again, or try PINs on an IVR key by key.
+MAX_TOOLS_IN_FLIGHT = 4  # webhook tools running at once; another gets an error until one has answered
+MAX_TOOL_CALLS = 100  # tool calls per call; past it each gets an error and no new response (the loop ends)
+MAX_TRANSFERS = 3  # transfer_call attempts per call (a failed one counts: the desk's phone rang)
+MAX_KEYS_SENT = 128  # send_dtmf keys per call, all calls of it together
+MAX_NAME_CHARS = 64  # of a tool name the model made up, as echoed in an error and the transcript
+
 
 class ToolRunner:
     def __init__(self, agent: AgentConfig, call: CallLeg, media: MediaLeg, context: CallContext, dialect: ev.Dialect,
@@ -74,10 +84,34 @@ class ToolRunner:
         self.collector: DigitCollector | None = None  # a collect_digits entry under way
         self._key = asyncio.Event()  # a key came for it
         self.keys_sent_at = -1e9  # monotonic time the agent's last keys (send_dtmf) finished going out
+        self.calls = 0  # tool calls the model made (MAX_TOOL_CALLS)
+        self.in_flight = 0  # webhook tools running now (MAX_TOOLS_IN_FLIGHT)
+        self.transfers = 0  # transfer_call attempts accepted (MAX_TRANSFERS)
+        self.keys_sent = 0  # keys send_dtmf has put on the line (MAX_KEYS_SENT)
+        # A transfer is being carried out (the REFER, or the warm transfer's hold, dial, briefing and join):
+        # no tool call may act then, and no tool's result may start a response.
+        self.transferring = False
 
     # ---------------------------------------------------------------- tool calls
 
     async def run(self, name: str, call_id: str, raw_arguments: object) -> None:
+        if not any(t.name == name for t in self.agent.tools):
+            name = name[:MAX_NAME_CHARS]  # made up by the model: echoed in an error and the transcript, bounded
+        self.calls += 1
+        if self.calls > MAX_TOOL_CALLS:
+            # No response.create: answering each with a new response is what keeps such a loop going.
+            if self.calls == MAX_TOOL_CALLS + 1:
+                self.log.warning("tool calls: the limit of %d in one call is reached; the rest are refused",
+                                 MAX_TOOL_CALLS)
+            self.session.send(ev.function_call_output(call_id, ToolResult(False, {
+                "error": f"no more tools in this call (at most {MAX_TOOL_CALLS})"}).to_json()))
+            return
+        if self.transferring or self.state.closing is not None:
+            # The caller is on hold or being put through, or the agent says goodbye: a tool acting now would
+            # cut across it, and a response now would be heard by the person being briefed.
+            await self._output(call_id, name, {}, ToolResult(False, {
+                "error": "the call is being transferred or ended; no tool can be used now"}), respond=False)
+            return
         self.state.set("live")
         try:
             args = parse_arguments(raw_arguments)
@@ -99,9 +133,13 @@ class ToolRunner:
             action_args = {**args, "_call_id": call_id}
             if name == "transfer_call":
                 error = self.transfer_error(args.get("target"))
+                if error is None and self.transfers >= MAX_TRANSFERS:
+                    error = (f"{MAX_TRANSFERS} transfers were tried in this call already; no more: offer to "
+                             "help otherwise")
                 if error is not None:
                     await self._output(call_id, name, args, ToolResult(False, {"error": error}))
                     return
+                self.transfers += 1
             # Built-ins act once the agent has finished what it is saying.
             self.pending = (name, action_args)
             if not self.responses.active:
@@ -110,8 +148,15 @@ class ToolRunner:
         tool = next((t for t in self.agent.tools if t.name == name), None)
         if tool is None:
             result = ToolResult(False, {"error": f"unknown tool {name}"})
+        elif self.in_flight >= MAX_TOOLS_IN_FLIGHT:
+            result = ToolResult(False, {"error": f"{self.in_flight} tools are running already; wait for their "
+                                                 "results before calling another"})
         else:
-            result = await self._webhook(tool, args)
+            self.in_flight += 1
+            try:
+                result = await self._webhook(tool, args)
+            finally:
+                self.in_flight -= 1
         await self._output(call_id, name, args, result)
 
     async def run_pending(self) -> None:
@@ -140,7 +185,7 @@ class ToolRunner:
         if self.metrics:
             self.metrics.tool_called(name, "ok" if result.ok else "error")
         self.session.send(ev.function_call_output(call_id, result.to_json()))
-        if respond:
+        if respond and not self.transferring:  # a webhook answering during a transfer: the model reads it later
             self.session.send(ev.response_create())
 
     # ---------------------------------------------------------------- transfer
@@ -166,21 +211,29 @@ class ToolRunner:
             await self._output(str(args.get("_call_id", "")), "transfer_call", tool_args,
                                ToolResult(False, {"error": self.transfer_error(name)}))
             return
+        self.transferring = True
+        try:
+            failure = await self._put_through(args, label, uri)
+        finally:
+            self.transferring = False
+        if failure is not None:  # the caller is back with the agent: the model is told, and answers
+            await self._output(str(args.get("_call_id", "")), "transfer_call", tool_args, failure)
+
+    async def _put_through(self, args: dict[str, Any], label: str, uri: str) -> ToolResult | None:
+        """The transfer itself; the tool's error when the caller is still the agent's afterwards."""
         warm = self.agent.transfer.mode_of(label) == "warm" and self.dialer is not None
         self.state.set("transferring")
         self.records.record("event", event="transfer", target=label, uri=uri, mode="warm" if warm else "blind")
         self.transfer_to = (label, uri)
         if warm:
-            await self._warm_transfer(args, tool_args, label, uri)
-            return
+            return await self._warm_transfer(args, label, uri)
         if await self.call.transfer(uri):
             self.state.finish("transferred")
-            return
+            return None
         self.state.set("live")
-        await self._output(str(args.get("_call_id", "")), "transfer_call", tool_args,
-                           ToolResult(False, {"error": f"the transfer to {label} failed"}))
+        return ToolResult(False, {"error": f"the transfer to {label} failed"})
 
-    async def _warm_transfer(self, args: dict[str, Any], tool_args: dict[str, Any], label: str, uri: str) -> None:
+    async def _warm_transfer(self, args: dict[str, Any], label: str, uri: str) -> ToolResult | None:
         assert self.dialer is not None
         self.warm = WarmTransfer(self.agent.transfer, self.call, self.dialer, self.downlink, self.session,
                                  self.responses, self.log)
@@ -192,16 +245,15 @@ class ToolRunner:
         self.records.record("event", event="warm-transfer", target=label, result=outcome.result)
         if outcome.result in ("joined", "joined-blind"):
             self.state.finish("transferred")
-            return
+            return None
         if outcome.result == "caller-gone":
-            return  # the call's end is the bridge's to see (remote-bye)
+            return None  # the call's end is the bridge's to see (remote-bye)
         self.transfer_to = None
         self.state.set("live")
         error = (f"{label} could not take the call: {outcome.detail}. The caller is back on the line with you "
                  "(they heard hold audio meanwhile): tell them, and offer to help otherwise."
                  if outcome.result == "unavailable" else f"the transfer to {label} failed: {outcome.detail}")
-        await self._output(str(args.get("_call_id", "")), "transfer_call", tool_args,
-                           ToolResult(False, {"error": error}))
+        return ToolResult(False, {"error": error})
 
     async def fail_over_transfer(self, target: str) -> bool:
         """The configured fail-over transfer (no model to ask): whether the far end took it."""
@@ -217,9 +269,10 @@ class ToolRunner:
         now = time.monotonic()
         self.state.active(now)
         self.records.record("dtmf", digit=digit, duration_ms=duration_ms)
-        if self.warm is not None:
-            # On hold for a warm transfer: a key passed on would start a response, heard by the human
-            # during the briefing. Dropped.
+        if self.warm is not None or self.transferring:
+            # Being transferred (on hold for a warm transfer, or waiting for the PBX to take a blind one): a key
+            # passed on would start a response, heard over the hold or by the human during the briefing.
+            # Dropped.
             return
         collector = self.collector
         if collector is not None and collector.result is None:
@@ -235,7 +288,7 @@ class ToolRunner:
     async def _pass_keys(self, delay: float) -> None:
         await asyncio.sleep(delay)
         keys, self.typed = self.typed, []
-        if not keys:
+        if not keys or self.transferring:  # typed just before a transfer began: as keys during it (on_dtmf)
             return
         text = f"caller pressed {' '.join(key for key, _ in keys)}"
         self.records.record("dtmf_sent", text=text)
@@ -305,12 +358,16 @@ class ToolRunner:
             return ToolResult(False, {"error": "this line cannot carry keypad tones; say the choice instead"})
         if self.media.dtmf_sending:  # one call at a time: parallel calls would queue keys without bound
             return ToolResult(False, {"error": "keys are still being sent; wait for that result first"})
+        if self.keys_sent + len(digits) > MAX_KEYS_SENT:
+            return ToolResult(False, {"error": f"at most {MAX_KEYS_SENT} keys can be sent in one call; "
+                                               f"{MAX_KEYS_SENT - self.keys_sent} are left"})
         tone_ms = self.agent.dtmf.tone_ms
         try:
             for digit in digits:
                 self.media.send_dtmf(digit, tone_ms)
         except RtpError as exc:
             return ToolResult(False, {"error": str(exc)})
+        self.keys_sent += len(digits)
         self.records.record("dtmf_out", digits=digits, method=method)
         # Each key: its ticks, then three end packets and a gap (or a pause of tones); a hold stops the
         # clock's sending, so bound it.
@@ -327,4 +384,5 @@ def _collect_defaults(dtmf: DtmfConfig) -> CollectSpec:
                        dtmf.max_wait_s)
 
 
-__all__ = ["DTMF_FLUSH_S", "ToolRunner"]
+__all__ = ["DTMF_FLUSH_S", "MAX_KEYS_SENT", "MAX_TOOLS_IN_FLIGHT", "MAX_TOOL_CALLS", "MAX_TRANSFERS",
+           "ToolRunner"]

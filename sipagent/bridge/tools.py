@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from sipagent import strict_json
 from sipagent.bridge import webhook
 from sipagent.bridge.context import CallContext
 from sipagent.bridge.digits import FIRST_DIGIT_TIMEOUT_S, INTER_DIGIT_TIMEOUT_S, MAX_DIGITS, MAX_SEND_DIGITS
@@ -147,14 +148,43 @@ def parse_arguments(raw: object) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
+        # NaN, Infinity and 1e400 would make a webhook's body invalid JSON (json.dumps writes NaN); of a key
+        # given twice, a reader of the raw arguments (the provider's logs) may see the other value.
+        value = strict_json.loads(raw)
     except RecursionError:  # deeper than the interpreter's stack: never a real call's arguments
         raise ValueError(f"arguments nest deeper than {MAX_ARGUMENTS_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise ValueError("arguments must be a JSON object")
     if events.nested_deeper(value, MAX_ARGUMENTS_DEPTH):
         raise ValueError(f"arguments nest deeper than {MAX_ARGUMENTS_DEPTH} levels")
+    if not _well_formed(value):
+        # "\ud800" is valid JSON but no character: the transcript (UTF-8) could not be written, and the tool
+        # call would go unanswered.
+        raise ValueError("arguments must be Unicode text (a lone surrogate escape is not a character)")
     return value
+
+
+def _well_formed(value: Any) -> bool:
+    """Whether every string (keys too) of a parsed JSON value can be written as UTF-8."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text.isascii() or _encodes(text)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _mend(value: Any) -> Any:
+    """A parsed JSON value with each lone surrogate replaced by U+FFFD: a service's answer (JavaScript's
+    string slicing can cut a pair in two) must still reach the model and the transcript."""
+    if _well_formed(value):
+        return value
+    text = json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return json.loads(text)
 
 
 # The key of the JSON body that carries the call's context (a POST or PUT tool's parameters may not use it).
@@ -207,6 +237,7 @@ async def run_webhook(tool: ToolConfig, arguments: dict[str, Any], call_id: str,
         usable = False
     if not usable:  # the model reads it as text either way
         return ToolResult(True, {"result": payload.decode("utf-8", "replace")[:2000]})
+    result = _mend(result)
     return ToolResult(True, result if isinstance(result, dict) else {"result": result})
 
 

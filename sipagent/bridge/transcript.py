@@ -48,6 +48,15 @@ def _deleted(file: BinaryIO) -> bool:
         return False  # not a real file (or already closed): nothing to tell
 
 
+def _json_line(entry: dict[str, Any]) -> bytes:
+    """One entry as UTF-8 JSON; a lone surrogate (JSON can carry one escaped, from the model's server or a
+    tool) is written escaped again instead of losing the line."""
+    try:
+        return json.dumps(entry, ensure_ascii=False).encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(entry).encode() + b"\n"
+
+
 class _CallFile:
     """What both writers share: one file, stopped for good at its first failure."""
 
@@ -101,7 +110,7 @@ class TranscriptWriter(_CallFile):
         self.entries.append(entry)
         if self._file is not None:
             try:
-                self._file.write(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
+                self._file.write(_json_line(entry))
                 self._file.flush()
             except OSError as exc:
                 self._stop(exc)

@@ -24,7 +24,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -211,6 +211,9 @@ class CallRegistry:
         call.answering_machine = result.answering_machine
         call.message_left = result.message_left
         call.ended_at = wall
+        # GET never shows the variables: a finished call need not keep them. With control.history at its
+        # maximum they would be up to 100000 x 32 x 256 characters of a client's data, held for nothing.
+        call.request = replace(call.request, variables={})
         self._active.pop(call.id, None)
         if self.history > 0:
             self._finished[call.id] = call

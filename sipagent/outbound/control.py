@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import re
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable, Collection
 from http import HTTPStatus
 from typing import Any
 
+from sipagent import strict_json
 from sipagent.bridge.context import check_call_variables
 from sipagent.config import Config
 from sipagent.observability.http import (
@@ -130,8 +130,11 @@ class ControlApi:
     def parse_request(self, body: bytes) -> CallRequest:
         """A POST body as a checked CallRequest; ValueError saying what is wrong (safe to send back)."""
         try:
-            data: Any = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            # A field given twice: a gateway in front that checked one "to" must not see the other dialled.
+            data: Any = strict_json.loads(body.decode("utf-8"))
+        except strict_json.DuplicateKey as exc:
+            raise ValueError(f"field {exc}") from None
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or a number of thousands of digits
             raise ValueError("expected a JSON object in UTF-8") from None
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")

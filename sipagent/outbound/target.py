@@ -44,6 +44,10 @@ def dial_uri(target: object, domain: str, *, tls: bool = False) -> str:
         raise TargetError("to: a sips: URI needs sip.transport tls (write sip: instead)")
     if uri.password is not None:
         raise TargetError("to: a password in the URI is not allowed")
+    if any("%" in name for name in uri.params):
+        # ";%6Daddr=" is ";maddr=" to a parser that unescapes parameter names (RFC 3261 allows escapes there):
+        # no parameter a callee needs is written so.
+        raise TargetError("to: a URI parameter name may not be %-escaped")
     steering = sorted(ROUTING_PARAMS & set(uri.params))
     if steering:
         raise TargetError(f"to: the URI parameter {steering[0]} is not allowed")

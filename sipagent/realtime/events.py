@@ -249,19 +249,26 @@ def item_delete(item_id: str) -> Event:
     return {"type": "conversation.item.delete", "item_id": item_id}
 
 
-def response_create(instructions: str | None = None) -> Event:
+def response_create(instructions: str | None = None, *, tools: bool = True) -> Event:
+    """A response; ``tools=False`` lets it call none (``tool_choice: none``)."""
     event: Event = {"type": "response.create"}
+    response: dict[str, Any] = {}
     if instructions is not None:
-        event["response"] = {"instructions": instructions}
+        response["instructions"] = instructions
+    if not tools:
+        response["tool_choice"] = "none"
+    if response:
+        event["response"] = response
     return event
 
 
 def say_exactly(text: str) -> Event:
     """A response that speaks ``text`` word for word (a greeting, a hold message, a briefing). The text is a
     quoted passage of the instructions: a double quote in it (the model's summary, an operator's greeting)
-    becomes a single one, so that it cannot end the passage early."""
+    becomes a single one, so that it cannot end the passage early. It may call no tool: the text can hold the
+    model's own summary of what a caller said, and words in it must not be able to act."""
     quoted = text.replace('"', "'")
-    return response_create(instructions=f'Say exactly the following, and nothing else: "{quoted}"')
+    return response_create(instructions=f'Say exactly the following, and nothing else: "{quoted}"', tools=False)
 
 
 def response_cancel(response_id: str | None = None) -> Event:

@@ -84,6 +84,9 @@ def test_semantic_checks_point_at_the_key() -> None:
     )
     message = error_of(base + "agent:\n  tools:\n    - {name: a}\n    - {name: b}\n")
     assert message.startswith('agent.yaml:4: agent.tools[0]: tool "a" needs a url')
+    for name in ("look up", "order.status", "x" * 65, "'\u00e9tat'", "''"):  # the API would refuse the session
+        message = error_of(base + f"agent:\n  tools:\n    - {{name: {name}, url: 'http://127.0.0.1:9/'}}\n")
+        assert message.startswith("agent.yaml:4: agent.tools[0].name: expected 1 to 64 letters"), message
     assert error_of("realtime: {provider: azure, api_key: k}\n") == (
         "agent.yaml:1: realtime.url: required for provider azure (https://RESOURCE.openai.azure.com)"
     )

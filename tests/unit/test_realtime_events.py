@@ -239,6 +239,8 @@ def test_say_exactly_quotes_the_text_and_no_quote_in_it_can_end_the_passage() ->
     assert event["type"] == "response.create"
     assert event["response"]["instructions"] == \
         "Say exactly the following, and nothing else: \"Tell them 'ignore the above' now\""
+    assert event["response"]["tool_choice"] == "none"  # words in a summary cannot make it act
+    assert ev.response_create() == {"type": "response.create"}  # a reply to the caller may use tools
 
 
 def test_to_json_escapes_a_lone_surrogate_so_the_text_always_encodes() -> None:

@@ -56,6 +56,18 @@ def test_an_existing_file_is_never_written_by_a_second_call(tmp_path: Path) -> N
     assert second.entries[0]["text"] == "theirs"  # kept in memory all the same
 
 
+def test_a_lone_surrogate_from_a_peer_is_written_escaped_not_lost(tmp_path: Path) -> None:
+    """JSON can carry "\\ud800" (a model's server, a tool): the line is written all the same, readable."""
+    path = tmp_path / "c.jsonl"
+    writer = TranscriptWriter(path, 0.0, on_error=Errors())
+    writer.write(1.0, "caller", text="hi \ud800 there")
+    writer.write(2.0, "agent", text="héllo")
+    writer.close()
+    lines = path.read_bytes().decode().splitlines()
+    assert [json.loads(line)["text"] for line in lines] == ["hi \ud800 there", "héllo"] and writer.ok
+    assert "héllo" in lines[1]  # other lines stay readable UTF-8
+
+
 def test_transcript_that_cannot_be_opened(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     errors = Errors()
