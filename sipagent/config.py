@@ -26,7 +26,7 @@ import yaml
 
 from sipagent.bridge import context as templates
 from sipagent.bridge.call_events import EVENT_HEADERS
-from sipagent.bridge.digits import FIRST_DIGIT_TIMEOUT_S, INTER_DIGIT_TIMEOUT_S, MAX_DIGITS, TERMINATORS
+from sipagent.bridge.digits import DTMF_KEYS, FIRST_DIGIT_TIMEOUT_S, INTER_DIGIT_TIMEOUT_S, MAX_DIGITS, TERMINATORS
 from sipagent.bridge.hold_audio import load_hold_wav
 from sipagent.bridge.routing import Route, Router, pattern_matches
 from sipagent.bridge.settings import (
@@ -1332,6 +1332,10 @@ def _check_dtmf(dtmf: DtmfConfig, prefix: str, fail: Callable[[str, str], Config
             raise fail(key + name, f"expected {low:g} to {high:g} seconds, got {value:g}")
     if not 40 <= dtmf.tone_ms <= 1000:
         raise fail(key + "tone_ms", f"expected 40 to 1000 ms, got {dtmf.tone_ms}")
+    keys = str(dtmf.send_keys).upper()
+    if not keys or any(k not in DTMF_KEYS for k in keys):
+        raise fail(key + "send_keys", f'expected some of the keys "{DTMF_KEYS}", got {str(dtmf.send_keys)[:40]!r}')
+    dtmf.send_keys = "".join(k for k in DTMF_KEYS if k in keys)
 
 
 def _check_barge_in(barge: BargeInConfig, prefix: str, fail: Callable[[str, str], ConfigError]) -> None:

@@ -159,8 +159,9 @@ def collect_spec(arguments: Mapping[str, Any], defaults: CollectSpec) -> Collect
     return CollectSpec(max_digits, terminator, first, inter, defaults.max_wait_s)
 
 
-def send_digits(arguments: Mapping[str, Any]) -> str:
-    """``send_dtmf``'s ``digits``, checked: 1 to MAX_SEND_DIGITS keys of 0-9 * # A-D (upper-cased)."""
+def send_digits(arguments: Mapping[str, Any], allowed: str = DTMF_KEYS) -> str:
+    """``send_dtmf``'s ``digits``, checked: 1 to MAX_SEND_DIGITS keys of 0-9 * # A-D (upper-cased), all of them
+    in ``allowed`` (the profile's ``dtmf.send_keys``)."""
     _no_unknown(arguments, {"digits"})
     digits = arguments.get("digits")
     if isinstance(digits, int | float) and not isinstance(digits, bool):
@@ -174,6 +175,11 @@ def send_digits(arguments: Mapping[str, Any]) -> str:
     if bad:
         shown = ", ".join(repr(c) for c in bad[:5])
         raise ToolArgumentError(f"digits may only contain 0-9, *, # and A-D; not {shown}")
+    refused = sorted({c for c in digits.upper() if c not in allowed})
+    if refused:
+        # The operator's choice (e.g. no * or #: no feature code of the PBX's): the model learns what it may send.
+        raise ToolArgumentError(f"this line may only send the keys {' '.join(allowed)}; not "
+                                f"{', '.join(repr(c) for c in refused[:5])}")
     return digits.upper()
 
 

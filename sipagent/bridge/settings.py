@@ -56,6 +56,7 @@ class DtmfConfig:
     inter_digit_timeout_s: float = 5.0
     max_wait_s: float = 60.0  # the whole entry, from the tool call
     tone_ms: int = 100  # how long each key sent by send_dtmf lasts (RFC 4733 event duration)
+    send_keys: str = "0123456789*#ABCD"  # the keys send_dtmf may send (fewer: no PBX feature codes, e.g. #1)
 
 
 @dataclass

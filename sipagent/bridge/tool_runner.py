@@ -350,7 +350,7 @@ class ToolRunner:
         a phone's); the result comes once the last one has been sent. No SIP INFO: a PBX that takes neither
         from a phone rarely routes INFO on to an IVR."""
         try:
-            digits = send_digits(args)
+            digits = send_digits(args, self.agent.dtmf.send_keys)
         except ToolArgumentError as exc:
             return ToolResult(False, {"error": str(exc)})
         method = self.media.dtmf_method

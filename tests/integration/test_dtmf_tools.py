@@ -258,6 +258,10 @@ def test_send_dtmf_checks_the_line_and_its_arguments() -> None:
         assert not busy.ok and "still being sent" in busy.output["error"]
         no_events = await fake_bridge(FakeMedia(dtmf_pt=False)).tools.send_dtmf({"digits": "1"})
         assert not no_events.ok and "cannot carry keypad tones" in no_events.output["error"]
+        narrow = fake_bridge(FakeMedia())
+        narrow.settings.agent.dtmf.send_keys = "0123456789"  # agent.dtmf.send_keys
+        feature_code = await narrow.tools.send_dtmf({"digits": "#1600"})
+        assert not feature_code.ok and "may only send the keys 0 1 2" in feature_code.output["error"]
 
     asyncio.run(body())
 

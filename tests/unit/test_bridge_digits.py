@@ -157,6 +157,13 @@ def test_send_digits_are_checked() -> None:
             send_digits(arguments)
 
 
+def test_send_digits_keep_to_the_keys_the_profile_allows() -> None:
+    # An agent that only enters account numbers: no "#1" (Asterisk's blind transfer feature code).
+    assert send_digits({"digits": "4711"}, "0123456789") == "4711"
+    with pytest.raises(ToolArgumentError, match=r"may only send the keys 0 1 2 3 4 5 6 7 8 9; not '#'"):
+        send_digits({"digits": "#1600"}, "0123456789")
+
+
 def test_dtmf_tools_have_fixed_schemas() -> None:
     """A configuration's parameters for the DTMF built-ins are ignored: the bridge checks a fixed shape."""
     tools = [ToolConfig("collect_digits", parameters={"type": "object", "properties": {"x": {}}}),
