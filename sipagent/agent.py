@@ -493,6 +493,14 @@ class Agent:
                 self._emit(lambda: events.transferred(time.time(), outcome.transfer_target, outcome.transfer_uri))
             self._emit(lambda: events.ended(time.time(), (summarize or call_summary)(outcome, duration)))
             rtp = chain.endpoint.stats()
+            figures = outcome.media or rtp.summary()
+            # One line per call with what an operator asks first: how it ended, and whether the audio was sound.
+            log.info("call ended: %s after %.1f s; RTP in %s packets (%s %% lost, jitter %s ms, %s frames "
+                     "concealed), out %s%s", outcome.reason, duration, figures.get("packets_received"),
+                     figures.get("loss_pct"), figures.get("jitter_ms"), figures.get("concealed_frames"),
+                     figures.get("packets_sent"),
+                     "" if figures.get("remote_lost") is None else f" ({figures['remote_lost']} lost, as the far "
+                                                                  "end reports)")
             self.metrics.add_rtp(sent=rtp.packets_sent, received=rtp.packets_received, lost=max(0, rtp.lost))
             self.metrics.observe_jitter(rtp.jitter_ms / 1000)
             if self.on_call_end:

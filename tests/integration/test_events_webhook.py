@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -446,6 +447,9 @@ def test_sipagent_run_posts_events_and_flushes_a_retry_at_shutdown(tmp_path: Pat
     assert rx.requests[1].event["id"] == rx.requests[2].event["id"]
     assert rx.events("call.ended")[0]["data"]["outcome"] == "remote-hangup"
     assert SECRET not in log and "tenant" not in log
+    # The call's one end line: its outcome and how its audio fared.
+    assert re.search(r"call ended: remote-hangup after \d+\.\d s; RTP in \d+ packets \(0\.0 % lost, jitter "
+                     r"[\d.]+ ms, 0 frames concealed\), out \d+", log), log[-2000:]
 
 
 def test_sighup_turns_events_on_rotates_the_secret_and_turns_them_off(tmp_path: Path) -> None:
