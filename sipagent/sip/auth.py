@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -16,6 +17,10 @@ from sipagent.sip._text import is_token, quote, split_list, unquote
 logger = logging.getLogger(__name__)
 
 _HASHES = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
+# Real nonces, realms and opaques are tens of characters (Asterisk's about 60, FreeSWITCH's a UUID). A longer
+# one is from something hostile: every request of ours would echo it, so the challenge is not answered.
+MAX_FIELD = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class UnsupportedChallenge(SipParseError):
@@ -55,7 +60,12 @@ class DigestChallenge:
             name = name.strip().lower()
             if not eq or not is_token(name):
                 raise SipParseError("bad digest challenge parameter")
-            fields[name] = unquote(value)
+            value = unquote(value)
+            # What we echo into Authorization must be printable and short: a quoted-pair can carry a CR/LF
+            # that would otherwise only be refused when our request is serialized.
+            if len(value) > MAX_FIELD or _CONTROL.search(value):
+                raise UnsupportedChallenge(f"digest challenge parameter {name[:20]!r} too long or not printable")
+            fields[name] = value
         if "nonce" not in fields or "realm" not in fields:
             raise SipParseError("digest challenge without realm or nonce")
         qop = [q.strip().lower() for q in fields.get("qop", "").split(",") if q.strip()]
@@ -144,47 +154,68 @@ def choose_challenge(values: list[str]) -> DigestChallenge | None:
 class DigestAuthenticator:
     """Answers 401/407 challenges for one request stream (a registration, a dialog's requests).
 
-    Credentials are sent once per nonce: a second challenge for a nonce we already answered means the
-    password is wrong, unless it says ``stale=true`` (RFC 2617 3.2.1), which earns one retry with the
-    fresh nonce. Some servers hand out a new nonce on every challenge without ``stale``, so a rejected
-    password is also detected by counting challenges in a row without a success.
+    Credentials computed on a challenge just received are final: challenged again without ``stale=true``, the
+    password (or the auth user) is wrong, and sending the same secret again would only feed the PBX's
+    fail2ban (RFC 3261 22.1). Asterisk answers a wrong password with a 401 carrying a new nonce, so a new
+    nonce alone does not earn a retry. Credentials reused from an earlier challenge (a refresh with nc > 1)
+    earn one retry with the new nonce: the registrar may have forgotten the old one (expired, restarted)
+    without saying stale. ``stale=true`` earns a retry (RFC 7616 3.3), but a run of challenges without a
+    success is a loop and ends after ``MAX_CHALLENGES``. ``refusal`` says in plain words why the last
+    challenge was not answered.
     """
 
     MAX_CHALLENGES = 2
 
     def __init__(self, credentials: DigestCredentials) -> None:
         self.credentials = credentials
-        self._challenge: dict[bool, DigestChallenge] = {}  # keyed by "is proxy"
-        self._nc: dict[str, int] = {}
-        self._answered: set[str] = set()
+        # Per slot, keyed by "is proxy": the challenge we answer, its nonce count, whether it came since our
+        # last request (answering it is "fresh"), and whether the last request carried fresh credentials.
+        self._challenge: dict[bool, DigestChallenge] = {}
+        self._nc: dict[bool, int] = {}
+        self._fresh: dict[bool, bool] = {}
+        self._sent_fresh: dict[bool, bool] = {}
         self._consecutive = 0
+        self.refusal = ""
 
     def succeeded(self) -> None:
         """A request went through: the next challenge starts a new count."""
         self._consecutive = 0
+        self._sent_fresh.clear()
 
     def handle_challenge(self, status: int, header_values: list[str]) -> bool:
-        """Record the challenge of a 401/407; False when retrying would be pointless."""
+        """Record the challenge of a 401/407; False when retrying would be pointless (``refusal`` says why)."""
         proxy = status == 407
         challenge = choose_challenge(header_values)
         if challenge is None:
-            logger.warning("no usable digest challenge in %d response", status)
+            self.refusal = f"no usable digest challenge in the {status} (scheme, algorithm or qop not supported)"
+            logger.warning("%s", self.refusal)
             return False
         self._consecutive += 1
-        replayed = challenge.nonce in self._answered and not challenge.stale
-        if replayed or self._consecutive > self.MAX_CHALLENGES:
-            logger.warning("credentials rejected for realm %s", challenge.realm)
-            return False
-        self._challenge[proxy] = challenge
-        return True
+        current = self._challenge.get(proxy)
+        same_nonce = current is not None and current.nonce == challenge.nonce
+        rejected = not challenge.stale and (
+            self._sent_fresh.get(proxy, False) or (same_nonce and self._nc.get(proxy, 0) > 0))
+        if rejected:
+            self.refusal = (f"credentials of {self.credentials.username!r} rejected for realm "
+                            f"{challenge.realm[:64]!r} (wrong password or auth user?)")
+        elif self._consecutive > self.MAX_CHALLENGES:
+            self.refusal = f"challenged {self._consecutive} times in a row without a success (a challenge loop)"
+        else:
+            if not same_nonce:
+                self._nc[proxy] = 0
+            self._challenge[proxy] = challenge
+            self._fresh[proxy] = True
+            return True
+        logger.warning("%s", self.refusal)
+        return False
 
     def headers_for(self, method: str, uri: str, cnonce: str | None = None) -> list[tuple[str, str]]:
         """Authorization/Proxy-Authorization headers for the next request (empty before any challenge)."""
         out: list[tuple[str, str]] = []
         for proxy, challenge in self._challenge.items():
-            nc = self._nc.get(challenge.nonce, 0) + 1
-            self._nc[challenge.nonce] = nc
-            self._answered.add(challenge.nonce)
+            nc = self._nc.get(proxy, 0) + 1
+            self._nc[proxy] = nc
+            self._sent_fresh[proxy] = self._fresh.pop(proxy, False)
             name = "Proxy-Authorization" if proxy else "Authorization"
             value = authorization_header(
                 challenge, method, uri, self.credentials, nc, cnonce or new_cnonce()
@@ -196,5 +227,6 @@ class DigestAuthenticator:
         """Forget challenges (after the registrar restarted, say); credentials are kept."""
         self._challenge.clear()
         self._nc.clear()
-        self._answered.clear()
+        self._fresh.clear()
+        self._sent_fresh.clear()
         self._consecutive = 0

@@ -1,8 +1,11 @@
 """Registration with a registrar (RFC 3261 section 10) as a pure state machine.
 
-States: unregistered → registering → registered → refreshing → registered ...; failures and timeouts
-go to backing-off (retry later, exponential delay with a cap); rejected credentials go to failed
-(retried at the maximum delay, in case the PBX is fixed); ``stop`` goes through unregistering.
+States: unregistered → registering → registered → refreshing → registered ...; timeouts and transient
+refusals (408, 480, 5xx) go to backing-off (retry later, exponential delay with jitter and a cap); rejected
+credentials and final refusals (403, 404, a redirect, 6xx) go to failed (retried after the maximum delay,
+doubled at each refusal up to 8 times it, in case the PBX is fixed); ``stop`` goes through unregistering,
+which ends in unregistered whatever the registrar answers. ``problem`` says in plain words why the last
+attempt did not register.
 
 The shell sends each returned ``SipRequest`` in a new client transaction, feeds the final response to
 ``on_response`` (or calls ``on_timeout`` when the transaction times out / the transport fails), and
@@ -12,12 +15,14 @@ calls ``timeout(now)`` when ``now >= next_deadline``.
 from __future__ import annotations
 
 import logging
+import random
 import re
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from sipagent.errors import SipParseError
+from sipagent.sip._text import unquote
 from sipagent.sip.auth import DigestAuthenticator, DigestCredentials
 from sipagent.sip.headers import CSeq, new_branch, new_call_id, new_tag
 from sipagent.sip.message import Headers, SipRequest, SipResponse
@@ -41,6 +46,12 @@ class RegistrationConfig:
     backoff_initial: float = 2.0
     backoff_max: float = 120.0
     min_refresh: float = 5.0
+    # The longest registration we hold: a 423's Min-Expires above it is refused rather than obeyed (a binding
+    # for years would outlive this process), and a grant above what we asked is cut to what we asked.
+    max_expires: int = 86400
+    # Each back-off delay is shortened by a random part of up to this fraction (RFC 5626 4.5: many agents
+    # on one PBX must not retry in step after its restart). 0 keeps the core deterministic.
+    backoff_jitter: float = 0.0
     account: str = ""  # the account's name, on every log line: one process may register several
 
 
@@ -60,8 +71,13 @@ def refresh_delay(granted: int, min_refresh: float = 5.0) -> float:
     return max(min(granted * 0.8, granted - 30.0), granted * 0.5, min_refresh)
 
 
+# Refusals worth retrying soon; any other refusal of a REGISTER is final until the PBX is changed.
+_TRANSIENT = frozenset({408, 480, 500, 502, 503, 504})
+
+
 class Registration:
-    def __init__(self, config: RegistrationConfig, call_id: str | None = None) -> None:
+    def __init__(self, config: RegistrationConfig, call_id: str | None = None,
+                 rand: Callable[[], float] = random.random) -> None:
         self.config = config
         self.log = _AccountLog(logger, {"account": config.account})
         self.state = "unregistered"
@@ -72,6 +88,9 @@ class Registration:
         self.registered_until: float | None = None
         self.next_deadline: float | None = None
         self.failures = 0
+        self.problem: str | None = None  # why the last attempt did not register, in plain words
+        self._rand = rand
+        self._refusals = 0  # final refusals in a row: each one doubles the wait before the next attempt
         self._seq = 0
         self._pending: SipRequest | None = None
         self._auth = DigestAuthenticator(config.credentials) if config.credentials else None
@@ -108,8 +127,9 @@ class Registration:
     def on_timeout(self, now: float) -> None:
         """The REGISTER transaction timed out or could not be sent (registrar down)."""
         if self.state == "unregistering":
-            self._set_state("unregistered")
+            self._unregistered()
             return
+        self.problem = "the registrar did not answer"
         self.log.warning("registrar did not answer")
         self._back_off(now, None)
 
@@ -140,10 +160,24 @@ class Registration:
             return None
         if status in (401, 407):
             return self._on_challenge(response, now)
+        reason = response.reason[:64]
+        if self.state == "unregistering":
+            # Even a 423 (which Expires: 0 cannot earn) must not turn a shutdown into a new registration.
+            self.log.warning("unregistration refused: %d %s; the binding expires on its own", status, reason)
+            self._unregistered()
+            return None
         if status == 423:
             return self._on_too_brief(response, now)
-        self.log.warning("registration rejected: %d %s", status, response.reason)
-        self._back_off(now, _retry_after(response))
+        if 300 <= status < 400:
+            # Following it would hand our digest to whatever host the Contact names: never.
+            self._fail(now, f"the registrar redirected the REGISTER ({status} {reason}); redirects are not "
+                            "followed: set sip.registrar to the host that should get it", _retry_after(response))
+        elif status in _TRANSIENT:
+            self.problem = f"the registrar answered {status} {reason}"
+            self.log.warning("registration rejected: %d %s", status, reason)
+            self._back_off(now, _retry_after(response))
+        else:
+            self._fail(now, f"the registrar refused the registration: {status} {reason}", _retry_after(response))
         return None
 
     # -- internals ---------------------------------------------------------------------------------
@@ -152,18 +186,30 @@ class Registration:
         if self._auth is not None:
             self._auth.succeeded()
         if self.state == "unregistering":
-            self._set_state("unregistered")
-            self.registered_until = None
-            self._pending = None
+            self._unregistered()
             return
         granted = self._granted_expiry(response)
         if granted <= 0:
+            # A 200 that grants nothing (Expires: 0, or our Contact with expires=0): not registered.
+            self.problem = "the registrar answered 200 OK but granted an expiry of 0: not registered"
+            self.log.warning("%s", self.problem)
             self._back_off(now, None)
             return
+        if granted > self.expires:
+            # RFC 3261 10.3 lets a registrar shorten the interval, not lengthen it; refreshing sooner than it
+            # asks costs a REGISTER, refreshing after years of silence costs the binding.
+            granted = self.expires
+        # The floor between REGISTERs keeps a registrar granting seconds from being flooded, but it must not
+        # put the refresh after the binding's end: below twice the floor, refresh at half the grant (>= 1 s).
+        floor = min(self.config.min_refresh, max(granted * 0.5, 1.0))
+        if floor < self.config.min_refresh:
+            self.log.warning("the registrar granted only %d s: refreshing every %.1f s", granted, floor)
         self.granted = granted
         self.failures = 0
+        self._refusals = 0
+        self.problem = None
         self.registered_until = now + granted
-        self.next_deadline = now + refresh_delay(granted, self.config.min_refresh)
+        self.next_deadline = now + refresh_delay(granted, floor)
         self._set_state("registered")
         self._pending = None
         self.log.info("registered for %d s", granted)
@@ -172,33 +218,51 @@ class Registration:
         header = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
         challenges = response.headers.get_all(header)
         if self._auth is None or not self._auth.handle_challenge(response.status, challenges):
-            self.log.error("registration: authentication failed (%d)", response.status)
-            self._fail(now)
+            refusal = self._auth.refusal if self._auth is not None else "no credentials configured"
+            if self.state == "unregistering":
+                self.log.warning("unregistration not authenticated: %s", refusal)
+                self._unregistered()
+                return None
+            self._fail(now, f"authentication failed ({response.status}): {refusal}")
             return None
         return self._build(0 if self.state == "unregistering" else self.expires, self.state)
 
     def _on_too_brief(self, response: SipResponse, now: float) -> SipRequest | None:
-        text = response.headers.get("Min-Expires") or ""
-        minimum = int(text) if _DIGITS.fullmatch(text.strip()) else 0
+        text = (response.headers.get("Min-Expires") or "").strip()
+        minimum = int(text) if _DIGITS.fullmatch(text) else 0
         if minimum <= self.expires:
-            self.log.error("423 without a usable Min-Expires (%r)", text)
+            self.problem = f"the registrar answered 423 without a usable Min-Expires ({text[:20]!r})"
+            self.log.error("%s", self.problem)
             self._back_off(now, None)
+            return None
+        if minimum > self.config.max_expires:
+            self._fail(now, f"the registrar wants registrations of at least {minimum} s, more than the "
+                            f"{self.config.max_expires} s we hold one for")
             return None
         self.log.info("registrar wants expires >= %d", minimum)
         self.expires = minimum
         return self._build(self.expires, self.state)
 
     def _granted_expiry(self, response: SipResponse) -> int:
+        """Our binding's expiry: its Contact's expires parameter, else the Expires header, else what we asked.
+        Other bindings of the AoR (a desk phone on the same extension) are listed too: ours is found by URI."""
         ours = NameAddr.parse(self.config.contact).uri
-        for value in response.headers.get_all("Contact"):
+        contacts = response.headers.get_all("Contact")
+        found = False
+        for value in contacts:
             try:
                 contact = NameAddr.parse(value)
             except SipParseError:
                 continue
             if _same_binding(contact.uri, ours):
-                expires = contact.params.get("expires") or ""
+                found = True
+                expires = unquote(contact.params.get("expires") or "")
                 if _DIGITS.fullmatch(expires):
                     return int(expires)
+        if not found:
+            # The registrar rewrote our Contact (NAT: Asterisk's rewrite_contact) or lists only other bindings;
+            # it accepted the REGISTER, so the Expires header, else what we asked, is the best we know.
+            self.log.info("our Contact is not among the %d in the registrar's 200 OK", len(contacts))
         header = (response.headers.get("Expires") or "").strip()
         if _DIGITS.fullmatch(header):
             return int(header)
@@ -206,19 +270,36 @@ class Registration:
 
     def _back_off(self, now: float, retry_after: float | None) -> None:
         self.failures += 1
-        delay = min(self.config.backoff_initial * 2 ** (self.failures - 1), self.config.backoff_max)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.config.backoff_max * 10))
+        cfg = self.config
+        delay = min(cfg.backoff_initial * 2 ** (min(self.failures, 64) - 1), cfg.backoff_max)
+        delay *= 1.0 - min(max(cfg.backoff_jitter, 0.0), 1.0) * self._rand()
+        if retry_after is not None:  # never sooner than the registrar asks, never later than a bound
+            delay = max(delay, min(retry_after, cfg.backoff_max * 10))
         self.next_deadline = now + delay
         self._pending = None
         self._set_state("backing-off")
         self.log.info("registration retry in %.1f s (failure %d)", delay, self.failures)
 
-    def _fail(self, now: float) -> None:
+    def _fail(self, now: float, problem: str, retry_after: float | None = None) -> None:
+        """A refusal that retrying soon cannot change: say so, then try again only rarely, and more rarely
+        each time (a wrong password every two minutes for hours is what gets an address banned by fail2ban)."""
         self.failures += 1
-        self.next_deadline = now + self.config.backoff_max
+        self._refusals += 1
+        self.problem = problem
+        cfg = self.config
+        delay = cfg.backoff_max * 2 ** min(self._refusals - 1, 3)  # 2, 4, 8, then every 16 min by default
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, cfg.backoff_max * 10))
+        self.log.error("registration failed: %s; next attempt in %.0f s", problem, delay)
+        self.next_deadline = now + delay
         self._pending = None
         self._set_state("failed")
+
+    def _unregistered(self) -> None:
+        self.registered_until = None
+        self.next_deadline = None
+        self._pending = None
+        self._set_state("unregistered")
 
     def _register(self, now: float, state: str) -> SipRequest:
         del now  # time is not part of the request; kept for symmetry with the other verbs

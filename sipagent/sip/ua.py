@@ -674,6 +674,7 @@ class UserAgent:
             transport=self.transport_name,
             credentials=DigestCredentials(account.auth_user or account.username, account.password),
             expires=account.expires, user_agent=s.user_agent, allow=ALLOW,
+            backoff_jitter=0.5,  # 50-100 % of each delay: agents on one PBX do not retry in step after its restart
             account=account.name if len(self.accounts) > 1 else "",  # one account: the lines stay as they were
         ))
 
@@ -683,14 +684,16 @@ class UserAgent:
         while request is not None:
             try:
                 response = await self._send_request(request, self._registrar)
-            except SipTimeout as exc:
+            except (SipTimeout, SipBuildError) as exc:
+                # SipBuildError: a REGISTER we cannot serialize must back off like a lost one, not end the
+                # account's task (and with it every later attempt) in silence.
                 registration.log.warning("REGISTER to %s: %s", self.settings.registrar, exc)
                 self.registration_problem = str(exc)
                 registration.on_timeout(self._now())
                 return
             request = registration.on_response(response, self._now())
-            if response.status >= 300 and request is None:
-                self.registration_problem = f"the registrar answered {response.status} {response.reason}"
+            if request is None and registration.problem is not None:
+                self.registration_problem = registration.problem  # a 200 granting nothing says so too
         if registration.state == REGISTERED:
             self.registration_problem = None
 
