@@ -367,11 +367,23 @@ def accept_answer(answer: SessionDescription, offer: SessionDescription | None =
     the first codec it kept is the one we send. When we offered crypto attributes, the answer must take one
     of them (same tag and suite) with its own key, or SdpError."""
     ours = _offered_crypto(offer)
+    offered = _offered_codecs(offer)
+    rejected = False
     for media in answer.media:
-        if media.media != "audio" or media.port == 0:
+        if media.media != "audio":
+            continue
+        if media.port == 0:
+            rejected = True
             continue
         table = _codec_table(media)
         order = [table[int(f)].encoding.upper() for f in media.formats if _is_pt(f) and int(f) in table]
+        if offered is not None:
+            # RFC 3264 6.1: an answer may only keep formats of the offer. One we did not offer (G.722 when the
+            # line offers G.711 only) is a codec the call's configuration left out: we must not send it.
+            foreign = [name for name in order if name in CODECS and name not in offered]
+            order = [name for name in order if name in offered]
+            if not order and foreign:
+                raise SdpError(f"answer picks a codec we did not offer ({foreign[0]})")
         found = _match(table, order)
         if found is None:
             break
@@ -382,7 +394,19 @@ def accept_answer(answer: SessionDescription, offer: SessionDescription | None =
             dtmf_payload_type=_dtmf(table), remote_host=host, remote_port=media.port,
             ptime=_ptime(answer, media), direction=ANSWER_DIRECTION[their], srtp=_answered_crypto(media, ours),
         )
+    if rejected:
+        raise SdpError("answer refuses our audio stream (port 0)")
     raise SdpError("answer accepts no audio codec we offered")
+
+
+def _offered_codecs(offer: SessionDescription | None) -> frozenset[str] | None:
+    """The codecs (by name) of our offer's audio stream; None when the offer is not known."""
+    if offer is None:
+        return None
+    for media in offer.media:
+        if media.media == "audio" and media.port != 0:
+            return frozenset(rtpmap.encoding.upper() for rtpmap in _codec_table(media).values())
+    return None
 
 
 def _offered_crypto(offer: SessionDescription | None) -> dict[int, CryptoAttribute]:

@@ -57,6 +57,7 @@ SUPPORTED = "timer, 100rel"
 SUPPORTED_OPTIONS = frozenset(option.strip() for option in SUPPORTED.split(","))
 # Our own INVITEs do not offer 100rel: a reliable 18x would need our PRACK, and we have nothing to gain from it.
 UAC_SUPPORTED = "timer"
+UAC_SUPPORTED_OPTIONS = frozenset(option.strip() for option in UAC_SUPPORTED.split(","))
 
 # Which state may follow which: every change of ``CallCore.state`` goes through this table.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -69,9 +70,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 MAX_FORKS = 8  # other branches of one INVITE that answered too and get ACK + BYE
+# A 2xx to our INVITE makes a dialog whose every request repeats its To tag and its Record-Route entries. Real
+# PBXs and proxies write tags of 8-40 characters and a handful of routes; a 10 KB tag or hundreds of routes
+# would be copied into each ACK, BYE and re-INVITE (past a UDP datagram): such a 2xx makes no dialog.
+MAX_TAG_LENGTH = 128
+MAX_ROUTES = 16
 
-# What the final response to our INVITE means for the layer above (everything else 3xx-6xx: "rejected").
-OUTCOME_BY_STATUS = {486: "busy", 600: "busy", 408: "no-answer", 480: "no-answer", 487: "cancelled"}
+# What the final response to our INVITE means for the layer above: a 5xx, or a refusal of our offer (488,
+# 606), is "failed" (the PBX or our configuration, not the callee); every other 3xx-6xx is "rejected".
+OUTCOME_BY_STATUS = {486: "busy", 600: "busy", 408: "no-answer", 480: "no-answer", 487: "cancelled",
+                     488: "failed", 606: "failed"}
 
 # Headers of our own INVITE that a caller of ``outgoing`` may not set: the core writes them.
 RESERVED_HEADERS = frozenset(name.lower() for name in (
@@ -261,8 +269,26 @@ def unsupported(request: SipRequest) -> list[str]:
 
 
 def outcome_of(status: int) -> str:
-    """The dial outcome of a final status to our INVITE: busy, no-answer, cancelled or rejected."""
-    return OUTCOME_BY_STATUS.get(status, "rejected")
+    """The dial outcome of a final status to our INVITE: busy, no-answer, cancelled, failed or rejected."""
+    return OUTCOME_BY_STATUS.get(status, "failed" if 500 <= status < 600 else "rejected")
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """Far-end text for an end detail or a log line: printable characters only, bounded."""
+    return "".join(c for c in text[: limit * 4] if c.isprintable())[:limit]
+
+
+def refusal_detail(response: SipResponse) -> str:
+    """Words on a final refusal of our INVITE: its reason phrase, where a 3xx redirects to (the Contact, never
+    followed) and a Retry-After (a 486, 503 or 603 may carry one; never retried here: the dialer decides)."""
+    detail = response.reason
+    if 300 <= response.status < 400:
+        contact = response.headers.get("Contact") or ""
+        detail = f"{detail}; redirected to {contact.strip()[:120] or 'nowhere'}, not followed"
+    retry_after = (response.headers.get("Retry-After") or "").split(";")[0].split("(")[0].strip()
+    if retry_after.isascii() and retry_after.isdigit() and len(retry_after) <= 6:
+        detail = f"{detail}; Retry-After {int(retry_after)} s"
+    return _printable(detail, 160)
 
 
 @dataclass(frozen=True)
@@ -309,9 +335,13 @@ class CallCore:
         self._ring_deadline: float | None = None  # UAC: CANCEL when nobody answers by then
         self._cancel_deadline: float | None = None  # UAC: the INVITE is given up when no final comes by then
         self._cancel_reason = "cancelled"
+        self._cancel_detail = ""
         self._cancel_due = False  # UAC: CANCEL once a provisional response shows the INVITE arrived
         self._provisional = False
         self._early_media_refused = False  # logged once
+        # UAC: the last SDP of an unreliable 18x per To tag (at most MAX_FORKS), for a 2xx of that branch that
+        # carries no answer of its own.
+        self._early_answers: dict[str, bytes] = {}
         self._refer_in: str | None = None  # the Event id (its CSeq number) of a REFER we accepted
         # The implicit subscription of a REFER of ours (RFC 3515): from the REFER until a NOTIFY says it is
         # terminated, or the REFER fails. Only then does a NOTIFY report an outcome, and only one final one.
@@ -410,7 +440,8 @@ class CallCore:
             actions += self.cancel(now, reason="no-answer")
         if self._cancel_deadline is not None and now >= self._cancel_deadline:
             self._cancel_deadline = None
-            actions += self._end(self._cancel_reason, detail="no final response after CANCEL")
+            actions += self._end(self._cancel_reason,
+                                 detail=self._cancel_detail or "no final response after CANCEL")
         if self.state != "ended":
             actions += self._drive_timer(self.timer.timeout(now), now)
         return actions
@@ -474,13 +505,13 @@ class CallCore:
             self._ring_deadline = now + ring_timeout
         return [self._send_invite(self.invite.cseq.seq, [])]
 
-    def cancel(self, now: float, reason: str = "cancelled") -> list[CallAction]:
+    def cancel(self, now: float, reason: str = "cancelled", detail: str = "") -> list[CallAction]:
         """Give up a call we placed before it is answered (RFC 3261 9.1): CANCEL at once when a provisional
         response showed the INVITE arrived, else as soon as one does. The call ends with ``reason`` when the
         INVITE's final response (487) comes; a 2xx that crosses the CANCEL is ACKed and ended with BYE."""
         if self.role != "uac" or self.state not in ("calling", "ringing"):
             return []
-        self._cancel_reason = reason
+        self._cancel_reason, self._cancel_detail = reason, detail
         self._ring_deadline = None
         self._goto("cancelling")
         self._cancel_deadline = now + 64 * T1
@@ -776,7 +807,7 @@ class CallCore:
             if self.state in ("calling", "ringing"):
                 return self._end("failed", detail="no answer to our INVITE")
             if self.state == "cancelling":
-                return self._end(self._cancel_reason)
+                return self._end(self._cancel_reason, detail=self._cancel_detail)
             return []
         sent = self._sent.pop((seq, method), None)
         return self._final(sent.purpose, 0, None, now) if sent is not None else []
@@ -798,7 +829,7 @@ class CallCore:
     def _invite_response(self, response: SipResponse, now: float) -> list[CallAction]:
         status = response.status
         if status < 200:
-            return self._provisional_response(response)
+            return self._provisional_response(response, now)
         if status < 300:
             self._accepted(status)
             return self._answered(response, now)
@@ -809,11 +840,12 @@ class CallCore:
             self._provisional = False
             return [self._send_invite(self.invite.cseq.seq + 1, auth)]
         if self.state == "cancelling":  # the 487 of our own CANCEL (or a refusal that crossed it): no status
-            return self._end(self._cancel_reason)
-        logger.info("call %s: refused with %d %s", self.call_id, status, response.reason[:60])
-        return self._end(outcome_of(status), status, detail=response.reason[:80])
+            return self._end(self._cancel_reason, detail=self._cancel_detail)
+        detail = refusal_detail(response)
+        logger.info("call %s: refused with %d %s", self.call_id, status, detail)
+        return self._end(outcome_of(status), status, detail=detail)
 
-    def _provisional_response(self, response: SipResponse) -> list[CallAction]:
+    def _provisional_response(self, response: SipResponse, now: float) -> list[CallAction]:
         actions: list[CallAction] = []
         first = not self._provisional
         self._provisional = True
@@ -822,12 +854,24 @@ class CallCore:
             actions.append(self._send_cancel())
         if response.status == 100 or self.state not in ("calling", "ringing"):
             return actions
+        if "100rel" in options_of(response, "Require") and "100rel" not in UAC_SUPPORTED_OPTIONS:
+            # A reliable 18x to an INVITE that did not offer 100rel (RFC 3262 3 forbids it): it waits for a PRACK
+            # we never send, so the far end re-sends it and fails the INVITE with a 5xx after 64*T1, and one
+            # with SDP holds back the 2xx until then (RFC 3262 3). Its SDP is no answer we took; the call is
+            # given up now, in plain words, instead of ringing on to that end.
+            logger.warning("call %s: %d requires 100rel, which our INVITE did not offer: cancelling", self.call_id,
+                           response.status)
+            return [*actions, *self.cancel(now, "failed", f"the far end's {response.status} requires 100rel "
+                                                         "(PRACK), which we do not offer")]
         if self.state == "calling":  # a 183 after the 180, or the 180 a callee re-sends each minute: no change
             self._goto("ringing")
         media = None
         if response.body.strip():
             try:
                 media = self.sdp.read_answer(response.body)
+                tag = response.to_addr.tag or ""
+                if tag in self._early_answers or len(self._early_answers) < MAX_FORKS:
+                    self._early_answers[tag] = response.body
             except SdpError as exc:
                 # Once a call: a far end can send any number of 18x, and each must not cost a log line.
                 if not self._early_media_refused:
@@ -842,11 +886,11 @@ class CallCore:
                 return [SendAck(self._last_ack)] if self._last_ack is not None else []
             return self._other_branch(response)
         try:
-            dialog = Dialog.from_response(self.invite, response, self.config.local_contact)
+            dialog = self._dialog_of(response)
         except SipParseError as exc:
             logger.warning("call %s: unusable 2xx to our INVITE: %s", self.call_id, exc.reason)
             return self._end("failed", response.status, detail=exc.reason) if self.state != "cancelling" \
-                else self._end(self._cancel_reason)
+                else self._end(self._cancel_reason, detail=self._cancel_detail)
         self.dialog = dialog
         self._ring_deadline = self._cancel_deadline = None
         ack = dialog.create_ack(self.invite, self.config.via_sent_by, self.config.transport)
@@ -859,9 +903,21 @@ class CallCore:
             return [SendAck(ack), self._in_dialog("BYE", "bye")]
         if self.state == "cancelling":
             logger.info("call %s: answered as we cancelled: ACK and BYE", self.call_id)
-            return [SendAck(ack), *self._bye(self._cancel_reason)]
+            return [SendAck(ack), *self._bye(self._cancel_reason, detail=self._cancel_detail)]
+        body = response.body
+        if not body.strip():
+            # RFC 3261 13.2.1: the answer to the INVITE's offer is in the 2xx. One without it is a protocol error,
+            # unless the same branch sent its answer in an 18x already (some gateways leave it out of the 2xx
+            # then, and common UAs accept that): that one is taken.
+            body = self._early_answers.get(response.to_addr.tag or "", b"")
+            if not body:
+                logger.warning("call %s: %d without an SDP answer to our offer, hanging up", self.call_id,
+                               response.status)
+                self._goto("confirmed")
+                return [SendAck(ack), *self._bye("failed", status=response.status,
+                                                 detail=f"{response.status} without an SDP answer to our offer")]
         try:
-            media = self.sdp.take_answer(response.body)
+            media = self.sdp.take_answer(body)
         except SdpError as exc:
             logger.warning("call %s: answered without a usable SDP answer (%s), hanging up", self.call_id, exc)
             self._goto("confirmed")
@@ -882,7 +938,7 @@ class CallCore:
         if len(self._forks) >= MAX_FORKS:
             return []
         try:
-            fork = Dialog.from_response(self.invite, response, self.config.local_contact)
+            fork = self._dialog_of(response)
             ack = fork.create_ack(self.invite, self.config.via_sent_by, self.config.transport)
             bye = fork.create_request("BYE", self.config.via_sent_by, self.config.transport,
                                       extra=[("User-Agent", self.config.user_agent)])
@@ -893,6 +949,23 @@ class CallCore:
         self._forks[tag] = (fork, ack)
         logger.info("call %s: another branch answered too (To tag %r): ACK and BYE", self.call_id, tag[:40])
         return [EndFork(fork, ack, bye)]
+
+    def _dialog_of(self, response: SipResponse) -> Dialog:
+        """The dialog a 2xx to our INVITE makes (RFC 3261 12.1.2), or SipParseError when it cannot carry our
+        ACK and BYE: no To tag or Contact, a tag or a route set past any real PBX's (``MAX_TAG_LENGTH``,
+        ``MAX_ROUTES``: each request of the dialog would repeat them), or a remote target that is no SIP URI
+        (a tel: Contact) with no route to reach it by."""
+        tag = response.to_addr.tag or ""
+        if len(tag) > MAX_TAG_LENGTH:
+            raise SipParseError(f"a To tag of {len(tag)} characters")
+        routes = len(response.headers.get_all("Record-Route"))
+        if routes > MAX_ROUTES:
+            raise SipParseError(f"{routes} Record-Route entries")
+        dialog = Dialog.from_response(self.invite, response, self.config.local_contact)
+        target = dialog.remote_target
+        if not dialog.route_set and (target.scheme not in ("sip", "sips") or not target.host):
+            raise SipParseError(f"a Contact we cannot reach ({_printable(str(target), 60)})")
+        return dialog
 
     def fork_bye_challenged(self, fork: EndFork, response: SipResponse) -> SipRequest | None:
         """The BYE of another branch (``fork``) answered ``response``: when that is a challenge a call we placed
@@ -982,9 +1055,12 @@ class CallCore:
                    extra: list[tuple[str, str]] | None = None,
                    auth: list[tuple[str, str]] | None = None) -> SendRequest:
         assert self.dialog is not None
+        # UAC_SUPPORTED, not SUPPORTED: 100rel in a request of ours would invite reliable 18x to our re-INVITE,
+        # which we never PRACK (the far end would fail it after 64*T1).
         request = self.dialog.create_request(
             method, self.config.via_sent_by, self.config.transport, body=body, content_type=content_type,
-            extra=[("User-Agent", self.config.user_agent), ("Supported", SUPPORTED), *(extra or []), *(auth or [])])
+            extra=[("User-Agent", self.config.user_agent), ("Supported", UAC_SUPPORTED), *(extra or []),
+                   *(auth or [])])
         self._sent[(request.cseq.seq, method)] = _Sent(purpose, body, content_type, tuple(extra or ()))
         return SendRequest(request)
 

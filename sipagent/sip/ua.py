@@ -1129,6 +1129,14 @@ class UserAgent:
     def _forget_call(self, call: CallFront) -> None:
         if self._calls.get(call.call_id) is call:
             del self._calls[call.call_id]
+        if call.core.role == "uac":
+            # An INVITE of ours that a provisional response put in "proceeding" has no timer of its own: when
+            # no final response came (not even the 487 to our CANCEL), its transaction and the task awaiting it
+            # would live as long as the process. The call gave it up 64*T1 after the CANCEL (RFC 3261 9.1);
+            # now the transaction goes too.
+            for tx, dest, on_event in list(self._client.values()):
+                if tx.is_invite and tx.request.call_id == call.call_id:
+                    self._run(tx, tx.transport_error(), dest, on_event)
 
 
 def srtp_policy(settings: UaSettings, transport: str) -> SrtpPolicy:
