@@ -358,7 +358,9 @@ def _validate(headers: Headers, method: str) -> None:
     if max_forwards is not None and not (_DIGITS.fullmatch(max_forwards) and int(max_forwards) <= 255):
         raise SipParseError("bad Max-Forwards header")
     expires = headers.get("Expires")
-    if expires is not None and not _DIGITS.fullmatch(expires):
+    if method and expires is not None and not _DIGITS.fullmatch(expires):
+        # A request's: 400. A response's is only advice to whoever reads it (a registration takes what it
+        # asked for): dropping the whole 200 for it would leave the transaction to time out.
         raise SipParseError("bad Expires header")
 
 

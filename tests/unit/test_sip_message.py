@@ -301,3 +301,15 @@ def test_fuzz_structured(start: str, lines: list[str], body: bytes, eol: str) ->
     _expect_message_or_parse_error(data)
     for chunk in StreamFramer().feed(data):
         _expect_message_or_parse_error(chunk)
+
+
+def test_a_garbled_expires_fails_a_request_not_a_response() -> None:
+    head = "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>{to}\r\nCall-ID: e\r\n"
+    request = ("REGISTER sip:b SIP/2.0\r\n" + head.format(to="") + "CSeq: 1 REGISTER\r\nExpires: -5\r\n"
+               "Content-Length: 0\r\n\r\n")
+    with pytest.raises(SipParseError, match="bad Expires"):
+        parse_message(request.encode())
+    response = ("SIP/2.0 200 OK\r\n" + head.format(to=";tag=2") + "CSeq: 1 REGISTER\r\nExpires: -5\r\n"
+                "Content-Length: 0\r\n\r\n")
+    parsed = parse_message(response.encode())
+    assert isinstance(parsed, SipResponse) and parsed.headers.get("Expires") == "-5"
