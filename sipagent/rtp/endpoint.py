@@ -57,6 +57,7 @@ from sipagent.rtp.jitter import JitterBuffer
 from sipagent.rtp.latch import SourceLatch
 from sipagent.rtp.packet import HEADER, parse_media
 from sipagent.rtp.ports import BoundPair, PortAllocator
+from sipagent.rtp.reframe import Reframer
 from sipagent.rtp.rtcp import (
     ReceiverReport,
     ReportBlock,
@@ -148,6 +149,7 @@ class RtpEndpoint:
         self._loop = asyncio.get_running_loop()
         self.clock = clock
         self.frame_bytes = len(silence)
+        self._reframer = Reframer(silence)  # packets of 10, 30, 50 ms: cut into 20 ms frames
         self.on_frame = on_frame
         self.on_dtmf = on_dtmf
         # Told about each frame of ``playout`` put on the wire: (payload, is_audio); the payload is None for
@@ -298,6 +300,7 @@ class RtpEndpoint:
         jitter = self.jitter
         self.frame_bytes = len(silence)
         self.jitter = JitterBuffer(silence, depth_frames=jitter.depth)
+        self._reframer = Reframer(silence)
         self.jitter.stats = jitter.stats  # the call's counts, not the codec's
         self._overdue_ticks = 0
         self.playout.reframe(silence, convert)
@@ -429,6 +432,7 @@ class RtpEndpoint:
             self._rx_ssrc = ssrc
             self.rx_stats.reset()
             self._dtmf_rx = DtmfReceiver()
+            self._reframer.reset()
         self.rx_stats.update(sequence, timestamp, time.monotonic(), len(payload))
         if pt == self.dtmf_payload_type:
             self._on_dtmf_packet(timestamp, payload)
@@ -438,6 +442,9 @@ class RtpEndpoint:
             for i in range(len(payload) // n):
                 ts = timestamp + i * SAMPLES_PER_TICK
                 self.jitter.put(ts & 0xFFFFFFFF, ssrc, payload[i * n : (i + 1) * n])
+        elif len(payload) != n and self._reframer.fits(len(payload)):  # ptime 10/30/50: cut on a 20 ms grid
+            for ts, frame in self._reframer.feed(timestamp, payload):
+                self.jitter.put(ts, ssrc, frame)
         elif self.eager and self.jitter.take_next(timestamp, ssrc, payload):
             # In order with nothing waiting (nearly every packet): straight on, as _deliver_ready would.
             self._overdue_ticks = 0
