@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from test_dtmf_tools import FakeCall, FakeMedia
+
 from sipagent.bridge.call import BridgeSettings, CallBridge, RealtimeLink
 from sipagent.bridge.settings import AgentConfig, RecordingConfig, ToolConfig
 from sipagent.bridge.tool_runner import MAX_TOOLS_IN_FLIGHT
@@ -58,40 +60,13 @@ class Service:
             writer.close()
 
 
-class FakeCall:
-    call_id = "abuse-calls"
-    from_uri = "sip:caller@127.0.0.1"
-    end_reason = ""
-
-    def __init__(self) -> None:
-        self.ended = asyncio.Event()
-
-    async def hangup(self) -> None: ...
-
-    async def transfer(self, target: str, timeout: float = 30) -> bool:
-        return False
-
-
-class FakeMedia:
-    codec = "PCMU"
-    played_ms = 0
-    buffered_ms = 0
-    packets_received = 0
-    dtmf_method = None
-    dtmf_sending = False
-
-    def push_audio(self, payload: bytes) -> None: ...
-    def flush_audio(self) -> int: return 0
-    def media_report(self) -> dict[str, int | float | None]: return {}
-
-
 def bridge(tools: list[ToolConfig], sent: list[dict[str, Any]], tmp_path: Path) -> CallBridge:
     async def no_backend() -> RealtimeLink:
         raise OSError("not in these tests")
 
     settings = BridgeSettings(agent=AgentConfig(tools=tools), session=SessionSettings(),
                               recording=RecordingConfig(dir=str(tmp_path), transcripts=True))
-    call_bridge = CallBridge(FakeCall(), FakeMedia(), no_backend, settings)  # type: ignore[arg-type]
+    call_bridge = CallBridge(FakeCall(), FakeMedia(dtmf_pt=False), no_backend, settings)
     call_bridge.tools.session.send = sent.append  # type: ignore[method-assign,assignment]
     return call_bridge
 
@@ -147,7 +122,7 @@ def test_arguments_reach_neither_the_path_the_headers_nor_another_host(tmp_path:
         assert all(c.isalnum() or c in "%&=+._-" for c in query), query
         assert post_line == "POST /orders HTTP/1.1"
         posted = json.loads(post_body)
-        assert posted.pop("context")["call_id"] == "abuse-calls" and posted == HOSTILE
+        assert posted.pop("context")["call_id"] == FakeCall.call_id and posted == HOSTILE
         for headers in (get_headers, post_headers):
             assert "X-Evil" not in headers and headers["Host"].startswith("127.0.0.1:"), headers
         assert outputs(sent) == [{"status": "shipped"}] * 2
