@@ -269,7 +269,7 @@ class Agent:
         # The port first (the answer names it), then the endpoint for the codec the answer settled.
         chain = self._media_chain(call.call_id)
         try:
-            rtp_host = call.local_host  # the UA's one decision for Via, Contact and SDP
+            rtp_host = call.local_host  # the UA's decision for the SDP answer (the offer's IP family)
             try:
                 media = await call.answer(rtp_host, chain.local_port)
             except SdpError as exc:

@@ -109,6 +109,15 @@ class EndpointStats:
         }
 
 
+def _reaches(sock: socket.socket, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``sock`` can send to ``address``: an IPv4 socket to IPv4 (plain or mapped), an IPv6 one bound
+    to a specific address to IPv6 only, a dual-stack ``::`` to both."""
+    v4 = address.version == 4 or (isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None)
+    if sock.family == socket.AF_INET:
+        return v4
+    return not v4 or str(sock.getsockname()[0]) == "::"
+
+
 def _discard_queued(sock: socket.socket) -> None:
     """Read and drop the datagrams waiting on a non-blocking socket (a bounded number: a flood goes on)."""
     for _ in range(256):
@@ -193,6 +202,7 @@ class RtpEndpoint:
         self.dtmf_payload_type: int | None = None
         self._send_payload_type: int | None = None  # payload_type, or None while the peer holds the call
         self._unspecified = False  # c=0.0.0.0: the peer wants nothing from us, not even RTCP (RFC 3264 8.4)
+        self._family_warned = False  # a media address our socket's family cannot reach was logged
         self._latch = SourceLatch(symmetric=symmetric)
         self._foreign_logged = False
         self._rtcp_dest: Address | None = None
@@ -240,8 +250,15 @@ class RtpEndpoint:
             address = ipaddress.ip_address(socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0][4][0])
         if not address.is_unspecified:
             ip = str(address)
+            mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
             if address.version == 4 and family == socket.AF_INET6:
                 ip = f"::ffff:{ip}"  # as a dual-stack socket sends to IPv4 and sees it: a mapped address
+            elif mapped is not None and family == socket.AF_INET:
+                ip = str(mapped)  # as an IPv4 socket sees it, or the latch would never match its packets
+            if not self._family_warned and not _reaches(self._sock, address):
+                self._family_warned = True  # once per call: every packet would fail the same way
+                log.warning("rtp %s: media address %s is not of the IP family RTP is bound to (%s, sip.listen): "
+                            "nothing can be sent to it", self.local_port, ip, self._sock.getsockname()[0])
             self._set_signalled((ip, port))
         elif self._latch.signalled is None:
             self._set_signalled(None)

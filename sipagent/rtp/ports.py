@@ -62,6 +62,7 @@ class PortAllocator:
     def bind_pair(self, host: str) -> BoundPair:
         """Reserve a port and bind non-blocking UDP sockets on it and on port + 1."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        dual_stack = host.strip("[]") == "::"
         for _ in range(len(self._ports)):
             port = self.reserve()
             socks: list[socket.socket] = []
@@ -70,7 +71,9 @@ class PortAllocator:
                     s = socket.socket(family, socket.SOCK_DGRAM)
                     socks.append(s)
                     s.setblocking(False)
-                    s.bind((host, p))
+                    if dual_stack:  # "::" takes IPv4 media too, whatever net.ipv6.bindv6only says
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                    s.bind((host.strip("[]"), p))
             except OSError as exc:
                 log.debug("RTP port %s unavailable: %s", port, exc)
                 for s in socks:

@@ -32,6 +32,10 @@ def _connection_address(lines: list[tuple[str, str]]) -> str | None:
             parts = value.split()
             if len(parts) != 3 or parts[0] != "IN":
                 raise SdpError(f"bad c= line: {value[:60]!r}")
+            if "%" in parts[2]:
+                # A zone id (fe80::1%eth0) names an interface of the sender's host: no SDP address holds one
+                # (RFC 8866 IP6-address), and Python's ipaddress would take it and send out of *our* interface.
+                raise SdpError(f"zone id in c= line: {value[:60]!r}")
             return parts[2].split("/")[0]  # drop multicast TTL/count suffixes
     return None
 

@@ -58,7 +58,9 @@ class CallFront:
         self.remote_host = peer.host
         # "UDP", "TCP" or "TLS": how the INVITE travelled. Media keys (SDES) may only travel over "TLS".
         self.transport = peer.transport
-        self.local_host = local_host  # the address we advertise on this call (Via, Contact, SDP)
+        # The address our SDP gives for this call's media (a dual-stack agent: of the offer's family; for a
+        # call we place, also that of our Via and Contact).
+        self.local_host = local_host
         self.media: NegotiatedMedia | None = None
         self.on_media_change: Callable[[NegotiatedMedia], None] | None = None
         self.on_dtmf: Callable[[str, int], None] | None = None

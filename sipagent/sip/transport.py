@@ -132,16 +132,36 @@ def _trace(direction: str, peer: Peer, data: bytes) -> None:
                           len(data), text)
 
 
-def _destination(peer: Peer) -> tuple[str, int]:
-    """The socket address for ``peer``; ValueError unless it is an IP address and a valid port.
+def _destination(peer: Peer, family: int | None = None) -> tuple[str, int]:
+    """The socket address for ``peer`` on a socket of ``family``; ValueError unless it is an IP address the
+    socket can reach and a valid port.
 
     Names are the user agent's to resolve, off the loop: the standard loop's ``sendto`` would resolve one
-    synchronously, and a port out of range closes its UDP socket (uvloop wraps it around instead).
+    synchronously, and a port out of range closes its UDP socket (uvloop wraps it around instead). Peers
+    are plain IPv4 addresses even on a dual-stack socket (see ``unmapped``): uvloop refuses to send to
+    one there ("socket family mismatch"), so it goes out as the IPv4-mapped address the kernel expects.
     """
-    ipaddress.ip_address(peer.host)
+    ip = ipaddress.ip_address(peer.host)
     if not 0 < peer.port < 65536:
         raise ValueError(f"port {peer.port} out of range")
+    if family == socket.AF_INET6 and ip.version == 4:
+        return f"::ffff:{ip}", peer.port
+    if family == socket.AF_INET and ip.version == 6:
+        if ip.ipv4_mapped is None:
+            raise ValueError(f"{peer.host} is an IPv6 address and sip.listen an IPv4 one")
+        return str(ip.ipv4_mapped), peer.port
     return peer.host, peer.port
+
+
+def unmapped(host: str) -> str:
+    """A source address as the rest of the agent sees it: an IPv4 peer of a dual-stack socket
+    (``::ffff:a.b.c.d``, as the kernel writes it) as plain IPv4. Its Via ``received``, the trust checks, the
+    per-source limits and the address we advertise to it are then those of the IPv4 host it is."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def _is_wildcard_v6(host: str) -> bool:
+    return host.strip("[]") == "::"
 
 
 class SipTransport:
@@ -228,7 +248,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self.owner._datagram(data, Peer("UDP", str(addr[0]), int(str(addr[1]))))
+        self.owner._datagram(data, Peer("UDP", unmapped(str(addr[0])), int(str(addr[1]))))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors on an unconnected socket cannot be tied to a destination: log only.
@@ -244,13 +264,26 @@ class UdpTransport(SipTransport):
                  *, limits: TransportLimits | None = None, on_shed: ShedHandler | None = None) -> None:
         super().__init__(host, port, on_message, on_error, limits=limits, on_shed=on_shed)
         self._transport: asyncio.DatagramTransport | None = None
+        self._family: int | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), local_addr=(self.bind_host, self.bind_port)
-        )
+        if _is_wildcard_v6(self.bind_host):
+            # "[::]" means every address of both families, whatever net.ipv6.bindv6only says.
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", self.bind_port))
+            except OSError:
+                sock.close()
+                raise
+            transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(self.bind_host, self.bind_port)
+            )
         self._transport = transport
+        self._family = transport.get_extra_info("socket").family
         sockname = transport.get_extra_info("sockname")
         self.local_address = (str(sockname[0]), int(sockname[1]))
 
@@ -259,7 +292,7 @@ class UdpTransport(SipTransport):
             return
         _trace(">", peer, data)
         try:
-            self._transport.sendto(data, _destination(peer))
+            self._transport.sendto(data, _destination(peer, self._family))
         except Exception as exc:  # OSError, and ValueError/TypeError from uvloop: never the caller's problem
             self._failed(peer, exc)
 
@@ -496,13 +529,20 @@ class TcpTransport(SipTransport):
             # Our own accept loop for TLS: the connection caps apply to the socket before the handshake, so
             # what is over them costs no cryptography (asyncio's server would handshake first).
             family = socket.AF_INET6 if ":" in self.bind_host else socket.AF_INET
-            self._listener = socket.create_server((self.bind_host, self.bind_port), family=family)
+            # "[::]" takes IPv4 connections too (create_server alone would make it IPv6-only).
+            self._listener = socket.create_server((self.bind_host, self.bind_port), family=family,
+                                                  dualstack_ipv6=_is_wildcard_v6(self.bind_host))
             self._listener.setblocking(False)
             sockname = self._listener.getsockname()
             self.local_address = (str(sockname[0]), int(sockname[1]))
             self._spawn(self._accept_tls(self._listener))
             return
-        self._server = await asyncio.start_server(self._on_accept, self.bind_host, self.bind_port)
+        if _is_wildcard_v6(self.bind_host):
+            # asyncio makes every IPv6 listener IPv6-only: an IPv4 PBX could not connect to "[::]".
+            listener = socket.create_server(("::", self.bind_port), family=socket.AF_INET6, dualstack_ipv6=True)
+            self._server = await asyncio.start_server(self._on_accept, sock=listener)
+        else:
+            self._server = await asyncio.start_server(self._on_accept, self.bind_host, self.bind_port)
         sockname = self._server.sockets[0].getsockname()
         self.local_address = (str(sockname[0]), int(sockname[1]))
 
@@ -525,7 +565,7 @@ class TcpTransport(SipTransport):
         if remote is None:  # reset before we saw it
             writer.transport.abort()
             return
-        peer = Peer(self.name, str(remote[0]), int(remote[1]))
+        peer = Peer(self.name, unmapped(str(remote[0])), int(remote[1]))
         over = self._over_cap(peer.host)
         if over is not None:
             self._shed(over, peer)
@@ -550,7 +590,7 @@ class TcpTransport(SipTransport):
                 logger.warning("TLS accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            self._spawn(self._serve_tls(sock, Peer(self.name, str(address[0]), int(address[1]))))
+            self._spawn(self._serve_tls(sock, Peer(self.name, unmapped(str(address[0])), int(address[1]))))
 
     async def _serve_tls(self, sock: socket.socket, peer: Peer) -> None:
         """Caps first, then the handshake within ``tcp_message_s`` (bounded like a message), then SIP."""

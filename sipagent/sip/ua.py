@@ -73,7 +73,7 @@ from sipagent.sip.transaction import (
     server_key,
 )
 from sipagent.sip.transport import Peer, SipTransport, TcpTransport, TransportLimits, create_transport
-from sipagent.sip.uri import SipUri, parse_target_uri
+from sipagent.sip.uri import NameAddr, SipUri, parse_name_addr_list, parse_target_uri
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,27 @@ def _is_ip(host: str) -> bool:
 
 def _uri_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+# RFC 3261 20.43: what a 488 says when the offer's media address is of a family we cannot send to.
+INCOMPATIBLE_ADDRESS = '301 sipagent "Incompatible network address formats"'
+
+
+def media_reachable(bind_host: str, address: str) -> bool:
+    """Whether RTP sockets bound to ``bind_host`` (``sip.listen``'s host: rtp/ports.py binds the pair there, in
+    its family) can exchange packets with the IP literal ``address``. A dual-stack ``::`` reaches both
+    families; ``0.0.0.0`` or an IPv4 address only IPv4 (and IPv4-mapped IPv6); a specific IPv6 address only
+    IPv6. Anything else would be a call answered with audio in neither direction."""
+    try:
+        ip = ipaddress.ip_address(address)
+        bound = ipaddress.ip_address(bind_host.strip("[]") or "0.0.0.0")
+    except ValueError:
+        return True  # not ours to judge here: the negotiation refuses what is not an IP address
+    if ip.is_unspecified or (bound.version == 6 and bound.is_unspecified):
+        return True
+    if bound.version == 4:
+        return ip.version == 4 or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None)
+    return ip.version == 6 and ip.ipv4_mapped is None
 
 
 @dataclass
@@ -310,7 +331,8 @@ class UserAgent:
         self._transport.trusts = self.policy.trusts
         self._advertised = (self.advertised_host(), self.local_address[1])
         logger.info("SIP %s listening on %s:%s, advertising %s:%s; requests accepted from %s",
-                    self.transport_name, *self.local_address, *self._advertised, self.policy.describe())
+                    self.transport_name, _uri_host(self.local_address[0]), self.local_address[1],
+                    _uri_host(self._advertised[0]), self._advertised[1], self.policy.describe())
         if self._registrar is not None:
             for line in self._lines.values():
                 line.registration = self._new_registration(line.account)
@@ -512,7 +534,14 @@ class UserAgent:
             logger.info("call %s: %s got no answer: %s", call.call_id, request.method, exc)
             self.drive(call, core.request_failed(request, self._now()))
             return
-        self.drive(call, core.receive_response(response, self._now()))
+        try:
+            actions = core.receive_response(response, self._now())
+        except SipParseError as exc:
+            # A 2xx whose Record-Route does not parse (a malformed IPv6 reference) cannot be ACKed: the core reads
+            # the route only as it builds the ACK. The call ends as one that could not be placed, not a dead task.
+            logger.warning("call %s: unusable answer to our %s: %s", call.call_id, request.method, exc.reason)
+            actions = core.request_failed(request, self._now())
+        self.drive(call, actions)
 
     async def _call_ack(self, call: CallFront, ack: SipRequest) -> None:
         """The ACK of a 2xx: no transaction (RFC 3261 13.2.2.4); the core sends it again for each 2xx copy."""
@@ -586,7 +615,7 @@ class UserAgent:
         call = OutgoingCall(self, core, dest, local_host, account=name, referred_by=self._referred_by(name),
                             on_progress=on_progress)
         self._calls[call.call_id] = call
-        logger.info("call %s to %s: dialling via %s:%s%s", call.call_id, call.to_uri, dest.host, dest.port,
+        logger.info("call %s to %s: dialling via %s:%s%s", call.call_id, call.to_uri, _uri_host(dest.host), dest.port,
                     f" on account {name}" if name else "")
         self.drive(call, core.dial(local_host, rtp_port, self._now(), ring_timeout=ring_timeout))
         await call.established()
@@ -847,7 +876,8 @@ class UserAgent:
         """The headers every response of ours carries for its method (Allow, Accept, Contact, Server)."""
         contact = None
         if request.method == "OPTIONS" and status < 300:
-            contact = self._contact(self.advertised_host(request.vias[0].received or request.vias[0].host))
+            via = request.vias[0]  # its host may be an IPv6 reference: brackets off, or it is taken for a name
+            contact = self._contact(self.advertised_host((via.received or via.host).strip("[]")))
         decorate(request, status, response, self.settings.user_agent, contact, extra)
 
     def _respond(self, request: SipRequest, status: int, *, reason: str | None = None,
@@ -1090,21 +1120,52 @@ class UserAgent:
                 logger.info("INVITE %s: session interval below %d s, answered 422 (logged once a minute per "
                             "source)", request.call_id[:80], exc.min_se)
             return 422, [("Min-SE", str(exc.min_se))], None
+        # The dialog's remote target and route set are read only when we send in it (a BYE): one that cannot be
+        # parsed (a malformed IPv6 reference) must refuse the call now, not fail our hang-up later.
+        contacts = request.headers.get_all("Contact")
+        if not contacts:
+            raise SipParseError("INVITE without Contact")
+        NameAddr.parse(contacts[0])
+        for route in request.headers.get_all("Record-Route"):
+            parse_name_addr_list(route)
         if not request.body.strip():
             return 0, None, None
         try:
-            return 0, None, SessionDescription.parse(request.body)
+            offer = SessionDescription.parse(request.body)
+            address = _offered_address(offer)
         except SdpError as exc:
             if self._throttle.allow("bad-offer", peer.host, self._now()):
                 logger.info("INVITE %s without a usable SDP offer: %s", request.call_id[:80], exc)
             return 488, None, None
+        if address is not None and not media_reachable(self.settings.listen_host, address):
+            if self._throttle.allow("address-family", peer.host, self._now()):
+                logger.warning("INVITE %s refused (488): its media address %s is of another IP family than "
+                               "sip.listen %s, from which RTP is sent (listen on \"[::]\" for both)",
+                               request.call_id[:80], address[:60], self.settings.listen_host)
+            return 488, [("Warning", INCOMPATIBLE_ADDRESS)], None
+        return 0, None, offer
+
+    def _media_host(self, local_host: str, offer: SessionDescription | None) -> str:
+        """The address for our SDP answer: ``local_host`` (the one Via and Contact carry), unless a dual-stack
+        agent was offered media in the other family than the signalling's (an SBC with IPv6 signalling and an
+        IPv4 media relay): then our address of the offer's family, towards it, since a media stack of one
+        family cannot send to an address of the other. ``public_address`` is always taken as it is."""
+        address = _offered_address(offer) if offer is not None else None
+        if self.settings.public_host or address is None or not _is_ip(address) or not _is_ip(local_host):
+            return local_host
+        offered, ours = ipaddress.ip_address(normalise_ip(address)), ipaddress.ip_address(local_host)
+        if offered.is_unspecified or offered.version == ours.version:
+            return local_host
+        return self.advertised_host(str(offered))
 
     def _on_invite(self, request: SipRequest, peer: Peer, offer: SessionDescription | None) -> None:
         self._respond(request, 100)
         local_host = self.advertised_host(peer.host)
         account = self.account_for(request)
         core = CallCore.incoming(request, self._call_config(local_host, self.user_of(account), peer.transport), offer)
-        call = IncomingCall(self, core, peer, local_host, identify(request, self.settings.context_headers),
+        # IncomingCall.local_host goes into the SDP answer only (agent.py); Via and Contact are in the core.
+        call = IncomingCall(self, core, peer, self._media_host(local_host, offer),
+                            identify(request, self.settings.context_headers),
                             account=account, referred_by=self._referred_by(account))
         self._calls[call.call_id] = call
         self.drive(call, core.ring(self._now()))
@@ -1137,6 +1198,14 @@ class UserAgent:
             for tx, dest, on_event in list(self._client.values()):
                 if tx.is_invite and tx.request.call_id == call.call_id:
                     self._run(tx, tx.transport_error(), dest, on_event)
+
+
+def _offered_address(offer: SessionDescription) -> str | None:
+    """The connection address of the offer's first audio stream (None: no stream we could take)."""
+    for media in offer.media:
+        if media.media == "audio" and media.port != 0:
+            return media.connection_address or offer.connection_address
+    return None
 
 
 def srtp_policy(settings: UaSettings, transport: str) -> SrtpPolicy:

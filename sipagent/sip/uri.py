@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -14,13 +15,26 @@ _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 _USER_BAD = re.compile(r"[\s<>\"]")
 
 
+def _is_ipv6(text: str) -> bool:
+    """An IPv6 address as RFC 3261's IPv6reference holds it: no zone id (``%eth0`` names an interface of the
+    sender's host, nothing we could send to) and at most 45 characters. The character class alone let
+    ``[1::2::3]`` or ``[...]`` through, to fail only when we came to send to it (a BYE that never left)."""
+    if len(text) > 45:
+        return False
+    try:
+        ipaddress.IPv6Address(text)  # also accepts "fe80::1%eth0": the character class has refused the "%"
+    except ValueError:
+        return False
+    return True
+
+
 def _parse_hostport(text: str, what: str) -> tuple[str, int | None]:
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
             raise SipParseError(f"bad IPv6 reference in {what}")
         host, rest = text[: end + 1], text[end + 1 :]
-        if not _IPV6_RE.fullmatch(host):
+        if not _IPV6_RE.fullmatch(host) or not _is_ipv6(host[1:-1]):
             raise SipParseError(f"bad IPv6 reference in {what}")
     else:
         host, colon, port_text = text.partition(":")
