@@ -59,7 +59,6 @@ from sipagent.realtime import events as ev
 
 log = logging.getLogger(__name__)
 
-BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
 OWN_KEYS_ECHO_S = 1.0  # after the agent's last key went out, a key heard in the audio may be its echo
 ONE_KEY_TWO_WAYS_S = 1.0  # one digit by SIP INFO and heard in the audio this close together: one press
 GOODBYE_LIMIT_S = 20.0  # a goodbye the model has not said (and the caller heard) by then: hang up anyway
@@ -163,7 +162,7 @@ class CallBridge:
         # The model's events and who handles each; any other type is ignored.
         self._handlers: dict[str, Handler] = {
             "response.output_audio.delta": self.downlink.delta,
-            "response.created": lambda event: self.responses.created(),
+            "response.created": self.responses.created,
             "response.done": self._response_done,
             "input_audio_buffer.speech_started": lambda event: self.interruptions.server_speech(),
             "input_audio_buffer.speech_stopped": lambda event: self.downlink.caller_turn_ended(),
@@ -382,10 +381,9 @@ class CallBridge:
 
     async def _greet(self) -> None:
         """The greeting starts at once, on the new session, protected from barge-in for its first moments."""
-        link = self.realtime.link
-        if self.agent.greeting and link is not None:
+        if self.agent.greeting and self.realtime.link is not None:
             self.policy.greeting_started(time.monotonic())
-            await link.send(ev.say_exactly(self.agent.greeting))
+            await self.realtime.send_first(ev.say_exactly(self.agent.greeting))  # again if that session was dead
 
     async def _cleanup(self) -> None:
         for task in list(self._tasks):
@@ -512,6 +510,7 @@ class CallBridge:
         self.records.greeting_done(response)
         self._spawn(self._after_response())
         self.responses.done()
+        self.realtime.response_done(response)  # failed or incomplete: said and counted
 
     def _tool_call(self, event: dict[str, Any]) -> None:
         name, call_id = event.get("name", ""), event.get("call_id", "")
@@ -525,8 +524,7 @@ class CallBridge:
         error = error if isinstance(error, dict) else {"message": error}
         code = _text(error.get("code")) or _text(error.get("type"))
         message = _text(error.get("message"))[:300]
-        # A barge-in races the server's own cancellation; losing that race is expected, not a fault.
-        level = logging.DEBUG if code in BENIGN_ERRORS else logging.WARNING
+        level = self.realtime.server_error(code)  # an expired session is replaced; a repeated code logs once
         self.log.log(level, "Realtime error %s: %s", code[:60].encode("unicode_escape").decode(),
                      message.encode("unicode_escape").decode())  # the server's text: one log line, never two
         self.records.record("event", event="realtime-error", code=code, message=message)

@@ -28,6 +28,10 @@ from sipagent.observability.metrics import Metrics
 
 PCM24_BYTES_PER_MS = PCM_FRAME_BYTES // 20
 MAX_QUEUED_MS = 180_000  # agent audio queued for the caller at most: 8.6 MB of PCM
+# The model's audio ran out mid-item (a server streaming slower than it plays): the next audio is gathered
+# to this much before it plays on, or until the response ends. Played as it comes, such a stream is chopped
+# into 20 ms gaps every few frames; gathered, its unavoidable silence comes as a few longer pauses.
+REBUFFER_MS = 100
 
 
 class Downlink:
@@ -48,6 +52,12 @@ class Downlink:
         self._bad_deltas = 0  # deltas dropped as unreadable
         self._queued_bytes = 0  # of the conversation's audio ever queued
         self._overflowed: str | None = None  # the item whose audio went over MAX_QUEUED_MS: the rest goes too
+        self._response_id = ""  # the response of the delta being queued
+        self._item_response = ""  # ... and of the item playing (conversation.current)
+        self._holding = False  # the item ran dry while its response streams: its audio is gathered in _held
+        self._held = bytearray()
+        self.underruns = 0  # times the agent's audio ran out mid-item
+        responses.on_done(self.release)
         self.turn_latencies: list[float] = []
         self._turn_ended_at: float | None = None
         # Set while no whole frame of agent audio is queued (a new call's queue is empty). Only a hint that
@@ -89,6 +99,13 @@ class Downlink:
             return
         if self._down_decode is not None:  # None: 24 kHz PCM16 already
             pcm = self._down_decode(pcm)
+        response_id = event.get("response_id")
+        cut_id = self.responses.cut_id
+        if cut_id and response_id == cut_id:
+            # The caller cut this response off: what the server sent before it took the cancel is dropped,
+            # of an item that had not begun playing too (a key pressed before its first delta came).
+            return
+        self._response_id = response_id if isinstance(response_id, str) else ""
         self.queue(event.get("item_id", ""), pcm)
 
     def queue(self, item_id: str, pcm24k: bytes) -> None:
@@ -110,7 +127,24 @@ class Downlink:
             self.records.record("event", event="agent-audio-dropped", item_id=item_id,
                                 buffered_ms=self.media.buffered_ms)
             return
-        self._push(pcm24k)
+        current = self.conversation.current
+        new_item = current is None or current.item_id != item_id
+        if new_item and self._holding:
+            self.release()
+        if new_item:
+            # A new item starts where the playout really is. Audio of no item (hold audio, flushed when a warm
+            # transfer comes back) moves that place without the conversation's count knowing: counted from
+            # there, the milliseconds heard of this item, and so its truncation, would run ahead of the caller.
+            at = self.media.played_ms + self.media.buffered_ms
+            if at > self.conversation.queued_ms:
+                self.conversation.queued_ms = at
+            self._item_response = self._response_id
+        if self._holding:
+            self._held += pcm24k
+            if len(self._held) >= REBUFFER_MS * PCM24_BYTES_PER_MS:
+                self.release()
+        else:
+            self._push(pcm24k)
         # Milliseconds from the running byte count, so deltas of any length add up exactly (truncating each
         # one would lose up to 1 ms per delta and misplace the truncation of a long reply).
         before, self._queued_bytes = self._queued_bytes, self._queued_bytes + len(pcm24k)
@@ -119,6 +153,14 @@ class Downlink:
     def play_pcm24(self, pcm24k: bytes) -> None:
         """Audio of no conversation item (the fail-over's apology)."""
         self._push(pcm24k)
+
+    def release(self) -> None:
+        """Audio gathered after an underrun plays now (enough came, the response ended, or another item began)."""
+        self._holding = False
+        if self._held:
+            held = bytes(self._held)
+            self._held.clear()
+            self._push(held)
 
     def _push(self, pcm24k: bytes) -> None:
         self.media.push_audio(pcm24k)
@@ -131,13 +173,19 @@ class Downlink:
         """Drop what the caller has not heard yet; also ends a pause or a duck (what comes next is new audio,
         not the paused speech)."""
         self.media.flush_audio()
+        self._drop_held()
         self.policy.flushed()
         self.drained.set()
+
+    def _drop_held(self) -> None:
+        self._holding = False
+        self._held.clear()
 
     def cut(self, played_ms: int, heard_ms: int | None = None) -> tuple[str, int] | None:
         """The item playing stops at ``played_ms`` (the caller heard it up to ``heard_ms``, by default the
         same): (its id, ms of it heard), None when none was playing."""
         heard_ms = played_ms if heard_ms is None else min(heard_ms, played_ms)
+        self._drop_held()  # gathered audio of the item being cut: never to be heard
         current = self.conversation.current
         if current is not None and current is self.conversation.first:
             self.records.greeting_over(heard_ms, interrupted=True)
@@ -146,10 +194,22 @@ class Downlink:
             return cut
         return cut[0], current.heard_ms(heard_ms)
 
+    def cut_to_truncate(self, played_ms: int, heard_ms: int) -> tuple[str, int] | None:
+        """:meth:`cut`, for a barge-in: the item and the milliseconds of it to truncate the server's copy at,
+        or None when there is nothing to take back: none was playing, or the last one had all come and had
+        all been heard (an item of an earlier response, while the one cut off has sent no audio yet)."""
+        current, responses = self.conversation.current, self.responses
+        complete = not responses.active or (self._item_response != "" and self._item_response != responses.current_id)
+        whole = (current is not None and complete
+                 and current.heard_ms(min(heard_ms, played_ms)) >= current.queued_ms)
+        cut = self.cut(played_ms, heard_ms)
+        return None if whole else cut
+
     def playing(self) -> bool:
         """Agent audio is queued, or (while it is turned down at an onset) its response is still coming: the
         model's audio arrives in real time, and the queue may run dry between two deltas."""
-        return self.media.buffered_ms > 0 or (self.policy.paused and self.responses.active)
+        return (self.media.buffered_ms > 0 or (self.policy.paused and self.responses.active)
+                or self._holding)  # mid-item, waiting for the rest of it
 
     # ---------------------------------------------------------------- audio out, and waiting for it
 
@@ -158,6 +218,12 @@ class Downlink:
         self.echo(*self.media.sent_audio)  # silence too: zeros, mean square 0
         if not self.drained.is_set() and self.media.buffered_ms <= 0:
             self.drained.set()
+        if (not is_audio and not self._holding and self._item_response and self.responses.active
+                and self._item_response == self.responses.current_id and self.media.buffered_ms <= 0
+                and self.conversation.current is not None):
+            # The item playing ran dry while its response still streams: gather before playing on.
+            self._holding = True
+            self.underruns += 1
         if self._watchers:
             self._frame_left.set()
 

@@ -113,7 +113,7 @@ class Interruptions:
         heard = self._stage1_played_ms if decision.paused_at is not None else played
         self.media.flush_audio()  # also ends a duck
         self.downlink.drained.set()
-        cut = self.downlink.cut(played, heard)
+        cut = self.downlink.cut_to_truncate(played, heard)
         self.times.append(decision.at)
         vad = self.uplink.vad
         if self.metrics and decision.paused_at is not None:
@@ -133,6 +133,7 @@ class Interruptions:
                 self.session.send(ev.item_truncate(item_id, heard_ms))
             else:
                 self.session.send(ev.item_delete(item_id))
+        self.responses.cut()  # its deltas still in flight are not played, whoever cancels it
         if self.responses.active and not server_cancelled:
             self.session.send(ev.response_cancel())
 
@@ -142,6 +143,7 @@ class Interruptions:
         played = self.media.played_ms
         self.downlink.flush()
         self.downlink.cut(played)  # deltas of the cut item still in flight are dropped
+        self.responses.cut()  # ... and of any later item of its response
         if self.responses.active:
             self.responses.expect_done()
             self.session.send(ev.response_cancel())

@@ -61,6 +61,12 @@ log = logging.getLogger(__name__)
 # the biggest real one, well under this); a larger one closes the connection (1009) instead of growing
 # without bound, and the bridge reconnects as for any dropped connection.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# A server (or a middlebox) that stops answering: websockets' defaults (a ping every 20 s, 20 s for its pong,
+# then 10 s for a close handshake that will not come) left a caller in up to 50 s of dead air before the
+# bridge reconnected. A pong takes milliseconds; these find a dead link in 5-10 s, plus 2 s to give up on it.
+PING_INTERVAL_S = 5.0
+PING_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 2.0
 
 
 class RealtimeConnectError(RealtimeError):
@@ -262,6 +268,9 @@ class RealtimeClient:
                 additional_headers=self._headers,
                 open_timeout=self.connect_timeout,
                 max_size=MAX_MESSAGE_BYTES,
+                ping_interval=PING_INTERVAL_S,
+                ping_timeout=PING_TIMEOUT_S,
+                close_timeout=CLOSE_TIMEOUT_S,
                 compression=None,
                 logger=_wire_log,
                 create_connection=_TakingConnection,

@@ -1,0 +1,593 @@
+"""The Realtime session over a whole call, as the real API behaves: a session that expires (an error, then
+maybe a close), close codes, a server that stops answering pings or never says session.created, responses
+that fail or end incomplete, errors that end nothing, a truncation the server refuses.
+
+The server is a real WebSocket server on 127.0.0.1 speaking the GA protocol as OpenAI does, scripted per
+connection; the bridge is the real one (RealtimeClient, RealtimeSession, Downlink...) over a fake call and
+a playout queue that a 20 ms task drains, as the media clock would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from sipagent.bridge import session as session_module
+from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
+from sipagent.bridge.settings import AgentConfig, RecordingConfig
+from sipagent.media.playout import PlayoutQueue
+from sipagent.observability.metrics import Metrics
+from sipagent.realtime import events as ev
+from sipagent.realtime.client import RealtimeClient
+
+pytestmark = pytest.mark.timeout(60)
+
+FRAME = 960  # 20 ms of 24 kHz PCM16
+TONE = b"\x00\x20" * (FRAME // 2)  # loud enough to tell from silence
+
+
+# --- the server -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Conn:
+    """One WebSocket connection to the fake server, and what it received (audio appends only counted)."""
+
+    ws: ServerConnection
+    n: int
+    received: list[dict[str, Any]] = field(default_factory=list)
+    appends: int = 0
+    opened_at: float = field(default_factory=time.monotonic)
+    closed_at: float | None = None
+    responses: int = 0
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.received]
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(event))
+
+    async def respond(self, ms: int = 200, status: str = "completed", text: str = "Sure.",
+                      details: dict[str, Any] | None = None, delta_ms: int = 40) -> str:
+        """A whole response as OpenAI streams it: created, audio deltas, transcript, done."""
+        self.responses += 1
+        rid, item = f"resp_{self.n}_{self.responses}", f"item_{self.n}_{self.responses}"
+        await self.send({"type": "response.created", "response": {"id": rid, "status": "in_progress"}})
+        for _ in range(ms // delta_ms):
+            await self.delta(rid, item, delta_ms)
+        await self.send({"type": "response.output_audio_transcript.done", "response_id": rid, "item_id": item,
+                         "transcript": text})
+        await self.done(rid, item, status, text, details)
+        return item
+
+    async def delta(self, rid: str, item: str, ms: int) -> None:
+        audio = base64.b64encode(TONE[: 48 * ms] if ms <= 20 else TONE * (ms // 20)).decode()
+        await self.send({"type": "response.output_audio.delta", "response_id": rid, "item_id": item,
+                         "output_index": 0, "content_index": 0, "delta": audio})
+
+    async def done(self, rid: str, item: str, status: str = "completed", text: str = "",
+                   details: dict[str, Any] | None = None) -> None:
+        response: dict[str, Any] = {
+            "id": rid, "status": status, "status_details": details,
+            "output": [{"id": item, "type": "message", "role": "assistant",
+                        "content": [{"type": "output_audio", "transcript": text}]}],
+            "usage": {"total_tokens": 10, "input_tokens": 6, "output_tokens": 4}}
+        await self.send({"type": "response.done", "response": response})
+
+
+Script = Callable[[Conn, dict[str, Any]], Awaitable[None]]
+
+
+class Server:
+    """A Realtime server on loopback: ``hello`` (per connection number) says session.created or not;
+    ``script`` answers each client event (the default: a session.updated, and a short response to each
+    response.create)."""
+
+    def __init__(self) -> None:
+        self.conns: list[Conn] = []
+        self.port = 0
+        self.silent: set[int] = set()  # connection numbers that never say session.created nor answer
+        self.script: Script = self.default
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime"
+
+    async def default(self, conn: Conn, event: dict[str, Any]) -> None:
+        if event["type"] == "session.update":
+            await conn.send({"type": "session.updated", "session": event["session"]})
+        elif event["type"] == "response.create":
+            await conn.respond()
+
+    async def handler(self, ws: ServerConnection) -> None:
+        conn = Conn(ws, len(self.conns) + 1)
+        self.conns.append(conn)
+        try:
+            if conn.n not in self.silent:
+                await conn.send({"type": "session.created", "session": {"id": f"sess_{conn.n}", "type": "realtime"}})
+            async for message in ws:
+                event = json.loads(message)
+                if event["type"] == "input_audio_buffer.append":
+                    conn.appends += 1
+                    continue
+                conn.received.append(event)
+                if conn.n not in self.silent:
+                    await self.script(conn, event)
+        except Exception:  # the client went away mid-send: the connection is over
+            pass
+        finally:
+            conn.closed_at = time.monotonic()
+
+
+@contextlib.asynccontextmanager
+async def realtime_server() -> AsyncIterator[Server]:
+    server = Server()
+    async with serve(server.handler, "127.0.0.1", 0, max_size=None) as ws_server:
+        server.port = next(iter(ws_server.sockets)).getsockname()[1]
+        yield server
+
+
+# --- the call ---------------------------------------------------------------------------------------------
+
+
+class Media:
+    """The call's media leg: a real playout queue of 24 kHz PCM drained one frame per 20 ms tick."""
+
+    codec = "PCMU"
+    dtmf_method = "rfc4733"
+    dtmf_sending = False
+    packets_received = 0
+
+    def __init__(self) -> None:
+        self.queue = PlayoutQueue(FRAME, bytes(FRAME))
+        self.heard: list[tuple[float, bool]] = []  # (when, audio?) of each frame sent
+        self.sent_audio = (bytes(FRAME), 0.0)
+
+    def push_audio(self, pcm24k: bytes) -> None:
+        self.queue.push(pcm24k)
+
+    def flush_audio(self) -> int:
+        return self.queue.flush()
+
+    def pause_audio(self) -> None:
+        self.queue.pause()
+
+    def resume_audio(self) -> None:
+        self.queue.resume()
+
+    def duck_audio(self, gain: float) -> None:
+        self.queue.duck(gain)
+
+    def unduck_audio(self) -> None:
+        self.queue.unduck()
+
+    @property
+    def played_ms(self) -> int:
+        return self.queue.played_ms
+
+    @property
+    def buffered_ms(self) -> int:
+        return self.queue.buffered_ms
+
+    def media_report(self) -> dict[str, int | float | None]:
+        return {}
+
+    def send_dtmf(self, digit: str, duration_ms: int) -> None: ...
+
+    def audio_frames(self, since: float = 0.0) -> int:
+        return sum(1 for at, audio in self.heard if audio and at >= since)
+
+
+class Call:
+    call_id = "rt-quirks"
+    from_uri = "sip:caller@127.0.0.1"
+    end_reason = ""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+
+    async def hangup(self) -> None:
+        self.end_reason = "agent-hangup"
+        self.ended.set()
+
+    async def transfer(self, target: str, timeout: float = 30) -> bool:
+        return False
+
+    async def transfer_replacing(self, other: Any, timeout: float = 30) -> bool:
+        return False
+
+    def peer_supports(self, option: str) -> bool:
+        return False
+
+
+@dataclass
+class Running:
+    bridge: CallBridge
+    media: Media
+    call: Call
+    metrics: Metrics
+    task: asyncio.Task[CallOutcome]
+
+    async def until(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            if self.task.done():
+                raise AssertionError(f"the call ended ({self.task.result().reason}) while waiting for {what}")
+            await asyncio.sleep(0.02)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        transcript = self.bridge.transcript
+        entries = list(transcript.entries) if transcript is not None else []
+        return [e for e in entries if e["type"] == "event" and e.get("event") == name]
+
+    def metric(self, name: str) -> float:
+        total = 0.0
+        for line in self.metrics.render().decode().splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@contextlib.asynccontextmanager
+async def bridged(server: Server, tmp_path: Path, *, greeting: str = "Hello.", max_session_s: float = 3300.0,
+                  reconnect_delays: tuple[float, ...] = (0.05, 0.1)) -> AsyncIterator[Running]:
+    """A call bridged to ``server``; a 20 ms task drains the playout and sends the caller's (silent) audio."""
+    async def connect() -> RealtimeLink:
+        client = RealtimeClient(server.url, connect_timeout=5)
+        await client.connect()
+        return client
+
+    media, call, metrics = Media(), Call(), Metrics()
+    agent = AgentConfig(greeting=greeting, idle_timeout_s=0, max_call_s=0)
+    settings = BridgeSettings(agent=agent, recording=RecordingConfig(dir=str(tmp_path)), session=ev.SessionSettings(),
+                              max_session_s=max_session_s, reconnect_delays=reconnect_delays, metrics=metrics)
+    bridge = CallBridge(call, media, connect, settings)  # type: ignore[arg-type]
+
+    async def clock() -> None:
+        silence = b"\xff" * 160
+        while True:
+            await asyncio.sleep(0.02)
+            payload, audio = media.queue.pop_frame()
+            media.heard.append((time.monotonic(), audio))
+            media.sent_audio = (payload if audio else bytes(FRAME), 1e6 if audio else 0.0)
+            bridge.on_outbound_frame(payload, audio)
+            bridge.on_inbound_frame(silence)
+
+    ticking = asyncio.ensure_future(clock())
+    task = asyncio.ensure_future(bridge.run())
+    running = Running(bridge, media, call, metrics, task)
+    try:
+        yield running
+    finally:
+        await call.hangup()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        ticking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticking
+
+
+def run(main: Awaitable[None]) -> None:
+    asyncio.run(main)  # type: ignore[arg-type]
+
+
+async def greeted(call: Running, server: Server) -> None:
+    """The greeting was asked for and the caller heard all of it."""
+    await call.until(lambda: server.conns and server.conns[0].responses, 5, "the greeting")
+    await call.until(lambda: call.media.audio_frames() >= 10 and call.media.buffered_ms == 0, 5, "the greeting heard")
+
+
+def system_items(conn: Conn) -> list[str]:
+    return [part["text"] for e in conn.received if e["type"] == "conversation.item.create"
+            and e["item"].get("role") == "system" for part in e["item"]["content"]]
+
+
+# --- the session's maximum duration -----------------------------------------------------------------------
+
+
+EXPIRED = {"type": "error", "error": {"type": "invalid_request_error", "code": "session_expired",
+                                      "message": "Your session hit the maximum duration of 60 minutes.",
+                                      "param": None, "event_id": None}}
+
+
+@pytest.mark.parametrize("then_close", [False, True])
+def test_an_expired_session_is_replaced_at_once_with_the_conversation(tmp_path: Path, then_close: bool) -> None:
+    """OpenAI ends a session at its maximum duration with an ``error`` session_expired; some sessions then stay
+    open and answer nothing, others close. Before: the error was logged and the call went on with a dead
+    session (the agent never spoke again), or, after the close, reconnected as after a fault (a warning, a
+    reconnect counted). Now a new session is opened at once, the conversation replayed, and it is counted
+    as a renewal."""
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path) as call:
+            await greeted(call, server)
+            first = server.conns[0]
+            await first.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": "u1",
+                              "transcript": "I would like to return my boots."})
+            await first.send(EXPIRED)
+            if then_close:
+                await first.ws.close(1000, "session expired")
+            await call.until(lambda: len(server.conns) >= 2 and call.bridge.realtime.link is not None
+                             and call.bridge.state == "live", 5, "a new session")
+            second = server.conns[1]
+            await call.until(lambda: second.appends > 0, 3, "the caller's audio on the new session")
+            assert second.types()[:2] == ["session.update", "conversation.item.create"], second.types()
+            [context] = system_items(second)
+            assert "return my boots" in context and "You: Sure." in context, context
+            # The new session answers (server VAD heard the caller), and the caller hears it.
+            before = call.media.audio_frames()
+            await second.respond(ms=400)
+            await call.until(lambda: call.media.audio_frames() >= before + 15, 3, "the answer on the new session")
+            assert call.bridge.reconnects == 0 and call.metric("sipagent_realtime_reconnects_total") == 0
+            assert call.bridge.realtime.renewals == 1 and len(call.events("session-renewal")) == 1
+            assert not call.events("reconnect") and not call.events("failure")
+            assert call.metric('sipagent_realtime_errors_total{code="session_expired"}') == 1
+
+    run(main())
+
+
+def test_renewal_before_the_limit_opens_the_new_session_before_closing_the_old(tmp_path: Path) -> None:
+    """Before: the old session was closed first and a new one connected after (the caller's words in between
+    went nowhere), counted as a lost connection. Now make-before-break: the new session is configured and
+    seeded while the old one still takes the caller's audio."""
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path, max_session_s=1.5) as call:
+            await greeted(call, server)
+            await call.until(lambda: len(server.conns) >= 2 and server.conns[0].closed_at is not None, 5,
+                             "the renewal")
+            old, new = server.conns
+            assert old.closed_at is not None
+            seeded = [e for e in new.received if e["type"] == "conversation.item.create"]
+            assert seeded, new.types()
+            # The old session was closed only once the new one was configured and seeded.
+            assert old.closed_at >= new.opened_at
+            assert new.types()[:2] == ["session.update", "conversation.item.create"], new.types()
+            await call.until(lambda: new.appends > 0, 2, "audio on the new session")
+            assert call.bridge.reconnects == 0 and call.bridge.realtime.renewals >= 1
+            assert call.metric("sipagent_realtime_reconnects_total") == 0
+            assert call.bridge.state == "live"
+
+    run(main())
+
+
+# --- close codes, pings, a silent server ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "planned"), [(1000, True), (1001, False), (1008, False), (1011, False),
+                                               (4000, False)])
+def test_a_close_by_the_server_carries_the_call_on(tmp_path: Path, code: int, planned: bool) -> None:
+    """Every close is followed by a new session with the conversation; a normal closure (1000: the server
+    ended the session) is a renewal, the others (going away, policy, internal error, application codes) a
+    lost connection, counted. Before, 1000 counted as a fault too."""
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path) as call:
+            await greeted(call, server)
+            await server.conns[0].ws.close(code, "bye")
+            await call.until(lambda: len(server.conns) >= 2 and call.bridge.realtime.link is not None, 5,
+                             "a new session")
+            await call.until(lambda: server.conns[1].appends > 0, 3, "audio on the new session")
+            assert call.bridge.reconnects == (0 if planned else 1)
+            assert getattr(call.bridge.realtime, "renewals", 0) == (1 if planned else 0)
+            assert call.metric("sipagent_realtime_reconnects_total") == (0 if planned else 1)
+            assert call.bridge.state == "live" and not call.events("failure")
+
+    run(main())
+
+
+def test_a_server_that_stops_answering_pings_is_left_within_seconds(tmp_path: Path) -> None:
+    """A hung server (TCP up, nothing read: no pong) was found by websockets' defaults only after 40-50 s of
+    dead air; now within about 12 s, and the call goes on on a new session."""
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path) as call:
+            await greeted(call, server)
+            hung_at = time.monotonic()
+            server.conns[0].ws.transport.pause_reading()  # no more reading: our pings go unanswered
+            await call.until(lambda: len(server.conns) >= 2 and call.bridge.realtime.link is not None, 20,
+                             "a new session")
+            assert time.monotonic() - hung_at < 14
+            assert call.bridge.reconnects == 1
+
+    run(main())
+
+
+def test_a_server_that_never_says_session_created_is_not_a_session(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the greeting was asked of a server that had accepted the WebSocket and then said nothing, and
+    the caller heard silence for the whole call. Now a session that has sent no event at all within
+    SESSION_START_TIMEOUT_S is given up on (not waited for before the greeting: no latency for live ones),
+    and the greeting is asked again of a new session."""
+    monkeypatch.setattr(session_module, "SESSION_START_TIMEOUT_S", 1.0, raising=False)
+
+    async def main() -> None:
+        async with realtime_server() as server:
+            server.silent.add(1)
+            async with bridged(server, tmp_path) as call:
+                await call.until(lambda: call.media.audio_frames() >= 5, 8, "the greeting")
+                assert len(server.conns) == 2 and server.conns[1].responses == 1
+                assert "response.create" in server.conns[0].types()  # asked of the silent one first
+                assert call.bridge.state == "live" and call.bridge.reconnects == 1
+
+    run(main())
+
+
+def test_an_oversize_message_from_the_server_costs_a_reconnect_not_the_call(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import sipagent.realtime.client as client_module
+
+    monkeypatch.setattr(client_module, "MAX_MESSAGE_BYTES", 200_000)
+
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path) as call:
+            await greeted(call, server)
+            await server.conns[0].send({"type": "response.output_audio.delta", "delta": "A" * 300_000})
+            await call.until(lambda: len(server.conns) >= 2 and call.bridge.realtime.link is not None, 5,
+                             "a new session")
+            assert call.bridge.reconnects == 1 and call.bridge.state == "live"
+
+    run(main())
+
+
+# --- responses that do not complete, errors that end nothing ----------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "details", "logged"), [
+    ("failed", {"type": "failed", "error": {"type": "server_error", "code": "server_error", "message": "oops"}},
+     "Realtime response failed (server_error): oops"),
+    ("failed", {"type": "failed", "error": {"type": "requests", "code": "rate_limit_exceeded",
+                                            "message": "Rate limit reached. Please try again in 1.5s."}},
+     "Realtime response failed (rate_limit_exceeded): Rate limit reached. Please try again in 1.5s."),
+    ("incomplete", {"type": "incomplete", "reason": "max_output_tokens"},
+     "Realtime response incomplete (max_output_tokens)"),
+    ("incomplete", {"type": "incomplete", "reason": "content_filter"}, "Realtime response incomplete (content_filter)"),
+    ("cancelled", {"type": "cancelled", "reason": "turn_detected"}, None),
+])
+def test_a_response_that_does_not_complete(tmp_path: Path, caplog: pytest.LogCaptureFixture, status: str,
+                                           details: dict[str, Any], logged: str | None) -> None:
+    """What came of it plays, nothing stays 'active', the next response plays; a failed or incomplete one is
+    said in the log (once per cause: the server may repeat it every turn) and a failed one counted. Before:
+    not a word of it anywhere, and a caller left without an answer was a mystery."""
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path) as call:
+            await greeted(call, server)
+            conn = server.conns[0]
+            for _ in range(3):
+                before = call.media.audio_frames()
+                await conn.respond(ms=120, status=status, details=details)
+                await call.until(lambda: not call.bridge.responses.active, 2, "the response's end")
+                await call.until(lambda b=before: call.media.audio_frames() >= b + 6, 2, "what came of it")
+            await conn.respond(ms=200)
+            await call.until(lambda: call.media.buffered_ms == 0 and not call.bridge.responses.active, 3, "the end")
+            assert call.bridge.state == "live"
+            lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Realtime response")]
+            if logged is None:
+                assert not [r for r in caplog.records if r.levelno >= logging.INFO
+                            and r.getMessage().startswith("Realtime response")]
+            elif status == "failed":
+                warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                          and r.getMessage().startswith("Realtime response")]
+                assert warned == [logged], lines
+                code = details["error"]["code"]
+                assert call.metric(f'sipagent_realtime_errors_total{{code="{code}"}}') == 3
+                assert len(call.events("response-failed")) == 3
+            else:
+                assert logged in lines
+                assert len(call.events("response-incomplete")) == 3
+
+    with caplog.at_level(logging.DEBUG, logger="sipagent"):
+        run(main())
+
+
+@pytest.mark.parametrize("code", ["input_audio_buffer_commit_empty", "conversation_already_has_active_response",
+                                  "rate_limit_exceeded"])
+def test_errors_that_end_nothing_are_logged_once_and_all_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                 code: str) -> None:
+    """OpenAI sends some errors turn after turn (input_audio_buffer_commit_empty after each response is a
+    known one). Before: a WARNING line each time. Now one, then DEBUG; the metric counts each, and the call
+    goes on."""
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path) as call:
+            await greeted(call, server)
+            conn = server.conns[0]
+            for _ in range(30):
+                await conn.send({"type": "error", "error": {"type": "invalid_request_error", "code": code,
+                                                            "message": "Expected at least 100ms of audio, but "
+                                                                       "buffer only has 0.00ms of audio."}})
+            before = call.media.audio_frames()
+            await conn.respond(ms=200)
+            await call.until(lambda: call.media.audio_frames() >= before + 8, 3, "the next answer")
+            assert call.metric(f'sipagent_realtime_errors_total{{code="{code}"}}') == 30
+            warnings = [r for r in caplog.records
+                        if r.levelno >= logging.WARNING and "Realtime error" in r.getMessage()]
+            assert len(warnings) == 1, [r.getMessage() for r in warnings]
+            assert call.bridge.state == "live" and call.bridge.reconnects == 0
+
+    with caplog.at_level(logging.DEBUG, logger="sipagent"):
+        run(main())
+
+
+# --- barge-in truncation against the server -----------------------------------------------------------------
+
+
+def test_a_refused_truncate_costs_nothing_but_a_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The caller interrupts: the item is truncated at the milliseconds heard (never more than was played),
+    and the response cancelled. A server that refuses the truncate (an error event) does not end the call; the
+    next answer plays."""
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path, greeting="") as call:
+            await call.until(lambda: server.conns and call.bridge.state == "live", 5, "the session")
+            conn = server.conns[0]
+
+            async def refuse(conn: Conn, event: dict[str, Any]) -> None:
+                if event["type"] == "conversation.item.truncate":
+                    await conn.send({"type": "error", "error": {
+                        "type": "invalid_request_error", "code": "invalid_value", "param": "audio_end_ms",
+                        "message": "Audio content of 880ms is already shorter than 1000ms"}})
+                else:
+                    await server.default(conn, event)
+
+            server.script = refuse
+            await conn.send({"type": "response.created", "response": {"id": "r1", "status": "in_progress"}})
+            for _ in range(25):  # 2 s of audio, sent faster than it plays
+                await conn.delta("r1", "i1", 80)
+            await call.until(lambda: call.media.played_ms >= 600, 3, "some of it heard")
+            call.bridge.interruptions.key_pressed(time.monotonic())  # as a key during an entry: no VAD to wait for
+            await call.until(lambda: "conversation.item.truncate" in conn.types(), 2, "the truncate")
+            truncate = next(e for e in conn.received if e["type"] == "conversation.item.truncate")
+            played = call.media.played_ms
+            assert truncate["item_id"] == "i1" and 500 <= truncate["audio_end_ms"] <= played, (truncate, played)
+            await conn.delta("r1", "i1", 80)  # in flight before the server took the cancel: not played
+            await conn.done("r1", "i1", "cancelled", details={"type": "cancelled", "reason": "client_cancelled"})
+            await asyncio.sleep(0.2)
+            assert call.media.buffered_ms == 0
+            before = call.media.audio_frames()
+            await conn.respond(ms=200)
+            await call.until(lambda: call.media.audio_frames() >= before + 8, 3, "the next answer")
+            assert call.bridge.state == "live"
+
+    with caplog.at_level(logging.DEBUG, logger="sipagent"):
+        run(main())
+
+
+# --- a server that streams slower than the audio plays --------------------------------------------------------
+
+
+def gaps(heard: list[tuple[float, bool]], since: float, until: float) -> int:
+    """Runs of silence between two audio frames heard in [since, until]."""
+    frames = [audio for at, audio in heard if since <= at <= until]
+    first = frames.index(True) if True in frames else len(frames)
+    last = len(frames) - 1 - frames[::-1].index(True) if True in frames else -1
+    return sum(1 for i in range(first + 1, last + 1) if frames[i] and not frames[i - 1])
+
+
+def test_audio_streamed_slower_than_it_plays_is_not_chopped_into_frames(tmp_path: Path) -> None:
+    """A loaded server sends 60 ms of audio every 80 ms. Played as it came, the caller heard a 20 ms hole
+    every three frames (about 35 in three seconds: choppy, robotic speech); now, after the first underrun,
+    the item's audio is gathered before it plays on, so the unavoidable silence comes as a few pauses."""
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path) as call:
+            await greeted(call, server)
+            conn = server.conns[0]
+            await conn.send({"type": "response.created", "response": {"id": "slow", "status": "in_progress"}})
+            start = time.monotonic()
+            for _ in range(40):
+                await conn.delta("slow", "s1", 60)
+                await asyncio.sleep(0.08)
+            await conn.done("slow", "s1", text="A slow answer.")
+            await call.until(lambda: call.media.buffered_ms == 0 and not call.bridge.responses.active, 5, "its end")
+            heard = call.media.audio_frames(since=start)
+            assert heard >= 115, heard  # all 2.4 s of it was played
+            assert gaps(call.media.heard, start, time.monotonic()) <= 8, gaps(call.media.heard, start, time.monotonic())
+
+    run(main())
