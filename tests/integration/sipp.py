@@ -69,22 +69,28 @@ def _read(workdir: Path, name: str) -> str:
 
 @contextlib.contextmanager
 def sipp_scenario(scenario: str, target: tuple[str, int], workdir: Path, *, keys: dict[str, str] | None = None,
-                  calls: int = 1, pause_ms: int = 1000, timeout_s: float = 60.0) -> Iterator[SippRun]:
+                  calls: int = 1, pause_ms: int = 1000, timeout_s: float = 60.0, local_ip: str = "127.0.0.1",
+                  media_ip: str | None = None, transport: str | None = None,
+                  rtp_echo: bool = False) -> Iterator[SippRun]:
     """Run ``scenario`` (a file in tests/integration/sipp/) against ``target``, ``calls`` times one after the
     other. ``keys`` are the scenario's [name] substitutions in message text (``-key name value``); a bare
     ``<pause/>`` lasts ``pause_ms`` (``-d``: attributes take no keys). The run is waited for when
-    the block ends; SIPp is stopped by its PID if it outlives ``timeout_s``."""
+    the block ends; SIPp is stopped by its PID if it outlives ``timeout_s``. SIPp's SIP is on ``local_ip``,
+    its RTP on ``media_ip`` (default: the same), echoed back with ``rtp_echo``; ``transport`` is SIPp's ``-t``
+    (default: UDP, one socket)."""
     binary = shutil.which("sipp")
     if binary is None:
         raise RuntimeError("sipp is not installed (Debian package sip-tester; scripts/setup --test)")
     workdir.mkdir(parents=True, exist_ok=True)
     port, media_port = free_port(), free_port()
     command = [
-        binary, f"{target[0]}:{target[1]}", "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1",
+        binary, f"{target[0]}:{target[1]}", "-sf", str(SCENARIOS / scenario), "-i", local_ip,
         "-p", str(port), "-mp", str(media_port), "-m", str(calls), "-l", "1", "-d", str(pause_ms), "-nostdin",
         "-timeout", f"{int(timeout_s)}s", "-timeout_error",
         "-trace_msg", "-message_file", str(workdir / "messages.log"),
         "-trace_err", "-error_file", str(workdir / "errors.log"),
+        *(["-mi", media_ip] if media_ip else []), *(["-t", transport] if transport else []),
+        *(["-rtp_echo"] if rtp_echo else []),
     ]
     for name, value in (keys or {}).items():
         command += ["-key", name, value]

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from agent_helpers import RunningAgent, running_agent
 from peers import _stop_with_children, find_binary, free_port, kamailio_module_path, require, running_kamailio
-from sipp import SCENARIOS, SippResult, SippRun
+from sipp import SippResult, SippRun, sipp_scenario
 
 from sipagent.media.clock import MediaClock
 from sipagent.rtp.endpoint import RtpEndpoint
@@ -49,31 +49,14 @@ def sipp(scenario: str, agent_port: int, workdir: Path, *, local_ip: str, media_
          transport: str = "u1", keys: dict[str, str] | None = None, pause_ms: int = 1500,
          timeout_s: float = 30.0) -> Iterator[SippRun]:
     """SIPp on ``local_ip`` (its SIP) and ``media_ip`` (its RTP, which it echoes back to whoever sends it some:
-    media flows both ways), calling the agent at ``target`` (default: ``local_ip``). tests/integration/sipp.py
-    binds 127.0.0.1 only; the run and its logs are the same."""
-    binary = shutil.which("sipp")
-    if binary is None:
+    media flows both ways), calling the agent at ``target`` (default: ``local_ip``)."""
+    if shutil.which("sipp") is None:
         pytest.skip("needs sipp (Debian package sip-tester; scripts/setup --test)")
-    workdir.mkdir(parents=True, exist_ok=True)
     host = target or (f"[{local_ip}]" if ":" in local_ip else local_ip)
-    port, media_port = free_port(), free_port()
-    command = [
-        binary, f"{host}:{agent_port}", "-sf", str(SCENARIOS / scenario), "-i", local_ip, "-mi", media_ip,
-        "-p", str(port), "-mp", str(media_port), "-t", transport, "-m", "1", "-l", "1", "-d", str(pause_ms),
-        "-rtp_echo", "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
-        "-trace_msg", "-message_file", str(workdir / "messages.log"),
-        "-trace_err", "-error_file", str(workdir / "errors.log"),
-    ]
-    for name, value in {"user": "agent", **(keys or {})}.items():
-        command += ["-key", name, value]
-    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, text=True)
-    run = SippRun(process, workdir, port, media_port)
-    try:
+    with sipp_scenario(scenario, (host, agent_port), workdir, keys={"user": "agent", **(keys or {})},
+                       pause_ms=pause_ms, timeout_s=timeout_s, local_ip=local_ip, media_ip=media_ip,
+                       transport=transport, rtp_echo=True) as run:
         yield run
-    finally:
-        if run.result is None:
-            run.wait(timeout_s + 5)
 
 
 def _message(result: SippResult, first_line: str) -> str:
