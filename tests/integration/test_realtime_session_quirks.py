@@ -26,14 +26,13 @@ from websockets.asyncio.server import ServerConnection, serve
 from sipagent.bridge import session as session_module
 from sipagent.bridge.call import BridgeSettings, CallBridge, CallOutcome, RealtimeLink
 from sipagent.bridge.settings import AgentConfig, RecordingConfig
-from sipagent.media.playout import PlayoutQueue
 from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
+from sipagent.testing.media_leg import FRAME, QueueMediaLeg
 
 pytestmark = pytest.mark.timeout(60)
 
-FRAME = 960  # 20 ms of 24 kHz PCM16
 TONE = b"\x00\x20" * (FRAME // 2)  # loud enough to tell from silence
 
 
@@ -141,49 +140,12 @@ async def realtime_server() -> AsyncIterator[Server]:
 # --- the call ---------------------------------------------------------------------------------------------
 
 
-class Media:
+class Media(QueueMediaLeg):
     """The call's media leg: a real playout queue of 24 kHz PCM drained one frame per 20 ms tick."""
 
-    codec = "PCMU"
-    dtmf_method = "rfc4733"
-    dtmf_sending = False
-    packets_received = 0
-
     def __init__(self) -> None:
-        self.queue = PlayoutQueue(FRAME, bytes(FRAME))
+        super().__init__()
         self.heard: list[tuple[float, bool]] = []  # (when, audio?) of each frame sent
-        self.sent_audio = (bytes(FRAME), 0.0)
-
-    def push_audio(self, pcm24k: bytes) -> None:
-        self.queue.push(pcm24k)
-
-    def flush_audio(self) -> int:
-        return self.queue.flush()
-
-    def pause_audio(self) -> None:
-        self.queue.pause()
-
-    def resume_audio(self) -> None:
-        self.queue.resume()
-
-    def duck_audio(self, gain: float) -> None:
-        self.queue.duck(gain)
-
-    def unduck_audio(self) -> None:
-        self.queue.unduck()
-
-    @property
-    def played_ms(self) -> int:
-        return self.queue.played_ms
-
-    @property
-    def buffered_ms(self) -> int:
-        return self.queue.buffered_ms
-
-    def media_report(self) -> dict[str, int | float | None]:
-        return {}
-
-    def send_dtmf(self, digit: str, duration_ms: int) -> None: ...
 
     def audio_frames(self, since: float = 0.0) -> int:
         return sum(1 for at, audio in self.heard if audio and at >= since)

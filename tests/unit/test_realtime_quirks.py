@@ -18,54 +18,11 @@ from hypothesis import strategies as st
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, RealtimeLink
 from sipagent.bridge.settings import AgentConfig, RecordingConfig
-from sipagent.media.playout import PlayoutQueue
 from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
+from sipagent.testing.media_leg import FRAME, QueueMediaLeg
 
-FRAME = 960  # 20 ms of 24 kHz PCM16
 TONE = b"\x00\x20" * (FRAME // 2)
-
-
-class Media:
-    codec = "PCMU"
-    dtmf_method = "rfc4733"
-    dtmf_sending = False
-    packets_received = 0
-    sent_audio = (bytes(FRAME), 0.0)
-
-    def __init__(self) -> None:
-        self.queue = PlayoutQueue(FRAME, bytes(FRAME))
-
-    def push_audio(self, pcm24k: bytes) -> None:
-        self.queue.push(pcm24k)
-
-    def flush_audio(self) -> int:
-        return self.queue.flush()
-
-    def pause_audio(self) -> None:
-        self.queue.pause()
-
-    def resume_audio(self) -> None:
-        self.queue.resume()
-
-    def duck_audio(self, gain: float) -> None:
-        self.queue.duck(gain)
-
-    def unduck_audio(self) -> None:
-        self.queue.unduck()
-
-    @property
-    def played_ms(self) -> int:
-        return self.queue.played_ms
-
-    @property
-    def buffered_ms(self) -> int:
-        return self.queue.buffered_ms
-
-    def media_report(self) -> dict[str, int | float | None]:
-        return {}
-
-    def send_dtmf(self, digit: str, duration_ms: int) -> None: ...
 
 
 class Call:
@@ -82,17 +39,17 @@ class Call:
         return False
 
 
-def new_bridge(metrics: Metrics | None = None) -> tuple[CallBridge, Media]:
+def new_bridge(metrics: Metrics | None = None) -> tuple[CallBridge, QueueMediaLeg]:
     async def no_backend() -> RealtimeLink:
         raise OSError("not in these tests")
 
-    media = Media()
+    media = QueueMediaLeg()
     settings = BridgeSettings(agent=AgentConfig(greeting=""), recording=RecordingConfig(transcripts=False),
                               session=ev.SessionSettings(), metrics=metrics)
     return CallBridge(Call(), media, no_backend, settings), media  # type: ignore[arg-type]
 
 
-def play(bridge: CallBridge, media: Media, ms: int) -> None:
+def play(bridge: CallBridge, media: QueueMediaLeg, ms: int) -> None:
     """The media clock sends ``ms`` of frames."""
     for _ in range(ms // 20):
         payload, audio = media.queue.pop_frame()
