@@ -152,7 +152,7 @@ class CallMedia:
                 log.info("media moves from %s:%s to %s:%s", *self.remote, *remote)
             self.remote = remote
         endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type, media.dtmf_payload_type,
-                            send=media.may_send)
+                            send=media.may_send, rtcp=media.remote_rtcp)
         if bridge is not None:
             bridge.set_hold(media.on_hold, media.direction)
             bridge.listen_for_keys(media.dtmf_payload_type is None)

@@ -206,6 +206,7 @@ class RtpEndpoint:
         self._latch = SourceLatch(symmetric=symmetric)
         self._foreign_logged = False
         self._rtcp_dest: Address | None = None
+        self._rtcp_signalled: Address | None = None  # a=rtcp, or the signalled RTP port + 1
         self._rtcp_latched = False
         self._rtcp_mux = False
         self._rx_ssrc: int | None = None
@@ -233,7 +234,8 @@ class RtpEndpoint:
     # ----------------------------------------------------------------- control
 
     def set_remote(
-        self, host: str, port: int, payload_type: int, dtmf_payload_type: int | None = None, *, send: bool = True
+        self, host: str, port: int, payload_type: int, dtmf_payload_type: int | None = None, *, send: bool = True,
+        rtcp: tuple[str, int] | None = None,
     ) -> None:
         """Where to send and what to accept; called again on a re-INVITE. A new address starts the latch over
         (the same one again keeps a NAT latch).
@@ -242,26 +244,20 @@ class RtpEndpoint:
         from the next tick until a ``send=True``; the playout queue keeps what it holds, the timestamp
         keeps time, RTCP goes on (RFC 3264 8.4). An unspecified address (c=0.0.0.0, older phones' hold)
         is the same and never gets a packet (Linux would deliver it to this host); media is still taken
-        from where it came (a PBX plays its music on hold from there), or from nowhere on a first SDP."""
-        family = self._sock.family
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = ipaddress.ip_address(socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)[0][4][0])
+        from where it came (a PBX plays its music on hold from there), or from nowhere on a first SDP.
+
+        ``rtcp``: where the peer asked for RTCP (SDP ``a=rtcp``, RFC 3605); None is RTP's address, port + 1."""
+        address = self._address(host, port)
         if not address.is_unspecified:
-            ip = str(address)
-            mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-            if address.version == 4 and family == socket.AF_INET6:
-                ip = f"::ffff:{ip}"  # as a dual-stack socket sends to IPv4 and sees it: a mapped address
-            elif mapped is not None and family == socket.AF_INET:
-                ip = str(mapped)  # as an IPv4 socket sees it, or the latch would never match its packets
+            ip = self._as_seen(address)
             if not self._family_warned and not _reaches(self._sock, address):
                 self._family_warned = True  # once per call: every packet would fail the same way
                 log.warning("rtp %s: media address %s is not of the IP family RTP is bound to (%s, sip.listen): "
                             "nothing can be sent to it", self.local_port, ip, self._sock.getsockname()[0])
-            self._set_signalled((ip, port))
+            rtcp_to = (ip, port + 1) if rtcp is None else (self._as_seen(self._address(*rtcp)), rtcp[1])
+            self._set_signalled((ip, port), rtcp_to)
         elif self._latch.signalled is None:
-            self._set_signalled(None)
+            self._set_signalled(None, None)
         self.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
         self._unspecified = address.is_unspecified
@@ -275,11 +271,29 @@ class RtpEndpoint:
         log.debug("rtp %s: remote %s pt %s dtmf %s%s", self.local_port, self._latch.signalled, payload_type,
                   dtmf_payload_type, "" if sending else " (held: not sending)")
 
-    def _set_signalled(self, signalled: Address | None) -> None:
-        if self._latch.set_signalled(signalled, self._now):
+    def _address(self, host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        try:
+            return ipaddress.ip_address(host)
+        except ValueError:
+            return ipaddress.ip_address(socket.getaddrinfo(host, port, self._sock.family, socket.SOCK_DGRAM)[0][4][0])
+
+    def _as_seen(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+        """``address`` as our socket sends to it and sees it in what it receives."""
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        if address.version == 4 and self._sock.family == socket.AF_INET6:
+            return f"::ffff:{address}"  # as a dual-stack socket sends to IPv4 and sees it: a mapped address
+        if mapped is not None and self._sock.family == socket.AF_INET:
+            return str(mapped)  # as an IPv4 socket sees it, or the latch would never match its packets
+        return str(address)
+
+    def _set_signalled(self, signalled: Address | None, rtcp: Address | None) -> None:
+        moved = self._latch.set_signalled(signalled, self._now)
+        if moved:
             self._foreign_logged = False
-            self._rtcp_dest = None if signalled is None else (signalled[0], signalled[1] + 1)
             self._rtcp_latched = self._rtcp_mux = False
+        if moved or (rtcp != self._rtcp_signalled and not self._rtcp_latched):
+            self._rtcp_dest = rtcp  # where the peer's own RTCP comes from wins over what it signalled
+        self._rtcp_signalled = rtcp
 
     @property
     def crypto(self) -> SrtpContext | None:
@@ -499,7 +513,12 @@ class RtpEndpoint:
             log.info("rtp %s: latched to %s:%s (signalled %s)", self.local_port, addr[0], addr[1],
                      self._latch.signalled)
         self._foreign_logged = False
-        self._rtcp_dest = addr if self._rtcp_mux else (addr[0], addr[1] + 1)
+        if self._rtcp_mux:
+            self._rtcp_dest = addr
+        elif addr == self._latch.signalled and self._rtcp_signalled is not None:
+            self._rtcp_dest = self._rtcp_signalled
+        else:
+            self._rtcp_dest = (addr[0], addr[1] + 1)
         self._rtcp_latched = False
 
     def _foreign(self, addr: Address) -> None:
@@ -515,7 +534,7 @@ class RtpEndpoint:
         if self.payload_type is None:
             return  # no remote yet, as for RTP
         source = self._latch.source
-        if source is None or addr[0] != source[0]:
+        if source is None or (addr[0] != source[0] and addr != self._rtcp_signalled):
             self._foreign(addr)
             return
         crypto = self._crypto

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ ANSWER_DIRECTION = {
 }
 SUPPORTED_PROTOS = ("RTP/AVP", "RTP/AVPF")
 DEFAULT_PTIME = 20
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class NegotiatedMedia:
     ptime: int
     direction: str
     srtp: SrtpParams | None = None  # None: plain RTP
+    remote_rtcp: tuple[str, int] | None = None  # RFC 3605 a=rtcp; None: RTP's address, port + 1
 
     @property
     def on_hold(self) -> bool:
@@ -117,6 +120,30 @@ def _ip_address(host: str | None, what: str) -> str:
     except ValueError:
         raise SdpError(f"{what}'s connection address {host[:60]!r} is not an IP address") from None
     return host
+
+
+def _rtcp_address(media: MediaDescription, rtp_host: str) -> tuple[str, int] | None:
+    """Where the peer takes RTCP when it says so (RFC 3605 ``a=rtcp:port [IN IP4|IP6 address]``, FreeSWITCH
+    always does). An attribute we cannot read, or whose address is of another family than RTP's, counts as
+    absent: a wrong RTCP address costs the call's reports, refusing the offer would cost the call."""
+    value = media.attribute("rtcp")
+    if value is None:
+        return None
+    parts = value.split()
+    if len(parts) not in (1, 4) or not _PORT.fullmatch(parts[0]) or not 0 < int(parts[0]) < 65536:
+        return None
+    if len(parts) == 1:
+        return rtp_host, int(parts[0])
+    nettype, addrtype, host = parts[1:]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if nettype != "IN" or addrtype != _addrtype(rtp_host) or address.is_unspecified:
+        return None
+    if address.version != ipaddress.ip_address(rtp_host).version:
+        return None
+    return str(address), int(parts[0])
 
 
 def _addrtype(host: str) -> str:
@@ -280,6 +307,7 @@ def negotiate(
         ptime=_ptime(offer, media),
         direction=direction,
         srtp=params,
+        remote_rtcp=_rtcp_address(media, remote_host),
     )
     return answer, negotiated
 
@@ -393,6 +421,7 @@ def accept_answer(answer: SessionDescription, offer: SessionDescription | None =
             codec=found[0], payload_type=found[1], clock_rate=CODECS[found[0]][1],
             dtmf_payload_type=_dtmf(table), remote_host=host, remote_port=media.port,
             ptime=_ptime(answer, media), direction=ANSWER_DIRECTION[their], srtp=_answered_crypto(media, ours),
+            remote_rtcp=_rtcp_address(media, host),
         )
     if rejected:
         raise SdpError("answer refuses our audio stream (port 0)")

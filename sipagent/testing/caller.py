@@ -211,7 +211,7 @@ class SipCaller:
         if media.srtp is not None:
             self._endpoint.set_crypto(SrtpContext(media.srtp.suite, media.srtp.local_key, media.srtp.remote_key))
         self._endpoint.set_remote(media.remote_host, media.remote_port, media.payload_type,
-                                  media.dtmf_payload_type)
+                                  media.dtmf_payload_type, rtcp=media.remote_rtcp)
         self.answered_at = time.monotonic()
         self._spawn(self._watch(call))
 

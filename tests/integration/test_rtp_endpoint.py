@@ -19,6 +19,7 @@ from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.rtp.dtmf import TelephoneEvent
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.packet import RtpPacket
+from sipagent.rtp.rtcp import ReceiverReport, ReportBlock, build_rr
 from sipagent.rtp.ports import PortAllocator
 from sipagent.rtp.seq import seq_diff, ts_diff
 
@@ -742,6 +743,45 @@ def test_hold_sends_no_rtp_keeps_the_queue_and_resume_plays_on_from_there() -> N
         resumed = next(i for i, (a, b) in enumerate(itertools.pairwise(packets))
                        if ts_diff(b.timestamp, a.timestamp) >= 25 * 160)
         assert packets[resumed + 1].marker, "the first packet after the hold starts a talkspurt"
+
+    run(body)
+
+
+def _udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    sock.setblocking(False)
+    return sock
+
+
+def test_rtcp_goes_where_the_sdp_says_and_is_taken_from_there() -> None:
+    """``a=rtcp:PORT`` (RFC 3605; FreeSWITCH sends it): our RTCP goes to that port, not to RTP's port + 1, a
+    re-offer moving it is followed, and the peer's reports from there are taken as its own."""
+
+    async def body(clock: MediaClock) -> None:
+        peer, first, second = Peer(), _udp_socket(), _udp_socket()
+        plus_one = _rtcp_socket(peer)
+        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, silence=SIL, eager=True, rtcp_interval=0.05)
+        try:
+            ep.set_remote(HOST, peer.port, 0, rtcp=(HOST, first.getsockname()[1]))
+            peer.send(ep.local_port, b"\x01" * 160)  # the stream the peer's reports are about
+            await until(lambda: _drain(first) > 0)
+            ep.set_remote(HOST, peer.port, 0, rtcp=(HOST, second.getsockname()[1]))  # a re-INVITE moves it
+            await asyncio.sleep(0.05)
+            _drain(first)
+            await until(lambda: _drain(second) > 0)
+            await asyncio.sleep(0.2)
+            assert _drain(first) == 0 and _drain(second) >= 2
+            assert plus_one is None or _drain(plus_one) == 0, "RTCP went to RTP's port + 1"
+            block = ReportBlock(ep.ssrc, 0, 0, 5, 0)
+            second.sendto(build_rr(ReceiverReport(peer.ssrc, [block]), "peer"), (HOST, ep.local_port + 1))
+            await until(lambda: ep.remote_report is not None)
+            assert ep.stats().foreign_packets == 0
+        finally:
+            ep.close()
+            for sock in (peer, first, second, plus_one):
+                if sock is not None:
+                    sock.close()
 
     run(body)
 

@@ -187,6 +187,26 @@ def test_ipv6_answer() -> None:
     assert answer.value("c") == "IN IP6 2001:db8::1" and answer.origin.addrtype == "IP6"
 
 
+@pytest.mark.parametrize(("attribute", "expected"), [
+    (None, None),  # absent: RTP's port + 1, as ever
+    ("a=rtcp:30001", ("192.0.2.20", 30001)),  # port only: on RTP's address
+    ("a=rtcp:40001 IN IP4 192.0.2.21", ("192.0.2.21", 40001)),  # FreeSWITCH's form
+    ("a=rtcp:0", None), ("a=rtcp:65536", None), ("a=rtcp:abc", None), ("a=rtcp:", None),
+    ("a=rtcp:\uff11\uff12", None),  # digits, but not ASCII ones
+    ("a=rtcp:30001 IN IP4", None), ("a=rtcp:30001 IN IP4 pbx.example.com", None),
+    ("a=rtcp:30001 IN IP6 2001:db8::1", None),  # another family than RTP's
+    ("a=rtcp:30001 IN IP4 0.0.0.0", None), ("a=rtcp:30001 XX IP4 192.0.2.21", None),
+])
+def test_the_rtcp_address_a_peer_signals(attribute: str | None, expected: tuple[str, int] | None) -> None:
+    """RFC 3605: where the peer takes RTCP. One we cannot read counts as absent, never refuses the call."""
+    lines = BARESIP_OFFER + ((attribute,) if attribute else ())
+    _, media = negotiate(sdp(*lines), ["PCMU"], "192.0.2.1", 40000)
+    assert media.remote_rtcp == expected
+    answer = sdp("v=0", "o=y 1 1 IN IP4 h", "s=-", "c=IN IP4 192.0.2.20", "t=0 0",
+                 "m=audio 30000 RTP/AVP 0", *((attribute,) if attribute else ()))
+    assert accept_answer(answer).remote_rtcp == expected
+
+
 def test_make_offer_and_accept_answer() -> None:
     session = LocalSession(session_id=7)
     offer = make_offer(["G722", "PCMU"], "192.0.2.1", 40000, session)
