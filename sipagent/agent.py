@@ -722,7 +722,6 @@ async def _serve(config: Config) -> int:
     metrics_address = config.metrics.listen_address
     if metrics_address is not None:
         server = await start_health_server(metrics_address.host, metrics_address.port, agent.metrics, agent.health)
-        log.info("metrics on http://%s:%d/metrics, health on /healthz", metrics_address.host, server.port)
     install_trace_toggle(loop)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -171,5 +171,5 @@ async def start_health_server(host: str, port: int, metrics: Metrics, health: He
     """Listen on ``host:port`` (port 0 picks a free one) for /metrics and /healthz."""
     server = HealthServer(metrics, health)
     await server.listen(host, port)
-    log.info("metrics and health on http://%s:%d/metrics and /healthz", host, server.port)
+    log.info("metrics and health on %s/metrics and /healthz", server.base_url)
     return server

@@ -165,6 +165,12 @@ class HttpServer:
         self._server = await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD_BYTES)
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
 
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the bound listener, an IPv6 host in brackets (RFC 3986 3.2.2)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
     def close(self) -> None:
         """Stop listening and drop open connections; ``await wait_closed()`` to be sure it is done."""
         if self._server is not None:

@@ -185,7 +185,7 @@ async def start_control_server(host: str, port: int, api: ControlApi) -> Control
     """Listen on ``host:port`` (port 0 picks a free one) for the control API."""
     server = ControlServer(api)
     await server.listen(host, port)
-    log.info("control API on http://%s:%d%s", host, server.port, CALLS_PATH)
+    log.info("control API on %s%s", server.base_url, CALLS_PATH)
     return server
 
 

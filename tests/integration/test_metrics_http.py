@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sipagent.observability.health import HealthServer, HealthState, start_health_server
@@ -121,3 +123,24 @@ def test_close_stops_listening() -> None:
         return False
 
     assert asyncio.run(main())
+
+
+def test_an_ipv6_listener_logs_a_url_that_works(caplog: pytest.LogCaptureFixture) -> None:
+    """The logged address is one a browser or curl takes: the IPv6 host in brackets, not ``http://::1:9090``."""
+    async def main() -> tuple[str, int]:
+        server = await start_health_server("::1", 0, Metrics(), HealthState())
+        try:
+            reader, writer = await asyncio.open_connection("::1", server.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: [::1]\r\n\r\n")
+            status = int((await asyncio.wait_for(reader.read(), 5)).split()[1])
+            writer.close()
+            return server.base_url, status
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    with caplog.at_level(logging.INFO, logger="sipagent"):
+        url, status = asyncio.run(main())
+    assert status == 200
+    assert url.startswith("http://[::1]:")
+    assert f"metrics and health on {url}/metrics" in caplog.text
