@@ -19,8 +19,8 @@ from sipagent.media.pcm_playout import PcmPlayout
 from sipagent.rtp.dtmf import TelephoneEvent
 from sipagent.rtp.endpoint import RtpEndpoint
 from sipagent.rtp.packet import RtpPacket
-from sipagent.rtp.rtcp import ReceiverReport, ReportBlock, build_rr
 from sipagent.rtp.ports import PortAllocator
+from sipagent.rtp.rtcp import ReceiverReport, ReportBlock, build_rr
 from sipagent.rtp.seq import seq_diff, ts_diff
 
 HOST = "127.0.0.1"
