@@ -71,6 +71,7 @@ def refresh_delay(granted: int, min_refresh: float = 5.0) -> float:
     return max(min(granted * 0.8, granted - 30.0), granted * 0.5, min_refresh)
 
 
+RECONNECT_SPREAD_S = 1.0  # registering again after the registrar's connection closed: within this
 # Refusals worth retrying soon; any other refusal of a REGISTER is final until the PBX is changed.
 _TRANSIENT = frozenset({408, 480, 500, 502, 503, 504})
 
@@ -101,9 +102,12 @@ class Registration:
         return self._register(now, "registering")
 
     def stop(self, now: float) -> SipRequest | None:
-        """Unregister (Expires: 0) if we hold a registration; None when there is nothing to undo."""
+        """Unregister (Expires: 0) if we hold a registration, or may: a first REGISTER still unanswered may
+        have bound us already, and its 200 would go unheard, leaving the PBX ringing a stopped agent until the
+        binding expires (a registrar answers an Expires: 0 for no binding with 200 all the same). None when
+        there is nothing to undo."""
         self.next_deadline = None
-        if self.state in ("registered", "refreshing") or (
+        if self.state in ("registered", "refreshing", "registering") or (
             self.registered_until is not None and now < self.registered_until
         ):
             return self._build(0, "unregistering")
@@ -136,11 +140,12 @@ class Registration:
     def connection_lost(self, now: float) -> None:
         """The connection our registration lives on is gone (TCP/TLS): the registrar can no longer reach us
         through it, so the binding is as good as lost. Back off for no time at all: ``timeout(now)`` then
-        registers again at once, over a new connection (RFC 5626 4.4). Nothing to do unless registered: a
-        REGISTER in flight fails by itself and backs off."""
+        registers again within RECONNECT_SPREAD_S, over a new connection (RFC 5626 4.4): at a random point of
+        it, so that the agents a PBX restart cut off do not all connect and REGISTER in the same instant.
+        Nothing to do unless registered: a REGISTER in flight fails by itself and backs off."""
         if self.state != "registered":
             return
-        self.next_deadline = now
+        self.next_deadline = now + RECONNECT_SPREAD_S * self._rand()
         self._pending = None
         self._set_state("backing-off")
 

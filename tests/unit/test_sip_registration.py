@@ -8,7 +8,7 @@ import pytest
 
 from sipagent.sip.auth import DigestChallenge, DigestCredentials, digest_response
 from sipagent.sip.message import SipRequest, SipResponse, build_response, parse_message
-from sipagent.sip.registration import Registration, RegistrationConfig, refresh_delay
+from sipagent.sip.registration import RECONNECT_SPREAD_S, Registration, RegistrationConfig, refresh_delay
 
 CONTACT = "<sip:1001@192.0.2.1:5070;transport=udp>"
 
@@ -161,16 +161,36 @@ def test_each_line_of_an_accounts_registration_names_it(caplog: pytest.LogCaptur
     assert "secret1001" not in caplog.text
 
 
-def test_connection_lost_registers_again_at_once() -> None:
-    reg = make()
+@pytest.mark.parametrize("draw", [0.0, 0.25, 0.999])
+def test_connection_lost_registers_again_within_the_spread(draw: float) -> None:
+    """At once, give or take a random part of RECONNECT_SPREAD_S: a PBX restart does not bring every agent's
+    connection and REGISTER back in the same instant."""
+    reg = Registration(make().config, rand=lambda: draw)
     first = reg.start(0.0)
     assert reg.on_response(reply(first, 200, Expires="300"), 0.1) is None
     assert reg.state == "registered"
     reg.connection_lost(5.0)
-    assert reg.state == "backing-off" and reg.next_deadline == 5.0 and reg.failures == 0
-    again = reg.timeout(5.0)
+    assert reg.state == "backing-off" and reg.failures == 0
+    assert reg.next_deadline == pytest.approx(5.0 + draw * RECONNECT_SPREAD_S) and RECONNECT_SPREAD_S <= 1.0
+    if draw:
+        assert reg.timeout(5.0) is None
+    again = reg.timeout(5.0 + RECONNECT_SPREAD_S)
     assert again is not None and reg.state == "registering" and again.call_id == first.call_id
     assert reg.on_response(reply(again, 200, Expires="300"), 5.1) is None and reg.state == "registered"
+
+
+def test_stop_while_the_first_register_is_unanswered_unregisters_all_the_same() -> None:
+    """The registrar may have bound us already; its 200 would come to nobody. Expires: 0 undoes the binding,
+    and one the registrar never made is answered 200 too: no harm either way."""
+    reg = make()
+    first = reg.start(0.0)
+    bye = reg.stop(0.5)
+    assert bye is not None and bye.headers.get("Expires") == "0" and reg.state == "unregistering"
+    assert bye.cseq.seq > first.cseq.seq and bye.call_id == first.call_id
+    assert reg.on_response(reply(first, 200, Expires="300"), 0.6) is None  # the first one's late 200
+    assert reg.state == "unregistering"
+    assert reg.on_response(reply(bye, 200), 0.7) is None
+    assert reg.state == "unregistered" and reg.next_deadline is None
 
 
 def test_connection_lost_while_not_registered_changes_nothing() -> None:
