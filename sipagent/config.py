@@ -956,7 +956,9 @@ def _check_local(ctx: _Ctx, root: yaml.Node | None, rt: RealtimeConfig) -> None:
 def _check_host(host: str) -> None:
     """A host name or an IP address, as it is written into SIP headers; raises ValueError."""
     if ":" in host:
-        ipaddress.IPv6Address(host)  # ValueError when it is none
+        if ipaddress.IPv6Address(host).scope_id:  # ValueError when it is none
+            raise ValueError("a zone (%name) means nothing to a peer and cannot be written in SIP; "
+                             "use a global or unique-local address")
     elif not _HOST.fullmatch(host):
         raise ValueError(f"not a host name or address: {host!r}")
 

@@ -10,12 +10,14 @@ transaction from this source (``TransactionBudget``). Anything refused costs no 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_BRACKETED = re.compile(r"\[([^\]]*)\](/[0-9]{1,3})?")  # [2001:db8::1] or [2001:db8::]/32
 
 
 def normalise_ip(host: str) -> str:
@@ -28,9 +30,14 @@ def normalise_ip(host: str) -> str:
 
 
 def parse_network(text: str) -> IpNetwork | None:
-    """An address or CIDR network (``10.0.0.5``, ``10.0.0.0/24``, ``[2001:db8::1]``); None for a name."""
+    """An address or CIDR network (``10.0.0.5``, ``10.0.0.0/24``, ``[2001:db8::1]``, ``[2001:db8::]/32``);
+    None for a name."""
+    text = text.strip()
+    bracketed = _BRACKETED.fullmatch(text)
+    if bracketed is not None:
+        text = bracketed[1] + (bracketed[2] or "")
     try:
-        return ipaddress.ip_network(text.strip().strip("[]"), strict=False)
+        return ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
 

@@ -307,6 +307,8 @@ def test_complex_key_is_named_not_dumped() -> None:
     ('{public_address: "a b\\r\\nc"}', "sip.public_address"),
     ('{public_address: "203.0.113.10:5060"}', "sip.public_address"),
     ('{public_address: "[2001:db8::1]"}', "sip.public_address"),
+    ('{public_address: "fe80::1%eth0"}', "sip.public_address"),  # a zone: meaningless to the PBX
+    ('{listen: "[fe80::1%eth0]:5060"}', "sip.listen"),
     ('{outbound_proxy: "a b c"}', "sip.outbound_proxy"),
     ('{registrar: "pbx example.com", username: "2001"}', "sip.registrar"),
 ])

@@ -47,6 +47,9 @@ def test_addresses_and_networks_parse() -> None:
     assert parse_network("10.0.0.0/8") == ipaddress.ip_network("10.0.0.0/8")
     assert parse_network("10.1.2.3/8") == ipaddress.ip_network("10.0.0.0/8")
     assert parse_network("[2001:db8::1]") == ipaddress.ip_network("2001:db8::1/128")
+    assert parse_network(" [2001:db8::]/32 ") == ipaddress.ip_network("2001:db8::/32")  # as in a URL
+    assert parse_network("[::1]/128") == ipaddress.ip_network("::1/128")
+    assert parse_network("[::1]x") is None and parse_network("[::1]/129") is None
     assert parse_network("pbx.example.com") is None
 
 
