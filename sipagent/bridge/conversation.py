@@ -10,11 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+HEARD_ITEMS = 8  # cut items whose heard share is kept, for a transcript that comes after the cut
+CUT_MARK = "… [the caller cut in here and heard no more]"
+
 
 @dataclass
 class Turn:
     role: str  # "user" | "assistant"
     text: str
+    item_id: str = ""  # the assistant item it is the transcript of
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Conversation:
     response_active: bool = False
     cut_item: str = ""  # the item the caller last interrupted: its deltas still in flight are not played
     usage: dict[str, int] = field(default_factory=dict)
+    heard: dict[str, float] = field(default_factory=dict)  # item id -> share the caller heard, of items cut
 
     def agent_audio(self, item_id: str, ms: int) -> None:
         """``ms`` of audio of ``item_id`` were queued for playout."""
@@ -62,9 +67,31 @@ class Conversation:
         if text.strip():
             self.turns.append(Turn("user", text.strip()))
 
-    def agent_said(self, text: str) -> None:
-        if text.strip():
-            self.turns.append(Turn("assistant", text.strip()))
+    def agent_said(self, text: str, item_id: str = "") -> None:
+        """The model's transcript of an item; of one the caller cut off, only what the caller heard of it."""
+        text = text.strip()
+        if item_id in self.heard:
+            text = heard_part(text, self.heard[item_id])
+        if text:
+            self.turns.append(Turn("assistant", text, item_id))
+
+    def heard_only(self, item_id: str, heard_ms: int, queued_ms: int) -> None:
+        """The caller cut ``item_id`` off after ``heard_ms`` of its ``queued_ms``: the conversation replayed
+        into a new session must not tell the model it said the rest (the server forgets the rest as well,
+        truncating the item). Its transcript may already be here, or come later."""
+        share = heard_ms / queued_ms if queued_ms > 0 else 0.0
+        if share >= 1.0:
+            return
+        self.heard[item_id] = share
+        while len(self.heard) > HEARD_ITEMS:
+            del self.heard[next(iter(self.heard))]
+        for i in range(len(self.turns) - 1, max(-1, len(self.turns) - 1 - HEARD_ITEMS), -1):
+            turn = self.turns[i]
+            if turn.item_id == item_id:
+                turn.text = heard_part(turn.text, share)
+                if not turn.text:
+                    del self.turns[i]
+                return
 
     def add_usage(self, usage: dict[str, Any] | None) -> None:
         for key in ("total_tokens", "input_tokens", "output_tokens"):
@@ -76,3 +103,17 @@ class Conversation:
         """The conversation so far, as context for a new session after a reconnect."""
         lines = [f"{'Caller' if t.role == 'user' else 'You'}: {t.text}" for t in self.turns[-limit:]]
         return "\n".join(lines)
+
+
+def heard_part(text: str, share: float) -> str:
+    """The first ``share`` of ``text``, to the end of the word it falls in, marked as cut off ("" for none).
+    Speech takes about as long per character all through, so the share of the time is one of the text."""
+    if share <= 0.0 or not text:
+        return ""
+    if share >= 1.0 or text.endswith(CUT_MARK):
+        return text
+    end = round(len(text) * share)
+    space = text.find(" ", end)
+    kept = (text if space < 0 else text[:space]).rstrip(" ,;:.")
+    return f"{kept} {CUT_MARK}" if kept else ""
+

@@ -192,7 +192,9 @@ class Downlink:
         cut = self.conversation.interrupted(played_ms)
         if cut is None or current is None:
             return cut
-        return cut[0], current.heard_ms(heard_ms)
+        heard = current.heard_ms(heard_ms)
+        self.conversation.heard_only(cut[0], heard, current.queued_ms)
+        return cut[0], heard
 
     def cut_to_truncate(self, played_ms: int, heard_ms: int) -> tuple[str, int] | None:
         """:meth:`cut`, for a barge-in: the item and the milliseconds of it to truncate the server's copy at,

@@ -60,15 +60,19 @@ class CallRecords:
         self.record("call", event="start", call_id=call_id, caller=caller, codec=codec, profile=profile, route=route,
                     context=context)
 
-    def said(self, role: str, text: str, **fields: Any) -> None:
-        """A line of the conversation (``role`` "caller" or "agent"): kept for a reconnect's replay, written
-        to the transcript and passed to the transcript callback."""
+    def said(self, role: str, text: str, item_id: str = "", **fields: Any) -> None:
+        """A line of the conversation (``role`` "caller" or "agent"; ``item_id``, the agent's item it is the
+        transcript of): kept for a reconnect's replay (only what the caller heard of it), written to the
+        transcript whole (a ``barge_in`` entry with the same ``item_id`` says how much was heard) and passed
+        to the transcript callback."""
         if not text.strip():
             return
         if role == "caller":
             self.conversation.caller_said(text)
         else:
-            self.conversation.agent_said(text)
+            self.conversation.agent_said(text, item_id)
+            if item_id:
+                fields["item_id"] = item_id
         self.record(role, text=text.strip(), **fields)
         if self.on_transcript:
             self.on_transcript(role, text.strip())
@@ -76,7 +80,7 @@ class CallRecords:
     def agent_transcript(self, item_id: object, text: str) -> None:
         """The model's transcript of one of its items: written now, or, for the greeting, once it is over."""
         if not self.is_greeting(item_id):
-            self.said("agent", text)
+            self.said("agent", text, item_id if isinstance(item_id, str) else "")
         elif self._greeting is not None and not self._greeting.text:
             self._greeting.text = text.strip()
 
@@ -138,8 +142,10 @@ class CallRecords:
             return  # still playing, or none of it was ever played: nothing to write
         greeting.written = True
         # Without the model's transcript (cut before it came), what the model was told to say exactly.
-        self.said("agent", greeting.text or self.greeting_text, greeting=True, heard_ms=greeting.heard_ms,
-                  total_ms=greeting.total_ms, interrupted=greeting.interrupted)
+        first = self.conversation.first
+        self.said("agent", greeting.text or self.greeting_text, first.item_id if first is not None else "",
+                  greeting=True, heard_ms=greeting.heard_ms, total_ms=greeting.total_ms,
+                  interrupted=greeting.interrupted)
 
 
 __all__ = ["CallRecords"]
