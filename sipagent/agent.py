@@ -31,7 +31,7 @@ from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
 from sipagent.bridge.warm import HumanDialer, HumanUnavailable
 from sipagent.call_media import CallMedia, EndpointLeg, MediaSettings
-from sipagent.config import Config, load_config
+from sipagent.config import Config, HostPort, load_config
 from sipagent.errors import CallAbandoned, ConfigError, RealtimeError, SdpError, SrtpRefused
 from sipagent.human_leg import HumanCallLeg, dial_human
 from sipagent.media.clock import MediaClock
@@ -734,7 +734,7 @@ async def _serve(config: Config) -> int:
             log.error("reload refused, keeping the running configuration: %s", exc)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    log.info("sipagent ready on %s:%d (%s, %s loop)", *agent.sip_address,
+    log.info("sipagent ready on %s (%s, %s loop)", HostPort(*agent.sip_address),
              "direct mode" if config.sip.direct_mode else f"registering at {config.sip.registrar}",
              type(loop).__module__.split(".")[0])
     await stop.wait()

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from sipagent.agent import realtime_endpoint, session_settings, ua_settings
 from sipagent.bridge import webhook
 from sipagent.bridge.transcript import directory_problem, free_bytes
-from sipagent.config import Config
+from sipagent.config import Config, HostPort
 from sipagent.errors import ConfigError, RealtimeError, SipagentError
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
@@ -131,7 +131,7 @@ async def _check_sip(config: Config) -> str:
     try:
         host, port = ua.local_address
         if not config.sip.registrar:
-            return f"bound {config.sip.transport} {host}:{port}; the PBX must send INVITEs here"
+            return f"bound {config.sip.transport} {HostPort(host, port)}; the PBX must send INVITEs here"
         domain = config.sip.effective_domain
         if not await ua.wait_registered(timeout=10.0):
             failed = [f"{account.username}@{domain} (state {ua.registration_states.get(account.name)})"

@@ -143,16 +143,19 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-def describe_verify_failure(code: int, message: str, server_name: str) -> str:
+def describe_verify_failure(code: int, message: str, server_name: str, address: str = "") -> str:
     """An OpenSSL verification failure (``SSLCertVerificationError.verify_code``/``verify_message``) in words
-    an operator can act on, naming the setting to look at."""
+    an operator can act on, naming the setting to look at. ``server_name`` is what the certificate was checked
+    against; ``address``, where we connected (``[2001:db8::1]:5061``), when known."""
+    if code in _NAME_MISMATCH:
+        where = f" of {address}" if address else ""
+        return (f'the certificate{where} was not issued for "{server_name}" (wrong name: hostname mismatch); set '
+                "sip.tls.server_name to a name the certificate carries, or fix the certificate")
+    server_name = _peer(server_name, address)
     if code == _EXPIRED:
         return f"the certificate of {server_name} has expired (renew it on the server)"
     if code == _NOT_YET_VALID:
         return f"the certificate of {server_name} is not valid yet (check the clocks of both hosts)"
-    if code in _NAME_MISMATCH:
-        return (f'the certificate was not issued for "{server_name}" (wrong name: hostname mismatch); set '
-                "sip.tls.server_name to a name the certificate carries, or fix the certificate")
     if code in _SELF_SIGNED:
         return (f"the certificate of {server_name} is self-signed or signed by a CA we do not trust (unknown CA); "
                 "put that CA in sip.tls.ca_file")
@@ -164,10 +167,22 @@ def describe_verify_failure(code: int, message: str, server_name: str) -> str:
     return f"the certificate of {server_name} was refused: {message or 'verification failed'}"
 
 
-def describe_handshake_error(exc: BaseException, server_name: str) -> str:
-    """Any exception from opening a TLS connection, in plain words (certificate problems named)."""
+def _peer(server_name: str, address: str) -> str:
+    """The peer in a message: its address, and the name checked when that is not the address's host."""
+    if not address or address == server_name:
+        return server_name
+    if address.startswith(f"[{server_name}]:") or address.startswith(f"{server_name}:"):
+        return address
+    return f"{server_name} ({address})"
+
+
+def describe_handshake_error(exc: BaseException, server_name: str, address: str = "") -> str:
+    """Any exception from opening a TLS connection to ``address`` (checked against ``server_name``), in plain
+    words (certificate problems named)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return describe_verify_failure(int(exc.verify_code or 0), str(exc.verify_message or ""), server_name)
+        return describe_verify_failure(int(exc.verify_code or 0), str(exc.verify_message or ""), server_name,
+                                       address)
+    server_name = _peer(server_name, address)
     if isinstance(exc, ssl.SSLError):
         reason = (exc.reason or "").upper()
         if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER_FAILURE" in reason or "PACKET_LENGTH" in reason:

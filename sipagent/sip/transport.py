@@ -50,6 +50,7 @@ from sipagent.sip.message import (
     parse_message,
 )
 from sipagent.sip.tls import TlsHandshakeError, TlsSettings, client_context, describe_handshake_error, server_context
+from sipagent.sip.uri import host_port
 
 logger = logging.getLogger(__name__)
 wire_logger = logging.getLogger("sipagent.sip.wire")
@@ -668,11 +669,10 @@ class TcpTransport(SipTransport):
             self._connecting.pop(key, None)
             if self.ssl_client is not None:
                 # An operator must read "expired" or "wrong name", not "[SSL: CERTIFICATE_VERIFY_FAILED]".
-                exc = TlsHandshakeError(describe_handshake_error(exc, f"{name} ({peer.host}:{peer.port})"
-                                                                 if name != peer.host else f"{peer.host}:{peer.port}"))
-                if self._log_throttle.allow("handshake", f"{peer.host}:{peer.port}", time.monotonic()):
-                    logger.warning("TLS connection to %s:%s failed: %s (logged once a minute)", peer.host,
-                                   peer.port, exc)
+                address = host_port(peer.host, peer.port)
+                exc = TlsHandshakeError(describe_handshake_error(exc, name, address))
+                if self._log_throttle.allow("handshake", address, time.monotonic()):
+                    logger.warning("TLS connection to %s failed: %s (logged once a minute)", address, exc)
             self._failed(peer, exc)
             return
         conn = _Connection(self, peer, reader, writer, accepted=False)

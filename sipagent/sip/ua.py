@@ -73,7 +73,7 @@ from sipagent.sip.transaction import (
     server_key,
 )
 from sipagent.sip.transport import Peer, SipTransport, TcpTransport, TransportLimits, create_transport
-from sipagent.sip.uri import NameAddr, SipUri, parse_name_addr_list, parse_target_uri
+from sipagent.sip.uri import NameAddr, SipUri, host_port, parse_name_addr_list, parse_target_uri, uri_host
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +174,6 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _uri_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 # RFC 3261 20.43: what a 488 says when the offer's media address is of a family we cannot send to.
@@ -331,8 +327,8 @@ class UserAgent:
         self._transport.trusts = self.policy.trusts
         self._advertised = (self.advertised_host(), self.local_address[1])
         logger.info("SIP %s listening on %s:%s, advertising %s:%s; requests accepted from %s",
-                    self.transport_name, _uri_host(self.local_address[0]), self.local_address[1],
-                    _uri_host(self._advertised[0]), self._advertised[1], self.policy.describe())
+                    self.transport_name, uri_host(self.local_address[0]), self.local_address[1],
+                    uri_host(self._advertised[0]), self._advertised[1], self.policy.describe())
         if self._registrar is not None:
             for line in self._lines.values():
                 line.registration = self._new_registration(line.account)
@@ -570,7 +566,7 @@ class UserAgent:
                           accept_refer=accept_refer)
 
     def _referred_by(self, account: str) -> str:
-        return f"<{self._scheme}:{self.user_of(account)}@{_uri_host(self.domain)}>"
+        return f"<{self._scheme}:{self.user_of(account)}@{uri_host(self.domain)}>"
 
     # -- placing calls -----------------------------------------------------------------------------------
 
@@ -600,11 +596,11 @@ class UserAgent:
         local_host = self.advertised_host(dest.host)
         if line is not None:
             user = line.account.username
-            from_aor = f"{self._scheme}:{user}@{_uri_host(self.domain)}"
+            from_aor = f"{self._scheme}:{user}@{uri_host(self.domain)}"
             credentials = DigestCredentials(line.account.auth_user or user, line.account.password)
         else:
             user = self.settings.username
-            from_aor = f"{self._scheme}:{user or 'sipagent'}@{_uri_host(local_host)}"
+            from_aor = f"{self._scheme}:{user or 'sipagent'}@{uri_host(local_host)}"
             credentials = None
         # A call we place may be transferred by its far end (REFER): ``OutgoingCall.on_refer`` decides.
         config = self._call_config(local_host, user, dest.transport, accept_refer=True)
@@ -615,7 +611,7 @@ class UserAgent:
         call = OutgoingCall(self, core, dest, local_host, account=name, referred_by=self._referred_by(name),
                             on_progress=on_progress)
         self._calls[call.call_id] = call
-        logger.info("call %s to %s: dialling via %s:%s%s", call.call_id, call.to_uri, _uri_host(dest.host), dest.port,
+        logger.info("call %s to %s: dialling via %s:%s%s", call.call_id, call.to_uri, uri_host(dest.host), dest.port,
                     f" on account {name}" if name else "")
         self.drive(call, core.dial(local_host, rtp_port, self._now(), ring_timeout=ring_timeout))
         await call.established()
@@ -636,7 +632,7 @@ class UserAgent:
             if ":" not in text:
                 if not text or not all(c.isalnum() or c in "+*#._-" for c in text):
                     raise SipParseError("not an extension")
-                host = _uri_host(self.domain)
+                host = uri_host(self.domain)
                 if self.settings.registrar:
                     registrar_host, port = _split_hostport(self.settings.registrar, 0)
                     if port and registrar_host.strip("[]") == self.domain.strip("[]"):
@@ -653,7 +649,7 @@ class UserAgent:
             if proxy:
                 host, port = _split_hostport(proxy, self._default_port)
                 peer = Peer(self.transport_name, await self._resolve(host), port)
-                return peer, [f"<{self._scheme}:{_uri_host(host)}:{port};lr>"]
+                return peer, [f"<{self._scheme}:{uri_host(host)}:{port};lr>"]
             if self._registrar is not None:
                 return self._registrar, []
             host, uri_port = uri.host_port
@@ -693,12 +689,12 @@ class UserAgent:
 
     def _new_registration(self, account: SipAccount) -> Registration:
         s = self.settings
-        registrar_uri = f"{self._scheme}:{_uri_host(self.domain)}"
+        registrar_uri = f"{self._scheme}:{uri_host(self.domain)}"
         registrar_port = _split_hostport(s.registrar or "", 0)[1]
         if registrar_port:
             registrar_uri += f":{registrar_port}"
         return Registration(RegistrationConfig(
-            registrar_uri=registrar_uri, aor=f"{self._scheme}:{account.username}@{_uri_host(self.domain)}",
+            registrar_uri=registrar_uri, aor=f"{self._scheme}:{account.username}@{uri_host(self.domain)}",
             contact=self._contact(user=account.username), via_sent_by=self._sent_by(),
             transport=self.transport_name,
             credentials=DigestCredentials(account.auth_user or account.username, account.password),
@@ -772,8 +768,8 @@ class UserAgent:
         if not lines:
             return
         assert self._registrar is not None
-        logger.warning("connection to the registrar %s:%s lost: registering again over a new one",
-                       self._registrar.host, self._registrar.port)
+        logger.warning("connection to the registrar %s lost: registering again over a new one",
+                       host_port(self._registrar.host, self._registrar.port))
         self.reconnects += 1
         for line in lines:
             assert line.registration is not None
@@ -796,13 +792,13 @@ class UserAgent:
         # Direct mode may run without a username: then the Contact has no user part at all. Each account
         # registers (and answers) with its own user part, so the PBX routes its calls back to it.
         user = self.settings.username if user is None else user
-        return f"{self._scheme}:{user + '@' if user else ''}{_uri_host(host)}:{port}{transport}"
+        return f"{self._scheme}:{user + '@' if user else ''}{uri_host(host)}:{port}{transport}"
 
     def _contact(self, host: str | None = None, user: str | None = None) -> str:
         return f"<{self._contact_uri(host, user)}>"
 
     def _sent_by(self, host: str | None = None) -> str:
-        return f"{_uri_host(host or self._advertised[0])}:{self._advertised[1]}"
+        return f"{uri_host(host or self._advertised[0])}:{self._advertised[1]}"
 
     async def _send_request(self, request: SipRequest, dest: Peer,
                             on_provisional: Callable[[SipResponse], None] | None = None) -> SipResponse:
@@ -824,7 +820,7 @@ class UserAgent:
                     on_provisional(event.response)
             elif isinstance(event, TimeoutEvent):
                 if not future.done():
-                    where = f"{dest.host}:{dest.port}"
+                    where = host_port(dest.host, dest.port)
                     reason = self._transport_errors.get(dest)
                     future.set_exception(SipTimeout(f"{request.method} to {where} failed: {reason}" if reason
                                                     else f"no answer to {request.method} from {where}"))

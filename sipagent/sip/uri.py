@@ -28,6 +28,16 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
+def uri_host(host: str) -> str:
+    """``host`` as a URI, or a log line a reader must not misread, writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, ``[2001:db8::1]:5060`` for an IPv6 host (``::1:5060`` could be either)."""
+    return f"{uri_host(host)}:{port}"
+
+
 def _parse_hostport(text: str, what: str) -> tuple[str, int | None]:
     if text.startswith("["):
         end = text.find("]")

@@ -322,7 +322,9 @@ class FakeRegistrar:
     """Answers every REGISTER with 200 over TLS, and the first ``pongs`` keep-alive pings of each connection
     (then it goes silent, as an unplugged one would); counts connections."""
 
-    def __init__(self, cert: Path, key: Path, pongs: int = 0, drop_first: bool = False) -> None:
+    def __init__(self, cert: Path, key: Path, pongs: int = 0, drop_first: bool = False,
+                 host: str = "127.0.0.1") -> None:
+        self.host = host
         self.pongs = pongs
         self.drop_first = drop_first  # close the first connection right after its first 200 OK
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -333,7 +335,7 @@ class FakeRegistrar:
         self.port = 0
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
+        self.server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.context)
         self.port = int(self.server.sockets[0].getsockname()[1])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -383,6 +385,34 @@ def test_expired_certificate_is_named(pki: Pki) -> None:
             assert not await ua.wait_registered(2)
             assert ua.registration_problem is not None and "has expired" in ua.registration_problem
             assert registrar.registers == 0
+        finally:
+            await ua.stop()
+            await registrar.stop()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("issued_for", ["::1", "127.0.0.1"])
+def test_tls_over_ipv6_checks_the_certificate_against_the_ipv6_address(pki: Pki, issued_for: str) -> None:
+    """A registrar at [::1] over TLS: its certificate must name ::1 (an IP address SAN, matched as an address,
+    not as the bracketed text of the URI); one issued for another address is refused, and said so."""
+    cert, key = pki.issue(f"v6-{issued_for}", issued_for)
+
+    async def scenario() -> None:
+        registrar = FakeRegistrar(cert, key, host="::1")
+        await registrar.start()
+        ua = UserAgent(settings(f"[::1]:{registrar.port}", "3081", TlsSettings(ca_file=str(pki.ca_file)),
+                                listen_host="::1", domain="::1"), _ignore)
+        await ua.start()
+        try:
+            if issued_for == "::1":
+                assert await ua.wait_registered(5), ua.registration_problem
+                assert registrar.registers >= 1
+            else:
+                assert not await ua.wait_registered(2)
+                assert registrar.registers == 0
+                problem = ua.registration_problem or ""
+                assert f'certificate of [::1]:{registrar.port} was not issued for "::1"' in problem, problem
         finally:
             await ua.stop()
             await registrar.stop()

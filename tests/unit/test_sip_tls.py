@@ -53,6 +53,19 @@ def test_handshake_errors_other_than_verification() -> None:
     assert "does not speak TLS" in describe_handshake_error(plain, "pbx")
 
 
+@pytest.mark.parametrize(("name", "address", "peer"), [
+    ("::1", "[::1]:5061", "[::1]:5061"),  # an address: said once, in brackets (never "::1:5061")
+    ("192.0.2.7", "192.0.2.7:5061", "192.0.2.7:5061"),
+    ("pbx.example.com", "[2001:db8::7]:5061", "pbx.example.com ([2001:db8::7]:5061)"),
+])
+def test_the_peer_is_named_by_what_was_checked_and_where(name: str, address: str, peer: str) -> None:
+    assert describe_handshake_error(ConnectionRefusedError(), name, address).startswith(f"{peer} refused")
+    expired = describe_verify_failure(10, "", name, address)
+    assert expired == f"the certificate of {peer} has expired (renew it on the server)"
+    mismatch = describe_verify_failure(62, "", name, address)
+    assert mismatch.startswith(f'the certificate of {address} was not issued for "{name}"'), mismatch
+
+
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, str]:
     ca = trustme.CA()
