@@ -13,6 +13,7 @@ part, each in its own module:
   the caller's keys.
 - ``records.CallRecords``: transcript, recording and the greeting's entry.
 - ``limits.CallLimits``: idle prompts, the call's length, media timeout.
+- ``response_retry.ResponseRetries``: a response that failed for a passing cause asked for again.
 - ``state.CallState``: the state all of them read (answering → connecting → live ⇄ held → transferring /
   ending → ended), the closing goodbye and the outcome.
 
@@ -43,6 +44,7 @@ from sipagent.bridge.interruptions import Interruptions
 from sipagent.bridge.legs import CallLeg, MediaLeg, RealtimeLink
 from sipagent.bridge.limits import CallLimits
 from sipagent.bridge.records import CallRecords
+from sipagent.bridge.response_retry import REFUSED, Line, NoRetry, Retry, Take
 from sipagent.bridge.session import RealtimeSession, Responses
 from sipagent.bridge.settings import AgentConfig, RecordingConfig
 from sipagent.bridge.state import CallState
@@ -140,6 +142,7 @@ class CallBridge:
         self.realtime = RealtimeSession(connect, self.session, settings.dialect, settings.reconnect_delays,
                                         settings.max_session_s, call, state, self.conversation, records, self.log,
                                         self.metrics)
+        self.retries = self.realtime.retries
         self.uplink = Uplink(media.codec, settings.audio_format,
                              VadSettings(threshold_db=barge.threshold_db, min_speech_ms=barge.min_speech_ms),
                              barge.mode != "off", self.realtime, state, self.policy, self._caller_sound,
@@ -161,13 +164,12 @@ class CallBridge:
                                  self._busy, lambda: self.on_hold, self._idle_prompt, self._say_goodbye)
         # The model's events and who handles each; any other type is ignored.
         self._handlers: dict[str, Handler] = {
-            "response.output_audio.delta": self.downlink.delta,
-            "response.created": self.responses.created,
+            "response.output_audio.delta": self._agent_audio,
+            "response.created": self._response_created,
             "response.done": self._response_done,
-            "input_audio_buffer.speech_started": lambda event: self.interruptions.server_speech(),
+            "input_audio_buffer.speech_started": self._speech_started,
             "input_audio_buffer.speech_stopped": lambda event: self.downlink.caller_turn_ended(),
-            "conversation.item.input_audio_transcription.completed":
-                lambda event: self.records.said("caller", _text(event.get("transcript"))),
+            "conversation.item.input_audio_transcription.completed": self._caller_transcript,
             "response.output_audio_transcript.done":
                 lambda event: self.records.agent_transcript(event.get("item_id"), _text(event.get("transcript"))),
             "response.function_call_arguments.done": self._tool_call,
@@ -485,7 +487,8 @@ class CallBridge:
         return (self.media.buffered_ms > 0 or self.responses.active or tools.pending is not None
                 or tools.collector is not None  # a keypad entry has its own timeouts
                 or state.name != "live" or self.on_hold  # e.g. transferring: never prompt a caller put through
-                or self.uplink.vad.speaking)
+                or self.uplink.vad.speaking
+                or self.retries.pending is not None)  # a failed response is about to be asked for again
 
     def _idle_prompt(self) -> None:
         self.realtime.send(ev.say_exactly(self.agent.idle_prompt))
@@ -496,6 +499,30 @@ class CallBridge:
         """The event's handler called; what it returns to wait for (RealtimeSession.read awaits it)."""
         handler = self._handlers.get(event.get("type", ""))
         return None if handler is None else handler(event)
+
+    def _agent_audio(self, event: dict[str, Any]) -> None:
+        """response.output_audio.delta: to the downlink; whether it queued audio for the caller (the item playing
+        began or grew) decides whether its response, should it fail, may be asked for again."""
+        conversation = self.conversation
+        item = conversation.current
+        queued = -1 if item is None else item.queued_ms
+        self.downlink.delta(event)
+        after = conversation.current
+        if after is not item or (after is not None and after.queued_ms != queued):
+            self.retries.audio()
+
+    def _response_created(self, event: dict[str, Any]) -> None:
+        self.responses.created(event)
+        response = event.get("response")
+        self.retries.created(response if isinstance(response, dict) else {})
+
+    def _speech_started(self, event: dict[str, Any]) -> Awaitable[None]:
+        self.retries.caller_spoke(event.get("item_id"))  # the server answers the caller: no retry of ours
+        return self.interruptions.server_speech()
+
+    def _caller_transcript(self, event: dict[str, Any]) -> None:
+        self.retries.caller_said(event.get("item_id"))
+        self.records.said("caller", _text(event.get("transcript")))
 
     def _response_done(self, event: dict[str, Any]) -> None:
         # Whatever its shape, the response is over: a handler that raised before ``responses.done()`` would
@@ -508,9 +535,46 @@ class CallBridge:
             if self.metrics:
                 self.metrics.tokens_used(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")))
         self.records.greeting_done(response)
-        self._spawn(self._after_response())
         self.responses.done()
         self.realtime.response_done(response)  # failed or incomplete: said and counted
+        verdict = self.retries.done(response, time.monotonic(), self._line())
+        if isinstance(verdict, Retry):
+            # The agent has not said what it was to say yet: what waits for that (the greeting's end, an end_call
+            # or transfer) waits for the retry's response, or for the retry to be given up.
+            self.log.info("retrying the failed response in %g s (%s)", verdict.delay_s, verdict.code or "no code")
+            self.records.record("event", event="response-retry", code=verdict.code, attempt=verdict.attempt,
+                                delay_s=verdict.delay_s, request="ours" if verdict.ours else "server")
+            if self.metrics:
+                self.metrics.response_retried(verdict.code)
+            self._spawn(self._retry(verdict))
+            return
+        if isinstance(verdict, NoRetry):
+            self.log.log(logging.INFO if verdict.gave_up else logging.DEBUG, "failed response not retried: %s",
+                         verdict.reason)
+        self._spawn(self._after_response())
+
+    async def _retry(self, retry: Retry) -> None:
+        """The failed response's request sent again once its delay is over, unless the call has moved on."""
+        take = Take.WAIT
+        while take is Take.WAIT:
+            await asyncio.sleep(max(0.0, retry.due - time.monotonic()))
+            take = self.retries.take(retry, time.monotonic(), self._line())
+        if take is Take.SEND:
+            if self._greeting_pending:
+                self.policy.greeting_started(time.monotonic())  # the greeting, asked again: protected afresh
+            self.realtime.send(retry.event)
+            return
+        self.log.info("failed response not retried: %s", self.retries.why_not)
+        self.records.record("event", event="response-retry-dropped", reason=self.retries.why_not)
+        await self._after_response()
+
+    def _line(self) -> Line:
+        """What the call is doing, for the retry of a failed response."""
+        state = self.call_state
+        live = (state.live and state.closing is None and not self.tools.transferring and not state.done.is_set()
+                and not self.call.ended.is_set())
+        return Line(live=live, held=self.on_hold, connected=self.realtime.link is not None,
+                    responding=self.responses.active, caller_speaking=self.uplink.vad.speaking)
 
     def _tool_call(self, event: dict[str, Any]) -> None:
         name, call_id = event.get("name", ""), event.get("call_id", "")
@@ -525,6 +589,8 @@ class CallBridge:
         code = _text(error.get("code")) or _text(error.get("type"))
         message = _text(error.get("message"))[:300]
         level = self.realtime.server_error(code)  # an expired session is replaced; a repeated code logs once
+        if code == REFUSED:
+            self.retries.refused()  # a response.create of ours came while a response was under way
         self.log.log(level, "Realtime error %s: %s", code[:60].encode("unicode_escape").decode(),
                      message.encode("unicode_escape").decode())  # the server's text: one log line, never two
         self.records.record("event", event="realtime-error", code=code, message=message)

@@ -18,6 +18,7 @@ from typing import Any
 from sipagent.bridge.conversation import Conversation
 from sipagent.bridge.legs import CallLeg, RealtimeLink
 from sipagent.bridge.records import CallRecords
+from sipagent.bridge.response_retry import ResponseRetries
 from sipagent.bridge.state import CallState
 from sipagent.errors import RealtimeError
 from sipagent.observability.metrics import Metrics
@@ -142,6 +143,8 @@ class RealtimeSession:
         self._renew_at = 0.0  # loop time when the current session is to be renewed
         self._replacing: asyncio.Task[bool] | None = None  # a new session being opened beside the old one
         self._error_codes: set[str] = set()  # error codes logged at WARNING once already
+        # Which response answers which response.create of ours (each leaves tagged), for a failed one's retry.
+        self.retries = ResponseRetries()
 
     async def open(self, first: bool) -> bool:
         """Connects (with retries) and configures a session; on a reconnect, replays the conversation."""
@@ -179,6 +182,7 @@ class RealtimeSession:
     def _use(self, link: RealtimeLink) -> None:
         self.link = link
         self.expired = False
+        self.retries.new_session()  # nothing asked of the old session is answered here
         self._dead = None
         loop = asyncio.get_running_loop()
         self._renew_at = loop.time() + self.max_session_s
@@ -211,11 +215,16 @@ class RealtimeSession:
             return
         if not self._alive:
             self._unanswered.append(event)
-        await link.send(event)
+        await link.send(self._outgoing(event))
 
     def send(self, event: dict[str, Any]) -> None:
         """Queue an event for the writer: events leave in the order they were queued."""
         self.outbox.put_nowait(event)
+
+    def _outgoing(self, event: dict[str, Any]) -> dict[str, Any]:
+        """``event`` as it leaves: a response.create tagged and remembered, so that its response can be told
+        from one the server began on its own (``ResponseRetries.asked``)."""
+        return self.retries.asked(event) if event.get("type") == "response.create" else event
 
     async def pump(self) -> None:
         """The one writer to the WebSocket."""
@@ -224,6 +233,8 @@ class RealtimeSession:
             link = self.link
             if link is None:
                 continue  # reconnecting: audio and events from the dead session are stale
+            if isinstance(event, dict):  # not an audio append (already JSON text)
+                event = self._outgoing(event)
             try:
                 await link.send(event)
             except (RealtimeError, OSError) as exc:
@@ -389,9 +400,10 @@ class RealtimeSession:
 
     def response_done(self, response: Mapping[str, Any]) -> None:
         """A response.done, of any shape: one that did not complete is said in the log and counted. A failed
-        one (server_error, rate_limit_exceeded...) left the caller without an answer: WARNING (once per code,
-        as for error events) and realtime_errors{code}; an incomplete one (max_output_tokens, content_filter)
-        was cut short by the server: INFO, and a transcript event; a cancelled one is a barge-in: DEBUG."""
+        one (server_error, rate_limit_exceeded...) left the caller without an answer (the bridge may ask for it
+        again: ``ResponseRetries``): WARNING (once per code, as for error events) and realtime_errors{code}; an
+        incomplete one (max_output_tokens, content_filter) was cut short by the server: INFO, and a transcript
+        event; a cancelled one is a barge-in: DEBUG."""
         status = response.get("status")
         if not isinstance(status, str) or status in ("completed", "in_progress"):
             return

@@ -37,6 +37,9 @@ CALL_OUTCOMES: Final[tuple[str, ...]] = get_args(CallOutcome)
 TokenKind = Literal["input", "output"]
 PauseOutcome = Literal["barge-in", "resumed"]  # confirmed as speech, or a false alarm (cough, door, "uh-huh")
 RecordingKind = Literal["transcript", "audio"]  # the JSON Lines transcript, the stereo WAV
+# The failures of a Realtime response that are asked for again (bridge/response_retry.py); "response_failed":
+# a failure with no code, as in realtime_errors.
+RETRIED_CODES: Final = ("rate_limit_exceeded", "server_error", "response_failed")
 # What became of a call event (events.webhook): 2xx; refused for good (a 4xx other than 408/429, or a request
 # that could not be sent); attempts or time used up; never sent (the queue was full, or shutdown came first).
 EventResult = Literal["delivered", "rejected", "failed", "dropped"]
@@ -113,6 +116,8 @@ class Metrics:
                                  buckets=JITTER_BUCKETS, registry=r)
         self._realtime_reconnects = Counter(p + "realtime_reconnects", "Realtime reconnects", registry=r)
         self._realtime_errors = Counter(p + "realtime_errors", "Realtime errors", ["code"], registry=r)
+        self._response_retries = Counter(p + "realtime_response_retries", "Failed Realtime responses asked for "
+                                         "again, by the failure's code", ["code"], registry=r)
         self._tool_calls = Counter(p + "tool_calls", "Tool calls by tool and outcome", ["tool", "outcome"],
                                    registry=r)
         self._tokens = Counter(p + "tokens", "Realtime tokens used", ["kind"], registry=r)
@@ -157,6 +162,8 @@ class Metrics:
             self._sip_shed.labels(reason=reason)
         for kind in get_args(RecordingKind):
             self._recording_errors.labels(kind=kind)
+        for code in RETRIED_CODES:
+            self._response_retries.labels(code=code)
         for outcome in OUTBOUND_OUTCOMES:
             self._outbound_calls.labels(outcome=outcome)
         for event_type in EVENT_TYPES:
@@ -248,6 +255,12 @@ class Metrics:
         """``code``: the server's ``error.code`` (or ``error.type`` when there is no code). The server names
         it, so past MAX_LABEL_VALUES distinct codes the rest count as "other"."""
         self._realtime_errors.labels(code=self._bounded(self._error_codes, _label(code))).inc()
+
+    def response_retried(self, code: str) -> None:
+        """A failed response is asked for again (``code``: its failure's, "" for none). Only codes of
+        RETRIED_CODES are retried; any other counts as "other"."""
+        code = code or "response_failed"
+        self._response_retries.labels(code=code if code in RETRIED_CODES else "other").inc()
 
     def tool_called(self, tool: str, outcome: str) -> None:
         """``outcome``: ``ok``, ``error`` or ``timeout`` (any short token). The model names the tool (an
