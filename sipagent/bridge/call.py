@@ -64,6 +64,11 @@ log = logging.getLogger(__name__)
 OWN_KEYS_ECHO_S = 1.0  # after the agent's last key went out, a key heard in the audio may be its echo
 ONE_KEY_TWO_WAYS_S = 1.0  # one digit by SIP INFO and heard in the audio this close together: one press
 GOODBYE_LIMIT_S = 20.0  # a goodbye the model has not said (and the caller heard) by then: hang up anyway
+# A renewal waits for the caller too: this long without a word (longer than a server VAD's end of turn, so
+# what the caller said is a turn of the old session, replayed, not half an utterance in its buffer) ...
+RENEW_CALLER_QUIET_S = 1.0
+RENEW_CALLER_WAIT_S = 60.0  # ... but not longer than this (the default max_session_s leaves 300 s)
+RENEW_POLL_S = 0.1
 
 Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -342,7 +347,7 @@ class CallBridge:
                 self._spawn(self.limits.watch_idle())
                 self._spawn(self.limits.watch_call_length())
                 self._spawn(self.limits.watch_media())
-                self._spawn(self.realtime.renew_before_limit(self.downlink.wait_quiet))
+                self._spawn(self.realtime.renew_before_limit(self._quiet_for_renewal))
                 ended = asyncio.ensure_future(self.call.ended.wait())
                 done = asyncio.ensure_future(state.done.wait())
                 await asyncio.wait({ended, done}, return_when=asyncio.FIRST_COMPLETED)
@@ -489,6 +494,25 @@ class CallBridge:
                 or state.name != "live" or self.on_hold  # e.g. transferring: never prompt a caller put through
                 or self.uplink.vad.speaking
                 or self.retries.pending is not None)  # a failed response is about to be asked for again
+
+    async def _quiet_for_renewal(self) -> None:
+        """Until neither side speaks: the agent silent (nothing queued, no response), and the caller silent for
+        RENEW_CALLER_QUIET_S. Audio of an utterance under way, appended to the old session and not yet a turn,
+        would go with it: the new session would hear the caller's words from the middle. A caller who never
+        stops (or a noisy line) is waited for RENEW_CALLER_WAIT_S at most. Looked at every 100 ms: this runs
+        once per session (an hour), not per frame."""
+        give_up = time.monotonic() + RENEW_CALLER_WAIT_S
+        quiet_since: float | None = None
+        while True:
+            await self.downlink.wait_quiet()
+            now = time.monotonic()
+            if self.uplink.vad.speaking:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            if now >= give_up or (quiet_since is not None and now - quiet_since >= RENEW_CALLER_QUIET_S):
+                return
+            await asyncio.sleep(RENEW_POLL_S)
 
     def _idle_prompt(self) -> None:
         self.realtime.send(ev.say_exactly(self.agent.idle_prompt))

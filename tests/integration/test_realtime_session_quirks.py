@@ -34,6 +34,7 @@ from sipagent.testing.media_leg import FRAME, QueueMediaLeg
 pytestmark = pytest.mark.timeout(60)
 
 TONE = b"\x00\x20" * (FRAME // 2)  # loud enough to tell from silence
+SILENT, TALKING = b"\xff" * 160, b"\x80" * 160  # PCMU: zero, and a loud caller
 
 
 # --- the server -------------------------------------------------------------------------------------------
@@ -146,6 +147,7 @@ class Media(QueueMediaLeg):
     def __init__(self) -> None:
         super().__init__()
         self.heard: list[tuple[float, bool]] = []  # (when, audio?) of each frame sent
+        self.caller = SILENT  # the PCMU payload the caller sends each tick
 
     def audio_frames(self, since: float = 0.0) -> int:
         return sum(1 for at, audio in self.heard if audio and at >= since)
@@ -219,14 +221,13 @@ async def bridged(server: Server, tmp_path: Path, *, greeting: str = "Hello.", m
     bridge = CallBridge(call, media, connect, settings)  # type: ignore[arg-type]
 
     async def clock() -> None:
-        silence = b"\xff" * 160
         while True:
             await asyncio.sleep(0.02)
             payload, audio = media.queue.pop_frame()
             media.heard.append((time.monotonic(), audio))
             media.sent_audio = (payload if audio else bytes(FRAME), 1e6 if audio else 0.0)
             bridge.on_outbound_frame(payload, audio)
-            bridge.on_inbound_frame(silence)
+            bridge.on_inbound_frame(media.caller)
 
     ticking = asyncio.ensure_future(clock())
     task = asyncio.ensure_future(bridge.run())
@@ -320,6 +321,25 @@ def test_renewal_before_the_limit_opens_the_new_session_before_closing_the_old(t
             assert call.bridge.reconnects == 0 and call.bridge.realtime.renewals >= 1
             assert call.metric("sipagent_realtime_reconnects_total") == 0
             assert call.bridge.state == "live"
+
+    run(main())
+
+
+def test_renewal_waits_for_the_caller_to_finish_speaking(tmp_path: Path) -> None:
+    """Before: the renewal came as soon as the agent was silent, so a caller speaking then had the start of
+    the utterance in the old session's buffer and the rest in the new one (which heard it from the middle).
+    Now it waits until the caller has been quiet for a second."""
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path, max_session_s=1.5) as call:
+            await greeted(call, server)
+            call.media.caller = TALKING  # the caller speaks across the session's limit
+            await asyncio.sleep(2.5)
+            assert len(server.conns) == 1, "renewed while the caller was speaking"
+            call.media.caller = SILENT
+            stopped = time.monotonic()
+            await call.until(lambda: len(server.conns) >= 2, 5, "the renewal")
+            assert server.conns[1].opened_at - stopped >= 0.9
+            assert call.bridge.realtime.renewals >= 1 and call.bridge.state == "live"
 
     run(main())
 
