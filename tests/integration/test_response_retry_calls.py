@@ -1,5 +1,5 @@
 """A failed response asked for again, over a real WebSocket: the fake Realtime server of
-test_realtime_session_quirks fails a response (response.done, status failed) the way OpenAI does at its rate
+realtime_fake fails a response (response.done, status failed) the way OpenAI does at its rate
 limit, then answers normally; the bridge is the real one, its playout drained by a 20 ms task.
 
 Before: the failure was logged and counted, and the caller heard nothing until the idle prompt."""
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_realtime_session_quirks import Conn, Running, Server, bridged, realtime_server, run
+from realtime_fake import Conn, Running, Server, bridged, realtime_server, run
 
 pytestmark = pytest.mark.timeout(30)
 
