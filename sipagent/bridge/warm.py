@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 
 from sipagent.bridge.downlink import Downlink
 from sipagent.bridge.hold_audio import hold_audio
+from sipagent.bridge.interruptions import CANCEL_WAIT_S
 from sipagent.bridge.session import RealtimeSession, Responses
 from sipagent.bridge.settings import TransferConfig
 from sipagent.realtime import events as ev
@@ -253,6 +254,15 @@ class WarmTransfer:
             finally:
                 ended.cancel()
                 done.cancel()
+            if self.responses.active:
+                # The human hung up mid-briefing, or it ran past its limit. The rest of it is for nobody: once
+                # the divert is gone it would play to the caller ("this is the virtual assistant with a
+                # caller..."), and the model could start no response of its own to tell them (one is under
+                # way). Cancelled, its late audio dropped, before the caller's line is theirs again.
+                self.steps.append("briefing-cut")
+                self.responses.cut()
+                self.session.send(ev.response_cancel(self.responses.current_id or None))
+                await self.responses.wait_idle(CANCEL_WAIT_S)
         finally:
             self.downlink.divert = None
         await human.wait_playout(limit)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random as _random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,6 +59,7 @@ SUPPORTED_OPTIONS = frozenset(option.strip() for option in SUPPORTED.split(","))
 # Our own INVITEs do not offer 100rel: a reliable 18x would need our PRACK, and we have nothing to gain from it.
 UAC_SUPPORTED = "timer"
 UAC_SUPPORTED_OPTIONS = frozenset(option.strip() for option in UAC_SUPPORTED.split(","))
+_CSEQ_NUMBER = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() takes "²", which int() refuses
 
 # Which state may follow which: every change of ``CallCore.state`` goes through this table.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -167,8 +169,11 @@ class ProvisionalAcked:
 
 @dataclass(frozen=True)
 class TransferProgress:
-    """Our REFER's fate: ``phase`` "refer" is its final response (0: none came), "notify" a status the
-    transfer target reported in a NOTIFY sipfrag (a 2xx: the transfer succeeded and the call is ended)."""
+    """Our REFER's fate: ``phase`` "refer" is its final response (0: none came; 491: not sent, as the REFER
+    before it is still undecided), "notify" a status the transfer target reported in a NOTIFY sipfrag (a 2xx:
+    the transfer succeeded and the call is ended; a subscription terminated without a final status counts as
+    500), "ended" the call ending before any final status: 200 when the far end hung up after accepting the
+    REFER (a PBX that takes the caller away and drops our leg, as Asterisk may), 487 otherwise."""
 
     phase: str
     status: int
@@ -347,6 +352,10 @@ class CallCore:
         # terminated, or the REFER fails. Only then does a NOTIFY report an outcome, and only one final one.
         self._refer_out = False
         self._refer_reported = False  # its final outcome went up already
+        self._refer_accepted = False  # it got its 2xx (202)
+        # The CSeq numbers of the REFER (with its authenticated retries): a NOTIFY's Event id names the one it
+        # reports on (RFC 3515 2.4.6), so a late NOTIFY of an earlier transfer decides nothing of this one.
+        self._refer_seqs: set[int] = set()
         self._refer_pending: SipRequest | None = None  # a REFER the layer above has not answered yet
         self._handlers: dict[str, Callable[[SipRequest, float], list[CallAction]]] = {
             "BYE": self._on_bye, "INVITE": self._on_reinvite, "UPDATE": self._on_update, "PRACK": self._on_prack,
@@ -568,10 +577,17 @@ class CallCore:
         """REFER the far end to ``refer_to`` (a name-addr, ``<sip:...>``, possibly with ``?Replaces=``); the
         outcome comes as ``TransferProgress``; on a 2xx in a NOTIFY the call ends ("transferred")."""
         self._require("confirmed", "transfer")
+        if self._refer_out and not self._refer_reported:
+            # The far end has not said what became of our last REFER (its NOTIFY is late, or the layer above
+            # stopped waiting): it may still be putting the caller through. A second REFER now could have the
+            # caller transferred twice, or to two places; it fails at once, and nothing is sent.
+            logger.info("call %s: REFER not sent: the one before it is still undecided", self.call_id)
+            return [TransferProgress("refer", 491)]
         extra = [("Refer-To", refer_to)]
         if referred_by:
             extra.append(("Referred-By", referred_by))
-        self._refer_out, self._refer_reported = True, False
+        self._refer_out, self._refer_reported, self._refer_accepted = True, False, False
+        self._refer_seqs = set()
         return [self._in_dialog("REFER", "refer", extra=extra)]
 
     def notify_transfer(self, status: int, now: float) -> list[CallAction]:
@@ -620,6 +636,14 @@ class CallCore:
             # A BYE in the early dialog (RFC 3261 15.1.2): the INVITE still needs its final response, or the
             # PBX's INVITE transaction waits for one until its timer gives up.
             actions.append(self._respond(self.invite, 487))
+        if self._refer_out and self._refer_accepted and not self._refer_reported:
+            # The far end accepted our REFER and hangs up before reporting any final status: a PBX that takes
+            # the caller away and drops the transferor's leg (Asterisk when the agent's channel is hung up
+            # during the transfer, or its BYE 60 s on while the caller still waits in a silent queue; the
+            # NOTIFYs may come after it). The call went where it was transferred.
+            logger.info("call %s: transferred (BYE after the REFER's 2xx, before a final NOTIFY)", self.call_id)
+            self._refer_reported = True
+            return [*actions, TransferProgress("ended", 200), *self._end("transferred")]
         return [*actions, *self._end("remote-bye")]
 
     def _on_ack(self, request: SipRequest, now: float) -> list[CallAction]:
@@ -725,11 +749,12 @@ class CallCore:
         return [self._respond(request, 200), Dtmf(relay.digit, relay.duration)]
 
     def _on_notify(self, request: SipRequest, now: float) -> list[CallAction]:
-        if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "refer":
+        event = (request.headers.get("Event") or "").split(";")
+        if event[0].strip().lower() != "refer":
             return [self._respond(request, 200)]
-        if not self._refer_out:
+        if not self._refer_out or not self._refer_event_ours(event[1:]):
             # No REFER of ours, so no subscription (RFC 6665 4.1.3): a "transfer done" from the far end must not
-            # end the call as transferred.
+            # end the call as transferred. Nor may the late NOTIFY of an earlier REFER decide this one.
             return [self._respond(request, 481)]
         actions: list[CallAction] = [self._respond(request, 200)]
         status = sipfrag_status(request.body)
@@ -737,8 +762,10 @@ class CallCore:
             # The subscription ends here; a final status may have come in an earlier NOTIFY (a 503 "active",
             # then "terminated" on its own), and this one is still ours to acknowledge.
             self._refer_out = False
-            if status is None and not self._refer_reported:
-                status = 500  # over without any final status: the transfer failed
+            if (status is None or status < 200) and not self._refer_reported:
+                # Over without any final status (no body, a sipfrag we cannot read, or a last "100 Trying"):
+                # nothing more will come, so the transfer failed; waiting on would leave the caller in silence.
+                status = 500
         if status is None or self._refer_reported:
             return actions
         if status >= 200:
@@ -748,6 +775,16 @@ class CallCore:
             logger.info("call %s: transferred", self.call_id)
             actions += self._bye("transferred")
         return actions
+
+    def _refer_event_ours(self, params: list[str]) -> bool:
+        """The Event header's ``id`` (its parameters after "refer") names our REFER, or there is none (only
+        required when a dialog has seen more than one REFER)."""
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "id":
+                value = value.strip()
+                return _CSEQ_NUMBER.fullmatch(value) is not None and int(value) in self._refer_seqs
+        return True
 
     def _on_refer(self, request: SipRequest, now: float) -> list[CallAction]:
         """The far end asks us to transfer (RFC 3515): refused (405) unless ``accept_refer``; else the layer
@@ -818,6 +855,8 @@ class CallCore:
         if purpose == "reoffer":
             return self._reoffer_answered(status, response)
         if purpose == "refer":
+            if 200 <= status < 300:
+                self._refer_accepted = True
             if status >= 300 or not status:
                 self._refer_out = False
                 logger.info("call %s: REFER %s", self.call_id, f"refused with {status}" if status else "got no answer")
@@ -992,6 +1031,12 @@ class CallCore:
         if self.state == "ended":
             return []
         self._goto("ended")
+        undecided: list[CallAction] = []
+        if self._refer_out and not self._refer_reported:
+            # Whoever waits for our REFER's outcome learns at once that there will be none (not after its
+            # timeout, with the call already gone).
+            self._refer_reported = True
+            undecided.append(TransferProgress("ended", 487))
         self.end_reason, self.end_status, self.end_detail = reason, status, detail
         if self.dialog is not None:
             self.dialog.terminate()
@@ -1001,7 +1046,7 @@ class CallCore:
             if pending is not None:
                 pending.retransmitter.ack_received()
         logger.info("call %s ended: %s", self.call_id, reason)
-        return [Ended(reason, status, detail)]
+        return [*undecided, Ended(reason, status, detail)]
 
     def _bye(self, reason: str, status: int = 0, detail: str = "") -> list[CallAction]:
         """End the call and send BYE (the call is over whatever the BYE's fate)."""
@@ -1062,6 +1107,8 @@ class CallCore:
             extra=[("User-Agent", self.config.user_agent), ("Supported", UAC_SUPPORTED), *(extra or []),
                    *(auth or [])])
         self._sent[(request.cseq.seq, method)] = _Sent(purpose, body, content_type, tuple(extra or ()))
+        if purpose == "refer":
+            self._refer_seqs.add(request.cseq.seq)
         return SendRequest(request)
 
     def _send_invite(self, seq: int, auth: list[tuple[str, str]]) -> SendRequest:
