@@ -32,7 +32,7 @@ from sipagent.bridge.transcript import directory_problem
 from sipagent.bridge.warm import HumanDialer, HumanUnavailable
 from sipagent.call_media import CallMedia, EndpointLeg, MediaSettings
 from sipagent.config import Config, HostPort, load_config
-from sipagent.errors import CallAbandoned, ConfigError, RealtimeError, SdpError, SrtpRefused
+from sipagent.errors import CallAbandoned, ConfigError, RealtimeError, RtpError, SdpError, SrtpRefused
 from sipagent.human_leg import HumanCallLeg, dial_human
 from sipagent.media.clock import MediaClock
 from sipagent.media.pcm_playout import PcmPlayout
@@ -109,6 +109,8 @@ class Agent:
         # Call events go through one process-wide sender, off every call's path (None: events are off).
         self.events = EventSender(hook, self.metrics) if hook is not None else None
         self._retiring: set[asyncio.Task[None]] = set()  # senders a reload turned off, flushing what they held
+        # The calls in progress already counted in sipagent_calls_total (a failure after that is not counted again).
+        self._counted: set[str] = set()
 
     async def start(self) -> None:
         recording = self.config.recording
@@ -255,38 +257,49 @@ class Agent:
             log.exception("call failed")
             with contextlib.suppress(Exception):
                 await call.hangup()
+            if call.call_id not in self._counted:  # failed before it was counted: counted once, as what it is
+                self._count("error")
         finally:
             self._calls.discard(task)
+            self._counted.discard(call.call_id)
 
     async def _handle_call(self, call: IncomingCall) -> None:
         if not self._accepting:
             await call.reject(503)
-            self._count("rejected-busy")
+            self._count("rejected-busy", call.call_id)
             return
         self.stats.calls_total += 1
         decision = self.router.choose(call.identity, call.account)
         profile = self.profiles[decision.profile]
         # The port first (the answer names it), then the endpoint for the codec the answer settled.
-        chain = self._media_chain(call.call_id)
+        try:
+            chain = self._media_chain(call.call_id)
+        except RtpError as exc:  # media.rtp_ports is used up (or its ports are taken by other programs)
+            log.warning("call refused (503): %s; media.rtp_ports needs 2 ports per call (sip.max_calls %d)", exc,
+                        self.config.sip.max_calls)
+            with contextlib.suppress(Exception):
+                await call.reject(503)
+            self._count("error", call.call_id)
+            return
         try:
             rtp_host = call.local_host  # the UA's decision for the SDP answer (the offer's IP family)
             try:
                 media = await call.answer(rtp_host, chain.local_port)
             except SdpError as exc:
                 log.info("offer refused (488): %s", exc)
-                self._count("rejected-srtp" if isinstance(exc, SrtpRefused) else "rejected-codec")
+                self._count("rejected-srtp" if isinstance(exc, SrtpRefused) else "rejected-codec", call.call_id)
                 return
             except CallAbandoned as exc:
                 log.info("%s", exc)
-                self._count("cancelled")
+                self._count("cancelled", call.call_id)
                 return
             except SipTimeout:
                 log.warning("no ACK for our 200 OK: the call was ended with BYE (does our answer reach the PBX? "
                             "check sip.public_address and NAT)")
-                self._count("error")
+                self._count("error", call.call_id)
                 return
             if call.ended.is_set():
-                self._count("cancelled")
+                self._count("cancelled", call.call_id)
                 return
             context = call_context(call, self.config)
             self._build_leg(call, chain, media)
@@ -315,28 +328,30 @@ class Agent:
         An answered call is first listened to by the profile's answering-machine detection; a person (or no
         verdict) gets the conversation, as an inbound call does; a machine is hung up on or gets the
         profile's message. Cancelling the task CANCELs a ringing call and hangs up an answered one; a call
-        not answered raises DialError with its outcome."""
+        not answered raises DialError with its outcome. Every call placed sends one ``call.ended``."""
         task = asyncio.current_task()
         assert task is not None
         profile = self.profiles[progress.request.profile]  # read once: a reload does not change a call under way
         self._calls.add(task)
-        chain = self._media_chain(progress.call.id)
         try:
-            call = await self._dial(progress, chain, profile)
-            set_call_id(call.call_id)
             try:
-                return await self._outbound_answered(progress, call, chain, profile)
-            except asyncio.CancelledError:
-                if not call.ended.is_set():  # cancelled while we listened for a machine
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(call.hangup())
+                chain = self._media_chain(progress.call.id)
+            except RtpError:  # no RTP port: never dialed (OutboundCalls says "failed", with the error)
+                self._unanswered(progress, profile, "failed")
                 raise
+            try:
+                call = await self._dial(progress, chain, profile)
+                set_call_id(call.call_id)
+                return await self._outbound_answered(progress, call, chain, profile)
+            finally:
+                self._close_chain(chain)
         finally:
-            self._close_chain(chain)
             self._calls.discard(task)
+            self._counted.discard(progress.call.sip_call_id)
 
     async def _dial(self, progress: CallProgress, chain: CallMedia, profile: AgentProfile) -> OutgoingCall:
-        """The answered call; DialError (reported as a call.ended event first) when it was not answered."""
+        """The answered call; DialError (reported as a call.ended event first) when it was not answered, and
+        a cancellation before the answer (reported as ``cancelled``) goes on."""
         assert self.ua is not None
         try:
             if not self._accepting:
@@ -348,48 +363,91 @@ class Agent:
                               account=account.name if account is not None else None,
                               ring_timeout=self.config.outbound.ring_timeout_s)
         except DialError as exc:
-            unanswered = exc.outcome
-            context = outbound_context(progress.call.id, progress, self.config)
-            events = CallEvents(progress.call.id, {**context.to_json(), "dialed_uri": progress.request.to},
-                                profile.name, new_event_id, direction="outbound", outbound_id=progress.call.id)
-            self._emit(lambda: events.ended(time.time(), CallSummary(unanswered, 0.0)))
+            self._unanswered(progress, profile, exc.outcome)
+            raise
+        except asyncio.CancelledError:  # DELETE or shutdown before the answer: the UA CANCELled it
+            self._unanswered(progress, profile, "cancelled")
             raise
         assert isinstance(call, OutgoingCall) and call.media is not None
         return call
 
+    def _unanswered(self, progress: CallProgress, profile: AgentProfile, outcome: str) -> None:
+        """The ``call.ended`` of an outbound call that was not answered (busy, no-answer, cancelled, failed…)."""
+        context = outbound_context(progress.call.id, progress, self.config)
+        events = CallEvents(progress.call.id, {**context.to_json(), "dialed_uri": progress.request.to},
+                            profile.name, new_event_id, direction="outbound", outbound_id=progress.call.id)
+        self._emit(lambda: events.ended(time.time(), CallSummary(outcome, 0.0)))
+
     async def _outbound_answered(self, progress: CallProgress, call: OutgoingCall, chain: CallMedia,
                                  profile: AgentProfile) -> PlaceResult:
-        """Listen for an answering machine, then do what the profile says: converse, hang up, leave the message."""
+        """Listen for an answering machine, then do what the profile says: converse, hang up, leave the message.
+        The call is active (sipagent_calls_active) from its answer, the listening included."""
         assert call.media is not None
         self.stats.calls_total += 1
+        answered = time.monotonic()
         media = call.media
         context = outbound_context(call.call_id, progress, self.config)
         events = CallEvents(call.call_id, {**context.to_json(), "caller_uri": call.from_uri,
                                            "dialed_uri": call.to_uri, "remote_host": call.remote_host},
                             profile.name, new_event_id, direction="outbound", outbound_id=progress.call.id)
-        leg = self._build_leg(call, chain, media)
-        log.info("outbound call %s answered by %s with %s: profile %s", progress.call.id, call.to_uri,
-                 media.codec, profile.name)
+        settings = self._bridge_settings(profile, "outbound", call.account)
         answer = OutboundAnswer(profile.answering_machine, context.variables(self.config.context.template_defaults),
                                 sample_rate=frame_rate(media.codec))
-        decision = await listen_for_machine(call, leg.endpoint, answer, media.codec)
+
+        def heard(verdict: str | None, action: str) -> list[tuple[str, dict[str, Any]]]:
+            """What the detector heard and what was done about it: the transcript's first entries."""
+            entries: list[tuple[str, dict[str, Any]]] = [
+                ("event", {"event": "answering-machine", "heard": event.kind, "at": round(event.at, 2),
+                           "reason": event.reason}) for event in answer.events]
+            entries.append(("event", {"event": "outbound", "outbound_id": progress.call.id, "to": call.to_uri,
+                                      "answering_machine": verdict, "action": action}))
+            return entries
+
+        def unbridged(reason: str, placed: PlaceResult, action: str) -> PlaceResult:
+            """The end of an answered call that never reached a conversation: transcript, count, event."""
+            assert chain.endpoint is not None
+            figures = leg.media_report()
+            records = self._transcript_without_bridge(call, media.codec, settings, context,
+                                                      heard(placed.answering_machine, action), reason, figures,
+                                                      answered)
+            path = records.transcript.path if records.transcript and records.transcript.ok else None
+            outcome = CallOutcome(reason, transcript_path=path, media=figures)
+
+            def summary(outcome: CallOutcome, duration_s: float) -> CallSummary:
+                return dataclasses.replace(call_summary(outcome, duration_s), outcome=placed.outcome,
+                                           answering_machine=placed.answering_machine or "")
+
+            self._call_over(events, outcome, time.monotonic() - answered, chain.endpoint, summary)
+            return placed
+
+        leg = self._build_leg(call, chain, media)
+        self._call_active(call.call_id)
+        log.info("outbound call %s answered by %s with %s: profile %s", progress.call.id, call.to_uri,
+                 media.codec, profile.name)
+        try:
+            decision = await listen_for_machine(call, leg.endpoint, answer, media.codec)
+        except (asyncio.CancelledError, Exception) as exc:  # DELETE or shutdown while we listened (or a fault)
+            if not call.ended.is_set():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(call.hangup())
+            if isinstance(exc, asyncio.CancelledError):
+                unbridged("agent-hangup", PlaceResult("answered", "hung up while listening for a machine"), "hang_up")
+            else:
+                unbridged("error", PlaceResult("failed", f"internal error: {type(exc).__name__}"), "hang_up")
+            raise
         progress.call.answering_machine = decision.verdict
         if call.ended.is_set():  # hung up while we listened
-            return PlaceResult("answered", call.end_reason, decision.verdict)
-        heard: list[tuple[str, dict[str, Any]]] = [
-            ("event", {"event": "answering-machine", "heard": event.kind, "at": round(event.at, 2),
-                       "reason": event.reason}) for event in answer.events]
-        heard.append(("event", {"event": "outbound", "outbound_id": progress.call.id, "to": call.to_uri,
-                                "answering_machine": decision.verdict, "action": decision.action}))
-        settings = self._bridge_settings(profile, "outbound", call.account)
+            return unbridged("remote-hangup", PlaceResult("answered", call.end_reason, decision.verdict),
+                             decision.action)
         if decision.action == "hang_up":
             log.info("outbound call %s: answering machine (%s): hanging up", progress.call.id, decision.reason)
-            await call.hangup()
-            figures = leg.media_report()
-            self._transcript_without_bridge(call, media.codec, settings, context, heard, "answering-machine", figures)
-            self._emit(lambda: events.ended(time.time(), CallSummary("machine", 0.0, answering_machine="machine",
-                                                                     media=figures)))
-            return PlaceResult("machine", "answering machine: hung up", "machine")
+            try:
+                with contextlib.suppress(Exception):
+                    await call.hangup()
+            finally:  # counted and reported even if cancelled meanwhile
+                placed = unbridged("answering-machine",
+                                   PlaceResult("machine", "answering machine: hung up", "machine"), decision.action)
+            return placed
         if decision.action == "leave_message":
             # The message is this call's greeting (its template filled in by the bridge, as greetings are),
             # and the call ends once it has been heard. A machine does not interrupt: with barge-in on, the
@@ -411,20 +469,23 @@ class Agent:
                                        answering_machine=placed.answering_machine or "",
                                        message_left=placed.message_left)
 
-        return result(await self._bridge(call, chain, media, settings, context, events, heard, summary))
+        return result(await self._bridge(call, chain, media, settings, context, events,
+                                         heard(decision.verdict, decision.action), summary, answered=answered))
 
     @staticmethod
     def _transcript_without_bridge(call: OutgoingCall, codec: str, settings: BridgeSettings, context: CallContext,
                                    records: Sequence[tuple[str, dict[str, Any]]], reason: str,
-                                   media: dict[str, int | float | None]) -> None:
+                                   media: dict[str, int | float | None], origin: float) -> CallRecords:
         """The transcript of an answered call that ended before any conversation (a machine hung up on): its
-        start, what was heard and why it ended, as a bridged call's transcript has them."""
-        written = CallRecords(call.call_id, datetime.now(UTC), time.monotonic(), settings.recording, Conversation(),
+        start, what was heard and why it ended, as a bridged call's transcript has them. ``origin``: the
+        answer (time.monotonic)."""
+        written = CallRecords(call.call_id, datetime.now(UTC), origin, settings.recording, Conversation(),
                               "", call_logger(log, call.call_id))
         written.started(call.call_id, call.from_uri, codec, settings.profile, settings.route, context.to_json())
         for kind, fields in records:
             written.record(kind, **fields)
         written.close({}, reason, media)
+        return written
 
     def _media_chain(self, call_id: str) -> CallMedia:
         """A new call's media chain, its RTP port pair bound (the SDP names it before the codec is settled)."""
@@ -458,51 +519,47 @@ class Agent:
     async def _bridge(self, call: IncomingCall | OutgoingCall, chain: CallMedia, media: NegotiatedMedia,
                       settings: BridgeSettings, context: CallContext, events: CallEvents,
                       records: Sequence[tuple[str, dict[str, Any]]] = (),
-                      summarize: Callable[[CallOutcome, float], CallSummary] | None = None) -> CallOutcome:
+                      summarize: Callable[[CallOutcome, float], CallSummary] | None = None,
+                      answered: float | None = None) -> CallOutcome:
         """Bridge an answered call (either way) to a Realtime session until it ends, and count it; ``records``
-        go to its transcript first, ``summarize`` makes its ``call.ended`` (default: ``call_summary``).
+        go to its transcript right after its start, ``summarize`` makes its ``call.ended`` (default:
+        ``call_summary``). ``answered``: when the call was answered and counted active (time.monotonic),
+        if that was before (an outbound call listened to for a machine); None: now.
         Cancelled (shutdown, or DELETE of an outbound call), the call is hung up and counted, then the
-        cancellation goes on."""
+        cancellation goes on: a second cancellation while it hangs up changes nothing."""
         assert chain.leg is not None and chain.endpoint is not None
         bridge = CallBridge(call, chain.leg, self._connect, settings,
-                            on_transcript=self._transcript_callback(call.call_id), context=context)
+                            on_transcript=self._transcript_callback(call.call_id), context=context, origin=answered)
         # From now on the endpoint's per-frame callbacks go straight to the bridge; nothing ran in
         # between (no await since build), so it hears of every frame either way.
         chain.attach(bridge, media)
         call.on_dtmf = bridge.on_dtmf
-        for kind, fields in records:
-            bridge.records.record(kind, **fields)
+        bridge.prelude.extend(records)
         self.bridges[call.call_id] = bridge
-        self.metrics.call_started()
+        if answered is None:
+            self._call_active(call.call_id)
+            answered = time.monotonic()
         self.metrics.call_profile(settings.profile, call.account)
-        answered = time.monotonic()
         self._emit(lambda: events.started(time.time(), media.codec))
         running = asyncio.ensure_future(bridge.run())
         cancelled = False
         try:
-            try:
-                outcome = await asyncio.shield(running)
-            except asyncio.CancelledError:
-                cancelled = True
-                bridge.call_state.finish("agent-hangup")
-                outcome = await running
-            duration = time.monotonic() - answered
-            self.stats.outcomes[outcome.reason] = self.stats.outcomes.get(outcome.reason, 0) + 1
-            self.metrics.call_ended(outcome.reason, duration)
-            if outcome.transfer_uri:
-                self._emit(lambda: events.transferred(time.time(), outcome.transfer_target, outcome.transfer_uri))
-            self._emit(lambda: events.ended(time.time(), (summarize or call_summary)(outcome, duration)))
-            rtp = chain.endpoint.stats()
-            figures = outcome.media or rtp.summary()
-            # One line per call with what an operator asks first: how it ended, and whether the audio was sound.
-            log.info("call ended: %s after %.1f s; RTP in %s packets (%s %% lost, jitter %s ms, %s frames "
-                     "concealed), out %s%s", outcome.reason, duration, figures.get("packets_received"),
-                     figures.get("loss_pct"), figures.get("jitter_ms"), figures.get("concealed_frames"),
-                     figures.get("packets_sent"),
-                     "" if figures.get("remote_lost") is None else f" ({figures['remote_lost']} lost, as the far "
-                                                                  "end reports)")
-            self.metrics.add_rtp(sent=rtp.packets_sent, received=rtp.packets_received, lost=max(0, rtp.lost))
-            self.metrics.observe_jitter(rtp.jitter_ms / 1000)
+            while True:
+                try:
+                    outcome = await asyncio.shield(running)
+                    break
+                except asyncio.CancelledError:
+                    if running.cancelled():  # the bridge's own task (the loop is closing): its end as it stood
+                        outcome = bridge.outcome()
+                        break
+                    cancelled = True
+                    bridge.call_state.finish("agent-hangup")
+                except Exception:  # run() never raises; should it, the call is still counted, and said to be over
+                    log.exception("call bridge failed")
+                    bridge.call_state.outcome = "error"
+                    outcome = bridge.outcome()
+                    break
+            self._call_over(events, outcome, time.monotonic() - answered, chain.endpoint, summarize or call_summary)
             if self.on_call_end:
                 self.on_call_end(call.call_id, outcome)
         finally:
@@ -510,6 +567,32 @@ class Agent:
         if cancelled:
             raise asyncio.CancelledError
         return outcome
+
+    def _call_active(self, call_id: str) -> None:
+        """An answered call counts as active from now on (and in sipagent_calls_total once it ends)."""
+        self.metrics.call_started()
+        self._counted.add(call_id)
+
+    def _call_over(self, events: CallEvents, outcome: CallOutcome, duration: float, endpoint: RtpEndpoint,
+                   summarize: Callable[[CallOutcome, float], CallSummary]) -> None:
+        """An active call ended with ``outcome`` after ``duration`` seconds: counted, its ``call.ended`` sent, its
+        line logged, its RTP figures into the metrics."""
+        rtp = endpoint.stats()
+        figures = outcome.media or rtp.summary()
+        self.stats.outcomes[outcome.reason] = self.stats.outcomes.get(outcome.reason, 0) + 1
+        self.metrics.call_ended(outcome.reason, duration)
+        if outcome.transfer_uri:
+            self._emit(lambda: events.transferred(time.time(), outcome.transfer_target, outcome.transfer_uri))
+        self._emit(lambda: events.ended(time.time(), summarize(outcome, duration)))
+        # One line per call with what an operator asks first: how it ended, and whether the audio was sound.
+        log.info("call ended: %s after %.1f s; RTP in %s packets (%s %% lost, jitter %s ms, %s frames "
+                 "concealed), out %s%s", outcome.reason, duration, figures.get("packets_received"),
+                 figures.get("loss_pct"), figures.get("jitter_ms"), figures.get("concealed_frames"),
+                 figures.get("packets_sent"),
+                 "" if figures.get("remote_lost") is None else f" ({figures['remote_lost']} lost, as the far "
+                                                              "end reports)")
+        self.metrics.add_rtp(sent=rtp.packets_sent, received=rtp.packets_received, lost=max(0, rtp.lost))
+        self.metrics.observe_jitter(rtp.jitter_ms / 1000)
 
     def _emit(self, build: Callable[[], Any]) -> None:
         """Queue a call event (built only when events are on); a fault here never reaches the call."""
@@ -524,10 +607,12 @@ class Agent:
         self._count({403: "rejected-forbidden", 404: "rejected-not-ours", 486: "rejected-busy",
                      488: "rejected-codec"}.get(status, "error"))
 
-    def _count(self, outcome: str) -> None:
-        """A call that never became active."""
+    def _count(self, outcome: str, call_id: str = "") -> None:
+        """A call that never became active (``call_id``: one of ours, now counted: see ``_on_call``)."""
         self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
         self.metrics.call_counted(outcome)
+        if call_id:
+            self._counted.add(call_id)
 
     def _transcript_callback(self, call_id: str) -> Callable[[str, str], None] | None:
         if self.on_transcript is None:

@@ -121,7 +121,11 @@ class CallBridge:
         settings: BridgeSettings,
         on_transcript: Callable[[str, str], None] | None = None,
         context: CallContext | None = None,
+        origin: float | None = None,
     ) -> None:
+        """``origin``: when the call was answered (time.monotonic), if before now (an outbound call listened to
+        for an answering machine first): the transcript's times, the call's length and its limits count from
+        there."""
         self.call = call
         self.log = call_logger(log, call.call_id)  # its callbacks also run outside the call's task
         self.media = media
@@ -133,7 +137,10 @@ class CallBridge:
         self.conversation = Conversation()
         self.responses = Responses(self.conversation)
         self.call_state = CallState(self.log)
-        self._origin = time.monotonic()
+        self._origin = time.monotonic() if origin is None else origin
+        # Entries of the call's first moments, before the bridge (what the answering-machine detector heard):
+        # written right after the transcript's start entry.
+        self.prelude: list[tuple[str, dict[str, Any]]] = []
         self.media_report: dict[str, int | float | None] = {}  # taken as the call ends
         self.records = CallRecords(call.call_id, datetime.now(UTC), self._origin, settings.recording,
                                    self.conversation, self.agent.greeting, self.log, self.metrics, on_transcript)
@@ -332,6 +339,8 @@ class CallBridge:
         state = self.call_state
         self.records.started(self.call.call_id, self.call.from_uri, self.codec, self.settings.profile,
                              self.settings.route, self.context.to_json())
+        for kind, fields in self.prelude:
+            self.records.record(kind, **fields)
         try:
             state.set("connecting")
             if not await self.realtime.open(first=True):
@@ -366,6 +375,11 @@ class CallBridge:
             state.outcome = "error"
         finally:
             await self._cleanup()
+        return self.outcome()
+
+    def outcome(self) -> CallOutcome:
+        """How the call ended, as it stands (final once ``run`` has returned)."""
+        state = self.call_state
         outcome, transfer_to = state.outcome, self.tools.transfer_to
         transferred = outcome in ("transferred", "failover-transferred") and transfer_to is not None
         target, uri = transfer_to if transferred and transfer_to else ("", "")
@@ -393,18 +407,29 @@ class CallBridge:
             await self.realtime.send_first(ev.say_exactly(self.agent.greeting))  # again if that session was dead
 
     async def _cleanup(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.realtime.close()
-        if not self.call.ended.is_set():
+        """The call's parts stopped, the line hung up, then its records closed: the transcript gets its usage,
+        media and end entries whatever happened before (a failure here, or a cancellation of the call's task)."""
+        try:
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             with contextlib.suppress(Exception):
-                await self.call.hangup()
+                await self.realtime.close()
+            if not self.call.ended.is_set():
+                with contextlib.suppress(Exception):
+                    await self.call.hangup()
+        finally:
+            self._close_records()
+
+    def _close_records(self) -> None:
         state = self.call_state
         state.set("ended")
-        self.records.greeting_over(self.media.played_ms, interrupted=None)  # the call ended while it played
+        try:
+            self.records.greeting_over(self.media.played_ms, interrupted=None)  # the call ended while it played
+        except Exception:
+            self.log.exception("the greeting's entry could not be completed")
         try:
             self.media_report = self.media.media_report()
         except Exception:  # figures are worth less than the transcript's end

@@ -32,6 +32,9 @@ CallOutcome = Literal[
     "time-limit",  # agent.max_call_s reached: the agent said max_call_message and hung up
     "media-timeout",  # no RTP from the far end for media.rtp_timeout_s (not on hold): the agent hung up
     "session-expired",  # RFC 4028: the session was not refreshed in time (or our refresh failed): BYE
+    # Outbound calls answered by a machine: hung up on (outbound.answering_machine on_machine: hang_up), or
+    # after the profile's message was left.
+    "answering-machine", "message-left",
 ]
 CALL_OUTCOMES: Final[tuple[str, ...]] = get_args(CallOutcome)
 TokenKind = Literal["input", "output"]
