@@ -249,3 +249,17 @@ def test_to_json_escapes_a_lone_surrogate_so_the_text_always_encodes() -> None:
     text = ev.to_json({"type": "x", "text": "a\udc80b"})
     text.encode()
     assert json.loads(text) == {"type": "x", "text": "a\udc80b"}
+
+
+@pytest.mark.parametrize("dialect", ["ga", "beta"])
+def test_a_tagged_response_create_validates_and_keeps_its_tag(dialect: ev.Dialect) -> None:
+    """Every response.create leaves tagged in response.metadata (ResponseRetries.asked): both dialects' models
+    know the field, so the API takes it and echoes it, and nothing else of the request changes."""
+    from sipagent.bridge.response_retry import TAG, ResponseRetries
+
+    retries = ResponseRetries()
+    for event in (ev.response_create(), ev.say_exactly("Hello."), ev.response_create("Say hello.", tools=False)):
+        tagged = retries.asked(event)
+        model = validate(tagged, dialect)
+        assert model.response is not None and model.response.metadata == {TAG: tagged["response"]["metadata"][TAG]}
+        assert {k: v for k, v in tagged["response"].items() if k != "metadata"} == event.get("response", {})
