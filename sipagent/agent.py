@@ -25,6 +25,7 @@ from sipagent.bridge.context import CallContext
 from sipagent.bridge.conversation import Conversation
 from sipagent.bridge.event_sender import EventSender, new_event_id
 from sipagent.bridge.records import CallRecords
+from sipagent.bridge.retention import sweep
 from sipagent.bridge.routing import Router
 from sipagent.bridge.settings import AgentProfile
 from sipagent.bridge.tools import tool_definitions
@@ -61,6 +62,7 @@ from sipagent.sip.ua import IncomingCall, SipAccount, UaSettings, UserAgent
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MESSAGE_LEFT = "message-left"  # the outcome of an outbound call whose answering machine got the message
+RETENTION_SWEEP_S = 3600.0  # how often recording.keep_days deletes what has grown too old
 
 
 @dataclass
@@ -96,6 +98,7 @@ class Agent:
         self.metrics = Metrics()
         self.health = HealthState()
         self._monitor: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
         self._apology = _apology_audio()
         self._late_ticks_seen = 0
         # Foreign RTP is counted live (an attack on calls in progress shows before they hang up).
@@ -131,6 +134,8 @@ class Agent:
         await self.ua.start()
         self.outbound = await start_outbound(self.config, self.place_outbound, self.metrics, self._sip_room)
         self._monitor = asyncio.ensure_future(self._watch())
+        if recording.keep_days > 0:
+            self._retention = asyncio.ensure_future(self._keep_recordings(Path(recording.dir), recording.keep_days))
 
     async def _watch(self) -> None:
         """Once a second: registration state and media clock health into metrics and /healthz."""
@@ -168,6 +173,19 @@ class Agent:
                 self.metrics.add_late_ticks(late - self._late_ticks_seen)
                 self._late_ticks_seen = late
             await asyncio.sleep(1.0)
+
+    async def _keep_recordings(self, directory: Path, keep_days: float) -> None:
+        """recording.keep_days: at start, then every RETENTION_SWEEP_S, the calls' files older than that are
+        deleted, in a worker thread (a directory of a million files must not stall the media clock)."""
+        while True:
+            done = await asyncio.to_thread(sweep, directory, keep_days, time.time())
+            if done.deleted:
+                log.info("recording.keep_days: deleted %d call files older than %g days (%.1f MB)", done.deleted,
+                         keep_days, done.freed_bytes / 1e6)
+            if done.failed:
+                log.warning("recording.keep_days: %d call files in %s could not be deleted: %s", done.failed,
+                            directory, done.problem)
+            await asyncio.sleep(RETENTION_SWEEP_S)
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new profiles (instructions, voice, greeting, tools, transfer targets…) and routes for calls
@@ -227,6 +245,8 @@ class Agent:
                                  return_exceptions=True)
         if self._monitor is not None:
             self._monitor.cancel()
+        if self._retention is not None:
+            self._retention.cancel()
         if self.outbound is not None:  # the API stops; calls still ringing are CANCELled, the rest hung up
             await self.outbound.close()
         if self.ua is not None:

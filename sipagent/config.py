@@ -58,6 +58,9 @@ __all__ = ["AccountConfig", "AgentConfig", "AgentProfile", "Config", "ConfigErro
 
 SECRET_KEYS = frozenset({"password", "api_key", "secret", "token"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a value that goes into a header or a URL as it is
+# recording.keep_days: at least a day (a file is judged by its last write: a call under way must never look
+# old), at most a century.
+MAX_KEEP_DAYS = 36600
 MIN_EVENT_SECRET = 16  # characters: an HMAC key a receiver can trust is not a short word
 CODECS = ("PCMU", "PCMA", "G722")
 
@@ -858,6 +861,9 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         raise fail("sip.user_agent", "expected printable text of 1 to 128 characters, without control characters")
     if "\0" in config.recording.dir:
         raise fail("recording.dir", "expected a directory path, got one with a NUL character")
+    keep = config.recording.keep_days
+    if not (keep == 0 or 1 <= keep <= MAX_KEEP_DAYS):  # "not": NaN too
+        raise fail("recording.keep_days", f"expected 0 (keep every file) or 1 to {MAX_KEEP_DAYS} days, got {keep:g}")
     if sip.expires < 60:
         raise fail("sip.expires", f"expected at least 60 seconds, got {sip.expires}")
     if sip.max_calls < 1:

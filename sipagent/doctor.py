@@ -94,7 +94,9 @@ def describe_recording(config: Config) -> tuple[str, list[ConfigError]]:
     state = "writable" if directory.exists() else "created at the first call"
     free = free_bytes(directory)
     space = "" if free is None else f", {free / 1e9:.1f} GB free"
-    return f"recording: {kinds} in {directory}{relative} ({state} as {user}{space})", []
+    kept = (f"; kept {recording.keep_days:g} days" if recording.keep_days
+            else "; kept for good (recording.keep_days)")
+    return f"recording: {kinds} in {directory}{relative} ({state} as {user}{space}){kept}", []
 
 
 def run_doctor(config: Config, out: Callable[[str], None] = print) -> bool:

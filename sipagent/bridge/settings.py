@@ -152,6 +152,7 @@ class RecordingConfig:
     dir: str = "recordings"
     transcripts: bool = True
     audio: bool = False
+    keep_days: float = 0.0  # calls' files older than this are deleted (bridge/retention.py); 0: kept for good
 
 
 CALL_EVENT_TYPES = ("call.started", "call.transferred", "call.ended")

@@ -12,9 +12,9 @@ from sipagent.cli import main
 BASE = "realtime: {provider: local}\n"
 
 
-def write_config(tmp_path: Path, directory: Path, audio: bool = False) -> Path:
+def write_config(tmp_path: Path, directory: Path, audio: bool = False, keep_days: int = 0) -> Path:
     path = tmp_path / "agent.yaml"
-    path.write_text(BASE + f"recording: {{dir: '{directory}', audio: {str(audio).lower()}}}\n")
+    path.write_text(BASE + f"recording: {{dir: '{directory}', audio: {str(audio).lower()}, keep_days: {keep_days}}}\n")
     return path
 
 
@@ -26,7 +26,11 @@ def test_check_reports_where_records_go(tmp_path: Path, capsys: pytest.CaptureFi
     assert "GB free" in out and not directory.exists()  # check creates nothing
     directory.mkdir()
     assert main(["check", "-c", str(write_config(tmp_path, directory))]) == 0
-    assert f"recording: transcripts in {directory} (writable as " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"recording: transcripts in {directory} (writable as " in out
+    assert "; kept for good (recording.keep_days)" in out
+    assert main(["check", "-c", str(write_config(tmp_path, directory, keep_days=90))]) == 0
+    assert "GB free); kept 90 days" in capsys.readouterr().out
 
 
 def test_check_fails_when_records_cannot_be_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
