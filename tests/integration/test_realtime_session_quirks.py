@@ -113,7 +113,8 @@ def test_renewal_waits_for_the_caller_to_finish_speaking(tmp_path: Path) -> None
             stopped = time.monotonic()
             await call.until(lambda: len(server.conns) >= 2, 5, "the renewal")
             assert server.conns[1].opened_at - stopped >= 0.9
-            assert call.bridge.realtime.renewals >= 1 and call.bridge.state == "live"
+            await call.until(lambda: call.bridge.realtime.renewals >= 1, 5, "the new session in use")
+            assert call.bridge.state == "live"
 
     run(main())
 
