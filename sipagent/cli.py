@@ -125,7 +125,9 @@ def _check(path: str, connect: bool) -> int:
         from sipagent.doctor import run_doctor
 
         return EXIT_OK if run_doctor(config) else EXIT_FAILURE
-    print("configuration OK")
+    # Say it when there were warnings: "OK" alone under a name that does not resolve reads as all clear.
+    print(f"configuration OK, with {len(problems)} warning{'s' if len(problems) > 1 else ''} (above)" if problems
+          else "configuration OK")
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import types
 import typing
 import zoneinfo
@@ -33,6 +34,7 @@ from sipagent.bridge.settings import (
     BUILTIN_TOOLS,
     CALL_EVENT_TYPES,
     DEFAULT_PROFILE,
+    TRANSFER_MODES,
     AgentConfig,
     AgentProfile,
     AnsweringMachineConfig,
@@ -61,6 +63,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a value that goes into a header 
 # recording.keep_days: at least a day (a file is judged by its last write: a call under way must never look
 # old), at most a century.
 MAX_KEEP_DAYS = 36600
+MAX_SHUTDOWN_GRACE_S = 3600  # a stop that waits longer for calls is a stop that never comes (systemd kills it)
 MIN_EVENT_SECRET = 16  # characters: an HMAC key a receiver can trust is not a short word
 CODECS = ("PCMU", "PCMA", "G722")
 
@@ -331,7 +334,8 @@ class Config:
         users = ", ".join(f"{account.username}@{sip.effective_domain}" for account in self.accounts())
         mode = f"registering {users} at {sip.registrar}" if sip.registrar else "direct mode (no registrar)"
         rt = self.realtime
-        backend = "in-process local backend" if rt.provider == "local" and not rt.url else rt.url or rt.provider
+        backend = ("in-process local backend" if rt.provider == "local" and not rt.url
+                   else _url_shown(rt.url) if rt.url else rt.provider)
         lines = [
             f"config:    {self.source}",
             f"sip:       {mode}, {sip.transport} on {sip.listen}, up to {sip.max_calls} calls",
@@ -454,6 +458,18 @@ class Config:
         return "; ".join(default + named) or "(none)"
 
 
+def _url_shown(url: str) -> str:
+    """A configured URL as ``sipagent check`` and errors show it: without credentials, query or fragment (an
+    Azure ``api-key`` or a token may be in the query)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return url.partition("?")[0].rpartition("@")[2][:MAX_SHOWN]
+    shown = f"{parts.scheme}://{host}{parts.path}" if parts.scheme else url.partition("?")[0]
+    return shown + ("?..." if parts.query else "")
+
+
 def parse_host_port(text: str, default_port: int) -> HostPort:
     """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; raises ValueError."""
     text = text.strip()
@@ -490,10 +506,31 @@ class _Ctx:
     def __init__(self, path: str, env: Mapping[str, str]) -> None:
         self.path = path
         self.env = env
+        # key path -> the variable a ``${VAR}`` in its value named that is set but empty (a secret that came
+        # out empty is named by its variable, not by a "required" that the file seems to satisfy)
+        self.empty_vars: dict[str, str] = {}
 
     def error(self, node: yaml.Node | None, key: str, message: str) -> ConfigError:
         line = node.start_mark.line + 1 if node is not None else None
-        return ConfigError(message, path=self.path, line=line, key=key)
+        return ConfigError(_printable(message), path=self.path, line=line, key=_printable(key))
+
+
+MAX_SHOWN = 80  # characters of a value an error message quotes
+_LONG_QUOTED = re.compile(r'got "([^"]{81,})"')  # MAX_SHOWN + 1
+MAX_MESSAGE = 1000  # characters of a whole message (the longest a file can cause is a list of known keys)
+
+
+def _printable(text: str) -> str:
+    """An error message as it may reach a terminal or a log: control characters (an escape sequence, a line
+    break that would forge a second line) written as escapes, and a quoted value cut to MAX_SHOWN characters
+    (a megabyte-long value is not repeated whole)."""
+    def cut(match: re.Match[str]) -> str:
+        return f'got "{match.group(1)[:MAX_SHOWN]}..."'
+
+    text = _LONG_QUOTED.sub(cut, text)
+    if len(text) > MAX_MESSAGE:  # a long value quoted another way
+        text = text[:MAX_MESSAGE] + "..."
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -776,6 +813,8 @@ def _interpolate(ctx: _Ctx, node: yaml.Node, text: str, key: str) -> str:
             if default is None:
                 raise ctx.error(node, key, f"environment variable {name} is not set (use ${{{name}:-default}})")
             return default
+        if value == "":
+            ctx.empty_vars[key] = name
         return value
 
     return _VAR.sub(replace, text)
@@ -853,6 +892,12 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         except ValueError as exc:
             raise fail("sip.public_address", f'expected the address to advertise, a host name or an IP address '
                                               f'without a port, got "{sip.public_address}" ({exc})') from None
+    if sip.domain:
+        try:  # written into From, To, the AoR and every transfer target's URI
+            _check_host(parse_host_port(sip.domain, default_port=5060).host)
+        except ValueError as exc:
+            raise fail("sip.domain", f'expected the SIP domain, a host name or an IP address, got "{sip.domain}" '
+                                     f"({exc})") from None
     if sip.registrar and not sip.username and not sip.accounts:
         raise fail("sip.username", "required when sip.registrar is set (or list the extensions in sip.accounts)")
     if sip.username and not _USER_PART.fullmatch(sip.username):  # the rule of sip.accounts[].username
@@ -875,9 +920,15 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     if not (media.rtp_timeout_s == 0 or media.rtp_timeout_s >= 5):
         raise fail("media.rtp_timeout_s", f"expected 0 (off) or at least 5 seconds, got {media.rtp_timeout_s}")
     for i, host in enumerate(sip.trusted_hosts):
-        if not _HOST_OR_NETWORK.fullmatch(host.strip()) or (parse_network(host) is None and "/" in host):
+        problem = ""
+        if parse_network(host) is None:
+            try:  # a name, then: "300.1.1.1" or "10.0.0" would resolve to nobody, or somebody else
+                _check_host(host.strip())
+            except ValueError as exc:
+                problem = f" ({exc})"
+        if not _HOST_OR_NETWORK.fullmatch(host.strip()) or (parse_network(host) is None and "/" in host) or problem:
             raise fail(f"sip.trusted_hosts[{i}]", f'expected an address, a network (10.0.0.0/24) or a host name, '
-                                                  f'got "{host}"')
+                                                  f'got "{host}"{problem}')
     for i, alias in enumerate(sip.aliases):
         if not _USER_PART.fullmatch(alias):
             raise fail(f"sip.aliases[{i}]", f'expected a SIP user part such as "2001" or "+15551230000", got '
@@ -895,6 +946,8 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         name = codec.upper().replace(".", "")
         if name not in CODECS:
             raise fail("media.codecs", f"expected codecs from {', '.join(CODECS)}, got \"{codec}\"")
+        if name in normalised:  # an order of preference names each once (as media.srtp_suites)
+            raise fail("media.codecs", f'"{codec}" is listed twice')
         normalised.append(name)
     media.codecs = normalised
     if not media.srtp_suites:
@@ -912,12 +965,20 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
                                  "clear)")
     if not 0 <= media.jitter_ms <= 1000:
         raise fail("media.jitter_ms", f"expected 0 to 1000, got {media.jitter_ms}")
+    _check_empty_passwords(ctx, config, fail)
     if rt.provider in ("openai", "azure") and not rt.api_key:
-        raise fail("realtime.api_key", f"required for provider {rt.provider} (e.g. api_key: ${{OPENAI_API_KEY}})")
+        raise fail("realtime.api_key", _required(ctx, "realtime.api_key", f"required for provider {rt.provider} "
+                                                 "(e.g. api_key: ${OPENAI_API_KEY})"))
+    if rt.provider in ("openai", "azure") and (not rt.model.strip() or _CONTROL.search(rt.model)):
+        raise fail("realtime.model", f"expected the model{' deployment' if rt.provider == 'azure' else ''} name, "
+                                     f'such as "gpt-realtime", got "{rt.model}"')
+    for name in ("model", "voice", "transcription_model", "api_version"):
+        if _CONTROL.search(getattr(rt, name)):
+            raise fail(f"realtime.{name}", "expected text without line breaks or other control characters")
     if rt.provider == "azure" and not rt.url:
         raise fail("realtime.url", "required for provider azure (https://RESOURCE.openai.azure.com)")
     if rt.url and not re.match(r"^(wss?|https?)://", rt.url):
-        raise fail("realtime.url", f'expected a ws://, wss:// or https:// URL, got "{rt.url}"')
+        raise fail("realtime.url", f'expected a ws://, wss:// or https:// URL, got "{_url_shown(rt.url)}"')
     if rt.url:
         try:
             parts = urlsplit(rt.url)
@@ -925,7 +986,11 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         except ValueError:  # an unclosed IPv6 bracket, a port that is no number or past 65535
             parts, port_ok = None, False
         if parts is None or not parts.hostname or not port_ok or _CONTROL.search(rt.url):
-            raise fail("realtime.url", f'expected a URL with a host and a valid port, got "{rt.url[:80]}"')
+            raise fail("realtime.url", f'expected a URL with a host and a valid port, got "{_url_shown(rt.url)}"')
+        if parts.username is not None or parts.password is not None:
+            # sipagent check prints the URL: a password in it would be printed too. The key goes in api_key.
+            raise fail("realtime.url", "credentials in the URL are not supported (put the key in "
+                                       "realtime.api_key)")
     if _CONTROL.search(rt.api_key):
         # Usually a trailing newline from the file or command the key came from (API_KEY=$(cat key.txt)
         # keeps none, but an env file or a secret mount may): it would break the Authorization header.
@@ -943,10 +1008,36 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     _check_accounts(config, fail)
     _check_routes(config, fail)
     if config.events.webhook is not None:
-        _check_event_webhook(config.events.webhook, fail)
+        _check_event_webhook(ctx, config.events.webhook, fail)
+    if config.outbound.max_calls == 0 and _child(_child(root, "outbound"), "max_calls") is not None:
+        # 0 is how the loader says "not set" (the default, 4): written in the file it would allow 4 calls to
+        # someone who meant none.
+        raise fail("outbound.max_calls", f"expected 1 to sip.max_calls ({config.sip.max_calls}), got 0 (to place "
+                                         "no calls, leave control.listen unset and do not run sipagent call)")
     _check_outbound(config, fail)
     _check_control(ctx, config, fail)
     _check_context(ctx, root, config, fail)
+
+
+def _check_empty_passwords(ctx: _Ctx, config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+    """A password written as ``${VAR}`` whose variable is set but empty, for an account that registers: the
+    file says where the password comes from, the environment is what is wrong (an empty password would only
+    show as 401 after 401 at the PBX)."""
+    keys = [f"sip.accounts[{i}].password" for i, account in enumerate(config.sip.accounts) if not account.password]
+    if config.sip.registrar and config.sip.username and not config.sip.password:
+        keys.insert(0, "sip.password")
+    for key in keys:
+        if key in ctx.empty_vars:
+            raise fail(key, f"{_empty_var(ctx, key)} (to register without a password, remove the key)")
+
+
+def _empty_var(ctx: _Ctx, key: str) -> str:
+    return f"environment variable {ctx.empty_vars[key]} is set but empty"
+
+
+def _required(ctx: _Ctx, key: str, message: str) -> str:
+    """``message`` for a required secret that is empty, unless a ``${VAR}`` set but empty made it so."""
+    return f"required, and {_empty_var(ctx, key)}" if key in ctx.empty_vars else message
 
 
 def _check_local(ctx: _Ctx, root: yaml.Node | None, rt: RealtimeConfig) -> None:
@@ -966,7 +1057,16 @@ def _check_host(host: str) -> None:
             raise ValueError("a zone (%name) means nothing to a peer and cannot be written in SIP; "
                              "use a global or unique-local address")
     elif not _HOST.fullmatch(host):
-        raise ValueError(f"not a host name or address: {host!r}")
+        raise ValueError(f"not a host name or address: {host[:MAX_SHOWN]!r}")
+    elif host.rstrip(".").rpartition(".")[2].isdigit():  # a name never ends in a number: an IPv4 address
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if host.isdigit():
+                raise ValueError(f"{host} is a port, not a host: write host:port, e.g. 0.0.0.0:{host}") from None
+            raise ValueError(f"{host} is not an IPv4 address (four numbers from 0 to 255)") from None
+    elif len(host.rstrip(".")) > 253 or any(len(label) > 63 for label in host.split(".")):
+        raise ValueError("not a host name: at most 63 characters between dots and 253 in all")
 
 
 def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable[[str, str], ConfigError]) -> None:
@@ -1002,9 +1102,13 @@ def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable
         raise fail(f"{prefix}.on_failure.target", "required when on_failure.action is transfer")
     _check_transfer_targets(agent, prefix, config.sip.effective_domain, fail)
     _check_transfer_modes(agent, prefix, config.source, fail)
+    _check_transfer_transport(agent, prefix, config.sip.transport, fail)
     if not (agent.idle_timeout_s == 0 or agent.idle_timeout_s >= 1):
         raise fail(f"{prefix}.idle_timeout_s", f"expected 0 (never prompt) or at least 1 second, got "
                                                f"{agent.idle_timeout_s:g}")
+    if not 0 <= agent.shutdown_grace_s <= MAX_SHUTDOWN_GRACE_S:
+        raise fail(f"{prefix}.shutdown_grace_s", f"expected 0 to {MAX_SHUTDOWN_GRACE_S} seconds, got "
+                                                 f"{agent.shutdown_grace_s:g}")
     if agent.max_call_s and agent.max_call_s < 10:
         raise fail(f"{prefix}.max_call_s", f"expected 0 (no limit) or at least 10 seconds, got {agent.max_call_s}")
     if not (config.media.rtp_timeout_s or agent.max_call_s or agent.idle_timeout_s > 0):
@@ -1065,8 +1169,9 @@ def _check_control(ctx: _Ctx, config: Config, fail: Callable[[str, str], ConfigE
     if not control.token:
         control.token = ctx.env.get(CONTROL_TOKEN_ENV, "")
     if not control.token:
-        raise fail(key + "token", f"required when control.listen is set: the bearer token clients send (e.g. "
-                                  f"token: ${{{CONTROL_TOKEN_ENV}}}, or set {CONTROL_TOKEN_ENV})")
+        raise fail(key + "token", _required(ctx, key + "token", "required when control.listen is set: the bearer "
+                                            f"token clients send (e.g. token: ${{{CONTROL_TOKEN_ENV}}}, or set "
+                                            f"{CONTROL_TOKEN_ENV})"))
     if len(control.token) < MIN_CONTROL_TOKEN or not control.token.isascii() or not control.token.isprintable() \
             or " " in control.token:
         raise fail(key + "token", f"expected at least {MIN_CONTROL_TOKEN} printable ASCII characters without "
@@ -1241,10 +1346,60 @@ def _check_tls(sip: SipConfig, fail: Callable[[str, str], ConfigError]) -> None:
                 server_context(tls.settings)
         except TlsSetupError as exc:
             raise fail(key + exc.key, exc.detail) from None
+        if tls.ca_file and tls.verify and not _holds_ca(tls.ca_file) and not _holds_self_signed(tls.ca_file):
+            # Loads, but can vouch for nobody: a server's certificate issued by a CA (the PBX's own, copied
+            # from its config, or ours) is no trust anchor, and every handshake would fail "unknown CA".
+            raise fail(key + "ca_file", f'"{tls.ca_file}" holds no CA certificate (nor a self-signed one): it '
+                                        "looks like a server's certificate; put the CA that signed the PBX's "
+                                        "certificate here")
     if not (sip.keepalive_s == 0 or 5 <= sip.keepalive_s <= 3600):
         raise fail("sip.keepalive_s", f"expected 0 (off) or 5 to 3600 seconds, got {sip.keepalive_s:g}")
     if not 1 <= sip.keepalive_timeout_s <= 60:
         raise fail("sip.keepalive_timeout_s", f"expected 1 to 60 seconds, got {sip.keepalive_timeout_s:g}")
+
+
+def _holds_ca(path: str) -> bool:
+    """Whether a PEM file (that client_context loaded) holds a CA certificate, the system's CAs aside."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError):
+        return False
+    return bool(context.cert_store_stats().get("x509_ca"))
+
+
+def _holds_self_signed(path: str) -> bool:
+    """Whether a PEM file holds a certificate whose issuer is its subject (a PBX's self-signed certificate
+    trusted as it is). Read with a few lines of DER: the ssl module says which are CAs, not this."""
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    for block in re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S):
+        try:
+            fields = _der_children(_der_children(ssl.PEM_cert_to_DER_cert(block))[0][1])[0][1]
+            parts = [raw for tag, _, raw in _der_children(fields) if tag != 0xA0]  # without [0] version
+            if len(parts) >= 5 and parts[2] == parts[4]:  # serial, signature, issuer, validity, subject
+                return True
+        except (ValueError, IndexError):
+            continue
+    return False
+
+
+def _der_children(der: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The elements of a DER SEQUENCE's contents (or of a whole DER value): (tag, contents, raw bytes)."""
+    out, i = [], 0
+    while i < len(der):
+        tag, length, i0 = der[i], der[i + 1], i
+        i += 2
+        if length & 0x80:
+            count = length & 0x7F
+            length, i = int.from_bytes(der[i:i + count], "big"), i + count
+        if i + length > len(der):
+            raise ValueError("truncated DER")
+        out.append((tag, der[i:i + length], der[i0:i + length]))
+        i += length
+    return out
 
 
 def _check_limits(limits: SipLimitsConfig, fail: Callable[[str, str], ConfigError]) -> None:
@@ -1280,7 +1435,10 @@ def _check_transfer_modes(agent: AgentConfig, prefix: str, source: str,
     """A warm transfer's settings: modes only for targets that exist, a hold audio that can be played."""
     transfer, key = agent.transfer, f"{prefix}.transfer"
     known = set(agent.transfer_targets) | ({"default"} if agent.transfer_target else set())
-    for name in transfer.modes:
+    for name, mode in transfer.modes.items():
+        if mode not in TRANSFER_MODES:  # a free-form mapping: its values are not typed by the schema
+            raise fail(f"{key}.modes.{name}", f"expected one of {', '.join(TRANSFER_MODES)}, got "
+                                              f"{_quote(mode, '') if isinstance(mode, str) else _kind(mode)}")
         if str(name) not in known:
             raise fail(f"{key}.modes.{name}", "not a transfer target of this profile (known: "
                                               f"{', '.join(sorted(known)) or 'none'}; the desk is \"default\")")
@@ -1302,6 +1460,26 @@ def _check_transfer_modes(agent: AgentConfig, prefix: str, source: str,
         transfer.hold_audio = str(path)
 
 
+def _check_transfer_transport(agent: AgentConfig, prefix: str, transport: str,
+                              fail: Callable[[str, str], ConfigError]) -> None:
+    """What a target's URI asks of the agent: no password (a Refer-To and ``sipagent check`` would show it),
+    and for a warm target, which the agent dials itself, no sips: unless the agent speaks TLS (a sips: request
+    must be TLS on every hop: the PBX refuses one that came over UDP or TCP, and the caller is taken back)."""
+    targets = [(f"{prefix}.transfer_targets.{name}", name, uri) for name, uri in agent.transfer_targets.items()]
+    if agent.transfer_target:
+        targets.append((f"{prefix}.transfer_target", "default", agent.transfer_target))
+    if agent.on_failure.target:
+        targets.append((f"{prefix}.on_failure.target", "", agent.on_failure.target))
+    for dotted, name, uri in targets:
+        parsed = parse_target_uri(uri)
+        if parsed.password is not None:
+            raise fail(dotted, "a password in the URI is not allowed (it would be sent in the Refer-To, logged "
+                               "and printed by sipagent check)")
+        if name and parsed.scheme == "sips" and transport != "tls" and agent.transfer.mode_of(name) == "warm":
+            raise fail(dotted, f"a warm transfer target is dialled by the agent, and a sips: URI needs "
+                               f"sip.transport: tls (it is {transport}); write sip: instead, or make it blind")
+
+
 def _check_transfer_targets(agent: AgentConfig, prefix: str, domain: str,
                             fail: Callable[[str, str], ConfigError]) -> None:
     """Every place a caller can be sent is written here, as a URI: the model only ever names one."""
@@ -1311,6 +1489,9 @@ def _check_transfer_targets(agent: AgentConfig, prefix: str, domain: str,
         if not _TARGET_NAME.fullmatch(name):
             raise fail(f"{prefix}.transfer_targets.{name}",
                        "expected a name of letters, digits, _ or - starting with a letter (the model sees it)")
+        if isinstance(value, bool) or not isinstance(value, str | int):  # null would be the extension "None"
+            raise fail(f"{prefix}.transfer_targets.{name}", 'expected an extension ("600") or a sip: URI '
+                                                            f'("sip:600@pbx.example.com"), got {_kind(value)}')
         try:
             targets[name] = transfer_uri(str(value), domain)
         except ValueError as exc:
@@ -1358,6 +1539,8 @@ def _check_barge_in(barge: BargeInConfig, prefix: str, fail: Callable[[str, str]
                                            f"({barge.min_speech_ms}), got {barge.pause_after_ms}")
     if not 20 <= barge.resume_after_ms <= 5000:
         raise fail(key + "resume_after_ms", f"expected 20 to 5000 ms, got {barge.resume_after_ms}")
+    if not -120 <= barge.threshold_db <= 0:
+        raise fail(key + "threshold_db", f"expected a level in dBFS from -120 to 0, got {barge.threshold_db:g}")
     if not 6 <= barge.duck_db <= 60:
         raise fail(key + "duck_db", f"expected 6 to 60 dB (how far the agent is turned down), got {barge.duck_db}")
     if not 20 <= barge.unduck_after_ms <= barge.resume_after_ms:
@@ -1387,7 +1570,7 @@ def _kind(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
-def _check_event_webhook(hook: EventWebhookConfig, fail: Callable[[str, str], ConfigError]) -> None:
+def _check_event_webhook(ctx: _Ctx, hook: EventWebhookConfig, fail: Callable[[str, str], ConfigError]) -> None:
     """events.webhook: the request is built once now (URL, headers), as for a tool; the secret is never
     echoed (SECRET_KEYS), only its absence or length is named."""
     key = "events.webhook."
@@ -1400,8 +1583,8 @@ def _check_event_webhook(hook: EventWebhookConfig, fail: Callable[[str, str], Co
     except RequestRefused as exc:
         raise fail(key + ("headers" if str(exc).startswith("header") else "url"), str(exc)) from None
     if not hook.secret:
-        raise fail(key + "secret", "required: the key events are signed with, shared with the receiver "
-                                   "(e.g. secret: ${SIPAGENT_EVENTS_SECRET})")
+        raise fail(key + "secret", _required(ctx, key + "secret", "required: the key events are signed with, "
+                                             "shared with the receiver (e.g. secret: ${SIPAGENT_EVENTS_SECRET})"))
     if len(hook.secret) < MIN_EVENT_SECRET:
         raise fail(key + "secret", f"expected at least {MIN_EVENT_SECRET} characters (e.g. openssl rand -hex 32)")
     if not hook.events:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from sipagent.agent import realtime_endpoint, session_settings, ua_settings
 from sipagent.bridge import webhook
 from sipagent.bridge.transcript import directory_problem, free_bytes
-from sipagent.config import Config, HostPort
+from sipagent.config import Config, HostPort, parse_host_port
 from sipagent.errors import ConfigError, RealtimeError, SipagentError
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
@@ -41,25 +41,29 @@ def describe_trust(config: Config) -> tuple[str, list[ConfigError]]:
     problems: list[ConfigError] = []
     sources: list[str] = []
 
-    def resolve(key: str, host: str) -> None:
+    def resolve(key: str, host: str, consequence: str = "calls from it will be refused") -> str:
         if parse_network(host) is not None:
-            sources.append(host)
-            return
+            return host
         try:
             infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
         except OSError as exc:
-            problems.append(ConfigError(f'"{host}" does not resolve ({exc}): calls from it will be refused',
+            problems.append(ConfigError(f'"{host}" does not resolve ({exc}): {consequence}',
                                         path=config.source, key=key))
-            sources.append(f"{host} (does not resolve)")
-            return
+            return f"{host} (does not resolve)"
         addresses = ", ".join(dict.fromkeys(str(info[4][0]) for info in infos))
-        sources.append(f"{host} ({addresses})")
+        return f"{host} ({addresses})"
 
     registrar = sip.registrar_address
     if registrar is not None:
-        resolve("sip.registrar", registrar.host)
+        # Not only trust: the agent registers there, and cannot while the name does not resolve.
+        source = resolve("sip.registrar", registrar.host, "the agent cannot register there (it keeps trying), and "
+                                                          "calls from it will be refused")
+        sources.append(source)
+    if sip.outbound_proxy:
+        proxy = parse_host_port(sip.outbound_proxy, default_port=sip.default_port).host
+        resolve("sip.outbound_proxy", proxy, "the calls the agent places cannot be sent there")
     for i, host in enumerate(sip.trusted_hosts):
-        resolve(f"sip.trusted_hosts[{i}]", host)
+        sources.append(resolve(f"sip.trusted_hosts[{i}]", host))
     if sip.allow_any_caller:
         who = "any address (sip.allow_any_caller: true)"
     elif registrar is None and not sip.trusted_hosts:
