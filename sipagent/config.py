@@ -1094,6 +1094,13 @@ def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable
                 key = "headers" if str(exc).startswith("header") else "url"
                 raise fail(f"{prefix}.tools[{i}].{key}", str(exc)) from None
             properties = tool.parameters.get("properties")
+            if tool.parameters.get("type") != "object" or not isinstance(properties, dict | None):
+                # The Realtime API takes a function's parameters only as an object schema: any other would have
+                # the session refused, and every call fail, at the first call rather than here.
+                kind = tool.parameters.get("type")
+                got = "properties that are no mapping" if kind == "object" else f"type: {_kind(kind)}"
+                raise fail(f"{prefix}.tools[{i}].parameters", "expected a JSON Schema of an object "
+                                                              f"({{type: object, properties: {{...}}}}), got {got}")
             if tool.method != "GET" and isinstance(properties, dict) and CONTEXT_KEY in properties:
                 raise fail(f"{prefix}.tools[{i}].parameters",
                            f'the property "{CONTEXT_KEY}" is reserved: sipagent sends the call\'s context under '

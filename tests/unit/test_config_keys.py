@@ -213,3 +213,20 @@ def test_check_says_a_registrar_that_does_not_resolve_cannot_be_registered_on(
     assert f'{path}: sip.outbound_proxy: "proxy.invalid" does not resolve' in err
     assert "the calls the agent places cannot be sent there" in err
     assert out.rstrip().endswith("configuration OK, with 2 warnings (above)")
+
+
+TOOL = LOCAL + "agent:\n  tools:\n    - {name: lookup, url: 'http://127.0.0.1:9/x', parameters: %s}\n"
+
+
+@pytest.mark.parametrize(("parameters", "got"), [
+    ("{type: string}", "type: 'string'"),
+    ("{properties: {order: {type: string}}}", "type: null"),
+    ("{type: object, properties: [order]}", "properties that are no mapping"),
+])
+def test_a_tool_whose_parameters_are_no_object_schema_is_refused(parameters: str, got: str) -> None:
+    """The Realtime API refuses the whole session for it: every call would have failed at its start."""
+    assert message_of(TOOL % parameters) == (
+        "agent.yaml:4: agent.tools[0].parameters: expected a JSON Schema of an object ({type: object, "
+        f"properties: {{...}}}}), got {got}")
+    assert load_config_text(TOOL % "{type: object, properties: {order: {type: string}}}", "agent.yaml", ENV)
+
