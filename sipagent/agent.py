@@ -32,7 +32,7 @@ from sipagent.bridge.tools import tool_definitions
 from sipagent.bridge.transcript import directory_problem
 from sipagent.bridge.warm import HumanDialer, HumanUnavailable
 from sipagent.call_media import CallMedia, EndpointLeg, MediaSettings
-from sipagent.config import Config, HostPort, load_config
+from sipagent.config import Config, HostPort, load_config, rtp_port_shortage
 from sipagent.errors import CallAbandoned, ConfigError, RealtimeError, RtpError, SdpError, SrtpRefused
 from sipagent.human_leg import HumanCallLeg, dial_human
 from sipagent.media.clock import MediaClock
@@ -120,6 +120,9 @@ class Agent:
         problem = directory_problem(Path(recording.dir)) if recording.transcripts or recording.audio else None
         if problem is not None:  # calls are still answered; each one's writer reports its own failure
             log.warning("recording.dir: %s; calls will be answered without transcripts or recordings", problem)
+        shortage = rtp_port_shortage(self.config)
+        if shortage is not None:
+            log.warning("%s", shortage)
         media = self.config.media
         if media.srtp == "optional" and self.config.sip.transport != "tls" and not media.srtp_over_insecure_signalling:
             # Not an error (plain offers are answered), but every RTP/SAVP offer will get 488: say so once.

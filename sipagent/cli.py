@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sipagent import __version__
-from sipagent.config import Config, load_config
+from sipagent.config import Config, load_config, rtp_port_shortage
 from sipagent.errors import ConfigError, SipagentError
 
 EXIT_OK = 0
@@ -110,6 +110,9 @@ def _check(path: str, connect: bool) -> int:
     print(config.summary())
     trust, problems = describe_trust(config)
     print(trust)
+    shortage = rtp_port_shortage(config)
+    if shortage is not None:
+        problems.append(shortage)
     # Trust problems are warnings: the unit file runs `check` before every start, and a DNS hiccup at boot
     # must not keep the agent down (it fails closed on such a host, and says so in its log). An unwritable
     # recording directory is a fixed mistake in the set-up: it fails the check.

@@ -188,6 +188,12 @@ class MediaConfig:
         low, _, high = self.rtp_ports.partition("-")
         return int(low), int(high)
 
+    @property
+    def rtp_port_pairs(self) -> int:
+        """How many calls the range holds at once: an even RTP port and its RTCP port + 1 each."""
+        low, high = self.rtp_port_range
+        return max(0, (high - (low + low % 2) + 1) // 2)
+
 
 @dataclass
 class RealtimeConfig:
@@ -456,6 +462,19 @@ class Config:
         named = [f"{name} = {uri}{' (warm)' if warm(name) else ''}" for name, uri in agent.transfer_targets.items()]
         default = [f"{agent.transfer_target} (default{warm('default')})"] if agent.transfer_target else []
         return "; ".join(default + named) or "(none)"
+
+
+def rtp_port_shortage(config: Config) -> ConfigError | None:
+    """A warning when media.rtp_ports holds fewer calls than sip.max_calls lets in: the calls past it are
+    refused with 503 "no free RTP port" while the agent seems to have room (a warm transfer's call to the
+    human takes a pair too)."""
+    pairs, calls = config.media.rtp_port_pairs, config.sip.max_calls
+    if pairs >= calls:
+        return None
+    return ConfigError(f"{config.media.rtp_ports} holds {pairs} calls at once (2 ports each), fewer than "
+                       f"sip.max_calls ({calls}): calls past {pairs} will be refused with 503; widen it to at "
+                       f"least {2 * calls} ports (more with warm transfers)", path=config.source,
+                       key="media.rtp_ports")
 
 
 def _url_shown(url: str) -> str:

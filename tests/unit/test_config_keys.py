@@ -230,3 +230,24 @@ def test_a_tool_whose_parameters_are_no_object_schema_is_refused(parameters: str
         f"properties: {{...}}}}), got {got}")
     assert load_config_text(TOOL % "{type: object, properties: {order: {type: string}}}", "agent.yaml", ENV)
 
+
+
+@pytest.mark.parametrize(("ports", "pairs"), [("40000-40009", 5), ("40001-40010", 4), ("40000-40010", 5)])
+def test_check_warns_when_the_rtp_range_holds_fewer_calls_than_max_calls(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], ports: str, pairs: int) -> None:
+    """Calls past the range's pairs are refused with 503 while max_calls says there is room."""
+    path = tmp_path / "agent.yaml"
+
+    def check(max_calls: int) -> tuple[str, str]:
+        path.write_text(LOCAL + f"sip: {{max_calls: {max_calls}}}\nmedia: {{rtp_ports: '{ports}'}}\n"
+                        f"recording: {{dir: '{tmp_path}'}}\n")
+        assert main(["check", "-c", str(path)]) == 0
+        out, err = capsys.readouterr()
+        return out, err
+
+    out, err = check(8)
+    assert (f"sipagent: warning: {path}: media.rtp_ports: {ports} holds {pairs} calls at once (2 ports each), "
+            f"fewer than sip.max_calls (8): calls past {pairs} will be refused with 503; widen it to at least 16 "
+            "ports") in err
+    assert out.rstrip().endswith("configuration OK, with 1 warning (above)")
+    assert "media.rtp_ports" not in check(pairs)[1]
