@@ -830,6 +830,9 @@ def _interpolate(ctx: _Ctx, node: yaml.Node, text: str, key: str) -> str:
         value = ctx.env.get(name)
         if value is None or (value == "" and default is not None):
             if default is None:
+                if _is_secret(key):  # a default would be the secret written into the file
+                    raise ctx.error(node, key, f"environment variable {name} is not set (set it where the agent "
+                                               "runs, e.g. in the service's EnvironmentFile: docs/deploy.md)")
                 raise ctx.error(node, key, f"environment variable {name} is not set (use ${{{name}:-default}})")
             return default
         if value == "":

@@ -111,8 +111,12 @@ def test_environment_interpolation() -> None:
     # An empty variable falls back to the default; a missing one with no default is an error.
     config = load_config_text(text, "a.yaml", {"KEY": "k", "HOST": "", "PBX": "p"})
     assert config.sip.listen == "127.0.0.1:5070"
-    assert error_of(text, {"PBX": "p"}) == (
-        "agent.yaml:3: realtime.api_key: environment variable KEY is not set (use ${KEY:-default})"
+    assert error_of(text, {"PBX": "p"}) == (  # a secret: never suggest writing it into the file as a default
+        "agent.yaml:3: realtime.api_key: environment variable KEY is not set (set it where the agent runs, e.g. "
+        "in the service's EnvironmentFile: docs/deploy.md)"
+    )
+    assert error_of(text, {"KEY": "k"}) == (
+        "agent.yaml:7: sip.trusted_hosts[0]: environment variable PBX is not set (use ${PBX:-default})"
     )
 
 
