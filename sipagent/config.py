@@ -928,6 +928,9 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
         raise fail("sip.user_agent", "expected printable text of 1 to 128 characters, without control characters")
     if "\0" in config.recording.dir:
         raise fail("recording.dir", "expected a directory path, got one with a NUL character")
+    if not config.recording.dir.strip():  # a ${VAR} set but empty, most likely: not "the working directory"
+        raise fail("recording.dir", 'expected a directory path, got an empty one (write "." for the working '
+                                    "directory)")
     keep = config.recording.keep_days
     if not (keep == 0 or 1 <= keep <= MAX_KEEP_DAYS):  # "not": NaN too
         raise fail("recording.keep_days", f"expected 0 (keep every file) or 1 to {MAX_KEEP_DAYS} days, got {keep:g}")

@@ -75,3 +75,17 @@ def test_keep_days_out_of_range_is_a_config_error_naming_it(value: str) -> None:
         load_config_text(text + f"recording: {{keep_days: {value}}}\n", "agent.yaml")
     assert (error.value.line, error.value.key) == (3, "recording.keep_days")
     assert str(error.value).startswith("agent.yaml:3: recording.keep_days: expected ")
+
+
+def test_an_empty_recording_dir_is_a_config_error() -> None:
+    """Most likely a ${VAR} set but empty: the files would land in whatever the working directory is."""
+    from sipagent.config import load_config_text
+    from sipagent.errors import ConfigError
+
+    text = "sip: {registrar: '', listen: '127.0.0.1:5080'}\nrealtime: {provider: local}\n"
+    with pytest.raises(ConfigError) as error:
+        load_config_text(text + "recording: {dir: '${DIR}'}\n", "agent.yaml", {"DIR": ""})
+    assert str(error.value) == ('agent.yaml:3: recording.dir: expected a directory path, got an empty one (write "." '
+                                "for the working directory)")
+    assert load_config_text(text + "recording: {dir: .}\n", "agent.yaml").recording.dir == "."
+
