@@ -337,8 +337,7 @@ class RealtimeSession:
                        planned: bool = False) -> None:
         if planned:
             self.log.info("Realtime session over (%s); opening a new one", why)
-            self.renewals += 1
-            self.records.record("event", event="session-renewal", reason=why)
+            self._renewed(why)
         else:
             self.log.warning("Realtime connection lost (%s); reconnecting", why)
             self.reconnects += 1
@@ -377,12 +376,18 @@ class RealtimeSession:
             # never end there, and its items are unknown to the new one.
             self._lost()
         self._use(link)
-        self.renewals += 1
-        self.records.record("event", event="session-renewal", reason=why)
+        self._renewed(why)
         self.log.info("Realtime session renewed (%s)", why)
         with contextlib.suppress(Exception):
             await old.close()  # the reader, waiting on it, sees the link replaced and carries on
         return True
+
+    def _renewed(self, why: str) -> None:
+        """A session replaced on purpose (its limit, or the server ended it): counted apart from faults."""
+        self.renewals += 1
+        self.records.record("event", event="session-renewal", reason=why)
+        if self.metrics:
+            self.metrics.realtime_renewed()
 
     def server_error(self, code: str) -> int:
         """A server ``error`` event with ``code``: the level to log it at. None of them ends the call: an

@@ -118,6 +118,8 @@ class Metrics:
         self._jitter = Histogram(p + "rtp_jitter_seconds", "RTP interarrival jitter (RFC 3550 A.8)",
                                  buckets=JITTER_BUCKETS, registry=r)
         self._realtime_reconnects = Counter(p + "realtime_reconnects", "Realtime reconnects", registry=r)
+        self._realtime_renewals = Counter(p + "realtime_renewals", "Realtime sessions replaced on purpose (the "
+                                          "provider's session limit, or the server ending one)", registry=r)
         self._realtime_errors = Counter(p + "realtime_errors", "Realtime errors", ["code"], registry=r)
         self._response_retries = Counter(p + "realtime_response_retries", "Failed Realtime responses asked for "
                                          "again, by the failure's code", ["code"], registry=r)
@@ -253,6 +255,9 @@ class Metrics:
     # -- Realtime -----------------------------------------------------------------------------------
     def realtime_reconnected(self) -> None:
         self._realtime_reconnects.inc()
+
+    def realtime_renewed(self) -> None:
+        self._realtime_renewals.inc()
 
     def realtime_error(self, code: str) -> None:
         """``code``: the server's ``error.code`` (or ``error.type`` when there is no code). The server names

@@ -94,6 +94,7 @@ def test_renewal_before_the_limit_opens_the_new_session_before_closing_the_old(t
             await call.until(lambda: new.appends > 0, 2, "audio on the new session")
             assert call.bridge.reconnects == 0 and call.bridge.realtime.renewals >= 1
             assert call.metric("sipagent_realtime_reconnects_total") == 0
+            assert call.metric("sipagent_realtime_renewals_total") == call.bridge.realtime.renewals
             assert call.bridge.state == "live"
 
     run(main())
@@ -138,6 +139,7 @@ def test_a_close_by_the_server_carries_the_call_on(tmp_path: Path, code: int, pl
             assert call.bridge.reconnects == (0 if planned else 1)
             assert getattr(call.bridge.realtime, "renewals", 0) == (1 if planned else 0)
             assert call.metric("sipagent_realtime_reconnects_total") == (0 if planned else 1)
+            assert call.metric("sipagent_realtime_renewals_total") == (1 if planned else 0)
             assert call.bridge.state == "live" and not call.events("failure")
 
     run(main())
