@@ -14,7 +14,11 @@ first/last/slope per minute over the run (least squares over the samples after t
 idle figures before the first call and after the last one hung up, the named alternative: no leak means
 idle-after equals idle-before for fds, tasks, sockets and ports.
 
-Usage: python bench/soak.py [--calls 50] [--minutes 3] [--hold 5,15] [--every 5]
+``--vanish P``: that share of calls end with the caller gone instead of hanging up (no BYE, no more RTP, its
+socket closed, as when a PBX restarts or a NAT binding expires): the agent ends them by ``media.rtp_timeout_s``
+(5 s here) and its BYE goes unanswered for 32 s (timer F), so such calls stay in the agent that long.
+
+Usage: python bench/soak.py [--calls 50] [--minutes 3] [--hold 5,15] [--every 5] [--vanish 0.2]
 """
 
 from __future__ import annotations
@@ -55,8 +59,16 @@ def sample(agent: AgentProcess, started: float) -> dict[str, Any]:
     }
 
 
+async def vanish(caller: QuietCaller) -> None:
+    """The caller is gone: no BYE (neither from hangup() nor from its UA's stop()), its RTP and socket closed."""
+    caller.answered_at = 0.0
+    if caller._ua is not None:
+        caller._ua._calls.clear()
+    await caller._close_media()
+
+
 async def slot(index: int, target: str, clock: MediaClock, ports: PortAllocator, hold: tuple[float, float],
-               until: float, counts: dict[str, int]) -> None:
+               until: float, counts: dict[str, int], vanish_share: float = 0.0) -> None:
     rng = random.Random(index)
     await asyncio.sleep(rng.uniform(0, hold[0]))  # stagger the first calls
     while time.monotonic() < until:
@@ -65,6 +77,9 @@ async def slot(index: int, target: str, clock: MediaClock, ports: PortAllocator,
             await caller.dial(timeout=10.0)
             counts["calls"] += 1
             await asyncio.sleep(min(rng.uniform(*hold), max(0.0, until - time.monotonic())))
+            if rng.random() < vanish_share:
+                counts["vanished"] += 1
+                await vanish(caller)
         except Exception as exc:  # a failed call is a figure, not a reason to stop the soak
             counts["failed"] += 1
             counts["last_error"] = 0
@@ -84,8 +99,10 @@ def slope_per_min(rows: list[dict[str, Any]], key: str) -> float:
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
     sip_port = free_udp_port()
-    config = write_config(workdir / "soak.yaml", agent_config(sip_port, greeting=GREETING,
-                                                             codecs=("G722", "PCMU", "PCMA")))
+    data = agent_config(sip_port, greeting=GREETING, codecs=("G722", "PCMU", "PCMA"))
+    if args.vanish:
+        data["media"]["rtp_timeout_s"] = 5  # the agent notices a vanished caller 5-6 s after its last packet
+    config = write_config(workdir / "soak.yaml", data)
     agent = AgentProcess(config, log_path=workdir / "agent.log")
     agent.start()
     clock = MediaClock()
@@ -99,9 +116,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         await asyncio.sleep(1.0)
         idle_before = sample(agent, started)
         until = started + args.minutes * 60
-        counts: dict[str, int] = {"calls": 0, "failed": 0}
+        counts: dict[str, int] = {"calls": 0, "failed": 0, "vanished": 0}
         slots = [asyncio.create_task(slot(i, f"sip:agent@127.0.0.1:{sip_port}", clock, ports,
-                                          (hold[0], hold[1]), until, counts)) for i in range(args.calls)]
+                                          (hold[0], hold[1]), until, counts, args.vanish))
+                 for i in range(args.calls)]
         print(f"{'t s':>6} {'calls':>6} " + " ".join(f"{m:>12}" for m in METRICS) + "  p99 ms  underruns",
               flush=True)
         while time.monotonic() < until:
@@ -112,7 +130,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
                   + " ".join(f"{row[m]:>12.1f}" if m == "rss_mb" else f"{row[m]:>12}" for m in METRICS)
                   + f"  {row['p99_ms']:>6.2f}  {row['underruns']:>8}", flush=True)
         await asyncio.gather(*slots, return_exceptions=True)
-        await asyncio.sleep(2.0)  # the agent tears down the last calls
+        # The agent tears down the last calls (a vanished caller's BYE goes unanswered for 32 s).
+        await asyncio.sleep(40.0 if args.vanish else 2.0)
         idle_after = sample(agent, started)
     finally:
         clock.stop()
@@ -121,7 +140,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     underruns = sum(r["underruns"] for r in rows) + idle_after["underruns"]
     worst_p99 = max((r["p99_ms"] for r in rows), default=float("nan"))
     print(f"\n{args.calls} concurrent calls, {args.minutes:g} min, {counts['calls']} calls placed, "
-          f"{counts['failed']} failed; agent CPU {cpu:.1f}% average; underruns {underruns}; worst p99 send "
+          f"{counts['failed']} failed, {counts['vanished']} vanished; agent CPU {cpu:.1f}% average; "
+          f"underruns {underruns}; worst p99 send "
           f"deviation per sample {worst_p99:.2f} ms; outcomes {idle_after['outcomes']}")
     print(f"{'metric':<13} {'idle before':>11} {'first':>9} {'last':>9} {'slope/min':>10} {'idle after':>10}  "
           "after-before")
@@ -138,6 +158,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--hold", default="5,15", help="seconds each call stays up: MIN,MAX")
     parser.add_argument("--every", type=float, default=5.0, help="sampling period, seconds")
+    parser.add_argument("--vanish", type=float, default=0.0,
+                        help="share of calls whose caller vanishes (no BYE) instead of hanging up, 0..1")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sipagent-soak-") as tmp:
         asyncio.run(run(args, Path(tmp)))

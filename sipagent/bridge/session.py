@@ -478,9 +478,14 @@ class RealtimeSession:
             self._replacing.cancel()
         if self._start_watch is not None:
             self._start_watch.cancel()
-        if self.link is not None:
+        link, self.link = self.link, None  # the call's audio stops going to it (Uplink: no link, no append)
+        if link is not None:
             with contextlib.suppress(Exception):
-                await self.link.close()
+                await link.close()
+        # Nobody writes any more (the pump was cancelled with the call's tasks): what was queued goes now, and
+        # nothing queues behind it while the line is hung up (a BYE to a vanished phone waits 32 s).
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
 
 
 def _word(value: object, limit: int = 60) -> str:
