@@ -105,7 +105,7 @@ class Agent:
         self._endpoints: set[RtpEndpoint] = set()
         self._foreign_ended = 0
         self._foreign_seen = 0
-        self._reconnects_seen = 0  # registrar connections lost, as counted into metrics
+        self._bindings_lost_seen: dict[str, int] = {}  # by account: registrations a lost connection cut, counted
         self._srtp_dropped_ended = 0
         self._srtp_dropped_seen = 0
         hook = config.events.webhook
@@ -161,10 +161,10 @@ class Agent:
             self.metrics.set_sip_transactions(self.ua.server_transactions)
             # A lost registrar connection is re-registered within milliseconds, between two of these polls:
             # the UA's count, not the state, is what shows it.
-            lost = self.ua.reconnects - self._reconnects_seen
-            for _ in range(lost):
-                self.metrics.registration_failed("connection-lost")
-            self._reconnects_seen += lost
+            for account, count in self.ua.bindings_lost.items():
+                for _ in range(count - self._bindings_lost_seen.get(account, 0)):
+                    self.metrics.registration_failed("connection-lost", account)
+                self._bindings_lost_seen[account] = count
             foreign = self._foreign_ended + sum(endpoint.foreign_packets for endpoint in self._endpoints)
             self.metrics.add_rtp_foreign(foreign - self._foreign_seen)
             self._foreign_seen = foreign

@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -275,6 +276,7 @@ class UserAgent:
         self.registration_problem: str | None = None
         self._transport_errors: dict[Peer, str] = {}  # the last send failure per destination, for messages
         self.reconnects = 0  # registrar connections lost and registered again over a new one
+        self.bindings_lost: Counter[str] = Counter()  # by account name: registrations such a loss cut
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -773,6 +775,7 @@ class UserAgent:
         self.reconnects += 1
         for line in lines:
             assert line.registration is not None
+            self.bindings_lost[line.account.name] += 1
             line.registration.connection_lost(self._now())
             line.registered.clear()
             line.wake.set()

@@ -558,7 +558,8 @@ def test_spoken_turn_over_tls_end_to_end(kamailio_tls: Kamailio, pki: Pki, tmp_p
 
 def test_agent_counts_a_lost_registrar_connection(pki: Pki, tmp_path: Path) -> None:
     """The whole agent: the registrar closes the connection after registering it; the agent registers again
-    over a new one, and the metrics count it (registration_failures{reason="connection-lost"})."""
+    over a new one, and the metrics count it under the account it cut (registration_failures{account="3101",
+    reason="connection-lost"}; it was counted under account="" whatever the account)."""
     from bridge_helpers import bridge_config
 
     from sipagent.agent import Agent
@@ -575,7 +576,7 @@ def test_agent_counts_a_lost_registrar_connection(pki: Pki, tmp_path: Path) -> N
             assert agent.ua is not None
             assert await wait_until(lambda: registrar.connections >= 2 and registrar.registers >= 2, 10)
             assert await agent.ua.wait_registered(5)
-            metric = 'sipagent_registration_failures_total{account="",reason="connection-lost"} 1.0'
+            metric = 'sipagent_registration_failures_total{account="3101",reason="connection-lost"} 1.0'
             assert await wait_until(lambda: metric in agent.metrics.render().decode(), 5), \
                 agent.metrics.render().decode()
         finally:
