@@ -276,6 +276,11 @@ class Agent:
         self._calls.add(task)
         try:
             await self._handle_call(call)
+        except asyncio.CancelledError:
+            # A shutdown while the call was being answered (waiting for its ACK): counted once all the same.
+            if call.call_id not in self._counted:
+                self._count("cancelled")
+            raise
         except Exception:
             log.exception("call failed")
             with contextlib.suppress(Exception):
@@ -450,13 +455,16 @@ class Agent:
         try:
             decision = await listen_for_machine(call, leg.endpoint, answer, media.codec)
         except (asyncio.CancelledError, Exception) as exc:  # DELETE or shutdown while we listened (or a fault)
-            if not call.ended.is_set():
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(call.hangup())
-            if isinstance(exc, asyncio.CancelledError):
-                unbridged("agent-hangup", PlaceResult("answered", "hung up while listening for a machine"), "hang_up")
-            else:
-                unbridged("error", PlaceResult("failed", f"internal error: {type(exc).__name__}"), "hang_up")
+            try:
+                if not call.ended.is_set():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(call.hangup())
+            finally:  # recorded even when a second cancellation (a repeated DELETE) cuts the hang-up's wait
+                if isinstance(exc, asyncio.CancelledError):
+                    unbridged("agent-hangup", PlaceResult("answered", "hung up while listening for a machine"),
+                              "hang_up")
+                else:
+                    unbridged("error", PlaceResult("failed", f"internal error: {type(exc).__name__}"), "hang_up")
             raise
         progress.call.answering_machine = decision.verdict
         if call.ended.is_set():  # hung up while we listened

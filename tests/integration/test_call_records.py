@@ -85,9 +85,12 @@ def test_a_second_cancellation_while_the_call_hangs_up_still_counts_and_reports_
             state = rig.bridge.call_state
             finish = state.finish
 
+            again = [True]
+
             def finish_and_cancel_again(outcome: str) -> None:
                 finish(outcome)
-                if asyncio.current_task() is task:  # the first cancellation is being handled: the second comes
+                if asyncio.current_task() is task and again:  # the first cancellation is being handled: a second
+                    again.clear()
                     task.cancel()
 
             state.finish = finish_and_cancel_again  # type: ignore[method-assign]
@@ -321,5 +324,69 @@ def test_shutdown_during_the_listening_hangs_up_and_records_the_call(tmp_path: P
             assert event.data["outcome"] == "answered"
             (path,) = (tmp_path / "placing").glob("*.jsonl")
             ends_well(transcript(path), "agent-hangup")
+
+    asyncio.run(main())
+
+
+def test_a_second_delete_while_the_listening_call_hangs_up_still_records_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DELETE cancels the call while the agent listens for a machine; the hang-up's BYE takes a while (a callee
+    gone quiet: up to 32 s), and a repeated DELETE cancels again meanwhile. Before: that second cancellation
+    skipped the records, calls_active stayed at 1 for good, no count, no call.ended, no transcript."""
+    from sipagent.sip.outgoing import OutgoingCall
+
+    hangup = OutgoingCall.hangup
+
+    async def slow_hangup(self: OutgoingCall) -> None:
+        await asyncio.sleep(0.5)
+        await hangup(self)
+
+    monkeypatch.setattr(OutgoingCall, "hangup", slow_hangup)
+
+    async def main() -> None:
+        async with two_agents(tmp_path, agent={"answering_machine": {"detect": True, "timeout_s": 6}}) as (
+                placing, answering, events):
+            assert placing.outbound is not None
+            call = place(placing, f"sip:agent@127.0.0.1:{answering.sip_address[1]}")
+            await until(lambda: call.sip_call_id in answering.bridges, 10, "the callee's answer")
+            placing.outbound.calls.cancel(call.id)
+            await asyncio.sleep(0.2)  # the hang-up under way
+            placing.outbound.calls.cancel(call.id)
+            await ended(placing, call)
+            assert counted(placing, "agent-hangup") == 1 and active(placing) == 0
+            (event,) = events.of("call.ended")
+            assert event.data["outcome"] == "answered"
+            (path,) = (tmp_path / "placing").glob("*.jsonl")
+            ends_well(transcript(path), "agent-hangup")
+
+    asyncio.run(main())
+
+
+def test_a_call_cancelled_while_it_waits_for_its_ack_is_counted(tmp_path: Path) -> None:
+    """The agent answered (200 OK) and waits for the ACK when the call's task is cancelled (what a shutdown
+    does to the calls still under way once the UA has stopped): before, it was never counted; now once, as
+    cancelled."""
+    from agent_helpers import OFFER, Udp, request
+
+    async def main() -> None:
+        agent = Agent(bridge_config(tmp_path))
+        await agent.start()
+        phone = Udp()
+        try:
+            target = agent.sip_address
+            phone.send(request("INVITE", target, via=f"{phone.host}:{phone.port}",
+                               body=OFFER.format(port=phone.port + 2)), target)
+            await until(lambda: bool(agent._calls), 5, "the call under way")
+            loop = asyncio.get_running_loop()
+            answers = await loop.run_in_executor(None, phone.collect, 0.5)  # 100 Trying, 180, 200: never ACKed
+            assert any(answer.startswith(b"SIP/2.0 200") for answer in answers), answers
+            (task,) = agent._calls
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert counted(agent, "cancelled") == 1 and active(agent) == 0
+        finally:
+            phone.close()
+            await agent.stop()
 
     asyncio.run(main())

@@ -67,7 +67,7 @@ def test_a_failed_response_is_asked_for_again_and_heard(tmp_path: Path, caplog: 
             await call.until(lambda: server.conns and creates(server.conns[0]), 5, "the greeting asked for")
             conn = server.conns[0]
             await call.until(lambda: len(creates(conn)) == 2, 3, "the greeting asked for again")
-            assert 0.95 <= asked_at[1] - asked_at[0] < 1.8, asked_at  # after 1 s
+            assert 0.95 <= asked_at[1] - asked_at[0] < 3, asked_at  # after 1 s (the schedule: the unit tests)
             first, again = creates(conn)
             assert again["response"]["instructions"] == first["response"]["instructions"]  # the greeting again
             assert again["response"]["metadata"] != first["response"]["metadata"]  # a request of its own
