@@ -59,6 +59,9 @@ SUPPORTED_OPTIONS = frozenset(option.strip() for option in SUPPORTED.split(","))
 # Our own INVITEs do not offer 100rel: a reliable 18x would need our PRACK, and we have nothing to gain from it.
 UAC_SUPPORTED = "timer"
 UAC_SUPPORTED_OPTIONS = frozenset(option.strip() for option in UAC_SUPPORTED.split(","))
+# A REFER whose outcome is still unknown blocks the next one this long (a second could transfer the caller
+# twice); past it, the far end is taken to have given up (Asterisk drops the transferor 60 s on).
+REFER_UNDECIDED_S = 120.0
 _CSEQ_NUMBER = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() takes "²", which int() refuses
 
 # Which state may follow which: every change of ``CallCore.state`` goes through this table.
@@ -353,6 +356,7 @@ class CallCore:
         self._refer_out = False
         self._refer_reported = False  # its final outcome went up already
         self._refer_accepted = False  # it got its 2xx (202)
+        self._refer_sent_at = 0.0
         # The CSeq numbers of the REFER (with its authenticated retries): a NOTIFY's Event id names the one it
         # reports on (RFC 3515 2.4.6), so a late NOTIFY of an earlier transfer decides nothing of this one.
         self._refer_seqs: set[int] = set()
@@ -577,16 +581,18 @@ class CallCore:
         """REFER the far end to ``refer_to`` (a name-addr, ``<sip:...>``, possibly with ``?Replaces=``); the
         outcome comes as ``TransferProgress``; on a 2xx in a NOTIFY the call ends ("transferred")."""
         self._require("confirmed", "transfer")
-        if self._refer_out and not self._refer_reported:
+        if self._refer_out and not self._refer_reported and now - self._refer_sent_at < REFER_UNDECIDED_S:
             # The far end has not said what became of our last REFER (its NOTIFY is late, or the layer above
             # stopped waiting): it may still be putting the caller through. A second REFER now could have the
-            # caller transferred twice, or to two places; it fails at once, and nothing is sent.
+            # caller transferred twice, or to two places; it fails at once, and nothing is sent. Not for good:
+            # a far end silent this long is not putting anyone through any more.
             logger.info("call %s: REFER not sent: the one before it is still undecided", self.call_id)
             return [TransferProgress("refer", 491)]
         extra = [("Refer-To", refer_to)]
         if referred_by:
             extra.append(("Referred-By", referred_by))
         self._refer_out, self._refer_reported, self._refer_accepted = True, False, False
+        self._refer_sent_at = now
         self._refer_seqs = set()
         return [self._in_dialog("REFER", "refer", extra=extra)]
 

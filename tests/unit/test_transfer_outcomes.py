@@ -19,7 +19,7 @@ import pytest
 from test_sip_call_core import UAC_CONFIG, WireDriver, dial, in_dialog, responses
 from test_sip_call_states import answer_of, sent, up
 
-from sipagent.sip.call import CallAction, CallConfig, CallCore, Ended, SendRequest, TransferProgress
+from sipagent.sip.call import REFER_UNDECIDED_S, CallAction, CallConfig, CallCore, Ended, SendRequest, TransferProgress
 from sipagent.sip.outgoing import OutgoingCall
 from sipagent.sip.transport import Peer
 
@@ -115,6 +115,16 @@ def test_no_second_refer_while_the_first_is_undecided() -> None:
     # Once it is decided, the next one may go.
     notify(call, 9, "SIP/2.0 480 Temporarily Unavailable", "terminated;reason=noresource")
     assert sent(call.transfer("<sip:3004@pbx>", 41.0), "REFER").headers.get("Refer-To") == "<sip:3004@pbx>"
+
+
+def test_an_undecided_refer_blocks_the_next_one_for_a_while_not_for_good() -> None:
+    """A far end that accepted a REFER and then says nothing (no NOTIFY, no BYE) may still be putting the caller
+    through for a while; past REFER_UNDECIDED_S it is not, and a transfer (another target, on_failure) may go."""
+    call = up()
+    accepted(call)  # sent at 1.0
+    assert call.transfer("<sip:3004@pbx>", 1.0 + REFER_UNDECIDED_S - 1) == [TransferProgress("refer", 491)]
+    later = sent(call.transfer("<sip:3004@pbx>", 1.0 + REFER_UNDECIDED_S), "REFER")
+    assert later.headers.get("Refer-To") == "<sip:3004@pbx>"
 
 
 # -- the front: transfer() returns as soon as the outcome is known --------------------------------------------
