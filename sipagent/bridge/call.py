@@ -640,6 +640,13 @@ class CallBridge:
         level = self.realtime.server_error(code)  # an expired session is replaced; a repeated code logs once
         if code == REFUSED:
             self.retries.refused()  # a response.create of ours came while a response was under way
+        elif self.retries.tagging and "response.metadata" in _text(error.get("param")) + message:
+            # A server that refuses the tag (not OpenAI's, which echoes it) would refuse every response.create:
+            # the one refused goes again untagged, and so does every later one.
+            self.log.warning("the Realtime server refuses response.metadata: responses are no longer tagged")
+            refused = self.retries.metadata_refused()
+            if refused is not None:
+                self.realtime.send(refused)
         self.log.log(level, "Realtime error %s: %s", code[:60].encode("unicode_escape").decode(),
                      message.encode("unicode_escape").decode())  # the server's text: one log line, never two
         self.records.record("event", event="realtime-error", code=code, message=message)

@@ -113,6 +113,7 @@ class ResponseRetries:
         self._echoes = False  # the server has echoed a tag: a response.created without one is its own
         self._current: _Response | None = None
         self._turns: deque[str] = deque(maxlen=MAX_TURNS)  # item ids of the caller's latest turns
+        self.tagging = True  # off once a server refused response.metadata: requests are paired by order then
 
     # ---------------------------------------------------------------- what leaves and arrives
 
@@ -124,6 +125,8 @@ class ResponseRetries:
         self._asks[tag] = dict(event)
         while len(self._asks) > MAX_ASKS:
             self._asks.popitem(last=False)
+        if not self.tagging:
+            return dict(event)
         params = event.get("response")
         params = dict(params) if isinstance(params, Mapping) else {}
         metadata = params.get("metadata")
@@ -159,6 +162,13 @@ class ResponseRetries:
             self._asks.popitem(last=False)
         elif not self._echoes and self._current is not None:
             self._current.event = None
+
+    def metadata_refused(self) -> dict[str, Any] | None:
+        """A server that takes no ``response.metadata`` (a "compatible" backend, an older API version) refused
+        the oldest request unanswered for it: tagging stops, and that request is what to send again, untagged
+        (None when there is none)."""
+        self.tagging = False
+        return self._asks.popitem(last=False)[1] if self._asks else None
 
     def audio(self) -> None:
         """Audio of the response under way was queued for the caller: it is not asked for again."""

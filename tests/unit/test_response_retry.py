@@ -446,3 +446,39 @@ def test_codes_of_the_retry_metric_are_bounded() -> None:
     assert 'sipagent_realtime_response_retries_total{code="response_failed"} 1.0' in text
     assert 'sipagent_realtime_response_retries_total{code="other"} 1.0' in text
     assert 'sipagent_realtime_response_retries_total{code="server_error"} 0.0' in text
+
+
+def test_a_server_that_refuses_the_tag_gets_the_request_again_untagged_and_no_more_tags() -> None:
+    retries = ResponseRetries()
+    greeting = ev.say_exactly("Hello.")
+    assert "metadata" in retries.asked(greeting)["response"]
+    assert retries.metadata_refused() == greeting  # the one refused, as it was before its tag
+    assert retries.asked(greeting) == greeting and not retries.tagging
+    assert retries.metadata_refused() == greeting and retries.metadata_refused() is None
+
+
+def test_the_bridge_sends_a_request_refused_for_its_tag_again_untagged() -> None:
+    """A "compatible" backend that takes no response.metadata would refuse every response.create: the greeting
+    and every answer after it. Once refused, the request goes again without the tag, and so do later ones."""
+    async def body() -> None:
+        bridge = _live_bridge()
+        greeting = ev.say_exactly("Hello.")
+        assert "metadata" in bridge.realtime._outgoing(greeting)["response"]
+        bridge._handle({"type": "error", "error": {"type": "invalid_request_error", "code": "unknown_parameter",
+                                                   "message": "Unknown parameter: 'response.metadata'.",
+                                                   "param": "response.metadata"}})
+        assert bridge.realtime.outbox.get_nowait() == greeting
+        assert bridge.realtime._outgoing(greeting) == greeting  # no tag from now on
+        bridge._handle({"type": "error", "error": {"type": "invalid_request_error", "code": "unknown_parameter",
+                                                   "message": "Unknown parameter: 'session.x'."}})
+        assert bridge.realtime.outbox.empty()
+
+    asyncio.run(body())
+
+
+def test_retried_codes_and_their_metric_labels_agree() -> None:
+    """metrics.py cannot import the bridge (a leaf layer): the two lists are kept the same by this test."""
+    from sipagent.bridge.response_retry import TRANSIENT_CODES
+    from sipagent.observability.metrics import RETRIED_CODES
+
+    assert set(RETRIED_CODES) == TRANSIENT_CODES | {"response_failed"}
