@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -520,12 +521,13 @@ class CallBridge:
                 or self.uplink.vad.speaking
                 or self.retries.pending is not None)  # a failed response is about to be asked for again
 
-    async def _quiet_for_renewal(self) -> None:
+    async def _quiet_for_renewal(self) -> Callable[[], bool]:
         """Until neither side speaks: the agent silent (nothing queued, no response), and the caller silent for
         RENEW_CALLER_QUIET_S. Audio of an utterance under way, appended to the old session and not yet a turn,
         would go with it: the new session would hear the caller's words from the middle. A caller who never
         stops (or a noisy line) is waited for RENEW_CALLER_WAIT_S at most. Looked at every 100 ms: this runs
-        once per session (an hour), not per frame."""
+        once per session (an hour), not per frame. Returns what says whether it is still so (the new session
+        opens meanwhile)."""
         give_up = time.monotonic() + RENEW_CALLER_WAIT_S
         quiet_since: float | None = None
         while True:
@@ -536,8 +538,14 @@ class CallBridge:
             elif quiet_since is None:
                 quiet_since = now
             if now >= give_up or (quiet_since is not None and now - quiet_since >= RENEW_CALLER_QUIET_S):
-                return
+                return functools.partial(self._still_quiet, now)
             await asyncio.sleep(RENEW_POLL_S)
+
+    def _still_quiet(self, since: float) -> bool:
+        """Nobody has spoken since ``since``: the caller not (no speech onset, not speaking now) and the agent not
+        (nothing queued, no response under way, none ended)."""
+        return (not self.uplink.vad.speaking and self.call_state.last_activity <= since
+                and self.media.buffered_ms <= 0 and not self.responses.active)
 
     def _idle_prompt(self) -> None:
         self.realtime.send(ev.say_exactly(self.agent.idle_prompt))

@@ -36,6 +36,7 @@ RENEW_ERRORS = frozenset({"session_expired"})  # "Your session hit the maximum d
 BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
 MAX_ERROR_CODES = 32
 RENEW_RETRY_S = 5.0
+RENEW_DEFERRALS = 3  # renewals dropped because the call spoke while the new session opened, before one goes anyway
 RESUMED = ("The call was interrupted by a technical problem and resumed. The conversation so far:\n{history}\n"
            "Continue from there; do not greet the caller again.")
 RENEWED = ("This call continues from an earlier session. The conversation so far:\n{history}\n"
@@ -141,7 +142,7 @@ class RealtimeSession:
         self._dead: str | None = None  # why the reader's link was given up on, when we closed it
         self._giving_up: asyncio.Future[None] | None = None
         self._renew_at = 0.0  # loop time when the current session is to be renewed
-        self._replacing: asyncio.Task[bool] | None = None  # a new session being opened beside the old one
+        self._replacing: asyncio.Task[bool | None] | None = None  # a new session being opened beside the old one
         self._error_codes: set[str] = set()  # error codes logged at WARNING once already
         # Which response answers which response.create of ours (each leaves tagged), for a failed one's retry.
         self.retries = ResponseRetries()
@@ -360,9 +361,11 @@ class RealtimeSession:
         for event in resend:
             await self.send_first(event)
 
-    async def _replace(self, why: str) -> bool:
+    async def _replace(self, why: str, still_quiet: Callable[[], bool] | None = None) -> bool | None:
         """Make before break: a new session (the conversation replayed) is opened while the old one still
-        serves, then the link switches over; the caller hears no gap. False when none could be opened."""
+        serves, then the link switches over; the caller hears no gap. False when none could be opened; None
+        when ``still_quiet`` says someone spoke while it opened (the new session's replay lacks that: it is
+        closed, and the renewal waits for the next quiet moment)."""
         old = self.link
         link = await self._new_link(replay=RENEWED)
         if link is None:
@@ -371,6 +374,10 @@ class RealtimeSession:
             with contextlib.suppress(Exception):
                 await link.close()
             return True
+        if still_quiet is not None and not still_quiet():
+            with contextlib.suppress(Exception):
+                await link.close()
+            return None
         if self.conversation.response_active and self._lost is not None:
             # A response of the old session (it expired mid-reply, or one began while this one opened) will
             # never end there, and its items are unknown to the new one.
@@ -450,28 +457,38 @@ class RealtimeSession:
                 await old.close()
         return False
 
-    async def renew_before_limit(self, quiet: Callable[[], Awaitable[None]]) -> None:
+    async def renew_before_limit(self, quiet: Callable[[], Awaitable[Callable[[], bool] | None]]) -> None:
         """Providers end sessions at a fixed length; move to a fresh one before that, once ``quiet`` returns
-        (the agent silent). The deadline counts from when the current session opened (a reconnect starts a
-        new one); a renewal that fails is tried again RENEW_RETRY_S later, the old session still serving."""
+        (nobody speaking), with what tells whether it is still so once the new session is open (someone spoke
+        meanwhile: that session's replay lacks it, and it is dropped; after RENEW_DEFERRALS of those, the
+        renewal goes on anyway). The deadline counts from when the current session opened (a reconnect starts
+        a new one); a renewal that fails is tried again RENEW_RETRY_S later, the old session still serving."""
         loop = asyncio.get_running_loop()
+        deferrals = 0
         while True:
             wait = self._renew_at - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue  # looked at again: the session may have been replaced meanwhile
-            await quiet()
+            still_quiet = await quiet()
             if self._renew_at > loop.time() or self.link is None:
                 continue
             replacing = self._replacing
             if replacing is not None and not replacing.done():
                 await asyncio.wait([replacing])
                 continue
-            self._replacing = asyncio.ensure_future(self._replace("session limit"))
+            checked = still_quiet if deferrals < RENEW_DEFERRALS else None
+            self._replacing = asyncio.ensure_future(self._replace("session limit", checked))
             await asyncio.wait([self._replacing])
-            if not self._replacing.result():
+            result = self._replacing.result()
+            if result is None:
+                deferrals += 1
+                self.log.info("Realtime session renewal deferred: the call spoke while the new session opened")
+            elif not result:
                 self.log.warning("Realtime session renewal failed; trying again in %g s", RENEW_RETRY_S)
                 self._renew_at = loop.time() + RENEW_RETRY_S
+            else:
+                deferrals = 0
 
     async def close(self) -> None:
         if self._replacing is not None:

@@ -20,6 +20,8 @@ from realtime_fake import (
     SILENT,
     TALKING,
     Conn,
+    Running,
+    Server,
     bridged,
     greeted,
     realtime_server,
@@ -116,6 +118,39 @@ def test_renewal_waits_for_the_caller_to_finish_speaking(tmp_path: Path) -> None
             assert server.conns[1].opened_at - stopped >= 0.9
             await call.until(lambda: call.bridge.realtime.renewals >= 1, 5, "the new session in use")
             assert call.bridge.state == "live"
+
+    run(main())
+
+
+def test_a_renewal_during_which_the_caller_spoke_is_dropped_and_made_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller was quiet when the renewal began, and spoke while the new session opened (0.5-2 s on the real
+    API): that session's replay lacks what was said, and switching to it would split the utterance. It is
+    closed unused, and the renewal is made again at the next quiet moment."""
+    opening = session_module.RealtimeSession._new_link
+    running: list[tuple[Server, Running]] = []
+
+    async def slow_open(self: session_module.RealtimeSession, replay: str | None) -> Any:
+        link = await opening(self, replay)
+        server, call = running[0]
+        if len(server.conns) == 2:  # the first renewal's session: the caller speaks while it opens
+            call.media.caller = TALKING
+            await asyncio.sleep(0.6)
+            call.media.caller = SILENT
+        return link
+
+    monkeypatch.setattr(session_module.RealtimeSession, "_new_link", slow_open)
+
+    async def main() -> None:
+        async with realtime_server() as server, bridged(server, tmp_path, max_session_s=1.5) as call:
+            running.append((server, call))
+            await greeted(call, server)
+            await call.until(lambda: call.bridge.realtime.renewals >= 1, 12, "the renewal")
+            assert len(server.conns) >= 3, [c.n for c in server.conns]
+            dropped = server.conns[1]
+            assert dropped.closed_at is not None and dropped.appends == 0, "the dropped session was used"
+            assert server.conns[2].closed_at is None and call.bridge.realtime.renewals == 1
+            assert len(call.events("session-renewal")) == 1 and call.bridge.reconnects == 0
 
     run(main())
 
