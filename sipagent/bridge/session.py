@@ -53,6 +53,7 @@ class Responses:
         self._idle = asyncio.Event()  # no response is active
         self._idle.set()
         self._done = asyncio.Event()  # a response.done came since ``expect_done``
+        self._busy = asyncio.Event()  # a response is active (the opposite of ``_idle``, to wait on)
         self.current_id = ""  # the id of the response under way ("" when the server gave none)
         self.cut_id = ""  # the last response cut off: its deltas still in flight are dropped
         self._on_done: list[Callable[[], None]] = []
@@ -73,6 +74,7 @@ class Responses:
         self.current_id = rid if isinstance(rid, str) else ""
         self.conversation.response_active = True
         self._idle.clear()
+        self._busy.set()
 
     def cut(self) -> None:
         """The caller cut the response under way off: the rest of its audio, still coming until the
@@ -89,12 +91,23 @@ class Responses:
         self.conversation.response_active = False
         for callback in self._on_done:
             callback()
+        self._busy.clear()
         self._idle.set()
         self._done.set()
 
     def expect_done(self) -> None:
         """Before a response.create or response.cancel whose end ``wait_done`` is to wait for."""
         self._done.clear()
+
+    @property
+    def finished(self) -> bool:
+        """A response.done came since ``expect_done`` (else the response asked for may not even have begun)."""
+        return self._done.is_set()
+
+    async def wait_started(self, timeout: float) -> None:
+        """Until a response is active (response.created), at most ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._busy.wait(), timeout)
 
     async def wait_done(self, timeout: float | None = None) -> None:
         """Until a response.done after ``expect_done`` (at most ``timeout`` seconds)."""

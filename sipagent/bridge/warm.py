@@ -254,6 +254,10 @@ class WarmTransfer:
             finally:
                 ended.cancel()
                 done.cancel()
+            if not self.responses.finished and not self.responses.active:
+                # Asked for and not begun yet (the human hung up at once): it begins any moment, and must be cut
+                # as it does, or it would play to the caller.
+                await self.responses.wait_started(CANCEL_WAIT_S)
             if self.responses.active:
                 # The human hung up mid-briefing, or it ran past its limit. The rest of it is for nobody: once
                 # the divert is gone it would play to the caller ("this is the virtual assistant with a

@@ -59,3 +59,37 @@ def test_the_briefing_is_cancelled_when_the_human_hangs_up_during_it() -> None:
         assert downlink.divert is None and "briefing-cut" in warm.steps
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+class LateSession(StreamingSession):
+    """The human hangs up before the briefing's response.created, which comes a moment later."""
+
+    def send(self, event: dict[str, Any]) -> None:
+        if event["type"] == "response.cancel" or self.downlink.divert is None:
+            super().send(event)
+            return
+        self.sent.append(event)
+        self.human.call.ended.set()  # gone at once (an IVR or queue that answers and drops)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, self.responses.created, {"response": {"id": "resp_brief"}})
+
+
+def test_a_briefing_not_begun_when_the_human_hangs_up_is_cut_as_it_begins() -> None:
+    """Before: nothing was active yet, so nothing was cancelled, the divert went, and the briefing, created a
+    moment later, played to the caller."""
+    async def scenario() -> None:
+        human = FakeHuman()
+        downlink = FakeDownlink()
+        responses = Responses(Conversation())
+        session = LateSession(downlink, responses, human)
+        warm = WarmTransfer(TransferConfig(mode="warm", ring_timeout_s=7, briefing_limit_s=5),
+                            FakeCaller(replaces=True), Dialer(human), cast(Downlink, downlink),
+                            cast(RealtimeSession, session), responses, LOG)
+        outcome = await warm.run(URI, "sales", "x")
+        assert outcome.result == "unavailable"
+        assert [e for e in session.sent if e["type"] == "response.cancel"] == [
+            {"type": "response.cancel", "response_id": "resp_brief"}]
+        assert responses.cut_id == "resp_brief" and not responses.active and "briefing-cut" in warm.steps
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
