@@ -59,14 +59,6 @@ def sample(agent: AgentProcess, started: float) -> dict[str, Any]:
     }
 
 
-async def vanish(caller: QuietCaller) -> None:
-    """The caller is gone: no BYE (neither from hangup() nor from its UA's stop()), its RTP and socket closed."""
-    caller.answered_at = 0.0
-    if caller._ua is not None:
-        caller._ua._calls.clear()
-    await caller._close_media()
-
-
 async def slot(index: int, target: str, clock: MediaClock, ports: PortAllocator, hold: tuple[float, float],
                until: float, counts: dict[str, int], vanish_share: float = 0.0) -> None:
     rng = random.Random(index)
@@ -79,7 +71,7 @@ async def slot(index: int, target: str, clock: MediaClock, ports: PortAllocator,
             await asyncio.sleep(min(rng.uniform(*hold), max(0.0, until - time.monotonic())))
             if rng.random() < vanish_share:
                 counts["vanished"] += 1
-                await vanish(caller)
+                await caller.vanish()
         except Exception as exc:  # a failed call is a figure, not a reason to stop the soak
             counts["failed"] += 1
             counts["last_error"] = 0

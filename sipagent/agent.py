@@ -441,11 +441,11 @@ class Agent:
             path = records.transcript.path if records.transcript and records.transcript.ok else None
             outcome = CallOutcome(reason, transcript_path=path, media=figures)
 
-            def summary(outcome: CallOutcome, duration_s: float) -> CallSummary:
+            def unbridged_summary(outcome: CallOutcome, duration_s: float) -> CallSummary:
                 return dataclasses.replace(call_summary(outcome, duration_s), outcome=placed.outcome,
                                            answering_machine=placed.answering_machine or "")
 
-            self._call_over(events, outcome, time.monotonic() - answered, chain.endpoint, summary)
+            self._call_over(events, outcome, time.monotonic() - answered, chain.endpoint, unbridged_summary)
             return placed
 
         leg = self._build_leg(call, chain, media)

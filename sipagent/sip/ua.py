@@ -668,6 +668,11 @@ class UserAgent:
         line = next(iter(self._lines.values()), None)
         return line.state if line is not None else UNREGISTERED
 
+    def forget_calls(self) -> None:
+        """Drop every call without a word to the far end (``stop`` then sends no BYE for them): a test's or a
+        benchmark's phone that vanishes, as a real one behind a restarted PBX does."""
+        self._calls.clear()
+
     @property
     def registration_states(self) -> dict[str, str]:
         """Each account's registration state, by account name (empty in direct mode)."""

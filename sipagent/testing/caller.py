@@ -242,6 +242,14 @@ class SipCaller:
             self._end("local-bye")
         await self._close_media()
 
+    async def vanish(self) -> None:
+        """The phone is gone without a word (a PBX restart, an expired NAT binding): no BYE, neither now nor
+        from its UA's stop(); its RTP stops and its sockets close. The far end finds out by its own timers."""
+        self.answered_at = 0.0
+        if self._ua is not None:
+            self._ua.forget_calls()
+        await self._close_media()
+
     def _end(self, reason: str) -> None:
         if not self.ended.is_set():
             self.end_reason = reason

@@ -27,15 +27,11 @@ async def _vanished(tmp_path: Path) -> None:
         await rig.wait_for(lambda: rig.caller.call_id in rig.agent.bridges, 5, "the bridge")
         bridge = rig.bridge
         await rig.wait_for(lambda: bridge.call_state.live, 5, "the call to be live")
-        caller = rig.caller
-        assert caller._ua is not None
-        caller.answered_at = 0.0  # no BYE from its hangup(), and none from its UA's stop(): the phone just goes
-        caller._ua._calls.clear()
-        await caller._close_media()
+        await rig.caller.vanish()
         bridge.call_state.finish("media-timeout")  # what media.rtp_timeout_s does, without waiting 5 s for it
         await rig.wait_for(lambda: not bridge._tasks, 5, "the call's tasks to stop")
         await asyncio.sleep(1.0)  # the BYE is unanswered: the call is still being hung up
-        assert caller.call_id in rig.agent.bridges, "the BYE was answered: nothing measured"
+        assert rig.caller.call_id in rig.agent.bridges, "the BYE was answered: nothing measured"
         queued = bridge.realtime.outbox.qsize()
         await asyncio.sleep(0.5)
         assert (queued, bridge.realtime.outbox.qsize()) == (0, 0), "caller audio queued for a closed session"
