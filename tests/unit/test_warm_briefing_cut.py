@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import pytest
 from test_warm_transfer_sequence import LOG, URI, Dialer, FakeCaller, FakeDownlink, FakeHuman
 
 from sipagent.bridge.conversation import Conversation
@@ -41,26 +42,6 @@ class StreamingSession:
         self.human.call.ended.set()  # the human hangs up mid-briefing
 
 
-def test_the_briefing_is_cancelled_when_the_human_hangs_up_during_it() -> None:
-    async def scenario() -> None:
-        human = FakeHuman()
-        downlink = FakeDownlink()
-        responses = Responses(Conversation())
-        session = StreamingSession(downlink, responses, human)
-        warm = WarmTransfer(TransferConfig(mode="warm", ring_timeout_s=7, briefing_limit_s=5),
-                            FakeCaller(replaces=True), Dialer(human), cast(Downlink, downlink),
-                            cast(RealtimeSession, session), responses, LOG)
-        outcome = await warm.run(URI, "sales", "x")
-        assert outcome.result == "unavailable" and "hung up" in outcome.detail
-        assert [e for e in session.sent if e["type"] == "response.cancel"] == [
-            {"type": "response.cancel", "response_id": "resp_brief"}]
-        # Whatever of it is still in flight is dropped, and the agent may speak to the caller again.
-        assert responses.cut_id == "resp_brief" and not responses.active
-        assert downlink.divert is None and "briefing-cut" in warm.steps
-
-    asyncio.run(asyncio.wait_for(scenario(), 10))
-
-
 class LateSession(StreamingSession):
     """The human hangs up before the briefing's response.created, which comes a moment later."""
 
@@ -74,22 +55,25 @@ class LateSession(StreamingSession):
         loop.call_later(0.2, self.responses.created, {"response": {"id": "resp_brief"}})
 
 
-def test_a_briefing_not_begun_when_the_human_hangs_up_is_cut_as_it_begins() -> None:
-    """Before: nothing was active yet, so nothing was cancelled, the divert went, and the briefing, created a
-    moment later, played to the caller."""
+@pytest.mark.parametrize("session_type", [StreamingSession, LateSession])
+def test_the_briefing_is_cancelled_when_the_human_hangs_up(session_type: type[StreamingSession]) -> None:
+    """During it (StreamingSession), or before its response began (LateSession: before, nothing was active
+    yet, so nothing was cancelled, the divert went, and the briefing, created a moment later, played to the
+    caller)."""
     async def scenario() -> None:
         human = FakeHuman()
         downlink = FakeDownlink()
         responses = Responses(Conversation())
-        session = LateSession(downlink, responses, human)
+        session = session_type(downlink, responses, human)
         warm = WarmTransfer(TransferConfig(mode="warm", ring_timeout_s=7, briefing_limit_s=5),
                             FakeCaller(replaces=True), Dialer(human), cast(Downlink, downlink),
                             cast(RealtimeSession, session), responses, LOG)
         outcome = await warm.run(URI, "sales", "x")
-        assert outcome.result == "unavailable"
+        assert outcome.result == "unavailable" and "hung up" in outcome.detail
         assert [e for e in session.sent if e["type"] == "response.cancel"] == [
             {"type": "response.cancel", "response_id": "resp_brief"}]
-        assert responses.cut_id == "resp_brief" and not responses.active and "briefing-cut" in warm.steps
+        # Whatever of it is still in flight is dropped, and the agent may speak to the caller again.
+        assert responses.cut_id == "resp_brief" and not responses.active
+        assert downlink.divert is None and "briefing-cut" in warm.steps
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
-
