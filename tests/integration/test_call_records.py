@@ -188,13 +188,30 @@ async def ended(agent: Agent, call: OutboundCall) -> OutboundCall:
     return await asyncio.wait_for(agent.outbound.calls.wait(call.id), 15)
 
 
+def hung_up_and_recorded(placing: Agent, events: Events, tmp_path: Path) -> None:
+    """The placing agent hung up an answered call and recorded it: counted, its call.ended, its transcript."""
+    assert counted(placing, "agent-hangup") == 1 and active(placing) == 0
+    (event,) = events.of("call.ended")
+    assert event.data["outcome"] == "answered"
+    (path,) = (tmp_path / "placing").glob("*.jsonl")
+    ends_well(transcript(path), "agent-hangup")
+
+
+@contextlib.asynccontextmanager
+async def listening_call(tmp_path: Path) -> AsyncIterator[tuple[Agent, Agent, Events, OutboundCall]]:
+    """A call placed by one agent and answered by the other, silent: the placing agent listens for an
+    answering machine (up to 6 s) when this yields."""
+    async with two_agents(tmp_path, agent={"answering_machine": {"detect": True, "timeout_s": 6}}) as (
+            placing, answering, events):
+        call = place(placing, f"sip:agent@127.0.0.1:{answering.sip_address[1]}")
+        await until(lambda: call.sip_call_id in answering.bridges, 10, "the callee's answer")
+        yield placing, answering, events, call
+
+
 def test_a_placed_call_hung_up_while_the_agent_listens_for_a_machine_is_recorded(tmp_path: Path) -> None:
     # Detection on, a silent callee: the agent listens for up to 6 s, and the callee hangs up meanwhile.
     async def main() -> None:
-        async with two_agents(tmp_path, agent={"answering_machine": {"detect": True, "timeout_s": 6}}) as (
-                placing, answering, events):
-            call = place(placing, f"sip:agent@127.0.0.1:{answering.sip_address[1]}")
-            await until(lambda: call.sip_call_id in answering.bridges, 10, "the callee's answer")
+        async with listening_call(tmp_path) as (placing, answering, events, call):
             assert call.state == "answered" and not placing.bridges  # still listening
             assert active(placing) == 1
             await answering.bridges[call.sip_call_id].call.hangup()
@@ -313,17 +330,10 @@ def test_a_placed_call_without_an_rtp_port_sends_call_ended(tmp_path: Path) -> N
 
 def test_shutdown_during_the_listening_hangs_up_and_records_the_call(tmp_path: Path) -> None:
     async def main() -> None:
-        async with two_agents(tmp_path, agent={"answering_machine": {"detect": True, "timeout_s": 6}}) as (
-                placing, answering, events):
-            call = place(placing, f"sip:agent@127.0.0.1:{answering.sip_address[1]}")
-            await until(lambda: call.sip_call_id in answering.bridges, 10, "the callee's answer")
+        async with listening_call(tmp_path) as (placing, _, events, call):
             await placing.stop()
             assert call.finished and call.outcome == "answered"
-            assert counted(placing, "agent-hangup") == 1 and active(placing) == 0
-            (event,) = events.of("call.ended")
-            assert event.data["outcome"] == "answered"
-            (path,) = (tmp_path / "placing").glob("*.jsonl")
-            ends_well(transcript(path), "agent-hangup")
+            hung_up_and_recorded(placing, events, tmp_path)
 
     asyncio.run(main())
 
@@ -344,20 +354,13 @@ def test_a_second_delete_while_the_listening_call_hangs_up_still_records_it(
     monkeypatch.setattr(OutgoingCall, "hangup", slow_hangup)
 
     async def main() -> None:
-        async with two_agents(tmp_path, agent={"answering_machine": {"detect": True, "timeout_s": 6}}) as (
-                placing, answering, events):
+        async with listening_call(tmp_path) as (placing, _, events, call):
             assert placing.outbound is not None
-            call = place(placing, f"sip:agent@127.0.0.1:{answering.sip_address[1]}")
-            await until(lambda: call.sip_call_id in answering.bridges, 10, "the callee's answer")
             placing.outbound.calls.cancel(call.id)
             await asyncio.sleep(0.2)  # the hang-up under way
             placing.outbound.calls.cancel(call.id)
             await ended(placing, call)
-            assert counted(placing, "agent-hangup") == 1 and active(placing) == 0
-            (event,) = events.of("call.ended")
-            assert event.data["outcome"] == "answered"
-            (path,) = (tmp_path / "placing").glob("*.jsonl")
-            ends_well(transcript(path), "agent-hangup")
+            hung_up_and_recorded(placing, events, tmp_path)
 
     asyncio.run(main())
 
