@@ -23,6 +23,7 @@ from sipagent.bridge.settings import AgentConfig, RecordingConfig
 from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
 from sipagent.realtime.client import RealtimeClient
+from sipagent.testing.call_leg import StubCallLeg
 from sipagent.testing.media_leg import FRAME, QueueMediaLeg
 
 TONE = b"\x00\x20" * (FRAME // 2)  # loud enough to tell from silence
@@ -145,33 +146,11 @@ class Media(QueueMediaLeg):
         return sum(1 for at, audio in self.heard if audio and at >= since)
 
 
-class Call:
-    call_id = "rt-quirks"
-    from_uri = "sip:caller@127.0.0.1"
-    end_reason = ""
-
-    def __init__(self) -> None:
-        self.ended = asyncio.Event()
-
-    async def hangup(self) -> None:
-        self.end_reason = "agent-hangup"
-        self.ended.set()
-
-    async def transfer(self, target: str, timeout: float = 30) -> bool:
-        return False
-
-    async def transfer_replacing(self, other: Any, timeout: float = 30) -> bool:
-        return False
-
-    def peer_supports(self, option: str) -> bool:
-        return False
-
-
 @dataclass
 class Running:
     bridge: CallBridge
     media: Media
-    call: Call
+    call: StubCallLeg
     metrics: Metrics
     task: asyncio.Task[CallOutcome]
 
@@ -206,7 +185,7 @@ async def bridged(server: Server, tmp_path: Path, *, greeting: str = "Hello.", m
         await client.connect()
         return client
 
-    media, call, metrics = Media(), Call(), Metrics()
+    media, call, metrics = Media(), StubCallLeg("rt-quirks"), Metrics()
     agent = AgentConfig(greeting=greeting, idle_timeout_s=0, max_call_s=0)
     settings = BridgeSettings(agent=agent, recording=RecordingConfig(dir=str(tmp_path)), session=ev.SessionSettings(),
                               max_session_s=max_session_s, reconnect_delays=reconnect_delays, metrics=metrics)

@@ -24,6 +24,7 @@ from sipagent.media.dtmf_tones import tone
 from sipagent.media.kernel import mean_square
 from sipagent.realtime.events import SessionSettings
 from sipagent.sdp import make_offer
+from sipagent.testing.call_leg import StubCallLeg
 
 PROMPT = ("Please key in your order number on your keypad, then press the hash key. You will find the order "
           "number in the email we sent you when you placed the order.")  # long: time to cut it off
@@ -222,27 +223,13 @@ class FakeMedia:
     def media_report(self) -> dict[str, int | float | None]: return {}
 
 
-class FakeCall:
-    call_id = "dtmf-test"
-    from_uri = "sip:caller@127.0.0.1"
-    end_reason = ""
-
-    def __init__(self) -> None:
-        self.ended = asyncio.Event()
-
-    async def hangup(self) -> None: ...
-
-    async def transfer(self, target: str, timeout: float = 30) -> bool:
-        return False
-
-
 def fake_bridge(media: FakeMedia, tools: tuple[str, ...] = ("collect_digits", "send_dtmf")) -> CallBridge:
     async def no_backend() -> RealtimeLink:
         raise OSError("not in these tests")
 
     agent = AgentConfig(tools=[ToolConfig(name) for name in tools], dtmf=DtmfConfig(tone_ms=60))
     settings = BridgeSettings(agent=agent, recording=RecordingConfig(transcripts=False), session=SessionSettings())
-    return CallBridge(FakeCall(), media, no_backend, settings)
+    return CallBridge(StubCallLeg("dtmf-test"), media, no_backend, settings)
 
 
 def test_send_dtmf_checks_the_line_and_its_arguments() -> None:

@@ -20,23 +20,10 @@ from sipagent.bridge.call import BridgeSettings, CallBridge, RealtimeLink
 from sipagent.bridge.settings import AgentConfig, RecordingConfig
 from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
+from sipagent.testing.call_leg import StubCallLeg
 from sipagent.testing.media_leg import FRAME, QueueMediaLeg
 
 TONE = b"\x00\x20" * (FRAME // 2)
-
-
-class Call:
-    call_id = "quirks"
-    from_uri = "sip:caller@127.0.0.1"
-    end_reason = ""
-
-    def __init__(self) -> None:
-        self.ended = asyncio.Event()
-
-    async def hangup(self) -> None: ...
-
-    async def transfer(self, target: str, timeout: float = 30) -> bool:
-        return False
 
 
 def new_bridge(metrics: Metrics | None = None) -> tuple[CallBridge, QueueMediaLeg]:
@@ -46,7 +33,7 @@ def new_bridge(metrics: Metrics | None = None) -> tuple[CallBridge, QueueMediaLe
     media = QueueMediaLeg()
     settings = BridgeSettings(agent=AgentConfig(greeting=""), recording=RecordingConfig(transcripts=False),
                               session=ev.SessionSettings(), metrics=metrics)
-    return CallBridge(Call(), media, no_backend, settings), media  # type: ignore[arg-type]
+    return CallBridge(StubCallLeg("quirks"), media, no_backend, settings), media
 
 
 def play(bridge: CallBridge, media: QueueMediaLeg, ms: int) -> None:

@@ -23,6 +23,7 @@ from sipagent.bridge.response_retry import (
 from sipagent.bridge.settings import AgentConfig, RecordingConfig
 from sipagent.observability.metrics import Metrics
 from sipagent.realtime import events as ev
+from sipagent.testing.call_leg import StubCallLeg
 from sipagent.testing.media_leg import QueueMediaLeg
 
 GREETING = ev.say_exactly("Hello, how can I help?")
@@ -350,16 +351,6 @@ def test_requests_never_answered_are_not_kept_for_good() -> None:
 # --- the bridge's side: what it tells the policy, and what it does with a retry ------------------------------
 
 
-class _Call:
-    call_id, from_uri, end_reason = "retry", "sip:caller@example.com", ""
-
-    def __init__(self) -> None:
-        self.ended = asyncio.Event()
-
-    async def hangup(self) -> None:
-        self.ended.set()
-
-
 class _Link:
     async def send(self, event: dict[str, Any] | str) -> None:
         """Nothing leaves in these tests."""
@@ -371,7 +362,7 @@ def _live_bridge() -> CallBridge:
 
     settings = BridgeSettings(agent=AgentConfig(), recording=RecordingConfig(transcripts=False),
                               session=ev.SessionSettings(), metrics=Metrics())
-    bridge = CallBridge(_Call(), QueueMediaLeg(), no_backend, settings)  # type: ignore[arg-type]
+    bridge = CallBridge(StubCallLeg("retry"), QueueMediaLeg(), no_backend, settings)  # type: ignore[arg-type]
     bridge.realtime.link = _Link()  # type: ignore[assignment]
     bridge.call_state.set("live")
     return bridge

@@ -21,6 +21,7 @@ from sipagent.bridge.tool_runner import MAX_KEYS_SENT, MAX_TOOL_CALLS, MAX_TOOLS
 from sipagent.bridge.tools import parse_arguments, run_webhook
 from sipagent.bridge.webhook import Response
 from sipagent.realtime.events import SessionSettings
+from sipagent.testing.call_leg import StubCallLeg
 
 DESK = "sip:600@127.0.0.1"
 SERVICE = ToolConfig("lookup_order", url="http://127.0.0.1:9/orders",
@@ -52,22 +53,16 @@ class FakeMedia:
     def media_report(self) -> dict[str, int | float | None]: return {}
 
 
-class FakeCall:
-    """The caller's SIP call; ``transfer`` waits for ``refer_answer`` (the PBX's NOTIFY) when it is given."""
-
-    call_id = "abuse-test"
-    from_uri = "sip:caller@127.0.0.1"
-    end_reason = ""
+class FakeCall(StubCallLeg):
+    """The caller's SIP call; ``transfer`` waits for ``refer_answer`` (the PBX's NOTIFY) when it is given;
+    hanging up changes nothing (these tests look at what the model is sent, not at the call's end)."""
 
     def __init__(self) -> None:
-        self.ended = asyncio.Event()
+        super().__init__("abuse-test")
         self.refers: list[str] = []
         self.refer_answer: asyncio.Future[bool] | None = None
 
     async def hangup(self) -> None: ...
-
-    def peer_supports(self, option: str) -> bool:
-        return False
 
     async def transfer(self, target: str, timeout: float = 30) -> bool:
         self.refers.append(target)
