@@ -9,12 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from test_dtmf_tools import FakeCall, FakeMedia
+from test_dtmf_tools import FakeMedia
 
 from sipagent.bridge.call import BridgeSettings, CallBridge, RealtimeLink
 from sipagent.bridge.settings import AgentConfig, RecordingConfig, ToolConfig
 from sipagent.bridge.tool_runner import MAX_TOOLS_IN_FLIGHT
 from sipagent.realtime.events import SessionSettings
+from sipagent.testing.call_leg import StubCallLeg
 
 
 class Service:
@@ -66,7 +67,7 @@ def bridge(tools: list[ToolConfig], sent: list[dict[str, Any]], tmp_path: Path) 
 
     settings = BridgeSettings(agent=AgentConfig(tools=tools), session=SessionSettings(),
                               recording=RecordingConfig(dir=str(tmp_path), transcripts=True))
-    call_bridge = CallBridge(FakeCall(), FakeMedia(dtmf_pt=False), no_backend, settings)
+    call_bridge = CallBridge(StubCallLeg("dtmf-test"), FakeMedia(dtmf_pt=False), no_backend, settings)
     call_bridge.tools.session.send = sent.append  # type: ignore[method-assign,assignment]
     return call_bridge
 
@@ -122,7 +123,7 @@ def test_arguments_reach_neither_the_path_the_headers_nor_another_host(tmp_path:
         assert all(c.isalnum() or c in "%&=+._-" for c in query), query
         assert post_line == "POST /orders HTTP/1.1"
         posted = json.loads(post_body)
-        assert posted.pop("context")["call_id"] == FakeCall.call_id and posted == HOSTILE
+        assert posted.pop("context")["call_id"] == "dtmf-test" and posted == HOSTILE
         for headers in (get_headers, post_headers):
             assert "X-Evil" not in headers and headers["Host"].startswith("127.0.0.1:"), headers
         assert outputs(sent) == [{"status": "shipped"}] * 2
