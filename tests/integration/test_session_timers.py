@@ -230,20 +230,21 @@ def test_our_refresh_retries_422_with_its_min_se_and_491_after_a_random_delay() 
 
     async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
         loop = asyncio.get_running_loop()
-        await call_up(peer, calls, extra=TIMER + ALLOWS_UPDATE + "Session-Expires: 12;refresher=uas\r\n")
-        update = await peer.expect(requests(peer, "UPDATE"), timeout=8)
-        reply(peer, update, 422, "Session Interval Too Small", extra="Min-SE: 20\r\n")
+        await call_up(peer, calls, extra=TIMER + ALLOWS_UPDATE + "Session-Expires: 24;refresher=uas\r\n")
+        # Refresh at 12 s, end at 16 s: the 491 retry comes by 14 s whatever the random delay.
+        update = await peer.expect(requests(peer, "UPDATE"), timeout=14)
+        reply(peer, update, 422, "Session Interval Too Small", extra="Min-SE: 30\r\n")
         retry = await peer.expect(requests(peer, "UPDATE"), timeout=2)
-        assert header(retry, "Session-Expires") == "20;refresher=uac" and header(retry, "Min-SE") == "20"
+        assert header(retry, "Session-Expires") == "30;refresher=uac" and header(retry, "Min-SE") == "30"
         reply(peer, retry, 491, "Request Pending")
         refused = loop.time()
         glare = await peer.expect(requests(peer, "UPDATE"), timeout=3)
         assert loop.time() - refused <= 2.2 and cseq(glare) > cseq(retry)
-        reply(peer, glare, 200, "OK", extra=TIMER + "Session-Expires: 20;refresher=uac\r\n")
+        reply(peer, glare, 200, "OK", extra=TIMER + "Session-Expires: 30;refresher=uac\r\n")
         await asyncio.sleep(0.2)
-        assert calls[0].core.timer.interval == 20 and calls[0].state == "confirmed"
+        assert calls[0].core.timer.interval == 30 and calls[0].state == "confirmed"
 
-    run(scenario, answering(calls), session_expires=12, min_se=2)
+    run(scenario, answering(calls), session_expires=24, min_se=2)
 
 
 @pytest.mark.parametrize("answer", [481, 408, None])
