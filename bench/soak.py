@@ -16,7 +16,8 @@ idle-after equals idle-before for fds, tasks, sockets and ports.
 
 ``--vanish P``: that share of calls end with the caller gone instead of hanging up (no BYE, no more RTP, its
 socket closed, as when a PBX restarts or a NAT binding expires): the agent ends them by ``media.rtp_timeout_s``
-(5 s here) and its BYE goes unanswered for 32 s (timer F), so such calls stay in the agent that long.
+(5 s here) and lets go of them 4 s after its BYE (the hang-up's wait for an answer); the unanswered BYE's
+transaction goes on for 32 s (timer F).
 
 Usage: python bench/soak.py [--calls 50] [--minutes 3] [--hold 5,15] [--every 5] [--vanish 0.2]
 """
@@ -122,7 +123,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
                   + " ".join(f"{row[m]:>12.1f}" if m == "rss_mb" else f"{row[m]:>12}" for m in METRICS)
                   + f"  {row['p99_ms']:>6.2f}  {row['underruns']:>8}", flush=True)
         await asyncio.gather(*slots, return_exceptions=True)
-        # The agent tears down the last calls (a vanished caller's BYE goes unanswered for 32 s).
+        # The agent tears down the last calls (a vanished caller's BYE transaction lasts 32 s: its task with it).
         await asyncio.sleep(40.0 if args.vanish else 2.0)
         idle_after = sample(agent, started)
     finally:

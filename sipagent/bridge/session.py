@@ -513,7 +513,7 @@ class RealtimeSession:
             with contextlib.suppress(Exception):
                 await link.close()
         # Nobody writes any more (the pump was cancelled with the call's tasks): what was queued is dropped, and
-        # nothing queues behind it while the line is hung up (a BYE to a vanished phone waits 32 s).
+        # nothing queues behind it while the line is hung up (the answer to a BYE to a vanished phone is awaited 4 s).
         while not self.outbox.empty():
             self.outbox.get_nowait()
 

@@ -36,6 +36,10 @@ from sipagent.sip.uri import parse_target_uri
 
 logger = logging.getLogger(__name__)
 
+# How long ``hangup`` waits for the answer to its BYE or CANCEL: a peer that is there answers in milliseconds, and
+# a lost BYE has been sent three times by then (T1 0.5 s, doubling); the transaction itself goes on for 32 s.
+HANGUP_ANSWER_WAIT_S = 4.0
+
 
 class CallDriver(Protocol):
     """What a front needs from the user agent: its clock, and someone to carry out the core's actions.
@@ -133,10 +137,18 @@ class CallFront:
         return self._driver.drive(self, actions)
 
     async def hangup(self) -> None:
-        """End the call: BYE once answered (waits for its answer), 487 while ringing, CANCEL while dialing."""
+        """End the call: BYE once answered, 487 while ringing, CANCEL while dialing.
+
+        The call is over for us as soon as its BYE is sent (RFC 3261 15.1.1): this waits for the far end's
+        answer at most ``HANGUP_ANSWER_WAIT_S``. A phone that vanished never answers; its BYE goes on being
+        retransmitted by the user agent until timer F (32 s), while whoever hung up lets go of the call's
+        media and records. Cancelling this wait leaves the BYE's transaction running."""
         tasks = self._drive(self.core.hangup(self._driver.now()))
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            done, _ = await asyncio.wait(tasks, timeout=HANGUP_ANSWER_WAIT_S)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("call %s: hang-up failed", self.call_id, exc_info=task.exception())
 
     async def reoffer(self, offer: SessionDescription) -> tuple[int, bytes]:
         """Offer new media in a re-INVITE (hold with ``a=sendonly``, resume, another codec): the final status

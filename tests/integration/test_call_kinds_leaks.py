@@ -12,17 +12,22 @@ from pathlib import Path
 import pytest
 from bridge_helpers import bridge_config, call_rig
 
+from sipagent.sip.front import HANGUP_ANSWER_WAIT_S
+
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_a_call_hung_up_on_a_vanished_phone_queues_no_audio_while_its_bye_goes_unanswered(tmp_path: Path) -> None:
+def test_a_call_hung_up_on_a_vanished_phone_queues_no_audio_and_lets_go_before_its_bye_times_out(
+        tmp_path: Path) -> None:
     asyncio.run(_vanished(tmp_path))
 
 
 async def _vanished(tmp_path: Path) -> None:
     """The phone is gone without a BYE (a PBX restarted, a NAT binding expired): the agent hangs up (media
-    timeout, idle timeout, end_call), and its BYE goes unanswered for timer F (32 s). Meanwhile the call's
-    endpoint still ticks, and its frames must not pile up, 50 a second, for a Realtime session that is closed."""
+    timeout, idle timeout, end_call), and its BYE goes unanswered for timer F (32 s). The call is over once the
+    BYE is out (RFC 3261 15.1.1): the bridge waits a few seconds for the answer, no longer. While it waits, the
+    call's endpoint still ticks, and its frames must not pile up, 50 a second, for a Realtime session that is
+    closed; then the bridge, its RTP ports and its records let go, and the BYE's retransmissions go on alone."""
     async with call_rig(bridge_config(tmp_path)) as rig:
         await rig.wait_for(lambda: rig.caller.call_id in rig.agent.bridges, 5, "the bridge")
         bridge = rig.bridge
@@ -35,3 +40,7 @@ async def _vanished(tmp_path: Path) -> None:
         queued = bridge.realtime.outbox.qsize()
         await asyncio.sleep(0.5)
         assert (queued, bridge.realtime.outbox.qsize()) == (0, 0), "caller audio queued for a closed session"
+        await rig.wait_for(lambda: rig.caller.call_id not in rig.agent.bridges, HANGUP_ANSWER_WAIT_S + 3,
+                           "the bridge to let go of the call")
+        assert [outcome.reason for outcome in rig.outcomes] == ["media-timeout"]
+        assert rig.agent.ports.in_use == 0, "the call's RTP ports are held while its BYE goes unanswered"
