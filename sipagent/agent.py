@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -105,7 +106,7 @@ class Agent:
         self._endpoints: set[RtpEndpoint] = set()
         self._foreign_ended = 0
         self._foreign_seen = 0
-        self._bindings_lost_seen: dict[str, int] = {}  # by account: registrations a lost connection cut, counted
+        self._registration_failures_seen: dict[str, Counter[str]] = {}  # by account: the failures counted
         self._srtp_dropped_ended = 0
         self._srtp_dropped_seen = 0
         hook = config.events.webhook
@@ -155,16 +156,16 @@ class Agent:
                 self.metrics.set_registration_state(state, account)
                 if self.config.sip.registrar:
                     self.health.note_registration(state in up, account)
-                    if last_state in up and state not in up:
-                        self.metrics.registration_failed(state, account)
                 last_states[account] = state
             self.metrics.set_sip_transactions(self.ua.server_transactions)
-            # A lost registrar connection is re-registered within milliseconds, between two of these polls:
-            # the UA's count, not the state, is what shows it.
-            for account, count in self.ua.bindings_lost.items():
-                for _ in range(count - self._bindings_lost_seen.get(account, 0)):
-                    self.metrics.registration_failed("connection-lost", account)
-                self._bindings_lost_seen[account] = count
+            # Every attempt that failed, by the registration's own count: a state polled once a second misses
+            # a refusal repeated in back-off, and a lost connection re-registered within milliseconds.
+            for account, failed in self.ua.registration_failures.items():
+                seen = self._registration_failures_seen.setdefault(account, Counter())
+                for reason, count in failed.items():
+                    if count > seen[reason]:
+                        self.metrics.registration_failed(reason, account, count - seen[reason])
+                        seen[reason] = count
             foreign = self._foreign_ended + sum(endpoint.foreign_packets for endpoint in self._endpoints)
             self.metrics.add_rtp_foreign(foreign - self._foreign_seen)
             self._foreign_seen = foreign

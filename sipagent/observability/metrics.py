@@ -186,9 +186,10 @@ class Metrics:
         for name in states:
             self._registration_state.labels(account=account, state=name).set(1 if name == state else 0)
 
-    def registration_failed(self, reason: str, account: str = "") -> None:
-        """``reason``: a short token such as ``"401"``, ``"403"``, ``"timeout"``, ``"transport"``."""
-        self._registration_failures.labels(account=account.strip()[:_MAX_LABEL], reason=_label(reason)).inc()
+    def registration_failed(self, reason: str, account: str = "", count: int = 1) -> None:
+        """``reason``: the registrar's status (``"401"``, ``"403"``, ``"503"``), ``"timeout"``, ``"no-grant"`` or
+        ``"connection-lost"``; ``count``: attempts that failed so."""
+        self._registration_failures.labels(account=account.strip()[:_MAX_LABEL], reason=_label(reason)).inc(count)
 
     # -- calls --------------------------------------------------------------------------------------
     def call_started(self) -> None:

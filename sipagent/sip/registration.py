@@ -5,7 +5,7 @@ refusals (408, 480, 5xx) go to backing-off (retry later, exponential delay with 
 credentials and final refusals (403, 404, a redirect, 6xx) go to failed (retried after the maximum delay,
 doubled at each refusal up to 8 times it, in case the PBX is fixed); ``stop`` goes through unregistering,
 which ends in unregistered whatever the registrar answers. ``problem`` says in plain words why the last
-attempt did not register.
+attempt did not register; ``failed`` counts the attempts that did not, by reason (for the metrics).
 
 The shell sends each returned ``SipRequest`` in a new client transaction, feeds the final response to
 ``on_response`` (or calls ``on_timeout`` when the transaction times out / the transport fails), and
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections import Counter
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,10 @@ class Registration:
         self.next_deadline: float | None = None
         self.failures = 0
         self.problem: str | None = None  # why the last attempt did not register, in plain words
+        # Attempts that did not register, by reason: the registrar's status ("401": the password was refused,
+        # "403", "503"...), "timeout" (no answer, or the transport failed), "no-grant" (a 200 granting 0 s),
+        # "connection-lost" (the connection a binding lived on closed). A challenge answered is no failure.
+        self.failed: Counter[str] = Counter()
         self._rand = rand
         self._refusals = 0  # final refusals in a row: each one doubles the wait before the next attempt
         self._seq = 0
@@ -135,7 +140,7 @@ class Registration:
             return
         self.problem = "the registrar did not answer"
         self.log.warning("registrar did not answer")
-        self._back_off(now, None)
+        self._back_off(now, None, "timeout")
 
     def connection_lost(self, now: float) -> None:
         """The connection our registration lives on is gone (TCP/TLS): the registrar can no longer reach us
@@ -145,6 +150,7 @@ class Registration:
         Nothing to do unless registered: a REGISTER in flight fails by itself and backs off."""
         if self.state != "registered":
             return
+        self.failed["connection-lost"] += 1
         self.next_deadline = now + RECONNECT_SPREAD_S * self._rand()
         self._pending = None
         self._set_state("backing-off")
@@ -176,13 +182,15 @@ class Registration:
         if 300 <= status < 400:
             # Following it would hand our digest to whatever host the Contact names: never.
             self._fail(now, f"the registrar redirected the REGISTER ({status} {reason}); redirects are not "
-                            "followed: set sip.registrar to the host that should get it", _retry_after(response))
+                            "followed: set sip.registrar to the host that should get it", str(status),
+                       _retry_after(response))
         elif status in _TRANSIENT:
             self.problem = f"the registrar answered {status} {reason}"
             self.log.warning("registration rejected: %d %s", status, reason)
-            self._back_off(now, _retry_after(response))
+            self._back_off(now, _retry_after(response), str(status))
         else:
-            self._fail(now, f"the registrar refused the registration: {status} {reason}", _retry_after(response))
+            self._fail(now, f"the registrar refused the registration: {status} {reason}", str(status),
+                       _retry_after(response))
         return None
 
     # -- internals ---------------------------------------------------------------------------------
@@ -198,7 +206,7 @@ class Registration:
             # A 200 that grants nothing (Expires: 0, or our Contact with expires=0): not registered.
             self.problem = "the registrar answered 200 OK but granted an expiry of 0: not registered"
             self.log.warning("%s", self.problem)
-            self._back_off(now, None)
+            self._back_off(now, None, "no-grant")
             return
         if granted > self.expires:
             # RFC 3261 10.3 lets a registrar shorten the interval, not lengthen it; refreshing sooner than it
@@ -228,7 +236,7 @@ class Registration:
                 self.log.warning("unregistration not authenticated: %s", refusal)
                 self._unregistered()
                 return None
-            self._fail(now, f"authentication failed ({response.status}): {refusal}")
+            self._fail(now, f"authentication failed ({response.status}): {refusal}", str(response.status))
             return None
         return self._build(0 if self.state == "unregistering" else self.expires, self.state)
 
@@ -238,11 +246,11 @@ class Registration:
         if minimum <= self.expires:
             self.problem = f"the registrar answered 423 without a usable Min-Expires ({text[:20]!r})"
             self.log.error("%s", self.problem)
-            self._back_off(now, None)
+            self._back_off(now, None, "423")
             return None
         if minimum > self.config.max_expires:
             self._fail(now, f"the registrar wants registrations of at least {minimum} s, more than the "
-                            f"{self.config.max_expires} s we hold one for")
+                            f"{self.config.max_expires} s we hold one for", "423")
             return None
         self.log.info("registrar wants expires >= %d", minimum)
         self.expires = minimum
@@ -273,8 +281,9 @@ class Registration:
             return int(header)
         return self.expires
 
-    def _back_off(self, now: float, retry_after: float | None) -> None:
+    def _back_off(self, now: float, retry_after: float | None, reason: str) -> None:
         self.failures += 1
+        self.failed[reason] += 1
         cfg = self.config
         delay = min(cfg.backoff_initial * 2 ** (min(self.failures, 64) - 1), cfg.backoff_max)
         delay *= 1.0 - min(max(cfg.backoff_jitter, 0.0), 1.0) * self._rand()
@@ -285,10 +294,11 @@ class Registration:
         self._set_state("backing-off")
         self.log.info("registration retry in %.1f s (failure %d)", delay, self.failures)
 
-    def _fail(self, now: float, problem: str, retry_after: float | None = None) -> None:
+    def _fail(self, now: float, problem: str, reason: str, retry_after: float | None = None) -> None:
         """A refusal that retrying soon cannot change: say so, then try again only rarely, and more rarely
         each time (a wrong password every two minutes for hours is what gets an address banned by fail2ban)."""
         self.failures += 1
+        self.failed[reason] += 1
         self._refusals += 1
         self.problem = problem
         cfg = self.config

@@ -276,7 +276,6 @@ class UserAgent:
         self.registration_problem: str | None = None
         self._transport_errors: dict[Peer, str] = {}  # the last send failure per destination, for messages
         self.reconnects = 0  # registrar connections lost and registered again over a new one
-        self.bindings_lost: Counter[str] = Counter()  # by account name: registrations such a loss cut
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -678,6 +677,13 @@ class UserAgent:
         """Each account's registration state, by account name (empty in direct mode)."""
         return {name: line.state for name, line in self._lines.items()}
 
+    @property
+    def registration_failures(self) -> dict[str, Counter[str]]:
+        """Each account's REGISTER attempts that did not register, by reason (``Registration.failed``): counts
+        that only grow, for as long as the user agent runs."""
+        return {name: line.registration.failed for name, line in self._lines.items()
+                if line.registration is not None}
+
     def account_for(self, request: SipRequest) -> str:
         """The name of the account an INVITE is addressed to: by the Request-URI's user part, else the
         To's (a proxy may rewrite the Request-URI to our Contact); "" when neither is an account's."""
@@ -780,7 +786,6 @@ class UserAgent:
         self.reconnects += 1
         for line in lines:
             assert line.registration is not None
-            self.bindings_lost[line.account.name] += 1
             line.registration.connection_lost(self._now())
             line.registered.clear()
             line.wake.set()

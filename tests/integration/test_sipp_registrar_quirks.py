@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def test_asterisk_wrong_password_sends_the_secret_once(tmp_path: Path) -> None:
         assert ua.registration_problem is not None and "wrong password" in ua.registration_problem
         await asyncio.sleep(4.0)  # SIPp fails its run on any REGISTER meanwhile
         assert ua.registration_state == "failed"
+        assert list(ua.registration_failures.values()) == [Counter({"401": 1})]  # the challenge answered: none
 
     # SIPp's password differs from the agent's: its verifyauth must find the credentials wrong.
     result = play("reg_asterisk_wrong_password.xml", tmp_path, body, keys={"password": "the-pbx-password"})
@@ -115,6 +117,34 @@ def test_freeswitch_forbidden_is_not_hammered(tmp_path: Path) -> None:
     assert len(registers(result)) == 2
 
 
+def test_the_agents_metrics_count_a_refused_registration_by_the_registrars_status(tmp_path: Path) -> None:
+    """The whole agent against FreeSWITCH refusing the password: registration_failures_total counts the 403
+    under the account (it counted nothing: only a fall from registered, by the state's name, was counted)."""
+    from bridge_helpers import bridge_config
+
+    from sipagent.agent import Agent
+
+    require("sipp")
+    with sipp_scenario("reg_freeswitch_forbidden.xml", ("127.0.0.1", 9), tmp_path / "sipp", timeout_s=40,
+                       keys={"user": USER, "password": "the-pbx-password"}) as run:
+        async def main() -> None:
+            config = bridge_config(tmp_path, sip={"registrar": f"127.0.0.1:{run.port}", "username": USER,
+                                                  "password": PASSWORD, "domain": "127.0.0.1"})
+            agent = Agent(config)
+            await agent.start()
+            try:
+                metric = f'sipagent_registration_failures_total{{account="{USER}",reason="403"}} 1.0'
+                assert await wait_until(lambda: metric in agent.metrics.render().decode(), 8), \
+                    agent.metrics.render().decode()
+                assert "registration_failures_total{" not in agent.metrics.render().decode().replace(metric, "")
+            finally:
+                await agent.stop()
+
+        asyncio.run(main())
+        result = run.wait(20)
+    assert result.returncode == 0, result.failed()
+
+
 def test_a_redirect_is_not_followed(tmp_path: Path) -> None:
     """A 302 naming another host: the REGISTER (and the digest the next one would carry) never goes there."""
     elsewhere = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -126,6 +156,7 @@ def test_a_redirect_is_not_followed(tmp_path: Path) -> None:
         assert await wait_until(lambda: ua.registration_state == "failed", 5), ua.registration_state
         assert ua.registration_problem is not None and "redirect" in ua.registration_problem
         await asyncio.sleep(4.0)
+        assert list(ua.registration_failures.values()) == [Counter({"302": 1})]
 
     try:
         result = play("reg_redirect.xml", tmp_path, body, keys={"elsewhere": str(port)})

@@ -40,12 +40,12 @@ def test_registration_state_and_failures_per_account() -> None:
     m = Metrics()
     m.set_registration_state("registered", "sales")
     m.set_registration_state("backing-off", "support")
-    m.registration_failed("backing-off", "support")
+    m.registration_failed("timeout", "support", 3)
     assert value(m, "sipagent_registration_state", account="sales", state="registered") == 1
     assert value(m, "sipagent_registration_state", account="sales", state="backing-off") == 0
     assert value(m, "sipagent_registration_state", account="support", state="backing-off") == 1
     assert value(m, "sipagent_registration_state", account="support", state="registered") == 0
-    assert value(m, "sipagent_registration_failures_total", account="support", reason="backing-off") == 1
+    assert value(m, "sipagent_registration_failures_total", account="support", reason="timeout") == 3
     m.call_profile("sales", "7001")
     m.call_profile("default")
     assert value(m, "sipagent_profile_calls_total", profile="sales", account="7001") == 1

@@ -198,3 +198,46 @@ def test_connection_lost_while_not_registered_changes_nothing() -> None:
     reg.start(0.0)
     reg.connection_lost(1.0)  # the REGISTER in flight fails by itself (transport error) and backs off
     assert reg.state == "registering" and reg.next_deadline is None
+
+
+def test_failed_counts_every_attempt_that_did_not_register_by_reason() -> None:
+    """What sipagent_registration_failures_total{reason} counts: each attempt, also the ones repeated in
+    back-off, by the registrar's status or what went wrong; an answered challenge, a 423 obeyed, a refusal
+    during unregistration and a stray response are none."""
+    reg = make(expires=60)
+    r1 = reg.start(0.0)
+    r2 = reg.on_response(reply(r1, 401, WWW_Authenticate=CHALLENGE), 0.1)  # answered: no failure
+    assert r2 is not None
+    r3 = reg.on_response(reply(r2, 423, Min_Expires="120"), 0.2)  # obeyed: no failure
+    assert r3 is not None and not reg.failed
+    assert reg.on_response(reply(r1, 503), 0.25) is None and not reg.failed  # a stray: an older CSeq
+    assert reg.on_response(reply(r3, 401, WWW_Authenticate=CHALLENGE), 0.3) is None  # the password refused
+    assert reg.state == "failed"
+    for at in (1000.0, 2000.0):  # refused again at each late retry, counted each time
+        retry = reg.timeout(reg.next_deadline or at)
+        assert retry is not None
+        reg.on_response(reply(retry, 403), at)
+    now = 9000.0
+    retry = reg.timeout(reg.next_deadline or now)
+    assert retry is not None
+    reg.on_timeout(now)
+    retry = reg.timeout(reg.next_deadline or now)
+    assert retry is not None
+    reg.on_response(reply(retry, 503, Retry_After="5"), now + 1)
+    retry = reg.timeout(reg.next_deadline or now)
+    assert retry is not None
+    reg.on_response(reply(retry, 200, Expires="0"), now + 10)  # a 200 that binds nothing
+    retry = reg.timeout(reg.next_deadline or now)
+    assert retry is not None
+    reg.on_response(reply(retry, 200, Expires="120"), now + 20)
+    assert reg.state == "registered"
+    reg.connection_lost(now + 30)
+    reg.connection_lost(now + 30)  # once per binding cut: it is not registered any more
+    assert reg.failed == {"401": 1, "403": 2, "timeout": 1, "503": 1, "no-grant": 1, "connection-lost": 1}
+    again = reg.timeout(reg.next_deadline or now)
+    assert again is not None
+    reg.on_response(reply(again, 200, Expires="120"), now + 31)
+    bye = reg.stop(now + 40)
+    assert bye is not None
+    reg.on_response(reply(bye, 500), now + 41)  # refused while unregistering: the binding expires on its own
+    assert sum(reg.failed.values()) == 7
