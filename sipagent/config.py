@@ -67,6 +67,39 @@ MAX_SHUTDOWN_GRACE_S = 3600  # a stop that waits longer for calls is a stop that
 MIN_EVENT_SECRET = 16  # characters: an HMAC key a receiver can trust is not a short word
 CODECS = ("PCMU", "PCMA", "G722")
 
+# Ceilings of keys that had only a floor: past them a value is a typo (36000000 for 3600), never what a
+# deployment needs, and it would be taken silently. Each says why it is where it is (docs/configuration.md).
+DAY_S = 86400
+# sip.expires, accounts[].expires: RFC 3261 allows up to 2**32-1, but registrars grant far less (Asterisk's
+# maximum_expiration: 7200); a day is generous, and the registration core holds no binding longer anyway
+# (sipagent.sip.registration.RegistrationConfig.max_expires: a 423 asking for more is refused).
+MAX_EXPIRES = DAY_S
+# sip.session_expires, sip.min_se: RFC 4028 suggests 1800 s; a call the PBX forgot (lost BYE) lives this long.
+MAX_SESSION_EXPIRES = DAY_S
+# sip.max_calls: one process is one core, about 300 calls (docs/benchmarks.md, docs/scaling.md); 2000 leaves
+# room for faster cores while their sockets (about 5 per call) stay far inside the unit's LimitNOFILE (65536).
+MAX_CALLS = 2000
+# sip.limits.transactions(_per_source): each lives up to 32 s, so 100000 is over 3000 new requests a second
+# sustained, more than one process parses; it is a shedding limit, and a huge one sheds nothing.
+MAX_TRANSACTIONS = 100_000
+# sip.limits.tcp_connections(_per_source): each is a file descriptor; 10000 with the calls' sockets still fits
+# LimitNOFILE (65536), where running out would also fail the calls' RTP sockets.
+MAX_TCP_CONNECTIONS = 10_000
+# sip.limits.tcp_idle_s: an accepted connection silent for a day is gone, and holds a slot of tcp_connections.
+MAX_TCP_IDLE_S = DAY_S
+# sip.limits.tcp_message_s: also the TLS handshake's deadline; a whole message (at most 64 KiB) takes
+# milliseconds, and a minute already lets a slow-loris client hold its connection that long.
+MAX_TCP_MESSAGE_S = 60
+# media.rtp_timeout_s: a far end silent for a day is gone (0 turns the watchdog off; hold does not count).
+MAX_RTP_TIMEOUT_S = DAY_S
+# realtime.max_session_s: providers end a session after 60 min (OpenAI GA) or less; a day is 24 times that.
+MAX_SESSION_S = DAY_S
+# agent.max_call_s, agent.idle_timeout_s: no phone call is meant to last a day (0 turns either off).
+MAX_CALL_S = DAY_S
+MAX_IDLE_TIMEOUT_S = DAY_S
+# agent.barge_in.protect_greeting_ms: a minute is longer than any greeting (the whole of it is then protected).
+MAX_PROTECT_GREETING_MS = 60_000
+
 
 @dataclass(frozen=True)
 class HostPort:
@@ -326,6 +359,15 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = field(default="", compare=False)
+    # The YAML document it was loaded from (None: built in code), kept so that a problem found after loading
+    # (a warning of `sipagent check` or of the start) is named at its line, as a load error is (key_problem).
+    document: yaml.Node | None = field(default=None, compare=False, repr=False)
+
+    def key_problem(self, key: str, message: str) -> ConfigError:
+        """A problem with the key at dotted path ``key``, named as the loader names an error:
+        ``file:line: key: message``, the line found as the loader finds it (the key's, else its nearest
+        ancestor's in the file)."""
+        return _Ctx(self.source, {}).error(_node_for(self.document, key), key, message)
 
     def _srtp(self) -> str:
         media = self.media
@@ -471,10 +513,9 @@ def rtp_port_shortage(config: Config) -> ConfigError | None:
     pairs, calls = config.media.rtp_port_pairs, config.sip.max_calls
     if pairs >= calls:
         return None
-    return ConfigError(f"{config.media.rtp_ports} holds {pairs} calls at once (2 ports each), fewer than "
-                       f"sip.max_calls ({calls}): calls past {pairs} will be refused with 503; widen it to at "
-                       f"least {2 * calls} ports (more with warm transfers)", path=config.source,
-                       key="media.rtp_ports")
+    return config.key_problem("media.rtp_ports", f"{config.media.rtp_ports} holds {pairs} calls at once (2 ports "
+                              f"each), fewer than sip.max_calls ({calls}): calls past {pairs} will be refused with "
+                              f"503; widen it to at least {2 * calls} ports (more with warm transfers)")
 
 
 def _url_shown(url: str) -> str:
@@ -583,6 +624,7 @@ def load_config_text(text: str, name: str = "<config>", env: Mapping[str, str] |
         _check_document(ctx, root)
     config = Config() if root is None else _convert_dataclass(ctx, root, Config, "")
     config.source = name
+    config.document = root
     config.agents = _resolve_profiles(ctx, root, config)
     _check_semantics(ctx, root, config)
     return config
@@ -659,11 +701,15 @@ def _node_for(root: yaml.Node | None, dotted: str) -> yaml.Node | None:
     return node
 
 
+# Set by the loader, never read from the file.
+_LOADER_FIELDS = frozenset({"source", "document"})
+
+
 def _convert_dataclass(ctx: _Ctx, node: yaml.Node, cls: type[Any], key: str) -> Any:
     if not isinstance(node, yaml.MappingNode):
         raise ctx.error(node, key or "(top level)", f"expected a mapping, got {_describe(node, key)}")
     hints = _hint_types(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _LOADER_FIELDS}
     values: dict[str, Any] = {}
     for key_node, value_node in node.value:
         name = str(key_node.value)
@@ -877,6 +923,11 @@ def _is_secret(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in SECRET_KEYS
 
 
+def _number(value: float) -> str:
+    """A number as an error quotes it: as written (36000000, 0.001), not as :g would (3.6e+07)."""
+    return f"{value:.15g}"
+
+
 def _quote(value: str, key: str) -> str:
     return "(hidden)" if _is_secret(key) else f'"{value}"'
 
@@ -934,16 +985,19 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
     keep = config.recording.keep_days
     if not (keep == 0 or 1 <= keep <= MAX_KEEP_DAYS):  # "not": NaN too
         raise fail("recording.keep_days", f"expected 0 (keep every file) or 1 to {MAX_KEEP_DAYS} days, got {keep:g}")
-    if sip.expires < 60:
-        raise fail("sip.expires", f"expected at least 60 seconds, got {sip.expires}")
-    if sip.max_calls < 1:
-        raise fail("sip.max_calls", f"expected at least 1, got {sip.max_calls}")
-    if sip.min_se < 90:
-        raise fail("sip.min_se", f"expected at least 90 seconds (RFC 4028), got {sip.min_se}")
-    if sip.session_expires < sip.min_se:
-        raise fail("sip.session_expires", f"expected at least sip.min_se ({sip.min_se}), got {sip.session_expires}")
-    if not (media.rtp_timeout_s == 0 or media.rtp_timeout_s >= 5):
-        raise fail("media.rtp_timeout_s", f"expected 0 (off) or at least 5 seconds, got {media.rtp_timeout_s}")
+    if not 60 <= sip.expires <= MAX_EXPIRES:
+        raise fail("sip.expires", f"expected 60 to {MAX_EXPIRES} seconds (a day), got {sip.expires}")
+    if not 1 <= sip.max_calls <= MAX_CALLS:
+        raise fail("sip.max_calls", f"expected 1 to {MAX_CALLS} (one process holds about 300 calls per core: run "
+                                    f"more processes for more), got {sip.max_calls}")
+    if not 90 <= sip.min_se <= MAX_SESSION_EXPIRES:
+        raise fail("sip.min_se", f"expected 90 (RFC 4028) to {MAX_SESSION_EXPIRES} seconds, got {sip.min_se}")
+    if not sip.min_se <= sip.session_expires <= MAX_SESSION_EXPIRES:
+        raise fail("sip.session_expires", f"expected sip.min_se ({sip.min_se}) to {MAX_SESSION_EXPIRES} seconds, "
+                                          f"got {sip.session_expires}")
+    if not (media.rtp_timeout_s == 0 or 5 <= media.rtp_timeout_s <= MAX_RTP_TIMEOUT_S):
+        raise fail("media.rtp_timeout_s", f"expected 0 (off) or 5 to {MAX_RTP_TIMEOUT_S} seconds, got "
+                                          f"{_number(media.rtp_timeout_s)}")
     for i, host in enumerate(sip.trusted_hosts):
         problem = ""
         if parse_network(host) is None:
@@ -1023,8 +1077,8 @@ def _check_semantics(ctx: _Ctx, root: yaml.Node | None, config: Config) -> None:
                                        "from the file it came from?)")
     if not 0.1 <= rt.connect_timeout_s <= 300:
         raise fail("realtime.connect_timeout_s", f"expected 0.1 to 300 seconds, got {rt.connect_timeout_s:g}")
-    if rt.max_session_s < 1:
-        raise fail("realtime.max_session_s", f"expected at least 1 second, got {rt.max_session_s}")
+    if not 1 <= rt.max_session_s <= MAX_SESSION_S:
+        raise fail("realtime.max_session_s", f"expected 1 to {MAX_SESSION_S} seconds, got {rt.max_session_s}")
     if rt.local or rt.provider == "local":
         _check_local(ctx, root, rt)
     _check_agent(config.agent, "agent", config, fail)
@@ -1135,14 +1189,15 @@ def _check_agent(agent: AgentConfig, prefix: str, config: Config, fail: Callable
     _check_transfer_targets(agent, prefix, config.sip.effective_domain, fail)
     _check_transfer_modes(agent, prefix, config.source, fail)
     _check_transfer_transport(agent, prefix, config.sip.transport, fail)
-    if not (agent.idle_timeout_s == 0 or agent.idle_timeout_s >= 1):
-        raise fail(f"{prefix}.idle_timeout_s", f"expected 0 (never prompt) or at least 1 second, got "
-                                               f"{agent.idle_timeout_s:g}")
+    if not (agent.idle_timeout_s == 0 or 1 <= agent.idle_timeout_s <= MAX_IDLE_TIMEOUT_S):
+        raise fail(f"{prefix}.idle_timeout_s", f"expected 0 (never prompt) or 1 to {MAX_IDLE_TIMEOUT_S} seconds, "
+                                               f"got {_number(agent.idle_timeout_s)}")
     if not 0 <= agent.shutdown_grace_s <= MAX_SHUTDOWN_GRACE_S:
         raise fail(f"{prefix}.shutdown_grace_s", f"expected 0 to {MAX_SHUTDOWN_GRACE_S} seconds, got "
                                                  f"{agent.shutdown_grace_s:g}")
-    if agent.max_call_s and agent.max_call_s < 10:
-        raise fail(f"{prefix}.max_call_s", f"expected 0 (no limit) or at least 10 seconds, got {agent.max_call_s}")
+    if not (agent.max_call_s == 0 or 10 <= agent.max_call_s <= MAX_CALL_S):
+        raise fail(f"{prefix}.max_call_s", f"expected 0 (no limit) or 10 to {MAX_CALL_S} seconds, got "
+                                           f"{_number(agent.max_call_s)}")
     if not (config.media.rtp_timeout_s or agent.max_call_s or agent.idle_timeout_s > 0):
         # A far end that vanishes without a BYE (a PBX restarted, a NAT binding gone) sends nothing more: only
         # one of these three ends such a call.
@@ -1236,8 +1291,9 @@ def _check_accounts(config: Config, fail: Callable[[str, str], ConfigError]) -> 
         names.add(account.name)
         if account.auth_user and not re.fullmatch(r"[^\s\"\\]{1,128}", account.auth_user):
             raise fail(f"{key}.auth_user", "expected a user name without spaces or quotes")
-        if account.expires and account.expires < 60:
-            raise fail(f"{key}.expires", f"expected 0 (sip.expires) or at least 60 seconds, got {account.expires}")
+        if not (account.expires == 0 or 60 <= account.expires <= MAX_EXPIRES):
+            raise fail(f"{key}.expires", f"expected 0 (sip.expires) or 60 to {MAX_EXPIRES} seconds (a day), got "
+                                         f"{account.expires}")
         if account.agent and account.agent not in config.profiles():
             raise fail(f"{key}.agent", _unknown_profile(account.agent, config))
 
@@ -1436,16 +1492,17 @@ def _der_children(der: bytes) -> list[tuple[int, bytes, bytes]]:
 
 def _check_limits(limits: SipLimitsConfig, fail: Callable[[str, str], ConfigError]) -> None:
     key = "sip.limits."
-    for name, low in (("max_message_bytes", 1500), ("transactions", 16), ("transactions_per_source", 4),
-                      ("tcp_connections", 1), ("tcp_connections_per_source", 1)):
+    for name, low, high in (("max_message_bytes", 1500, 65535), ("transactions", 16, MAX_TRANSACTIONS),
+                            ("transactions_per_source", 4, MAX_TRANSACTIONS),
+                            ("tcp_connections", 1, MAX_TCP_CONNECTIONS),
+                            ("tcp_connections_per_source", 1, MAX_TCP_CONNECTIONS)):
         value = getattr(limits, name)
-        if value < low:
-            raise fail(key + name, f"expected at least {low}, got {value}")
-    if limits.max_message_bytes > 65535:
-        raise fail(key + "max_message_bytes", f"expected at most 65535, got {limits.max_message_bytes}")
-    for name in ("tcp_idle_s", "tcp_message_s"):
-        if not getattr(limits, name) > 0:
-            raise fail(key + name, f"expected a number of seconds above 0, got {getattr(limits, name)}")
+        if not low <= value <= high:
+            raise fail(key + name, f"expected {low} to {high}, got {value}")
+    for name, high in (("tcp_idle_s", MAX_TCP_IDLE_S), ("tcp_message_s", MAX_TCP_MESSAGE_S)):
+        value = getattr(limits, name)
+        if not 0 < value <= high:
+            raise fail(key + name, f"expected a number of seconds above 0 and at most {high}, got {_number(value)}")
 
 
 def transfer_uri(target: str, domain: str) -> str:
@@ -1564,8 +1621,9 @@ def _check_barge_in(barge: BargeInConfig, prefix: str, fail: Callable[[str, str]
     key = f"{prefix}.barge_in."
     if not 20 <= barge.min_speech_ms <= 2000:
         raise fail(key + "min_speech_ms", f"expected 20 to 2000 ms, got {barge.min_speech_ms}")
-    if barge.protect_greeting_ms < 0:
-        raise fail(key + "protect_greeting_ms", f"expected 0 or more ms, got {barge.protect_greeting_ms}")
+    if not 0 <= barge.protect_greeting_ms <= MAX_PROTECT_GREETING_MS:
+        raise fail(key + "protect_greeting_ms", f"expected 0 to {MAX_PROTECT_GREETING_MS} ms, got "
+                                                f"{barge.protect_greeting_ms}")
     if barge.pause_after_ms and not 20 <= barge.pause_after_ms < barge.min_speech_ms:
         raise fail(key + "pause_after_ms", f"expected 0 (no pause) or 20 ms up to less than min_speech_ms "
                                            f"({barge.min_speech_ms}), got {barge.pause_after_ms}")

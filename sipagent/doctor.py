@@ -47,8 +47,7 @@ def describe_trust(config: Config) -> tuple[str, list[ConfigError]]:
         try:
             infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
         except OSError as exc:
-            problems.append(ConfigError(f'"{host}" does not resolve ({exc}): {consequence}',
-                                        path=config.source, key=key))
+            problems.append(config.key_problem(key, f'"{host}" does not resolve ({exc}): {consequence}'))
             return f"{host} (does not resolve)"
         addresses = ", ".join(dict.fromkeys(str(info[4][0]) for info in infos))
         return f"{host} ({addresses})"
@@ -92,8 +91,8 @@ def describe_recording(config: Config) -> tuple[str, list[ConfigError]]:
         user = f"uid {os.geteuid()}"
     problem = directory_problem(directory)
     if problem is not None:
-        error = ConfigError(f"{problem} (checked as {user}): calls would be answered without transcripts or "
-                            "recordings", path=config.source, key="recording.dir")
+        error = config.key_problem("recording.dir", f"{problem} (checked as {user}): calls would be answered "
+                                                    "without transcripts or recordings")
         return f"recording: {kinds} in {directory}{relative}: NOT WRITABLE as {user}", [error]
     state = "writable" if directory.exists() else "created at the first call"
     free = free_bytes(directory)

@@ -211,7 +211,7 @@ def test_account_errors() -> None:
                                                           'registered twice'
     assert bad("name: support,", "name: '7001',") == 'agent.yaml:8: sip.accounts[1].name: duplicate account name "7001"'
     assert bad("expires: 120", "expires: 30") == (
-        "agent.yaml:8: sip.accounts[1].expires: expected 0 (sip.expires) or at least 60 seconds, got 30")
+        "agent.yaml:8: sip.accounts[1].expires: expected 0 (sip.expires) or 60 to 86400 seconds (a day), got 30")
     assert bad("registrar: pbx.example.com", "registrar: ''").startswith(
         "agent.yaml:7: sip.accounts: accounts register: sip.registrar is required")
     # A route may name an account.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sipagent.cli import main
-from sipagent.config import load_config_text
+from sipagent.config import Config, load_config_text, rtp_port_shortage
 from sipagent.errors import ConfigError
 
 LOCAL = "realtime: {provider: local}\n"
@@ -208,9 +208,9 @@ def test_check_says_a_registrar_that_does_not_resolve_cannot_be_registered_on(
                     f"recording: {{dir: '{tmp_path}'}}\n")
     assert main(["check", "-c", str(path)]) == 0  # a warning: DNS may be down at boot
     out, err = capsys.readouterr()
-    assert f'sipagent: warning: {path}: sip.registrar: "pbx.invalid" does not resolve' in err
+    assert f'sipagent: warning: {path}:2: sip.registrar: "pbx.invalid" does not resolve' in err
     assert "the agent cannot register there (it keeps trying), and calls from it will be refused" in err
-    assert f'{path}: sip.outbound_proxy: "proxy.invalid" does not resolve' in err
+    assert f'sipagent: warning: {path}:2: sip.outbound_proxy: "proxy.invalid" does not resolve' in err
     assert "the calls the agent places cannot be sent there" in err
     assert out.rstrip().endswith("configuration OK, with 2 warnings (above)")
 
@@ -246,8 +246,21 @@ def test_check_warns_when_the_rtp_range_holds_fewer_calls_than_max_calls(
         return out, err
 
     out, err = check(8)
-    assert (f"sipagent: warning: {path}: media.rtp_ports: {ports} holds {pairs} calls at once (2 ports each), "
+    assert (f"sipagent: warning: {path}:3: media.rtp_ports: {ports} holds {pairs} calls at once (2 ports each), "
             f"fewer than sip.max_calls (8): calls past {pairs} will be refused with 503; widen it to at least 16 "
             "ports") in err
     assert out.rstrip().endswith("configuration OK, with 1 warning (above)")
     assert "media.rtp_ports" not in check(pairs)[1]
+
+
+def test_warnings_name_the_line_as_errors_do() -> None:
+    """The start-up log's warning (sipagent run) is the one check prints: file:line: key:, the line found as
+    the loader finds an error's (the key's own, else the nearest written ancestor's)."""
+    config = load_config_text(LOCAL + "sip:\n  max_calls: 8\nmedia:\n  codecs: [PCMU]\n  rtp_ports: '40000-40009'\n",
+                              "agent.yaml", ENV)
+    assert str(rtp_port_shortage(config)).startswith("agent.yaml:6: media.rtp_ports: 40000-40009 holds 5 calls")
+    config = load_config_text(LOCAL + "sip:\n  max_calls: 600\n", "agent.yaml", ENV)  # the default range
+    assert str(rtp_port_shortage(config)).startswith("agent.yaml:1: media.rtp_ports: 40000-40999 holds 500 calls")
+    assert str(config.key_problem("sip.max_calls", "too many")) == "agent.yaml:3: sip.max_calls: too many"
+    # A configuration built in code has no file, hence no line.
+    assert str(Config(source="x.yaml").key_problem("sip.registrar", "gone")) == "x.yaml: sip.registrar: gone"

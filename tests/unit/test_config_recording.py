@@ -39,7 +39,7 @@ def test_check_fails_when_records_cannot_be_written(tmp_path: Path, capsys: pyte
     assert main(["check", "-c", str(config)]) == 1
     captured = capsys.readouterr()
     assert "NOT WRITABLE" in captured.out
-    assert f"{config}: recording.dir: {tmp_path / 'file' / 'records'} cannot be created: " in captured.err
+    assert f"{config}:2: recording.dir: {tmp_path / 'file' / 'records'} cannot be created: " in captured.err
     assert "calls would be answered without transcripts or recordings" in captured.err
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -54,8 +54,9 @@ def _transfer_tool() -> list[ToolConfig]:
     ("sip:\n  trusted_hosts: ['10.0.0.0/33']\n", "sip.trusted_hosts[0]: expected an address"),
     ("sip:\n  trusted_hosts: ['pbx example']\n", "sip.trusted_hosts[0]: expected an address"),
     ("sip:\n  aliases: ['2001@pbx']\n", "sip.aliases[0]: expected a SIP user part"),
-    ("sip:\n  limits: {transactions: 0}\n", "sip.limits.transactions: expected at least 16"),
-    ("sip:\n  limits: {max_message_bytes: 100000}\n", "sip.limits.max_message_bytes: expected at most 65535"),
+    ("sip:\n  limits: {transactions: 0}\n", "sip.limits.transactions: expected 16 to 100000, got 0"),
+    ("sip:\n  limits: {max_message_bytes: 100000}\n",
+     "sip.limits.max_message_bytes: expected 1500 to 65535, got 100000"),
     ("sip:\n  limits: {tcp_idle_s: 0}\n", "sip.limits.tcp_idle_s: expected a number of seconds above 0"),
     ("sip:\n  allow_any_caller: maybe\n", "sip.allow_any_caller: expected true or false"),
 ])
@@ -76,7 +77,8 @@ def test_check_names_a_trusted_host_that_does_not_resolve(tmp_path: Path, capsys
     assert main(["check", "-c", str(path)]) == 0  # a warning: DNS may be down at boot, the agent fails closed
     out, err = capsys.readouterr()
     assert "trust:     calls from 127.0.0.1, 10.1.0.0/16, pbx.invalid (does not resolve)" in out
-    assert f'sipagent: warning: {path}: sip.trusted_hosts[2]: "pbx.invalid" does not resolve' in err
+    # Named at its line, as a load error would be.
+    assert f'sipagent: warning: {path}:3: sip.trusted_hosts[2]: "pbx.invalid" does not resolve' in err
     path.write_text("realtime: {provider: local}\nsip: {username: agent}\n")
     assert main(["check", "-c", str(path)]) == 0
     assert "calls from loopback only (direct mode without sip.trusted_hosts), for agent" in capsys.readouterr().out
