@@ -120,15 +120,17 @@ class Agent:
         recording = self.config.recording
         problem = directory_problem(Path(recording.dir)) if recording.transcripts or recording.audio else None
         if problem is not None:  # calls are still answered; each one's writer reports its own failure
-            log.warning("recording.dir: %s; calls will be answered without transcripts or recordings", problem)
+            log.warning("%s", self.config.key_problem(
+                "recording.dir", f"{problem}; calls will be answered without transcripts or recordings"))
         shortage = rtp_port_shortage(self.config)
         if shortage is not None:
             log.warning("%s", shortage)
         media = self.config.media
         if media.srtp == "optional" and self.config.sip.transport != "tls" and not media.srtp_over_insecure_signalling:
             # Not an error (plain offers are answered), but every RTP/SAVP offer will get 488: say so once.
-            log.warning("media.srtp: optional over sip.transport %s: RTP/SAVP offers will be refused, since SDES "
-                        "keys are taken only over TLS (media.srtp_over_insecure_signalling)", self.config.sip.transport)
+            log.warning("%s", self.config.key_problem(
+                "media.srtp", f"optional over sip.transport {self.config.sip.transport}: RTP/SAVP offers will be "
+                "refused, since SDES keys are taken only over TLS (media.srtp_over_insecure_signalling)"))
         self._local_server, self._endpoint = await realtime_endpoint(self.config)
         if self.events is not None:
             self.events.start()
