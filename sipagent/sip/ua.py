@@ -518,27 +518,30 @@ class UserAgent:
         self.drive(call, call.core.timeout(self._now()))
 
     async def _call_request(self, call: CallFront, request: SipRequest) -> None:
-        """A request of a call's core in its own client transaction; every response goes back to the core."""
+        """A request of a call's core in its own client transaction; every response goes back to the core, as
+        it is read: not when this task next runs, which may be after a request the far end sent right behind the
+        response and the transport read with it (Asterisk's BYE after the 202 to our REFER)."""
         core = call.core
+
+        def provisional(response: SipResponse) -> None:
+            self.drive(call, core.receive_response(response, self._now()))
+
+        def final(response: SipResponse) -> None:
+            try:
+                actions = core.receive_response(response, self._now())
+            except SipParseError as exc:
+                # A 2xx whose Record-Route does not parse (a malformed IPv6 reference) cannot be ACKed: the core
+                # reads the route only as it builds the ACK. The call ends as one that could not be placed.
+                logger.warning("call %s: unusable answer to our %s: %s", call.call_id, request.method, exc.reason)
+                actions = core.request_failed(request, self._now())
+            self.drive(call, actions)
+
         try:
             dest = await self._request_peer(call, request)
-
-            def provisional(response: SipResponse) -> None:
-                self.drive(call, core.receive_response(response, self._now()))
-
-            response = await self._send_request(request, dest, on_provisional=provisional)
+            await self._send_request(request, dest, on_provisional=provisional, on_final=final)
         except (SipTimeout, OSError, SipBuildError) as exc:
             logger.info("call %s: %s got no answer: %s", call.call_id, request.method, exc)
             self.drive(call, core.request_failed(request, self._now()))
-            return
-        try:
-            actions = core.receive_response(response, self._now())
-        except SipParseError as exc:
-            # A 2xx whose Record-Route does not parse (a malformed IPv6 reference) cannot be ACKed: the core reads
-            # the route only as it builds the ACK. The call ends as one that could not be placed, not a dead task.
-            logger.warning("call %s: unusable answer to our %s: %s", call.call_id, request.method, exc.reason)
-            actions = core.request_failed(request, self._now())
-        self.drive(call, actions)
 
     async def _call_ack(self, call: CallFront, ack: SipRequest) -> None:
         """The ACK of a 2xx: no transaction (RFC 3261 13.2.2.4); the core sends it again for each 2xx copy."""
@@ -814,9 +817,10 @@ class UserAgent:
         return f"{uri_host(host or self._advertised[0])}:{self._advertised[1]}"
 
     async def _send_request(self, request: SipRequest, dest: Peer,
-                            on_provisional: Callable[[SipResponse], None] | None = None) -> SipResponse:
+                            on_provisional: Callable[[SipResponse], None] | None = None,
+                            on_final: Callable[[SipResponse], None] | None = None) -> SipResponse:
         """Run a client transaction; the final response, or SipTimeout (timer F, unreachable peer).
-        ``on_provisional`` is told each 1xx."""
+        ``on_provisional`` is told each 1xx, ``on_final`` the final response, both as they are read."""
         if self._transport is None:
             raise SipTimeout("transport closed")
         self._transport_errors.pop(dest, None)  # an older failure must not explain this request's fate
@@ -829,6 +833,8 @@ class UserAgent:
                 if event.response.status >= 200:
                     if not future.done():
                         future.set_result(event.response)
+                        if on_final is not None:
+                            on_final(event.response)
                 elif on_provisional is not None and not future.done():
                     on_provisional(event.response)
             elif isinstance(event, TimeoutEvent):
