@@ -195,6 +195,11 @@ class WarmTransfer:
             self.log.info("warm transfer: REFER with Replaces refused; blind transfer instead")
         else:
             self.log.info("warm transfer: the caller did not advertise Replaces: blind transfer to the human")
+        if human.call.ended.is_set():
+            # The person hung up while the caller was being put through: a blind transfer would ring them again
+            # for a caller they have just left. The caller comes back to the agent.
+            self.steps.append("human-gone")
+            return WarmOutcome("unavailable", "the colleague hung up before the caller was put through")
         # The human's phone must be free for the caller's call: hang up first, then the blind REFER.
         await self._close_human()
         self.steps.append("refer-blind")

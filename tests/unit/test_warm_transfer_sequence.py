@@ -327,3 +327,29 @@ async def test_keys_pressed_on_hold_for_a_warm_transfer_are_not_passed_to_the_mo
 
 async def _nothing() -> None:
     return None
+
+
+class HangsUpOnReplaces(FakeCaller):
+    """The person hangs up while the REFER with Replaces is out: it fails (the call to replace is gone)."""
+
+    def __init__(self, human: FakeHuman, raises: bool) -> None:
+        super().__init__(replaces=True, replaces_ok=False)
+        self.human, self.raises = human, raises
+
+    async def transfer_replacing(self, other: Any, timeout: float = 30) -> bool:
+        self.human.call.ended.set()
+        if self.raises:  # the front refuses to REFER for a call no longer up
+            raise RuntimeError("cannot replace a call in state ended")
+        return await super().transfer_replacing(other, timeout)
+
+
+@pytest.mark.parametrize("raises", [False, True])
+@run
+async def test_the_person_hanging_up_during_the_join_is_not_rung_again(raises: bool) -> None:
+    human = FakeHuman()
+    caller = HangsUpOnReplaces(human, raises)
+    warm, _, _ = make(caller, Dialer(human))
+    outcome = await warm.run(URI, "sales", "")
+    assert outcome.result == "unavailable" and "hung up" in outcome.detail
+    assert [kind for kind, _ in caller.refers] == ([] if raises else ["replaces"])  # no blind REFER after it
+    assert "human-gone" in warm.steps and "refer-blind" not in warm.steps
