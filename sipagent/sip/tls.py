@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sipagent.errors import SipagentError
+from sipagent.sip.uri import uri_host
 
 # OpenSSL X509_V_ERR_* codes (include/openssl/x509_vfy.h) that an operator meets in practice.
 _EXPIRED = 10
@@ -171,7 +172,7 @@ def _peer(server_name: str, address: str) -> str:
     """The peer in a message: its address, and the name checked when that is not the address's host."""
     if not address or address == server_name:
         return server_name
-    if address.startswith(f"[{server_name}]:") or address.startswith(f"{server_name}:"):
+    if address.startswith(f"{uri_host(server_name)}:"):
         return address
     return f"{server_name} ({address})"
 
