@@ -57,12 +57,15 @@ INFO_ACCEPT = "application/dtmf-relay"  # the only INFO body we act on
 SUPPORTED = "timer, 100rel"
 SUPPORTED_OPTIONS = frozenset(option.strip() for option in SUPPORTED.split(","))
 # Our own INVITEs do not offer 100rel: a reliable 18x would need our PRACK, and we have nothing to gain from it.
+# Only a far end that refuses the INVITE without it (421 with Require: 100rel: Asterisk's 100rel=required) gets
+# it again with 100rel, and its reliable 18x their PRACK (RFC 3262 4).
 UAC_SUPPORTED = "timer"
 UAC_SUPPORTED_OPTIONS = frozenset(option.strip() for option in UAC_SUPPORTED.split(","))
 # A REFER whose outcome is still unknown blocks the next one this long (a second could transfer the caller
 # twice); past it, the far end is taken to have given up (Asterisk drops the transferor 60 s on).
 REFER_UNDECIDED_S = 120.0
 _CSEQ_NUMBER = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() takes "²", which int() refuses
+_RSEQ = re.compile(r"[0-9]{1,10}")
 
 # Which state may follow which: every change of ``CallCore.state`` goes through this table.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -346,6 +349,10 @@ class CallCore:
         self._cancel_detail = ""
         self._cancel_due = False  # UAC: CANCEL once a provisional response shows the INVITE arrived
         self._provisional = False
+        self._offers_100rel = False  # UAC: our INVITE was refused 421 for want of 100rel, and now offers it
+        # UAC, when we offer 100rel: each branch's early dialog (to PRACK its reliable 18x in) and the RSeq of the
+        # last one we PRACKed, by To tag (at most MAX_FORKS).
+        self._early: dict[str, tuple[Dialog, int]] = {}
         self._early_media_refused = False  # logged once
         # UAC: the last SDP of an unreliable 18x per To tag (at most MAX_FORKS), for a 2xx of that branch that
         # carries no answer of its own.
@@ -884,6 +891,15 @@ class CallCore:
         if auth is not None:
             self._provisional = False
             return [self._send_invite(self.invite.cseq.seq + 1, auth)]
+        if (status == 421 and self.state != "cancelling" and not self._offers_100rel
+                and "100rel" in options_of(response, "Require")):
+            # The far end takes no INVITE without reliable provisional responses: once more, offering them. It may
+            # challenge this one afresh: the credentials went through (a 421, not a 401), so that is no loop.
+            logger.info("call %s: the far end requires 100rel: offering it", self.call_id)
+            self._accepted(status)
+            self._offers_100rel = True
+            self._provisional = False
+            return [self._send_invite(self.invite.cseq.seq + 1, [])]
         if self.state == "cancelling":  # the 487 of our own CANCEL (or a refusal that crossed it): no status
             return self._end(self._cancel_reason, detail=self._cancel_detail)
         detail = refusal_detail(response)
@@ -899,15 +915,20 @@ class CallCore:
             actions.append(self._send_cancel())
         if response.status == 100 or self.state not in ("calling", "ringing"):
             return actions
-        if "100rel" in options_of(response, "Require") and "100rel" not in UAC_SUPPORTED_OPTIONS:
-            # A reliable 18x to an INVITE that did not offer 100rel (RFC 3262 3 forbids it): it waits for a PRACK
-            # we never send, so the far end re-sends it and fails the INVITE with a 5xx after 64*T1, and one
-            # with SDP holds back the 2xx until then (RFC 3262 3). Its SDP is no answer we took; the call is
-            # given up now, in plain words, instead of ringing on to that end.
-            logger.warning("call %s: %d requires 100rel, which our INVITE did not offer: cancelling", self.call_id,
-                           response.status)
-            return [*actions, *self.cancel(now, "failed", f"the far end's {response.status} requires 100rel "
-                                                         "(PRACK), which we do not offer")]
+        if "100rel" in options_of(response, "Require"):
+            if not self._offers_100rel:
+                # A reliable 18x to an INVITE that did not offer 100rel (RFC 3262 3 forbids it): it waits for a
+                # PRACK we never send, so the far end re-sends it and fails the INVITE with a 5xx after 64*T1, and
+                # one with SDP holds back the 2xx until then (RFC 3262 3). Its SDP is no answer we took; the call
+                # is given up now, in plain words, instead of ringing on to that end.
+                logger.warning("call %s: %d requires 100rel, which our INVITE did not offer: cancelling",
+                               self.call_id, response.status)
+                return [*actions, *self.cancel(now, "failed", f"the far end's {response.status} requires 100rel "
+                                                             "(PRACK), which we do not offer")]
+            prack = self._prack(response)
+            if prack is None:
+                return actions  # a copy of one we PRACKed already (or one we cannot PRACK): nothing new
+            actions.append(prack)
         if self.state == "calling":  # a 183 after the 180, or the 180 a callee re-sends each minute: no change
             self._goto("ringing")
         media = None
@@ -936,6 +957,9 @@ class CallCore:
             logger.warning("call %s: unusable 2xx to our INVITE: %s", self.call_id, exc.reason)
             return self._end("failed", response.status, detail=exc.reason) if self.state != "cancelling" \
                 else self._end(self._cancel_reason, detail=self._cancel_detail)
+        early = self._early.get(dialog.remote_tag)
+        if early is not None:  # our PRACKs used numbers of this dialog already (RFC 3261 12.2.1.1)
+            dialog.local_seq = max(dialog.local_seq, early[0].local_seq)
         self.dialog = dialog
         self._ring_deadline = self._cancel_deadline = None
         ack = dialog.create_ack(self.invite, self.config.via_sent_by, self.config.transport)
@@ -994,6 +1018,32 @@ class CallCore:
         self._forks[tag] = (fork, ack)
         logger.info("call %s: another branch answered too (To tag %r): ACK and BYE", self.call_id, tag[:40])
         return [EndFork(fork, ack, bye)]
+
+    def _prack(self, response: SipResponse) -> SendRequest | None:
+        """The PRACK of a reliable 18x to our INVITE (RFC 3262 7.2), in the early dialog of its branch; None for a
+        retransmission of one PRACKed already (its PRACK's own transaction resends it), or an 18x without a
+        usable RSeq, To tag or Contact (the far end then fails the INVITE by itself)."""
+        rseq_text = (response.headers.get("RSeq") or "").strip()
+        rseq = int(rseq_text) if _RSEQ.fullmatch(rseq_text) else 0
+        tag = response.to_addr.tag or ""
+        known = self._early.get(tag)
+        if not 0 < rseq < 2**31 or (known is None and len(self._early) >= MAX_FORKS):
+            logger.info("call %s: a reliable %d we cannot PRACK (RSeq %r)", self.call_id, response.status,
+                        rseq_text[:20])
+            return None
+        if known is not None and rseq <= known[1]:
+            return None
+        try:
+            early = known[0] if known is not None else self._dialog_of(response)
+        except SipParseError as exc:
+            logger.info("call %s: a reliable %d we cannot PRACK: %s", self.call_id, response.status, exc.reason)
+            return None
+        self._early[tag] = (early, rseq)
+        rack = ("RAck", f"{rseq} {self.invite.cseq.seq} INVITE")
+        request = early.create_request("PRACK", self.config.via_sent_by, self.config.transport,
+                                       extra=[rack, ("User-Agent", self.config.user_agent)])
+        self._sent[(request.cseq.seq, "PRACK")] = _Sent("prack", extra=(rack,))
+        return SendRequest(request)
 
     def _dialog_of(self, response: SipResponse) -> Dialog:
         """The dialog a 2xx to our INVITE makes (RFC 3261 12.1.2), or SipParseError when it cannot carry our
@@ -1131,7 +1181,7 @@ class CallCore:
         headers.add("CSeq", str(CSeq(seq, "INVITE")))
         headers.add("Contact", self.config.local_contact)
         headers.add("Allow", ALLOW)
-        headers.add("Supported", UAC_SUPPORTED)
+        headers.add("Supported", f"{UAC_SUPPORTED}, 100rel" if self._offers_100rel else UAC_SUPPORTED)
         headers.add("User-Agent", self.config.user_agent)
         for name, value in [*auth, *self._extra]:
             headers.add(name, value)

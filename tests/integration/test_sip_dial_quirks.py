@@ -1,7 +1,8 @@
 """Placing calls against what real PBXs answer (SIPp plays Asterisk, FreeSWITCH, a forking proxy or a broken
 gateway on 127.0.0.1): early media from one branch and the answer from another, a redirect (not followed), a
-reliable 183 we never allowed, a 200 without SDP, a 503 with Retry-After, and a far end that never answers
-the INVITE our CANCEL ended. The user agent dials directly (no registrar): the scenario is the far end.
+reliable 183 we never allowed, Asterisk requiring 100rel (421, then PRACKs), a 200 without SDP, a 503 with
+Retry-After, and a far end that never answers the INVITE our CANCEL ended. The user agent dials directly (no
+registrar): the scenario is the far end.
 """
 
 from __future__ import annotations
@@ -93,6 +94,23 @@ def test_a_reliable_183_we_did_not_allow_cancels_the_call(tmp_path: Path) -> Non
     result = against("uas_quirk_100rel.xml", tmp_path, test)
     assert result.returncode == 0, result.failed()
     assert "\nPRACK " not in result.messages
+
+
+def test_asterisk_requiring_100rel_is_called_again_with_it_and_every_reliable_18x_pracked(tmp_path: Path) -> None:
+    """100rel=required on the agent's endpoint: 421, then the INVITE offering 100rel, a PRACK for each reliable
+    18x (SIPp checks the RAck), the 183's SDP as the answer (the 200 carries none), and a BYE after the PRACKs."""
+    async def test(ua: UserAgent, target: str, media_port: int) -> None:
+        progress: list[int] = []
+        call = await ua.dial(target, rtp_port=free_port(), ring_timeout=10,
+                             on_progress=lambda status, media: progress.append(status))
+        assert progress == [180, 183]
+        assert call.media is not None and call.media.remote_port == media_port
+        await call.hangup()
+        assert call.end_reason == "local-bye"
+
+    result = against("uas_asterisk_100rel_required.xml", tmp_path, test)
+    assert result.returncode == 0, result.failed()
+    assert invites(result) == 2 and result.messages.count("\nPRACK sip:") == 2, result.messages[-3000:]
 
 
 def test_a_200_without_sdp_is_acked_then_byed(tmp_path: Path) -> None:

@@ -178,6 +178,58 @@ def test_a_reliable_18x_when_we_did_not_offer_100rel_cancels_the_call() -> None:
     assert sent(actions) == ["ACK", "BYE"] and "requires 100rel" in the_end(actions).detail
 
 
+def test_asterisk_requiring_100rel_gets_the_invite_again_with_it_and_our_prack_for_each_reliable_18x() -> None:
+    """Asterisk with 100rel=required refuses an INVITE without 100rel: 421 with Require: 100rel. The INVITE goes
+    again (next CSeq, new branch) offering it; each reliable 18x gets one PRACK in its branch's early dialog
+    (RAck: RSeq, the INVITE's CSeq), its copies none; the 2xx's dialog numbers its requests after the PRACKs."""
+    core, invite = place()
+    actions = core.receive_response(response(invite, 421, "Extension Required", tag="as0",
+                                             extra=("Require: 100rel",)), 0.1)
+    assert sent(actions) == ["INVITE"] and not only(actions, Ended)
+    again = next(a.request for a in actions if isinstance(a, SendRequest))
+    assert again.cseq.seq == invite.cseq.seq + 1 and again.branch != invite.branch
+    assert again.call_id == invite.call_id and again.from_addr.tag == invite.from_addr.tag
+    assert "100rel" in (again.headers.get("Supported") or "")
+    ringing = response(again, 180, "Ringing", extra=("Require: 100rel", "RSeq: 4711"))
+    actions = core.receive_response(ringing, 0.2)
+    assert sent(actions) == ["PRACK"] and only(actions, Progress) and core.state == "ringing"
+    prack = next(a.request for a in actions if isinstance(a, SendRequest))
+    assert prack.headers.get("RAck") == f"4711 {again.cseq.seq} INVITE"
+    assert prack.to_addr.tag == "as1" and prack.uri == "sip:2002@192.0.2.2:5060"
+    assert prack.cseq.seq == again.cseq.seq + 1
+    assert core.receive_response(ringing, 0.7) == []  # its copy: our PRACK's transaction resends that
+    progress = core.receive_response(response(again, 183, "Session Progress", body=sdp(6000),
+                                              extra=("Require: 100rel", "RSeq: 4712")), 0.8)
+    [second] = [a.request for a in progress if isinstance(a, SendRequest)]
+    assert second.headers.get("RAck") == f"4712 {again.cseq.seq} INVITE" and second.cseq.seq == prack.cseq.seq + 1
+    assert core.receive_response(response(prack, 200, cseq=f"{prack.cseq.seq} PRACK"), 0.9) == []
+    assert only(core.receive_response(response(again, 200, body=sdp()), 1.0), Established)
+    assert core.dialog is not None and core.dialog.local_seq == second.cseq.seq
+    [bye] = [a.request for a in core.hangup(2.0) if isinstance(a, SendRequest)]
+    assert bye.method == "BYE" and bye.cseq.seq == second.cseq.seq + 1
+
+
+def test_a_421_is_final_once_we_offer_100rel_and_for_any_other_extension() -> None:
+    core, invite = place()
+    actions = core.receive_response(response(invite, 421, "Extension Required", extra=("Require: foo",)), 0.1)
+    assert sent(actions) == [] and the_end(actions).status == 421
+    core, invite = place()
+    [retry] = [a.request for a in core.receive_response(
+        response(invite, 421, "Extension Required", extra=("Require: 100rel",)), 0.1) if isinstance(a, SendRequest)]
+    actions = core.receive_response(response(retry, 421, "Extension Required", extra=("Require: 100rel",)), 0.2)
+    assert sent(actions) == [] and the_end(actions).status == 421
+
+
+@pytest.mark.parametrize("rseq", ["", "0", "x", "99999999999"])
+def test_a_reliable_18x_without_a_usable_rseq_gets_no_prack(rseq: str) -> None:
+    core, invite = place()
+    [retry] = [a.request for a in core.receive_response(
+        response(invite, 421, "Extension Required", extra=("Require: 100rel",)), 0.1) if isinstance(a, SendRequest)]
+    extra = ("Require: 100rel", f"RSeq: {rseq}") if rseq else ("Require: 100rel",)
+    assert sent(core.receive_response(response(retry, 180, "Ringing", extra=extra), 0.2)) == []
+    assert core.state == "calling"
+
+
 # -- final refusals ------------------------------------------------------------------------------------
 
 
