@@ -78,6 +78,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 MAX_FORKS = 8  # other branches of one INVITE that answered too and get ACK + BYE
+# PRACKs one call of ours sends: a ring and a progress or two per branch; a far end sending reliable 18x with a
+# new RSeq each time would otherwise get a transaction (and its retransmissions) for every one.
+MAX_PRACKS = 16
 # A 2xx to our INVITE makes a dialog whose every request repeats its To tag and its Record-Route entries. Real
 # PBXs and proxies write tags of 8-40 characters and a handful of routes; a 10 KB tag or hundreds of routes
 # would be copied into each ACK, BYE and re-INVITE (past a UDP datagram): such a 2xx makes no dialog.
@@ -353,6 +356,7 @@ class CallCore:
         # UAC, when we offer 100rel: each branch's early dialog (to PRACK its reliable 18x in) and the RSeq of the
         # last one we PRACKed, by To tag (at most MAX_FORKS).
         self._early: dict[str, tuple[Dialog, int]] = {}
+        self._pracks = 0
         self._early_media_refused = False  # logged once
         # UAC: the last SDP of an unreliable 18x per To tag (at most MAX_FORKS), for a 2xx of that branch that
         # carries no answer of its own.
@@ -1033,12 +1037,19 @@ class CallCore:
             return None
         if known is not None and rseq <= known[1]:
             return None
+        if self._pracks >= MAX_PRACKS:
+            if self._pracks == MAX_PRACKS:
+                logger.warning("call %s: %d reliable provisional responses PRACKed: no more", self.call_id,
+                               MAX_PRACKS)
+            self._pracks += 1
+            return None
         try:
             early = known[0] if known is not None else self._dialog_of(response)
         except SipParseError as exc:
             logger.info("call %s: a reliable %d we cannot PRACK: %s", self.call_id, response.status, exc.reason)
             return None
         self._early[tag] = (early, rseq)
+        self._pracks += 1
         rack = ("RAck", f"{rseq} {self.invite.cseq.seq} INVITE")
         request = early.create_request("PRACK", self.config.via_sent_by, self.config.transport,
                                        extra=[rack, ("User-Agent", self.config.user_agent)])

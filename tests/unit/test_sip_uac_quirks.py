@@ -13,6 +13,7 @@ import pytest
 
 from sipagent.sip.auth import DigestCredentials
 from sipagent.sip.call import (
+    MAX_PRACKS,
     MAX_ROUTES,
     MAX_TAG_LENGTH,
     UAC_SUPPORTED,
@@ -429,3 +430,13 @@ def test_our_in_dialog_requests_do_not_offer_100rel_either() -> None:
         assert isinstance(action, SendRequest)
         supported = [o.strip() for o in (action.request.headers.get("Supported") or "").split(",")]
         assert "timer" in supported and "100rel" not in supported, action.request.method
+
+
+def test_a_far_end_flooding_reliable_18x_gets_at_most_max_pracks() -> None:
+    core, invite = place()
+    [retry] = [a.request for a in core.receive_response(
+        response(invite, 421, "Extension Required", extra=("Require: 100rel",)), 0.1) if isinstance(a, SendRequest)]
+    pracks = [sent(core.receive_response(response(retry, 183, "Session Progress",
+                                                  extra=("Require: 100rel", f"RSeq: {rseq}")), 0.2))
+              for rseq in range(1, 3 * MAX_PRACKS)]
+    assert sum(len(methods) for methods in pracks) == MAX_PRACKS and core.state == "ringing"
