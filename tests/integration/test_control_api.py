@@ -234,12 +234,20 @@ def test_a_silent_client_does_not_hold_the_listener() -> None:
     run(scenario)
 
 
+async def held_open(server: ControlServer, count: int) -> None:
+    """Until the server holds ``count`` connections: it takes and lets go of them a few turns of the loop after
+    the clients' connect and close (a sleep instead would be too short for a loop that stalls through it)."""
+    async with asyncio.timeout(5):
+        while len(server._writers) != count:
+            await asyncio.sleep(0.01)
+
+
 def test_stalled_connections_past_the_limit_are_turned_away_and_the_listener_recovers() -> None:
     async def scenario(server: ControlServer, dialer: Dialer, metrics: Metrics) -> None:
         server.max_connections = 3
         idle = [(await asyncio.open_connection("127.0.0.1", server.port))[1] for _ in range(3)]
         try:
-            await asyncio.sleep(0.05)  # the server has taken all three
+            await held_open(server, 3)  # the server has taken all three
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             try:
                 data = await asyncio.wait_for(reader.read(), 5)  # closed at once, without reading a request
@@ -249,7 +257,7 @@ def test_stalled_connections_past_the_limit_are_turned_away_and_the_listener_rec
         finally:
             for writer in idle:
                 writer.close()
-        await asyncio.sleep(0.05)
+        await held_open(server, 0)  # the server has seen them go
         status, _, _ = await request(server.port, "GET", "/v1/calls/abc")
         assert status == 404
 

@@ -202,8 +202,8 @@ async def _hold_and_resume(tmp_path: Path) -> None:
         # The model streams the rest of its greeting meanwhile (a little ahead of real time): it all waits.
         assert rig.bridge.media.buffered_ms >= queued + 1000, (queued, rig.bridge.media.buffered_ms)
         assert spy.between(held_at + 0.05, time.monotonic()) == 0, "the music reached the model"
+        resumed_at = time.monotonic()  # before the resume: the hold lasted at least from its 200 to here
         await caller.reinvite(direction="sendrecv")
-        resumed_at = time.monotonic()
         assert "\r\na=sendrecv\r\n" in caller.answers[-1]
         await rig.agent_turn(quiet_s=0.6)  # the rest of the greeting
         assert rig.bridge.state == "live"

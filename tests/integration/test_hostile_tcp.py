@@ -143,9 +143,9 @@ def test_an_idle_accepted_connection_is_closed_and_our_own_is_kept(loop: str) ->
         server = await asyncio.start_server(registrar, "127.0.0.1", 0)
         registrar_port = server.sockets[0].getsockname()[1]
         async with serving() as (transport, shed):
+            started = time.monotonic()  # before the connect: its idle time runs from the accept
             reader, writer = await connect(transport.local_address[1])
             transport.send(options(1), Peer("TCP", "127.0.0.1", registrar_port))  # a connection of ours
-            started = time.monotonic()
             assert await closed_by_server(reader, LIMITS.tcp_idle_s + 3) == b""
             assert time.monotonic() - started >= LIMITS.tcp_idle_s - 0.1
             assert shed == ["tcp-idle"]
@@ -298,8 +298,8 @@ def test_a_running_agent_over_tcp_sheds_a_slow_loris_surplus_connections_and_an_
     async def main() -> None:
         port = agent_over_tcp
         loris_reader, loris = await connect(port)
+        started = time.monotonic()  # before the write: the agent's clock for the message starts at its first byte
         loris.write(options(1)[:40])  # and never the rest
-        started = time.monotonic()
         held = [await connect(port) for _ in range(limits.tcp_connections_per_source - 1)]
         extra_reader, extra = await connect(port)
         assert await closed_by_server(extra_reader, 5) == b""  # one over the cap from one address

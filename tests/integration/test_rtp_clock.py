@@ -46,6 +46,9 @@ def test_every_stream_ticks_and_a_stall_is_skipped_not_burst() -> None:
         clock.register(broken)
         clock.start()
         await asyncio.sleep(0.3)
+        async with asyncio.timeout(5):  # five ticks each: 0.1 s, unless the process was descheduled meanwhile
+            while min(len(s.calls) for s in streams) < 5:
+                await asyncio.sleep(0.02)
         assert clock.streams == 6  # the failing stream was dropped, the others go on
         before = [len(s.calls) for s in streams]
         time.sleep(0.2)  # the loop stalls for ~10 periods

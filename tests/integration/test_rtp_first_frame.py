@@ -68,7 +68,7 @@ def test_first_frame_at_once_then_paced_then_home() -> None:
             home = clock.phase_of(ep)
             assert home is not None and home[0] == home[1]
             sent = 0
-            for _ in range(15):
+            for _ in range(40):  # usually done in about 5; tries a loaded machine spoils do not count
                 # Queue the reply 5-12 ms after a tick (the clock's next one is 8-15 ms away). On a loaded
                 # machine the sleep can overshoot until the next tick is due anyway: the clock then rightly
                 # keeps it (no early send), and that attempt proves nothing about the early path.
@@ -115,7 +115,7 @@ def test_first_frame_at_once_then_paced_then_home() -> None:
                     assert clock.phase_of(ep) == home  # idle again: back on its home phase
                 if sent == 5:
                     break
-            assert sent >= 3, f"the clock sent early only {sent} times in 15 tries"
+            assert sent >= 3, f"the clock sent early only {sent} times in 40 tries"
             assert clock.early_ticks == sent
             # The queue running dry for a frame in the middle of a reply is an underrun, not a pause: the
             # rest waits for the tick (the slack it gives), with no marker jump in the timing.

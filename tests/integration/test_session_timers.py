@@ -87,10 +87,14 @@ def reply(peer: ScriptedPeer, request: bytes, status: int, reason: str, extra: s
                f"{extra}{ctype}Content-Length: {len(body)}\r\n\r\n{body}").encode())
 
 
-async def call_up(peer: ScriptedPeer, calls: list[IncomingCall], extra: str = "", body: str | None = None) -> bytes:
-    """INVITE, 200, ACK: the agent's 200 OK."""
+async def call_up(peer: ScriptedPeer, calls: list[IncomingCall], extra: str = "", body: str | None = None,
+                  answered: list[float] | None = None) -> bytes:
+    """INVITE, 200, ACK: the agent's 200 OK. The loop time its arrival was seen is appended to ``answered``
+    (the session timer starts as the 200 goes out: the ACK and the call's confirmation come later)."""
     peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv") if body is None else body, extra=extra)
     ok = await peer.status(200, "INVITE")
+    if answered is not None:
+        answered.append(asyncio.get_running_loop().time())
     peer.ack(1, to_tag(ok))
     while not (calls and calls[0].state == "confirmed"):
         await asyncio.sleep(0.02)
@@ -151,22 +155,25 @@ def test_without_refreshes_the_agent_ends_the_call_before_the_interval_runs_out(
 
     async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
         loop = asyncio.get_running_loop()
-        ok = await call_up(peer, calls, extra=TIMER + "Session-Expires: 3;refresher=uac\r\n")
+        # 6 s: the session ends 4 s after each refresh, so each refresh below comes 2.8 s before that end
+        # (with 3 s, 0.8 s: a stalled test could refresh too late).
+        ok = await call_up(peer, calls, extra=TIMER + "Session-Expires: 6;refresher=uac\r\n")
         answered = loop.time()
         # A refresh by re-INVITE (with the same SDP) and one by UPDATE each restart the interval.
         await asyncio.sleep(1.2)
         peer.request("INVITE", 2, to_tag=to_tag(ok), body=OFFER.format(direction="sendrecv"),
-                     extra=TIMER + "Session-Expires: 3;refresher=uac\r\n")
-        assert header(await peer.status(200, "INVITE"), "Session-Expires") == "3;refresher=uac"
+                     extra=TIMER + "Session-Expires: 6;refresher=uac\r\n")
+        assert header(await peer.status(200, "INVITE"), "Session-Expires") == "6;refresher=uac"
         peer.ack(2, to_tag(ok))
         await asyncio.sleep(1.2)
-        peer.request("UPDATE", 3, to_tag=to_tag(ok), extra=TIMER + "Session-Expires: 3;refresher=uac\r\n")
+        peer.request("UPDATE", 3, to_tag=to_tag(ok), extra=TIMER + "Session-Expires: 6;refresher=uac\r\n")
         refreshed = await peer.status(200, "UPDATE")
         updated = loop.time()
-        assert header(refreshed, "Session-Expires") == "3;refresher=uac" and header(refreshed, "Require") == "timer"
-        bye = await peer.expect(requests(peer, "BYE"), timeout=4)
-        # 3 s - min(32, 3/3) after the last refresh: 2 s, where without refreshes it was 2 s after the answer.
-        assert 1.8 < loop.time() - updated < 2.5 and loop.time() - answered > 3.5
+        assert header(refreshed, "Session-Expires") == "6;refresher=uac" and header(refreshed, "Require") == "timer"
+        bye = await peer.expect(requests(peer, "BYE"), timeout=6)
+        # 6 s - min(32, 6/3) after the last refresh: 4 s (not the whole 6 s), where without refreshes it was
+        # 4 s after the answer (the refreshes came 2.4 s and more after it).
+        assert 3.6 < loop.time() - updated < 4.9 and loop.time() - answered > 5.2
         reply(peer, bye, 200, "OK")
         await asyncio.wait_for(calls[0].ended.wait(), 1)
         assert calls[0].end_reason == "session-expired"
@@ -181,12 +188,15 @@ def test_we_refresh_by_update_when_allowed_and_fall_back_to_reinvite_on_405() ->
 
     async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
         loop = asyncio.get_running_loop()
-        ok = await call_up(peer, calls, extra=TIMER + ALLOWS_UPDATE + "Session-Expires: 4;refresher=uas\r\n")
-        assert header(ok, "Session-Expires") == "4;refresher=uas" and header(ok, "Require") == "timer"
-        answered = loop.time()
-        update = await peer.expect(requests(peer, "UPDATE"), timeout=4)
-        assert 1.8 < loop.time() - answered < 2.5  # half the interval
-        assert header(update, "Session-Expires") == "4;refresher=uac" and "timer" in header(update, "Supported")
+        # 8 s: the refresh at 4 s, the session's end at 5.33 s. The 405, the re-INVITE and its 200 must all
+        # fit between the two (with 4 s, in 0.67 s: too tight for a stalled test).
+        answered: list[float] = []
+        ok = await call_up(peer, calls, extra=TIMER + ALLOWS_UPDATE + "Session-Expires: 8;refresher=uas\r\n",
+                           answered=answered)
+        assert header(ok, "Session-Expires") == "8;refresher=uas" and header(ok, "Require") == "timer"
+        update = await peer.expect(requests(peer, "UPDATE"), timeout=7)
+        assert 3.7 < loop.time() - answered[0] < 4.9  # half the interval (the end would be 5.33 s)
+        assert header(update, "Session-Expires") == "8;refresher=uac" and "timer" in header(update, "Supported")
         assert b"Content-Length: 0" in update and header(update, "Contact")
         reply(peer, update, 405, "Method Not Allowed", extra="Allow: INVITE, ACK, BYE\r\n")
         reinvite = await peer.expect(requests(peer, "INVITE"), timeout=2)
@@ -194,35 +204,36 @@ def test_we_refresh_by_update_when_allowed_and_fall_back_to_reinvite_on_405() ->
         # Our SDP unchanged: the o= line of our 200 OK, version and all (RFC 3264 8).
         assert re.search(rb"o=.*\r", reinvite).group(0) == re.search(rb"o=.*\r", ok).group(0)  # type: ignore[union-attr]
         answer = OFFER.format(direction="sendrecv")
-        reply(peer, reinvite, 200, "OK", extra=TIMER + "Session-Expires: 4;refresher=uac\r\n", body=answer)
+        reply(peer, reinvite, 200, "OK", extra=TIMER + "Session-Expires: 8;refresher=uac\r\n", body=answer)
         ack = await peer.expect(requests(peer, "ACK"), timeout=2)
         assert cseq(ack) == cseq(reinvite) and header(ack, "CSeq").endswith("ACK")
-        reply(peer, reinvite, 200, "OK", extra=TIMER + "Session-Expires: 4;refresher=uac\r\n", body=answer)
+        reply(peer, reinvite, 200, "OK", extra=TIMER + "Session-Expires: 8;refresher=uac\r\n", body=answer)
         assert cseq(await peer.expect(requests(peer, "ACK"), timeout=2)) == cseq(reinvite)  # a 2xx again: ACK again
-        second = await peer.expect(requests(peer, "INVITE"), timeout=4)  # the peer has shown it has no UPDATE
-        reply(peer, second, 200, "OK", extra="Session-Expires: 4;refresher=uac\r\n", body=answer)
+        second = await peer.expect(requests(peer, "INVITE"), timeout=7)  # the peer has shown it has no UPDATE
+        reply(peer, second, 200, "OK", extra="Session-Expires: 8;refresher=uac\r\n", body=answer)
         await peer.expect(requests(peer, "ACK"), timeout=2)
         assert calls[0].state == "confirmed"
 
-    run(scenario, answering(calls), session_expires=4, min_se=2)
+    run(scenario, answering(calls), session_expires=8, min_se=2)
 
 
 def test_a_caller_without_timers_gets_our_timer_refreshed_by_reinvite() -> None:
     calls: list[IncomingCall] = []
 
     async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        # 8 s: each re-INVITE at 4 s, 1.33 s before the session would end unanswered (with 4 s, 0.67 s).
         ok = await call_up(peer, calls)  # no Supported: timer, no Session-Expires, no UPDATE in Allow
-        assert header(ok, "Session-Expires") == "4;refresher=uas" and not header(ok, "Require")
-        reinvite = await peer.expect(requests(peer, "INVITE"), timeout=4)
-        assert header(reinvite, "Session-Expires") == "4;refresher=uac"
+        assert header(ok, "Session-Expires") == "8;refresher=uas" and not header(ok, "Require")
+        reinvite = await peer.expect(requests(peer, "INVITE"), timeout=7)
+        assert header(reinvite, "Session-Expires") == "8;refresher=uac"
         reply(peer, reinvite, 200, "OK", body=OFFER.format(direction="sendrecv"))  # says nothing of timers
         await peer.expect(requests(peer, "ACK"), timeout=2)
-        again = await peer.expect(requests(peer, "INVITE"), timeout=4)  # our keep-alive goes on
+        again = await peer.expect(requests(peer, "INVITE"), timeout=7)  # our keep-alive goes on
         assert cseq(again) > cseq(reinvite)
         reply(peer, again, 200, "OK", body=OFFER.format(direction="sendrecv"))
         await peer.expect(requests(peer, "ACK"), timeout=2)
 
-    run(scenario, answering(calls), session_expires=4, min_se=2)
+    run(scenario, answering(calls), session_expires=8, min_se=2)
 
 
 def test_our_refresh_retries_422_with_its_min_se_and_491_after_a_random_delay() -> None:
@@ -252,17 +263,19 @@ def test_a_refresh_answered_481_or_408_or_not_at_all_ends_the_call(answer: int |
     calls: list[IncomingCall] = []
 
     async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
-        await call_up(peer, calls, extra=TIMER + ALLOWS_UPDATE + "Session-Expires: 4;refresher=uas\r\n")
-        update = await peer.expect(requests(peer, "UPDATE"), timeout=4)
+        # 8 s: the refresh at 4 s, the session's end at 5.33 s; the answer to the refresh must come before
+        # that end to be the reason (with 4 s, within 0.67 s).
+        await call_up(peer, calls, extra=TIMER + ALLOWS_UPDATE + "Session-Expires: 8;refresher=uas\r\n")
+        update = await peer.expect(requests(peer, "UPDATE"), timeout=7)
         if answer is not None:
             reply(peer, update, answer, "Gone")
-        bye = await peer.expect(requests(peer, "BYE"), timeout=2)
+        bye = await peer.expect(requests(peer, "BYE"), timeout=4)
         reply(peer, bye, 200, "OK")
         await asyncio.wait_for(calls[0].ended.wait(), 2)
         # Unanswered, the refresh outlives the session (timer F is 32 s): the session's end comes first.
         assert calls[0].end_reason == ("refresh-failed" if answer else "session-expired")
 
-    run(scenario, answering(calls), session_expires=4, min_se=2)
+    run(scenario, answering(calls), session_expires=8, min_se=2)
 
 
 # -- UPDATE ------------------------------------------------------------------------------------------
@@ -325,15 +338,17 @@ def test_their_reinvite_crossing_our_refresh_reinvite_gets_491() -> None:
     calls: list[IncomingCall] = []
 
     async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        # 8 s: our re-INVITE at 4 s; theirs, its 491 and the 200 to ours come before the session's end at
+        # 5.33 s (with 4 s, within 0.67 s).
         ok = await call_up(peer, calls)  # no UPDATE in Allow: we refresh by re-INVITE
-        ours = await peer.expect(requests(peer, "INVITE"), timeout=4)
+        ours = await peer.expect(requests(peer, "INVITE"), timeout=7)
         peer.request("INVITE", 2, to_tag=to_tag(ok), body=OFFER.format(direction="sendrecv"))
         await peer.status(491, "INVITE")
         peer.ack(2, to_tag(ok))
         reply(peer, ours, 200, "OK", body=OFFER.format(direction="sendrecv"))
         await peer.expect(requests(peer, "ACK"), timeout=2)
 
-    run(scenario, answering(calls), session_expires=4, min_se=2)
+    run(scenario, answering(calls), session_expires=8, min_se=2)
 
 
 # -- 100rel ------------------------------------------------------------------------------------------
@@ -346,7 +361,7 @@ def test_require_100rel_gets_a_reliable_180_and_the_200_waits_for_its_prack() ->
                      extra="Require: 100rel\r\nSupported: 100rel, timer\r\n")
         ringing = await peer.status(180, "INVITE")
         assert header(ringing, "Require") == "100rel" and header(ringing, "RSeq").isdigit()
-        again = await peer.status(180, "INVITE", timeout=1.5)  # re-sent until PRACKed
+        again = await peer.status(180, "INVITE", timeout=3)  # re-sent until PRACKed (T1: 0.5 s)
         assert header(again, "RSeq") == header(ringing, "RSeq")
         tag, rseq = to_tag(ringing), int(header(ringing, "RSeq"))
         assert not [d for d in peer.seen if d.startswith(b"SIP/2.0 200")]  # no 200 before the PRACK

@@ -7,6 +7,7 @@ flows both ways), refuses (486: busy) or just rings (our CANCEL after the ring t
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import wave
 from pathlib import Path
@@ -264,10 +265,13 @@ def test_a_dial_finding_its_first_hop_counts_as_a_call() -> None:
     asyncio.run(scenario())
 
 
-def test_a_second_phone_answering_the_same_invite_is_acked_and_hung_up(tmp_path: Path) -> None:
+def test_a_second_phone_answering_the_same_invite_is_acked_and_hung_up(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """A ring group behind a forking proxy (SIPp plays both phones): two 2xx with different To tags. The
     call takes the first; the second gets its ACK and a BYE at once, instead of resending its 2xx for
     32 s to a caller who never answers it; then our hang-up goes to the first."""
+    caplog.set_level(logging.INFO, logger="sipagent.sip.ua")
+
     async def scenario(target: str) -> None:
         ua = UserAgent(direct_settings(), _ignore)
         await ua.start()
@@ -276,7 +280,9 @@ def test_a_second_phone_answering_the_same_invite_is_acked_and_hung_up(tmp_path:
             call = await ua.dial(target, rtp_port=free_port(), ring_timeout=10)
             assert call.state == "confirmed" and call.core.dialog is not None
             assert call.core.dialog.remote_tag == "first1"  # the first phone's (SIPp's tag for call 1)
-            await asyncio.sleep(1.0)  # the second branch's ACK and BYE, and its 200
+            # The second branch's ACK and BYE, and its 200, before our hang-up of the first (SIPp wants them in
+            # that order): waited for, not slept on.
+            assert await wait_until(lambda: "the other branch's BYE answered 200" in caplog.text, 10), caplog.text
             assert call.state == "confirmed"
             await call.hangup()
             assert call.end_reason == "local-bye"
