@@ -36,6 +36,9 @@ from sipagent.realtime import events as ev
 MAX_SUMMARY_CHARS = 300
 HOLD_AHEAD_MS = 400  # hold audio queued ahead of the clock: topped up as it drains, never a gap
 JOIN_TIMEOUT_S = 20.0  # a REFER's 202 and final NOTIFY
+# How long the outcome of a REFER under way may take to reach the sequence once the caller's call has ended: the
+# call decides it as it ends (sipagent.sip.call TransferProgress), a few loop turns before the sequence hears.
+REFER_SETTLE_S = 1.0
 HOLD_MESSAGE_LIMIT_S = 15.0
 
 
@@ -131,6 +134,7 @@ class WarmTransfer:
         self.steps: list[str] = []  # what happened, in order (logs and tests)
         self._hold_pcm = b""
         self._hold_at = 0  # where the hold audio goes on from
+        self._referring = False  # a REFER of the join has been sent: the caller's end may be its success
 
     async def run(self, uri: str, team: str, summary: str) -> WarmOutcome:
         """The whole transfer; never leaves the human's call up. Cancelling it (the bridge ending) cleans up."""
@@ -138,12 +142,22 @@ class WarmTransfer:
         ended = asyncio.ensure_future(self.caller.ended.wait())
         try:
             await asyncio.wait({sequence, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not sequence.done() and self._referring:
+                # The caller's call ended during the join: perhaps by the very message that put them through (a
+                # PBX's BYE right behind the 202 to our REFER, our own BYE after its NOTIFY 200). The call set
+                # ``ended`` as it read it; the REFER's outcome, decided then too, reaches the sequence a few loop
+                # turns later. Which of the two wakes us first says nothing of what happened.
+                await asyncio.wait({sequence}, timeout=REFER_SETTLE_S)
             if sequence.done():
                 try:
-                    return sequence.result()
+                    outcome = sequence.result()
                 except Exception:  # a fault of ours (or an unexpected answer): the caller must not stay on hold
                     self.log.exception("warm transfer failed")
                     return WarmOutcome("failed", "the colleague could not be called")
+                if outcome.result in ("joined", "joined-blind") or not self.caller.ended.is_set():
+                    return outcome
+                # Not put through, and the caller is gone (a REFER that failed as the caller hung up): nobody is
+                # left to be told the transfer failed.
             self.steps.append("caller-gone")
             self.log.info("warm transfer: the caller hung up")
             return WarmOutcome("caller-gone")
@@ -184,6 +198,7 @@ class WarmTransfer:
         if self.caller.peer_supports("replaces"):
             self.log.info("warm transfer: joining the caller with %s by REFER with Replaces", human.call.call_id)
             self.steps.append("refer-replaces")
+            self._referring = True
             try:
                 joined = await self.caller.transfer_replacing(human.call, JOIN_TIMEOUT_S)
             except RuntimeError as exc:  # one of the calls is no longer up
@@ -205,6 +220,7 @@ class WarmTransfer:
         self.steps.append("refer-blind")
         if self.caller.ended.is_set():
             return WarmOutcome("caller-gone")
+        self._referring = True
         if await self.caller.transfer(uri, JOIN_TIMEOUT_S):
             self.steps.append("joined-blind")
             return WarmOutcome("joined-blind")

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 # How long ``hangup`` waits for the answer to its BYE or CANCEL: a peer that is there answers in milliseconds, and
 # a lost BYE has been sent three times by then (T1 0.5 s, doubling); the transaction itself goes on for 32 s.
 HANGUP_ANSWER_WAIT_S = 4.0
+EARLY_KEYS = 16  # keys kept for a call's first DTMF listener (a caller does not type more before the answer)
 
 
 class CallDriver(Protocol):
@@ -67,7 +68,8 @@ class CallFront:
         self.local_host = local_host
         self.media: NegotiatedMedia | None = None
         self.on_media_change: Callable[[NegotiatedMedia], None] | None = None
-        self.on_dtmf: Callable[[str, int], None] | None = None
+        self._on_dtmf: Callable[[str, int], None] | None = None
+        self._early_keys: list[tuple[str, int]] = []  # keys that came before anyone listened (EARLY_KEYS)
         self.on_hold: Callable[[bool], None] | None = None
         self.ended = asyncio.Event()
         self.end_reason = ""
@@ -76,6 +78,20 @@ class CallFront:
         self._settled = asyncio.Event()  # established or ended
         self._transfers: asyncio.Queue[TransferProgress] = asyncio.Queue()
         self._reoffered: asyncio.Future[ReofferAnswered] | None = None
+
+    @property
+    def on_dtmf(self) -> Callable[[str, int], None] | None:
+        return self._on_dtmf
+
+    @on_dtmf.setter
+    def on_dtmf(self, callback: Callable[[str, int], None] | None) -> None:
+        """The first listener also gets the keys that came before it: the layer above listens once ``answer``
+        has returned, and a key signalled right behind the ACK (read with it) comes before that."""
+        self._on_dtmf = callback
+        if callback is not None:
+            keys, self._early_keys = self._early_keys, []
+            for digit, duration in keys:
+                self._callback(callback, digit, duration)
 
     @property
     def state(self) -> str:
@@ -105,7 +121,11 @@ class CallFront:
         elif isinstance(event, Held):
             self._callback(self.on_hold, event.held)
         elif isinstance(event, Dtmf):
-            self._callback(self.on_dtmf, event.digit, event.duration)
+            if self._on_dtmf is None:
+                if len(self._early_keys) < EARLY_KEYS:
+                    self._early_keys.append((event.digit, event.duration))
+            else:
+                self._callback(self._on_dtmf, event.digit, event.duration)
         elif isinstance(event, TransferProgress):
             self._transfers.put_nowait(event)
         elif isinstance(event, ReofferAnswered):
@@ -271,7 +291,9 @@ class IncomingCall(CallFront):
         error = self.core.answer_error
         if error is not None:
             raise error
-        if self.media is None or self.ended.is_set():
+        # No ACK came: a CANCEL, or a BYE first. A BYE read right behind the ACK ends a call that was answered
+        # (uvloop reads both at once): its media is returned, and ``ended`` says the rest.
+        if self.media is None:
             raise CallAbandoned(f"the caller ended the call before its ACK ({self.end_reason})")
         logger.info("call %s: answered with %s, remote RTP %s:%s", self.call_id, self.media.codec,
                     self.media.remote_host, self.media.remote_port)

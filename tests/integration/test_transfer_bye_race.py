@@ -18,7 +18,8 @@ from sipagent.sip.ua import IncomingCall, UserAgent
 
 pytestmark = pytest.mark.timeout(30)
 
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop,
+# asyncio's own loop whatever the policy (a uvloop policy would make new_event_loop a uvloop one).
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.SelectorEventLoop,
                                                               "uvloop": uvloop.new_event_loop}
 
 
