@@ -270,6 +270,10 @@ class UserAgent:
             if settings.registrar and settings.username else [])
         self._lines = {account.name: _Line(account) for account in self.accounts}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Name lookups under way, by host: requests that need the same name wait for the one lookup, and go on in
+        # the order they asked (two lookups of their own could finish the other way round, and a dialog's NOTIFY
+        # 100 and 200 to a named Contact go out in the wrong CSeq order).
+        self._lookups: dict[str, asyncio.Future[list[str]]] = {}
         self._stopping = False
         # Why the last REGISTER got no answer, in plain words (a certificate problem, a refused connection);
         # None once registered. ``sipagent check --connect`` prints it.
@@ -366,8 +370,22 @@ class UserAgent:
         host = host.strip("[]")
         if _is_ip(host):
             return [host]
+        lookup = self._lookups.get(host)
+        if lookup is None:
+            lookup = self._lookups[host] = asyncio.ensure_future(self._lookup(host))
+            lookup.add_done_callback(lambda done: self._lookup_done(host, done))
+        return list(await asyncio.shield(lookup))  # a waiter cancelled does not cancel the others' lookup
+
+    @staticmethod
+    async def _lookup(host: str) -> list[str]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_DGRAM)
         return list(dict.fromkeys(normalise_ip(str(info[4][0])) for info in infos))
+
+    def _lookup_done(self, host: str, lookup: asyncio.Future[list[str]]) -> None:
+        if self._lookups.get(host) is lookup:
+            del self._lookups[host]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: every waiter may have been cancelled meanwhile
 
     async def _source_policy(self, registrar_addresses: list[str]) -> SourcePolicy:
         """Who may send us requests: the registrar's addresses, the outbound proxy's (the far end of a call we
