@@ -1,10 +1,16 @@
 """Fixtures starting real SIP peers on 127.0.0.1 (see peers.py); skipped when a binary is missing.
 
 scripts/setup --test installs kamailio and baresip, so on CI they are always there.
+
+The in-process tests run on the event loop the agent runs on (sipagent.agent.event_loop_factory): uvloop, unless
+SIPAGENT_EVENT_LOOP=asyncio. uvloop reads every datagram waiting in one go where asyncio reads one per loop turn,
+and what a peer sends back to back is then handled before the tasks the first message woke: tests on asyncio alone
+missed what that order does (a blind transfer counted as a hang-up). Tests that compare the two loops name theirs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +20,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import Kamailio, require, running_kamailio
+
+from sipagent.agent import event_loop_factory
+
+if event_loop_factory() is not None:
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ LOOPS = ["asyncio", "uvloop"]
 
 
 def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
-    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else None
+    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else asyncio.SelectorEventLoop
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main)
 

@@ -143,7 +143,7 @@ LOOPS = ["asyncio", "uvloop"]
 
 def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` on the stdlib loop or on uvloop (the agent's default): they fail sends differently."""
-    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else None
+    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else asyncio.SelectorEventLoop
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main)
 
