@@ -931,8 +931,8 @@ class CallCore:
                                                              "(PRACK), which we do not offer")]
             prack = self._prack(response)
             if prack is None:
-                return actions  # a copy of one we PRACKed already (or one we cannot PRACK): nothing new
-            actions.append(prack)
+                return actions  # a copy of one we PRACKed already, or past MAX_PRACKS: nothing new
+            actions += prack
         if self.state == "calling":  # a 183 after the 180, or the 180 a callee re-sends each minute: no change
             self._goto("ringing")
         media = None
@@ -1023,10 +1023,11 @@ class CallCore:
         logger.info("call %s: another branch answered too (To tag %r): ACK and BYE", self.call_id, tag[:40])
         return [EndFork(fork, ack, bye)]
 
-    def _prack(self, response: SipResponse) -> SendRequest | None:
-        """The PRACK of a reliable 18x to our INVITE (RFC 3262 7.2), in the early dialog of its branch; None for a
-        retransmission of one PRACKed already (its PRACK's own transaction resends it), or an 18x without a
-        usable RSeq, To tag or Contact (the far end then fails the INVITE by itself)."""
+    def _prack(self, response: SipResponse) -> list[CallAction] | None:
+        """The PRACK of a reliable 18x to our INVITE (RFC 3262 7.2), in the early dialog of its branch. None: the
+        18x is nothing new (a retransmission of one PRACKed already, whose PRACK's own transaction resends it; or
+        one past MAX_PRACKS). No action: an 18x without a usable RSeq, To tag or Contact, which is still progress
+        (the far end fails the INVITE by itself if it wants a PRACK)."""
         rseq_text = (response.headers.get("RSeq") or "").strip()
         rseq = int(rseq_text) if _RSEQ.fullmatch(rseq_text) else 0
         tag = response.to_addr.tag or ""
@@ -1034,7 +1035,7 @@ class CallCore:
         if not 0 < rseq < 2**31 or (known is None and len(self._early) >= MAX_FORKS):
             logger.info("call %s: a reliable %d we cannot PRACK (RSeq %r)", self.call_id, response.status,
                         rseq_text[:20])
-            return None
+            return []
         if known is not None and rseq <= known[1]:
             return None
         if self._pracks >= MAX_PRACKS:
@@ -1047,14 +1048,14 @@ class CallCore:
             early = known[0] if known is not None else self._dialog_of(response)
         except SipParseError as exc:
             logger.info("call %s: a reliable %d we cannot PRACK: %s", self.call_id, response.status, exc.reason)
-            return None
+            return []
         self._early[tag] = (early, rseq)
         self._pracks += 1
         rack = ("RAck", f"{rseq} {self.invite.cseq.seq} INVITE")
         request = early.create_request("PRACK", self.config.via_sent_by, self.config.transport,
                                        extra=[rack, ("User-Agent", self.config.user_agent)])
         self._sent[(request.cseq.seq, "PRACK")] = _Sent("prack", extra=(rack,))
-        return SendRequest(request)
+        return [SendRequest(request)]
 
     def _dialog_of(self, response: SipResponse) -> Dialog:
         """The dialog a 2xx to our INVITE makes (RFC 3261 12.1.2), or SipParseError when it cannot carry our
