@@ -7,14 +7,12 @@ uvloop ``answer`` raised it here: it looked at ``ended`` after its wait.)"""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from test_sip_direct import OFFER, ScriptedPeer, settings, to_tag
-from test_transfer_bye_race import LOOPS, run_on
+from loop_order import LOOPS, answered, scripted_call
+from test_sip_direct import ScriptedPeer
 
 from sipagent.errors import CallAbandoned
-from sipagent.sip.ua import IncomingCall, UserAgent
+from sipagent.sip.ua import IncomingCall
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -33,23 +31,10 @@ def test_a_bye_read_together_with_the_ack_ends_a_call_that_was_answered(loop: st
         await call.ended.wait()
         outcome.append(("ended", call.end_reason))
 
-    async def main() -> None:
-        ua = UserAgent(settings(codecs=["PCMU"]), on_call)
-        await ua.start()
-        peer = await ScriptedPeer.open(ua.local_address)
-        try:
-            peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
-            tag = to_tag(await peer.status(200, "INVITE"))
-            peer.ack(1, tag)
-            peer.request("BYE", 2, to_tag=tag)  # the same instant: both wait in the agent's socket together
-            await peer.status(200, "BYE")
-            for _ in range(100):
-                if len(outcome) == 2:
-                    break
-                await asyncio.sleep(0.02)
-        finally:
-            peer.close()
-            await ua.stop()
+    async def script(peer: ScriptedPeer) -> None:
+        tag = await answered(peer)
+        peer.request("BYE", 2, to_tag=tag)  # the same instant: both wait in the agent's socket together
+        await peer.status(200, "BYE")
 
-    run_on(LOOPS[loop], main())
+    scripted_call(loop, on_call, script, lambda: len(outcome) == 2)
     assert outcome == [("answered", "PCMU"), ("ended", "remote-bye")]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from bridge_helpers import bridge_config, call_rig
+from loop_order import LOOPS, run_on
 from test_sip_direct import OFFER, ScriptedPeer, to_tag
-from test_transfer_bye_race import LOOPS, run_on
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.mark.parametrize("loop", list(LOOPS))
 def test_a_key_signalled_by_info_right_behind_the_ack_reaches_the_call(loop: str, tmp_path: Path) -> None:
     keys: list[str] = []
-    run_on(LOOPS[loop], _key_behind_the_ack(tmp_path, keys))
+    run_on(loop, _key_behind_the_ack(tmp_path, keys))
     assert keys == ["5"]
 
 

@@ -13,13 +13,13 @@ import logging
 from typing import Any, cast
 
 import pytest
+from loop_order import LOOPS, answered, scripted_call
 from test_session_timers import reply
-from test_sip_direct import OFFER, ScriptedPeer, settings, to_tag
-from test_transfer_bye_race import LOOPS, run_on
+from test_sip_direct import ScriptedPeer
 
 from sipagent.bridge.settings import TransferConfig
 from sipagent.bridge.warm import WarmOutcome, WarmTransfer
-from sipagent.sip.ua import IncomingCall, UserAgent
+from sipagent.sip.ua import IncomingCall
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -84,28 +84,15 @@ def _warm_transfer(loop: str, pbx_bye_after_202: bool) -> tuple[WarmOutcome, str
         outcome = await warm.run(HUMAN, "sales", "")
         results.append((outcome, call.end_reason, warm.steps))
 
-    async def main() -> None:
-        ua = UserAgent(settings(codecs=["PCMU"]), on_call)
-        await ua.start()
-        peer = await ScriptedPeer.open(ua.local_address)
-        try:
-            peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
-            tag = to_tag(await peer.status(200, "INVITE"))
-            peer.ack(1, tag)
-            refer = await peer.expect(lambda data: data.startswith(b"REFER "), 5)
-            if pbx_bye_after_202:
-                reply(peer, refer, 202, "Accepted")
-            peer.request("BYE", 2, to_tag=tag)  # right behind the 202, or instead of any answer
-            await peer.status(200, "BYE")
-            for _ in range(150):
-                if results:
-                    break
-                await asyncio.sleep(0.02)
-        finally:
-            peer.close()
-            await ua.stop()
+    async def script(peer: ScriptedPeer) -> None:
+        tag = await answered(peer)
+        refer = await peer.expect(lambda data: data.startswith(b"REFER "), 5)
+        if pbx_bye_after_202:
+            reply(peer, refer, 202, "Accepted")
+        peer.request("BYE", 2, to_tag=tag)  # right behind the 202, or instead of any answer
+        await peer.status(200, "BYE")
 
-    run_on(LOOPS[loop], main())
+    scripted_call(loop, on_call, script, lambda: bool(results))
     assert results, "the warm transfer did not finish"
     return results[0]
 

@@ -6,21 +6,15 @@ the caller hanging up (and the model is told it failed)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import pytest
-import uvloop
+from loop_order import LOOPS, answered, scripted_call
 from test_session_timers import reply
-from test_sip_direct import OFFER, ScriptedPeer, settings, to_tag
+from test_sip_direct import ScriptedPeer
 
-from sipagent.sip.ua import IncomingCall, UserAgent
+from sipagent.sip.ua import IncomingCall
 
 pytestmark = pytest.mark.timeout(30)
-
-# asyncio's own loop whatever the policy (a uvloop policy would make new_event_loop a uvloop one).
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.SelectorEventLoop,
-                                                              "uvloop": uvloop.new_event_loop}
 
 
 @pytest.mark.parametrize("loop", list(LOOPS))
@@ -33,30 +27,12 @@ def test_a_bye_read_together_with_the_refers_202_ends_the_call_as_transferred(lo
             await asyncio.sleep(0.01)
         outcome.append((await call.transfer("sip:desk@127.0.0.1:5099", timeout=5), call.end_reason))
 
-    async def main() -> None:
-        ua = UserAgent(settings(codecs=["PCMU"]), on_call)
-        await ua.start()
-        peer = await ScriptedPeer.open(ua.local_address)
-        try:
-            peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
-            tag = to_tag(await peer.status(200, "INVITE"))
-            peer.ack(1, tag)
-            refer = await peer.expect(lambda data: data.startswith(b"REFER "), 5)
-            reply(peer, refer, 202, "Accepted")
-            peer.request("BYE", 2, to_tag=tag)  # the same instant: both wait in the agent's socket together
-            await peer.status(200, "BYE")
-            for _ in range(100):
-                if outcome:
-                    break
-                await asyncio.sleep(0.02)
-        finally:
-            peer.close()
-            await ua.stop()
+    async def script(peer: ScriptedPeer) -> None:
+        tag = await answered(peer)
+        refer = await peer.expect(lambda data: data.startswith(b"REFER "), 5)
+        reply(peer, refer, 202, "Accepted")
+        peer.request("BYE", 2, to_tag=tag)  # the same instant: both wait in the agent's socket together
+        await peer.status(200, "BYE")
 
-    run_on(LOOPS[loop], main())
+    scripted_call(loop, on_call, script, lambda: bool(outcome))
     assert outcome == [(True, "transferred")]
-
-
-def run_on(factory: Callable[[], asyncio.AbstractEventLoop], main: Coroutine[Any, Any, None]) -> None:
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
