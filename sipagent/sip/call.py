@@ -64,8 +64,8 @@ UAC_SUPPORTED_OPTIONS = frozenset(option.strip() for option in UAC_SUPPORTED.spl
 # A REFER whose outcome is still unknown blocks the next one this long (a second could transfer the caller
 # twice); past it, the far end is taken to have given up (Asterisk drops the transferor 60 s on).
 REFER_UNDECIDED_S = 120.0
-_CSEQ_NUMBER = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() takes "²", which int() refuses
-_RSEQ = re.compile(r"[0-9]{1,10}")
+# A CSeq or RSeq number: ASCII digits (str.isdigit() takes "²", which int() refuses).
+_SEQ_NUMBER = re.compile(r"[0-9]{1,10}")
 
 # Which state may follow which: every change of ``CallCore.state`` goes through this table.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -800,7 +800,7 @@ class CallCore:
             name, _, value = param.partition("=")
             if name.strip().lower() == "id":
                 value = value.strip()
-                return _CSEQ_NUMBER.fullmatch(value) is not None and int(value) in self._refer_seqs
+                return _SEQ_NUMBER.fullmatch(value) is not None and int(value) in self._refer_seqs
         return True
 
     def _on_refer(self, request: SipRequest, now: float) -> list[CallAction]:
@@ -1029,7 +1029,7 @@ class CallCore:
         one past MAX_PRACKS). No action: an 18x without a usable RSeq, To tag or Contact, which is still progress
         (the far end fails the INVITE by itself if it wants a PRACK)."""
         rseq_text = (response.headers.get("RSeq") or "").strip()
-        rseq = int(rseq_text) if _RSEQ.fullmatch(rseq_text) else 0
+        rseq = int(rseq_text) if _SEQ_NUMBER.fullmatch(rseq_text) else 0
         tag = response.to_addr.tag or ""
         known = self._early.get(tag)
         if not 0 < rseq < 2**31 or (known is None and len(self._early) >= MAX_FORKS):
