@@ -19,8 +19,17 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.
 
 
 def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
-    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        runner.run(main)
+    """Run ``main`` on the loop named ("asyncio" or "uvloop"). The stdlib loop runs under asyncio's own policy:
+    the uvloop policy the suite installs (conftest.py) has no child watcher, and an asyncio loop under it cannot
+    start a subprocess on Python 3.11."""
+    policy = asyncio.get_event_loop_policy()
+    if loop == "asyncio":
+        asyncio.set_event_loop_policy(None)
+    try:
+        with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+            runner.run(main)
+    finally:
+        asyncio.set_event_loop_policy(policy)
 
 
 async def answered(peer: ScriptedPeer) -> str:

@@ -21,8 +21,8 @@ def test_each_start_warning_names_the_file_line_and_key(tmp_path: Path, caplog: 
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     data = bridge_config_data(tmp_path, media={"srtp": "optional"}, recording={"dir": str(blocker / "rec")})
-    data["media"]["rtp_ports"] = data["media"]["rtp_ports"].split("-")[0] + "-" + str(
-        int(data["media"]["rtp_ports"].split("-")[0]) + 3)  # two calls' ports for sip.max_calls of 20
+    low = int(data["media"]["rtp_ports"].split("-")[0])
+    data["media"]["rtp_ports"] = f"{low}-{low + 3}"  # two calls' ports, fewer than sip.max_calls (20)
     text = yaml.safe_dump(data)
     config = load_config_text(text, "agent.yaml")
     lines = text.splitlines()

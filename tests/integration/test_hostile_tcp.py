@@ -13,12 +13,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
+from loop_order import run_on
 
 from sipagent.sip.message import SipRequest, SipResponse, build_response
 from sipagent.sip.transport import Peer, TcpTransport, TransportLimits
@@ -30,12 +30,6 @@ LIMITS = TransportLimits(max_message_bytes=4096, tcp_connections=5, tcp_connecti
                          tcp_idle_s=1.0, tcp_message_s=1.0)
 LONG_IDLE = replace(LIMITS, tcp_idle_s=60.0)  # for tests where idling out would add a shed event
 LOOPS = ["asyncio", "uvloop"]
-
-
-def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
-    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else asyncio.SelectorEventLoop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
 
 
 def options(n: int, body: bytes = b"", extra: str = "", transport: str = "TCP") -> bytes:

@@ -9,11 +9,12 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_order import run_on
 
 from sipagent.sip.message import SipRequest, SipResponse, build_response
 from sipagent.sip.tls import TlsSettings, client_context, server_context
@@ -24,12 +25,6 @@ pytestmark = pytest.mark.timeout(120)
 LIMITS = TransportLimits(max_message_bytes=4096, tcp_connections=5, tcp_connections_per_source=3,
                          tcp_idle_s=60.0, tcp_message_s=1.0)
 LOOPS = ["asyncio", "uvloop"]
-
-
-def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
-    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else asyncio.SelectorEventLoop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
 
 
 def options(n: int) -> bytes:

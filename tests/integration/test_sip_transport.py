@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+from loop_order import run_on
 
 from sipagent.observability import metrics
 from sipagent.sip.message import SipRequest, SipResponse, build_response
@@ -139,13 +139,6 @@ def test_trace_redacts_sdes_media_keys() -> None:
 
 
 LOOPS = ["asyncio", "uvloop"]
-
-
-def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on the stdlib loop or on uvloop (the agent's default): they fail sends differently."""
-    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else asyncio.SelectorEventLoop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
 
 
 # A Via naming a host, an impossible port or a NUL must never make send raise or close the socket.

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_order import run_on
 from test_hostile_tls import (
     LOOPS,
     caller_context,
     options,
-    run_on,
     serving,
     tls_connect,
 )
