@@ -60,7 +60,6 @@ SUPPORTED_OPTIONS = frozenset(option.strip() for option in SUPPORTED.split(","))
 # Only a far end that refuses the INVITE without it (421 with Require: 100rel: Asterisk's 100rel=required) gets
 # it again with 100rel, and its reliable 18x their PRACK (RFC 3262 4).
 UAC_SUPPORTED = "timer"
-UAC_SUPPORTED_OPTIONS = frozenset(option.strip() for option in UAC_SUPPORTED.split(","))
 # A REFER whose outcome is still unknown blocks the next one this long (a second could transfer the caller
 # twice); past it, the far end is taken to have given up (Asterisk drops the transferor 60 s on).
 REFER_UNDECIDED_S = 120.0
