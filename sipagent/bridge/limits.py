@@ -73,7 +73,9 @@ class CallLimits:
         limit = self.agent.max_call_s
         if limit <= 0:
             return
-        await asyncio.sleep(self.origin + limit - time.monotonic())
+        deadline = self.origin + limit
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(left)  # uvloop's millisecond timers may wake a little before it
         if self.state.closing is not None:
             return  # already saying goodbye
         self.log.info("the call reached agent.max_call_s (%.0f s): the agent says goodbye", limit)
