@@ -176,6 +176,7 @@ class CallMedia:
         # The parts themselves, not CallBridge's methods that forward to them: one call less per frame each
         # way (the bridge keeps one uplink and one downlink for the call; a codec change re-configures them).
         endpoint.on_frame = bridge.uplink.caller_frame
+        endpoint.on_gap = bridge.uplink.caller_gap
         endpoint.on_sent = bridge.downlink.frame_sent
         endpoint.on_dtmf = bridge.on_dtmf
         bridge.set_hold(media.on_hold, media.direction)

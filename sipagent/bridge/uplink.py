@@ -21,7 +21,15 @@ from sipagent.bridge.session import RealtimeSession
 from sipagent.bridge.state import CallState
 from sipagent.bridge.transcript import StereoRecorder
 from sipagent.media.dtmf_detect import ToneDetector
-from sipagent.media.kernel import CODEC_SILENCE, DecoderBatch, FrameDecoder, Resampler, alaw_encode, ulaw_encode
+from sipagent.media.kernel import (
+    CODEC_SILENCE,
+    FRAME_PAYLOAD_BYTES,
+    DecoderBatch,
+    FrameDecoder,
+    Resampler,
+    alaw_encode,
+    ulaw_encode,
+)
 from sipagent.media.vad import EchoAwareVad, VadSettings, mean_square_db
 from sipagent.realtime import events as ev
 
@@ -117,6 +125,34 @@ class Uplink:
         # Every 20 ms of every call: JSON text built without json.dumps (it was the bridge's largest cost),
         # written at once when nothing is queued before it (RealtimeLink.send_now), else behind what is.
         outbox = session.outbox
+        if not outbox.empty() or not link.send_now(text):
+            outbox.put_nowait(text.decode())
+
+    def caller_gap(self, payload: bytes) -> None:
+        """The jitter buffer's stand-in for a frame the caller's stream did not bring in time (lost, late, or
+        not sent in a silence): ``payload`` is the last frame again, or the codec's silence. G.711 takes it
+        as any frame. G.722's decoder is stateful, and a payload the far end's encoder never coded, decoded,
+        sets the two apart: a repeat came out up to 15 dB above the frames before it, and the voice detector
+        took the burst for the caller. So a G.722 gap is heard as silence (by the detector, the recording and
+        the model), with the decoder left as the last real frame left it; the key detector skips it, so a
+        key's tone is not cut in two."""
+        staging = self._staging
+        if staging is None:
+            self._heard(self.decoder.push(payload))
+            return
+        if self.decoder.pending:
+            staging.run()  # the frame before the gap is handled before it
+        vad = self.vad
+        speech = vad.caller_mean_square(0.0)
+        if self.recorder:
+            self.recorder.caller(bytes(6 * FRAME_PAYLOAD_BYTES))
+        if speech or vad.onset_ms or self.policy.paused:
+            self.on_sound(speech)
+        link = self.session.link
+        if link is None or self.state.name != "live" or not self.to_model:
+            return
+        text = self._silence_text(FRAME_PAYLOAD_BYTES)
+        outbox = self.session.outbox  # as in _heard
         if not outbox.empty() or not link.send_now(text):
             outbox.put_nowait(text.decode())
 

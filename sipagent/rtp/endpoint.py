@@ -53,7 +53,7 @@ from sipagent.media.clock import MediaClock
 from sipagent.media.dtmf_tones import ToneSender
 from sipagent.media.playout import PlayoutQueue
 from sipagent.rtp.dtmf import DtmfReceiver, DtmfSender
-from sipagent.rtp.jitter import JitterBuffer
+from sipagent.rtp.jitter import FrameKind, JitterBuffer
 from sipagent.rtp.latch import SourceLatch
 from sipagent.rtp.packet import HEADER, parse_media
 from sipagent.rtp.ports import BoundPair, PortAllocator
@@ -74,6 +74,9 @@ from sipagent.rtp.stats import ReceiveStats
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_TICK = 160  # 20 ms at the 8000 Hz RTP clock of PCMU, PCMA and (by RFC 3551's quirk) G.722
+# Datagrams a late tick reads from its socket before concealing (a 600 ms stall's frames and their RTCP):
+# bounded, so that a flooded port cannot hold up the clock.
+LATE_TICK_READS = 32
 Address = tuple[str, int]
 _pack_header = HEADER.pack  # (0x80, marker | payload type, sequence, timestamp, ssrc), as build_header
 
@@ -160,6 +163,9 @@ class RtpEndpoint:
         self.frame_bytes = len(silence)
         self._reframer = Reframer(silence)  # packets of 10, 30, 50 ms: cut into 20 ms frames
         self.on_frame = on_frame
+        # Given the jitter buffer's concealment frames (the last frame again, or silence) instead of on_frame,
+        # when set: a consumer with a stateful decoder (G.722) must not decode them as the far end's.
+        self.on_gap: Callable[[bytes], None] | None = None
         self.on_dtmf = on_dtmf
         # Told about each frame of ``playout`` put on the wire: (payload, is_audio); the payload is None for
         # a frame staged in the clock's batch, coded (and sent) with other calls' frames of the same tick.
@@ -574,11 +580,12 @@ class RtpEndpoint:
             else:
                 self._tick_eager(elapsed)
         else:
-            on_frame = self.on_frame
+            if elapsed > 1:
+                self._read_waiting()  # before the pulls below empty the buffer into concealment
             for _ in range(elapsed):
                 frame = self.jitter.pop()
-                if frame is not None and on_frame is not None:
-                    on_frame(frame[0])
+                if frame is not None:
+                    self._hand_on(*frame)
         if self._ticked:
             self._ts = (self._ts + SAMPLES_PER_TICK * elapsed) & 0xFFFFFFFF
         self._ticked = True
@@ -667,15 +674,46 @@ class RtpEndpoint:
         jitter = self.jitter
         if not jitter.started:
             return
+        played = jitter.stats.played
+        self._read_waiting()
+        if jitter.stats.played != played:
+            # The frames were here, waiting to be read: this tick was late (the loop stalled) or ran before
+            # this socket's turn. Taken now, as if they had come just before it: nothing is overdue.
+            self._overdue_ticks = 1
+            return
         for _ in range(elapsed):
             self._overdue_ticks += 1
             if self._overdue_ticks <= jitter.depth:
                 continue
             self._overdue_ticks = jitter.depth
             frame = jitter.pop()
-            if frame is not None and self.on_frame is not None:
-                self.on_frame(frame[0])
+            if frame is not None:
+                self._hand_on(*frame)
             self._deliver_ready()
+
+    def _hand_on(self, payload: bytes, kind: FrameKind) -> None:
+        if kind is not FrameKind.AUDIO and self.on_gap is not None:
+            self.on_gap(payload)
+        elif self.on_frame is not None:
+            self.on_frame(payload)
+
+    def _read_waiting(self) -> None:
+        """Take the datagrams already waiting on the RTP socket, before a late tick conceals frames that came
+        in time: after a stall the clock's timer can run before the reads (uvloop runs timers first), and a
+        tick that ``_on_readable`` runs goes before the other sockets' reads. For a stateful codec (G.722) a
+        frame concealed and then dropped as late also sets the decoder apart from the far end's encoder."""
+        sock = self._sock
+        for _ in range(LATE_TICK_READS):
+            try:
+                data, addr = sock.recvfrom(2048)
+            except ConnectionRefusedError:
+                continue  # ICMP port unreachable from an earlier send: what follows may be waiting still
+            except OSError:  # nothing waiting (EAGAIN), or the call closed the socket meanwhile
+                return
+            if len(data) >= 2 and data[0] >> 6 == 2 and 192 <= data[1] <= 223:  # RTCP: as in _on_readable
+                self._on_rtcp(data, addr[:2], sock)
+            else:
+                self._on_rtp(data, addr[:2])
 
     def _send_rtcp(self) -> None:
         dest = self._rtcp_dest

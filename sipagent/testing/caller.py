@@ -192,6 +192,7 @@ class SipCaller:
         self._endpoint = RtpEndpoint(self.clock, self.ports, bind_host=self.host, jitter_ms=40,
                                      silence=CODEC_SILENCE[self.codec], on_frame=self._on_frame,
                                      on_dtmf=lambda digit, ms: self.dtmf_heard.append((digit, ms)))
+        self._endpoint.on_gap = self._on_gap
         self._endpoint.playout = _ObservedPlayout(CODEC_SILENCE[self.codec], Decoder24k(self.codec), self.sent)
         try:
             call = await asyncio.wait_for(
@@ -269,10 +270,21 @@ class SipCaller:
     # ---------------------------------------------------------------- media
 
     def _on_frame(self, payload: bytes) -> None:
-        pcm = self._decoder.decode(payload)
+        self._hear(self._decoder.decode(payload), payload != CODEC_SILENCE[self.codec])
+
+    def _on_gap(self, payload: bytes) -> None:
+        # The jitter buffer's concealment. A phone's G.722 loss concealment does not decode a payload the far
+        # end never coded (that sets a stateful decoder apart from the encoder: bursts louder than what was
+        # sent, which the echo would carry back): silence stands in. G.711 plays the repeat.
+        if self.codec == "G722":
+            self._hear(bytes(FRAME_24K), False)
+        else:
+            self._on_frame(payload)
+
+    def _hear(self, pcm: bytes, audio: bool) -> None:
         self.heard.pcm += pcm
         self.heard.frame_times.append(time.monotonic())
-        if payload != CODEC_SILENCE[self.codec]:
+        if audio:
             self.heard.audio_frames += 1
             self.heard.last_audio_at = time.monotonic()
         if self._echo is not None:
@@ -290,8 +302,14 @@ class SipCaller:
         late = delay.popleft()
         if self.speaking:
             return
+        playout = self._endpoint.playout
+        if playout.frame_ready:
+            # A line returns its echo a fixed time late. After a stall the clock pulls the frames it missed in
+            # one tick but sends one packet: echo queued behind it would come later and later (past the
+            # agent's echo window), so the frame that could only go out late is dropped, as a line drops it.
+            return
         scaled = (np.frombuffer(late, dtype="<i2").astype(np.float32) * gain).astype("<i2").tobytes()
-        self._endpoint.playout.push(self._echo_encoder.encode(scaled))
+        playout.push(self._echo_encoder.encode(scaled))
 
     def play(self, pcm24k: bytes) -> float:
         """Queues 24 kHz PCM16 to be spoken; returns its duration in seconds."""

@@ -196,6 +196,40 @@ async def _echo(tmp_path: Path, delay_ms: int, mode: str) -> None:
     assert not backend_heard and not rig.entries("caller"), f"the backend took echo for speech: {backend_heard}"
 
 
+@pytest.mark.parametrize("mode", ["local", "server"])
+def test_echo_does_not_cut_the_agent_off_through_stalls_of_the_machine(tmp_path: Path, mode: str) -> None:
+    """A loaded machine stalls the event loop (here the agent's, the caller's and the backend's at once) for
+    tens of milliseconds: the ticks that follow are late, frames are concealed at both ends, and the echo
+    path must not turn that into something the agent takes for the caller. It did: G.722 concealment
+    decoded through the stateful decoder came out louder than the echo it stood in for."""
+    asyncio.run(_echo_through_stalls(tmp_path, mode))
+
+
+async def _echo_through_stalls(tmp_path: Path, mode: str) -> None:
+    config = bridge_config(tmp_path, agent={
+        "greeting": GREETING, "barge_in": {"mode": mode, "min_speech_ms": 200, "protect_greeting_ms": 0}})
+
+    async def stall_the_loop() -> None:
+        await rig.wait_for(lambda: loud_times(rig.caller), 20, "the greeting")
+        for stall_s in (0.05, 0.1, 0.15) * 4:
+            await asyncio.sleep(0.2)
+            time.sleep(stall_s)  # blocks the loop, as a busy machine does
+
+    async with call_rig(config) as rig:
+        rig.caller.set_echo(-20.0, 200)
+        stalls = asyncio.create_task(stall_the_loop())
+        try:
+            await rig.agent_turn(quiet_s=1.5)
+            await stalls
+        finally:
+            stalls.cancel()
+    interruptions = rig.entries("barge_in") + rig.entries("barge_in_pause") + rig.entries("barge_in_duck")
+    assert not interruptions, rig.summary()
+    assert [e["text"] for e in rig.entries("agent")] == [GREETING], rig.summary()
+    backend_heard = [e["type"] for e in rig.received if e["type"].startswith("input_audio_buffer.")]
+    assert not backend_heard and not rig.entries("caller"), f"the backend took echo for speech: {backend_heard}"
+
+
 class _ToolService(BaseHTTPRequestHandler):
     """A real webhook backend: /stock answers JSON, /broken fails with 500, /slow answers too late."""
 

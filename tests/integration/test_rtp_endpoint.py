@@ -627,6 +627,75 @@ def test_eager_endpoint_conceals_nothing_while_frames_keep_arriving_in_order() -
     asyncio.run(main())
 
 
+def test_a_late_tick_takes_the_frames_waiting_on_the_socket_before_concealing() -> None:
+    """After a stall of the agent's loop the clock's tick can run before the socket's read (uvloop runs
+    timers first): the frames that came in time are waiting there, and must be played, not concealed and
+    then dropped as late."""
+
+    async def main() -> None:
+        async with eager_endpoint(jitter_ms=60) as (_, peer, ep, got):
+            peer.send(ep.local_port, b"\x01" * 160)
+            await until(lambda: len(got) == 1)
+            for i in range(2, 6):  # 80 ms of a stall: four frames queue up in the socket, unread
+                peer.send(ep.local_port, bytes([i]) * 160)
+            ep.on_tick(4)  # the late tick, before the loop gets to the socket (no await since the sends)
+            assert [f[0] for f in got] == [1, 2, 3, 4, 5]
+            assert ep.stats().concealed == 0 and ep.stats().late == 0
+            for _ in range(2):  # taken as if they came just before the late tick: that tick counts as one
+                ep.on_tick(1)
+            assert len(got) == 5
+            ep.on_tick(1)
+            assert got[-1] == b"\x05" * 160 and ep.stats().concealed == 1
+
+    asyncio.run(main())
+
+
+def test_a_late_tick_of_a_listener_plays_the_frames_waiting_on_the_socket() -> None:
+    """The same for an endpoint that plays to a listener (one frame per tick after its pre-buffer)."""
+
+    async def main() -> None:
+        clock, peer = MediaClock(), Peer()
+        got: list[bytes] = []
+        ep = RtpEndpoint(clock, allocator(), bind_host=HOST, jitter_ms=40, silence=SIL, on_frame=got.append)
+        ep.set_remote(HOST, peer.port, 0)
+        try:
+            for i in range(1, 3):
+                peer.send(ep.local_port, bytes([i]) * 160)
+            await until(lambda: ep.jitter.buffered == 2)
+            ep.on_tick(1)
+            ep.on_tick(1)  # the pre-buffer: playout starts
+            assert [f[0] for f in got] == [1]
+            for i in range(3, 7):
+                peer.send(ep.local_port, bytes([i]) * 160)
+            ep.on_tick(4)
+            assert [f[0] for f in got] == [1, 2, 3, 4, 5] and ep.stats().concealed == 0
+        finally:
+            ep.close()
+            peer.close()
+
+    asyncio.run(main())
+
+
+def test_concealment_goes_to_on_gap_when_it_is_set() -> None:
+    """A consumer with a stateful decoder (the bridge's uplink, for G.722) takes the jitter buffer's stand-ins
+    apart from the far end's frames."""
+
+    async def main() -> None:
+        async with eager_endpoint(jitter_ms=40) as (_, peer, ep, got):
+            gaps: list[bytes] = []
+            ep.on_gap = gaps.append
+            peer.send(ep.local_port, b"\x01" * 160)
+            await until(lambda: len(got) == 1)
+            for _ in range(4):
+                ep.on_tick(1)  # two within the depth, then two concealed
+            assert got == [b"\x01" * 160] and gaps == [b"\x01" * 160, SIL]
+            peer.send(ep.local_port, b"\x04" * 160, ts=peer.ts + 2 * 160)
+            await until(lambda: len(got) == 2)
+            assert got[-1] == b"\x04" * 160
+
+    asyncio.run(main())
+
+
 def test_hold_with_an_unspecified_address_sends_nothing_and_takes_nothing() -> None:
     # c=0.0.0.0 (RFC 2543 hold): sending there would reach whatever listens on that port of this host.
     async def body(clock: MediaClock) -> None:
