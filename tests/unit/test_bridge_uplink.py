@@ -204,3 +204,46 @@ def test_a_frame_staged_before_a_codec_change_is_sent_as_its_own_codec_decoded_i
     expected = [ev.audio_append_json(Decoder24k("G722").decode(g722)),
                 ev.audio_append_json(Decoder24k("PCMU").decode(pcmu))]
     assert sent_texts(asyncio.run(run())) == expected
+
+
+@pytest.mark.parametrize(("codec", "batched"), [("G722", False), ("G722", True), ("PCMU", False)])
+def test_a_gap_in_the_caller_stream(codec: str, batched: bool) -> None:
+    """The jitter buffer's stand-ins for a lost frame (the last payload once more, then silence). G.711 decodes
+    them as any frame. G.722 hears them as silence, never through its stateful decoder, and decodes the frames
+    after the loss from a fresh state (carried on, its adaptation is off by what the lost frames taught the
+    far end's encoder)."""
+    payloads = Encoder24k(codec).encode(speech(-14, 24000, 7))
+    frames = [payloads[160 * i : 160 * (i + 1)] for i in range(len(payloads) // 160)]
+    lost = range(20, 23)  # three frames lost in the middle of speech
+    batch = DecoderBatch() if batched else None
+    scheduled: list[Callable[[], None]] = []
+    if batch is not None:
+        batch.schedule = scheduled.append
+    levels: list[float] = []
+
+    async def run() -> bytes:
+        bridge, _, wire = live_bridge(codec, "pcm16", batch)
+        for i, frame in enumerate(frames):
+            if i in lost:
+                bridge.uplink.caller_gap(frames[19] if i == 20 else CODEC_SILENCE[codec])
+            else:
+                bridge.uplink.caller_frame(frame)
+            for run in scheduled:
+                run()
+            scheduled.clear()
+            levels.append(bridge.uplink.vad.last_level_db)
+        return bytes(wire.data)
+
+    texts = sent_texts(asyncio.run(run()))
+    decoder = Decoder24k(codec)
+    expected = []
+    for i, frame in enumerate(frames):
+        if i in lost and codec == "G722":
+            expected.append(ev.audio_append_json(bytes(960)))
+            decoder = Decoder24k(codec)  # what comes after is decoded afresh
+            continue
+        stand_in = frames[19] if i == 20 else CODEC_SILENCE[codec]
+        expected.append(ev.audio_append_json(decoder.decode(stand_in if i in lost else frame)))
+    assert texts == expected
+    if codec == "G722":
+        assert [levels[i] for i in lost] == [-96.0] * 3  # silence to the voice detector
