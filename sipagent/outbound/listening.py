@@ -23,6 +23,7 @@ class FrameSource(Protocol):
     """Where the called party's frames come from (sipagent.rtp.endpoint.RtpEndpoint)."""
 
     on_frame: Callable[[bytes], None] | None
+    on_gap: Callable[[bytes], None] | None  # the jitter buffer's concealment frames, when set
 
 
 class EndedCall(Protocol):
@@ -59,28 +60,50 @@ async def listen_for_machine(call: EndedCall, source: FrameSource, answer: Outbo
 
     Past the deadline: a machine already heard gets its message (or is hung up on), anything else is
     taken for a person. A call that ended meanwhile gets "hang_up" (nothing more to do on it). ``source``'s
-    ``on_frame`` is left as it was found."""
+    ``on_frame`` and ``on_gap`` are left as they were found.
+
+    A gap in the stream (a lost frame, or none sent in a silence) is heard as silence with G.722, and the
+    frames after it are decoded from a fresh state: its decoder is stateful, and decoding a stand-in the far
+    end never coded, or carrying on across a loss, can come out louder than anything that was said
+    (sipagent.bridge.uplink.Uplink.caller_gap), which the detector would measure as speech."""
     if answer.decision is not None:
         return answer.decision
     decided: asyncio.Future[AnswerDecision] = asyncio.get_running_loop().create_future()
     decode = frame_decoder(codec)
+    stateful = codec.upper() == "G722"
+    gap_pcm = bytes(2 * frame_rate(codec) // 50)  # 20 ms of silence at the detector's rate
+    in_gap = False
     started = clock()
-    previous = source.on_frame
+    previous, previous_gap = source.on_frame, source.on_gap
 
-    def on_frame(payload: bytes) -> None:
+    def feed(pcm: bytes) -> None:
         if decided.done():
             return
-        decision = answer.feed(decode(payload), clock() - started)
+        decision = answer.feed(pcm, clock() - started)
         if decision is not None:
             decided.set_result(decision)
 
-    source.on_frame = on_frame
+    def on_frame(payload: bytes) -> None:
+        nonlocal in_gap
+        in_gap = False
+        feed(decode(payload))
+
+    def on_gap(payload: bytes) -> None:
+        nonlocal decode, in_gap
+        if not stateful:
+            on_frame(payload)
+            return
+        if not in_gap:
+            in_gap, decode = True, frame_decoder(codec)
+        feed(gap_pcm)
+
+    source.on_frame, source.on_gap = on_frame, on_gap
     ended: asyncio.Future[bool] = asyncio.ensure_future(call.ended.wait())
     waits: set[asyncio.Future[AnswerDecision] | asyncio.Future[bool]] = {decided, ended}
     try:
         await asyncio.wait(waits, timeout=deadline_s(answer), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        source.on_frame = previous
+        source.on_frame, source.on_gap = previous, previous_gap
         ended.cancel()
     if decided.done():
         return decided.result()

@@ -12,13 +12,14 @@ import pytest
 
 from sipagent.bridge.settings import AnsweringMachineConfig
 from sipagent.media.kernel import G722Encoder, alaw_encode, ulaw_encode
-from sipagent.outbound.answer import OutboundAnswer
+from sipagent.outbound.answer import AnswerDecision, OutboundAnswer
 from sipagent.outbound.listening import deadline_s, frame_decoder, frame_rate, listen_for_machine
 
 
 class Source:
     def __init__(self) -> None:
         self.on_frame: Callable[[bytes], None] | None = None
+        self.on_gap: Callable[[bytes], None] | None = None
 
 
 class Call:
@@ -101,3 +102,52 @@ def test_detection_off_decides_without_listening() -> None:
     answer = OutboundAnswer(AnsweringMachineConfig(detect=False), {})
     decision = asyncio.run(listen_for_machine(Call(), source, answer, "PCMU"))
     assert decision.action == "converse" and source.on_frame is None
+
+
+class Kept(OutboundAnswer):
+    """The detector, keeping every frame it is fed."""
+
+    def __init__(self) -> None:
+        super().__init__(AnsweringMachineConfig(timeout_s=5.0), {})
+        self.fed: list[bytes] = []
+
+    def feed(self, pcm: bytes, at: float) -> AnswerDecision | None:
+        self.fed.append(pcm)
+        return super().feed(pcm, at)
+
+
+@pytest.mark.parametrize("codec", ["G722", "PCMU"])
+def test_a_gap_in_the_stream_is_silence_with_g722_and_the_frames_after_it_decode_afresh(codec: str) -> None:
+    async def scenario() -> None:
+        source, call = Source(), Call()
+        answer = Kept()
+        rate = frame_rate(codec)
+        pcm = tone(0.4, rate, hz=300.0)
+        frame_bytes = 2 * rate // 50
+        if codec == "G722":
+            encoder = G722Encoder()
+            payloads = [encoder.encode(pcm[i:i + frame_bytes]) for i in range(0, len(pcm), frame_bytes)]
+        else:
+            payloads = [ulaw_encode(pcm[i:i + frame_bytes]) for i in range(0, len(pcm), frame_bytes)]
+        listening = asyncio.ensure_future(listen_for_machine(call, source, answer, codec))
+        await asyncio.sleep(0)
+        assert source.on_frame is not None and source.on_gap is not None
+        for i, payload in enumerate(payloads):
+            if i in (8, 9):  # two frames lost: the last one repeated, then silence
+                source.on_gap(payloads[7] if i == 8 else b"\xff" * 160)
+            else:
+                source.on_frame(payload)
+        call.ended.set()
+        await listening
+        assert source.on_frame is None and source.on_gap is None  # as they were found
+        decode = frame_decoder(codec)
+        expected = []
+        for i, payload in enumerate(payloads):
+            if codec == "G722" and i in (8, 9):
+                expected.append(bytes(frame_bytes))
+                decode = frame_decoder(codec)  # afresh after the gap
+            else:
+                expected.append(decode(payload if i not in (8, 9) else payloads[7] if i == 8 else b"\xff" * 160))
+        assert answer.fed == expected
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
