@@ -178,6 +178,7 @@ class RtpEndpoint:
         # frame per tick after a pre-buffer, for playout to a listener.
         self.eager = eager
         self._overdue_ticks = 0
+        self._played_at_gap = -1  # the jitter buffer's played count at the last concealment (eager)
         self.rx_stats = ReceiveStats()
         self._ports = ports
         self.local_port, self._sock, self._rtcp_sock = sockets if sockets is not None else ports.bind_pair(bind_host)
@@ -675,12 +676,13 @@ class RtpEndpoint:
         if not jitter.started:
             return
         played = jitter.stats.played
-        self._read_waiting()
-        if jitter.stats.played != played:
-            # The frames were here, waiting to be read: this tick was late (the loop stalled) or ran before
-            # this socket's turn. Taken now, as if they had come just before it: nothing is overdue.
-            self._overdue_ticks = 1
-            return
+        if elapsed > 1 or played != self._played_at_gap:  # a late tick, or a gap's first: not every silent tick
+            self._read_waiting()
+            if jitter.stats.played != played:
+                # The frames were here, waiting to be read: this tick was late (the loop stalled) or ran
+                # before this socket's turn. Taken now, as if they had come just before it: nothing is overdue.
+                self._overdue_ticks = 1
+                return
         for _ in range(elapsed):
             self._overdue_ticks += 1
             if self._overdue_ticks <= jitter.depth:
@@ -689,6 +691,7 @@ class RtpEndpoint:
             frame = jitter.pop()
             if frame is not None:
                 self._hand_on(*frame)
+            self._played_at_gap = jitter.stats.played
             self._deliver_ready()
 
     def _hand_on(self, payload: bytes, kind: FrameKind) -> None:
@@ -710,10 +713,15 @@ class RtpEndpoint:
                 continue  # ICMP port unreachable from an earlier send: what follows may be waiting still
             except OSError:  # nothing waiting (EAGAIN), or the call closed the socket meanwhile
                 return
-            if len(data) >= 2 and data[0] >> 6 == 2 and 192 <= data[1] <= 223:  # RTCP: as in _on_readable
-                self._on_rtcp(data, addr[:2], sock)
-            else:
-                self._on_rtp(data, addr[:2])
+            try:
+                if len(data) >= 2 and data[0] >> 6 == 2 and 192 <= data[1] <= 223:  # RTCP: as in _on_readable
+                    self._on_rtcp(data, addr[:2], sock)
+                else:
+                    self._on_rtp(data, addr[:2])
+            except Exception:
+                # Read by the loop, a datagram's failure is the loop's to log; in a tick it would stop the
+                # clock serving this stream.
+                log.exception("rtp %s: handling a datagram failed", self.local_port)
 
     def _send_rtcp(self) -> None:
         dest = self._rtcp_dest

@@ -275,7 +275,8 @@ class SipCaller:
     def _on_gap(self, payload: bytes) -> None:
         # The jitter buffer's concealment. A phone's G.722 loss concealment does not decode a payload the far
         # end never coded (that sets a stateful decoder apart from the encoder: bursts louder than what was
-        # sent, which the echo would carry back): silence stands in. G.711 plays the repeat.
+        # sent, which the echo would carry back): silence stands in. G.711 plays the repeat. The decoder then
+        # carries on as a plain phone's does (the agent's uplink starts afresh after a gap).
         if self.codec == "G722":
             self._hear(bytes(FRAME_24K), False)
         else:

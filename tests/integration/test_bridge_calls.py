@@ -196,16 +196,19 @@ async def _echo(tmp_path: Path, delay_ms: int, mode: str) -> None:
     assert not backend_heard and not rig.entries("caller"), f"the backend took echo for speech: {backend_heard}"
 
 
-@pytest.mark.parametrize("mode", ["local", "server"])
-def test_echo_does_not_cut_the_agent_off_through_stalls_of_the_machine(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "phone_decodes_gaps"), [("local", False), ("server", False), ("local", True)])
+def test_echo_does_not_cut_the_agent_off_through_stalls_of_the_machine(tmp_path: Path, mode: str,
+                                                                       phone_decodes_gaps: bool) -> None:
     """A loaded machine stalls the event loop (here the agent's, the caller's and the backend's at once) for
     tens of milliseconds: the ticks that follow are late, frames are concealed at both ends, and the echo
     path must not turn that into something the agent takes for the caller. It did: G.722 concealment
-    decoded through the stateful decoder came out louder than the echo it stood in for."""
-    asyncio.run(_echo_through_stalls(tmp_path, mode))
+    decoded through the stateful decoder came out louder than the echo it stood in for.
+    ``phone_decodes_gaps``: the phone conceals as many do, decoding the repeat (its echo then carries
+    what that made of it); without it, its echo delay grew a frame per stall and left the agent's window."""
+    asyncio.run(_echo_through_stalls(tmp_path, mode, phone_decodes_gaps))
 
 
-async def _echo_through_stalls(tmp_path: Path, mode: str) -> None:
+async def _echo_through_stalls(tmp_path: Path, mode: str, phone_decodes_gaps: bool) -> None:
     config = bridge_config(tmp_path, agent={
         "greeting": GREETING, "barge_in": {"mode": mode, "min_speech_ms": 200, "protect_greeting_ms": 0}})
 
@@ -217,6 +220,9 @@ async def _echo_through_stalls(tmp_path: Path, mode: str) -> None:
 
     async with call_rig(config) as rig:
         rig.caller.set_echo(-20.0, 200)
+        if phone_decodes_gaps:
+            assert rig.caller._endpoint is not None
+            rig.caller._endpoint.on_gap = None  # its concealment goes through its decoder, as a frame
         stalls = asyncio.create_task(stall_the_loop())
         try:
             await rig.agent_turn(quiet_s=1.5)
