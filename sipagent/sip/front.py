@@ -18,6 +18,7 @@ from sipagent.errors import CallAbandoned, SipParseError
 from sipagent.sdp import NegotiatedMedia, SessionDescription
 from sipagent.sip.bodies import replaces_header
 from sipagent.sip.call import (
+    REFER_UNDECIDED_S,
     CallAction,
     CallCore,
     Dtmf,
@@ -178,11 +179,15 @@ class CallFront:
         result = await self._reoffered
         return result.status, result.answer
 
-    async def transfer(self, target: str, timeout: float = 30) -> bool:
-        """Blind transfer with REFER; True when the target answered (NOTIFY sipfrag with a 2xx).
+    async def transfer(self, target: str, timeout: float = REFER_UNDECIDED_S) -> bool:
+        """Blind transfer with REFER; True when the target answered (NOTIFY sipfrag with a 2xx), or the far end
+        ended our leg after accepting the REFER (``end_reason`` "transferred" either way: the caller is where
+        the REFER sent them). On failure the call goes on.
 
-        On success the call is ended with BYE and ``end_reason`` "transferred"; on failure it goes on.
-        """
+        The wait is as long as a REFER stays undecided (2 minutes), not a ring's length: a PBX reports the
+        outcome when the target answers (Asterisk sends its 200 only once audio reaches the caller: from a
+        queue without music, when a person answers), and by then the caller has long left our leg. Told of a
+        failure at 30 s, the model went on talking to an empty line."""
         if self.state != "confirmed":
             raise RuntimeError(f"cannot transfer a call in state {self.state}")
         try:

@@ -22,7 +22,7 @@ class StubCallLeg:
         self.end_reason = "agent-hangup"
         self.ended.set()
 
-    async def transfer(self, target: str, timeout: float = 30) -> bool:
+    async def transfer(self, target: str, timeout: float = 120.0) -> bool:
         return False
 
     async def transfer_replacing(self, other: Any, timeout: float = 30) -> bool:

@@ -115,13 +115,13 @@ def to_tag(response: bytes) -> str:
 
 
 def run(scenario: Callable[[UserAgent, ScriptedPeer], Awaitable[None]], on_call: Callable[[IncomingCall],
-        Awaitable[None]], **overrides: object) -> None:
+        Awaitable[None]], limit_s: float = 30, **overrides: object) -> None:
     async def main() -> None:
         ua = UserAgent(settings(**overrides), on_call, on_refused=REFUSED.append)
         await ua.start()
         peer = await ScriptedPeer.open(ua.local_address)
         try:
-            await asyncio.wait_for(scenario(ua, peer), 30)
+            await asyncio.wait_for(scenario(ua, peer), limit_s)
         finally:
             peer.close()
             await ua.stop()
@@ -250,6 +250,40 @@ def test_blind_transfer_with_refer_and_notify() -> None:
         assert calls[0].end_reason == "transferred"
 
     run(scenario, on_call)
+
+
+def test_a_blind_transfer_waits_for_the_pbx_past_the_ring_of_a_phone() -> None:
+    """Asterisk accepts the REFER, says 100, and sends its 200 only once audio reaches the caller: from a
+    queue with no music, when a person answers. The agent waits for it (the caller has left our leg
+    meanwhile): it gave up at 30 s and the model was told the transfer failed."""
+    calls: list[IncomingCall] = []
+
+    async def on_call(call: IncomingCall) -> None:
+        calls.append(call)
+        await call.answer("127.0.0.1", 41002)
+
+    async def scenario(ua: UserAgent, peer: ScriptedPeer) -> None:
+        peer.request("INVITE", 1, body=OFFER.format(direction="sendrecv"))
+        tag = to_tag(await peer.status(200, "INVITE"))
+        peer.ack(1, tag)
+        while not (calls and calls[0].state == "confirmed"):
+            await asyncio.sleep(0.05)
+        result = asyncio.create_task(calls[0].transfer("sip:600@127.0.0.1"))  # the default wait
+        refer = await peer.expect(lambda d: d.startswith(b"REFER "))
+        peer.send(_answer(refer, 202, "Accepted"))
+        peer.request("NOTIFY", 10, to_tag=tag, body="SIP/2.0 100 Trying\r\n", content_type="message/sipfrag",
+                     extra="Event: refer\r\nSubscription-State: active;expires=180\r\n")
+        await peer.status(200, "NOTIFY")
+        await asyncio.sleep(31)  # nobody answers the queue for a while
+        assert not result.done()
+        peer.request("NOTIFY", 11, to_tag=tag, body="SIP/2.0 200 OK\r\n", content_type="message/sipfrag",
+                     extra="Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n")
+        await peer.status(200, "NOTIFY")
+        bye = await peer.expect(lambda d: d.startswith(b"BYE "))
+        peer.send(_answer(bye, 200, "OK"))
+        assert await result is True and calls[0].end_reason == "transferred"
+
+    run(scenario, on_call, limit_s=45)
 
 
 def answering(port: int, kind: type[Exception], caught: list[BaseException],
