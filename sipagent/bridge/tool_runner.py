@@ -49,6 +49,12 @@ MAX_TOOL_CALLS = 100  # tool calls per call; past it each gets an error and no n
 MAX_TRANSFERS = 3  # transfer_call attempts per call (a failed one counts: the desk's phone rang)
 MAX_KEYS_SENT = 128  # send_dtmf keys per call, all calls of it together
 MAX_NAME_CHARS = 64  # of a tool name the model made up, as echoed in an error and the transcript
+# A blind transfer is waited for until the far end reports its outcome (the call front's limit: as long as a
+# REFER stays undecided), unless the caller's audio still reaches us this long after the REFER: then the far
+# end accepted it and took the caller nowhere (a phone that never reports), and they are back with the agent.
+# A PBX that took the caller away sends us no more of their audio.
+BLIND_STILL_HERE_S = 30.0
+MEDIA_CHECK_S = 2.0  # how long a look at the caller's audio lasts, after BLIND_STILL_HERE_S
 
 
 class ToolRunner:
@@ -227,7 +233,7 @@ class ToolRunner:
         self.transfer_to = (label, uri)
         if warm:
             return await self._warm_transfer(args, label, uri)
-        if await self.call.transfer(uri):
+        if await self._blind_transfer(uri):
             self.state.finish("transferred")
             return None
         self.state.set("live")
@@ -258,7 +264,24 @@ class ToolRunner:
     async def fail_over_transfer(self, target: str) -> bool:
         """The configured fail-over transfer (no model to ask): whether the far end took it."""
         self.transfer_to = ("on_failure", target)
-        return await self.call.transfer(target)
+        return await self._blind_transfer(target)
+
+    async def _blind_transfer(self, uri: str) -> bool:
+        """The REFER and its outcome (``call.transfer``), given up once the caller's audio shows that the far
+        end took them nowhere (BLIND_STILL_HERE_S)."""
+        transfer = asyncio.ensure_future(self.call.transfer(uri))
+        try:
+            done, _ = await asyncio.wait({transfer}, timeout=BLIND_STILL_HERE_S)
+            while not done:
+                count = self.media.packets_received
+                done, _ = await asyncio.wait({transfer}, timeout=MEDIA_CHECK_S)
+                if not done and self.media.packets_received != count:
+                    self.log.info("transfer to %s: no outcome after %.0f s, and the caller's audio still comes: "
+                                  "given up", uri[:80], BLIND_STILL_HERE_S)
+                    return False
+            return transfer.result()
+        finally:
+            transfer.cancel()  # done already, or given up (its REFER stays undecided: no second one for now)
 
     # ---------------------------------------------------------------- keys
 

@@ -121,9 +121,13 @@ class SipCaller:
         self._speaking_until = 0.0
         self.sent = SentAudio()
         self.refers: list[Refer] = []
-        # How to answer a REFER: its final response, then the sipfrag status reported by NOTIFY.
+        # How to answer a REFER: its final response, then the sipfrag status reported by NOTIFY (0: none ever,
+        # as a phone that accepts and does nothing), that long after it; with transfer_leaves_media the RTP
+        # stops at the 202, as when a PBX takes the caller's channel away from the transferor.
         self.refer_status = 202
         self.transfer_result = 200
+        self.transfer_after_s = 0.0
+        self.transfer_leaves_media = False
         self.extra_headers: tuple[tuple[str, str], ...] = ()  # headers of a PBX's own for the INVITE (X-Queue...)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -231,8 +235,12 @@ class SipCaller:
         if self.refer_status < 300:
             call, result = self._call, self.transfer_result
             assert call is not None
-            # After the 202 and the NOTIFY "100 Trying" the call core sends with it: the pretend outcome.
-            asyncio.get_running_loop().call_soon(call.notify_transfer, result)
+            loop = asyncio.get_running_loop()
+            if self.transfer_leaves_media and self._endpoint is not None:
+                loop.call_soon(self._endpoint.close)
+            if result:
+                # After the 202 and the NOTIFY "100 Trying" the call core sends with it: the pretend outcome.
+                loop.call_later(self.transfer_after_s, call.notify_transfer, result)
         return self.refer_status
 
     async def hangup(self) -> None:

@@ -379,6 +379,41 @@ async def _transfer(tmp_path: Path, refer_status: int) -> None:
     assert failure["output"]["error"] == "the transfer to default failed", failure
 
 
+@pytest.mark.parametrize("far_end", ["pbx", "idle-phone"])
+def test_a_blind_transfer_waits_for_a_caller_taken_away_and_not_for_one_left_here(tmp_path: Path,
+                                                                                    far_end: str) -> None:
+    """pbx: the far end takes the caller's channel away at the 202 (no more audio reaches the agent) and
+    reports the outcome 33 s later (Asterisk: when a person answers a queue with no music). The agent waits
+    for it: the call is transferred, and the model never hears of a failure. idle-phone: the far end accepts
+    and does nothing, the caller's audio still coming: 30 s on the transfer is given up and the model told."""
+    asyncio.run(_blind_wait(tmp_path, far_end))
+
+
+async def _blind_wait(tmp_path: Path, far_end: str) -> None:
+    config = bridge_config(tmp_path, realtime={"local": {"intents": TOOL_INTENTS}},
+                           agent={"tools": [{"name": "transfer_call"}, {"name": "end_call"}], "transfer_target": DESK})
+    async with call_rig(config) as rig:
+        if far_end == "pbx":
+            rig.caller.transfer_leaves_media, rig.caller.transfer_after_s = True, 33.0
+        else:
+            rig.caller.transfer_result = 0
+        await rig.agent_turn()
+        asked = time.monotonic()
+        await rig.say("can i speak to a human")
+        if far_end == "pbx":
+            await rig.wait_for(rig.caller.ended.is_set, 45, "the agent to leave the call")
+            outcome = await rig.wait_outcome()
+            assert outcome.reason == "transferred", rig.summary()
+            assert not rig.entries("tool_result"), rig.summary()
+            assert time.monotonic() - asked > 33
+            return
+        await rig.wait_entry("agent", 45, lambda e: "failed" in e["text"])
+        assert 30 < time.monotonic() - asked < 40
+        assert not rig.caller.ended.is_set()
+        failure = rig.entries("tool_result")[0]
+        assert failure["output"]["error"] == "the transfer to default failed", failure
+
+
 SALES = "sip:sales@127.0.0.1:5098"
 # What a model talked into it by a caller might ask for: a number of the caller's choosing, with a header
 # smuggled after it, and a team that does not exist.
