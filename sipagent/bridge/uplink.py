@@ -133,28 +133,27 @@ class Uplink:
 
     def caller_gap(self, payload: bytes) -> None:
         """The jitter buffer's stand-in for a frame the caller's stream did not bring in time (lost, late, or
-        not sent in a silence): ``payload`` is the last frame again, or the codec's silence. G.711 takes it
-        as any frame. G.722's decoder is stateful, and a payload the far end's encoder never coded, decoded,
-        sets the two apart: a repeat came out up to 15 dB above the frames before it, and the voice detector
-        took the burst for the caller. So a G.722 gap is heard as silence (by the detector, the recording and
-        the model), and the key detector skips it, so a key's tone is not cut in two. The frames after a lost
-        one are decoded from a fresh state: carried on from the last frame before the loss, the decoder's
-        adaptation is off by what the lost frame would have taught it, and in about one loss in ten the next
-        frames came out louder than anything around them (by up to 8 dB); from a fresh state they start
-        quieter and catch up within a few frames."""
-        if self.codec != "G722":
-            self._heard(self.decoder.push(payload))
-            return
+        not sent in a silence): ``payload``, the last frame again or the codec's silence, is not used. The gap
+        is heard as silence by the recording and the model, and as a gap by the voice detector (silence, but
+        no evidence of the echo: EchoAwareVad.caller_gap); the key detector skips it, so a key's tone is not
+        cut in two.
+
+        Nothing is decoded: G.722's decoder is stateful, and a payload the far end's encoder never coded,
+        decoded, sets the two apart (a repeat came out up to 15 dB above the frames before it, and the voice
+        detector took the burst for the caller). The G.722 frames after a gap are decoded from a fresh
+        state: carried on from the last frame before a loss, the decoder's adaptation is off by what the
+        lost frame would have taught it, and in about one loss in ten the next frames came out louder than
+        anything around them (by up to 8 dB); from a fresh state they start quieter and catch up within a
+        few frames."""
         if self._staging is not None and self.decoder.pending:
             self._staging.run()  # the frame before the gap is handled before it
-        if self.decoder.payload_len:  # not already fresh (the gap's first frame)
+        if self.codec == "G722" and self.decoder.payload_len:  # not already fresh (the gap's first frame)
             self.decoder = self._new_decoder()
-        vad = self.vad
-        speech = vad.caller_mean_square(0.0)
+        self.vad.caller_gap()
         if self.recorder:
             self.recorder.caller(bytes(6 * FRAME_PAYLOAD_BYTES))
-        if speech or vad.onset_ms or self.policy.paused:
-            self.on_sound(speech)
+        if self.policy.paused:
+            self.on_sound(False)  # a quiet frame towards the pause's end, as _heard gives
         link = self.session.link
         if link is None or self.state.name != "live" or not self.to_model:
             return

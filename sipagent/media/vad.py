@@ -167,18 +167,40 @@ class EchoAwareVad:
             return True
         return False
 
+    def caller_gap(self) -> None:
+        """A frame the caller's stream did not bring (the jitter buffer's concealment): quiet, as silence is,
+        but no evidence of the echo's level. Taken as silence while the agent talks it would teach a return
+        loss the line does not have (a decibel a frame), and the first echo after the gap would pass for the
+        caller's voice."""
+        self.last_level_db = SILENCE_DB
+        self.loud_ms = 0
+        if self.onset_ms:
+            self._end_onset_run(self.erl_db)
+        self._loud -= self._votes[0]
+        self._votes.append(False)
+        if self._loud == 0:
+            self.speaking = False
+
+    def _end_onset_run(self, erl: float) -> float:
+        """The onset run ended: the return loss that leaves (``erl``, or less), set."""
+        # If the run never reached the fixed echo margin and was not confirmed as speech, it may have been echo
+        # after all (a speakerphone came on): the onset gets no more sensitive than that.
+        if self._run_gap >= self.settings.echo_margin_db and not self.speaking:
+            erl = min(erl, self._run_gap)
+        self.onset_ms = 0
+        self._run_gap = math.inf
+        if erl != self.erl_db:
+            self.erl_db = erl
+            self._onset_changed()
+        return erl
+
     def _quiet_frame(self, level: float) -> None:
         """A caller frame under the onset threshold: the end of an onset run, and what it says of the echo
         return loss while the agent is audible."""
         settings = self.settings
         erl = self.erl_db
         if self.onset_ms:
-            # The run ended. If it never reached the fixed echo margin and was not confirmed as speech, it may
-            # have been echo after all (a speakerphone came on): the onset gets no more sensitive than that.
-            if self._run_gap >= settings.echo_margin_db and not self.speaking:
-                erl = min(erl, self._run_gap)
-            self.onset_ms = 0
-            self._run_gap = math.inf
+            erl = self._end_onset_run(erl)
         if self._agent_active and not self._loud and not self.speaking:
             # Not the caller's own voice (nor its quiet tails): what the line returns of the agent.
             gap = self._agent_max - level

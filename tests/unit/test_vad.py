@@ -72,3 +72,36 @@ def test_caller_mean_square_decides_as_caller_frame() -> None:
         assert by_pcm.caller_frame(pcm) == by_level.caller_mean_square(mean_square(pcm))
         assert (by_pcm.loud_ms, by_pcm.echo_only, by_pcm.last_level_db, by_pcm.speaking) == (
             by_level.loud_ms, by_level.echo_only, by_level.last_level_db, by_level.speaking)
+
+
+def test_a_gap_in_the_stream_teaches_nothing_of_the_echo() -> None:
+    """The agent at -12 dBFS comes back 20 dB down; then 20 frames of the caller's stream are missing (lost,
+    or a stall). Concealed as silence, they taught the detector that the echo had gone (a decibel a frame),
+    and the echo's return was an onset: barge-in ducked the agent on its own voice. As a gap they teach
+    nothing, and the echo is echo again."""
+    settings = VadSettings(threshold_db=-45, min_speech_ms=200)
+    as_silence, as_gap = EchoAwareVad(settings), EchoAwareVad(settings)
+    for vad in (as_silence, as_gap):
+        assert set(onsets(vad, [(-12.0, -32.0)] * 50)) == {0}
+    learned = as_gap.erl_db
+    for _ in range(20):
+        for vad in (as_silence, as_gap):
+            vad.agent_frame(-12.0)
+        as_silence.caller_mean_square(0.0)
+        as_gap.caller_gap()
+    assert as_gap.erl_db == learned and as_gap.last_level_db == SILENCE_DB and as_gap.loud_ms == 0
+    assert as_silence.erl_db > learned + 15
+    assert as_gap.onset_ms == 0 and set(onsets(as_gap, [(-12.0, -32.0)] * 10)) == {0}
+    as_silence.caller_mean_square(mean_square(tone(-32.0)))
+    assert as_silence.onset_ms == 20  # what the gap taken as silence did
+
+
+def test_a_gap_ends_an_onset_run_and_a_speech_window_as_silence_does() -> None:
+    settings = VadSettings(threshold_db=-45, min_speech_ms=200)
+    vad = EchoAwareVad(settings)
+    assert onsets(vad, [(SILENCE_DB, -20.0)] * 12)[-1] == 240 and vad.speaking
+    vad.caller_gap()
+    assert (vad.onset_ms, vad.loud_ms, vad.recent_speech_ms) == (0, 0, 180)  # one frame of ten is quiet
+    for _ in range(10):
+        vad.caller_gap()
+    assert vad.recent_speech_ms == 0 and not vad.speaking
