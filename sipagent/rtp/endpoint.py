@@ -74,7 +74,7 @@ from sipagent.rtp.stats import ReceiveStats
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_TICK = 160  # 20 ms at the 8000 Hz RTP clock of PCMU, PCMA and (by RFC 3551's quirk) G.722
-# Datagrams a late tick reads from its socket before concealing (a 600 ms stall's frames and their RTCP):
+# Datagrams a tick reads from its socket before concealing (a 600 ms stall's frames and their RTCP):
 # bounded, so that a flooded port cannot hold up the clock.
 LATE_TICK_READS = 32
 Address = tuple[str, int]
@@ -701,10 +701,9 @@ class RtpEndpoint:
             self.on_frame(payload)
 
     def _read_waiting(self) -> None:
-        """Take the datagrams already waiting on the RTP socket, before a late tick conceals frames that came
-        in time: after a stall the clock's timer can run before the reads (uvloop runs timers first), and a
-        tick that ``_on_readable`` runs goes before the other sockets' reads. For a stateful codec (G.722) a
-        frame concealed and then dropped as late also sets the decoder apart from the far end's encoder."""
+        """Take the datagrams already waiting on the RTP socket, before a tick conceals frames that came in
+        time: after a stall the clock's timer can run before the reads (uvloop runs timers first), and a tick
+        that ``_on_readable`` runs goes before the other sockets' reads."""
         sock = self._sock
         for _ in range(LATE_TICK_READS):
             try:
