@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from sipagent.sip.call import REFER_UNDECIDED_S
+
 
 class StubCallLeg:
     """Hanging up ends the call as "agent-hangup"; transfers are refused; the far end supports no option.
@@ -22,7 +24,7 @@ class StubCallLeg:
         self.end_reason = "agent-hangup"
         self.ended.set()
 
-    async def transfer(self, target: str, timeout: float = 120.0) -> bool:
+    async def transfer(self, target: str, timeout: float = REFER_UNDECIDED_S) -> bool:
         return False
 
     async def transfer_replacing(self, other: Any, timeout: float = 30) -> bool:
